@@ -1,0 +1,101 @@
+//! pyro-agent: PID 1 of a pyro microVM. Sets up the guest, then serves framed requests from the host
+//! on the virtio-serial port `org.pyro.agent`.
+
+mod capture;
+mod exec;
+mod files;
+mod frame;
+mod init;
+mod json;
+mod process;
+mod protocol;
+mod sys;
+
+use json::{obj, s, Json};
+use protocol::{Context, Writer};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn main() {
+    let is_init = std::process::id() == 1;
+    if is_init {
+        init::setup_system();
+    }
+    let registry = Arc::new(process::Registry::new());
+    if is_init {
+        let r = registry.clone();
+        std::thread::spawn(move || r.reap_forever());
+    }
+    let boot_ms = init::uptime_ms();
+    loop {
+        match init::find_port() {
+            Some(path) => serve(&path, registry.clone(), boot_ms),
+            None => eprintln!("pyro-agent: virtio port {} not found; retrying", init::PORT_NAME),
+        }
+        // PID 1 must never exit (the kernel would panic); keep trying.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn serve(path: &str, registry: Arc<process::Registry>, boot_ms: i64) {
+    let port = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) => return eprintln!("pyro-agent: cannot open {}: {}", path, e),
+    };
+    let write_half = match port.try_clone() {
+        Ok(f) => f,
+        Err(e) => return eprintln!("pyro-agent: cannot dup port: {}", e),
+    };
+    let writer = Writer(Arc::new(Mutex::new(write_half)));
+    let ctx = Arc::new(Context { registry, writer: writer.clone(), boot_ms });
+    writer.send(&ready_event(boot_ms), &[]);
+    let mut reader = port;
+    let mut decoder = frame::Decoder::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut connected = true;
+    loop {
+        match reader.read(&mut buf) {
+            // EOF: no host connected (runtime-facts G6). Drop any partial frame and poll again.
+            Ok(0) => {
+                if connected {
+                    decoder.reset();
+                    connected = false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            Ok(n) => {
+                if !connected {
+                    connected = true;
+                }
+                decoder.push(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("pyro-agent: read from host failed: {}", e);
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        while let Some(item) = decoder.next_item() {
+            match item {
+                frame::Item::Frame { header, payload } => protocol::handle_frame(&ctx, header, payload),
+                frame::Item::Garbage { skipped, reason } => writer.send(
+                    &protocol::error_header(0, "bad_frame", &format!("skipped {} bytes: {}", skipped, reason)),
+                    &[],
+                ),
+            }
+        }
+    }
+}
+
+fn ready_event(boot_ms: i64) -> Json {
+    obj(vec![
+        ("id", Json::Int(0)),
+        ("event", s("ready")),
+        ("protocol", Json::Int(protocol::PROTOCOL_VERSION)),
+        ("agent_version", s(protocol::AGENT_VERSION)),
+        ("boot_ms", Json::Int(boot_ms)),
+    ])
+}

@@ -1,0 +1,133 @@
+//! Request dispatch: one JSON header (+ payload) in, one reply frame out, matched by `id`.
+
+use crate::json::{obj, s, Json};
+use crate::process::Registry;
+use crate::{exec, files, frame};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+pub const PROTOCOL_VERSION: i64 = 1;
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub struct Reply {
+    pub header: Json,
+    pub payload: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(header: Json) -> Reply {
+        Reply { header, payload: Vec::new() }
+    }
+}
+
+#[derive(Debug)]
+pub struct OpError {
+    pub code: String,
+    pub message: String,
+}
+
+impl OpError {
+    pub fn new(code: &str, message: &str) -> OpError {
+        OpError { code: code.to_string(), message: message.to_string() }
+    }
+    pub fn bad_request(message: &str) -> OpError {
+        OpError::new("bad_request", message)
+    }
+}
+
+/// Serialises whole frames onto the port; many request threads share it.
+#[derive(Clone)]
+pub struct Writer(pub Arc<Mutex<std::fs::File>>);
+
+impl Writer {
+    pub fn send(&self, header: &Json, payload: &[u8]) {
+        let bytes = frame::encode(header.to_string().as_bytes(), payload);
+        let mut port = self.0.lock().unwrap();
+        if let Err(e) = port.write_all(&bytes) {
+            eprintln!("pyro-agent: write to host failed: {}", e);
+        }
+    }
+}
+
+pub struct Context {
+    pub registry: Arc<Registry>,
+    pub writer: Writer,
+    pub boot_ms: i64,
+}
+
+fn with_id(id: i64, ok: bool, mut header: Json) -> Json {
+    if let Json::Object(ref mut map) = header {
+        map.insert("id".into(), Json::Int(id));
+        map.insert("ok".into(), Json::Bool(ok));
+    }
+    header
+}
+
+pub fn error_header(id: i64, code: &str, message: &str) -> Json {
+    with_id(id, false, obj(vec![("error", obj(vec![("code", s(code)), ("message", s(message))]))]))
+}
+
+/// Parses and answers one frame. Never panics the caller: handler panics become error replies.
+pub fn handle_frame(ctx: &Arc<Context>, header_bytes: Vec<u8>, payload: Vec<u8>) {
+    let header = match crate::json::parse(&header_bytes) {
+        Ok(h @ Json::Object(_)) => h,
+        Ok(_) => return ctx.writer.send(&error_header(0, "bad_request", "header must be a JSON object"), &[]),
+        Err(e) => return ctx.writer.send(&error_header(0, "bad_request", &format!("invalid JSON header: {}", e)), &[]),
+    };
+    let id = match header.get("id").and_then(Json::as_i64) {
+        Some(id) if id > 0 => id,
+        _ => return ctx.writer.send(&error_header(0, "bad_request", "header needs a positive integer id"), &[]),
+    };
+    let op = header.get("op").and_then(Json::as_str).unwrap_or("").to_string();
+    let ctx = ctx.clone();
+    // Each request runs on its own thread so a long exec never blocks file reads or pings.
+    std::thread::spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&ctx, &op, &header, payload)));
+        match outcome {
+            Ok(Ok(reply)) => ctx.writer.send(&with_id(id, true, reply.header), &reply.payload),
+            Ok(Err(e)) => ctx.writer.send(&error_header(id, &e.code, &e.message), &[]),
+            Err(_) => ctx.writer.send(&error_header(id, "agent_panic", &format!("agent failed while handling {}", op)), &[]),
+        }
+        if op == "shutdown" {
+            shutdown_now();
+        }
+    });
+}
+
+fn dispatch(ctx: &Context, op: &str, header: &Json, payload: Vec<u8>) -> Result<Reply, OpError> {
+    match op {
+        "hello" => hello(ctx, header),
+        "exec" => exec::exec(&ctx.registry, header, payload),
+        "file.read" => files::read(header),
+        "file.write" => files::write(header, payload),
+        "file.stat" => files::stat(header),
+        "file.list" => files::list(header),
+        "file.mkdir" => files::mkdir(header),
+        "file.remove" => files::remove(header),
+        "shutdown" => Ok(Reply::header(obj(vec![]))),
+        "" => Err(OpError::bad_request("header needs an op")),
+        other => Err(OpError::new("unknown_op", &format!("unknown op {:?} (agent {})", other, AGENT_VERSION))),
+    }
+}
+
+fn hello(ctx: &Context, header: &Json) -> Result<Reply, OpError> {
+    // The host's clock is authoritative: a guest restored from a snapshot wakes up in the past.
+    if let Some(ms) = header.get("host_time_ms").and_then(Json::as_i64) {
+        if ms > 0 {
+            let _ = crate::sys::set_realtime_ms(ms as u64);
+        }
+    }
+    Ok(Reply::header(obj(vec![
+        ("protocol", Json::Int(PROTOCOL_VERSION)),
+        ("agent_version", s(AGENT_VERSION)),
+        ("boot_ms", Json::Int(ctx.boot_ms)),
+        ("uptime_ms", Json::Int(crate::init::uptime_ms())),
+    ])))
+}
+
+fn shutdown_now() {
+    crate::sys::sync_all();
+    if let Err(e) = crate::sys::power_off() {
+        eprintln!("pyro-agent: power off failed: {}", e);
+    }
+}

@@ -1,0 +1,126 @@
+//! Thin declarations of the libc calls std does not expose, with safe wrappers.
+//! std links glibc statically (+crt-static), so these resolve without any crate.
+
+#![allow(non_camel_case_types)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::raw::{c_char, c_int, c_long, c_ulong, c_void};
+
+pub type pid_t = i32;
+
+#[repr(C)]
+pub struct timespec {
+    pub tv_sec: c_long,
+    pub tv_nsec: c_long,
+}
+
+extern "C" {
+    fn mount(src: *const c_char, target: *const c_char, fstype: *const c_char, flags: c_ulong, data: *const c_void) -> c_int;
+    fn sethostname(name: *const c_char, len: usize) -> c_int;
+    pub fn fork() -> pid_t;
+    pub fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int;
+    pub fn setsid() -> pid_t;
+    pub fn dup2(old: c_int, new: c_int) -> c_int;
+    pub fn chdir(path: *const c_char) -> c_int;
+    pub fn _exit(code: c_int) -> !;
+    fn pipe2(fds: *mut c_int, flags: c_int) -> c_int;
+    pub fn close(fd: c_int) -> c_int;
+    pub fn write(fd: c_int, buf: *const c_void, n: usize) -> isize;
+    pub fn waitpid(pid: pid_t, status: *mut c_int, options: c_int) -> pid_t;
+    fn kill(pid: pid_t, sig: c_int) -> c_int;
+    fn reboot(cmd: c_int) -> c_int;
+    fn sync();
+    fn clock_settime(clock: c_int, tp: *const timespec) -> c_int;
+    pub fn signal(sig: c_int, handler: usize) -> usize;
+    fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
+    fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int;
+}
+
+pub const O_CLOEXEC: c_int = 0o2000000;
+pub const SIGKILL: c_int = 9;
+pub const SIGPIPE: c_int = 13;
+pub const SIG_DFL: usize = 0;
+pub const MS_NOSUID: c_ulong = 2;
+pub const MS_NODEV: c_ulong = 4;
+pub const MS_NOEXEC: c_ulong = 8;
+const RB_POWER_OFF: c_int = 0x4321_fedc_u32 as c_int;
+const CLOCK_REALTIME: c_int = 0;
+
+pub fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string contains a NUL byte"))
+}
+
+fn check(rc: c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn mount_fs(source: &str, target: &str, fstype: &str, flags: c_ulong, data: &str) -> io::Result<()> {
+    let (s, t, f, d) = (cstr(source)?, cstr(target)?, cstr(fstype)?, cstr(data)?);
+    check(unsafe { mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr() as *const c_void) })
+}
+
+pub fn set_hostname(name: &str) -> io::Result<()> {
+    check(unsafe { sethostname(name.as_ptr() as *const c_char, name.len()) })
+}
+
+pub fn make_pipe() -> io::Result<(c_int, c_int)> {
+    let mut fds = [0 as c_int; 2];
+    check(unsafe { pipe2(fds.as_mut_ptr(), O_CLOEXEC) })?;
+    Ok((fds[0], fds[1]))
+}
+
+/// Sends a signal to a whole process group (every command runs in its own session).
+pub fn kill_group(pgid: pid_t, sig: c_int) {
+    if pgid > 1 {
+        unsafe {
+            kill(-pgid, sig);
+        }
+    }
+}
+
+pub fn sync_all() {
+    unsafe { sync() }
+}
+
+pub fn power_off() -> io::Result<()> {
+    check(unsafe { reboot(RB_POWER_OFF) })
+}
+
+pub fn set_realtime_ms(ms: u64) -> io::Result<()> {
+    let ts = timespec { tv_sec: (ms / 1000) as c_long, tv_nsec: ((ms % 1000) * 1_000_000) as c_long };
+    check(unsafe { clock_settime(CLOCK_REALTIME, &ts) })
+}
+
+/// Brings an interface up (SIOCGIFFLAGS / SIOCSIFFLAGS with IFF_UP): the guest has no `ip` in minbase.
+pub fn interface_up(name: &str) -> io::Result<()> {
+    const AF_INET: c_int = 2;
+    const SOCK_DGRAM: c_int = 2;
+    const SIOCGIFFLAGS: c_ulong = 0x8913;
+    const SIOCSIFFLAGS: c_ulong = 0x8914;
+    const IFF_UP: i16 = 1;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: i16,
+        pad: [u8; 22],
+    }
+    if name.len() >= 16 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    let mut req = IfReq { name: [0; 16], flags: 0, pad: [0; 22] };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    let fd = unsafe { socket(AF_INET, SOCK_DGRAM | O_CLOEXEC, 0) };
+    check(fd)?;
+    let result = (|| {
+        check(unsafe { ioctl(fd, SIOCGIFFLAGS, &mut req as *mut IfReq as *mut c_void) })?;
+        req.flags |= IFF_UP;
+        check(unsafe { ioctl(fd, SIOCSIFFLAGS, &mut req as *mut IfReq as *mut c_void) })
+    })();
+    unsafe { close(fd) };
+    result
+}

@@ -1,0 +1,54 @@
+import { stat } from "node:fs/promises";
+import { ensureAgent } from "../guest-agent/agent-binary.js";
+import { ensureGuestKernel, type GuestKernel } from "../guest-kernel/guest-kernel.js";
+import { ensureInitramfs, type Initramfs } from "../guest-kernel/initramfs.js";
+import type { PyroPaths } from "../paths.js";
+import { requireExecutable } from "../process/host-command.js";
+import { chooseAccelerator, hostTscKhz, type AcceleratorChoice } from "./accelerator.js";
+import { QemuBackend } from "./qemu/qemu-backend.js";
+import type { VmmBackend } from "./vmm-backend.js";
+
+/** Everything needed to boot guests on this host, prepared once per process. */
+export interface GuestRuntime {
+  readonly backend: VmmBackend;
+  readonly kernel: GuestKernel;
+  readonly initramfs: Initramfs;
+  readonly accelerator: AcceleratorChoice;
+  readonly agentPath: string;
+}
+
+const cache = new Map<string, Promise<GuestRuntime>>();
+
+/**
+ * Prepares (downloading/building when missing) the guest kernel, agent and initramfs, picks the
+ * accelerator, and returns the VMM backend. Cached per cache directory for the life of the process.
+ */
+export function prepareGuestRuntime(paths: PyroPaths, onProgress?: (message: string) => void): Promise<GuestRuntime> {
+  let pending = cache.get(paths.cacheDir);
+  if (!pending) {
+    pending = build(paths, onProgress);
+    cache.set(paths.cacheDir, pending);
+    pending.catch(() => cache.delete(paths.cacheDir));
+  }
+  return pending;
+}
+
+async function build(paths: PyroPaths, onProgress?: (message: string) => void): Promise<GuestRuntime> {
+  const qemuBinary = requireExecutable("qemu-system-x86_64", "qemu-system-x86");
+  const [kernel, agentPath, qemuStat, tscKhz] = await Promise.all([
+    ensureGuestKernel(paths, onProgress ? { onProgress } : {}),
+    ensureAgent(onProgress),
+    stat(qemuBinary),
+    hostTscKhz(),
+  ]);
+  const initramfs = await ensureInitramfs(paths, kernel, agentPath);
+  const accelerator = await chooseAccelerator(paths, {
+    qemuBinary,
+    qemuIdentity: `${qemuStat.size}-${qemuStat.mtimeMs}`,
+    kernelPath: kernel.vmlinuxPath,
+    kernelPackage: kernel.package,
+    initramfsPath: initramfs.path,
+  });
+  const backend = new QemuBackend({ qemuBinary, accel: accelerator.accel, tscKhz });
+  return { backend, kernel, initramfs, accelerator, agentPath };
+}

@@ -1,0 +1,53 @@
+import type { AgentClient } from "../guest-protocol/agent-client.js";
+import type { HelloInfo } from "../guest-protocol/messages.js";
+
+export type Accelerator = "kvm" | "tcg";
+
+/** Everything a VMM needs to start one guest. Backends must not need anything else. */
+export interface VmLaunchSpec {
+  /** Uncompressed PVH vmlinux. */
+  kernelPath: string;
+  initramfsPath: string;
+  rootDisk: { path: string; format: "qcow2" | "raw"; readOnly?: boolean; cache: "unsafe" | "writeback" };
+  vcpuCount: number;
+  memMib: number;
+  hostname: string;
+  /** Guest NIC with user-mode networking (egress through the host), or none at all. */
+  network: "none" | "user";
+  /** Directory owned by this VM: sockets, console log. Kept short (unix socket paths ≤ 107 bytes). */
+  runDir: string;
+  /** Per-attempt boot deadline, from VMM start to the agent's first reply. */
+  bootTimeoutMs: number;
+  /** Kill the VMM if this pyro process dies (one-shot VMs). Workspace VMs outlive the CLI. */
+  dieWithParent: boolean;
+}
+
+export interface VmExit {
+  code: number | null;
+  signal: string | null;
+}
+
+/** A booted guest whose agent has answered. Owns the VMM process and its run directory. */
+export interface RunningVm {
+  readonly backend: string;
+  readonly accel: Accelerator;
+  readonly pid: number;
+  readonly agent: AgentClient;
+  readonly hello: HelloInfo;
+  /** Wall time from VMM spawn to the agent's first reply, for the attempt that succeeded. */
+  readonly bootMs: number;
+  readonly attempts: number;
+  /** Resolves when the VMM process exits, for whatever reason. */
+  readonly exited: Promise<VmExit>;
+  /** The last lines of the guest console, for error messages. */
+  consoleTail(maxBytes?: number): Promise<string>;
+  /** Kills the VMM (if still running) and removes its run directory. Idempotent. */
+  dispose(): Promise<void>;
+}
+
+/** A way to run microVMs. QEMU microvm now; Firecracker can implement the same contract. */
+export interface VmmBackend {
+  readonly name: string;
+  /** Boots a guest and waits for its agent; retries once on a boot timeout (runtime-facts G1). */
+  launch(spec: VmLaunchSpec, signal?: AbortSignal): Promise<RunningVm>;
+}

@@ -1,0 +1,112 @@
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { PyroError, isPyroError } from "../errors.js";
+import { EnvironmentStore } from "../environments/environment-store.js";
+import { capturedText } from "../guest-protocol/messages.js";
+import type { PyroPaths } from "../paths.js";
+import { requireExecutable, runHostCommand } from "../process/host-command.js";
+import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
+import type { RunningVm } from "../runtime/vmm-backend.js";
+import { runOnHost } from "./host-compat.js";
+import { RUN_DEFAULTS, type RunOptions, type RunResult } from "./run-result.js";
+
+/** Per-attempt boot deadline; generous because a busy 2-core CI host boots TCG guests slowly. */
+export function bootTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  const fromEnv = Number(env.PYRO_BOOT_TIMEOUT_MS);
+  return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : 30_000;
+}
+
+function validate(command: string[], options: RunOptions): void {
+  if (command.length === 0 || !command[0]) throw new PyroError("INVALID_ARGUMENT", "no command given; usage: pyro run ENV -- COMMAND [ARGS...]");
+  const check = (name: string, value: number | undefined, min: number, max: number) => {
+    if (value !== undefined && (!Number.isInteger(value) || value < min || value > max)) {
+      throw new PyroError("INVALID_ARGUMENT", `${name} must be an integer between ${min} and ${max}, got ${value}`);
+    }
+  };
+  check("vcpu count", options.vcpuCount, 1, 16);
+  check("memory (MiB)", options.memMib, 128, 65536);
+  if (options.timeoutSeconds !== undefined && !(options.timeoutSeconds > 0 && options.timeoutSeconds <= 86_400)) {
+    throw new PyroError("INVALID_ARGUMENT", `timeout must be between 0 and 86400 seconds, got ${options.timeoutSeconds}`);
+  }
+}
+
+/** Boots a disposable VM from `environment`, runs one command, and destroys the VM. */
+export async function runOneShot(paths: PyroPaths, environment: string, command: string[], options: RunOptions = {}): Promise<RunResult> {
+  validate(command, options);
+  const started = Date.now();
+  const vcpuCount = options.vcpuCount ?? RUN_DEFAULTS.vcpuCount;
+  const memMib = options.memMib ?? RUN_DEFAULTS.memMib;
+  const timeoutMs = Math.round((options.timeoutSeconds ?? RUN_DEFAULTS.timeoutSeconds) * 1000);
+  const store = new EnvironmentStore(paths);
+
+  let vm: RunningVm | undefined;
+  let runDir: string | undefined;
+  try {
+    const [env, runtime] = await Promise.all([store.require(environment), prepareGuestRuntime(paths, options.onProgress)]);
+    await mkdir(paths.runtimeDir, { recursive: true, mode: 0o700 });
+    runDir = await mkdtemp(join(paths.runtimeDir, "run-"));
+    const overlay = join(runDir, "root.qcow2");
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay]);
+    vm = await runtime.backend.launch(
+      {
+        kernelPath: runtime.kernel.vmlinuxPath,
+        initramfsPath: runtime.initramfs.path,
+        rootDisk: { path: overlay, format: "qcow2", cache: "unsafe" },
+        vcpuCount,
+        memMib,
+        hostname: "pyro",
+        network: options.network ? "user" : "none",
+        runDir,
+        bootTimeoutMs: bootTimeoutMs(),
+        dieWithParent: true,
+      },
+      options.signal,
+    );
+    const exec = await vm.agent.exec({
+      command,
+      cwd: options.cwd ?? "/root",
+      env: options.env ?? {},
+      timeoutMs,
+      maxOutputBytes: options.maxOutputBytes ?? RUN_DEFAULTS.maxOutputBytes,
+      ...(options.stdin !== undefined ? { stdin: options.stdin } : {}),
+    });
+    const result: RunResult = {
+      environment,
+      command,
+      exit_code: exec.exitCode,
+      stdout: capturedText(exec.stdout),
+      stderr: capturedText(exec.stderr),
+      duration_ms: exec.durationMs,
+      boot_ms: vm.bootMs,
+      total_ms: 0,
+      timed_out: exec.timedOut,
+      stdout_truncated: exec.stdout.totalBytes > exec.stdout.bytes.length,
+      stderr_truncated: exec.stderr.totalBytes > exec.stderr.bytes.length,
+      execution_mode: "guest",
+      backend: vm.backend,
+      accel: vm.accel,
+      vcpu_count: vcpuCount,
+      mem_mib: memMib,
+      network: Boolean(options.network),
+      boot_attempts: vm.attempts,
+    };
+    if (exec.timedOut) result.warning = `command timed out after ${timeoutMs / 1000} s and was killed`;
+    await vm.dispose();
+    vm = undefined;
+    result.total_ms = Date.now() - started;
+    return result;
+  } catch (error) {
+    if (vm) await vm.dispose();
+    if (options.allowHostCompat && isPyroError(error) && isNoGuestError(error)) {
+      return runOnHost(environment, command, options, error.message);
+    }
+    throw error;
+  } finally {
+    if (runDir) await rm(runDir, { recursive: true, force: true });
+  }
+}
+
+/** Failures that mean "no guest available here", where host compat may step in. Not command errors. */
+function isNoGuestError(error: PyroError): boolean {
+  return ["GUEST_BOOT_FAILED", "KERNEL_UNAVAILABLE", "AGENT_UNAVAILABLE", "HOST_TOOL_MISSING", "ENVIRONMENT_NOT_INSTALLED", "ENVIRONMENT_CORRUPT"].includes(error.code);
+}
