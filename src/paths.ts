@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { homedir, tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -12,17 +13,22 @@ export interface PyroPaths {
   readonly runtimeDir: string;
 }
 
+/** Room for "/run-XXXXXX/agent.sock" and friends within a unix socket path (107 bytes). */
+const MAX_RUNTIME_DIR_LEN = 70;
+
 export function resolvePaths(env: NodeJS.ProcessEnv = process.env): PyroPaths {
   const pyroHome = env.PYRO_HOME ? resolve(env.PYRO_HOME) : undefined;
   const home = homedir();
   const cacheDir = pyroHome ? join(pyroHome, "cache") : join(env.XDG_CACHE_HOME || join(home, ".cache"), "pyro-mcp");
   const stateDir = pyroHome ? join(pyroHome, "state") : join(env.XDG_STATE_HOME || join(home, ".local", "state"), "pyro-mcp");
   const uid = process.getuid?.() ?? 0;
-  const runtimeDir = env.PYRO_RUNTIME_DIR
-    ? resolve(env.PYRO_RUNTIME_DIR)
-    : env.XDG_RUNTIME_DIR
-      ? join(env.XDG_RUNTIME_DIR, "pyro")
-      : join(tmpdir(), `pyro-${uid}`);
+  let runtimeDir: string;
+  if (env.PYRO_RUNTIME_DIR) runtimeDir = resolve(env.PYRO_RUNTIME_DIR);
+  else if (pyroHome) {
+    runtimeDir = join(pyroHome, "run");
+    // Keep socket paths under the 107-byte limit even for a deep PYRO_HOME.
+    if (runtimeDir.length > MAX_RUNTIME_DIR_LEN) runtimeDir = join(tmpdir(), `pyro-${uid}-${createHash("sha256").update(pyroHome).digest("hex").slice(0, 12)}`);
+  } else runtimeDir = env.XDG_RUNTIME_DIR ? join(env.XDG_RUNTIME_DIR, "pyro") : join(tmpdir(), `pyro-${uid}`);
   return { cacheDir, stateDir, runtimeDir };
 }
 

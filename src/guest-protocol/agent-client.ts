@@ -26,13 +26,15 @@ export class AgentClient {
   private closedError: PyroError | undefined;
   private readyWaiters: Array<() => void> = [];
   private sawReady = false;
-  /** Explains why the channel closed (e.g. "the VM exited"); set by the VM owner. */
-  closeReason: () => string = () => "the guest agent connection closed";
+  /** Explains why the channel closed (e.g. "the VM died"); set by the VM owner. */
+  closeReason: () => Promise<string> = async () => "the guest agent connection closed";
 
   private constructor(private readonly socket: Socket) {
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("error", () => undefined); // 'close' follows and fails what is pending
-    socket.on("close", () => this.failAll(new PyroError("VM_DIED", this.closeReason())));
+    socket.on("close", () => {
+      void this.closeReason().then((reason) => this.failAll(new PyroError("VM_DIED", reason)));
+    });
   }
 
   /** Connects, retrying while QEMU has not created the socket yet. */

@@ -53,6 +53,11 @@ export function handleTerminationSignals(): void {
 
 let cleaningUp = false;
 
+/** True once a termination signal started the cleanup: nothing new (like a boot retry) should start. */
+export function shuttingDown(): boolean {
+  return cleaningUp;
+}
+
 /** Registers cleanup; returns a function that unregisters it (call it after a normal dispose). */
 export function registerExitCleanup(onExit: () => void, onSignal: () => Promise<void>): () => void {
   install();

@@ -20,6 +20,8 @@ export interface VmLaunchSpec {
   bootTimeoutMs: number;
   /** Kill the VMM if this pyro process dies (one-shot VMs). Workspace VMs outlive the CLI. */
   dieWithParent: boolean;
+  /** Remove the whole run directory (disk overlay included) on dispose, for throwaway VMs. */
+  ownsRunDir: boolean;
 }
 
 export interface VmExit {
@@ -41,7 +43,7 @@ export interface RunningVm {
   readonly exited: Promise<VmExit>;
   /** The last lines of the guest console, for error messages. */
   consoleTail(maxBytes?: number): Promise<string>;
-  /** Kills the VMM (if still running) and removes its run directory. Idempotent. */
+  /** Kills the VMM (if still running) and removes its files (the run directory if it owns it). Idempotent. */
   dispose(): Promise<void>;
 }
 

@@ -1,20 +1,10 @@
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
-import { join } from "node:path";
 import { PyroError, isPyroError } from "../errors.js";
-import { EnvironmentStore } from "../environments/environment-store.js";
 import { capturedText } from "../guest-protocol/messages.js";
 import type { PyroPaths } from "../paths.js";
-import { requireExecutable, runHostCommand } from "../process/host-command.js";
-import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
+import { launchDisposableVm } from "./disposable-vm.js";
 import { runOnHost } from "./host-compat.js";
 import { RUN_DEFAULTS, type RunOptions, type RunResult } from "./run-result.js";
-
-/** Per-attempt boot deadline; generous because a busy 2-core CI host boots TCG guests slowly. */
-export function bootTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
-  const fromEnv = Number(env.PYRO_BOOT_TIMEOUT_MS);
-  return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : 30_000;
-}
 
 function validate(command: string[], options: RunOptions): void {
   if (command.length === 0 || !command[0]) throw new PyroError("INVALID_ARGUMENT", "no command given; usage: pyro run ENV -- COMMAND [ARGS...]");
@@ -37,31 +27,15 @@ export async function runOneShot(paths: PyroPaths, environment: string, command:
   const vcpuCount = options.vcpuCount ?? RUN_DEFAULTS.vcpuCount;
   const memMib = options.memMib ?? RUN_DEFAULTS.memMib;
   const timeoutMs = Math.round((options.timeoutSeconds ?? RUN_DEFAULTS.timeoutSeconds) * 1000);
-  const store = new EnvironmentStore(paths);
-
   let vm: RunningVm | undefined;
-  let runDir: string | undefined;
   try {
-    const [env, runtime] = await Promise.all([store.require(environment), prepareGuestRuntime(paths, options.onProgress)]);
-    await mkdir(paths.runtimeDir, { recursive: true, mode: 0o700 });
-    runDir = await mkdtemp(join(paths.runtimeDir, "run-"));
-    const overlay = join(runDir, "root.qcow2");
-    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay]);
-    vm = await runtime.backend.launch(
-      {
-        kernelPath: runtime.kernel.vmlinuxPath,
-        initramfsPath: runtime.initramfs.path,
-        rootDisk: { path: overlay, format: "qcow2", cache: "unsafe" },
-        vcpuCount,
-        memMib,
-        hostname: "pyro",
-        network: options.network ? "user" : "none",
-        runDir,
-        bootTimeoutMs: bootTimeoutMs(),
-        dieWithParent: true,
-      },
-      options.signal,
-    );
+    vm = await launchDisposableVm(paths, environment, {
+      vcpuCount,
+      memMib,
+      network: Boolean(options.network),
+      ...(options.signal ? { signal: options.signal } : {}),
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    });
     const exec = await vm.agent.exec({
       command,
       cwd: options.cwd ?? "/root",
@@ -101,8 +75,6 @@ export async function runOneShot(paths: PyroPaths, environment: string, command:
       return runOnHost(environment, command, options, error.message);
     }
     throw error;
-  } finally {
-    if (runDir) await rm(runDir, { recursive: true, force: true });
   }
 }
 

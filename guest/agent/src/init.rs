@@ -41,9 +41,25 @@ pub fn setup_system() {
     report("sethostname", sys::set_hostname(&hostname));
     let _ = fs::write("/etc/hostname", format!("{}\n", hostname));
     report("loopback up", sys::interface_up("lo"));
+    if cmdline_value("pyro.net").as_deref() == Some("1") {
+        setup_user_network();
+    }
     for dir in ["/workspace"] {
         let _ = fs::create_dir_all(dir);
     }
+}
+
+/// QEMU user-mode networking (slirp) always hands out 10.0.2.15/24, gateway .2, DNS .3.
+fn setup_user_network() {
+    for _ in 0..500 {
+        if std::path::Path::new("/sys/class/net/eth0").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    report("eth0 setup", sys::configure_ipv4("eth0", [10, 0, 2, 15], [255, 255, 255, 0], [10, 0, 2, 2]));
+    let _ = fs::remove_file("/etc/resolv.conf"); // may be a dangling symlink in some images
+    report("resolv.conf", fs::write("/etc/resolv.conf", "nameserver 10.0.2.3\n"));
 }
 
 fn report(what: &str, r: std::io::Result<()>) {

@@ -50,6 +50,7 @@ fn serve(path: &str, registry: Arc<process::Registry>, boot_ms: i64) {
     let writer = Writer(Arc::new(Mutex::new(write_half)));
     let ctx = Arc::new(Context { registry, writer: writer.clone(), boot_ms });
     writer.send(&ready_event(boot_ms), &[]);
+    eprintln!("pyro-agent: ready on {} ({} ms after kernel start)", path, boot_ms);
     let mut reader = port;
     let mut decoder = frame::Decoder::default();
     let mut buf = vec![0u8; 256 * 1024];

@@ -124,3 +124,81 @@ pub fn interface_up(name: &str) -> io::Result<()> {
     unsafe { close(fd) };
     result
 }
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockAddrIn {
+    family: u16,
+    port: u16,
+    addr: [u8; 4],
+    zero: [u8; 8],
+}
+
+fn inet(addr: [u8; 4]) -> SockAddrIn {
+    SockAddrIn { family: 2, port: 0, addr, zero: [0; 8] }
+}
+
+#[repr(C)]
+struct IfReqAddr {
+    name: [u8; 16],
+    addr: SockAddrIn,
+    pad: [u8; 8],
+}
+
+#[repr(C)]
+struct RtEntry {
+    pad1: c_ulong,
+    dst: SockAddrIn,
+    gateway: SockAddrIn,
+    genmask: SockAddrIn,
+    flags: u16,
+    pad2: i16,
+    pad3: c_ulong,
+    pad4: *mut c_void,
+    metric: i16,
+    dev: *mut c_char,
+    mtu: c_ulong,
+    window: c_ulong,
+    irtt: u16,
+}
+
+/// Static IPv4 setup: address/netmask on `name`, default route via `gateway` (no DHCP client in minbase).
+pub fn configure_ipv4(name: &str, addr: [u8; 4], netmask: [u8; 4], gateway: [u8; 4]) -> io::Result<()> {
+    const SIOCSIFADDR: c_ulong = 0x8916;
+    const SIOCSIFNETMASK: c_ulong = 0x891c;
+    const SIOCADDRT: c_ulong = 0x890b;
+    const RTF_UP: u16 = 1;
+    const RTF_GATEWAY: u16 = 2;
+    if name.len() >= 16 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    let mut ifname = [0u8; 16];
+    ifname[..name.len()].copy_from_slice(name.as_bytes());
+    let fd = unsafe { socket(2, 2 | O_CLOEXEC, 0) };
+    check(fd)?;
+    let result = (|| {
+        let mut req = IfReqAddr { name: ifname, addr: inet(addr), pad: [0; 8] };
+        check(unsafe { ioctl(fd, SIOCSIFADDR, &mut req as *mut IfReqAddr as *mut c_void) })?;
+        let mut mask = IfReqAddr { name: ifname, addr: inet(netmask), pad: [0; 8] };
+        check(unsafe { ioctl(fd, SIOCSIFNETMASK, &mut mask as *mut IfReqAddr as *mut c_void) })?;
+        interface_up(name)?;
+        let mut route = RtEntry {
+            pad1: 0,
+            dst: inet([0; 4]),
+            gateway: inet(gateway),
+            genmask: inet([0; 4]),
+            flags: RTF_UP | RTF_GATEWAY,
+            pad2: 0,
+            pad3: 0,
+            pad4: std::ptr::null_mut(),
+            metric: 0,
+            dev: std::ptr::null_mut(),
+            mtu: 0,
+            window: 0,
+            irtt: 0,
+        };
+        check(unsafe { ioctl(fd, SIOCADDRT, &mut route as *mut RtEntry as *mut c_void) })
+    })();
+    unsafe { close(fd) };
+    result
+}

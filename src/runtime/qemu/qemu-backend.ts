@@ -4,7 +4,7 @@ import { mkdir, open, rm } from "node:fs/promises";
 import { PyroError } from "../../errors.js";
 import { AgentClient } from "../../guest-protocol/agent-client.js";
 import type { HelloInfo } from "../../guest-protocol/messages.js";
-import { registerExitCleanup } from "../../process/exit-cleanup.js";
+import { registerExitCleanup, shuttingDown } from "../../process/exit-cleanup.js";
 import { findExecutable } from "../../process/host-command.js";
 import type { Accelerator, RunningVm, VmExit, VmLaunchSpec, VmmBackend } from "../vmm-backend.js";
 import { buildQemuArgs, runFiles } from "./qemu-args.js";
@@ -26,19 +26,26 @@ export class QemuBackend implements VmmBackend {
   async launch(spec: VmLaunchSpec, signal?: AbortSignal): Promise<RunningVm> {
     const maxAttempts = 2;
     let lastError: PyroError | undefined;
-    for (let attempt = 1; attempt <= maxAttempts; attempt++) {
-      try {
-        return await this.bootOnce(spec, attempt, signal);
-      } catch (error) {
-        if (!(error instanceof PyroError) || error.code !== "GUEST_BOOT_FAILED" || error.details.retryable !== true) throw error;
-        lastError = error;
+    try {
+      for (let attempt = 1; attempt <= maxAttempts; attempt++) {
+        try {
+          return await this.bootOnce(spec, attempt, signal);
+        } catch (error) {
+          if (!(error instanceof PyroError) || error.code !== "GUEST_BOOT_FAILED" || error.details.retryable !== true) throw error;
+          lastError = error;
+        }
       }
+    } catch (error) {
+      if (spec.ownsRunDir) await rm(spec.runDir, { recursive: true, force: true });
+      throw error;
     }
+    if (spec.ownsRunDir) await rm(spec.runDir, { recursive: true, force: true });
     throw new PyroError("GUEST_BOOT_FAILED", `${lastError!.message} (after ${maxAttempts} attempts)`, lastError!.details);
   }
 
   private async bootOnce(spec: VmLaunchSpec, attempt: number, signal?: AbortSignal): Promise<RunningVm> {
     signal?.throwIfAborted();
+    if (shuttingDown()) throw new PyroError("CANCELLED", "pyro is shutting down");
     const files = runFiles(spec.runDir);
     await mkdir(spec.runDir, { recursive: true });
     await Promise.all([files.agentSocket, files.qmpSocket, files.console].map((f) => rm(f, { force: true })));
@@ -65,8 +72,9 @@ export class QemuBackend implements VmmBackend {
     } catch (error) {
       const consoleText = await vm.consoleTail(4096);
       const stderrText = await readTail(files.stderr, 2048);
-      await vm.dispose();
-      if (signal?.aborted) throw new PyroError("CANCELLED", "boot cancelled");
+      // Only this attempt's files go: the disk stays for the retry (launch() removes owned run dirs).
+      await vm.terminate();
+      if (signal?.aborted || shuttingDown()) throw new PyroError("CANCELLED", "boot cancelled");
       const initFailure = INIT_FAILURE.exec(consoleText)?.[1];
       if (initFailure) {
         throw new PyroError("GUEST_BOOT_FAILED", `the guest could not start: ${initFailure}`, { console: consoleText.slice(-1500), retryable: false });
@@ -137,7 +145,7 @@ class QemuVm implements RunningVm {
     this.unregister = registerExitCleanup(
       () => {
         this.killNow();
-        rmSync(spec.runDir, { recursive: true, force: true });
+        for (const f of this.ownFiles()) rmSync(f, { recursive: true, force: true });
       },
       () => this.dispose(),
     );
@@ -171,8 +179,10 @@ class QemuVm implements RunningVm {
     });
   }
 
-  deathReason(): string {
+  /** Why the agent connection closed. The socket often closes just before QEMU's exit is reported. */
+  async deathReason(): Promise<string> {
     if (this.disposed) return "the VM was stopped";
+    await Promise.race([this.exited, new Promise((r) => setTimeout(r, 1_000))]);
     return this.exitStatus ? `the VM died (${describeExit(this.exitStatus)})` : "the connection to the guest agent was lost";
   }
 
@@ -194,13 +204,28 @@ class QemuVm implements RunningVm {
     }
   }
 
+  /** What dispose removes: the VM's own files, or the whole run directory when it owns it. */
+  private ownFiles(): string[] {
+    const files = runFiles(this.spec.runDir);
+    return this.spec.ownsRunDir ? [this.spec.runDir] : [files.agentSocket, files.qmpSocket, files.console, files.stderr];
+  }
+
+  /** Kills the VMM and removes its sockets and logs, leaving the run directory and disk in place. */
+  terminate(): Promise<void> {
+    return this.shutdown([runFiles(this.spec.runDir).agentSocket, runFiles(this.spec.runDir).qmpSocket, runFiles(this.spec.runDir).console, runFiles(this.spec.runDir).stderr]);
+  }
+
   dispose(): Promise<void> {
+    return this.shutdown(this.ownFiles());
+  }
+
+  private shutdown(paths: string[]): Promise<void> {
     this.disposing ??= (async () => {
       this.disposed = true;
       this.agentClient?.close();
       this.killNow();
       await this.exited;
-      await rm(this.spec.runDir, { recursive: true, force: true });
+      await Promise.all(paths.map((p) => rm(p, { recursive: true, force: true })));
       this.unregister();
     })();
     return this.disposing;

@@ -1,0 +1,76 @@
+import type { Command } from "commander";
+import type { Pyro } from "../../sdk/pyro.js";
+import { printJson } from "../output.js";
+
+function formatBytes(n: number | undefined): string {
+  if (n === undefined) return "-";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${value.toFixed(unit ? 1 : 0)} ${units[unit]}`;
+}
+
+export function registerEnvCommands(program: Command, pyro: () => Pyro): void {
+  const env = program.command("env").description("List, build, inspect and prune curated environments.");
+
+  env
+    .command("list")
+    .description("List the catalog and what is installed.")
+    .option("--json", "print JSON")
+    .action(async (flags: { json?: boolean }) => {
+      const list = await pyro().listEnvironments();
+      if (flags.json) return printJson({ environments: list });
+      for (const e of list) {
+        const state = e.installed ? "installed" : e.problem ? `broken: ${e.problem}` : "not installed";
+        process.stdout.write(`${e.name} [${state}] ${e.description}\n`);
+      }
+    });
+
+  env
+    .command("pull")
+    .description("Build an environment locally from Debian's mirror (and prepare the guest kernel and agent).")
+    .argument("<name>", "environment name, e.g. debian:12")
+    .option("--force", "rebuild even if a valid install exists")
+    .option("--json", "print JSON")
+    .action(async (name: string, flags: { force?: boolean; json?: boolean }) => {
+      const progress = flags.json ? undefined : (m: string) => process.stderr.write(`${m}\n`);
+      const status = await pyro().pullEnvironment(name, { force: Boolean(flags.force), ...(progress ? { onProgress: progress } : {}) });
+      if (flags.json) printJson(status);
+      else process.stdout.write(`${status.name} installed at ${status.imagePath} (${formatBytes(status.diskUsageBytes)} on disk)\n`);
+    });
+
+  env
+    .command("inspect")
+    .description("Show an environment's recipe and install state.")
+    .argument("<name>", "environment name")
+    .option("--json", "print JSON")
+    .action(async (name: string, flags: { json?: boolean }) => {
+      const s = await pyro().inspectEnvironment(name);
+      if (flags.json) return printJson(s);
+      const lines = [
+        `Name: ${s.name}`,
+        `Version: ${s.version}`,
+        `Description: ${s.description}`,
+        `Packages: ${s.packages.length ? s.packages.join(", ") : "(minbase only)"}`,
+        `Installed: ${s.installed ? "yes" : "no"}${s.problem ? ` (${s.problem})` : ""}`,
+        `Directory: ${s.dir}`,
+      ];
+      if (s.installed) lines.push(`Image: ${s.imagePath}`, `Image size: ${formatBytes(s.imageSizeBytes)} (apparent), ${formatBytes(s.diskUsageBytes)} on disk`, `Built: ${s.builtAt}`);
+      process.stdout.write(lines.join("\n") + "\n");
+    });
+
+  env
+    .command("prune")
+    .description("Remove broken, stale or unknown environment installs (all of them with --all).")
+    .option("--all", "remove every installed environment")
+    .option("--json", "print JSON")
+    .action(async (flags: { all?: boolean; json?: boolean }) => {
+      const result = await pyro().pruneEnvironments({ all: Boolean(flags.all) });
+      if (flags.json) return printJson(result);
+      process.stdout.write(result.removed.length ? `removed: ${result.removed.join(", ")}\n` : "nothing to prune\n");
+    });
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env node
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Command, CommanderError } from "commander";
+import { packageRoot } from "../paths.js";
+import { handleTerminationSignals } from "../process/exit-cleanup.js";
+import { Pyro } from "../sdk/pyro.js";
+import { registerDoctorCommand } from "./commands/doctor-command.js";
+import { registerEnvCommands } from "./commands/env-commands.js";
+import { registerRunCommand } from "./commands/run-command.js";
+import { reportError } from "./output.js";
+
+function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
+  } catch {
+    return "unknown";
+  }
+}
+
+const EPILOG = `
+Suggested first steps:
+  pyro doctor
+  pyro env list
+  pyro env pull debian:12
+  pyro run debian:12 -- git --version
+
+Every command runs inside a real microVM (QEMU microvm; KVM when usable, else TCG emulation).`;
+
+export async function main(argv: string[]): Promise<number> {
+  handleTerminationSignals();
+  let exitCode = 0;
+  const setExitCode = (code: number) => {
+    exitCode = code;
+  };
+  let instance: Pyro | undefined;
+  const pyro = () => (instance ??= new Pyro());
+  const program = new Command()
+    .name("pyro")
+    .description("Disposable, isolated Linux microVM workspaces for coding agents.")
+    .version(packageVersion(), "--version")
+    .enablePositionalOptions()
+    .showHelpAfterError("(run with --help for usage)")
+    .exitOverride()
+    .addHelpText("after", EPILOG);
+  registerRunCommand(program, pyro, setExitCode);
+  registerEnvCommands(program, pyro);
+  registerDoctorCommand(program, pyro, setExitCode);
+  try {
+    await program.parseAsync(argv, { from: "user" });
+  } catch (error) {
+    if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 2;
+    return reportError(error, argv.includes("--json"));
+  }
+  return exitCode;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.exitCode = reportError(error, false);
+  },
+);

@@ -1,0 +1,18 @@
+import { InvalidArgumentError } from "commander";
+
+/** Commander parser for a whole positive integer within bounds. */
+export function integerOption(min: number, max: number) {
+  return (value: string): number => {
+    if (!/^\d+$/.test(value)) throw new InvalidArgumentError(`expected a whole number, got '${value}'`);
+    const n = Number(value);
+    if (n < min || n > max) throw new InvalidArgumentError(`must be between ${min} and ${max}`);
+    return n;
+  };
+}
+
+/** Commander parser for a positive number of seconds (fractions allowed). */
+export function secondsOption(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected a positive number of seconds, got '${value}'`);
+  return n;
+}

@@ -1,0 +1,96 @@
+import { rmSync } from "node:fs";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { registerExitCleanup } from "../process/exit-cleanup.js";
+import { join } from "node:path";
+import { EnvironmentStore } from "../environments/environment-store.js";
+import type { PyroPaths } from "../paths.js";
+import { requireExecutable, runHostCommand } from "../process/host-command.js";
+import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
+import type { RunningVm } from "../runtime/vmm-backend.js";
+
+export interface DisposableVmOptions {
+  vcpuCount: number;
+  memMib: number;
+  network: boolean;
+  signal?: AbortSignal;
+  onProgress?: (message: string) => void;
+}
+
+const OWNER_FILE = "owner.pid";
+
+/** Per-attempt boot deadline; generous because a busy 2-core CI host boots TCG guests slowly. */
+export function bootTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  const fromEnv = Number(env.PYRO_BOOT_TIMEOUT_MS);
+  return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : 30_000;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Removes run directories whose owning pyro process is gone (it was SIGKILLed: its VMM died with it
+ * through pdeathsig, but nothing could delete the files). Cheap enough to do before every run.
+ */
+export async function sweepOrphanedRunDirs(runtimeDir: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const entry of await readdir(runtimeDir).catch(() => [] as string[])) {
+    if (!entry.startsWith("run-")) continue;
+    const dir = join(runtimeDir, entry);
+    const owner = Number((await readFile(join(dir, OWNER_FILE), "utf8").catch(() => "")).trim());
+    // A directory without an owner file is one being created right now by someone else; leave it.
+    if (owner > 0 && !isAlive(owner)) {
+      await rm(dir, { recursive: true, force: true });
+      removed.push(dir);
+    }
+  }
+  return removed;
+}
+
+/**
+ * Boots a throwaway VM of `environment` on a fresh qcow2 overlay in its own run directory. The VM
+ * dies with this process, and `dispose()` removes the overlay with everything else.
+ */
+export async function launchDisposableVm(paths: PyroPaths, environment: string, options: DisposableVmOptions): Promise<RunningVm> {
+  const store = new EnvironmentStore(paths);
+  const [env, runtime] = await Promise.all([store.require(environment), prepareGuestRuntime(paths, options.onProgress)]);
+  await mkdir(paths.runtimeDir, { recursive: true, mode: 0o700 });
+  await sweepOrphanedRunDirs(paths.runtimeDir);
+  const runDir = await mkdtemp(join(paths.runtimeDir, "run-"));
+  // Until the VM object exists and owns it, the run directory is ours to remove on any exit path.
+  const unregister = registerExitCleanup(
+    () => rmSync(runDir, { recursive: true, force: true }),
+    () => rm(runDir, { recursive: true, force: true }),
+  );
+  try {
+    await writeFile(join(runDir, OWNER_FILE), `${process.pid}\n`);
+    const overlay = join(runDir, "root.qcow2");
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay]);
+    return await runtime.backend.launch(
+      {
+        kernelPath: runtime.kernel.vmlinuxPath,
+        initramfsPath: runtime.initramfs.path,
+        rootDisk: { path: overlay, format: "qcow2", cache: "unsafe" },
+        vcpuCount: options.vcpuCount,
+        memMib: options.memMib,
+        hostname: "pyro",
+        network: options.network ? "user" : "none",
+        runDir,
+        bootTimeoutMs: bootTimeoutMs(),
+        dieWithParent: true,
+        ownsRunDir: true,
+      },
+      options.signal,
+    );
+  } catch (error) {
+    await rm(runDir, { recursive: true, force: true });
+    throw error;
+  } finally {
+    unregister();
+  }
+}

@@ -1,0 +1,63 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { buildQemuArgs, kernelCmdline } from "../src/runtime/qemu/qemu-args.js";
+import type { VmLaunchSpec } from "../src/runtime/vmm-backend.js";
+
+const spec: VmLaunchSpec = {
+  kernelPath: "/k/vmlinux",
+  initramfsPath: "/k/initrd.cpio",
+  rootDisk: { path: "/r/root.qcow2", format: "qcow2", cache: "unsafe" },
+  vcpuCount: 2,
+  memMib: 512,
+  hostname: "pyro",
+  network: "none",
+  runDir: "/run/x",
+  bootTimeoutMs: 1000,
+  dieWithParent: true,
+  ownsRunDir: true,
+};
+
+function valueAfter(args: string[], flag: string): string[] {
+  return args.flatMap((a, i) => (a === flag ? [args[i + 1]!] : []));
+}
+
+describe("QEMU command line", () => {
+  it("uses TCG with the fast CPU model and tsc_early_khz (runtime-facts G1)", () => {
+    const args = buildQemuArgs(spec, "tcg", 2_596_146);
+    assert.deepEqual(valueAfter(args, "-accel"), ["tcg,thread=multi"]);
+    assert.deepEqual(valueAfter(args, "-cpu"), ["qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt"]);
+    assert.match(valueAfter(args, "-append")[0]!, /tsc_early_khz=2596146/);
+    assert.deepEqual(valueAfter(args, "-M"), ["microvm"]);
+  });
+
+  it("uses KVM with the host CPU and no TSC override", () => {
+    const args = buildQemuArgs(spec, "kvm", 2_596_146);
+    assert.deepEqual(valueAfter(args, "-accel"), ["kvm"]);
+    assert.deepEqual(valueAfter(args, "-cpu"), ["host"]);
+    assert.doesNotMatch(valueAfter(args, "-append")[0]!, /tsc_early_khz/);
+  });
+
+  it("adds a NIC only when networking is asked for", () => {
+    assert.equal(buildQemuArgs(spec, "tcg", 1).includes("-netdev"), false);
+    const withNet = buildQemuArgs({ ...spec, network: "user" }, "tcg", 1);
+    assert.deepEqual(valueAfter(withNet, "-netdev"), ["user,id=net0"]);
+    assert.match(kernelCmdline({ ...spec, network: "user" }, "tcg", 1), /pyro\.net=1/);
+  });
+
+  it("mounts read-only disks read-only, without journal replay (G4)", () => {
+    const ro = { ...spec, rootDisk: { path: "/b.ext4", format: "raw" as const, cache: "writeback" as const, readOnly: true } };
+    assert.match(valueAfter(buildQemuArgs(ro, "tcg", 1), "-drive")[0]!, /format=raw.*readonly=on/);
+    assert.match(kernelCmdline(ro, "tcg", 1), /pyro\.rootflags=ro,noload/);
+  });
+
+  it("keeps every kernel command line word free of spaces (G13)", () => {
+    for (const word of kernelCmdline({ ...spec, network: "user" }, "tcg", 1).split(" ")) assert.ok(word.length > 0);
+  });
+
+  it("puts the agent socket, QMP socket and console in the run directory", () => {
+    const args = buildQemuArgs(spec, "tcg", 1).join(" ");
+    assert.match(args, /path=\/run\/x\/agent\.sock/);
+    assert.match(args, /unix:\/run\/x\/qmp\.sock/);
+    assert.match(args, /file:\/run\/x\/console\.log/);
+  });
+});
