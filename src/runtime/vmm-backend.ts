@@ -34,6 +34,8 @@ export interface RunningVm {
   readonly backend: string;
   readonly accel: Accelerator;
   readonly pid: number;
+  /** Holds the agent socket (`agent.sock`), QMP socket and console log. */
+  readonly runDir: string;
   readonly agent: AgentClient;
   readonly hello: HelloInfo;
   /** Wall time from VMM spawn to the agent's first reply, for the attempt that succeeded. */

@@ -79,19 +79,25 @@ pub fn handle_frame(ctx: &Arc<Context>, header_bytes: Vec<u8>, payload: Vec<u8>)
         _ => return ctx.writer.send(&error_header(0, "bad_request", "header needs a positive integer id"), &[]),
     };
     let op = header.get("op").and_then(Json::as_str).unwrap_or("").to_string();
+    // Metadata-only requests are answered inline: a thread costs more than the work under TCG.
+    // Anything that may block (exec, file contents, shutdown) gets its own thread.
+    if matches!(op.as_str(), "hello" | "file.stat" | "") {
+        return answer(ctx, id, &op, &header, payload);
+    }
     let ctx = ctx.clone();
-    // Each request runs on its own thread so a long exec never blocks file reads or pings.
-    std::thread::spawn(move || {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&ctx, &op, &header, payload)));
-        match outcome {
-            Ok(Ok(reply)) => ctx.writer.send(&with_id(id, true, reply.header), &reply.payload),
-            Ok(Err(e)) => ctx.writer.send(&error_header(id, &e.code, &e.message), &[]),
-            Err(_) => ctx.writer.send(&error_header(id, "agent_panic", &format!("agent failed while handling {}", op)), &[]),
-        }
-        if op == "shutdown" {
-            shutdown_now();
-        }
-    });
+    std::thread::spawn(move || answer(&ctx, id, &op, &header, payload));
+}
+
+fn answer(ctx: &Context, id: i64, op: &str, header: &Json, payload: Vec<u8>) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(ctx, op, header, payload)));
+    match outcome {
+        Ok(Ok(reply)) => ctx.writer.send(&with_id(id, true, reply.header), &reply.payload),
+        Ok(Err(e)) => ctx.writer.send(&error_header(id, &e.code, &e.message), &[]),
+        Err(_) => ctx.writer.send(&error_header(id, "agent_panic", &format!("agent failed while handling {}", op)), &[]),
+    }
+    if op == "shutdown" {
+        shutdown_now();
+    }
 }
 
 fn dispatch(ctx: &Context, op: &str, header: &Json, payload: Vec<u8>) -> Result<Reply, OpError> {

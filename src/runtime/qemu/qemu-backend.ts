@@ -154,6 +154,9 @@ class QemuVm implements RunningVm {
   get pid(): number {
     return this.child.pid ?? -1;
   }
+  get runDir(): string {
+    return this.spec.runDir;
+  }
   get agent(): AgentClient {
     if (!this.agentClient) throw new PyroError("GUEST_PROTOCOL", "the VM has not booted");
     return this.agentClient;

@@ -1,0 +1,111 @@
+import assert from "node:assert/strict";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { isPyroError } from "../src/errors.js";
+import { AgentClient } from "../src/guest-protocol/agent-client.js";
+import { encodeFrame, FrameDecoder, FRAME_MAGIC } from "../src/guest-protocol/frame-codec.js";
+import type { RunningVm } from "../src/runtime/vmm-backend.js";
+import { launchDisposableVm } from "../src/vm-run/disposable-vm.js";
+import { sharedPaths } from "./helpers/vm-fixtures.js";
+
+const TIMEOUT = { timeout: 120_000 };
+
+describe("[vm] guest agent protocol against a real guest", () => {
+  let vm: RunningVm;
+  let agent: AgentClient;
+
+  before(async () => {
+    vm = await launchDisposableVm(sharedPaths, "debian:12", { vcpuCount: 1, memMib: 512, network: false });
+    agent = vm.agent;
+  });
+  after(async () => {
+    await vm?.dispose();
+  });
+
+  it("rejects malformed frames without dying, and serves a new connection afterwards", TIMEOUT, async () => {
+    agent.close();
+    const socketPath = join(vm.runDir, "agent.sock");
+    const raw = connect(socketPath);
+    await new Promise<void>((r, j) => raw.once("connect", () => r()).once("error", j));
+    const decoder = new FrameDecoder();
+    const replies: Record<string, unknown>[] = [];
+    raw.on("data", (d: Buffer) => {
+      decoder.push(d);
+      for (let i = decoder.next(); i; i = decoder.next()) if (i.kind === "frame") replies.push(i.header);
+    });
+    const badLength = Buffer.concat([FRAME_MAGIC, Buffer.from([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0])]);
+    const badJson = Buffer.concat([FRAME_MAGIC, Buffer.from([0, 0, 0, 5, 0, 0, 0, 0]), Buffer.from("{nope")]);
+    raw.write(Buffer.concat([Buffer.from("garbage before any frame"), badLength, badJson]));
+    raw.write(encodeFrame({ op: "hello" })); // no id
+    raw.write(encodeFrame({ id: 7, op: "no-such-op" }));
+    raw.write(encodeFrame({ id: 8, op: "exec", argv: "not-an-array" }));
+    raw.write(encodeFrame({ id: 9, op: "hello" }));
+    const deadline = Date.now() + 20_000;
+    while (!replies.some((r) => r.id === 9) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    raw.destroy();
+    const errorsFor = (id: number) => replies.filter((r) => r.id === id && r.ok === false).map((r) => (r.error as { code: string }).code);
+    assert.ok(errorsFor(0).includes("bad_frame"), JSON.stringify(replies));
+    assert.ok(errorsFor(0).includes("bad_request"), JSON.stringify(replies));
+    assert.deepEqual(errorsFor(7), ["unknown_op"]);
+    assert.deepEqual(errorsFor(8), ["bad_request"]);
+    assert.equal(replies.find((r) => r.id === 9)?.ok, true);
+
+    // The agent survives the host disconnecting (G6): a fresh client works.
+    agent = await AgentClient.connect(socketPath, Date.now() + 10_000);
+    await agent.waitReady(Date.now() + 20_000);
+    const r = await agent.exec({ command: ["echo", "still here"] });
+    assert.equal(r.stdout.bytes.toString(), "still here\n");
+  });
+
+  it("writes, reads, stats and lists files, binary-safe", TIMEOUT, async () => {
+    const binary = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+    await agent.writeFile("/tmp/pyro-test/deep/dir/blob.bin", binary, { mode: 0o600 });
+    const read = await agent.readFile("/tmp/pyro-test/deep/dir/blob.bin");
+    assert.deepEqual([...read.data], [...binary]);
+    assert.equal(read.truncated, false);
+    const partial = await agent.readFile("/tmp/pyro-test/deep/dir/blob.bin", { offset: 10, maxBytes: 5 });
+    assert.deepEqual([...partial.data], [10, 11, 12, 13, 14]);
+    assert.equal(partial.truncated, true);
+    const st = await agent.stat("/tmp/pyro-test/deep/dir/blob.bin");
+    assert.equal(st.type, "file");
+    assert.equal(st.size, 256);
+    assert.equal(st.mode, 0o600);
+    const listing = await agent.list("/tmp/pyro-test", { recursive: true });
+    assert.deepEqual(listing.entries.map((e) => `${e.type}:${e.path}`).sort(), [
+      "directory:/tmp/pyro-test/deep",
+      "directory:/tmp/pyro-test/deep/dir",
+      "file:/tmp/pyro-test/deep/dir/blob.bin",
+    ]);
+    await assert.rejects(agent.readFile("/tmp/pyro-test/missing"), (e) => isPyroError(e, "GUEST_OPERATION_FAILED") && e.details.guestCode === "not_found");
+    await assert.rejects(agent.readFile("relative/path"), (e) => isPyroError(e, "GUEST_OPERATION_FAILED") && e.details.guestCode === "bad_request");
+    await assert.rejects(agent.readFile("/tmp/pyro-test"), (e) => isPyroError(e, "GUEST_OPERATION_FAILED") && e.details.guestCode === "is_a_directory");
+  });
+
+  it("serves quick requests while a long command runs", TIMEOUT, async () => {
+    const long = agent.exec({ command: ["sleep", "3"] });
+    const started = Date.now();
+    await agent.hello();
+    await agent.stat("/etc/hostname");
+    assert.ok(Date.now() - started < 2_500, "quick requests were not blocked by the running command");
+    assert.equal((await long).exitCode, 0);
+  });
+
+  it("reaps orphaned children (PID 1 duty) and kills stray background output holders", TIMEOUT, async () => {
+    // Each orphan exits right away; without reaping they would pile up as zombies.
+    await agent.exec({ command: "for i in $(seq 20); do (sleep 0.01 &) ; done; sleep 0.5" });
+    const ps = await agent.exec({ command: "ps -eo stat= | grep -c '^Z' || true" });
+    assert.equal(ps.stdout.bytes.toString().trim(), "0");
+    // A background child keeping stdout open must not hang the exec.
+    const started = Date.now();
+    const r = await agent.exec({ command: "echo fg; sleep 60 &" });
+    assert.equal(r.stdout.bytes.toString(), "fg\n");
+    assert.ok(Date.now() - started < 10_000);
+  });
+
+  it("distinguishes signals from exit codes", TIMEOUT, async () => {
+    const r = await agent.exec({ command: "kill -TERM $$" });
+    assert.equal(r.signal, 15);
+    assert.equal(r.exitCode, 143);
+  });
+});

@@ -1,0 +1,79 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { describe, it } from "node:test";
+import { CLI } from "./helpers/vm-fixtures.js";
+
+function pyro(args: string[], env: NodeJS.ProcessEnv = {}) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", env: { ...process.env, ...env }, timeout: 170_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const TIMEOUT = { timeout: 180_000 };
+
+describe("pyro CLI", () => {
+  it("prints its version and help", () => {
+    assert.match(pyro(["--version"]).stdout, /^\d+\.\d+\.\d+/);
+    const help = pyro(["--help"]);
+    assert.equal(help.code, 0);
+    for (const cmd of ["run", "env", "doctor"]) assert.match(help.stdout, new RegExp(`\\b${cmd}\\b`));
+    assert.match(pyro(["run", "--help"]).stdout, /--allow-host-compat/);
+  });
+
+  it("rejects bad usage with exit code 2", () => {
+    assert.equal(pyro(["run", "debian:12"]).code, 2);
+    const bad = pyro(["run", "debian:12", "--vcpu-count", "lots", "--", "true"]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /whole number/);
+    assert.equal(pyro(["no-such-command"]).code, 2);
+  });
+
+  it("reports pyro failures as one clear line and exit code 125", () => {
+    const r = pyro(["run", "debian:99", "--", "true"]);
+    assert.equal(r.code, 125);
+    assert.equal(r.stderr.trim().split("\n").length, 1);
+    assert.match(r.stderr, /^pyro: error \[ENVIRONMENT_UNKNOWN\]: unknown environment 'debian:99'/);
+    const json = pyro(["run", "debian:99", "--json", "--", "true"]);
+    assert.equal(JSON.parse(json.stdout).error.code, "ENVIRONMENT_UNKNOWN");
+  });
+
+  it("lists and inspects environments as text and JSON", () => {
+    const list = pyro(["env", "list"]);
+    assert.match(list.stdout, /^debian:12 \[installed\]/m);
+    assert.match(list.stdout, /^debian:12-build \[/m);
+    const json = JSON.parse(pyro(["env", "list", "--json"]).stdout) as { environments: { name: string }[] };
+    assert.deepEqual(json.environments.map((e) => e.name), ["debian:12", "debian:12-base", "debian:12-build"]);
+    const inspect = JSON.parse(pyro(["env", "inspect", "debian:12", "--json"]).stdout);
+    assert.equal(inspect.installed, true);
+    assert.ok(inspect.packages.includes("git"));
+    assert.equal(pyro(["env", "inspect", "nope"]).code, 125);
+  });
+
+  it("[vm] doctor passes on a prepared host and names the accelerator", TIMEOUT, () => {
+    const r = pyro(["doctor", "--json"]);
+    assert.equal(r.code, 0, r.stdout);
+    const report = JSON.parse(r.stdout);
+    assert.equal(report.runtime, "PASS");
+    assert.ok(["kvm", "tcg"].includes(report.accel));
+    assert.equal(typeof report.kvm.usable, "boolean");
+    assert.deepEqual(report.problems, []);
+    assert.match(pyro(["doctor"]).stdout, /^Runtime: PASS$/m);
+  });
+
+  it("[vm] run mirrors the guest's exit code and streams its output", TIMEOUT, () => {
+    const r = pyro(["run", "debian:12", "--", "sh", "-c", "echo guest-out; echo guest-err >&2; exit 5"]);
+    assert.equal(r.code, 5);
+    assert.equal(r.stdout, "guest-out\n");
+    assert.match(r.stderr, /^guest-err$/m);
+    assert.match(r.stderr, /\[run\] environment=debian:12 execution_mode=guest .* exit_code=5/);
+  });
+
+  it("[vm] run --json prints the structured result", TIMEOUT, () => {
+    const r = pyro(["run", "debian:12", "--json", "--mem-mib", "512", "--", "git", "--version"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, "", "no progress noise in JSON mode");
+    const result = JSON.parse(r.stdout);
+    for (const key of ["exit_code", "stdout", "stderr", "duration_ms", "backend", "accel", "boot_ms"]) assert.ok(key in result, key);
+    assert.match(result.stdout, /^git version/);
+    assert.equal(result.mem_mib, 512);
+  });
+});
