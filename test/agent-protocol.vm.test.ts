@@ -108,4 +108,11 @@ describe("[vm] guest agent protocol against a real guest", () => {
     assert.equal(r.signal, 15);
     assert.equal(r.exitCode, 143);
   });
+
+  it("shuts the guest down on request, and QEMU exits cleanly", TIMEOUT, async () => {
+    await agent.writeFile("/root/kept.txt", "data");
+    await agent.shutdown();
+    const exit = await Promise.race([vm.exited, new Promise((r) => setTimeout(() => r("still running"), 30_000))]);
+    assert.deepEqual(exit, { code: 0, signal: null });
+  });
 });

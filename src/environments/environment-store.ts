@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { z } from "zod";
 import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
+import { processAlive } from "../process/process-alive.js";
 import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
 import { CATALOG, environmentSlug, findEnvironment, type EnvironmentSpec } from "./catalog.js";
 import { buildRootfsImage, IMAGE_SIZE_BYTES } from "./rootfs-build.js";
@@ -165,6 +166,9 @@ export class EnvironmentStore {
     const entries = await readdir(this.rootDir).catch(() => [] as string[]);
     const known = new Map(CATALOG.map((s) => [environmentSlug(s.name), s]));
     for (const entry of entries) {
+      // A build in progress belongs to a live pyro process; leave it alone.
+      const builder = /\.build-(\d+)$/.exec(entry)?.[1];
+      if (builder && processAlive(Number(builder))) continue;
       const spec = known.get(entry);
       const keep = spec && !options.all && (await this.check(spec)).installed;
       if (!keep) {
@@ -175,6 +179,7 @@ export class EnvironmentStore {
     return { removed };
   }
 }
+
 
 async function hasExt4Superblock(path: string): Promise<boolean> {
   const handle = await open(path, "r");

@@ -4,6 +4,7 @@ import { registerExitCleanup } from "../process/exit-cleanup.js";
 import { join } from "node:path";
 import { EnvironmentStore } from "../environments/environment-store.js";
 import type { PyroPaths } from "../paths.js";
+import { processAlive } from "../process/process-alive.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
@@ -24,14 +25,6 @@ export function bootTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
   return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : 30_000;
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /**
  * Removes run directories whose owning pyro process is gone (it was SIGKILLed: its VMM died with it
@@ -44,7 +37,7 @@ export async function sweepOrphanedRunDirs(runtimeDir: string): Promise<string[]
     const dir = join(runtimeDir, entry);
     const owner = Number((await readFile(join(dir, OWNER_FILE), "utf8").catch(() => "")).trim());
     // A directory without an owner file is one being created right now by someone else; leave it.
-    if (owner > 0 && !isAlive(owner)) {
+    if (owner > 0 && !processAlive(owner)) {
       await rm(dir, { recursive: true, force: true });
       removed.push(dir);
     }
