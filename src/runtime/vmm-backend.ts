@@ -22,6 +22,18 @@ export interface VmLaunchSpec {
   dieWithParent: boolean;
   /** Remove the whole run directory (disk overlay included) on dispose, for throwaway VMs. */
   ownsRunDir: boolean;
+  /**
+   * Resume from this saved VM state instead of booting. The machine (devices, memory, vCPUs) must
+   * match the one that saved it exactly (runtime-facts G10); only file and socket paths may differ.
+   */
+  incomingState?: string;
+}
+
+/** What another pyro process needs to reach a VM that outlived the process that started it. */
+export interface VmHandle {
+  pid: number;
+  runDir: string;
+  accel: Accelerator;
 }
 
 export interface VmExit {
@@ -47,6 +59,12 @@ export interface RunningVm {
   consoleTail(maxBytes?: number): Promise<string>;
   /** Kills the VMM (if still running) and removes its files (the run directory if it owns it). Idempotent. */
   dispose(): Promise<void>;
+  /** Pauses the guest and writes its full state (memory, devices) to `path`. The guest stays paused. */
+  saveState(path: string): Promise<void>;
+  /** Resumes a paused guest. */
+  resume(): Promise<void>;
+  /** Lets the VM outlive this process: no kill on exit, the connection to its agent is closed. */
+  detach(): VmHandle;
 }
 
 /** A way to run microVMs. QEMU microvm now; Firecracker can implement the same contract. */
@@ -54,4 +72,8 @@ export interface VmmBackend {
   readonly name: string;
   /** Boots a guest and waits for its agent; retries once on a boot timeout (runtime-facts G1). */
   launch(spec: VmLaunchSpec, signal?: AbortSignal): Promise<RunningVm>;
+  /** Reconnects to a detached VM; fails with VM_DIED if it is gone. */
+  attach(handle: VmHandle, timeoutMs?: number): Promise<RunningVm>;
+  /** Whether a detached VM is still running (no connection made). */
+  isRunning(handle: VmHandle): Promise<boolean>;
 }

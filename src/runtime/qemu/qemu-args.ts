@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import type { Accelerator, VmLaunchSpec } from "../vmm-backend.js";
+import { shellQuote } from "./qmp-client.js";
 
 /** Files a QEMU guest uses inside its run directory. */
 export function runFiles(runDir: string) {
@@ -67,5 +68,6 @@ export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
   if (spec.network === "user") {
     args.push("-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0");
   }
+  if (spec.incomingState) args.push("-incoming", `exec:cat ${shellQuote(spec.incomingState)}`);
   return args;
 }

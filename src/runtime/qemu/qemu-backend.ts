@@ -1,16 +1,20 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, rmSync } from "node:fs";
-import { mkdir, open, rm } from "node:fs/promises";
+import { mkdir, open, readFile, rm } from "node:fs/promises";
 import { PyroError } from "../../errors.js";
 import { AgentClient } from "../../guest-protocol/agent-client.js";
 import type { HelloInfo } from "../../guest-protocol/messages.js";
 import { registerExitCleanup, shuttingDown } from "../../process/exit-cleanup.js";
 import { findExecutable } from "../../process/host-command.js";
-import type { Accelerator, RunningVm, VmExit, VmLaunchSpec, VmmBackend } from "../vmm-backend.js";
+import { processAlive } from "../../process/process-alive.js";
+import type { Accelerator, RunningVm, VmExit, VmHandle, VmLaunchSpec, VmmBackend } from "../vmm-backend.js";
 import { buildQemuArgs, runFiles } from "./qemu-args.js";
+import { QmpClient, shellQuote } from "./qmp-client.js";
 
 /** The marker /init prints when it cannot hand over to the agent: deterministic, so never retried. */
 const INIT_FAILURE = /PYRO-INIT-FAILED: (.*)/;
+/** Migration is throttled by default; saving a guest is 5x faster unthrottled (runtime-facts G9). */
+const MIGRATION_BANDWIDTH = 20 * 1024 ** 3;
 
 export interface QemuBackendOptions {
   qemuBinary: string;
@@ -24,7 +28,7 @@ export class QemuBackend implements VmmBackend {
   constructor(private readonly options: QemuBackendOptions) {}
 
   async launch(spec: VmLaunchSpec, signal?: AbortSignal): Promise<RunningVm> {
-    const maxAttempts = 2;
+    const maxAttempts = spec.incomingState ? 1 : 2;
     let lastError: PyroError | undefined;
     try {
       for (let attempt = 1; attempt <= maxAttempts; attempt++) {
@@ -40,7 +44,8 @@ export class QemuBackend implements VmmBackend {
       throw error;
     }
     if (spec.ownsRunDir) await rm(spec.runDir, { recursive: true, force: true });
-    throw new PyroError("GUEST_BOOT_FAILED", `${lastError!.message} (after ${maxAttempts} attempts)`, lastError!.details);
+    const suffix = maxAttempts > 1 ? ` (after ${maxAttempts} attempts)` : "";
+    throw new PyroError("GUEST_BOOT_FAILED", `${lastError!.message}${suffix}`, lastError!.details);
   }
 
   private async bootOnce(spec: VmLaunchSpec, attempt: number, signal?: AbortSignal): Promise<RunningVm> {
@@ -61,13 +66,21 @@ export class QemuBackend implements VmmBackend {
     } finally {
       closeSync(stderrFd);
     }
-    const vm = new QemuVm(child, spec, this.options.accel, attempt);
+    const vm = new QemuVm(spec.runDir, this.options.accel, attempt, { child, ownsRunDir: spec.ownsRunDir });
     try {
       const deadline = started + spec.bootTimeoutMs;
+      if (spec.incomingState) {
+        const qmp = await Promise.race([QmpClient.connect(files.qmpSocket, deadline), vm.exitedEarly()]);
+        try {
+          await Promise.race([qmp.waitForMigration(deadline), vm.exitedEarly()]);
+          await qmp.execute("cont");
+        } finally {
+          qmp.close();
+        }
+      }
       const agent = await Promise.race([AgentClient.connect(files.agentSocket, deadline, signal), vm.exitedEarly()]);
-      agent.closeReason = () => vm.deathReason();
       const hello = await Promise.race([agent.waitReady(deadline, signal), vm.exitedEarly()]);
-      vm.attach(agent, hello, Date.now() - started);
+      vm.attachAgent(agent, hello, Date.now() - started);
       return vm;
     } catch (error) {
       const consoleText = await vm.consoleTail(4096);
@@ -81,15 +94,38 @@ export class QemuBackend implements VmmBackend {
       }
       const exit = vm.exitStatus;
       if (exit && exit.code !== null && exit.code !== 0 && stderrText.trim()) {
-        // QEMU refused to start (bad disk path, missing kernel…): retrying cannot help.
+        // QEMU refused to start (bad disk path, missing kernel, incompatible saved state…): retrying cannot help.
         throw new PyroError("GUEST_BOOT_FAILED", `QEMU failed to start the VM: ${lastLine(stderrText)}`, { stderr: stderrText, retryable: false });
       }
       const why = error instanceof PyroError ? error.message : String(error);
-      throw new PyroError("GUEST_BOOT_FAILED", `the guest did not boot: ${why}`, {
+      throw new PyroError("GUEST_BOOT_FAILED", `the guest did not ${spec.incomingState ? "resume" : "boot"}: ${why}`, {
         console: consoleText.slice(-1500),
         stderr: stderrText,
         retryable: true,
       });
+    }
+  }
+
+  async isRunning(handle: VmHandle): Promise<boolean> {
+    if (!processAlive(handle.pid)) return false;
+    // Guard against pid reuse: the process must be a VMM using this run directory.
+    const cmdline = await readFile(`/proc/${handle.pid}/cmdline`, "utf8").catch(() => "");
+    return cmdline.includes(runFiles(handle.runDir).agentSocket);
+  }
+
+  async attach(handle: VmHandle, timeoutMs = 30_000): Promise<RunningVm> {
+    if (!(await this.isRunning(handle))) throw new PyroError("VM_DIED", `the VM (pid ${handle.pid}) is not running`);
+    const vm = new QemuVm(handle.runDir, handle.accel, 1, { pid: handle.pid, ownsRunDir: false });
+    const deadline = Date.now() + timeoutMs;
+    const started = Date.now();
+    const agent = await AgentClient.connect(runFiles(handle.runDir).agentSocket, deadline);
+    try {
+      const hello = await agent.waitReady(deadline);
+      vm.attachAgent(agent, hello, Date.now() - started);
+      return vm;
+    } catch (error) {
+      agent.close();
+      throw error;
     }
   }
 }
@@ -115,47 +151,44 @@ async function readTail(path: string, maxBytes: number): Promise<string> {
   }
 }
 
+type VmProcess = { child: ChildProcess; ownsRunDir: boolean } | { pid: number; ownsRunDir: boolean };
+
 class QemuVm implements RunningVm {
   readonly backend = "qemu-microvm";
-  readonly exited: Promise<VmExit>;
   exitStatus: VmExit | undefined;
+  private exitedPromise: Promise<VmExit> | undefined;
   private agentClient: AgentClient | undefined;
   private helloInfo: HelloInfo | undefined;
   private bootMsValue = 0;
   private disposed = false;
   private disposing: Promise<void> | undefined;
-  private readonly unregister: () => void;
+  private unregister: () => void = () => undefined;
 
   constructor(
-    private readonly child: ChildProcess,
-    private readonly spec: VmLaunchSpec,
+    readonly runDir: string,
     readonly accel: Accelerator,
     readonly attempts: number,
+    private readonly proc: VmProcess,
   ) {
-    this.exited = new Promise((resolve) => {
-      child.once("exit", (code, sig) => {
-        this.exitStatus = { code, signal: sig };
-        resolve(this.exitStatus);
+    if ("child" in proc) {
+      const child = proc.child;
+      this.exitedPromise = new Promise((resolve) => {
+        child.once("exit", (code, sig) => resolve((this.exitStatus = { code, signal: sig })));
+        child.once("error", () => resolve((this.exitStatus = { code: -1, signal: null })));
       });
-      child.once("error", () => {
-        this.exitStatus = { code: -1, signal: null };
-        resolve(this.exitStatus);
-      });
-    });
-    this.unregister = registerExitCleanup(
-      () => {
-        this.killNow();
-        for (const f of this.ownFiles()) rmSync(f, { recursive: true, force: true });
-      },
-      () => this.dispose(),
-    );
+      // A VM we spawned dies with us until it is detached (or always, for one-shot VMs).
+      this.unregister = registerExitCleanup(
+        () => {
+          this.killNow();
+          for (const f of this.ownFiles()) rmSync(f, { recursive: true, force: true });
+        },
+        () => this.dispose(),
+      );
+    }
   }
 
   get pid(): number {
-    return this.child.pid ?? -1;
-  }
-  get runDir(): string {
-    return this.spec.runDir;
+    return "child" in this.proc ? (this.proc.child.pid ?? -1) : this.proc.pid;
   }
   get agent(): AgentClient {
     if (!this.agentClient) throw new PyroError("GUEST_PROTOCOL", "the VM has not booted");
@@ -169,7 +202,22 @@ class QemuVm implements RunningVm {
     return this.bootMsValue;
   }
 
-  attach(agent: AgentClient, hello: HelloInfo, bootMs: number): void {
+  /** Resolves when the VMM exits. A VM we did not spawn is watched by polling its pid. */
+  get exited(): Promise<VmExit> {
+    this.exitedPromise ??= new Promise((resolve) => {
+      const timer = setInterval(() => {
+        if (!processAlive(this.pid)) {
+          clearInterval(timer);
+          resolve((this.exitStatus = { code: null, signal: null }));
+        }
+      }, 25);
+      timer.unref();
+    });
+    return this.exitedPromise;
+  }
+
+  attachAgent(agent: AgentClient, hello: HelloInfo, bootMs: number): void {
+    agent.closeReason = () => this.deathReason();
     this.agentClient = agent;
     this.helloInfo = hello;
     this.bootMsValue = bootMs;
@@ -185,37 +233,70 @@ class QemuVm implements RunningVm {
   /** Why the agent connection closed. The socket often closes just before QEMU's exit is reported. */
   async deathReason(): Promise<string> {
     if (this.disposed) return "the VM was stopped";
-    await Promise.race([this.exited, new Promise((r) => setTimeout(r, 1_000))]);
+    await Promise.race([this.exited, new Promise((r) => setTimeout(r, 1_000).unref())]);
     return this.exitStatus ? `the VM died (${describeExit(this.exitStatus)})` : "the connection to the guest agent was lost";
   }
 
   async consoleTail(maxBytes = 4096): Promise<string> {
-    return readTail(runFiles(this.spec.runDir).console, maxBytes);
+    return readTail(runFiles(this.runDir).console, maxBytes);
+  }
+
+  private async withQmp<T>(fn: (qmp: QmpClient) => Promise<T>): Promise<T> {
+    const qmp = await QmpClient.connect(runFiles(this.runDir).qmpSocket, Date.now() + 10_000);
+    try {
+      return await fn(qmp);
+    } finally {
+      qmp.close();
+    }
+  }
+
+  saveState(path: string): Promise<void> {
+    return this.withQmp(async (qmp) => {
+      await qmp.execute("migrate-set-parameters", { "max-bandwidth": MIGRATION_BANDWIDTH });
+      await qmp.execute("stop");
+      await qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(path)}` });
+      await qmp.waitForMigration(Date.now() + 120_000);
+    });
+  }
+
+  resume(): Promise<void> {
+    return this.withQmp(async (qmp) => {
+      await qmp.execute("cont");
+    });
+  }
+
+  detach(): VmHandle {
+    this.unregister();
+    if ("child" in this.proc) this.proc.child.unref();
+    this.agentClient?.close();
+    this.disposed = true; // closing the agent now is expected, not a death
+    return { pid: this.pid, runDir: this.runDir, accel: this.accel };
+  }
+
+  /** What dispose removes: the VM's own files, or the whole run directory when it owns it. */
+  private ownFiles(): string[] {
+    const files = runFiles(this.runDir);
+    return this.proc.ownsRunDir ? [this.runDir] : [files.agentSocket, files.qmpSocket, files.console, files.stderr];
   }
 
   private killNow(): void {
-    if (this.exitStatus || !this.child.pid) return;
+    if (this.exitStatus || this.pid <= 0) return;
     try {
-      // The VMM runs in its own process group (with setpriv in front of it, when used).
-      process.kill(-this.child.pid, "SIGKILL");
+      // A VMM we spawned runs in its own process group (with setpriv in front of it, when used).
+      process.kill("child" in this.proc ? -this.pid : this.pid, "SIGKILL");
     } catch {
       try {
-        this.child.kill("SIGKILL");
+        process.kill(this.pid, "SIGKILL");
       } catch {
         // already gone
       }
     }
   }
 
-  /** What dispose removes: the VM's own files, or the whole run directory when it owns it. */
-  private ownFiles(): string[] {
-    const files = runFiles(this.spec.runDir);
-    return this.spec.ownsRunDir ? [this.spec.runDir] : [files.agentSocket, files.qmpSocket, files.console, files.stderr];
-  }
-
   /** Kills the VMM and removes its sockets and logs, leaving the run directory and disk in place. */
   terminate(): Promise<void> {
-    return this.shutdown([runFiles(this.spec.runDir).agentSocket, runFiles(this.spec.runDir).qmpSocket, runFiles(this.spec.runDir).console, runFiles(this.spec.runDir).stderr]);
+    const files = runFiles(this.runDir);
+    return this.shutdown([files.agentSocket, files.qmpSocket, files.console, files.stderr]);
   }
 
   dispose(): Promise<void> {
@@ -236,5 +317,6 @@ class QemuVm implements RunningVm {
 }
 
 function describeExit(exit: VmExit): string {
+  if (exit.code === null && exit.signal === null) return "it is gone";
   return exit.signal ? `killed by ${exit.signal}` : `exit code ${exit.code}`;
 }
