@@ -14,7 +14,15 @@ export type PyroErrorCode =
   | "GUEST_OPERATION_FAILED"
   | "EXEC_TIMEOUT"
   | "INVALID_ARGUMENT"
-  | "CANCELLED";
+  | "CANCELLED"
+  | "WORKSPACE_NOT_FOUND"
+  | "WORKSPACE_BUSY"
+  | "WORKSPACE_STOPPED"
+  | "WORKSPACE_RUNNING"
+  | "SNAPSHOT_NOT_FOUND"
+  | "PATH_OUTSIDE_WORKSPACE"
+  | "UNSAFE_ARCHIVE"
+  | "PATCH_FAILED";
 
 export class PyroError extends Error {
   readonly code: PyroErrorCode;

@@ -192,6 +192,19 @@ export class AgentClient {
     return { entries, truncated: header.truncated === true };
   }
 
+  /** Flushes the guest's page cache to its virtual disk: what was written survives a killed VMM. */
+  async sync(): Promise<void> {
+    await this.request("sync", {}, undefined, { timeoutMs: 60_000 });
+  }
+
+  async remove(path: string, options: { recursive?: boolean } = {}): Promise<void> {
+    await this.request("file.remove", { path, recursive: options.recursive ?? false });
+  }
+
+  async mkdir(path: string): Promise<void> {
+    await this.request("file.mkdir", { path });
+  }
+
   /** Asks the guest to sync its disks and power off. Resolves once the agent acknowledged. */
   async shutdown(timeoutMs = 5_000): Promise<void> {
     await this.request("shutdown", {}, undefined, { timeoutMs });

@@ -15,6 +15,8 @@ export interface GuestRuntime {
   readonly initramfs: Initramfs;
   readonly accelerator: AcceleratorChoice;
   readonly agentPath: string;
+  /** Identifies the QEMU build: saved VM states only restore into the same one. */
+  readonly qemuIdentity: string;
 }
 
 const cache = new Map<string, Promise<GuestRuntime>>();
@@ -42,13 +44,14 @@ async function build(paths: PyroPaths, onProgress?: (message: string) => void): 
     hostTscKhz(),
   ]);
   const initramfs = await ensureInitramfs(paths, kernel, agentPath);
+  const qemuIdentity = `${qemuStat.size}-${qemuStat.mtimeMs}`;
   const accelerator = await chooseAccelerator(paths, {
     qemuBinary,
-    qemuIdentity: `${qemuStat.size}-${qemuStat.mtimeMs}`,
+    qemuIdentity,
     kernelPath: kernel.vmlinuxPath,
     kernelPackage: kernel.package,
     initramfsPath: initramfs.path,
   });
   const backend = new QemuBackend({ qemuBinary, accel: accelerator.accel, tscKhz });
-  return { backend, kernel, initramfs, accelerator, agentPath };
+  return { backend, kernel, initramfs, accelerator, agentPath, qemuIdentity };
 }

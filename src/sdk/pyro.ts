@@ -5,18 +5,41 @@ import { resolvePaths, type PyroPaths } from "../paths.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
 import { runOneShot } from "../vm-run/one-shot-run.js";
 import type { RunOptions, RunResult } from "../vm-run/run-result.js";
+import { ensureBootTemplate } from "../workspaces/boot-templates.js";
+import { WorkspaceContext } from "../workspaces/workspace-context.js";
+import { execInWorkspace, workspaceLogs, type WorkspaceExecOptions } from "../workspaces/workspace-exec.js";
+import { applyWorkspacePatch, listWorkspaceFiles, readWorkspaceFile, writeWorkspaceFile } from "../workspaces/workspace-files.js";
+import {
+  createWorkspace,
+  deleteWorkspace,
+  listWorkspaces,
+  startWorkspace,
+  stopWorkspace,
+  updateWorkspace,
+  workspaceStatus,
+  WORKSPACE_DEFAULTS,
+  type CreateWorkspaceOptions,
+  type UpdateWorkspaceOptions,
+} from "../workspaces/workspace-lifecycle.js";
+import { createSnapshot, deleteSnapshot, listSnapshots, resetWorkspace } from "../workspaces/workspace-snapshots.js";
+import { summarizeWorkspace } from "../workspaces/workspace-summary.js";
+import { diffWorkspace, exportFromWorkspace, syncPush } from "../workspaces/workspace-tree.js";
 
 export interface PyroOptions {
   /** Put all caches and state under this directory (same as PYRO_HOME). */
   home?: string;
+  /** Receives progress lines (kernel download, environment build…). */
+  onProgress?: (message: string) => void;
 }
 
 /** The pyro SDK: the same operations as the CLI and the MCP tools, returning the same structures. */
 export class Pyro {
   readonly paths: PyroPaths;
+  private readonly workspaces: WorkspaceContext;
 
   constructor(options: PyroOptions = {}) {
     this.paths = resolvePaths(options.home ? { ...process.env, PYRO_HOME: options.home } : process.env);
+    this.workspaces = new WorkspaceContext(this.paths, options.onProgress);
   }
 
   /** Runs one command in a disposable microVM and destroys it. `command` is argv (no shell). */
@@ -36,8 +59,11 @@ export class Pyro {
   async pullEnvironment(name: string, options: { force?: boolean; onProgress?: (message: string) => void } = {}): Promise<EnvironmentStatus> {
     const store = new EnvironmentStore(this.paths);
     findEnvironment(name);
-    await prepareGuestRuntime(this.paths, options.onProgress);
-    await store.pull(name, options);
+    const runtime = await prepareGuestRuntime(this.paths, options.onProgress);
+    const installed = await store.pull(name, options);
+    // Warm the boot template so the first workspace create is instant too.
+    options.onProgress?.(`[pull] phase=template environment=${name}`);
+    await ensureBootTemplate(this.paths, runtime, installed, WORKSPACE_DEFAULTS);
     return store.status(findEnvironment(name));
   }
 
@@ -47,5 +73,74 @@ export class Pyro {
 
   doctor(): Promise<DoctorReport> {
     return runDoctor(this.paths);
+  }
+
+  // Workspaces: method names follow the MCP tools (workspace_create → createWorkspace, …).
+
+  /** Creates and starts a persistent workspace, optionally seeded from a host directory or archive. */
+  createWorkspace(environment: string, options: CreateWorkspaceOptions = {}) {
+    return createWorkspace(this.workspaces, environment, options);
+  }
+  listWorkspaces() {
+    return listWorkspaces(this.workspaces);
+  }
+  statusWorkspace(workspace: string) {
+    return workspaceStatus(this.workspaces, workspace);
+  }
+  updateWorkspace(workspace: string, changes: UpdateWorkspaceOptions) {
+    return updateWorkspace(this.workspaces, workspace, changes);
+  }
+  stopWorkspace(workspace: string) {
+    return stopWorkspace(this.workspaces, workspace);
+  }
+  startWorkspace(workspace: string) {
+    return startWorkspace(this.workspaces, workspace);
+  }
+  deleteWorkspace(workspace: string) {
+    return deleteWorkspace(this.workspaces, workspace);
+  }
+  summarizeWorkspace(workspace: string) {
+    return summarizeWorkspace(this.workspaces, workspace);
+  }
+  /** Runs a command in /workspace (argv, or a string for /bin/sh -c). Recorded in the command log. */
+  execWorkspace(workspace: string, command: string[] | string, options: WorkspaceExecOptions = {}) {
+    return execInWorkspace(this.workspaces, workspace, command, options);
+  }
+  logsWorkspace(workspace: string, options: { limit?: number } = {}) {
+    return workspaceLogs(this.workspaces, workspace, options);
+  }
+  listWorkspaceFiles(workspace: string, path = "/workspace", options: { recursive?: boolean } = {}) {
+    return listWorkspaceFiles(this.workspaces, workspace, path, options.recursive ?? false);
+  }
+  readWorkspaceFile(workspace: string, path: string, options: { maxBytes?: number } = {}) {
+    return readWorkspaceFile(this.workspaces, workspace, path, options.maxBytes);
+  }
+  writeWorkspaceFile(workspace: string, path: string, text: string) {
+    return writeWorkspaceFile(this.workspaces, workspace, path, text);
+  }
+  applyWorkspacePatch(workspace: string, patch: string) {
+    return applyWorkspacePatch(this.workspaces, workspace, patch);
+  }
+  pushWorkspaceSync(workspace: string, source: string, options: { dest?: string } = {}) {
+    return syncPush(this.workspaces, workspace, source, options.dest);
+  }
+  diffWorkspace(workspace: string) {
+    return diffWorkspace(this.workspaces, workspace);
+  }
+  exportWorkspace(workspace: string, path: string, outputPath: string) {
+    return exportFromWorkspace(this.workspaces, workspace, path, outputPath);
+  }
+  createSnapshot(workspace: string, name: string) {
+    return createSnapshot(this.workspaces, workspace, name);
+  }
+  listSnapshots(workspace: string) {
+    return listSnapshots(this.workspaces, workspace);
+  }
+  deleteSnapshot(workspace: string, name: string) {
+    return deleteSnapshot(this.workspaces, workspace, name);
+  }
+  /** Back to a snapshot (default: the baseline captured at create). */
+  resetWorkspace(workspace: string, options: { snapshot?: string } = {}) {
+    return resetWorkspace(this.workspaces, workspace, options.snapshot);
   }
 }

@@ -111,6 +111,11 @@ fn dispatch(ctx: &Context, op: &str, header: &Json, payload: Vec<u8>) -> Result<
         "file.mkdir" => files::mkdir(header),
         "file.remove" => files::remove(header),
         "shutdown" => Ok(Reply::header(obj(vec![]))),
+        // Flush the guest page cache to the virtual disk, so the host may kill the VMM without loss.
+        "sync" => {
+            crate::sys::sync_all();
+            Ok(Reply::header(obj(vec![])))
+        }
         "" => Err(OpError::bad_request("header needs an op")),
         other => Err(OpError::new("unknown_op", &format!("unknown op {:?} (agent {})", other, AGENT_VERSION))),
     }

@@ -1,0 +1,60 @@
+import { randomBytes } from "node:crypto";
+import { PyroError } from "../errors.js";
+import type { AgentClient } from "../guest-protocol/agent-client.js";
+import { capturedText } from "../guest-protocol/messages.js";
+import { MAX_ARCHIVE_BYTES } from "./archive-safety.js";
+
+/** Frames carry at most 128 MiB; bigger transfers go in pieces of this size. */
+const CHUNK_BYTES = 32 * 1024 * 1024;
+/** A tar pulled out of the guest in one reply. */
+const MAX_DOWNLOAD_BYTES = 120 * 1024 * 1024;
+
+function quote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Extracts a (validated) tar into `dest` in the guest. Staged on the guest's disk, not in its RAM. */
+export async function extractTarInGuest(agent: AgentClient, tar: Buffer, dest: string): Promise<void> {
+  const staging = `/var/tmp/.pyro-upload-${randomBytes(6).toString("hex")}.tar`;
+  try {
+    for (let offset = 0; offset < tar.length || offset === 0; offset += CHUNK_BYTES) {
+      await agent.writeFile(staging, tar.subarray(offset, offset + CHUNK_BYTES), { append: offset > 0, mode: 0o600 });
+      if (tar.length === 0) break;
+    }
+    const r = await agent.exec({
+      command: `mkdir -p ${quote(dest)} && tar -x -f ${quote(staging)} -C ${quote(dest)} --no-same-owner`,
+      timeoutMs: 600_000,
+    });
+    if (r.exitCode !== 0) throw new PyroError("GUEST_OPERATION_FAILED", `extracting into ${dest} failed: ${capturedText(r.stderr).trim()}`);
+  } finally {
+    await agent.remove(staging).catch(() => undefined);
+  }
+}
+
+/** Packs a guest directory (or file) into a tar, read back through the agent. */
+export async function packInGuest(agent: AgentClient, dir: string, entries: string[] = ["."]): Promise<Buffer> {
+  const r = await agent.exec({
+    command: ["tar", "-c", "-f", "-", "-C", dir, "--", ...entries],
+    timeoutMs: 600_000,
+    maxOutputBytes: MAX_DOWNLOAD_BYTES,
+  });
+  if (r.exitCode !== 0) throw new PyroError("GUEST_OPERATION_FAILED", `archiving ${dir} failed: ${capturedText(r.stderr).trim()}`);
+  if (r.stdout.totalBytes > r.stdout.bytes.length) {
+    throw new PyroError("GUEST_OPERATION_FAILED", `${dir} is larger than ${MAX_DOWNLOAD_BYTES} bytes as an archive; export a subdirectory`);
+  }
+  return r.stdout.bytes;
+}
+
+/** Reads a whole guest file in chunks. */
+export async function readWholeFile(agent: AgentClient, path: string, limit = MAX_ARCHIVE_BYTES): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let offset = 0;
+  for (;;) {
+    const { data, size } = await agent.readFile(path, { offset, maxBytes: CHUNK_BYTES });
+    parts.push(data);
+    offset += data.length;
+    if (offset >= size || data.length === 0) break;
+    if (offset > limit) throw new PyroError("GUEST_OPERATION_FAILED", `${path} is larger than ${limit} bytes`);
+  }
+  return Buffer.concat(parts);
+}

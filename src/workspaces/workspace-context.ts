@@ -1,0 +1,76 @@
+import { EnvironmentStore } from "../environments/environment-store.js";
+import { PyroError } from "../errors.js";
+import type { PyroPaths } from "../paths.js";
+import { prepareGuestRuntime, type GuestRuntime } from "../runtime/guest-runtime.js";
+import type { RunningVm, VmHandle } from "../runtime/vmm-backend.js";
+import type { WorkspaceRecord } from "./workspace-record.js";
+import { WorkspaceStore } from "./workspace-store.js";
+
+/** What every workspace operation needs; cheap to build, the runtime is prepared lazily. */
+export class WorkspaceContext {
+  readonly store: WorkspaceStore;
+  readonly environments: EnvironmentStore;
+
+  constructor(
+    readonly paths: PyroPaths,
+    private readonly onProgress?: (message: string) => void,
+  ) {
+    this.store = new WorkspaceStore(paths);
+    this.environments = new EnvironmentStore(paths);
+  }
+
+  runtime(): Promise<GuestRuntime> {
+    return prepareGuestRuntime(this.paths, this.onProgress);
+  }
+}
+
+export function nowIso(): string {
+  return new Date().toISOString();
+}
+
+export function vmHandle(record: WorkspaceRecord): VmHandle | undefined {
+  return record.vm ? { pid: record.vm.pid, runDir: record.vm.run_dir, accel: record.vm.accel } : undefined;
+}
+
+/**
+ * Brings the record in line with reality: a VM that died behind pyro's back (kill -9, host crash)
+ * is recorded as stopped, with the reason. Returns whether the VM is running.
+ */
+export async function reconcileVm(ctx: WorkspaceContext, record: WorkspaceRecord): Promise<boolean> {
+  const handle = vmHandle(record);
+  if (!handle) return false;
+  const runtime = await ctx.runtime();
+  if (await runtime.backend.isRunning(handle)) return true;
+  record.vm = null;
+  record.unexpected_stop = `the VM (pid ${handle.pid}) exited without pyro stopping it; files written before are kept — start it again with 'pyro workspace start ${record.id}'`;
+  record.updated_at = nowIso();
+  await ctx.store.write(record);
+  return false;
+}
+
+/**
+ * Runs `fn` on a running workspace under its lock, connected to its agent. The VM keeps running
+ * afterwards (detached), whatever `fn` does.
+ */
+export async function withRunningWorkspace<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord, vm: RunningVm) => Promise<T>): Promise<T> {
+  const { id } = await ctx.store.resolve(ref);
+  return ctx.store.withLock(id, async () => {
+    const record = await ctx.store.resolve(id);
+    if (!(await reconcileVm(ctx, record))) {
+      throw new PyroError("WORKSPACE_STOPPED", `workspace ${record.id} is stopped; start it with 'pyro workspace start ${record.id}'`, { workspace: record.id });
+    }
+    const runtime = await ctx.runtime();
+    const vm = await runtime.backend.attach(vmHandle(record)!);
+    try {
+      return await fn(record, vm);
+    } finally {
+      vm.detach();
+    }
+  });
+}
+
+/** Like withRunningWorkspace, for operations that handle any VM state themselves. */
+export async function withLockedWorkspace<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord) => Promise<T>): Promise<T> {
+  const { id } = await ctx.store.resolve(ref);
+  return ctx.store.withLock(id, async () => fn(await ctx.store.resolve(id)));
+}

@@ -1,0 +1,115 @@
+import { appendFile, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { PyroError } from "../errors.js";
+import { capturedText } from "../guest-protocol/messages.js";
+import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
+import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
+import { CommandLogEntry } from "./workspace-record.js";
+
+export const WORKSPACE_EXEC_DEFAULTS = { timeoutSeconds: 120, maxOutputBytes: 1 << 20 } as const;
+/** How much of each stream the command log keeps (the full output is in the exec result). */
+const LOG_OUTPUT_CHARS = 4096;
+
+export interface WorkspaceExecOptions {
+  cwd?: string;
+  timeoutSeconds?: number;
+  env?: Record<string, string>;
+  stdin?: string | Buffer;
+  maxOutputBytes?: number;
+}
+
+export interface WorkspaceExecResult {
+  workspace_id: string;
+  sequence: number;
+  command: string[] | string;
+  cwd: string;
+  exit_code: number;
+  stdout: string;
+  stderr: string;
+  duration_ms: number;
+  timed_out: boolean;
+  stdout_truncated: boolean;
+  stderr_truncated: boolean;
+  execution_mode: "guest";
+}
+
+function commandsFile(ctx: WorkspaceContext, id: string): string {
+  return join(ctx.store.dir(id), "commands.jsonl");
+}
+
+function tail(text: string): string {
+  return text.length > LOG_OUTPUT_CHARS ? `[... ${text.length - LOG_OUTPUT_CHARS} chars omitted ...]${text.slice(-LOG_OUTPUT_CHARS)}` : text;
+}
+
+/** Runs a command in the workspace (default cwd /workspace) and records it in the command log. */
+export function execInWorkspace(ctx: WorkspaceContext, ref: string, command: string[] | string, options: WorkspaceExecOptions = {}): Promise<WorkspaceExecResult> {
+  if ((Array.isArray(command) && (command.length === 0 || !command[0])) || command === "") {
+    throw new PyroError("INVALID_ARGUMENT", "no command given; usage: pyro workspace exec WORKSPACE -- COMMAND [ARGS...]");
+  }
+  const timeoutSeconds = options.timeoutSeconds ?? WORKSPACE_EXEC_DEFAULTS.timeoutSeconds;
+  if (!(timeoutSeconds > 0 && timeoutSeconds <= 86_400)) throw new PyroError("INVALID_ARGUMENT", `timeout must be between 0 and 86400 seconds`);
+  const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    const startedAt = nowIso();
+    const r = await vm.agent.exec({
+      command,
+      cwd,
+      env: options.env ?? {},
+      timeoutMs: Math.round(timeoutSeconds * 1000),
+      maxOutputBytes: options.maxOutputBytes ?? WORKSPACE_EXEC_DEFAULTS.maxOutputBytes,
+      ...(options.stdin !== undefined ? { stdin: options.stdin } : {}),
+    });
+    await vm.agent.sync();
+    const sequence = record.command_count + 1;
+    const result: WorkspaceExecResult = {
+      workspace_id: record.id,
+      sequence,
+      command,
+      cwd,
+      exit_code: r.exitCode,
+      stdout: capturedText(r.stdout),
+      stderr: capturedText(r.stderr),
+      duration_ms: r.durationMs,
+      timed_out: r.timedOut,
+      stdout_truncated: r.stdout.totalBytes > r.stdout.bytes.length,
+      stderr_truncated: r.stderr.totalBytes > r.stderr.bytes.length,
+      execution_mode: "guest",
+    };
+    const entry: CommandLogEntry = {
+      sequence,
+      command,
+      cwd,
+      started_at: startedAt,
+      exit_code: result.exit_code,
+      duration_ms: result.duration_ms,
+      timed_out: result.timed_out,
+      stdout: tail(result.stdout),
+      stderr: tail(result.stderr),
+      stdout_truncated: result.stdout_truncated || result.stdout.length > LOG_OUTPUT_CHARS,
+      stderr_truncated: result.stderr_truncated || result.stderr.length > LOG_OUTPUT_CHARS,
+    };
+    await appendFile(commandsFile(ctx, record.id), JSON.stringify(entry) + "\n", { mode: 0o600 });
+    record.command_count = sequence;
+    record.last_activity_at = record.updated_at = nowIso();
+    await ctx.store.write(record);
+    return result;
+  });
+}
+
+/** The command history, oldest first. A torn last line (crash mid-append) is skipped, not fatal. */
+export async function workspaceLogs(ctx: WorkspaceContext, ref: string, options: { limit?: number } = {}): Promise<{ workspace_id: string; count: number; commands: CommandLogEntry[] }> {
+  const record = await ctx.store.resolve(ref);
+  const text = await readFile(commandsFile(ctx, record.id), "utf8").catch(() => "");
+  const commands: CommandLogEntry[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.trim()) continue;
+    try {
+      const parsed = CommandLogEntry.safeParse(JSON.parse(line));
+      if (parsed.success) commands.push(parsed.data);
+    } catch {
+      // torn line
+    }
+  }
+  const limited = options.limit ? commands.slice(-options.limit) : commands;
+  return { workspace_id: record.id, count: limited.length, commands: limited };
+}

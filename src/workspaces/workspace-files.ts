@@ -1,0 +1,160 @@
+import { applyPatch, parsePatch, type StructuredPatch } from "diff";
+import { PyroError } from "../errors.js";
+import { isPyroError } from "../errors.js";
+import type { AgentClient } from "../guest-protocol/agent-client.js";
+import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
+import { readWholeFile } from "./guest-transfer.js";
+import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
+
+export const FILE_READ_DEFAULT_MAX_BYTES = 65_536;
+/** Text written through file write / patch apply; bigger content belongs in sync push. */
+const MAX_TEXT_BYTES = 16 * 1024 * 1024;
+
+export interface FileEntryView {
+  path: string;
+  type: string;
+  size: number;
+  mode: string;
+  modified_at: string;
+  target?: string;
+}
+
+export function listWorkspaceFiles(ctx: WorkspaceContext, ref: string, path = WORKSPACE_ROOT, recursive = false) {
+  const guestPath = workspacePath(path);
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    const { entries, truncated } = await vm.agent.list(guestPath, { recursive });
+    const view: FileEntryView[] = entries.map((e) => ({
+      path: relativeToWorkspace(e.path),
+      type: e.type,
+      size: e.size,
+      mode: e.mode.toString(8).padStart(4, "0"),
+      modified_at: new Date(e.mtimeMs).toISOString(),
+      ...(e.target !== undefined ? { target: e.target } : {}),
+    }));
+    return { workspace_id: record.id, path: relativeToWorkspace(guestPath) || ".", count: view.length, truncated, entries: view };
+  });
+}
+
+function isText(data: Buffer): boolean {
+  if (data.includes(0)) return false;
+  return Buffer.from(data.toString("utf8"), "utf8").equals(data);
+}
+
+/** Reads a file; text comes back as UTF-8, anything else as base64 (and says so). Reads are not activity. */
+export function readWorkspaceFile(ctx: WorkspaceContext, ref: string, path: string, maxBytes = FILE_READ_DEFAULT_MAX_BYTES) {
+  const guestPath = workspacePath(path);
+  if (!(maxBytes > 0)) throw new PyroError("INVALID_ARGUMENT", "max bytes must be positive");
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    const { data, size, truncated } = await vm.agent.readFile(guestPath, { maxBytes });
+    const text = isText(data);
+    return {
+      workspace_id: record.id,
+      path: relativeToWorkspace(guestPath),
+      size,
+      truncated,
+      encoding: text ? ("utf8" as const) : ("base64" as const),
+      content: text ? data.toString("utf8") : data.toString("base64"),
+    };
+  });
+}
+
+export function writeWorkspaceFile(ctx: WorkspaceContext, ref: string, path: string, text: string) {
+  const guestPath = workspacePath(path);
+  if (guestPath === WORKSPACE_ROOT) throw new PyroError("INVALID_ARGUMENT", "cannot write to /workspace itself; name a file");
+  const data = Buffer.from(text, "utf8");
+  if (data.length > MAX_TEXT_BYTES) throw new PyroError("INVALID_ARGUMENT", `text is larger than ${MAX_TEXT_BYTES} bytes; use 'workspace sync push'`);
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    await vm.agent.writeFile(guestPath, data, { mode: await existingMode(vm.agent, guestPath) });
+    await vm.agent.sync();
+    record.last_activity_at = record.updated_at = nowIso();
+    await ctx.store.write(record);
+    return { workspace_id: record.id, path: relativeToWorkspace(guestPath), bytes: data.length };
+  });
+}
+
+/** Keeps an existing file's permissions (an executable script stays executable); 0644 for new files. */
+async function existingMode(agent: AgentClient, guestPath: string): Promise<number> {
+  try {
+    const st = await agent.stat(guestPath);
+    return st.type === "file" ? st.mode : 0o644;
+  } catch {
+    return 0o644;
+  }
+}
+
+/** git-style names: "a/src/x.c" → "src/x.c"; /dev/null → undefined. */
+function patchTarget(name: string | undefined): string | undefined {
+  if (!name || name === "/dev/null") return undefined;
+  const clean = name.split("\t")[0]!.trim();
+  return /^[ab]\//.test(clean) ? clean.slice(2) : clean;
+}
+
+async function readTextOrUndefined(agent: AgentClient, path: string): Promise<string | undefined> {
+  try {
+    return (await readWholeFile(agent, path, MAX_TEXT_BYTES)).toString("utf8");
+  } catch (error) {
+    if (isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "not_found") return undefined;
+    throw error;
+  }
+}
+
+/** Finds the first hunk that does not apply, by applying growing prefixes of the hunk list. */
+function failingHunk(source: string, patch: StructuredPatch): number {
+  for (let i = 1; i <= patch.hunks.length; i++) {
+    if (applyPatch(source, { ...patch, hunks: patch.hunks.slice(0, i) }) === false) return i;
+  }
+  return patch.hunks.length;
+}
+
+export interface PatchResult {
+  workspace_id: string;
+  files: { path: string; status: "modified" | "added" | "deleted" }[];
+}
+
+/**
+ * Applies a unified diff (one or many files, creations and deletions). Every file is patched in
+ * memory first; if any hunk fails, nothing is written and the error names the file and hunk.
+ */
+export function applyWorkspacePatch(ctx: WorkspaceContext, ref: string, patchText: string): Promise<PatchResult> {
+  let patches: StructuredPatch[];
+  try {
+    patches = parsePatch(patchText).filter((p) => p.hunks.length > 0 || p.oldFileName || p.newFileName);
+  } catch (error) {
+    throw new PyroError("PATCH_FAILED", `not a valid unified diff: ${(error as Error).message}`);
+  }
+  if (patches.length === 0) throw new PyroError("PATCH_FAILED", "the patch contains no file changes");
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    const planned: { guestPath: string; display: string; status: PatchResult["files"][number]["status"]; content?: string; mode: number }[] = [];
+    for (const patch of patches) {
+      const oldName = patchTarget(patch.oldFileName);
+      const newName = patchTarget(patch.newFileName);
+      const display = newName ?? oldName ?? "?";
+      const guestPath = workspacePath(display);
+      const status = oldName === undefined ? "added" : newName === undefined ? "deleted" : "modified";
+      const current = status === "added" ? "" : await readTextOrUndefined(vm.agent, workspacePath(oldName!));
+      if (current === undefined) throw new PyroError("PATCH_FAILED", `patch for ${display} does not apply: the file does not exist; nothing was changed`);
+      if (status === "added" && (await readTextOrUndefined(vm.agent, guestPath)) !== undefined) {
+        throw new PyroError("PATCH_FAILED", `patch creates ${display}, which already exists; nothing was changed`);
+      }
+      const result = applyPatch(current, patch);
+      if (result === false) {
+        const hunk = failingHunk(current, patch);
+        const header = patch.hunks[hunk - 1];
+        throw new PyroError(
+          "PATCH_FAILED",
+          `hunk ${hunk} of ${patch.hunks.length} for ${display}${header ? ` (@@ -${header.oldStart},${header.oldLines} +${header.newStart},${header.newLines} @@)` : ""} does not apply; nothing was changed`,
+          { file: display, hunk },
+        );
+      }
+      planned.push({ guestPath, display, status, content: result, mode: await existingMode(vm.agent, guestPath) });
+    }
+    for (const change of planned) {
+      if (change.status === "deleted") await vm.agent.remove(change.guestPath);
+      else await vm.agent.writeFile(change.guestPath, change.content ?? "", { mode: change.mode });
+    }
+    await vm.agent.sync();
+    record.last_activity_at = record.updated_at = nowIso();
+    await ctx.store.write(record);
+    return { workspace_id: record.id, files: planned.map(({ display, status }) => ({ path: display, status })) };
+  });
+}

@@ -1,0 +1,241 @@
+import { rm } from "node:fs/promises";
+import { join } from "node:path";
+import { findEnvironment } from "../environments/catalog.js";
+import { PyroError } from "../errors.js";
+import { writeFileAtomic } from "../storage/atomic-file.js";
+import type { RunningVm } from "../runtime/vmm-backend.js";
+import { prepareTree } from "./archive-safety.js";
+import { ensureBootTemplate } from "./boot-templates.js";
+import { WORKSPACE_ROOT } from "./guest-paths.js";
+import { extractTarInGuest, packInGuest } from "./guest-transfer.js";
+import { bootWorkspace, killWorkspaceVm, layerDisk, stopWorkspaceVm } from "./workspace-boot.js";
+import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
+import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
+import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
+import { newWorkspaceId, validateName } from "./workspace-store.js";
+
+export const WORKSPACE_DEFAULTS = { vcpuCount: 1, memMib: 1024 } as const;
+
+export interface CreateWorkspaceOptions {
+  name?: string;
+  labels?: Record<string, string>;
+  /** Host directory or .tar/.tar.gz/.tgz to put in /workspace. */
+  seedPath?: string;
+  vcpuCount?: number;
+  memMib?: number;
+  /** Delete the workspace after this many seconds without mutating activity. */
+  ttlSeconds?: number;
+}
+
+/** What CLI, SDK and MCP show for a workspace. */
+export interface WorkspaceView {
+  workspace_id: string;
+  name: string | null;
+  labels: Record<string, string>;
+  environment: string;
+  state: "running" | "stopped";
+  created_at: string;
+  last_activity_at: string;
+  expires_at: string | null;
+  vcpu_count: number;
+  mem_mib: number;
+  network_policy: string;
+  command_count: number;
+  snapshots: string[];
+  seed: WorkspaceRecord["seed"];
+  vm: { pid: number; accel: string; boot_ms: number; start_mode: string } | null;
+  unexpected_stop: string | null;
+}
+
+export function viewOf(record: WorkspaceRecord): WorkspaceView {
+  return {
+    workspace_id: record.id,
+    name: record.name,
+    labels: record.labels,
+    environment: record.environment,
+    state: record.vm ? "running" : "stopped",
+    created_at: record.created_at,
+    last_activity_at: record.last_activity_at,
+    expires_at: expiresAt(record),
+    vcpu_count: record.vcpu_count,
+    mem_mib: record.mem_mib,
+    network_policy: record.network_policy,
+    command_count: record.command_count,
+    snapshots: record.snapshots.map((s) => s.name),
+    seed: record.seed,
+    vm: record.vm ? { pid: record.vm.pid, accel: record.vm.accel, boot_ms: record.vm.boot_ms, start_mode: record.vm.start_mode } : null,
+    unexpected_stop: record.unexpected_stop,
+  };
+}
+
+function expiresAt(record: WorkspaceRecord): string | null {
+  return record.ttl_seconds ? new Date(Date.parse(record.last_activity_at) + record.ttl_seconds * 1000).toISOString() : null;
+}
+
+function checkShape(vcpuCount: number, memMib: number, ttlSeconds: number | undefined): void {
+  if (!Number.isInteger(vcpuCount) || vcpuCount < 1 || vcpuCount > 16) throw new PyroError("INVALID_ARGUMENT", `vcpu count must be 1-16, got ${vcpuCount}`);
+  if (!Number.isInteger(memMib) || memMib < 256 || memMib > 65536) throw new PyroError("INVALID_ARGUMENT", `memory must be 256-65536 MiB, got ${memMib}`);
+  if (ttlSeconds !== undefined && !(ttlSeconds > 0)) throw new PyroError("INVALID_ARGUMENT", `ttl must be a positive number of seconds`);
+}
+
+function checkLabels(labels: Record<string, string>): void {
+  for (const key of Object.keys(labels)) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/.test(key)) throw new PyroError("INVALID_ARGUMENT", `invalid label key '${key}'`);
+  }
+}
+
+/** Captures /workspace as the diff baseline and saves the baseline snapshot that reset returns to. */
+async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm): Promise<void> {
+  const tar = await packInGuest(vm.agent, WORKSPACE_ROOT);
+  await writeFileAtomic(join(ctx.store.dir(record.id), "baseline.tar"), tar, 0o600);
+  record.snapshots = [await saveSnapshot(ctx, record, vm, BASELINE_SNAPSHOT)];
+}
+
+/**
+ * Creates and starts a workspace: restore of the environment's boot template (cold boot when there
+ * is none or it fails), seed /workspace, capture the baseline. The VM keeps running after return.
+ */
+export async function createWorkspace(ctx: WorkspaceContext, environment: string, options: CreateWorkspaceOptions = {}): Promise<WorkspaceView & { create_ms: number }> {
+  const started = Date.now();
+  findEnvironment(environment);
+  const shape = { vcpuCount: options.vcpuCount ?? WORKSPACE_DEFAULTS.vcpuCount, memMib: options.memMib ?? WORKSPACE_DEFAULTS.memMib };
+  checkShape(shape.vcpuCount, shape.memMib, options.ttlSeconds);
+  if (options.name !== undefined) await ctx.store.assertNameFree(validateName(options.name));
+  checkLabels(options.labels ?? {});
+  await reapExpired(ctx);
+  // Validate the seed before booting anything: a hostile archive costs nothing.
+  const tree = options.seedPath ? await prepareTree(options.seedPath) : undefined;
+  const env = await ctx.environments.require(environment);
+  const runtime = await ctx.runtime();
+  const id = newWorkspaceId();
+  await ctx.store.createDir(id);
+  const now = nowIso();
+  const record: WorkspaceRecord = {
+    layout: WORKSPACE_LAYOUT,
+    id,
+    name: options.name ?? null,
+    labels: options.labels ?? {},
+    environment,
+    created_at: now,
+    updated_at: now,
+    last_activity_at: now,
+    vcpu_count: shape.vcpuCount,
+    mem_mib: shape.memMib,
+    network_policy: "off",
+    ttl_seconds: options.ttlSeconds ?? null,
+    disk_backing: env.imagePath,
+    vm: null,
+    seed: tree ? { mode: tree.mode, origin: tree.origin, files: tree.summary.files, bytes: tree.summary.bytes } : { mode: "empty", origin: null, files: 0, bytes: 0 },
+    command_count: 0,
+    snapshots: [],
+    unexpected_stop: null,
+  };
+  let vm: RunningVm | undefined;
+  try {
+    return await ctx.store.withLock(id, async () => {
+      const template = await ensureBootTemplate(ctx.paths, runtime, env, shape).catch(() => undefined);
+      if (template) {
+        vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore" });
+      } else {
+        await layerDisk(ctx, record, env.imagePath, "raw");
+        vm = await bootWorkspace(ctx, record, { kind: "cold" });
+      }
+      if (tree) await extractTarInGuest(vm.agent, tree.tar, WORKSPACE_ROOT);
+      await captureBaseline(ctx, record, vm);
+      await ctx.store.write(record);
+      vm.detach();
+      return { ...viewOf(record), create_ms: Date.now() - started };
+    });
+  } catch (error) {
+    if (vm) await vm.dispose();
+    await ctx.store.remove(id);
+    throw error;
+  }
+}
+
+/** Deletes workspaces whose TTL ran out since their last mutating activity. */
+export async function reapExpired(ctx: WorkspaceContext): Promise<string[]> {
+  const reaped: string[] = [];
+  for (const record of await ctx.store.list()) {
+    const expires = expiresAt(record);
+    if (expires && Date.parse(expires) < Date.now()) {
+      await deleteWorkspace(ctx, record.id).catch(() => undefined);
+      reaped.push(record.id);
+    }
+  }
+  return reaped;
+}
+
+export async function listWorkspaces(ctx: WorkspaceContext): Promise<{ count: number; workspaces: WorkspaceView[] }> {
+  await reapExpired(ctx);
+  const records = await ctx.store.list();
+  for (const record of records) await reconcileVm(ctx, record);
+  records.sort((a, b) => b.last_activity_at.localeCompare(a.last_activity_at));
+  return { count: records.length, workspaces: records.map(viewOf) };
+}
+
+export async function workspaceStatus(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
+  const record = await ctx.store.resolve(ref);
+  await reconcileVm(ctx, record);
+  return viewOf(record);
+}
+
+export interface UpdateWorkspaceOptions {
+  name?: string | null;
+  labels?: Record<string, string>;
+  clearLabels?: string[];
+}
+
+export function updateWorkspace(ctx: WorkspaceContext, ref: string, changes: UpdateWorkspaceOptions): Promise<WorkspaceView> {
+  return withLockedWorkspace(ctx, ref, async (record) => {
+    if (changes.name !== undefined && changes.name !== null) await ctx.store.assertNameFree(validateName(changes.name), record.id);
+    if (changes.name !== undefined) record.name = changes.name;
+    checkLabels(changes.labels ?? {});
+    record.labels = { ...record.labels, ...changes.labels };
+    for (const key of changes.clearLabels ?? []) delete record.labels[key];
+    record.updated_at = nowIso();
+    await ctx.store.write(record);
+    return viewOf(record);
+  });
+}
+
+export function stopWorkspace(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
+  return withLockedWorkspace(ctx, ref, async (record) => {
+    if (await reconcileVm(ctx, record)) {
+      const runtime = await ctx.runtime();
+      const handle = vmHandle(record)!;
+      try {
+        await stopWorkspaceVm(await runtime.backend.attach(handle, 10_000));
+      } catch {
+        await killWorkspaceVm(handle);
+      }
+    }
+    record.vm = null;
+    record.updated_at = nowIso();
+    await ctx.store.write(record);
+    return viewOf(record);
+  });
+}
+
+/** Boots a stopped workspace from its disk (files kept; processes and /tmp start fresh). */
+export function startWorkspace(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
+  return withLockedWorkspace(ctx, ref, async (record) => {
+    if (await reconcileVm(ctx, record)) return viewOf(record);
+    const vm = await bootWorkspace(ctx, record, { kind: "cold" });
+    vm.detach();
+    await ctx.store.write(record);
+    return viewOf(record);
+  });
+}
+
+export async function deleteWorkspace(ctx: WorkspaceContext, ref: string): Promise<{ workspace_id: string; deleted: true }> {
+  const { id } = await ctx.store.resolve(ref);
+  await ctx.store.withLock(id, async () => {
+    const record = await ctx.store.resolve(id);
+    const handle = vmHandle(record);
+    if (handle) await killWorkspaceVm(handle);
+  });
+  await ctx.store.remove(id);
+  await rm(`${ctx.store.dir(id)}.lock`, { recursive: true, force: true });
+  return { workspace_id: id, deleted: true };
+}

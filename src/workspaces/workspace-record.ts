@@ -1,0 +1,69 @@
+import { z } from "zod";
+
+/** Bumped when the on-disk layout changes incompatibly. */
+export const WORKSPACE_LAYOUT = 1;
+
+export const SnapshotRecord = z.object({
+  name: z.string(),
+  created_at: z.string(),
+  /** Files inside snapshots/<name>/. */
+  state_file: z.string(),
+  disk_file: z.string(),
+  /** The disk this snapshot's disk is layered on (a template, another snapshot, or the base image). */
+  backing: z.string(),
+});
+export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
+
+export const WorkspaceRecord = z.object({
+  layout: z.literal(WORKSPACE_LAYOUT),
+  id: z.string(),
+  name: z.string().nullable(),
+  labels: z.record(z.string(), z.string()),
+  environment: z.string(),
+  created_at: z.string(),
+  updated_at: z.string(),
+  /** Last mutating activity (exec, write, sync, patch, reset); reads do not count. */
+  last_activity_at: z.string(),
+  vcpu_count: z.number().int(),
+  mem_mib: z.number().int(),
+  network_policy: z.enum(["off"]),
+  ttl_seconds: z.number().nullable(),
+  /** The qcow2 file the live disk is layered on. */
+  disk_backing: z.string(),
+  vm: z
+    .object({
+      pid: z.number().int(),
+      run_dir: z.string(),
+      accel: z.enum(["kvm", "tcg"]),
+      started_at: z.string(),
+      boot_ms: z.number(),
+      start_mode: z.enum(["cold_boot", "template_restore", "snapshot_restore"]),
+    })
+    .nullable(),
+  seed: z.object({
+    mode: z.enum(["empty", "directory", "tar_archive"]),
+    origin: z.string().nullable(),
+    files: z.number().int(),
+    bytes: z.number().int(),
+  }),
+  command_count: z.number().int(),
+  snapshots: z.array(SnapshotRecord),
+  /** Why the VM last stopped when pyro did not stop it (crash, kill -9). */
+  unexpected_stop: z.string().nullable(),
+});
+export type WorkspaceRecord = z.infer<typeof WorkspaceRecord>;
+
+export const CommandLogEntry = z.object({
+  sequence: z.number().int(),
+  command: z.union([z.array(z.string()), z.string()]),
+  cwd: z.string(),
+  started_at: z.string(),
+  exit_code: z.number().int(),
+  duration_ms: z.number(),
+  timed_out: z.boolean(),
+  stdout: z.string(),
+  stderr: z.string(),
+  stdout_truncated: z.boolean(),
+  stderr_truncated: z.boolean(),
+});
+export type CommandLogEntry = z.infer<typeof CommandLogEntry>;

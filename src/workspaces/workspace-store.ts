@@ -1,0 +1,115 @@
+import { randomBytes } from "node:crypto";
+import { mkdir, readdir, rename, rm } from "node:fs/promises";
+import { join } from "node:path";
+import lockfile from "proper-lockfile";
+import { PyroError } from "../errors.js";
+import type { PyroPaths } from "../paths.js";
+import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
+import { WorkspaceRecord } from "./workspace-record.js";
+
+const ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567";
+const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+/** 100 random bits, base32: unguessable, typeable. */
+export function newWorkspaceId(): string {
+  const bytes = randomBytes(20);
+  return "ws-" + [...bytes].map((b) => ID_ALPHABET[b & 31]).join("");
+}
+
+export function validateName(name: string): string {
+  if (!NAME_PATTERN.test(name) || name.startsWith("ws-")) {
+    throw new PyroError("INVALID_ARGUMENT", `invalid workspace name '${name}': use 1-63 letters, digits, '.', '_' or '-', not starting with 'ws-'`);
+  }
+  return name;
+}
+
+/** Workspace records and files under <state>/workspaces/<id>/. */
+export class WorkspaceStore {
+  constructor(private readonly paths: PyroPaths) {}
+
+  get rootDir(): string {
+    return join(this.paths.stateDir, "workspaces");
+  }
+
+  dir(id: string): string {
+    return join(this.rootDir, id);
+  }
+
+  recordPath(id: string): string {
+    return join(this.dir(id), "workspace.json");
+  }
+
+  /** Where a workspace VM's sockets live (short path: unix socket limit). */
+  runDir(id: string): string {
+    return join(this.paths.runtimeDir, id);
+  }
+
+  async read(id: string): Promise<WorkspaceRecord | undefined> {
+    return readJsonIfValid(this.recordPath(id), WorkspaceRecord);
+  }
+
+  async write(record: WorkspaceRecord): Promise<void> {
+    await writeJsonAtomic(this.recordPath(record.id), record, 0o600);
+  }
+
+  async list(): Promise<WorkspaceRecord[]> {
+    const ids = (await readdir(this.rootDir).catch(() => [] as string[])).filter((d) => d.startsWith("ws-"));
+    const records = await Promise.all(ids.map((id) => this.read(id)));
+    return records.filter((r): r is WorkspaceRecord => r !== undefined);
+  }
+
+  /** Finds a workspace by id or name, or fails with how to list them. */
+  async resolve(ref: string): Promise<WorkspaceRecord> {
+    if (ref.startsWith("ws-")) {
+      const record = await this.read(ref);
+      if (record) return record;
+    } else {
+      const match = (await this.list()).find((r) => r.name === ref);
+      if (match) return match;
+    }
+    throw new PyroError("WORKSPACE_NOT_FOUND", `no workspace '${ref}'; list them with 'pyro workspace list'`, { workspace: ref });
+  }
+
+  async assertNameFree(name: string, exceptId?: string): Promise<void> {
+    const taken = (await this.list()).find((r) => r.name === name && r.id !== exceptId);
+    if (taken) throw new PyroError("INVALID_ARGUMENT", `the name '${name}' is already used by workspace ${taken.id}`);
+  }
+
+  async createDir(id: string): Promise<string> {
+    const dir = this.dir(id);
+    await mkdir(join(dir, "snapshots"), { recursive: true, mode: 0o700 });
+    return dir;
+  }
+
+  /** Removes a workspace's files; the record goes first (by rename) so a crash never leaves half a workspace listed. */
+  async remove(id: string): Promise<void> {
+    const dir = this.dir(id);
+    const doomed = join(this.rootDir, `.deleted-${id}-${process.pid}`);
+    await rename(dir, doomed).catch(() => undefined);
+    await rm(doomed, { recursive: true, force: true });
+    await rm(this.runDir(id), { recursive: true, force: true });
+  }
+
+  /**
+   * Runs `fn` holding the workspace's lock, so concurrent pyro processes never interleave on one
+   * workspace. The lock is refreshed while held and broken if its holder died.
+   */
+  async withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    let release: () => Promise<void>;
+    try {
+      release = await lockfile.lock(this.dir(id), {
+        stale: 20_000,
+        update: 5_000,
+        retries: { retries: 600, minTimeout: 50, maxTimeout: 500, factor: 1.2 },
+        realpath: false,
+      });
+    } catch (error) {
+      throw new PyroError("WORKSPACE_BUSY", `workspace ${id} is busy in another pyro process: ${(error as Error).message}`);
+    }
+    try {
+      return await fn();
+    } finally {
+      await release().catch(() => undefined);
+    }
+  }
+}

@@ -1,0 +1,136 @@
+import { createHash } from "node:crypto";
+import { readFile, stat } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { createTwoFilesPatch } from "diff";
+import { Parser, type ReadEntry } from "tar";
+import { PyroError } from "../errors.js";
+import { writeFileAtomic } from "../storage/atomic-file.js";
+import { prepareTree } from "./archive-safety.js";
+import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
+import { extractTarInGuest, packInGuest, readWholeFile } from "./guest-transfer.js";
+import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
+
+/** Copies a host directory or archive into the workspace (default: /workspace itself). */
+export async function syncPush(ctx: WorkspaceContext, ref: string, source: string, dest = WORKSPACE_ROOT) {
+  const guestDest = workspacePath(dest);
+  const tree = await prepareTree(source); // validated before the workspace is touched
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    await extractTarInGuest(vm.agent, tree.tar, guestDest);
+    await vm.agent.sync();
+    record.last_activity_at = record.updated_at = nowIso();
+    await ctx.store.write(record);
+    return { workspace_id: record.id, source, destination: guestDest, mode: tree.mode, ...tree.summary };
+  });
+}
+
+interface TreeEntry {
+  type: string;
+  mode: number;
+  data?: Buffer;
+  linkpath?: string;
+}
+
+async function readTree(tarBytes: Buffer): Promise<Map<string, TreeEntry>> {
+  const entries = new Map<string, TreeEntry>();
+  await new Promise<void>((resolvePromise, reject) => {
+    const parser = new Parser();
+    parser.on("entry", (entry: ReadEntry) => {
+      const path = entry.path.replace(/^\.\//, "").replace(/\/$/, "");
+      const chunks: Buffer[] = [];
+      entry.on("data", (c: Buffer) => chunks.push(c));
+      entry.on("end", () => {
+        if (!path || path === ".") return;
+        const item: TreeEntry = { type: entry.type, mode: (entry.mode ?? 0) & 0o7777 };
+        if (entry.type === "File" || entry.type === "OldFile") item.data = Buffer.concat(chunks);
+        if (entry.linkpath) item.linkpath = entry.linkpath;
+        entries.set(path, item);
+      });
+    });
+    parser.on("error", reject);
+    parser.on("end", () => resolvePromise());
+    parser.end(tarBytes);
+  });
+  return entries;
+}
+
+function isText(data: Buffer): boolean {
+  return !data.includes(0) && Buffer.from(data.toString("utf8"), "utf8").equals(data);
+}
+
+function describe(entry: TreeEntry): string {
+  if (entry.type === "SymbolicLink") return `symlink -> ${entry.linkpath}`;
+  if (entry.data) return isText(entry.data) ? entry.data.toString("utf8") : `binary ${createHash("sha256").update(entry.data).digest("hex").slice(0, 12)}`;
+  return entry.type.toLowerCase();
+}
+
+export interface DiffResult {
+  workspace_id: string;
+  changed: boolean;
+  summary: { added: number; modified: number; deleted: number; binary: number };
+  files: { path: string; status: "added" | "modified" | "deleted"; binary: boolean }[];
+  patch: string;
+}
+
+/** Unified diff of /workspace against the baseline captured at create (added, deleted, binary files too). */
+export function diffWorkspace(ctx: WorkspaceContext, ref: string): Promise<DiffResult> {
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    const baselineBytes = await readFile(join(ctx.store.dir(record.id), "baseline.tar")).catch(() => {
+      throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
+    });
+    const [before, after] = await Promise.all([readTree(baselineBytes), packInGuest(vm.agent, WORKSPACE_ROOT).then(readTree)]);
+    const paths = [...new Set([...before.keys(), ...after.keys()])].sort();
+    const result: DiffResult = { workspace_id: record.id, changed: false, summary: { added: 0, modified: 0, deleted: 0, binary: 0 }, files: [], patch: "" };
+    const parts: string[] = [];
+    for (const path of paths) {
+      const a = before.get(path);
+      const b = after.get(path);
+      if (a?.type === "Directory" && b?.type === "Directory") continue;
+      if (a && b && a.type === b.type && a.linkpath === b.linkpath && a.mode === b.mode && (a.data === b.data || (a.data && b.data && a.data.equals(b.data)))) continue;
+      if ((a?.type === "Directory" && !b) || (b?.type === "Directory" && !a)) continue; // their files tell the story
+      const status = !a ? "added" : !b ? "deleted" : "modified";
+      const binary = Boolean((a?.data && !isText(a.data)) || (b?.data && !isText(b.data)));
+      result.summary[status]++;
+      if (binary) result.summary.binary++;
+      result.files.push({ path, status, binary });
+      if (binary) {
+        parts.push(`diff --pyro a/${path} b/${path}\nBinary files ${a ? `a/${path}` : "/dev/null"} and ${b ? `b/${path}` : "/dev/null"} differ\n`);
+        continue;
+      }
+      const modeNote = a && b && a.mode !== b.mode ? `old mode ${a.mode.toString(8)}\nnew mode ${b.mode.toString(8)}\n` : "";
+      const text = createTwoFilesPatch(a ? `a/${path}` : "/dev/null", b ? `b/${path}` : "/dev/null", a ? describe(a) : "", b ? describe(b) : "", undefined, undefined, { context: 3 });
+      // jsdiff starts with an "Index:"/separator preamble; keep git-like headers only.
+      parts.push(modeNote + text.split("\n").filter((l) => !l.startsWith("Index:") && !/^=+$/.test(l)).join("\n"));
+    }
+    result.patch = parts.join("");
+    result.changed = result.files.length > 0;
+    return result;
+  });
+}
+
+/**
+ * Copies a file or directory out of the workspace to the host. A file arrives as itself, a
+ * directory as a .tar archive. Never overwrites an existing host file.
+ */
+export function exportFromWorkspace(ctx: WorkspaceContext, ref: string, path: string, outputPath: string) {
+  const guestPath = workspacePath(path);
+  const output = resolve(outputPath);
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    if (await stat(output).then(() => true, () => false)) {
+      throw new PyroError("INVALID_ARGUMENT", `${output} already exists; choose another --output (pyro never overwrites host files)`);
+    }
+    const st = await vm.agent.stat(guestPath);
+    let bytes: Buffer;
+    let kind: "file" | "archive";
+    if (st.type === "file") {
+      bytes = await readWholeFile(vm.agent, guestPath);
+      kind = "file";
+    } else if (st.type === "directory") {
+      bytes = await packInGuest(vm.agent, guestPath);
+      kind = "archive";
+    } else {
+      throw new PyroError("INVALID_ARGUMENT", `${relativeToWorkspace(guestPath)} is a ${st.type}; export files or directories`);
+    }
+    await writeFileAtomic(output, bytes, kind === "file" ? st.mode & 0o777 : 0o644);
+    return { workspace_id: record.id, path: relativeToWorkspace(guestPath) || ".", output, kind, bytes: bytes.length };
+  });
+}
