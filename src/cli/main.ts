@@ -8,6 +8,7 @@ import { Pyro } from "../sdk/pyro.js";
 import { registerDoctorCommand } from "./commands/doctor-command.js";
 import { registerEnvCommands } from "./commands/env-commands.js";
 import { registerRunCommand } from "./commands/run-command.js";
+import { registerWorkspaceCommands } from "./commands/workspace-commands.js";
 import { reportError } from "./output.js";
 
 function packageVersion(): string {
@@ -24,6 +25,15 @@ Suggested first steps:
   pyro env list
   pyro env pull debian:12
   pyro run debian:12 -- git --version
+
+Persistent workspaces:
+  pyro workspace create debian:12 --seed-path ./repo --id-only
+  pyro workspace exec WORKSPACE -- make test
+  pyro workspace patch apply WORKSPACE --patch fix.diff
+  pyro workspace diff WORKSPACE
+  pyro workspace snapshot create WORKSPACE checkpoint
+  pyro workspace reset WORKSPACE --snapshot checkpoint
+  pyro workspace export WORKSPACE src --output ./src.tar
 
 Every command runs inside a real microVM (QEMU microvm; KVM when usable, else TCG emulation).`;
 
@@ -46,6 +56,7 @@ export async function main(argv: string[]): Promise<number> {
   registerRunCommand(program, pyro, setExitCode);
   registerEnvCommands(program, pyro);
   registerDoctorCommand(program, pyro, setExitCode);
+  registerWorkspaceCommands(program, pyro, setExitCode);
   try {
     await program.parseAsync(argv, { from: "user" });
   } catch (error) {

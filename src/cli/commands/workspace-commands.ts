@@ -1,0 +1,266 @@
+import { readFile } from "node:fs/promises";
+import { Command, InvalidArgumentError } from "commander";
+import type { Pyro } from "../../sdk/pyro.js";
+import { printJson } from "../output.js";
+import { integerOption, secondsOption } from "../parse-options.js";
+
+type PyroFactory = () => Pyro;
+
+/** "k=v" → [k, v], for repeatable --label options. */
+function collectLabel(value: string, previous: Record<string, string> = {}): Record<string, string> {
+  const at = value.indexOf("=");
+  if (at <= 0) throw new InvalidArgumentError(`expected KEY=VALUE, got '${value}'`);
+  return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };
+}
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+/** One bracketed line per result, like `[workspace-exec] workspace_id=… exit_code=0`. */
+function line(tag: string, fields: object): string {
+  const parts = Object.entries(fields)
+    .filter(([, v]) => v !== undefined && v !== null && v !== "")
+    .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : String(v)}`);
+  return `[${tag}] ${parts.join(" ")}\n`;
+}
+
+function emit(json: boolean | undefined, value: unknown, human: () => string): void {
+  if (json) printJson(value);
+  else process.stdout.write(human());
+}
+
+export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, setExitCode: (code: number) => void): void {
+  const ws = program.command("workspace").description("Persistent workspaces: a VM with a disk that outlives each command.");
+
+  ws.command("create")
+    .description("Create and start a workspace (seeded from a directory or archive, if given).")
+    .argument("<environment>", "environment, e.g. debian:12")
+    .option("--name <name>", "unique name, usable wherever an id is")
+    .option("--label <key=value>", "label (repeatable)", collectLabel)
+    .option("--seed-path <path>", "host directory or .tar/.tar.gz/.tgz to put in /workspace")
+    .option("--vcpu-count <n>", "virtual CPUs (default 1)", integerOption(1, 16))
+    .option("--mem-mib <n>", "memory in MiB (default 1024)", integerOption(256, 65536))
+    .option("--ttl-seconds <s>", "delete after this long without activity", secondsOption)
+    .option("--id-only", "print only the workspace id")
+    .option("--json", "print JSON")
+    .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; ttlSeconds?: number; idOnly?: boolean; json?: boolean }) => {
+      const r = await pyro().createWorkspace(environment, {
+        ...(o.name !== undefined ? { name: o.name } : {}),
+        ...(o.label ? { labels: o.label } : {}),
+        ...(o.seedPath ? { seedPath: o.seedPath } : {}),
+        ...(o.vcpuCount ? { vcpuCount: o.vcpuCount } : {}),
+        ...(o.memMib ? { memMib: o.memMib } : {}),
+        ...(o.ttlSeconds ? { ttlSeconds: o.ttlSeconds } : {}),
+      });
+      if (o.idOnly) return void process.stdout.write(`${r.workspace_id}\n`);
+      emit(o.json, r, () => line("workspace-create", { workspace_id: r.workspace_id, name: r.name, environment: r.environment, state: r.state, start_mode: r.vm?.start_mode, seed: r.seed.mode, seed_files: r.seed.files, create_ms: r.create_ms }));
+    });
+
+  ws.command("list")
+    .description("List workspaces, most recently active first.")
+    .option("--json", "print JSON")
+    .action(async (o: { json?: boolean }) => {
+      const r = await pyro().listWorkspaces();
+      emit(o.json, r, () =>
+        r.workspaces.length
+          ? r.workspaces.map((w) => line("workspace", { workspace_id: w.workspace_id, name: w.name, state: w.state, environment: w.environment, last_activity_at: w.last_activity_at, labels: Object.keys(w.labels).length ? w.labels : undefined })).join("")
+          : "no workspaces (create one with 'pyro workspace create debian:12')\n",
+      );
+    });
+
+  ws.command("status")
+    .description("Show one workspace.")
+    .argument("<workspace>", "id or name")
+    .option("--json", "print JSON")
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const w = await pyro().statusWorkspace(ref);
+      emit(o.json, w, () => line("workspace-status", { workspace_id: w.workspace_id, name: w.name, state: w.state, environment: w.environment, commands: w.command_count, snapshots: w.snapshots.join(","), unexpected_stop: w.unexpected_stop }));
+    });
+
+  ws.command("update")
+    .description("Rename a workspace or change its labels.")
+    .argument("<workspace>", "id or name")
+    .option("--name <name>", "new name")
+    .option("--label <key=value>", "set a label (repeatable)", collectLabel)
+    .option("--clear-label <key>", "remove a label (repeatable)", collect)
+    .option("--json", "print JSON")
+    .action(async (ref: string, o: { name?: string; label?: Record<string, string>; clearLabel?: string[]; json?: boolean }) => {
+      const w = await pyro().updateWorkspace(ref, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.label ? { labels: o.label } : {}), ...(o.clearLabel ? { clearLabels: o.clearLabel } : {}) });
+      emit(o.json, w, () => line("workspace-update", { workspace_id: w.workspace_id, name: w.name, labels: w.labels }));
+    });
+
+  for (const [verb, description] of [
+    ["stop", "Stop the VM (files are kept)."],
+    ["start", "Start a stopped workspace from its disk."],
+    ["delete", "Delete the workspace, its VM and all its files."],
+  ] as const) {
+    ws.command(verb)
+      .description(description)
+      .argument("<workspace>", "id or name")
+      .option("--json", "print JSON")
+      .action(async (ref: string, o: { json?: boolean }) => {
+        const p = pyro();
+        const r = verb === "stop" ? await p.stopWorkspace(ref) : verb === "start" ? await p.startWorkspace(ref) : await p.deleteWorkspace(ref);
+        emit(o.json, r, () => line(`workspace-${verb}`, { workspace_id: r.workspace_id, state: "state" in r ? r.state : "deleted" }));
+      });
+  }
+
+  ws.command("summary")
+    .description("What ran, what changed since the baseline, which snapshots exist.")
+    .argument("<workspace>", "id or name")
+    .option("--json", "print JSON")
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const s = await pyro().summarizeWorkspace(ref);
+      emit(o.json, s, () => {
+        const out = [line("workspace-summary", { workspace_id: s.workspace.workspace_id, state: s.workspace.state, commands: s.commands.count, failed: s.commands.failed, snapshots: s.snapshots.join(",") })];
+        if (s.changes) out.push(line("changes", { added: s.changes.added, modified: s.changes.modified, deleted: s.changes.deleted, binary: s.changes.binary }), ...s.changes.files.map((f) => `  ${f.status.padEnd(8)} ${f.path}\n`));
+        for (const c of s.commands.recent) out.push(`  #${c.sequence} exit=${c.exit_code} ${Array.isArray(c.command) ? c.command.join(" ") : c.command}\n`);
+        return out.join("");
+      });
+    });
+
+  ws.command("exec")
+    .description("Run a command in the workspace (cwd /workspace); recorded in its log.")
+    .argument("<workspace>", "id or name")
+    .argument("<command...>", "command and arguments, after --")
+    .option("--cwd <path>", "working directory, relative to /workspace")
+    .option("--timeout-seconds <s>", "kill the command after this long (default 120)", secondsOption)
+    .option("--json", "print JSON")
+    .action(async (ref: string, command: string[], o: { cwd?: string; timeoutSeconds?: number; json?: boolean }) => {
+      const r = await pyro().execWorkspace(ref, command, { ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.timeoutSeconds ? { timeoutSeconds: o.timeoutSeconds } : {}) });
+      if (o.json) printJson(r);
+      else {
+        process.stdout.write(r.stdout);
+        process.stderr.write(r.stderr);
+        process.stderr.write(line("workspace-exec", { workspace_id: r.workspace_id, sequence: r.sequence, cwd: r.cwd, execution_mode: r.execution_mode, exit_code: r.exit_code, duration_ms: r.duration_ms, timed_out: r.timed_out || undefined }));
+      }
+      setExitCode(r.exit_code);
+    });
+
+  ws.command("logs")
+    .description("Command history: argv, exit code, duration, output (truncated).")
+    .argument("<workspace>", "id or name")
+    .option("--limit <n>", "only the last N commands", integerOption(1, 1_000_000))
+    .option("--json", "print JSON")
+    .action(async (ref: string, o: { limit?: number; json?: boolean }) => {
+      const r = await pyro().logsWorkspace(ref, o.limit ? { limit: o.limit } : {});
+      emit(o.json, r, () =>
+        r.commands.map((c) => `${line("command", { sequence: c.sequence, exit_code: c.exit_code, duration_ms: c.duration_ms, cwd: c.cwd, timed_out: c.timed_out || undefined })}$ ${Array.isArray(c.command) ? c.command.join(" ") : c.command}\n${c.stdout}${c.stderr}`).join("") || "no commands yet\n",
+      );
+    });
+
+  const file = ws.command("file").description("Read, write and list files in /workspace without shell quoting.");
+  file.command("list")
+    .argument("<workspace>", "id or name")
+    .argument("[path]", "directory, relative to /workspace", ".")
+    .option("--recursive", "descend into subdirectories")
+    .option("--json", "print JSON")
+    .action(async (ref: string, path: string, o: { recursive?: boolean; json?: boolean }) => {
+      const r = await pyro().listWorkspaceFiles(ref, path, { recursive: Boolean(o.recursive) });
+      emit(o.json, r, () => r.entries.map((e) => `${e.type === "directory" ? "d" : e.type === "symlink" ? "l" : "-"} ${e.mode} ${String(e.size).padStart(10)} ${e.path}${e.target ? ` -> ${e.target}` : ""}\n`).join(""));
+    });
+  file.command("read")
+    .argument("<workspace>", "id or name")
+    .argument("<path>", "file, relative to /workspace")
+    .option("--max-bytes <n>", "read at most this many bytes (default 65536)", integerOption(1, 64 * 1024 * 1024))
+    .option("--json", "print JSON")
+    .action(async (ref: string, path: string, o: { maxBytes?: number; json?: boolean }) => {
+      const r = await pyro().readWorkspaceFile(ref, path, o.maxBytes ? { maxBytes: o.maxBytes } : {});
+      if (o.json) return printJson(r);
+      process.stdout.write(r.encoding === "utf8" ? r.content : Buffer.from(r.content, "base64"));
+      if (r.truncated) process.stderr.write(`[workspace-file-read] truncated: showed ${o.maxBytes ?? 65536} of ${r.size} bytes (use --max-bytes)\n`);
+    });
+  file.command("write")
+    .argument("<workspace>", "id or name")
+    .argument("<path>", "file, relative to /workspace")
+    .option("--text <text>", "content to write")
+    .option("--from-file <hostPath>", "read the content from this host file")
+    .option("--json", "print JSON")
+    .action(async (ref: string, path: string, o: { text?: string; fromFile?: string; json?: boolean }) => {
+      if ((o.text === undefined) === (o.fromFile === undefined)) throw new InvalidArgumentError("give exactly one of --text or --from-file");
+      const text = o.text ?? (await readFile(o.fromFile!, "utf8"));
+      const r = await pyro().writeWorkspaceFile(ref, path, text);
+      emit(o.json, r, () => line("workspace-file-write", r));
+    });
+
+  ws.command("patch")
+    .description("Apply patches.")
+    .command("apply")
+    .description("Apply a unified diff; if any hunk fails, nothing changes.")
+    .argument("<workspace>", "id or name")
+    .option("--patch <file>", "patch file on the host ('-' for stdin)")
+    .option("--json", "print JSON")
+    .action(async (ref: string, o: { patch?: string; json?: boolean }) => {
+      if (!o.patch) throw new InvalidArgumentError("--patch FILE is required");
+      const text = o.patch === "-" ? await readStdin() : await readFile(o.patch, "utf8");
+      const r = await pyro().applyWorkspacePatch(ref, text);
+      emit(o.json, r, () => line("workspace-patch-apply", { workspace_id: r.workspace_id }) + r.files.map((f) => `  ${f.status.padEnd(8)} ${f.path}\n`).join(""));
+    });
+
+  ws.command("sync")
+    .description("Copy host files in.")
+    .command("push")
+    .description("Copy a host directory or archive into the workspace.")
+    .argument("<workspace>", "id or name")
+    .argument("<source>", "host directory or .tar/.tar.gz/.tgz")
+    .option("--dest <path>", "destination, relative to /workspace", ".")
+    .option("--json", "print JSON")
+    .action(async (ref: string, source: string, o: { dest: string; json?: boolean }) => {
+      const r = await pyro().pushWorkspaceSync(ref, source, { dest: o.dest });
+      emit(o.json, r, () => line("workspace-sync-push", { workspace_id: r.workspace_id, destination: r.destination, files: r.files, bytes: r.bytes }));
+    });
+
+  ws.command("diff")
+    .description("Unified diff of /workspace against the baseline captured at create.")
+    .argument("<workspace>", "id or name")
+    .option("--json", "print JSON")
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const r = await pyro().diffWorkspace(ref);
+      emit(o.json, r, () => r.patch || "no changes since the baseline\n");
+    });
+
+  ws.command("export")
+    .description("Copy a file (as itself) or a directory (as a .tar) out to the host.")
+    .argument("<workspace>", "id or name")
+    .argument("<path>", "path relative to /workspace")
+    .requiredOption("--output <hostPath>", "where to write it (must not exist)")
+    .option("--json", "print JSON")
+    .action(async (ref: string, path: string, o: { output: string; json?: boolean }) => {
+      const r = await pyro().exportWorkspace(ref, path, o.output);
+      emit(o.json, r, () => line("workspace-export", r));
+    });
+
+  const snapshot = ws.command("snapshot").description("Named snapshots of a running workspace (memory and disk).");
+  snapshot.command("create").argument("<workspace>", "id or name").argument("<name>", "snapshot name").option("--json", "print JSON")
+    .action(async (ref: string, name: string, o: { json?: boolean }) => {
+      const r = await pyro().createSnapshot(ref, name);
+      emit(o.json, r, () => line("workspace-snapshot-create", r));
+    });
+  snapshot.command("list").argument("<workspace>", "id or name").option("--json", "print JSON")
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const r = await pyro().listSnapshots(ref);
+      emit(o.json, r, () => r.snapshots.map((s) => line("snapshot", s)).join(""));
+    });
+  snapshot.command("delete").argument("<workspace>", "id or name").argument("<name>", "snapshot name").option("--json", "print JSON")
+    .action(async (ref: string, name: string, o: { json?: boolean }) => {
+      const r = await pyro().deleteSnapshot(ref, name);
+      emit(o.json, r, () => line("workspace-snapshot-delete", r));
+    });
+
+  ws.command("reset")
+    .description("Put the workspace back to a snapshot (default: the baseline from create).")
+    .argument("<workspace>", "id or name")
+    .option("--snapshot <name>", "snapshot to restore", "baseline")
+    .option("--json", "print JSON")
+    .action(async (ref: string, o: { snapshot: string; json?: boolean }) => {
+      const r = await pyro().resetWorkspace(ref, { snapshot: o.snapshot });
+      emit(o.json, r, () => line("workspace-reset", r));
+    });
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
+}
