@@ -42,7 +42,7 @@ function tail(text: string): string {
 }
 
 /** Runs a command in the workspace (default cwd /workspace) and records it in the command log. */
-export function execInWorkspace(ctx: WorkspaceContext, ref: string, command: string[] | string, options: WorkspaceExecOptions = {}): Promise<WorkspaceExecResult> {
+export async function execInWorkspace(ctx: WorkspaceContext, ref: string, command: string[] | string, options: WorkspaceExecOptions = {}): Promise<WorkspaceExecResult> {
   if ((Array.isArray(command) && (command.length === 0 || !command[0])) || command === "") {
     throw new PyroError("INVALID_ARGUMENT", "no command given; usage: pyro workspace exec WORKSPACE -- COMMAND [ARGS...]");
   }

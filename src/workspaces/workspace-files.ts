@@ -19,7 +19,7 @@ export interface FileEntryView {
   target?: string;
 }
 
-export function listWorkspaceFiles(ctx: WorkspaceContext, ref: string, path = WORKSPACE_ROOT, recursive = false) {
+export async function listWorkspaceFiles(ctx: WorkspaceContext, ref: string, path = WORKSPACE_ROOT, recursive = false) {
   const guestPath = workspacePath(path);
   return withRunningWorkspace(ctx, ref, async (record, vm) => {
     const { entries, truncated } = await vm.agent.list(guestPath, { recursive });
@@ -41,7 +41,7 @@ function isText(data: Buffer): boolean {
 }
 
 /** Reads a file; text comes back as UTF-8, anything else as base64 (and says so). Reads are not activity. */
-export function readWorkspaceFile(ctx: WorkspaceContext, ref: string, path: string, maxBytes = FILE_READ_DEFAULT_MAX_BYTES) {
+export async function readWorkspaceFile(ctx: WorkspaceContext, ref: string, path: string, maxBytes = FILE_READ_DEFAULT_MAX_BYTES) {
   const guestPath = workspacePath(path);
   if (!(maxBytes > 0)) throw new PyroError("INVALID_ARGUMENT", "max bytes must be positive");
   return withRunningWorkspace(ctx, ref, async (record, vm) => {
@@ -58,7 +58,7 @@ export function readWorkspaceFile(ctx: WorkspaceContext, ref: string, path: stri
   });
 }
 
-export function writeWorkspaceFile(ctx: WorkspaceContext, ref: string, path: string, text: string) {
+export async function writeWorkspaceFile(ctx: WorkspaceContext, ref: string, path: string, text: string) {
   const guestPath = workspacePath(path);
   if (guestPath === WORKSPACE_ROOT) throw new PyroError("INVALID_ARGUMENT", "cannot write to /workspace itself; name a file");
   const data = Buffer.from(text, "utf8");
@@ -115,7 +115,7 @@ export interface PatchResult {
  * Applies a unified diff (one or many files, creations and deletions). Every file is patched in
  * memory first; if any hunk fails, nothing is written and the error names the file and hunk.
  */
-export function applyWorkspacePatch(ctx: WorkspaceContext, ref: string, patchText: string): Promise<PatchResult> {
+export async function applyWorkspacePatch(ctx: WorkspaceContext, ref: string, patchText: string): Promise<PatchResult> {
   let patches: StructuredPatch[];
   try {
     patches = parsePatch(patchText).filter((p) => p.hunks.length > 0 || p.oldFileName || p.newFileName);

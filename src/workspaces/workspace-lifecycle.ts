@@ -186,7 +186,7 @@ export interface UpdateWorkspaceOptions {
   clearLabels?: string[];
 }
 
-export function updateWorkspace(ctx: WorkspaceContext, ref: string, changes: UpdateWorkspaceOptions): Promise<WorkspaceView> {
+export async function updateWorkspace(ctx: WorkspaceContext, ref: string, changes: UpdateWorkspaceOptions): Promise<WorkspaceView> {
   return withLockedWorkspace(ctx, ref, async (record) => {
     if (changes.name !== undefined && changes.name !== null) await ctx.store.assertNameFree(validateName(changes.name), record.id);
     if (changes.name !== undefined) record.name = changes.name;
@@ -199,7 +199,7 @@ export function updateWorkspace(ctx: WorkspaceContext, ref: string, changes: Upd
   });
 }
 
-export function stopWorkspace(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
+export async function stopWorkspace(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
   return withLockedWorkspace(ctx, ref, async (record) => {
     if (await reconcileVm(ctx, record)) {
       const runtime = await ctx.runtime();
@@ -218,7 +218,7 @@ export function stopWorkspace(ctx: WorkspaceContext, ref: string): Promise<Works
 }
 
 /** Boots a stopped workspace from its disk (files kept; processes and /tmp start fresh). */
-export function startWorkspace(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
+export async function startWorkspace(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
   return withLockedWorkspace(ctx, ref, async (record) => {
     if (await reconcileVm(ctx, record)) return viewOf(record);
     const vm = await bootWorkspace(ctx, record, { kind: "cold" });

@@ -42,7 +42,7 @@ export async function saveSnapshot(ctx: WorkspaceContext, record: WorkspaceRecor
   return { name, created_at: nowIso(), state_file: "state.bin", disk_file: "disk.qcow2", backing: record.disk_backing };
 }
 
-export function createSnapshot(ctx: WorkspaceContext, ref: string, name: string): Promise<SnapshotView & { workspace_id: string }> {
+export async function createSnapshot(ctx: WorkspaceContext, ref: string, name: string): Promise<SnapshotView & { workspace_id: string }> {
   validateName(name);
   if (name === BASELINE_SNAPSHOT) throw new PyroError("INVALID_ARGUMENT", `'${BASELINE_SNAPSHOT}' is reserved for the state captured at create`);
   return withRunningWorkspace(ctx, ref, async (record, vm) => {
@@ -60,7 +60,7 @@ export async function listSnapshots(ctx: WorkspaceContext, ref: string): Promise
   return { workspace_id: record.id, count: record.snapshots.length, snapshots: record.snapshots.map(({ name, created_at }) => ({ name, created_at })) };
 }
 
-export function deleteSnapshot(ctx: WorkspaceContext, ref: string, name: string): Promise<{ workspace_id: string; deleted: string }> {
+export async function deleteSnapshot(ctx: WorkspaceContext, ref: string, name: string): Promise<{ workspace_id: string; deleted: string }> {
   return withLockedWorkspace(ctx, ref, async (record) => {
     if (name === BASELINE_SNAPSHOT) throw new PyroError("INVALID_ARGUMENT", "the baseline snapshot cannot be deleted; it is what 'reset' and 'diff' compare against");
     const snapshot = record.snapshots.find((s) => s.name === name);
@@ -83,7 +83,7 @@ export function deleteSnapshot(ctx: WorkspaceContext, ref: string, name: string)
  * Puts the workspace back to a snapshot (default: the baseline captured at create): the VM is
  * replaced by a restore of the snapshot's memory and disk. Command history is kept.
  */
-export function resetWorkspace(ctx: WorkspaceContext, ref: string, name = BASELINE_SNAPSHOT): Promise<{ workspace_id: string; snapshot: string; reset_ms: number; start_mode: string }> {
+export async function resetWorkspace(ctx: WorkspaceContext, ref: string, name = BASELINE_SNAPSHOT): Promise<{ workspace_id: string; snapshot: string; reset_ms: number; start_mode: string }> {
   return withLockedWorkspace(ctx, ref, async (record) => {
     const started = Date.now();
     const snapshot = record.snapshots.find((s) => s.name === name);

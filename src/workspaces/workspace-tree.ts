@@ -72,7 +72,7 @@ export interface DiffResult {
 }
 
 /** Unified diff of /workspace against the baseline captured at create (added, deleted, binary files too). */
-export function diffWorkspace(ctx: WorkspaceContext, ref: string): Promise<DiffResult> {
+export async function diffWorkspace(ctx: WorkspaceContext, ref: string): Promise<DiffResult> {
   return withRunningWorkspace(ctx, ref, async (record, vm) => {
     const baselineBytes = await readFile(join(ctx.store.dir(record.id), "baseline.tar")).catch(() => {
       throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
@@ -111,7 +111,7 @@ export function diffWorkspace(ctx: WorkspaceContext, ref: string): Promise<DiffR
  * Copies a file or directory out of the workspace to the host. A file arrives as itself, a
  * directory as a .tar archive. Never overwrites an existing host file.
  */
-export function exportFromWorkspace(ctx: WorkspaceContext, ref: string, path: string, outputPath: string) {
+export async function exportFromWorkspace(ctx: WorkspaceContext, ref: string, path: string, outputPath: string) {
   const guestPath = workspacePath(path);
   const output = resolve(outputPath);
   return withRunningWorkspace(ctx, ref, async (record, vm) => {

@@ -57,7 +57,7 @@ pub fn exec(registry: &Registry, header: &Json, stdin: Vec<u8>) -> Result<Reply,
     let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
 
     let started = Instant::now();
-    let program = match resolve_program(&argv[0], &path_var) {
+    let program = match resolve_program(&argv[0], &path_var, &cwd) {
         Some(p) => p,
         None => {
             let msg = format!("{}: command not found\n", argv[0]);

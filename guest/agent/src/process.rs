@@ -208,13 +208,15 @@ fn read_full(fd: c_int, buf: &mut [u8]) -> usize {
 }
 
 /// Resolves a program name against PATH the way execvp would, so "not found" is known before fork.
-pub fn resolve_program(name: &str, path_var: &str) -> Option<String> {
+/// A name with a slash is taken relative to the command's working directory, not the agent's.
+pub fn resolve_program(name: &str, path_var: &str, cwd: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let is_exec = |p: &std::path::Path| {
         std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
     };
     if name.contains('/') {
-        return if is_exec(std::path::Path::new(name)) { Some(name.to_string()) } else { None };
+        let full = std::path::Path::new(cwd).join(name);
+        return if is_exec(&full) { Some(full.to_string_lossy().into_owned()) } else { None };
     }
     path_var
         .split(':')
