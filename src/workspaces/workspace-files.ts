@@ -4,6 +4,7 @@ import { isPyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { readWholeFile } from "./guest-transfer.js";
+import { isText } from "./text-content.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 
 export const FILE_READ_DEFAULT_MAX_BYTES = 65_536;
@@ -35,10 +36,6 @@ export async function listWorkspaceFiles(ctx: WorkspaceContext, ref: string, pat
   });
 }
 
-function isText(data: Buffer): boolean {
-  if (data.includes(0)) return false;
-  return Buffer.from(data.toString("utf8"), "utf8").equals(data);
-}
 
 /** Reads a file; text comes back as UTF-8, anything else as base64 (and says so). Reads are not activity. */
 export async function readWorkspaceFile(ctx: WorkspaceContext, ref: string, path: string, maxBytes = FILE_READ_DEFAULT_MAX_BYTES) {

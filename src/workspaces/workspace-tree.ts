@@ -8,6 +8,7 @@ import { writeFileAtomic } from "../storage/atomic-file.js";
 import { prepareTree } from "./archive-safety.js";
 import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { extractTarInGuest, packInGuest, readWholeFile } from "./guest-transfer.js";
+import { isText } from "./text-content.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 
 /** Copies a host directory or archive into the workspace (default: /workspace itself). */
@@ -53,9 +54,6 @@ async function readTree(tarBytes: Buffer): Promise<Map<string, TreeEntry>> {
   return entries;
 }
 
-function isText(data: Buffer): boolean {
-  return !data.includes(0) && Buffer.from(data.toString("utf8"), "utf8").equals(data);
-}
 
 function describe(entry: TreeEntry): string {
   if (entry.type === "SymbolicLink") return `symlink -> ${entry.linkpath}`;

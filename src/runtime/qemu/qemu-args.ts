@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import type { Accelerator, VmLaunchSpec } from "../vmm-backend.js";
-import { shellQuote } from "./qmp-client.js";
+import { shellQuote } from "../../process/shell-quote.js";
 
 /** Files a QEMU guest uses inside its run directory. */
 export function runFiles(runDir: string) {

@@ -9,7 +9,8 @@ import { findExecutable } from "../../process/host-command.js";
 import { processAlive } from "../../process/process-alive.js";
 import type { Accelerator, RunningVm, VmExit, VmHandle, VmLaunchSpec, VmmBackend } from "../vmm-backend.js";
 import { buildQemuArgs, runFiles } from "./qemu-args.js";
-import { QmpClient, shellQuote } from "./qmp-client.js";
+import { shellQuote } from "../../process/shell-quote.js";
+import { QmpClient } from "./qmp-client.js";
 
 /** The marker /init prints when it cannot hand over to the agent: deterministic, so never retried. */
 const INIT_FAILURE = /PYRO-INIT-FAILED: (.*)/;

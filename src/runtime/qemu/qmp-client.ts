@@ -87,8 +87,3 @@ export class QmpClient {
     this.socket.destroy();
   }
 }
-
-/** Quotes a path for the shell QEMU runs `exec:` migration commands in. */
-export function shellQuote(path: string): string {
-  return `'${path.replace(/'/g, `'\\''`)}'`;
-}
