@@ -7,6 +7,7 @@ import { handleTerminationSignals } from "../process/exit-cleanup.js";
 import { Pyro } from "../sdk/pyro.js";
 import { registerDoctorCommand } from "./commands/doctor-command.js";
 import { registerEnvCommands } from "./commands/env-commands.js";
+import { registerMcpCommands } from "./commands/mcp-command.js";
 import { registerRunCommand } from "./commands/run-command.js";
 import { registerWorkspaceCommands } from "./commands/workspace-commands.js";
 import { reportError } from "./output.js";
@@ -25,6 +26,7 @@ Suggested first steps:
   pyro env list
   pyro env pull debian:12
   pyro run debian:12 -- git --version
+  pyro mcp serve                      # then connect a chat host: pyro host connect claude-code
 
 Persistent workspaces:
   pyro workspace create debian:12 --seed-path ./repo --id-only
@@ -57,6 +59,7 @@ export async function main(argv: string[]): Promise<number> {
   registerEnvCommands(program, pyro);
   registerDoctorCommand(program, pyro, setExitCode);
   registerWorkspaceCommands(program, pyro, setExitCode);
+  registerMcpCommands(program);
   try {
     await program.parseAsync(argv, { from: "user" });
   } catch (error) {

@@ -1,0 +1,38 @@
+import { Command, InvalidArgumentError, Option } from "commander";
+import { createPyroMcpServer } from "../../mcp/server.js";
+import { serveHttp, newToken } from "../../mcp/http-server.js";
+import { serveStdio } from "../../mcp/stdio-server.js";
+import { DEFAULT_PROFILE, MODES, PROFILES, type ModeName, type ProfileName } from "../../mcp/profiles.js";
+import { Pyro } from "../../sdk/pyro.js";
+
+function hostPort(value: string): { host: string; port: number } {
+  const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(value);
+  if (!match) throw new InvalidArgumentError(`expected HOST:PORT, e.g. 127.0.0.1:8765, got '${value}'`);
+  return { host: match[1]!.replace(/^\[|\]$/g, ""), port: Number(match[2]) };
+}
+
+export function registerMcpCommands(program: Command): void {
+  const mcp = program.command("mcp").description("Serve pyro's tools to chat hosts over MCP.");
+  mcp
+    .command("serve")
+    .description("Serve MCP on stdio (default) or Streamable HTTP. Logs go to stderr; stdout carries MCP only.")
+    .addOption(new Option("--profile <profile>", "tool profile").choices(Object.keys(PROFILES)).default(DEFAULT_PROFILE))
+    .addOption(new Option("--mode <mode>", "workflow mode: a narrowed tool set for one recipe").choices(Object.keys(MODES)))
+    .option("--http <host:port>", "serve Streamable HTTP on a loopback address instead of stdio", hostPort)
+    .option("--token <token>", "bearer token for --http (default: $PYRO_MCP_TOKEN, else a random one printed to stderr)")
+    .addHelpText("after", "\nProfiles: vm-run (one-shot only), workspace-core (default), workspace-full (adds start/stop, summary, snapshots).\nModes: repro-fix, inspect, cold-start, review-eval.")
+    .action(async (o: { profile: ProfileName; mode?: ModeName; http?: { host: string; port: number }; token?: string }) => {
+      const pyro = new Pyro({ onProgress: (m) => process.stderr.write(`${m}\n`) });
+      const make = () => createPyroMcpServer({ pyro, profile: o.profile, ...(o.mode ? { mode: o.mode } : {}) });
+      if (!o.http) {
+        await serveStdio(make());
+        // The client is gone: exit now (exit cleanup stops one-shot VMs; workspaces persist by design).
+        process.exit(0);
+      }
+      const token = o.token ?? process.env.PYRO_MCP_TOKEN ?? newToken();
+      if (!o.token && !process.env.PYRO_MCP_TOKEN) process.stderr.write(`[mcp] bearer token: ${token}\n`);
+      await serveHttp({ ...o.http, token, createServer: make });
+      process.stderr.write(`[mcp] serving Streamable HTTP on http://${o.http.host.includes(":") ? `[${o.http.host}]` : o.http.host}:${o.http.port}/mcp\n`);
+      await new Promise(() => undefined); // until a signal
+    });
+}

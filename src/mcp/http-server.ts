@@ -1,0 +1,92 @@
+import { randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
+import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
+import { PyroError } from "../errors.js";
+
+export interface HttpServeOptions {
+  host: string;
+  port: number;
+  /** Every request must carry `Authorization: Bearer <token>`. */
+  token: string;
+  /** A fresh MCP server per session (an McpServer serves one transport). */
+  createServer: () => McpServer;
+}
+
+const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
+
+export function newToken(): string {
+  return randomBytes(24).toString("base64url");
+}
+
+function tokenMatches(header: string | undefined, token: string): boolean {
+  const given = Buffer.from(header?.startsWith("Bearer ") ? header.slice(7) : "");
+  const expected = Buffer.from(token);
+  return given.length === expected.length && timingSafeEqual(given, expected);
+}
+
+/** Browsers send Origin: only pages served from this same loopback host may talk to us. */
+function originAllowed(origin: string | undefined, port: number): boolean {
+  if (!origin) return true; // not a browser
+  try {
+    const url = new URL(origin);
+    return LOOPBACK.has(url.hostname.replace(/^\[|\]$/g, "")) && Number(url.port) === port;
+  } catch {
+    return false;
+  }
+}
+
+function reject(res: ServerResponse, status: number, message: string): void {
+  res.writeHead(status, { "content-type": "application/json", ...(status === 401 ? { "www-authenticate": "Bearer" } : {}) });
+  res.end(JSON.stringify({ jsonrpc: "2.0", error: { code: -32000, message }, id: null }));
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > 16 * 1024 * 1024) throw new PyroError("INVALID_ARGUMENT", "request body too large");
+    chunks.push(chunk as Buffer);
+  }
+  return chunks.length ? JSON.parse(Buffer.concat(chunks).toString("utf8")) : undefined;
+}
+
+/** Streamable HTTP on a loopback address, bearer token and origin checked on every request. */
+export async function serveHttp(options: HttpServeOptions): Promise<Server> {
+  if (!LOOPBACK.has(options.host)) {
+    throw new PyroError("INVALID_ARGUMENT", `refusing to serve on ${options.host}: pyro's MCP HTTP endpoint binds loopback addresses only (127.0.0.1, ::1, localhost)`);
+  }
+  const sessions = new Map<string, StreamableHTTPServerTransport>();
+  const httpServer = createServer((req, res) => {
+    void (async () => {
+      if (!tokenMatches(req.headers.authorization, options.token)) return reject(res, 401, "missing or wrong bearer token");
+      if (!originAllowed(req.headers.origin, options.port)) return reject(res, 403, "origin not allowed");
+      if (!req.url?.startsWith("/mcp")) return reject(res, 404, "the MCP endpoint is /mcp");
+      const sessionId = req.headers["mcp-session-id"];
+      let transport = typeof sessionId === "string" ? sessions.get(sessionId) : undefined;
+      const body = req.method === "POST" ? await readJson(req) : undefined;
+      if (!transport) {
+        if (req.method !== "POST" || !isInitializeRequest(body)) return reject(res, 400, "no valid session; start with an initialize request");
+        const created = new StreamableHTTPServerTransport({
+          sessionIdGenerator: () => randomUUID(),
+          onsessioninitialized: (id) => void sessions.set(id, created),
+        });
+        created.onclose = () => {
+          if (created.sessionId) sessions.delete(created.sessionId);
+        };
+        await options.createServer().connect(created);
+        transport = created;
+      }
+      await transport.handleRequest(req, res, body);
+    })().catch((error: unknown) => {
+      if (!res.headersSent) reject(res, 400, error instanceof Error ? error.message : String(error));
+    });
+  });
+  await new Promise<void>((resolve, rejectListen) => {
+    httpServer.once("error", rejectListen);
+    httpServer.listen(options.port, options.host, () => resolve());
+  });
+  return httpServer;
+}

@@ -1,0 +1,56 @@
+import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { packageRoot } from "../paths.js";
+import type { Pyro } from "../sdk/pyro.js";
+import { resolveToolSet, TOOL_FACTORIES, type ModeName, type ProfileName } from "./profiles.js";
+import type { ToolDefinition } from "./tool-definition.js";
+import { toolErrorResult } from "./tool-errors.js";
+
+export interface ServerOptions {
+  pyro: Pyro;
+  profile?: ProfileName;
+  mode?: ModeName;
+}
+
+/** The tool definitions a profile/mode serves, descriptions included (also used by benchmarks). */
+export function toolDefinitions(profile?: ProfileName, mode?: ModeName): ToolDefinition[] {
+  const set = resolveToolSet(profile, mode);
+  return set.tools.map((name) => {
+    const tool = TOOL_FACTORIES[name]!(set.surface);
+    const description = set.descriptions?.[name];
+    return description ? { ...tool, description } : tool;
+  });
+}
+
+function version(): string {
+  try {
+    return (JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }).version;
+  } catch {
+    return "0.0.0";
+  }
+}
+
+/** An MCP server exposing pyro's tools; the server only registers, each tool module does the work. */
+export function createPyroMcpServer(options: ServerOptions): McpServer {
+  const server = new McpServer(
+    { name: "pyro", version: version() },
+    { instructions: "pyro runs commands in isolated Linux microVMs. Create a workspace, run commands and edit files in it, review with workspace_diff, then delete it." },
+  );
+  for (const tool of toolDefinitions(options.profile, options.mode)) {
+    server.registerTool(tool.name, { title: tool.title, description: tool.description, inputSchema: tool.inputSchema }, async (args: Record<string, unknown>, extra) => {
+      const token = extra._meta?.progressToken;
+      const progress = async (value: number, message: string) => {
+        if (token === undefined) return;
+        await extra.sendNotification({ method: "notifications/progress", params: { progressToken: token, progress: value, message } }).catch(() => undefined);
+      };
+      try {
+        const result = await tool.run(args, { pyro: options.pyro, progress });
+        return { content: [{ type: "text" as const, text: JSON.stringify(result, null, 2) }] };
+      } catch (error) {
+        return toolErrorResult(error);
+      }
+    });
+  }
+  return server;
+}

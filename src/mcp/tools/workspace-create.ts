@@ -1,0 +1,32 @@
+import { z } from "zod";
+import type { ToolFactory } from "../tool-definition.js";
+
+export const workspaceCreate: ToolFactory = (surface) => ({
+  name: "workspace_create",
+  title: "Create a workspace",
+  description:
+    "Create and start a persistent, isolated Linux workspace (a VM whose /workspace keeps your files). " +
+    "Pass seed_path to copy a host directory or .tar/.tgz into /workspace. Next: workspace_exec to run commands.",
+  inputSchema: {
+    environment: z.string().default("debian:12").describe("debian:12 (git, python3), debian:12-base or debian:12-build (compilers)"),
+    seed_path: z.string().optional().describe("Host directory or archive to copy into /workspace"),
+    name: z.string().optional().describe("Unique name, usable instead of the id"),
+    labels: z.record(z.string(), z.string()).optional(),
+    ...(surface.machineShape
+      ? {
+          vcpu_count: z.number().int().min(1).max(16).optional(),
+          mem_mib: z.number().int().min(256).max(65536).optional(),
+          ttl_seconds: z.number().positive().optional().describe("Delete after this long without activity"),
+        }
+      : {}),
+  },
+  run: (a, rt) =>
+    rt.pyro.createWorkspace(String(a.environment), {
+      ...(a.seed_path ? { seedPath: String(a.seed_path) } : {}),
+      ...(a.name ? { name: String(a.name) } : {}),
+      ...(a.labels ? { labels: a.labels as Record<string, string> } : {}),
+      ...(a.vcpu_count ? { vcpuCount: Number(a.vcpu_count) } : {}),
+      ...(a.mem_mib ? { memMib: Number(a.mem_mib) } : {}),
+      ...(a.ttl_seconds ? { ttlSeconds: Number(a.ttl_seconds) } : {}),
+    }),
+});
