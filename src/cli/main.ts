@@ -7,6 +7,7 @@ import { handleTerminationSignals } from "../process/exit-cleanup.js";
 import { Pyro } from "../sdk/pyro.js";
 import { registerDoctorCommand } from "./commands/doctor-command.js";
 import { registerEnvCommands } from "./commands/env-commands.js";
+import { registerHostCommands } from "./commands/host-commands.js";
 import { registerMcpCommands } from "./commands/mcp-command.js";
 import { registerRunCommand } from "./commands/run-command.js";
 import { registerWorkspaceCommands } from "./commands/workspace-commands.js";
@@ -60,6 +61,7 @@ export async function main(argv: string[]): Promise<number> {
   registerDoctorCommand(program, pyro, setExitCode);
   registerWorkspaceCommands(program, pyro, setExitCode);
   registerMcpCommands(program);
+  registerHostCommands(program, setExitCode);
   try {
     await program.parseAsync(argv, { from: "user" });
   } catch (error) {

@@ -1,0 +1,58 @@
+import { Command, Option } from "commander";
+import { connectHost, doctorHosts, printConfig, repairHost } from "../../hosts/host-connect.js";
+import { MODES, type ModeName } from "../../mcp/profiles.js";
+import { printJson } from "../output.js";
+
+const HOSTS = ["claude-code", "codex", "opencode"];
+
+export function registerHostCommands(program: Command, setExitCode: (code: number) => void): void {
+  const host = program.command("host").description("Connect chat hosts (Claude Code, Codex, OpenCode) to 'pyro mcp serve'.");
+  const modeOption = () => new Option("--mode <mode>", "serve a workflow mode").choices(Object.keys(MODES));
+  const npxOption = () => new Option("--npx", "launch through 'npx -y pyro-mcp' instead of this checkout's build");
+
+  host.command("connect")
+    .description("Add pyro to the host's MCP config (idempotent; other servers are kept).")
+    .addArgument(new Command().createArgument("<host>", "claude-code, codex or opencode").choices(HOSTS))
+    .addOption(modeOption())
+    .addOption(npxOption())
+    .option("--json", "print JSON")
+    .action(async (name: string, o: { mode?: ModeName; npx?: boolean; json?: boolean }) => {
+      const r = await connectHost(name, { ...(o.mode ? { mode: o.mode } : {}), ...(o.npx ? { style: "npx" as const } : {}) });
+      if (o.json) return printJson(r);
+      process.stdout.write(`[host-connect] host=${r.host} status=${r.status} path=${r.path}\n  command: ${[r.command.command, ...r.command.args].join(" ")}\n`);
+    });
+
+  host.command("print-config")
+    .description("Print the config entry pyro would write, without writing it.")
+    .addArgument(new Command().createArgument("<host>", "claude-code, codex or opencode").choices(HOSTS))
+    .addOption(modeOption())
+    .addOption(npxOption())
+    .action((name: string, o: { mode?: ModeName; npx?: boolean }) => {
+      const r = printConfig(name, { ...(o.mode ? { mode: o.mode } : {}), ...(o.npx ? { style: "npx" as const } : {}) });
+      process.stdout.write(`${r.config}\n`);
+    });
+
+  host.command("doctor")
+    .description("Check every host's config for a working pyro entry.")
+    .option("--json", "print JSON")
+    .action(async (o: { json?: boolean }) => {
+      const entries = await doctorHosts();
+      setExitCode(entries.some((e) => e.problems.length) ? 1 : 0);
+      if (o.json) return printJson({ hosts: entries });
+      for (const e of entries) {
+        process.stdout.write(`${e.host}: ${e.configured ? (e.problems.length ? "BROKEN" : "ok") : "not configured"} (${e.path})\n`);
+        for (const p of e.problems) process.stdout.write(`  - ${p}\n`);
+        if (!e.configured) process.stdout.write(`  connect with: pyro host connect ${e.host}\n`);
+      }
+    });
+
+  host.command("repair")
+    .description("Rewrite pyro's entry in the host's config to the working command (keeps its mode).")
+    .addArgument(new Command().createArgument("<host>", "claude-code, codex or opencode").choices(HOSTS))
+    .option("--json", "print JSON")
+    .action(async (name: string, o: { json?: boolean }) => {
+      const r = await repairHost(name);
+      if (o.json) return printJson(r);
+      process.stdout.write(`[host-repair] host=${r.host} status=${r.status} path=${r.path}\n`);
+    });
+}

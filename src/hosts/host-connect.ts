@@ -1,0 +1,90 @@
+import { access, constants } from "node:fs/promises";
+import { isDeepStrictEqual } from "node:util";
+import type { ModeName } from "../mcp/profiles.js";
+import { findExecutable } from "../process/host-command.js";
+import { hostFormat, HOST_FORMATS, readConfigText, writeConfig, type HostName } from "./host-configs.js";
+import { serveCommand, type LaunchStyle, type ServeCommand } from "./serve-command.js";
+
+export interface ConnectResult {
+  host: string;
+  path: string;
+  status: "added" | "updated" | "unchanged";
+  command: ServeCommand;
+}
+
+/** Writes (or refreshes) pyro's entry in a host's MCP config, leaving every other entry alone. */
+export async function connectHost(host: string, options: { mode?: ModeName; style?: LaunchStyle; env?: NodeJS.ProcessEnv } = {}): Promise<ConnectResult> {
+  const format = hostFormat(host);
+  const path = format.path(options.env ?? process.env);
+  const text = await readConfigText(path);
+  const command = serveCommand({ ...(options.mode ? { mode: options.mode } : {}), ...(options.style ? { style: options.style } : {}) });
+  const current = format.read(text);
+  if (isDeepStrictEqual(current, command)) return { host: format.host, path, status: "unchanged", command };
+  await writeConfig(path, format.upsert(text, command));
+  return { host: format.host, path, status: current ? "updated" : "added", command };
+}
+
+export function printConfig(host: string, options: { mode?: ModeName; style?: LaunchStyle } = {}): { host: string; path: string; config: string } {
+  const format = hostFormat(host);
+  return { host: format.host, path: format.path(process.env), config: format.render(serveCommand(options)) };
+}
+
+export interface HostDoctorEntry {
+  host: HostName;
+  path: string;
+  configured: boolean;
+  /** Problems with pyro's entry, each with its fix. */
+  problems: string[];
+  command?: ServeCommand;
+}
+
+async function runnable(cmd: ServeCommand): Promise<string | undefined> {
+  const binary = cmd.command.includes("/") ? cmd.command : findExecutable(cmd.command);
+  if (!binary) return `'${cmd.command}' is not on PATH`;
+  try {
+    await access(binary, constants.X_OK);
+  } catch {
+    return `${binary} does not exist or is not executable`;
+  }
+  const script = cmd.args.find((a) => a.endsWith("main.js"));
+  if (script) {
+    try {
+      await access(script, constants.R_OK);
+    } catch {
+      return `${script} does not exist (rebuild with scripts/setup.sh)`;
+    }
+  }
+  return undefined;
+}
+
+/** Checks each host's config: is pyro there, is it the expected command, can it start. */
+export async function doctorHosts(env: NodeJS.ProcessEnv = process.env): Promise<HostDoctorEntry[]> {
+  const entries: HostDoctorEntry[] = [];
+  for (const format of Object.values(HOST_FORMATS)) {
+    const path = format.path(env);
+    const entry: HostDoctorEntry = { host: format.host, path, configured: false, problems: [] };
+    try {
+      const current = format.read(await readConfigText(path));
+      if (current) {
+        entry.configured = true;
+        entry.command = current;
+        const broken = await runnable(current);
+        if (broken) entry.problems.push(`${broken}; fix with: pyro host repair ${format.host}`);
+        if (!current.args.includes("mcp") || !current.args.includes("serve")) entry.problems.push(`the entry does not run 'pyro mcp serve'; fix with: pyro host repair ${format.host}`);
+      }
+    } catch (error) {
+      entry.problems.push((error as Error).message);
+    }
+    entries.push(entry);
+  }
+  return entries;
+}
+
+/** Rewrites pyro's entry to the canonical command, keeping a mode the entry already had. */
+export async function repairHost(host: string, env: NodeJS.ProcessEnv = process.env): Promise<ConnectResult> {
+  const format = hostFormat(host);
+  const current = format.read(await readConfigText(format.path(env)));
+  const modeAt = current?.args.indexOf("--mode") ?? -1;
+  const mode = modeAt >= 0 ? (current!.args[modeAt + 1] as ModeName | undefined) : undefined;
+  return connectHost(host, { ...(mode ? { mode } : {}), env });
+}

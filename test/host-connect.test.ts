@@ -1,0 +1,72 @@
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { parse } from "smol-toml";
+import { isPyroError } from "../src/errors.js";
+import { connectHost, doctorHosts, repairHost } from "../src/hosts/host-connect.js";
+
+describe("pyro host connect / doctor / repair", () => {
+  let home: string;
+  let env: NodeJS.ProcessEnv;
+  before(async () => {
+    home = await mkdtemp(join(tmpdir(), "pyro-hosts-"));
+    env = { HOME: home };
+  });
+  after(async () => {
+    await rm(home, { recursive: true, force: true });
+  });
+
+  it("adds pyro to Claude Code's config once, keeping the user's other servers and settings", async () => {
+    const path = join(home, ".claude.json");
+    await writeFile(path, JSON.stringify({ theme: "dark", mcpServers: { other: { type: "stdio", command: "other", args: [] } } }));
+    assert.equal((await connectHost("claude-code", { env })).status, "added");
+    assert.equal((await connectHost("claude-code", { env })).status, "unchanged");
+    const config = JSON.parse(await readFile(path, "utf8"));
+    assert.equal(config.theme, "dark");
+    assert.deepEqual(Object.keys(config.mcpServers).sort(), ["other", "pyro"]);
+    assert.deepEqual(config.mcpServers.pyro.args.slice(-2), ["mcp", "serve"]);
+    assert.equal((await connectHost("claude-code", { env, mode: "inspect" })).status, "updated");
+  });
+
+  it("edits Codex's TOML as text: comments and other servers survive", async () => {
+    await mkdir(join(home, ".codex"));
+    const path = join(home, ".codex", "config.toml");
+    await writeFile(path, '# my settings\nmodel = "o3"\n\n[mcp_servers.pyro]\ncommand = "stale"\n\n[mcp_servers.pyro.env]\nX = "1"\n\n[mcp_servers.other] # keep\ncommand = "other"\n');
+    assert.equal((await connectHost("codex", { env, style: "npx" })).status, "updated");
+    const text = await readFile(path, "utf8");
+    assert.match(text, /^# my settings$/m);
+    assert.match(text, /\[mcp_servers\.other\] # keep/);
+    const parsed = parse(text) as { mcp_servers: Record<string, { command: string; args?: string[]; env?: unknown }> };
+    assert.deepEqual(JSON.parse(JSON.stringify(parsed.mcp_servers.pyro)), { command: "npx", args: ["-y", "pyro-mcp", "mcp", "serve"] });
+    assert.equal(parsed.mcp_servers.other?.command, "other");
+    assert.equal((await connectHost("codex", { env, style: "npx" })).status, "unchanged");
+  });
+
+  it("refuses to rewrite a config it cannot parse", async () => {
+    await mkdir(join(home, ".config", "opencode"), { recursive: true });
+    const path = join(home, ".config", "opencode", "opencode.json");
+    await writeFile(path, "{ not json");
+    await assert.rejects(connectHost("opencode", { env }), (e) => isPyroError(e, "INVALID_ARGUMENT") && /will not overwrite/.test(e.message));
+    assert.equal(await readFile(path, "utf8"), "{ not json");
+    await writeFile(path, JSON.stringify({ mcp: { mine: { type: "local", command: ["x"] } } }));
+    await connectHost("opencode", { env });
+    const config = JSON.parse(await readFile(path, "utf8"));
+    assert.deepEqual(Object.keys(config.mcp).sort(), ["mine", "pyro"]);
+  });
+
+  it("doctor finds a broken entry and repair fixes it, keeping the mode", async () => {
+    const path = join(home, ".claude.json");
+    const config = JSON.parse(await readFile(path, "utf8"));
+    config.mcpServers.pyro = { type: "stdio", command: "/nonexistent/node", args: ["/gone/main.js", "mcp", "serve", "--mode", "inspect"] };
+    await writeFile(path, JSON.stringify(config));
+    const broken = (await doctorHosts(env)).find((e) => e.host === "claude-code")!;
+    assert.equal(broken.configured, true);
+    assert.match(broken.problems.join("\n"), /pyro host repair claude-code/);
+    assert.equal((await repairHost("claude-code", env)).status, "updated");
+    const fixed = (await doctorHosts(env)).find((e) => e.host === "claude-code")!;
+    assert.deepEqual(fixed.problems, []);
+    assert.deepEqual(fixed.command?.args.slice(-2), ["--mode", "inspect"]);
+  });
+});

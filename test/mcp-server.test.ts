@@ -1,0 +1,134 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { describe, it } from "node:test";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { MODES, PROFILES } from "../src/mcp/profiles.js";
+import { CLI } from "./helpers/vm-fixtures.js";
+import { connectStdio, toolText } from "./helpers/mcp-client.js";
+
+const CORE = [
+  "vm_run", "workspace_create", "workspace_list", "workspace_update", "workspace_status", "workspace_sync_push",
+  "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write",
+  "workspace_patch_apply", "workspace_diff", "workspace_export", "workspace_reset", "workspace_delete",
+];
+const EXPECTED: Record<string, string[]> = {
+  "vm-run": ["vm_run"],
+  "workspace-core": CORE,
+  "workspace-full": [...CORE, "workspace_start", "workspace_stop", "workspace_summary", "snapshot_create", "snapshot_list", "snapshot_delete"],
+};
+
+const MODE_TOOLS: Record<string, string[]> = {
+  "repro-fix": ["workspace_create", "workspace_list", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_patch_apply", "workspace_diff", "workspace_export", "workspace_reset", "workspace_delete"],
+  inspect: ["workspace_create", "workspace_status", "workspace_file_list", "workspace_file_read", "workspace_exec", "workspace_logs", "workspace_export", "workspace_delete"],
+  "cold-start": ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_export", "workspace_reset", "workspace_delete"],
+  "review-eval": ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_read", "workspace_diff", "workspace_summary", "snapshot_create", "snapshot_list", "workspace_reset", "workspace_export", "workspace_delete"],
+};
+
+async function listTools(args: string[]) {
+  const { client } = await connectStdio(args);
+  try {
+    return (await client.listTools()).tools;
+  } finally {
+    await client.close();
+  }
+}
+
+describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
+  it("serves workspace-core by default", async () => {
+    assert.deepEqual((await listTools([])).map((t) => t.name), CORE);
+  });
+
+  for (const profile of Object.keys(PROFILES)) {
+    it(`serves exactly the ${profile} tool set`, async () => {
+      assert.deepEqual((await listTools(["--profile", profile])).map((t) => t.name), EXPECTED[profile]);
+    });
+  }
+
+  for (const [mode, set] of Object.entries(MODES)) {
+    it(`narrows tools and wording in ${mode} mode`, async () => {
+      const tools = await listTools(["--mode", mode]);
+      assert.deepEqual(tools.map((t) => t.name), MODE_TOOLS[mode]);
+      for (const [name, description] of Object.entries(set.descriptions)) assert.equal(tools.find((t) => t.name === name)?.description, description);
+    });
+  }
+
+  it("narrows schemas with the profile: snapshots only where snapshots exist", async () => {
+    const core = (await listTools([])).find((t) => t.name === "workspace_reset")!;
+    const full = (await listTools(["--profile", "workspace-full"])).find((t) => t.name === "workspace_reset")!;
+    assert.equal("snapshot" in (core.inputSchema.properties ?? {}), false);
+    assert.equal("snapshot" in (full.inputSchema.properties ?? {}), true);
+    const create = (await listTools(["--profile", "workspace-full"])).find((t) => t.name === "workspace_create")!;
+    assert.ok("mem_mib" in (create.inputSchema.properties ?? {}));
+  });
+
+  it("describes every tool for a model: short, with when to use it", async () => {
+    for (const tool of await listTools(["--profile", "workspace-full"])) {
+      assert.ok(tool.description && tool.description.length >= 30 && tool.description.length <= 400, `${tool.name}: ${tool.description}`);
+    }
+  });
+
+  it("returns failures as actionable tool errors, and keeps serving", async () => {
+    const { client } = await connectStdio();
+    try {
+      const r = await client.callTool({ name: "workspace_status", arguments: { workspace_id: "no-such-workspace" } });
+      assert.equal(r.isError, true);
+      assert.match(toolText(r), /^WORKSPACE_NOT_FOUND: .*\nNext step: Call workspace_list/s);
+      const outside = await client.callTool({ name: "workspace_file_read", arguments: { workspace_id: "x", path: "../../etc/passwd" } });
+      assert.equal(outside.isError, true);
+      assert.equal((await client.listTools()).tools.length, CORE.length, "still serving");
+    } finally {
+      await client.close();
+    }
+  });
+
+  it("writes nothing but MCP frames on stdout and exits cleanly when stdin closes", async () => {
+    const child = spawn(process.execPath, [CLI, "mcp", "serve"], { stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+    const send = (msg: object) => child.stdin.write(JSON.stringify(msg) + "\n");
+    send({ jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } } });
+    send({ jsonrpc: "2.0", method: "notifications/initialized" });
+    send({ jsonrpc: "2.0", id: 2, method: "tools/list" });
+    while (!stdout.includes('"id":2')) await new Promise((r) => setTimeout(r, 20));
+    child.stdin.end();
+    assert.equal(await exited, 0);
+    for (const line of stdout.trim().split("\n")) assert.equal(JSON.parse(line).jsonrpc, "2.0");
+  });
+});
+
+describe("pyro mcp serve --http (Streamable HTTP)", () => {
+  it("requires the bearer token, checks the origin, and serves tools", async () => {
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const token = "test-token-" + process.pid;
+    const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", `127.0.0.1:${port}`, "--token", token], { stdio: ["ignore", "ignore", "pipe"] });
+    try {
+      let stderr = "";
+      child.stderr.on("data", (d) => (stderr += d));
+      while (!stderr.includes("serving")) await new Promise((r) => setTimeout(r, 20));
+      const url = `http://127.0.0.1:${port}/mcp`;
+      const init = { jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } } };
+      const headers = { "content-type": "application/json", accept: "application/json, text/event-stream" };
+      assert.equal((await fetch(url, { method: "POST", headers, body: JSON.stringify(init) })).status, 401);
+      assert.equal((await fetch(url, { method: "POST", headers: { ...headers, authorization: "Bearer wrong" }, body: JSON.stringify(init) })).status, 401);
+      const evil = await fetch(url, { method: "POST", headers: { ...headers, authorization: `Bearer ${token}`, origin: "https://evil.example" }, body: JSON.stringify(init) });
+      assert.equal(evil.status, 403);
+      const client = new Client({ name: "http-test", version: "1" });
+      await client.connect(new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers: { authorization: `Bearer ${token}` } } }));
+      assert.deepEqual((await client.listTools()).tools.map((t) => t.name), CORE);
+      await client.close();
+    } finally {
+      child.kill("SIGTERM");
+    }
+  });
+
+  it("refuses to listen on a non-loopback address", async () => {
+    const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", "0.0.0.0:8765", "--token", "t"], { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (d) => (stderr += d));
+    const code = await new Promise((r) => child.on("exit", r));
+    assert.equal(code, 125);
+    assert.match(stderr, /loopback addresses only/);
+  });
+});
