@@ -2,7 +2,8 @@
 
 use crate::capture::Capture;
 use crate::json::{obj, Json};
-use crate::process::{resolve_program, Registry, SpawnRequest};
+use crate::command::{CommandSpec, Resolved};
+use crate::process::{ChildIo, Registry, SpawnRequest};
 use crate::protocol::{OpError, Reply};
 use crate::sys;
 use std::io::{Read, Write};
@@ -11,64 +12,24 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const DEFAULT_MAX_OUTPUT: i64 = 1 << 20;
 /// After the command exits, how long background children may keep its pipes open before we kill them.
 const PIPE_GRACE: Duration = Duration::from_millis(300);
 
 pub fn exec(registry: &Registry, header: &Json, stdin: Vec<u8>) -> Result<Reply, OpError> {
-    let argv: Vec<String> = if let Some(script) = header.get("shell").and_then(Json::as_str) {
-        vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()]
-    } else {
-        header
-            .get("argv")
-            .and_then(Json::as_array)
-            .ok_or_else(|| OpError::bad_request("exec needs argv (array of strings) or shell (string)"))?
-            .iter()
-            .map(|a| a.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| OpError::bad_request("argv must contain only strings"))?
-    };
-    if argv.is_empty() || argv[0].is_empty() {
-        return Err(OpError::bad_request("argv is empty"));
-    }
-    let cwd = header.get("cwd").and_then(Json::as_str).unwrap_or("/").to_string();
     let timeout_ms = header.get("timeout_ms").and_then(Json::as_i64).filter(|t| *t > 0);
     let max_output = header.get("max_output_bytes").and_then(Json::as_i64).unwrap_or(DEFAULT_MAX_OUTPUT).max(0) as usize;
-
-    let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("HOME".into(), "/root".into()),
-        ("USER".into(), "root".into()),
-        ("LOGNAME".into(), "root".into()),
-        ("LANG".into(), "C.UTF-8".into()),
-        ("PWD".into(), cwd.clone()),
-    ];
-    if let Some(extra) = header.get("env").and_then(Json::as_object) {
-        for (k, v) in extra {
-            let v = v.as_str().ok_or_else(|| OpError::bad_request("env values must be strings"))?;
-            if k.is_empty() || k.contains('=') {
-                return Err(OpError::bad_request(&format!("invalid environment variable name {:?}", k)));
-            }
-            env.retain(|(name, _)| name != k);
-            env.push((k.clone(), v.to_string()));
-        }
-    }
-    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
-
     let started = Instant::now();
-    let program = match resolve_program(&argv[0], &path_var, &cwd) {
-        Some(p) => p,
-        None => {
-            let msg = format!("{}: command not found\n", argv[0]);
+    let cmd = match CommandSpec::from_header(header)? {
+        Resolved::Ready(cmd) => cmd,
+        Resolved::NotFound(name) => {
+            let msg = format!("{}: command not found\n", name);
             return Ok(exec_reply(127, None, false, started, (Vec::new(), 0, 0), (msg.into_bytes(), 0, 0)));
         }
     };
-    if !std::path::Path::new(&cwd).is_dir() {
-        return Err(OpError::new("not_found", &format!("working directory {} does not exist", cwd)));
-    }
+    let (program, argv, env, cwd) = (cmd.program, cmd.argv, cmd.env, cmd.cwd);
     let spawned = registry
-        .spawn(&SpawnRequest { program: &program, argv: &argv, env: &env, cwd: &cwd, with_stdin: !stdin.is_empty() })
+        .spawn(&SpawnRequest { program: &program, argv: &argv, env: &env, cwd: &cwd, io: ChildIo::Pipes { stdin: !stdin.is_empty() } })
         .map_err(|e| OpError::new("spawn_failed", &format!("cannot start {}: {}", argv[0], e)))?;
 
     if let Some(fd) = spawned.stdin {

@@ -2,13 +2,17 @@
 //! on the virtio-serial port `org.pyro.agent`.
 
 mod capture;
+mod command;
 mod exec;
 mod files;
 mod frame;
 mod init;
 mod json;
 mod process;
+mod probes;
 mod protocol;
+mod services;
+mod shells;
 mod sys;
 
 use json::{obj, s, Json};
@@ -28,9 +32,12 @@ fn main() {
         std::thread::spawn(move || r.reap_forever());
     }
     let boot_ms = init::uptime_ms();
+    // Services and shells outlive any one host connection.
+    let services = Arc::new(services::Services::default());
+    let shells = Arc::new(shells::Shells::default());
     loop {
         match init::find_port() {
-            Some(path) => serve(&path, registry.clone(), boot_ms),
+            Some(path) => serve(&path, registry.clone(), services.clone(), shells.clone(), boot_ms),
             None => eprintln!("pyro-agent: virtio port {} not found; retrying", init::PORT_NAME),
         }
         // PID 1 must never exit (the kernel would panic); keep trying.
@@ -38,7 +45,7 @@ fn main() {
     }
 }
 
-fn serve(path: &str, registry: Arc<process::Registry>, boot_ms: i64) {
+fn serve(path: &str, registry: Arc<process::Registry>, services: Arc<services::Services>, shells: Arc<shells::Shells>, boot_ms: i64) {
     let port = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         Err(e) => return eprintln!("pyro-agent: cannot open {}: {}", path, e),
@@ -48,7 +55,7 @@ fn serve(path: &str, registry: Arc<process::Registry>, boot_ms: i64) {
         Err(e) => return eprintln!("pyro-agent: cannot dup port: {}", e),
     };
     let writer = Writer(Arc::new(Mutex::new(write_half)));
-    let ctx = Arc::new(Context { registry, writer: writer.clone(), boot_ms });
+    let ctx = Arc::new(Context { registry, services, shells, writer: writer.clone(), boot_ms });
     writer.send(&ready_event(boot_ms), &[]);
     eprintln!("pyro-agent: ready on {} ({} ms after kernel start)", path, boot_ms);
     let mut reader = port;

@@ -25,8 +25,19 @@ pub struct Registry {
 pub struct Spawned {
     pub pid: i32,
     pub stdin: Option<c_int>,
+    /// Read ends of the output pipes (ChildIo::Pipes only; -1 otherwise).
     pub stdout: c_int,
     pub stderr: c_int,
+}
+
+/// Where a child's standard streams go.
+pub enum ChildIo {
+    /// stdout/stderr on pipes (and stdin on a pipe when `stdin`), for exec.
+    Pipes { stdin: bool },
+    /// stdout/stderr appended to files, stdin from /dev/null, for services.
+    Files { stdout: c_int, stderr: c_int },
+    /// All three on a pseudo-terminal slave, which becomes the controlling terminal, for shells.
+    Terminal { slave: c_int },
 }
 
 pub struct SpawnRequest<'a> {
@@ -34,7 +45,7 @@ pub struct SpawnRequest<'a> {
     pub argv: &'a [String],
     pub env: &'a [(String, String)],
     pub cwd: &'a str,
-    pub with_stdin: bool,
+    pub io: ChildIo,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -116,9 +127,16 @@ impl Registry {
         env_ptrs.push(std::ptr::null());
         let devnull = std::fs::File::open("/dev/null")?;
         use std::os::unix::io::AsRawFd;
-        let stdin_pipe = if req.with_stdin { Some(sys::make_pipe()?) } else { None };
-        let out = sys::make_pipe()?;
-        let err = sys::make_pipe()?;
+        let with_pipes = matches!(req.io, ChildIo::Pipes { .. });
+        let stdin_pipe = if let ChildIo::Pipes { stdin: true } = req.io { Some(sys::make_pipe()?) } else { None };
+        let out = if with_pipes { sys::make_pipe()? } else { (-1, -1) };
+        let err = if with_pipes { sys::make_pipe()? } else { (-1, -1) };
+        let (child_in, child_out, child_err) = match req.io {
+            ChildIo::Pipes { .. } => (stdin_pipe.map(|(r, _)| r).unwrap_or(devnull.as_raw_fd()), out.1, err.1),
+            ChildIo::Files { stdout, stderr } => (devnull.as_raw_fd(), stdout, stderr),
+            ChildIo::Terminal { slave } => (slave, slave, slave),
+        };
+        let terminal = if let ChildIo::Terminal { slave } = req.io { Some(slave) } else { None };
         let report = sys::make_pipe()?;
 
         let mut st = self.state.lock().unwrap();
@@ -126,13 +144,12 @@ impl Registry {
         if pid == 0 {
             unsafe {
                 sys::setsid();
-                let in_fd = match stdin_pipe {
-                    Some((r, _)) => r,
-                    None => devnull.as_raw_fd(),
-                };
-                sys::dup2(in_fd, 0);
-                sys::dup2(out.1, 1);
-                sys::dup2(err.1, 2);
+                if let Some(tty) = terminal {
+                    sys::set_controlling_tty(tty);
+                }
+                sys::dup2(child_in, 0);
+                sys::dup2(child_out, 1);
+                sys::dup2(child_err, 2);
                 // Rust ignores SIGPIPE in the agent; commands expect the default.
                 sys::signal(sys::SIGPIPE, sys::SIG_DFL);
                 if sys::chdir(cwd.as_ptr()) != 0 {
@@ -146,7 +163,9 @@ impl Registry {
             let e = io::Error::last_os_error();
             drop(st);
             for fd in [out.0, out.1, err.0, err.1, report.0, report.1] {
-                unsafe { sys::close(fd) };
+                if fd >= 0 {
+                    unsafe { sys::close(fd) };
+                }
             }
             return Err(e);
         }
@@ -156,8 +175,10 @@ impl Registry {
         drop(st);
 
         unsafe {
-            sys::close(out.1);
-            sys::close(err.1);
+            if with_pipes {
+                sys::close(out.1);
+                sys::close(err.1);
+            }
             sys::close(report.1);
             if let Some((r, _)) = stdin_pipe {
                 sys::close(r);
@@ -171,8 +192,10 @@ impl Registry {
             let errno = i32::from_ne_bytes(errno_bytes);
             let _ = self.wait_exit(pid, None);
             unsafe {
-                sys::close(out.0);
-                sys::close(err.0);
+                if with_pipes {
+                    sys::close(out.0);
+                    sys::close(err.0);
+                }
                 if let Some((_, w)) = stdin_pipe {
                     sys::close(w);
                 }

@@ -51,6 +51,8 @@ impl Writer {
 
 pub struct Context {
     pub registry: Arc<Registry>,
+    pub services: Arc<crate::services::Services>,
+    pub shells: Arc<crate::shells::Shells>,
     pub writer: Writer,
     pub boot_ms: i64,
 }
@@ -110,6 +112,17 @@ fn dispatch(ctx: &Context, op: &str, header: &Json, payload: Vec<u8>) -> Result<
         "file.list" => files::list(header),
         "file.mkdir" => files::mkdir(header),
         "file.remove" => files::remove(header),
+        "service.start" => ctx.services.start(&ctx.registry, header),
+        "service.status" => ctx.services.status(header),
+        "service.list" => ctx.services.list(),
+        "service.stop" => ctx.services.stop(header),
+        "shell.open" => ctx.shells.open(&ctx.registry, header),
+        "shell.read" => ctx.shells.read(header),
+        "shell.write" => ctx.shells.write(header, payload),
+        "shell.signal" => ctx.shells.signal(header),
+        "shell.close" => ctx.shells.close(header),
+        "probe.tcp" => crate::probes::tcp(header),
+        "probe.http" => crate::probes::http(header),
         "shutdown" => Ok(Reply::header(obj(vec![]))),
         // Flush the guest page cache to the virtual disk, so the host may kill the VMM without loss.
         "sync" => {

@@ -35,6 +35,49 @@ extern "C" {
     pub fn signal(sig: c_int, handler: usize) -> usize;
     fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
     fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int;
+    fn openpty(master: *mut c_int, slave: *mut c_int, name: *mut c_char, termp: *const c_void, winp: *const WinSize) -> c_int;
+}
+
+#[repr(C)]
+pub struct WinSize {
+    pub rows: u16,
+    pub cols: u16,
+    pub xpixel: u16,
+    pub ypixel: u16,
+}
+
+pub const TIOCSCTTY: c_ulong = 0x540e;
+
+/// A new pseudo-terminal pair (master, slave), both close-on-exec, with the given size.
+pub fn open_pty(cols: u16, rows: u16) -> io::Result<(c_int, c_int)> {
+    let (mut master, mut slave) = (0 as c_int, 0 as c_int);
+    let size = WinSize { rows, cols, xpixel: 0, ypixel: 0 };
+    check(unsafe { openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) })?;
+    for fd in [master, slave] {
+        unsafe { fcntl(fd, 2 /* F_SETFD */, 1 /* FD_CLOEXEC */) };
+    }
+    Ok((master, slave))
+}
+
+/// Makes `fd` the controlling terminal of the calling (new-session) process. Child side of fork.
+pub unsafe fn set_controlling_tty(fd: c_int) {
+    ioctl(fd, TIOCSCTTY, std::ptr::null_mut());
+}
+
+extern "C" {
+    fn fcntl(fd: c_int, cmd: c_int, arg: c_int) -> c_int;
+}
+
+/// The foreground process group of a terminal (TIOCGPGRP on its master side).
+pub fn foreground_group(master: c_int) -> Option<pid_t> {
+    const TIOCGPGRP: c_ulong = 0x540f;
+    let mut pgrp: pid_t = 0;
+    let rc = unsafe { ioctl(master, TIOCGPGRP, &mut pgrp as *mut pid_t as *mut c_void) };
+    if rc < 0 {
+        None
+    } else {
+        Some(pgrp)
+    }
 }
 
 pub const O_CLOEXEC: c_int = 0o2000000;
