@@ -7,6 +7,7 @@ import type { RunningVm, VmHandle } from "../runtime/vmm-backend.js";
 import { workspaceLaunchSpec } from "./boot-templates.js";
 import { nowIso, type WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
+import { loadSecrets, materializeSecrets } from "./workspace-secrets.js";
 
 /** How a workspace VM comes up: a cold boot of its disk, or a restore of saved state (template or snapshot). */
 export type BootSource =
@@ -49,6 +50,8 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
   } else {
     vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir));
   }
+  // Secrets live in the guest's tmpfs, gone after a cold boot: put them back every time.
+  await materializeSecrets(vm.agent, await loadSecrets(ctx, record.id));
   record.vm = { pid: vm.pid, run_dir: runDir, accel: vm.accel, started_at: nowIso(), boot_ms: vm.bootMs, start_mode: mode };
   record.unexpected_stop = null;
   record.updated_at = nowIso();

@@ -4,6 +4,7 @@ import type { PyroPaths } from "../paths.js";
 import { prepareGuestRuntime, type GuestRuntime } from "../runtime/guest-runtime.js";
 import type { RunningVm, VmHandle } from "../runtime/vmm-backend.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
+import { loadSecrets, Redactor } from "./workspace-secrets.js";
 import { WorkspaceStore } from "./workspace-store.js";
 
 /** What every workspace operation needs; cheap to build, the runtime is prepared lazily. */
@@ -52,7 +53,7 @@ export async function reconcileVm(ctx: WorkspaceContext, record: WorkspaceRecord
  * Runs `fn` on a running workspace under its lock, connected to its agent. The VM keeps running
  * afterwards (detached), whatever `fn` does.
  */
-export async function withRunningWorkspace<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord, vm: RunningVm) => Promise<T>): Promise<T> {
+export async function withRunningWorkspace<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord, vm: RunningVm, session: WorkspaceSession) => Promise<T>): Promise<T> {
   const { id } = await ctx.store.resolve(ref);
   return ctx.store.withLock(id, async () => {
     const record = await ctx.store.resolve(id);
@@ -61,12 +62,24 @@ export async function withRunningWorkspace<T>(ctx: WorkspaceContext, ref: string
     }
     const runtime = await ctx.runtime();
     const vm = await runtime.backend.attach(vmHandle(record)!);
+    const secrets = await loadSecrets(ctx, record.id);
+    const redactor = new Redactor(secrets);
     try {
-      return await fn(record, vm);
+      // One choke point: nothing a running workspace returns leaves pyro with a secret in it.
+      return redactor.deep(await fn(record, vm, { secrets, redactor }));
+    } catch (error) {
+      if (error instanceof PyroError && redactor.active) throw new PyroError(error.code, redactor.text(error.message), redactor.deep(error.details));
+      throw error;
     } finally {
       vm.detach();
     }
   });
+}
+
+/** Per-operation facts about a running workspace beyond its record. */
+export interface WorkspaceSession {
+  secrets: Record<string, string>;
+  redactor: Redactor;
 }
 
 /** Like withRunningWorkspace, for operations that handle any VM state themselves. */

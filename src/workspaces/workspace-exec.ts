@@ -5,6 +5,7 @@ import { capturedText } from "../guest-protocol/messages.js";
 import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { CommandLogEntry } from "./workspace-record.js";
+import { secretEnvironment } from "./workspace-secrets.js";
 
 export const WORKSPACE_EXEC_DEFAULTS = { timeoutSeconds: 120, maxOutputBytes: 1 << 20 } as const;
 /** How much of each stream the command log keeps (the full output is in the exec result). */
@@ -16,6 +17,8 @@ export interface WorkspaceExecOptions {
   env?: Record<string, string>;
   stdin?: string | Buffer;
   maxOutputBytes?: number;
+  /** Secrets to expose as environment variables: "NAME" or "NAME=ENV_VAR". */
+  secretEnv?: string[];
 }
 
 export interface WorkspaceExecResult {
@@ -49,12 +52,12 @@ export async function execInWorkspace(ctx: WorkspaceContext, ref: string, comman
   const timeoutSeconds = options.timeoutSeconds ?? WORKSPACE_EXEC_DEFAULTS.timeoutSeconds;
   if (!(timeoutSeconds > 0 && timeoutSeconds <= 86_400)) throw new PyroError("INVALID_ARGUMENT", `timeout must be between 0 and 86400 seconds`);
   const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
-  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+  return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     const startedAt = nowIso();
     const r = await vm.agent.exec({
       command,
       cwd,
-      env: options.env ?? {},
+      env: { ...options.env, ...secretEnvironment(session.secrets, options.secretEnv) },
       timeoutMs: Math.round(timeoutSeconds * 1000),
       maxOutputBytes: options.maxOutputBytes ?? WORKSPACE_EXEC_DEFAULTS.maxOutputBytes,
       ...(options.stdin !== undefined ? { stdin: options.stdin } : {}),
@@ -88,7 +91,7 @@ export async function execInWorkspace(ctx: WorkspaceContext, ref: string, comman
       stdout_truncated: result.stdout_truncated || result.stdout.length > LOG_OUTPUT_CHARS,
       stderr_truncated: result.stderr_truncated || result.stderr.length > LOG_OUTPUT_CHARS,
     };
-    await appendFile(commandsFile(ctx, record.id), JSON.stringify(entry) + "\n", { mode: 0o600 });
+    await appendFile(commandsFile(ctx, record.id), JSON.stringify(session.redactor.deep(entry)) + "\n", { mode: 0o600 });
     record.command_count = sequence;
     record.last_activity_at = record.updated_at = nowIso();
     await ctx.store.write(record);

@@ -12,6 +12,7 @@ import { bootWorkspace, killWorkspaceVm, layerDisk, stopWorkspaceVm } from "./wo
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
 import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
+import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
 import { newWorkspaceId, validateName } from "./workspace-store.js";
 
 export const WORKSPACE_DEFAULTS = { vcpuCount: 1, memMib: 1024 } as const;
@@ -25,6 +26,9 @@ export interface CreateWorkspaceOptions {
   memMib?: number;
   /** Delete the workspace after this many seconds without mutating activity. */
   ttlSeconds?: number;
+  /** Secrets by name: literal values, or host files to read them from. */
+  secrets?: Record<string, string>;
+  secretFiles?: Record<string, string>;
 }
 
 /** What CLI, SDK and MCP show for a workspace. */
@@ -42,6 +46,7 @@ export interface WorkspaceView {
   network_policy: string;
   command_count: number;
   snapshots: string[];
+  secret_names: string[];
   seed: WorkspaceRecord["seed"];
   vm: { pid: number; accel: string; boot_ms: number; start_mode: string } | null;
   unexpected_stop: string | null;
@@ -62,6 +67,7 @@ export function viewOf(record: WorkspaceRecord): WorkspaceView {
     network_policy: record.network_policy,
     command_count: record.command_count,
     snapshots: record.snapshots.map((s) => s.name),
+    secret_names: record.secret_names,
     seed: record.seed,
     vm: record.vm ? { pid: record.vm.pid, accel: record.vm.accel, boot_ms: record.vm.boot_ms, start_mode: record.vm.start_mode } : null,
     unexpected_stop: record.unexpected_stop,
@@ -103,8 +109,9 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   if (options.name !== undefined) await ctx.store.assertNameFree(validateName(options.name));
   checkLabels(options.labels ?? {});
   await reapExpired(ctx);
-  // Validate the seed before booting anything: a hostile archive costs nothing.
+  // Validate the seed and secrets before booting anything: a hostile archive costs nothing.
   const tree = options.seedPath ? await prepareTree(options.seedPath) : undefined;
+  const secrets = await collectSecrets(options.secrets, options.secretFiles);
   const env = await ctx.environments.require(environment);
   const runtime = await ctx.runtime();
   const id = newWorkspaceId();
@@ -128,11 +135,13 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     seed: tree ? { mode: tree.mode, origin: tree.origin, files: tree.summary.files, bytes: tree.summary.bytes } : { mode: "empty", origin: null, files: 0, bytes: 0 },
     command_count: 0,
     snapshots: [],
+    secret_names: Object.keys(secrets).sort(),
     unexpected_stop: null,
   };
   let vm: RunningVm | undefined;
   try {
     return await ctx.store.withLock(id, async () => {
+      await saveSecrets(ctx, id, secrets);
       const template = await ensureBootTemplate(ctx.paths, runtime, env, shape).catch(() => undefined);
       if (template) {
         vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore" });

@@ -48,6 +48,8 @@ export const WorkspaceRecord = z.object({
   }),
   command_count: z.number().int(),
   snapshots: z.array(SnapshotRecord),
+  /** Names only: values live in secrets.json (0600) and the guest's tmpfs. */
+  secret_names: z.array(z.string()).default([]),
   /** Why the VM last stopped when pyro did not stop it (crash, kill -9). */
   unexpected_stop: z.string().nullable(),
 });

@@ -1,4 +1,4 @@
-import { mkdir, rm } from "node:fs/promises";
+import { chmod, mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
@@ -30,6 +30,8 @@ export async function saveSnapshot(ctx: WorkspaceContext, record: WorkspaceRecor
   try {
     await vm.agent.sync();
     await vm.saveState(join(dir, "state.bin"));
+    // Guest memory (secrets in its tmpfs included) is in this file: owner-only.
+    await chmod(join(dir, "state.bin"), 0o600);
     try {
       await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", diskPath(ctx, record.id), join(dir, "disk.qcow2")]);
     } finally {

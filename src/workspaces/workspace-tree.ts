@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { createTwoFilesPatch } from "diff";
-import { Parser, type ReadEntry } from "tar";
+import { Header, Pack, Parser, ReadEntry } from "tar";
 import { PyroError } from "../errors.js";
 import { writeFileAtomic } from "../storage/atomic-file.js";
 import { prepareTree } from "./archive-safety.js";
@@ -10,6 +10,7 @@ import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-path
 import { extractTarInGuest, packInGuest, readWholeFile } from "./guest-transfer.js";
 import { isText } from "./text-content.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
+import type { Redactor } from "./workspace-secrets.js";
 
 /** Copies a host directory or archive into the workspace (default: /workspace itself). */
 export async function syncPush(ctx: WorkspaceContext, ref: string, source: string, dest = WORKSPACE_ROOT) {
@@ -105,6 +106,31 @@ export async function diffWorkspace(ctx: WorkspaceContext, ref: string): Promise
   });
 }
 
+/** Re-packs an archive with secret values redacted from its text files (a no-op without secrets). */
+async function redactTar(tarBytes: Buffer, redactor: Redactor): Promise<Buffer> {
+  if (!redactor.active) return tarBytes;
+  const tree = await readTree(tarBytes);
+  const pack = new Pack({ portable: true });
+  const chunks: Buffer[] = [];
+  pack.on("data", (c: Buffer) => chunks.push(c));
+  const done = new Promise<void>((resolve, reject) => {
+    pack.on("end", () => resolve());
+    pack.on("error", reject);
+  });
+  for (const [path, entry] of tree) {
+    const type = entry.type === "OldFile" ? "File" : entry.type;
+    const body = entry.data ? redactor.bytes(entry.data) : undefined;
+    const header = new Header({ path: type === "Directory" ? `${path}/` : path, type: type as Header["type"], mode: entry.mode, size: body?.length ?? 0, ...(entry.linkpath ? { linkpath: entry.linkpath } : {}), mtime: new Date() });
+    const read = new ReadEntry(header);
+    pack.add(read);
+    if (body) read.write(body);
+    read.end();
+  }
+  pack.end();
+  await done;
+  return Buffer.concat(chunks);
+}
+
 /**
  * Copies a file or directory out of the workspace to the host. A file arrives as itself, a
  * directory as a .tar archive. Never overwrites an existing host file.
@@ -112,7 +138,7 @@ export async function diffWorkspace(ctx: WorkspaceContext, ref: string): Promise
 export async function exportFromWorkspace(ctx: WorkspaceContext, ref: string, path: string, outputPath: string) {
   const guestPath = workspacePath(path);
   const output = resolve(outputPath);
-  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+  return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     if (await stat(output).then(() => true, () => false)) {
       throw new PyroError("INVALID_ARGUMENT", `${output} already exists; choose another --output (pyro never overwrites host files)`);
     }
@@ -120,10 +146,10 @@ export async function exportFromWorkspace(ctx: WorkspaceContext, ref: string, pa
     let bytes: Buffer;
     let kind: "file" | "archive";
     if (st.type === "file") {
-      bytes = await readWholeFile(vm.agent, guestPath);
+      bytes = session.redactor.bytes(await readWholeFile(vm.agent, guestPath));
       kind = "file";
     } else if (st.type === "directory") {
-      bytes = await packInGuest(vm.agent, guestPath);
+      bytes = await redactTar(await packInGuest(vm.agent, guestPath), session.redactor);
       kind = "archive";
     } else {
       throw new PyroError("INVALID_ARGUMENT", `${relativeToWorkspace(guestPath)} is a ${st.type}; export files or directories`);

@@ -1,0 +1,107 @@
+import { chmod, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { z } from "zod";
+import { PyroError } from "../errors.js";
+import type { AgentClient } from "../guest-protocol/agent-client.js";
+import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
+import type { WorkspaceContext } from "./workspace-context.js";
+
+/** Where secrets live in the guest: tmpfs (/run), never the disk. */
+export const GUEST_SECRET_DIR = "/run/pyro-secrets";
+export const REDACTED = "[REDACTED]";
+const NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+const MAX_SECRET_BYTES = 64 * 1024;
+
+const SecretFile = z.record(z.string(), z.string());
+
+function secretsPath(ctx: WorkspaceContext, id: string): string {
+  return join(ctx.store.dir(id), "secrets.json");
+}
+
+/** Collects --secret NAME=VALUE and --secret-file NAME=PATH definitions, validated. */
+export async function collectSecrets(literal: Record<string, string> = {}, files: Record<string, string> = {}): Promise<Record<string, string>> {
+  const secrets: Record<string, string> = {};
+  const add = (name: string, value: string) => {
+    if (!NAME.test(name)) throw new PyroError("INVALID_ARGUMENT", `invalid secret name '${name}': use letters, digits and '_'`);
+    if (name in secrets) throw new PyroError("INVALID_ARGUMENT", `secret '${name}' is defined twice`);
+    if (!value) throw new PyroError("INVALID_ARGUMENT", `secret '${name}' is empty`);
+    if (Buffer.byteLength(value) > MAX_SECRET_BYTES) throw new PyroError("INVALID_ARGUMENT", `secret '${name}' is larger than ${MAX_SECRET_BYTES} bytes`);
+    secrets[name] = value;
+  };
+  for (const [name, value] of Object.entries(literal)) add(name, value);
+  for (const [name, path] of Object.entries(files)) {
+    const text = await readFile(path, "utf8").catch(() => {
+      throw new PyroError("INVALID_ARGUMENT", `cannot read the file for secret '${name}': ${path}`);
+    });
+    add(name, text.replace(/\r?\n$/, ""));
+  }
+  return secrets;
+}
+
+export async function saveSecrets(ctx: WorkspaceContext, id: string, secrets: Record<string, string>): Promise<void> {
+  if (Object.keys(secrets).length === 0) return;
+  await writeJsonAtomic(secretsPath(ctx, id), secrets, 0o600);
+  await chmod(secretsPath(ctx, id), 0o600);
+}
+
+export async function loadSecrets(ctx: WorkspaceContext, id: string): Promise<Record<string, string>> {
+  return (await readJsonIfValid(secretsPath(ctx, id), SecretFile)) ?? {};
+}
+
+/** Writes each secret to /run/pyro-secrets/NAME (0400) in the guest. */
+export async function materializeSecrets(agent: AgentClient, secrets: Record<string, string>): Promise<void> {
+  for (const [name, value] of Object.entries(secrets)) await agent.writeFile(`${GUEST_SECRET_DIR}/${name}`, value, { mode: 0o400 });
+}
+
+/** `SECRET` or `SECRET=ENV_VAR` mappings → environment variables for one command. */
+export function secretEnvironment(secrets: Record<string, string>, mappings: string[] = []): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const mapping of mappings) {
+    const [name, envName = name] = mapping.split("=", 2) as [string, string?];
+    const value = secrets[name];
+    if (value === undefined) {
+      throw new PyroError("INVALID_ARGUMENT", `the workspace has no secret '${name}'${Object.keys(secrets).length ? ` (it has: ${Object.keys(secrets).join(", ")})` : " (define secrets at create with --secret)"}`);
+    }
+    if (!NAME.test(envName)) throw new PyroError("INVALID_ARGUMENT", `invalid environment variable name '${envName}'`);
+    env[envName] = value;
+  }
+  return env;
+}
+
+/** Replaces secret values with [REDACTED] in any text pyro returns, logs or exports. */
+export class Redactor {
+  private readonly values: string[];
+
+  constructor(secrets: Record<string, string>) {
+    // Longest first, so a secret containing another is replaced whole.
+    this.values = Object.values(secrets).filter(Boolean).sort((a, b) => b.length - a.length);
+  }
+
+  get active(): boolean {
+    return this.values.length > 0;
+  }
+
+  text(input: string): string {
+    let out = input;
+    for (const value of this.values) if (out.includes(value)) out = out.split(value).join(REDACTED);
+    return out;
+  }
+
+  /** Redacts every string inside a JSON-like value (results, log entries). */
+  deep<T>(value: T): T {
+    if (!this.active) return value;
+    if (typeof value === "string") return this.text(value) as T;
+    if (Array.isArray(value)) return value.map((v) => this.deep(v)) as T;
+    if (value && typeof value === "object" && !(value instanceof Buffer)) {
+      return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, this.deep(v)])) as T;
+    }
+    return value;
+  }
+
+  /** Redacts text content; binary bytes pass through unchanged. */
+  bytes(data: Buffer): Buffer {
+    if (!this.active || data.includes(0)) return data;
+    const text = data.toString("utf8");
+    return Buffer.from(text, "utf8").equals(data) ? Buffer.from(this.text(text), "utf8") : data;
+  }
+}
