@@ -37,11 +37,12 @@ describe("QEMU command line", () => {
     assert.doesNotMatch(valueAfter(args, "-append")[0]!, /tsc_early_khz/);
   });
 
-  it("adds a NIC only when networking is asked for", () => {
+  it("adds a NIC only when networking is asked for, with no direct route out (restrict=on)", () => {
     assert.equal(buildQemuArgs(spec, "tcg", 1).includes("-netdev"), false);
-    const withNet = buildQemuArgs({ ...spec, network: "user" }, "tcg", 1);
-    assert.deepEqual(valueAfter(withNet, "-netdev"), ["user,id=net0"]);
-    assert.match(kernelCmdline({ ...spec, network: "user" }, "tcg", 1), /pyro\.net=1/);
+    const net = { egressProxy: ["/usr/bin/node", "/p/egress-proxy.js", "--policy=/w/a,b.json"] };
+    const withNet = buildQemuArgs({ ...spec, network: net }, "tcg", 1);
+    assert.deepEqual(valueAfter(withNet, "-netdev"), ["user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:3128-cmd:/usr/bin/node /p/egress-proxy.js --policy=/w/a,,b.json"]);
+    assert.match(kernelCmdline({ ...spec, network: net }, "tcg", 1), /pyro\.net=1/);
   });
 
   it("mounts read-only disks read-only, without journal replay (G4)", () => {
@@ -51,7 +52,7 @@ describe("QEMU command line", () => {
   });
 
   it("keeps every kernel command line word free of spaces (G13)", () => {
-    for (const word of kernelCmdline({ ...spec, network: "user" }, "tcg", 1).split(" ")) assert.ok(word.length > 0);
+    for (const word of kernelCmdline({ ...spec, network: { egressProxy: ["x"] } }, "tcg", 1).split(" ")) assert.ok(word.length > 0);
   });
 
   it("puts the agent socket, QMP socket and console in the run directory", () => {

@@ -12,8 +12,11 @@ export interface VmLaunchSpec {
   vcpuCount: number;
   memMib: number;
   hostname: string;
-  /** Guest NIC with user-mode networking (egress through the host), or none at all. */
-  network: "none" | "user";
+  /**
+   * No NIC at all, or a NIC with no direct route out: every guest connection to the egress proxy
+   * address (10.0.2.100:3128) runs `egressProxy` on the host, which decides what may pass.
+   */
+  network: "none" | { egressProxy: string[] };
   /** Directory owned by this VM: sockets, console log. Kept short (unix socket paths ≤ 107 bytes). */
   runDir: string;
   /** Per-attempt boot deadline, from VMM start to the agent's first reply. */
@@ -65,6 +68,9 @@ export interface RunningVm {
   resume(): Promise<void>;
   /** Lets the VM outlive this process: no kill on exit, the connection to its agent is closed. */
   detach(): VmHandle;
+  /** Forwards 127.0.0.1:hostPort on the host to guestPort in the guest (NIC required). */
+  addPortForward(hostPort: number, guestPort: number): Promise<void>;
+  removePortForward(hostPort: number): Promise<void>;
 }
 
 /** A way to run microVMs. QEMU microvm now; Firecracker can implement the same contract. */

@@ -2,6 +2,7 @@ import { PyroError, isPyroError } from "../errors.js";
 import { capturedText } from "../guest-protocol/messages.js";
 import type { PyroPaths } from "../paths.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
+import { proxyEnvironment } from "../network/egress-launch.js";
 import { launchDisposableVm } from "./disposable-vm.js";
 import { runOnHost } from "./host-compat.js";
 import { RUN_DEFAULTS, type RunOptions, type RunResult } from "./run-result.js";
@@ -39,7 +40,7 @@ export async function runOneShot(paths: PyroPaths, environment: string, command:
     const exec = await vm.agent.exec({
       command,
       cwd: options.cwd ?? "/root",
-      env: options.env ?? {},
+      env: { ...(options.network ? proxyEnvironment() : {}), ...options.env },
       timeoutMs,
       maxOutputBytes: options.maxOutputBytes ?? RUN_DEFAULTS.maxOutputBytes,
       ...(options.stdin !== undefined ? { stdin: options.stdin } : {}),

@@ -54,7 +54,7 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
 const WORKSPACE_MACHINE_VERSION = 1;
 
 /** The machine every workspace VM runs as; templates are saved from exactly this shape (G10). */
-export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, diskPath: string, runDir: string): VmLaunchSpec {
+export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, diskPath: string, runDir: string, network: VmLaunchSpec["network"] = "none"): VmLaunchSpec {
   return {
     kernelPath: runtime.kernel.vmlinuxPath,
     initramfsPath: runtime.initramfs.path,
@@ -62,7 +62,7 @@ export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, 
     vcpuCount: shape.vcpuCount,
     memMib: shape.memMib,
     hostname: "pyro",
-    network: "none",
+    network,
     runDir,
     bootTimeoutMs: bootTimeoutMs(),
     dieWithParent: false,

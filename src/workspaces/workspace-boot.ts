@@ -7,6 +7,7 @@ import type { RunningVm, VmHandle } from "../runtime/vmm-backend.js";
 import { workspaceLaunchSpec } from "./boot-templates.js";
 import { nowIso, type WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
+import { launchNetwork } from "./workspace-network.js";
 import { loadSecrets, materializeSecrets } from "./workspace-secrets.js";
 
 /** How a workspace VM comes up: a cold boot of its disk, or a restore of saved state (template or snapshot). */
@@ -35,20 +36,21 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
   const runDir = ctx.store.runDir(record.id);
   await rm(runDir, { recursive: true, force: true });
   const shape = { vcpuCount: record.vcpu_count, memMib: record.mem_mib };
+  const network = await launchNetwork(ctx, record);
   let vm: RunningVm;
   let mode: "cold_boot" | "template_restore" | "snapshot_restore" = "cold_boot";
   if (source.kind === "restore") {
     await layerDisk(ctx, record, source.diskPath, "qcow2");
     try {
-      vm = await runtime.backend.launch({ ...workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir), incomingState: source.statePath });
+      vm = await runtime.backend.launch({ ...workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, network), incomingState: source.statePath });
       mode = source.mode;
       // Every restored copy starts with the same RNG state; mix in fresh host entropy.
       await vm.agent.writeFile("/dev/urandom", randomBytes(64), { append: true });
     } catch {
-      vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir));
+      vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, network));
     }
   } else {
-    vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir));
+    vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, network));
   }
   // Secrets live in the guest's tmpfs, gone after a cold boot: put them back every time.
   await materializeSecrets(vm.agent, await loadSecrets(ctx, record.id));

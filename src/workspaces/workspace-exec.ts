@@ -5,6 +5,7 @@ import { capturedText } from "../guest-protocol/messages.js";
 import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { CommandLogEntry } from "./workspace-record.js";
+import { networkEnvironment } from "./workspace-network.js";
 import { secretEnvironment } from "./workspace-secrets.js";
 
 export const WORKSPACE_EXEC_DEFAULTS = { timeoutSeconds: 120, maxOutputBytes: 1 << 20 } as const;
@@ -57,7 +58,7 @@ export async function execInWorkspace(ctx: WorkspaceContext, ref: string, comman
     const r = await vm.agent.exec({
       command,
       cwd,
-      env: { ...options.env, ...secretEnvironment(session.secrets, options.secretEnv) },
+      env: { ...networkEnvironment(record), ...options.env, ...secretEnvironment(session.secrets, options.secretEnv) },
       timeoutMs: Math.round(timeoutSeconds * 1000),
       maxOutputBytes: options.maxOutputBytes ?? WORKSPACE_EXEC_DEFAULTS.maxOutputBytes,
       ...(options.stdin !== undefined ? { stdin: options.stdin } : {}),

@@ -12,6 +12,7 @@ import { bootWorkspace, killWorkspaceVm, layerDisk, stopWorkspaceVm } from "./wo
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
 import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
+import { checkNetworkOptions } from "./workspace-network.js";
 import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
 import { newWorkspaceId, validateName } from "./workspace-store.js";
 
@@ -29,6 +30,10 @@ export interface CreateWorkspaceOptions {
   /** Secrets by name: literal values, or host files to read them from. */
   secrets?: Record<string, string>;
   secretFiles?: Record<string, string>;
+  /** off (default: no NIC), egress, or egress+published-ports. */
+  networkPolicy?: string;
+  /** Egress allowlist: host names ("*.example.com") and CIDRs. */
+  allowHosts?: string[];
 }
 
 /** What CLI, SDK and MCP show for a workspace. */
@@ -44,6 +49,7 @@ export interface WorkspaceView {
   vcpu_count: number;
   mem_mib: number;
   network_policy: string;
+  allow_hosts: string[];
   command_count: number;
   snapshots: string[];
   secret_names: string[];
@@ -65,6 +71,7 @@ export function viewOf(record: WorkspaceRecord): WorkspaceView {
     vcpu_count: record.vcpu_count,
     mem_mib: record.mem_mib,
     network_policy: record.network_policy,
+    allow_hosts: record.allow_hosts,
     command_count: record.command_count,
     snapshots: record.snapshots.map((s) => s.name),
     secret_names: record.secret_names,
@@ -112,6 +119,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   // Validate the seed and secrets before booting anything: a hostile archive costs nothing.
   const tree = options.seedPath ? await prepareTree(options.seedPath) : undefined;
   const secrets = await collectSecrets(options.secrets, options.secretFiles);
+  const network = checkNetworkOptions(options.networkPolicy ?? "off", options.allowHosts ?? []);
   const env = await ctx.environments.require(environment);
   const runtime = await ctx.runtime();
   const id = newWorkspaceId();
@@ -128,7 +136,9 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     last_activity_at: now,
     vcpu_count: shape.vcpuCount,
     mem_mib: shape.memMib,
-    network_policy: "off",
+    network_policy: network.policy,
+    allow_hosts: network.allow,
+    services: {},
     ttl_seconds: options.ttlSeconds ?? null,
     disk_backing: env.imagePath,
     vm: null,
@@ -142,7 +152,8 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   try {
     return await ctx.store.withLock(id, async () => {
       await saveSecrets(ctx, id, secrets);
-      const template = await ensureBootTemplate(ctx.paths, runtime, env, shape).catch(() => undefined);
+      // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
+      const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, shape).catch(() => undefined) : undefined;
       if (template) {
         vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore" });
       } else {

@@ -26,7 +26,9 @@ export const WorkspaceRecord = z.object({
   last_activity_at: z.string(),
   vcpu_count: z.number().int(),
   mem_mib: z.number().int(),
-  network_policy: z.enum(["off"]),
+  network_policy: z.enum(["off", "egress", "egress+published-ports"]),
+  /** Egress allowlist (host names, CIDRs); empty = any public destination. */
+  allow_hosts: z.array(z.string()).default([]),
   ttl_seconds: z.number().nullable(),
   /** The qcow2 file the live disk is layered on. */
   disk_backing: z.string(),
@@ -50,6 +52,18 @@ export const WorkspaceRecord = z.object({
   snapshots: z.array(SnapshotRecord),
   /** Names only: values live in secrets.json (0600) and the guest's tmpfs. */
   secret_names: z.array(z.string()).default([]),
+  /** Services started through pyro: what to tell a user after the VM restarted without them. */
+  services: z
+    .record(
+      z.string(),
+      z.object({
+        command: z.union([z.array(z.string()), z.string()]),
+        cwd: z.string(),
+        started_at: z.string(),
+        published: z.array(z.object({ host_port: z.number().int(), guest_port: z.number().int() })),
+      }),
+    )
+    .default({}),
   /** Why the VM last stopped when pyro did not stop it (crash, kill -9). */
   unexpected_stop: z.string().nullable(),
 });

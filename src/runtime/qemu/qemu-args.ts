@@ -12,6 +12,10 @@ export function runFiles(runDir: string) {
   };
 }
 
+/** Where guests reach the egress proxy (inside slirp's 10.0.2.0/24). */
+export const EGRESS_PROXY_ADDRESS = "10.0.2.100";
+export const EGRESS_PROXY_PORT = 3128;
+
 /** x86-64-v2 on qemu64 boots faster under TCG than `-cpu max` (runtime-facts 1h). */
 const TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt";
 
@@ -33,7 +37,7 @@ export function kernelCmdline(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
   ];
   // microvm has no HPET/PM timer; under TCG the PIT calibration hangs ~10% of boots without this (G1).
   if (accel === "tcg" && tscKhz) words.push(`tsc_early_khz=${tscKhz}`);
-  if (spec.network === "user") words.push("pyro.net=1");
+  if (spec.network !== "none") words.push("pyro.net=1");
   if (spec.rootDisk.readOnly) words.push("pyro.rootflags=ro,noload");
   return words.join(" ");
 }
@@ -65,8 +69,11 @@ export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
     "-device", "virtserialport,chardev=agent,name=org.pyro.agent",
     "-qmp", `unix:${files.qmpSocket},server=on,wait=off`,
   ];
-  if (spec.network === "user") {
-    args.push("-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0");
+  if (spec.network !== "none") {
+    // restrict=on: no route, DNS or host-loopback access; only the guestfwd to the proxy and hostfwds.
+    // slirp splits the command on spaces and QEMU option values escape commas by doubling them.
+    const proxy = spec.network.egressProxy.map((a) => a.replace(/,/g, ",,")).join(" ");
+    args.push("-netdev", `user,id=net0,restrict=on,guestfwd=tcp:${EGRESS_PROXY_ADDRESS}:${EGRESS_PROXY_PORT}-cmd:${proxy}`, "-device", "virtio-net-device,netdev=net0");
   }
   if (spec.incomingState) args.push("-incoming", `exec:cat ${shellQuote(spec.incomingState)}`);
   return args;

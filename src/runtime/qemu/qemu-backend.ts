@@ -266,6 +266,19 @@ class QemuVm implements RunningVm {
     });
   }
 
+  addPortForward(hostPort: number, guestPort: number): Promise<void> {
+    return this.withQmp(async (qmp) => {
+      const out = await qmp.execute("human-monitor-command", { "command-line": `hostfwd_add net0 tcp:127.0.0.1:${hostPort}-:${guestPort}` });
+      if (typeof out === "string" && out.trim()) throw new PyroError("GUEST_OPERATION_FAILED", `cannot publish 127.0.0.1:${hostPort}: ${out.trim()}`);
+    });
+  }
+
+  removePortForward(hostPort: number): Promise<void> {
+    return this.withQmp(async (qmp) => {
+      await qmp.execute("human-monitor-command", { "command-line": `hostfwd_remove net0 tcp:127.0.0.1:${hostPort}` });
+    });
+  }
+
   detach(): VmHandle {
     this.unregister();
     if ("child" in this.proc) this.proc.child.unref();
