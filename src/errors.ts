@@ -22,7 +22,9 @@ export type PyroErrorCode =
   | "SNAPSHOT_NOT_FOUND"
   | "PATH_OUTSIDE_WORKSPACE"
   | "UNSAFE_ARCHIVE"
-  | "PATCH_FAILED";
+  | "PATCH_FAILED"
+  | "SERVICE_NOT_READY"
+  | "SERVICE_EXITED";
 
 export class PyroError extends Error {
   readonly code: PyroErrorCode;

@@ -38,3 +38,11 @@ export function reportError(error: unknown, json: boolean): number {
 export function yesNo(value: boolean): string {
   return value ? "yes" : "no";
 }
+
+/** One bracketed line per result, like `[workspace-exec] workspace_id=… exit_code=0`. */
+export function summaryLine(tag: string, fields: object): string {
+  const parts = Object.entries(fields)
+    .filter(([, v]) => v !== undefined && v !== null && v !== "")
+    .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : String(v)}`);
+  return `[${tag}] ${parts.join(" ")}\n`;
+}

@@ -16,3 +16,15 @@ export function secondsOption(value: string): number {
   if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected a positive number of seconds, got '${value}'`);
   return n;
 }
+
+/** Repeatable option values, collected in order. */
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+/** Repeatable KEY=VALUE options (labels, secrets), collected into an object. */
+export function collectKeyValue(value: string, previous: Record<string, string> = {}): Record<string, string> {
+  const at = value.indexOf("=");
+  if (at <= 0) throw new InvalidArgumentError(`expected KEY=VALUE, got '${value}'`);
+  return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };
+}

@@ -23,6 +23,9 @@ import {
 } from "../workspaces/workspace-lifecycle.js";
 import { createSnapshot, deleteSnapshot, listSnapshots, resetWorkspace } from "../workspaces/workspace-snapshots.js";
 import { summarizeWorkspace } from "../workspaces/workspace-summary.js";
+import { diskExport, diskList, diskRead } from "../workspaces/workspace-disk.js";
+import { listServices, serviceLogs, serviceStatus, startService, stopService, type StartServiceOptions } from "../workspaces/workspace-services.js";
+import { closeShell, openShell, readShell, signalShell, writeShell, type ShellReadOptions } from "../workspaces/workspace-shells.js";
 import { diffWorkspace, exportFromWorkspace, syncPush } from "../workspaces/workspace-tree.js";
 
 export interface PyroOptions {
@@ -142,5 +145,50 @@ export class Pyro {
   /** Back to a snapshot (default: the baseline captured at create). */
   resetWorkspace(workspace: string, options: { snapshot?: string } = {}) {
     return resetWorkspace(this.workspaces, workspace, options.snapshot);
+  }
+
+  /** Opens an interactive bash on a PTY in the workspace; it lives until closed or the VM stops. */
+  openShell(workspace: string, options: { cwd?: string; cols?: number; rows?: number; secretEnv?: string[] } = {}) {
+    return openShell(this.workspaces, workspace, options);
+  }
+  readShell(workspace: string, shellId: string, options: ShellReadOptions = {}) {
+    return readShell(this.workspaces, workspace, shellId, options);
+  }
+  writeShell(workspace: string, shellId: string, input: string, options: { newline?: boolean } = {}) {
+    return writeShell(this.workspaces, workspace, shellId, input, options);
+  }
+  signalShell(workspace: string, shellId: string, signal: "INT" | "TERM" | "KILL" | "HUP" = "INT") {
+    return signalShell(this.workspaces, workspace, shellId, signal);
+  }
+  closeShell(workspace: string, shellId: string) {
+    return closeShell(this.workspaces, workspace, shellId);
+  }
+
+  /** Starts a named background service, waiting for its readiness probe when given. */
+  startService(workspace: string, name: string, command: string[] | string, options: StartServiceOptions = {}) {
+    return startService(this.workspaces, workspace, name, command, options);
+  }
+  listServices(workspace: string) {
+    return listServices(this.workspaces, workspace);
+  }
+  statusService(workspace: string, name: string) {
+    return serviceStatus(this.workspaces, workspace, name);
+  }
+  logsService(workspace: string, name: string, options: { tailLines?: number; all?: boolean } = {}) {
+    return serviceLogs(this.workspaces, workspace, name, options);
+  }
+  stopService(workspace: string, name: string) {
+    return stopService(this.workspaces, workspace, name);
+  }
+
+  /** Offline disk tools for stopped workspaces: nothing boots, nothing is mounted on the host. */
+  listWorkspaceDisk(workspace: string, path = ".", options: { recursive?: boolean } = {}) {
+    return diskList(this.workspaces, workspace, path, options);
+  }
+  readWorkspaceDisk(workspace: string, path: string, options: { maxBytes?: number } = {}) {
+    return diskRead(this.workspaces, workspace, path, options);
+  }
+  exportWorkspaceDisk(workspace: string, outputPath: string) {
+    return diskExport(this.workspaces, workspace, outputPath);
   }
 }

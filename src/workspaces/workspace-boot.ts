@@ -54,10 +54,29 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
   }
   // Secrets live in the guest's tmpfs, gone after a cold boot: put them back every time.
   await materializeSecrets(vm.agent, await loadSecrets(ctx, record.id));
+  await republishPorts(record, vm);
   record.vm = { pid: vm.pid, run_dir: runDir, accel: vm.accel, started_at: nowIso(), boot_ms: vm.bootMs, start_mode: mode };
   record.unexpected_stop = null;
   record.updated_at = nowIso();
   return vm;
+}
+
+/**
+ * Port forwards live in the VMM, not the guest: after a restore, re-publish the ports of services
+ * the restored guest is running; services a cold boot lost keep no ports.
+ */
+async function republishPorts(record: WorkspaceRecord, vm: RunningVm): Promise<void> {
+  const withPorts = Object.entries(record.services).filter(([, s]) => s.published.length);
+  if (!withPorts.length) return;
+  const { header } = await vm.agent.request("service.list");
+  const running = new Set((header.services as { name: string; running: boolean }[]).filter((s) => s.running).map((s) => s.name));
+  for (const [name, service] of withPorts) {
+    if (!running.has(name)) {
+      service.published = [];
+      continue;
+    }
+    for (const p of service.published) await vm.addPortForward(p.host_port, p.guest_port);
+  }
 }
 
 /** Kills a workspace VM by pid (any pyro process may do this) and waits until it is gone. */

@@ -1,29 +1,14 @@
 import { readFile } from "node:fs/promises";
-import { Command, InvalidArgumentError } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
-import { printJson } from "../output.js";
-import { integerOption, secondsOption } from "../parse-options.js";
+import { printJson, summaryLine as line } from "../output.js";
+import { collect, collectKeyValue, integerOption, secondsOption } from "../parse-options.js";
+import { registerWorkspaceFullCommands } from "./workspace-full-commands.js";
 
 type PyroFactory = () => Pyro;
 
-/** "k=v" → [k, v], for repeatable --label options. */
-function collectLabel(value: string, previous: Record<string, string> = {}): Record<string, string> {
-  const at = value.indexOf("=");
-  if (at <= 0) throw new InvalidArgumentError(`expected KEY=VALUE, got '${value}'`);
-  return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };
-}
 
-function collect(value: string, previous: string[] = []): string[] {
-  return [...previous, value];
-}
 
-/** One bracketed line per result, like `[workspace-exec] workspace_id=… exit_code=0`. */
-function line(tag: string, fields: object): string {
-  const parts = Object.entries(fields)
-    .filter(([, v]) => v !== undefined && v !== null && v !== "")
-    .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : String(v)}`);
-  return `[${tag}] ${parts.join(" ")}\n`;
-}
 
 function emit(json: boolean | undefined, value: unknown, human: () => string): void {
   if (json) printJson(value);
@@ -37,14 +22,18 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .description("Create and start a workspace (seeded from a directory or archive, if given).")
     .argument("<environment>", "environment, e.g. debian:12")
     .option("--name <name>", "unique name, usable wherever an id is")
-    .option("--label <key=value>", "label (repeatable)", collectLabel)
+    .option("--label <key=value>", "label (repeatable)", collectKeyValue)
     .option("--seed-path <path>", "host directory or .tar/.tar.gz/.tgz to put in /workspace")
     .option("--vcpu-count <n>", "virtual CPUs (default 1)", integerOption(1, 16))
     .option("--mem-mib <n>", "memory in MiB (default 1024)", integerOption(256, 65536))
     .option("--ttl-seconds <s>", "delete after this long without activity", secondsOption)
+    .option("--secret <NAME=VALUE>", "a secret, kept in the guest's tmpfs only (repeatable)", collectKeyValue)
+    .option("--secret-file <NAME=PATH>", "a secret read from a host file (repeatable)", collectKeyValue)
+    .addOption(new Option("--network-policy <policy>", "off: no network; egress: outbound HTTP(S) through pyro's proxy; egress+published-ports: also --publish").choices(["off", "egress", "egress+published-ports"]).default("off"))
+    .option("--allow-host <host|cidr>", "egress allowlist entry (repeatable), e.g. pypi.org, *.npmjs.org, 203.0.113.0/24", collect)
     .option("--id-only", "print only the workspace id")
     .option("--json", "print JSON")
-    .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; ttlSeconds?: number; idOnly?: boolean; json?: boolean }) => {
+    .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; ttlSeconds?: number; secret?: Record<string, string>; secretFile?: Record<string, string>; networkPolicy: string; allowHost?: string[]; idOnly?: boolean; json?: boolean }) => {
       const r = await pyro().createWorkspace(environment, {
         ...(o.name !== undefined ? { name: o.name } : {}),
         ...(o.label ? { labels: o.label } : {}),
@@ -52,6 +41,10 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
         ...(o.vcpuCount ? { vcpuCount: o.vcpuCount } : {}),
         ...(o.memMib ? { memMib: o.memMib } : {}),
         ...(o.ttlSeconds ? { ttlSeconds: o.ttlSeconds } : {}),
+        ...(o.secret ? { secrets: o.secret } : {}),
+        ...(o.secretFile ? { secretFiles: o.secretFile } : {}),
+        networkPolicy: o.networkPolicy,
+        ...(o.allowHost ? { allowHosts: o.allowHost } : {}),
       });
       if (o.idOnly) return void process.stdout.write(`${r.workspace_id}\n`);
       emit(o.json, r, () => line("workspace-create", { workspace_id: r.workspace_id, name: r.name, environment: r.environment, state: r.state, start_mode: r.vm?.start_mode, seed: r.seed.mode, seed_files: r.seed.files, create_ms: r.create_ms }));
@@ -82,7 +75,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .description("Rename a workspace or change its labels.")
     .argument("<workspace>", "id or name")
     .option("--name <name>", "new name")
-    .option("--label <key=value>", "set a label (repeatable)", collectLabel)
+    .option("--label <key=value>", "set a label (repeatable)", collectKeyValue)
     .option("--clear-label <key>", "remove a label (repeatable)", collect)
     .option("--json", "print JSON")
     .action(async (ref: string, o: { name?: string; label?: Record<string, string>; clearLabel?: string[]; json?: boolean }) => {
@@ -126,9 +119,10 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .argument("<command...>", "command and arguments, after --")
     .option("--cwd <path>", "working directory, relative to /workspace")
     .option("--timeout-seconds <s>", "kill the command after this long (default 120)", secondsOption)
+    .option("--secret-env <SECRET[=ENV]>", "expose a secret as an environment variable (repeatable)", collect)
     .option("--json", "print JSON")
-    .action(async (ref: string, command: string[], o: { cwd?: string; timeoutSeconds?: number; json?: boolean }) => {
-      const r = await pyro().execWorkspace(ref, command, { ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.timeoutSeconds ? { timeoutSeconds: o.timeoutSeconds } : {}) });
+    .action(async (ref: string, command: string[], o: { cwd?: string; timeoutSeconds?: number; secretEnv?: string[]; json?: boolean }) => {
+      const r = await pyro().execWorkspace(ref, command, { ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.timeoutSeconds ? { timeoutSeconds: o.timeoutSeconds } : {}), ...(o.secretEnv ? { secretEnv: o.secretEnv } : {}) });
       if (o.json) printJson(r);
       else {
         process.stdout.write(r.stdout);
@@ -247,6 +241,8 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
       const r = await pyro().deleteSnapshot(ref, name);
       emit(o.json, r, () => line("workspace-snapshot-delete", r));
     });
+
+  registerWorkspaceFullCommands(ws, pyro);
 
   ws.command("reset")
     .description("Put the workspace back to a snapshot (default: the baseline from create).")

@@ -1,0 +1,197 @@
+import { createServer } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import { PyroError } from "../errors.js";
+import type { AgentClient } from "../guest-protocol/agent-client.js";
+import type { RunningVm } from "../runtime/vmm-backend.js";
+import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
+import { readWholeFile } from "./guest-transfer.js";
+import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
+import { networkEnvironment, requirePublishing } from "./workspace-network.js";
+import type { WorkspaceRecord } from "./workspace-record.js";
+import { secretEnvironment } from "./workspace-secrets.js";
+
+export type Readiness =
+  | { type: "file"; path: string }
+  | { type: "tcp"; host?: string; port: number }
+  | { type: "http"; url: string }
+  | { type: "command"; command: string };
+
+export interface StartServiceOptions {
+  cwd?: string;
+  readiness?: Readiness;
+  readyTimeoutSeconds?: number;
+  readyIntervalMs?: number;
+  /** Publish guest ports on 127.0.0.1 of the host; hostPort 0 picks a free one. */
+  publish?: { hostPort: number; guestPort: number }[];
+  secretEnv?: string[];
+}
+
+export interface ServiceView {
+  workspace_id: string;
+  name: string;
+  /** running; exited (on its own, see exit_code); stopped (by request); lost (the VM restarted under it). */
+  state: "running" | "exited" | "stopped" | "lost";
+  pid: number | null;
+  exit_code: number | null;
+  command: string[] | string;
+  started_at: string;
+  published: { host_port: number; guest_port: number; url: string }[];
+}
+
+function view(record: WorkspaceRecord, name: string, agentState: Record<string, unknown> | undefined): ServiceView {
+  const meta = record.services[name]!;
+  const state = !agentState ? "lost" : agentState.running === true ? "running" : agentState.stopped_by_request === true ? "stopped" : "exited";
+  return {
+    workspace_id: record.id,
+    name,
+    state,
+    pid: agentState ? Number(agentState.pid) : null,
+    exit_code: typeof agentState?.exit_code === "number" ? agentState.exit_code : null,
+    command: meta.command,
+    started_at: meta.started_at,
+    published: meta.published.map((p) => ({ ...p, url: `http://127.0.0.1:${p.host_port}` })),
+  };
+}
+
+async function agentServices(agent: AgentClient): Promise<Map<string, Record<string, unknown>>> {
+  const { header } = await agent.request("service.list");
+  return new Map((header.services as Record<string, unknown>[]).map((s) => [String(s.name), s]));
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const port = (server.address() as { port: number }).port;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function probe(vm: RunningVm, readiness: Readiness, env: Record<string, string>): Promise<{ ready: boolean; detail: string }> {
+  switch (readiness.type) {
+    case "file":
+      return vm.agent.stat(workspacePath(readiness.path)).then(
+        () => ({ ready: true, detail: "file exists" }),
+        () => ({ ready: false, detail: `${readiness.path} does not exist yet` }),
+      );
+    case "tcp": {
+      const { header } = await vm.agent.request("probe.tcp", { host: readiness.host ?? "127.0.0.1", port: readiness.port, timeout_ms: 1000 });
+      return { ready: header.ready === true, detail: String(header.detail || "connected") };
+    }
+    case "http": {
+      const { header } = await vm.agent.request("probe.http", { url: readiness.url, timeout_ms: 2000 });
+      return { ready: header.ready === true, detail: String(header.detail) };
+    }
+    case "command": {
+      const r = await vm.agent.exec({ command: readiness.command, cwd: WORKSPACE_ROOT, env, timeoutMs: 10_000 });
+      return { ready: r.exitCode === 0, detail: `readiness command exited ${r.exitCode}` };
+    }
+  }
+}
+
+async function logTail(agent: AgentClient, path: string, maxBytes = 4096): Promise<string> {
+  try {
+    const { size } = await agent.stat(path);
+    const { data } = await agent.readFile(path, { offset: Math.max(0, size - maxBytes), maxBytes });
+    return data.toString("utf8");
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * Starts a named background service and waits for its readiness probe. A service that dies or
+ * never becomes ready is an error that says why (exit code, last probe, log tail); one that never
+ * became ready is stopped rather than left half-up.
+ */
+export async function startService(ctx: WorkspaceContext, ref: string, name: string, command: string[] | string, options: StartServiceOptions = {}): Promise<ServiceView & { ready_ms: number }> {
+  const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
+  const timeoutMs = (options.readyTimeoutSeconds ?? 30) * 1000;
+  const intervalMs = options.readyIntervalMs ?? 500;
+  if (!(timeoutMs > 0) || !(intervalMs > 0)) throw new PyroError("INVALID_ARGUMENT", "ready timeout and interval must be positive");
+  return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
+    if (options.publish?.length) requirePublishing(record);
+    const env = { ...networkEnvironment(record), ...secretEnvironment(session.secrets, options.secretEnv) };
+    const started = Date.now();
+    const commandFields = typeof command === "string" ? { shell: command } : { argv: command };
+    const { header: startedState } = await vm.agent.request("service.start", { name, cwd, env, ...commandFields });
+    const stopAndFail = async (code: "SERVICE_NOT_READY" | "SERVICE_EXITED", message: string) => {
+      await vm.agent.request("service.stop", { name, grace_ms: 1000 }).catch(() => undefined);
+      const stderr = (await logTail(vm.agent, String(startedState.stderr_path))).trim().split("\n").slice(-10).join("\n");
+      throw new PyroError(code, `${message}${stderr ? `\n--- stderr (tail) ---\n${stderr}` : ""}`, { service: name });
+    };
+    if (options.readiness) {
+      for (let last = "not probed yet"; ; ) {
+        const { header: state } = await vm.agent.request("service.status", { name });
+        if (state.running !== true) await stopAndFail("SERVICE_EXITED", `service ${name} exited with code ${String(state.exit_code)} before it became ready`);
+        const result = await probe(vm, options.readiness, env).catch((e: Error) => ({ ready: false, detail: e.message }));
+        if (result.ready) break;
+        last = result.detail;
+        if (Date.now() - started > timeoutMs) {
+          await stopAndFail("SERVICE_NOT_READY", `service ${name} did not become ready within ${timeoutMs / 1000} s (last probe: ${last}); it has been stopped`);
+        }
+        await sleep(intervalMs);
+      }
+    }
+    const published: { host_port: number; guest_port: number }[] = [];
+    for (const p of options.publish ?? []) {
+      const hostPort = p.hostPort || (await freePort());
+      await vm.addPortForward(hostPort, p.guestPort);
+      published.push({ host_port: hostPort, guest_port: p.guestPort });
+    }
+    record.services[name] = { command, cwd, started_at: nowIso(), published };
+    record.last_activity_at = record.updated_at = nowIso();
+    await ctx.store.write(record);
+    return { ...view(record, name, (await agentServices(vm.agent)).get(name)), ready_ms: Date.now() - started };
+  });
+}
+
+export async function listServices(ctx: WorkspaceContext, ref: string) {
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    const live = await agentServices(vm.agent);
+    const services = Object.keys(record.services).sort().map((name) => view(record, name, live.get(name)));
+    return { workspace_id: record.id, count: services.length, running_count: services.filter((s) => s.state === "running").length, services };
+  });
+}
+
+function known(record: WorkspaceRecord, name: string): void {
+  if (!record.services[name]) throw new PyroError("INVALID_ARGUMENT", `workspace ${record.id} has no service '${name}'; see 'pyro workspace service list ${record.id}'`);
+}
+
+export async function serviceStatus(ctx: WorkspaceContext, ref: string, name: string): Promise<ServiceView> {
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    known(record, name);
+    return view(record, name, (await agentServices(vm.agent)).get(name));
+  });
+}
+
+/** The last lines of a service's stdout and stderr (everything with all). */
+export async function serviceLogs(ctx: WorkspaceContext, ref: string, name: string, options: { tailLines?: number; all?: boolean } = {}) {
+  const tailLines = options.all ? undefined : (options.tailLines ?? 50);
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    known(record, name);
+    const read = async (stream: string) => {
+      const text = await readWholeFile(vm.agent, `/run/pyro-services/${name}/${stream}.log`, 16 * 1024 * 1024).then((b) => b.toString("utf8"), () => "");
+      if (tailLines === undefined) return text;
+      const lines = text.split("\n");
+      const trailing = lines[lines.length - 1] === "" ? lines.pop() : undefined;
+      return lines.slice(-tailLines).join("\n") + (trailing !== undefined ? "\n" : "");
+    };
+    return { workspace_id: record.id, name, tail_lines: tailLines ?? null, stdout: await read("stdout"), stderr: await read("stderr") };
+  });
+}
+
+export async function stopService(ctx: WorkspaceContext, ref: string, name: string): Promise<ServiceView> {
+  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+    known(record, name);
+    const live = (await agentServices(vm.agent)).get(name);
+    if (live) await vm.agent.request("service.stop", { name, grace_ms: 3000 }, undefined, { timeoutMs: 30_000 });
+    for (const p of record.services[name]!.published) await vm.removePortForward(p.host_port).catch(() => undefined);
+    record.services[name]!.published = [];
+    record.updated_at = nowIso();
+    await ctx.store.write(record);
+    return view(record, name, (await agentServices(vm.agent)).get(name));
+  });
+}
