@@ -15,14 +15,19 @@ const CORE = [
 const EXPECTED: Record<string, string[]> = {
   "vm-run": ["vm_run"],
   "workspace-core": CORE,
-  "workspace-full": [...CORE, "workspace_start", "workspace_stop", "workspace_summary", "snapshot_create", "snapshot_list", "snapshot_delete"],
+  "workspace-full": [
+    ...CORE, "workspace_start", "workspace_stop", "workspace_summary", "snapshot_create", "snapshot_list", "snapshot_delete",
+    "shell_open", "shell_read", "shell_write", "shell_signal", "shell_close",
+    "service_start", "service_list", "service_status", "service_logs", "service_stop",
+    "workspace_disk_list", "workspace_disk_read", "workspace_disk_export",
+  ],
 };
 
 const MODE_TOOLS: Record<string, string[]> = {
   "repro-fix": ["workspace_create", "workspace_list", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_patch_apply", "workspace_diff", "workspace_export", "workspace_reset", "workspace_delete"],
   inspect: ["workspace_create", "workspace_status", "workspace_file_list", "workspace_file_read", "workspace_exec", "workspace_logs", "workspace_export", "workspace_delete"],
-  "cold-start": ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_export", "workspace_reset", "workspace_delete"],
-  "review-eval": ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_read", "workspace_diff", "workspace_summary", "snapshot_create", "snapshot_list", "workspace_reset", "workspace_export", "workspace_delete"],
+  "cold-start": ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_export", "workspace_reset", "workspace_delete", "service_start", "service_status", "service_logs", "service_stop"],
+  "review-eval": ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_read", "workspace_diff", "workspace_summary", "snapshot_create", "snapshot_list", "workspace_reset", "workspace_export", "workspace_delete", "shell_open", "shell_read", "shell_write", "shell_close"],
 };
 
 async function listTools(args: string[]) {
@@ -60,6 +65,9 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
     assert.equal("snapshot" in (full.inputSchema.properties ?? {}), true);
     const create = (await listTools(["--profile", "workspace-full"])).find((t) => t.name === "workspace_create")!;
     assert.ok("mem_mib" in (create.inputSchema.properties ?? {}));
+    assert.ok("network_policy" in (create.inputSchema.properties ?? {}));
+    const coreCreate = (await listTools([])).find((t) => t.name === "workspace_create")!;
+    assert.equal("secrets" in (coreCreate.inputSchema.properties ?? {}), false, "workspace-core does not expose secrets");
   });
 
   it("describes every tool for a model: short, with when to use it", async () => {

@@ -18,6 +18,9 @@ import { workspaceStatus } from "./tools/workspace-status.js";
 import { workspaceSummary } from "./tools/workspace-summary.js";
 import { workspaceSyncPush } from "./tools/workspace-sync-push.js";
 import { workspaceUpdate } from "./tools/workspace-update.js";
+import { serviceList, serviceLogs, serviceStart, serviceStatus, serviceStop } from "./tools/services.js";
+import { shellClose, shellOpen, shellRead, shellSignal, shellWrite } from "./tools/shells.js";
+import { workspaceDiskExport, workspaceDiskList, workspaceDiskRead } from "./tools/workspace-disk.js";
 
 /** Every tool pyro can serve, by name. */
 export const TOOL_FACTORIES: Record<string, ToolFactory> = {
@@ -43,6 +46,19 @@ export const TOOL_FACTORIES: Record<string, ToolFactory> = {
   snapshot_create: snapshotCreate,
   snapshot_list: snapshotList,
   snapshot_delete: snapshotDelete,
+  shell_open: shellOpen,
+  shell_read: shellRead,
+  shell_write: shellWrite,
+  shell_signal: shellSignal,
+  shell_close: shellClose,
+  service_start: serviceStart,
+  service_list: serviceList,
+  service_status: serviceStatus,
+  service_logs: serviceLogs,
+  service_stop: serviceStop,
+  workspace_disk_list: workspaceDiskList,
+  workspace_disk_read: workspaceDiskRead,
+  workspace_disk_export: workspaceDiskExport,
 };
 
 export interface ToolSet {
@@ -72,11 +88,18 @@ const CORE_TOOLS = [
 ] as const;
 
 export const PROFILES = {
-  "vm-run": { tools: ["vm_run"], surface: { snapshots: false, machineShape: false } },
-  "workspace-core": { tools: CORE_TOOLS, surface: { snapshots: false, machineShape: false } },
+  "vm-run": { tools: ["vm_run"], surface: { snapshots: false, machineShape: false, secretsAndNetwork: false } },
+  "workspace-core": { tools: CORE_TOOLS, surface: { snapshots: false, machineShape: false, secretsAndNetwork: false } },
   "workspace-full": {
-    tools: [...CORE_TOOLS, "workspace_start", "workspace_stop", "workspace_summary", "snapshot_create", "snapshot_list", "snapshot_delete"],
-    surface: { snapshots: true, machineShape: true },
+    tools: [
+      ...CORE_TOOLS,
+      "workspace_start", "workspace_stop", "workspace_summary",
+      "snapshot_create", "snapshot_list", "snapshot_delete",
+      "shell_open", "shell_read", "shell_write", "shell_signal", "shell_close",
+      "service_start", "service_list", "service_status", "service_logs", "service_stop",
+      "workspace_disk_list", "workspace_disk_read", "workspace_disk_export",
+    ],
+    surface: { snapshots: true, machineShape: true, secretsAndNetwork: true },
   },
 } as const satisfies Record<string, ToolSet>;
 
@@ -87,7 +110,7 @@ export const DEFAULT_PROFILE: ProfileName = "workspace-core";
 export const MODES = {
   "repro-fix": {
     tools: ["workspace_create", "workspace_list", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_patch_apply", "workspace_diff", "workspace_export", "workspace_reset", "workspace_delete"],
-    surface: { snapshots: false, machineShape: false },
+    surface: { snapshots: false, machineShape: false, secretsAndNetwork: false },
     descriptions: {
       workspace_create: "Start the repro-fix loop: create a workspace seeded with the project (seed_path). Next: workspace_exec to reproduce the failure.",
       workspace_exec: "Reproduce the failure or re-run the tests in the workspace (cwd /workspace). After a fix, run the same command again to confirm.",
@@ -96,22 +119,22 @@ export const MODES = {
   },
   inspect: {
     tools: ["workspace_create", "workspace_status", "workspace_file_list", "workspace_file_read", "workspace_exec", "workspace_logs", "workspace_export", "workspace_delete"],
-    surface: { snapshots: false, machineShape: false },
+    surface: { snapshots: false, machineShape: false, secretsAndNetwork: false },
     descriptions: {
       workspace_create: "Create an offline, isolated workspace holding the untrusted code to inspect (seed_path). It has no network. Next: workspace_file_list.",
       workspace_exec: "Run an inspection command on the untrusted code (grep, file, strings…). The workspace has no network and nothing leaves it unless you export it.",
     },
   },
   "cold-start": {
-    tools: ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_export", "workspace_reset", "workspace_delete"],
-    surface: { snapshots: false, machineShape: true },
+    tools: ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_export", "workspace_reset", "workspace_delete", "service_start", "service_status", "service_logs", "service_stop"],
+    surface: { snapshots: false, machineShape: true, secretsAndNetwork: true },
     descriptions: {
       workspace_create: "Create a workspace from a fresh checkout (seed_path) to validate that the project builds and its tests pass from scratch. Next: workspace_exec with the setup steps.",
     },
   },
   "review-eval": {
-    tools: ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_read", "workspace_diff", "workspace_summary", "snapshot_create", "snapshot_list", "workspace_reset", "workspace_export", "workspace_delete"],
-    surface: { snapshots: true, machineShape: false },
+    tools: ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_read", "workspace_diff", "workspace_summary", "snapshot_create", "snapshot_list", "workspace_reset", "workspace_export", "workspace_delete", "shell_open", "shell_read", "shell_write", "shell_close"],
+    surface: { snapshots: true, machineShape: false, secretsAndNetwork: false },
     descriptions: {
       snapshot_create: "Checkpoint the workspace before each evaluation step, so every candidate is judged from the same state.",
       workspace_summary: "Summarise the evaluation: commands run, failures, files changed since creation. Use it to write the review.",

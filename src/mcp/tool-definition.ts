@@ -7,6 +7,8 @@ export interface Surface {
   snapshots: boolean;
   /** vCPU / memory / TTL choices at create. */
   machineShape: boolean;
+  /** Secrets at create and secret_env on exec; network policy at create. */
+  secretsAndNetwork: boolean;
 }
 
 export interface ToolRuntime {

@@ -12,6 +12,9 @@ const NEXT_STEP: Partial<Record<PyroErrorCode, string>> = {
   SNAPSHOT_NOT_FOUND: "Call snapshot_list to see the snapshots.",
   UNSAFE_ARCHIVE: "The archive was refused as unsafe; nothing was copied.",
   GUEST_BOOT_FAILED: "The VM could not start; ask the user to run 'pyro doctor'.",
+  WORKSPACE_RUNNING: "Disk tools need a stopped workspace: call workspace_stop first, or use the workspace_file_* tools.",
+  SERVICE_NOT_READY: "Check service_logs, fix the command or the readiness check, then service_start again.",
+  SERVICE_EXITED: "The service crashed; read the stderr tail above, fix it, and start it again.",
 };
 
 /** Turns any failure into an MCP tool result the model can act on (never a crashed server). */

@@ -19,6 +19,13 @@ export const workspaceCreate: ToolFactory = (surface) => ({
           ttl_seconds: z.number().positive().optional().describe("Delete after this long without activity"),
         }
       : {}),
+    ...(surface.secretsAndNetwork
+      ? {
+          secrets: z.record(z.string(), z.string()).optional().describe("Secret values by name; kept in the guest's tmpfs, redacted from all output"),
+          network_policy: z.enum(["off", "egress", "egress+published-ports"]).default("off").describe("off: no network; egress: outbound HTTP(S) via pyro's proxy"),
+          allow_hosts: z.array(z.string()).optional().describe("Egress allowlist: host names (*.example.com) or CIDRs"),
+        }
+      : {}),
   },
   run: (a, rt) =>
     rt.pyro.createWorkspace(String(a.environment), {
@@ -28,5 +35,8 @@ export const workspaceCreate: ToolFactory = (surface) => ({
       ...(a.vcpu_count ? { vcpuCount: Number(a.vcpu_count) } : {}),
       ...(a.mem_mib ? { memMib: Number(a.mem_mib) } : {}),
       ...(a.ttl_seconds ? { ttlSeconds: Number(a.ttl_seconds) } : {}),
+      ...(a.secrets ? { secrets: a.secrets as Record<string, string> } : {}),
+      ...(a.network_policy ? { networkPolicy: String(a.network_policy) } : {}),
+      ...(a.allow_hosts ? { allowHosts: a.allow_hosts as string[] } : {}),
     }),
 });

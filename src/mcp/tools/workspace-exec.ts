@@ -1,7 +1,7 @@
 import { z } from "zod";
 import type { ToolFactory } from "../tool-definition.js";
 
-export const workspaceExec: ToolFactory = () => ({
+export const workspaceExec: ToolFactory = (surface) => ({
   name: "workspace_exec",
   title: "Run a command in a workspace",
   description:
@@ -12,6 +12,7 @@ export const workspaceExec: ToolFactory = () => ({
     command: z.string().min(1).describe("Shell command, run with /bin/sh -c"),
     cwd: z.string().optional().describe("Directory relative to /workspace"),
     timeout_seconds: z.number().positive().max(86_400).default(120),
+    ...(surface.secretsAndNetwork ? { secret_env: z.array(z.string()).optional().describe("Secrets to expose as env vars: NAME or NAME=ENV_VAR") } : {}),
   },
   run: async (a, rt) => {
     const started = Date.now();
@@ -21,6 +22,7 @@ export const workspaceExec: ToolFactory = () => ({
       return await rt.pyro.execWorkspace(String(a.workspace_id), String(a.command), {
         timeoutSeconds: Number(a.timeout_seconds),
         ...(a.cwd ? { cwd: String(a.cwd) } : {}),
+        ...(a.secret_env ? { secretEnv: a.secret_env as string[] } : {}),
       });
     } finally {
       clearInterval(timer);
