@@ -74,11 +74,12 @@ export function decideEgress(policy: EgressPolicy, host: string, addresses: stri
   if (addresses.length === 0) return { allowed: false, reason: `${host} does not resolve` };
   const explicitHost = policy.allow.some((p) => !p.includes("/") && !isIP(p) && hostMatches(host, p));
   for (const address of addresses) {
+    // Only an explicit IP/CIDR entry opens a non-public address: a listed *name* that resolves to
+    // 127.0.0.1 or 10.x (DNS rebinding, a poisoned record) must not reach host or private services.
     const explicitIp = policy.allow.some((p) => (p.includes("/") ? inCidr(address, p) : p === address));
-    const listed = explicitHost || explicitIp;
-    if (policy.allow.length > 0 && !listed) continue;
-    if (!listed && !isPublicAddress(address)) continue;
-    return { allowed: true, address };
+    if (explicitIp) return { allowed: true, address };
+    if (!isPublicAddress(address)) continue;
+    if (policy.allow.length === 0 || explicitHost) return { allowed: true, address };
   }
   return {
     allowed: false,

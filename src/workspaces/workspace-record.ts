@@ -60,6 +60,7 @@ export const WorkspaceRecord = z.object({
         command: z.union([z.array(z.string()), z.string()]),
         cwd: z.string(),
         started_at: z.string(),
+        stopped_at: z.string().optional(),
         published: z.array(z.object({ host_port: z.number().int(), guest_port: z.number().int() })),
       }),
     )

@@ -40,7 +40,7 @@ export interface ServiceView {
 
 function view(record: WorkspaceRecord, name: string, agentState: Record<string, unknown> | undefined): ServiceView {
   const meta = record.services[name]!;
-  const state = !agentState ? "lost" : agentState.running === true ? "running" : agentState.stopped_by_request === true ? "stopped" : "exited";
+  const state = !agentState ? (meta.stopped_at ? "stopped" : "lost") : agentState.running === true ? "running" : agentState.stopped_by_request === true ? "stopped" : "exited";
   return {
     workspace_id: record.id,
     name,
@@ -142,6 +142,7 @@ export async function startService(ctx: WorkspaceContext, ref: string, name: str
       published.push({ host_port: hostPort, guest_port: p.guestPort });
     }
     record.services[name] = { command, cwd, started_at: nowIso(), published };
+    delete record.services[name].stopped_at;
     record.last_activity_at = record.updated_at = nowIso();
     await ctx.store.write(record);
     return { ...view(record, name, (await agentServices(vm.agent)).get(name)), ready_ms: Date.now() - started };
@@ -190,6 +191,7 @@ export async function stopService(ctx: WorkspaceContext, ref: string, name: stri
     if (live) await vm.agent.request("service.stop", { name, grace_ms: 3000 }, undefined, { timeoutMs: 30_000 });
     for (const p of record.services[name]!.published) await vm.removePortForward(p.host_port).catch(() => undefined);
     record.services[name]!.published = [];
+    record.services[name]!.stopped_at = nowIso();
     record.updated_at = nowIso();
     await ctx.store.write(record);
     return view(record, name, (await agentServices(vm.agent)).get(name));
