@@ -52,7 +52,10 @@ export async function sweepOrphanedRunDirs(runtimeDir: string): Promise<string[]
  */
 export async function launchDisposableVm(paths: PyroPaths, environment: string, options: DisposableVmOptions): Promise<RunningVm> {
   const store = new EnvironmentStore(paths);
-  const [env, runtime] = await Promise.all([store.require(environment), prepareGuestRuntime(paths, options.onProgress)]);
+  // The environment check comes first and alone: when it fails, no preparation is left running
+  // in the background, writing into the cache after the caller got its error.
+  const env = await store.require(environment);
+  const runtime = await prepareGuestRuntime(paths, options.onProgress);
   await mkdir(paths.runtimeDir, { recursive: true, mode: 0o700 });
   await sweepOrphanedRunDirs(paths.runtimeDir);
   const runDir = await mkdtemp(join(paths.runtimeDir, "run-"));

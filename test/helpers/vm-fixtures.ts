@@ -17,7 +17,7 @@ export async function tempHome(): Promise<{ home: string; dispose: () => Promise
   await mkdir(join(home, "cache"), { recursive: true });
   for (const dir of ["kernels", "initramfs"]) await symlink(join(sharedPaths.cacheDir, dir), join(home, "cache", dir));
   await copyFile(join(sharedPaths.cacheDir, "accel-probe.json"), join(home, "cache", "accel-probe.json")).catch(() => undefined);
-  return { home, dispose: () => rm(home, { recursive: true, force: true }) };
+  return { home, dispose: () => rm(home, { recursive: true, force: true, maxRetries: 3 }) };
 }
 
 /** PIDs of live processes whose command line mentions `needle` (e.g. a VM's run directory). */
