@@ -49,6 +49,7 @@ echo "[setup] TypeScript build"
 "$NODE" node_modules/typescript/bin/tsc -p tsconfig.json
 
 echo "[setup] guest kernel and default environment"
+# The catalog's registry artifact when reachable, else a local mmdebstrap build (it says which).
 "$NODE" dist/src/cli/main.js env pull debian:12
 
 if [ "$run_main" -eq 1 ]; then

@@ -24,7 +24,12 @@ export type PyroErrorCode =
   | "UNSAFE_ARCHIVE"
   | "PATCH_FAILED"
   | "SERVICE_NOT_READY"
-  | "SERVICE_EXITED";
+  | "SERVICE_EXITED"
+  | "REGISTRY_UNREACHABLE"
+  | "REGISTRY_UNAUTHORIZED"
+  | "REGISTRY_NOT_FOUND"
+  | "REGISTRY_ERROR"
+  | "DIGEST_MISMATCH";
 
 export class PyroError extends Error {
   readonly code: PyroErrorCode;

@@ -17,6 +17,10 @@ const InstallManifest = z.object({
   imageSizeBytes: z.number(),
   builtAt: z.string(),
   buildSeconds: z.number(),
+  /** Where the image came from: a local build, a registry artifact, or an imported container image. */
+  source: z.object({ kind: z.enum(["build", "registry", "import"]), ref: z.string().optional(), digest: z.string().optional() }).optional(),
+  /** Set for environments outside the catalog (imported images, pulled custom artifacts). */
+  description: z.string().optional(),
 });
 export type InstallManifest = z.infer<typeof InstallManifest>;
 
@@ -102,12 +106,50 @@ export class EnvironmentStore {
   }
 
   async list(): Promise<EnvironmentStatus[]> {
-    return Promise.all(CATALOG.map((spec) => this.status(spec)));
+    const catalogSlugs = new Set(CATALOG.map((e) => environmentSlug(e.name)));
+    const custom: EnvironmentSpec[] = [];
+    for (const entry of await readdir(this.rootDir).catch(() => [] as string[])) {
+      if (catalogSlugs.has(entry) || entry.includes(".")) continue;
+      const manifest = await readJsonIfValid(join(this.rootDir, entry, "manifest.json"), InstallManifest);
+      const spec = manifest ? await this.customSpec(manifest.name) : undefined;
+      if (spec) custom.push(spec);
+    }
+    return Promise.all([...CATALOG, ...custom].map((spec) => this.status(spec)));
+  }
+
+  /**
+   * Moves a fully prepared install directory into place (old install removed after), so a VM
+   * never sees a half-written environment.
+   */
+  async install(name: string, staged: string, manifest: InstallManifest): Promise<InstalledEnvironment> {
+    await writeJsonAtomic(join(staged, "manifest.json"), manifest);
+    const dir = this.dirFor(name);
+    const old = `${dir}.old-${process.pid}`;
+    await rename(dir, old).catch(() => undefined);
+    await rename(staged, dir);
+    await rm(old, { recursive: true, force: true });
+    const spec = await this.spec(name);
+    const result = await this.check(spec);
+    if (!result.installed) throw new PyroError("ENVIRONMENT_CORRUPT", `environment ${name} failed validation after install: ${result.problem}`);
+    return result.installed;
+  }
+
+  /** A non-catalog environment's spec, read from its install manifest. */
+  async customSpec(name: string): Promise<EnvironmentSpec | undefined> {
+    if (CATALOG.some((e) => e.name === name)) return undefined;
+    const manifest = await readJsonIfValid(join(this.dirFor(name), "manifest.json"), InstallManifest);
+    if (!manifest || manifest.name !== name) return undefined;
+    return { name, version: manifest.version, description: manifest.description ?? `${manifest.source?.kind ?? "custom"} environment`, suite: manifest.suite, packages: manifest.packages };
+  }
+
+  /** Catalog entry or installed custom environment; unknown names are a clear error. */
+  async spec(name: string): Promise<EnvironmentSpec> {
+    return (await this.customSpec(name)) ?? findEnvironment(name);
   }
 
   /** The installed environment, or a clear error saying how to install or repair it. */
   async require(name: string): Promise<InstalledEnvironment> {
-    const spec = findEnvironment(name);
+    const spec = await this.spec(name);
     const { installed, problem } = await this.check(spec);
     if (installed) return installed;
     if (problem) {
@@ -125,11 +167,10 @@ export class EnvironmentStore {
       progress(`[pull] phase=ready environment=${name} cached=yes`);
       return current.installed;
     }
-    const dir = this.dirFor(name);
     const started = Date.now();
     // Build beside the live install and swap at the end: a failed or interrupted build never leaves
     // a half-written environment where a VM could use it.
-    const work = `${dir}.build-${process.pid}`;
+    const work = `${this.dirFor(name)}.build-${process.pid}`;
     const imageFile = "rootfs.ext4";
     await rm(work, { recursive: true, force: true });
     try {
@@ -144,20 +185,15 @@ export class EnvironmentStore {
         imageSizeBytes: IMAGE_SIZE_BYTES,
         builtAt: new Date().toISOString(),
         buildSeconds: Math.round((Date.now() - started) / 100) / 10,
+        source: { kind: "build" },
       };
-      await writeJsonAtomic(join(work, "manifest.json"), manifest);
-      const old = `${dir}.old-${process.pid}`;
-      await rename(dir, old).catch(() => undefined);
-      await rename(work, dir);
-      await rm(old, { recursive: true, force: true });
+      const installed = await this.install(name, work, manifest);
+      progress(`[pull] phase=ready environment=${name} seconds=${installed.manifest.buildSeconds}`);
+      return installed;
     } catch (error) {
       await rm(work, { recursive: true, force: true });
       throw error;
     }
-    const result = await this.check(spec);
-    if (!result.installed) throw new PyroError("ENVIRONMENT_BUILD_FAILED", `environment ${name} failed validation after build: ${result.problem}`);
-    progress(`[pull] phase=ready environment=${name} seconds=${result.installed.manifest.buildSeconds}`);
-    return result.installed;
   }
 
   /** Removes installs that are not usable (stale, corrupt, interrupted builds) and unknown directories. */

@@ -1,5 +1,7 @@
 import { findEnvironment } from "../environments/catalog.js";
 import { EnvironmentStore, type EnvironmentStatus } from "../environments/environment-store.js";
+import { pullEnvironmentArtifact, pushEnvironment, registryRefFor } from "../environments/environment-artifact.js";
+import { formatReference } from "../registry/image-reference.js";
 import { runDoctor, type DoctorReport } from "../doctor/doctor.js";
 import { resolvePaths, type PyroPaths } from "../paths.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
@@ -54,20 +56,51 @@ export class Pyro {
     return new EnvironmentStore(this.paths).list();
   }
 
-  inspectEnvironment(name: string): Promise<EnvironmentStatus> {
-    return new EnvironmentStore(this.paths).status(findEnvironment(name));
+  async inspectEnvironment(name: string): Promise<EnvironmentStatus> {
+    const store = new EnvironmentStore(this.paths);
+    return store.status(await store.spec(name));
   }
 
-  /** Builds (or repairs) an environment and prepares the guest kernel, agent and initramfs it boots with. */
-  async pullEnvironment(name: string, options: { force?: boolean; onProgress?: (message: string) => void } = {}): Promise<EnvironmentStatus> {
+  /**
+   * Installs an environment: from a registry reference (host/repo:tag), or by catalog name — the
+   * catalog's registry artifact first, a local build from Debian's mirror when the registry cannot
+   * provide it (or with `build`). Also prepares the guest kernel, agent, initramfs and boot template.
+   */
+  async pullEnvironment(
+    nameOrRef: string,
+    options: { force?: boolean; build?: boolean; as?: string; onProgress?: (message: string) => void; onTransfer?: (label: string) => (done: number, total: number) => void } = {},
+  ): Promise<EnvironmentStatus> {
     const store = new EnvironmentStore(this.paths);
-    findEnvironment(name);
+    const log = options.onProgress ?? (() => undefined);
+    const transfer = options.onTransfer ?? (() => () => undefined);
+    let installed;
+    if (nameOrRef.includes("/")) {
+      installed = await pullEnvironmentArtifact(this.paths, store, nameOrRef, { ...(options.as ? { as: options.as } : {}), force: Boolean(options.force), progress: transfer, log });
+    } else {
+      findEnvironment(nameOrRef);
+      const cached = options.force ? undefined : await store.require(nameOrRef).catch(() => undefined);
+      const ref = options.build || cached ? undefined : registryRefFor(nameOrRef);
+      if (cached) installed = cached;
+      else if (ref) {
+        try {
+          installed = await pullEnvironmentArtifact(this.paths, store, formatReference(ref), { progress: transfer, log });
+        } catch (error) {
+          log(`[pull] registry ${formatReference(ref)} cannot provide ${nameOrRef} (${(error as Error).message}); building it locally from Debian's mirror`);
+        }
+      }
+      installed ??= await store.pull(nameOrRef, { force: Boolean(options.force), onProgress: log });
+    }
     const runtime = await prepareGuestRuntime(this.paths, options.onProgress);
-    const installed = await store.pull(name, options);
     // Warm the boot template so the first workspace create is instant too.
-    options.onProgress?.(`[pull] phase=template environment=${name}`);
+    log(`[pull] phase=template environment=${installed.spec.name}`);
     await ensureBootTemplate(this.paths, runtime, installed, WORKSPACE_DEFAULTS);
-    return store.status(findEnvironment(name));
+    return store.status(installed.spec);
+  }
+
+  /** Publishes an installed environment to a registry as an OCI artifact. */
+  async pushEnvironment(name: string, reference: string, options: { onTransfer?: (label: string) => (done: number, total: number) => void } = {}) {
+    const installed = await new EnvironmentStore(this.paths).require(name);
+    return pushEnvironment(this.paths, installed, reference, options.onTransfer ?? (() => () => undefined));
   }
 
   pruneEnvironments(options: { all?: boolean } = {}): Promise<{ removed: string[] }> {

@@ -1,6 +1,5 @@
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { findEnvironment } from "../environments/catalog.js";
 import { PyroError } from "../errors.js";
 import { writeFileAtomic } from "../storage/atomic-file.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
@@ -110,7 +109,7 @@ async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, v
  */
 export async function createWorkspace(ctx: WorkspaceContext, environment: string, options: CreateWorkspaceOptions = {}): Promise<WorkspaceView & { create_ms: number }> {
   const started = Date.now();
-  findEnvironment(environment);
+  await ctx.environments.spec(environment);
   const shape = { vcpuCount: options.vcpuCount ?? WORKSPACE_DEFAULTS.vcpuCount, memMib: options.memMib ?? WORKSPACE_DEFAULTS.memMib };
   checkShape(shape.vcpuCount, shape.memMib, options.ttlSeconds);
   if (options.name !== undefined) await ctx.store.assertNameFree(validateName(options.name));

@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import { printJson } from "../output.js";
+import { progressBar } from "../progress-bar.js";
 
 function formatBytes(n: number | undefined): string {
   if (n === undefined) return "-";
@@ -32,15 +33,34 @@ export function registerEnvCommands(program: Command, pyro: () => Pyro): void {
 
   env
     .command("pull")
-    .description("Build an environment locally from Debian's mirror (and prepare the guest kernel and agent).")
-    .argument("<name>", "environment name, e.g. debian:12")
-    .option("--force", "rebuild even if a valid install exists")
+    .description("Install an environment: from its registry artifact, else built locally from Debian's mirror; or from any pyro artifact reference.")
+    .argument("<name-or-ref>", "catalog name (debian:12) or registry reference (host/repo:tag)")
+    .option("--force", "reinstall even if a valid install exists")
+    .option("--build", "skip the registry and build locally with mmdebstrap")
+    .option("--as <name>", "install a registry artifact under this name")
     .option("--json", "print JSON")
-    .action(async (name: string, flags: { force?: boolean; json?: boolean }) => {
+    .action(async (name: string, flags: { force?: boolean; build?: boolean; as?: string; json?: boolean }) => {
       const progress = flags.json ? undefined : (m: string) => process.stderr.write(`${m}\n`);
-      const status = await pyro().pullEnvironment(name, { force: Boolean(flags.force), ...(progress ? { onProgress: progress } : {}) });
+      const status = await pyro().pullEnvironment(name, {
+        force: Boolean(flags.force),
+        build: Boolean(flags.build),
+        ...(flags.as ? { as: flags.as } : {}),
+        ...(progress ? { onProgress: progress, onTransfer: progressBar } : {}),
+      });
       if (flags.json) printJson(status);
       else process.stdout.write(`${status.name} installed at ${status.imagePath} (${formatBytes(status.diskUsageBytes)} on disk)\n`);
+    });
+
+  env
+    .command("push")
+    .description("Publish an installed environment (rootfs, kernel, manifest) to a registry as an OCI artifact.")
+    .argument("<name>", "installed environment")
+    .argument("<ref>", "registry reference, e.g. 127.0.0.1:5000/pyro/debian:12")
+    .option("--json", "print JSON")
+    .action(async (name: string, ref: string, flags: { json?: boolean }) => {
+      const r = await pyro().pushEnvironment(name, ref, flags.json ? {} : { onTransfer: progressBar });
+      if (flags.json) return printJson(r);
+      process.stdout.write(`[env-push] environment=${r.environment} reference=${r.reference} digest=${r.digest}\n`);
     });
 
   env

@@ -1,0 +1,197 @@
+import { chmod, mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import lockfile from "proper-lockfile";
+import { create as createTar, extract as extractTar } from "tar";
+import { z } from "zod";
+import { PyroError } from "../errors.js";
+import { currentGuestKernel } from "../guest-kernel/guest-kernel.js";
+import type { PyroPaths } from "../paths.js";
+import { requireExecutable, runHostCommand } from "../process/host-command.js";
+import { formatReference, parseReference, type ImageReference } from "../registry/image-reference.js";
+import { credentialsFromEnv, fileDigest, RegistryClient, type Descriptor, type ProgressFn } from "../registry/registry-client.js";
+import { environmentSlug } from "./catalog.js";
+import type { EnvironmentStore, InstalledEnvironment } from "./environment-store.js";
+
+export const ARTIFACT_TYPE = "application/vnd.pyro.environment.v1";
+export const CONFIG_TYPE = "application/vnd.pyro.environment.config.v1+json";
+export const ROOTFS_TYPE = "application/vnd.pyro.rootfs.ext4.qcow2";
+export const KERNEL_TYPE = "application/vnd.pyro.kernel.v1.tar+gzip";
+const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+
+const ArtifactConfig = z.object({
+  name: z.string(),
+  version: z.string(),
+  description: z.string().optional(),
+  packages: z.array(z.string()),
+  suite: z.string(),
+  image_size_bytes: z.number(),
+  kernel_package: z.string().nullable(),
+});
+type ArtifactConfig = z.infer<typeof ArtifactConfig>;
+
+interface OciManifest {
+  schemaVersion: 2;
+  mediaType: string;
+  artifactType?: string;
+  config: Descriptor;
+  layers: Descriptor[];
+  annotations?: Record<string, string>;
+}
+
+/** Where the catalog's environments are published; PYRO_ENV_REGISTRY overrides ("none" disables). */
+export const DEFAULT_ENV_REGISTRY = "ghcr.io/pyro-mcp/environments";
+
+export function registryRefFor(name: string, env: NodeJS.ProcessEnv = process.env): ImageReference | undefined {
+  const base = env.PYRO_ENV_REGISTRY ?? DEFAULT_ENV_REGISTRY;
+  if (!base || base === "none") return undefined;
+  const [repo, tag = "latest"] = name.split(":");
+  return parseReference(`${base}/${repo}:${tag}`);
+}
+
+function client(ref: ImageReference): RegistryClient {
+  return new RegistryClient(ref, credentialsFromEnv());
+}
+
+export interface PushResult {
+  environment: string;
+  reference: string;
+  digest: string;
+  layers: { mediaType: string; digest: string; size: number }[];
+}
+
+/** Publishes an installed environment (rootfs, kernel, manifest) as an OCI artifact. */
+export async function pushEnvironment(paths: PyroPaths, installed: InstalledEnvironment, reference: string, progress: (label: string) => ProgressFn): Promise<PushResult> {
+  const ref = parseReference(reference);
+  const staging = join(paths.cacheDir, "push", `${environmentSlug(installed.spec.name)}-${process.pid}`);
+  await rm(staging, { recursive: true, force: true });
+  await mkdir(staging, { recursive: true });
+  try {
+    const rootfs = join(staging, "rootfs.qcow2");
+    // Compressed qcow2 skips the image's empty space: ~80 MB for a 4 GiB sparse debian:12.
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["convert", "-c", "-O", "qcow2", installed.imagePath, rootfs], { timeoutMs: 1_800_000 });
+    const kernel = await currentGuestKernel(paths);
+    const layers: { path: string; mediaType: string; title: string }[] = [{ path: rootfs, mediaType: ROOTFS_TYPE, title: "rootfs.qcow2" }];
+    if (kernel) {
+      const kernelTar = join(staging, "kernel.tar.gz");
+      await createTar({ gzip: true, file: kernelTar, cwd: kernel.dir, portable: true }, ["."]);
+      layers.push({ path: kernelTar, mediaType: KERNEL_TYPE, title: `${kernel.package}.tar.gz` });
+    }
+    const config: ArtifactConfig = {
+      name: installed.spec.name,
+      version: installed.manifest.version,
+      description: installed.spec.description,
+      packages: installed.manifest.packages,
+      suite: installed.manifest.suite,
+      image_size_bytes: installed.manifest.imageSizeBytes,
+      kernel_package: kernel?.package ?? null,
+    };
+    const configPath = join(staging, "config.json");
+    await writeFile(configPath, JSON.stringify(config));
+    const registry = client(ref);
+    const descriptors: Descriptor[] = [];
+    for (const layer of layers) {
+      const { digest, size } = await fileDigest(layer.path);
+      await registry.pushBlob(layer.path, digest, progress(layer.title));
+      descriptors.push({ mediaType: layer.mediaType, digest, size, annotations: { "org.opencontainers.image.title": layer.title } });
+    }
+    const configDigest = await fileDigest(configPath);
+    await registry.pushBlob(configPath, configDigest.digest);
+    const manifest: OciManifest = {
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      artifactType: ARTIFACT_TYPE,
+      config: { mediaType: CONFIG_TYPE, ...configDigest },
+      layers: descriptors,
+      annotations: { "org.opencontainers.image.title": installed.spec.name },
+    };
+    const digest = await registry.putManifest(ref.tag ?? ref.digest ?? "latest", OCI_MANIFEST, Buffer.from(JSON.stringify(manifest)));
+    return { environment: installed.spec.name, reference: formatReference(ref), digest, layers: descriptors.map(({ mediaType, digest: d, size }) => ({ mediaType, digest: d, size })) };
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Pulls an environment artifact and installs it. Blobs are downloaded into a per-environment
+ * staging directory that survives interruption (the next pull resumes), verified by digest, and the
+ * environment is swapped in only when complete. Concurrent pulls of one environment wait for each
+ * other and then reuse the result.
+ */
+export async function pullEnvironmentArtifact(
+  paths: PyroPaths,
+  store: EnvironmentStore,
+  reference: string,
+  options: { as?: string; force?: boolean; progress: (label: string) => ProgressFn; log: (m: string) => void },
+): Promise<InstalledEnvironment> {
+  const ref = parseReference(reference);
+  const registry = client(ref);
+  const { body, digest } = await registry.getManifest(ref.digest ?? ref.tag ?? "latest");
+  const manifest = JSON.parse(body.toString("utf8")) as OciManifest;
+  if (manifest.artifactType !== ARTIFACT_TYPE && manifest.config?.mediaType !== CONFIG_TYPE) {
+    throw new PyroError("INVALID_ARGUMENT", `${formatReference(ref)} is not a pyro environment; import container images with 'pyro env import'`);
+  }
+  const staging = join(store.rootDir, `.pull-${digest.slice(7, 23)}`);
+  await mkdir(staging, { recursive: true });
+  const configPath = join(staging, "config.json");
+  if (!(await exists(configPath))) await registry.pullBlob(manifest.config, configPath);
+  const parsed = ArtifactConfig.safeParse(JSON.parse(await readFile(configPath, "utf8")));
+  if (!parsed.success) throw new PyroError("REGISTRY_ERROR", `${formatReference(ref)} has an invalid pyro config`);
+  const config = parsed.data;
+  const name = options.as ?? config.name;
+  await mkdir(store.rootDir, { recursive: true });
+  const release = await lockfile.lock(join(store.rootDir, `${environmentSlug(name)}.pull`), { realpath: false, stale: 60_000, update: 10_000, retries: { retries: 3600, minTimeout: 200, maxTimeout: 1000 } });
+  try {
+    const current = await store.require(name).catch(() => undefined);
+    if (current && current.manifest.source?.digest === digest && !options.force) {
+      options.log(`[pull] phase=ready environment=${name} cached=yes digest=${digest}`);
+      return current;
+    }
+    for (const layer of manifest.layers) {
+      const file = join(staging, layer.digest.replace(":", "-"));
+      if (!(await exists(file))) {
+        options.log(`[pull] phase=download environment=${name} layer=${layer.annotations?.["org.opencontainers.image.title"] ?? layer.mediaType} bytes=${layer.size}`);
+        await registry.pullBlob(layer, file, options.progress(layer.annotations?.["org.opencontainers.image.title"] ?? layer.digest.slice(7, 19)));
+      }
+    }
+    const rootfsLayer = manifest.layers.find((l) => l.mediaType === ROOTFS_TYPE);
+    if (!rootfsLayer) throw new PyroError("REGISTRY_ERROR", `${formatReference(ref)} has no rootfs layer`);
+    const install = join(staging, "install");
+    await rm(install, { recursive: true, force: true });
+    await mkdir(install);
+    options.log(`[pull] phase=unpack environment=${name}`);
+    const image = join(install, "rootfs.ext4");
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["convert", "-O", "raw", join(staging, rootfsLayer.digest.replace(":", "-")), image], { timeoutMs: 600_000 });
+    const size = (await stat(image)).size;
+    if (size !== config.image_size_bytes) throw new PyroError("REGISTRY_ERROR", `unpacked rootfs is ${size} bytes, the artifact says ${config.image_size_bytes}`);
+    await chmod(image, 0o444);
+    const kernelLayer = manifest.layers.find((l) => l.mediaType === KERNEL_TYPE);
+    if (kernelLayer && config.kernel_package && !(await exists(join(paths.cacheDir, "kernels", config.kernel_package, "manifest.json")))) {
+      const dir = join(paths.cacheDir, "kernels", `${config.kernel_package}.partial`);
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
+      await extractTar({ file: join(staging, kernelLayer.digest.replace(":", "-")), cwd: dir });
+      await rename(dir, join(paths.cacheDir, "kernels", config.kernel_package));
+    }
+    const installed = await store.install(name, install, {
+      name,
+      version: config.version,
+      packages: config.packages,
+      suite: config.suite,
+      imageFile: "rootfs.ext4",
+      imageSizeBytes: config.image_size_bytes,
+      builtAt: new Date().toISOString(),
+      buildSeconds: 0,
+      source: { kind: "registry", ref: formatReference(ref), digest },
+      ...(config.description ? { description: config.description } : {}),
+    });
+    await rm(staging, { recursive: true, force: true });
+    options.log(`[pull] phase=ready environment=${name} digest=${digest}`);
+    return installed;
+  } finally {
+    await release().catch(() => undefined);
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(() => true, () => false);
+}
