@@ -130,19 +130,22 @@ export async function pullEnvironmentArtifact(
   if (manifest.artifactType !== ARTIFACT_TYPE && manifest.config?.mediaType !== CONFIG_TYPE) {
     throw new PyroError("INVALID_ARGUMENT", `${formatReference(ref)} is not a pyro environment; import container images with 'pyro env import'`);
   }
+  // One staging directory per artifact, kept across interruptions so the next pull resumes; its
+  // lock makes concurrent pulls of the same artifact wait for the first and reuse its result.
   const staging = join(store.rootDir, `.pull-${digest.slice(7, 23)}`);
   await mkdir(staging, { recursive: true });
-  const configPath = join(staging, "config.json");
-  if (!(await exists(configPath))) await registry.pullBlob(manifest.config, configPath);
-  const parsed = ArtifactConfig.safeParse(JSON.parse(await readFile(configPath, "utf8")));
-  if (!parsed.success) throw new PyroError("REGISTRY_ERROR", `${formatReference(ref)} has an invalid pyro config`);
-  const config = parsed.data;
-  const name = options.as ?? config.name;
-  await mkdir(store.rootDir, { recursive: true });
-  const release = await lockfile.lock(join(store.rootDir, `${environmentSlug(name)}.pull`), { realpath: false, stale: 60_000, update: 10_000, retries: { retries: 3600, minTimeout: 200, maxTimeout: 1000 } });
+  const release = await lockfile.lock(staging, { realpath: false, stale: 60_000, update: 10_000, retries: { retries: 3600, minTimeout: 200, maxTimeout: 1000 } });
   try {
+    await mkdir(staging, { recursive: true }); // a pull we waited for may have finished and removed it
+    const configPath = join(staging, "config.json");
+    if (!(await exists(configPath))) await registry.pullBlob(manifest.config, configPath);
+    const parsed = ArtifactConfig.safeParse(JSON.parse(await readFile(configPath, "utf8")));
+    if (!parsed.success) throw new PyroError("REGISTRY_ERROR", `${formatReference(ref)} has an invalid pyro config`);
+    const config = parsed.data;
+    const name = options.as ?? config.name;
     const current = await store.require(name).catch(() => undefined);
     if (current && current.manifest.source?.digest === digest && !options.force) {
+      await rm(staging, { recursive: true, force: true });
       options.log(`[pull] phase=ready environment=${name} cached=yes digest=${digest}`);
       return current;
     }
@@ -184,6 +187,8 @@ export async function pullEnvironmentArtifact(
       source: { kind: "registry", ref: formatReference(ref), digest },
       ...(config.description ? { description: config.description } : {}),
     });
+    // Done: remove the staging directory while still holding the lock (the lock lives beside it).
+    // A failed pull never gets here, so its partial blobs stay for the next attempt to resume.
     await rm(staging, { recursive: true, force: true });
     options.log(`[pull] phase=ready environment=${name} digest=${digest}`);
     return installed;

@@ -2,6 +2,7 @@ import { findEnvironment } from "../environments/catalog.js";
 import { EnvironmentStore, type EnvironmentStatus } from "../environments/environment-store.js";
 import { pullEnvironmentArtifact, pushEnvironment, registryRefFor } from "../environments/environment-artifact.js";
 import { formatReference } from "../registry/image-reference.js";
+import { importContainerImage } from "../environments/container-import.js";
 import { runDoctor, type DoctorReport } from "../doctor/doctor.js";
 import { resolvePaths, type PyroPaths } from "../paths.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
@@ -94,6 +95,16 @@ export class Pyro {
     // Warm the boot template so the first workspace create is instant too.
     log(`[pull] phase=template environment=${installed.spec.name}`);
     await ensureBootTemplate(this.paths, runtime, installed, WORKSPACE_DEFAULTS);
+    return store.status(installed.spec);
+  }
+
+  /**
+   * Turns a container image (registry reference, `docker save` archive or OCI layout) into an
+   * environment named `name`, bootable like any other, and prepares its boot template.
+   */
+  async importEnvironment(source: string, name: string, options: { onProgress?: (message: string) => void; onTransfer?: (label: string) => (done: number, total: number) => void } = {}): Promise<EnvironmentStatus> {
+    const store = new EnvironmentStore(this.paths);
+    const installed = await importContainerImage(this.paths, store, source, name, { log: options.onProgress ?? (() => undefined), progress: options.onTransfer ?? (() => () => undefined) });
     return store.status(installed.spec);
   }
 

@@ -52,6 +52,18 @@ export function registerEnvCommands(program: Command, pyro: () => Pyro): void {
     });
 
   env
+    .command("import")
+    .description("Turn a container image (registry ref, 'docker save' archive or OCI layout) into a bootable environment.")
+    .argument("<image>", "e.g. node:22, 127.0.0.1:5000/team/app:1, ./image.tar")
+    .argument("<name>", "name for the new environment")
+    .option("--json", "print JSON")
+    .action(async (image: string, name: string, flags: { json?: boolean }) => {
+      const status = await pyro().importEnvironment(image, name, flags.json ? {} : { onProgress: (m) => process.stderr.write(`${m}\n`), onTransfer: progressBar });
+      if (flags.json) return printJson(status);
+      process.stdout.write(`${status.name} imported at ${status.imagePath} (${formatBytes(status.diskUsageBytes)} on disk); try: pyro run ${status.name} -- ls /\n`);
+    });
+
+  env
     .command("push")
     .description("Publish an installed environment (rootfs, kernel, manifest) to a registry as an OCI artifact.")
     .argument("<name>", "installed environment")
