@@ -13,6 +13,7 @@ import { safeRelativePath } from "../workspaces/archive-safety.js";
 import { environmentSlug } from "./catalog.js";
 import type { EnvironmentStore, InstalledEnvironment } from "./environment-store.js";
 import { IMAGE_SIZE_BYTES } from "./rootfs-build.js";
+import { pathExists } from "../storage/path-exists.js";
 
 const WHITEOUT = ".wh.";
 const OPAQUE = ".wh..wh..opq";
@@ -98,7 +99,7 @@ async function layersFromArchive(archive: string, dir: string): Promise<ImageLay
   await extractTar({ file: archive, cwd: dir, strict: true });
   const manifestPath = join(dir, "manifest.json");
   const indexPath = join(dir, "index.json");
-  if (await exists(manifestPath)) {
+  if (await pathExists(manifestPath)) {
     const manifest = JSON.parse(await readFile(manifestPath, "utf8")) as { Layers: string[] }[];
     const first = manifest[0];
     if (!first?.Layers?.length) throw new PyroError("INVALID_ARGUMENT", `${archive} has no layers in manifest.json`);
@@ -113,7 +114,7 @@ async function layersFromArchive(archive: string, dir: string): Promise<ImageLay
     }
     return { layers, origin: archive };
   }
-  if (await exists(indexPath)) {
+  if (await pathExists(indexPath)) {
     const index = JSON.parse(await readFile(indexPath, "utf8")) as { manifests: Descriptor[] };
     const blob = (d: Descriptor) => join(dir, "blobs", ...d.digest.split(":"));
     let manifest = JSON.parse(await readFile(blob(pickManifest(index.manifests)), "utf8")) as { layers?: Descriptor[]; manifests?: Descriptor[] };
@@ -143,16 +144,13 @@ async function layersFromRegistry(reference: string, dir: string, progress: (lab
   const layers: LayerFile[] = [];
   for (const layer of manifest.layers ?? []) {
     const path = join(dir, layer.digest.replace(":", "-"));
-    if (!(await exists(path))) await registry.pullBlob(layer, path, progress(layer.digest.slice(7, 19)));
+    if (!(await pathExists(path))) await registry.pullBlob(layer, path, progress(layer.digest.slice(7, 19)));
     layers.push({ path, compression: compressionOf(layer.mediaType) });
   }
   if (!layers.length) throw new PyroError("INVALID_ARGUMENT", `${formatReference(ref)} has no layers`);
   return { layers, origin: formatReference(ref) };
 }
 
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
-}
 
 /** What every pyro guest needs that a container image may lack. */
 async function addGuestEssentials(root: string): Promise<void> {

@@ -11,6 +11,7 @@ import { formatReference, parseReference, type ImageReference } from "../registr
 import { credentialsFromEnv, fileDigest, RegistryClient, type Descriptor, type ProgressFn } from "../registry/registry-client.js";
 import { environmentSlug } from "./catalog.js";
 import type { EnvironmentStore, InstalledEnvironment } from "./environment-store.js";
+import { pathExists } from "../storage/path-exists.js";
 
 export const ARTIFACT_TYPE = "application/vnd.pyro.environment.v1";
 export const CONFIG_TYPE = "application/vnd.pyro.environment.config.v1+json";
@@ -138,7 +139,7 @@ export async function pullEnvironmentArtifact(
   try {
     await mkdir(staging, { recursive: true }); // a pull we waited for may have finished and removed it
     const configPath = join(staging, "config.json");
-    if (!(await exists(configPath))) await registry.pullBlob(manifest.config, configPath);
+    if (!(await pathExists(configPath))) await registry.pullBlob(manifest.config, configPath);
     const parsed = ArtifactConfig.safeParse(JSON.parse(await readFile(configPath, "utf8")));
     if (!parsed.success) throw new PyroError("REGISTRY_ERROR", `${formatReference(ref)} has an invalid pyro config`);
     const config = parsed.data;
@@ -151,7 +152,7 @@ export async function pullEnvironmentArtifact(
     }
     for (const layer of manifest.layers) {
       const file = join(staging, layer.digest.replace(":", "-"));
-      if (!(await exists(file))) {
+      if (!(await pathExists(file))) {
         options.log(`[pull] phase=download environment=${name} layer=${layer.annotations?.["org.opencontainers.image.title"] ?? layer.mediaType} bytes=${layer.size}`);
         await registry.pullBlob(layer, file, options.progress(layer.annotations?.["org.opencontainers.image.title"] ?? layer.digest.slice(7, 19)));
       }
@@ -168,7 +169,7 @@ export async function pullEnvironmentArtifact(
     if (size !== config.image_size_bytes) throw new PyroError("REGISTRY_ERROR", `unpacked rootfs is ${size} bytes, the artifact says ${config.image_size_bytes}`);
     await chmod(image, 0o444);
     const kernelLayer = manifest.layers.find((l) => l.mediaType === KERNEL_TYPE);
-    if (kernelLayer && config.kernel_package && !(await exists(join(paths.cacheDir, "kernels", config.kernel_package, "manifest.json")))) {
+    if (kernelLayer && config.kernel_package && !(await pathExists(join(paths.cacheDir, "kernels", config.kernel_package, "manifest.json")))) {
       const dir = join(paths.cacheDir, "kernels", `${config.kernel_package}.partial`);
       await rm(dir, { recursive: true, force: true });
       await mkdir(dir, { recursive: true });
@@ -197,6 +198,3 @@ export async function pullEnvironmentArtifact(
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
-}

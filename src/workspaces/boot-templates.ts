@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { environmentSlug } from "../environments/catalog.js";
@@ -10,6 +10,7 @@ import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
 import type { GuestRuntime } from "../runtime/guest-runtime.js";
 import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
 import { bootTimeoutMs } from "../vm-run/disposable-vm.js";
+import { pathExists } from "../storage/path-exists.js";
 
 /**
  * A booted-once guest saved to disk: restoring it gives a ready agent in ~0.1 s instead of a ~1.5 s
@@ -74,9 +75,6 @@ function templateDir(paths: PyroPaths, env: InstalledEnvironment, shape: Machine
   return join(paths.cacheDir, "templates", `${environmentSlug(env.spec.name)}-${shape.vcpuCount}c-${shape.memMib}m-${key}`);
 }
 
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
-}
 
 /** The template if it is already built (no boot). */
 export async function findBootTemplate(paths: PyroPaths, runtime: GuestRuntime, env: InstalledEnvironment, shape: MachineShape): Promise<BootTemplate | undefined> {
@@ -84,7 +82,7 @@ export async function findBootTemplate(paths: PyroPaths, runtime: GuestRuntime, 
   const dir = templateDir(paths, env, shape, key);
   const manifest = await readJsonIfValid(join(dir, "manifest.json"), TemplateManifest);
   const template = { key, statePath: join(dir, "state.bin"), diskPath: join(dir, "disk.qcow2") };
-  return manifest?.key === key && (await exists(template.statePath)) && (await exists(template.diskPath)) ? template : undefined;
+  return manifest?.key === key && (await pathExists(template.statePath)) && (await pathExists(template.diskPath)) ? template : undefined;
 }
 
 /** Returns the template for this environment and shape, booting and saving one if needed. */
