@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { Command, CommanderError } from "commander";
 import { packageRoot } from "../paths.js";
 import { handleTerminationSignals } from "../process/exit-cleanup.js";
-import { Pyro } from "../sdk/pyro.js";
+import type { Pyro } from "../sdk/pyro.js";
 import { registerDoctorCommand } from "./commands/doctor-command.js";
 import { registerEnvCommands } from "./commands/env-commands.js";
 import { registerHostCommands } from "./commands/host-commands.js";
@@ -46,8 +46,10 @@ export async function main(argv: string[]): Promise<number> {
   const setExitCode = (code: number) => {
     exitCode = code;
   };
-  let instance: Pyro | undefined;
-  const pyro = () => (instance ??= new Pyro());
+  // The SDK (and through it every capability) loads on first use: `--help` or a one-shot run
+  // should not pay for the modules of workspaces, MCP or registries.
+  let instance: Promise<Pyro> | undefined;
+  const pyro = () => (instance ??= import("../sdk/pyro.js").then(({ Pyro: Sdk }) => new Sdk()));
   const program = new Command()
     .name("pyro")
     .description("Disposable, isolated Linux microVM workspaces for coding agents.")

@@ -103,8 +103,8 @@ export const PROFILES = {
   },
 } as const satisfies Record<string, ToolSet>;
 
-export type ProfileName = keyof typeof PROFILES;
-export const DEFAULT_PROFILE: ProfileName = "workspace-core";
+export { DEFAULT_PROFILE, type ProfileName, type ModeName } from "./profile-names.js";
+import { DEFAULT_PROFILE, type ModeName, type ProfileName } from "./profile-names.js";
 
 /** Workflow modes: a narrowed tool set and wording for one recipe each. */
 export const MODES = {
@@ -142,7 +142,6 @@ export const MODES = {
   },
 } as const satisfies Record<string, ToolSet>;
 
-export type ModeName = keyof typeof MODES;
 
 /** The tool set served: a mode when given (its own narrowed set), else the profile. */
 export function resolveToolSet(profile: ProfileName = DEFAULT_PROFILE, mode?: ModeName): ToolSet {

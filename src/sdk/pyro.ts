@@ -1,35 +1,32 @@
-import { findEnvironment } from "../environments/catalog.js";
-import { EnvironmentStore, type EnvironmentStatus } from "../environments/environment-store.js";
-import { pullEnvironmentArtifact, pushEnvironment, registryRefFor } from "../environments/environment-artifact.js";
-import { formatReference } from "../registry/image-reference.js";
-import { importContainerImage } from "../environments/container-import.js";
-import { runDoctor, type DoctorReport } from "../doctor/doctor.js";
 import { resolvePaths, type PyroPaths } from "../paths.js";
-import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
-import { runOneShot } from "../vm-run/one-shot-run.js";
-import type { RunOptions, RunResult } from "../vm-run/run-result.js";
-import { ensureBootTemplate } from "../workspaces/boot-templates.js";
-import { WorkspaceContext } from "../workspaces/workspace-context.js";
-import { execInWorkspace, workspaceLogs, type WorkspaceExecOptions } from "../workspaces/workspace-exec.js";
-import { applyWorkspacePatch, listWorkspaceFiles, readWorkspaceFile, writeWorkspaceFile } from "../workspaces/workspace-files.js";
-import {
-  createWorkspace,
-  deleteWorkspace,
-  listWorkspaces,
-  startWorkspace,
-  stopWorkspace,
-  updateWorkspace,
-  workspaceStatus,
-  WORKSPACE_DEFAULTS,
-  type CreateWorkspaceOptions,
-  type UpdateWorkspaceOptions,
-} from "../workspaces/workspace-lifecycle.js";
-import { createSnapshot, deleteSnapshot, listSnapshots, resetWorkspace } from "../workspaces/workspace-snapshots.js";
-import { summarizeWorkspace } from "../workspaces/workspace-summary.js";
-import { diskExport, diskList, diskRead } from "../workspaces/workspace-disk.js";
-import { listServices, serviceLogs, serviceStatus, startService, stopService, type StartServiceOptions } from "../workspaces/workspace-services.js";
-import { closeShell, openShell, readShell, signalShell, writeShell, type ShellReadOptions } from "../workspaces/workspace-shells.js";
-import { diffWorkspace, exportFromWorkspace, syncPush } from "../workspaces/workspace-tree.js";
+import type { EnvironmentStatus } from "../environments/environment-store.js";
+import type { RunOptions } from "../vm-run/run-result.js";
+import type { WorkspaceContext } from "../workspaces/workspace-context.js";
+import type { WorkspaceExecOptions } from "../workspaces/workspace-exec.js";
+import type { CreateWorkspaceOptions, UpdateWorkspaceOptions } from "../workspaces/workspace-lifecycle.js";
+import type { StartServiceOptions } from "../workspaces/workspace-services.js";
+import type { ShellReadOptions } from "../workspaces/workspace-shells.js";
+
+// Capabilities load on first use: a one-shot run must not pay to import workspaces, registries,
+// terminal emulation or archive code (start-up time is part of `pyro run`'s budget).
+const oneShot = () => import("../vm-run/one-shot-run.js");
+const environments = () => import("../environments/environment-store.js");
+const catalog = () => import("../environments/catalog.js");
+const artifacts = () => import("../environments/environment-artifact.js");
+const containerImport = () => import("../environments/container-import.js");
+const references = () => import("../registry/image-reference.js");
+const runtime = () => import("../runtime/guest-runtime.js");
+const templates = () => import("../workspaces/boot-templates.js");
+const doctor = () => import("../doctor/doctor.js");
+const lifecycle = () => import("../workspaces/workspace-lifecycle.js");
+const exec = () => import("../workspaces/workspace-exec.js");
+const files = () => import("../workspaces/workspace-files.js");
+const tree = () => import("../workspaces/workspace-tree.js");
+const snapshots = () => import("../workspaces/workspace-snapshots.js");
+const summary = () => import("../workspaces/workspace-summary.js");
+const shells = () => import("../workspaces/workspace-shells.js");
+const services = () => import("../workspaces/workspace-services.js");
+const disk = () => import("../workspaces/workspace-disk.js");
 
 export interface PyroOptions {
   /** Put all caches and state under this directory (same as PYRO_HOME). */
@@ -41,24 +38,28 @@ export interface PyroOptions {
 /** The pyro SDK: the same operations as the CLI and the MCP tools, returning the same structures. */
 export class Pyro {
   readonly paths: PyroPaths;
-  private readonly workspaces: WorkspaceContext;
+  private context: Promise<WorkspaceContext> | undefined;
 
-  constructor(options: PyroOptions = {}) {
+  constructor(private readonly options: PyroOptions = {}) {
     this.paths = resolvePaths(options.home ? { ...process.env, PYRO_HOME: options.home } : process.env);
-    this.workspaces = new WorkspaceContext(this.paths, options.onProgress);
+  }
+
+  private get workspaces(): Promise<WorkspaceContext> {
+    this.context ??= import("../workspaces/workspace-context.js").then(({ WorkspaceContext: Context }) => new Context(this.paths, this.options.onProgress));
+    return this.context;
   }
 
   /** Runs one command in a disposable microVM and destroys it. `command` is argv (no shell). */
-  run(environment: string, command: string[], options: RunOptions = {}): Promise<RunResult> {
-    return runOneShot(this.paths, environment, command, options);
+  async run(environment: string, command: string[], options: RunOptions = {}) {
+    return (await oneShot()).runOneShot(this.paths, environment, command, options);
   }
 
-  listEnvironments(): Promise<EnvironmentStatus[]> {
-    return new EnvironmentStore(this.paths).list();
+  async listEnvironments(): Promise<EnvironmentStatus[]> {
+    return new (await environments()).EnvironmentStore(this.paths).list();
   }
 
   async inspectEnvironment(name: string): Promise<EnvironmentStatus> {
-    const store = new EnvironmentStore(this.paths);
+    const store = new (await environments()).EnvironmentStore(this.paths);
     return store.status(await store.spec(name));
   }
 
@@ -71,6 +72,7 @@ export class Pyro {
     nameOrRef: string,
     options: { force?: boolean; build?: boolean; as?: string; onProgress?: (message: string) => void; onTransfer?: (label: string) => (done: number, total: number) => void } = {},
   ): Promise<EnvironmentStatus> {
+    const [{ EnvironmentStore }, { pullEnvironmentArtifact, registryRefFor }, { formatReference }, { findEnvironment }] = await Promise.all([environments(), artifacts(), references(), catalog()]);
     const store = new EnvironmentStore(this.paths);
     const log = options.onProgress ?? (() => undefined);
     const transfer = options.onTransfer ?? (() => () => undefined);
@@ -91,10 +93,10 @@ export class Pyro {
       }
       installed ??= await store.pull(nameOrRef, { force: Boolean(options.force), onProgress: log });
     }
-    const runtime = await prepareGuestRuntime(this.paths, options.onProgress);
+    const guest = await (await runtime()).prepareGuestRuntime(this.paths, options.onProgress);
     // Warm the boot template so the first workspace create is instant too.
     log(`[pull] phase=template environment=${installed.spec.name}`);
-    await ensureBootTemplate(this.paths, runtime, installed, WORKSPACE_DEFAULTS);
+    await (await templates()).ensureBootTemplate(this.paths, guest, installed, (await lifecycle()).WORKSPACE_DEFAULTS);
     return store.status(installed.spec);
   }
 
@@ -103,136 +105,204 @@ export class Pyro {
    * environment named `name`, bootable like any other, and prepares its boot template.
    */
   async importEnvironment(source: string, name: string, options: { onProgress?: (message: string) => void; onTransfer?: (label: string) => (done: number, total: number) => void } = {}): Promise<EnvironmentStatus> {
-    const store = new EnvironmentStore(this.paths);
-    const installed = await importContainerImage(this.paths, store, source, name, { log: options.onProgress ?? (() => undefined), progress: options.onTransfer ?? (() => () => undefined) });
+    const store = new (await environments()).EnvironmentStore(this.paths);
+    const installed = await (await containerImport()).importContainerImage(this.paths, store, source, name, { log: options.onProgress ?? (() => undefined), progress: options.onTransfer ?? (() => () => undefined) });
     return store.status(installed.spec);
   }
 
   /** Publishes an installed environment to a registry as an OCI artifact. */
   async pushEnvironment(name: string, reference: string, options: { onTransfer?: (label: string) => (done: number, total: number) => void } = {}) {
-    const installed = await new EnvironmentStore(this.paths).require(name);
-    return pushEnvironment(this.paths, installed, reference, options.onTransfer ?? (() => () => undefined));
+    const installed = await new (await environments()).EnvironmentStore(this.paths).require(name);
+    return (await artifacts()).pushEnvironment(this.paths, installed, reference, options.onTransfer ?? (() => () => undefined));
   }
 
-  pruneEnvironments(options: { all?: boolean } = {}): Promise<{ removed: string[] }> {
-    return new EnvironmentStore(this.paths).prune(options);
+  async pruneEnvironments(options: { all?: boolean } = {}): Promise<{ removed: string[] }> {
+    return new (await environments()).EnvironmentStore(this.paths).prune(options);
   }
 
-  doctor(): Promise<DoctorReport> {
-    return runDoctor(this.paths);
+  async doctor() {
+    return (await doctor()).runDoctor(this.paths);
   }
 
   // Workspaces: method names follow the MCP tools (workspace_create → createWorkspace, …).
 
   /** Creates and starts a persistent workspace, optionally seeded from a host directory or archive. */
-  createWorkspace(environment: string, options: CreateWorkspaceOptions = {}) {
-    return createWorkspace(this.workspaces, environment, options);
+  async createWorkspace(environment: string, options: CreateWorkspaceOptions = {}) {
+
+    return (await lifecycle()).createWorkspace(await this.workspaces, environment, options);
+
   }
-  listWorkspaces() {
-    return listWorkspaces(this.workspaces);
+  async listWorkspaces() {
+
+    return (await lifecycle()).listWorkspaces(await this.workspaces);
+
   }
-  statusWorkspace(workspace: string) {
-    return workspaceStatus(this.workspaces, workspace);
+  async statusWorkspace(workspace: string) {
+
+    return (await lifecycle()).workspaceStatus(await this.workspaces, workspace);
+
   }
-  updateWorkspace(workspace: string, changes: UpdateWorkspaceOptions) {
-    return updateWorkspace(this.workspaces, workspace, changes);
+  async updateWorkspace(workspace: string, changes: UpdateWorkspaceOptions) {
+
+    return (await lifecycle()).updateWorkspace(await this.workspaces, workspace, changes);
+
   }
-  stopWorkspace(workspace: string) {
-    return stopWorkspace(this.workspaces, workspace);
+  async stopWorkspace(workspace: string) {
+
+    return (await lifecycle()).stopWorkspace(await this.workspaces, workspace);
+
   }
-  startWorkspace(workspace: string) {
-    return startWorkspace(this.workspaces, workspace);
+  async startWorkspace(workspace: string) {
+
+    return (await lifecycle()).startWorkspace(await this.workspaces, workspace);
+
   }
-  deleteWorkspace(workspace: string) {
-    return deleteWorkspace(this.workspaces, workspace);
+  async deleteWorkspace(workspace: string) {
+
+    return (await lifecycle()).deleteWorkspace(await this.workspaces, workspace);
+
   }
-  summarizeWorkspace(workspace: string) {
-    return summarizeWorkspace(this.workspaces, workspace);
+  async summarizeWorkspace(workspace: string) {
+
+    return (await summary()).summarizeWorkspace(await this.workspaces, workspace);
+
   }
   /** Runs a command in /workspace (argv, or a string for /bin/sh -c). Recorded in the command log. */
-  execWorkspace(workspace: string, command: string[] | string, options: WorkspaceExecOptions = {}) {
-    return execInWorkspace(this.workspaces, workspace, command, options);
+  async execWorkspace(workspace: string, command: string[] | string, options: WorkspaceExecOptions = {}) {
+
+    return (await exec()).execInWorkspace(await this.workspaces, workspace, command, options);
+
   }
-  logsWorkspace(workspace: string, options: { limit?: number } = {}) {
-    return workspaceLogs(this.workspaces, workspace, options);
+  async logsWorkspace(workspace: string, options: { limit?: number } = {}) {
+
+    return (await exec()).workspaceLogs(await this.workspaces, workspace, options);
+
   }
-  listWorkspaceFiles(workspace: string, path = "/workspace", options: { recursive?: boolean } = {}) {
-    return listWorkspaceFiles(this.workspaces, workspace, path, options.recursive ?? false);
+  async listWorkspaceFiles(workspace: string, path = "/workspace", options: { recursive?: boolean } = {}) {
+
+    return (await files()).listWorkspaceFiles(await this.workspaces, workspace, path, options.recursive ?? false);
+
   }
-  readWorkspaceFile(workspace: string, path: string, options: { maxBytes?: number } = {}) {
-    return readWorkspaceFile(this.workspaces, workspace, path, options.maxBytes);
+  async readWorkspaceFile(workspace: string, path: string, options: { maxBytes?: number } = {}) {
+
+    return (await files()).readWorkspaceFile(await this.workspaces, workspace, path, options.maxBytes);
+
   }
-  writeWorkspaceFile(workspace: string, path: string, text: string) {
-    return writeWorkspaceFile(this.workspaces, workspace, path, text);
+  async writeWorkspaceFile(workspace: string, path: string, text: string) {
+
+    return (await files()).writeWorkspaceFile(await this.workspaces, workspace, path, text);
+
   }
-  applyWorkspacePatch(workspace: string, patch: string) {
-    return applyWorkspacePatch(this.workspaces, workspace, patch);
+  async applyWorkspacePatch(workspace: string, patch: string) {
+
+    return (await files()).applyWorkspacePatch(await this.workspaces, workspace, patch);
+
   }
-  pushWorkspaceSync(workspace: string, source: string, options: { dest?: string } = {}) {
-    return syncPush(this.workspaces, workspace, source, options.dest);
+  async pushWorkspaceSync(workspace: string, source: string, options: { dest?: string } = {}) {
+
+    return (await tree()).syncPush(await this.workspaces, workspace, source, options.dest);
+
   }
-  diffWorkspace(workspace: string) {
-    return diffWorkspace(this.workspaces, workspace);
+  async diffWorkspace(workspace: string) {
+
+    return (await tree()).diffWorkspace(await this.workspaces, workspace);
+
   }
-  exportWorkspace(workspace: string, path: string, outputPath: string) {
-    return exportFromWorkspace(this.workspaces, workspace, path, outputPath);
+  async exportWorkspace(workspace: string, path: string, outputPath: string) {
+
+    return (await tree()).exportFromWorkspace(await this.workspaces, workspace, path, outputPath);
+
   }
-  createSnapshot(workspace: string, name: string) {
-    return createSnapshot(this.workspaces, workspace, name);
+  async createSnapshot(workspace: string, name: string) {
+
+    return (await snapshots()).createSnapshot(await this.workspaces, workspace, name);
+
   }
-  listSnapshots(workspace: string) {
-    return listSnapshots(this.workspaces, workspace);
+  async listSnapshots(workspace: string) {
+
+    return (await snapshots()).listSnapshots(await this.workspaces, workspace);
+
   }
-  deleteSnapshot(workspace: string, name: string) {
-    return deleteSnapshot(this.workspaces, workspace, name);
+  async deleteSnapshot(workspace: string, name: string) {
+
+    return (await snapshots()).deleteSnapshot(await this.workspaces, workspace, name);
+
   }
   /** Back to a snapshot (default: the baseline captured at create). */
-  resetWorkspace(workspace: string, options: { snapshot?: string } = {}) {
-    return resetWorkspace(this.workspaces, workspace, options.snapshot);
+  async resetWorkspace(workspace: string, options: { snapshot?: string } = {}) {
+
+    return (await snapshots()).resetWorkspace(await this.workspaces, workspace, options.snapshot);
+
   }
 
   /** Opens an interactive bash on a PTY in the workspace; it lives until closed or the VM stops. */
-  openShell(workspace: string, options: { cwd?: string; cols?: number; rows?: number; secretEnv?: string[] } = {}) {
-    return openShell(this.workspaces, workspace, options);
+  async openShell(workspace: string, options: { cwd?: string; cols?: number; rows?: number; secretEnv?: string[] } = {}) {
+
+    return (await shells()).openShell(await this.workspaces, workspace, options);
+
   }
-  readShell(workspace: string, shellId: string, options: ShellReadOptions = {}) {
-    return readShell(this.workspaces, workspace, shellId, options);
+  async readShell(workspace: string, shellId: string, options: ShellReadOptions = {}) {
+
+    return (await shells()).readShell(await this.workspaces, workspace, shellId, options);
+
   }
-  writeShell(workspace: string, shellId: string, input: string, options: { newline?: boolean } = {}) {
-    return writeShell(this.workspaces, workspace, shellId, input, options);
+  async writeShell(workspace: string, shellId: string, input: string, options: { newline?: boolean } = {}) {
+
+    return (await shells()).writeShell(await this.workspaces, workspace, shellId, input, options);
+
   }
-  signalShell(workspace: string, shellId: string, signal: "INT" | "TERM" | "KILL" | "HUP" = "INT") {
-    return signalShell(this.workspaces, workspace, shellId, signal);
+  async signalShell(workspace: string, shellId: string, signal: "INT" | "TERM" | "KILL" | "HUP" = "INT") {
+
+    return (await shells()).signalShell(await this.workspaces, workspace, shellId, signal);
+
   }
-  closeShell(workspace: string, shellId: string) {
-    return closeShell(this.workspaces, workspace, shellId);
+  async closeShell(workspace: string, shellId: string) {
+
+    return (await shells()).closeShell(await this.workspaces, workspace, shellId);
+
   }
 
   /** Starts a named background service, waiting for its readiness probe when given. */
-  startService(workspace: string, name: string, command: string[] | string, options: StartServiceOptions = {}) {
-    return startService(this.workspaces, workspace, name, command, options);
+  async startService(workspace: string, name: string, command: string[] | string, options: StartServiceOptions = {}) {
+
+    return (await services()).startService(await this.workspaces, workspace, name, command, options);
+
   }
-  listServices(workspace: string) {
-    return listServices(this.workspaces, workspace);
+  async listServices(workspace: string) {
+
+    return (await services()).listServices(await this.workspaces, workspace);
+
   }
-  statusService(workspace: string, name: string) {
-    return serviceStatus(this.workspaces, workspace, name);
+  async statusService(workspace: string, name: string) {
+
+    return (await services()).serviceStatus(await this.workspaces, workspace, name);
+
   }
-  logsService(workspace: string, name: string, options: { tailLines?: number; all?: boolean } = {}) {
-    return serviceLogs(this.workspaces, workspace, name, options);
+  async logsService(workspace: string, name: string, options: { tailLines?: number; all?: boolean } = {}) {
+
+    return (await services()).serviceLogs(await this.workspaces, workspace, name, options);
+
   }
-  stopService(workspace: string, name: string) {
-    return stopService(this.workspaces, workspace, name);
+  async stopService(workspace: string, name: string) {
+
+    return (await services()).stopService(await this.workspaces, workspace, name);
+
   }
 
   /** Offline disk tools for stopped workspaces: nothing boots, nothing is mounted on the host. */
-  listWorkspaceDisk(workspace: string, path = ".", options: { recursive?: boolean } = {}) {
-    return diskList(this.workspaces, workspace, path, options);
+  async listWorkspaceDisk(workspace: string, path = ".", options: { recursive?: boolean } = {}) {
+
+    return (await disk()).diskList(await this.workspaces, workspace, path, options);
+
   }
-  readWorkspaceDisk(workspace: string, path: string, options: { maxBytes?: number } = {}) {
-    return diskRead(this.workspaces, workspace, path, options);
+  async readWorkspaceDisk(workspace: string, path: string, options: { maxBytes?: number } = {}) {
+
+    return (await disk()).diskRead(await this.workspaces, workspace, path, options);
+
   }
-  exportWorkspaceDisk(workspace: string, outputPath: string) {
-    return diskExport(this.workspaces, workspace, outputPath);
+  async exportWorkspaceDisk(workspace: string, outputPath: string) {
+
+    return (await disk()).diskExport(await this.workspaces, workspace, outputPath);
+
   }
 }

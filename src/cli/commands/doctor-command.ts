@@ -25,13 +25,13 @@ export function formatDoctor(report: DoctorReport): string {
   return lines.join("\n") + "\n";
 }
 
-export function registerDoctorCommand(program: Command, pyro: () => Pyro, setExitCode: (code: number) => void): void {
+export function registerDoctorCommand(program: Command, pyro: () => Promise<Pyro>, setExitCode: (code: number) => void): void {
   program
     .command("doctor")
     .description("Inspect the host: QEMU, KVM usability (by a probe boot), guest kernel, agent and environments.")
     .option("--json", "print the report as JSON")
     .action(async (flags: { json?: boolean }) => {
-      const report = await pyro().doctor();
+      const report = await (await pyro()).doctor();
       if (flags.json) printJson(report);
       else process.stdout.write(formatDoctor(report));
       setExitCode(report.runtime === "PASS" ? 0 : 1);

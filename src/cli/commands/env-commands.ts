@@ -15,7 +15,7 @@ function formatBytes(n: number | undefined): string {
   return `${value.toFixed(unit ? 1 : 0)} ${units[unit]}`;
 }
 
-export function registerEnvCommands(program: Command, pyro: () => Pyro): void {
+export function registerEnvCommands(program: Command, pyro: () => Promise<Pyro>): void {
   const env = program.command("env").description("List, build, inspect and prune curated environments.");
 
   env
@@ -23,7 +23,7 @@ export function registerEnvCommands(program: Command, pyro: () => Pyro): void {
     .description("List the catalog and what is installed.")
     .option("--json", "print JSON")
     .action(async (flags: { json?: boolean }) => {
-      const list = await pyro().listEnvironments();
+      const list = await (await pyro()).listEnvironments();
       if (flags.json) return printJson({ environments: list });
       for (const e of list) {
         const state = e.installed ? "installed" : e.problem ? `broken: ${e.problem}` : "not installed";
@@ -41,7 +41,7 @@ export function registerEnvCommands(program: Command, pyro: () => Pyro): void {
     .option("--json", "print JSON")
     .action(async (name: string, flags: { force?: boolean; build?: boolean; as?: string; json?: boolean }) => {
       const progress = flags.json ? undefined : (m: string) => process.stderr.write(`${m}\n`);
-      const status = await pyro().pullEnvironment(name, {
+      const status = await (await pyro()).pullEnvironment(name, {
         force: Boolean(flags.force),
         build: Boolean(flags.build),
         ...(flags.as ? { as: flags.as } : {}),
@@ -58,7 +58,7 @@ export function registerEnvCommands(program: Command, pyro: () => Pyro): void {
     .argument("<name>", "name for the new environment")
     .option("--json", "print JSON")
     .action(async (image: string, name: string, flags: { json?: boolean }) => {
-      const status = await pyro().importEnvironment(image, name, flags.json ? {} : { onProgress: (m) => process.stderr.write(`${m}\n`), onTransfer: progressBar });
+      const status = await (await pyro()).importEnvironment(image, name, flags.json ? {} : { onProgress: (m) => process.stderr.write(`${m}\n`), onTransfer: progressBar });
       if (flags.json) return printJson(status);
       process.stdout.write(`${status.name} imported at ${status.imagePath} (${formatBytes(status.diskUsageBytes)} on disk); try: pyro run ${status.name} -- ls /\n`);
     });
@@ -70,7 +70,7 @@ export function registerEnvCommands(program: Command, pyro: () => Pyro): void {
     .argument("<ref>", "registry reference, e.g. 127.0.0.1:5000/pyro/debian:12")
     .option("--json", "print JSON")
     .action(async (name: string, ref: string, flags: { json?: boolean }) => {
-      const r = await pyro().pushEnvironment(name, ref, flags.json ? {} : { onTransfer: progressBar });
+      const r = await (await pyro()).pushEnvironment(name, ref, flags.json ? {} : { onTransfer: progressBar });
       if (flags.json) return printJson(r);
       process.stdout.write(`[env-push] environment=${r.environment} reference=${r.reference} digest=${r.digest}\n`);
     });
@@ -81,7 +81,7 @@ export function registerEnvCommands(program: Command, pyro: () => Pyro): void {
     .argument("<name>", "environment name")
     .option("--json", "print JSON")
     .action(async (name: string, flags: { json?: boolean }) => {
-      const s = await pyro().inspectEnvironment(name);
+      const s = await (await pyro()).inspectEnvironment(name);
       if (flags.json) return printJson(s);
       const lines = [
         `Name: ${s.name}`,
@@ -101,7 +101,7 @@ export function registerEnvCommands(program: Command, pyro: () => Pyro): void {
     .option("--all", "remove every installed environment")
     .option("--json", "print JSON")
     .action(async (flags: { all?: boolean; json?: boolean }) => {
-      const result = await pyro().pruneEnvironments({ all: Boolean(flags.all) });
+      const result = await (await pyro()).pruneEnvironments({ all: Boolean(flags.all) });
       if (flags.json) return printJson(result);
       process.stdout.write(result.removed.length ? `removed: ${result.removed.join(", ")}\n` : "nothing to prune\n");
     });

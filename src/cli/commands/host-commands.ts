@@ -1,13 +1,12 @@
 import { Command, Option } from "commander";
-import { connectHost, doctorHosts, printConfig, repairHost } from "../../hosts/host-connect.js";
-import { MODES, type ModeName } from "../../mcp/profiles.js";
+import { MODE_NAMES, type ModeName } from "../../mcp/profile-names.js";
 import { printJson } from "../output.js";
 
 const HOSTS = ["claude-code", "codex", "opencode"];
 
 export function registerHostCommands(program: Command, setExitCode: (code: number) => void): void {
   const host = program.command("host").description("Connect chat hosts (Claude Code, Codex, OpenCode) to 'pyro mcp serve'.");
-  const modeOption = () => new Option("--mode <mode>", "serve a workflow mode").choices(Object.keys(MODES));
+  const modeOption = () => new Option("--mode <mode>", "serve a workflow mode").choices(MODE_NAMES);
   const npxOption = () => new Option("--npx", "launch through 'npx -y pyro-mcp' instead of this checkout's build");
 
   host.command("connect")
@@ -17,6 +16,7 @@ export function registerHostCommands(program: Command, setExitCode: (code: numbe
     .addOption(npxOption())
     .option("--json", "print JSON")
     .action(async (name: string, o: { mode?: ModeName; npx?: boolean; json?: boolean }) => {
+      const { connectHost } = await import("../../hosts/host-connect.js");
       const r = await connectHost(name, { ...(o.mode ? { mode: o.mode } : {}), ...(o.npx ? { style: "npx" as const } : {}) });
       if (o.json) return printJson(r);
       process.stdout.write(`[host-connect] host=${r.host} status=${r.status} path=${r.path}\n  command: ${[r.command.command, ...r.command.args].join(" ")}\n`);
@@ -27,7 +27,8 @@ export function registerHostCommands(program: Command, setExitCode: (code: numbe
     .addArgument(new Command().createArgument("<host>", "claude-code, codex or opencode").choices(HOSTS))
     .addOption(modeOption())
     .addOption(npxOption())
-    .action((name: string, o: { mode?: ModeName; npx?: boolean }) => {
+    .action(async (name: string, o: { mode?: ModeName; npx?: boolean }) => {
+      const { printConfig } = await import("../../hosts/host-connect.js");
       const r = printConfig(name, { ...(o.mode ? { mode: o.mode } : {}), ...(o.npx ? { style: "npx" as const } : {}) });
       process.stdout.write(`${r.config}\n`);
     });
@@ -36,6 +37,7 @@ export function registerHostCommands(program: Command, setExitCode: (code: numbe
     .description("Check every host's config for a working pyro entry.")
     .option("--json", "print JSON")
     .action(async (o: { json?: boolean }) => {
+      const { doctorHosts } = await import("../../hosts/host-connect.js");
       const entries = await doctorHosts();
       setExitCode(entries.some((e) => e.problems.length) ? 1 : 0);
       if (o.json) return printJson({ hosts: entries });
@@ -51,6 +53,7 @@ export function registerHostCommands(program: Command, setExitCode: (code: numbe
     .addArgument(new Command().createArgument("<host>", "claude-code, codex or opencode").choices(HOSTS))
     .option("--json", "print JSON")
     .action(async (name: string, o: { json?: boolean }) => {
+      const { repairHost } = await import("../../hosts/host-connect.js");
       const r = await repairHost(name);
       if (o.json) return printJson(r);
       process.stdout.write(`[host-repair] host=${r.host} status=${r.status} path=${r.path}\n`);

@@ -1,9 +1,5 @@
 import { Command, InvalidArgumentError, Option } from "commander";
-import { createPyroMcpServer } from "../../mcp/server.js";
-import { serveHttp, newToken } from "../../mcp/http-server.js";
-import { serveStdio } from "../../mcp/stdio-server.js";
-import { DEFAULT_PROFILE, MODES, PROFILES, type ModeName, type ProfileName } from "../../mcp/profiles.js";
-import { Pyro } from "../../sdk/pyro.js";
+import { DEFAULT_PROFILE, MODE_NAMES, PROFILE_NAMES, type ModeName, type ProfileName } from "../../mcp/profile-names.js";
 
 function hostPort(value: string): { host: string; port: number } {
   const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(value);
@@ -16,12 +12,19 @@ export function registerMcpCommands(program: Command): void {
   mcp
     .command("serve")
     .description("Serve MCP on stdio (default) or Streamable HTTP. Logs go to stderr; stdout carries MCP only.")
-    .addOption(new Option("--profile <profile>", "tool profile").choices(Object.keys(PROFILES)).default(DEFAULT_PROFILE))
-    .addOption(new Option("--mode <mode>", "workflow mode: a narrowed tool set for one recipe").choices(Object.keys(MODES)))
+    .addOption(new Option("--profile <profile>", "tool profile").choices(PROFILE_NAMES).default(DEFAULT_PROFILE))
+    .addOption(new Option("--mode <mode>", "workflow mode: a narrowed tool set for one recipe").choices(MODE_NAMES))
     .option("--http <host:port>", "serve Streamable HTTP on a loopback address instead of stdio", hostPort)
     .option("--token <token>", "bearer token for --http (default: $PYRO_MCP_TOKEN, else a random one printed to stderr)")
     .addHelpText("after", "\nProfiles: vm-run (one-shot only), workspace-core (default), workspace-full (adds start/stop, summary, snapshots).\nModes: repro-fix, inspect, cold-start, review-eval.")
     .action(async (o: { profile: ProfileName; mode?: ModeName; http?: { host: string; port: number }; token?: string }) => {
+      // Loaded here, not at start-up: the MCP SDK alone costs ~110 ms that other commands should not pay.
+      const [{ Pyro }, { createPyroMcpServer }, { serveHttp, newToken }, { serveStdio }] = await Promise.all([
+        import("../../sdk/pyro.js"),
+        import("../../mcp/server.js"),
+        import("../../mcp/http-server.js"),
+        import("../../mcp/stdio-server.js"),
+      ]);
       const pyro = new Pyro({ onProgress: (m) => process.stderr.write(`${m}\n`) });
       const make = () => createPyroMcpServer({ pyro, profile: o.profile, ...(o.mode ? { mode: o.mode } : {}) });
       if (!o.http) {

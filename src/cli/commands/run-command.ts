@@ -13,7 +13,7 @@ interface RunFlags {
   json?: boolean;
 }
 
-export function registerRunCommand(program: Command, pyro: () => Pyro, setExitCode: (code: number) => void): void {
+export function registerRunCommand(program: Command, pyro: () => Promise<Pyro>, setExitCode: (code: number) => void): void {
   program
     .command("run")
     .description("Run one command inside a disposable microVM, then destroy the VM.")
@@ -30,7 +30,7 @@ export function registerRunCommand(program: Command, pyro: () => Pyro, setExitCo
       // Commander drops the "--" separator; strip it too if a caller passes it through.
       const command = rawCommand[0] === "--" ? rawCommand.slice(1) : rawCommand;
       const human = !flags.json;
-      const result = await pyro().run(environment, command, {
+      const result = await (await pyro()).run(environment, command, {
         ...(flags.vcpuCount !== undefined ? { vcpuCount: flags.vcpuCount } : {}),
         ...(flags.memMib !== undefined ? { memMib: flags.memMib } : {}),
         ...(flags.timeoutSeconds !== undefined ? { timeoutSeconds: flags.timeoutSeconds } : {}),

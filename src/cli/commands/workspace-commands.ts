@@ -5,7 +5,7 @@ import { printJson, summaryLine as line } from "../output.js";
 import { collect, collectKeyValue, integerOption, secondsOption } from "../parse-options.js";
 import { registerWorkspaceFullCommands } from "./workspace-full-commands.js";
 
-type PyroFactory = () => Pyro;
+type PyroFactory = () => Promise<Pyro>;
 
 
 
@@ -34,7 +34,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--id-only", "print only the workspace id")
     .option("--json", "print JSON")
     .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; ttlSeconds?: number; secret?: Record<string, string>; secretFile?: Record<string, string>; networkPolicy: string; allowHost?: string[]; idOnly?: boolean; json?: boolean }) => {
-      const r = await pyro().createWorkspace(environment, {
+      const r = await (await pyro()).createWorkspace(environment, {
         ...(o.name !== undefined ? { name: o.name } : {}),
         ...(o.label ? { labels: o.label } : {}),
         ...(o.seedPath ? { seedPath: o.seedPath } : {}),
@@ -54,7 +54,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .description("List workspaces, most recently active first.")
     .option("--json", "print JSON")
     .action(async (o: { json?: boolean }) => {
-      const r = await pyro().listWorkspaces();
+      const r = await (await pyro()).listWorkspaces();
       emit(o.json, r, () =>
         r.workspaces.length
           ? r.workspaces.map((w) => line("workspace", { workspace_id: w.workspace_id, name: w.name, state: w.state, environment: w.environment, last_activity_at: w.last_activity_at, labels: Object.keys(w.labels).length ? w.labels : undefined })).join("")
@@ -67,7 +67,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .argument("<workspace>", "id or name")
     .option("--json", "print JSON")
     .action(async (ref: string, o: { json?: boolean }) => {
-      const w = await pyro().statusWorkspace(ref);
+      const w = await (await pyro()).statusWorkspace(ref);
       emit(o.json, w, () => line("workspace-status", { workspace_id: w.workspace_id, name: w.name, state: w.state, environment: w.environment, commands: w.command_count, snapshots: w.snapshots.join(","), unexpected_stop: w.unexpected_stop }));
     });
 
@@ -79,7 +79,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--clear-label <key>", "remove a label (repeatable)", collect)
     .option("--json", "print JSON")
     .action(async (ref: string, o: { name?: string; label?: Record<string, string>; clearLabel?: string[]; json?: boolean }) => {
-      const w = await pyro().updateWorkspace(ref, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.label ? { labels: o.label } : {}), ...(o.clearLabel ? { clearLabels: o.clearLabel } : {}) });
+      const w = await (await pyro()).updateWorkspace(ref, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.label ? { labels: o.label } : {}), ...(o.clearLabel ? { clearLabels: o.clearLabel } : {}) });
       emit(o.json, w, () => line("workspace-update", { workspace_id: w.workspace_id, name: w.name, labels: w.labels }));
     });
 
@@ -93,7 +93,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
       .argument("<workspace>", "id or name")
       .option("--json", "print JSON")
       .action(async (ref: string, o: { json?: boolean }) => {
-        const p = pyro();
+        const p = await pyro();
         const r = verb === "stop" ? await p.stopWorkspace(ref) : verb === "start" ? await p.startWorkspace(ref) : await p.deleteWorkspace(ref);
         emit(o.json, r, () => line(`workspace-${verb}`, { workspace_id: r.workspace_id, state: "state" in r ? r.state : "deleted" }));
       });
@@ -104,7 +104,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .argument("<workspace>", "id or name")
     .option("--json", "print JSON")
     .action(async (ref: string, o: { json?: boolean }) => {
-      const s = await pyro().summarizeWorkspace(ref);
+      const s = await (await pyro()).summarizeWorkspace(ref);
       emit(o.json, s, () => {
         const out = [line("workspace-summary", { workspace_id: s.workspace.workspace_id, state: s.workspace.state, commands: s.commands.count, failed: s.commands.failed, snapshots: s.snapshots.join(",") })];
         if (s.changes) out.push(line("changes", { added: s.changes.added, modified: s.changes.modified, deleted: s.changes.deleted, binary: s.changes.binary }), ...s.changes.files.map((f) => `  ${f.status.padEnd(8)} ${f.path}\n`));
@@ -122,7 +122,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--secret-env <SECRET[=ENV]>", "expose a secret as an environment variable (repeatable)", collect)
     .option("--json", "print JSON")
     .action(async (ref: string, command: string[], o: { cwd?: string; timeoutSeconds?: number; secretEnv?: string[]; json?: boolean }) => {
-      const r = await pyro().execWorkspace(ref, command, { ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.timeoutSeconds ? { timeoutSeconds: o.timeoutSeconds } : {}), ...(o.secretEnv ? { secretEnv: o.secretEnv } : {}) });
+      const r = await (await pyro()).execWorkspace(ref, command, { ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.timeoutSeconds ? { timeoutSeconds: o.timeoutSeconds } : {}), ...(o.secretEnv ? { secretEnv: o.secretEnv } : {}) });
       if (o.json) printJson(r);
       else {
         process.stdout.write(r.stdout);
@@ -138,7 +138,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--limit <n>", "only the last N commands", integerOption(1, 1_000_000))
     .option("--json", "print JSON")
     .action(async (ref: string, o: { limit?: number; json?: boolean }) => {
-      const r = await pyro().logsWorkspace(ref, o.limit ? { limit: o.limit } : {});
+      const r = await (await pyro()).logsWorkspace(ref, o.limit ? { limit: o.limit } : {});
       emit(o.json, r, () =>
         r.commands.map((c) => `${line("command", { sequence: c.sequence, exit_code: c.exit_code, duration_ms: c.duration_ms, cwd: c.cwd, timed_out: c.timed_out || undefined })}$ ${Array.isArray(c.command) ? c.command.join(" ") : c.command}\n${c.stdout}${c.stderr}`).join("") || "no commands yet\n",
       );
@@ -151,7 +151,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--recursive", "descend into subdirectories")
     .option("--json", "print JSON")
     .action(async (ref: string, path: string, o: { recursive?: boolean; json?: boolean }) => {
-      const r = await pyro().listWorkspaceFiles(ref, path, { recursive: Boolean(o.recursive) });
+      const r = await (await pyro()).listWorkspaceFiles(ref, path, { recursive: Boolean(o.recursive) });
       emit(o.json, r, () => r.entries.map((e) => `${e.type === "directory" ? "d" : e.type === "symlink" ? "l" : "-"} ${e.mode} ${String(e.size).padStart(10)} ${e.path}${e.target ? ` -> ${e.target}` : ""}\n`).join(""));
     });
   file.command("read")
@@ -160,7 +160,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--max-bytes <n>", "read at most this many bytes (default 65536)", integerOption(1, 64 * 1024 * 1024))
     .option("--json", "print JSON")
     .action(async (ref: string, path: string, o: { maxBytes?: number; json?: boolean }) => {
-      const r = await pyro().readWorkspaceFile(ref, path, o.maxBytes ? { maxBytes: o.maxBytes } : {});
+      const r = await (await pyro()).readWorkspaceFile(ref, path, o.maxBytes ? { maxBytes: o.maxBytes } : {});
       if (o.json) return printJson(r);
       process.stdout.write(r.encoding === "utf8" ? r.content : Buffer.from(r.content, "base64"));
       if (r.truncated) process.stderr.write(`[workspace-file-read] truncated: showed ${o.maxBytes ?? 65536} of ${r.size} bytes (use --max-bytes)\n`);
@@ -174,7 +174,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .action(async (ref: string, path: string, o: { text?: string; fromFile?: string; json?: boolean }) => {
       if ((o.text === undefined) === (o.fromFile === undefined)) throw new InvalidArgumentError("give exactly one of --text or --from-file");
       const text = o.text ?? (await readFile(o.fromFile!, "utf8"));
-      const r = await pyro().writeWorkspaceFile(ref, path, text);
+      const r = await (await pyro()).writeWorkspaceFile(ref, path, text);
       emit(o.json, r, () => line("workspace-file-write", r));
     });
 
@@ -188,7 +188,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .action(async (ref: string, o: { patch?: string; json?: boolean }) => {
       if (!o.patch) throw new InvalidArgumentError("--patch FILE is required");
       const text = o.patch === "-" ? await readStdin() : await readFile(o.patch, "utf8");
-      const r = await pyro().applyWorkspacePatch(ref, text);
+      const r = await (await pyro()).applyWorkspacePatch(ref, text);
       emit(o.json, r, () => line("workspace-patch-apply", { workspace_id: r.workspace_id }) + r.files.map((f) => `  ${f.status.padEnd(8)} ${f.path}\n`).join(""));
     });
 
@@ -201,7 +201,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--dest <path>", "destination, relative to /workspace", ".")
     .option("--json", "print JSON")
     .action(async (ref: string, source: string, o: { dest: string; json?: boolean }) => {
-      const r = await pyro().pushWorkspaceSync(ref, source, { dest: o.dest });
+      const r = await (await pyro()).pushWorkspaceSync(ref, source, { dest: o.dest });
       emit(o.json, r, () => line("workspace-sync-push", { workspace_id: r.workspace_id, destination: r.destination, files: r.files, bytes: r.bytes }));
     });
 
@@ -210,7 +210,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .argument("<workspace>", "id or name")
     .option("--json", "print JSON")
     .action(async (ref: string, o: { json?: boolean }) => {
-      const r = await pyro().diffWorkspace(ref);
+      const r = await (await pyro()).diffWorkspace(ref);
       emit(o.json, r, () => r.patch || "no changes since the baseline\n");
     });
 
@@ -221,24 +221,24 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .requiredOption("--output <hostPath>", "where to write it (must not exist)")
     .option("--json", "print JSON")
     .action(async (ref: string, path: string, o: { output: string; json?: boolean }) => {
-      const r = await pyro().exportWorkspace(ref, path, o.output);
+      const r = await (await pyro()).exportWorkspace(ref, path, o.output);
       emit(o.json, r, () => line("workspace-export", r));
     });
 
   const snapshot = ws.command("snapshot").description("Named snapshots of a running workspace (memory and disk).");
   snapshot.command("create").argument("<workspace>", "id or name").argument("<name>", "snapshot name").option("--json", "print JSON")
     .action(async (ref: string, name: string, o: { json?: boolean }) => {
-      const r = await pyro().createSnapshot(ref, name);
+      const r = await (await pyro()).createSnapshot(ref, name);
       emit(o.json, r, () => line("workspace-snapshot-create", r));
     });
   snapshot.command("list").argument("<workspace>", "id or name").option("--json", "print JSON")
     .action(async (ref: string, o: { json?: boolean }) => {
-      const r = await pyro().listSnapshots(ref);
+      const r = await (await pyro()).listSnapshots(ref);
       emit(o.json, r, () => r.snapshots.map((s) => line("snapshot", s)).join(""));
     });
   snapshot.command("delete").argument("<workspace>", "id or name").argument("<name>", "snapshot name").option("--json", "print JSON")
     .action(async (ref: string, name: string, o: { json?: boolean }) => {
-      const r = await pyro().deleteSnapshot(ref, name);
+      const r = await (await pyro()).deleteSnapshot(ref, name);
       emit(o.json, r, () => line("workspace-snapshot-delete", r));
     });
 
@@ -250,7 +250,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--snapshot <name>", "snapshot to restore", "baseline")
     .option("--json", "print JSON")
     .action(async (ref: string, o: { snapshot: string; json?: boolean }) => {
-      const r = await pyro().resetWorkspace(ref, { snapshot: o.snapshot });
+      const r = await (await pyro()).resetWorkspace(ref, { snapshot: o.snapshot });
       emit(o.json, r, () => line("workspace-reset", r));
     });
 }

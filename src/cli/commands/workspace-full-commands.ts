@@ -4,7 +4,7 @@ import type { Readiness } from "../../workspaces/workspace-services.js";
 import { printJson, summaryLine as line } from "../output.js";
 import { collect, integerOption, secondsOption } from "../parse-options.js";
 
-type PyroFactory = () => Pyro;
+type PyroFactory = () => Promise<Pyro>;
 
 
 function publishOption(value: string, previous: { hostPort: number; guestPort: number }[] = []) {
@@ -25,7 +25,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .option("--id-only", "print only the shell id")
     .option("--json", "print JSON")
     .action(async (ref: string, o: { cwd?: string; cols?: number; rows?: number; secretEnv?: string[]; idOnly?: boolean; json?: boolean }) => {
-      const r = await pyro().openShell(ref, { ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.cols ? { cols: o.cols } : {}), ...(o.rows ? { rows: o.rows } : {}), ...(o.secretEnv ? { secretEnv: o.secretEnv } : {}) });
+      const r = await (await pyro()).openShell(ref, { ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.cols ? { cols: o.cols } : {}), ...(o.rows ? { rows: o.rows } : {}), ...(o.secretEnv ? { secretEnv: o.secretEnv } : {}) });
       if (o.idOnly) return void process.stdout.write(`${r.shell_id}\n`);
       if (o.json) return printJson(r);
       process.stdout.write(line("workspace-shell-open", { workspace_id: r.workspace_id, shell_id: r.shell_id, state: r.running ? "running" : "exited", cols: r.cols, rows: r.rows }));
@@ -37,7 +37,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .option("--wait-for-idle-ms <n>", "first wait until the shell is quiet this long", integerOption(1, 30_000))
     .option("--json", "print JSON")
     .action(async (ref: string, id: string, o: { cursor?: number; maxChars?: number; plain?: boolean; waitForIdleMs?: number; json?: boolean }) => {
-      const r = await pyro().readShell(ref, id, { ...(o.cursor !== undefined ? { cursor: o.cursor } : {}), ...(o.maxChars ? { maxChars: o.maxChars } : {}), plain: Boolean(o.plain), ...(o.waitForIdleMs ? { waitForIdleMs: o.waitForIdleMs } : {}) });
+      const r = await (await pyro()).readShell(ref, id, { ...(o.cursor !== undefined ? { cursor: o.cursor } : {}), ...(o.maxChars ? { maxChars: o.maxChars } : {}), plain: Boolean(o.plain), ...(o.waitForIdleMs ? { waitForIdleMs: o.waitForIdleMs } : {}) });
       if (o.json) return printJson(r);
       process.stdout.write(r.output + (r.output.endsWith("\n") || !r.output ? "" : "\n"));
       process.stderr.write(line("workspace-shell-read", { shell_id: r.shell_id, next_cursor: r.next_cursor, more: r.more || undefined, running: r.running }));
@@ -47,7 +47,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .option("--no-newline", "do not press Enter after the input")
     .option("--json", "print JSON")
     .action(async (ref: string, id: string, o: { input: string; newline: boolean; json?: boolean }) => {
-      const r = await pyro().writeShell(ref, id, o.input, { newline: o.newline });
+      const r = await (await pyro()).writeShell(ref, id, o.input, { newline: o.newline });
       if (o.json) return printJson(r);
       process.stdout.write(line("workspace-shell-write", r));
     });
@@ -55,13 +55,13 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .addOption(new Option("--signal <signal>", "signal for the foreground job").choices(["INT", "TERM", "KILL", "HUP"]).default("INT"))
     .option("--json", "print JSON")
     .action(async (ref: string, id: string, o: { signal: "INT" | "TERM" | "KILL" | "HUP"; json?: boolean }) => {
-      const r = await pyro().signalShell(ref, id, o.signal);
+      const r = await (await pyro()).signalShell(ref, id, o.signal);
       if (o.json) return printJson(r);
       process.stdout.write(line("workspace-shell-signal", r));
     });
   shell.command("close").argument("<workspace>", "id or name").argument("<shell>", "shell id").option("--json", "print JSON")
     .action(async (ref: string, id: string, o: { json?: boolean }) => {
-      const r = await pyro().closeShell(ref, id);
+      const r = await (await pyro()).closeShell(ref, id);
       if (o.json) return printJson(r);
       process.stdout.write(line("workspace-shell-close", { shell_id: r.shell_id, exit_code: r.exit_code }));
     });
@@ -88,7 +88,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
       if (o.readyHttp) probes.push({ type: "http", url: String(o.readyHttp) });
       if (o.readyCommand) probes.push({ type: "command", command: String(o.readyCommand) });
       if (probes.length > 1) throw new InvalidArgumentError("give at most one --ready-* option");
-      const r = await pyro().startService(ref, name, command, {
+      const r = await (await pyro()).startService(ref, name, command, {
         ...(o.cwd ? { cwd: String(o.cwd) } : {}),
         ...(probes[0] ? { readiness: probes[0] } : {}),
         ...(o.readyTimeoutSeconds ? { readyTimeoutSeconds: Number(o.readyTimeoutSeconds) } : {}),
@@ -101,13 +101,13 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     });
   service.command("list").argument("<workspace>", "id or name").option("--json", "print JSON")
     .action(async (ref: string, o: { json?: boolean }) => {
-      const r = await pyro().listServices(ref);
+      const r = await (await pyro()).listServices(ref);
       if (o.json) return printJson(r);
       process.stdout.write(r.services.map((s) => line("service", { name: s.name, state: s.state, pid: s.pid, exit_code: s.exit_code, published: s.published.map((p) => p.url).join(",") })).join("") || "no services\n");
     });
   service.command("status").argument("<workspace>", "id or name").argument("<name>", "service name").option("--json", "print JSON")
     .action(async (ref: string, name: string, o: { json?: boolean }) => {
-      const r = await pyro().statusService(ref, name);
+      const r = await (await pyro()).statusService(ref, name);
       if (o.json) return printJson(r);
       process.stdout.write(line("workspace-service-status", { name: r.name, state: r.state, pid: r.pid, exit_code: r.exit_code }));
     });
@@ -116,14 +116,14 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .option("--all", "everything")
     .option("--json", "print JSON")
     .action(async (ref: string, name: string, o: { tailLines?: number; all?: boolean; json?: boolean }) => {
-      const r = await pyro().logsService(ref, name, { ...(o.tailLines ? { tailLines: o.tailLines } : {}), all: Boolean(o.all) });
+      const r = await (await pyro()).logsService(ref, name, { ...(o.tailLines ? { tailLines: o.tailLines } : {}), all: Boolean(o.all) });
       if (o.json) return printJson(r);
       process.stdout.write(r.stdout);
       process.stderr.write(r.stderr);
     });
   service.command("stop").argument("<workspace>", "id or name").argument("<name>", "service name").option("--json", "print JSON")
     .action(async (ref: string, name: string, o: { json?: boolean }) => {
-      const r = await pyro().stopService(ref, name);
+      const r = await (await pyro()).stopService(ref, name);
       if (o.json) return printJson(r);
       process.stdout.write(line("workspace-service-stop", { name: r.name, state: r.state, exit_code: r.exit_code }));
     });
@@ -132,20 +132,20 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
   disk.command("list").argument("<workspace>", "id or name").argument("[path]", "directory relative to /workspace", ".")
     .option("--recursive", "descend into subdirectories").option("--json", "print JSON")
     .action(async (ref: string, path: string, o: { recursive?: boolean; json?: boolean }) => {
-      const r = await pyro().listWorkspaceDisk(ref, path, { recursive: Boolean(o.recursive) });
+      const r = await (await pyro()).listWorkspaceDisk(ref, path, { recursive: Boolean(o.recursive) });
       if (o.json) return printJson(r);
       process.stdout.write(r.entries.map((e) => `${e.type === "directory" ? "d" : e.type === "symlink" ? "l" : "-"} ${e.mode} ${String(e.size).padStart(10)} ${e.path}\n`).join(""));
     });
   disk.command("read").argument("<workspace>", "id or name").argument("<path>", "file relative to /workspace")
     .option("--max-bytes <n>", "read at most this many bytes (default 65536)", integerOption(1, 64 * 1024 * 1024)).option("--json", "print JSON")
     .action(async (ref: string, path: string, o: { maxBytes?: number; json?: boolean }) => {
-      const r = await pyro().readWorkspaceDisk(ref, path, o.maxBytes ? { maxBytes: o.maxBytes } : {});
+      const r = await (await pyro()).readWorkspaceDisk(ref, path, o.maxBytes ? { maxBytes: o.maxBytes } : {});
       if (o.json) return printJson(r);
       process.stdout.write(r.encoding === "utf8" ? r.content : Buffer.from(r.content, "base64"));
     });
   disk.command("export").argument("<workspace>", "id or name").requiredOption("--output <hostPath>", "raw ext4 image to create").option("--json", "print JSON")
     .action(async (ref: string, o: { output: string; json?: boolean }) => {
-      const r = await pyro().exportWorkspaceDisk(ref, o.output);
+      const r = await (await pyro()).exportWorkspaceDisk(ref, o.output);
       if (o.json) return printJson(r);
       process.stdout.write(line("workspace-disk-export", r));
     });
