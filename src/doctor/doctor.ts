@@ -1,4 +1,3 @@
-import { readFile } from "node:fs/promises";
 import { arch, platform } from "node:os";
 import { EnvironmentStore, type EnvironmentStatus } from "../environments/environment-store.js";
 import { locateAgent, builtAgentPath } from "../guest-agent/agent-binary.js";
@@ -6,8 +5,8 @@ import { currentGuestKernel } from "../guest-kernel/guest-kernel.js";
 import { ensureInitramfs } from "../guest-kernel/initramfs.js";
 import type { PyroPaths } from "../paths.js";
 import { findExecutable, runHostCommandRaw } from "../process/host-command.js";
-import { chooseAccelerator } from "../runtime/accelerator.js";
 import { stat } from "node:fs/promises";
+import { chooseAccelerator } from "../runtime/accelerator.js";
 
 /** Host tools pyro shells out to, and the Debian package that provides each. */
 const HOST_TOOLS: ReadonlyArray<[tool: string, pkg: string, purpose: string]> = [
@@ -93,7 +92,6 @@ export async function runDoctor(paths: PyroPaths): Promise<DoctorReport> {
   if (defaultEnv && !defaultEnv.installed && !defaultEnv.problem) problems.push({ what: "the default environment debian:12 is not installed", fix: "pyro env pull debian:12" });
 
   const vmBoot = Boolean(qemuBinary && kernel && agentPath && accel);
-  const netReady = await readFile("/proc/sys/net/ipv4/ip_forward", "utf8").then(() => true, () => false);
   return {
     platform: `${platform()}-${arch() === "x64" ? "x86_64" : arch()}`,
     runtime: vmBoot && environments.some((e) => e.installed) ? "PASS" : "FAIL",
@@ -108,8 +106,8 @@ export async function runDoctor(paths: PyroPaths): Promise<DoctorReport> {
     state_dir: paths.stateDir,
     environment_cache: store.rootDir,
     environments,
-    // User-mode networking needs nothing from the host beyond QEMU itself.
-    capabilities: { vm_boot: vmBoot, guest_exec: vmBoot, guest_network: vmBoot && netReady },
+    // Guest egress is QEMU user-mode networking plus pyro's proxy: nothing more from the host.
+    capabilities: { vm_boot: vmBoot, guest_exec: vmBoot, guest_network: vmBoot },
     problems,
   };
 }
