@@ -14,6 +14,12 @@ export function printJson(value: unknown): void {
   process.stdout.write(toStableJson(value) + "\n");
 }
 
+/** The result as JSON with --json, else the human rendering. */
+export function emit(json: boolean | undefined, value: unknown, human: () => string): void {
+  if (json) printJson(value);
+  else process.stdout.write(human());
+}
+
 /** pyro's own failures exit 125, like `docker run`, so they differ from most command exit codes. */
 export const PYRO_FAILURE_EXIT = 125;
 

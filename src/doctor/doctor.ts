@@ -2,11 +2,9 @@ import { arch, platform } from "node:os";
 import { EnvironmentStore, type EnvironmentStatus } from "../environments/environment-store.js";
 import { locateAgent, builtAgentPath } from "../guest-agent/agent-binary.js";
 import { currentGuestKernel } from "../guest-kernel/guest-kernel.js";
-import { ensureInitramfs } from "../guest-kernel/initramfs.js";
 import type { PyroPaths } from "../paths.js";
 import { findExecutable, runHostCommandRaw } from "../process/host-command.js";
-import { stat } from "node:fs/promises";
-import { chooseAccelerator } from "../runtime/accelerator.js";
+import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
 
 /** Host tools pyro shells out to, and the Debian package that provides each. */
 const HOST_TOOLS: ReadonlyArray<[tool: string, pkg: string, purpose: string]> = [
@@ -68,15 +66,9 @@ export async function runDoctor(paths: PyroPaths): Promise<DoctorReport> {
   let kvm: DoctorReport["kvm"] = { exists: false, readable: false, writable: false, usable: null, reason: "not checked" };
   let accel: DoctorReport["accel"] = null;
   if (qemuBinary && kernel && agentPath && tools.busybox?.found && tools.cpio?.found) {
-    const initramfs = await ensureInitramfs(paths, kernel, agentPath);
-    const qemuStat = await stat(qemuBinary);
-    const choice = await chooseAccelerator(paths, {
-      qemuBinary,
-      qemuIdentity: `${qemuStat.size}-${qemuStat.mtimeMs}`,
-      kernelPath: kernel.vmlinuxPath,
-      kernelPackage: kernel.package,
-      initramfsPath: initramfs.path,
-    });
+    // Kernel and agent exist, so this prepares nothing new: it builds the initramfs if needed and
+    // runs (or reads the cached verdict of) the same KVM probe every boot relies on.
+    const choice = (await prepareGuestRuntime(paths)).accelerator;
     accel = choice.accel;
     kvm = { ...choice.kvmDevice, usable: choice.accel === "kvm", reason: choice.reason };
   } else {

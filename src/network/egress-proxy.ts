@@ -74,12 +74,8 @@ async function handle(head: string, rest: Buffer): Promise<void> {
   const upstream = connect({ host: decision.address, port });
   upstream.once("error", (e) => fail(502, `cannot reach ${host}:${port}: ${e.message}`));
   upstream.once("connect", () => {
-    if (method === "CONNECT") {
-      process.stdout.write("HTTP/1.1 200 Connection established\r\n\r\n");
-      splice(upstream, forward);
-    } else {
-      splice(upstream, forward);
-    }
+    if (method === "CONNECT") process.stdout.write("HTTP/1.1 200 Connection established\r\n\r\n");
+    splice(upstream, forward);
   });
 }
 

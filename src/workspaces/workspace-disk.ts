@@ -7,6 +7,7 @@ import { diskPath } from "./workspace-boot.js";
 import { reconcileVm, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
 import { loadSecrets, Redactor } from "./workspace-secrets.js";
+import { isText } from "./text-content.js";
 
 /** Runtime state pyro keeps in the guest outside /workspace; never part of a disk export. */
 const RUNTIME_PATHS = ["/run/pyro-secrets", "/run/pyro-services"];
@@ -87,7 +88,7 @@ export async function diskRead(ctx: WorkspaceContext, ref: string, path: string,
     const r = await runHostCommandRaw(debugfs(), ["-R", `cat "${guestPath}"`, raw], { timeoutMs: 60_000, maxOutputBytes: 64 * 1024 * 1024 });
     if (/File not found|not found by ext2_lookup/.test(r.stderr)) throw new PyroError("GUEST_OPERATION_FAILED", `${relativeToWorkspace(guestPath)} does not exist on the disk`);
     const data = redactor.bytes(r.stdout);
-    const text = !data.includes(0) && Buffer.from(data.toString("utf8"), "utf8").equals(data);
+    const text = isText(data);
     const shown = data.subarray(0, maxBytes);
     return { workspace_id: record.id, path: relativeToWorkspace(guestPath), size: data.length, truncated: data.length > maxBytes, encoding: text ? "utf8" : "base64", content: text ? shown.toString("utf8") : shown.toString("base64") };
   });

@@ -4,6 +4,7 @@ import { z } from "zod";
 import { PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
+import { isText } from "./text-content.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 
 /** Where secrets live in the guest: tmpfs (/run), never the disk. */
@@ -100,8 +101,6 @@ export class Redactor {
 
   /** Redacts text content; binary bytes pass through unchanged. */
   bytes(data: Buffer): Buffer {
-    if (!this.active || data.includes(0)) return data;
-    const text = data.toString("utf8");
-    return Buffer.from(text, "utf8").equals(data) ? Buffer.from(this.text(text), "utf8") : data;
+    return this.active && isText(data) ? Buffer.from(this.text(data.toString("utf8")), "utf8") : data;
   }
 }

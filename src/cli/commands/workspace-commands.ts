@@ -1,19 +1,11 @@
 import { readFile } from "node:fs/promises";
 import { Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
-import { printJson, summaryLine as line } from "../output.js";
+import { emit, printJson, summaryLine as line } from "../output.js";
 import { collect, collectKeyValue, integerOption, secondsOption } from "../parse-options.js";
 import { registerWorkspaceFullCommands } from "./workspace-full-commands.js";
 
 type PyroFactory = () => Promise<Pyro>;
-
-
-
-
-function emit(json: boolean | undefined, value: unknown, human: () => string): void {
-  if (json) printJson(value);
-  else process.stdout.write(human());
-}
 
 export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, setExitCode: (code: number) => void): void {
   const ws = program.command("workspace").description("Persistent workspaces: a VM with a disk that outlives each command.");

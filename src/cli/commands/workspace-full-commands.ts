@@ -1,7 +1,7 @@
 import { Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import type { Readiness } from "../../workspaces/workspace-services.js";
-import { printJson, summaryLine as line } from "../output.js";
+import { emit, printJson, summaryLine as line } from "../output.js";
 import { collect, integerOption, secondsOption } from "../parse-options.js";
 
 type PyroFactory = () => Promise<Pyro>;
@@ -27,8 +27,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .action(async (ref: string, o: { cwd?: string; cols?: number; rows?: number; secretEnv?: string[]; idOnly?: boolean; json?: boolean }) => {
       const r = await (await pyro()).openShell(ref, { ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.cols ? { cols: o.cols } : {}), ...(o.rows ? { rows: o.rows } : {}), ...(o.secretEnv ? { secretEnv: o.secretEnv } : {}) });
       if (o.idOnly) return void process.stdout.write(`${r.shell_id}\n`);
-      if (o.json) return printJson(r);
-      process.stdout.write(line("workspace-shell-open", { workspace_id: r.workspace_id, shell_id: r.shell_id, state: r.running ? "running" : "exited", cols: r.cols, rows: r.rows }));
+      emit(o.json, r, () => line("workspace-shell-open", { workspace_id: r.workspace_id, shell_id: r.shell_id, state: r.running ? "running" : "exited", cols: r.cols, rows: r.rows }));
     });
   shell.command("read").argument("<workspace>", "id or name").argument("<shell>", "shell id")
     .option("--cursor <n>", "start at this output offset (from a previous next_cursor)", integerOption(0, Number.MAX_SAFE_INTEGER))
@@ -48,22 +47,19 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .option("--json", "print JSON")
     .action(async (ref: string, id: string, o: { input: string; newline: boolean; json?: boolean }) => {
       const r = await (await pyro()).writeShell(ref, id, o.input, { newline: o.newline });
-      if (o.json) return printJson(r);
-      process.stdout.write(line("workspace-shell-write", r));
+      emit(o.json, r, () => line("workspace-shell-write", r));
     });
   shell.command("signal").argument("<workspace>", "id or name").argument("<shell>", "shell id")
     .addOption(new Option("--signal <signal>", "signal for the foreground job").choices(["INT", "TERM", "KILL", "HUP"]).default("INT"))
     .option("--json", "print JSON")
     .action(async (ref: string, id: string, o: { signal: "INT" | "TERM" | "KILL" | "HUP"; json?: boolean }) => {
       const r = await (await pyro()).signalShell(ref, id, o.signal);
-      if (o.json) return printJson(r);
-      process.stdout.write(line("workspace-shell-signal", r));
+      emit(o.json, r, () => line("workspace-shell-signal", r));
     });
   shell.command("close").argument("<workspace>", "id or name").argument("<shell>", "shell id").option("--json", "print JSON")
     .action(async (ref: string, id: string, o: { json?: boolean }) => {
       const r = await (await pyro()).closeShell(ref, id);
-      if (o.json) return printJson(r);
-      process.stdout.write(line("workspace-shell-close", { shell_id: r.shell_id, exit_code: r.exit_code }));
+      emit(o.json, r, () => line("workspace-shell-close", { shell_id: r.shell_id, exit_code: r.exit_code }));
     });
 
   const service = ws.command("service").description("Long-running services with readiness checks.");
@@ -96,20 +92,17 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
         ...(o.publish ? { publish: o.publish as { hostPort: number; guestPort: number }[] } : {}),
         ...(o.secretEnv ? { secretEnv: o.secretEnv as string[] } : {}),
       });
-      if (o.json) return printJson(r);
-      process.stdout.write(line("workspace-service-start", { workspace_id: r.workspace_id, name: r.name, state: r.state, pid: r.pid, ready_ms: r.ready_ms, published: r.published.map((p) => p.url).join(",") }));
+      emit(o.json, r, () => line("workspace-service-start", { workspace_id: r.workspace_id, name: r.name, state: r.state, pid: r.pid, ready_ms: r.ready_ms, published: r.published.map((p) => p.url).join(",") }));
     });
   service.command("list").argument("<workspace>", "id or name").option("--json", "print JSON")
     .action(async (ref: string, o: { json?: boolean }) => {
       const r = await (await pyro()).listServices(ref);
-      if (o.json) return printJson(r);
-      process.stdout.write(r.services.map((s) => line("service", { name: s.name, state: s.state, pid: s.pid, exit_code: s.exit_code, published: s.published.map((p) => p.url).join(",") })).join("") || "no services\n");
+      emit(o.json, r, () => r.services.map((s) => line("service", { name: s.name, state: s.state, pid: s.pid, exit_code: s.exit_code, published: s.published.map((p) => p.url).join(",") })).join("") || "no services\n");
     });
   service.command("status").argument("<workspace>", "id or name").argument("<name>", "service name").option("--json", "print JSON")
     .action(async (ref: string, name: string, o: { json?: boolean }) => {
       const r = await (await pyro()).statusService(ref, name);
-      if (o.json) return printJson(r);
-      process.stdout.write(line("workspace-service-status", { name: r.name, state: r.state, pid: r.pid, exit_code: r.exit_code }));
+      emit(o.json, r, () => line("workspace-service-status", { name: r.name, state: r.state, pid: r.pid, exit_code: r.exit_code }));
     });
   service.command("logs").argument("<workspace>", "id or name").argument("<name>", "service name")
     .option("--tail-lines <n>", "last N lines of each stream (default 50)", integerOption(1, 1_000_000))
@@ -124,8 +117,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
   service.command("stop").argument("<workspace>", "id or name").argument("<name>", "service name").option("--json", "print JSON")
     .action(async (ref: string, name: string, o: { json?: boolean }) => {
       const r = await (await pyro()).stopService(ref, name);
-      if (o.json) return printJson(r);
-      process.stdout.write(line("workspace-service-stop", { name: r.name, state: r.state, exit_code: r.exit_code }));
+      emit(o.json, r, () => line("workspace-service-stop", { name: r.name, state: r.state, exit_code: r.exit_code }));
     });
 
   const disk = ws.command("disk").description("Inspect a stopped workspace's disk without booting it or mounting it.");
@@ -133,8 +125,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .option("--recursive", "descend into subdirectories").option("--json", "print JSON")
     .action(async (ref: string, path: string, o: { recursive?: boolean; json?: boolean }) => {
       const r = await (await pyro()).listWorkspaceDisk(ref, path, { recursive: Boolean(o.recursive) });
-      if (o.json) return printJson(r);
-      process.stdout.write(r.entries.map((e) => `${e.type === "directory" ? "d" : e.type === "symlink" ? "l" : "-"} ${e.mode} ${String(e.size).padStart(10)} ${e.path}\n`).join(""));
+      emit(o.json, r, () => r.entries.map((e) => `${e.type === "directory" ? "d" : e.type === "symlink" ? "l" : "-"} ${e.mode} ${String(e.size).padStart(10)} ${e.path}\n`).join(""));
     });
   disk.command("read").argument("<workspace>", "id or name").argument("<path>", "file relative to /workspace")
     .option("--max-bytes <n>", "read at most this many bytes (default 65536)", integerOption(1, 64 * 1024 * 1024)).option("--json", "print JSON")
@@ -146,7 +137,6 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
   disk.command("export").argument("<workspace>", "id or name").requiredOption("--output <hostPath>", "raw ext4 image to create").option("--json", "print JSON")
     .action(async (ref: string, o: { output: string; json?: boolean }) => {
       const r = await (await pyro()).exportWorkspaceDisk(ref, o.output);
-      if (o.json) return printJson(r);
-      process.stdout.write(line("workspace-disk-export", r));
+      emit(o.json, r, () => line("workspace-disk-export", r));
     });
 }
