@@ -14,4 +14,4 @@ echo "[test] guest agent unit tests"
 echo "[test] TypeScript tests (real VMs under $("$NODE" dist/src/cli/main.js doctor --json | "$NODE" -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).accel))'))"
 mapfile -t files < <(ls dist/test/*.test.js | grep -- "${PYRO_TEST_FILTER:-}")
 # VM tests boot real guests; two at a time keeps a 2-core host responsive.
-exec "$NODE" --test --test-concurrency=2 --test-reporter=spec "${files[@]}"
+exec "$NODE" --test --import ./dist/test/helpers/isolated-home.js --test-concurrency=2 --test-reporter=spec "${files[@]}"

@@ -7,7 +7,7 @@ import { AgentClient } from "../src/guest-protocol/agent-client.js";
 import { encodeFrame, FrameDecoder, FRAME_MAGIC } from "../src/guest-protocol/frame-codec.js";
 import type { RunningVm } from "../src/runtime/vmm-backend.js";
 import { launchDisposableVm } from "../src/vm-run/disposable-vm.js";
-import { sharedPaths } from "./helpers/vm-fixtures.js";
+import { testPaths } from "./helpers/vm-fixtures.js";
 
 const TIMEOUT = { timeout: 120_000 };
 
@@ -16,7 +16,7 @@ describe("[vm] guest agent protocol against a real guest", () => {
   let agent: AgentClient;
 
   before(async () => {
-    vm = await launchDisposableVm(sharedPaths, "debian:12", { vcpuCount: 1, memMib: 512, network: false });
+    vm = await launchDisposableVm(testPaths, "debian:12", { vcpuCount: 1, memMib: 512, network: false });
     agent = vm.agent;
   });
   after(async () => {

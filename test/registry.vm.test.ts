@@ -12,7 +12,7 @@ import { RegistryClient } from "../src/registry/registry-client.js";
 import { Pyro } from "../src/sdk/pyro.js";
 import { startRegistry, type TestRegistry } from "./helpers/registry-fixture.js";
 import { makeTar } from "./helpers/tar-builder.js";
-import { sharedPaths } from "./helpers/vm-fixtures.js";
+import { sharedCacheDir } from "./helpers/vm-fixtures.js";
 
 const TIMEOUT = { timeout: 300_000 };
 const sha = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
@@ -21,8 +21,8 @@ const sha = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex"
 async function freshHome(): Promise<{ pyro: Pyro; home: string; dispose: () => Promise<void> }> {
   const home = await mkdtemp(join(tmpdir(), "pyro-reg-home-"));
   await mkdir(join(home, "cache"), { recursive: true });
-  await symlink(join(sharedPaths.cacheDir, "kernels"), join(home, "cache", "kernels"));
-  await symlink(join(sharedPaths.cacheDir, "initramfs"), join(home, "cache", "initramfs"));
+  await symlink(join(sharedCacheDir, "kernels"), join(home, "cache", "kernels"));
+  await symlink(join(sharedCacheDir, "initramfs"), join(home, "cache", "initramfs"));
   return { pyro: new Pyro({ home }), home, dispose: () => rm(home, { recursive: true, force: true, maxRetries: 3 }) };
 }
 

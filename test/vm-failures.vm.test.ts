@@ -7,7 +7,7 @@ import { isPyroError } from "../src/errors.js";
 import { resolvePaths } from "../src/paths.js";
 import { Pyro } from "../src/sdk/pyro.js";
 import { sweepOrphanedRunDirs } from "../src/vm-run/disposable-vm.js";
-import { agentReady, CLI, processesMentioning, runDirs, sharedPaths, tempHome, waitFor } from "./helpers/vm-fixtures.js";
+import { agentReady, CLI, processesMentioning, runDirs, sharedCacheDir, tempHome, waitFor } from "./helpers/vm-fixtures.js";
 
 const TIMEOUT = { timeout: 180_000 };
 
@@ -114,7 +114,7 @@ describe("[vm] failures are clear and leak nothing", () => {
     const t = await tempHome();
     try {
       // Share the real environment: the temp home only isolates run directories.
-      await symlink(join(sharedPaths.cacheDir, "environments"), join(t.home, "cache", "environments"));
+      await symlink(join(sharedCacheDir, "environments"), join(t.home, "cache", "environments"));
       const runtimeDir = resolvePaths({ PYRO_HOME: t.home }).runtimeDir;
       const pending = new Pyro({ home: t.home }).run("debian:12", ["sleep", "120"], { timeoutSeconds: 300 });
       const runDir = await waitFor("a VM run directory", async () => (await runDirs(runtimeDir))[0]);
@@ -144,7 +144,7 @@ describe("[vm] failures are clear and leak nothing", () => {
     it(`${signal} to the pyro CLI ${when} takes the VM down with it`, TIMEOUT, async () => {
       const t = await tempHome();
       try {
-        await symlink(join(sharedPaths.cacheDir, "environments"), join(t.home, "cache", "environments"));
+        await symlink(join(sharedCacheDir, "environments"), join(t.home, "cache", "environments"));
         const runtimeDir = resolvePaths({ PYRO_HOME: t.home }).runtimeDir;
         const child = spawn(process.execPath, [CLI, "run", "debian:12", "--timeout-seconds", "300", "--", "sleep", "120"], {
           env: { ...process.env, PYRO_HOME: t.home },

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { isPyroError } from "../src/errors.js";
 import { Pyro } from "../src/sdk/pyro.js";
-import { sharedPaths } from "./helpers/vm-fixtures.js";
+import { testPaths } from "./helpers/vm-fixtures.js";
 
 const pyro = new Pyro();
 const TIMEOUT = { timeout: 240_000 };
@@ -106,7 +106,7 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
     assert.doesNotMatch((await pyro.readShell(id, shell.shell_id, { waitForIdleMs: 500 })).output, new RegExp(SECRET));
     await pyro.exportWorkspace(id, "leaked.txt", join(scratch, "leaked.txt"));
     assert.equal(await readFile(join(scratch, "leaked.txt"), "utf8"), "[REDACTED]");
-    const dir = join(sharedPaths.stateDir, "workspaces", id);
+    const dir = join(testPaths.stateDir, "workspaces", id);
     assert.equal((await stat(join(dir, "secrets.json"))).mode & 0o777, 0o600);
     for (const file of ["workspace.json", "commands.jsonl"]) assert.doesNotMatch(await readFile(join(dir, file), "utf8"), new RegExp(SECRET), file);
     await assert.rejects(pyro.execWorkspace(id, ["true"], { secretEnv: ["NOPE"] }), (e) => isPyroError(e, "INVALID_ARGUMENT") && /API_KEY/.test(e.message));

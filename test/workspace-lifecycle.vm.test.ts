@@ -4,7 +4,7 @@ import { mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { after, before, describe, it } from "node:test";
 import { isPyroError } from "../src/errors.js";
 import { Pyro } from "../src/sdk/pyro.js";
-import { CLI, processesMentioning, sharedPaths } from "./helpers/vm-fixtures.js";
+import { CLI, processesMentioning, testPaths } from "./helpers/vm-fixtures.js";
 import { makeTar } from "./helpers/tar-builder.js";
 import { makeSeedRepo } from "./helpers/workspace-fixtures.js";
 
@@ -97,7 +97,7 @@ describe("[vm] workspace lifecycle", () => {
 
   it("deletes everything: VM process, run directory and files", TIMEOUT, async () => {
     const ws = await pyro.createWorkspace("debian:12");
-    const dir = `${sharedPaths.stateDir}/workspaces/${ws.workspace_id}`;
+    const dir = `${testPaths.stateDir}/workspaces/${ws.workspace_id}`;
     assert.ok(await stat(dir).then(() => true));
     await pyro.deleteWorkspace(ws.workspace_id);
     assert.deepEqual(await processesMentioning(ws.workspace_id), []);

@@ -2,9 +2,16 @@ import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink } from "node:f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { resolvePaths } from "../../src/paths.js";
+import { SHARED_CACHE_ENV } from "./isolated-home.js";
 
-/** The cache/state the test suite shares (prepared by scripts/setup.sh). */
-export const sharedPaths = resolvePaths();
+/**
+ * This test file's own paths (isolated-home.ts gave it a PYRO_HOME), whose cache links to the
+ * suite's shared, read-only build products.
+ */
+export const testPaths = resolvePaths();
+
+/** The suite's shared cache (prepared by scripts/setup.sh): kernels, initramfs, environments. */
+export const sharedCacheDir = process.env[SHARED_CACHE_ENV] ?? testPaths.cacheDir;
 
 export const CLI = join(import.meta.dirname, "..", "..", "src", "cli", "main.js");
 
@@ -15,8 +22,8 @@ export const CLI = join(import.meta.dirname, "..", "..", "src", "cli", "main.js"
 export async function tempHome(): Promise<{ home: string; dispose: () => Promise<void> }> {
   const home = await mkdtemp(join(tmpdir(), "pyro-test-home-"));
   await mkdir(join(home, "cache"), { recursive: true });
-  for (const dir of ["kernels", "initramfs"]) await symlink(join(sharedPaths.cacheDir, dir), join(home, "cache", dir));
-  await copyFile(join(sharedPaths.cacheDir, "accel-probe.json"), join(home, "cache", "accel-probe.json")).catch(() => undefined);
+  for (const dir of ["kernels", "initramfs"]) await symlink(join(sharedCacheDir, dir), join(home, "cache", dir));
+  await copyFile(join(sharedCacheDir, "accel-probe.json"), join(home, "cache", "accel-probe.json")).catch(() => undefined);
   return { home, dispose: () => rm(home, { recursive: true, force: true, maxRetries: 3 }) };
 }
 
