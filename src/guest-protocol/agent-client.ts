@@ -2,6 +2,7 @@ import { connect, type Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { PyroError } from "../errors.js";
 import { encodeFrame, FrameDecoder } from "./frame-codec.js";
+import { checkGuestRequest } from "./request-limits.js";
 import type { ExecRequest, GuestExecResult, GuestFileEntry, HelloInfo } from "./messages.js";
 
 export const PROTOCOL_VERSION = 1;
@@ -105,6 +106,13 @@ export class AgentClient {
   request(op: string, fields: Record<string, unknown> = {}, payload?: Buffer, options: RequestOptions = {}): Promise<{ header: Record<string, unknown>; payload: Buffer }> {
     if (this.closedError) return Promise.reject(this.closedError);
     const id = this.nextId++;
+    const header = { ...fields, id, op };
+    try {
+      checkGuestRequest(`the guest ${op} request`, header, payload?.length);
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    const frame = encodeFrame(header, payload);
     return new Promise((resolve, reject) => {
       const entry: Pending = { resolve, reject, op };
       if (options.timeoutMs !== undefined) {
@@ -114,7 +122,7 @@ export class AgentClient {
         }, options.timeoutMs);
       }
       this.pending.set(id, entry);
-      this.socket.write(encodeFrame({ ...fields, id, op }, payload));
+      this.socket.write(frame);
     });
   }
 
@@ -148,17 +156,9 @@ export class AgentClient {
 
   /** Runs a command in the guest. The guest enforces `timeoutMs`; the host waits a little longer. */
   async exec(req: ExecRequest): Promise<GuestExecResult> {
-    const fields: Record<string, unknown> = {
-      cwd: req.cwd ?? "/",
-      env: req.env ?? {},
-      max_output_bytes: req.maxOutputBytes ?? 1 << 20,
-    };
-    if (typeof req.command === "string") fields.shell = req.command;
-    else fields.argv = req.command;
-    if (req.timeoutMs !== undefined) fields.timeout_ms = req.timeoutMs;
     const stdin = req.stdin === undefined ? undefined : Buffer.from(req.stdin);
     const hostTimeout = req.timeoutMs !== undefined ? req.timeoutMs + 15_000 : undefined;
-    const { header: h, payload } = await this.request("exec", fields, stdin, { timeoutMs: hostTimeout });
+    const { header: h, payload } = await this.request("exec", execFields(req), stdin, { timeoutMs: hostTimeout });
     const outLen = Number(h.stdout_len);
     const errLen = Number(h.stderr_len);
     if (outLen + errLen !== payload.length) throw new PyroError("GUEST_PROTOCOL", "exec reply payload does not match its declared lengths");
@@ -213,6 +213,23 @@ export class AgentClient {
   close(): void {
     this.socket.destroy();
   }
+}
+
+function execFields(req: ExecRequest): Record<string, unknown> {
+  const fields: Record<string, unknown> = {
+    cwd: req.cwd ?? "/",
+    env: req.env ?? {},
+    max_output_bytes: req.maxOutputBytes ?? 1 << 20,
+  };
+  if (typeof req.command === "string") fields.shell = req.command;
+  else fields.argv = req.command;
+  if (req.timeoutMs !== undefined) fields.timeout_ms = req.timeoutMs;
+  return fields;
+}
+
+/** Refuses, before anything boots or runs, a command the guest protocol could not carry. */
+export function checkExecRequest(req: ExecRequest): void {
+  checkGuestRequest("the command with its arguments and environment", execFields(req), req.stdin === undefined ? 0 : Buffer.byteLength(req.stdin));
 }
 
 function toEntry(h: Record<string, unknown>): GuestFileEntry {

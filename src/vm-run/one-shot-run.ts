@@ -1,4 +1,5 @@
 import { PyroError, isPyroError } from "../errors.js";
+import { checkExecRequest } from "../guest-protocol/agent-client.js";
 import { capturedText } from "../guest-protocol/messages.js";
 import type { PyroPaths } from "../paths.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
@@ -19,6 +20,7 @@ function validate(command: string[], options: RunOptions): void {
   if (options.timeoutSeconds !== undefined && !(options.timeoutSeconds > 0 && options.timeoutSeconds <= 86_400)) {
     throw new PyroError("INVALID_ARGUMENT", `timeout must be between 0 and 86400 seconds, got ${options.timeoutSeconds}`);
   }
+  checkExecRequest({ command, ...(options.cwd ? { cwd: options.cwd } : {}), ...(options.env ? { env: options.env } : {}), ...(options.stdin !== undefined ? { stdin: options.stdin } : {}) });
 }
 
 /** Boots a disposable VM from `environment`, runs one command, and destroys the VM. */

@@ -1,6 +1,7 @@
 import { appendFile, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
+import { checkExecRequest } from "../guest-protocol/agent-client.js";
 import { capturedText } from "../guest-protocol/messages.js";
 import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
@@ -53,6 +54,7 @@ export async function execInWorkspace(ctx: WorkspaceContext, ref: string, comman
   const timeoutSeconds = options.timeoutSeconds ?? WORKSPACE_EXEC_DEFAULTS.timeoutSeconds;
   if (!(timeoutSeconds > 0 && timeoutSeconds <= 86_400)) throw new PyroError("INVALID_ARGUMENT", `timeout must be between 0 and 86400 seconds`);
   const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
+  checkExecRequest({ command, cwd, ...(options.env ? { env: options.env } : {}), ...(options.stdin !== undefined ? { stdin: options.stdin } : {}) });
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     const startedAt = nowIso();
     const r = await vm.agent.exec({

@@ -2,6 +2,7 @@ import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
+import { checkGuestRequest } from "../guest-protocol/request-limits.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { readWholeFile } from "./guest-transfer.js";
@@ -111,11 +112,12 @@ export async function startService(ctx: WorkspaceContext, ref: string, name: str
   const timeoutMs = (options.readyTimeoutSeconds ?? 30) * 1000;
   const intervalMs = options.readyIntervalMs ?? 500;
   if (!(timeoutMs > 0) || !(intervalMs > 0)) throw new PyroError("INVALID_ARGUMENT", "ready timeout and interval must be positive");
+  const commandFields = typeof command === "string" ? { shell: command } : { argv: command };
+  checkGuestRequest("the service command", { name, cwd, ...commandFields });
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     if (options.publish?.length) requirePublishing(record);
     const env = { ...networkEnvironment(record), ...secretEnvironment(session.secrets, options.secretEnv) };
     const started = Date.now();
-    const commandFields = typeof command === "string" ? { shell: command } : { argv: command };
     const { header: startedState } = await vm.agent.request("service.start", { name, cwd, env, ...commandFields });
     const stopAndFail = async (code: "SERVICE_NOT_READY" | "SERVICE_EXITED", message: string) => {
       await vm.agent.request("service.stop", { name, grace_ms: 1000 }).catch(() => undefined);
