@@ -27,6 +27,59 @@ describe("pyro CLI", () => {
     assert.equal(pyro(["no-such-command"]).code, 2);
   });
 
+  it("prints one clear line and exits 2 for a usage error a command finds itself", () => {
+    for (const [args, message] of [
+      [["workspace", "file", "write", "W", "x"], /^error: give exactly one of --text or --from-file$/m],
+      [["workspace", "file", "write", "W", "x", "--text", "a", "--from-file", "b"], /^error: give exactly one of --text or --from-file$/m],
+      [["workspace", "patch", "apply", "W"], /^error: --patch FILE is required$/m],
+      [["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-tcp", "80", "--", "true"], /^error: give at most one --ready-\* option$/m],
+    ] as const) {
+      const r = pyro([...args]);
+      assert.equal(r.code, 2, args.join(" "));
+      assert.match(r.stderr, message, args.join(" "));
+      assert.doesNotMatch(r.stderr, /INTERNAL|\n\s+at /, "no internal error, no stack");
+    }
+  });
+
+  it("rejects unknown options, excess arguments and out-of-range ports with exit 2", () => {
+    for (const args of [
+      ["workspace", "list", "--bogus"],
+      ["workspace", "list", "extra"],
+      ["env", "list", "--foo"],
+      ["mcp", "serve", "--http", "127.0.0.1:99999"],
+      ["workspace", "service", "start", "W", "s", "--publish", "70000:80", "--", "true"],
+      ["workspace", "service", "start", "W", "s", "--ready-tcp", "localhost:http", "--", "true"],
+    ]) {
+      const r = pyro(args);
+      assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+      assert.match(r.stderr, /^error: /, args.join(" "));
+    }
+    assert.match(pyro(["mcp", "serve", "--http", "127.0.0.1:99999"]).stderr, /port must be a number from 0 to 65535/);
+  });
+
+  it("names a host file it cannot read instead of failing internally", () => {
+    const r = pyro(["workspace", "file", "write", "W", "x", "--from-file", "/nonexistent/pyro-input"]);
+    assert.equal(r.code, 125);
+    assert.match(r.stderr, /^pyro: error \[INVALID_ARGUMENT\]: cannot read --from-file \/nonexistent\/pyro-input: no such file\n$/);
+  });
+
+  it("refuses arguments that are not UTF-8 rather than changing them, and keeps a genuine U+FFFD", () => {
+    // Node's argv is already decoded, so the raw bytes go in through a shell.
+    const raw = spawnSync("/bin/sh", ["-c", 'exec "$0" "$1" run debian:99 -- echo "$(printf \'caf\\351\')"', process.execPath, CLI], { encoding: "utf8" });
+    assert.equal(raw.status, 2, raw.stderr);
+    assert.match(raw.stderr, /^error: argument 5 .* is not valid UTF-8 text/);
+    const genuine = pyro(["run", "debian:99", "--", "echo", "caf\uFFFD"]);
+    assert.match(genuine.stderr, /ENVIRONMENT_UNKNOWN/, "a real U+FFFD is passed on");
+  });
+
+  it("refuses, before booting anything, a command larger than the guest protocol carries", () => {
+    const chunk = "a".repeat(100_000);
+    // An unknown environment too: the size is checked first, and no version of this test boots a VM.
+    const r = pyro(["run", "debian:99", "--", "echo", ...Array.from({ length: 11 }, () => chunk)]);
+    assert.equal(r.code, 125);
+    assert.match(r.stderr, /^pyro: error \[INVALID_ARGUMENT\]: the command with its arguments and environment takes \d+ bytes; a guest request carries at most 1048576 bytes/);
+  });
+
   it("reports pyro failures as one clear line and exit code 125", () => {
     const r = pyro(["run", "debian:99", "--", "true"]);
     assert.equal(r.code, 125);

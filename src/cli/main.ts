@@ -11,7 +11,8 @@ import { registerHostCommands } from "./commands/host-commands.js";
 import { registerMcpCommands } from "./commands/mcp-command.js";
 import { registerRunCommand } from "./commands/run-command.js";
 import { registerWorkspaceCommands } from "./commands/workspace-commands.js";
-import { reportError } from "./output.js";
+import { damagedArgument } from "./argv-encoding.js";
+import { reportError, USAGE_EXIT } from "./output.js";
 
 function packageVersion(): string {
   try {
@@ -40,9 +41,16 @@ Persistent workspaces:
 
 Every command runs inside a real microVM (QEMU microvm; KVM when usable, else TCG emulation).`;
 
+const HELP_HINT = "(run with --help for usage)";
+
 export async function main(argv: string[]): Promise<number> {
   handleTerminationSignals();
+  const damaged = damagedArgument(argv);
+  if (damaged) return reportUsageError(damaged);
   let exitCode = 0;
+  // Commander prints the usage errors it finds while parsing; a handler's own usage error
+  // (InvalidArgumentError thrown in an action) reaches us unprinted and is printed here.
+  let usageReported = false;
   const setExitCode = (code: number) => {
     exitCode = code;
   };
@@ -55,7 +63,14 @@ export async function main(argv: string[]): Promise<number> {
     .description("Disposable, isolated Linux microVM workspaces for coding agents.")
     .version(packageVersion(), "--version")
     .enablePositionalOptions()
-    .showHelpAfterError("(run with --help for usage)")
+    .showHelpAfterError(HELP_HINT)
+    // Before any subcommand exists: subcommands copy these settings when they are created.
+    .configureOutput({
+      outputError: (message, write) => {
+        usageReported = true;
+        write(message);
+      },
+    })
     .exitOverride()
     .addHelpText("after", EPILOG);
   registerRunCommand(program, pyro, setExitCode);
@@ -67,10 +82,18 @@ export async function main(argv: string[]): Promise<number> {
   try {
     await program.parseAsync(argv, { from: "user" });
   } catch (error) {
-    if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 2;
+    if (error instanceof CommanderError) {
+      if (error.exitCode === 0) return 0; // --help, --version
+      return usageReported ? USAGE_EXIT : reportUsageError(error.message);
+    }
     return reportError(error, argv.includes("--json"));
   }
   return exitCode;
+}
+
+function reportUsageError(message: string): number {
+  process.stderr.write(`${message.startsWith("error: ") ? message : `error: ${message}`}\n${HELP_HINT}\n`);
+  return USAGE_EXIT;
 }
 
 main(process.argv.slice(2)).then(

@@ -20,6 +20,9 @@ export function emit(json: boolean | undefined, value: unknown, human: () => str
   else process.stdout.write(human());
 }
 
+/** Bad usage (unknown option, missing argument, conflicting flags) exits 2, like most Unix tools. */
+export const USAGE_EXIT = 2;
+
 /** pyro's own failures exit 125, like `docker run`, so they differ from most command exit codes. */
 export const PYRO_FAILURE_EXIT = 125;
 

@@ -28,3 +28,12 @@ export function collectKeyValue(value: string, previous: Record<string, string> 
   if (at <= 0) throw new InvalidArgumentError(`expected KEY=VALUE, got '${value}'`);
   return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };
 }
+
+/** A TCP port: 1–65535, or 0 where the caller lets the system pick a free one. */
+export function portNumber(value: string, options: { allowZero: boolean }): number {
+  const min = options.allowZero ? 0 : 1;
+  if (!/^\d{1,5}$/.test(value) || Number(value) < min || Number(value) > 65535) {
+    throw new InvalidArgumentError(`port must be a number from ${min} to 65535${options.allowZero ? " (0 picks a free one)" : ""}, got '${value}'`);
+  }
+  return Number(value);
+}

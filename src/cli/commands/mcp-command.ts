@@ -1,10 +1,11 @@
 import { Command, InvalidArgumentError, Option } from "commander";
+import { portNumber } from "../parse-options.js";
 import { DEFAULT_PROFILE, MODE_NAMES, PROFILE_NAMES, type ModeName, type ProfileName } from "../../mcp/profile-names.js";
 
 function hostPort(value: string): { host: string; port: number } {
   const match = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(value);
   if (!match) throw new InvalidArgumentError(`expected HOST:PORT, e.g. 127.0.0.1:8765, got '${value}'`);
-  return { host: match[1]!.replace(/^\[|\]$/g, ""), port: Number(match[2]) };
+  return { host: match[1]!.replace(/^\[|\]$/g, ""), port: portNumber(match[2]!, { allowZero: true }) };
 }
 
 export function registerMcpCommands(program: Command): void {
@@ -14,7 +15,7 @@ export function registerMcpCommands(program: Command): void {
     .description("Serve MCP on stdio (default) or Streamable HTTP. Logs go to stderr; stdout carries MCP only.")
     .addOption(new Option("--profile <profile>", "tool profile").choices(PROFILE_NAMES).default(DEFAULT_PROFILE))
     .addOption(new Option("--mode <mode>", "workflow mode: a narrowed tool set for one recipe").choices(MODE_NAMES))
-    .option("--http <host:port>", "serve Streamable HTTP on a loopback address instead of stdio", hostPort)
+    .option("--http <host:port>", "serve Streamable HTTP on a loopback address instead of stdio (port 0 picks a free one)", hostPort)
     .option("--token <token>", "bearer token for --http (default: $PYRO_MCP_TOKEN, else a random one printed to stderr)")
     .addHelpText("after", "\nProfiles: vm-run (one-shot only), workspace-core (default), workspace-full (adds start/stop, summary, snapshots).\nModes: repro-fix, inspect, cold-start, review-eval.")
     .action(async (o: { profile: ProfileName; mode?: ModeName; http?: { host: string; port: number }; token?: string }) => {
@@ -34,8 +35,8 @@ export function registerMcpCommands(program: Command): void {
       }
       const token = o.token ?? process.env.PYRO_MCP_TOKEN ?? newToken();
       if (!o.token && !process.env.PYRO_MCP_TOKEN) process.stderr.write(`[mcp] bearer token: ${token}\n`);
-      await serveHttp({ ...o.http, token, createServer: make });
-      process.stderr.write(`[mcp] serving Streamable HTTP on http://${o.http.host.includes(":") ? `[${o.http.host}]` : o.http.host}:${o.http.port}/mcp\n`);
+      const { port } = await serveHttp({ ...o.http, token, createServer: make });
+      process.stderr.write(`[mcp] serving Streamable HTTP on http://${o.http.host.includes(":") ? `[${o.http.host}]` : o.http.host}:${port}/mcp\n`);
       await new Promise(() => undefined); // until a signal
     });
 }

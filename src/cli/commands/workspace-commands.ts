@@ -1,6 +1,6 @@
-import { readFile } from "node:fs/promises";
 import { Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
+import { readHostText } from "../host-input.js";
 import { emit, printJson, summaryLine as line } from "../output.js";
 import { collect, collectKeyValue, integerOption, secondsOption } from "../parse-options.js";
 import { registerWorkspaceFullCommands } from "./workspace-full-commands.js";
@@ -165,7 +165,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--json", "print JSON")
     .action(async (ref: string, path: string, o: { text?: string; fromFile?: string; json?: boolean }) => {
       if ((o.text === undefined) === (o.fromFile === undefined)) throw new InvalidArgumentError("give exactly one of --text or --from-file");
-      const text = o.text ?? (await readFile(o.fromFile!, "utf8"));
+      const text = o.text ?? (await readHostText(o.fromFile!, "--from-file"));
       const r = await (await pyro()).writeWorkspaceFile(ref, path, text);
       emit(o.json, r, () => line("workspace-file-write", r));
     });
@@ -179,7 +179,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--json", "print JSON")
     .action(async (ref: string, o: { patch?: string; json?: boolean }) => {
       if (!o.patch) throw new InvalidArgumentError("--patch FILE is required");
-      const text = o.patch === "-" ? await readStdin() : await readFile(o.patch, "utf8");
+      const text = await readHostText(o.patch, "--patch");
       const r = await (await pyro()).applyWorkspacePatch(ref, text);
       emit(o.json, r, () => line("workspace-patch-apply", { workspace_id: r.workspace_id }) + r.files.map((f) => `  ${f.status.padEnd(8)} ${f.path}\n`).join(""));
     });
@@ -245,10 +245,4 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
       const r = await (await pyro()).resetWorkspace(ref, { snapshot: o.snapshot });
       emit(o.json, r, () => line("workspace-reset", r));
     });
-}
-
-async function readStdin(): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString("utf8");
 }

@@ -2,7 +2,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import type { Readiness } from "../../workspaces/workspace-services.js";
 import { emit, printJson, summaryLine as line } from "../output.js";
-import { collect, integerOption, secondsOption } from "../parse-options.js";
+import { collect, integerOption, portNumber, secondsOption } from "../parse-options.js";
 
 type PyroFactory = () => Promise<Pyro>;
 
@@ -10,7 +10,14 @@ type PyroFactory = () => Promise<Pyro>;
 function publishOption(value: string, previous: { hostPort: number; guestPort: number }[] = []) {
   const m = /^(\d+):(\d+)$/.exec(value) ?? /^()(\d+)$/.exec(value);
   if (!m) throw new InvalidArgumentError(`expected HOST_PORT:GUEST_PORT (or GUEST_PORT), got '${value}'`);
-  return [...previous, { hostPort: Number(m[1] || 0), guestPort: Number(m[2]) }];
+  return [...previous, { hostPort: m[1] ? portNumber(m[1], { allowZero: true }) : 0, guestPort: portNumber(m[2]!, { allowZero: false }) }];
+}
+
+/** --ready-tcp PORT or HOST:PORT (inside the guest). */
+function readyTcpOption(value: string): { host?: string; port: number } {
+  const m = /^(?:(.+):)?([^:]+)$/.exec(value);
+  if (!m) throw new InvalidArgumentError(`expected PORT or HOST:PORT, got '${value}'`);
+  return { ...(m[1] ? { host: m[1].replace(/^\[|\]$/g, "") } : {}), port: portNumber(m[2]!, { allowZero: false }) };
 }
 
 
@@ -66,7 +73,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
   service.command("start").argument("<workspace>", "id or name").argument("<name>", "service name").argument("<command...>", "command, after --")
     .option("--cwd <path>", "directory relative to /workspace")
     .option("--ready-file <path>", "ready once this file exists (relative to /workspace)")
-    .option("--ready-tcp <host:port>", "ready once this TCP port accepts connections")
+    .option("--ready-tcp <host:port>", "ready once this TCP port accepts connections", readyTcpOption)
     .option("--ready-http <url>", "ready once this http:// URL answers 2xx/3xx")
     .option("--ready-command <command>", "ready once this command exits 0")
     .option("--ready-timeout-seconds <s>", "give up (and stop the service) after this long (default 30)", secondsOption)
@@ -77,10 +84,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .action(async (ref: string, name: string, command: string[], o: Record<string, unknown> & { json?: boolean }) => {
       const probes: Readiness[] = [];
       if (o.readyFile) probes.push({ type: "file", path: String(o.readyFile) });
-      if (o.readyTcp) {
-        const [host, port] = String(o.readyTcp).split(/:(?=\d+$)/);
-        probes.push({ type: "tcp", ...(port ? { host: host!, port: Number(port) } : { port: Number(host) }) });
-      }
+      if (o.readyTcp) probes.push({ type: "tcp", ...(o.readyTcp as { host?: string; port: number }) });
       if (o.readyHttp) probes.push({ type: "http", url: String(o.readyHttp) });
       if (o.readyCommand) probes.push({ type: "command", command: String(o.readyCommand) });
       if (probes.length > 1) throw new InvalidArgumentError("give at most one --ready-* option");
