@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { createServer, type AddressInfo } from "node:net";
 import { describe, it } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
@@ -104,9 +105,92 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
     assert.equal(await exited, 0);
     for (const line of stdout.trim().split("\n")) assert.equal(JSON.parse(line).jsonrpc, "2.0");
   });
+
+  it("answers every request it read before stdin closed, then exits", async () => {
+    const child = spawn(process.execPath, [CLI, "mcp", "serve"], { stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+    const requests = [
+      { jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } } },
+      { jsonrpc: "2.0", method: "notifications/initialized" },
+      { jsonrpc: "2.0", id: 2, method: "tools/call", params: { name: "workspace_list", arguments: {} } },
+      { jsonrpc: "2.0", id: 3, method: "tools/call", params: { name: "workspace_status", arguments: { workspace_id: "no-such-workspace" } } },
+    ];
+    // Everything at once, then EOF: the client does not wait for the answers before closing stdin.
+    child.stdin.end(requests.map((m) => JSON.stringify(m) + "\n").join(""));
+    assert.equal(await exited, 0);
+    const answers = new Map(stdout.trim().split("\n").map((line) => JSON.parse(line) as { id: number; result: { isError?: boolean; content: { text: string }[] } }).map((m) => [m.id, m]));
+    assert.deepEqual(JSON.parse(answers.get(2)!.result.content[0]!.text).workspaces, []);
+    assert.match(answers.get(3)!.result.content[0]!.text, /^WORKSPACE_NOT_FOUND/);
+  });
+
+  it("refuses two readiness checks instead of silently using one", async () => {
+    const { client } = await connectStdio(["--profile", "workspace-full"]);
+    try {
+      const r = await client.callTool({ name: "service_start", arguments: { workspace_id: "w", name: "s", command: "true", ready_file: "a", ready_tcp_port: 80 } });
+      assert.equal(r.isError, true);
+      assert.match(toolText(r), /^INVALID_ARGUMENT: give at most one of ready_file, ready_tcp_port/);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it("refuses a command larger than the guest protocol carries as INVALID_ARGUMENT, naming the limit", async () => {
+    const { client } = await connectStdio(["--profile", "workspace-full"]);
+    try {
+      const huge = "echo " + "a".repeat(2_000_000);
+      for (const [name, args] of [
+        ["workspace_exec", { workspace_id: "no-such-workspace", command: huge }],
+        ["vm_run", { environment: "debian:99", command: huge }], // checked before the environment: nothing boots
+        ["service_start", { workspace_id: "no-such-workspace", name: "s", command: huge }],
+      ] as const) {
+        const r = await client.callTool({ name, arguments: args });
+        assert.equal(r.isError, true, name);
+        assert.match(toolText(r), /^INVALID_ARGUMENT: .* takes \d+ bytes; a guest request carries at most 1048576 bytes/, name);
+      }
+    } finally {
+      await client.close();
+    }
+  });
 });
 
 describe("pyro mcp serve --http (Streamable HTTP)", () => {
+  it("binds a free port for port 0 and prints the port it bound", async () => {
+    const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:0", "--token", "t"], { stdio: ["ignore", "ignore", "pipe"] });
+    try {
+      let stderr = "";
+      child.stderr.on("data", (d) => (stderr += d));
+      while (!stderr.includes("serving")) await new Promise((r) => setTimeout(r, 20));
+      const port = Number(/http:\/\/127\.0\.0\.1:(\d+)\/mcp/.exec(stderr)?.[1]);
+      assert.ok(port > 0 && port < 65536, stderr);
+      const client = new Client({ name: "http-test", version: "1" });
+      await client.connect(new StreamableHTTPClientTransport(new URL(`http://127.0.0.1:${port}/mcp`), { requestInit: { headers: { authorization: "Bearer t", origin: `http://127.0.0.1:${port}` } } }));
+      assert.ok((await client.listTools()).tools.length > 0);
+      await client.close();
+    } finally {
+      child.kill("SIGTERM");
+    }
+  });
+
+  it("refuses a port out of range, or one already in use, with one line", async () => {
+    const range = spawnSync(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:99999", "--token", "t"], { encoding: "utf8" });
+    assert.equal(range.status, 2);
+    assert.match(range.stderr, /^error: .*port must be a number from 0 to 65535/);
+    const busy = createServer();
+    await new Promise<void>((r) => busy.listen(0, "127.0.0.1", r));
+    try {
+      const port = (busy.address() as AddressInfo).port;
+      const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", `127.0.0.1:${port}`, "--token", "t"], { stdio: ["ignore", "ignore", "pipe"] });
+      let stderr = "";
+      child.stderr.on("data", (d) => (stderr += d));
+      assert.equal(await new Promise((r) => child.on("exit", r)), 125);
+      assert.match(stderr, new RegExp(`^pyro: error \\[INVALID_ARGUMENT\\]: cannot serve on 127\\.0\\.0\\.1:${port}: the port is already in use`));
+    } finally {
+      busy.close();
+    }
+  });
+
   it("requires the bearer token, checks the origin, and serves tools", async () => {
     const port = 20000 + Math.floor(Math.random() * 20000);
     const token = "test-token-" + process.pid;

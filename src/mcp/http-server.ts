@@ -1,9 +1,11 @@
 import { randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
+import type { AddressInfo } from "node:net";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
 import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { PyroError } from "../errors.js";
+import { MCP_MAX_REQUEST_BYTES } from "./request-size.js";
 
 export interface HttpServeOptions {
   host: string;
@@ -47,22 +49,29 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > 16 * 1024 * 1024) throw new PyroError("INVALID_ARGUMENT", "request body too large");
+    if (size > MCP_MAX_REQUEST_BYTES) throw new PyroError("INVALID_ARGUMENT", `request body larger than ${MCP_MAX_REQUEST_BYTES} bytes`);
     chunks.push(chunk as Buffer);
   }
   return chunks.length ? JSON.parse(Buffer.concat(chunks).toString("utf8")) : undefined;
 }
 
-/** Streamable HTTP on a loopback address, bearer token and origin checked on every request. */
-export async function serveHttp(options: HttpServeOptions): Promise<Server> {
+/**
+ * Streamable HTTP on a loopback address, bearer token and origin checked on every request.
+ * Port 0 binds a free port; the bound one comes back (and is the one origins must name).
+ */
+export async function serveHttp(options: HttpServeOptions): Promise<{ server: Server; port: number }> {
   if (!LOOPBACK.has(options.host)) {
     throw new PyroError("INVALID_ARGUMENT", `refusing to serve on ${options.host}: pyro's MCP HTTP endpoint binds loopback addresses only (127.0.0.1, ::1, localhost)`);
   }
+  if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
+    throw new PyroError("INVALID_ARGUMENT", `port must be from 1 to 65535 (or 0 to pick a free one), got ${options.port}`);
+  }
+  let boundPort = options.port;
   const sessions = new Map<string, StreamableHTTPServerTransport>();
   const httpServer = createServer((req, res) => {
     void (async () => {
       if (!tokenMatches(req.headers.authorization, options.token)) return reject(res, 401, "missing or wrong bearer token");
-      if (!originAllowed(req.headers.origin, options.port)) return reject(res, 403, "origin not allowed");
+      if (!originAllowed(req.headers.origin, boundPort)) return reject(res, 403, "origin not allowed");
       if (!req.url?.startsWith("/mcp")) return reject(res, 404, "the MCP endpoint is /mcp");
       const sessionId = req.headers["mcp-session-id"];
       let transport = typeof sessionId === "string" ? sessions.get(sessionId) : undefined;
@@ -85,8 +94,12 @@ export async function serveHttp(options: HttpServeOptions): Promise<Server> {
     });
   });
   await new Promise<void>((resolve, rejectListen) => {
-    httpServer.once("error", rejectListen);
+    httpServer.once("error", (error: NodeJS.ErrnoException) => {
+      const why = error.code === "EADDRINUSE" ? "the port is already in use" : error.code === "EACCES" ? "permission denied" : error.message;
+      rejectListen(new PyroError("INVALID_ARGUMENT", `cannot serve on ${options.host}:${options.port}: ${why}; choose another port (0 picks a free one)`));
+    });
     httpServer.listen(options.port, options.host, () => resolve());
   });
-  return httpServer;
+  boundPort = (httpServer.address() as AddressInfo).port;
+  return { server: httpServer, port: boundPort };
 }

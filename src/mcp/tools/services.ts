@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { PyroError } from "../../errors.js";
 import type { ToolFactory } from "../tool-definition.js";
 import type { Readiness } from "../../workspaces/workspace-services.js";
 
@@ -25,15 +26,14 @@ export const serviceStart: ToolFactory = () => ({
     secret_env: z.array(z.string()).optional(),
   },
   run: (a, rt) => {
-    const readiness: Readiness | undefined = a.ready_file
-      ? { type: "file", path: String(a.ready_file) }
-      : a.ready_tcp_port
-        ? { type: "tcp", port: Number(a.ready_tcp_port) }
-        : a.ready_http_url
-          ? { type: "http", url: String(a.ready_http_url) }
-          : a.ready_command
-            ? { type: "command", command: String(a.ready_command) }
-            : undefined;
+    const probes: Readiness[] = [
+      ...(a.ready_file ? [{ type: "file" as const, path: String(a.ready_file) }] : []),
+      ...(a.ready_tcp_port ? [{ type: "tcp" as const, port: Number(a.ready_tcp_port) }] : []),
+      ...(a.ready_http_url ? [{ type: "http" as const, url: String(a.ready_http_url) }] : []),
+      ...(a.ready_command ? [{ type: "command" as const, command: String(a.ready_command) }] : []),
+    ];
+    if (probes.length > 1) throw new PyroError("INVALID_ARGUMENT", "give at most one of ready_file, ready_tcp_port, ready_http_url, ready_command");
+    const readiness = probes[0];
     return rt.pyro.startService(String(a.workspace_id), String(a.name), String(a.command), {
       ...(a.cwd ? { cwd: String(a.cwd) } : {}),
       ...(readiness ? { readiness } : {}),
