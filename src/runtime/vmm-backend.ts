@@ -39,6 +39,9 @@ export interface VmHandle {
   accel: Accelerator;
 }
 
+/** A VMM process found or recorded: enough to check, resume or kill it, not to talk to its guest. */
+export type VmProcessRef = Pick<VmHandle, "pid" | "runDir">;
+
 export interface VmExit {
   code: number | null;
   signal: string | null;
@@ -81,5 +84,17 @@ export interface VmmBackend {
   /** Reconnects to a detached VM; fails with VM_DIED if it is gone. */
   attach(handle: VmHandle, timeoutMs?: number): Promise<RunningVm>;
   /** Whether a detached VM is still running (no connection made). */
-  isRunning(handle: VmHandle): Promise<boolean>;
+  isRunning(handle: VmProcessRef): Promise<boolean>;
+  /**
+   * Kills a detached VM if the process under its pid is still that VM (pids are reused), waits
+   * until it is gone and removes its run directory. Idempotent.
+   */
+  kill(handle: VmProcessRef): Promise<void>;
+  /** Every VM of this backend whose run directory lies directly under `runRoot`, running now. */
+  findVms(runRoot: string): Promise<VmProcessRef[]>;
+  /**
+   * Resumes a detached VM left paused (a state save interrupted by a crash), cancelling a
+   * half-done save first. Returns whether it had to.
+   */
+  resumeIfPaused(handle: VmProcessRef): Promise<boolean>;
 }

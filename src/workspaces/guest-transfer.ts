@@ -10,9 +10,19 @@ const CHUNK_BYTES = 32 * 1024 * 1024;
 /** A tar pulled out of the guest in one reply. */
 const MAX_DOWNLOAD_BYTES = 120 * 1024 * 1024;
 
+/** Upload staging files: uniquely named, so ones left by an interrupted pyro can be found and swept. */
+const STAGING_DIR = "/var/tmp";
+const STAGING_PREFIX = ".pyro-upload-";
+
+/** Removes staging files an interrupted upload left in the guest (none of them is in use: callers hold the workspace lock). */
+export async function removeStaleStaging(agent: AgentClient): Promise<void> {
+  const r = await agent.exec({ command: `rm -f ${STAGING_DIR}/${STAGING_PREFIX}*.tar`, timeoutMs: 30_000 });
+  if (r.exitCode !== 0) throw new PyroError("GUEST_OPERATION_FAILED", `removing stale upload files failed: ${capturedText(r.stderr).trim()}`);
+}
+
 /** Extracts a (validated) tar into `dest` in the guest. Staged on the guest's disk, not in its RAM. */
 export async function extractTarInGuest(agent: AgentClient, tar: Buffer, dest: string): Promise<void> {
-  const staging = `/var/tmp/.pyro-upload-${randomBytes(6).toString("hex")}.tar`;
+  const staging = `${STAGING_DIR}/${STAGING_PREFIX}${randomBytes(6).toString("hex")}.tar`;
   try {
     let offset = 0;
     do {

@@ -1,12 +1,13 @@
 import { randomBytes } from "node:crypto";
-import { readFile, rm } from "node:fs/promises";
+import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { processAlive } from "../process/process-alive.js";
-import type { RunningVm, VmHandle } from "../runtime/vmm-backend.js";
+import type { RunningVm, VmmBackend } from "../runtime/vmm-backend.js";
 import { workspaceLaunchSpec } from "./boot-templates.js";
-import { nowIso, type WorkspaceContext } from "./workspace-context.js";
-import type { WorkspaceRecord } from "./workspace-record.js";
+import { replaceWithOverlay } from "./disk-chain.js";
+import { removeStaleStaging } from "./guest-transfer.js";
+import type { WorkspaceContext } from "./workspace-context.js";
+import { nowIso, type WorkspaceRecord } from "./workspace-record.js";
 import { launchNetwork } from "./workspace-network.js";
 import { loadSecrets, materializeSecrets } from "./workspace-secrets.js";
 
@@ -19,12 +20,9 @@ export function diskPath(ctx: WorkspaceContext, id: string): string {
   return join(ctx.store.dir(id), "disk.qcow2");
 }
 
-/** Replaces the workspace's live disk with an empty overlay on `backing`. */
+/** Replaces the workspace's live disk with an empty overlay on `backing` (atomically). */
 export async function layerDisk(ctx: WorkspaceContext, record: WorkspaceRecord, backing: string, format: "raw" | "qcow2"): Promise<void> {
-  const disk = diskPath(ctx, record.id);
-  await rm(disk, { force: true });
-  await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", backing, "-F", format, disk]);
-  record.disk_backing = backing;
+  await replaceWithOverlay(diskPath(ctx, record.id), backing, format);
 }
 
 /**
@@ -54,6 +52,10 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
   }
   // Secrets live in the guest's tmpfs, gone after a cold boot: put them back every time.
   await materializeSecrets(vm.agent, await loadSecrets(ctx, record.id));
+  if (record.guest_cleanup_pending) {
+    await removeStaleStaging(vm.agent);
+    record.guest_cleanup_pending = false;
+  }
   await republishPorts(record, vm);
   record.vm = { pid: vm.pid, run_dir: runDir, accel: vm.accel, started_at: nowIso(), boot_ms: vm.bootMs, start_mode: mode };
   record.unexpected_stop = null;
@@ -79,27 +81,11 @@ async function republishPorts(record: WorkspaceRecord, vm: RunningVm): Promise<v
   }
 }
 
-/** Kills a workspace VM by pid (any pyro process may do this) and waits until it is gone. */
-export async function killWorkspaceVm(handle: VmHandle): Promise<void> {
-  // The pid may have been reused since the record was written: only kill our own VMM.
-  const cmdline = await readFile(`/proc/${handle.pid}/cmdline`, "utf8").catch(() => "");
-  if (cmdline.includes(handle.runDir)) {
-    try {
-      process.kill(handle.pid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-  const deadline = Date.now() + 10_000;
-  while (cmdline.includes(handle.runDir) && processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-  await rm(handle.runDir, { recursive: true, force: true });
-}
-
 /**
  * Stops a VM gracefully: the guest syncs its disks and powers off; after `graceMs` it is killed.
  * Data is safe either way, because every pyro operation that writes syncs the guest first.
  */
-export async function stopWorkspaceVm(vm: RunningVm, graceMs = 10_000): Promise<void> {
+export async function stopWorkspaceVm(backend: VmmBackend, vm: RunningVm, graceMs = 10_000): Promise<void> {
   try {
     await vm.agent.shutdown(5_000);
   } catch {
@@ -108,5 +94,5 @@ export async function stopWorkspaceVm(vm: RunningVm, graceMs = 10_000): Promise<
   const handle = vm.detach();
   const deadline = Date.now() + graceMs;
   while (processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  await killWorkspaceVm(handle);
+  await backend.kill(handle);
 }

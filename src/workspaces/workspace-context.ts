@@ -2,8 +2,10 @@ import { EnvironmentStore } from "../environments/environment-store.js";
 import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
 import { prepareGuestRuntime, type GuestRuntime } from "../runtime/guest-runtime.js";
-import type { RunningVm, VmHandle } from "../runtime/vmm-backend.js";
-import type { WorkspaceRecord } from "./workspace-record.js";
+import type { RunningVm } from "../runtime/vmm-backend.js";
+import { removeStaleStaging } from "./guest-transfer.js";
+import { nowIso, vmHandle, type WorkspaceRecord } from "./workspace-record.js";
+import { recoverInterrupted, recoverWorkspace } from "./workspace-recovery.js";
 import { loadSecrets, Redactor } from "./workspace-secrets.js";
 import { WorkspaceStore } from "./workspace-store.js";
 
@@ -23,15 +25,20 @@ export class WorkspaceContext {
   runtime(): Promise<GuestRuntime> {
     return prepareGuestRuntime(this.paths, this.onProgress);
   }
+
+  /** Tells the user something pyro did on its own (a crash recovery): progress channel, else stderr. */
+  notice(message: string): void {
+    if (this.onProgress) this.onProgress(`pyro: ${message}`);
+    else process.stderr.write(`pyro: ${message}\n`);
+  }
+
+  /** Repairs what operations interrupted by a crash left behind; every workspace command starts with it. */
+  recoverInterrupted(): Promise<void> {
+    return recoverInterrupted(this);
+  }
 }
 
-export function nowIso(): string {
-  return new Date().toISOString();
-}
-
-export function vmHandle(record: WorkspaceRecord): VmHandle | undefined {
-  return record.vm ? { pid: record.vm.pid, runDir: record.vm.run_dir, accel: record.vm.accel } : undefined;
-}
+export { nowIso, vmHandle };
 
 /**
  * Brings the record in line with reality: a VM that died behind pyro's back (kill -9, host crash)
@@ -53,15 +60,23 @@ export async function reconcileVm(ctx: WorkspaceContext, record: WorkspaceRecord
  * Runs `fn` on a running workspace under its lock, connected to its agent. The VM keeps running
  * afterwards (detached), whatever `fn` does.
  */
-export async function withRunningWorkspace<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord, vm: RunningVm, session: WorkspaceSession) => Promise<T>): Promise<T> {
-  const { id } = await ctx.store.resolve(ref);
-  return ctx.store.withLock(id, async () => {
-    const record = await ctx.store.resolve(id);
+export async function withRunningWorkspace<T>(
+  ctx: WorkspaceContext,
+  ref: string,
+  fn: (record: WorkspaceRecord, vm: RunningVm, session: WorkspaceSession) => Promise<T>,
+  purpose = "an operation",
+): Promise<T> {
+  return withLockedWorkspace(ctx, ref, async (record) => {
     if (!(await reconcileVm(ctx, record))) {
       throw new PyroError("WORKSPACE_STOPPED", `workspace ${record.id} is stopped; start it with 'pyro workspace start ${record.id}'`, { workspace: record.id });
     }
     const runtime = await ctx.runtime();
     const vm = await runtime.backend.attach(vmHandle(record)!);
+    if (record.guest_cleanup_pending) {
+      await removeStaleStaging(vm.agent);
+      record.guest_cleanup_pending = false;
+      await ctx.store.write(record);
+    }
     const secrets = await loadSecrets(ctx, record.id);
     const redactor = new Redactor(secrets);
     try {
@@ -73,7 +88,7 @@ export async function withRunningWorkspace<T>(ctx: WorkspaceContext, ref: string
     } finally {
       vm.detach();
     }
-  });
+  }, purpose);
 }
 
 /** Per-operation facts about a running workspace beyond its record. */
@@ -82,8 +97,16 @@ export interface WorkspaceSession {
   redactor: Redactor;
 }
 
-/** Like withRunningWorkspace, for operations that handle any VM state themselves. */
-export async function withLockedWorkspace<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord) => Promise<T>): Promise<T> {
+/**
+ * Like withRunningWorkspace, for operations that handle any VM state themselves. `purpose` is
+ * what the lock says this process is doing: what recovery reports if it is cut short.
+ */
+export async function withLockedWorkspace<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord) => Promise<T>, purpose = "an operation"): Promise<T> {
+  await ctx.recoverInterrupted();
   const { id } = await ctx.store.resolve(ref);
-  return ctx.store.withLock(id, async () => fn(await ctx.store.resolve(id)));
+  return ctx.store.withLock(id, purpose, async (interrupted) => {
+    // Its holder died between the sweep above and now: repair before use.
+    if (interrupted) await recoverWorkspace(ctx, id, interrupted);
+    return fn(await ctx.store.resolve(id));
+  });
 }

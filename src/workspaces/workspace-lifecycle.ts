@@ -1,4 +1,3 @@
-import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { writeFileAtomic } from "../storage/atomic-file.js";
@@ -7,7 +6,7 @@ import { prepareTree } from "./archive-safety.js";
 import { ensureBootTemplate } from "./boot-templates.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import { extractTarInGuest, packInGuest } from "./guest-transfer.js";
-import { bootWorkspace, killWorkspaceVm, layerDisk, stopWorkspaceVm } from "./workspace-boot.js";
+import { bootWorkspace, layerDisk, stopWorkspaceVm } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
 import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
@@ -55,6 +54,8 @@ export interface WorkspaceView {
   seed: WorkspaceRecord["seed"];
   vm: { pid: number; accel: string; boot_ms: number; start_mode: string } | null;
   unexpected_stop: string | null;
+  /** What pyro repaired after an interrupted operation on this workspace, if anything. */
+  recovery: string | null;
 }
 
 export function viewOf(record: WorkspaceRecord): WorkspaceView {
@@ -77,6 +78,7 @@ export function viewOf(record: WorkspaceRecord): WorkspaceView {
     seed: record.seed,
     vm: record.vm ? { pid: record.vm.pid, accel: record.vm.accel, boot_ms: record.vm.boot_ms, start_mode: record.vm.start_mode } : null,
     unexpected_stop: record.unexpected_stop,
+    recovery: record.recovery,
   };
 }
 
@@ -114,6 +116,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   checkShape(shape.vcpuCount, shape.memMib, options.ttlSeconds);
   if (options.name !== undefined) await ctx.store.assertNameFree(validateName(options.name));
   checkLabels(options.labels ?? {});
+  await ctx.recoverInterrupted();
   await reapExpired(ctx);
   // Validate the seed and secrets before booting anything: a hostile archive costs nothing.
   const tree = options.seedPath ? await prepareTree(options.seedPath) : undefined;
@@ -122,7 +125,6 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   const env = await ctx.environments.require(environment);
   const runtime = await ctx.runtime();
   const id = newWorkspaceId();
-  await ctx.store.createDir(id);
   const now = nowIso();
   const record: WorkspaceRecord = {
     layout: WORKSPACE_LAYOUT,
@@ -139,17 +141,21 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     allow_hosts: network.allow,
     services: {},
     ttl_seconds: options.ttlSeconds ?? null,
-    disk_backing: env.imagePath,
     vm: null,
     seed: tree ? { mode: tree.mode, origin: tree.origin, files: tree.summary.files, bytes: tree.summary.bytes } : { mode: "empty", origin: null, files: 0, bytes: 0 },
     command_count: 0,
     snapshots: [],
     secret_names: Object.keys(secrets).sort(),
     unexpected_stop: null,
+    recovery: null,
+    guest_cleanup_pending: false,
   };
-  let vm: RunningVm | undefined;
-  try {
-    return await ctx.store.withLock(id, async () => {
+  // Locked before its directory exists: a directory without a record and without a live lock
+  // holder is then always an interrupted create, which recovery removes (secrets included).
+  return ctx.store.withLock(id, "create", async () => {
+    let vm: RunningVm | undefined;
+    try {
+      await ctx.store.createDir(id);
       await saveSecrets(ctx, id, secrets);
       // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
       const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, shape).catch(() => undefined) : undefined;
@@ -164,12 +170,12 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
       await ctx.store.write(record);
       vm.detach();
       return { ...viewOf(record), create_ms: Date.now() - started };
-    });
-  } catch (error) {
-    if (vm) await vm.dispose();
-    await ctx.store.remove(id);
-    throw error;
-  }
+    } catch (error) {
+      if (vm) await vm.dispose();
+      await ctx.store.remove(id);
+      throw error;
+    }
+  });
 }
 
 /** Deletes workspaces whose TTL ran out since their last mutating activity. */
@@ -186,6 +192,7 @@ export async function reapExpired(ctx: WorkspaceContext): Promise<string[]> {
 }
 
 export async function listWorkspaces(ctx: WorkspaceContext): Promise<{ count: number; workspaces: WorkspaceView[] }> {
+  await ctx.recoverInterrupted();
   await reapExpired(ctx);
   const records = await ctx.store.list();
   for (const record of records) await reconcileVm(ctx, record);
@@ -194,6 +201,7 @@ export async function listWorkspaces(ctx: WorkspaceContext): Promise<{ count: nu
 }
 
 export async function workspaceStatus(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
+  await ctx.recoverInterrupted();
   const record = await ctx.store.resolve(ref);
   await reconcileVm(ctx, record);
   return viewOf(record);
@@ -215,7 +223,7 @@ export async function updateWorkspace(ctx: WorkspaceContext, ref: string, change
     record.updated_at = nowIso();
     await ctx.store.write(record);
     return viewOf(record);
-  });
+  }, "update");
 }
 
 export async function stopWorkspace(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
@@ -224,16 +232,16 @@ export async function stopWorkspace(ctx: WorkspaceContext, ref: string): Promise
       const runtime = await ctx.runtime();
       const handle = vmHandle(record)!;
       try {
-        await stopWorkspaceVm(await runtime.backend.attach(handle, 10_000));
+        await stopWorkspaceVm(runtime.backend, await runtime.backend.attach(handle, 10_000));
       } catch {
-        await killWorkspaceVm(handle);
+        await runtime.backend.kill(handle);
       }
     }
     record.vm = null;
     record.updated_at = nowIso();
     await ctx.store.write(record);
     return viewOf(record);
-  });
+  }, "stop");
 }
 
 /** Boots a stopped workspace from its disk (files kept; processes and /tmp start fresh). */
@@ -244,17 +252,22 @@ export async function startWorkspace(ctx: WorkspaceContext, ref: string): Promis
     vm.detach();
     await ctx.store.write(record);
     return viewOf(record);
-  });
+  }, "start");
 }
 
 export async function deleteWorkspace(ctx: WorkspaceContext, ref: string): Promise<{ workspace_id: string; deleted: true }> {
-  const { id } = await ctx.store.resolve(ref);
-  await ctx.store.withLock(id, async () => {
-    const record = await ctx.store.resolve(id);
-    const handle = vmHandle(record);
-    if (handle) await killWorkspaceVm(handle);
-  });
-  await ctx.store.remove(id);
-  await rm(`${ctx.store.dir(id)}.lock`, { recursive: true, force: true });
-  return { workspace_id: id, deleted: true };
+  return withLockedWorkspace(
+    ctx,
+    ref,
+    async (record) => {
+      // The record goes first (store.remove renames the directory away): a crash after that leaves
+      // a VM no record owns, which the next pyro command stops.
+      await ctx.store.remove(record.id, async () => {
+        const handle = vmHandle(record);
+        if (handle) await (await ctx.runtime()).backend.kill(handle);
+      });
+      return { workspace_id: record.id, deleted: true as const };
+    },
+    "delete",
+  );
 }

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import type { VmHandle } from "../runtime/vmm-backend.js";
 
 /** Bumped when the on-disk layout changes incompatibly. */
 export const WORKSPACE_LAYOUT = 1;
@@ -9,8 +10,6 @@ export const SnapshotRecord = z.object({
   /** Files inside snapshots/<name>/. */
   state_file: z.string(),
   disk_file: z.string(),
-  /** The disk this snapshot's disk is layered on (a template, another snapshot, or the base image). */
-  backing: z.string(),
 });
 export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
 
@@ -30,8 +29,6 @@ export const WorkspaceRecord = z.object({
   /** Egress allowlist (host names, CIDRs); empty = any public destination. */
   allow_hosts: z.array(z.string()).default([]),
   ttl_seconds: z.number().nullable(),
-  /** The qcow2 file the live disk is layered on. */
-  disk_backing: z.string(),
   vm: z
     .object({
       pid: z.number().int(),
@@ -67,6 +64,10 @@ export const WorkspaceRecord = z.object({
     .default({}),
   /** Why the VM last stopped when pyro did not stop it (crash, kill -9). */
   unexpected_stop: z.string().nullable(),
+  /** What the last recovery from an interrupted pyro operation did, for `status` to tell. */
+  recovery: z.string().nullable().default(null),
+  /** An interrupted operation may have left staging files in the guest: remove them when it next runs. */
+  guest_cleanup_pending: z.boolean().default(false),
 });
 export type WorkspaceRecord = z.infer<typeof WorkspaceRecord>;
 
@@ -84,3 +85,12 @@ export const CommandLogEntry = z.object({
   stderr_truncated: z.boolean(),
 });
 export type CommandLogEntry = z.infer<typeof CommandLogEntry>;
+
+export function nowIso(): string {
+  return new Date().toISOString();
+}
+
+/** How to reach the record's VM, if it has one. */
+export function vmHandle(record: WorkspaceRecord): VmHandle | undefined {
+  return record.vm ? { pid: record.vm.pid, runDir: record.vm.run_dir, accel: record.vm.accel } : undefined;
+}

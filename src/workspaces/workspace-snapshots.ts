@@ -3,7 +3,8 @@ import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
-import { bootWorkspace, diskPath, killWorkspaceVm } from "./workspace-boot.js";
+import { backingChain } from "./disk-chain.js";
+import { bootWorkspace, diskPath } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { SnapshotRecord, WorkspaceRecord } from "./workspace-record.js";
 import { validateName } from "./workspace-store.js";
@@ -41,7 +42,7 @@ export async function saveSnapshot(ctx: WorkspaceContext, record: WorkspaceRecor
     await rm(dir, { recursive: true, force: true });
     throw error;
   }
-  return { name, created_at: nowIso(), state_file: "state.bin", disk_file: "disk.qcow2", backing: record.disk_backing };
+  return { name, created_at: nowIso(), state_file: "state.bin", disk_file: "disk.qcow2" };
 }
 
 export async function createSnapshot(ctx: WorkspaceContext, ref: string, name: string): Promise<SnapshotView & { workspace_id: string }> {
@@ -54,10 +55,11 @@ export async function createSnapshot(ctx: WorkspaceContext, ref: string, name: s
     record.updated_at = nowIso();
     await ctx.store.write(record);
     return { workspace_id: record.id, name, created_at: snapshot.created_at };
-  });
+  }, "snapshot create");
 }
 
 export async function listSnapshots(ctx: WorkspaceContext, ref: string): Promise<{ workspace_id: string; count: number; snapshots: SnapshotView[] }> {
+  await ctx.recoverInterrupted();
   const record = await ctx.store.resolve(ref);
   return { workspace_id: record.id, count: record.snapshots.length, snapshots: record.snapshots.map(({ name, created_at }) => ({ name, created_at })) };
 }
@@ -69,7 +71,10 @@ export async function deleteSnapshot(ctx: WorkspaceContext, ref: string, name: s
     if (!snapshot) throw new PyroError("SNAPSHOT_NOT_FOUND", `workspace ${record.id} has no snapshot '${name}'; see 'pyro workspace snapshot list ${record.id}'`);
     const disk = join(snapshotDir(ctx, record.id, name), snapshot.disk_file);
     // Disks layer on each other: one that others build on cannot go without losing their data.
-    const dependents = [...(record.disk_backing === disk ? ["the current disk"] : []), ...record.snapshots.filter((s) => s.backing === disk).map((s) => `snapshot '${s.name}'`)];
+    // Which ones do is read from the images (not remembered), so an interrupted reset cannot make it wrong.
+    const layered = [{ what: "the current disk", path: diskPath(ctx, record.id) }, ...record.snapshots.filter((s) => s.name !== name).map((s) => ({ what: `snapshot '${s.name}'`, path: join(snapshotDir(ctx, record.id, s.name), s.disk_file) }))];
+    const dependents: string[] = [];
+    for (const { what, path } of layered) if ((await backingChain(path)).includes(disk)) dependents.push(what);
     if (dependents.length) {
       throw new PyroError("INVALID_ARGUMENT", `snapshot '${name}' is the base of ${dependents.join(" and ")}; reset to another snapshot first`);
     }
@@ -78,7 +83,7 @@ export async function deleteSnapshot(ctx: WorkspaceContext, ref: string, name: s
     record.updated_at = nowIso();
     await ctx.store.write(record);
     return { workspace_id: record.id, deleted: name };
-  });
+  }, "snapshot delete");
 }
 
 /**
@@ -91,13 +96,17 @@ export async function resetWorkspace(ctx: WorkspaceContext, ref: string, name = 
     const snapshot = record.snapshots.find((s) => s.name === name);
     if (!snapshot) throw new PyroError("SNAPSHOT_NOT_FOUND", `workspace ${record.id} has no snapshot '${name}'; see 'pyro workspace snapshot list ${record.id}'`);
     const handle = vmHandle(record);
-    if (handle && (await reconcileVm(ctx, record))) await killWorkspaceVm(handle);
+    const runtime = await ctx.runtime();
+    if (handle && (await reconcileVm(ctx, record))) await runtime.backend.kill(handle);
+    // Recorded before the disk changes: a crash from here on leaves a stopped workspace, truthfully.
     record.vm = null;
+    record.updated_at = nowIso();
+    await ctx.store.write(record);
     const dir = snapshotDir(ctx, record.id, name);
     const vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: join(dir, snapshot.state_file), diskPath: join(dir, snapshot.disk_file), mode: "snapshot_restore" });
     vm.detach();
     record.last_activity_at = record.updated_at = nowIso();
     await ctx.store.write(record);
     return { workspace_id: record.id, snapshot: name, reset_ms: Date.now() - started, start_mode: record.vm!.start_mode };
-  });
+  }, "reset");
 }

@@ -1,13 +1,15 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, readdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
-import lockfile from "proper-lockfile";
 import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
 import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
+import { acquireLock, tryAcquireLock, type LockOwner } from "../storage/process-lock.js";
 import { WorkspaceRecord } from "./workspace-record.js";
 
 const ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567";
+/** How long an operation waits for another pyro process to finish with the same workspace. */
+const LOCK_WAIT_MS = 300_000;
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
 /** 100 random bits, base32: unguessable, typeable. */
@@ -81,35 +83,49 @@ export class WorkspaceStore {
     return dir;
   }
 
-  /** Removes a workspace's files; the record goes first (by rename) so a crash never leaves half a workspace listed. */
-  async remove(id: string): Promise<void> {
+  /**
+   * Removes a workspace's files; the record goes first (by rename) so a crash never leaves half a
+   * workspace listed. `whileUnlisted` runs between the two (delete stops the VM there).
+   */
+  async remove(id: string, whileUnlisted?: () => Promise<void>): Promise<void> {
     const dir = this.dir(id);
     const doomed = join(this.rootDir, `.deleted-${id}-${process.pid}`);
     await rename(dir, doomed).catch(() => undefined);
+    await whileUnlisted?.();
     await rm(doomed, { recursive: true, force: true });
     await rm(this.runDir(id), { recursive: true, force: true });
   }
 
+  lockPath(id: string): string {
+    return `${this.dir(id)}.lock`;
+  }
+
   /**
    * Runs `fn` holding the workspace's lock, so concurrent pyro processes never interleave on one
-   * workspace. The lock is refreshed while held and broken if its holder died.
+   * workspace. A lock whose holder died is taken over at once (owner pid + start time, no timeout).
    */
-  async withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    let release: () => Promise<void>;
+  async withLock<T>(id: string, purpose: string, fn: (interrupted: LockOwner | undefined) => Promise<T>): Promise<T> {
+    await mkdir(this.rootDir, { recursive: true, mode: 0o700 });
+    const held = await acquireLock(this.lockPath(id), purpose, LOCK_WAIT_MS);
+    if (!held) throw new PyroError("WORKSPACE_BUSY", `workspace ${id} is busy in another pyro process; try again when it finishes`, { workspace: id });
     try {
-      release = await lockfile.lock(this.dir(id), {
-        stale: 20_000,
-        update: 5_000,
-        retries: { retries: 600, minTimeout: 50, maxTimeout: 500, factor: 1.2 },
-        realpath: false,
-      });
-    } catch (error) {
-      throw new PyroError("WORKSPACE_BUSY", `workspace ${id} is busy in another pyro process: ${(error as Error).message}`);
-    }
-    try {
-      return await fn();
+      return await fn(held.interrupted);
     } finally {
-      await release().catch(() => undefined);
+      await held.release().catch(() => undefined);
+    }
+  }
+
+  /** Like withLock, but returns BUSY at once instead of waiting for a live holder. */
+  async tryWithLock<T>(id: string, purpose: string, fn: (interrupted: LockOwner | undefined) => Promise<T>): Promise<T | typeof BUSY> {
+    await mkdir(this.rootDir, { recursive: true, mode: 0o700 });
+    const held = await tryAcquireLock(this.lockPath(id), purpose);
+    if (!held) return BUSY;
+    try {
+      return await fn(held.interrupted);
+    } finally {
+      await held.release().catch(() => undefined);
     }
   }
 }
+
+export const BUSY = Symbol("busy");

@@ -1,13 +1,14 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, rmSync } from "node:fs";
-import { mkdir, open, readFile, rm } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, rm } from "node:fs/promises";
+import { basename, dirname } from "node:path";
 import { PyroError } from "../../errors.js";
 import { AgentClient } from "../../guest-protocol/agent-client.js";
 import type { HelloInfo } from "../../guest-protocol/messages.js";
 import { registerExitCleanup, shuttingDown } from "../../process/exit-cleanup.js";
 import { findExecutable } from "../../process/host-command.js";
 import { processAlive } from "../../process/process-alive.js";
-import type { Accelerator, RunningVm, VmExit, VmHandle, VmLaunchSpec, VmmBackend } from "../vmm-backend.js";
+import type { Accelerator, RunningVm, VmExit, VmHandle, VmLaunchSpec, VmmBackend, VmProcessRef } from "../vmm-backend.js";
 import { buildQemuArgs, runFiles } from "./qemu-args.js";
 import { shellQuote } from "../../process/shell-quote.js";
 import { QmpClient } from "./qmp-client.js";
@@ -107,15 +108,66 @@ export class QemuBackend implements VmmBackend {
     }
   }
 
-  async isRunning(handle: VmHandle): Promise<boolean> {
+  async isRunning(handle: VmProcessRef): Promise<boolean> {
     if (!processAlive(handle.pid)) return false;
     // Guard against pid reuse: the process must be a VMM using this run directory.
-    const cmdline = await readFile(`/proc/${handle.pid}/cmdline`, "utf8").catch(() => "");
-    return cmdline.includes(runFiles(handle.runDir).agentSocket);
+    return (await readCmdline(handle.pid)).includes(runFiles(handle.runDir).agentSocket);
+  }
+
+  async kill(handle: VmProcessRef): Promise<void> {
+    const ours = await this.isRunning(handle);
+    if (ours) {
+      try {
+        process.kill(handle.pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+      const deadline = Date.now() + 10_000;
+      while (processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    }
+    await rm(handle.runDir, { recursive: true, force: true });
+  }
+
+  async findVms(runRoot: string): Promise<VmProcessRef[]> {
+    const found: VmProcessRef[] = [];
+    const entries = await readdir("/proc").catch(() => [] as string[]);
+    for (const entry of entries) {
+      if (!/^\d+$/.test(entry)) continue;
+      const args = (await readCmdline(Number(entry))).split("\0");
+      // The agent socket names the run directory: <runDir>/agent.sock, in the -chardev argument.
+      if (args[0] !== this.options.qemuBinary && basename(args[0] ?? "") !== basename(this.options.qemuBinary)) continue;
+      for (const arg of args) {
+        const match = /(?:^|,)path=([^,]+)\/agent\.sock(?:,|$)/.exec(arg);
+        if (match && dirname(match[1]!) === runRoot) {
+          found.push({ pid: Number(entry), runDir: match[1]! });
+          break;
+        }
+      }
+    }
+    return found;
+  }
+
+  async resumeIfPaused(handle: VmProcessRef): Promise<boolean> {
+    const qmp = await QmpClient.connect(runFiles(handle.runDir).qmpSocket, Date.now() + 10_000);
+    try {
+      const { status } = (await qmp.execute("query-status")) as { status: string };
+      if (status === "running") return false;
+      const migration = (await qmp.execute("query-migrate")) as { status?: string };
+      if (migration.status && !["completed", "failed", "cancelled"].includes(migration.status)) {
+        await qmp.execute("migrate_cancel");
+        await qmp.waitForMigration(Date.now() + 30_000).catch(() => undefined);
+      }
+      await qmp.execute("cont");
+      return true;
+    } finally {
+      qmp.close();
+    }
   }
 
   async attach(handle: VmHandle, timeoutMs = 30_000): Promise<RunningVm> {
     if (!(await this.isRunning(handle))) throw new PyroError("VM_DIED", `the VM (pid ${handle.pid}) is not running`);
+    // A guest left paused (pyro killed while saving it) would never answer: resume it first.
+    await this.resumeIfPaused(handle);
     const vm = new QemuVm(handle.runDir, handle.accel, 1, { pid: handle.pid, ownsRunDir: false });
     const deadline = Date.now() + timeoutMs;
     const started = Date.now();
@@ -129,6 +181,10 @@ export class QemuBackend implements VmmBackend {
       throw error;
     }
   }
+}
+
+async function readCmdline(pid: number): Promise<string> {
+  return readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
 }
 
 function lastLine(text: string): string {

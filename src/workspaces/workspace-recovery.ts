@@ -1,0 +1,145 @@
+import { readdir, rm, stat } from "node:fs/promises";
+import { basename, join } from "node:path";
+import { processAlive } from "../process/process-alive.js";
+import { deadHolder, lockHolder, sweepLockScratch, type LockOwner } from "../storage/process-lock.js";
+import type { VmmBackend } from "../runtime/vmm-backend.js";
+import { partialOverlayPath } from "./disk-chain.js";
+import { removeStaleStaging } from "./guest-transfer.js";
+import { diskPath } from "./workspace-boot.js";
+import type { WorkspaceContext } from "./workspace-context.js";
+import { nowIso, vmHandle } from "./workspace-record.js";
+
+/**
+ * Crash recovery. Every workspace operation holds the workspace's lock, and the lock names its
+ * holder (pid + start time) and what it was doing; a lock whose holder is dead therefore marks an
+ * operation cut short (kill -9, OOM, host reboot). The next pyro command that comes by repairs
+ * what such an operation can leave, says what it did, and records it in the workspace's status:
+ * a VM no record owns, a VM left paused, a half-written snapshot, a workspace without a committed
+ * record (and its secrets), temp files on the host and staging files in the guest.
+ */
+
+const WORKSPACE_ID = /^ws-[a-z2-7]+$/;
+const DELETED_DIR = /^\.deleted-ws-[a-z2-7]+-(\d+)$/;
+const LOCK_DIR = /^(ws-[a-z2-7]+)\.lock$/;
+
+/** Files and folders in a workspace directory that only exist while an operation runs. */
+function isOperationScratch(ctx: WorkspaceContext, id: string, name: string): boolean {
+  return /^\..+\.tmp$/.test(name) || name.startsWith(".disk-") || name === basename(partialOverlayPath(diskPath(ctx, id)));
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+function describe(interrupted: LockOwner | undefined): string {
+  return interrupted ? `an interrupted '${interrupted.purpose}' (pyro pid ${interrupted.pid})` : "an interrupted pyro operation";
+}
+
+/**
+ * Repairs one workspace after an interrupted operation. Call only while holding its lock.
+ * Idempotent: running it on a healthy workspace changes nothing but the recovery note.
+ */
+export async function recoverWorkspace(ctx: WorkspaceContext, id: string, interrupted: LockOwner | undefined): Promise<string[]> {
+  const backend = (await ctx.runtime()).backend;
+  const dir = ctx.store.dir(id);
+  const record = await ctx.store.read(id);
+  const notes: string[] = [];
+  const strays = (await backend.findVms(ctx.paths.runtimeDir)).filter((vm) => vm.runDir === ctx.store.runDir(id) && vm.pid !== record?.vm?.pid);
+  if (!record) {
+    // A record that exists but does not validate may be a newer pyro's: never delete what we cannot read.
+    if (await exists(ctx.store.recordPath(id))) return notes;
+    for (const vm of strays) await backend.kill(vm);
+    await ctx.store.remove(id);
+    const vms = strays.length ? ` and stopped its VM (pid ${strays.map((v) => v.pid).join(", ")})` : "";
+    notes.push(`workspace ${id} was left half-created or half-deleted by ${describe(interrupted)}: removed its files (disk and secrets included)${vms}`);
+    for (const note of notes) ctx.notice(note);
+    return notes;
+  }
+  for (const vm of strays) {
+    await backend.kill(vm);
+    notes.push(`stopped a VM (pid ${vm.pid}) that no record owned`);
+  }
+  const handle = vmHandle(record);
+  if (handle && !(await backend.isRunning(handle))) {
+    record.vm = null;
+    record.unexpected_stop = `the VM (pid ${handle.pid}) was stopped by ${describe(interrupted)}; files written before are kept — start it again with 'pyro workspace start ${id}'`;
+    notes.push("its VM was not running: recorded as stopped");
+  } else if (handle && (await backend.resumeIfPaused(handle).catch(() => false))) {
+    notes.push("resumed its VM, which was left paused");
+  }
+  const known = new Set(record.snapshots.map((s) => s.name));
+  for (const name of await readdir(join(dir, "snapshots")).catch(() => [] as string[])) {
+    if (known.has(name)) continue;
+    await rm(join(dir, "snapshots", name), { recursive: true, force: true });
+    notes.push(`removed the incomplete snapshot '${name}'`);
+  }
+  let scratch = 0;
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (!isOperationScratch(ctx, id, name)) continue;
+    await rm(join(dir, name), { recursive: true, force: true });
+    scratch++;
+  }
+  if (scratch) notes.push(`removed ${scratch} temporary file(s) from its state directory`);
+  // Any operation may have been uploading: sweep the guest's staging files now or at its next boot.
+  record.guest_cleanup_pending = true;
+  if (record.vm) {
+    try {
+      const vm = await backend.attach(vmHandle(record)!, 15_000);
+      try {
+        await removeStaleStaging(vm.agent);
+        record.guest_cleanup_pending = false;
+      } finally {
+        vm.detach();
+      }
+    } catch {
+      // The guest does not answer now; the next operation that reaches it sweeps.
+    }
+  }
+  const summary = notes.length ? notes.join("; ") : "nothing was left half-done";
+  record.recovery = `${nowIso()} recovered from ${describe(interrupted)}: ${summary}`;
+  record.updated_at = nowIso();
+  await ctx.store.write(record);
+  ctx.notice(`workspace ${id}: recovered from ${describe(interrupted)}: ${summary}`);
+  return notes;
+}
+
+/**
+ * Finds and repairs what interrupted operations left anywhere in this state directory. Cheap when
+ * there is nothing to do (a directory listing, a few stats, a /proc scan when VMs exist); a
+ * workspace busy in a live process is left to that process.
+ */
+export async function recoverInterrupted(ctx: WorkspaceContext): Promise<void> {
+  const root = ctx.store.rootDir;
+  const names = await readdir(root).catch(() => [] as string[]);
+  await sweepLockScratch(root);
+  const ids = new Set(names.filter((n) => WORKSPACE_ID.test(n)));
+  const suspects = new Set<string>();
+  for (const name of names) {
+    const deleted = DELETED_DIR.exec(name);
+    if (deleted && !processAlive(Number(deleted[1]))) await rm(join(root, name), { recursive: true, force: true });
+    const lock = LOCK_DIR.exec(name);
+    // A lock without a workspace: a delete (or a create before its first file) that was cut short.
+    if (lock && !ids.has(lock[1]!) && !(await lockHolder(join(root, name)))) await rm(join(root, name), { recursive: true, force: true });
+  }
+  for (const id of ids) {
+    if ((await deadHolder(ctx.store.lockPath(id))) || !(await exists(ctx.store.recordPath(id)))) suspects.add(id);
+  }
+  const runDirs = (await readdir(ctx.paths.runtimeDir).catch(() => [] as string[])).filter((n) => WORKSPACE_ID.test(n));
+  if (runDirs.length) {
+    const backend: VmmBackend = (await ctx.runtime()).backend;
+    for (const vm of await backend.findVms(ctx.paths.runtimeDir)) {
+      const id = basename(vm.runDir);
+      if (!WORKSPACE_ID.test(id)) continue; // one-shot and template VMs die with the process that started them
+      const record = ids.has(id) ? await ctx.store.read(id) : undefined;
+      if (record?.vm?.pid !== vm.pid) suspects.add(id);
+    }
+  }
+  for (const id of suspects) {
+    await ctx.store.tryWithLock(id, "recovery", (interrupted) => recoverWorkspace(ctx, id, interrupted)).catch((error: Error) => {
+      ctx.notice(`workspace ${id}: recovery from an interrupted operation failed: ${error.message}`);
+    });
+  }
+}
