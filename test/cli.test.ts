@@ -33,6 +33,9 @@ describe("pyro CLI", () => {
       [["workspace", "file", "write", "W", "x", "--text", "a", "--from-file", "b"], /^error: give exactly one of --text or --from-file$/m],
       [["workspace", "patch", "apply", "W"], /^error: --patch FILE is required$/m],
       [["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-tcp", "80", "--", "true"], /^error: give at most one --ready-\* option$/m],
+      [["workspace", "service", "start", "W", "s", "--ready-timeout-seconds", "5", "--", "true"], /^error: --ready-timeout-seconds and --ready-interval-ms need a readiness check/m],
+      [["mcp", "serve", "--token", "t"], /^error: --token applies to --http only/m],
+      [["workspace", "create", "debian:12", "--id-only", "--json"], /^error: option '--id-only' cannot be used with option '--json'$/m],
     ] as const) {
       const r = pyro([...args]);
       assert.equal(r.code, 2, args.join(" "));

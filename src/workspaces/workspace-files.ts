@@ -86,11 +86,11 @@ function patchTarget(name: string | undefined): string | undefined {
   return /^[ab]\//.test(clean) ? clean.slice(2) : clean;
 }
 
-async function readTextOrUndefined(agent: AgentClient, path: string): Promise<string | undefined> {
+async function readBytesOrUndefined(agent: AgentClient, path: string): Promise<Buffer | undefined> {
   try {
-    return (await readWholeFile(agent, path, MAX_TEXT_BYTES)).toString("utf8");
+    return await readWholeFile(agent, path, MAX_TEXT_BYTES);
   } catch (error) {
-    if (isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "not_found") return undefined;
+    if (isNotFound(error)) return undefined;
     throw error;
   }
 }
@@ -108,9 +108,68 @@ export interface PatchResult {
   files: { path: string; status: "modified" | "added" | "deleted" }[];
 }
 
+function isNotFound(error: unknown): boolean {
+  return isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "not_found";
+}
+
+async function removeIfPresent(agent: AgentClient, path: string): Promise<void> {
+  await agent.remove(path).catch((error: unknown) => {
+    if (!isNotFound(error)) throw error;
+  });
+}
+
+interface PlannedChange {
+  guestPath: string;
+  display: string;
+  status: PatchResult["files"][number]["status"];
+  content: string;
+  mode: number;
+  /** The target's bytes before the patch; undefined when it did not exist. */
+  previous: Buffer | undefined;
+}
+
+/**
+ * Writes every planned change, or none: when a write fails midway (disk full, an immutable file),
+ * the files already written get their previous content (or absence) back. The write that failed
+ * changed nothing: the agent writes through a temp file and a rename.
+ */
+async function writePlanned(agent: AgentClient, planned: PlannedChange[]): Promise<void> {
+  const touched: PlannedChange[] = [];
+  let failed = "";
+  try {
+    for (const change of planned) {
+      failed = change.display;
+      if (change.status === "deleted") await agent.remove(change.guestPath);
+      else await agent.writeFile(change.guestPath, change.content, { mode: change.mode });
+      touched.push(change);
+    }
+  } catch (error) {
+    const unrestored: string[] = [];
+    for (const change of touched.reverse()) {
+      try {
+        if (change.previous !== undefined) await agent.writeFile(change.guestPath, change.previous, { mode: change.mode });
+        else await removeIfPresent(agent, change.guestPath);
+      } catch {
+        unrestored.push(change.display);
+      }
+    }
+    await agent.sync().catch(() => undefined);
+    const why = error instanceof Error ? error.message : String(error);
+    throw new PyroError(
+      "PATCH_FAILED",
+      unrestored.length
+        ? `writing ${failed} failed (${why}) and ${unrestored.join(", ")} could not be restored: the patch is partly applied; check with workspace diff`
+        : `writing ${failed} failed (${why}); the files already written were restored, so nothing was changed`,
+      { file: failed, ...(unrestored.length ? { unrestored } : {}) },
+      { cause: error },
+    );
+  }
+}
+
 /**
  * Applies a unified diff (one or many files, creations and deletions). Every file is patched in
- * memory first; if any hunk fails, nothing is written and the error names the file and hunk.
+ * memory first; if any hunk fails, nothing is written and the error names the file and hunk. If a
+ * write fails midway, what was written is rolled back.
  */
 export async function applyWorkspacePatch(ctx: WorkspaceContext, ref: string, patchText: string): Promise<PatchResult> {
   let patches: StructuredPatch[];
@@ -121,18 +180,21 @@ export async function applyWorkspacePatch(ctx: WorkspaceContext, ref: string, pa
   }
   if (patches.length === 0) throw new PyroError("PATCH_FAILED", "the patch contains no file changes");
   return withRunningWorkspace(ctx, ref, async (record, vm) => {
-    const planned: { guestPath: string; display: string; status: PatchResult["files"][number]["status"]; content?: string; mode: number }[] = [];
+    const planned: PlannedChange[] = [];
     for (const patch of patches) {
       const oldName = patchTarget(patch.oldFileName);
       const newName = patchTarget(patch.newFileName);
       const display = newName ?? oldName ?? "?";
       const guestPath = workspacePath(display);
       const status = oldName === undefined ? "added" : newName === undefined ? "deleted" : "modified";
-      const current = status === "added" ? "" : await readTextOrUndefined(vm.agent, workspacePath(oldName!));
-      if (current === undefined) throw new PyroError("PATCH_FAILED", `patch for ${display} does not apply: the file does not exist; nothing was changed`);
-      if (status === "added" && (await readTextOrUndefined(vm.agent, guestPath)) !== undefined) {
+      // What the target holds now, byte for byte: what a rollback puts back.
+      const previous = await readBytesOrUndefined(vm.agent, guestPath);
+      const source = status === "added" ? Buffer.alloc(0) : workspacePath(oldName!) === guestPath ? previous : await readBytesOrUndefined(vm.agent, workspacePath(oldName!));
+      if (source === undefined) throw new PyroError("PATCH_FAILED", `patch for ${display} does not apply: the file does not exist; nothing was changed`);
+      if (status === "added" && previous !== undefined) {
         throw new PyroError("PATCH_FAILED", `patch creates ${display}, which already exists; nothing was changed`);
       }
+      const current = source.toString("utf8");
       const result = applyPatch(current, patch);
       if (result === false) {
         const hunk = failingHunk(current, patch);
@@ -143,12 +205,9 @@ export async function applyWorkspacePatch(ctx: WorkspaceContext, ref: string, pa
           { file: display, hunk },
         );
       }
-      planned.push({ guestPath, display, status, content: result, mode: await existingMode(vm.agent, guestPath) });
+      planned.push({ guestPath, display, status, content: result, mode: await existingMode(vm.agent, guestPath), previous });
     }
-    for (const change of planned) {
-      if (change.status === "deleted") await vm.agent.remove(change.guestPath);
-      else await vm.agent.writeFile(change.guestPath, change.content ?? "", { mode: change.mode });
-    }
+    await writePlanned(vm.agent, planned);
     await vm.agent.sync();
     record.last_activity_at = record.updated_at = nowIso();
     await ctx.store.write(record);

@@ -102,10 +102,38 @@ async function logTail(agent: AgentClient, path: string, maxBytes = 4096): Promi
   }
 }
 
+type PublishedPort = { host_port: number; guest_port: number };
+
+async function unpublish(vm: RunningVm, ports: PublishedPort[]): Promise<void> {
+  for (const p of ports) await vm.removePortForward(p.host_port).catch(() => undefined);
+}
+
+/** Publishes every requested port or none: after a failure the ports already added are removed. */
+async function publishAll(vm: RunningVm, requests: { hostPort: number; guestPort: number }[]): Promise<PublishedPort[]> {
+  const published: PublishedPort[] = [];
+  for (const p of requests) {
+    const hostPort = p.hostPort || (await freePort());
+    try {
+      await vm.addPortForward(hostPort, p.guestPort);
+    } catch (error) {
+      await unpublish(vm, published);
+      const why = error instanceof Error ? error.message : String(error);
+      throw new PyroError(
+        "INVALID_ARGUMENT",
+        `cannot publish guest port ${p.guestPort} on 127.0.0.1:${hostPort} (${why}); the host port is probably in use: choose another, or give only the guest port to let pyro pick a free one. Nothing was started.`,
+        { host_port: hostPort, guest_port: p.guestPort },
+      );
+    }
+    published.push({ host_port: hostPort, guest_port: p.guestPort });
+  }
+  return published;
+}
+
 /**
  * Starts a named background service and waits for its readiness probe. A service that dies or
  * never becomes ready is an error that says why (exit code, last probe, log tail); one that never
- * became ready is stopped rather than left half-up.
+ * became ready is stopped rather than left half-up. All or nothing: whatever fails (a port that
+ * cannot be published, readiness), no service is left running and no port stays published.
  */
 export async function startService(ctx: WorkspaceContext, ref: string, name: string, command: string[] | string, options: StartServiceOptions = {}): Promise<ServiceView & { ready_ms: number }> {
   const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
@@ -118,30 +146,35 @@ export async function startService(ctx: WorkspaceContext, ref: string, name: str
     if (options.publish?.length) requirePublishing(record);
     const env = { ...networkEnvironment(record), ...secretEnvironment(session.secrets, options.secretEnv) };
     const started = Date.now();
-    const { header: startedState } = await vm.agent.request("service.start", { name, cwd, env, ...commandFields });
-    const stopAndFail = async (code: "SERVICE_NOT_READY" | "SERVICE_EXITED", message: string) => {
-      await vm.agent.request("service.stop", { name, grace_ms: 1000 }).catch(() => undefined);
-      const stderr = (await logTail(vm.agent, String(startedState.stderr_path))).trim().split("\n").slice(-10).join("\n");
-      throw new PyroError(code, `${message}${stderr ? `\n--- stderr (tail) ---\n${stderr}` : ""}`, { service: name });
-    };
-    if (options.readiness) {
-      for (let last = "not probed yet"; ; ) {
-        const { header: state } = await vm.agent.request("service.status", { name });
-        if (state.running !== true) await stopAndFail("SERVICE_EXITED", `service ${name} exited with code ${String(state.exit_code)} before it became ready`);
-        const result = await probe(vm, options.readiness, env).catch((e: Error) => ({ ready: false, detail: e.message }));
-        if (result.ready) break;
-        last = result.detail;
-        if (Date.now() - started > timeoutMs) {
-          await stopAndFail("SERVICE_NOT_READY", `service ${name} did not become ready within ${timeoutMs / 1000} s (last probe: ${last}); it has been stopped`);
+    // Ports first: a busy host port must not leave a running service that no record knows about.
+    const published = await publishAll(vm, options.publish ?? []);
+    let running = false;
+    try {
+      const { header: startedState } = await vm.agent.request("service.start", { name, cwd, env, ...commandFields });
+      running = true;
+      const stopAndFail = async (code: "SERVICE_NOT_READY" | "SERVICE_EXITED", message: string) => {
+        await vm.agent.request("service.stop", { name, grace_ms: 1000 }).catch(() => undefined);
+        running = false;
+        const stderr = (await logTail(vm.agent, String(startedState.stderr_path))).trim().split("\n").slice(-10).join("\n");
+        throw new PyroError(code, `${message}${stderr ? `\n--- stderr (tail) ---\n${stderr}` : ""}`, { service: name });
+      };
+      if (options.readiness) {
+        for (let last = "not probed yet"; ; ) {
+          const { header: state } = await vm.agent.request("service.status", { name });
+          if (state.running !== true) await stopAndFail("SERVICE_EXITED", `service ${name} exited with code ${String(state.exit_code)} before it became ready`);
+          const result = await probe(vm, options.readiness, env).catch((e: Error) => ({ ready: false, detail: e.message }));
+          if (result.ready) break;
+          last = result.detail;
+          if (Date.now() - started > timeoutMs) {
+            await stopAndFail("SERVICE_NOT_READY", `service ${name} did not become ready within ${timeoutMs / 1000} s (last probe: ${last}); it has been stopped`);
+          }
+          await sleep(intervalMs);
         }
-        await sleep(intervalMs);
       }
-    }
-    const published: { host_port: number; guest_port: number }[] = [];
-    for (const p of options.publish ?? []) {
-      const hostPort = p.hostPort || (await freePort());
-      await vm.addPortForward(hostPort, p.guestPort);
-      published.push({ host_port: hostPort, guest_port: p.guestPort });
+    } catch (error) {
+      if (running) await vm.agent.request("service.stop", { name, grace_ms: 1000 }).catch(() => undefined);
+      await unpublish(vm, published);
+      throw error;
     }
     record.services[name] = { command, cwd, started_at: nowIso(), published };
     delete record.services[name].stopped_at;
@@ -191,7 +224,7 @@ export async function stopService(ctx: WorkspaceContext, ref: string, name: stri
     known(record, name);
     const live = (await agentServices(vm.agent)).get(name);
     if (live) await vm.agent.request("service.stop", { name, grace_ms: 3000 }, undefined, { timeoutMs: 30_000 });
-    for (const p of record.services[name]!.published) await vm.removePortForward(p.host_port).catch(() => undefined);
+    await unpublish(vm, record.services[name]!.published);
     record.services[name]!.published = [];
     record.services[name]!.stopped_at = nowIso();
     record.updated_at = nowIso();

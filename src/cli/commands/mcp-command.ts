@@ -26,6 +26,7 @@ export function registerMcpCommands(program: Command): void {
         import("../../mcp/http-server.js"),
         import("../../mcp/stdio-server.js"),
       ]);
+      if (o.token !== undefined && !o.http) throw new InvalidArgumentError("--token applies to --http only; stdio needs no token");
       const pyro = new Pyro({ onProgress: (m) => process.stderr.write(`${m}\n`) });
       const make = () => createPyroMcpServer({ pyro, profile: o.profile, ...(o.mode ? { mode: o.mode } : {}) });
       if (!o.http) {

@@ -23,7 +23,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--secret-file <NAME=PATH>", "a secret read from a host file (repeatable)", collectKeyValue)
     .addOption(new Option("--network-policy <policy>", "off: no network; egress: outbound HTTP(S) through pyro's proxy; egress+published-ports: also --publish").choices(["off", "egress", "egress+published-ports"]).default("off"))
     .option("--allow-host <host|cidr>", "egress allowlist entry (repeatable), e.g. pypi.org, *.npmjs.org, 203.0.113.0/24", collect)
-    .option("--id-only", "print only the workspace id")
+    .addOption(new Option("--id-only", "print only the workspace id").conflicts("json"))
     .option("--json", "print JSON")
     .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; ttlSeconds?: number; secret?: Record<string, string>; secretFile?: Record<string, string>; networkPolicy: string; allowHost?: string[]; idOnly?: boolean; json?: boolean }) => {
       const r = await (await pyro()).createWorkspace(environment, {

@@ -29,7 +29,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .option("--cols <n>", "terminal width", integerOption(10, 1000))
     .option("--rows <n>", "terminal height", integerOption(5, 1000))
     .option("--secret-env <SECRET[=ENV]>", "expose a secret as an environment variable (repeatable)", collect)
-    .option("--id-only", "print only the shell id")
+    .addOption(new Option("--id-only", "print only the shell id").conflicts("json"))
     .option("--json", "print JSON")
     .action(async (ref: string, o: { cwd?: string; cols?: number; rows?: number; secretEnv?: string[]; idOnly?: boolean; json?: boolean }) => {
       const r = await (await pyro()).openShell(ref, { ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.cols ? { cols: o.cols } : {}), ...(o.rows ? { rows: o.rows } : {}), ...(o.secretEnv ? { secretEnv: o.secretEnv } : {}) });
@@ -88,6 +88,9 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
       if (o.readyHttp) probes.push({ type: "http", url: String(o.readyHttp) });
       if (o.readyCommand) probes.push({ type: "command", command: String(o.readyCommand) });
       if (probes.length > 1) throw new InvalidArgumentError("give at most one --ready-* option");
+      if (!probes.length && (o.readyTimeoutSeconds !== undefined || o.readyIntervalMs !== undefined)) {
+        throw new InvalidArgumentError("--ready-timeout-seconds and --ready-interval-ms need a readiness check: add --ready-file, --ready-tcp, --ready-http or --ready-command");
+      }
       const r = await (await pyro()).startService(ref, name, command, {
         ...(o.cwd ? { cwd: String(o.cwd) } : {}),
         ...(probes[0] ? { readiness: probes[0] } : {}),
