@@ -10,7 +10,9 @@ import { processAlive } from "../process/process-alive.js";
  * time, so a lock whose owner died (kill -9) is taken over at once instead of after a staleness
  * timeout, and a reused pid does not keep a dead owner's lock alive.
  */
-const Owner = z.object({ pid: z.number().int(), start: z.string().nullable(), acquired_at: z.string(), purpose: z.string().default("an operation") });
+/** What a holder that did not say what it is doing is recorded as doing. */
+export const UNNAMED_PURPOSE = "an operation";
+const Owner = z.object({ pid: z.number().int(), start: z.string().nullable(), acquired_at: z.string(), purpose: z.string().default(UNNAMED_PURPOSE) });
 /** Who held a lock: a live holder, or a dead one whose lock was taken over (so its work was cut short). */
 export type LockOwner = z.infer<typeof Owner>;
 
@@ -69,7 +71,7 @@ export async function tryAcquireLock(lockPath: string, purpose: string): Promise
       }
       const owner = await readOwner(lockPath);
       if (owner && identityAlive(owner)) return undefined;
-      if (await breakLock(lockPath)) interrupted = owner ?? { pid: 0, start: null, acquired_at: "", purpose: "an operation" };
+      if (await breakLock(lockPath)) interrupted = owner ?? { pid: 0, start: null, acquired_at: "", purpose: UNNAMED_PURPOSE };
     }
     return undefined;
   } finally {

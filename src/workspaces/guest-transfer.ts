@@ -14,9 +14,13 @@ const MAX_DOWNLOAD_BYTES = 120 * 1024 * 1024;
 const STAGING_DIR = "/var/tmp";
 const STAGING_PREFIX = ".pyro-upload-";
 
-/** Removes staging files an interrupted upload left in the guest (none of them is in use: callers hold the workspace lock). */
+/**
+ * Removes staging files an interrupted upload left in the guest (callers hold the workspace lock,
+ * so none is in use). The agent may still be finishing a write the dead pyro sent: its temp file
+ * (".<name>.pyro-<n>.tmp", renamed into place when done) goes too, so that rename then fails.
+ */
 export async function removeStaleStaging(agent: AgentClient): Promise<void> {
-  const r = await agent.exec({ command: `rm -f ${STAGING_DIR}/${STAGING_PREFIX}*.tar`, timeoutMs: 30_000 });
+  const r = await agent.exec({ command: `rm -f ${STAGING_DIR}/${STAGING_PREFIX}*.tar ${STAGING_DIR}/.${STAGING_PREFIX}*.tar.pyro-*.tmp`, timeoutMs: 30_000 });
   if (r.exitCode !== 0) throw new PyroError("GUEST_OPERATION_FAILED", `removing stale upload files failed: ${capturedText(r.stderr).trim()}`);
 }
 

@@ -1,7 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { processAlive } from "../process/process-alive.js";
 import type { RunningVm, VmmBackend } from "../runtime/vmm-backend.js";
 import { workspaceLaunchSpec } from "./boot-templates.js";
 import { replaceWithOverlay } from "./disk-chain.js";
@@ -91,8 +90,9 @@ export async function stopWorkspaceVm(backend: VmmBackend, vm: RunningVm, graceM
   } catch {
     // The guest is going away either way.
   }
-  const handle = vm.detach();
-  const deadline = Date.now() + graceMs;
-  while (processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  await backend.kill(handle);
+  let timer: NodeJS.Timeout | undefined;
+  // A ref'd timer: the exit watch alone would not keep this process alive while it waits.
+  await Promise.race([vm.exited, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
+  clearTimeout(timer);
+  await backend.kill(vm.detach());
 }

@@ -3,6 +3,7 @@ import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
 import { prepareGuestRuntime, type GuestRuntime } from "../runtime/guest-runtime.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
+import { UNNAMED_PURPOSE } from "../storage/process-lock.js";
 import { removeStaleStaging } from "./guest-transfer.js";
 import { nowIso, vmHandle, type WorkspaceRecord } from "./workspace-record.js";
 import { recoverInterrupted, recoverWorkspace } from "./workspace-recovery.js";
@@ -64,7 +65,7 @@ export async function withRunningWorkspace<T>(
   ctx: WorkspaceContext,
   ref: string,
   fn: (record: WorkspaceRecord, vm: RunningVm, session: WorkspaceSession) => Promise<T>,
-  purpose = "an operation",
+  purpose = UNNAMED_PURPOSE,
 ): Promise<T> {
   return withLockedWorkspace(ctx, ref, async (record) => {
     if (!(await reconcileVm(ctx, record))) {
@@ -101,7 +102,7 @@ export interface WorkspaceSession {
  * Like withRunningWorkspace, for operations that handle any VM state themselves. `purpose` is
  * what the lock says this process is doing: what recovery reports if it is cut short.
  */
-export async function withLockedWorkspace<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord) => Promise<T>, purpose = "an operation"): Promise<T> {
+export async function withLockedWorkspace<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord) => Promise<T>, purpose = UNNAMED_PURPOSE): Promise<T> {
   await ctx.recoverInterrupted();
   const { id } = await ctx.store.resolve(ref);
   return ctx.store.withLock(id, purpose, async (interrupted) => {

@@ -99,7 +99,7 @@ export async function execInWorkspace(ctx: WorkspaceContext, ref: string, comman
     record.last_activity_at = record.updated_at = nowIso();
     await ctx.store.write(record);
     return result;
-  });
+  }, "exec");
 }
 
 /** The command history, oldest first. A torn last line (crash mid-append) is skipped, not fatal. */

@@ -1,7 +1,7 @@
 import { readdir, rm, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { processAlive } from "../process/process-alive.js";
-import { deadHolder, lockHolder, sweepLockScratch, type LockOwner } from "../storage/process-lock.js";
+import { deadHolder, lockHolder, sweepLockScratch, UNNAMED_PURPOSE, type LockOwner } from "../storage/process-lock.js";
 import type { VmmBackend } from "../runtime/vmm-backend.js";
 import { partialOverlayPath } from "./disk-chain.js";
 import { removeStaleStaging } from "./guest-transfer.js";
@@ -35,7 +35,8 @@ async function exists(path: string): Promise<boolean> {
 }
 
 function describe(interrupted: LockOwner | undefined): string {
-  return interrupted ? `an interrupted '${interrupted.purpose}' (pyro pid ${interrupted.pid})` : "an interrupted pyro operation";
+  if (!interrupted) return "an interrupted pyro operation";
+  return interrupted.purpose === UNNAMED_PURPOSE ? `an interrupted pyro operation (pid ${interrupted.pid})` : `an interrupted '${interrupted.purpose}' (pyro pid ${interrupted.pid})`;
 }
 
 /**
@@ -43,15 +44,17 @@ function describe(interrupted: LockOwner | undefined): string {
  * Idempotent: running it on a healthy workspace changes nothing but the recovery note.
  */
 export async function recoverWorkspace(ctx: WorkspaceContext, id: string, interrupted: LockOwner | undefined): Promise<string[]> {
-  const backend = (await ctx.runtime()).backend;
+  // The runtime (and its VMM backend) only when there may be a VM: a VM always has its run directory.
+  const backend = async () => (await ctx.runtime()).backend;
   const dir = ctx.store.dir(id);
   const record = await ctx.store.read(id);
   const notes: string[] = [];
-  const strays = (await backend.findVms(ctx.paths.runtimeDir)).filter((vm) => vm.runDir === ctx.store.runDir(id) && vm.pid !== record?.vm?.pid);
+  const runDir = ctx.store.runDir(id);
+  const strays = (await exists(runDir)) ? (await (await backend()).findVms(ctx.paths.runtimeDir)).filter((vm) => vm.runDir === runDir && vm.pid !== record?.vm?.pid) : [];
   if (!record) {
     // A record that exists but does not validate may be a newer pyro's: never delete what we cannot read.
     if (await exists(ctx.store.recordPath(id))) return notes;
-    for (const vm of strays) await backend.kill(vm);
+    for (const vm of strays) await (await backend()).kill(vm);
     await ctx.store.remove(id);
     const vms = strays.length ? ` and stopped its VM (pid ${strays.map((v) => v.pid).join(", ")})` : "";
     notes.push(`workspace ${id} was left half-created or half-deleted by ${describe(interrupted)}: removed its files (disk and secrets included)${vms}`);
@@ -59,15 +62,15 @@ export async function recoverWorkspace(ctx: WorkspaceContext, id: string, interr
     return notes;
   }
   for (const vm of strays) {
-    await backend.kill(vm);
+    await (await backend()).kill(vm);
     notes.push(`stopped a VM (pid ${vm.pid}) that no record owned`);
   }
   const handle = vmHandle(record);
-  if (handle && !(await backend.isRunning(handle))) {
+  if (handle && !(await (await backend()).isRunning(handle))) {
     record.vm = null;
     record.unexpected_stop = `the VM (pid ${handle.pid}) was stopped by ${describe(interrupted)}; files written before are kept — start it again with 'pyro workspace start ${id}'`;
     notes.push("its VM was not running: recorded as stopped");
-  } else if (handle && (await backend.resumeIfPaused(handle).catch(() => false))) {
+  } else if (handle && (await (await backend()).resumeIfPaused(handle).catch(() => false))) {
     notes.push("resumed its VM, which was left paused");
   }
   const known = new Set(record.snapshots.map((s) => s.name));
@@ -83,11 +86,13 @@ export async function recoverWorkspace(ctx: WorkspaceContext, id: string, interr
     scratch++;
   }
   if (scratch) notes.push(`removed ${scratch} temporary file(s) from its state directory`);
+  // Found by the sweep without a dead holder (a VM no record owned): nothing else can be half-done.
+  if (!interrupted && !notes.length) return notes;
   // Any operation may have been uploading: sweep the guest's staging files now or at its next boot.
-  record.guest_cleanup_pending = true;
-  if (record.vm) {
+  if (interrupted) record.guest_cleanup_pending = true;
+  if (record.vm && record.guest_cleanup_pending) {
     try {
-      const vm = await backend.attach(vmHandle(record)!, 15_000);
+      const vm = await (await backend()).attach(vmHandle(record)!, 15_000);
       try {
         await removeStaleStaging(vm.agent);
         record.guest_cleanup_pending = false;

@@ -22,7 +22,7 @@ export async function syncPush(ctx: WorkspaceContext, ref: string, source: strin
     record.last_activity_at = record.updated_at = nowIso();
     await ctx.store.write(record);
     return { workspace_id: record.id, source, destination: guestDest, mode: tree.mode, ...tree.summary };
-  });
+  }, "sync push");
 }
 
 interface TreeEntry {
