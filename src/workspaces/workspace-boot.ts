@@ -23,7 +23,7 @@ export function diskPath(ctx: WorkspaceContext, id: string): string {
 export async function layerDisk(ctx: WorkspaceContext, record: WorkspaceRecord, backing: string, format: "raw" | "qcow2"): Promise<void> {
   const disk = diskPath(ctx, record.id);
   await rm(disk, { force: true });
-  await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", backing, "-F", format, disk]);
+  await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", backing, "-F", format, disk], { privateFiles: true });
   record.disk_backing = backing;
 }
 

@@ -1,10 +1,11 @@
 import { randomBytes } from "node:crypto";
-import { mkdir, readdir, rename, rm } from "node:fs/promises";
+import { readdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import lockfile from "proper-lockfile";
 import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
 import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
+import { ensurePrivateDir, makePrivateSubdir } from "../storage/private-storage.js";
 import { WorkspaceRecord } from "./workspace-record.js";
 
 const ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567";
@@ -77,7 +78,9 @@ export class WorkspaceStore {
 
   async createDir(id: string): Promise<string> {
     const dir = this.dir(id);
-    await mkdir(join(dir, "snapshots"), { recursive: true, mode: 0o700 });
+    // Secrets and guest memory images go in here.
+    await ensurePrivateDir(this.paths.stateDir);
+    await makePrivateSubdir(join(dir, "snapshots"));
     return dir;
   }
 

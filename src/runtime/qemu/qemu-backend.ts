@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, rmSync } from "node:fs";
-import { mkdir, open, readFile, rm } from "node:fs/promises";
+import { open, readFile, rm } from "node:fs/promises";
+import { dirname } from "node:path";
 import { PyroError } from "../../errors.js";
 import { AgentClient } from "../../guest-protocol/agent-client.js";
 import type { HelloInfo } from "../../guest-protocol/messages.js";
@@ -9,6 +10,7 @@ import { findExecutable } from "../../process/host-command.js";
 import { processAlive } from "../../process/process-alive.js";
 import type { Accelerator, RunningVm, VmExit, VmHandle, VmLaunchSpec, VmmBackend } from "../vmm-backend.js";
 import { buildQemuArgs, runFiles } from "./qemu-args.js";
+import { ensurePrivateDir, PRIVATE_FILE_MODE, withPrivateUmask } from "../../storage/private-storage.js";
 import { shellQuote } from "../../process/shell-quote.js";
 import { QmpClient } from "./qmp-client.js";
 
@@ -53,17 +55,20 @@ export class QemuBackend implements VmmBackend {
     signal?.throwIfAborted();
     if (shuttingDown()) throw new PyroError("CANCELLED", "pyro is shutting down");
     const files = runFiles(spec.runDir);
-    await mkdir(spec.runDir, { recursive: true });
-    await Promise.all([files.agentSocket, files.qmpSocket, files.console].map((f) => rm(f, { force: true })));
+    // The agent socket is the guest's only channel: it must live where no other user can reach it.
+    await ensurePrivateDir(dirname(spec.runDir));
+    await ensurePrivateDir(spec.runDir);
+    await Promise.all([files.agentSocket, files.qmpSocket, files.console, files.stderr].map((f) => rm(f, { force: true })));
     const args = buildQemuArgs(spec, this.options.accel, this.options.tscKhz);
-    const stderrFd = openSync(files.stderr, "w");
+    const stderrFd = openSync(files.stderr, "w", PRIVATE_FILE_MODE);
     let child: ChildProcess;
     const started = Date.now();
     try {
       // setpriv --pdeathsig: if pyro itself is SIGKILLed, the kernel kills the one-shot VMM too.
       const setpriv = spec.dieWithParent ? findExecutable("setpriv") : undefined;
       const [cmd, cmdArgs] = setpriv ? [setpriv, ["--pdeathsig", "KILL", "--", this.options.qemuBinary, ...args]] : [this.options.qemuBinary, args];
-      child = spawn(cmd, cmdArgs, { stdio: ["ignore", "ignore", stderrFd], detached: true });
+      // QEMU creates its sockets, console log and (through `migrate exec:cat >`) memory images itself.
+      child = withPrivateUmask(() => spawn(cmd, cmdArgs, { stdio: ["ignore", "ignore", stderrFd], detached: true }));
     } finally {
       closeSync(stderrFd);
     }
