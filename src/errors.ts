@@ -29,7 +29,8 @@ export type PyroErrorCode =
   | "REGISTRY_UNAUTHORIZED"
   | "REGISTRY_NOT_FOUND"
   | "REGISTRY_ERROR"
-  | "DIGEST_MISMATCH";
+  | "DIGEST_MISMATCH"
+  | "UNSAFE_DIRECTORY";
 
 export class PyroError extends Error {
   readonly code: PyroErrorCode;

@@ -59,6 +59,6 @@ describe("QEMU command line", () => {
     const args = buildQemuArgs(spec, "tcg", 1).join(" ");
     assert.match(args, /path=\/run\/x\/agent\.sock/);
     assert.match(args, /unix:\/run\/x\/qmp\.sock/);
-    assert.match(args, /file:\/run\/x\/console\.log/);
+    assert.match(args, /-chardev file,id=console,path=\/run\/x\/console\.log -serial chardev:console/);
   });
 });

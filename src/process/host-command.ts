@@ -2,6 +2,7 @@ import { spawn, type SpawnOptions } from "node:child_process";
 import { accessSync, constants } from "node:fs";
 import { delimiter, join } from "node:path";
 import { PyroError } from "../errors.js";
+import { withPrivateUmask } from "../storage/private-storage.js";
 
 /** Debian puts mkfs.ext4 and friends in sbin, which a normal user's PATH often lacks. */
 const EXTRA_DIRS = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
@@ -44,6 +45,8 @@ export interface HostCommandOptions {
   onStderr?: (chunk: string) => void;
   /** Keep at most this many bytes of each stream (the tail). Default 4 MiB. */
   maxOutputBytes?: number;
+  /** The tool writes into pyro's private directories: run it under umask 077 (files 0600). */
+  privateFiles?: boolean;
 }
 
 export interface HostCommandResult {
@@ -73,7 +76,7 @@ export function runHostCommandRaw(command: string, args: string[], options: Host
       stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
       detached: true,
     };
-    const child = spawn(command, args, spawnOptions);
+    const child = options.privateFiles ? withPrivateUmask(() => spawn(command, args, spawnOptions)) : spawn(command, args, spawnOptions);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     const outSize = { n: 0 };

@@ -1,11 +1,12 @@
 import { constants } from "node:fs";
-import { access, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { access, readFile, rm } from "node:fs/promises";
 import { release } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
 import type { PyroPaths } from "../paths.js";
 import { runHostCommandRaw } from "../process/host-command.js";
 import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
+import { makePrivateTempDir } from "../storage/private-storage.js";
 import type { Accelerator } from "./vmm-backend.js";
 
 export interface AcceleratorChoice {
@@ -61,8 +62,7 @@ export async function chooseAccelerator(paths: PyroPaths, inputs: ProbeInputs, e
 }
 
 async function probeKvm(paths: PyroPaths, inputs: ProbeInputs): Promise<{ kvmUsable: boolean; reason: string }> {
-  await mkdir(paths.runtimeDir, { recursive: true });
-  const dir = await mkdtemp(join(paths.runtimeDir, "probe-"));
+  const dir = await makePrivateTempDir(paths.runtimeDir, "probe-");
   const consolePath = join(dir, "console.log");
   try {
     const result = await runHostCommandRaw(
@@ -70,7 +70,7 @@ async function probeKvm(paths: PyroPaths, inputs: ProbeInputs): Promise<{ kvmUsa
       ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-M", "microvm", "-m", "128", "-accel", "kvm", "-cpu", "host",
         "-kernel", inputs.kernelPath, "-initrd", inputs.initramfsPath, "-serial", `file:${consolePath}`,
         "-append", "console=ttyS0 quiet panic=-1 pyro.probe=1"],
-      { timeoutMs: 20_000 },
+      { timeoutMs: 20_000, privateFiles: true },
     ).catch((e: Error) => ({ exitCode: -1, stderr: e.message }));
     const consoleText = await readFile(consolePath, "utf8").catch(() => "");
     if (consoleText.includes("PYRO-PROBE-OK")) return { kvmUsable: true, reason: "KVM probe boot succeeded" };

@@ -4,6 +4,7 @@ import { ensureGuestKernel, type GuestKernel } from "../guest-kernel/guest-kerne
 import { ensureInitramfs, type Initramfs } from "../guest-kernel/initramfs.js";
 import type { PyroPaths } from "../paths.js";
 import { requireExecutable } from "../process/host-command.js";
+import { ensurePrivateDir } from "../storage/private-storage.js";
 import { chooseAccelerator, hostTscKhz, type AcceleratorChoice } from "./accelerator.js";
 import { QemuBackend } from "./qemu/qemu-backend.js";
 import type { VmmBackend } from "./vmm-backend.js";
@@ -25,7 +26,11 @@ const cache = new Map<string, Promise<GuestRuntime>>();
  * Prepares (downloading/building when missing) the guest kernel, agent and initramfs, picks the
  * accelerator, and returns the VMM backend. Cached per cache directory for the life of the process.
  */
-export function prepareGuestRuntime(paths: PyroPaths, onProgress?: (message: string) => void): Promise<GuestRuntime> {
+export async function prepareGuestRuntime(paths: PyroPaths, onProgress?: (message: string) => void): Promise<GuestRuntime> {
+  // Checked on every call, before anything is built or booted: a directory another user swapped in
+  // since the last call must stop us here, with a clear error.
+  await ensurePrivateDir(paths.cacheDir);
+  await ensurePrivateDir(paths.runtimeDir);
   let pending = cache.get(paths.cacheDir);
   if (!pending) {
     pending = build(paths, onProgress);

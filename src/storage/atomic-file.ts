@@ -2,9 +2,13 @@ import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rename, rm } from "node:fs/promises";
 import { dirname, basename, join } from "node:path";
 import type { z } from "zod";
+import { PRIVATE_FILE_MODE } from "./private-storage.js";
 
-/** Writes a file so readers see the old or the new content, never a torn mix, even across a crash. */
-export async function writeFileAtomic(path: string, data: string | Buffer, mode = 0o644): Promise<void> {
+/**
+ * Writes a file so readers see the old or the new content, never a torn mix, even across a crash.
+ * Owner-only unless a mode is given: most of what pyro writes is its own state.
+ */
+export async function writeFileAtomic(path: string, data: string | Buffer, mode = PRIVATE_FILE_MODE): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
   const handle = await open(tmp, "w", mode);
@@ -22,7 +26,7 @@ export async function writeFileAtomic(path: string, data: string | Buffer, mode 
   }
 }
 
-export async function writeJsonAtomic(path: string, value: unknown, mode = 0o644): Promise<void> {
+export async function writeJsonAtomic(path: string, value: unknown, mode = PRIVATE_FILE_MODE): Promise<void> {
   await writeFileAtomic(path, JSON.stringify(value, null, 2) + "\n", mode);
 }
 

@@ -1,5 +1,5 @@
 import { rmSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { egressProxyCommand } from "../network/egress-launch.js";
 import { registerExitCleanup } from "../process/exit-cleanup.js";
 import { join } from "node:path";
@@ -8,6 +8,7 @@ import type { PyroPaths } from "../paths.js";
 import { processAlive } from "../process/process-alive.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
+import { makePrivateTempDir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 
 export interface DisposableVmOptions {
@@ -56,20 +57,19 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
   // in the background, writing into the cache after the caller got its error.
   const env = await store.require(environment);
   const runtime = await prepareGuestRuntime(paths, options.onProgress);
-  await mkdir(paths.runtimeDir, { recursive: true, mode: 0o700 });
   await sweepOrphanedRunDirs(paths.runtimeDir);
-  const runDir = await mkdtemp(join(paths.runtimeDir, "run-"));
+  const runDir = await makePrivateTempDir(paths.runtimeDir, "run-");
   // Until the VM object exists and owns it, the run directory is ours to remove on any exit path.
   const unregister = registerExitCleanup(
     () => rmSync(runDir, { recursive: true, force: true }),
     () => rm(runDir, { recursive: true, force: true }),
   );
   try {
-    await writeFile(join(runDir, OWNER_FILE), `${process.pid}\n`);
+    await writeFile(join(runDir, OWNER_FILE), `${process.pid}\n`, { mode: PRIVATE_FILE_MODE });
     const overlay = join(runDir, "root.qcow2");
     // One-shot egress: public destinations only, through the proxy (no host or private networks).
     const network = options.network ? { egressProxy: await egressProxyCommand(join(runDir, "egress-policy.json"), { allow: [] }) } : ("none" as const);
-    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay]);
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay], { privateFiles: true });
     return await runtime.backend.launch(
       {
         kernelPath: runtime.kernel.vmlinuxPath,

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, rename, rm } from "node:fs/promises";
+import { rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { environmentSlug } from "../environments/catalog.js";
@@ -11,6 +11,7 @@ import type { GuestRuntime } from "../runtime/guest-runtime.js";
 import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
 import { bootTimeoutMs } from "../vm-run/disposable-vm.js";
 import { pathExists } from "../storage/path-exists.js";
+import { makePrivateSubdir } from "../storage/private-storage.js";
 
 /**
  * A booted-once guest saved to disk: restoring it gives a ready agent in ~0.1 s instead of a ~1.5 s
@@ -93,10 +94,10 @@ export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime
   const dir = templateDir(paths, env, shape, key);
   const work = `${dir}.partial-${process.pid}-${randomBytes(3).toString("hex")}`;
   const runDir = join(paths.runtimeDir, `tpl-${randomBytes(4).toString("hex")}`);
-  await mkdir(work, { recursive: true });
+  await makePrivateSubdir(work);
   try {
     const disk = join(work, "disk.qcow2");
-    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", disk]);
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", disk], { privateFiles: true });
     const spec = { ...workspaceLaunchSpec(runtime, shape, disk, runDir), dieWithParent: true, ownsRunDir: true };
     const vm = await runtime.backend.launch(spec);
     const started = Date.now();

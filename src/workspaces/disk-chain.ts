@@ -41,6 +41,6 @@ export function partialOverlayPath(disk: string): string {
 export async function replaceWithOverlay(disk: string, backing: string, format: "raw" | "qcow2"): Promise<void> {
   const partial = partialOverlayPath(disk);
   await rm(partial, { force: true });
-  await runHostCommand(qemuImg(), ["create", "-q", "-f", "qcow2", "-b", backing, "-F", format, partial]);
+  await runHostCommand(qemuImg(), ["create", "-q", "-f", "qcow2", "-b", backing, "-F", format, partial], { privateFiles: true });
   await rename(partial, disk);
 }

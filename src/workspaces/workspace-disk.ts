@@ -24,7 +24,7 @@ async function withRawDisk<T>(ctx: WorkspaceContext, ref: string, fn: (record: W
     const scratch = await mkdtemp(join(ctx.store.dir(record.id), ".disk-"));
     try {
       const raw = join(scratch, "disk.raw");
-      await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["convert", "-O", "raw", diskPath(ctx, record.id), raw], { timeoutMs: 600_000 });
+      await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["convert", "-O", "raw", diskPath(ctx, record.id), raw], { timeoutMs: 600_000, privateFiles: true });
       return await fn(record, raw, new Redactor(await loadSecrets(ctx, record.id)));
     } finally {
       await rm(scratch, { recursive: true, force: true });

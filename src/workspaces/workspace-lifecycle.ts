@@ -4,6 +4,7 @@ import { writeFileAtomic } from "../storage/atomic-file.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { prepareTree } from "./archive-safety.js";
 import { ensureBootTemplate } from "./boot-templates.js";
+import { allocatedBytes } from "./workspace-disk-usage.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import { extractTarInGuest, packInGuest } from "./guest-transfer.js";
 import { bootWorkspace, layerDisk, stopWorkspaceVm } from "./workspace-boot.js";
@@ -200,11 +201,12 @@ export async function listWorkspaces(ctx: WorkspaceContext): Promise<{ count: nu
   return { count: records.length, workspaces: records.map(viewOf) };
 }
 
-export async function workspaceStatus(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
+/** One workspace's view plus the host disk it uses (overlays, snapshots), which costs a directory walk. */
+export async function workspaceStatus(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView & { disk_used_bytes: number }> {
   await ctx.recoverInterrupted();
   const record = await ctx.store.resolve(ref);
   await reconcileVm(ctx, record);
-  return viewOf(record);
+  return { ...viewOf(record), disk_used_bytes: await allocatedBytes(ctx.store.dir(record.id)) };
 }
 
 export interface UpdateWorkspaceOptions {

@@ -1,6 +1,7 @@
-import { chmod, mkdir, rm } from "node:fs/promises";
+import { chmod, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
+import { makePrivateSubdir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { backingChain } from "./disk-chain.js";
@@ -27,14 +28,14 @@ export interface SnapshotView {
 export async function saveSnapshot(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, name: string): Promise<SnapshotRecord> {
   const dir = snapshotDir(ctx, record.id, name);
   await rm(dir, { recursive: true, force: true });
-  await mkdir(dir, { recursive: true });
+  await makePrivateSubdir(dir);
   try {
     await vm.agent.sync();
     await vm.saveState(join(dir, "state.bin"));
     // Guest memory (secrets in its tmpfs included) is in this file: owner-only.
-    await chmod(join(dir, "state.bin"), 0o600);
+    await chmod(join(dir, "state.bin"), PRIVATE_FILE_MODE);
     try {
-      await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", diskPath(ctx, record.id), join(dir, "disk.qcow2")]);
+      await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", diskPath(ctx, record.id), join(dir, "disk.qcow2")], { privateFiles: true });
     } finally {
       await vm.resume();
     }

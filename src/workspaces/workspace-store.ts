@@ -1,10 +1,11 @@
 import { randomBytes } from "node:crypto";
-import { mkdir, readdir, rename, rm } from "node:fs/promises";
+import { readdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
 import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
 import { acquireLock, tryAcquireLock, type LockOwner } from "../storage/process-lock.js";
+import { ensurePrivateDir, makePrivateSubdir } from "../storage/private-storage.js";
 import { WorkspaceRecord } from "./workspace-record.js";
 
 const ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567";
@@ -79,8 +80,16 @@ export class WorkspaceStore {
 
   async createDir(id: string): Promise<string> {
     const dir = this.dir(id);
-    await mkdir(join(dir, "snapshots"), { recursive: true, mode: 0o700 });
+    // Secrets and guest memory images go in here.
+    await this.ensureRoot();
+    await makePrivateSubdir(join(dir, "snapshots"));
     return dir;
+  }
+
+  /** The state dir checked private, and the workspaces dir inside it. */
+  private async ensureRoot(): Promise<void> {
+    await ensurePrivateDir(this.paths.stateDir);
+    await makePrivateSubdir(this.rootDir);
   }
 
   /**
@@ -105,7 +114,7 @@ export class WorkspaceStore {
    * workspace. A lock whose holder died is taken over at once (owner pid + start time, no timeout).
    */
   async withLock<T>(id: string, purpose: string, fn: (interrupted: LockOwner | undefined) => Promise<T>): Promise<T> {
-    await mkdir(this.rootDir, { recursive: true, mode: 0o700 });
+    await this.ensureRoot();
     const held = await acquireLock(this.lockPath(id), purpose, LOCK_WAIT_MS);
     if (!held) throw new PyroError("WORKSPACE_BUSY", `workspace ${id} is busy in another pyro process; try again when it finishes`, { workspace: id });
     try {
@@ -117,7 +126,7 @@ export class WorkspaceStore {
 
   /** Like withLock, but returns BUSY at once instead of waiting for a live holder. */
   async tryWithLock<T>(id: string, purpose: string, fn: (interrupted: LockOwner | undefined) => Promise<T>): Promise<T | typeof BUSY> {
-    await mkdir(this.rootDir, { recursive: true, mode: 0o700 });
+    await this.ensureRoot();
     const held = await tryAcquireLock(this.lockPath(id), purpose);
     if (!held) return BUSY;
     try {

@@ -60,7 +60,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--json", "print JSON")
     .action(async (ref: string, o: { json?: boolean }) => {
       const w = await (await pyro()).statusWorkspace(ref);
-      emit(o.json, w, () => line("workspace-status", { workspace_id: w.workspace_id, name: w.name, state: w.state, environment: w.environment, commands: w.command_count, snapshots: w.snapshots.join(","), unexpected_stop: w.unexpected_stop, recovery: w.recovery }));
+      emit(o.json, w, () => line("workspace-status", { workspace_id: w.workspace_id, name: w.name, state: w.state, environment: w.environment, commands: w.command_count, snapshots: w.snapshots.join(","), disk_used_bytes: w.disk_used_bytes, unexpected_stop: w.unexpected_stop, recovery: w.recovery }));
     });
 
   ws.command("update")

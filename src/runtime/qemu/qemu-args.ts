@@ -12,6 +12,15 @@ export function runFiles(runDir: string) {
   };
 }
 
+/**
+ * The guest serial console. It is a file while the guest boots (the boot-failure messages must
+ * outlive a QEMU that powered off), then QEMU is switched to an in-memory ring of this size, so a
+ * guest writing to /dev/ttyS0 forever costs a bounded amount of host memory and no disk, with or
+ * without a pyro process watching (runDir/console.log stops growing at that point).
+ */
+export const CONSOLE_CHARDEV_ID = "console";
+export const CONSOLE_RING_BYTES = 1024 * 1024;
+
 /** Where guests reach the egress proxy (inside slirp's 10.0.2.0/24). */
 export const EGRESS_PROXY_ADDRESS = "10.0.2.100";
 export const EGRESS_PROXY_PORT = 3128;
@@ -61,7 +70,8 @@ export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
     "-kernel", spec.kernelPath,
     "-initrd", spec.initramfsPath,
     "-append", kernelCmdline(spec, accel, tscKhz),
-    "-serial", `file:${files.console}`,
+    "-chardev", `file,id=${CONSOLE_CHARDEV_ID},path=${files.console}`,
+    "-serial", `chardev:${CONSOLE_CHARDEV_ID}`,
     "-drive", `id=root,file=${disk.path},format=${disk.format},if=none,cache=${disk.cache}${disk.readOnly ? ",readonly=on" : ""}`,
     "-device", "virtio-blk-device,drive=root",
     "-device", "virtio-serial-device",

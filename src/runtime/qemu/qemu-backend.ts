@@ -9,7 +9,8 @@ import { registerExitCleanup, shuttingDown } from "../../process/exit-cleanup.js
 import { findExecutable } from "../../process/host-command.js";
 import { processAlive } from "../../process/process-alive.js";
 import type { Accelerator, RunningVm, VmExit, VmHandle, VmLaunchSpec, VmmBackend, VmProcessRef } from "../vmm-backend.js";
-import { buildQemuArgs, runFiles } from "./qemu-args.js";
+import { buildQemuArgs, CONSOLE_CHARDEV_ID, CONSOLE_RING_BYTES, runFiles } from "./qemu-args.js";
+import { ensurePrivateDir, PRIVATE_FILE_MODE, withPrivateUmask } from "../../storage/private-storage.js";
 import { shellQuote } from "../../process/shell-quote.js";
 import { QmpClient } from "./qmp-client.js";
 
@@ -54,17 +55,20 @@ export class QemuBackend implements VmmBackend {
     signal?.throwIfAborted();
     if (shuttingDown()) throw new PyroError("CANCELLED", "pyro is shutting down");
     const files = runFiles(spec.runDir);
-    await mkdir(spec.runDir, { recursive: true });
-    await Promise.all([files.agentSocket, files.qmpSocket, files.console].map((f) => rm(f, { force: true })));
+    // The agent socket is the guest's only channel: it must live where no other user can reach it.
+    await ensurePrivateDir(dirname(spec.runDir));
+    await ensurePrivateDir(spec.runDir);
+    await Promise.all([files.agentSocket, files.qmpSocket, files.console, files.stderr].map((f) => rm(f, { force: true })));
     const args = buildQemuArgs(spec, this.options.accel, this.options.tscKhz);
-    const stderrFd = openSync(files.stderr, "w");
+    const stderrFd = openSync(files.stderr, "w", PRIVATE_FILE_MODE);
     let child: ChildProcess;
     const started = Date.now();
     try {
       // setpriv --pdeathsig: if pyro itself is SIGKILLed, the kernel kills the one-shot VMM too.
       const setpriv = spec.dieWithParent ? findExecutable("setpriv") : undefined;
       const [cmd, cmdArgs] = setpriv ? [setpriv, ["--pdeathsig", "KILL", "--", this.options.qemuBinary, ...args]] : [this.options.qemuBinary, args];
-      child = spawn(cmd, cmdArgs, { stdio: ["ignore", "ignore", stderrFd], detached: true });
+      // QEMU creates its sockets, console log and (through `migrate exec:cat >`) memory images itself.
+      child = withPrivateUmask(() => spawn(cmd, cmdArgs, { stdio: ["ignore", "ignore", stderrFd], detached: true }));
     } finally {
       closeSync(stderrFd);
     }
@@ -75,6 +79,8 @@ export class QemuBackend implements VmmBackend {
         const qmp = await Promise.race([QmpClient.connect(files.qmpSocket, deadline), vm.exitedEarly()]);
         try {
           await Promise.race([qmp.waitForMigration(deadline), vm.exitedEarly()]);
+          // A restored guest runs whatever it ran when saved: no byte of it reaches the file.
+          await boundConsole(qmp);
           await qmp.execute("cont");
         } finally {
           qmp.close();
@@ -82,6 +88,15 @@ export class QemuBackend implements VmmBackend {
       }
       const agent = await Promise.race([AgentClient.connect(files.agentSocket, deadline, signal), vm.exitedEarly()]);
       const hello = await Promise.race([agent.waitReady(deadline, signal), vm.exitedEarly()]);
+      if (!spec.incomingState) {
+        // Until the agent answered, only the kernel, /init and the agent wrote to the console.
+        const qmp = await Promise.race([QmpClient.connect(files.qmpSocket, deadline), vm.exitedEarly()]);
+        try {
+          await boundConsole(qmp);
+        } finally {
+          qmp.close();
+        }
+      }
       vm.attachAgent(agent, hello, Date.now() - started);
       return vm;
     } catch (error) {
@@ -185,6 +200,11 @@ export class QemuBackend implements VmmBackend {
 
 async function readCmdline(pid: number): Promise<string> {
   return readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+}
+
+/** Moves the guest console from its boot file to a fixed-size ring in QEMU's memory (see CONSOLE_RING_BYTES). */
+async function boundConsole(qmp: QmpClient): Promise<void> {
+  await qmp.execute("chardev-change", { id: CONSOLE_CHARDEV_ID, backend: { type: "ringbuf", data: { size: CONSOLE_RING_BYTES } } });
 }
 
 function lastLine(text: string): string {
@@ -294,8 +314,15 @@ class QemuVm implements RunningVm {
     return this.exitStatus ? `the VM died (${describeExit(this.exitStatus)})` : "the connection to the guest agent was lost";
   }
 
+  /** The boot file's tail followed by what the ring holds, if the console moved there (the read drains the ring). */
   async consoleTail(maxBytes = 4096): Promise<string> {
-    return readTail(runFiles(this.runDir).console, maxBytes);
+    const booted = await readTail(runFiles(this.runDir).console, maxBytes);
+    if (this.exitStatus || !processAlive(this.pid)) return booted;
+    const ring = await this.withQmp((qmp) => qmp.execute("ringbuf-read", { device: CONSOLE_CHARDEV_ID, size: CONSOLE_RING_BYTES, format: "base64" })).then(
+      (data) => Buffer.from(String(data), "base64").toString("utf8"),
+      () => "", // still a file (boot failed before the switch), or QEMU is going away
+    );
+    return (booted + ring).slice(-maxBytes);
   }
 
   private async withQmp<T>(fn: (qmp: QmpClient) => Promise<T>): Promise<T> {
