@@ -1,130 +1,93 @@
 import { createReadStream } from "node:fs";
-import { chmod, lstat, mkdir, open, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { join, posix } from "node:path";
-import { pipeline } from "node:stream/promises";
-import * as zlib from "node:zlib";
-import { Parser, extract as extractTar, type ReadEntry } from "tar";
+import { chmod, mkdir, open, readFile, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { z } from "zod";
 import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
 import { requireExecutable, runHostCommand, runHostCommandRaw } from "../process/host-command.js";
+import { digestFileName, requireDigest } from "../registry/digest.js";
 import { formatReference, parseReference } from "../registry/image-reference.js";
 import { credentialsFromEnv, RegistryClient, type Descriptor, type ProgressFn } from "../registry/registry-client.js";
-import { safeRelativePath } from "../workspaces/archive-safety.js";
+import { pathExists } from "../storage/path-exists.js";
+import { RootedTree } from "../storage/rooted-path.js";
+import { extractTarInRoot } from "../storage/rooted-tar-extract.js";
 import { environmentSlug } from "./catalog.js";
 import type { EnvironmentStore, InstalledEnvironment } from "./environment-store.js";
+import { applyLayer, compressionOf, type LayerFile } from "./image-layer.js";
 import { IMAGE_SIZE_BYTES } from "./rootfs-build.js";
-import { pathExists } from "../storage/path-exists.js";
-
-const WHITEOUT = ".wh.";
-const OPAQUE = ".wh..wh..opq";
-
-interface LayerFile {
-  path: string;
-  /** gzip, zstd or none (plain tar). */
-  compression: "gzip" | "zstd" | "none";
-}
-
-function compressionOf(mediaType: string, firstBytes?: Buffer): LayerFile["compression"] {
-  if (mediaType.includes("zstd") || (firstBytes && firstBytes.readUInt32LE(0) === 0xfd2fb528)) return "zstd";
-  if (mediaType.includes("gzip") || mediaType.endsWith(".tar.gzip") || (firstBytes && firstBytes[0] === 0x1f && firstBytes[1] === 0x8b)) return "gzip";
-  return "none";
-}
-
-function decompressor(kind: LayerFile["compression"]): NodeJS.ReadWriteStream | undefined {
-  if (kind === "gzip") return zlib.createGunzip();
-  if (kind === "zstd") {
-    const make = (zlib as unknown as { createZstdDecompress?: () => NodeJS.ReadWriteStream }).createZstdDecompress;
-    if (!make) throw new PyroError("INVALID_ARGUMENT", "this image has zstd layers; Node.js 23.8+ is needed to read them");
-    return make();
-  }
-  return undefined;
-}
-
-/** Streams a layer's entries (decompressed) through a tar parser. */
-async function readLayer(layer: LayerFile, onEntry: (entry: ReadEntry) => void): Promise<void> {
-  const parser = new Parser({ onReadEntry: (e) => {
-    onEntry(e);
-    e.resume();
-  } });
-  const stages: (NodeJS.ReadableStream | NodeJS.WritableStream | NodeJS.ReadWriteStream)[] = [createReadStream(layer.path)];
-  const d = decompressor(layer.compression);
-  if (d) stages.push(d);
-  stages.push(parser as unknown as NodeJS.WritableStream);
-  await (pipeline as (...s: unknown[]) => Promise<void>)(...stages);
-}
-
-/**
- * Applies one layer on top of `root`: first its whiteouts (files deleted, directories made opaque,
- * against the layers below), then its content. Paths are normalised and refused if they escape;
- * node-tar also refuses to write through symlinks, so a layer cannot reach outside `root`.
- */
-async function applyLayer(root: string, layer: LayerFile): Promise<void> {
-  const deletions: string[] = [];
-  const opaque: string[] = [];
-  await readLayer(layer, (entry) => {
-    const path = safeRelativePath(entry.path);
-    const base = posix.basename(path);
-    if (base === OPAQUE) opaque.push(posix.dirname(path));
-    else if (base.startsWith(WHITEOUT)) deletions.push(posix.join(posix.dirname(path), base.slice(WHITEOUT.length)));
-  });
-  for (const dir of opaque) {
-    const full = join(root, dir);
-    for (const child of await readdir(full).catch(() => [] as string[])) await rm(join(full, child), { recursive: true, force: true });
-  }
-  for (const path of deletions) await rm(join(root, safeRelativePath(path)), { recursive: true, force: true });
-  const stages: (NodeJS.ReadableStream | NodeJS.WritableStream | NodeJS.ReadWriteStream)[] = [createReadStream(layer.path)];
-  const d = decompressor(layer.compression);
-  if (d) stages.push(d);
-  const isRoot = process.getuid?.() === 0;
-  stages.push(
-    extractTar({
-      cwd: root,
-      preserveOwner: isRoot,
-      unlink: true,
-      // Whiteout markers are instructions, not files; device nodes cannot be made without privileges we refuse to use.
-      filter: (path, entry) => !posix.basename(path).startsWith(WHITEOUT) && !["CharacterDevice", "BlockDevice", "FIFO"].includes((entry as ReadEntry).type),
-    }) as unknown as NodeJS.WritableStream,
-  );
-  await (pipeline as (...s: unknown[]) => Promise<void>)(...stages);
-}
 
 interface ImageLayers {
   layers: LayerFile[];
   origin: string;
 }
 
-/** Layers of a `docker save` archive or an OCI image layout, unpacked into `dir`. */
+// Only the fields pyro reads; anything else in these hostile files is ignored.
+const DockerSaveManifest = z.array(z.object({ Layers: z.array(z.string()) }).loose());
+const DescriptorShape = z.object({
+  mediaType: z.string().default(""),
+  digest: z.string(),
+  size: z.number(),
+  platform: z.object({ architecture: z.string(), os: z.string(), variant: z.string().optional() }).loose().optional(),
+}).loose();
+const OciIndexOrManifest = z.object({ manifests: z.array(DescriptorShape).optional(), layers: z.array(DescriptorShape).optional() }).loose();
+
+function parseJson<T>(text: string, schema: z.ZodType<T>, what: string): T {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new PyroError("INVALID_ARGUMENT", `${what} is not valid JSON: ${(error as Error).message}`);
+  }
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw new PyroError("INVALID_ARGUMENT", `${what} is not a valid image manifest: ${parsed.error.issues[0]?.message ?? "bad shape"}`);
+  return parsed.data;
+}
+
+async function firstBytes(path: string): Promise<Buffer> {
+  const head = Buffer.alloc(4);
+  const fh = await open(path, "r");
+  try {
+    const { bytesRead } = await fh.read(head, 0, 4, 0);
+    return head.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Layers of a `docker save` archive or an OCI image layout, unpacked into `dir`. The archive is as
+ * hostile as its layers: it is unpacked with the same rooted extraction, and every file named by
+ * its manifests is resolved inside `dir` (OCI blobs only by a well-formed digest).
+ */
 async function layersFromArchive(archive: string, dir: string): Promise<ImageLayers> {
   await mkdir(dir, { recursive: true });
-  await extractTar({ file: archive, cwd: dir, strict: true });
-  const manifestPath = join(dir, "manifest.json");
-  const indexPath = join(dir, "index.json");
-  if (await pathExists(manifestPath)) {
-    const manifest = JSON.parse(await readFile(manifestPath, "utf8")) as { Layers: string[] }[];
+  const unpacked = new RootedTree(dir);
+  await extractTarInRoot(unpacked, createReadStream(archive), { label: archive });
+  if (await unpacked.lstat("manifest.json")) {
+    const manifest = parseJson(await readFile(await unpacked.regularFile("manifest.json"), "utf8"), DockerSaveManifest, `${archive}: manifest.json`);
     const first = manifest[0];
-    if (!first?.Layers?.length) throw new PyroError("INVALID_ARGUMENT", `${archive} has no layers in manifest.json`);
+    if (!first?.Layers.length) throw new PyroError("INVALID_ARGUMENT", `${archive} has no layers in manifest.json`);
     const layers: LayerFile[] = [];
     for (const rel of first.Layers) {
-      const path = join(dir, safeRelativePath(rel));
-      const head = Buffer.alloc(4);
-      const fh = await open(path, "r");
-      await fh.read(head, 0, 4, 0);
-      await fh.close();
-      layers.push({ path, compression: compressionOf("", head) });
+      const path = await unpacked.regularFile(rel);
+      layers.push({ path, compression: compressionOf("", await firstBytes(path)) });
     }
     return { layers, origin: archive };
   }
-  if (await pathExists(indexPath)) {
-    const index = JSON.parse(await readFile(indexPath, "utf8")) as { manifests: Descriptor[] };
-    const blob = (d: Descriptor) => join(dir, "blobs", ...d.digest.split(":"));
-    let manifest = JSON.parse(await readFile(blob(pickManifest(index.manifests)), "utf8")) as { layers?: Descriptor[]; manifests?: Descriptor[] };
-    if (manifest.manifests) manifest = JSON.parse(await readFile(blob(pickManifest(manifest.manifests)), "utf8")) as { layers?: Descriptor[] };
-    return { layers: (manifest.layers ?? []).map((l) => ({ path: blob(l), compression: compressionOf(l.mediaType) })), origin: archive };
+  if (await unpacked.lstat("index.json")) {
+    const blob = (d: { digest: string }, what: string) => unpacked.regularFile(`blobs/${requireDigest(d.digest, `${archive}: ${what}`).replace(":", "/")}`);
+    const read = async (path: string, what: string) => parseJson(await readFile(path, "utf8"), OciIndexOrManifest, `${archive}: ${what}`);
+    const index = await read(await unpacked.regularFile("index.json"), "index.json");
+    let manifest = await read(await blob(pickManifest(index.manifests ?? []), "the index's manifest"), "manifest");
+    if (manifest.manifests) manifest = await read(await blob(pickManifest(manifest.manifests), "the image index's manifest"), "manifest");
+    const layers: LayerFile[] = [];
+    for (const layer of manifest.layers ?? []) layers.push({ path: await blob(layer, "a layer"), compression: compressionOf(layer.mediaType) });
+    return { layers, origin: archive };
   }
   throw new PyroError("INVALID_ARGUMENT", `${archive} is neither a 'docker save' archive (manifest.json) nor an OCI layout (index.json)`);
 }
 
-function pickManifest(manifests: Descriptor[]): Descriptor {
+function pickManifest<T extends Pick<Descriptor, "platform">>(manifests: T[]): T {
   const amd64 = manifests.find((m) => !m.platform || (m.platform.architecture === "amd64" && m.platform.os === "linux"));
   if (!amd64) throw new PyroError("INVALID_ARGUMENT", "the image has no linux/amd64 variant");
   return amd64;
@@ -134,29 +97,33 @@ function pickManifest(manifests: Descriptor[]): Descriptor {
 async function layersFromRegistry(reference: string, dir: string, progress: (label: string) => ProgressFn): Promise<ImageLayers> {
   const ref = parseReference(reference);
   const registry = new RegistryClient(ref, credentialsFromEnv());
+  const origin = formatReference(ref);
   let { body } = await registry.getManifest(ref.digest ?? ref.tag ?? "latest");
-  let manifest = JSON.parse(body.toString("utf8")) as { manifests?: Descriptor[]; layers?: Descriptor[] };
+  let manifest = parseJson(body.toString("utf8"), OciIndexOrManifest, `${origin}: manifest`);
   if (manifest.manifests) {
-    ({ body } = await registry.getManifest(pickManifest(manifest.manifests).digest));
-    manifest = JSON.parse(body.toString("utf8")) as { layers?: Descriptor[] };
+    ({ body } = await registry.getManifest(requireDigest(pickManifest(manifest.manifests).digest, `${origin}: the index's manifest`)));
+    manifest = parseJson(body.toString("utf8"), OciIndexOrManifest, `${origin}: manifest`);
   }
   await mkdir(dir, { recursive: true });
   const layers: LayerFile[] = [];
   for (const layer of manifest.layers ?? []) {
-    const path = join(dir, layer.digest.replace(":", "-"));
+    const path = join(dir, digestFileName(layer.digest, `${origin}: a layer`));
     if (!(await pathExists(path))) await registry.pullBlob(layer, path, progress(layer.digest.slice(7, 19)));
     layers.push({ path, compression: compressionOf(layer.mediaType) });
   }
-  if (!layers.length) throw new PyroError("INVALID_ARGUMENT", `${formatReference(ref)} has no layers`);
-  return { layers, origin: formatReference(ref) };
+  if (!layers.length) throw new PyroError("INVALID_ARGUMENT", `${origin} has no layers`);
+  return { layers, origin };
 }
 
-
 /** What every pyro guest needs that a container image may lack. */
-async function addGuestEssentials(root: string): Promise<void> {
-  for (const dir of ["proc", "sys", "dev", "run", "tmp", "workspace", "etc", "root", "var/tmp"]) await mkdir(join(root, dir), { recursive: true });
-  await writeFile(join(root, "etc", "hostname"), "pyro\n");
-  if (!(await lstat(join(root, "etc", "hosts")).then(() => true, () => false))) await writeFile(join(root, "etc", "hosts"), "127.0.0.1 localhost pyro\n");
+async function addGuestEssentials(rootfs: RootedTree): Promise<void> {
+  // Resolved inside the rootfs like everything else: an image's `etc -> /somewhere` means its own /somewhere.
+  for (const dir of ["proc", "sys", "dev", "run", "tmp", "workspace", "etc", "root", "var/tmp"]) {
+    const at = await rootfs.resolve(dir, { followFinal: true, createParents: true });
+    if (!at.stats?.isDirectory()) await rootfs.makeDirectory(at.relative);
+  }
+  await rootfs.writeFile("etc/hostname", "pyro\n");
+  if (!(await rootfs.lstat("etc/hosts"))) await rootfs.writeFile("etc/hosts", "127.0.0.1 localhost pyro\n");
 }
 
 /**
@@ -183,11 +150,12 @@ export async function importContainerImage(
     const image = isFile ? await layersFromArchive(source, join(work, "archive")) : await layersFromRegistry(source, join(work, "blobs"), options.progress);
     const root = join(work, "rootfs");
     await mkdir(root, { recursive: true });
+    const rootfs = new RootedTree(root);
     for (const [i, layer] of image.layers.entries()) {
       options.log(`[import] phase=layer ${i + 1}/${image.layers.length}`);
-      await applyLayer(root, layer);
+      await applyLayer(rootfs, layer, `layer ${i + 1} of ${image.origin}`);
     }
-    await addGuestEssentials(root);
+    await addGuestEssentials(rootfs);
     options.log(`[import] phase=image environment=${name}`);
     const install = join(work, "install");
     await mkdir(install);

@@ -1,17 +1,21 @@
 import { chmod, mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import lockfile from "proper-lockfile";
-import { create as createTar, extract as extractTar } from "tar";
+import { create as createTar } from "tar";
 import { z } from "zod";
 import { PyroError } from "../errors.js";
 import { currentGuestKernel } from "../guest-kernel/guest-kernel.js";
 import type { PyroPaths } from "../paths.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
+import { digestFileName } from "../registry/digest.js";
 import { formatReference, parseReference, type ImageReference } from "../registry/image-reference.js";
 import { credentialsFromEnv, fileDigest, RegistryClient, type Descriptor, type ProgressFn } from "../registry/registry-client.js";
 import { environmentSlug } from "./catalog.js";
 import type { EnvironmentStore, InstalledEnvironment } from "./environment-store.js";
+import { layerTar } from "./image-layer.js";
 import { pathExists } from "../storage/path-exists.js";
+import { RootedTree } from "../storage/rooted-path.js";
+import { extractTarInRoot } from "../storage/rooted-tar-extract.js";
 
 export const ARTIFACT_TYPE = "application/vnd.pyro.environment.v1";
 export const CONFIG_TYPE = "application/vnd.pyro.environment.config.v1+json";
@@ -26,7 +30,8 @@ const ArtifactConfig = z.object({
   packages: z.array(z.string()),
   suite: z.string(),
   image_size_bytes: z.number(),
-  kernel_package: z.string().nullable(),
+  // Names a directory under the kernel cache: a Debian package name, never a path.
+  kernel_package: z.string().regex(/^[a-z0-9][a-z0-9.+~-]{0,127}$/).nullable(),
 });
 type ArtifactConfig = z.infer<typeof ArtifactConfig>;
 
@@ -151,7 +156,7 @@ export async function pullEnvironmentArtifact(
       return current;
     }
     for (const layer of manifest.layers) {
-      const file = join(staging, layer.digest.replace(":", "-"));
+      const file = join(staging, digestFileName(layer.digest, `${formatReference(ref)}: a layer`));
       if (!(await pathExists(file))) {
         options.log(`[pull] phase=download environment=${name} layer=${layer.annotations?.["org.opencontainers.image.title"] ?? layer.mediaType} bytes=${layer.size}`);
         await registry.pullBlob(layer, file, options.progress(layer.annotations?.["org.opencontainers.image.title"] ?? layer.digest.slice(7, 19)));
@@ -164,7 +169,7 @@ export async function pullEnvironmentArtifact(
     await mkdir(install);
     options.log(`[pull] phase=unpack environment=${name}`);
     const image = join(install, "rootfs.ext4");
-    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["convert", "-O", "raw", join(staging, rootfsLayer.digest.replace(":", "-")), image], { timeoutMs: 600_000 });
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["convert", "-O", "raw", join(staging, digestFileName(rootfsLayer.digest, "the rootfs layer")), image], { timeoutMs: 600_000 });
     const size = (await stat(image)).size;
     if (size !== config.image_size_bytes) throw new PyroError("REGISTRY_ERROR", `unpacked rootfs is ${size} bytes, the artifact says ${config.image_size_bytes}`);
     await chmod(image, 0o444);
@@ -173,7 +178,9 @@ export async function pullEnvironmentArtifact(
       const dir = join(paths.cacheDir, "kernels", `${config.kernel_package}.partial`);
       await rm(dir, { recursive: true, force: true });
       await mkdir(dir, { recursive: true });
-      await extractTar({ file: join(staging, kernelLayer.digest.replace(":", "-")), cwd: dir });
+      // The registry is untrusted: its kernel tar is unpacked like an image layer, every path resolved inside `dir`.
+      const kernelTar = layerTar({ path: join(staging, digestFileName(kernelLayer.digest, "the kernel layer")), compression: "gzip" });
+      await extractTarInRoot(new RootedTree(dir), kernelTar, { label: `the kernel layer of ${formatReference(ref)}` });
       await rename(dir, join(paths.cacheDir, "kernels", config.kernel_package));
     }
     const installed = await store.install(name, install, {

@@ -1,4 +1,5 @@
 import { PyroError } from "../errors.js";
+import { isDigest } from "./digest.js";
 
 /** A parsed registry reference: host[:port]/repository[:tag][@digest]. */
 export interface ImageReference {
@@ -24,7 +25,7 @@ export function parseReference(text: string): ImageReference {
   if (at >= 0) {
     digest = rest.slice(at + 1);
     rest = rest.slice(0, at);
-    if (!/^sha256:[a-f0-9]{64}$/.test(digest)) throw new PyroError("INVALID_ARGUMENT", `bad digest in reference '${text}'`);
+    if (!isDigest(digest)) throw new PyroError("INVALID_ARGUMENT", `bad digest in reference '${text}'`);
   }
   const slash = rest.indexOf("/");
   const first = slash >= 0 ? rest.slice(0, slash) : "";

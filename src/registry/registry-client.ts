@@ -4,6 +4,7 @@ import { rename, rm, stat } from "node:fs/promises";
 import { pipeline } from "node:stream/promises";
 import { Readable, Transform } from "node:stream";
 import { PyroError } from "../errors.js";
+import { requireDigest } from "./digest.js";
 import type { ImageReference } from "./image-reference.js";
 
 export interface RegistryCredentials {
@@ -157,6 +158,7 @@ export class RegistryClient {
    * digest before the file appears under its final name. A half download is never used.
    */
   async pullBlob(descriptor: Descriptor, path: string, progress?: ProgressFn): Promise<void> {
+    requireDigest(descriptor.digest, `${this.ref.registry}/${this.ref.repository}: a blob`);
     const partial = `${path}.partial`;
     let have = await stat(partial).then((s) => s.size, () => 0);
     if (have > descriptor.size) {
