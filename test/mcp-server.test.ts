@@ -125,6 +125,19 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
     assert.match(answers.get(3)!.result.content[0]!.text, /^WORKSPACE_NOT_FOUND/);
   });
 
+  it("refuses an argument a tool does not know instead of silently dropping it", async () => {
+    const { client } = await connectStdio();
+    try {
+      const r = await client.callTool({ name: "workspace_exec", arguments: { workspace_id: "w", command: "ls", timeout: 5 } });
+      assert.equal(r.isError, true);
+      assert.match(toolText(r), /Unrecognized key: "timeout"/);
+      const exec = (await client.listTools()).tools.find((t) => t.name === "workspace_exec")!;
+      assert.equal(exec.inputSchema.additionalProperties, false, "the schema tells the client too");
+    } finally {
+      await client.close();
+    }
+  });
+
   it("refuses two readiness checks instead of silently using one", async () => {
     const { client } = await connectStdio(["--profile", "workspace-full"]);
     try {

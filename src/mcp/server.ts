@@ -1,4 +1,5 @@
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
+import { z } from "zod";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { packageRoot } from "../paths.js";
@@ -38,7 +39,8 @@ export function createPyroMcpServer(options: ServerOptions): McpServer {
     { instructions: "pyro runs commands in isolated Linux microVMs. Create a workspace, run commands and edit files in it, review with workspace_diff, then delete it." },
   );
   for (const tool of toolDefinitions(options.profile, options.mode)) {
-    server.registerTool(tool.name, { title: tool.title, description: tool.description, inputSchema: tool.inputSchema }, async (args: Record<string, unknown>, extra) => {
+    // Strict: an argument the tool does not know (a misspelt option) is refused, never silently dropped.
+    server.registerTool(tool.name, { title: tool.title, description: tool.description, inputSchema: z.strictObject(tool.inputSchema) }, async (args: Record<string, unknown>, extra) => {
       const token = extra._meta?.progressToken;
       const progress = async (value: number, message: string) => {
         if (token === undefined) return;

@@ -13,6 +13,8 @@ type RequestId = string | number;
  * answers are written before this returns. One-shot VMs still running die with the process.
  */
 export async function serveStdio(server: McpServer): Promise<void> {
+  // A client that closed stdout too is gone, not an error: calls still running finish all the same.
+  process.stdout.on("error", () => undefined);
   const transport = new StdioServerTransport(process.stdin, process.stdout, { maxBufferSize: MCP_MAX_REQUEST_BYTES });
   // A message too large or not JSON-RPC: say so on stderr rather than close without a word.
   transport.onerror = (error) => process.stderr.write(`[mcp] ${error.message}\n`);
