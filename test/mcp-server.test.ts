@@ -116,6 +116,9 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
       { jsonrpc: "2.0", method: "notifications/initialized" },
       { jsonrpc: "2.0", id: 2, method: "tools/call", params: { name: "workspace_list", arguments: {} } },
       { jsonrpc: "2.0", id: 3, method: "tools/call", params: { name: "workspace_status", arguments: { workspace_id: "no-such-workspace" } } },
+      // A call the client cancels gets no answer: the server must not wait for one forever.
+      { jsonrpc: "2.0", id: 4, method: "tools/call", params: { name: "workspace_list", arguments: {} } },
+      { jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: 4, reason: "test" } },
     ];
     // Everything at once, then EOF: the client does not wait for the answers before closing stdin.
     child.stdin.end(requests.map((m) => JSON.stringify(m) + "\n").join(""));
