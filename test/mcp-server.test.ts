@@ -116,6 +116,9 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
       { jsonrpc: "2.0", method: "notifications/initialized" },
       { jsonrpc: "2.0", id: 2, method: "tools/call", params: { name: "workspace_list", arguments: {} } },
       { jsonrpc: "2.0", id: 3, method: "tools/call", params: { name: "workspace_status", arguments: { workspace_id: "no-such-workspace" } } },
+      // A call the client cancels gets no answer: the server must not wait for one forever.
+      { jsonrpc: "2.0", id: 4, method: "tools/call", params: { name: "workspace_list", arguments: {} } },
+      { jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: 4, reason: "test" } },
     ];
     // Everything at once, then EOF: the client does not wait for the answers before closing stdin.
     child.stdin.end(requests.map((m) => JSON.stringify(m) + "\n").join(""));
@@ -123,6 +126,19 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
     const answers = new Map(stdout.trim().split("\n").map((line) => JSON.parse(line) as { id: number; result: { isError?: boolean; content: { text: string }[] } }).map((m) => [m.id, m]));
     assert.deepEqual(JSON.parse(answers.get(2)!.result.content[0]!.text).workspaces, []);
     assert.match(answers.get(3)!.result.content[0]!.text, /^WORKSPACE_NOT_FOUND/);
+  });
+
+  it("refuses an argument a tool does not know instead of silently dropping it", async () => {
+    const { client } = await connectStdio();
+    try {
+      const r = await client.callTool({ name: "workspace_exec", arguments: { workspace_id: "w", command: "ls", timeout: 5 } });
+      assert.equal(r.isError, true);
+      assert.match(toolText(r), /Unrecognized key: "timeout"/);
+      const exec = (await client.listTools()).tools.find((t) => t.name === "workspace_exec")!;
+      assert.equal(exec.inputSchema.additionalProperties, false, "the schema tells the client too");
+    } finally {
+      await client.close();
+    }
   });
 
   it("refuses two readiness checks instead of silently using one", async () => {

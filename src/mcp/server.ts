@@ -1,4 +1,5 @@
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
+import { z } from "zod";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { packageRoot } from "../paths.js";
@@ -31,24 +32,40 @@ function version(): string {
   }
 }
 
+/** Tool calls still running, per server: a cancelled call sends no answer but its work goes on. */
+const runningCalls = new WeakMap<McpServer, Set<Promise<unknown>>>();
+
+/** Resolves once every tool call this server started has finished (answered or not). */
+export async function toolCallsSettled(server: McpServer): Promise<void> {
+  const running = runningCalls.get(server);
+  while (running?.size) await Promise.allSettled([...running]);
+}
+
 /** An MCP server exposing pyro's tools; the server only registers, each tool module does the work. */
 export function createPyroMcpServer(options: ServerOptions): McpServer {
   const server = new McpServer(
     { name: "pyro", version: version() },
     { instructions: "pyro runs commands in isolated Linux microVMs. Create a workspace, run commands and edit files in it, review with workspace_diff, then delete it." },
   );
+  const running = new Set<Promise<unknown>>();
+  runningCalls.set(server, running);
   for (const tool of toolDefinitions(options.profile, options.mode)) {
-    server.registerTool(tool.name, { title: tool.title, description: tool.description, inputSchema: tool.inputSchema }, async (args: Record<string, unknown>, extra) => {
+    // Strict: an argument the tool does not know (a misspelt option) is refused, never silently dropped.
+    server.registerTool(tool.name, { title: tool.title, description: tool.description, inputSchema: z.strictObject(tool.inputSchema) }, async (args: Record<string, unknown>, extra) => {
       const token = extra._meta?.progressToken;
       const progress = async (value: number, message: string) => {
         if (token === undefined) return;
         await extra.sendNotification({ method: "notifications/progress", params: { progressToken: token, progress: value, message } }).catch(() => undefined);
       };
+      const call = Promise.resolve().then(() => tool.run(args, { pyro: options.pyro, progress }));
+      running.add(call);
       try {
-        const result = await tool.run(args, { pyro: options.pyro, progress });
+        const result = await call;
         return { content: [{ type: "text" as const, text: JSON.stringify(result, null, 2) }] };
       } catch (error) {
         return toolErrorResult(error);
+      } finally {
+        running.delete(call);
       }
     });
   }

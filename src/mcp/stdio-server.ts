@@ -2,6 +2,7 @@ import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js"
 import type { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import type { JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js";
 import { MCP_MAX_REQUEST_BYTES } from "./request-size.js";
+import { toolCallsSettled } from "./server.js";
 
 type RequestId = string | number;
 
@@ -13,6 +14,8 @@ type RequestId = string | number;
  * answers are written before this returns. One-shot VMs still running die with the process.
  */
 export async function serveStdio(server: McpServer): Promise<void> {
+  // A client that closed stdout too is gone, not an error: calls still running finish all the same.
+  process.stdout.on("error", () => undefined);
   const transport = new StdioServerTransport(process.stdin, process.stdout, { maxBufferSize: MCP_MAX_REQUEST_BYTES });
   // A message too large or not JSON-RPC: say so on stderr rather than close without a word.
   transport.onerror = (error) => process.stderr.write(`[mcp] ${error.message}\n`);
@@ -27,6 +30,7 @@ export async function serveStdio(server: McpServer): Promise<void> {
   const unanswered = trackUnansweredRequests(transport);
   await Promise.race([inputEnded, transportClosed]);
   await Promise.race([unanswered.drained(), transportClosed]);
+  await toolCallsSettled(server); // calls the client cancelled: no answer is due, but their work finishes
   // The last answers were handed to stdout; wait until it took them (or failed: the client is gone).
   await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
   await server.close().catch(() => undefined);
@@ -39,6 +43,8 @@ function trackUnansweredRequests(transport: StdioServerTransport): { drained: ()
   const receive = transport.onmessage;
   transport.onmessage = (message: JSONRPCMessage) => {
     if ("method" in message && "id" in message) pending.add(message.id);
+    // A cancelled request gets no answer (the SDK drops it): stop waiting for one.
+    if ("method" in message && message.method === "notifications/cancelled" && pending.delete(message.params?.requestId as RequestId) && pending.size === 0) wake?.();
     receive?.(message);
   };
   const send = transport.send.bind(transport);
