@@ -94,6 +94,33 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
     await assert.rejects(pyro.execWorkspace(id, ["true"], { cwd: "../.." }), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE"));
   });
 
+  it("never follows a symlink the guest planted out of /workspace: files, lists, patches, deletions, sync push", TIMEOUT, async () => {
+    await pyro.execWorkspace(id, "echo keep > /etc/pyro-canary && ln -s / /workspace/root && ln -s /etc /workspace/etc-link && mkdir -p inside && echo in > inside/f && ln -s inside rel");
+    const outside = (e: unknown) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE") && /symbolic link/.test(e.message);
+    await assert.rejects(pyro.readWorkspaceFile(id, "root/etc/pyro-canary"), outside);
+    await assert.rejects(pyro.readWorkspaceFile(id, "etc-link/pyro-canary"), outside);
+    await assert.rejects(pyro.writeWorkspaceFile(id, "root/etc/pyro-canary", "pwned"), outside);
+    await assert.rejects(pyro.writeWorkspaceFile(id, "etc-link/pyro-new", "pwned"), outside);
+    await assert.rejects(pyro.listWorkspaceFiles(id, "root/etc"), outside);
+    await assert.rejects(pyro.applyWorkspacePatch(id, "--- a/etc-link/pyro-canary\n+++ b/etc-link/pyro-canary\n@@ -1 +1 @@\n-keep\n+pwned\n"), outside);
+    await assert.rejects(pyro.applyWorkspacePatch(id, "--- a/root/etc/pyro-canary\n+++ /dev/null\n@@ -1 +0,0 @@\n-keep\n"), outside);
+    const tree = join(scratch, "through-links");
+    await mkdir(join(tree, "etc-link"), { recursive: true });
+    await writeFile(join(tree, "etc-link", "pyro-pushed"), "pwned\n");
+    await assert.rejects(pyro.pushWorkspaceSync(id, join(tree, "etc-link"), { dest: "etc-link" }), outside);
+    await assert.rejects(pyro.pushWorkspaceSync(id, join(tree, "etc-link"), { dest: "root/etc" }), outside);
+    await assert.rejects(pyro.pushWorkspaceSync(id, tree), outside, "an archive entry under a planted link");
+    const etc = await pyro.execWorkspace(id, "cat /etc/pyro-canary; ls /etc/pyro-new /etc/pyro-pushed 2>&1 | wc -l; ls /workspace/etc-link/pyro-pushed 2>&1 | grep -c 'No such'");
+    assert.equal(etc.stdout, "keep\n2\n1\n", "/etc untouched");
+    // Links that stay inside /workspace still work, and a link itself can be listed and removed.
+    assert.equal((await pyro.readWorkspaceFile(id, "rel/f")).content, "in\n");
+    const listing = await pyro.listWorkspaceFiles(id, ".");
+    assert.deepEqual(listing.entries.find((e) => e.path === "root"), { ...listing.entries.find((e) => e.path === "root"), type: "symlink", target: "/" });
+    await pyro.applyWorkspacePatch(id, "--- a/rel/f\n+++ b/rel/f\n@@ -1 +1 @@\n-in\n+in2\n");
+    assert.equal((await pyro.readWorkspaceFile(id, "inside/f")).content, "in2\n");
+    await pyro.execWorkspace(id, "rm -rf /workspace/root /workspace/etc-link /workspace/rel /workspace/inside /etc/pyro-canary");
+  });
+
   it("pushes directories and archives, refuses hostile ones, and diffs additions, deletions and binaries", TIMEOUT, async () => {
     const dir = join(scratch, "changes");
     await mkdir(join(dir, "lib"), { recursive: true });

@@ -1,6 +1,7 @@
 //! pyro-agent: PID 1 of a pyro microVM. Sets up the guest, then serves framed requests from the host
 //! on the virtio-serial port `org.pyro.agent`.
 
+mod beneath;
 mod capture;
 mod command;
 mod exec;
@@ -14,6 +15,7 @@ mod protocol;
 mod services;
 mod shells;
 mod sys;
+mod tar_extract;
 
 use json::{obj, s, Json};
 use protocol::{Context, Writer};
