@@ -7,6 +7,7 @@ mod command;
 mod exec;
 mod files;
 mod frame;
+mod hardening;
 mod init;
 mod json;
 mod process;
@@ -27,6 +28,7 @@ fn main() {
     let is_init = std::process::id() == 1;
     if is_init {
         init::setup_system();
+        hardening::protect_agent();
     }
     let registry = Arc::new(process::Registry::new());
     if is_init {
