@@ -149,7 +149,8 @@ pub fn replace_file(dir: &File, name: &str, data: &mut dyn Read, mode: u32) -> s
             return Err(std::io::Error::from_raw_os_error(21));
         }
     }
-    let tmp = format!(".{}.pyro-{}.tmp", name, std::process::id() as u64 ^ now_nanos());
+    // Not derived from `name`: a 255-byte name plus a suffix would exceed NAME_MAX.
+    let tmp = format!(".pyro-{:x}.tmp", std::process::id() as u64 ^ now_nanos());
     let result = (|| {
         let mut f = beneath::open_child(dir, &tmp, O_WRONLY | O_CREAT | O_EXCL, 0o600)?;
         let n = std::io::copy(data, &mut f)?;

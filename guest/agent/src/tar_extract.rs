@@ -316,6 +316,7 @@ mod tests {
         std::fs::create_dir_all(src.join("sub").join(&long)).unwrap();
         std::fs::write(src.join("sub/a.txt"), "alpha").unwrap();
         std::fs::write(src.join("sub").join(&long).join("f"), "deep").unwrap();
+        std::fs::write(src.join("sub").join(&long).join("n".repeat(250)), "longest name").unwrap();
         std::fs::set_permissions(src.join("sub/a.txt"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::os::unix::fs::symlink("a.txt", src.join("sub/link")).unwrap();
         std::fs::hard_link(src.join("sub/a.txt"), src.join("hard")).unwrap();
@@ -334,6 +335,7 @@ mod tests {
             assert_eq!(std::fs::read_to_string(dest.join("hard")).unwrap(), "alpha");
             if format != "ustar" {
                 assert_eq!(std::fs::read_to_string(dest.join("sub").join(&long).join("f")).unwrap(), "deep");
+                assert_eq!(std::fs::read_to_string(dest.join("sub").join(&long).join("n".repeat(250))).unwrap(), "longest name");
             }
         }
         // The guest planted `sub -> outside`: extracting sub/a.txt must not write through it.
