@@ -94,6 +94,78 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
     await assert.rejects(pyro.execWorkspace(id, ["true"], { cwd: "../.." }), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE"));
   });
 
+  it("never follows a symlink the guest planted out of /workspace: files, lists, patches, deletions, sync push", TIMEOUT, async () => {
+    await pyro.execWorkspace(id, "echo keep > /etc/pyro-canary && ln -s / /workspace/root && ln -s /etc /workspace/etc-link && mkdir -p inside && echo in > inside/f && ln -s inside rel");
+    const outside = (e: unknown) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE") && /symbolic link/.test(e.message);
+    await assert.rejects(pyro.readWorkspaceFile(id, "root/etc/pyro-canary"), outside);
+    await assert.rejects(pyro.readWorkspaceFile(id, "etc-link/pyro-canary"), outside);
+    await assert.rejects(pyro.writeWorkspaceFile(id, "root/etc/pyro-canary", "pwned"), outside);
+    await assert.rejects(pyro.writeWorkspaceFile(id, "etc-link/pyro-new", "pwned"), outside);
+    await assert.rejects(pyro.listWorkspaceFiles(id, "root/etc"), outside);
+    await assert.rejects(pyro.applyWorkspacePatch(id, "--- a/etc-link/pyro-canary\n+++ b/etc-link/pyro-canary\n@@ -1 +1 @@\n-keep\n+pwned\n"), outside);
+    await assert.rejects(pyro.applyWorkspacePatch(id, "--- a/root/etc/pyro-canary\n+++ /dev/null\n@@ -1 +0,0 @@\n-keep\n"), outside);
+    const tree = join(scratch, "through-links");
+    await mkdir(join(tree, "etc-link"), { recursive: true });
+    await writeFile(join(tree, "etc-link", "pyro-pushed"), "pwned\n");
+    await assert.rejects(pyro.pushWorkspaceSync(id, join(tree, "etc-link"), { dest: "etc-link" }), outside);
+    await assert.rejects(pyro.pushWorkspaceSync(id, join(tree, "etc-link"), { dest: "root/etc" }), outside);
+    await assert.rejects(pyro.pushWorkspaceSync(id, tree), outside, "an archive entry under a planted link");
+    const etc = await pyro.execWorkspace(id, "cat /etc/pyro-canary; ls /etc/pyro-new /etc/pyro-pushed 2>&1 | wc -l; ls /workspace/etc-link/pyro-pushed 2>&1 | grep -c 'No such'");
+    assert.equal(etc.stdout, "keep\n2\n1\n", "/etc untouched");
+    // Links that stay inside /workspace still work, and a link itself can be listed and removed.
+    assert.equal((await pyro.readWorkspaceFile(id, "rel/f")).content, "in\n");
+    const listing = await pyro.listWorkspaceFiles(id, ".");
+    assert.deepEqual(listing.entries.find((e) => e.path === "root"), { ...listing.entries.find((e) => e.path === "root"), type: "symlink", target: "/" });
+    await pyro.applyWorkspacePatch(id, "--- a/rel/f\n+++ b/rel/f\n@@ -1 +1 @@\n-in\n+in2\n");
+    assert.equal((await pyro.readWorkspaceFile(id, "inside/f")).content, "in2\n");
+    await pyro.execWorkspace(id, "rm -rf /workspace/root /workspace/etc-link /workspace/rel /workspace/inside /etc/pyro-canary");
+  });
+
+  it("keeps commands from tracing the agent (PID 1), while a process may still trace its own children", TIMEOUT, async () => {
+    const script = [
+      "import ctypes, errno, os",
+      "libc = ctypes.CDLL(None, use_errno=True)",
+      "libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]",
+      "def tr(req, pid):",
+      "    return 'ok' if libc.ptrace(req, pid, None, None) == 0 else errno.errorcode[ctypes.get_errno()]",
+      "def attempt(fn):",
+      "    try:",
+      "        fn(); return 'ok'",
+      "    except OSError as e:",
+      "        return errno.errorcode[e.errno]",
+      "print('attach', tr(16, 1))",
+      "print('seize', tr(0x4206, 1))",
+      "print('mem', attempt(lambda: open('/proc/1/mem', 'rb').read(1)))",
+      "print('scope-write', attempt(lambda: os.write(os.open('/proc/sys/kernel/yama/ptrace_scope', os.O_WRONLY), b'0')))",
+      "print('scope', open('/proc/sys/kernel/yama/ptrace_scope').read().strip())",
+      "print('modules_disabled', open('/proc/sys/kernel/modules_disabled').read().strip())",
+      "pid = os.fork()",
+      "if pid == 0:",
+      "    libc.ptrace(0, 0, None, None); os.kill(os.getpid(), 19); os._exit(7)",
+      "_, st = os.waitpid(pid, 0)",
+      "stopped = os.WIFSTOPPED(st)",
+      "libc.ptrace(7, pid, None, None)",
+      "_, st = os.waitpid(pid, 0)",
+      "print('traceme-child', stopped, os.WEXITSTATUS(st))",
+      "pid = os.fork()",
+      "if pid == 0:",
+      "    import time; time.sleep(30); os._exit(0)",
+      "print('attach-child', tr(16, pid))",
+      "os.kill(pid, 9); os.waitpid(pid, 0)",
+    ].join("\n");
+    const r = await pyro.execWorkspace(id, ["python3", "-c", script]);
+    assert.equal(r.exit_code, 0, r.stderr);
+    assert.equal(
+      r.stdout,
+      ["attach EPERM", "seize EPERM", `mem ${/mem (EACCES|EPERM)/.exec(r.stdout)?.[1] ?? "EACCES"}`, "scope-write EPERM", "scope 1", "modules_disabled 1", "traceme-child True 7", "attach-child ok", ""].join("\n"),
+    );
+    assert.match(r.stdout, /mem (EACCES|EPERM)/);
+    const caps = await pyro.execWorkspace(id, ["grep", "CapBnd", "/proc/self/status"]);
+    const bounding = BigInt(`0x${caps.stdout.split(/\s+/)[1]}`);
+    assert.equal(bounding & ((1n << 19n) | (1n << 16n)), 0n, "CAP_SYS_PTRACE and CAP_SYS_MODULE are gone from the bounding set");
+    assert.notEqual(bounding & (1n << 21n), 0n, "other capabilities (CAP_SYS_ADMIN) remain");
+  });
+
   it("pushes directories and archives, refuses hostile ones, and diffs additions, deletions and binaries", TIMEOUT, async () => {
     const dir = join(scratch, "changes");
     await mkdir(join(dir, "lib"), { recursive: true });

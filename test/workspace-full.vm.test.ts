@@ -114,8 +114,14 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
 
   it("reads a stopped workspace's disk offline, and marks services lost after a restart", TIMEOUT, async () => {
     await pyro.writeWorkspaceFile(id, "docs/offline.txt", "read without booting\n");
+    await pyro.execWorkspace(id, ["ln", "-s", "/", "/workspace/rootlink"]);
     await assert.rejects(pyro.listWorkspaceDisk(id), (e) => isPyroError(e, "WORKSPACE_RUNNING"));
     await pyro.stopWorkspace(id);
+    // Offline paths are confined like live ones: no quoting tricks, no guest symlinks followed.
+    const noShadow = (e: unknown) => isPyroError(e) && !/root:/.test(e.message);
+    await assert.rejects(pyro.readWorkspaceDisk(id, '.."/etc/shadow"'), noShadow);
+    await assert.rejects(pyro.readWorkspaceDisk(id, "rootlink/etc/shadow"), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE") && /symbolic link/.test(e.message));
+    await assert.rejects(pyro.listWorkspaceDisk(id, "rootlink/etc"), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE"));
     const listing = await pyro.listWorkspaceDisk(id, ".", { recursive: true });
     assert.ok(listing.entries.some((e) => e.path === "docs/offline.txt" && e.type === "file"), JSON.stringify(listing.entries));
     const file = await pyro.readWorkspaceDisk(id, "docs/offline.txt");

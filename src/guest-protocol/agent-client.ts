@@ -81,7 +81,12 @@ export class AgentClient {
       } else {
         const err = (item.header.error ?? {}) as { code?: string; message?: string };
         waiter.reject(
-          new PyroError("GUEST_OPERATION_FAILED", `guest ${waiter.op} failed: ${err.message ?? "unknown error"}`, { guestCode: err.code ?? "unknown" }),
+          new PyroError(
+            // The agent refuses a /workspace path that a guest symlink leads elsewhere: the same refusal as a path outside it.
+            err.code === "outside_workspace" ? "PATH_OUTSIDE_WORKSPACE" : "GUEST_OPERATION_FAILED",
+            `guest ${waiter.op} failed: ${err.message ?? "unknown error"}`,
+            { guestCode: err.code ?? "unknown" },
+          ),
         );
       }
     }
@@ -199,6 +204,14 @@ export class AgentClient {
 
   async remove(path: string, options: { recursive?: boolean } = {}): Promise<void> {
     await this.request("file.remove", { path, recursive: options.recursive ?? false });
+  }
+
+  /**
+   * Unpacks a tar already staged in the guest into `dest`, every entry created beneath `dest` by the
+   * agent (links already in the guest are never written through).
+   */
+  async extractArchive(archive: string, dest: string): Promise<void> {
+    await this.request("file.extract", { archive, path: dest }, undefined, { timeoutMs: 600_000 });
   }
 
   async mkdir(path: string): Promise<void> {

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { rename, rm } from "node:fs/promises";
+import { realpath, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { environmentSlug } from "../environments/catalog.js";
@@ -97,7 +97,8 @@ export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime
   await makePrivateSubdir(work);
   try {
     const disk = join(work, "disk.qcow2");
-    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", disk], { privateFiles: true });
+    // The real path: a template outlives the (possibly linked, e.g. per-test) directory it was built from.
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", await realpath(env.imagePath), "-F", "raw", disk], { privateFiles: true });
     const spec = { ...workspaceLaunchSpec(runtime, shape, disk, runDir), dieWithParent: true, ownsRunDir: true };
     const vm = await runtime.backend.launch(spec);
     const started = Date.now();

@@ -2,7 +2,6 @@ import { randomBytes } from "node:crypto";
 import { PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { capturedText } from "../guest-protocol/messages.js";
-import { shellQuote } from "../process/shell-quote.js";
 import { MAX_ARCHIVE_BYTES } from "./archive-safety.js";
 
 /** Frames carry at most 128 MiB; bigger transfers go in pieces of this size. */
@@ -24,7 +23,10 @@ export async function removeStaleStaging(agent: AgentClient): Promise<void> {
   if (r.exitCode !== 0) throw new PyroError("GUEST_OPERATION_FAILED", `removing stale upload files failed: ${capturedText(r.stderr).trim()}`);
 }
 
-/** Extracts a (validated) tar into `dest` in the guest. Staged on the guest's disk, not in its RAM. */
+/**
+ * Extracts a (validated) tar into `dest` in the guest. Staged on the guest's disk, not in its RAM;
+ * unpacked by the agent beneath `dest`, so a symlink the guest planted there is never followed.
+ */
 export async function extractTarInGuest(agent: AgentClient, tar: Buffer, dest: string): Promise<void> {
   const staging = `${STAGING_DIR}/${STAGING_PREFIX}${randomBytes(6).toString("hex")}.tar`;
   try {
@@ -33,11 +35,7 @@ export async function extractTarInGuest(agent: AgentClient, tar: Buffer, dest: s
       await agent.writeFile(staging, tar.subarray(offset, offset + CHUNK_BYTES), { append: offset > 0, mode: 0o600 });
       offset += CHUNK_BYTES;
     } while (offset < tar.length);
-    const r = await agent.exec({
-      command: `mkdir -p ${shellQuote(dest)} && tar -x -f ${shellQuote(staging)} -C ${shellQuote(dest)} --no-same-owner`,
-      timeoutMs: 600_000,
-    });
-    if (r.exitCode !== 0) throw new PyroError("GUEST_OPERATION_FAILED", `extracting into ${dest} failed: ${capturedText(r.stderr).trim()}`);
+    await agent.extractArchive(staging, dest);
   } finally {
     await agent.remove(staging).catch(() => undefined);
   }

@@ -1,7 +1,10 @@
-import { mkdtemp, rm, stat } from "node:fs/promises";
+import { lstat, mkdtemp, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { PyroError } from "../errors.js";
-import { requireExecutable, runHostCommand, runHostCommandRaw } from "../process/host-command.js";
+import { requireExecutable, runHostCommand } from "../process/host-command.js";
+import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
+import { diskChain } from "../storage/qcow2-backing-chain.js";
+import { entryType, Ext4Image, type DiskEntryType } from "./disk-image.js";
 import { relativeToWorkspace, workspacePath } from "./guest-paths.js";
 import { diskPath } from "./workspace-boot.js";
 import { reconcileVm, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
@@ -12,85 +15,119 @@ import { isText } from "./text-content.js";
 /** Runtime state pyro keeps in the guest outside /workspace; never part of a disk export. */
 const RUNTIME_PATHS = ["/run/pyro-secrets", "/run/pyro-services"];
 
+/** qemu-img converts a whole disk; debugfs edits a copy in place (export). Both stay within these. */
+const CONVERT_TIMEOUT_MS = 600_000;
+const SCRUB_TIMEOUT_MS = 120_000;
+const DISK_TOOL_LIMITS = { cpuSeconds: 600, addressSpaceBytes: 4 * 2 ** 30 };
+const MAX_LISTED_ENTRIES = 10_000;
+const RAW_NAME = "disk.raw";
+
+/** The raw copy a sandboxed tool left in scratch, checked to be a plain file before pyro touches it. */
+async function sandboxOutputFile(scratch: string, name: string): Promise<string> {
+  const path = join(scratch, name);
+  const st = await lstat(path).catch(() => undefined);
+  if (!st?.isFile()) throw new PyroError("HOST_COMMAND_FAILED", `the disk tool did not leave a plain ${name} in its output directory`);
+  return path;
+}
+
 /**
- * Runs `fn` on a raw copy of a stopped workspace's disk, read with userspace tools only: the image
- * is never mounted on the host and never booted.
+ * Runs `fn` on a raw copy of a stopped workspace's disk, made and read with userspace tools inside
+ * host-sandbox: the image is never mounted on the host, never booted, and never parsed by an
+ * unconfined tool.
  */
-async function withRawDisk<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord, raw: string, redactor: Redactor) => Promise<T>): Promise<T> {
+async function withRawDisk<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord, raw: string, scratch: string, redactor: Redactor) => Promise<T>): Promise<T> {
   return withLockedWorkspace(ctx, ref, async (record) => {
     if (await reconcileVm(ctx, record)) {
       throw new PyroError("WORKSPACE_RUNNING", `workspace ${record.id} is running; disk tools read stopped workspaces (stop it with 'pyro workspace stop ${record.id}', or use the file tools)`);
     }
     const scratch = await mkdtemp(join(ctx.store.dir(record.id), ".disk-"));
     try {
-      const raw = join(scratch, "disk.raw");
-      await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["convert", "-O", "raw", diskPath(ctx, record.id), raw], { timeoutMs: 600_000, privateFiles: true });
-      return await fn(record, raw, new Redactor(await loadSecrets(ctx, record.id)));
+      const chain = await diskChain(diskPath(ctx, record.id));
+      const converted = await runSandboxed({
+        tool: requireExecutable("qemu-img", "qemu-utils"),
+        args: ["convert", "-O", "raw", chain.files[0]!, `${SANDBOX_OUTPUT_DIR}/${RAW_NAME}`],
+        readOnlyFiles: chain.files,
+        outputDir: scratch,
+        timeoutMs: CONVERT_TIMEOUT_MS,
+        limits: { ...DISK_TOOL_LIMITS, fileSizeBytes: chain.virtualSize },
+      });
+      if (converted.exitCode !== 0) throw sandboxFailure(converted, "converting the workspace disk to raw");
+      const raw = await sandboxOutputFile(scratch, RAW_NAME);
+      return await fn(record, raw, scratch, new Redactor(await loadSecrets(ctx, record.id)));
     } finally {
       await rm(scratch, { recursive: true, force: true });
     }
   });
 }
 
-function debugfs(): string {
-  return requireExecutable("debugfs", "e2fsprogs");
-}
-
-interface DiskEntry {
+export interface DiskEntry {
   path: string;
-  type: "file" | "directory" | "symlink" | "other";
+  type: DiskEntryType;
   mode: string;
   size: number;
 }
 
-/** `ls -p` prints /inode/mode/uid/gid/name/size/ per entry. */
-async function listDir(raw: string, dir: string): Promise<DiskEntry[]> {
-  const r = await runHostCommandRaw(debugfs(), ["-R", `ls -p "${dir}"`, raw], { timeoutMs: 60_000 });
-  if (/File not found|not found by ext2_lookup/.test(r.stderr)) throw new PyroError("GUEST_OPERATION_FAILED", `${relativeToWorkspace(dir) || "."} does not exist on the disk`);
-  const entries: DiskEntry[] = [];
-  for (const line of r.stdout.toString("utf8").split("\n")) {
-    const parts = line.split("/");
-    if (parts.length < 7) continue;
-    const [, , modeText, , , name, size] = parts;
-    if (!name || name === "." || name === "..") continue;
-    const mode = parseInt(modeText ?? "0", 8);
-    const kind = (mode & 0o170000) >>> 12;
-    entries.push({
-      path: dir === "/" ? `/${name}` : `${dir}/${name}`,
-      type: kind === 0o4 ? "directory" : kind === 0o10 ? "file" : kind === 0o12 ? "symlink" : "other",
-      mode: (mode & 0o7777).toString(8).padStart(4, "0"),
-      size: Number(size),
-    });
+function symlinkRefused(guestPath: string): PyroError {
+  return new PyroError("PATH_OUTSIDE_WORKSPACE", `${relativeToWorkspace(guestPath)} is a symbolic link on the disk; disk tools do not follow links (name the link's target inside /workspace)`, { path: guestPath });
+}
+
+/** Lists a workspace directory in a raw image (breadth first, symlinks listed, never followed). */
+export async function listImage(image: Ext4Image, guestPath: string, recursive: boolean): Promise<{ entries: DiskEntry[]; truncated: boolean }> {
+  const top = await image.lookup(guestPath);
+  if (entryType(top.mode) === "symlink") throw symlinkRefused(guestPath);
+  if (entryType(top.mode) !== "directory") throw new PyroError("GUEST_OPERATION_FAILED", `${relativeToWorkspace(guestPath) || "."} is not a directory on the disk`);
+  const out: DiskEntry[] = [];
+  const seen = new Set<number>([top.inode]);
+  let level: { inode: number; path: string }[] = [{ inode: top.inode, path: guestPath }];
+  while (level.length && out.length < MAX_LISTED_ENTRIES) {
+    const listings = await image.listInodes(level.map((d) => d.inode));
+    const next: typeof level = [];
+    for (const dir of level) {
+      for (const entry of listings.get(dir.inode) ?? []) {
+        if (out.length >= MAX_LISTED_ENTRIES) break;
+        const path = `${dir.path}/${entry.name}`;
+        const type = entryType(entry.mode);
+        out.push({ path, type, mode: (entry.mode & 0o7777).toString(8).padStart(4, "0"), size: entry.size });
+        // A damaged image can link a directory into itself; each inode is walked once.
+        if (recursive && type === "directory" && !seen.has(entry.inode)) {
+          seen.add(entry.inode);
+          next.push({ inode: entry.inode, path });
+        }
+      }
+    }
+    if (!recursive) break;
+    level = next;
   }
-  return entries;
+  return { entries: out, truncated: out.length >= MAX_LISTED_ENTRIES };
+}
+
+/** Reads the start of a workspace file in a raw image; links are refused, not followed. */
+export async function readImage(image: Ext4Image, guestPath: string, maxBytes: number): Promise<{ data: Buffer; size: number; truncated: boolean }> {
+  const entry = await image.lookup(guestPath);
+  const type = entryType(entry.mode);
+  if (type === "symlink") throw symlinkRefused(guestPath);
+  if (type !== "file") throw new PyroError("GUEST_OPERATION_FAILED", `${relativeToWorkspace(guestPath)} is a ${type} on the disk, not a file`);
+  const { data, truncated } = await image.readInode(entry, maxBytes);
+  return { data, size: entry.size, truncated };
 }
 
 export async function diskList(ctx: WorkspaceContext, ref: string, path = ".", options: { recursive?: boolean } = {}) {
   const root = workspacePath(path);
   return withRawDisk(ctx, ref, async (record, raw) => {
-    const out: DiskEntry[] = [];
-    const queue = [root];
-    while (queue.length && out.length < 10_000) {
-      const dir = queue.shift()!;
-      for (const entry of await listDir(raw, dir)) {
-        out.push(entry);
-        if (options.recursive && entry.type === "directory") queue.push(entry.path);
-      }
-    }
-    return { workspace_id: record.id, path: relativeToWorkspace(root) || ".", count: out.length, entries: out.map((e) => ({ ...e, path: relativeToWorkspace(e.path) })) };
+    const { entries, truncated } = await listImage(new Ext4Image(raw), root, options.recursive ?? false);
+    return { workspace_id: record.id, path: relativeToWorkspace(root) || ".", count: entries.length, truncated, entries: entries.map((e) => ({ ...e, path: relativeToWorkspace(e.path) })) };
   });
 }
 
 export async function diskRead(ctx: WorkspaceContext, ref: string, path: string, options: { maxBytes?: number } = {}) {
   const guestPath = workspacePath(path);
   const maxBytes = options.maxBytes ?? 65_536;
-  return withRawDisk(ctx, ref, async (record, raw, redactor) => {
-    const r = await runHostCommandRaw(debugfs(), ["-R", `cat "${guestPath}"`, raw], { timeoutMs: 60_000, maxOutputBytes: 64 * 1024 * 1024 });
-    if (/File not found|not found by ext2_lookup/.test(r.stderr)) throw new PyroError("GUEST_OPERATION_FAILED", `${relativeToWorkspace(guestPath)} does not exist on the disk`);
-    const data = redactor.bytes(r.stdout);
+  if (!(maxBytes > 0)) throw new PyroError("INVALID_ARGUMENT", "max bytes must be positive");
+  return withRawDisk(ctx, ref, async (record, raw, _scratch, redactor) => {
+    const read = await readImage(new Ext4Image(raw), guestPath, maxBytes);
+    const data = redactor.bytes(read.data);
     const text = isText(data);
-    const shown = data.subarray(0, maxBytes);
-    return { workspace_id: record.id, path: relativeToWorkspace(guestPath), size: data.length, truncated: data.length > maxBytes, encoding: text ? "utf8" : "base64", content: text ? shown.toString("utf8") : shown.toString("base64") };
+    return { workspace_id: record.id, path: relativeToWorkspace(guestPath), size: read.size, truncated: read.truncated, encoding: text ? "utf8" : "base64", content: text ? data.toString("utf8") : data.toString("base64") };
   });
 }
 
@@ -98,11 +135,20 @@ export async function diskRead(ctx: WorkspaceContext, ref: string, path: string,
 export async function diskExport(ctx: WorkspaceContext, ref: string, outputPath: string) {
   const output = resolve(outputPath);
   if (await stat(output).then(() => true, () => false)) throw new PyroError("INVALID_ARGUMENT", `${output} already exists; choose another --output`);
-  return withRawDisk(ctx, ref, async (record, raw) => {
+  return withRawDisk(ctx, ref, async (record, raw, scratch) => {
     // Secrets and service state live on tmpfs and never reach the disk; scrub anyway, belt and braces.
+    // The paths are pyro's own constants (no guest name is quoted into the script).
     const script = RUNTIME_PATHS.map((p) => `rm "${p}"\nrmdir "${p}"`).join("\n");
-    await runHostCommandRaw(debugfs(), ["-w", "-f", "-", raw], { input: script + "\n", timeoutMs: 60_000 });
-    await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", raw, output]);
+    const scrub = await runSandboxed({
+      tool: requireExecutable("debugfs", "e2fsprogs"),
+      args: ["-w", "-f", "-", `${SANDBOX_OUTPUT_DIR}/${RAW_NAME}`],
+      outputDir: scratch,
+      input: script + "\n",
+      timeoutMs: SCRUB_TIMEOUT_MS,
+      limits: { ...DISK_TOOL_LIMITS, fileSizeBytes: (await lstat(raw)).size },
+    });
+    if (scrub.signal) throw sandboxFailure(scrub, "removing pyro's runtime state from the exported disk");
+    await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", await sandboxOutputFile(scratch, RAW_NAME), output]);
     const size = (await stat(output)).size;
     return { workspace_id: record.id, output, format: "raw ext4", bytes: size };
   });

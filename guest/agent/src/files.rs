@@ -1,11 +1,13 @@
 //! File operations, so the host never has to quote paths or contents through a shell.
 
+use crate::beneath::{self, Beneath, O_APPEND, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_PATH, O_RDONLY, O_WRONLY, WORKSPACE_ROOT};
 use crate::json::{obj, s, Json};
 use crate::protocol::{OpError, Reply};
-use std::fs;
+use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+
+const O_NONBLOCK: u64 = 0o4000;
 
 const DEFAULT_MAX_READ: i64 = 1 << 20;
 const DEFAULT_MAX_ENTRIES: i64 = 10_000;
@@ -18,7 +20,43 @@ fn path_arg<'a>(header: &'a Json) -> Result<&'a str, OpError> {
     Ok(p)
 }
 
-fn io_error(path: &str, e: std::io::Error) -> OpError {
+/// Where a request's path is resolved: a /workspace path beneath /workspace (symlinks that leave it
+/// are refused), anything else — the host's own runtime paths — from the guest's root.
+pub struct Target {
+    pub root: Beneath,
+    /// The path relative to `root` ("" for the root itself).
+    pub rel: String,
+    /// The path as the host sent it, for messages.
+    pub shown: String,
+}
+
+pub fn target(path: &str) -> Result<Target, OpError> {
+    let shown = path.to_string();
+    match beneath::workspace_relative(path) {
+        Ok(Some(rel)) => {
+            let root = Beneath::workspace().map_err(|e| OpError::new("io_error", &format!("{}: {}", WORKSPACE_ROOT, e)))?;
+            Ok(Target { root, rel, shown })
+        }
+        Ok(None) => {
+            let rel = beneath::components(path).map_err(|e| OpError::bad_request(&e.to_string()))?.join("/");
+            let root = Beneath::system().map_err(|e| OpError::new("io_error", &format!("/: {}", e)))?;
+            Ok(Target { root, rel, shown })
+        }
+        Err(e) => Err(OpError::bad_request(&format!("{}: {}", path, e))),
+    }
+}
+
+fn header_target(header: &Json) -> Result<Target, OpError> {
+    target(path_arg(header)?)
+}
+
+pub fn io_error(path: &str, e: std::io::Error) -> OpError {
+    if beneath::is_escape(&e) && e.raw_os_error() == Some(18) {
+        return OpError::new(
+            "outside_workspace",
+            &format!("{} leads outside {} through a symbolic link (or '..'); file tools stay inside {}", path, WORKSPACE_ROOT, WORKSPACE_ROOT),
+        );
+    }
     let code = match e.kind() {
         std::io::ErrorKind::NotFound => "not_found",
         std::io::ErrorKind::PermissionDenied => "permission_denied",
@@ -27,6 +65,7 @@ fn io_error(path: &str, e: std::io::Error) -> OpError {
             Some(21) => "is_a_directory",
             Some(20) => "not_a_directory",
             Some(28) => "no_space",
+            Some(40) => "too_many_links",
             _ => "io_error",
         },
     };
@@ -53,7 +92,7 @@ fn kind_of(ft: &fs::FileType) -> &'static str {
     }
 }
 
-fn describe(path: &str, meta: &fs::Metadata) -> Json {
+fn describe(path: &str, meta: &fs::Metadata, link: Option<&File>) -> Json {
     let ft = meta.file_type();
     let mut pairs = vec![
         ("path", s(path)),
@@ -63,23 +102,26 @@ fn describe(path: &str, meta: &fs::Metadata) -> Json {
         ("mtime_ms", Json::Int(meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000)),
     ];
     if ft.is_symlink() {
-        let target = fs::read_link(path).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+        let target = link.and_then(|f| beneath::link_target(f).ok()).unwrap_or_default();
         pairs.push(("target", Json::Str(target)));
     }
     obj(pairs)
 }
 
 pub fn stat(header: &Json) -> Result<Reply, OpError> {
-    let path = path_arg(header)?;
-    let meta = fs::symlink_metadata(path).map_err(|e| io_error(path, e))?;
-    Ok(Reply::header(describe(path, &meta)))
+    let t = header_target(header)?;
+    let node = t.root.open_at(&t.rel, O_PATH | O_NOFOLLOW, 0).map_err(|e| io_error(&t.shown, e))?;
+    let meta = node.metadata().map_err(|e| io_error(&t.shown, e))?;
+    Ok(Reply::header(describe(&t.shown, &meta, Some(&node))))
 }
 
 pub fn read(header: &Json) -> Result<Reply, OpError> {
-    let path = path_arg(header)?;
+    let t = header_target(header)?;
+    let path = t.shown.as_str();
     let offset = header.get("offset").and_then(Json::as_i64).unwrap_or(0).max(0) as u64;
     let max = header.get("max_bytes").and_then(Json::as_i64).unwrap_or(DEFAULT_MAX_READ).max(0) as u64;
-    let mut f = fs::File::open(path).map_err(|e| io_error(path, e))?;
+    // O_NONBLOCK: a FIFO planted in /workspace must not hang the request.
+    let mut f = t.root.open_at(&t.rel, O_RDONLY | O_NONBLOCK, 0).map_err(|e| io_error(path, e))?;
     let meta = f.metadata().map_err(|e| io_error(path, e))?;
     if meta.is_dir() {
         return Err(OpError::new("is_a_directory", &format!("{} is a directory", path)));
@@ -99,35 +141,50 @@ pub fn read(header: &Json) -> Result<Reply, OpError> {
     })
 }
 
-/// Writes via a temp file and rename, so a reader never sees half a file.
+/// Replaces `dir/name` with `data` through a temp file and rename, so a reader never sees half a
+/// file; a symlink at `name` is replaced, never written through.
+pub fn replace_file(dir: &File, name: &str, data: &mut dyn Read, mode: u32) -> std::io::Result<u64> {
+    if let Ok(existing) = beneath::open_child(dir, name, O_PATH, 0) {
+        if existing.metadata()?.is_dir() {
+            return Err(std::io::Error::from_raw_os_error(21));
+        }
+    }
+    // Not derived from `name`: a 255-byte name plus a suffix would exceed NAME_MAX.
+    let tmp = format!(".pyro-{:x}.tmp", std::process::id() as u64 ^ now_nanos());
+    let result = (|| {
+        let mut f = beneath::open_child(dir, &tmp, O_WRONLY | O_CREAT | O_EXCL, 0o600)?;
+        let n = std::io::copy(data, &mut f)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        beneath::rename_in(dir, &tmp, name)?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = beneath::unlink_in(dir, &tmp, false);
+    }
+    result
+}
+
 pub fn write(header: &Json, data: Vec<u8>) -> Result<Reply, OpError> {
-    let path = path_arg(header)?;
+    let t = header_target(header)?;
+    let path = t.shown.as_str();
     let mode = header.get("mode").and_then(Json::as_i64).unwrap_or(0o644) as u32 & 0o7777;
     let append = header.get("append").and_then(Json::as_bool).unwrap_or(false);
-    let target = Path::new(path);
-    let parent = target.parent().ok_or_else(|| OpError::bad_request("cannot write to /"))?;
+    if t.rel.is_empty() {
+        return Err(OpError::bad_request(&format!("cannot write to {}", path)));
+    }
+    let parent = t.rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
     if header.get("mkdirs").and_then(Json::as_bool).unwrap_or(true) {
-        fs::create_dir_all(parent).map_err(|e| io_error(&parent.to_string_lossy(), e))?;
+        t.root.create_dirs(parent).map_err(|e| io_error(path, e))?;
     }
     if append {
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| io_error(path, e))?;
+        let mut f = t.root.open_at(&t.rel, O_WRONLY | O_APPEND | O_CREAT, mode).map_err(|e| io_error(path, e))?;
         f.write_all(&data).map_err(|e| io_error(path, e))?;
     } else {
-        if fs::symlink_metadata(path).map(|m| m.is_dir()).unwrap_or(false) {
-            return Err(OpError::new("is_a_directory", &format!("{} is a directory", path)));
-        }
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = parent.join(format!(".{}.pyro-{}.tmp", name, std::process::id() as u64 ^ now_nanos()));
-        let result = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.set_permissions(fs::Permissions::from_mode(mode))?;
-            fs::rename(&tmp, path)
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_error(path, e));
-        }
+        let (dir, name) = t.root.parent_of(&t.rel).map_err(|e| io_error(path, e))?;
+        replace_file(&dir, name, &mut data.as_slice(), mode).map_err(|e| match e.raw_os_error() {
+            Some(21) => OpError::new("is_a_directory", &format!("{} is a directory", path)),
+            _ => io_error(path, e),
+        })?;
     }
     Ok(Reply::header(obj(vec![("path", s(path)), ("bytes", Json::Int(data.len() as i64))])))
 }
@@ -137,20 +194,22 @@ fn now_nanos() -> u64 {
 }
 
 pub fn list(header: &Json) -> Result<Reply, OpError> {
-    let path = path_arg(header)?;
+    let t = header_target(header)?;
+    let path = t.shown.as_str();
     let recursive = header.get("recursive").and_then(Json::as_bool).unwrap_or(false);
     let max = header.get("max_entries").and_then(Json::as_i64).unwrap_or(DEFAULT_MAX_ENTRIES).max(1) as usize;
-    let meta = fs::metadata(path).map_err(|e| io_error(path, e))?;
-    if !meta.is_dir() {
-        return Err(OpError::new("not_a_directory", &format!("{} is not a directory", path)));
-    }
+    let top = t.root.open_at(&t.rel, O_RDONLY | O_DIRECTORY, 0).map_err(|e| match e.raw_os_error() {
+        Some(20) => OpError::new("not_a_directory", &format!("{} is not a directory", path)),
+        _ => io_error(path, e),
+    })?;
     let mut entries = Vec::new();
     let mut truncated = false;
-    let mut stack = vec![path.trim_end_matches('/').to_string()];
-    while let Some(dir) = stack.pop() {
-        let mut names: Vec<String> = match fs::read_dir(if dir.is_empty() { "/" } else { &dir }) {
-            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
-            Err(e) if dir == path.trim_end_matches('/') => return Err(io_error(path, e)),
+    // Depth first by directory descriptor: children are opened by name with O_NOFOLLOW, so a
+    // listing never walks through a link.
+    let mut stack = vec![(top, path.trim_end_matches('/').to_string())];
+    while let Some((dir, dir_path)) = stack.pop() {
+        let mut names = match beneath::read_names(&dir) {
+            Ok(names) => names,
             Err(_) => continue, // an unreadable subdirectory does not fail the listing
         };
         names.sort();
@@ -160,12 +219,18 @@ pub fn list(header: &Json) -> Result<Reply, OpError> {
                 truncated = true;
                 break;
             }
-            let full = format!("{}/{}", dir, name);
-            if let Ok(m) = fs::symlink_metadata(&full) {
+            let full = format!("{}/{}", dir_path, name);
+            let node = match beneath::open_child(&dir, &name, O_PATH, 0) {
+                Ok(node) => node,
+                Err(_) => continue, // vanished meanwhile
+            };
+            if let Ok(m) = node.metadata() {
                 if recursive && m.is_dir() {
-                    subdirs.push(full.clone());
+                    if let Ok(sub) = beneath::open_child(&dir, &name, O_RDONLY | O_DIRECTORY, 0) {
+                        subdirs.push((sub, full.clone()));
+                    }
                 }
-                entries.push(describe(&full, &m));
+                entries.push(describe(&full, &m, Some(&node)));
             }
         }
         if truncated {
@@ -177,24 +242,33 @@ pub fn list(header: &Json) -> Result<Reply, OpError> {
 }
 
 pub fn mkdir(header: &Json) -> Result<Reply, OpError> {
-    let path = path_arg(header)?;
-    fs::create_dir_all(path).map_err(|e| io_error(path, e))?;
-    Ok(Reply::header(obj(vec![("path", s(path))])))
+    let t = header_target(header)?;
+    t.root.create_dirs(&t.rel).map_err(|e| io_error(&t.shown, e))?;
+    Ok(Reply::header(obj(vec![("path", s(&t.shown))])))
+}
+
+/// Removes `dir/name` and, for a directory, everything in it, by descriptor (links are unlinked,
+/// never followed).
+pub fn remove_tree(dir: &File, name: &str) -> std::io::Result<()> {
+    let node = beneath::open_child(dir, name, O_PATH, 0)?;
+    if !node.metadata()?.is_dir() {
+        return beneath::unlink_in(dir, name, false);
+    }
+    let inner = beneath::open_child(dir, name, O_RDONLY | O_DIRECTORY, 0)?;
+    for child in beneath::read_names(&inner)? {
+        remove_tree(&inner, &child)?;
+    }
+    beneath::unlink_in(dir, name, true)
 }
 
 pub fn remove(header: &Json) -> Result<Reply, OpError> {
-    let path = path_arg(header)?;
+    let t = header_target(header)?;
+    let path = t.shown.as_str();
     let recursive = header.get("recursive").and_then(Json::as_bool).unwrap_or(false);
-    let meta = fs::symlink_metadata(path).map_err(|e| io_error(path, e))?;
-    let result = if meta.is_dir() {
-        if recursive {
-            fs::remove_dir_all(path)
-        } else {
-            fs::remove_dir(path)
-        }
-    } else {
-        fs::remove_file(path)
-    };
+    let (dir, name) = t.root.parent_of(&t.rel).map_err(|e| io_error(path, e))?;
+    let node = beneath::open_child(&dir, name, O_PATH, 0).map_err(|e| io_error(path, e))?;
+    let is_dir = node.metadata().map_err(|e| io_error(path, e))?.is_dir();
+    let result = if is_dir && recursive { remove_tree(&dir, name) } else { beneath::unlink_in(&dir, name, is_dir) };
     result.map_err(|e| io_error(path, e))?;
     Ok(Reply::header(obj(vec![("path", s(path))])))
 }

@@ -1,11 +1,13 @@
 //! pyro-agent: PID 1 of a pyro microVM. Sets up the guest, then serves framed requests from the host
 //! on the virtio-serial port `org.pyro.agent`.
 
+mod beneath;
 mod capture;
 mod command;
 mod exec;
 mod files;
 mod frame;
+mod hardening;
 mod init;
 mod json;
 mod process;
@@ -14,6 +16,7 @@ mod protocol;
 mod services;
 mod shells;
 mod sys;
+mod tar_extract;
 
 use json::{obj, s, Json};
 use protocol::{Context, Writer};
@@ -25,6 +28,7 @@ fn main() {
     let is_init = std::process::id() == 1;
     if is_init {
         init::setup_system();
+        hardening::protect_agent();
     }
     let registry = Arc::new(process::Registry::new());
     if is_init {

@@ -144,6 +144,7 @@ impl Registry {
         if pid == 0 {
             unsafe {
                 sys::setsid();
+                crate::hardening::confine_child();
                 if let Some(tty) = terminal {
                     sys::set_controlling_tty(tty);
                 }

@@ -112,6 +112,7 @@ fn dispatch(ctx: &Context, op: &str, header: &Json, payload: Vec<u8>) -> Result<
         "file.list" => files::list(header),
         "file.mkdir" => files::mkdir(header),
         "file.remove" => files::remove(header),
+        "file.extract" => crate::tar_extract::extract(header),
         "service.start" => ctx.services.start(&ctx.registry, header),
         "service.status" => ctx.services.status(header),
         "service.list" => ctx.services.list(),

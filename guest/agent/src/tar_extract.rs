@@ -1,0 +1,372 @@
+//! `file.extract`: unpacks a tar (staged on the guest's disk by the host) into a directory, every
+//! entry created beneath that directory with the same resolver as the file tools.
+//!
+//! GNU tar cannot do this: it follows symlinks already present in the destination (a guest that
+//! plants `src -> /etc` would have `sync push` write into /etc). Here each entry's parent is opened
+//! beneath the destination, files replace (never write through) whatever link sits at their name,
+//! and a link that leads out of the destination fails the whole extraction with a clear error.
+//! The host has already validated the archive (archive-safety.ts); this reader still trusts nothing
+//! it is not given: `..` and absolute names are refused, sizes are bounded by the file itself.
+
+use crate::beneath::{self, Beneath, O_DIRECTORY, O_NOFOLLOW, O_PATH, O_RDONLY};
+use crate::files::{io_error, replace_file, target};
+use crate::json::{obj, Json};
+use crate::protocol::{OpError, Reply};
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::os::raw::c_int;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+
+const BLOCK: usize = 512;
+/// Extended-header records (pax, GNU long names) are short; anything bigger is not a name.
+const MAX_META_BYTES: u64 = 1 << 20;
+
+#[repr(C)]
+struct Timespec {
+    sec: i64,
+    nsec: i64,
+}
+
+extern "C" {
+    fn futimens(fd: c_int, times: *const Timespec) -> c_int;
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+    Other(u8),
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub path: String,
+    pub link: String,
+    pub kind: Kind,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: i64,
+}
+
+fn field_str(raw: &[u8]) -> String {
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// Octal, or GNU base-256 (high bit set) for big values.
+fn field_num(raw: &[u8]) -> io::Result<u64> {
+    if raw.first().map_or(false, |b| b & 0x80 != 0) {
+        let mut v: u64 = (raw[0] & 0x7f) as u64;
+        for b in &raw[1..] {
+            v = v.checked_mul(256).and_then(|v| v.checked_add(*b as u64)).ok_or_else(|| bad("number too large"))?;
+        }
+        return Ok(v);
+    }
+    let text = field_str(raw);
+    let t = text.trim_matches(|c: char| c == ' ' || c == '\0');
+    if t.is_empty() {
+        return Ok(0);
+    }
+    u64::from_str_radix(t, 8).map_err(|_| bad("malformed number in a tar header"))
+}
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+fn read_block(r: &mut dyn Read, buf: &mut [u8; BLOCK]) -> io::Result<bool> {
+    let mut got = 0;
+    while got < BLOCK {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(bad("the archive ends inside a header")),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn skip_padding(r: &mut dyn Read, size: u64) -> io::Result<()> {
+    let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
+    io::copy(&mut r.take(pad), &mut io::sink())?;
+    Ok(())
+}
+
+fn read_meta(r: &mut dyn Read, size: u64) -> io::Result<Vec<u8>> {
+    if size > MAX_META_BYTES {
+        return Err(bad("an extended tar header is too large"));
+    }
+    let mut data = Vec::new();
+    r.take(size).read_to_end(&mut data)?;
+    if (data.len() as u64) < size {
+        return Err(bad("the archive ends inside an extended header"));
+    }
+    skip_padding(r, size)?;
+    Ok(data)
+}
+
+/// pax records: "<len> <key>=<value>\n".
+fn pax_records(data: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let Some(space) = rest.iter().position(|b| *b == b' ') {
+        let len: usize = match std::str::from_utf8(&rest[..space]).ok().and_then(|t| t.parse().ok()) {
+            Some(l) if l > space + 1 && l <= rest.len() => l,
+            _ => break,
+        };
+        let record = &rest[space + 1..len];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        if let Some(eq) = record.iter().position(|b| *b == b'=') {
+            out.push((String::from_utf8_lossy(&record[..eq]).into_owned(), String::from_utf8_lossy(&record[eq + 1..]).into_owned()));
+        }
+        rest = &rest[len..];
+    }
+    out
+}
+
+/// Reads the next real entry's header (pax and GNU long-name headers folded in); None at the end.
+pub fn next_entry(r: &mut dyn Read) -> io::Result<Option<Entry>> {
+    let mut long_path: Option<String> = None;
+    let mut long_link: Option<String> = None;
+    let mut block = [0u8; BLOCK];
+    loop {
+        if !read_block(r, &mut block)? || block.iter().all(|b| *b == 0) {
+            return Ok(None);
+        }
+        let stored = field_num(&block[148..156])?;
+        let sum: u64 = block.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { b' ' as u64 } else { *b as u64 }).sum();
+        if stored != sum {
+            return Err(bad("a tar header checksum does not match"));
+        }
+        let size = field_num(&block[124..136])?;
+        let typeflag = block[156];
+        match typeflag {
+            b'x' => {
+                for (k, v) in pax_records(&read_meta(r, size)?) {
+                    match k.as_str() {
+                        "path" => long_path = Some(v),
+                        "linkpath" => long_link = Some(v),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            b'g' => {
+                read_meta(r, size)?;
+                continue;
+            }
+            b'L' => {
+                long_path = Some(field_str(&read_meta(r, size)?));
+                continue;
+            }
+            b'K' => {
+                long_link = Some(field_str(&read_meta(r, size)?));
+                continue;
+            }
+            _ => {}
+        }
+        let mut path = field_str(&block[0..100]);
+        if &block[257..262] == b"ustar" {
+            let prefix = field_str(&block[345..500]);
+            if !prefix.is_empty() {
+                path = format!("{}/{}", prefix, path);
+            }
+        }
+        let kind = match typeflag {
+            b'0' | 0 | b'7' => Kind::File,
+            b'5' => Kind::Dir,
+            b'2' => Kind::Symlink,
+            b'1' => Kind::Hardlink,
+            other => Kind::Other(other),
+        };
+        return Ok(Some(Entry {
+            path: long_path.unwrap_or(path),
+            link: long_link.unwrap_or_else(|| field_str(&block[157..257])),
+            size: if matches!(kind, Kind::File) { size } else { 0 },
+            kind,
+            mode: field_num(&block[100..108])? as u32 & 0o7777,
+            mtime: field_num(&block[136..148])? as i64,
+        }));
+    }
+}
+
+fn relative(name: &str) -> io::Result<String> {
+    if name.starts_with('/') {
+        return Err(bad(&format!("{}: absolute names are not extracted", name)));
+    }
+    let parts = beneath::components(name).map_err(|_| bad(&format!("{}: '..' is not extracted", name)))?;
+    Ok(parts.join("/"))
+}
+
+fn set_mtime(f: &File, secs: i64) {
+    let times = [Timespec { sec: secs, nsec: 0 }, Timespec { sec: secs, nsec: 0 }];
+    unsafe { futimens(f.as_raw_fd(), times.as_ptr()) };
+}
+
+/// Makes room for a non-directory at `dir/name`: whatever non-directory is there goes.
+fn clear_slot(dir: &File, name: &str) -> io::Result<()> {
+    match beneath::open_child(dir, name, O_PATH, 0) {
+        Ok(node) if node.metadata()?.is_dir() => Err(io::Error::from_raw_os_error(21)),
+        Ok(_) => beneath::unlink_in(dir, name, false),
+        Err(_) => Ok(()),
+    }
+}
+
+fn extract_entry(root: &Beneath, entry: &Entry, data: &mut dyn Read) -> io::Result<()> {
+    let rel = relative(&entry.path)?;
+    if rel.is_empty() {
+        return Ok(()); // "./" itself
+    }
+    let parent = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+    root.create_dirs(parent)?;
+    match entry.kind {
+        Kind::Dir => {
+            root.create_dirs(&rel)?;
+            let d = root.open_at(&rel, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0)?;
+            d.set_permissions(std::fs::Permissions::from_mode(entry.mode))?;
+        }
+        Kind::File => {
+            let (dir, name) = root.parent_of(&rel)?;
+            let written = replace_file(&dir, name, &mut data.take(entry.size), entry.mode)?;
+            if written < entry.size {
+                return Err(bad(&format!("{}: the archive ends inside this file", entry.path)));
+            }
+            if let Ok(f) = beneath::open_child(&dir, name, O_RDONLY, 0) {
+                set_mtime(&f, entry.mtime);
+            }
+        }
+        Kind::Symlink => {
+            let (dir, name) = root.parent_of(&rel)?;
+            clear_slot(&dir, name)?;
+            beneath::symlink_in(&dir, name, &entry.link)?;
+        }
+        Kind::Hardlink => {
+            let source = root.open_at(&relative(&entry.link)?, O_PATH | O_NOFOLLOW, 0)?;
+            if source.metadata()?.is_dir() {
+                return Err(bad(&format!("{}: a hard link to a directory", entry.path)));
+            }
+            let (dir, name) = root.parent_of(&rel)?;
+            clear_slot(&dir, name)?;
+            beneath::hardlink_in(&source, &dir, name)?;
+        }
+        Kind::Other(t) => return Err(bad(&format!("{}: tar entry type '{}' is not extracted", entry.path, t as char))),
+    }
+    Ok(())
+}
+
+/// Reads every entry from `r` and creates it beneath `root`; returns the number of entries.
+pub fn extract_into(root: &Beneath, r: &mut dyn Read) -> Result<i64, (String, io::Error)> {
+    let mut count = 0;
+    while let Some(entry) = next_entry(r).map_err(|e| (String::new(), e))? {
+        let mut body = r.take(entry.size);
+        extract_entry(root, &entry, &mut body).map_err(|e| (entry.path.clone(), e))?;
+        // Whatever the entry did not consume (a refused or short write) is skipped.
+        io::copy(&mut body, &mut io::sink()).map_err(|e| (entry.path.clone(), e))?;
+        skip_padding(r, entry.size).map_err(|e| (entry.path.clone(), e))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// `file.extract` { archive: staged tar path, path: destination directory (created) }.
+pub fn extract(header: &Json) -> Result<Reply, OpError> {
+    let archive = header.get("archive").and_then(Json::as_str).ok_or_else(|| OpError::bad_request("archive (string) is required"))?;
+    let dest = header.get("path").and_then(Json::as_str).ok_or_else(|| OpError::bad_request("path (string) is required"))?;
+    let src = target(archive)?;
+    let file = src.root.open_at(&src.rel, O_RDONLY, 0).map_err(|e| io_error(archive, e))?;
+    let t = target(dest)?;
+    t.root.create_dirs(&t.rel).map_err(|e| io_error(dest, e))?;
+    let dir = t.root.open_at(&t.rel, O_PATH | O_DIRECTORY, 0).map_err(|e| io_error(dest, e))?;
+    let root = Beneath::narrowed(dir);
+    let count = extract_into(&root, &mut BufReader::with_capacity(256 * 1024, file)).map_err(|(entry, e)| {
+        let at = if entry.is_empty() { dest.to_string() } else { format!("{}/{}", dest.trim_end_matches('/'), entry) };
+        if beneath::is_escape(&e) && e.raw_os_error() == Some(18) {
+            OpError::new("outside_workspace", &format!("extracting into {} stopped at {}: it leads outside {} through a symbolic link (entries before it were written, none after)", dest, at, dest))
+        } else {
+            let mut err = io_error(&at, e);
+            err.message = format!("extracting into {} failed: {}", dest, err.message);
+            err
+        }
+    })?;
+    Ok(Reply::header(obj(vec![("entries", Json::Int(count))])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::Command;
+
+    fn tar_of(dir: &Path, format: &str) -> Vec<u8> {
+        let out = Command::new("tar").args(["-c", "-f", "-", &format!("--format={}", format), "-C"]).arg(dir).arg(".").output().unwrap();
+        assert!(out.status.success());
+        out.stdout
+    }
+
+    #[test]
+    fn extracts_files_dirs_links_and_long_names_and_refuses_planted_links() {
+        let base = std::env::temp_dir().join(format!("pyro-tar-{}", std::process::id()));
+        let src = base.join("src");
+        let long = "d".repeat(120);
+        std::fs::create_dir_all(src.join("sub").join(&long)).unwrap();
+        std::fs::write(src.join("sub/a.txt"), "alpha").unwrap();
+        std::fs::write(src.join("sub").join(&long).join("f"), "deep").unwrap();
+        std::fs::write(src.join("sub").join(&long).join("n".repeat(250)), "longest name").unwrap();
+        std::fs::set_permissions(src.join("sub/a.txt"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("a.txt", src.join("sub/link")).unwrap();
+        std::fs::hard_link(src.join("sub/a.txt"), src.join("hard")).unwrap();
+        for format in ["gnu", "pax", "ustar"] {
+            if format == "ustar" {
+                std::fs::remove_dir_all(src.join("sub").join(&long)).unwrap();
+            }
+            let dest = base.join(format!("dest-{}", format));
+            std::fs::create_dir_all(&dest).unwrap();
+            let root = Beneath::open(dest.to_str().unwrap()).unwrap();
+            let n = extract_into(&root, &mut tar_of(&src, format).as_slice()).unwrap();
+            assert!(n >= 5, "{}: {} entries", format, n);
+            assert_eq!(std::fs::read_to_string(dest.join("sub/a.txt")).unwrap(), "alpha");
+            assert_eq!(std::fs::metadata(dest.join("sub/a.txt")).unwrap().permissions().mode() & 0o777, 0o755);
+            assert_eq!(std::fs::read_link(dest.join("sub/link")).unwrap().to_str().unwrap(), "a.txt");
+            assert_eq!(std::fs::read_to_string(dest.join("hard")).unwrap(), "alpha");
+            if format != "ustar" {
+                assert_eq!(std::fs::read_to_string(dest.join("sub").join(&long).join("f")).unwrap(), "deep");
+                assert_eq!(std::fs::read_to_string(dest.join("sub").join(&long).join("n".repeat(250))).unwrap(), "longest name");
+            }
+        }
+        // The guest planted `sub -> outside`: extracting sub/a.txt must not write through it.
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        let trap = base.join("trap");
+        std::fs::create_dir_all(&trap).unwrap();
+        std::os::unix::fs::symlink(&outside, trap.join("sub")).unwrap();
+        let root = Beneath::open(trap.to_str().unwrap()).unwrap();
+        let (entry, e) = extract_into(&root, &mut tar_of(&src, "gnu").as_slice()).unwrap_err();
+        assert!(beneath::is_escape(&e), "{}: {}", entry, e);
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
+        // A planted link at a file's own name is replaced, not written through.
+        let trap2 = base.join("trap2");
+        std::fs::create_dir_all(trap2.join("sub")).unwrap();
+        std::os::unix::fs::symlink(outside.join("victim"), trap2.join("sub/a.txt")).unwrap();
+        let root = Beneath::open(trap2.to_str().unwrap()).unwrap();
+        extract_into(&root, &mut tar_of(&src, "gnu").as_slice()).unwrap();
+        assert!(!outside.join("victim").exists());
+        assert_eq!(std::fs::read_to_string(trap2.join("sub/a.txt")).unwrap(), "alpha");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_headers_and_names() {
+        let mut block = [0u8; 1024];
+        block[0] = b'x';
+        assert!(next_entry(&mut &block[..]).is_err(), "bad checksum");
+        assert!(relative("../x").is_err());
+        assert!(relative("/etc/x").is_err());
+        assert_eq!(relative("./a//b").unwrap(), "a/b");
+        assert_eq!(pax_records(b"16 path=abc/def\n11 mtime=1\n"), vec![("path".to_string(), "abc/def".to_string()), ("mtime".to_string(), "1".to_string())]);
+    }
+}
