@@ -73,6 +73,9 @@ describe("RootedTree: paths resolved inside a root", () => {
     await symlink("a", join(s.root, "b"));
     await assert.rejects(s.tree.resolve("a/x", { followFinal: false }), (e) => isPyroError(e, "INVALID_ARGUMENT") && new RegExp(`more than ${MAX_SYMLINK_FOLLOWS} symlinks`).test(e.message));
     await assert.rejects(s.tree.makeDirectory("a/x"), (e) => isPyroError(e, "INVALID_ARGUMENT") && /loop/.test(e.message));
+    // Long targets followed many times: bounded work, not a stall.
+    await symlink(`${"../".repeat(1300)}z`, join(s.root, "z"));
+    await assert.rejects(s.tree.resolve("z/z", { followFinal: true }), (e) => isPyroError(e, "INVALID_ARGUMENT") && /steps/.test(e.message));
   });
 
   it("removes a symlink, never its target, and empties only real directories inside the root", async () => {

@@ -36,8 +36,9 @@ export function layerTar(layer: LayerFile): Readable {
     if (!make) throw new PyroError("INVALID_ARGUMENT", "this image has zstd layers; Node.js 23.8+ is needed to read them");
     decompress = make();
   }
-  // Errors of the file or the decompressor reach whoever reads the result.
+  // Errors of the file reach whoever reads the result; destroying the result closes the file.
   file.on("error", (error) => (decompress as unknown as Readable).destroy(error));
+  (decompress as unknown as Readable).on("close", () => file.destroy());
   return file.pipe(decompress) as unknown as Readable;
 }
 

@@ -5,6 +5,8 @@ import { PyroError } from "../errors.js";
 
 /** How many symlinks one resolution may follow before it is called a loop (Linux's MAXSYMLINKS). */
 export const MAX_SYMLINK_FOLLOWS = 40;
+/** How many components one resolution may walk: long link targets times 40 follows must not stall an import. */
+const MAX_RESOLVE_STEPS = 4096;
 
 /** A path resolved inside a root: every directory on the way is a real directory inside it. */
 export interface RootedPath {
@@ -58,12 +60,15 @@ export class RootedTree {
     const resolved: string[] = [];
     const pending = components(path);
     let follows = 0;
+    let steps = 0;
     let missing = false;
     let finalStats: Stats | undefined = await lstat(this.root);
     while (pending.length) {
+      if (++steps > MAX_RESOLVE_STEPS) throw this.fail(path, `it takes more than ${MAX_RESOLVE_STEPS} steps to resolve`);
       const part = pending.shift()!;
       if (part === "..") {
-        // `resolved` holds real directories only, so dropping the last one is its true parent; at the root it stays.
+        // Until something is missing, `resolved` holds real directories only, so dropping the last one
+        // is its true parent; at the root it stays. Once something is missing, nothing is touched anyway.
         resolved.pop();
         finalStats = missing ? undefined : await lstat(join(this.root, ...resolved));
         continue;
@@ -76,7 +81,7 @@ export class RootedTree {
         const target = await readlink(hostPath);
         if (target.startsWith("/")) resolved.length = 0;
         pending.unshift(...components(target));
-        finalStats = resolved.length ? await lstat(join(this.root, ...resolved)) : await lstat(this.root);
+        finalStats = await lstat(join(this.root, ...resolved));
         continue;
       }
       if (!isFinal) {
