@@ -4,7 +4,8 @@ import type { PyroPaths } from "../paths.js";
 import { prepareGuestRuntime, type GuestRuntime } from "../runtime/guest-runtime.js";
 import type { RunningVm, VmHandle } from "../runtime/vmm-backend.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
-import { loadSecrets, Redactor } from "./workspace-secrets.js";
+import { Redactor } from "./secret-redaction.js";
+import { loadSecrets } from "./workspace-secrets.js";
 import { WorkspaceStore } from "./workspace-store.js";
 
 /** What every workspace operation needs; cheap to build, the runtime is prepared lazily. */

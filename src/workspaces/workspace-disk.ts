@@ -6,8 +6,9 @@ import { relativeToWorkspace, workspacePath } from "./guest-paths.js";
 import { diskPath } from "./workspace-boot.js";
 import { reconcileVm, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
-import { loadSecrets, Redactor } from "./workspace-secrets.js";
-import { isText } from "./text-content.js";
+import { fileReadView } from "./file-read-view.js";
+import { Redactor } from "./secret-redaction.js";
+import { loadSecrets } from "./workspace-secrets.js";
 
 /** Runtime state pyro keeps in the guest outside /workspace; never part of a disk export. */
 const RUNTIME_PATHS = ["/run/pyro-secrets", "/run/pyro-services"];
@@ -87,10 +88,7 @@ export async function diskRead(ctx: WorkspaceContext, ref: string, path: string,
   return withRawDisk(ctx, ref, async (record, raw, redactor) => {
     const r = await runHostCommandRaw(debugfs(), ["-R", `cat "${guestPath}"`, raw], { timeoutMs: 60_000, maxOutputBytes: 64 * 1024 * 1024 });
     if (/File not found|not found by ext2_lookup/.test(r.stderr)) throw new PyroError("GUEST_OPERATION_FAILED", `${relativeToWorkspace(guestPath)} does not exist on the disk`);
-    const data = redactor.bytes(r.stdout);
-    const text = isText(data);
-    const shown = data.subarray(0, maxBytes);
-    return { workspace_id: record.id, path: relativeToWorkspace(guestPath), size: data.length, truncated: data.length > maxBytes, encoding: text ? "utf8" : "base64", content: text ? shown.toString("utf8") : shown.toString("base64") };
+    return { workspace_id: record.id, path: relativeToWorkspace(guestPath), ...fileReadView(r.stdout, r.stdout.length, maxBytes, redactor) };
   });
 }
 
