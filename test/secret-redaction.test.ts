@@ -216,14 +216,29 @@ describe("secret redaction (property tests over every host-side cut)", () => {
 
   it("paging a stream without secrets returns it unchanged, page by page", async () => {
     await fc.assert(
-      fc.asyncProperty(secretArb, fc.string({ maxLength: 200 }), fc.integer({ min: 4, max: 64 }), async (secret, text, maxChars) => {
+      fc.asyncProperty(secretArb, fc.string({ maxLength: 200 }), fc.integer({ min: 4, max: 64 }), fc.boolean(), async (secret, text, maxChars, running) => {
         const stream = Buffer.from(text, "utf8");
         fc.pre(!stream.includes(Buffer.from(secret, "utf8")));
-        const pages = await pageThrough(new Redactor({ S: secret }), stream, { start: 0, maxChars, contextLost: false, running: false, plain: false });
+        const pages = await pageThrough(new Redactor({ S: secret }), stream, { start: 0, maxChars, contextLost: false, running, plain: false });
         assert.equal(pages.join(""), text);
       }),
       { numRuns: 100 },
     );
+  });
+
+  it("a shell still printing a secret: its start is left for the next page, which shows it redacted whole", async () => {
+    const redactor = new Redactor({ S: "pyro-test-secret-9f8e7d" });
+    const chunk = (text: string, cursor: number) => {
+      const all = Buffer.from(text);
+      return { cursor, bytes: all.subarray(cursor), before: all.subarray(0, cursor), endCursor: all.length, running: true };
+    };
+    const first = await shellPage(chunk("hello pyro-te", 0), 100, { plain: false, cols: 80 }, redactor);
+    assert.deepEqual([first.output, first.next_cursor], ["hello ", 6]);
+    const second = await shellPage(chunk("hello pyro-test-secret-9f8e7d done", 6), 100, { plain: false, cols: 80 }, redactor);
+    assert.deepEqual([second.output, second.next_cursor], ["[REDACTED] done", 34]);
+    // Nothing before it on the page: redacted rather than holding the reader back.
+    const alone = await shellPage(chunk("hello pyro-te", 6), 100, { plain: false, cols: 80 }, redactor);
+    assert.deepEqual([alone.output, alone.next_cursor], ["[REDACTED]", 13]);
   });
 
   it("directory exports: file contents (binary too), entry names and symlink targets", async () => {

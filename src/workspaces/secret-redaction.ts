@@ -15,6 +15,11 @@ export const MIN_CUT_FRAGMENT_BYTES = 4;
 export interface CutEdges {
   cutBefore?: boolean;
   cutAfter?: boolean;
+  /**
+   * With cutAfter, for a paged window: a secret's start at the end is left for the next page
+   * (which will see what follows it) instead of redacted, unless nothing in the window precedes it.
+   */
+  holdBack?: boolean;
 }
 
 /** A redacted slice of a buffer: its bytes, and the span of the input they stand for. */
@@ -121,13 +126,19 @@ export class Redactor {
     return this.patterns.length > 0;
   }
 
+  /** Length of the secret fragment `data` ends with, or 0 if it is shorter than MIN_CUT_FRAGMENT_BYTES. */
+  private fragmentAtEnd(data: Buffer): number {
+    const k = Math.max(0, ...this.patterns.map((p) => p.prefixAtEnd(data)));
+    return k >= MIN_CUT_FRAGMENT_BYTES ? k : 0;
+  }
+
   /** Spans of `data` to redact, sorted, merged (touching spans too). */
   private ranges(data: Buffer, edges: CutEdges): Range[] {
     const found: Range[] = [];
     for (const pattern of this.patterns) pattern.occurrences(data, found);
     if (edges.cutAfter) {
-      const k = Math.max(0, ...this.patterns.map((p) => p.prefixAtEnd(data)));
-      if (k >= MIN_CUT_FRAGMENT_BYTES) found.push([data.length - k, data.length]);
+      const k = this.fragmentAtEnd(data);
+      if (k > 0) found.push([data.length - k, data.length]);
     }
     if (edges.cutBefore) {
       const k = Math.max(0, ...this.patterns.map((p) => p.suffixAtStart(data)));
@@ -150,6 +161,10 @@ export class Redactor {
    */
   window(data: Buffer, from: number, to: number, edges: CutEdges = {}): RedactedWindow {
     if (!this.active) return { bytes: data.subarray(from, to), from, end: to };
+    if (edges.cutAfter && edges.holdBack) {
+      const k = this.fragmentAtEnd(data);
+      if (k > 0 && data.length - k > from) to = Math.min(to, data.length - k);
+    }
     const ranges = this.ranges(data, edges);
     if (ranges.length === 0) return { bytes: data.subarray(from, to), from, end: to };
     const parts: Buffer[] = [];

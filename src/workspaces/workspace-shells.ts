@@ -78,7 +78,8 @@ export interface ShellChunk {
  * One page of shell output: at most `maxChars` bytes from the chunk's cursor, cut on a character
  * boundary, secrets redacted in the raw stream before any cut or rendering. A secret crossing the
  * page's end is replaced whole and the page ends after it, so paging by next_cursor never shows a
- * piece of it; plain mode renders the redacted stream.
+ * piece of it; the start of one still being written is left for the next page. Plain mode renders
+ * the redacted stream.
  */
 export async function shellPage(chunk: ShellChunk, maxChars: number, options: { plain: boolean; cols: number }, redactor: Redactor) {
   const data = Buffer.concat([chunk.before, chunk.bytes]);
@@ -87,6 +88,7 @@ export async function shellPage(chunk: ShellChunk, maxChars: number, options: { 
   const shown = redactor.window(data, from, to, {
     cutBefore: chunk.cursor - chunk.before.length > 0,
     cutAfter: chunk.running || chunk.cursor + chunk.bytes.length < chunk.endCursor,
+    holdBack: true,
   });
   const next = chunk.cursor + (shown.end - from);
   const raw = shown.bytes.toString("utf8");
