@@ -7,7 +7,8 @@ const { Terminal } = xtermHeadless;
  * movement, carriage-return overwrites and backspaces are interpreted by a terminal emulator.
  */
 export async function renderPlain(raw: string, cols: number): Promise<string> {
-  const term = new Terminal({ cols, rows: 50, scrollback: 100_000, allowProposedApi: true, convertEol: false });
+  // logLevel off: guest output is arbitrary bytes, and the emulator would print every parse error to stderr.
+  const term = new Terminal({ cols, rows: 50, scrollback: 100_000, allowProposedApi: true, convertEol: false, logLevel: "off" });
   await new Promise<void>((resolve) => term.write(raw, resolve));
   const buffer = term.buffer.active;
   const lines: string[] = [];

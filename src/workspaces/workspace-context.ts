@@ -7,7 +7,8 @@ import { UNNAMED_PURPOSE } from "../storage/process-lock.js";
 import { removeStaleStaging } from "./guest-transfer.js";
 import { nowIso, vmHandle, type WorkspaceRecord } from "./workspace-record.js";
 import { recoverInterrupted, recoverWorkspace } from "./workspace-recovery.js";
-import { loadSecrets, Redactor } from "./workspace-secrets.js";
+import { Redactor } from "./secret-redaction.js";
+import { loadSecrets } from "./workspace-secrets.js";
 import { WorkspaceStore } from "./workspace-store.js";
 
 /** What every workspace operation needs; cheap to build, the runtime is prepared lazily. */

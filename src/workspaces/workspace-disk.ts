@@ -9,8 +9,9 @@ import { relativeToWorkspace, workspacePath } from "./guest-paths.js";
 import { diskPath } from "./workspace-boot.js";
 import { reconcileVm, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
-import { loadSecrets, Redactor } from "./workspace-secrets.js";
-import { isText } from "./text-content.js";
+import { fileReadView } from "./file-read-view.js";
+import { Redactor } from "./secret-redaction.js";
+import { loadSecrets } from "./workspace-secrets.js";
 
 /** Runtime state pyro keeps in the guest outside /workspace; never part of a disk export. */
 const RUNTIME_PATHS = ["/run/pyro-secrets", "/run/pyro-services"];
@@ -124,10 +125,9 @@ export async function diskRead(ctx: WorkspaceContext, ref: string, path: string,
   const maxBytes = options.maxBytes ?? 65_536;
   if (!(maxBytes > 0)) throw new PyroError("INVALID_ARGUMENT", "max bytes must be positive");
   return withRawDisk(ctx, ref, async (record, raw, _scratch, redactor) => {
-    const read = await readImage(new Ext4Image(raw), guestPath, maxBytes);
-    const data = redactor.bytes(read.data);
-    const text = isText(data);
-    return { workspace_id: record.id, path: relativeToWorkspace(guestPath), size: read.size, truncated: read.truncated, encoding: text ? "utf8" : "base64", content: text ? data.toString("utf8") : data.toString("base64") };
+    // Read past the cut, so a secret crossing it is seen (and redacted) whole.
+    const read = await readImage(new Ext4Image(raw), guestPath, maxBytes + redactor.contextBytes);
+    return { workspace_id: record.id, path: relativeToWorkspace(guestPath), ...fileReadView(read.data, read.size, maxBytes, redactor) };
   });
 }
 

@@ -46,6 +46,23 @@ function tail(text: string): string {
   return text.length > LOG_OUTPUT_CHARS ? `[... ${text.length - LOG_OUTPUT_CHARS} chars omitted ...]${text.slice(-LOG_OUTPUT_CHARS)}` : text;
 }
 
+/** The command log's entry for a result; its output must already be redacted (the tail cuts it). */
+export function commandLogEntry(result: WorkspaceExecResult, startedAt: string): CommandLogEntry {
+  return {
+    sequence: result.sequence,
+    command: result.command,
+    cwd: result.cwd,
+    started_at: startedAt,
+    exit_code: result.exit_code,
+    duration_ms: result.duration_ms,
+    timed_out: result.timed_out,
+    stdout: tail(result.stdout),
+    stderr: tail(result.stderr),
+    stdout_truncated: result.stdout_truncated || result.stdout.length > LOG_OUTPUT_CHARS,
+    stderr_truncated: result.stderr_truncated || result.stderr.length > LOG_OUTPUT_CHARS,
+  };
+}
+
 /** Runs a command in the workspace (default cwd /workspace) and records it in the command log. */
 export async function execInWorkspace(ctx: WorkspaceContext, ref: string, command: string[] | string, options: WorkspaceExecOptions = {}): Promise<WorkspaceExecResult> {
   if ((Array.isArray(command) && (command.length === 0 || !command[0])) || command === "") {
@@ -73,28 +90,16 @@ export async function execInWorkspace(ctx: WorkspaceContext, ref: string, comman
       command,
       cwd,
       exit_code: r.exitCode,
-      stdout: capturedText(r.stdout),
-      stderr: capturedText(r.stderr),
+      // Redacted as bytes before anything cuts or decodes them (the agent's cap already did cut).
+      stdout: session.redactor.capturedText(r.stdout),
+      stderr: session.redactor.capturedText(r.stderr),
       duration_ms: r.durationMs,
       timed_out: r.timedOut,
       stdout_truncated: r.stdout.totalBytes > r.stdout.bytes.length,
       stderr_truncated: r.stderr.totalBytes > r.stderr.bytes.length,
       execution_mode: "guest",
     };
-    const entry: CommandLogEntry = {
-      sequence,
-      command,
-      cwd,
-      started_at: startedAt,
-      exit_code: result.exit_code,
-      duration_ms: result.duration_ms,
-      timed_out: result.timed_out,
-      stdout: tail(result.stdout),
-      stderr: tail(result.stderr),
-      stdout_truncated: result.stdout_truncated || result.stdout.length > LOG_OUTPUT_CHARS,
-      stderr_truncated: result.stderr_truncated || result.stderr.length > LOG_OUTPUT_CHARS,
-    };
-    await appendFile(commandsFile(ctx, record.id), JSON.stringify(session.redactor.deep(entry)) + "\n", { mode: 0o600 });
+    await appendFile(commandsFile(ctx, record.id), JSON.stringify(session.redactor.deep(commandLogEntry(result, startedAt))) + "\n", { mode: 0o600 });
     record.command_count = sequence;
     record.last_activity_at = record.updated_at = nowIso();
     await ctx.store.write(record);

@@ -4,7 +4,7 @@ import { isPyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { readWholeFile } from "./guest-transfer.js";
-import { isText } from "./text-content.js";
+import { fileReadView } from "./file-read-view.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 
 export const FILE_READ_DEFAULT_MAX_BYTES = 65_536;
@@ -41,17 +41,10 @@ export async function listWorkspaceFiles(ctx: WorkspaceContext, ref: string, pat
 export async function readWorkspaceFile(ctx: WorkspaceContext, ref: string, path: string, maxBytes = FILE_READ_DEFAULT_MAX_BYTES) {
   const guestPath = workspacePath(path);
   if (!(maxBytes > 0)) throw new PyroError("INVALID_ARGUMENT", "max bytes must be positive");
-  return withRunningWorkspace(ctx, ref, async (record, vm) => {
-    const { data, size, truncated } = await vm.agent.readFile(guestPath, { maxBytes });
-    const text = isText(data);
-    return {
-      workspace_id: record.id,
-      path: relativeToWorkspace(guestPath),
-      size,
-      truncated,
-      encoding: text ? ("utf8" as const) : ("base64" as const),
-      content: text ? data.toString("utf8") : data.toString("base64"),
-    };
+  return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
+    // Read past the cut so a secret crossing it is redacted whole, not left as a prefix.
+    const { data, size } = await vm.agent.readFile(guestPath, { maxBytes: maxBytes + session.redactor.contextBytes });
+    return { workspace_id: record.id, path: relativeToWorkspace(guestPath), ...fileReadView(data, size, maxBytes, session.redactor) };
   });
 }
 

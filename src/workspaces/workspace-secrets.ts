@@ -4,12 +4,10 @@ import { z } from "zod";
 import { PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
-import { isText } from "./text-content.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 
 /** Where secrets live in the guest: tmpfs (/run), never the disk. */
 export const GUEST_SECRET_DIR = "/run/pyro-secrets";
-export const REDACTED = "[REDACTED]";
 const NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 const MAX_SECRET_BYTES = 64 * 1024;
 
@@ -67,40 +65,4 @@ export function secretEnvironment(secrets: Record<string, string>, mappings: str
     env[envName] = value;
   }
   return env;
-}
-
-/** Replaces secret values with [REDACTED] in any text pyro returns, logs or exports. */
-export class Redactor {
-  private readonly values: string[];
-
-  constructor(secrets: Record<string, string>) {
-    // Longest first, so a secret containing another is replaced whole.
-    this.values = Object.values(secrets).filter(Boolean).sort((a, b) => b.length - a.length);
-  }
-
-  get active(): boolean {
-    return this.values.length > 0;
-  }
-
-  text(input: string): string {
-    let out = input;
-    for (const value of this.values) if (out.includes(value)) out = out.split(value).join(REDACTED);
-    return out;
-  }
-
-  /** Redacts every string inside a JSON-like value (results, log entries). */
-  deep<T>(value: T): T {
-    if (!this.active) return value;
-    if (typeof value === "string") return this.text(value) as T;
-    if (Array.isArray(value)) return value.map((v) => this.deep(v)) as T;
-    if (value && typeof value === "object" && !(value instanceof Buffer)) {
-      return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, this.deep(v)])) as T;
-    }
-    return value;
-  }
-
-  /** Redacts text content; binary bytes pass through unchanged. */
-  bytes(data: Buffer): Buffer {
-    return this.active && isText(data) ? Buffer.from(this.text(data.toString("utf8")), "utf8") : data;
-  }
 }

@@ -9,6 +9,7 @@ import { readWholeFile } from "./guest-transfer.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { networkEnvironment, requirePublishing } from "./workspace-network.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
+import type { Redactor } from "./secret-redaction.js";
 import { secretEnvironment } from "./workspace-secrets.js";
 
 export type Readiness =
@@ -92,11 +93,13 @@ async function probe(vm: RunningVm, readiness: Readiness, env: Record<string, st
   }
 }
 
-async function logTail(agent: AgentClient, path: string, maxBytes = 4096): Promise<string> {
+async function logTail(agent: AgentClient, path: string, redactor: Redactor, maxBytes = 4096): Promise<string> {
   try {
     const { size } = await agent.stat(path);
-    const { data } = await agent.readFile(path, { offset: Math.max(0, size - maxBytes), maxBytes });
-    return data.toString("utf8");
+    // Read before the cut too, so a secret crossing it is redacted whole, not left as a suffix.
+    const offset = Math.max(0, size - maxBytes - redactor.contextBytes);
+    const { data } = await agent.readFile(path, { offset, maxBytes: size - offset });
+    return redactor.window(data, Math.max(0, data.length - maxBytes), data.length, { cutBefore: offset > 0 }).bytes.toString("utf8");
   } catch {
     return "";
   }
@@ -155,7 +158,7 @@ export async function startService(ctx: WorkspaceContext, ref: string, name: str
       const stopAndFail = async (code: "SERVICE_NOT_READY" | "SERVICE_EXITED", message: string) => {
         await vm.agent.request("service.stop", { name, grace_ms: 1000 }).catch(() => undefined);
         running = false;
-        const stderr = (await logTail(vm.agent, String(startedState.stderr_path))).trim().split("\n").slice(-10).join("\n");
+        const stderr = (await logTail(vm.agent, String(startedState.stderr_path), session.redactor)).trim().split("\n").slice(-10).join("\n");
         throw new PyroError(code, `${message}${stderr ? `\n--- stderr (tail) ---\n${stderr}` : ""}`, { service: name });
       };
       if (options.readiness) {
@@ -206,10 +209,11 @@ export async function serviceStatus(ctx: WorkspaceContext, ref: string, name: st
 /** The last lines of a service's stdout and stderr (everything with all). */
 export async function serviceLogs(ctx: WorkspaceContext, ref: string, name: string, options: { tailLines?: number; all?: boolean } = {}) {
   const tailLines = options.all ? undefined : (options.tailLines ?? 50);
-  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+  return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     known(record, name);
     const read = async (stream: string) => {
-      const text = await readWholeFile(vm.agent, `/run/pyro-services/${name}/${stream}.log`, 16 * 1024 * 1024).then((b) => b.toString("utf8"), () => "");
+      // Redacted before the line tail cuts it (a multi-line secret would leave lines behind).
+      const text = await readWholeFile(vm.agent, `/run/pyro-services/${name}/${stream}.log`, 16 * 1024 * 1024).then((b) => session.redactor.bytes(b).toString("utf8"), () => "");
       if (tailLines === undefined) return text;
       const lines = text.split("\n");
       const trailing = lines[lines.length - 1] === "" ? lines.pop() : undefined;

@@ -2,6 +2,7 @@ import { PyroError } from "../errors.js";
 import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { networkEnvironment } from "./workspace-network.js";
+import type { Redactor } from "./secret-redaction.js";
 import { secretEnvironment } from "./workspace-secrets.js";
 import { renderPlain } from "./terminal-text.js";
 
@@ -60,29 +61,77 @@ export interface ShellReadOptions {
   waitForIdleMs?: number;
 }
 
+/** Output a shell read fetched: the page from `cursor` on, and the bytes just before it. */
+export interface ShellChunk {
+  /** Stream offset of bytes[0]. */
+  cursor: number;
+  bytes: Buffer;
+  /** Bytes just before `cursor` (context for redaction; not shown). */
+  before: Buffer;
+  /** Where the output so far ends. */
+  endCursor: number;
+  /** Whether the shell can still print more after endCursor. */
+  running: boolean;
+}
+
+/**
+ * One page of shell output: at most `maxChars` bytes from the chunk's cursor, cut on a character
+ * boundary, secrets redacted in the raw stream before any cut or rendering. A secret crossing the
+ * page's end is replaced whole and the page ends after it, so paging by next_cursor never shows a
+ * piece of it; the start of one still being written is left for the next page. Plain mode renders
+ * the redacted stream.
+ */
+export async function shellPage(chunk: ShellChunk, maxChars: number, options: { plain: boolean; cols: number }, redactor: Redactor) {
+  const data = Buffer.concat([chunk.before, chunk.bytes]);
+  const from = chunk.before.length;
+  const to = from + wholeCharacters(chunk.bytes.subarray(0, maxChars));
+  const shown = redactor.window(data, from, to, {
+    cutBefore: chunk.cursor - chunk.before.length > 0,
+    cutAfter: chunk.running || chunk.cursor + chunk.bytes.length < chunk.endCursor,
+    holdBack: true,
+  });
+  const next = chunk.cursor + (shown.end - from);
+  const raw = shown.bytes.toString("utf8");
+  return { cursor: chunk.cursor, next_cursor: next, more: next < chunk.endCursor, output: options.plain ? await renderPlain(raw, options.cols) : raw };
+}
+
 /** Output from `cursor` on; pass `next_cursor` back to page forward. */
 export async function readShell(ctx: WorkspaceContext, ref: string, shellId: string, options: ShellReadOptions = {}) {
   const maxChars = options.maxChars ?? SHELL_READ_DEFAULT_MAX_CHARS;
   if (!(maxChars > 0)) throw new PyroError("INVALID_ARGUMENT", "max chars must be positive");
-  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+  return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
+    const context = session.redactor.contextBytes;
     const { header, payload } = await vm.agent.request(
       "shell.read",
-      { shell_id: shellId, cursor: options.cursor ?? 0, max_bytes: maxChars, ...(options.waitForIdleMs ? { wait_for_idle_ms: options.waitForIdleMs } : {}) },
+      // Past the page's end too, so a secret crossing it is seen whole.
+      { shell_id: shellId, cursor: options.cursor ?? 0, max_bytes: maxChars + context, ...(options.waitForIdleMs ? { wait_for_idle_ms: options.waitForIdleMs } : {}) },
       undefined,
       { timeoutMs: 60_000 },
     );
-    const bytes = payload.subarray(0, wholeCharacters(payload));
-    const raw = bytes.toString("utf8");
+    const cursor = Number(header.cursor);
+    let before: Buffer = Buffer.alloc(0);
+    if (context > 0 && cursor > 0) {
+      // The bytes before the page, so a secret the page starts inside of is recognised too.
+      const want = Math.max(0, cursor - context);
+      const r = await vm.agent.request("shell.read", { shell_id: shellId, cursor: want, max_bytes: cursor - want });
+      const start = Number(r.header.cursor); // later than `want` if that output was dropped
+      if (start <= cursor && start + r.payload.length >= cursor) before = r.payload.subarray(0, cursor - start);
+    }
     const shell = view(record.id, header);
-    const next = Number(header.cursor) + bytes.length;
+    const page = await shellPage(
+      { cursor, bytes: payload, before, endCursor: Number(header.end_cursor), running: shell.running },
+      maxChars,
+      { plain: Boolean(options.plain), cols: shell.cols },
+      session.redactor,
+    );
     return {
       ...shell,
-      cursor: Number(header.cursor),
-      next_cursor: next,
-      more: next < Number(header.end_cursor),
+      cursor: page.cursor,
+      next_cursor: page.next_cursor,
+      more: page.more,
       dropped_bytes: Number(header.dropped_bytes),
       plain: Boolean(options.plain),
-      output: options.plain ? await renderPlain(raw, shell.cols) : raw,
+      output: page.output,
     };
   });
 }

@@ -10,7 +10,7 @@ import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-path
 import { extractTarInGuest, packInGuest, readWholeFile } from "./guest-transfer.js";
 import { isText } from "./text-content.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
-import type { Redactor } from "./workspace-secrets.js";
+import type { Redactor } from "./secret-redaction.js";
 
 /** Copies a host directory or archive into the workspace (default: /workspace itself). */
 export async function syncPush(ctx: WorkspaceContext, ref: string, source: string, dest = WORKSPACE_ROOT) {
@@ -70,44 +70,59 @@ export interface DiffResult {
   patch: string;
 }
 
+/**
+ * Compares two trees (tar archives). Secrets are redacted from contents, names and link targets
+ * before the patch is formatted: its "+"/"-" line prefixes would otherwise split a multi-line
+ * secret into pieces that no longer match it.
+ */
+export async function diffTrees(baselineTar: Buffer, currentTar: Buffer, redactor: Redactor): Promise<Omit<DiffResult, "workspace_id">> {
+  const [before, after] = await Promise.all([readTree(baselineTar), readTree(currentTar)]);
+  const paths = [...new Set([...before.keys(), ...after.keys()])].sort();
+  const result: Omit<DiffResult, "workspace_id"> = { changed: false, summary: { added: 0, modified: 0, deleted: 0, binary: 0 }, files: [], patch: "" };
+  const parts: string[] = [];
+  for (const originalPath of paths) {
+    const a = before.get(originalPath);
+    const b = after.get(originalPath);
+    if (a?.type === "Directory" && b?.type === "Directory") continue;
+    if (a && b && a.type === b.type && a.linkpath === b.linkpath && a.mode === b.mode && (a.data === b.data || (a.data && b.data && a.data.equals(b.data)))) continue;
+    if ((a?.type === "Directory" && !b) || (b?.type === "Directory" && !a)) continue; // their files tell the story
+    const path = redactor.text(originalPath);
+    const status = !a ? "added" : !b ? "deleted" : "modified";
+    const binary = Boolean((a?.data && !isText(a.data)) || (b?.data && !isText(b.data)));
+    result.summary[status]++;
+    if (binary) result.summary.binary++;
+    result.files.push({ path, status, binary });
+    if (binary) {
+      parts.push(`diff --pyro a/${path} b/${path}\nBinary files ${a ? `a/${path}` : "/dev/null"} and ${b ? `b/${path}` : "/dev/null"} differ\n`);
+      continue;
+    }
+    const modeNote = a && b && a.mode !== b.mode ? `old mode ${a.mode.toString(8)}\nnew mode ${b.mode.toString(8)}\n` : "";
+    const shown = (entry: TreeEntry | undefined) => (entry ? redactor.text(describe(entry)) : "");
+    const text = createTwoFilesPatch(a ? `a/${path}` : "/dev/null", b ? `b/${path}` : "/dev/null", shown(a), shown(b), undefined, undefined, { context: 3 });
+    // jsdiff starts with an "Index:"/separator preamble; keep git-like headers only.
+    parts.push(modeNote + text.split("\n").filter((l) => !l.startsWith("Index:") && !/^=+$/.test(l)).join("\n"));
+  }
+  result.patch = parts.join("");
+  result.changed = result.files.length > 0;
+  return result;
+}
+
 /** Unified diff of /workspace against the baseline captured at create (added, deleted, binary files too). */
 export async function diffWorkspace(ctx: WorkspaceContext, ref: string): Promise<DiffResult> {
-  return withRunningWorkspace(ctx, ref, async (record, vm) => {
+  return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     const baselineBytes = await readFile(join(ctx.store.dir(record.id), "baseline.tar")).catch(() => {
       throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
     });
-    const [before, after] = await Promise.all([readTree(baselineBytes), packInGuest(vm.agent, WORKSPACE_ROOT).then(readTree)]);
-    const paths = [...new Set([...before.keys(), ...after.keys()])].sort();
-    const result: DiffResult = { workspace_id: record.id, changed: false, summary: { added: 0, modified: 0, deleted: 0, binary: 0 }, files: [], patch: "" };
-    const parts: string[] = [];
-    for (const path of paths) {
-      const a = before.get(path);
-      const b = after.get(path);
-      if (a?.type === "Directory" && b?.type === "Directory") continue;
-      if (a && b && a.type === b.type && a.linkpath === b.linkpath && a.mode === b.mode && (a.data === b.data || (a.data && b.data && a.data.equals(b.data)))) continue;
-      if ((a?.type === "Directory" && !b) || (b?.type === "Directory" && !a)) continue; // their files tell the story
-      const status = !a ? "added" : !b ? "deleted" : "modified";
-      const binary = Boolean((a?.data && !isText(a.data)) || (b?.data && !isText(b.data)));
-      result.summary[status]++;
-      if (binary) result.summary.binary++;
-      result.files.push({ path, status, binary });
-      if (binary) {
-        parts.push(`diff --pyro a/${path} b/${path}\nBinary files ${a ? `a/${path}` : "/dev/null"} and ${b ? `b/${path}` : "/dev/null"} differ\n`);
-        continue;
-      }
-      const modeNote = a && b && a.mode !== b.mode ? `old mode ${a.mode.toString(8)}\nnew mode ${b.mode.toString(8)}\n` : "";
-      const text = createTwoFilesPatch(a ? `a/${path}` : "/dev/null", b ? `b/${path}` : "/dev/null", a ? describe(a) : "", b ? describe(b) : "", undefined, undefined, { context: 3 });
-      // jsdiff starts with an "Index:"/separator preamble; keep git-like headers only.
-      parts.push(modeNote + text.split("\n").filter((l) => !l.startsWith("Index:") && !/^=+$/.test(l)).join("\n"));
-    }
-    result.patch = parts.join("");
-    result.changed = result.files.length > 0;
-    return result;
+    return { workspace_id: record.id, ...(await diffTrees(baselineBytes, await packInGuest(vm.agent, WORKSPACE_ROOT), session.redactor)) };
   });
 }
 
-/** Re-packs an archive with secret values redacted from its text files (a no-op without secrets). */
-async function redactTar(tarBytes: Buffer, redactor: Redactor): Promise<Buffer> {
+/**
+ * Re-packs an archive with secret values redacted from file contents (text or binary), entry names
+ * and link targets (a no-op without secrets). Files whose names redaction makes equal get a numbered
+ * suffix rather than overwriting each other.
+ */
+export async function redactTar(tarBytes: Buffer, redactor: Redactor): Promise<Buffer> {
   if (!redactor.active) return tarBytes;
   const tree = await readTree(tarBytes);
   const pack = new Pack({ portable: true });
@@ -117,10 +132,16 @@ async function redactTar(tarBytes: Buffer, redactor: Redactor): Promise<Buffer> 
     pack.on("end", () => resolve());
     pack.on("error", reject);
   });
-  for (const [path, entry] of tree) {
+  const taken = new Set<string>();
+  for (const [originalPath, entry] of tree) {
     const type = entry.type === "OldFile" ? "File" : entry.type;
+    let path = redactor.text(originalPath);
+    // Directories that redact to one name merge; anything else keeps its own entry.
+    if (path !== originalPath && type !== "Directory") for (let n = 2; taken.has(path) || tree.has(path); n++) path = `${redactor.text(originalPath)}.${n}`;
+    taken.add(path);
     const body = entry.data ? redactor.bytes(entry.data) : undefined;
-    const header = new Header({ path: type === "Directory" ? `${path}/` : path, type: type as Header["type"], mode: entry.mode, size: body?.length ?? 0, ...(entry.linkpath ? { linkpath: entry.linkpath } : {}), mtime: new Date() });
+    const linkpath = entry.linkpath ? redactor.text(entry.linkpath) : undefined;
+    const header = new Header({ path: type === "Directory" ? `${path}/` : path, type: type as Header["type"], mode: entry.mode, size: body?.length ?? 0, ...(linkpath ? { linkpath } : {}), mtime: new Date() });
     const read = new ReadEntry(header);
     pack.add(read);
     if (body) read.write(body);
