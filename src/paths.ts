@@ -9,7 +9,11 @@ export interface PyroPaths {
   readonly cacheDir: string;
   /** Durable state: workspace records and disks. */
   readonly stateDir: string;
-  /** Short-lived sockets and per-VM scratch; kept short because unix socket paths are capped at 107 bytes. */
+  /**
+   * Short-lived sockets and per-VM scratch; kept short because unix socket paths are capped at 107 bytes.
+   * Without XDG_RUNTIME_DIR it is $TMPDIR/pyro-<uid>, a name any local user can create first: every
+   * user of it goes through storage/private-storage.ts, which refuses one that is not privately ours.
+   */
   readonly runtimeDir: string;
 }
 
