@@ -15,13 +15,15 @@ export class WorkspaceContext {
   constructor(
     readonly paths: PyroPaths,
     private readonly onProgress?: (message: string) => void,
+    /** Tests only: a runtime built another way (e.g. booting the hostile test agent). */
+    private readonly runtimeOverride?: () => Promise<GuestRuntime>,
   ) {
     this.store = new WorkspaceStore(paths);
     this.environments = new EnvironmentStore(paths);
   }
 
   runtime(): Promise<GuestRuntime> {
-    return prepareGuestRuntime(this.paths, this.onProgress);
+    return this.runtimeOverride ? this.runtimeOverride() : prepareGuestRuntime(this.paths, this.onProgress);
   }
 }
 
@@ -62,6 +64,7 @@ export async function withRunningWorkspace<T>(ctx: WorkspaceContext, ref: string
     }
     const runtime = await ctx.runtime();
     const vm = await runtime.backend.attach(vmHandle(record)!);
+    vm.agent.label = `workspace ${record.id}`;
     const secrets = await loadSecrets(ctx, record.id);
     const redactor = new Redactor(secrets);
     try {
