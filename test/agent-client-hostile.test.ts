@@ -17,6 +17,8 @@ import { entryPathProblem } from "../src/guest-protocol/reply-contracts.js";
 
 type Responder = (request: Record<string, unknown>, socket: Socket) => void;
 
+const honestHello = (id: unknown) => encodeFrame({ id, ok: true, protocol: 1, agent_version: "0.1.0", boot_ms: 1, uptime_ms: 2 });
+
 let dir: string;
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), "pyro-hostile-"));
@@ -34,12 +36,18 @@ async function forgedAgent(respond: Responder): Promise<{ client: AgentClient; s
     socket.on("error", () => undefined);
     socket.on("data", (chunk: Buffer) => {
       decoder.push(chunk);
-      for (let item = decoder.next(); item; item = decoder.next()) if (item.kind === "frame") respond(item.header, socket);
+      for (let item = decoder.next(); item; item = decoder.next()) {
+        if (item.kind !== "frame") continue;
+        // Like pyro's attach: a hello answered honestly first, then whatever the forger sends.
+        if (item.header.op === "hello") socket.write(honestHello(item.header.id));
+        else respond(item.header, socket);
+      }
     });
   });
   await new Promise<void>((resolve) => server.listen(socketPath, resolve));
   const client = await AgentClient.connect(socketPath, Date.now() + 2_000);
   client.label = "workspace hostile-test";
+  await client.hello();
   return { client, server };
 }
 
@@ -121,21 +129,46 @@ describe("agent client against a forged agent", () => {
   });
 
   it("rejects garbage between frames", async () => {
-    const result = await execAgainst((req, s) => s.write(Buffer.concat([honestExec(0).subarray(0, 0), Buffer.from("\x00garbage\x01"), honestExec(req.id)])));
-    // The first bytes on a connection may be a stale tail; garbage after a frame may not.
-    const after = await execAgainst((req, s) => s.write(Buffer.concat([encodeFrame({ id: 0, event: "ready" }), Buffer.from("garbage"), honestExec(req.id)])));
-    assert.equal(result.error, undefined);
-    assertViolation(after, /malformed frame \(bad magic\)/);
+    const result = await execAgainst((req, s) => s.write(Buffer.concat([encodeFrame({ id: 0, event: "ready" }), Buffer.from("garbage"), honestExec(req.id)])));
+    assertViolation(result, /malformed frame \(bad magic\)/);
+  });
+
+  it("drops what an earlier connection left behind, until the first reply of this one", async () => {
+    // QEMU delivers what the guest wrote while no host was connected to the next connection.
+    const socketPath = join(dir, `a${serial++}.sock`);
+    const server = createServer((socket) => {
+      const decoder = new FrameDecoder();
+      socket.on("data", (chunk: Buffer) => {
+        decoder.push(chunk);
+        for (let item = decoder.next(); item; item = decoder.next()) {
+          if (item.kind !== "frame") continue;
+          if (item.header.op === "hello") {
+            // An old payload's tail, an old exec reply too big for anything pending, an old event,
+            // an old small reply: all from a connection whose ids were not this one's.
+            const leftovers = [Buffer.from("tail of an old payload"), honestExec(2, Buffer.alloc(300_000)), encodeFrame({ id: 0, event: "ready" }), encodeFrame({ id: 3, ok: true })];
+            socket.write(Buffer.concat([...leftovers, honestHello(item.header.id)]));
+          } else socket.write(honestExec(item.header.id, Buffer.from("fresh")));
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(socketPath, r));
+    const client = await AgentClient.connect(socketPath, Date.now() + 2_000);
+    await client.waitReady(Date.now() + 5_000);
+    assert.equal((await client.exec({ command: ["true"] })).stdout.bytes.toString(), "fresh");
+    client.close();
+    server.close();
   });
 
   it("rejects replies to unknown and reused ids", async () => {
     assertViolation(await execAgainst((req, s) => s.write(honestExec(Number(req.id) + 1000))), /never sent/);
+    let first: unknown;
     const { client, server } = await forgedAgent((req, s) => {
+      first ??= req.id;
       s.write(honestExec(req.id));
-      if (req.id === 2) s.write(honestExec(1));
+      if (req.id !== first) s.write(honestExec(first));
     });
     await client.exec({ command: ["true"] });
-    await assert.rejects(client.exec({ command: ["true"] }).then(() => client.exec({ command: ["true"] })), (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /request 1 again/.test(e.message));
+    await assert.rejects(client.exec({ command: ["true"] }).then(() => client.exec({ command: ["true"] })), (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /request \d+ again/.test(e.message));
     client.close();
     server.close();
   });

@@ -1,6 +1,7 @@
 import { connect, type Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { PyroError } from "../errors.js";
+import { randomInt } from "node:crypto";
 import { dirname } from "node:path";
 import { encodeFrame, FrameDecoder, MAX_HEADER_LEN, MAX_PAYLOAD_LEN } from "./frame-codec.js";
 import { DEFAULT_EXEC_OUTPUT_BYTES, DEFAULT_LIST_MAX_ENTRIES, DEFAULT_READ_BYTES, replyContract, replyProblem } from "./reply-contracts.js";
@@ -33,6 +34,13 @@ export const FRAME_STALL_MS = 10_000;
 export const MAX_UNSOLICITED_FRAMES = 256;
 /** Bytes of such frames on one connection. */
 export const MAX_UNSOLICITED_BYTES = 1 << 20;
+/**
+ * Bytes dropped before the agent answers this connection's first request. QEMU holds what the guest
+ * wrote while no host was connected and delivers it to the next connection, so a new connection may
+ * start with the rest of an earlier one: whole frames, or the tail of one. Dropped bytes are never
+ * buffered; this bounds only how long the guest can keep the host reading them.
+ */
+export const MAX_LEFTOVER_BYTES = 2 * (MAX_HEADER_LEN + MAX_PAYLOAD_LEN);
 /** Timed-out request ids whose late answers are still accepted (and dropped), newest kept. */
 const MAX_ABANDONED_IDS = 256;
 
@@ -41,11 +49,18 @@ export class AgentClient {
   private readonly decoder = new FrameDecoder({ maxHeaderBytes: MAX_HEADER_LEN, maxPayloadBytes: () => this.largestAllowedPayload() });
   private readonly pending = new Map<number, Pending>();
   private readonly abandoned = new Set<number>();
-  private nextId = 1;
+  /**
+   * Ids start at a random point on every connection, so a reply left over from an earlier
+   * connection can never be taken for the answer to a request of this one.
+   */
+  private readonly firstId = randomInt(1, 2 ** 47);
+  private nextId = this.firstId;
   private closedError: PyroError | undefined;
   private readyWaiters: Array<() => void> = [];
   private sawReady = false;
-  private sawFrame = false;
+  /** Whether the agent has answered a request of this connection: leftovers end there. */
+  private sawOwnReply = false;
+  private leftoverBytes = 0;
   private unsolicitedFrames = 0;
   private unsolicitedBytes = 0;
   private stallTimer: NodeJS.Timeout | undefined;
@@ -127,12 +142,12 @@ export class AgentClient {
     this.decoder.push(chunk);
     for (let item = this.decoder.next(); item && !this.closedError; item = this.decoder.next()) {
       if (item.kind === "garbage") {
-        // Before the first frame, bytes may be the tail of a reply written to an earlier
-        // connection; the decoder drops them without buffering. After it, garbage is an attack.
-        if (this.sawFrame || item.reason !== "bad magic") this.violation(`sent a malformed frame (${item.reason})`);
+        // The decoder drops garbage without buffering it. Before this connection's first reply it
+        // may be left over from an earlier connection; after it, garbage is an attack.
+        if (this.sawOwnReply) this.violation(`sent a malformed frame (${item.reason})`);
+        else this.onLeftover(item.skipped);
         continue;
       }
-      this.sawFrame = true;
       this.onFrame(item.header, item.payload);
     }
     this.watchForStall();
@@ -150,6 +165,7 @@ export class AgentClient {
     if (problem) return void this.violation(problem);
     this.pending.delete(id);
     clearTimeout(waiter.timer);
+    this.sawOwnReply = true;
     if (header.ok === true) {
       waiter.resolve({ header, payload });
     } else {
@@ -161,8 +177,10 @@ export class AgentClient {
   /** Events, and late answers to requests that timed out: tolerated within a budget. */
   private onUnsolicited(id: number, header: Record<string, unknown>, payload: Buffer): void {
     if (id !== 0) {
-      if (!this.abandoned.delete(id)) {
-        return void this.violation(id < this.nextId ? `answered request ${id} again (it was already answered)` : `answered request ${id}, which was never sent`);
+      // A late answer to a request that timed out, or a reply left over from an earlier connection.
+      if (!this.abandoned.delete(id) && this.sawOwnReply) {
+        const ours = id >= this.firstId && id < this.nextId;
+        return void this.violation(ours ? `answered request ${id} again (it was already answered)` : `answered request ${id}, which was never sent`);
       }
     } else if (payload.length > 0) {
       return void this.violation(`sent an event with a ${payload.length}-byte payload`);
@@ -174,12 +192,28 @@ export class AgentClient {
     if (id === 0 && header.event === "ready") this.markReady();
   }
 
-  /** A partially received frame must complete within FRAME_STALL_MS of the last byte. */
+  private onLeftover(bytes: number): void {
+    this.leftoverBytes += bytes;
+    if (this.leftoverBytes > MAX_LEFTOVER_BYTES) this.violation(`sent more than ${MAX_LEFTOVER_BYTES} bytes of garbage before answering`);
+  }
+
+  /**
+   * A partially received frame must complete within FRAME_STALL_MS of the last byte. Before the
+   * first reply, a frame that never completes is an earlier connection's cut-off tail: dropped,
+   * and the request it swallowed is retried by its caller (waitReady re-sends hello).
+   */
   private watchForStall(): void {
     this.clearStallTimer();
     if (this.closedError || this.decoder.missingBytes === 0) return;
     const missing = this.decoder.missingBytes;
-    this.stallTimer = setTimeout(() => this.violation(`stopped sending in the middle of a frame (${missing} bytes still missing after ${FRAME_STALL_MS} ms)`), FRAME_STALL_MS);
+    this.stallTimer = setTimeout(() => {
+      if (this.sawOwnReply) {
+        this.violation(`stopped sending in the middle of a frame (${missing} bytes still missing after ${FRAME_STALL_MS} ms)`);
+      } else {
+        this.onLeftover(this.decoder.bufferedBytes);
+        this.decoder.reset();
+      }
+    }, FRAME_STALL_MS);
     this.stallTimer.unref();
   }
 
