@@ -184,7 +184,11 @@ const CONTRACTS: Record<string, ReplyContract> = {
     },
   },
   "shell.write": { schema: z.looseObject({ shell_id: z.string().max(256), bytes: count }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
-  "shell.signal": { schema: shellState, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
+  "shell.signal": {
+    schema: z.looseObject({ shell_id: z.string().max(256), signal: int, process_group: int }),
+    maxHeaderBytes: SMALL_HEADER_BYTES,
+    maxPayloadBytes: noPayload,
+  },
   "shell.close": { schema: shellState, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   "probe.tcp": { schema: probeReply, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   "probe.http": { schema: probeReply, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
