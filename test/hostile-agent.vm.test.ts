@@ -19,7 +19,7 @@ import { buildGuestRuntime, type GuestRuntime } from "../src/runtime/guest-runti
 import { WorkspaceContext, withRunningWorkspace } from "../src/workspaces/workspace-context.js";
 import { execInWorkspace } from "../src/workspaces/workspace-exec.js";
 import { listWorkspaceFiles, readWorkspaceFile } from "../src/workspaces/workspace-files.js";
-import { createWorkspace, deleteWorkspace } from "../src/workspaces/workspace-lifecycle.js";
+import { createWorkspace, deleteWorkspace, listWorkspaces } from "../src/workspaces/workspace-lifecycle.js";
 import { listServices, serviceLogs, serviceStatus, startService } from "../src/workspaces/workspace-services.js";
 import { openShell, readShell } from "../src/workspaces/workspace-shells.js";
 import { diffWorkspace, exportFromWorkspace } from "../src/workspaces/workspace-tree.js";
@@ -90,7 +90,8 @@ describe("[vm] the guest is the attacker: pyro against a hostile agent", { timeo
 
   after(async () => {
     if (peaks.length) console.log(`peak RSS per case (MiB):\n  ${peaks.join("\n  ")}`);
-    if (id) await deleteWorkspace(ctx, id).catch(() => undefined);
+    // Every workspace of this home, even one whose creation half-failed: no VM outlives the test.
+    if (ctx) for (const ws of (await listWorkspaces(ctx).catch(() => ({ workspaces: [] }))).workspaces) await deleteWorkspace(ctx, ws.workspace_id).catch(() => undefined);
     if (home) await rm(home, { recursive: true, force: true });
     if (canary) await rm(canary, { recursive: true, force: true });
   });
