@@ -1,8 +1,11 @@
 import { connect, type Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { PyroError } from "../errors.js";
-import { encodeFrame, FrameDecoder } from "./frame-codec.js";
+import { randomInt } from "node:crypto";
+import { dirname } from "node:path";
+import { encodeFrame, FrameDecoder, MAX_HEADER_LEN, MAX_PAYLOAD_LEN } from "./frame-codec.js";
 import { checkGuestRequest } from "./request-limits.js";
+import { DEFAULT_EXEC_OUTPUT_BYTES, DEFAULT_LIST_MAX_ENTRIES, DEFAULT_READ_BYTES, replyContract, replyProblem } from "./reply-contracts.js";
 import type { ExecRequest, GuestExecResult, GuestFileEntry, HelloInfo } from "./messages.js";
 
 export const PROTOCOL_VERSION = 1;
@@ -10,8 +13,10 @@ export const PROTOCOL_VERSION = 1;
 interface Pending {
   resolve: (reply: { header: Record<string, unknown>; payload: Buffer }) => void;
   reject: (error: Error) => void;
-  timer?: NodeJS.Timeout;
+  timer: NodeJS.Timeout;
   op: string;
+  /** The request's own fields: its limits bound the reply (reply-contracts.ts). */
+  fields: Record<string, unknown>;
 }
 
 export interface RequestOptions {
@@ -19,21 +24,58 @@ export interface RequestOptions {
   timeoutMs?: number;
 }
 
+/** How long a request without its own timeout may wait: a guest that never answers must not hang pyro. */
+export const DEFAULT_REPLY_TIMEOUT_MS = 300_000;
+/** A frame that started arriving must keep arriving: the agent writes each frame in one go. */
+export const FRAME_STALL_MS = 10_000;
+/**
+ * Frames nobody asked for on one connection (events, answers to requests that already timed out).
+ * The agent sends one ready event per boot and an error per malformed request; more is a flood.
+ */
+export const MAX_UNSOLICITED_FRAMES = 256;
+/** Bytes of such frames on one connection. */
+export const MAX_UNSOLICITED_BYTES = 1 << 20;
+/**
+ * Bytes dropped before the agent answers this connection's first request. QEMU holds what the guest
+ * wrote while no host was connected and delivers it to the next connection, so a new connection may
+ * start with the rest of an earlier one: whole frames, or the tail of one. Dropped bytes are never
+ * buffered; this bounds only how long the guest can keep the host reading them.
+ */
+export const MAX_LEFTOVER_BYTES = 2 * (MAX_HEADER_LEN + MAX_PAYLOAD_LEN);
+/** Timed-out request ids whose late answers are still accepted (and dropped), newest kept. */
+const MAX_ABANDONED_IDS = 256;
+
 /** Talks to the in-guest agent over the unix socket QEMU exposes for the virtio-serial port. */
 export class AgentClient {
-  private readonly decoder = new FrameDecoder();
+  private readonly decoder = new FrameDecoder({ maxHeaderBytes: MAX_HEADER_LEN, maxPayloadBytes: () => this.largestAllowedPayload() });
   private readonly pending = new Map<number, Pending>();
-  private nextId = 1;
+  private readonly abandoned = new Set<number>();
+  /**
+   * Ids start at a random point on every connection, so a reply left over from an earlier
+   * connection can never be taken for the answer to a request of this one.
+   */
+  private readonly firstId = randomInt(1, 2 ** 47);
+  private nextId = this.firstId;
   private closedError: PyroError | undefined;
   private readyWaiters: Array<() => void> = [];
   private sawReady = false;
+  /** Whether the agent has answered a request of this connection: leftovers end there. */
+  private sawOwnReply = false;
+  private leftoverBytes = 0;
+  private unsolicitedFrames = 0;
+  private unsolicitedBytes = 0;
+  private stallTimer: NodeJS.Timeout | undefined;
   /** Explains why the channel closed (e.g. "the VM died"); set by the VM owner. */
   closeReason: () => Promise<string> = async () => "the guest agent connection closed";
+  /** Names the guest in errors ("workspace 1a2b…"); set by whoever knows it. */
+  label: string;
 
-  private constructor(private readonly socket: Socket) {
+  private constructor(private readonly socket: Socket, socketPath: string) {
+    this.label = `the VM in ${dirname(socketPath)}`;
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("error", () => undefined); // 'close' follows and fails what is pending
     socket.on("close", () => {
+      this.clearStallTimer();
       void this.closeReason().then((reason) => this.failAll(new PyroError("VM_DIED", reason)));
     });
   }
@@ -49,7 +91,7 @@ export class AgentClient {
           s.once("error", reject);
         });
         socket.setNoDelay?.(true);
-        return new AgentClient(socket);
+        return new AgentClient(socket, socketPath);
       } catch (error) {
         if (Date.now() > deadline) {
           throw new PyroError("GUEST_BOOT_FAILED", `cannot connect to the guest agent socket ${socketPath}: ${(error as Error).message}`);
@@ -63,33 +105,129 @@ export class AgentClient {
     return this.closedError !== undefined;
   }
 
+  /** The biggest payload any request in flight may receive; nothing is buffered beyond it. */
+  private largestAllowedPayload(): number {
+    let max = 0;
+    for (const p of this.pending.values()) max = Math.max(max, replyContract(p.op).maxPayloadBytes(p.fields));
+    return Math.min(max, MAX_PAYLOAD_LEN);
+  }
+
+  /**
+   * The guest broke the protocol: whatever it sends is hostile from here on. Close the connection
+   * and fail everything in flight with one error that says which guest and what it did.
+   */
+  private violation(what: string): PyroError {
+    if (this.closedError) return this.closedError;
+    const ops = [...new Set([...this.pending.values()].map((p) => p.op))].join(", ");
+    this.failAll(
+      new PyroError(
+        "GUEST_PROTOCOL_ERROR",
+        `the guest agent of ${this.label} broke the protocol${ops ? ` during ${ops}` : ""}: ${what}; the connection was closed. The guest may be compromised: treat its data as untrusted, or delete the workspace`,
+        { violation: what },
+      ),
+    );
+    this.socket.destroy();
+    return this.closedError!;
+  }
+
+  /**
+   * For checks above the wire (e.g. a tar the guest produced): records that the guest sent hostile
+   * data, closes the connection, and returns the error to throw.
+   */
+  rejectGuestData(what: string): PyroError {
+    return this.violation(what);
+  }
+
   private onData(chunk: Buffer): void {
+    if (this.closedError) return;
     this.decoder.push(chunk);
-    for (let item = this.decoder.next(); item; item = this.decoder.next()) {
-      if (item.kind === "garbage") continue; // the agent never sends garbage; a partial frame after reconnect is harmless
-      const id = typeof item.header.id === "number" ? item.header.id : -1;
-      if (id === 0) {
-        if (item.header.event === "ready") this.markReady();
+    for (let item = this.decoder.next(); item && !this.closedError; item = this.decoder.next()) {
+      if (item.kind === "garbage") {
+        // The decoder drops garbage without buffering it. Before this connection's first reply it
+        // may be left over from an earlier connection; after it, garbage is an attack.
+        if (this.sawOwnReply) this.violation(`sent a malformed frame (${item.reason})`);
+        else this.onLeftover(item.skipped);
         continue;
       }
-      const waiter = this.pending.get(id);
-      if (!waiter) continue; // duplicate answer to a retried hello
-      this.pending.delete(id);
-      if (waiter.timer) clearTimeout(waiter.timer);
-      if (item.header.ok === true) {
-        waiter.resolve({ header: item.header, payload: item.payload });
-      } else {
-        const err = (item.header.error ?? {}) as { code?: string; message?: string };
-        waiter.reject(
-          new PyroError(
-            // The agent refuses a /workspace path that a guest symlink leads elsewhere: the same refusal as a path outside it.
-            err.code === "outside_workspace" ? "PATH_OUTSIDE_WORKSPACE" : "GUEST_OPERATION_FAILED",
-            `guest ${waiter.op} failed: ${err.message ?? "unknown error"}`,
-            { guestCode: err.code ?? "unknown" },
-          ),
-        );
-      }
+      this.onFrame(item.header, item.payload);
     }
+    this.watchForStall();
+  }
+
+  private onFrame(header: Record<string, unknown>, payload: Buffer): void {
+    const id = header.id;
+    if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 0) return void this.violation("sent a frame without a valid id");
+    const waiter = this.pending.get(id);
+    if (!waiter) return this.onUnsolicited(id, header, payload);
+    const headerBytes = Buffer.byteLength(JSON.stringify(header));
+    const contract = replyContract(waiter.op);
+    if (headerBytes > contract.maxHeaderBytes) return void this.violation(`answered ${waiter.op} with a ${headerBytes}-byte header (max ${contract.maxHeaderBytes})`);
+    const problem = replyProblem(waiter.op, waiter.fields, header, payload.length);
+    if (problem) return void this.violation(problem);
+    this.pending.delete(id);
+    clearTimeout(waiter.timer);
+    this.sawOwnReply = true;
+    if (header.ok === true) {
+      waiter.resolve({ header, payload });
+    } else {
+      const err = header.error as { code: string; message: string };
+      waiter.reject(
+        new PyroError(
+          // The agent refuses a /workspace path that a guest symlink leads elsewhere: the same refusal as a path outside it.
+          err.code === "outside_workspace" ? "PATH_OUTSIDE_WORKSPACE" : "GUEST_OPERATION_FAILED",
+          `guest ${waiter.op} failed: ${err.message}`,
+          { guestCode: err.code },
+        ),
+      );
+    }
+  }
+
+  /** Events, and late answers to requests that timed out: tolerated within a budget. */
+  private onUnsolicited(id: number, header: Record<string, unknown>, payload: Buffer): void {
+    if (id !== 0) {
+      // A late answer to a request that timed out, or a reply left over from an earlier connection.
+      if (!this.abandoned.delete(id) && this.sawOwnReply) {
+        const ours = id >= this.firstId && id < this.nextId;
+        return void this.violation(ours ? `answered request ${id} again (it was already answered)` : `answered request ${id}, which was never sent`);
+      }
+    } else if (payload.length > 0) {
+      return void this.violation(`sent an event with a ${payload.length}-byte payload`);
+    }
+    this.unsolicitedFrames++;
+    this.unsolicitedBytes += Buffer.byteLength(JSON.stringify(header)) + payload.length;
+    if (this.unsolicitedFrames > MAX_UNSOLICITED_FRAMES) return void this.violation(`sent more than ${MAX_UNSOLICITED_FRAMES} frames nobody asked for`);
+    if (this.unsolicitedBytes > MAX_UNSOLICITED_BYTES) return void this.violation(`sent more than ${MAX_UNSOLICITED_BYTES} bytes nobody asked for`);
+    if (id === 0 && header.event === "ready") this.markReady();
+  }
+
+  private onLeftover(bytes: number): void {
+    this.leftoverBytes += bytes;
+    if (this.leftoverBytes > MAX_LEFTOVER_BYTES) this.violation(`sent more than ${MAX_LEFTOVER_BYTES} bytes of garbage before answering`);
+  }
+
+  /**
+   * A partially received frame must complete within FRAME_STALL_MS of the last byte. Before the
+   * first reply, a frame that never completes is an earlier connection's cut-off tail: dropped,
+   * and the request it swallowed is retried by its caller (waitReady re-sends hello).
+   */
+  private watchForStall(): void {
+    this.clearStallTimer();
+    if (this.closedError || this.decoder.missingBytes === 0) return;
+    const missing = this.decoder.missingBytes;
+    this.stallTimer = setTimeout(() => {
+      if (this.sawOwnReply) {
+        this.violation(`stopped sending in the middle of a frame (${missing} bytes still missing after ${FRAME_STALL_MS} ms)`);
+      } else {
+        this.onLeftover(this.decoder.bufferedBytes);
+        this.decoder.reset();
+      }
+    }, FRAME_STALL_MS);
+    this.stallTimer.unref();
+  }
+
+  private clearStallTimer(): void {
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = undefined;
   }
 
   private markReady(): void {
@@ -99,36 +237,40 @@ export class AgentClient {
 
   private failAll(error: PyroError): void {
     this.closedError ??= error;
+    this.clearStallTimer();
+    this.decoder.reset();
     for (const [id, p] of this.pending) {
       this.pending.delete(id);
-      if (p.timer) clearTimeout(p.timer);
+      clearTimeout(p.timer);
       p.reject(this.closedError);
     }
     for (const w of this.readyWaiters.splice(0)) w();
   }
 
-  /** Sends one request and waits for its reply. */
+  /** Sends one request and waits for its reply, checked against the op's reply contract. */
   request(op: string, fields: Record<string, unknown> = {}, payload?: Buffer, options: RequestOptions = {}): Promise<{ header: Record<string, unknown>; payload: Buffer }> {
     if (this.closedError) return Promise.reject(this.closedError);
     const id = this.nextId++;
-    const header = { ...fields, id, op };
+    const timeoutMs = options.timeoutMs ?? DEFAULT_REPLY_TIMEOUT_MS;
     try {
-      checkGuestRequest(`the guest ${op} request`, header, payload?.length);
+      checkGuestRequest(`the guest ${op} request`, { ...fields, id, op }, payload?.length);
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    const frame = encodeFrame(header, payload);
     return new Promise((resolve, reject) => {
-      const entry: Pending = { resolve, reject, op };
-      if (options.timeoutMs !== undefined) {
-        entry.timer = setTimeout(() => {
-          this.pending.delete(id);
-          reject(new PyroError("GUEST_PROTOCOL", `the guest agent did not answer ${op} within ${options.timeoutMs} ms`));
-        }, options.timeoutMs);
-      }
-      this.pending.set(id, entry);
-      this.socket.write(frame);
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        this.abandon(id);
+        reject(new PyroError("GUEST_PROTOCOL", `the guest agent did not answer ${op} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(id, { resolve, reject, op, fields, timer });
+      this.socket.write(encodeFrame({ ...fields, id, op }, payload));
     });
+  }
+
+  private abandon(id: number): void {
+    this.abandoned.add(id);
+    if (this.abandoned.size > MAX_ABANDONED_IDS) this.abandoned.delete(this.abandoned.values().next().value!);
   }
 
   /**
@@ -165,8 +307,6 @@ export class AgentClient {
     const hostTimeout = req.timeoutMs !== undefined ? req.timeoutMs + 15_000 : undefined;
     const { header: h, payload } = await this.request("exec", execFields(req), stdin, { timeoutMs: hostTimeout });
     const outLen = Number(h.stdout_len);
-    const errLen = Number(h.stderr_len);
-    if (outLen + errLen !== payload.length) throw new PyroError("GUEST_PROTOCOL", "exec reply payload does not match its declared lengths");
     return {
       exitCode: Number(h.exit_code),
       signal: typeof h.signal === "number" ? h.signal : null,
@@ -178,7 +318,7 @@ export class AgentClient {
   }
 
   async readFile(path: string, options: { offset?: number; maxBytes?: number } = {}): Promise<{ data: Buffer; size: number; truncated: boolean }> {
-    const { header, payload } = await this.request("file.read", { path, offset: options.offset ?? 0, max_bytes: options.maxBytes ?? 1 << 20 });
+    const { header, payload } = await this.request("file.read", { path, offset: options.offset ?? 0, max_bytes: options.maxBytes ?? DEFAULT_READ_BYTES });
     return { data: payload, size: Number(header.size), truncated: header.truncated === true };
   }
 
@@ -192,8 +332,8 @@ export class AgentClient {
   }
 
   async list(path: string, options: { recursive?: boolean; maxEntries?: number } = {}): Promise<{ entries: GuestFileEntry[]; truncated: boolean }> {
-    const { header } = await this.request("file.list", { path, recursive: options.recursive ?? false, max_entries: options.maxEntries ?? 10_000 });
-    const entries = Array.isArray(header.entries) ? header.entries.map((e) => toEntry(e as Record<string, unknown>)) : [];
+    const { header } = await this.request("file.list", { path, recursive: options.recursive ?? false, max_entries: options.maxEntries ?? DEFAULT_LIST_MAX_ENTRIES });
+    const entries = (header.entries as Record<string, unknown>[]).map(toEntry);
     return { entries, truncated: header.truncated === true };
   }
 
@@ -232,7 +372,7 @@ function execFields(req: ExecRequest): Record<string, unknown> {
   const fields: Record<string, unknown> = {
     cwd: req.cwd ?? "/",
     env: req.env ?? {},
-    max_output_bytes: req.maxOutputBytes ?? 1 << 20,
+    max_output_bytes: req.maxOutputBytes ?? DEFAULT_EXEC_OUTPUT_BYTES,
   };
   if (typeof req.command === "string") fields.shell = req.command;
   else fields.argv = req.command;

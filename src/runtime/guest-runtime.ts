@@ -33,18 +33,24 @@ export async function prepareGuestRuntime(paths: PyroPaths, onProgress?: (messag
   await ensurePrivateDir(paths.runtimeDir);
   let pending = cache.get(paths.cacheDir);
   if (!pending) {
-    pending = build(paths, onProgress);
+    pending = buildGuestRuntime(paths, onProgress ? { onProgress } : {});
     cache.set(paths.cacheDir, pending);
     pending.catch(() => cache.delete(paths.cacheDir));
   }
   return pending;
 }
 
-async function build(paths: PyroPaths, onProgress?: (message: string) => void): Promise<GuestRuntime> {
+/**
+ * Builds a runtime without the per-process cache. `agentPath` puts another agent binary in the
+ * initramfs: only code can ask for it (the hostile-agent tests do); pyro itself always goes through
+ * prepareGuestRuntime and the real agent.
+ */
+export async function buildGuestRuntime(paths: PyroPaths, options: { agentPath?: string; onProgress?: (message: string) => void } = {}): Promise<GuestRuntime> {
+  const { onProgress } = options;
   const qemuBinary = requireExecutable("qemu-system-x86_64", "qemu-system-x86");
   const [kernel, agentPath, qemuStat, tscKhz] = await Promise.all([
     ensureGuestKernel(paths, onProgress ? { onProgress } : {}),
-    ensureAgent(onProgress),
+    options.agentPath ?? ensureAgent(onProgress),
     stat(qemuBinary),
     hostTscKhz(),
   ]);

@@ -83,6 +83,10 @@ export async function validateTar(tarBytes: Buffer, strictSymlinks: boolean): Pr
       }
       entry.resume();
     });
+    // Entries tar cannot represent faithfully (sparse files…) or oversized metadata: refuse, not skip.
+    parser.on("ignoredEntry", (entry: ReadEntry) => {
+      failure ??= unsafe(entry.path, `${entry.type} entries are not allowed`);
+    });
     parser.on("error", (e: Error) => reject(new PyroError("UNSAFE_ARCHIVE", `not a valid tar archive: ${e.message}`)));
     parser.on("end", () => resolve());
     parser.end(tarBytes);

@@ -1,8 +1,9 @@
 import { randomBytes } from "node:crypto";
-import { PyroError } from "../errors.js";
+import { isPyroError, PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { capturedText } from "../guest-protocol/messages.js";
-import { MAX_ARCHIVE_BYTES } from "./archive-safety.js";
+import { shellQuote } from "../process/shell-quote.js";
+import { MAX_ARCHIVE_BYTES, validateTar } from "./archive-safety.js";
 
 /** Frames carry at most 128 MiB; bigger transfers go in pieces of this size. */
 const CHUNK_BYTES = 32 * 1024 * 1024;
@@ -41,7 +42,12 @@ export async function extractTarInGuest(agent: AgentClient, tar: Buffer, dest: s
   }
 }
 
-/** Packs a guest directory (or file) into a tar, read back through the agent. */
+/**
+ * Packs a guest directory (or file) into a tar, read back through the agent. The guest made it, so it
+ * is checked like any hostile archive before a caller parses it, stores it or hands it to the user:
+ * no absolute or '..' names, nothing written through a symlink, no devices or sparse entries, no
+ * size bombs. Symlinks may point anywhere (they are workspace content, never followed on the host).
+ */
 export async function packInGuest(agent: AgentClient, dir: string, entries: string[] = ["."]): Promise<Buffer> {
   const r = await agent.exec({
     command: ["tar", "-c", "-f", "-", "-C", dir, "--", ...entries],
@@ -51,6 +57,12 @@ export async function packInGuest(agent: AgentClient, dir: string, entries: stri
   if (r.exitCode !== 0) throw new PyroError("GUEST_OPERATION_FAILED", `archiving ${dir} failed: ${capturedText(r.stderr).trim()}`);
   if (r.stdout.totalBytes > r.stdout.bytes.length) {
     throw new PyroError("GUEST_OPERATION_FAILED", `${dir} is larger than ${MAX_DOWNLOAD_BYTES} bytes as an archive; export a subdirectory`);
+  }
+  try {
+    await validateTar(r.stdout.bytes, false);
+  } catch (error) {
+    if (isPyroError(error, "UNSAFE_ARCHIVE")) throw agent.rejectGuestData(`the archive of ${dir} it sent is unsafe (${error.message})`);
+    throw error;
   }
   return r.stdout.bytes;
 }

@@ -19,13 +19,15 @@ export class WorkspaceContext {
   constructor(
     readonly paths: PyroPaths,
     private readonly onProgress?: (message: string) => void,
+    /** Tests only: a runtime built another way (e.g. booting the hostile test agent). */
+    private readonly runtimeOverride?: () => Promise<GuestRuntime>,
   ) {
     this.store = new WorkspaceStore(paths);
     this.environments = new EnvironmentStore(paths);
   }
 
   runtime(): Promise<GuestRuntime> {
-    return prepareGuestRuntime(this.paths, this.onProgress);
+    return this.runtimeOverride ? this.runtimeOverride() : prepareGuestRuntime(this.paths, this.onProgress);
   }
 
   /** Tells the user something pyro did on its own (a crash recovery): progress channel, else stderr. */
@@ -74,6 +76,7 @@ export async function withRunningWorkspace<T>(
     }
     const runtime = await ctx.runtime();
     const vm = await runtime.backend.attach(vmHandle(record)!);
+    vm.agent.label = `workspace ${record.id}`;
     if (record.guest_cleanup_pending) {
       await removeStaleStaging(vm.agent);
       record.guest_cleanup_pending = false;

@@ -1,6 +1,6 @@
 import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
-import { PyroError } from "../errors.js";
+import { isPyroError, PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { checkGuestRequest } from "../guest-protocol/request-limits.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
@@ -213,7 +213,14 @@ export async function serviceLogs(ctx: WorkspaceContext, ref: string, name: stri
     known(record, name);
     const read = async (stream: string) => {
       // Redacted before the line tail cuts it (a multi-line secret would leave lines behind).
-      const text = await readWholeFile(vm.agent, `/run/pyro-services/${name}/${stream}.log`, 16 * 1024 * 1024).then((b) => session.redactor.bytes(b).toString("utf8"), () => "");
+      const text = await readWholeFile(vm.agent, `/run/pyro-services/${name}/${stream}.log`, 16 * 1024 * 1024).then(
+        (b) => session.redactor.bytes(b).toString("utf8"),
+        // A log not written yet reads as empty; a guest breaking the protocol is reported.
+        (error) => {
+          if (isPyroError(error, "GUEST_OPERATION_FAILED")) return "";
+          throw error;
+        },
+      );
       if (tailLines === undefined) return text;
       const lines = text.split("\n");
       const trailing = lines[lines.length - 1] === "" ? lines.pop() : undefined;
