@@ -8,6 +8,8 @@
 //! through an honest `file.write`, so every mode is one deterministic shot.
 #![allow(dead_code)]
 
+#[path = "../beneath.rs"]
+mod beneath;
 #[path = "../capture.rs"]
 mod capture;
 #[path = "../command.rs"]
@@ -18,6 +20,8 @@ mod exec;
 mod files;
 #[path = "../frame.rs"]
 mod frame;
+#[path = "../hardening.rs"]
+mod hardening;
 #[path = "../init.rs"]
 mod init;
 #[path = "../json.rs"]
@@ -34,6 +38,8 @@ mod services;
 mod shells;
 #[path = "../sys.rs"]
 mod sys;
+#[path = "../tar_extract.rs"]
+mod tar_extract;
 
 use json::{obj, s, Json};
 use protocol::{Context, Writer};
