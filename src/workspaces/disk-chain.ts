@@ -1,32 +1,29 @@
 import { rename, rm } from "node:fs/promises";
-import { basename, dirname, join, resolve } from "node:path";
-import { z } from "zod";
-import { PyroError } from "../errors.js";
-import { requireExecutable, runHostCommand, runHostCommandRaw } from "../process/host-command.js";
+import { basename, dirname, join } from "node:path";
+import { isPyroError, PyroError } from "../errors.js";
+import { diskChain } from "../storage/qcow2-backing-chain.js";
+import { requireExecutable, runHostCommand } from "../process/host-command.js";
 
 /**
  * qcow2 layering, read from the files themselves: which disk depends on which is whatever the
  * images say, never a record field that a crash can leave stale.
  */
-const ChainEntry = z.object({ filename: z.string() });
-const Chain = z.array(ChainEntry).min(1);
 
 function qemuImg(): string {
   return requireExecutable("qemu-img", "qemu-utils");
 }
 
 /**
- * The files `disk` reads through, nearest first, itself excluded. Fails if any layer is missing or
- * unreadable (the disk would not open). `-U`: the disk may be in use by a running VM.
+ * The files `disk` reads through, nearest first, itself excluded, from the images' own headers.
+ * Fails if any layer is missing or unreadable (the disk would not open).
  */
 export async function backingChain(disk: string): Promise<string[]> {
-  const r = await runHostCommandRaw(qemuImg(), ["info", "--backing-chain", "--output=json", "-U", disk], { timeoutMs: 60_000 });
-  if (r.exitCode !== 0) {
-    throw new PyroError("GUEST_OPERATION_FAILED", `the disk ${disk} does not open: ${r.stderr.trim().split("\n").slice(-1)[0] ?? "qemu-img failed"}`, { disk });
+  try {
+    return (await diskChain(disk)).files.slice(1);
+  } catch (error) {
+    const why = isPyroError(error) ? error.message : (error as NodeJS.ErrnoException).code === "ENOENT" ? "a layer of its backing chain is missing" : String(error);
+    throw new PyroError("GUEST_OPERATION_FAILED", `the disk ${disk} does not open: ${why}`, { disk });
   }
-  const parsed = Chain.safeParse(JSON.parse(r.stdout.toString("utf8")));
-  if (!parsed.success) throw new PyroError("GUEST_OPERATION_FAILED", `qemu-img described ${disk} in an unexpected form`, { disk });
-  return parsed.data.slice(1).map((e) => resolve(dirname(disk), e.filename));
 }
 
 /** The temp name a new overlay is built under before it replaces a disk; recovery removes leftovers. */
