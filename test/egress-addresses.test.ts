@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { decideEgress, isPublicAddress, validateAllowEntry } from "../src/network/egress-policy.js";
+import { decideEgress, isPublicAddress, parseHostPublicCidrs, validateAllowEntry } from "../src/network/egress-policy.js";
 import { cidrContains, formatAddress, parseHostAddress } from "../src/network/ip-address.js";
 import { parseAbsoluteTarget, parseConnectTarget } from "../src/network/proxy-target.js";
 
@@ -228,5 +228,15 @@ describe("egress addresses (examples)", () => {
     assert.equal(validateAllowEntry("2001:DB8:0:0::/32"), "2001:db8::/32");
     assert.equal(validateAllowEntry("::ffff:10.1.2.3"), "10.1.2.3");
     for (const bad of ["127.1", "2130706433", "0x7f000001", "10.0.0.0/8/1", "::1/129", "1.2.3.4/"]) assert.throws(() => validateAllowEntry(bad), bad);
+  });
+
+  it("treats ranges the host operator declared public as public, never the host's own addresses", () => {
+    const hostPublic = parseHostPublicCidrs("203.0.113.0/24, 198.18.0.0/15");
+    assert.deepEqual(hostPublic, ["203.0.113.0/24", "198.18.0.0/15"]);
+    assert.deepEqual(decideEgress({ allow: [], hostPublic }, "deb.debian.org", ["203.0.113.80"]), { allowed: true, address: "203.0.113.80" });
+    assert.equal(decideEgress({ allow: [] }, "deb.debian.org", ["203.0.113.80"]).allowed, false, "documentation space is not public by default");
+    assert.equal(decideEgress({ allow: ["pypi.org"], hostPublic }, "evil.example", ["203.0.113.80"]).allowed, false, "public is not allowlisted");
+    assert.equal(decideEgress({ allow: [], hostPublic }, "h", ["::ffff:127.0.0.1"]).allowed, false);
+    for (const bad of ["127.0.0.0/8", "0.0.0.0/0", "126.0.0.0/7", "::/0", "::1/128", "203.0.113.1", "nonsense"]) assert.throws(() => parseHostPublicCidrs(bad), bad);
   });
 });

@@ -3,7 +3,8 @@ import { packageRoot } from "../paths.js";
 import { writeJsonAtomic } from "../storage/atomic-file.js";
 import { EGRESS_PROXY_ADDRESS, EGRESS_PROXY_PORT } from "../runtime/qemu/qemu-args.js";
 import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
-import type { EgressPolicy } from "./egress-policy.js";
+import { PyroError } from "../errors.js";
+import { parseHostPublicCidrs, type EgressPolicy } from "./egress-policy.js";
 
 /** Environment that points guest tools (curl, pip, npm, git, apt) at the egress proxy. */
 export function proxyEnvironment(): Record<string, string> {
@@ -20,8 +21,14 @@ export function egressCountDir(runtimeDir: string): string {
  * Writes the policy file and returns the VM's network: an egress server (egress-server.js) that the
  * VMM backend runs beside the VM for its whole life.
  */
-export async function egressNetwork(policyPath: string, policy: EgressPolicy, runtimeDir: string): Promise<Exclude<VmLaunchSpec["network"], "none">> {
-  await writeJsonAtomic(policyPath, policy, 0o600);
+export async function egressNetwork(policyPath: string, policy: EgressPolicy, runtimeDir: string, env: NodeJS.ProcessEnv = process.env): Promise<Exclude<VmLaunchSpec["network"], "none">> {
+  let hostPublic: string[];
+  try {
+    hostPublic = parseHostPublicCidrs(env.PYRO_EGRESS_PUBLIC_CIDRS ?? "");
+  } catch (error) {
+    throw new PyroError("INVALID_ARGUMENT", `PYRO_EGRESS_PUBLIC_CIDRS: ${(error as Error).message}`);
+  }
+  await writeJsonAtomic(policyPath, { ...policy, hostPublic }, 0o600);
   const server = join(packageRoot(), "dist", "src", "network", "egress-server.js");
   // Small heaps: the server holds sockets and headers, nothing large.
   return { egressServer: [process.execPath, "--max-semi-space-size=1", "--max-old-space-size=64", server, `--policy=${policyPath}`, `--count-dir=${egressCountDir(runtimeDir)}`] };

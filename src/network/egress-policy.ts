@@ -9,6 +9,11 @@ import { addressScope } from "./special-addresses.js";
 export interface EgressPolicy {
   /** Host names ("example.com", "*.example.com") and CIDRs ("203.0.113.0/24"); empty = any public host. */
   allow: string[];
+  /**
+   * CIDRs this host's operator declared public (PYRO_EGRESS_PUBLIC_CIDRS), for networks whose
+   * resolver maps internet names into special-purpose space. Treated as public, never as allowed.
+   */
+  hostPublic?: string[];
 }
 
 /** Whether an address (in any notation a resolver accepts) is a public internet destination. */
@@ -45,6 +50,24 @@ export function validateAllowEntry(entry: string): string {
   return trimmed.toLowerCase();
 }
 
+/** Ranges no host setting may declare public: the host itself. */
+const NEVER_PUBLIC = ["127.0.0.0/8", "0.0.0.0/8", "::1/128", "::/128"].map((c) => parseCidr(c)!);
+
+const overlaps = (a: Cidr, b: Cidr) => cidrContains(a, b.bytes) || cidrContains(b, a.bytes);
+
+/** Parses PYRO_EGRESS_PUBLIC_CIDRS (comma- or space-separated CIDRs) into canonical CIDR text. */
+export function parseHostPublicCidrs(text: string): string[] {
+  return text
+    .split(/[\s,]+/)
+    .filter(Boolean)
+    .map((entry) => {
+      const cidr = entry.includes("/") ? parseCidr(entry) : undefined;
+      if (!cidr) throw new Error(`'${entry}' is not a CIDR`);
+      if (NEVER_PUBLIC.some((never) => overlaps(cidr, never))) throw new Error(`'${entry}' covers the host's own loopback or this-host addresses`);
+      return formatCidr(cidr);
+    });
+}
+
 interface CompiledPolicy {
   names: string[];
   prefixes: Cidr[];
@@ -71,6 +94,7 @@ export type EgressDecision = { allowed: true; address: string } | { allowed: fal
 export function decideEgress(policy: EgressPolicy, host: string, addresses: string[]): EgressDecision {
   if (addresses.length === 0) return { allowed: false, reason: `${host} does not resolve` };
   const { names, prefixes } = compile(policy);
+  const hostPublic = (policy.hostPublic ?? []).map((c) => parseCidr(c)).filter((c): c is Cidr => c !== undefined);
   const explicitHost = names.some((p) => hostMatches(host, p));
   const refusals: string[] = [];
   for (const text of addresses) {
@@ -84,7 +108,7 @@ export function decideEgress(policy: EgressPolicy, host: string, addresses: stri
     // Only an explicit IP/CIDR entry opens a non-public address: a listed *name* that resolves to
     // 127.0.0.1 or 10.x (DNS rebinding, a poisoned record) must not reach host or private services.
     if (prefixes.some((cidr) => cidrContains(cidr, address))) return { allowed: true, address: literal };
-    const scope = addressScope(address);
+    const scope = hostPublic.some((cidr) => cidrContains(cidr, address)) ? ({ public: true } as const) : addressScope(address);
     if (!scope.public) {
       refusals.push(`${literal}: ${scope.why}`);
       continue;

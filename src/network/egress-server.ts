@@ -55,8 +55,9 @@ function refusalResponse(status: number, reason: string): string {
 
 function loadPolicy(path: string): EgressPolicy {
   try {
-    const parsed = JSON.parse(readFileSync(path, "utf8")) as { allow?: unknown };
-    if (Array.isArray(parsed.allow) && parsed.allow.every((a) => typeof a === "string")) return { allow: parsed.allow };
+    const parsed = JSON.parse(readFileSync(path, "utf8")) as { allow?: unknown; hostPublic?: unknown };
+    const strings = (v: unknown): v is string[] => Array.isArray(v) && v.every((a) => typeof a === "string");
+    if (strings(parsed.allow) && (parsed.hostPublic === undefined || strings(parsed.hostPublic))) return { allow: parsed.allow, hostPublic: parsed.hostPublic ?? [] };
   } catch {
     // fall through
   }
