@@ -93,4 +93,20 @@ describe("[vm] the egress proxy guards the host", () => {
     assert.ok(rssMib < 100 + cap * 8, `egress processes use ${rssMib.toFixed(0)} MiB RSS`);
     await pyro.stopService(ws, "hold");
   });
+
+  it("runs one egress server per VM, with the VM: a restored VM gets its own, a stopped one leaves none", TIMEOUT, async () => {
+    const runDir = join(testPaths.runtimeDir, ws);
+    const servers = async () => (await egressProcesses(runDir, -1)).filter((p) => !p.argv0.endsWith("socat") && !p.argv0.includes("qemu"));
+    await pyro.resetWorkspace(ws); // snapshot restore: a new VMM, so a new server
+    const afterReset = await servers();
+    assert.equal(afterReset.length, 1, JSON.stringify(afterReset));
+    const out = (await pyro.execWorkspace(ws, `curl -sS -m 30 --noproxy '' 'http://127.1:${hostPort}/' 2>&1`)).stdout;
+    assert.match(out, /^pyro egress: .*non-public address/, "the restored guest reaches its proxy");
+    await pyro.stopWorkspace(ws);
+    // Nobody kills the server: it follows QEMU out through its lifeline.
+    const deadline = Date.now() + 10_000;
+    while ((await servers()).length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(await servers(), []);
+    assert.equal(hostRequests, 0);
+  });
 });
