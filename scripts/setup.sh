@@ -17,8 +17,9 @@ done
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# docker-registry and apache2-utils (htpasswd) serve the registry tests on 127.0.0.1.
-APT_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs bubblewrap lz4 cpio busybox-static util-linux ca-certificates xz-utils docker-registry apache2-utils)
+# docker-registry and apache2-utils (htpasswd) serve the registry tests on 127.0.0.1; socat joins each
+# guest connection to the egress proxy (one small process per connection).
+APT_PACKAGES=(qemu-system-x86 qemu-utils socat mmdebstrap e2fsprogs bubblewrap lz4 cpio busybox-static util-linux ca-certificates xz-utils docker-registry apache2-utils)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -1,14 +1,8 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { decideEgress, isPublicAddress, validateAllowEntry } from "../src/network/egress-policy.js";
 import { wholeCharacters } from "../src/workspaces/workspace-shells.js";
-
-const PROXY = join(import.meta.dirname, "..", "src", "network", "egress-proxy.js");
 
 describe("egress policy", () => {
   it("refuses loopback, private, link-local and metadata addresses by default", () => {
@@ -43,27 +37,6 @@ describe("egress policy", () => {
         assert.equal(decideEgress({ allow }, "pypi.org", [ip]).allowed, false);
       }),
     );
-  });
-
-  it("the proxy program answers a refused destination with 403 and never connects", async () => {
-    const dir = await mkdtemp(join(tmpdir(), "pyro-proxy-"));
-    try {
-      await writeFile(join(dir, "policy.json"), JSON.stringify({ allow: ["deb.debian.org"] }));
-      for (const [request, pattern] of [
-        ["CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n", /403 Forbidden[\s\S]*not in this workspace's egress allowlist/],
-        ["GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n", /403 Forbidden/],
-        ["GET /relative HTTP/1.1\r\n\r\n", /400 /],
-      ] as const) {
-        const child = spawn(process.execPath, [PROXY, `--policy=${join(dir, "policy.json")}`]);
-        let out = "";
-        child.stdout.on("data", (d) => (out += d));
-        child.stdin.write(request);
-        await new Promise((r) => child.on("exit", r));
-        assert.match(out, pattern);
-      }
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
   });
 });
 

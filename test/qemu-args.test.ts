@@ -39,10 +39,20 @@ describe("QEMU command line", () => {
 
   it("adds a NIC only when networking is asked for, with no direct route out (restrict=on)", () => {
     assert.equal(buildQemuArgs(spec, "tcg", 1).includes("-netdev"), false);
-    const net = { egressProxy: ["/usr/bin/node", "/p/egress-proxy.js", "--policy=/w/a,b.json"] };
-    const withNet = buildQemuArgs({ ...spec, network: net }, "tcg", 1);
-    assert.deepEqual(valueAfter(withNet, "-netdev"), ["user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:3128-cmd:/usr/bin/node /p/egress-proxy.js --policy=/w/a,,b.json"]);
+    const net = { egressServer: ["/usr/bin/node", "/p/egress-server.js", "--policy=/w/a,b.json"] };
+    const withNet = buildQemuArgs({ ...spec, network: net }, "tcg", 1, "/usr/bin/socat");
+    // Each guest connection runs a small socat joined to the VM's one egress server.
+    assert.deepEqual(valueAfter(withNet, "-netdev"), ["user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:3128-cmd:/usr/bin/socat -t 2 -lf /dev/null STDIO UNIX-CONNECT:/run/x/egress.sock"]);
+    // The lifeline the egress server holds, served by QEMU so the server dies with it.
+    assert.ok(valueAfter(withNet, "-chardev").includes("socket,id=egress-lifeline,path=/run/x/egress-life.sock,server=on,wait=off"));
     assert.match(kernelCmdline({ ...spec, network: net }, "tcg", 1), /pyro\.net=1/);
+  });
+
+  it("refuses paths the per-connection command line cannot carry unquoted", () => {
+    const net = { egressServer: ["x"] };
+    for (const runDir of ["/run/a b", "/run/a,b", "/run/a:b", "/run/a'b"]) {
+      assert.throws(() => buildQemuArgs({ ...spec, runDir, network: net }, "tcg", 1), /letters, digits/, runDir);
+    }
   });
 
   it("mounts read-only disks read-only, without journal replay (G4)", () => {
@@ -52,7 +62,7 @@ describe("QEMU command line", () => {
   });
 
   it("keeps every kernel command line word free of spaces (G13)", () => {
-    for (const word of kernelCmdline({ ...spec, network: { egressProxy: ["x"] } }, "tcg", 1).split(" ")) assert.ok(word.length > 0);
+    for (const word of kernelCmdline({ ...spec, network: { egressServer: ["x"] } }, "tcg", 1).split(" ")) assert.ok(word.length > 0);
   });
 
   it("puts the agent socket, QMP socket and console in the run directory", () => {

@@ -16,6 +16,7 @@ const HOST_TOOLS: ReadonlyArray<[tool: string, pkg: string, purpose: string]> = 
   ["cpio", "cpio", "packs the initramfs"],
   ["busybox", "busybox-static", "runs the initramfs"],
   ["setpriv", "util-linux", "ties one-shot VMs to the pyro process"],
+  ["socat", "socat", "joins each guest connection to the egress proxy"],
   ["apt-get", "apt", "downloads the guest kernel"],
 ];
 

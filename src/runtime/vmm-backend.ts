@@ -14,9 +14,13 @@ export interface VmLaunchSpec {
   hostname: string;
   /**
    * No NIC at all, or a NIC with no direct route out: every guest connection to the egress proxy
-   * address (10.0.2.100:3128) runs `egressProxy` on the host, which decides what may pass.
+   * address (10.0.2.100:3128) is handed to `egressServer`, which decides what may pass. The backend
+   * runs that program beside the VMM for the VM's whole life, appending `--listen=<unix socket>`
+   * (where it accepts one stream per guest connection) and `--lifeline=<unix socket>` (served by
+   * the VMM: the program connects there and exits when that connection ends, so it dies with the
+   * VM without anyone killing it); it prints `ready` once it listens.
    */
-  network: "none" | { egressProxy: string[] };
+  network: "none" | { egressServer: string[] };
   /** Directory owned by this VM: sockets, console log. Kept short (unix socket paths ≤ 107 bytes). */
   runDir: string;
   /** Per-attempt boot deadline, from VMM start to the agent's first reply. */

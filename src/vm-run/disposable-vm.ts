@@ -1,6 +1,6 @@
 import { rmSync } from "node:fs";
 import { readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { egressProxyCommand } from "../network/egress-launch.js";
+import { egressNetwork } from "../network/egress-launch.js";
 import { registerExitCleanup } from "../process/exit-cleanup.js";
 import { join } from "node:path";
 import { EnvironmentStore } from "../environments/environment-store.js";
@@ -68,7 +68,7 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
     await writeFile(join(runDir, OWNER_FILE), `${process.pid}\n`, { mode: PRIVATE_FILE_MODE });
     const overlay = join(runDir, "root.qcow2");
     // One-shot egress: public destinations only, through the proxy (no host or private networks).
-    const network = options.network ? { egressProxy: await egressProxyCommand(join(runDir, "egress-policy.json"), { allow: [] }) } : ("none" as const);
+    const network = options.network ? await egressNetwork(join(runDir, "egress-policy.json"), { allow: [] }, paths.runtimeDir) : ("none" as const);
     await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay], { privateFiles: true });
     return await runtime.backend.launch(
       {

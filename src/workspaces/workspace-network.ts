@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
-import { egressProxyCommand, proxyEnvironment } from "../network/egress-launch.js";
+import { egressNetwork, proxyEnvironment } from "../network/egress-launch.js";
 import { validateAllowEntry } from "../network/egress-policy.js";
 import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
 import type { WorkspaceContext } from "./workspace-context.js";
@@ -32,7 +32,7 @@ export function networkEnvironment(record: WorkspaceRecord): Record<string, stri
 /** The VM's network for this workspace's policy. */
 export async function launchNetwork(ctx: WorkspaceContext, record: WorkspaceRecord): Promise<VmLaunchSpec["network"]> {
   if (record.network_policy === "off") return "none";
-  return { egressProxy: await egressProxyCommand(join(ctx.store.dir(record.id), "egress-policy.json"), { allow: record.allow_hosts }) };
+  return egressNetwork(join(ctx.store.dir(record.id), "egress-policy.json"), { allow: record.allow_hosts }, ctx.paths.runtimeDir);
 }
 
 export function requirePublishing(record: WorkspaceRecord): void {

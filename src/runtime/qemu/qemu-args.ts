@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import type { Accelerator, VmLaunchSpec } from "../vmm-backend.js";
+import { PyroError } from "../../errors.js";
 import { shellQuote } from "../../process/shell-quote.js";
 
 /** Files a QEMU guest uses inside its run directory. */
@@ -9,6 +10,11 @@ export function runFiles(runDir: string) {
     qmpSocket: join(runDir, "qmp.sock"),
     console: join(runDir, "console.log"),
     stderr: join(runDir, "qemu.stderr"),
+    /** The egress server's listening socket (guest connections arrive here through socat). */
+    egressSocket: join(runDir, "egress.sock"),
+    /** Served by QEMU; the egress server holds a connection to it and exits when QEMU is gone. */
+    egressLifeline: join(runDir, "egress-life.sock"),
+    egressLog: join(runDir, "egress.log"),
   };
 }
 
@@ -24,6 +30,26 @@ export const CONSOLE_RING_BYTES = 1024 * 1024;
 /** Where guests reach the egress proxy (inside slirp's 10.0.2.0/24). */
 export const EGRESS_PROXY_ADDRESS = "10.0.2.100";
 export const EGRESS_PROXY_PORT = 3128;
+
+/** Characters a path may hold to pass unquoted through slirp's command split, QEMU's option commas and socat's address syntax. */
+const FORWARDER_SAFE_PATH = /^[A-Za-z0-9._\/+-]+$/;
+
+/**
+ * What QEMU runs for each guest connection to the proxy address: socat joining the connection (its
+ * stdin/stdout) to the VM's egress server. About 1 MiB of private memory, where a Node process per
+ * connection cost about 48 MiB RSS. Its own diagnostics go to /dev/null, not into the guest's stream.
+ * `-t 2`: once either side has closed, socat lingers at most 2 s for the other, so a connection the
+ * proxy refused or finished frees its process even if the guest never closes its end (a client that
+ * half-closes after its request gets 2 s for the answer; HTTP clients do not half-close).
+ */
+export function guestConnectionForwarder(socat: string, egressSocket: string): string[] {
+  for (const path of [socat, egressSocket]) {
+    if (!FORWARDER_SAFE_PATH.test(path)) {
+      throw new PyroError("INVALID_ARGUMENT", `guest networking needs paths made of letters, digits and ._/+- only, but '${path}' has others (set PYRO_RUNTIME_DIR to such a directory)`);
+    }
+  }
+  return [socat, "-t", "2", "-lf", "/dev/null", "STDIO", `UNIX-CONNECT:${egressSocket}`];
+}
 
 /** x86-64-v2 on qemu64 boots faster under TCG than `-cpu max` (runtime-facts 1h). */
 const TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt";
@@ -55,7 +81,7 @@ export function kernelCmdline(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
  * The QEMU microvm command line. Device set and order are fixed for a given spec shape, because a
  * saved VM state only restores into an identical machine (G10).
  */
-export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: number | undefined): string[] {
+export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: number | undefined, socat = "socat"): string[] {
   const files = runFiles(spec.runDir);
   const disk = spec.rootDisk;
   const args = [
@@ -81,9 +107,9 @@ export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
   ];
   if (spec.network !== "none") {
     // restrict=on: no route, DNS or host-loopback access; only the guestfwd to the proxy and hostfwds.
-    // slirp splits the command on spaces and QEMU option values escape commas by doubling them.
-    const proxy = spec.network.egressProxy.map((a) => a.replace(/,/g, ",,")).join(" ");
-    args.push("-netdev", `user,id=net0,restrict=on,guestfwd=tcp:${EGRESS_PROXY_ADDRESS}:${EGRESS_PROXY_PORT}-cmd:${proxy}`, "-device", "virtio-net-device,netdev=net0");
+    args.push("-chardev", `socket,id=egress-lifeline,path=${files.egressLifeline},server=on,wait=off`);
+    const forwarder = guestConnectionForwarder(socat, files.egressSocket).join(" ");
+    args.push("-netdev", `user,id=net0,restrict=on,guestfwd=tcp:${EGRESS_PROXY_ADDRESS}:${EGRESS_PROXY_PORT}-cmd:${forwarder}`, "-device", "virtio-net-device,netdev=net0");
   }
   if (spec.incomingState) args.push("-incoming", `exec:cat ${shellQuote(spec.incomingState)}`);
   return args;

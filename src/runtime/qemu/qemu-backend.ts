@@ -2,13 +2,14 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { mkdir, open, readFile, rm } from "node:fs/promises";
 import { basename, dirname } from "node:path";
-import { PyroError } from "../../errors.js";
+import { isPyroError, PyroError } from "../../errors.js";
 import { AgentClient } from "../../guest-protocol/agent-client.js";
 import type { HelloInfo } from "../../guest-protocol/messages.js";
 import { registerExitCleanup, shuttingDown } from "../../process/exit-cleanup.js";
-import { findExecutable } from "../../process/host-command.js";
+import { findExecutable, requireExecutable } from "../../process/host-command.js";
 import { processAlive } from "../../process/process-alive.js";
 import type { Accelerator, RunningVm, VmExit, VmHandle, VmLaunchSpec, VmmBackend, VmProcessRef } from "../vmm-backend.js";
+import { EgressSidecar } from "./egress-sidecar.js";
 import { buildQemuArgs, CONSOLE_CHARDEV_ID, CONSOLE_RING_BYTES, runFiles } from "./qemu-args.js";
 import { ensurePrivateDir, PRIVATE_FILE_MODE, withPrivateUmask } from "../../storage/private-storage.js";
 import { shellQuote } from "../../process/shell-quote.js";
@@ -61,28 +62,36 @@ export class QemuBackend implements VmmBackend {
     await ensurePrivateDir(dirname(spec.runDir));
     await ensurePrivateDir(spec.runDir);
     await Promise.all([files.agentSocket, files.qmpSocket, files.console, files.stderr].map((f) => rm(f, { force: true })));
-    const args = buildQemuArgs(spec, this.options.accel, this.options.tscKhz);
+    const network = spec.network;
+    const args = buildQemuArgs(spec, this.options.accel, this.options.tscKhz, network === "none" ? undefined : requireExecutable("socat", "socat"));
+    const started = Date.now();
+    const deadline = started + spec.bootTimeoutMs;
+    // The egress server starts alongside QEMU and follows it out through its lifeline socket.
+    const egress = network === "none" ? undefined : EgressSidecar.start(network.egressServer, spec.runDir, deadline);
     const stderrFd = openSync(files.stderr, "w", PRIVATE_FILE_MODE);
     let child: ChildProcess;
-    const started = Date.now();
     try {
       // setpriv --pdeathsig: if pyro itself is SIGKILLed, the kernel kills the one-shot VMM too.
       const setpriv = spec.dieWithParent ? findExecutable("setpriv") : undefined;
       const [cmd, cmdArgs] = setpriv ? [setpriv, ["--pdeathsig", "KILL", "--", this.options.qemuBinary, ...args]] : [this.options.qemuBinary, args];
       // QEMU creates its sockets, console log and (through `migrate exec:cat >`) memory images itself.
       child = withPrivateUmask(() => spawn(cmd, cmdArgs, { stdio: ["ignore", "ignore", stderrFd], detached: true }));
+    } catch (error) {
+      egress?.abandon();
+      throw error;
     } finally {
       closeSync(stderrFd);
     }
     const vm = new QemuVm(spec.runDir, this.options.accel, attempt, { child, ownsRunDir: spec.ownsRunDir });
     try {
-      const deadline = started + spec.bootTimeoutMs;
       if (spec.incomingState) {
         const qmp = await Promise.race([QmpClient.connect(files.qmpSocket, deadline), vm.exitedEarly()]);
         try {
           await Promise.race([qmp.waitForMigration(deadline), vm.exitedEarly()]);
           // A restored guest runs whatever it ran when saved: no byte of it reaches the file.
           await boundConsole(qmp);
+          // A restored guest may use the network at once: the proxy listens before it runs.
+          if (egress) await egress.ready;
           await qmp.execute("cont");
         } finally {
           qmp.close();
@@ -99,6 +108,7 @@ export class QemuBackend implements VmmBackend {
           qmp.close();
         }
       }
+      if (egress) await egress.ready;
       vm.attachAgent(agent, hello, Date.now() - started);
       return vm;
     } catch (error) {
@@ -106,7 +116,9 @@ export class QemuBackend implements VmmBackend {
       const stderrText = await readTail(files.stderr, 2048);
       // Only this attempt's files go: the disk stays for the retry (launch() removes owned run dirs).
       await vm.terminate();
+      egress?.abandon();
       if (signal?.aborted || shuttingDown()) throw new PyroError("CANCELLED", "boot cancelled");
+      if (isPyroError(error) && error.details.retryable === false) throw error;
       const initFailure = INIT_FAILURE.exec(consoleText)?.[1];
       if (initFailure) {
         throw new PyroError("GUEST_BOOT_FAILED", `the guest could not start: ${initFailure}`, { console: consoleText.slice(-1500), retryable: false });
