@@ -42,7 +42,9 @@ describe("[vm] guest agent protocol against a real guest", () => {
     raw.write(encodeFrame({ id: 8, op: "exec", argv: "not-an-array" }));
     raw.write(encodeFrame({ id: 9, op: "hello" }));
     const deadline = Date.now() + 20_000;
-    while (!replies.some((r) => r.id === 9) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    // Requests are served concurrently: wait for every answer, not just the last one sent.
+    const answered = () => [7, 8, 9].every((id) => replies.some((r) => r.id === id));
+    while (!answered() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     raw.destroy();
     const errorsFor = (id: number) => replies.filter((r) => r.id === id && r.ok === false).map((r) => (r.error as { code: string }).code);
     assert.ok(errorsFor(0).includes("bad_frame"), JSON.stringify(replies));

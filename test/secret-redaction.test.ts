@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { Header, Pack, Parser, ReadEntry } from "tar";
 import { fileReadView } from "../src/workspaces/file-read-view.js";
 import { MIN_CUT_FRAGMENT_BYTES, REDACTED, Redactor } from "../src/workspaces/secret-redaction.js";
 import { commandLogEntry, type WorkspaceExecResult } from "../src/workspaces/workspace-exec.js";
 import { shellPage } from "../src/workspaces/workspace-shells.js";
 import { diffTrees, redactTar } from "../src/workspaces/workspace-tree.js";
+import { packTar, tarEntries } from "./helpers/tar-builder.js";
 
 /** Secrets as users define them: ASCII, multi-line, with tabs, non-ASCII UTF-8; at least 8 characters. */
 const secretArb = fc
@@ -101,41 +101,6 @@ async function pageThrough(redactor: Redactor, stream: Buffer, options: { start:
 
 function execResult(stdout: string): WorkspaceExecResult {
   return { workspace_id: "w", sequence: 1, command: ["x"], cwd: "/workspace", exit_code: 0, stdout, stderr: "", duration_ms: 1, timed_out: false, stdout_truncated: false, stderr_truncated: false, execution_mode: "guest" };
-}
-
-async function packTar(entries: { path: string; type: "File" | "SymbolicLink" | "Directory"; data?: Buffer; linkpath?: string }[]): Promise<Buffer> {
-  const pack = new Pack({ portable: true });
-  const chunks: Buffer[] = [];
-  pack.on("data", (c: Buffer) => chunks.push(c));
-  const done = new Promise<void>((resolve, reject) => {
-    pack.on("end", () => resolve());
-    pack.on("error", reject);
-  });
-  for (const e of entries) {
-    const read = new ReadEntry(new Header({ path: e.path, type: e.type, mode: 0o644, size: e.data?.length ?? 0, ...(e.linkpath ? { linkpath: e.linkpath } : {}), mtime: new Date(0) }));
-    pack.add(read);
-    if (e.data) read.write(e.data);
-    read.end();
-  }
-  pack.end();
-  await done;
-  return Buffer.concat(chunks);
-}
-
-async function tarEntries(tar: Buffer): Promise<{ path: string; linkpath?: string; data: Buffer }[]> {
-  const out: { path: string; linkpath?: string; data: Buffer }[] = [];
-  await new Promise<void>((resolve, reject) => {
-    const parser = new Parser();
-    parser.on("entry", (entry: ReadEntry) => {
-      const chunks: Buffer[] = [];
-      entry.on("data", (c: Buffer) => chunks.push(c));
-      entry.on("end", () => out.push({ path: entry.path, ...(entry.linkpath ? { linkpath: entry.linkpath } : {}), data: Buffer.concat(chunks) }));
-    });
-    parser.on("error", reject);
-    parser.on("end", () => resolve());
-    parser.end(tar);
-  });
-  return out;
 }
 
 describe("secret redaction (property tests over every host-side cut)", () => {

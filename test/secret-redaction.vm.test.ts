@@ -3,8 +3,8 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { Parser, type ReadEntry } from "tar";
 import { Pyro } from "../src/sdk/pyro.js";
+import { tarEntries } from "./helpers/tar-builder.js";
 import { testPaths } from "./helpers/vm-fixtures.js";
 
 const pyro = new Pyro();
@@ -28,22 +28,6 @@ function pieces(): string[] {
 function assertNoPiece(what: string, output: string | Buffer): void {
   const bytes = typeof output === "string" ? Buffer.from(output, "utf8") : output;
   for (const piece of pieces()) assert.equal(bytes.includes(piece), false, `${what} shows ${JSON.stringify(piece)}: ${JSON.stringify(bytes.toString("utf8").slice(0, 300))}`);
-}
-
-async function tarEntries(tar: Buffer): Promise<{ path: string; linkpath?: string; data: Buffer }[]> {
-  const out: { path: string; linkpath?: string; data: Buffer }[] = [];
-  await new Promise<void>((resolve, reject) => {
-    const parser = new Parser();
-    parser.on("entry", (entry: ReadEntry) => {
-      const chunks: Buffer[] = [];
-      entry.on("data", (c: Buffer) => chunks.push(c));
-      entry.on("end", () => out.push({ path: entry.path, ...(entry.linkpath ? { linkpath: entry.linkpath } : {}), data: Buffer.concat(chunks) }));
-    });
-    parser.on("error", reject);
-    parser.on("end", () => resolve());
-    parser.end(tar);
-  });
-  return out;
 }
 
 describe("[vm] secret redaction: binary data, names, cuts, pages and terminal rendering", () => {

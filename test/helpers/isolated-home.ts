@@ -5,7 +5,7 @@
  * initramfs images, environments, boot templates, the accelerator probe) are shared with the
  * suite's cache through symlinks, so nothing is rebuilt per file.
  */
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { resolvePaths } from "../../src/paths.js";
@@ -34,7 +34,31 @@ function isolate(): void {
   }
   process.env.PYRO_HOME = home;
   delete process.env.PYRO_RUNTIME_DIR;
-  process.on("exit", () => rmSync(home, { recursive: true, force: true, maxRetries: 3 }));
+  process.on("exit", () => {
+    // Workspace VMs outlive the processes that start them; a test that failed midway must not leave
+    // its VMs running (with their disks deleted under them) after its home is gone.
+    killProcessesMentioning(home);
+    rmSync(home, { recursive: true, force: true, maxRetries: 3 });
+  });
+}
+
+/** SIGKILLs every other process whose command line names `needle` (synchronous: runs at exit). */
+function killProcessesMentioning(needle: string): void {
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    let cmdline = "";
+    try {
+      cmdline = readFileSync(`/proc/${entry}/cmdline`, "utf8");
+    } catch {
+      continue; // gone already
+    }
+    if (!cmdline.includes(needle)) continue;
+    try {
+      process.kill(Number(entry), "SIGKILL");
+    } catch {
+      // exited meanwhile
+    }
+  }
 }
 
 isolate();

@@ -1,3 +1,5 @@
+import { Header, Pack, Parser, ReadEntry } from "tar";
+
 /** Writes raw ustar archives, including entries no well-behaved tool would produce (for hostile-input tests). */
 export interface RawTarEntry {
   path: string;
@@ -37,4 +39,41 @@ export function makeTar(entries: RawTarEntry[]): Buffer {
   }
   blocks.push(Buffer.alloc(1024));
   return Buffer.concat(blocks);
+}
+
+/** Packs well-formed entries with node-tar (long names as pax), for tests that need real archives. */
+export async function packTar(entries: { path: string; type: "File" | "SymbolicLink" | "Directory"; data?: Buffer; linkpath?: string }[]): Promise<Buffer> {
+  const pack = new Pack({ portable: true });
+  const chunks: Buffer[] = [];
+  pack.on("data", (c: Buffer) => chunks.push(c));
+  const done = new Promise<void>((resolve, reject) => {
+    pack.on("end", () => resolve());
+    pack.on("error", reject);
+  });
+  for (const e of entries) {
+    const read = new ReadEntry(new Header({ path: e.path, type: e.type, mode: 0o644, size: e.data?.length ?? 0, ...(e.linkpath ? { linkpath: e.linkpath } : {}), mtime: new Date(0) }));
+    pack.add(read);
+    if (e.data) read.write(e.data);
+    read.end();
+  }
+  pack.end();
+  await done;
+  return Buffer.concat(chunks);
+}
+
+/** Every entry of an archive: name, link target and content. */
+export async function tarEntries(tar: Buffer): Promise<{ path: string; linkpath?: string; data: Buffer }[]> {
+  const out: { path: string; linkpath?: string; data: Buffer }[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const parser = new Parser();
+    parser.on("entry", (entry: ReadEntry) => {
+      const chunks: Buffer[] = [];
+      entry.on("data", (c: Buffer) => chunks.push(c));
+      entry.on("end", () => out.push({ path: entry.path, ...(entry.linkpath ? { linkpath: entry.linkpath } : {}), data: Buffer.concat(chunks) }));
+    });
+    parser.on("error", reject);
+    parser.on("end", () => resolve());
+    parser.end(tar);
+  });
+  return out;
 }

@@ -23,8 +23,10 @@ pub fn exec(registry: &Registry, header: &Json, stdin: Vec<u8>) -> Result<Reply,
     let cmd = match CommandSpec::from_header(header)? {
         Resolved::Ready(cmd) => cmd,
         Resolved::NotFound(name) => {
-            let msg = format!("{}: command not found\n", name);
-            return Ok(exec_reply(127, None, false, started, (Vec::new(), 0, 0), (msg.into_bytes(), 0, 0)));
+            let msg = format!("{}: command not found\n", name).into_bytes();
+            let len = msg.len();
+            // The whole message is the captured stderr: its total and head are its own length.
+            return Ok(exec_reply(127, None, false, started, (Vec::new(), 0, 0), (msg, len as u64, len)));
         }
     };
     let (program, argv, env, cwd) = (cmd.program, cmd.argv, cmd.env, cmd.cwd);
