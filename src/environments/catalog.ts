@@ -50,7 +50,22 @@ export function findEnvironment(name: string): EnvironmentSpec {
   return spec;
 }
 
-/** Directory-safe form of an environment name ("debian:12" → "debian_12"). */
+/**
+ * The one rule for environment names pyro creates (imports, pulls, `--as`): they name a directory
+ * under the cache, so they start with a letter or digit (never '.' or '..') and stay short.
+ */
+const ENVIRONMENT_NAME = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
+
+/** Returns `name` when it follows the environment name rule; else a clear INVALID_ARGUMENT naming `origin`. */
+export function requireEnvironmentName(name: string, origin = "the environment name"): string {
+  if (ENVIRONMENT_NAME.test(name)) return name;
+  throw new PyroError("INVALID_ARGUMENT", `invalid environment name '${name.slice(0, 80)}' (${origin}): use up to 63 lowercase letters, digits, '.', '_', ':' and '-', starting with a letter or digit`);
+}
+
+/** Directory-safe form of an environment name ("debian:12" → "debian_12"); never '', '.' or '..'. */
 export function environmentSlug(name: string): string {
-  return name.replace(/[^A-Za-z0-9._-]/g, "_");
+  const slug = name.replace(/[^A-Za-z0-9._-]/g, "_");
+  // Store paths join the slug under the cache: '.'/'..' would name the cache itself or its parent.
+  if (slug === "" || slug === "." || slug === "..") throw new PyroError("INVALID_ARGUMENT", `invalid environment name '${name}': it names no directory`);
+  return slug;
 }

@@ -11,7 +11,8 @@ import { credentialsFromEnv, RegistryClient, type Descriptor, type ProgressFn } 
 import { pathExists } from "../storage/path-exists.js";
 import { RootedTree } from "../storage/rooted-path.js";
 import { extractTarInRoot } from "../storage/rooted-tar-extract.js";
-import { environmentSlug } from "./catalog.js";
+import { UnpackBudget } from "../storage/unpack-budget.js";
+import { environmentSlug, requireEnvironmentName } from "./catalog.js";
 import type { EnvironmentStore, InstalledEnvironment } from "./environment-store.js";
 import { applyLayer, compressionOf, type LayerFile } from "./image-layer.js";
 import { IMAGE_SIZE_BYTES } from "./rootfs-build.js";
@@ -138,7 +139,7 @@ export async function importContainerImage(
   name: string,
   options: { log: (m: string) => void; progress: (label: string) => ProgressFn },
 ): Promise<InstalledEnvironment> {
-  if (!/^[a-z0-9][a-z0-9._:-]{0,62}$/.test(name)) throw new PyroError("INVALID_ARGUMENT", `invalid environment name '${name}': use lowercase letters, digits, '.', '_', ':' and '-'`);
+  requireEnvironmentName(name);
   if (!(await store.customSpec(name)) && (await store.spec(name).then(() => true, () => false))) {
     throw new PyroError("INVALID_ARGUMENT", `'${name}' is a catalog environment; choose another name for the import`);
   }
@@ -151,9 +152,11 @@ export async function importContainerImage(
     const root = join(work, "rootfs");
     await mkdir(root, { recursive: true });
     const rootfs = new RootedTree(root);
+    // One budget for the whole image: many modest layers cannot add up to an endless one.
+    const budget = new UnpackBudget();
     for (const [i, layer] of image.layers.entries()) {
       options.log(`[import] phase=layer ${i + 1}/${image.layers.length}`);
-      await applyLayer(rootfs, layer, `layer ${i + 1} of ${image.origin}`);
+      await applyLayer(rootfs, layer, `layer ${i + 1} of ${image.origin}`, budget);
     }
     await addGuestEssentials(rootfs);
     options.log(`[import] phase=image environment=${name}`);

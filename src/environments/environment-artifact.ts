@@ -1,4 +1,4 @@
-import { chmod, mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import lockfile from "proper-lockfile";
 import { create as createTar } from "tar";
@@ -7,14 +7,17 @@ import { PyroError } from "../errors.js";
 import { currentGuestKernel } from "../guest-kernel/guest-kernel.js";
 import type { PyroPaths } from "../paths.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
+import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
 import { digestFileName } from "../registry/digest.js";
 import { formatReference, parseReference, type ImageReference } from "../registry/image-reference.js";
 import { credentialsFromEnv, fileDigest, RegistryClient, type Descriptor, type ProgressFn } from "../registry/registry-client.js";
-import { environmentSlug } from "./catalog.js";
+import { environmentSlug, requireEnvironmentName } from "./catalog.js";
 import type { EnvironmentStore, InstalledEnvironment } from "./environment-store.js";
 import { layerTar } from "./image-layer.js";
 import { pathExists } from "../storage/path-exists.js";
 import { RootedTree } from "../storage/rooted-path.js";
+import { readQcow2Header } from "../storage/qcow2-backing-chain.js";
+import { MAX_UNPACKED_BYTES } from "../storage/unpack-budget.js";
 import { extractTarInRoot } from "../storage/rooted-tar-extract.js";
 
 export const ARTIFACT_TYPE = "application/vnd.pyro.environment.v1";
@@ -117,6 +120,42 @@ export async function pushEnvironment(paths: PyroPaths, installed: InstalledEnvi
   }
 }
 
+const ROOTFS_FILE = "rootfs.ext4";
+const CONVERT_TIMEOUT_MS = 600_000;
+const CONVERT_LIMITS = { cpuSeconds: 600, addressSpaceBytes: 4 * 2 ** 30 };
+
+/**
+ * Turns a registry's rootfs layer into `<installDir>/rootfs.ext4`. The blob is hostile: a qcow2 may
+ * name a backing file or an external data file (a host path, a URL, a json: spec) that qemu-img
+ * would read into the image guests later see. So only a standalone qcow2 is accepted, its format is
+ * stated (-f qcow2, no probing), and qemu-img runs sandboxed with the blob as its only input.
+ */
+export async function unpackRootfsLayer(blob: string, installDir: string, imageSizeBytes: number, origin: string): Promise<string> {
+  const header = await readQcow2Header(blob);
+  if (!header) throw new PyroError("REGISTRY_ERROR", `the rootfs layer of ${origin} is not a qcow2 image; it was refused`);
+  if (header.backing !== undefined) throw new PyroError("REGISTRY_ERROR", `the rootfs layer of ${origin} is a qcow2 overlay naming a backing file ('${header.backing.slice(0, 200)}'); pyro accepts only standalone images, so it was refused`);
+  if (header.externalDataFile) throw new PyroError("REGISTRY_ERROR", `the rootfs layer of ${origin} keeps its data in an external file; pyro accepts only standalone images, so it was refused`);
+  if (!Number.isSafeInteger(imageSizeBytes) || imageSizeBytes <= 0 || imageSizeBytes > MAX_UNPACKED_BYTES) {
+    throw new PyroError("REGISTRY_ERROR", `${origin} declares an impossible image size ${imageSizeBytes} (at most ${MAX_UNPACKED_BYTES} bytes)`);
+  }
+  if (header.virtualSize !== imageSizeBytes) throw new PyroError("REGISTRY_ERROR", `the rootfs layer of ${origin} is ${header.virtualSize} bytes, the artifact says ${imageSizeBytes}`);
+  const converted = await runSandboxed({
+    tool: requireExecutable("qemu-img", "qemu-utils"),
+    args: ["convert", "-f", "qcow2", "-O", "raw", blob, `${SANDBOX_OUTPUT_DIR}/${ROOTFS_FILE}`],
+    readOnlyFiles: [blob],
+    outputDir: installDir,
+    timeoutMs: CONVERT_TIMEOUT_MS,
+    limits: { ...CONVERT_LIMITS, fileSizeBytes: imageSizeBytes },
+  });
+  if (converted.exitCode !== 0 || converted.signal) throw sandboxFailure(converted, `unpacking the rootfs layer of ${origin}`);
+  const image = join(installDir, ROOTFS_FILE);
+  const st = await lstat(image).catch(() => undefined);
+  if (!st?.isFile()) throw new PyroError("REGISTRY_ERROR", `unpacking the rootfs layer of ${origin} left no plain ${ROOTFS_FILE}`);
+  if (st.size !== imageSizeBytes) throw new PyroError("REGISTRY_ERROR", `unpacked rootfs is ${st.size} bytes, the artifact says ${imageSizeBytes}`);
+  await chmod(image, 0o444);
+  return image;
+}
+
 /**
  * Pulls an environment artifact and installs it. Blobs are downloaded into a per-environment
  * staging directory that survives interruption (the next pull resumes), verified by digest, and the
@@ -148,7 +187,8 @@ export async function pullEnvironmentArtifact(
     const parsed = ArtifactConfig.safeParse(JSON.parse(await readFile(configPath, "utf8")));
     if (!parsed.success) throw new PyroError("REGISTRY_ERROR", `${formatReference(ref)} has an invalid pyro config`);
     const config = parsed.data;
-    const name = options.as ?? config.name;
+    // The name becomes a directory under the cache: the registry's (or --as) obeys the import rule.
+    const name = options.as !== undefined ? requireEnvironmentName(options.as, "--as") : requireEnvironmentName(config.name, `the config of ${formatReference(ref)}`);
     const current = await store.require(name).catch(() => undefined);
     if (current && current.manifest.source?.digest === digest && !options.force) {
       await rm(staging, { recursive: true, force: true });
@@ -168,11 +208,7 @@ export async function pullEnvironmentArtifact(
     await rm(install, { recursive: true, force: true });
     await mkdir(install);
     options.log(`[pull] phase=unpack environment=${name}`);
-    const image = join(install, "rootfs.ext4");
-    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["convert", "-O", "raw", join(staging, digestFileName(rootfsLayer.digest, "the rootfs layer")), image], { timeoutMs: 600_000 });
-    const size = (await stat(image)).size;
-    if (size !== config.image_size_bytes) throw new PyroError("REGISTRY_ERROR", `unpacked rootfs is ${size} bytes, the artifact says ${config.image_size_bytes}`);
-    await chmod(image, 0o444);
+    await unpackRootfsLayer(join(staging, digestFileName(rootfsLayer.digest, "the rootfs layer")), install, config.image_size_bytes, formatReference(ref));
     const kernelLayer = manifest.layers.find((l) => l.mediaType === KERNEL_TYPE);
     if (kernelLayer && config.kernel_package && !(await pathExists(join(paths.cacheDir, "kernels", config.kernel_package, "manifest.json")))) {
       const dir = join(paths.cacheDir, "kernels", `${config.kernel_package}.partial`);
@@ -188,7 +224,7 @@ export async function pullEnvironmentArtifact(
       version: config.version,
       packages: config.packages,
       suite: config.suite,
-      imageFile: "rootfs.ext4",
+      imageFile: ROOTFS_FILE,
       imageSizeBytes: config.image_size_bytes,
       builtAt: new Date().toISOString(),
       buildSeconds: 0,

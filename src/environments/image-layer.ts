@@ -7,6 +7,7 @@ import { Parser, type ReadEntry } from "tar";
 import { PyroError } from "../errors.js";
 import type { RootedTree } from "../storage/rooted-path.js";
 import { extractTarInRoot } from "../storage/rooted-tar-extract.js";
+import type { UnpackBudget } from "../storage/unpack-budget.js";
 
 const WHITEOUT = ".wh.";
 const OPAQUE = ".wh..wh..opq";
@@ -79,7 +80,7 @@ async function readWhiteouts(layer: LayerFile, label: string): Promise<Whiteouts
  * made opaque, against the layers below), then its content. Every path, the whiteouts' included,
  * is resolved inside the tree (see RootedTree), so no symlink an image made can lead outside it.
  */
-export async function applyLayer(tree: RootedTree, layer: LayerFile, label: string): Promise<void> {
+export async function applyLayer(tree: RootedTree, layer: LayerFile, label: string, budget?: UnpackBudget): Promise<void> {
   const { deletions, opaque } = await readWhiteouts(layer, label);
   try {
     for (const dir of opaque) await tree.emptyDirectory(dir);
@@ -90,6 +91,7 @@ export async function applyLayer(tree: RootedTree, layer: LayerFile, label: stri
   }
   await extractTarInRoot(tree, layerTar(layer), {
     label,
+    ...(budget ? { budget } : {}),
     preserveOwner: true,
     // Whiteout markers are instructions, not files.
     skip: (path) => posix.basename(path).startsWith(WHITEOUT),

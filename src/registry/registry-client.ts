@@ -4,12 +4,17 @@ import { rename, rm, stat } from "node:fs/promises";
 import { pipeline } from "node:stream/promises";
 import { Readable, Transform } from "node:stream";
 import { PyroError } from "../errors.js";
+import { MAX_UNPACKED_BYTES } from "../storage/unpack-budget.js";
 import { requireDigest } from "./digest.js";
 import type { ImageReference } from "./image-reference.js";
 
 export interface RegistryCredentials {
   username: string;
   password: string;
+  /** The one registry (host[:port]) they belong to; never sent anywhere else. */
+  registry: string;
+  /** A token service host other than the registry that may also receive them (Docker Hub's auth.docker.io). */
+  tokenHost?: string;
 }
 
 export interface Descriptor {
@@ -31,9 +36,30 @@ const MANIFEST_TYPES = [
   "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-/** Credentials from PYRO_REGISTRY_USERNAME / PYRO_REGISTRY_PASSWORD, if set. */
+/**
+ * Credentials from PYRO_REGISTRY_USERNAME / PYRO_REGISTRY_PASSWORD, tied to the registry named by
+ * PYRO_REGISTRY_HOST (required: credentials that could go to any registry would go to a hostile one)
+ * and optionally a separate token service host, PYRO_REGISTRY_TOKEN_HOST.
+ */
 export function credentialsFromEnv(env: NodeJS.ProcessEnv = process.env): RegistryCredentials | undefined {
-  return env.PYRO_REGISTRY_USERNAME ? { username: env.PYRO_REGISTRY_USERNAME, password: env.PYRO_REGISTRY_PASSWORD ?? "" } : undefined;
+  if (!env.PYRO_REGISTRY_USERNAME) return undefined;
+  if (!env.PYRO_REGISTRY_HOST) {
+    throw new PyroError("INVALID_ARGUMENT", "PYRO_REGISTRY_USERNAME is set without PYRO_REGISTRY_HOST; set PYRO_REGISTRY_HOST to the registry (host[:port]) the credentials belong to");
+  }
+  return {
+    username: env.PYRO_REGISTRY_USERNAME,
+    password: env.PYRO_REGISTRY_PASSWORD ?? "",
+    registry: env.PYRO_REGISTRY_HOST.toLowerCase(),
+    ...(env.PYRO_REGISTRY_TOKEN_HOST ? { tokenHost: env.PYRO_REGISTRY_TOKEN_HOST.toLowerCase() } : {}),
+  };
+}
+
+/** The largest blob pyro downloads; a descriptor claiming more is refused before any byte is fetched. */
+const MAX_BLOB_BYTES = MAX_UNPACKED_BYTES;
+
+function isLoopbackHostname(hostname: string): boolean {
+  const name = hostname.replace(/^\[|\]$/g, "");
+  return name === "localhost" || name === "::1" || /^127\.\d+\.\d+\.\d+$/.test(name);
 }
 
 /** An OCI Distribution API client for one repository: auth challenges, blobs, manifests. */
@@ -50,26 +76,49 @@ export class RegistryClient {
     return `${this.ref.insecure ? "http" : "https"}://${this.ref.registry}/v2/${this.ref.repository}/${path}`;
   }
 
-  private basic(): string | undefined {
-    return this.credentials ? `Basic ${Buffer.from(`${this.credentials.username}:${this.credentials.password}`).toString("base64")}` : undefined;
+  /** The credentials, when they belong to this client's registry (and only then). */
+  private ownCredentials(): RegistryCredentials | undefined {
+    return this.credentials && this.credentials.registry === this.ref.registry.toLowerCase() ? this.credentials : undefined;
+  }
+
+  private basic(credentials: RegistryCredentials): string {
+    return `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString("base64")}`;
+  }
+
+  /**
+   * Whether a token realm may receive the credentials: over https (plain http only on loopback, for
+   * tests), and only at the registry's own host or the token host the user named.
+   */
+  private realmMayReceive(realm: URL, credentials: RegistryCredentials): boolean {
+    const secure = realm.protocol === "https:" || (realm.protocol === "http:" && isLoopbackHostname(realm.hostname));
+    const host = realm.host.toLowerCase();
+    return secure && (host === credentials.registry || host === credentials.tokenHost);
   }
 
   /** Answers a 401 challenge: Bearer (fetch a token from the realm) or Basic (send credentials). */
   private async authenticate(challenge: string, scope: string): Promise<void> {
     const scheme = challenge.split(" ")[0]?.toLowerCase();
+    const credentials = this.ownCredentials();
     if (scheme === "basic") {
-      if (!this.credentials) throw this.unauthorized("the registry requires credentials (set PYRO_REGISTRY_USERNAME and PYRO_REGISTRY_PASSWORD)");
-      this.authorization = this.basic();
+      if (!credentials) throw this.unauthorized(`the registry requires credentials (set PYRO_REGISTRY_HOST=${this.ref.registry}, PYRO_REGISTRY_USERNAME and PYRO_REGISTRY_PASSWORD)`);
+      this.authorization = this.basic(credentials);
       return;
     }
     if (scheme !== "bearer") throw this.unauthorized(`unsupported auth challenge '${challenge}'`);
     const params = Object.fromEntries([...challenge.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
     if (!params.realm) throw this.unauthorized("the Bearer challenge names no realm");
-    const url = new URL(params.realm);
+    let url: URL;
+    try {
+      url = new URL(params.realm);
+    } catch {
+      throw this.unauthorized(`the Bearer challenge names an invalid realm '${params.realm.slice(0, 200)}'`);
+    }
+    if (url.protocol !== "https:" && url.protocol !== "http:") throw this.unauthorized(`the Bearer realm '${params.realm.slice(0, 200)}' is not an http(s) URL`);
     if (params.service) url.searchParams.set("service", params.service);
     url.searchParams.set("scope", params.scope ?? scope);
-    const basic = this.basic();
-    const res = await fetch(url, { headers: basic ? { authorization: basic } : {}, signal: AbortSignal.timeout(this.timeoutMs) });
+    // An anonymous token is asked of any realm; the credentials go only where they belong.
+    const basic = credentials && this.realmMayReceive(url, credentials) ? this.basic(credentials) : undefined;
+    const res = await fetch(url, { headers: basic ? { authorization: basic } : {}, redirect: "error", signal: AbortSignal.timeout(this.timeoutMs) });
     if (!res.ok) throw this.unauthorized(`the token service refused access (${res.status})`);
     const body = (await res.json()) as { token?: string; access_token?: string };
     const token = body.token ?? body.access_token;
@@ -159,6 +208,9 @@ export class RegistryClient {
    */
   async pullBlob(descriptor: Descriptor, path: string, progress?: ProgressFn): Promise<void> {
     requireDigest(descriptor.digest, `${this.ref.registry}/${this.ref.repository}: a blob`);
+    if (!Number.isSafeInteger(descriptor.size) || descriptor.size < 0 || descriptor.size > MAX_BLOB_BYTES) {
+      throw new PyroError("REGISTRY_ERROR", `blob ${descriptor.digest} declares an impossible size ${descriptor.size} (at most ${MAX_BLOB_BYTES} bytes); it was refused`);
+    }
     const partial = `${path}.partial`;
     let have = await stat(partial).then((s) => s.size, () => 0);
     if (have > descriptor.size) {
@@ -177,13 +229,23 @@ export class RegistryClient {
     let done = have;
     const tap = new Transform({
       transform(chunk: Buffer, _enc, cb) {
-        hash.update(chunk);
         done += chunk.length;
+        // Stop at the first byte past the declared size: an endless body never fills the disk.
+        if (done > descriptor.size) {
+          cb(new PyroError("DIGEST_MISMATCH", `blob ${descriptor.digest} sent more than its declared ${descriptor.size} bytes; the download was stopped and discarded`));
+          return;
+        }
+        hash.update(chunk);
         progress?.(done, descriptor.size);
         cb(null, chunk);
       },
     });
-    await pipeline(Readable.fromWeb(res.body as import("node:stream/web").ReadableStream), tap, createWriteStream(partial, { flags: resumed ? "a" : "w" }));
+    try {
+      await pipeline(Readable.fromWeb(res.body as import("node:stream/web").ReadableStream), tap, createWriteStream(partial, { flags: resumed ? "a" : "w" }));
+    } catch (error) {
+      if (done > descriptor.size) await rm(partial, { force: true });
+      throw error;
+    }
     const digest = `sha256:${hash.digest("hex")}`;
     if (digest !== descriptor.digest || done !== descriptor.size) {
       await rm(partial, { force: true });

@@ -20,10 +20,16 @@ export interface DiskChain {
   virtualSize: number;
 }
 
-interface Qcow2Header {
+export interface Qcow2Header {
   backing?: string;
   virtualSize: number;
+  /** Version 3 incompatible feature bit 2: the guest data lives in another file the header names. */
+  externalDataFile?: boolean;
 }
+
+/** Bytes of the header pyro reads: the version 3 fields up to incompatible_features. */
+const HEADER_BYTES = 80;
+const EXTERNAL_DATA_FILE_BIT = 1n << 2n;
 
 /** Parses the first bytes of an image: undefined for a non-qcow2 (raw) file. */
 export function parseQcow2Header(head: Buffer, readName: (offset: number, length: number) => Buffer | undefined): Qcow2Header | undefined {
@@ -31,21 +37,27 @@ export function parseQcow2Header(head: Buffer, readName: (offset: number, length
   const offset = head.readBigUInt64BE(8);
   const length = head.readUInt32BE(16);
   const virtualSize = Number(head.readBigUInt64BE(24));
-  if (offset === 0n || length === 0) return { virtualSize };
+  const externalDataFile = head.length >= HEADER_BYTES && head.readUInt32BE(4) >= 3 && (head.readBigUInt64BE(72) & EXTERNAL_DATA_FILE_BIT) !== 0n;
+  if (offset === 0n || length === 0) return { virtualSize, ...(externalDataFile ? { externalDataFile } : {}) };
   if (length > MAX_BACKING_NAME || offset > BigInt(Number.MAX_SAFE_INTEGER)) throw new PyroError("HOST_COMMAND_FAILED", "the disk overlay names an impossible backing file");
   const name = readName(Number(offset), length);
   if (!name || name.length !== length || name.includes(0)) throw new PyroError("HOST_COMMAND_FAILED", "the disk overlay's backing file name is unreadable");
-  return { backing: name.toString("utf8"), virtualSize };
+  return { backing: name.toString("utf8"), virtualSize, ...(externalDataFile ? { externalDataFile } : {}) };
 }
 
-async function readHeader(path: string): Promise<Qcow2Header & { size: number }> {
+/** The qcow2 header of a file (undefined for a non-qcow2 file), read from its fixed fields only. */
+export async function readQcow2Header(path: string): Promise<Qcow2Header | undefined> {
+  return (await readHeader(path)).qcow2;
+}
+
+async function readHeader(path: string): Promise<Qcow2Header & { size: number; qcow2?: Qcow2Header }> {
   const handle = await open(path, "r");
   try {
     const size = (await handle.stat()).size;
-    const head = Buffer.alloc(32);
-    const { bytesRead } = await handle.read(head, 0, 32, 0);
+    const head = Buffer.alloc(HEADER_BYTES);
+    const { bytesRead } = await handle.read(head, 0, HEADER_BYTES, 0);
     let name: Buffer | undefined;
-    if (bytesRead === 32 && head.readUInt32BE(0) === QCOW2_MAGIC) {
+    if (bytesRead >= 32 && head.readUInt32BE(0) === QCOW2_MAGIC) {
       const offset = head.readBigUInt64BE(8);
       const length = head.readUInt32BE(16);
       if (offset > 0n && length > 0 && length <= MAX_BACKING_NAME && offset < BigInt(size)) {
@@ -55,7 +67,7 @@ async function readHeader(path: string): Promise<Qcow2Header & { size: number }>
       }
     }
     const header = parseQcow2Header(head.subarray(0, bytesRead), () => name);
-    return { ...(header ?? { virtualSize: size }), size };
+    return { ...(header ?? { virtualSize: size }), size, ...(header ? { qcow2: header } : {}) };
   } finally {
     await handle.close();
   }

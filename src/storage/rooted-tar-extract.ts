@@ -4,6 +4,7 @@ import { pipeline } from "node:stream/promises";
 import { Parser, type ReadEntry } from "tar";
 import { isPyroError, PyroError } from "../errors.js";
 import type { RootedTree } from "./rooted-path.js";
+import { UnpackBudget } from "./unpack-budget.js";
 
 export interface RootedExtractOptions {
   /** Entries to leave out (checked on the raw archive path before anything is written). */
@@ -12,6 +13,8 @@ export interface RootedExtractOptions {
   preserveOwner?: boolean;
   /** Names the archive in error messages ("layer 2 of image.tar"). */
   label: string;
+  /** What the archive may write; share one across the layers of an image. Default: a fresh full budget. */
+  budget?: UnpackBudget;
 }
 
 const FILE_TYPES = new Set(["File", "OldFile", "ContiguousFile"]);
@@ -27,6 +30,7 @@ const isRoot = () => process.getuid?.() === 0;
  * Entries are applied strictly one after another, in archive order.
  */
 export async function extractTarInRoot(tree: RootedTree, input: Readable, options: RootedExtractOptions): Promise<void> {
+  const budget = options.budget ?? new UnpackBudget();
   let failure: unknown;
   let applied: Promise<void> = Promise.resolve();
   const parser = new Parser({
@@ -35,7 +39,11 @@ export async function extractTarInRoot(tree: RootedTree, input: Readable, option
       // The parser emits a bodyless entry's successor at once, so entries are chained to keep order.
       applied = applied.then(async () => {
         try {
-          if (failure === undefined) await writeEntry(tree, entry, options);
+          if (failure === undefined) {
+            // Charged from the header before anything is written: a hostile archive stops at the limit.
+            budget.charge(FILE_TYPES.has(entry.type) ? entry.size ?? 0 : 0);
+            await writeEntry(tree, entry, options);
+          }
         } catch (error) {
           failure = contextual(error, entry.path, options.label);
           input.destroy();
