@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
@@ -200,6 +200,11 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
     await listTar({ file: tarPath, onReadEntry: (e) => void names.push(e.path) });
     assert.ok(names.includes("./lib/util.py"), names.join(","));
     await assert.rejects(pyro.exportWorkspace(id, "../etc/passwd", join(scratch, "p")), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE"));
+    // An output that is a symlink (here dangling) is refused: nothing is written through it.
+    const linked = join(scratch, "linked.py");
+    await symlink(join(scratch, "canary-target"), linked);
+    await assert.rejects(pyro.exportWorkspace(id, "vendor/lib/util.py", linked), (e) => isPyroError(e, "INVALID_ARGUMENT") && /already exists/.test(e.message));
+    await assert.rejects(lstat(join(scratch, "canary-target")), { code: "ENOENT" });
   });
 
   it("snapshots and resets: back to the baseline, or to a named snapshot, memory included", TIMEOUT, async () => {
