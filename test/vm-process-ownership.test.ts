@@ -22,7 +22,9 @@ async function fakeVm(agentSocket: string, asNobody: boolean): Promise<ChildProc
     ? spawn("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "bash", "-c", script], { stdio: "ignore" })
     : spawn("bash", ["-c", script], { stdio: "ignore" });
   for (let i = 0; i < 200; i++) {
-    if ((await readFile(`/proc/${child.pid}/cmdline`, "utf8").catch(() => "")).includes(agentSocket)) return child;
+    // Until the exec: before it, setpriv's and bash's own argv name the socket inside the script text.
+    const argv = (await readFile(`/proc/${child.pid}/cmdline`, "utf8").catch(() => "")).split("\0");
+    if (argv[0] === "qemu-system-x86_64" && argv.some((a) => a.includes(`path=${agentSocket},`))) return child;
     await new Promise((r) => setTimeout(r, 10));
   }
   child.kill("SIGKILL");
