@@ -34,7 +34,8 @@ describe("pyro CLI", () => {
       [["workspace", "patch", "apply", "W"], /^error: --patch FILE is required$/m],
       [["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-tcp", "80", "--", "true"], /^error: give at most one --ready-\* option$/m],
       [["workspace", "service", "start", "W", "s", "--ready-timeout-seconds", "5", "--", "true"], /^error: --ready-timeout-seconds and --ready-interval-ms need a readiness check/m],
-      [["mcp", "serve", "--token", "t"], /^error: --token applies to --http only/m],
+      [["mcp", "serve", "--token-file", "t"], /^error: --token-file applies to --http only/m],
+      [["mcp", "serve", "--token", "t"], /^error: --token is not accepted: .*--token-file PATH/m],
       [["workspace", "create", "debian:12", "--id-only", "--json"], /^error: option '--id-only' cannot be used with option '--json'$/m],
     ] as const) {
       const r = pyro([...args]);

@@ -1,5 +1,9 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
+import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
+import { request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createServer, type AddressInfo } from "node:net";
 import { describe, it } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
@@ -171,9 +175,31 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
   });
 });
 
+/** A token long enough for serveHttp, passed the way a user should: in the environment, never argv. */
+const TOKEN = "test-token-0123456789abcdef";
+const withToken = (token = TOKEN) => ({ env: { ...process.env, PYRO_MCP_TOKEN: token } });
+
+function exitOf(child: ReturnType<typeof spawn>): Promise<{ code: number | null; stderr: string }> {
+  let stderr = "";
+  child.stderr!.on("data", (d) => (stderr += d));
+  return new Promise((r) => child.on("exit", (code) => r({ code, stderr })));
+}
+
+/** A raw request with a chosen Host header (fetch will not let a caller set one). */
+function statusWithHost(port: number, host: string, token: string): Promise<number> {
+  return new Promise((resolve, rejectRequest) => {
+    const req = request({ host: "127.0.0.1", port, path: "/mcp", method: "POST", headers: { host, authorization: `Bearer ${token}`, "content-type": "application/json", accept: "application/json, text/event-stream" } }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on("error", rejectRequest);
+    req.end(JSON.stringify({ jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } } }));
+  });
+}
+
 describe("pyro mcp serve --http (Streamable HTTP)", () => {
   it("binds a free port for port 0 and prints the port it bound", async () => {
-    const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:0", "--token", "t"], { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"], ...withToken() });
     try {
       let stderr = "";
       child.stderr.on("data", (d) => (stderr += d));
@@ -181,7 +207,7 @@ describe("pyro mcp serve --http (Streamable HTTP)", () => {
       const port = Number(/http:\/\/127\.0\.0\.1:(\d+)\/mcp/.exec(stderr)?.[1]);
       assert.ok(port > 0 && port < 65536, stderr);
       const client = new Client({ name: "http-test", version: "1" });
-      await client.connect(new StreamableHTTPClientTransport(new URL(`http://127.0.0.1:${port}/mcp`), { requestInit: { headers: { authorization: "Bearer t", origin: `http://127.0.0.1:${port}` } } }));
+      await client.connect(new StreamableHTTPClientTransport(new URL(`http://127.0.0.1:${port}/mcp`), { requestInit: { headers: { authorization: `Bearer ${TOKEN}`, origin: `http://127.0.0.1:${port}` } } }));
       assert.ok((await client.listTools()).tools.length > 0);
       await client.close();
     } finally {
@@ -190,14 +216,14 @@ describe("pyro mcp serve --http (Streamable HTTP)", () => {
   });
 
   it("refuses a port out of range, or one already in use, with one line", async () => {
-    const range = spawnSync(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:99999", "--token", "t"], { encoding: "utf8" });
+    const range = spawnSync(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:99999"], { encoding: "utf8", ...withToken() });
     assert.equal(range.status, 2);
     assert.match(range.stderr, /^error: .*port must be a number from 0 to 65535/);
     const busy = createServer();
     await new Promise<void>((r) => busy.listen(0, "127.0.0.1", r));
     try {
       const port = (busy.address() as AddressInfo).port;
-      const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", `127.0.0.1:${port}`, "--token", "t"], { stdio: ["ignore", "ignore", "pipe"] });
+      const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", `127.0.0.1:${port}`], { stdio: ["ignore", "ignore", "pipe"], ...withToken() });
       let stderr = "";
       child.stderr.on("data", (d) => (stderr += d));
       assert.equal(await new Promise((r) => child.on("exit", r)), 125);
@@ -207,10 +233,12 @@ describe("pyro mcp serve --http (Streamable HTTP)", () => {
     }
   });
 
-  it("requires the bearer token, checks the origin, and serves tools", async () => {
+  it("requires the bearer token, checks the host and origin, and serves tools", async () => {
     const port = 20000 + Math.floor(Math.random() * 20000);
-    const token = "test-token-" + process.pid;
-    const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", `127.0.0.1:${port}`, "--token", token], { stdio: ["ignore", "ignore", "pipe"] });
+    const token = "test-token-from-a-file-" + process.pid;
+    const tokenFile = join(mkdtempSync(join(tmpdir(), "pyro-token-")), "token");
+    writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
+    const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", `127.0.0.1:${port}`, "--token-file", tokenFile], { stdio: ["ignore", "ignore", "pipe"] });
     try {
       let stderr = "";
       child.stderr.on("data", (d) => (stderr += d));
@@ -222,6 +250,11 @@ describe("pyro mcp serve --http (Streamable HTTP)", () => {
       assert.equal((await fetch(url, { method: "POST", headers: { ...headers, authorization: "Bearer wrong" }, body: JSON.stringify(init) })).status, 401);
       const evil = await fetch(url, { method: "POST", headers: { ...headers, authorization: `Bearer ${token}`, origin: "https://evil.example" }, body: JSON.stringify(init) });
       assert.equal(evil.status, 403);
+      // DNS rebinding: a page under a foreign name reaches 127.0.0.1, but its Host names that page.
+      assert.equal(await statusWithHost(port, `evil.example:${port}`, token), 403);
+      assert.equal(await statusWithHost(port, `127.0.0.1:${port + 1}`, token), 403);
+      assert.equal(await statusWithHost(port, "127.0.0.1", token), 403);
+      assert.notEqual(await statusWithHost(port, `localhost:${port}`, token), 403);
       const client = new Client({ name: "http-test", version: "1" });
       await client.connect(new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers: { authorization: `Bearer ${token}` } } }));
       assert.deepEqual((await client.listTools()).tools.map((t) => t.name), CORE);
@@ -232,11 +265,31 @@ describe("pyro mcp serve --http (Streamable HTTP)", () => {
   });
 
   it("refuses to listen on a non-loopback address", async () => {
-    const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", "0.0.0.0:8765", "--token", "t"], { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", "0.0.0.0:8765"], { stdio: ["ignore", "ignore", "pipe"], ...withToken() });
     let stderr = "";
     child.stderr.on("data", (d) => (stderr += d));
     const code = await new Promise((r) => child.on("exit", r));
     assert.equal(code, 125);
     assert.match(stderr, /loopback addresses only/);
+  });
+
+  it("refuses an empty or short token instead of accepting requests without one", async () => {
+    for (const token of ["", "short"]) {
+      const { code, stderr } = await exitOf(spawn(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"], ...withToken(token) }));
+      assert.equal(code, 125, stderr);
+      assert.match(stderr, /^pyro: error \[INVALID_ARGUMENT\]: the bearer token must be at least 16 bytes/);
+    }
+  });
+
+  it("takes no token on the command line, and only a token file other users cannot read", async () => {
+    const argv = spawnSync(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:0", "--token", TOKEN], { encoding: "utf8" });
+    assert.equal(argv.status, 2);
+    assert.match(argv.stderr, /^error: --token is not accepted: .*use --token-file PATH \(mode 0600\) or set PYRO_MCP_TOKEN/m);
+    const tokenFile = join(mkdtempSync(join(tmpdir(), "pyro-token-")), "token");
+    writeFileSync(tokenFile, TOKEN, { mode: 0o600 });
+    chmodSync(tokenFile, 0o644);
+    const { code, stderr } = await exitOf(spawn(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:0", "--token-file", tokenFile], { stdio: ["ignore", "ignore", "pipe"] }));
+    assert.equal(code, 125);
+    assert.match(stderr, /readable by other users \(mode 644\); run chmod 600/);
   });
 });

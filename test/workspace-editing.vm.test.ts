@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
@@ -139,6 +139,11 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
       "print('scope-write', attempt(lambda: os.write(os.open('/proc/sys/kernel/yama/ptrace_scope', os.O_WRONLY), b'0')))",
       "print('scope', open('/proc/sys/kernel/yama/ptrace_scope').read().strip())",
       "print('modules_disabled', open('/proc/sys/kernel/modules_disabled').read().strip())",
+      "print('kexec_load_disabled', open('/proc/sys/kernel/kexec_load_disabled').read().strip())",
+      "libc.syscall.restype = ctypes.c_long",
+      // kexec_load(entry 0, no segments, flags 0) and reboot(magic, magic2, LINUX_REBOOT_CMD_CAD_OFF): CAP_SYS_BOOT is gone.
+      "print('kexec_load', 'ok' if libc.syscall(246, 0, 0, None, 0) == 0 else errno.errorcode[ctypes.get_errno()])",
+      "print('reboot', 'ok' if libc.syscall(169, ctypes.c_uint(0xfee1dead), 672274793, 0, None) == 0 else errno.errorcode[ctypes.get_errno()])",
       "pid = os.fork()",
       "if pid == 0:",
       "    libc.ptrace(0, 0, None, None); os.kill(os.getpid(), 19); os._exit(7)",
@@ -157,12 +162,13 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
     assert.equal(r.exit_code, 0, r.stderr);
     assert.equal(
       r.stdout,
-      ["attach EPERM", "seize EPERM", `mem ${/mem (EACCES|EPERM)/.exec(r.stdout)?.[1] ?? "EACCES"}`, "scope-write EPERM", "scope 1", "modules_disabled 1", "traceme-child True 7", "attach-child ok", ""].join("\n"),
+      ["attach EPERM", "seize EPERM", `mem ${/mem (EACCES|EPERM)/.exec(r.stdout)?.[1] ?? "EACCES"}`, "scope-write EPERM", "scope 1", "modules_disabled 1", "kexec_load_disabled 1", "kexec_load EPERM", "reboot EPERM", "traceme-child True 7", "attach-child ok", ""].join("\n"),
     );
     assert.match(r.stdout, /mem (EACCES|EPERM)/);
     const caps = await pyro.execWorkspace(id, ["grep", "CapBnd", "/proc/self/status"]);
     const bounding = BigInt(`0x${caps.stdout.split(/\s+/)[1]}`);
     assert.equal(bounding & ((1n << 19n) | (1n << 16n)), 0n, "CAP_SYS_PTRACE and CAP_SYS_MODULE are gone from the bounding set");
+    assert.equal(bounding & ((1n << 22n) | (1n << 38n) | (1n << 39n)), 0n, "CAP_SYS_BOOT, CAP_PERFMON and CAP_BPF are gone from the bounding set");
     assert.notEqual(bounding & (1n << 21n), 0n, "other capabilities (CAP_SYS_ADMIN) remain");
   });
 
@@ -200,6 +206,11 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
     await listTar({ file: tarPath, onReadEntry: (e) => void names.push(e.path) });
     assert.ok(names.includes("./lib/util.py"), names.join(","));
     await assert.rejects(pyro.exportWorkspace(id, "../etc/passwd", join(scratch, "p")), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE"));
+    // An output that is a symlink (here dangling) is refused: nothing is written through it.
+    const linked = join(scratch, "linked.py");
+    await symlink(join(scratch, "canary-target"), linked);
+    await assert.rejects(pyro.exportWorkspace(id, "vendor/lib/util.py", linked), (e) => isPyroError(e, "INVALID_ARGUMENT") && /already exists/.test(e.message));
+    await assert.rejects(lstat(join(scratch, "canary-target")), { code: "ENOENT" });
   });
 
   it("snapshots and resets: back to the baseline, or to a named snapshot, memory included", TIMEOUT, async () => {

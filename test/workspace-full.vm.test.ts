@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
-import { mkdtemp, open, readFile, rm, stat } from "node:fs/promises";
+import { mkdtemp, open, readFile, rm, stat, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -127,6 +127,10 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
     const file = await pyro.readWorkspaceDisk(id, "docs/offline.txt");
     assert.equal(file.content, "read without booting\n");
     assert.equal((await pyro.readWorkspaceDisk(id, "leaked.txt")).content, "[REDACTED]");
+    // A symlink at the output (here dangling) is refused, its target never created.
+    await symlink(join(scratch, "disk-canary"), join(scratch, "linked.img"));
+    await assert.rejects(pyro.exportWorkspaceDisk(id, join(scratch, "linked.img")), (e) => isPyroError(e, "INVALID_ARGUMENT") && /already exists/.test(e.message));
+    await assert.rejects(stat(join(scratch, "disk-canary")), { code: "ENOENT" });
     const image = join(scratch, "disk.img");
     await pyro.exportWorkspaceDisk(id, image);
     const h = await open(image, "r");

@@ -17,6 +17,8 @@ export interface HttpServeOptions {
 }
 
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
+/** Shorter tokens are guessable (an empty one would match a request with no Authorization at all). */
+export const MIN_TOKEN_BYTES = 16;
 
 export function newToken(): string {
   return randomBytes(24).toString("base64url");
@@ -28,15 +30,29 @@ function tokenMatches(header: string | undefined, token: string): boolean {
   return given.length === expected.length && timingSafeEqual(given, expected);
 }
 
-/** Browsers send Origin: only pages served from this same loopback host may talk to us. */
-function originAllowed(origin: string | undefined, port: number): boolean {
-  if (!origin) return true; // not a browser
+/** Whether a URL names a loopback host on our bound port. */
+function loopbackUrl(value: string, port: number): boolean {
   try {
-    const url = new URL(origin);
-    return LOOPBACK.has(url.hostname.replace(/^\[|\]$/g, "")) && Number(url.port) === port;
+    const url = new URL(value);
+    const urlPort = url.port === "" ? (url.protocol === "https:" ? 443 : 80) : Number(url.port);
+    return LOOPBACK.has(url.hostname.replace(/^\[|\]$/g, "")) && urlPort === port && url.pathname === "/" && !url.username && !url.password;
   } catch {
     return false;
   }
+}
+
+/** Browsers send Origin: only pages served from this same loopback host may talk to us. */
+function originAllowed(origin: string | undefined, port: number): boolean {
+  if (!origin) return true; // not a browser
+  return loopbackUrl(origin, port);
+}
+
+/**
+ * The Host header must name a loopback host and our port: a DNS-rebound page reaches 127.0.0.1 under
+ * its own name, so its requests carry a foreign Host even when the browser sends no Origin.
+ */
+function hostAllowed(host: string | undefined, port: number): boolean {
+  return !!host && !/[/?#@\\\s]/.test(host) && loopbackUrl(`http://${host}/`, port);
 }
 
 function reject(res: ServerResponse, status: number, message: string): void {
@@ -56,7 +72,7 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
 }
 
 /**
- * Streamable HTTP on a loopback address, bearer token and origin checked on every request.
+ * Streamable HTTP on a loopback address, bearer token, Host and Origin checked on every request.
  * Port 0 binds a free port; the bound one comes back (and is the one origins must name).
  */
 export async function serveHttp(options: HttpServeOptions): Promise<{ server: Server; port: number }> {
@@ -66,11 +82,15 @@ export async function serveHttp(options: HttpServeOptions): Promise<{ server: Se
   if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
     throw new PyroError("INVALID_ARGUMENT", `port must be from 1 to 65535 (or 0 to pick a free one), got ${options.port}`);
   }
+  if (Buffer.byteLength(options.token, "utf8") < MIN_TOKEN_BYTES) {
+    throw new PyroError("INVALID_ARGUMENT", `the bearer token must be at least ${MIN_TOKEN_BYTES} bytes; leave it unset to get a random one`);
+  }
   let boundPort = options.port;
   const sessions = new Map<string, StreamableHTTPServerTransport>();
   const httpServer = createServer((req, res) => {
     void (async () => {
       if (!tokenMatches(req.headers.authorization, options.token)) return reject(res, 401, "missing or wrong bearer token");
+      if (!hostAllowed(req.headers.host, boundPort)) return reject(res, 403, "host not allowed: address this endpoint as a loopback host and its port");
       if (!originAllowed(req.headers.origin, boundPort)) return reject(res, 403, "origin not allowed");
       if (!req.url?.startsWith("/mcp")) return reject(res, 404, "the MCP endpoint is /mcp");
       const sessionId = req.headers["mcp-session-id"];

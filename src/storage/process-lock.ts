@@ -1,25 +1,48 @@
 import { randomBytes } from "node:crypto";
-import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { link, mkdir, readdir, readFile, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
-import { currentProcessIdentity, identityAlive, type ProcessIdentity } from "../process/process-identity.js";
+import { currentProcessIdentity, identityAlive } from "../process/process-identity.js";
 import { processAlive } from "../process/process-alive.js";
 
 /**
  * A lock owned by a process, not by a heartbeat: the lock directory holds the owner's pid and start
  * time, so a lock whose owner died (kill -9) is taken over at once instead of after a staleness
  * timeout, and a reused pid does not keep a dead owner's lock alive.
+ *
+ * Protocol (rename/rmdir only: Node has no flock):
+ * - A lock directory holds `owner.json` and an empty file `holder-<nonce>`, the nonce fresh per
+ *   acquisition and recorded in owner.json. Acquiring is one rename of a complete scratch directory
+ *   onto the lock path; it succeeds when nothing is there or only an empty directory (rename(2)
+ *   replaces an empty directory), and fails while a lock with contents is there.
+ * - Breaking a dead owner's lock first claims *that* lock by renaming its `holder-<nonce>` away. The
+ *   nonce names one acquisition, so a breaker that read a dead owner and lost the race (the lock was
+ *   broken and taken anew meanwhile) finds no such file and touches nothing: a live lock is never
+ *   moved. The claimant then removes owner.json, leaving an empty directory that the next acquirer's
+ *   rename replaces, and rmdirs it (rmdir cannot remove a lock someone took meanwhile: it is not empty).
+ * - A lock without a holder file (written by an older pyro, or torn) is claimed by renaming its
+ *   owner.json away and comparing it byte for byte with what was read; on a mismatch it goes back
+ *   with link(2), which never overwrites. Such a lock is the only state this path can touch.
+ * - Release removes the lock only while its own holder file is in it.
  */
 /** What a holder that did not say what it is doing is recorded as doing. */
 export const UNNAMED_PURPOSE = "an operation";
-const Owner = z.object({ pid: z.number().int(), start: z.string().nullable(), acquired_at: z.string(), purpose: z.string().default(UNNAMED_PURPOSE) });
+const Owner = z.object({
+  pid: z.number().int(),
+  start: z.string().nullable(),
+  acquired_at: z.string(),
+  purpose: z.string().default(UNNAMED_PURPOSE),
+  /** The nonce of this acquisition's `holder-<nonce>` file; absent in locks from older versions. */
+  holder: z.string().regex(/^[0-9a-f]+$/).optional(),
+});
 /** Who held a lock: a live holder, or a dead one whose lock was taken over (so its work was cut short). */
 export type LockOwner = z.infer<typeof Owner>;
 
 const OWNER_FILE = "owner.json";
+const holderFile = (nonce: string) => `holder-${nonce}`;
 const POLL_MS = 25;
 
-/** Names of the scratch directories acquisition and breaking use next to a lock: `<lock>.acquiring-<pid>-<rand>`. */
+/** Names of the scratch entries acquisition and breaking use next to a lock: `<lock>.acquiring-<pid>-<rand>`. */
 const SCRATCH = /\.(acquiring|stale)-(\d+)-[0-9a-f]+$/;
 
 export interface HeldLock {
@@ -28,13 +51,30 @@ export interface HeldLock {
   interrupted?: LockOwner;
 }
 
-async function readOwner(lockPath: string): Promise<LockOwner | undefined> {
+/** A lock as one reader saw it: the owner record's exact bytes, and the owner if they parse. */
+export interface SeenLock {
+  raw: string;
+  owner: LockOwner | undefined;
+}
+
+/** Reads the lock at `lockPath`; undefined when there is no owner record. */
+export async function inspectLock(lockPath: string): Promise<SeenLock | undefined> {
+  let raw: string;
   try {
-    return Owner.parse(JSON.parse(await readFile(join(lockPath, OWNER_FILE), "utf8")));
+    raw = await readFile(join(lockPath, OWNER_FILE), "utf8");
   } catch {
-    // Missing or torn: acquisition renames a complete directory into place, so no live owner left it so.
     return undefined;
   }
+  try {
+    return { raw, owner: Owner.parse(JSON.parse(raw)) };
+  } catch {
+    // Torn: acquisition renames a complete directory into place, so no live owner left it so.
+    return { raw, owner: undefined };
+  }
+}
+
+async function readOwner(lockPath: string): Promise<LockOwner | undefined> {
+  return (await inspectLock(lockPath))?.owner;
 }
 
 /** The holder named in a lock left behind by a process that died holding it; undefined if none or alive. */
@@ -56,22 +96,24 @@ export async function lockHolder(lockPath: string): Promise<LockOwner | undefine
  */
 export async function tryAcquireLock(lockPath: string, purpose: string): Promise<HeldLock | undefined> {
   const me = currentProcessIdentity();
+  const nonce = randomBytes(8).toString("hex");
   let interrupted: LockOwner | undefined;
   const scratch = `${lockPath}.acquiring-${me.pid}-${randomBytes(4).toString("hex")}`;
   await mkdir(scratch, { recursive: true, mode: 0o700 });
   try {
-    await writeFile(join(scratch, OWNER_FILE), JSON.stringify({ ...me, acquired_at: new Date().toISOString(), purpose }), { mode: 0o600 });
+    await writeFile(join(scratch, holderFile(nonce)), "", { mode: 0o600 });
+    await writeFile(join(scratch, OWNER_FILE), JSON.stringify({ ...me, acquired_at: new Date().toISOString(), purpose, holder: nonce }), { mode: 0o600 });
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
         await rename(scratch, lockPath);
-        return { release: () => releaseLock(lockPath, me), ...(interrupted ? { interrupted } : {}) };
+        return { release: () => releaseLock(lockPath, nonce), ...(interrupted ? { interrupted } : {}) };
       } catch (error) {
         const code = (error as NodeJS.ErrnoException).code;
         if (code !== "ENOTEMPTY" && code !== "EEXIST" && code !== "EISDIR") throw error;
       }
-      const owner = await readOwner(lockPath);
-      if (owner && identityAlive(owner)) return undefined;
-      if (await breakLock(lockPath)) interrupted = owner ?? { pid: 0, start: null, acquired_at: "", purpose: UNNAMED_PURPOSE };
+      const seen = await inspectLock(lockPath);
+      if (seen?.owner && identityAlive(seen.owner)) return undefined;
+      if (seen && (await breakDeadLock(lockPath, seen))) interrupted = seen.owner ?? { pid: 0, start: null, acquired_at: "", purpose: UNNAMED_PURPOSE };
     }
     return undefined;
   } finally {
@@ -79,27 +121,42 @@ export async function tryAcquireLock(lockPath: string, purpose: string): Promise
   }
 }
 
-/** Moves a dead owner's lock aside (one rename, so two breakers cannot both remove a fresh lock) and deletes it. */
-async function breakLock(lockPath: string): Promise<boolean> {
+/**
+ * Breaks the lock `seen` was read from, whose owner is dead, and only that one (see the protocol
+ * above); false when it is no longer there (broken by someone else, perhaps taken anew).
+ */
+export async function breakDeadLock(lockPath: string, seen: SeenLock): Promise<boolean> {
   const aside = `${lockPath}.stale-${process.pid}-${randomBytes(4).toString("hex")}`;
-  try {
-    await rename(lockPath, aside);
-  } catch {
-    return false; // someone else broke it first
+  if (seen.owner?.holder) {
+    try {
+      await rename(join(lockPath, holderFile(seen.owner.holder)), aside);
+    } catch {
+      return false; // that acquisition's lock is gone
+    }
+  } else {
+    try {
+      await rename(join(lockPath, OWNER_FILE), aside);
+    } catch {
+      return false;
+    }
+    if ((await readFile(aside, "utf8").catch(() => undefined)) !== seen.raw) {
+      // Not the lock we read: put its record back without overwriting anything.
+      await link(aside, join(lockPath, OWNER_FILE)).catch(() => undefined);
+      await rm(aside, { force: true });
+      return false;
+    }
   }
-  // Between our check and the rename another process may have broken it and taken it anew: put a live one back.
-  if (await lockHolder(aside)) {
-    await rename(aside, lockPath).catch(() => undefined);
-    return false;
-  }
-  await rm(aside, { recursive: true, force: true });
+  await rm(aside, { force: true });
+  // The lock is ours to remove: no other breaker can claim it, and no acquirer replaces it while it
+  // still has contents. (A legacy lock is already empty: its owner.json was the claim.)
+  if (seen.owner?.holder) await rm(join(lockPath, OWNER_FILE), { force: true });
+  await rmdir(lockPath).catch(() => undefined); // ENOTEMPTY: someone acquired the emptied lock already
   return true;
 }
 
-async function releaseLock(lockPath: string, me: ProcessIdentity): Promise<void> {
+async function releaseLock(lockPath: string, nonce: string): Promise<void> {
   // Only our own lock: never one another process took over (it could only do so if we had died).
-  const owner = await readOwner(lockPath);
-  if (owner && owner.pid === me.pid && owner.start === me.start) await rm(lockPath, { recursive: true, force: true });
+  if (await stat(join(lockPath, holderFile(nonce))).then(() => true, () => false)) await rm(lockPath, { recursive: true, force: true });
 }
 
 /** Waits (polling) for the lock; undefined when `waitMs` passed with a live process still holding it. */

@@ -3,6 +3,7 @@ import { join, resolve } from "node:path";
 import { PyroError } from "../errors.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
+import { assertOutputFree, publishNewFile } from "../storage/new-host-file.js";
 import { diskChain } from "../storage/qcow2-backing-chain.js";
 import { entryType, Ext4Image, type DiskEntryType } from "./disk-image.js";
 import { relativeToWorkspace, workspacePath } from "./guest-paths.js";
@@ -134,7 +135,7 @@ export async function diskRead(ctx: WorkspaceContext, ref: string, path: string,
 /** Writes the workspace's filesystem as a raw ext4 image, pyro's runtime state and secrets removed. */
 export async function diskExport(ctx: WorkspaceContext, ref: string, outputPath: string) {
   const output = resolve(outputPath);
-  if (await stat(output).then(() => true, () => false)) throw new PyroError("INVALID_ARGUMENT", `${output} already exists; choose another --output`);
+  await assertOutputFree(output);
   return withRawDisk(ctx, ref, async (record, raw, scratch) => {
     // Secrets and service state live on tmpfs and never reach the disk; scrub anyway, belt and braces.
     // The paths are pyro's own constants (no guest name is quoted into the script).
@@ -148,8 +149,9 @@ export async function diskExport(ctx: WorkspaceContext, ref: string, outputPath:
       limits: { ...DISK_TOOL_LIMITS, fileSizeBytes: (await lstat(raw)).size },
     });
     if (scrub.signal) throw sandboxFailure(scrub, "removing pyro's runtime state from the exported disk");
-    await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", await sandboxOutputFile(scratch, RAW_NAME), output]);
-    const size = (await stat(output)).size;
+    const image = await sandboxOutputFile(scratch, RAW_NAME);
+    await publishNewFile(output, (scratchFile) => runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", image, scratchFile]).then(() => undefined));
+    const size = (await lstat(output)).size;
     return { workspace_id: record.id, output, format: "raw ext4", bytes: size };
   });
 }

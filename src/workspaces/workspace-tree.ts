@@ -1,10 +1,10 @@
 import { createHash } from "node:crypto";
-import { readFile, stat } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { createTwoFilesPatch } from "diff";
 import { Header, Pack, Parser, ReadEntry } from "tar";
 import { PyroError } from "../errors.js";
-import { writeFileAtomic } from "../storage/atomic-file.js";
+import { assertOutputFree, publishNewFile } from "../storage/new-host-file.js";
 import { prepareTree } from "./archive-safety.js";
 import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { extractTarInGuest, packInGuest, readWholeFile } from "./guest-transfer.js";
@@ -160,9 +160,7 @@ export async function exportFromWorkspace(ctx: WorkspaceContext, ref: string, pa
   const guestPath = workspacePath(path);
   const output = resolve(outputPath);
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
-    if (await stat(output).then(() => true, () => false)) {
-      throw new PyroError("INVALID_ARGUMENT", `${output} already exists; choose another --output (pyro never overwrites host files)`);
-    }
+    await assertOutputFree(output);
     const st = await vm.agent.stat(guestPath);
     let bytes: Buffer;
     let kind: "file" | "archive";
@@ -175,7 +173,7 @@ export async function exportFromWorkspace(ctx: WorkspaceContext, ref: string, pa
     } else {
       throw new PyroError("INVALID_ARGUMENT", `${relativeToWorkspace(guestPath)} is a ${st.type}; export files or directories`);
     }
-    await writeFileAtomic(output, bytes, kind === "file" ? st.mode & 0o777 : 0o644);
+    await publishNewFile(output, (scratchFile) => writeFile(scratchFile, bytes, { mode: kind === "file" ? st.mode & 0o777 : 0o644, flag: "wx" }));
     return { workspace_id: record.id, path: relativeToWorkspace(guestPath) || ".", output, kind, bytes: bytes.length };
   });
 }

@@ -16,17 +16,23 @@ export function registerMcpCommands(program: Command): void {
     .addOption(new Option("--profile <profile>", "tool profile").choices(PROFILE_NAMES).default(DEFAULT_PROFILE))
     .addOption(new Option("--mode <mode>", "workflow mode: a narrowed tool set for one recipe").choices(MODE_NAMES))
     .option("--http <host:port>", "serve Streamable HTTP on a loopback address instead of stdio (port 0 picks a free one)", hostPort)
-    .option("--token <token>", "bearer token for --http (default: $PYRO_MCP_TOKEN, else a random one printed to stderr)")
+    .option("--token-file <path>", "file (mode 0600) holding the bearer token for --http (default: $PYRO_MCP_TOKEN, else a random one printed to stderr)")
+    // Kept only to say what to use instead: a token in argv is readable by every local user.
+    .addOption(new Option("--token <token>").hideHelp())
     .addHelpText("after", "\nProfiles: vm-run (one-shot only), workspace-core (default), workspace-full (adds start/stop, summary, snapshots).\nModes: repro-fix, inspect, cold-start, review-eval.")
-    .action(async (o: { profile: ProfileName; mode?: ModeName; http?: { host: string; port: number }; token?: string }) => {
+    .action(async (o: { profile: ProfileName; mode?: ModeName; http?: { host: string; port: number }; token?: string; tokenFile?: string }) => {
+      if (o.token !== undefined) {
+        throw new InvalidArgumentError("--token is not accepted: other local users can read the command line; use --token-file PATH (mode 0600) or set PYRO_MCP_TOKEN");
+      }
+      if (o.tokenFile !== undefined && !o.http) throw new InvalidArgumentError("--token-file applies to --http only; stdio needs no token");
       // Loaded here, not at start-up: the MCP SDK alone costs ~110 ms that other commands should not pay.
-      const [{ Pyro }, { createPyroMcpServer }, { serveHttp, newToken }, { serveStdio }] = await Promise.all([
+      const [{ Pyro }, { createPyroMcpServer }, { serveHttp, newToken }, { serveStdio }, { readTokenFile }] = await Promise.all([
         import("../../sdk/pyro.js"),
         import("../../mcp/server.js"),
         import("../../mcp/http-server.js"),
         import("../../mcp/stdio-server.js"),
+        import("../../mcp/token-file.js"),
       ]);
-      if (o.token !== undefined && !o.http) throw new InvalidArgumentError("--token applies to --http only; stdio needs no token");
       const pyro = new Pyro({ onProgress: (m) => process.stderr.write(`${m}\n`) });
       const make = () => createPyroMcpServer({ pyro, profile: o.profile, ...(o.mode ? { mode: o.mode } : {}) });
       if (!o.http) {
@@ -34,8 +40,10 @@ export function registerMcpCommands(program: Command): void {
         // The client is gone: exit now (exit cleanup stops one-shot VMs; workspaces persist by design).
         process.exit(0);
       }
-      const token = o.token ?? process.env.PYRO_MCP_TOKEN ?? newToken();
-      if (!o.token && !process.env.PYRO_MCP_TOKEN) process.stderr.write(`[mcp] bearer token: ${token}\n`);
+      // An empty PYRO_MCP_TOKEN is a token someone set (serveHttp refuses it), not an unset one.
+      const given = o.tokenFile !== undefined ? await readTokenFile(o.tokenFile) : process.env.PYRO_MCP_TOKEN;
+      const token = given ?? newToken();
+      if (given === undefined) process.stderr.write(`[mcp] bearer token: ${token}\n`);
       const { port } = await serveHttp({ ...o.http, token, createServer: make });
       process.stderr.write(`[mcp] serving Streamable HTTP on http://${o.http.host.includes(":") ? `[${o.http.host}]` : o.http.host}:${port}/mcp\n`);
       await new Promise(() => undefined); // until a signal

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { mkdir, open, readFile, rm } from "node:fs/promises";
-import { basename, dirname } from "node:path";
+import { basename, dirname, normalize } from "node:path";
 import { isPyroError, PyroError } from "../../errors.js";
 import { AgentClient } from "../../guest-protocol/agent-client.js";
 import type { HelloInfo } from "../../guest-protocol/messages.js";
@@ -138,7 +138,7 @@ export class QemuBackend implements VmmBackend {
   }
 
   async isRunning(handle: VmProcessRef): Promise<boolean> {
-    if (!processAlive(handle.pid)) return false;
+    if (!processAlive(handle.pid) || !ownedByUs(handle.pid)) return false;
     // Guard against pid reuse: the process must be a VMM using this run directory.
     return (await readCmdline(handle.pid)).includes(runFiles(handle.runDir).agentSocket);
   }
@@ -154,6 +154,11 @@ export class QemuBackend implements VmmBackend {
       const deadline = Date.now() + 10_000;
       while (processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     }
+    // A process still naming this run directory (ours that would not die, or another user's posing as
+    // ours) may be using it: removing it would pull the files from under a live VM.
+    if (processAlive(handle.pid) && (await readCmdline(handle.pid)).includes(runFiles(handle.runDir).agentSocket)) {
+      throw new PyroError("VM_DIED", `process ${handle.pid} still names the run directory ${handle.runDir}${ours ? " after SIGKILL" : " and is not ours"}; left the directory in place`);
+    }
     await rm(handle.runDir, { recursive: true, force: true });
   }
 
@@ -165,9 +170,11 @@ export class QemuBackend implements VmmBackend {
       const args = readCmdlineSync(Number(entry)).split("\0");
       // The agent socket names the run directory: <runDir>/agent.sock, in the -chardev argument.
       if (args[0] !== this.options.qemuBinary && basename(args[0] ?? "") !== basename(this.options.qemuBinary)) continue;
+      // Another local user can start a process whose argv looks like one of our VMs: only ours count.
+      if (!ownedByUs(Number(entry))) continue;
       for (const arg of args) {
         const match = /(?:^|,)path=([^,]+)\/agent\.sock(?:,|$)/.exec(arg);
-        if (match && dirname(match[1]!) === runRoot) {
+        if (match && isDirectChild(match[1]!, runRoot)) {
           found.push({ pid: Number(entry), runDir: match[1]! });
           break;
         }
@@ -209,6 +216,21 @@ export class QemuBackend implements VmmBackend {
       throw error;
     }
   }
+}
+
+/** Whether /proc/<pid> belongs to our uid (false once the process is gone). */
+function ownedByUs(pid: number): boolean {
+  try {
+    return statSync(`/proc/${pid}`).uid === process.getuid!();
+  } catch {
+    return false;
+  }
+}
+
+/** `<root>/<name>` exactly: no `..`, `.`, doubled or trailing slashes that would name the root, its parent or deeper. */
+function isDirectChild(path: string, root: string): boolean {
+  const name = basename(path);
+  return normalize(path) === path && dirname(path) === root && name !== ".." && name !== "." && name !== "";
 }
 
 function procEntries(): string[] {
