@@ -134,6 +134,27 @@ describe("secret redaction (property tests over every host-side cut)", () => {
     );
   });
 
+  it("file export streamed in pieces of any size: a secret across a piece boundary is replaced whole", () => {
+    fc.assert(
+      fc.property(streamArb, fc.array(fc.integer({ min: 1, max: 40 }), { minLength: 1, maxLength: 12 }), ({ secret, data }, sizes) => {
+        const redactor = new Redactor({ S: secret });
+        const stream = redactor.stream();
+        const out: Buffer[] = [];
+        for (let at = 0, i = 0; at < data.length; i++) {
+          const size = sizes[i % sizes.length]!;
+          out.push(stream.push(data.subarray(at, at + size)));
+          at += size;
+        }
+        out.push(stream.end());
+        const exported = Buffer.concat(out);
+        assertNoPiece("streamed export", exported, secret);
+        // Without a secret in it, the stream comes through byte for byte.
+        if (!redactor.bytes(data).includes(REDACTED)) assert.deepEqual(exported, data);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
   it("exec output cut by the agent's cap (head + tail), then the command log's tail", () => {
     fc.assert(
       fc.property(streamArb, fc.nat(), ({ secret, data }, capSeed) => {

@@ -68,6 +68,20 @@ export async function packInGuest(agent: AgentClient, dir: string, entries: stri
 }
 
 /** Reads a whole guest file in chunks. */
+/**
+ * A guest file's bytes in pieces of at most CHUNK_BYTES, up to `limit` bytes (what the file held
+ * when the caller looked): a guest that keeps answering cannot make the host read forever.
+ */
+export async function* readFileChunks(agent: AgentClient, path: string, limit: number): AsyncGenerator<Buffer> {
+  let offset = 0;
+  while (offset < limit) {
+    const { data } = await agent.readFile(path, { offset, maxBytes: Math.min(CHUNK_BYTES, limit - offset) });
+    if (data.length === 0) return;
+    offset += data.length;
+    yield data;
+  }
+}
+
 export async function readWholeFile(agent: AgentClient, path: string, limit = MAX_ARCHIVE_BYTES): Promise<Buffer> {
   const parts: Buffer[] = [];
   let offset = 0;

@@ -182,6 +182,32 @@ export class Redactor {
     return { bytes: Buffer.concat(parts), from, end };
   }
 
+  /**
+   * Redacts a stream piece by piece with bounded memory: each piece is redacted seeing the bytes
+   * after it, up to the longest form of a secret, so one crossing a piece boundary is replaced whole.
+   */
+  stream(): { push(piece: Buffer): Buffer; end(): Buffer } {
+    let carry: Buffer = Buffer.alloc(0);
+    return {
+      push: (piece) => {
+        const data = carry.length ? Buffer.concat([carry, piece]) : piece;
+        const ready = data.length - this.contextBytes;
+        if (ready <= 0) {
+          carry = data;
+          return Buffer.alloc(0);
+        }
+        const shown = this.window(data, 0, ready);
+        carry = data.subarray(shown.end);
+        return shown.bytes;
+      },
+      end: () => {
+        const rest = this.bytes(carry);
+        carry = Buffer.alloc(0);
+        return rest;
+      },
+    };
+  }
+
   /** Redacts a whole buffer, text or binary; `edges` says whether it was cut from a larger stream. */
   bytes(data: Buffer, edges: CutEdges = {}): Buffer {
     return this.active && this.ranges(data, edges).length > 0 ? this.window(data, 0, data.length, edges).bytes : data;

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { readFile, writeFile } from "node:fs/promises";
+import { open, readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { createTwoFilesPatch } from "diff";
 import { Header, Pack, Parser, ReadEntry } from "tar";
@@ -7,7 +7,7 @@ import { PyroError } from "../errors.js";
 import { assertOutputFree, publishNewFile } from "../storage/new-host-file.js";
 import { prepareTree } from "./archive-safety.js";
 import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
-import { extractTarInGuest, packInGuest, readWholeFile } from "./guest-transfer.js";
+import { extractTarInGuest, packInGuest, readFileChunks } from "./guest-transfer.js";
 import { isText } from "./text-content.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { Redactor } from "./secret-redaction.js";
@@ -162,18 +162,33 @@ export async function exportFromWorkspace(ctx: WorkspaceContext, ref: string, pa
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     await assertOutputFree(output);
     const st = await vm.agent.stat(guestPath);
-    let bytes: Buffer;
+    let written = 0;
     let kind: "file" | "archive";
     if (st.type === "file") {
-      bytes = session.redactor.bytes(await readWholeFile(vm.agent, guestPath));
+      // Streamed to disk piece by piece: a file of any size costs the host one piece of memory.
       kind = "file";
+      await publishNewFile(output, async (scratchFile) => {
+        const out = await open(scratchFile, "wx", st.mode & 0o777);
+        try {
+          const redact = session.redactor.stream();
+          const write = async (bytes: Buffer) => {
+            if (bytes.length) await out.writeFile(bytes);
+            written += bytes.length;
+          };
+          for await (const piece of readFileChunks(vm.agent, guestPath, st.size)) await write(redact.push(piece));
+          await write(redact.end());
+        } finally {
+          await out.close();
+        }
+      });
     } else if (st.type === "directory") {
-      bytes = await redactTar(await packInGuest(vm.agent, guestPath), session.redactor);
+      const bytes = await redactTar(await packInGuest(vm.agent, guestPath), session.redactor);
       kind = "archive";
+      written = bytes.length;
+      await publishNewFile(output, (scratchFile) => writeFile(scratchFile, bytes, { mode: 0o644, flag: "wx" }));
     } else {
       throw new PyroError("INVALID_ARGUMENT", `${relativeToWorkspace(guestPath)} is a ${st.type}; export files or directories`);
     }
-    await publishNewFile(output, (scratchFile) => writeFile(scratchFile, bytes, { mode: kind === "file" ? st.mode & 0o777 : 0o644, flag: "wx" }));
-    return { workspace_id: record.id, path: relativeToWorkspace(guestPath) || ".", output, kind, bytes: bytes.length };
+    return { workspace_id: record.id, path: relativeToWorkspace(guestPath) || ".", output, kind, bytes: written };
   });
 }
