@@ -20,7 +20,6 @@ mod tar_extract;
 
 use json::{obj, s, Json};
 use protocol::{Context, Writer};
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,44 +61,7 @@ fn serve(path: &str, registry: Arc<process::Registry>, services: Arc<services::S
     let ctx = Arc::new(Context { registry, services, shells, writer: writer.clone(), boot_ms });
     writer.send(&ready_event(boot_ms), &[]);
     eprintln!("pyro-agent: ready on {} ({} ms after kernel start)", path, boot_ms);
-    let mut reader = port;
-    let mut decoder = frame::Decoder::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut connected = true;
-    loop {
-        match reader.read(&mut buf) {
-            // EOF: no host connected (runtime-facts G6). Drop any partial frame and poll again.
-            Ok(0) => {
-                if connected {
-                    decoder.reset();
-                    connected = false;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
-            Ok(n) => {
-                if !connected {
-                    connected = true;
-                }
-                decoder.push(&buf[..n]);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                eprintln!("pyro-agent: read from host failed: {}", e);
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        }
-        while let Some(item) = decoder.next_item() {
-            match item {
-                frame::Item::Frame { header, payload } => protocol::handle_frame(&ctx, header, payload),
-                frame::Item::Garbage { skipped, reason } => writer.send(
-                    &protocol::error_header(0, "bad_frame", &format!("skipped {} bytes: {}", skipped, reason)),
-                    &[],
-                ),
-            }
-        }
-    }
+    protocol::serve_host(port, &writer, |header, payload| protocol::handle_frame(&ctx, header, payload));
 }
 
 fn ready_event(boot_ms: i64) -> Json {

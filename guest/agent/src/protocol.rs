@@ -49,6 +49,48 @@ impl Writer {
     }
 }
 
+/**
+ * Reads frames from the host until the port fails for good, answering garbage with a `bad_frame`
+ * error and handing each frame to `on_frame`. EOF means no host is connected (runtime-facts G6):
+ * the partial frame is dropped and the port polled again.
+ */
+pub fn serve_host(mut reader: std::fs::File, writer: &Writer, mut on_frame: impl FnMut(Vec<u8>, Vec<u8>)) {
+    use std::io::Read;
+    let mut decoder = crate::frame::Decoder::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut connected = true;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => {
+                if connected {
+                    decoder.reset();
+                    connected = false;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
+            Ok(n) => {
+                connected = true;
+                decoder.push(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("pyro-agent: read from host failed: {}", e);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        }
+        while let Some(item) = decoder.next_item() {
+            match item {
+                crate::frame::Item::Frame { header, payload } => on_frame(header, payload),
+                crate::frame::Item::Garbage { skipped, reason } => {
+                    writer.send(&error_header(0, "bad_frame", &format!("skipped {} bytes: {}", skipped, reason)), &[])
+                }
+            }
+        }
+    }
+}
+
 pub struct Context {
     pub registry: Arc<Registry>,
     pub services: Arc<crate::services::Services>,

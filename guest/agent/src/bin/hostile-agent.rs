@@ -43,7 +43,7 @@ mod tar_extract;
 
 use json::{obj, s, Json};
 use protocol::{Context, Writer};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,38 +91,10 @@ fn serve(path: &str, registry: Arc<process::Registry>, services: Arc<services::S
         &[],
     );
     eprintln!("pyro-agent: ready on {} (HOSTILE test agent)", path);
-    let mut reader = port;
-    let mut decoder = frame::Decoder::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut connected = true;
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => {
-                if connected {
-                    decoder.reset();
-                    connected = false;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
-            Ok(n) => {
-                connected = true;
-                decoder.push(&buf[..n]);
-            }
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        }
-        while let Some(item) = decoder.next_item() {
-            if let frame::Item::Frame { header, payload } = item {
-                match take_mode(&header) {
-                    Some((mode, id, request)) => misbehave(&writer, &mode, id, &request),
-                    None => protocol::handle_frame(&ctx, header, payload),
-                }
-            }
-        }
-    }
+    protocol::serve_host(port, &writer, |header, payload| match take_mode(&header) {
+        Some((mode, id, request)) => misbehave(&writer, &mode, id, &request),
+        None => protocol::handle_frame(&ctx, header, payload),
+    });
 }
 
 /// The mode armed for this request, consuming it.
