@@ -44,17 +44,13 @@ export function registerDailyLoopCommands(program: Command, pyro: () => Promise<
     .option("--force", "rebuild the boot template even when it is warm")
     .option("--json", "print the structured result as JSON")
     .action(async (environment: string, flags: { network?: boolean; force?: boolean; json?: boolean }) => {
-      const human = !flags.json;
-      const result = await (await pyro()).prepare(environment, {
-        network: Boolean(flags.network),
-        force: Boolean(flags.force),
-        ...(human ? { onStep: (step: LoopStep) => process.stdout.write(stepLine(step)) } : {}),
-      });
+      const result = await (await pyro()).prepare(environment, { network: Boolean(flags.network), force: Boolean(flags.force) });
+      setExitCode(result.after.warm ? 0 : 1);
       if (flags.json) return printJson(result);
       process.stdout.write(`Before:\n${formatReadiness(result.before)}`);
       for (const action of result.actions) process.stdout.write(`- ${action}\n`);
+      for (const step of result.proof) process.stdout.write(stepLine(step));
       process.stdout.write(`After:\n${formatReadiness(result.after)}`);
       process.stdout.write(`prepared in ${result.total_ms} ms\n`);
-      setExitCode(result.after.warm ? 0 : 1);
     });
 }
