@@ -126,3 +126,43 @@ describe("MCP: the contract's argument names", () => {
     }
   });
 });
+
+describe("daily-loop readiness and demo, without booting", () => {
+  it("reads cold and stale pieces from what is on disk, and changes nothing", async () => {
+    const { mkdtemp, mkdir, writeFile, symlink, readdir, rm } = await import("node:fs/promises");
+    const { tmpdir } = await import("node:os");
+    const { join } = await import("node:path");
+    const { Pyro } = await import("../src/sdk/pyro.js");
+    const { sharedCacheDir } = await import("./helpers/vm-fixtures.js");
+    const { locateAgent } = await import("../src/guest-agent/agent-binary.js");
+    const home = await mkdtemp(join(tmpdir(), "pyro-ready-"));
+    try {
+      await mkdir(join(home, "cache", "initramfs"), { recursive: true });
+      await mkdir(join(home, "cache", "templates", "debian_12-1c-1024m-0123456789abcdef"), { recursive: true });
+      await symlink(join(sharedCacheDir, "kernels"), join(home, "cache", "kernels"));
+      await writeFile(join(home, "cache", "initramfs", "0000000000000000.cpio"), "an older build");
+      const before = await readdir(join(home, "cache"), { recursive: true });
+      const r = await new Pyro({ home }).dailyLoopReadiness("debian:12", { network: true });
+      assert.equal(r.pieces.environment.state, "cold");
+      assert.equal(r.pieces.kernel.state, "warm");
+      assert.equal(r.pieces.initramfs.state, (await locateAgent()) ? "stale" : "cold");
+      assert.equal(r.pieces.template.state, "stale");
+      assert.ok(r.pieces.network);
+      assert.equal(r.warm, false);
+      assert.deepEqual(await readdir(join(home, "cache"), { recursive: true }), before, "readiness wrote nothing");
+      const empty = await new Pyro({ home: join(home, "empty") }).dailyLoopReadiness("debian:12");
+      assert.deepEqual(Object.values(empty.pieces).map((p) => p.state), ["cold", "cold", "cold", "cold"]);
+    } finally {
+      await rm(home, { recursive: true, force: true });
+    }
+  });
+
+  it("demo reports a failed create without leaving anything, and says why", async () => {
+    const { Pyro } = await import("../src/sdk/pyro.js");
+    const demo = await new Pyro().demo("debian:99");
+    assert.equal(demo.ok, false);
+    assert.equal(demo.workspace_id, null);
+    assert.deepEqual(demo.steps.map((s) => [s.step, s.ok]), [["create", false]]);
+    assert.match(demo.error ?? "", /debian:99/);
+  });
+});

@@ -1,4 +1,5 @@
 import { readdir } from "node:fs/promises";
+import { join } from "node:path";
 import { environmentSlug } from "../environments/catalog.js";
 import { EnvironmentStore, type InstalledEnvironment } from "../environments/environment-store.js";
 import { locateAgent } from "../guest-agent/agent-binary.js";
@@ -10,7 +11,6 @@ import { findExecutable } from "../process/host-command.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
 import { findBootTemplate } from "./boot-templates.js";
 import { WORKSPACE_DEFAULTS } from "./workspace-lifecycle.js";
-import { join } from "node:path";
 
 /**
  * warm: present and current, the daily loop uses it as is.
