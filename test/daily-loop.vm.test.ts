@@ -44,6 +44,10 @@ describe("the public contract's daily loop, on real guests", () => {
       assert.equal(r.exit_code, 0);
       assert.equal(r.stdout.trim(), "2");
       assert.equal(r.vcpu_count, 2);
+      // A one-shot VM's TTL caps its command: the run ends at ttl_seconds, not at timeout_seconds.
+      const capped = toolJson<{ timed_out: boolean; duration_ms: number }>(await client.callTool({ name: "vm_run", arguments: { command: "sleep 20", timeout_seconds: 60, ttl_seconds: 2 } }, undefined, { timeout: 400_000 }));
+      assert.equal(capped.timed_out, true);
+      assert.ok(capped.duration_ms < 15_000, `ran ${capped.duration_ms} ms`);
     } finally {
       await client.close();
     }
