@@ -29,9 +29,11 @@ describe("pyro CLI", () => {
 
   it("prints one clear line and exits 2 for a usage error a command finds itself", () => {
     for (const [args, message] of [
-      [["workspace", "file", "write", "W", "x"], /^error: give exactly one of --text or --from-file$/m],
-      [["workspace", "file", "write", "W", "x", "--text", "a", "--from-file", "b"], /^error: give exactly one of --text or --from-file$/m],
-      [["workspace", "patch", "apply", "W"], /^error: --patch FILE is required$/m],
+      [["workspace", "file", "write", "W", "x"], /^error: give exactly one of --text or --text-file$/m],
+      [["workspace", "file", "write", "W", "x", "--text", "a", "--from-file", "b"], /^error: give exactly one of --text or --text-file$/m],
+      [["workspace", "file", "write", "W", "x", "--text", "a", "--text-file", "b"], /^error: give exactly one of --text or --text-file$/m],
+      [["workspace", "patch", "apply", "W"], /^error: give exactly one of --patch-file FILE or --patch FILE$/m],
+      [["workspace", "patch", "apply", "W", "--patch", "a", "--patch-file", "b"], /^error: give exactly one of --patch-file FILE or --patch FILE$/m],
       [["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-tcp", "80", "--", "true"], /^error: give at most one --ready-\* option$/m],
       [["workspace", "service", "start", "W", "s", "--ready-timeout-seconds", "5", "--", "true"], /^error: --ready-timeout-seconds and --ready-interval-ms need a readiness check/m],
       [["mcp", "serve", "--token-file", "t"], /^error: --token-file applies to --http only/m],

@@ -5,6 +5,7 @@ import { Command, CommanderError } from "commander";
 import { packageRoot } from "../paths.js";
 import { handleTerminationSignals } from "../process/exit-cleanup.js";
 import type { Pyro } from "../sdk/pyro.js";
+import { registerDailyLoopCommands } from "./commands/daily-loop-commands.js";
 import { registerDoctorCommand } from "./commands/doctor-command.js";
 import { registerEnvCommands } from "./commands/env-commands.js";
 import { registerHostCommands } from "./commands/host-commands.js";
@@ -27,13 +28,15 @@ Suggested first steps:
   pyro doctor
   pyro env list
   pyro env pull debian:12
+  pyro prepare debian:12              # warm the daily loop and prove it
+  pyro demo
   pyro run debian:12 -- git --version
   pyro mcp serve                      # then connect a chat host: pyro host connect claude-code
 
 Persistent workspaces:
   pyro workspace create debian:12 --seed-path ./repo --id-only
   pyro workspace exec WORKSPACE -- make test
-  pyro workspace patch apply WORKSPACE --patch fix.diff
+  pyro workspace patch apply WORKSPACE --patch-file fix.diff
   pyro workspace diff WORKSPACE
   pyro workspace snapshot create WORKSPACE checkpoint
   pyro workspace reset WORKSPACE --snapshot checkpoint
@@ -76,6 +79,7 @@ export async function main(argv: string[]): Promise<number> {
   registerRunCommand(program, pyro, setExitCode);
   registerEnvCommands(program, pyro);
   registerDoctorCommand(program, pyro, setExitCode);
+  registerDailyLoopCommands(program, pyro, setExitCode);
   registerWorkspaceCommands(program, pyro, setExitCode);
   registerMcpCommands(program);
   registerHostCommands(program, setExitCode);

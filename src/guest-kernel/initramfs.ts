@@ -18,8 +18,8 @@ export interface Initramfs {
   readonly key: string;
 }
 
-/** Builds (or reuses) the initramfs holding busybox, the virtio modules, /init and the agent. */
-export async function ensureInitramfs(paths: PyroPaths, kernel: GuestKernel, agentPath: string): Promise<Initramfs> {
+/** Where the initramfs for this kernel and agent lives (built or not): computes its key, builds nothing. */
+export async function plannedInitramfs(paths: PyroPaths, kernel: GuestKernel, agentPath: string): Promise<Initramfs> {
   if (!(await isFile(BUSYBOX_PATH))) {
     throw new PyroError("HOST_TOOL_MISSING", `${BUSYBOX_PATH} is missing; install it with: apt-get install -y busybox-static`);
   }
@@ -32,7 +32,16 @@ export async function ensureInitramfs(paths: PyroPaths, kernel: GuestKernel, age
     .update(busybox)
     .digest("hex")
     .slice(0, 16);
-  const path = join(paths.cacheDir, "initramfs", `${key}.cpio`);
+  return { path: join(initramfsDir(paths), `${key}.cpio`), key };
+}
+
+export function initramfsDir(paths: PyroPaths): string {
+  return join(paths.cacheDir, "initramfs");
+}
+
+/** Builds (or reuses) the initramfs holding busybox, the virtio modules, /init and the agent. */
+export async function ensureInitramfs(paths: PyroPaths, kernel: GuestKernel, agentPath: string): Promise<Initramfs> {
+  const { path, key } = await plannedInitramfs(paths, kernel, agentPath);
   if (await isFile(path)) return { path, key };
 
   const staging = `${path}.d-${process.pid}`;

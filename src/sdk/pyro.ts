@@ -1,5 +1,6 @@
 import { resolvePaths, type PyroPaths } from "../paths.js";
 import type { EnvironmentStatus } from "../environments/environment-store.js";
+import type { LoopStep } from "./daily-loop.js";
 import type { RunOptions } from "../vm-run/run-result.js";
 import type { WorkspaceContext } from "../workspaces/workspace-context.js";
 import type { WorkspaceExecOptions } from "../workspaces/workspace-exec.js";
@@ -18,6 +19,8 @@ const references = () => import("../registry/image-reference.js");
 const runtime = () => import("../runtime/guest-runtime.js");
 const templates = () => import("../workspaces/boot-templates.js");
 const doctor = () => import("../doctor/doctor.js");
+const dailyLoop = () => import("./daily-loop.js");
+const readiness = () => import("../workspaces/daily-loop-readiness.js");
 const lifecycle = () => import("../workspaces/workspace-lifecycle.js");
 const exec = () => import("../workspaces/workspace-exec.js");
 const files = () => import("../workspaces/workspace-files.js");
@@ -122,6 +125,21 @@ export class Pyro {
 
   async doctor() {
     return (await doctor()).runDoctor(this.paths);
+  }
+
+  /** warm / cold / stale for each piece the daily loop needs (environment, kernel, initramfs, template). Changes nothing. */
+  async dailyLoopReadiness(environment: string, options: { network?: boolean } = {}) {
+    return (await readiness()).dailyLoopReadiness(this.paths, environment, options);
+  }
+
+  /** Makes the daily loop warm for `environment` and proves it with one throwaway create → exec → reset → delete. */
+  async prepare(environment: string, options: { network?: boolean; force?: boolean; onStep?: (step: LoopStep) => void } = {}) {
+    return (await dailyLoop()).prepareDailyLoop(this, environment, { ...options, ...(this.options.onProgress ? { onProgress: this.options.onProgress } : {}) });
+  }
+
+  /** One workspace create → exec → delete, each step timed; always deletes what it created. */
+  async demo(environment: string, options: { network?: boolean; onStep?: (step: LoopStep) => void } = {}) {
+    return (await dailyLoop()).runDemo(this, environment, options);
   }
 
   // Workspaces: method names follow the MCP tools (workspace_create → createWorkspace, …).

@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import type { DoctorReport } from "../../doctor/doctor.js";
 import type { Pyro } from "../../sdk/pyro.js";
 import { printJson, yesNo } from "../output.js";
+import { formatReadiness } from "./daily-loop-commands.js";
 
 export function formatDoctor(report: DoctorReport): string {
   const lines = [
@@ -29,11 +30,15 @@ export function registerDoctorCommand(program: Command, pyro: () => Promise<Pyro
   program
     .command("doctor")
     .description("Inspect the host: QEMU, KVM usability (by a probe boot), guest kernel, agent and environments.")
+    .option("--environment <name>", "also report the daily loop's readiness (warm / cold / stale) for this environment")
+    .option("--network", "with --environment: include the guest network path")
     .option("--json", "print the report as JSON")
-    .action(async (flags: { json?: boolean }) => {
-      const report = await (await pyro()).doctor();
-      if (flags.json) printJson(report);
-      else process.stdout.write(formatDoctor(report));
+    .action(async (flags: { environment?: string; network?: boolean; json?: boolean }) => {
+      const sdk = await pyro();
+      const report = await sdk.doctor();
+      const readiness = flags.environment !== undefined ? await sdk.dailyLoopReadiness(flags.environment, { network: Boolean(flags.network) }) : undefined;
+      if (flags.json) printJson(readiness ? { ...report, daily_loop: readiness } : report);
+      else process.stdout.write(formatDoctor(report) + (readiness ? formatReadiness(readiness) : ""));
       setExitCode(report.runtime === "PASS" ? 0 : 1);
     });
 }

@@ -161,11 +161,13 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .argument("<workspace>", "id or name")
     .argument("<path>", "file, relative to /workspace")
     .option("--text <text>", "content to write")
-    .option("--from-file <hostPath>", "read the content from this host file")
+    .option("--text-file <hostPath>", "read the content from this host file ('-' for stdin)")
+    .option("--from-file <hostPath>", "same as --text-file")
     .option("--json", "print JSON")
-    .action(async (ref: string, path: string, o: { text?: string; fromFile?: string; json?: boolean }) => {
-      if ((o.text === undefined) === (o.fromFile === undefined)) throw new InvalidArgumentError("give exactly one of --text or --from-file");
-      const text = o.text ?? (await readHostText(o.fromFile!, "--from-file"));
+    .action(async (ref: string, path: string, o: { text?: string; textFile?: string; fromFile?: string; json?: boolean }) => {
+      const sources = [o.text, o.textFile, o.fromFile].filter((v) => v !== undefined);
+      if (sources.length !== 1) throw new InvalidArgumentError("give exactly one of --text or --text-file");
+      const text = o.text ?? (o.textFile !== undefined ? await readHostText(o.textFile, "--text-file") : await readHostText(o.fromFile!, "--from-file"));
       const r = await (await pyro()).writeWorkspaceFile(ref, path, text);
       emit(o.json, r, () => line("workspace-file-write", r));
     });
@@ -175,11 +177,12 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .command("apply")
     .description("Apply a unified diff; if any hunk fails, nothing changes.")
     .argument("<workspace>", "id or name")
-    .option("--patch <file>", "patch file on the host ('-' for stdin)")
+    .option("--patch-file <file>", "patch file on the host ('-' for stdin)")
+    .option("--patch <file>", "same as --patch-file")
     .option("--json", "print JSON")
-    .action(async (ref: string, o: { patch?: string; json?: boolean }) => {
-      if (!o.patch) throw new InvalidArgumentError("--patch FILE is required");
-      const text = await readHostText(o.patch, "--patch");
+    .action(async (ref: string, o: { patch?: string; patchFile?: string; json?: boolean }) => {
+      if ((o.patch === undefined) === (o.patchFile === undefined)) throw new InvalidArgumentError("give exactly one of --patch-file FILE or --patch FILE");
+      const text = o.patchFile !== undefined ? await readHostText(o.patchFile, "--patch-file") : await readHostText(o.patch!, "--patch");
       const r = await (await pyro()).applyWorkspacePatch(ref, text);
       emit(o.json, r, () => line("workspace-patch-apply", { workspace_id: r.workspace_id }) + r.files.map((f) => `  ${f.status.padEnd(8)} ${f.path}\n`).join(""));
     });

@@ -1,12 +1,26 @@
 import { z } from "zod";
+import { PyroError } from "../../errors.js";
 import type { ToolFactory } from "../tool-definition.js";
+
+/** The contract names the argument snapshot_name; `name` is kept for clients written against earlier pyro. */
+function snapshotNameOf(a: Record<string, unknown>): string {
+  const { snapshot_name: contractName, name } = a;
+  if ((contractName === undefined) === (name === undefined)) {
+    throw new PyroError("INVALID_ARGUMENT", "give the snapshot's name as snapshot_name (exactly one of snapshot_name or name)");
+  }
+  return String(contractName ?? name);
+}
 
 export const snapshotCreate: ToolFactory = () => ({
   name: "snapshot_create",
   title: "Snapshot a workspace",
   description: "Save the workspace's current state (files and memory) under a name, to come back to with workspace_reset.",
-  inputSchema: { workspace_id: z.string().describe("Workspace id or name"), name: z.string().describe("Snapshot name") },
-  run: (a, rt) => rt.pyro.createSnapshot(String(a.workspace_id), String(a.name)),
+  inputSchema: {
+    workspace_id: z.string().describe("Workspace id or name"),
+    snapshot_name: z.string().optional().describe("Snapshot name"),
+    name: z.string().optional().describe("Same as snapshot_name (older spelling)"),
+  },
+  run: (a, rt) => rt.pyro.createSnapshot(String(a.workspace_id), snapshotNameOf(a)),
 });
 
 export const snapshotList: ToolFactory = () => ({
@@ -21,6 +35,10 @@ export const snapshotDelete: ToolFactory = () => ({
   name: "snapshot_delete",
   title: "Delete a snapshot",
   description: "Delete a named snapshot (not 'baseline').",
-  inputSchema: { workspace_id: z.string().describe("Workspace id or name"), name: z.string().describe("Snapshot name") },
-  run: (a, rt) => rt.pyro.deleteSnapshot(String(a.workspace_id), String(a.name)),
+  inputSchema: {
+    workspace_id: z.string().describe("Workspace id or name"),
+    snapshot_name: z.string().optional().describe("Snapshot name"),
+    name: z.string().optional().describe("Same as snapshot_name (older spelling)"),
+  },
+  run: (a, rt) => rt.pyro.deleteSnapshot(String(a.workspace_id), snapshotNameOf(a)),
 });

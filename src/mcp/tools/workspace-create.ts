@@ -14,8 +14,9 @@ export const workspaceCreate: ToolFactory = (surface) => ({
     labels: z.record(z.string(), z.string()).optional(),
     ...(surface.machineShape
       ? {
-          vcpu_count: z.number().int().min(1).max(16).optional(),
-          mem_mib: z.number().int().min(256).max(65536).optional(),
+          // Bounds are checked once, by createWorkspace (the same check the CLI and SDK get).
+          vcpu_count: z.number().int().optional(),
+          mem_mib: z.number().int().optional(),
           ttl_seconds: z.number().positive().optional().describe("Delete after this long without activity"),
         }
       : {}),
