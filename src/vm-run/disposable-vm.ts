@@ -92,10 +92,10 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
       const restored = await restoreFromTemplate(runtime.backend, spec, template, options.signal);
       if (restored) return restored;
     }
-    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay], { privateFiles: true });
     // A restore that failed took the run directory with it (the VM owns it): make it again.
     await makePrivateSubdir(runDir);
     await writeFile(join(runDir, OWNER_FILE), `${process.pid}\n`, { mode: PRIVATE_FILE_MODE });
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay], { privateFiles: true });
     return await runtime.backend.launch(spec, options.signal);
   } catch (error) {
     await rm(runDir, { recursive: true, force: true });

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { chmod, readdir, realpath, rename, rm, stat, statfs } from "node:fs/promises";
+import { chmod, lstat, readdir, readFile, realpath, rename, rm, stat, statfs, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { environmentSlug } from "../environments/catalog.js";
@@ -44,6 +44,26 @@ export type TemplateMemoryMode = { mode: "shared_file"; dir: string } | { mode: 
 /** Linux's tmpfs magic: RAM files elsewhere would make every guest page fault a disk read. */
 const TMPFS_MAGIC = 0x01021994;
 const MEMORY_FS = "/dev/shm";
+const OWNER_FILE = "templates-dir";
+const memoryDirPrefix = () => `pyro-${process.getuid?.() ?? 0}-`;
+
+/**
+ * Removes this user's RAM directories whose templates directory is gone (a deleted PYRO_HOME, a
+ * test's home): nothing can restore from them again, and tmpfs would hold them until reboot.
+ * VMs still running from one keep their mapping.
+ */
+async function sweepOrphanedMemoryDirs(): Promise<void> {
+  for (const name of await readdir(MEMORY_FS).catch(() => [] as string[])) {
+    if (!name.startsWith(memoryDirPrefix())) continue;
+    const dir = join(MEMORY_FS, name);
+    const st = await lstat(dir).catch(() => undefined);
+    // Only real directories of ours: anything else there is not ours to touch.
+    if (!st?.isDirectory() || st.uid !== (process.getuid?.() ?? 0)) continue;
+    const owner = await readFile(join(dir, OWNER_FILE), "utf8").catch(() => undefined);
+    if (owner !== undefined && !(await pathExists(owner))) await rm(dir, { recursive: true, force: true });
+  }
+}
+
 /** Set to "streamed" to keep template RAM in the state files even where /dev/shm works. */
 const MEMORY_MODE_ENV = "PYRO_TEMPLATE_MEMORY";
 
@@ -58,9 +78,12 @@ export async function templateMemoryMode(paths: PyroPaths, env: NodeJS.ProcessEn
   if (!fs || fs.type !== TMPFS_MAGIC) return { mode: "streamed", reason: `${MEMORY_FS} is not a memory filesystem` };
   const templates = await makePrivateSubdir(join(paths.cacheDir, "templates")).then((dir) => realpath(dir));
   const tag = createHash("sha256").update(templates).digest("hex").slice(0, 12);
-  const dir = join(MEMORY_FS, `pyro-${process.getuid?.() ?? 0}-${tag}`);
+  const dir = join(MEMORY_FS, `${memoryDirPrefix()}${tag}`);
   try {
-    return { mode: "shared_file", dir: await ensurePrivateDir(dir) };
+    await ensurePrivateDir(dir);
+    // Names the templates directory it serves, so a sweep can tell when that one is gone.
+    if (!(await pathExists(join(dir, OWNER_FILE)))) await writeFile(join(dir, OWNER_FILE), templates, { mode: PRIVATE_FILE_MODE });
+    return { mode: "shared_file", dir };
   } catch (error) {
     return { mode: "streamed", reason: `cannot use ${dir}: ${(error as Error).message}` };
   }
@@ -180,7 +203,10 @@ export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime
     if (memoryPath) await rm(memoryPath, { force: true });
     throw error;
   }
-  if (memory.mode === "shared_file") await removeStaleMemoryFiles(memory.dir, join(paths.cacheDir, "templates"), templatePrefix(env, shape), key);
+  if (memory.mode === "shared_file") {
+    await removeStaleMemoryFiles(memory.dir, join(paths.cacheDir, "templates"), templatePrefix(env, shape), key);
+    await sweepOrphanedMemoryDirs();
+  }
   const built = (await validTemplates(paths, env, shape, key, memory))[0];
   if (!built) throw new Error(`boot template ${dir} failed validation after build`);
   return built;
