@@ -1,4 +1,5 @@
 import { rmSync } from "node:fs";
+import { isPyroError } from "../errors.js";
 import { readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { egressNetwork } from "../network/egress-launch.js";
 import { registerExitCleanup } from "../process/exit-cleanup.js";
@@ -87,7 +88,7 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
       ownsRunDir: true,
     };
     // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
-    const template = network === "none" ? await ensureBootTemplate(paths, runtime, env, { vcpuCount: options.vcpuCount, memMib: options.memMib }, options.onProgress).catch(() => undefined) : undefined;
+    const template = network === "none" ? await ensureBootTemplate(paths, runtime, env, { vcpuCount: options.vcpuCount, memMib: options.memMib }, options.onProgress).catch(unlessGuestCannotStart) : undefined;
     if (template) {
       const restored = await restoreFromTemplate(runtime.backend, spec, template, options.signal);
       if (restored) return restored;
@@ -123,4 +124,13 @@ async function restoreFromTemplate(backend: VmmBackend, spec: VmLaunchSpec, temp
     if (signal?.aborted) throw error;
     return undefined;
   }
+}
+
+/**
+ * A template that could not be built leaves a cold boot to try, unless the guest itself failed to
+ * start (/init reported it: the image, not the template, is at fault), which a cold boot would repeat.
+ */
+function unlessGuestCannotStart(error: unknown): undefined {
+  if (isPyroError(error, "GUEST_BOOT_FAILED") && error.details.retryable === false && error.details.console !== undefined) throw error;
+  return undefined;
 }
