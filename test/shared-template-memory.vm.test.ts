@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { after, describe, it } from "node:test";
 import { Pyro } from "../src/sdk/pyro.js";
 
@@ -41,6 +41,14 @@ describe("[vm] workspaces restored from a shared-memory template", () => {
       assert.ok(mem.privateDirty < guestRam / 4, `private dirty ${mem.privateDirty / MIB} MiB for a ${a.mem_mib} MiB guest`);
       assert.ok(mem.pss < mem.rss, `PSS ${mem.pss / MIB} MiB is not below RSS ${mem.rss / MIB} MiB: nothing is shared`);
     }
+    // The baseline snapshots read every guest page; the template file must not keep them as zeros.
+    const ramFile = /mem-path=([^,]+)/.exec((await readFile(`/proc/${a.vm!.pid}/cmdline`, "utf8")).split("\0").find((arg) => arg.startsWith("memory-backend-file,"))!)![1]!;
+    let allocated = Infinity;
+    for (let i = 0; i < 50 && allocated >= guestRam / 2; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      allocated = (await stat(ramFile)).blocks * 512;
+    }
+    assert.ok(allocated < guestRam / 2, `the template RAM file holds ${allocated / MIB} MiB of a ${a.mem_mib} MiB guest`);
     // Guest memory (a tmpfs file) written in one VM is invisible to the other and to later copies.
     const mark = `secret-${process.pid}`;
     const wrote = await pyro.execWorkspace(a.workspace_id, ["sh", "-c", `echo ${mark} > /dev/shm/mark && cat /dev/shm/mark`]);

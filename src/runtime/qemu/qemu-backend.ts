@@ -245,6 +245,30 @@ async function setIgnoreShared(qmp: QmpClient, on: boolean): Promise<void> {
   await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: on }] });
 }
 
+/** The RAM file a VM maps copy-on-write (a template restore), read from its command line. */
+async function copyOnWriteMemoryFile(pid: number): Promise<string | undefined> {
+  for (const arg of (await readCmdline(pid)).split("\0")) {
+    if (!arg.startsWith("memory-backend-file,") || !arg.endsWith(",share=off")) continue;
+    return /(?:^|,)mem-path=([^,]+)/.exec(arg)?.[1];
+  }
+  return undefined;
+}
+
+/**
+ * A full save reads every guest page, and a read of a never-written page of a copy-on-write tmpfs
+ * mapping allocates that page, as zeros, in the shared template file: one snapshot would grow the
+ * file to the whole guest size. Punching the all-zero blocks out again keeps it as small as the
+ * template's real content. Safe while VMs map it: they read the same zeros from a hole, and the
+ * pages they wrote are private copies a punch never touches. In the background: it scans the file.
+ */
+function releaseZeroPagesOf(memoryFile: string | undefined): void {
+  const fallocate = memoryFile ? findExecutable("fallocate") : undefined;
+  if (!fallocate || !memoryFile) return;
+  const child = spawn(fallocate, ["--dig-holes", memoryFile], { stdio: "ignore", detached: true });
+  child.on("error", () => undefined);
+  child.unref();
+}
+
 /** Moves the guest console from its boot file to a fixed-size ring in QEMU's memory (see CONSOLE_RING_BYTES). */
 async function boundConsole(qmp: QmpClient): Promise<void> {
   await qmp.execute("chardev-change", { id: CONSOLE_CHARDEV_ID, backend: { type: "ringbuf", data: { size: CONSOLE_RING_BYTES } } });
@@ -384,6 +408,7 @@ class QemuVm implements RunningVm {
       await qmp.execute("stop");
       await qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(path)}` });
       await qmp.waitForMigration(Date.now() + 120_000);
+      if (!options.skipSharedMemory) releaseZeroPagesOf(await copyOnWriteMemoryFile(this.pid));
     });
   }
 
