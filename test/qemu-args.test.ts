@@ -71,4 +71,22 @@ describe("QEMU command line", () => {
     assert.match(args, /unix:\/run\/x\/qmp\.sock/);
     assert.match(args, /-chardev file,id=console,path=\/run\/x\/console\.log -serial chardev:console/);
   });
+
+  it("maps a template RAM file under microvm's own RAM name, and defers a device-only restore to QMP", () => {
+    const template = buildQemuArgs({ ...spec, memoryFile: { path: "/dev/shm/p/t.ram", share: true } }, "tcg", 1);
+    assert.equal(template[template.indexOf("-M") + 1], "microvm,memory-backend=microvm.ram");
+    assert.ok(template.includes(`memory-backend-file,id=microvm.ram,size=${spec.memMib}M,mem-path=/dev/shm/p/t.ram,share=on`));
+    assert.ok(!template.includes("-incoming"));
+    const clone = buildQemuArgs({ ...spec, memoryFile: { path: "/dev/shm/p/t.ram", share: false }, incomingState: "/s/state.bin" }, "tcg", 1);
+    assert.ok(clone.some((a) => a.endsWith(",share=off")));
+    assert.equal(clone[clone.indexOf("-incoming") + 1], "defer");
+    // Without a RAM file the state streams in on the command line, and the machine keeps its default RAM.
+    const streamed = buildQemuArgs({ ...spec, incomingState: "/s/state.bin" }, "tcg", 1);
+    assert.equal(streamed[streamed.indexOf("-M") + 1], "microvm");
+    assert.equal(streamed[streamed.indexOf("-incoming") + 1], "exec:cat '/s/state.bin'");
+  });
+
+  it("refuses a RAM file path QEMU would split into options", () => {
+    assert.throws(() => buildQemuArgs({ ...spec, memoryFile: { path: "/dev/shm/a,share=on", share: false } }, "tcg", 1), /comma/);
+  });
 });

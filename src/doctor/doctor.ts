@@ -1,3 +1,4 @@
+import { templateMemoryMode, type TemplateMemoryMode } from "../workspaces/boot-templates.js";
 import { arch, platform } from "node:os";
 import { EnvironmentStore, type EnvironmentStatus } from "../environments/environment-store.js";
 import { locateAgent, builtAgentPath } from "../guest-agent/agent-binary.js";
@@ -40,6 +41,8 @@ export interface DoctorReport {
   environment_cache: string;
   environments: Pick<EnvironmentStatus, "name" | "installed" | "problem">[];
   capabilities: { vm_boot: boolean; guest_exec: boolean; guest_network: boolean };
+  /** shared_file: restored VMs map the template's RAM copy-on-write; streamed: each loads a full copy. */
+  boot_templates: { memory: TemplateMemoryMode["mode"]; detail: string };
   problems: DoctorProblem[];
 }
 
@@ -85,6 +88,7 @@ export async function runDoctor(paths: PyroPaths): Promise<DoctorReport> {
   if (defaultEnv && !defaultEnv.installed && !defaultEnv.problem) problems.push({ what: "the default environment debian:12 is not installed", fix: "pyro env pull debian:12" });
 
   const vmBoot = Boolean(qemuBinary && kernel && agentPath && accel);
+  const memory = await templateMemoryMode(paths);
   return {
     platform: `${platform()}-${arch() === "x64" ? "x86_64" : arch()}`,
     runtime: vmBoot && environments.some((e) => e.installed) ? "PASS" : "FAIL",
@@ -101,6 +105,7 @@ export async function runDoctor(paths: PyroPaths): Promise<DoctorReport> {
     environments,
     // Guest egress is QEMU user-mode networking plus pyro's proxy: nothing more from the host.
     capabilities: { vm_boot: vmBoot, guest_exec: vmBoot, guest_network: vmBoot },
+    boot_templates: { memory: memory.mode, detail: memory.mode === "shared_file" ? `template RAM in ${memory.dir}, shared copy-on-write` : `template RAM streamed into each restore (${memory.reason})` },
     problems,
   };
 }

@@ -34,6 +34,18 @@ export interface VmLaunchSpec {
    * match the one that saved it exactly (runtime-facts G10); only file and socket paths may differ.
    */
   incomingState?: string;
+  /**
+   * Guest RAM is this file instead of anonymous memory. `share: true` maps it MAP_SHARED (a
+   * template VM: its RAM ends up in the file); `share: false` maps it copy-on-write, so many VMs
+   * read the same pages and only the pages each one writes become its own. With `incomingState`,
+   * the state is taken to hold device state only (saved with `skipSharedMemory`): the RAM is the file.
+   */
+  memoryFile?: { path: string; share: boolean };
+}
+
+export interface SaveStateOptions {
+  /** Leave RAM mapped from a shared memory file out of the state (a template save: device state only). */
+  skipSharedMemory?: boolean;
 }
 
 /** What another pyro process needs to reach a VM that outlived the process that started it. */
@@ -69,8 +81,11 @@ export interface RunningVm {
   consoleTail(maxBytes?: number): Promise<string>;
   /** Kills the VMM (if still running) and removes its files (the run directory if it owns it). Idempotent. */
   dispose(): Promise<void>;
-  /** Pauses the guest and writes its full state (memory, devices) to `path`. The guest stays paused. */
-  saveState(path: string): Promise<void>;
+  /**
+   * Pauses the guest and writes its state to `path`: memory and devices, or devices only for RAM in
+   * a shared memory file when `skipSharedMemory` is set. The guest stays paused.
+   */
+  saveState(path: string, options?: SaveStateOptions): Promise<void>;
   /** Resumes a paused guest. */
   resume(): Promise<void>;
   /** Lets the VM outlive this process: no kill on exit, the connection to its agent is closed. */

@@ -1,4 +1,5 @@
 import { rmSync } from "node:fs";
+import { isPyroError } from "../errors.js";
 import { readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { egressNetwork } from "../network/egress-launch.js";
 import { registerExitCleanup } from "../process/exit-cleanup.js";
@@ -8,8 +9,10 @@ import type { PyroPaths } from "../paths.js";
 import { processAlive } from "../process/process-alive.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
-import { makePrivateTempDir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
-import type { RunningVm } from "../runtime/vmm-backend.js";
+import { makePrivateSubdir, makePrivateTempDir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
+import type { RunningVm, VmLaunchSpec, VmmBackend } from "../runtime/vmm-backend.js";
+import { randomBytes } from "node:crypto";
+import { ensureBootTemplate, type BootTemplate } from "../workspaces/boot-templates.js";
 
 export interface DisposableVmOptions {
   vcpuCount: number;
@@ -48,8 +51,10 @@ export async function sweepOrphanedRunDirs(runtimeDir: string): Promise<string[]
 }
 
 /**
- * Boots a throwaway VM of `environment` on a fresh qcow2 overlay in its own run directory. The VM
- * dies with this process, and `dispose()` removes the overlay with everything else.
+ * Starts a throwaway VM of `environment` on a fresh qcow2 overlay in its own run directory: restored
+ * from the boot template of its shape (built on the first run of a shape), or booted cold when it
+ * has a NIC or no template works. The VM dies with this process, and `dispose()` removes the overlay
+ * with everything else.
  */
 export async function launchDisposableVm(paths: PyroPaths, environment: string, options: DisposableVmOptions): Promise<RunningVm> {
   const store = new EnvironmentStore(paths);
@@ -69,27 +74,63 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
     const overlay = join(runDir, "root.qcow2");
     // One-shot egress: public destinations only, through the proxy (no host or private networks).
     const network = options.network ? await egressNetwork(join(runDir, "egress-policy.json"), { allow: [] }, paths.runtimeDir) : ("none" as const);
+    const spec: VmLaunchSpec = {
+      kernelPath: runtime.kernel.vmlinuxPath,
+      initramfsPath: runtime.initramfs.path,
+      rootDisk: { path: overlay, format: "qcow2", cache: "unsafe" },
+      vcpuCount: options.vcpuCount,
+      memMib: options.memMib,
+      hostname: "pyro",
+      network,
+      runDir,
+      bootTimeoutMs: bootTimeoutMs(),
+      dieWithParent: true,
+      ownsRunDir: true,
+    };
+    // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
+    const template = network === "none" ? await ensureBootTemplate(paths, runtime, env, { vcpuCount: options.vcpuCount, memMib: options.memMib }, options.onProgress).catch(unlessGuestCannotStart) : undefined;
+    if (template) {
+      const restored = await restoreFromTemplate(runtime.backend, spec, template, options.signal);
+      if (restored) return restored;
+    }
+    // A restore that failed took the run directory with it (the VM owns it): make it again.
+    await makePrivateSubdir(runDir);
+    await writeFile(join(runDir, OWNER_FILE), `${process.pid}\n`, { mode: PRIVATE_FILE_MODE });
     await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay], { privateFiles: true });
-    return await runtime.backend.launch(
-      {
-        kernelPath: runtime.kernel.vmlinuxPath,
-        initramfsPath: runtime.initramfs.path,
-        rootDisk: { path: overlay, format: "qcow2", cache: "unsafe" },
-        vcpuCount: options.vcpuCount,
-        memMib: options.memMib,
-        hostname: "pyro",
-        network,
-        runDir,
-        bootTimeoutMs: bootTimeoutMs(),
-        dieWithParent: true,
-        ownsRunDir: true,
-      },
-      options.signal,
-    );
+    return await runtime.backend.launch(spec, options.signal);
   } catch (error) {
     await rm(runDir, { recursive: true, force: true });
     throw error;
   } finally {
     unregister();
   }
+}
+
+/**
+ * Resumes the template on an overlay of its disk, its RAM file mapped copy-on-write where it has one.
+ * Undefined when the restore failed (a stale or incompatible template): the caller boots cold.
+ */
+async function restoreFromTemplate(backend: VmmBackend, spec: VmLaunchSpec, template: BootTemplate, signal: AbortSignal | undefined): Promise<RunningVm | undefined> {
+  await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", template.diskPath, "-F", "qcow2", spec.rootDisk.path], { privateFiles: true });
+  const memoryFile = template.memoryPath ? { memoryFile: { path: template.memoryPath, share: false } } : {};
+  let vm: RunningVm | undefined;
+  try {
+    vm = await backend.launch({ ...spec, incomingState: template.statePath, ...memoryFile }, signal);
+    // Every restored copy starts with the template's RNG state; mix in fresh host entropy.
+    await vm.agent.writeFile("/dev/urandom", randomBytes(64), { append: true });
+    return vm;
+  } catch (error) {
+    if (vm) await vm.dispose();
+    if (signal?.aborted) throw error;
+    return undefined;
+  }
+}
+
+/**
+ * A template that could not be built leaves a cold boot to try, unless the guest itself failed to
+ * start (/init reported it: the image, not the template, is at fault), which a cold boot would repeat.
+ */
+function unlessGuestCannotStart(error: unknown): undefined {
+  if (isPyroError(error, "GUEST_BOOT_FAILED") && error.details.retryable === false && error.details.console !== undefined) throw error;
+  return undefined;
 }

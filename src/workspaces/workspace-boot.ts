@@ -13,7 +13,7 @@ import { loadSecrets, materializeSecrets } from "./workspace-secrets.js";
 /** How a workspace VM comes up: a cold boot of its disk, or a restore of saved state (template or snapshot). */
 export type BootSource =
   | { kind: "cold" }
-  | { kind: "restore"; statePath: string; diskPath: string; mode: "template_restore" | "snapshot_restore" };
+  | { kind: "restore"; statePath: string; diskPath: string; mode: "template_restore" | "snapshot_restore"; memoryPath?: string };
 
 export function diskPath(ctx: WorkspaceContext, id: string): string {
   return join(ctx.store.dir(id), "disk.qcow2");
@@ -39,7 +39,9 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
   if (source.kind === "restore") {
     await layerDisk(ctx, record, source.diskPath, "qcow2");
     try {
-      vm = await runtime.backend.launch({ ...workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, network), incomingState: source.statePath });
+      // A template's RAM file is mapped copy-on-write: the VM shares the pages it never writes.
+      const memoryFile = source.memoryPath ? { memoryFile: { path: source.memoryPath, share: false } } : {};
+      vm = await runtime.backend.launch({ ...workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, network), incomingState: source.statePath, ...memoryFile });
       mode = source.mode;
       // Every restored copy starts with the same RNG state; mix in fresh host entropy.
       await vm.agent.writeFile("/dev/urandom", randomBytes(64), { append: true });

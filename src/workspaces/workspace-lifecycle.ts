@@ -161,7 +161,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
       // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
       const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, shape).catch(() => undefined) : undefined;
       if (template) {
-        vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore" });
+        vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore", ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}) });
       } else {
         await layerDisk(ctx, record, env.imagePath, "raw");
         vm = await bootWorkspace(ctx, record, { kind: "cold" });

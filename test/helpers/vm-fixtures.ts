@@ -55,7 +55,17 @@ export async function waitFor<T>(what: string, probe: () => Promise<T | undefine
   }
 }
 
-/** Resolves once the guest agent in `runDir` is serving (it logs a line to the serial console). */
+/**
+ * Resolves once the guest agent in `runDir` is serving. A booted agent logs a line to the serial
+ * console; a VM restored from a template logged it before it was saved, so there the sign is pyro's
+ * connection to the agent socket (it connects once the restored guest runs).
+ */
 export async function agentReady(runDir: string): Promise<void> {
-  await waitFor("the guest agent to be ready", async () => ((await readFile(join(runDir, "console.log"), "utf8").catch(() => "")).includes("pyro-agent: ready") ? true : undefined));
+  const socket = join(runDir, "agent.sock");
+  await waitFor("the guest agent to be ready", async () => {
+    if ((await readFile(join(runDir, "console.log"), "utf8").catch(() => "")).includes("pyro-agent: ready")) return true;
+    const [pid] = await processesMentioning(socket);
+    const restored = pid !== undefined && (await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "")).split("\0").includes("-incoming");
+    return restored && (await readFile("/proc/net/unix", "utf8")).split("\n").some((line) => line.endsWith(` ${socket}`) && / 03 /.test(line)) ? true : undefined;
+  });
 }

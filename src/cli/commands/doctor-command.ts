@@ -11,6 +11,7 @@ export function formatDoctor(report: DoctorReport): string {
     `QEMU: ${report.qemu.version ?? "missing"}${report.qemu.binary ? ` (${report.qemu.binary})` : ""}`,
     `KVM: exists=${yesNo(report.kvm.exists)} readable=${yesNo(report.kvm.readable)} writable=${yesNo(report.kvm.writable)} usable=${report.kvm.usable === null ? "unknown" : yesNo(report.kvm.usable)} (${report.kvm.reason})`,
     `Accelerator: ${report.accel ?? "unknown"}${report.accel === "tcg" ? " (software emulation: slower guests)" : ""}`,
+    `Boot templates: ${report.boot_templates.memory} (${report.boot_templates.detail})`,
     `Guest kernel: ${report.guest_kernel.prepared ? `${report.guest_kernel.package} (${report.guest_kernel.release})` : "not prepared"}`,
     `Guest agent: ${report.guest_agent.built ? report.guest_agent.path : "not built"}`,
     `Environment cache: ${report.environment_cache}`,

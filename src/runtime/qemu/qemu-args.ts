@@ -51,6 +51,12 @@ export function guestConnectionForwarder(socat: string, egressSocket: string): s
   return [socat, "-t", "2", "-lf", "/dev/null", "STDIO", `UNIX-CONNECT:${egressSocket}`];
 }
 
+/**
+ * The id of an explicit RAM backend: QEMU's own name for microvm's RAM, so a saved state streams
+ * into a VM whether or not its RAM is a file (the RAM block keeps its name either way).
+ */
+const RAM_BACKEND_ID = "microvm.ram";
+
 /** x86-64-v2 on qemu64 boots faster under TCG than `-cpu max` (runtime-facts 1h). */
 const TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt";
 
@@ -89,8 +95,9 @@ export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
     "-no-user-config",
     "-display", "none",
     "-no-reboot",
-    "-M", "microvm",
+    "-M", spec.memoryFile ? `microvm,memory-backend=${RAM_BACKEND_ID}` : "microvm",
     "-m", String(spec.memMib),
+    ...(spec.memoryFile ? ["-object", memoryFileBackend(spec.memoryFile, spec.memMib)] : []),
     "-smp", String(spec.vcpuCount),
     ...(accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg,thread=multi", "-cpu", TCG_CPU]),
     "-kernel", spec.kernelPath,
@@ -111,6 +118,17 @@ export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
     const forwarder = guestConnectionForwarder(socat, files.egressSocket).join(" ");
     args.push("-netdev", `user,id=net0,restrict=on,guestfwd=tcp:${EGRESS_PROXY_ADDRESS}:${EGRESS_PROXY_PORT}-cmd:${forwarder}`, "-device", "virtio-net-device,netdev=net0");
   }
-  if (spec.incomingState) args.push("-incoming", `exec:cat ${shellQuote(spec.incomingState)}`);
+  // A RAM-file restore loads its (device-only) state over QMP, after enabling x-ignore-shared.
+  if (spec.incomingState) args.push("-incoming", spec.memoryFile ? "defer" : incomingStateUri(spec.incomingState));
   return args;
+}
+
+export function incomingStateUri(statePath: string): string {
+  return `exec:cat ${shellQuote(statePath)}`;
+}
+
+function memoryFileBackend(file: { path: string; share: boolean }, memMib: number): string {
+  // QEMU splits options at commas: a path holding one would change the options, not name a file.
+  if (file.path.includes(",")) throw new PyroError("INVALID_ARGUMENT", `the VM memory file path '${file.path}' contains a comma`);
+  return `memory-backend-file,id=${RAM_BACKEND_ID},size=${memMib}M,mem-path=${file.path},share=${file.share ? "on" : "off"}`;
 }

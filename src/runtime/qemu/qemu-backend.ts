@@ -8,9 +8,9 @@ import type { HelloInfo } from "../../guest-protocol/messages.js";
 import { registerExitCleanup, shuttingDown } from "../../process/exit-cleanup.js";
 import { findExecutable, requireExecutable } from "../../process/host-command.js";
 import { processAlive } from "../../process/process-alive.js";
-import type { Accelerator, RunningVm, VmExit, VmHandle, VmLaunchSpec, VmmBackend, VmProcessRef } from "../vmm-backend.js";
+import type { Accelerator, RunningVm, SaveStateOptions, VmExit, VmHandle, VmLaunchSpec, VmmBackend, VmProcessRef } from "../vmm-backend.js";
 import { EgressSidecar } from "./egress-sidecar.js";
-import { buildQemuArgs, CONSOLE_CHARDEV_ID, CONSOLE_RING_BYTES, runFiles } from "./qemu-args.js";
+import { buildQemuArgs, CONSOLE_CHARDEV_ID, CONSOLE_RING_BYTES, incomingStateUri, runFiles } from "./qemu-args.js";
 import { ensurePrivateDir, PRIVATE_FILE_MODE, withPrivateUmask } from "../../storage/private-storage.js";
 import { shellQuote } from "../../process/shell-quote.js";
 import { QmpClient } from "./qmp-client.js";
@@ -87,6 +87,11 @@ export class QemuBackend implements VmmBackend {
       if (spec.incomingState) {
         const qmp = await Promise.race([QmpClient.connect(files.qmpSocket, deadline), vm.exitedEarly()]);
         try {
+          if (spec.memoryFile) {
+            // The state holds devices only; the RAM is the file, mapped copy-on-write (runtime-facts §5).
+            await setIgnoreShared(qmp, true);
+            await qmp.execute("migrate-incoming", { uri: incomingStateUri(spec.incomingState) });
+          }
           await Promise.race([qmp.waitForMigration(deadline), vm.exitedEarly()]);
           // A restored guest runs whatever it ran when saved: no byte of it reaches the file.
           await boundConsole(qmp);
@@ -253,6 +258,39 @@ async function readCmdline(pid: number): Promise<string> {
   return readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
 }
 
+/**
+ * x-ignore-shared leaves RAM mapped from a shared file out of a migration stream. Both ends of a
+ * stream must agree on it (it changes the stream's format), so every save sets it explicitly: a VM
+ * restored with it on keeps it on until told otherwise.
+ */
+async function setIgnoreShared(qmp: QmpClient, on: boolean): Promise<void> {
+  await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: on }] });
+}
+
+/** The RAM file a VM maps copy-on-write (a template restore), read from its command line. */
+async function copyOnWriteMemoryFile(pid: number): Promise<string | undefined> {
+  for (const arg of (await readCmdline(pid)).split("\0")) {
+    if (!arg.startsWith("memory-backend-file,") || !arg.endsWith(",share=off")) continue;
+    return /(?:^|,)mem-path=([^,]+)/.exec(arg)?.[1];
+  }
+  return undefined;
+}
+
+/**
+ * A full save reads every guest page, and a read of a never-written page of a copy-on-write tmpfs
+ * mapping allocates that page, as zeros, in the shared template file: one snapshot would grow the
+ * file to the whole guest size. Punching the all-zero blocks out again keeps it as small as the
+ * template's real content. Safe while VMs map it: they read the same zeros from a hole, and the
+ * pages they wrote are private copies a punch never touches. In the background: it scans the file.
+ */
+function releaseZeroPagesOf(memoryFile: string | undefined): void {
+  const fallocate = memoryFile ? findExecutable("fallocate") : undefined;
+  if (!fallocate || !memoryFile) return;
+  const child = spawn(fallocate, ["--dig-holes", memoryFile], { stdio: "ignore", detached: true });
+  child.on("error", () => undefined);
+  child.unref();
+}
+
 /** Moves the guest console from its boot file to a fixed-size ring in QEMU's memory (see CONSOLE_RING_BYTES). */
 async function boundConsole(qmp: QmpClient): Promise<void> {
   await qmp.execute("chardev-change", { id: CONSOLE_CHARDEV_ID, backend: { type: "ringbuf", data: { size: CONSOLE_RING_BYTES } } });
@@ -385,12 +423,14 @@ class QemuVm implements RunningVm {
     }
   }
 
-  saveState(path: string): Promise<void> {
+  saveState(path: string, options: SaveStateOptions = {}): Promise<void> {
     return this.withQmp(async (qmp) => {
       await qmp.execute("migrate-set-parameters", { "max-bandwidth": MIGRATION_BANDWIDTH });
+      await setIgnoreShared(qmp, options.skipSharedMemory === true);
       await qmp.execute("stop");
       await qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(path)}` });
       await qmp.waitForMigration(Date.now() + 120_000);
+      if (!options.skipSharedMemory) releaseZeroPagesOf(await copyOnWriteMemoryFile(this.pid));
     });
   }
 
