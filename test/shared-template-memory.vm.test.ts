@@ -3,6 +3,8 @@ import { readFile, stat } from "node:fs/promises";
 import { after, describe, it } from "node:test";
 import { Pyro } from "../src/sdk/pyro.js";
 
+// Shared template memory is opt-in (see boot-templates.ts): this file tests that mode.
+process.env.PYRO_TEMPLATE_MEMORY = "shared";
 const pyro = new Pyro();
 const TIMEOUT = { timeout: 300_000 };
 const MIB = 1024 * 1024;

@@ -64,7 +64,12 @@ async function sweepOrphanedMemoryDirs(): Promise<void> {
   }
 }
 
-/** Set to "streamed" to keep template RAM in the state files even where /dev/shm works. */
+/**
+ * "shared" maps template RAM from a file on /dev/shm (opt-in); anything else keeps it in the state
+ * files. Not the default yet: the baseline snapshot at create streams all guest RAM, which fills the
+ * shared file with zero pages unless they are dug out again (~0.8 s of CPU per create) — measured
+ * by bench/shared-template-memory.ts: PSS 0.51x, create 1.83x of the streamed path.
+ */
 const MEMORY_MODE_ENV = "PYRO_TEMPLATE_MEMORY";
 
 /**
@@ -73,7 +78,7 @@ const MEMORY_MODE_ENV = "PYRO_TEMPLATE_MEMORY";
  * templates uses the same RAM files; it is gone after a reboot, and templates are rebuilt then.
  */
 export async function templateMemoryMode(paths: PyroPaths, env: NodeJS.ProcessEnv = process.env): Promise<TemplateMemoryMode> {
-  if (env[MEMORY_MODE_ENV] === "streamed") return { mode: "streamed", reason: `${MEMORY_MODE_ENV}=streamed` };
+  if (env[MEMORY_MODE_ENV] !== "shared") return { mode: "streamed", reason: `the default; ${MEMORY_MODE_ENV}=shared maps template RAM from /dev/shm` };
   const fs = await statfs(MEMORY_FS).catch(() => undefined);
   if (!fs || fs.type !== TMPFS_MAGIC) return { mode: "streamed", reason: `${MEMORY_FS} is not a memory filesystem` };
   const templates = await makePrivateSubdir(join(paths.cacheDir, "templates")).then((dir) => realpath(dir));
@@ -132,7 +137,19 @@ export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, 
 
 /** Template directories of one environment and shape start with this; a build id follows the key. */
 function templatePrefix(env: InstalledEnvironment, shape: MachineShape): string {
-  return `${environmentSlug(env.spec.name)}-${shape.vcpuCount}c-${shape.memMib}m-`;
+  return templateNamePrefix(env.spec.name, shape);
+}
+
+/** How template directories of one environment and shape are named (any key, any build). */
+export function templateNamePrefix(environment: string, shape: MachineShape): string {
+  return `${environmentSlug(environment)}-${shape.vcpuCount}c-${shape.memMib}m-`;
+}
+
+/** Whether any template was ever saved for this environment and shape (current or stale). */
+export async function anyTemplateSaved(paths: PyroPaths, environment: string, shape: MachineShape): Promise<boolean> {
+  const prefix = templateNamePrefix(environment, shape);
+  const entries = await readdir(join(paths.cacheDir, "templates")).catch(() => [] as string[]);
+  return entries.some((e) => e.startsWith(prefix) && !e.includes(".partial-"));
 }
 
 /**

@@ -1,6 +1,4 @@
 import { readdir } from "node:fs/promises";
-import { join } from "node:path";
-import { environmentSlug } from "../environments/catalog.js";
 import { EnvironmentStore, type InstalledEnvironment } from "../environments/environment-store.js";
 import { locateAgent } from "../guest-agent/agent-binary.js";
 import { currentGuestKernel } from "../guest-kernel/guest-kernel.js";
@@ -9,7 +7,7 @@ import { isFile } from "../guest-kernel/kernel-package.js";
 import type { PyroPaths } from "../paths.js";
 import { findExecutable } from "../process/host-command.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
-import { findBootTemplate } from "./boot-templates.js";
+import { anyTemplateSaved, findBootTemplate } from "./boot-templates.js";
 import { WORKSPACE_DEFAULTS } from "./workspace-lifecycle.js";
 
 /**
@@ -70,7 +68,7 @@ export async function dailyLoopReadiness(paths: PyroPaths, environment: string, 
 
   let templatePiece: PieceReadiness;
   if (envPiece.state !== "warm" || kernelPiece.state !== "warm" || initramfsPiece.state !== "warm") {
-    templatePiece = { state: (await hasTemplatesFor(paths, spec.name)) ? "stale" : "cold", detail: "needs the environment, kernel and initramfs first" };
+    templatePiece = { state: (await anyTemplateSaved(paths, spec.name, WORKSPACE_DEFAULTS)) ? "stale" : "cold", detail: "needs the environment, kernel and initramfs first" };
   } else {
     // Everything the runtime needs is present, so this builds nothing.
     const runtime = await prepareGuestRuntime(paths);
@@ -78,7 +76,7 @@ export async function dailyLoopReadiness(paths: PyroPaths, environment: string, 
     const template = await findBootTemplate(paths, runtime, installed, WORKSPACE_DEFAULTS);
     templatePiece = template
       ? { state: "warm", detail: `saved state ${template.key} (${WORKSPACE_DEFAULTS.vcpuCount} vCPU, ${WORKSPACE_DEFAULTS.memMib} MiB)` }
-      : (await hasTemplatesFor(paths, spec.name))
+      : (await anyTemplateSaved(paths, spec.name, WORKSPACE_DEFAULTS))
         ? { state: "stale", detail: "saved for an older environment, kernel, initramfs or QEMU build" }
         : { state: "cold", detail: "not built: the next create boots cold and saves one" };
   }
@@ -97,13 +95,3 @@ export async function dailyLoopReadiness(paths: PyroPaths, environment: string, 
   return { environment: spec.name, warm: Object.values(pieces).every((p) => p.state === "warm"), pieces };
 }
 
-/**
- * Whether any boot template was saved for this environment at the default shape. Mirrors the
- * directory naming of boot-templates.ts (`<slug>-<vcpu>c-<mem>m-<key>`); kept here because that
- * module is read-only for readiness reporting.
- */
-async function hasTemplatesFor(paths: PyroPaths, environment: string): Promise<boolean> {
-  const prefix = `${environmentSlug(environment)}-${WORKSPACE_DEFAULTS.vcpuCount}c-${WORKSPACE_DEFAULTS.memMib}m-`;
-  const entries = await readdir(join(paths.cacheDir, "templates")).catch(() => [] as string[]);
-  return entries.some((e) => e.startsWith(prefix) && !e.includes(".partial-"));
-}
