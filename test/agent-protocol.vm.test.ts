@@ -38,9 +38,10 @@ describe("[vm] guest agent protocol against a real guest", () => {
     const badJson = Buffer.concat([FRAME_MAGIC, Buffer.from([0, 0, 0, 5, 0, 0, 0, 0]), Buffer.from("{nope")]);
     raw.write(Buffer.concat([Buffer.from("garbage before any frame"), badLength, badJson]));
     raw.write(encodeFrame({ op: "hello" })); // no id
+    // A hello starts a host session (replies to requests of an earlier one are dropped), so it comes first.
+    raw.write(encodeFrame({ id: 9, op: "hello" }));
     raw.write(encodeFrame({ id: 7, op: "no-such-op" }));
     raw.write(encodeFrame({ id: 8, op: "exec", argv: "not-an-array" }));
-    raw.write(encodeFrame({ id: 9, op: "hello" }));
     const deadline = Date.now() + 20_000;
     // Requests are served concurrently: wait for every answer, not just the last one sent.
     const answered = () => [7, 8, 9].every((id) => replies.some((r) => r.id === id));

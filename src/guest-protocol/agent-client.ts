@@ -283,7 +283,7 @@ export class AgentClient {
       const remaining = deadline - Date.now();
       if (remaining <= 0) throw new PyroError("GUEST_BOOT_FAILED", "the guest agent did not answer before the boot deadline");
       try {
-        return await this.hello(Math.min(remaining, this.sawReady ? 2_000 : 500));
+        return await this.hello(Math.min(remaining, this.sawReady ? 2_000 : 500), { newSession: true });
       } catch (error) {
         if (error instanceof PyroError && error.code === "GUEST_PROTOCOL") continue;
         throw error;
@@ -292,8 +292,12 @@ export class AgentClient {
     throw this.closedError;
   }
 
-  async hello(timeoutMs = 5_000): Promise<HelloInfo> {
-    const { header } = await this.request("hello", { host_time_ms: Date.now() }, undefined, { timeoutMs });
+  /**
+   * `newSession` (sent on connecting): the agent drops replies to requests of earlier sessions that
+   * are still running, e.g. those of a pyro killed mid-request, so they never reach this connection.
+   */
+  async hello(timeoutMs = 5_000, options: { newSession?: boolean } = {}): Promise<HelloInfo> {
+    const { header } = await this.request("hello", { host_time_ms: Date.now(), ...(options.newSession ? { new_session: true } : {}) }, undefined, { timeoutMs });
     const protocol = Number(header.protocol);
     if (protocol !== PROTOCOL_VERSION) {
       throw new PyroError("GUEST_PROTOCOL", `guest agent speaks protocol ${protocol}, pyro speaks ${PROTOCOL_VERSION}; rebuild the agent (scripts/setup.sh)`);

@@ -58,7 +58,7 @@ fn serve(path: &str, registry: Arc<process::Registry>, services: Arc<services::S
         Err(e) => return eprintln!("pyro-agent: cannot dup port: {}", e),
     };
     let writer = Writer(Arc::new(Mutex::new(write_half)));
-    let ctx = Arc::new(Context { registry, services, shells, writer: writer.clone(), boot_ms });
+    let ctx = Arc::new(Context { registry, services, shells, writer: writer.clone(), boot_ms, session: Default::default() });
     writer.send(&ready_event(boot_ms), &[]);
     eprintln!("pyro-agent: ready on {} ({} ms after kernel start)", path, boot_ms);
     protocol::serve_host(port, &writer, |header, payload| protocol::handle_frame(&ctx, header, payload));

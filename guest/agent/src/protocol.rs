@@ -4,6 +4,7 @@ use crate::json::{obj, s, Json};
 use crate::process::Registry;
 use crate::{exec, files, frame};
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub const PROTOCOL_VERSION: i64 = 1;
@@ -43,6 +44,19 @@ impl Writer {
     pub fn send(&self, header: &Json, payload: &[u8]) {
         let bytes = frame::encode(header.to_string().as_bytes(), payload);
         let mut port = self.0.lock().unwrap();
+        if let Err(e) = port.write_all(&bytes) {
+            eprintln!("pyro-agent: write to host failed: {}", e);
+        }
+    }
+
+    /// Sends a reply only if no new host session began since its request arrived: checked under the
+    /// port lock, so a reply either precedes the new session's hello answer or is dropped.
+    fn send_in_session(&self, session: &AtomicU64, asked_in: u64, header: &Json, payload: &[u8]) {
+        let bytes = frame::encode(header.to_string().as_bytes(), payload);
+        let mut port = self.0.lock().unwrap();
+        if session.load(Ordering::SeqCst) != asked_in {
+            return; // the host that asked is gone (killed mid-request); its successor never asked
+        }
         if let Err(e) = port.write_all(&bytes) {
             eprintln!("pyro-agent: write to host failed: {}", e);
         }
@@ -97,6 +111,12 @@ pub struct Context {
     pub shells: Arc<crate::shells::Shells>,
     pub writer: Writer,
     pub boot_ms: i64,
+    /**
+     * Bumped by a `hello` that starts a session, which a host sends first on each connection. A request still running
+     * when its host died (kill -9, a VM paused and resumed under a new host) must not answer the next
+     * host, which would see a reply to a request it never sent.
+     */
+    pub session: AtomicU64,
 }
 
 fn with_id(id: i64, ok: bool, mut header: Json) -> Json {
@@ -123,21 +143,26 @@ pub fn handle_frame(ctx: &Arc<Context>, header_bytes: Vec<u8>, payload: Vec<u8>)
         _ => return ctx.writer.send(&error_header(0, "bad_request", "header needs a positive integer id"), &[]),
     };
     let op = header.get("op").and_then(Json::as_str).unwrap_or("").to_string();
+    if op == "hello" && matches!(header.get("new_session"), Some(Json::Bool(true))) {
+        ctx.session.fetch_add(1, Ordering::SeqCst);
+    }
+    let session = ctx.session.load(Ordering::SeqCst);
     // Metadata-only requests are answered inline: a thread costs more than the work under TCG.
     // Anything that may block (exec, file contents, shutdown) gets its own thread.
     if matches!(op.as_str(), "hello" | "file.stat" | "") {
-        return answer(ctx, id, &op, &header, payload);
+        return answer(ctx, session, id, &op, &header, payload);
     }
     let ctx = ctx.clone();
-    std::thread::spawn(move || answer(&ctx, id, &op, &header, payload));
+    std::thread::spawn(move || answer(&ctx, session, id, &op, &header, payload));
 }
 
-fn answer(ctx: &Context, id: i64, op: &str, header: &Json, payload: Vec<u8>) {
+fn answer(ctx: &Context, session: u64, id: i64, op: &str, header: &Json, payload: Vec<u8>) {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(ctx, op, header, payload)));
+    let send = |h: &Json, p: &[u8]| ctx.writer.send_in_session(&ctx.session, session, h, p);
     match outcome {
-        Ok(Ok(reply)) => ctx.writer.send(&with_id(id, true, reply.header), &reply.payload),
-        Ok(Err(e)) => ctx.writer.send(&error_header(id, &e.code, &e.message), &[]),
-        Err(_) => ctx.writer.send(&error_header(id, "agent_panic", &format!("agent failed while handling {}", op)), &[]),
+        Ok(Ok(reply)) => send(&with_id(id, true, reply.header), &reply.payload),
+        Ok(Err(e)) => send(&error_header(id, &e.code, &e.message), &[]),
+        Err(_) => send(&error_header(id, "agent_panic", &format!("agent failed while handling {}", op)), &[]),
     }
     if op == "shutdown" {
         shutdown_now();

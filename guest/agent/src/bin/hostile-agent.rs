@@ -79,7 +79,7 @@ fn serve(path: &str, registry: Arc<process::Registry>, services: Arc<services::S
         Ok(f) => Writer(Arc::new(Mutex::new(f))),
         Err(_) => return,
     };
-    let ctx = Arc::new(Context { registry, services, shells, writer: writer.clone(), boot_ms });
+    let ctx = Arc::new(Context { registry, services, shells, writer: writer.clone(), boot_ms, session: Default::default() });
     writer.send(
         &obj(vec![
             ("id", Json::Int(0)),
