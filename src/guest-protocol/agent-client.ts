@@ -193,6 +193,13 @@ export class AgentClient {
     } else if (payload.length > 0) {
       return void this.violation(`sent an event with a ${payload.length}-byte payload`);
     }
+    if (!this.sawOwnReply) {
+      // Before this connection's first reply, frames may be an earlier connection's leftovers (an
+      // event flood it was sent included): they draw on the leftover budget, not this connection's.
+      this.onLeftover(Buffer.byteLength(JSON.stringify(header)) + payload.length);
+      if (id === 0 && header.event === "ready") this.markReady();
+      return;
+    }
     this.unsolicitedFrames++;
     this.unsolicitedBytes += Buffer.byteLength(JSON.stringify(header)) + payload.length;
     if (this.unsolicitedFrames > MAX_UNSOLICITED_FRAMES) return void this.violation(`sent more than ${MAX_UNSOLICITED_FRAMES} frames nobody asked for`);
