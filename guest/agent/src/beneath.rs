@@ -14,7 +14,7 @@
 //! absolute link that points inside /workspace (`/workspace/a -> /workspace/b`) is refused too;
 //! relative links that stay inside /workspace (`a -> b`, `x/y -> ../z`) are followed.
 
-use std::ffi::CString;
+use crate::sys::{check, cstr};
 use std::fs::File;
 use std::io;
 use std::os::raw::{c_char, c_int, c_long, c_uint};
@@ -58,18 +58,6 @@ extern "C" {
     fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut c_char, size: usize) -> isize;
     fn symlinkat(target: *const c_char, dirfd: c_int, path: *const c_char) -> c_int;
     fn linkat(olddirfd: c_int, old: *const c_char, newdirfd: c_int, new: *const c_char, flags: c_int) -> c_int;
-}
-
-fn cstr(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
-}
-
-fn check(rc: c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// openat2(2) with the given resolve flags; the descriptor is close-on-exec and owned by the File.
