@@ -10,18 +10,23 @@ import { MAX_SYMLINK_FOLLOWS, RootedTree } from "../src/storage/rooted-path.js";
 import { makeTar, type RawTarEntry } from "./helpers/tar-builder.js";
 import { snapshotTree } from "./helpers/tree-snapshot.js";
 
-/** A sandbox holding the tree's root and, next to it, a host canary the tree must never touch. */
-async function sandbox(): Promise<{ dir: string; root: string; canary: string; tree: RootedTree; intact: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), "pyro-rooted-"));
-  const root = join(dir, "root");
-  const canary = join(dir, "canary");
-  await mkdir(root);
+/** A host tree an import must never touch: files, a mode, nested dirs, a link and a dangling link. */
+async function plantCanary(canary: string): Promise<void> {
   await mkdir(join(canary, "d", "e"), { recursive: true });
   await writeFile(join(canary, "f"), "canary f\n", { mode: 0o640 });
   await writeFile(join(canary, "d", "g"), "canary g\n");
   await writeFile(join(canary, "d", "e", "h"), "canary h\n");
   await symlink("f", join(canary, "l"));
   await symlink("/nonexistent", join(canary, "dangling"));
+}
+
+/** A sandbox holding the tree's root and, next to it, a host canary the tree must never touch. */
+async function sandbox(): Promise<{ dir: string; root: string; canary: string; tree: RootedTree; intact: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), "pyro-rooted-"));
+  const root = join(dir, "root");
+  const canary = join(dir, "canary");
+  await mkdir(root);
+  await plantCanary(canary);
   const before = await snapshotTree(canary);
   const intact = async () => assert.deepEqual(await snapshotTree(canary), before, "the canary next to the root changed");
   return { dir, root, canary, tree: new RootedTree(root), intact };
@@ -188,10 +193,7 @@ describe("RootedTree: random layers (property)", () => {
           const root = join(dir, "root");
           const canary = join(dir, "canary");
           await mkdir(root);
-          await mkdir(join(canary, "d", "e"), { recursive: true });
-          await writeFile(join(canary, "f"), "canary f\n", { mode: 0o640 });
-          await writeFile(join(canary, "d", "g"), "canary g\n");
-          await symlink("f", join(canary, "l"));
+          await plantCanary(canary);
           const before = await snapshotTree(canary);
           const tree = new RootedTree(root);
           for (const [i, ops] of layers.entries()) {
