@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
 import { isPyroError, PyroError } from "../src/errors.js";
-import { AgentClient, FRAME_STALL_MS, MAX_UNSOLICITED_FRAMES } from "../src/guest-protocol/agent-client.js";
+import { AgentClient, FRAME_STALL_MS, MAX_LEFTOVER_BYTES, MAX_UNSOLICITED_FRAMES } from "../src/guest-protocol/agent-client.js";
 import { encodeFrame, FrameDecoder, FRAME_MAGIC, FRAME_PREFIX_LEN, MAX_HEADER_DEPTH, type DecodedItem } from "../src/guest-protocol/frame-codec.js";
 import { entryPathProblem } from "../src/guest-protocol/reply-contracts.js";
 
@@ -155,6 +155,31 @@ describe("agent client against a forged agent", () => {
     const client = await AgentClient.connect(socketPath, Date.now() + 2_000);
     await client.waitReady(Date.now() + 5_000);
     assert.equal((await client.exec({ command: ["true"] })).stdout.bytes.toString(), "fresh");
+    client.close();
+    server.close();
+  });
+
+  it("ends an endless event flood before the first reply at the leftover budget, never buffering it", { timeout: 60_000 }, async () => {
+    // Leftover frames are tolerated before this connection's first reply, but only up to a budget.
+    const socketPath = join(dir, `a${serial++}.sock`);
+    const event = encodeFrame({ id: 0, event: "log", pad: "x".repeat(900_000) });
+    const server = createServer((socket) => {
+      socket.on("error", () => undefined);
+      let sent = 0;
+      const flood = () => {
+        while (!socket.destroyed && sent <= MAX_LEFTOVER_BYTES + event.length) {
+          sent += event.length;
+          if (!socket.write(event)) return void socket.once("drain", flood);
+        }
+      };
+      socket.once("data", flood); // the hello is never answered
+    });
+    await new Promise<void>((r) => server.listen(socketPath, r));
+    const client = await AgentClient.connect(socketPath, Date.now() + 2_000);
+    client.label = "workspace hostile-test";
+    const rssBefore = process.memoryUsage().rss;
+    await assert.rejects(client.waitReady(Date.now() + 50_000), (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /before answering/.test(e.message));
+    assert.ok(process.memoryUsage().rss - rssBefore < 128 * 1024 * 1024, "the flood was buffered");
     client.close();
     server.close();
   });
