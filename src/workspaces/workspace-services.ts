@@ -1,3 +1,4 @@
+import { SERVICE_DEFAULTS } from "./workspace-limits.js";
 import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { isPyroError, PyroError } from "../errors.js";
@@ -17,6 +18,8 @@ export type Readiness =
   | { type: "tcp"; host?: string; port: number }
   | { type: "http"; url: string }
   | { type: "command"; command: string };
+
+export { SERVICE_DEFAULTS };
 
 export interface StartServiceOptions {
   cwd?: string;
@@ -140,8 +143,8 @@ async function publishAll(vm: RunningVm, requests: { hostPort: number; guestPort
  */
 export async function startService(ctx: WorkspaceContext, ref: string, name: string, command: string[] | string, options: StartServiceOptions = {}): Promise<ServiceView & { ready_ms: number }> {
   const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
-  const timeoutMs = (options.readyTimeoutSeconds ?? 30) * 1000;
-  const intervalMs = options.readyIntervalMs ?? 500;
+  const timeoutMs = (options.readyTimeoutSeconds ?? SERVICE_DEFAULTS.readyTimeoutSeconds) * 1000;
+  const intervalMs = options.readyIntervalMs ?? SERVICE_DEFAULTS.readyIntervalMs;
   if (!(timeoutMs > 0) || !(intervalMs > 0)) throw new PyroError("INVALID_ARGUMENT", "ready timeout and interval must be positive");
   const commandFields = typeof command === "string" ? { shell: command } : { argv: command };
   checkGuestRequest("the service command", { name, cwd, ...commandFields });
@@ -208,7 +211,7 @@ export async function serviceStatus(ctx: WorkspaceContext, ref: string, name: st
 
 /** The last lines of a service's stdout and stderr (everything with all). */
 export async function serviceLogs(ctx: WorkspaceContext, ref: string, name: string, options: { tailLines?: number; all?: boolean } = {}) {
-  const tailLines = options.all ? undefined : (options.tailLines ?? 50);
+  const tailLines = options.all ? undefined : (options.tailLines ?? SERVICE_DEFAULTS.tailLines);
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     known(record, name);
     const read = async (stream: string) => {
