@@ -33,7 +33,8 @@ describe("the tool catalogue", () => {
       assert.match(tool.name, /^[a-z]+(_[a-z]+)+$/, tool.name);
       assert.ok(tool.description.length >= 30 && tool.description.length <= 400, tool.name);
       assert.ok(!(tool.annotations.readOnlyHint && tool.annotations.destructiveHint), `${tool.name} cannot be read-only and destructive`);
-      for (const keys of Object.values(tool.gated ?? {})) for (const key of keys) assert.ok(key in tool.input, `${tool.name}: gated argument ${key} is not in its schema`);
+      for (const keys of Object.values(tool.gated ?? {}))
+        for (const key of keys) assert.ok(key in tool.input, `${tool.name}: gated argument ${key} is not in its schema`);
     }
   });
 
@@ -47,7 +48,8 @@ describe("the tool catalogue", () => {
     assert.deepEqual([...PROFILES["workspace-full"].tools].sort(), TOOL_CATALOG.map((tool) => tool.name).sort(), "workspace-full serves the whole catalogue");
     for (const mode of MODE_NAMES) {
       for (const name of MODES[mode].tools) assert.ok(PROFILES["workspace-full"].tools.includes(name), `${mode}: ${name}`);
-      for (const name of Object.keys(MODES[mode].descriptions)) assert.ok((MODES[mode].tools as readonly string[]).includes(name), `${mode} rewords ${name}, which it does not serve`);
+      for (const name of Object.keys(MODES[mode].descriptions))
+        assert.ok((MODES[mode].tools as readonly string[]).includes(name), `${mode} rewords ${name}, which it does not serve`);
     }
   });
 
@@ -55,7 +57,8 @@ describe("the tool catalogue", () => {
     const client = await connect({ profile: "workspace-full" });
     try {
       const tools = (await client.listTools()).tools;
-      const property = (tool: string, key: string) => (tools.find((t) => t.name === tool)!.inputSchema.properties as Record<string, { maximum?: number; description?: string; enum?: string[] }>)[key]!;
+      const property = (tool: string, key: string) =>
+        (tools.find((t) => t.name === tool)!.inputSchema.properties as Record<string, { maximum?: number; description?: string; enum?: string[] }>)[key]!;
       assert.equal(property("vm_run", "timeout_seconds").maximum, COMMAND_TIMEOUT_MAX_SECONDS);
       assert.equal(property("workspace_exec", "timeout_seconds").maximum, COMMAND_TIMEOUT_MAX_SECONDS);
       const { min, max } = MACHINE_SHAPE_LIMITS.memMib;

@@ -33,31 +33,90 @@ export const PROFILES: Record<ProfileName, ToolSet> = {
 /** Workflow modes: a narrowed tool set and wording for one recipe each (a curated choice, so data). */
 export const MODES = {
   "repro-fix": {
-    tools: ["workspace_create", "workspace_list", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_patch_apply", "workspace_diff", "workspace_export", "workspace_reset", "workspace_delete"],
+    tools: [
+      "workspace_create",
+      "workspace_list",
+      "workspace_status",
+      "workspace_exec",
+      "workspace_logs",
+      "workspace_file_list",
+      "workspace_file_read",
+      "workspace_file_write",
+      "workspace_patch_apply",
+      "workspace_diff",
+      "workspace_export",
+      "workspace_reset",
+      "workspace_delete",
+    ],
     surface: NARROW,
     descriptions: {
       workspace_create: "Start the repro-fix loop: create a workspace seeded with the project (seed_path). Next: workspace_exec to reproduce the failure.",
       workspace_exec: "Reproduce the failure or re-run the tests in the workspace (cwd /workspace). After a fix, run the same command again to confirm.",
-      workspace_patch_apply: "Apply your fix as a unified diff; if a hunk does not apply nothing changes. Next: workspace_exec to re-run the failing test, then workspace_diff.",
+      workspace_patch_apply:
+        "Apply your fix as a unified diff; if a hunk does not apply nothing changes. Next: workspace_exec to re-run the failing test, then workspace_diff.",
     },
   },
   inspect: {
-    tools: ["workspace_create", "workspace_status", "workspace_file_list", "workspace_file_read", "workspace_exec", "workspace_logs", "workspace_export", "workspace_delete"],
+    tools: [
+      "workspace_create",
+      "workspace_status",
+      "workspace_file_list",
+      "workspace_file_read",
+      "workspace_exec",
+      "workspace_logs",
+      "workspace_export",
+      "workspace_delete",
+    ],
     surface: NARROW,
     descriptions: {
-      workspace_create: "Create an offline, isolated workspace holding the untrusted code to inspect (seed_path). It has no network. Next: workspace_file_list.",
-      workspace_exec: "Run an inspection command on the untrusted code (grep, file, strings…). The workspace has no network and nothing leaves it unless you export it.",
+      workspace_create:
+        "Create an offline, isolated workspace holding the untrusted code to inspect (seed_path). It has no network. Next: workspace_file_list.",
+      workspace_exec:
+        "Run an inspection command on the untrusted code (grep, file, strings…). The workspace has no network and nothing leaves it unless you export it.",
     },
   },
   "cold-start": {
-    tools: ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_export", "workspace_reset", "workspace_delete", "service_start", "service_status", "service_logs", "service_stop"],
+    tools: [
+      "workspace_create",
+      "workspace_status",
+      "workspace_exec",
+      "workspace_logs",
+      "workspace_file_list",
+      "workspace_file_read",
+      "workspace_file_write",
+      "workspace_export",
+      "workspace_reset",
+      "workspace_delete",
+      "service_start",
+      "service_status",
+      "service_logs",
+      "service_stop",
+    ],
     surface: { snapshots: false, machineShape: true, secretsAndNetwork: true },
     descriptions: {
-      workspace_create: "Create a workspace from a fresh checkout (seed_path) to validate that the project builds and its tests pass from scratch. Next: workspace_exec with the setup steps.",
+      workspace_create:
+        "Create a workspace from a fresh checkout (seed_path) to validate that the project builds and its tests pass from scratch. Next: workspace_exec with the setup steps.",
     },
   },
   "review-eval": {
-    tools: ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_read", "workspace_diff", "workspace_summary", "snapshot_create", "snapshot_list", "workspace_reset", "workspace_export", "workspace_delete", "shell_open", "shell_read", "shell_write", "shell_close"],
+    tools: [
+      "workspace_create",
+      "workspace_status",
+      "workspace_exec",
+      "workspace_logs",
+      "workspace_file_read",
+      "workspace_diff",
+      "workspace_summary",
+      "snapshot_create",
+      "snapshot_list",
+      "workspace_reset",
+      "workspace_export",
+      "workspace_delete",
+      "shell_open",
+      "shell_read",
+      "shell_write",
+      "shell_close",
+    ],
     surface: { snapshots: true, machineShape: false, secretsAndNetwork: false },
     descriptions: {
       snapshot_create: "Checkpoint the workspace before each evaluation step, so every candidate is judged from the same state.",

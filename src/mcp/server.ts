@@ -81,30 +81,38 @@ export async function toolCallsSettled(server: McpServer): Promise<void> {
 export function createPyroMcpServer(options: ServerOptions): McpServer {
   const server = new McpServer(
     { name: "pyro", version: version() },
-    { instructions: "pyro runs commands in isolated Linux microVMs. Create a workspace, run commands and edit files in it, review with workspace_diff, then delete it." },
+    {
+      instructions:
+        "pyro runs commands in isolated Linux microVMs. Create a workspace, run commands and edit files in it, review with workspace_diff, then delete it.",
+    },
   );
   const running = new Set<Promise<unknown>>();
   runningCalls.set(server, running);
   for (const tool of servedTools(options.profile, options.mode)) {
-    server.registerTool(tool.name, { title: tool.title, description: tool.description, inputSchema: tool.inputSchema, annotations: tool.annotations }, async (args: Record<string, unknown>, extra) => {
-      const token = extra._meta?.progressToken;
-      const progress = async (value: number, message: string) => {
-        if (token === undefined) return;
-        await extra.sendNotification({ method: "notifications/progress", params: { progressToken: token, progress: value, message } }).catch(() => undefined);
-      };
-      const call = Promise.resolve().then(() => tool.run(args, { pyro: options.pyro, progress }));
-      running.add(call);
-      try {
-        const result = await call;
-        // Text for every client, and the same result as structuredContent for clients that read it.
-        const structured = result !== null && typeof result === "object" && !Array.isArray(result) ? { structuredContent: result as Record<string, unknown> } : {};
-        return { content: [{ type: "text" as const, text: JSON.stringify(result, null, 2) }], ...structured };
-      } catch (error) {
-        return toolErrorResult(error);
-      } finally {
-        running.delete(call);
-      }
-    });
+    server.registerTool(
+      tool.name,
+      { title: tool.title, description: tool.description, inputSchema: tool.inputSchema, annotations: tool.annotations },
+      async (args: Record<string, unknown>, extra) => {
+        const token = extra._meta?.progressToken;
+        const progress = async (value: number, message: string) => {
+          if (token === undefined) return;
+          await extra.sendNotification({ method: "notifications/progress", params: { progressToken: token, progress: value, message } }).catch(() => undefined);
+        };
+        const call = Promise.resolve().then(() => tool.run(args, { pyro: options.pyro, progress }));
+        running.add(call);
+        try {
+          const result = await call;
+          // Text for every client, and the same result as structuredContent for clients that read it.
+          const structured =
+            result !== null && typeof result === "object" && !Array.isArray(result) ? { structuredContent: result as Record<string, unknown> } : {};
+          return { content: [{ type: "text" as const, text: JSON.stringify(result, null, 2) }], ...structured };
+        } catch (error) {
+          return toolErrorResult(error);
+        } finally {
+          running.delete(call);
+        }
+      },
+    );
   }
   return server;
 }

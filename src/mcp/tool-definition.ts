@@ -62,6 +62,8 @@ export interface ToolDefinition<Name extends string = string, Shape extends z.Zo
 }
 
 /** Declares a tool with its argument types inferred from its schema (no casts in handlers). */
-export function defineTool<const Name extends string, Shape extends z.ZodRawShape, Result>(tool: ToolDefinition<Name, Shape, Result>): ToolDefinition<Name, Shape, Result> {
+export function defineTool<const Name extends string, Shape extends z.ZodRawShape, Result>(
+  tool: ToolDefinition<Name, Shape, Result>,
+): ToolDefinition<Name, Shape, Result> {
   return tool;
 }

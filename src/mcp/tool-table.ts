@@ -13,7 +13,10 @@ function effect(a: ToolAnnotations): string {
 
 /** `name` required, `name?` optional, `name=default` defaulted; gated arguments say which profile has them. */
 function argumentList(tool: CatalogTool): string {
-  const schema = z.toJSONSchema(z.object(tool.input), { io: "input", unrepresentable: "any" }) as { properties?: Record<string, { default?: unknown }>; required?: string[] };
+  const schema = z.toJSONSchema(z.object(tool.input), { io: "input", unrepresentable: "any" }) as {
+    properties?: Record<string, { default?: unknown }>;
+    required?: string[];
+  };
   const gated = new Set(Object.values(tool.gated ?? {}).flat());
   return Object.entries(schema.properties ?? {})
     .map(([name, property]) => {
@@ -25,7 +28,10 @@ function argumentList(tool: CatalogTool): string {
 
 /** The README's tool table, rendered from the catalogue. */
 export function renderToolTable(): string {
-  const rows = TOOL_CATALOG.map((tool) => `| \`${tool.name}\` | ${tool.profile} | ${effect(tool.annotations)} | ${argumentList(tool) || "—"} | ${tool.description.replaceAll("|", "\\|")} |`);
+  const rows = TOOL_CATALOG.map(
+    (tool) =>
+      `| \`${tool.name}\` | ${tool.profile} | ${effect(tool.annotations)} | ${argumentList(tool) || "—"} | ${tool.description.replaceAll("|", "\\|")} |`,
+  );
   return [
     "| Tool | From profile | Effect | Arguments | What it does |",
     "| --- | --- | --- | --- | --- |",

@@ -1,4 +1,4 @@
-import { lstat, mkdtemp, rm, stat } from "node:fs/promises";
+import { lstat, mkdtemp, rm, } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { PyroError } from "../errors.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";

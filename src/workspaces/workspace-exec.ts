@@ -4,7 +4,6 @@ import { appendFile, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { checkExecRequest } from "../guest-protocol/agent-client.js";
-import { capturedText } from "../guest-protocol/messages.js";
 import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { CommandLogEntry } from "./workspace-record.js";

@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError, Option } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import { readHostText } from "../host-input.js";
 import { emit, printJson, summaryLine as line } from "../output.js";

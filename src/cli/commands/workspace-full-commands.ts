@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError, Option } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import type { Readiness } from "../../workspaces/workspace-services.js";
 import { FILE_READ_DEFAULT_MAX_BYTES, SERVICE_DEFAULTS, SHELL_READ_DEFAULTS, SHELL_SIGNALS, type ShellSignal } from "../../workspaces/workspace-limits.js";

@@ -22,7 +22,8 @@ export const shellOpen = defineTool({
 export const shellRead = defineTool({
   name: "shell_read",
   title: "Read shell output",
-  description: "Read a shell's output from a cursor (pass back next_cursor to continue). plain=true renders it as plain text; wait_for_idle_ms waits for the program to go quiet first.",
+  description:
+    "Read a shell's output from a cursor (pass back next_cursor to continue). plain=true renders it as plain text; wait_for_idle_ms waits for the program to go quiet first.",
   profile: "workspace-full",
   annotations: READ_ONLY,
   input: {

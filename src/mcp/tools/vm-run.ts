@@ -17,11 +17,7 @@ export const vmRun = defineTool({
     vcpu_count: vcpuCount,
     mem_mib: memMib,
     timeout_seconds: commandTimeout(RUN_DEFAULTS.timeoutSeconds),
-    ttl_seconds: z
-      .number()
-      .positive()
-      .optional()
-      .describe("Lifetime cap: the VM is destroyed when its command ends, so this caps the command's run time too"),
+    ttl_seconds: z.number().positive().optional().describe("Lifetime cap: the VM is destroyed when its command ends, so this caps the command's run time too"),
     network: z.boolean().default(false).describe("Allow outbound network access"),
     allow_host_compat: z.boolean().default(false).describe("Run on the host (no isolation) if no guest can boot here; off by default"),
   },
