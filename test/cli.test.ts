@@ -34,7 +34,7 @@ describe("pyro CLI", () => {
       [["workspace", "file", "write", "W", "x", "--text", "a", "--text-file", "b"], /^error: give exactly one of --text or --text-file$/m],
       [["workspace", "patch", "apply", "W"], /^error: give exactly one of --patch-file FILE or --patch FILE$/m],
       [["workspace", "patch", "apply", "W", "--patch", "a", "--patch-file", "b"], /^error: give exactly one of --patch-file FILE or --patch FILE$/m],
-      [["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-tcp", "80", "--", "true"], /^error: give at most one --ready-\* option$/m],
+      [["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-tcp", "80", "--", "true"], /^error: give at most one of --ready-file, --ready-tcp, --ready-http, --ready-command$/m],
       [["workspace", "service", "start", "W", "s", "--ready-timeout-seconds", "5", "--", "true"], /^error: --ready-timeout-seconds and --ready-interval-ms need a readiness check/m],
       [["mcp", "serve", "--token-file", "t"], /^error: --token-file applies to --http only/m],
       [["mcp", "serve", "--token", "t"], /^error: --token is not accepted: .*--token-file PATH/m],

@@ -1,3 +1,4 @@
+import type { Readiness } from "./service-readiness.js";
 import { SERVICE_DEFAULTS } from "./workspace-limits.js";
 import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -13,11 +14,7 @@ import type { WorkspaceRecord } from "./workspace-record.js";
 import type { Redactor } from "./secret-redaction.js";
 import { secretEnvironment } from "./workspace-secrets.js";
 
-export type Readiness =
-  | { type: "file"; path: string }
-  | { type: "tcp"; host?: string; port: number }
-  | { type: "http"; url: string }
-  | { type: "command"; command: string };
+export type { Readiness };
 
 export { SERVICE_DEFAULTS };
 

@@ -1,6 +1,7 @@
 import { type Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
-import type { Readiness } from "../../workspaces/workspace-services.js";
+import { isPyroError } from "../../errors.js";
+import { chooseReadiness } from "../../workspaces/service-readiness.js";
 import { FILE_READ_DEFAULT_MAX_BYTES, SERVICE_DEFAULTS, SHELL_READ_DEFAULTS, SHELL_SIGNALS, type ShellSignal } from "../../workspaces/workspace-limits.js";
 import { emit, printJson, summaryLine as line } from "../output.js";
 import { collect, integerOption, portNumber, secondsOption } from "../parse-options.js";
@@ -83,20 +84,19 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .option("--secret-env <SECRET[=ENV]>", "expose a secret as an environment variable (repeatable)", collect)
     .option("--json", "print JSON")
     .action(async (ref: string, name: string, command: string[], o: Record<string, unknown> & { json?: boolean }) => {
-      const probes: Readiness[] = [];
-      if (o.readyFile) probes.push({ type: "file", path: String(o.readyFile) });
-      if (o.readyTcp) probes.push({ type: "tcp", ...(o.readyTcp as { host?: string; port: number }) });
-      if (o.readyHttp) probes.push({ type: "http", url: String(o.readyHttp) });
-      if (o.readyCommand) probes.push({ type: "command", command: String(o.readyCommand) });
-      if (probes.length > 1) throw new InvalidArgumentError("give at most one --ready-* option");
-      if (!probes.length && (o.readyTimeoutSeconds !== undefined || o.readyIntervalMs !== undefined)) {
-        throw new InvalidArgumentError("--ready-timeout-seconds and --ready-interval-ms need a readiness check: add --ready-file, --ready-tcp, --ready-http or --ready-command");
+      let readiness: ReturnType<typeof chooseReadiness>;
+      try {
+        readiness = chooseReadiness(
+          { file: o.readyFile as string | undefined, tcp: o.readyTcp as { host?: string; port: number } | undefined, http: o.readyHttp as string | undefined, command: o.readyCommand as string | undefined, timeoutSeconds: o.readyTimeoutSeconds as number | undefined, intervalMs: o.readyIntervalMs as number | undefined },
+          { file: "--ready-file", tcp: "--ready-tcp", http: "--ready-http", command: "--ready-command", timeoutSeconds: "--ready-timeout-seconds", intervalMs: "--ready-interval-ms" },
+        );
+      } catch (error) {
+        // A usage mistake: one line and exit 2, like commander's own option errors.
+        throw isPyroError(error) ? new InvalidArgumentError(error.message) : error;
       }
       const r = await (await pyro()).startService(ref, name, command, {
         ...(o.cwd ? { cwd: String(o.cwd) } : {}),
-        ...(probes[0] ? { readiness: probes[0] } : {}),
-        ...(o.readyTimeoutSeconds ? { readyTimeoutSeconds: Number(o.readyTimeoutSeconds) } : {}),
-        ...(o.readyIntervalMs ? { readyIntervalMs: Number(o.readyIntervalMs) } : {}),
+        ...readiness,
         ...(o.publish ? { publish: o.publish as { hostPort: number; guestPort: number }[] } : {}),
         ...(o.secretEnv ? { secretEnv: o.secretEnv as string[] } : {}),
       });

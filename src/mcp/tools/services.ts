@@ -1,7 +1,6 @@
 import { z } from "zod";
-import { PyroError } from "../../errors.js";
 import { SERVICE_DEFAULTS } from "../../workspaces/workspace-limits.js";
-import type { Readiness } from "../../workspaces/workspace-services.js";
+import { chooseReadiness } from "../../workspaces/service-readiness.js";
 import { secretEnv, shellCommand, tcpPort, workspaceId } from "../tool-arguments.js";
 import { ADDITIVE, defineTool, destructive, READ_ONLY } from "../tool-definition.js";
 
@@ -24,23 +23,30 @@ export const serviceStart = defineTool({
     ready_tcp_port: tcpPort.optional().describe("Ready once this guest port accepts connections"),
     ready_http_url: z.string().optional().describe("Ready once this http:// URL answers 2xx/3xx"),
     ready_command: z.string().optional().describe("Ready once this command exits 0"),
-    ready_timeout_seconds: z.number().positive().max(SERVICE_DEFAULTS.readyTimeoutMaxSeconds).default(SERVICE_DEFAULTS.readyTimeoutSeconds),
+    ready_timeout_seconds: z
+      .number()
+      .positive()
+      .optional()
+      .describe(
+        `Give up (and stop the service) after this long, at most ${SERVICE_DEFAULTS.readyTimeoutMaxSeconds} (default ${SERVICE_DEFAULTS.readyTimeoutSeconds}); needs a readiness check`,
+      ),
     publish_guest_ports: z.array(tcpPort).optional().describe("Publish these ports on the host's 127.0.0.1 (needs network policy egress+published-ports)"),
     secret_env: secretEnv,
   },
   run: (a, rt) => {
-    const probes: Readiness[] = [
-      ...(a.ready_file ? [{ type: "file" as const, path: a.ready_file }] : []),
-      ...(a.ready_tcp_port ? [{ type: "tcp" as const, port: a.ready_tcp_port }] : []),
-      ...(a.ready_http_url ? [{ type: "http" as const, url: a.ready_http_url }] : []),
-      ...(a.ready_command ? [{ type: "command" as const, command: a.ready_command }] : []),
-    ];
-    if (probes.length > 1) throw new PyroError("INVALID_ARGUMENT", "give at most one of ready_file, ready_tcp_port, ready_http_url, ready_command");
-    const readiness = probes[0];
+    const readiness = chooseReadiness(
+      {
+        file: a.ready_file,
+        tcp: a.ready_tcp_port ? { port: a.ready_tcp_port } : undefined,
+        http: a.ready_http_url,
+        command: a.ready_command,
+        timeoutSeconds: a.ready_timeout_seconds,
+      },
+      { file: "ready_file", tcp: "ready_tcp_port", http: "ready_http_url", command: "ready_command", timeoutSeconds: "ready_timeout_seconds" },
+    );
     return rt.pyro.startService(a.workspace_id, a.name, a.command, {
       ...(a.cwd ? { cwd: a.cwd } : {}),
-      ...(readiness ? { readiness } : {}),
-      readyTimeoutSeconds: a.ready_timeout_seconds,
+      ...readiness,
       ...(a.publish_guest_ports ? { publish: a.publish_guest_ports.map((guestPort) => ({ hostPort: 0, guestPort })) } : {}),
       ...(a.secret_env ? { secretEnv: a.secret_env } : {}),
     });
