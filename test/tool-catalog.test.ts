@@ -12,7 +12,7 @@ import { renderToolTable, withToolTable } from "../src/mcp/tool-table.js";
 import { packageRoot } from "../src/paths.js";
 import { COMMAND_TIMEOUT_MAX_SECONDS, MACHINE_SHAPE_LIMITS } from "../src/runtime/guest-limits.js";
 import { Pyro } from "../src/sdk/pyro.js";
-import { NETWORK_POLICIES } from "../src/workspaces/workspace-limits.js";
+import { FILE_READ_MAX_BYTES, NETWORK_POLICIES, SHELL_READ_DEFAULTS } from "../src/workspaces/workspace-limits.js";
 import { toolText } from "./helpers/mcp-client.js";
 
 /** A real MCP client connected in-process to pyro's server (nothing boots: only listing and refusals). */
@@ -64,6 +64,9 @@ describe("the tool catalogue", () => {
       const { min, max } = MACHINE_SHAPE_LIMITS.memMib;
       assert.match(property("workspace_create", "mem_mib").description!, new RegExp(`${min}-${max}`));
       assert.deepEqual(property("workspace_create", "network_policy").enum, [...NETWORK_POLICIES]);
+      assert.equal(property("workspace_file_read", "max_bytes").maximum, FILE_READ_MAX_BYTES);
+      assert.equal(property("workspace_disk_read", "max_bytes").maximum, FILE_READ_MAX_BYTES);
+      assert.equal(property("shell_read", "wait_for_idle_ms").maximum, SHELL_READ_DEFAULTS.waitForIdleMaxMs);
       for (const tool of tools) assert.equal(typeof tool.annotations?.readOnlyHint, "boolean", tool.name);
     } finally {
       await client.close();

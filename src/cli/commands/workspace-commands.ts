@@ -5,7 +5,7 @@ import { emit, printJson, summaryLine as line } from "../output.js";
 import { collect, collectKeyValue, integerOption, secondsOption } from "../parse-options.js";
 import { registerWorkspaceFullCommands } from "./workspace-full-commands.js";
 import { DEFAULT_MACHINE_SHAPE, MACHINE_SHAPE_LIMITS } from "../../runtime/guest-limits.js";
-import { FILE_READ_DEFAULT_MAX_BYTES, NETWORK_POLICIES, WORKSPACE_EXEC_DEFAULTS } from "../../workspaces/workspace-limits.js";
+import { FILE_READ_DEFAULT_MAX_BYTES, FILE_READ_MAX_BYTES, NETWORK_POLICIES, WORKSPACE_EXEC_DEFAULTS } from "../../workspaces/workspace-limits.js";
 
 type PyroFactory = () => Promise<Pyro>;
 
@@ -151,7 +151,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
   file.command("read")
     .argument("<workspace>", "id or name")
     .argument("<path>", "file, relative to /workspace")
-    .option("--max-bytes <n>", `read at most this many bytes (default ${FILE_READ_DEFAULT_MAX_BYTES})`, integerOption(1, 64 * 1024 * 1024))
+    .option("--max-bytes <n>", `read at most this many bytes (default ${FILE_READ_DEFAULT_MAX_BYTES})`, integerOption(1, FILE_READ_MAX_BYTES))
     .option("--json", "print JSON")
     .action(async (ref: string, path: string, o: { maxBytes?: number; json?: boolean }) => {
       const r = await (await pyro()).readWorkspaceFile(ref, path, o.maxBytes ? { maxBytes: o.maxBytes } : {});

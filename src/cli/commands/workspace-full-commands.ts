@@ -2,7 +2,7 @@ import { type Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import { isPyroError } from "../../errors.js";
 import { chooseReadiness } from "../../workspaces/service-readiness.js";
-import { FILE_READ_DEFAULT_MAX_BYTES, SERVICE_DEFAULTS, SHELL_READ_DEFAULTS, SHELL_SIGNALS, type ShellSignal } from "../../workspaces/workspace-limits.js";
+import { FILE_READ_DEFAULT_MAX_BYTES, FILE_READ_MAX_BYTES, SERVICE_DEFAULTS, SHELL_READ_DEFAULTS, SHELL_SIGNALS, type ShellSignal } from "../../workspaces/workspace-limits.js";
 import { emit, printJson, summaryLine as line } from "../output.js";
 import { collect, integerOption, portNumber, secondsOption } from "../parse-options.js";
 
@@ -40,7 +40,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     });
   shell.command("read").argument("<workspace>", "id or name").argument("<shell>", "shell id")
     .option("--cursor <n>", "start at this output offset (from a previous next_cursor)", integerOption(0, Number.MAX_SAFE_INTEGER))
-    .option("--max-chars <n>", "return at most this much output", integerOption(1, 1 << 20))
+    .option("--max-chars <n>", "return at most this much output", integerOption(1, SHELL_READ_DEFAULTS.maxCharsLimit))
     .option("--plain", "render escape sequences like a terminal would (plain text)")
     .option("--wait-for-idle-ms <n>", "first wait until the shell is quiet this long", integerOption(1, SHELL_READ_DEFAULTS.waitForIdleMaxMs))
     .option("--json", "print JSON")
@@ -136,7 +136,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
       emit(o.json, r, () => r.entries.map((e) => `${e.type === "directory" ? "d" : e.type === "symlink" ? "l" : "-"} ${e.mode} ${String(e.size).padStart(10)} ${e.path}\n`).join(""));
     });
   disk.command("read").argument("<workspace>", "id or name").argument("<path>", "file relative to /workspace")
-    .option("--max-bytes <n>", `read at most this many bytes (default ${FILE_READ_DEFAULT_MAX_BYTES})`, integerOption(1, 64 * 1024 * 1024)).option("--json", "print JSON")
+    .option("--max-bytes <n>", `read at most this many bytes (default ${FILE_READ_DEFAULT_MAX_BYTES})`, integerOption(1, FILE_READ_MAX_BYTES)).option("--json", "print JSON")
     .action(async (ref: string, path: string, o: { maxBytes?: number; json?: boolean }) => {
       const r = await (await pyro()).readWorkspaceDisk(ref, path, o.maxBytes ? { maxBytes: o.maxBytes } : {});
       if (o.json) return printJson(r);

@@ -29,7 +29,7 @@ export const shellRead = defineTool({
   input: {
     ...ids,
     cursor: z.number().int().min(0).default(0),
-    max_chars: z.number().int().positive().default(SHELL_READ_DEFAULTS.maxChars),
+    max_chars: z.number().int().positive().max(SHELL_READ_DEFAULTS.maxCharsLimit).default(SHELL_READ_DEFAULTS.maxChars),
     plain: z.boolean().default(true),
     wait_for_idle_ms: z.number().int().positive().max(SHELL_READ_DEFAULTS.waitForIdleMaxMs).optional(),
   },

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { FILE_READ_DEFAULT_MAX_BYTES } from "../../workspaces/workspace-limits.js";
+import { FILE_READ_DEFAULT_MAX_BYTES, FILE_READ_MAX_BYTES } from "../../workspaces/workspace-limits.js";
 import { ADDITIVE, defineTool, READ_ONLY } from "../tool-definition.js";
 
 const stoppedWorkspaceId = z.string().describe("Workspace id or name (must be stopped)");
@@ -20,7 +20,11 @@ export const workspaceDiskRead = defineTool({
   description: "Read a file of a STOPPED workspace without booting it (offline).",
   profile: "workspace-full",
   annotations: READ_ONLY,
-  input: { workspace_id: stoppedWorkspaceId, path: z.string(), max_bytes: z.number().int().positive().default(FILE_READ_DEFAULT_MAX_BYTES) },
+  input: {
+    workspace_id: stoppedWorkspaceId,
+    path: z.string(),
+    max_bytes: z.number().int().positive().max(FILE_READ_MAX_BYTES).default(FILE_READ_DEFAULT_MAX_BYTES),
+  },
   run: (a, rt) => rt.pyro.readWorkspaceDisk(a.workspace_id, a.path, { maxBytes: a.max_bytes }),
 });
 
