@@ -68,6 +68,10 @@ describe("the tool catalogue", () => {
       assert.equal(property("workspace_disk_read", "max_bytes").maximum, FILE_READ_MAX_BYTES);
       assert.equal(property("shell_read", "wait_for_idle_ms").maximum, SHELL_READ_DEFAULTS.waitForIdleMaxMs);
       for (const tool of tools) assert.equal(typeof tool.annotations?.readOnlyHint, "boolean", tool.name);
+      for (const name of ["vm_run", "workspace_exec"]) {
+        const output = tools.find((t) => t.name === name)!.outputSchema;
+        assert.ok(output?.properties && "exit_code" in output.properties && "stdout" in output.properties, `${name} declares its result's schema`);
+      }
     } finally {
       await client.close();
     }

@@ -21,6 +21,7 @@ export interface ServedTool {
   title: string;
   description: string;
   annotations: ToolAnnotations;
+  outputSchema?: z.ZodObject;
   /** Strict: an argument the tool does not know is refused, naming the ones it accepts. */
   inputSchema: z.ZodObject;
   run: (args: Record<string, unknown>, rt: ToolRuntime) => Promise<unknown>;
@@ -53,6 +54,7 @@ export function servedTools(profile?: ProfileName, mode?: ModeName): ServedTool[
       title: tool.title,
       description: set.descriptions?.[name] ?? tool.describe?.(set.surface) ?? tool.description,
       annotations: tool.annotations,
+      ...("output" in tool && tool.output ? { outputSchema: tool.output } : {}),
       inputSchema: strictInput(tool.name, servedArguments(tool, set.surface)),
       // The schema checked the arguments before this runs (the MCP SDK validates against inputSchema).
       run: (args, rt) => (tool.run as (args: Record<string, unknown>, rt: ToolRuntime) => Promise<unknown>)(args, rt),
@@ -91,7 +93,13 @@ export function createPyroMcpServer(options: ServerOptions): McpServer {
   for (const tool of servedTools(options.profile, options.mode)) {
     server.registerTool(
       tool.name,
-      { title: tool.title, description: tool.description, inputSchema: tool.inputSchema, annotations: tool.annotations },
+      {
+        title: tool.title,
+        description: tool.description,
+        inputSchema: tool.inputSchema,
+        annotations: tool.annotations,
+        ...(tool.outputSchema ? { outputSchema: tool.outputSchema } : {}),
+      },
       async (args: Record<string, unknown>, extra) => {
         const token = extra._meta?.progressToken;
         const progress = async (value: number, message: string) => {

@@ -53,6 +53,8 @@ export interface ToolDefinition<Name extends string = string, Shape extends z.Zo
   gated?: { [Part in keyof Surface]?: readonly (keyof Shape & string)[] };
   /** Other wording where the surface calls for it (e.g. reset to a snapshot where snapshots exist); undefined keeps `description`. */
   describe?: (surface: Surface) => string | undefined;
+  /** The result's schema, served as outputSchema (the SDK then checks each structuredContent against it). */
+  output?: z.ZodObject;
   /**
    * The handler over the SDK, typed by the schema. Gated arguments arrive only where their part of
    * the surface is on, so handlers treat them as possibly absent. (Method syntax: a catalogue of

@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { RUN_DEFAULTS } from "../../vm-run/run-result.js";
 import { commandTimeout, environment, memMib, shellCommand, vcpuCount } from "../tool-arguments.js";
+import { runResultSchema } from "../tool-results.js";
 import { defineTool } from "../tool-definition.js";
 
 export const vmRun = defineTool({
@@ -11,6 +12,7 @@ export const vmRun = defineTool({
     "(versions, quick scripts). For repeated work on files, create a workspace with workspace_create instead.",
   profile: "vm-run",
   annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: true },
+  output: runResultSchema,
   input: {
     command: shellCommand,
     environment,

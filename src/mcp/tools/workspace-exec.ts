@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { WORKSPACE_EXEC_DEFAULTS } from "../../workspaces/workspace-limits.js";
 import { commandTimeout, secretEnv, shellCommand, workspaceId } from "../tool-arguments.js";
+import { workspaceExecResultSchema } from "../tool-results.js";
 import { defineTool, destructive } from "../tool-definition.js";
 
 export const workspaceExec = defineTool({
@@ -11,6 +12,7 @@ export const workspaceExec = defineTool({
     "command is logged. Returns exit_code, stdout and stderr. To edit files prefer workspace_file_write or workspace_patch_apply.",
   profile: "workspace-core",
   annotations: destructive(false),
+  output: workspaceExecResultSchema,
   input: {
     workspace_id: workspaceId,
     command: shellCommand,
