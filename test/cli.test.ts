@@ -55,6 +55,12 @@ describe("pyro CLI", () => {
       ["mcp", "serve", "--http", "127.0.0.1:99999"],
       ["workspace", "service", "start", "W", "s", "--publish", "70000:80", "--", "true"],
       ["workspace", "service", "start", "W", "s", "--ready-tcp", "localhost:http", "--", "true"],
+      // Bounds from the domain's limits (src/runtime/guest-limits.ts, src/workspaces/workspace-limits.ts).
+      ["run", "debian:12", "--timeout-seconds", "86401", "--", "true"],
+      ["run", "debian:12", "--mem-mib", "255", "--", "true"],
+      ["workspace", "exec", "W", "--timeout-seconds", "86401", "--", "true"],
+      ["workspace", "create", "debian:12", "--vcpu-count", "17"],
+      ["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-timeout-seconds", "3601", "--", "true"],
     ]) {
       const r = pyro(args);
       assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);

@@ -18,6 +18,15 @@ export function secondsOption(value: string): number {
   return n;
 }
 
+/** Commander parser for a positive number of seconds up to `max` (fractions allowed). */
+export function secondsUpTo(max: number) {
+  return (value: string): number => {
+    const n = secondsOption(value);
+    if (n > max) throw new InvalidArgumentError(`must be at most ${max} seconds, got '${value}'`);
+    return n;
+  };
+}
+
 /** Repeatable option values, collected in order. */
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];

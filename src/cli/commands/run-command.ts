@@ -1,9 +1,9 @@
 import type { Command } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import { printJson } from "../output.js";
-import { integerOption, secondsOption } from "../parse-options.js";
+import { integerOption, secondsUpTo } from "../parse-options.js";
 import { RUN_DEFAULTS } from "../../vm-run/run-result.js";
-import { MACHINE_SHAPE_LIMITS } from "../../runtime/guest-limits.js";
+import { COMMAND_TIMEOUT_MAX_SECONDS, MACHINE_SHAPE_LIMITS } from "../../runtime/guest-limits.js";
 
 interface RunFlags {
   vcpuCount?: number;
@@ -22,7 +22,7 @@ export function registerRunCommand(program: Command, pyro: () => Promise<Pyro>, 
     .argument("<command...>", "command and arguments, after --")
     .option("--vcpu-count <n>", `virtual CPUs (default ${RUN_DEFAULTS.vcpuCount})`, integerOption(MACHINE_SHAPE_LIMITS.vcpuCount.min, MACHINE_SHAPE_LIMITS.vcpuCount.max))
     .option("--mem-mib <n>", `guest memory in MiB (default ${RUN_DEFAULTS.memMib})`, integerOption(MACHINE_SHAPE_LIMITS.memMib.min, MACHINE_SHAPE_LIMITS.memMib.max))
-    .option("--timeout-seconds <s>", `kill the command after this long (default ${RUN_DEFAULTS.timeoutSeconds})`, secondsOption)
+    .option("--timeout-seconds <s>", `kill the command after this long (default ${RUN_DEFAULTS.timeoutSeconds})`, secondsUpTo(COMMAND_TIMEOUT_MAX_SECONDS))
     .option("--network", "give the guest outbound network access (user-mode NAT)")
     .option("--allow-host-compat", "if no VM can boot, run the command ON THE HOST, unisolated (off by default)")
     .option("--json", "print the structured result as JSON")

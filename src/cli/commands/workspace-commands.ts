@@ -2,9 +2,9 @@ import { type Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import { readHostText } from "../host-input.js";
 import { emit, printJson, summaryLine as line } from "../output.js";
-import { collect, collectKeyValue, integerOption, secondsOption } from "../parse-options.js";
+import { collect, collectKeyValue, integerOption, secondsOption, secondsUpTo } from "../parse-options.js";
 import { registerWorkspaceFullCommands } from "./workspace-full-commands.js";
-import { DEFAULT_MACHINE_SHAPE, MACHINE_SHAPE_LIMITS } from "../../runtime/guest-limits.js";
+import { COMMAND_TIMEOUT_MAX_SECONDS, DEFAULT_MACHINE_SHAPE, MACHINE_SHAPE_LIMITS } from "../../runtime/guest-limits.js";
 import { FILE_READ_DEFAULT_MAX_BYTES, FILE_READ_MAX_BYTES, NETWORK_POLICIES, WORKSPACE_EXEC_DEFAULTS } from "../../workspaces/workspace-limits.js";
 
 type PyroFactory = () => Promise<Pyro>;
@@ -112,7 +112,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .argument("<workspace>", "id or name")
     .argument("<command...>", "command and arguments, after --")
     .option("--cwd <path>", "working directory, relative to /workspace")
-    .option("--timeout-seconds <s>", `kill the command after this long (default ${WORKSPACE_EXEC_DEFAULTS.timeoutSeconds})`, secondsOption)
+    .option("--timeout-seconds <s>", `kill the command after this long (default ${WORKSPACE_EXEC_DEFAULTS.timeoutSeconds})`, secondsUpTo(COMMAND_TIMEOUT_MAX_SECONDS))
     .option("--secret-env <SECRET[=ENV]>", "expose a secret as an environment variable (repeatable)", collect)
     .option("--json", "print JSON")
     .action(async (ref: string, command: string[], o: { cwd?: string; timeoutSeconds?: number; secretEnv?: string[]; json?: boolean }) => {

@@ -4,7 +4,7 @@ import { isPyroError } from "../../errors.js";
 import { chooseReadiness } from "../../workspaces/service-readiness.js";
 import { FILE_READ_DEFAULT_MAX_BYTES, FILE_READ_MAX_BYTES, SERVICE_DEFAULTS, SHELL_READ_DEFAULTS, SHELL_SIGNALS, type ShellSignal } from "../../workspaces/workspace-limits.js";
 import { emit, printJson, summaryLine as line } from "../output.js";
-import { collect, integerOption, portNumber, secondsOption } from "../parse-options.js";
+import { collect, integerOption, portNumber, secondsUpTo } from "../parse-options.js";
 
 type PyroFactory = () => Promise<Pyro>;
 
@@ -78,7 +78,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .option("--ready-tcp <host:port>", "ready once this TCP port accepts connections", readyTcpOption)
     .option("--ready-http <url>", "ready once this http:// URL answers 2xx/3xx")
     .option("--ready-command <command>", "ready once this command exits 0")
-    .option("--ready-timeout-seconds <s>", `give up (and stop the service) after this long (default ${SERVICE_DEFAULTS.readyTimeoutSeconds})`, secondsOption)
+    .option("--ready-timeout-seconds <s>", `give up (and stop the service) after this long (default ${SERVICE_DEFAULTS.readyTimeoutSeconds})`, secondsUpTo(SERVICE_DEFAULTS.readyTimeoutMaxSeconds))
     .option("--ready-interval-ms <n>", `time between probes (default ${SERVICE_DEFAULTS.readyIntervalMs})`, integerOption(10, 60_000))
     .option("--publish <hostPort:guestPort>", "publish a guest port on 127.0.0.1 (repeatable; needs network policy egress+published-ports)", publishOption)
     .option("--secret-env <SECRET[=ENV]>", "expose a secret as an environment variable (repeatable)", collect)
