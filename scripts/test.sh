@@ -8,6 +8,9 @@ bash scripts/setup.sh --no-run
 NODE="$PWD/node_modules/.bin/node"
 CARGO="$(command -v cargo || echo "$HOME/.cargo/bin/cargo")"
 
+echo "[test] lint and format (biome; see biome.json)"
+"$PWD/node_modules/.bin/biome" check --error-on-warnings
+
 echo "[test] guest agent unit tests"
 (cd guest/agent && "$CARGO" test --release --quiet 2>&1 | tail -3)
 

@@ -34,7 +34,7 @@ describe("pyro CLI", () => {
       [["workspace", "file", "write", "W", "x", "--text", "a", "--text-file", "b"], /^error: give exactly one of --text or --text-file$/m],
       [["workspace", "patch", "apply", "W"], /^error: give exactly one of --patch-file FILE or --patch FILE$/m],
       [["workspace", "patch", "apply", "W", "--patch", "a", "--patch-file", "b"], /^error: give exactly one of --patch-file FILE or --patch FILE$/m],
-      [["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-tcp", "80", "--", "true"], /^error: give at most one --ready-\* option$/m],
+      [["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-tcp", "80", "--", "true"], /^error: give at most one of --ready-file, --ready-tcp, --ready-http, --ready-command$/m],
       [["workspace", "service", "start", "W", "s", "--ready-timeout-seconds", "5", "--", "true"], /^error: --ready-timeout-seconds and --ready-interval-ms need a readiness check/m],
       [["mcp", "serve", "--token-file", "t"], /^error: --token-file applies to --http only/m],
       [["mcp", "serve", "--token", "t"], /^error: --token is not accepted: .*--token-file PATH/m],
@@ -55,6 +55,12 @@ describe("pyro CLI", () => {
       ["mcp", "serve", "--http", "127.0.0.1:99999"],
       ["workspace", "service", "start", "W", "s", "--publish", "70000:80", "--", "true"],
       ["workspace", "service", "start", "W", "s", "--ready-tcp", "localhost:http", "--", "true"],
+      // Bounds from the domain's limits (src/runtime/guest-limits.ts, src/workspaces/workspace-limits.ts).
+      ["run", "debian:12", "--timeout-seconds", "86401", "--", "true"],
+      ["run", "debian:12", "--mem-mib", "255", "--", "true"],
+      ["workspace", "exec", "W", "--timeout-seconds", "86401", "--", "true"],
+      ["workspace", "create", "debian:12", "--vcpu-count", "17"],
+      ["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-timeout-seconds", "3601", "--", "true"],
     ]) {
       const r = pyro(args);
       assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);

@@ -159,6 +159,7 @@ const op: fc.Arbitrary<Op> = fc.oneof(
 function toEntries(ops: Op[], canary: string): RawTarEntry[] {
   const fill = (t: string) => t.replace("@CANARY", canary);
   const under = (dir: string, n: string) => (dir ? `${dir}/${n}` : n);
+  // biome-ignore lint/suspicious/useIterableCallbackReturn: the switch covers every kind, each case returns
   return ops.map((o): RawTarEntry => {
     switch (o.kind) {
       case "file": return { path: o.path, content: o.content, mode: o.mode };

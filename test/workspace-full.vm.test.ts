@@ -60,7 +60,9 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
     await pyro.writeShell(id, shell.shell_id, "printf '\\033[1;31mred\\033[0m\\n'");
     const colored = await pyro.readShell(id, shell.shell_id, { cursor: r.next_cursor, waitForIdleMs: 500 });
     const plain = await pyro.readShell(id, shell.shell_id, { cursor: r.next_cursor, plain: true });
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: the escape sequence is what this checks
     assert.match(colored.output, /\u001b\[1;31mred/);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: the escape sequence is what this checks
     assert.doesNotMatch(plain.output, /\u001b/);
     assert.match(plain.output, /^red$/m);
     const closed = await pyro.closeShell(id, shell.shell_id);

@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from "commander";
+import { TCP_PORT_RANGE } from "../network/tcp-port.js";
 
 /** Commander parser for a whole positive integer within bounds. */
 export function integerOption(min: number, max: number) {
@@ -17,6 +18,15 @@ export function secondsOption(value: string): number {
   return n;
 }
 
+/** Commander parser for a positive number of seconds up to `max` (fractions allowed). */
+export function secondsUpTo(max: number) {
+  return (value: string): number => {
+    const n = secondsOption(value);
+    if (n > max) throw new InvalidArgumentError(`must be at most ${max} seconds, got '${value}'`);
+    return n;
+  };
+}
+
 /** Repeatable option values, collected in order. */
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
@@ -32,8 +42,8 @@ export function collectKeyValue(value: string, previous: Record<string, string> 
 /** A TCP port: 1–65535, or 0 where the caller lets the system pick a free one. */
 export function portNumber(value: string, options: { allowZero: boolean }): number {
   const min = options.allowZero ? 0 : 1;
-  if (!/^\d{1,5}$/.test(value) || Number(value) < min || Number(value) > 65535) {
-    throw new InvalidArgumentError(`port must be a number from ${min} to 65535${options.allowZero ? " (0 picks a free one)" : ""}, got '${value}'`);
+  if (!/^\d{1,5}$/.test(value) || Number(value) < min || Number(value) > TCP_PORT_RANGE.max) {
+    throw new InvalidArgumentError(`port must be a number from ${min} to ${TCP_PORT_RANGE.max}${options.allowZero ? " (0 picks a free one)" : ""}, got '${value}'`);
   }
   return Number(value);
 }

@@ -133,7 +133,7 @@ async function addGuestEssentials(rootfs: RootedTree): Promise<void> {
  * from the initramfs at boot, as for every environment.
  */
 export async function importContainerImage(
-  paths: PyroPaths,
+  _paths: PyroPaths,
   store: EnvironmentStore,
   source: string,
   name: string,

@@ -24,9 +24,7 @@ const DPKG_OPTIONS = [
   "path-exclude=/usr/share/info/*",
 ];
 
-export interface BuildProgress {
-  (message: string): void;
-}
+export type BuildProgress = (message: string) => void;
 
 /**
  * Builds `spec` from Debian's mirror with mmdebstrap into a directory, then packs it into an ext4

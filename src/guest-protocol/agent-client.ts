@@ -158,7 +158,10 @@ export class AgentClient {
     const id = header.id;
     if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 0) return void this.violation("sent a frame without a valid id");
     const waiter = this.pending.get(id);
-    if (!waiter) return this.onUnsolicited(id, header, payload);
+    if (!waiter) {
+      this.onUnsolicited(id, header, payload);
+      return;
+    }
     const headerBytes = Buffer.byteLength(JSON.stringify(header));
     const contract = replyContract(waiter.op);
     if (headerBytes > contract.maxHeaderBytes) return void this.violation(`answered ${waiter.op} with a ${headerBytes}-byte header (max ${contract.maxHeaderBytes})`);

@@ -8,7 +8,8 @@ const NEXT_STEP: Partial<Record<PyroErrorCode, string>> = {
   PATH_OUTSIDE_WORKSPACE: "Use a path relative to /workspace.",
   PATCH_FAILED: "Read the file with workspace_file_read and regenerate the diff against its current content.",
   ENVIRONMENT_NOT_INSTALLED: "Ask the user to run 'pyro env pull' for that environment.",
-  ENVIRONMENT_UNKNOWN: "Use debian:12, debian:12-base or debian:12-build.",
+  // The message names the catalogue's environments; imported ones are listed by 'pyro env list'.
+  ENVIRONMENT_UNKNOWN: "Use one of the environments named above, or one the user imported (ask them to run 'pyro env list').",
   SNAPSHOT_NOT_FOUND: "Call snapshot_list to see the snapshots.",
   UNSAFE_ARCHIVE: "The archive was refused as unsafe; nothing was copied.",
   GUEST_BOOT_FAILED: "The VM could not start; ask the user to run 'pyro doctor'.",

@@ -30,7 +30,7 @@ export function parseIpv4Numeric(text: string): IpBytes | undefined {
   const last = nums[nums.length - 1]!;
   if (leading.some((v) => v > 255) || last >= 256 ** (5 - nums.length)) return undefined;
   const bytes = new Uint8Array(4);
-  leading.forEach((v, i) => (bytes[i] = v));
+  bytes.set(leading);
   for (let i = 3, rest = last; i >= leading.length; i--, rest = Math.floor(rest / 256)) bytes[i] = rest % 256;
   return bytes;
 }

@@ -4,6 +4,7 @@
  * destination is parsed once, here, and everything after (policy, connect, Host header) uses the
  * parsed result, never the request's own text.
  */
+import { TCP_PORT_RANGE } from "./tcp-port.js";
 import { canonicalAddress, formatAddress, parseIpv4Numeric, parseIpv6, type IpBytes } from "./ip-address.js";
 
 /** A request the proxy answers itself with `status` and a one-line reason. */
@@ -43,7 +44,7 @@ function hostName(text: string, original: string): string {
 }
 
 function port(text: string, original: string): number {
-  if (!/^[0-9]{1,5}$/.test(text) || Number(text) < 1 || Number(text) > 65535) throw new ProxyRefusal(400, `bad destination port in '${original}'`);
+  if (!/^[0-9]{1,5}$/.test(text) || Number(text) < TCP_PORT_RANGE.min || Number(text) > TCP_PORT_RANGE.max) throw new ProxyRefusal(400, `bad destination port in '${original}'`);
   return Number(text);
 }
 

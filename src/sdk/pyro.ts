@@ -7,6 +7,7 @@ import type { WorkspaceExecOptions } from "../workspaces/workspace-exec.js";
 import type { CreateWorkspaceOptions, UpdateWorkspaceOptions } from "../workspaces/workspace-lifecycle.js";
 import type { StartServiceOptions } from "../workspaces/workspace-services.js";
 import type { ShellReadOptions } from "../workspaces/workspace-shells.js";
+import type { ShellSignal } from "../workspaces/workspace-limits.js";
 
 // Capabilities load on first use: a one-shot run must not pay to import workspaces, registries,
 // terminal emulation or archive code (start-up time is part of `pyro run`'s budget).
@@ -269,7 +270,7 @@ export class Pyro {
     return (await shells()).writeShell(await this.workspaces, workspace, shellId, input, options);
 
   }
-  async signalShell(workspace: string, shellId: string, signal: "INT" | "TERM" | "KILL" | "HUP" = "INT") {
+  async signalShell(workspace: string, shellId: string, signal: ShellSignal = "INT") {
 
     return (await shells()).signalShell(await this.workspaces, workspace, shellId, signal);
 

@@ -6,20 +6,13 @@ import type { RunningVm } from "../runtime/vmm-backend.js";
 import { proxyEnvironment } from "../network/egress-launch.js";
 import { launchDisposableVm } from "./disposable-vm.js";
 import { runOnHost } from "./host-compat.js";
+import { checkCommandTimeout, checkMachineShape } from "../runtime/guest-limits.js";
 import { RUN_DEFAULTS, type RunOptions, type RunResult } from "./run-result.js";
 
 function validate(command: string[], options: RunOptions): void {
   if (command.length === 0 || !command[0]) throw new PyroError("INVALID_ARGUMENT", "no command given; usage: pyro run ENV -- COMMAND [ARGS...]");
-  const check = (name: string, value: number | undefined, min: number, max: number) => {
-    if (value !== undefined && (!Number.isInteger(value) || value < min || value > max)) {
-      throw new PyroError("INVALID_ARGUMENT", `${name} must be an integer between ${min} and ${max}, got ${value}`);
-    }
-  };
-  check("vcpu count", options.vcpuCount, 1, 16);
-  check("memory (MiB)", options.memMib, 128, 65536);
-  if (options.timeoutSeconds !== undefined && !(options.timeoutSeconds > 0 && options.timeoutSeconds <= 86_400)) {
-    throw new PyroError("INVALID_ARGUMENT", `timeout must be between 0 and 86400 seconds, got ${options.timeoutSeconds}`);
-  }
+  checkMachineShape(options);
+  checkCommandTimeout(options.timeoutSeconds);
   checkExecRequest({ command, ...(options.cwd ? { cwd: options.cwd } : {}), ...(options.env ? { env: options.env } : {}), ...(options.stdin !== undefined ? { stdin: options.stdin } : {}) });
 }
 

@@ -1,3 +1,5 @@
+import { DEFAULT_MACHINE_SHAPE } from "../runtime/guest-limits.js";
+
 /** The result of `pyro run`, `Pyro.run()` and the vm_run tool: one structure for all three faces. */
 export interface RunResult {
   environment: string;
@@ -43,8 +45,7 @@ export interface RunOptions {
 }
 
 export const RUN_DEFAULTS = {
-  vcpuCount: 1,
-  memMib: 1024,
+  ...DEFAULT_MACHINE_SHAPE,
   timeoutSeconds: 30,
   maxOutputBytes: 1 << 20,
 } as const;

@@ -71,7 +71,8 @@ export function splitSections(text: string, commands: string[]): Map<string, str
   for (const line of text.split("\n")) {
     const echoed = line.startsWith("debugfs: ") ? line.slice("debugfs: ".length) : undefined;
     if (echoed !== undefined && commands.includes(echoed) && !sections.has(echoed)) {
-      sections.set(echoed, (current = []));
+      current = [];
+      sections.set(echoed, current);
       continue;
     }
     current?.push(line);
@@ -107,7 +108,7 @@ export class Ext4Image {
       const commands = batch.map((ino) => `ls -l <${ino}>`);
       const text = (await this.debugfs(commands, "listing")).stdout.toString("latin1");
       const sections = commands.length === 1 ? new Map([[commands[0]!, text]]) : splitSections(text, commands);
-      batch.forEach((ino, k) => out.set(ino, parseLongListing(sections.get(commands[k]!) ?? "")));
+      for (const [k, ino] of batch.entries()) out.set(ino, parseLongListing(sections.get(commands[k]!) ?? ""));
     }
     return out;
   }

@@ -1,5 +1,8 @@
 import { isText } from "./text-content.js";
 import type { Redactor } from "./secret-redaction.js";
+import { FILE_READ_DEFAULT_MAX_BYTES } from "./workspace-limits.js";
+
+export { FILE_READ_DEFAULT_MAX_BYTES };
 
 /** What a bounded file read returns: text as UTF-8, anything else as base64 (and says so). */
 export interface FileReadView {

@@ -2,7 +2,6 @@ import { randomBytes } from "node:crypto";
 import { isPyroError, PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { capturedText } from "../guest-protocol/messages.js";
-import { shellQuote } from "../process/shell-quote.js";
 import { MAX_ARCHIVE_BYTES, validateTar } from "./archive-safety.js";
 
 /** Frames carry at most 128 MiB; bigger transfers go in pieces of this size. */

@@ -1,4 +1,4 @@
-import { lstat, mkdtemp, rm, stat } from "node:fs/promises";
+import { lstat, mkdtemp, rm, } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { PyroError } from "../errors.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
@@ -10,7 +10,7 @@ import { relativeToWorkspace, workspacePath } from "./guest-paths.js";
 import { diskPath } from "./workspace-boot.js";
 import { reconcileVm, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
-import { fileReadView } from "./file-read-view.js";
+import { FILE_READ_DEFAULT_MAX_BYTES, fileReadView } from "./file-read-view.js";
 import { Redactor } from "./secret-redaction.js";
 import { loadSecrets } from "./workspace-secrets.js";
 
@@ -123,7 +123,7 @@ export async function diskList(ctx: WorkspaceContext, ref: string, path = ".", o
 
 export async function diskRead(ctx: WorkspaceContext, ref: string, path: string, options: { maxBytes?: number } = {}) {
   const guestPath = workspacePath(path);
-  const maxBytes = options.maxBytes ?? 65_536;
+  const maxBytes = options.maxBytes ?? FILE_READ_DEFAULT_MAX_BYTES;
   if (!(maxBytes > 0)) throw new PyroError("INVALID_ARGUMENT", "max bytes must be positive");
   return withRawDisk(ctx, ref, async (record, raw, _scratch, redactor) => {
     // Read past the cut, so a secret crossing it is seen (and redacted) whole.

@@ -1,15 +1,16 @@
+import { WORKSPACE_EXEC_DEFAULTS } from "./workspace-limits.js";
+import { checkCommandTimeout } from "../runtime/guest-limits.js";
 import { appendFile, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { checkExecRequest } from "../guest-protocol/agent-client.js";
-import { capturedText } from "../guest-protocol/messages.js";
 import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { CommandLogEntry } from "./workspace-record.js";
 import { networkEnvironment } from "./workspace-network.js";
 import { secretEnvironment } from "./workspace-secrets.js";
 
-export const WORKSPACE_EXEC_DEFAULTS = { timeoutSeconds: 120, maxOutputBytes: 1 << 20 } as const;
+export { WORKSPACE_EXEC_DEFAULTS };
 /** How much of each stream the command log keeps (the full output is in the exec result). */
 const LOG_OUTPUT_CHARS = 4096;
 
@@ -69,7 +70,7 @@ export async function execInWorkspace(ctx: WorkspaceContext, ref: string, comman
     throw new PyroError("INVALID_ARGUMENT", "no command given; usage: pyro workspace exec WORKSPACE -- COMMAND [ARGS...]");
   }
   const timeoutSeconds = options.timeoutSeconds ?? WORKSPACE_EXEC_DEFAULTS.timeoutSeconds;
-  if (!(timeoutSeconds > 0 && timeoutSeconds <= 86_400)) throw new PyroError("INVALID_ARGUMENT", `timeout must be between 0 and 86400 seconds`);
+  checkCommandTimeout(timeoutSeconds);
   const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
   checkExecRequest({ command, cwd, ...(options.env ? { env: options.env } : {}), ...(options.stdin !== undefined ? { stdin: options.stdin } : {}) });
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {

@@ -4,10 +4,10 @@ import { isPyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { readWholeFile } from "./guest-transfer.js";
-import { fileReadView } from "./file-read-view.js";
+import { FILE_READ_DEFAULT_MAX_BYTES, fileReadView } from "./file-read-view.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 
-export const FILE_READ_DEFAULT_MAX_BYTES = 65_536;
+export { FILE_READ_DEFAULT_MAX_BYTES };
 /** Text written through file write / patch apply; bigger content belongs in sync push. */
 const MAX_TEXT_BYTES = 16 * 1024 * 1024;
 

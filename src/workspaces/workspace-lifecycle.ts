@@ -1,3 +1,4 @@
+import { DEFAULT_MACHINE_SHAPE, checkMachineShape } from "../runtime/guest-limits.js";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { writeFileAtomic } from "../storage/atomic-file.js";
@@ -15,7 +16,8 @@ import { checkNetworkOptions } from "./workspace-network.js";
 import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
 import { newWorkspaceId, validateName } from "./workspace-store.js";
 
-export const WORKSPACE_DEFAULTS = { vcpuCount: 1, memMib: 1024 } as const;
+/** A workspace's machine shape when the caller does not choose one. */
+export const WORKSPACE_DEFAULTS = DEFAULT_MACHINE_SHAPE;
 
 export interface CreateWorkspaceOptions {
   name?: string;
@@ -88,8 +90,7 @@ function expiresAt(record: WorkspaceRecord): string | null {
 }
 
 function checkShape(vcpuCount: number, memMib: number, ttlSeconds: number | undefined): void {
-  if (!Number.isInteger(vcpuCount) || vcpuCount < 1 || vcpuCount > 16) throw new PyroError("INVALID_ARGUMENT", `vcpu count must be 1-16, got ${vcpuCount}`);
-  if (!Number.isInteger(memMib) || memMib < 256 || memMib > 65536) throw new PyroError("INVALID_ARGUMENT", `memory must be 256-65536 MiB, got ${memMib}`);
+  checkMachineShape({ vcpuCount, memMib });
   if (ttlSeconds !== undefined && !(ttlSeconds > 0)) throw new PyroError("INVALID_ARGUMENT", `ttl must be a positive number of seconds`);
 }
 

@@ -1,3 +1,4 @@
+import { NETWORK_POLICIES, type NetworkPolicy } from "./workspace-limits.js";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { egressNetwork, proxyEnvironment } from "../network/egress-launch.js";
@@ -6,8 +7,7 @@ import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
 
-export const NETWORK_POLICIES = ["off", "egress", "egress+published-ports"] as const;
-export type NetworkPolicy = (typeof NETWORK_POLICIES)[number];
+export { NETWORK_POLICIES, type NetworkPolicy };
 
 export function checkNetworkOptions(policy: string, allowHosts: string[]): { policy: NetworkPolicy; allow: string[] } {
   if (!(NETWORK_POLICIES as readonly string[]).includes(policy)) {

@@ -1,3 +1,4 @@
+import { NETWORK_POLICIES } from "./workspace-limits.js";
 import { z } from "zod";
 import type { VmHandle } from "../runtime/vmm-backend.js";
 
@@ -25,7 +26,7 @@ export const WorkspaceRecord = z.object({
   last_activity_at: z.string(),
   vcpu_count: z.number().int(),
   mem_mib: z.number().int(),
-  network_policy: z.enum(["off", "egress", "egress+published-ports"]),
+  network_policy: z.enum(NETWORK_POLICIES),
   /** Egress allowlist (host names, CIDRs); empty = any public destination. */
   allow_hosts: z.array(z.string()).default([]),
   ttl_seconds: z.number().nullable(),

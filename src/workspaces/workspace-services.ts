@@ -1,3 +1,5 @@
+import type { Readiness } from "./service-readiness.js";
+import { SERVICE_DEFAULTS } from "./workspace-limits.js";
 import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { isPyroError, PyroError } from "../errors.js";
@@ -12,11 +14,9 @@ import type { WorkspaceRecord } from "./workspace-record.js";
 import type { Redactor } from "./secret-redaction.js";
 import { secretEnvironment } from "./workspace-secrets.js";
 
-export type Readiness =
-  | { type: "file"; path: string }
-  | { type: "tcp"; host?: string; port: number }
-  | { type: "http"; url: string }
-  | { type: "command"; command: string };
+export type { Readiness };
+
+export { SERVICE_DEFAULTS };
 
 export interface StartServiceOptions {
   cwd?: string;
@@ -140,8 +140,8 @@ async function publishAll(vm: RunningVm, requests: { hostPort: number; guestPort
  */
 export async function startService(ctx: WorkspaceContext, ref: string, name: string, command: string[] | string, options: StartServiceOptions = {}): Promise<ServiceView & { ready_ms: number }> {
   const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
-  const timeoutMs = (options.readyTimeoutSeconds ?? 30) * 1000;
-  const intervalMs = options.readyIntervalMs ?? 500;
+  const timeoutMs = (options.readyTimeoutSeconds ?? SERVICE_DEFAULTS.readyTimeoutSeconds) * 1000;
+  const intervalMs = options.readyIntervalMs ?? SERVICE_DEFAULTS.readyIntervalMs;
   if (!(timeoutMs > 0) || !(intervalMs > 0)) throw new PyroError("INVALID_ARGUMENT", "ready timeout and interval must be positive");
   const commandFields = typeof command === "string" ? { shell: command } : { argv: command };
   checkGuestRequest("the service command", { name, cwd, ...commandFields });
@@ -208,7 +208,7 @@ export async function serviceStatus(ctx: WorkspaceContext, ref: string, name: st
 
 /** The last lines of a service's stdout and stderr (everything with all). */
 export async function serviceLogs(ctx: WorkspaceContext, ref: string, name: string, options: { tailLines?: number; all?: boolean } = {}) {
-  const tailLines = options.all ? undefined : (options.tailLines ?? 50);
+  const tailLines = options.all ? undefined : (options.tailLines ?? SERVICE_DEFAULTS.tailLines);
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     known(record, name);
     const read = async (stream: string) => {

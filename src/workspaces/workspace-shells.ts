@@ -1,3 +1,4 @@
+import { SHELL_READ_DEFAULTS, type ShellSignal } from "./workspace-limits.js";
 import { PyroError } from "../errors.js";
 import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
@@ -6,7 +7,6 @@ import type { Redactor } from "./secret-redaction.js";
 import { secretEnvironment } from "./workspace-secrets.js";
 import { renderPlain } from "./terminal-text.js";
 
-export const SHELL_READ_DEFAULT_MAX_CHARS = 65_536;
 
 export interface ShellView {
   workspace_id: string;
@@ -97,7 +97,7 @@ export async function shellPage(chunk: ShellChunk, maxChars: number, options: { 
 
 /** Output from `cursor` on; pass `next_cursor` back to page forward. */
 export async function readShell(ctx: WorkspaceContext, ref: string, shellId: string, options: ShellReadOptions = {}) {
-  const maxChars = options.maxChars ?? SHELL_READ_DEFAULT_MAX_CHARS;
+  const maxChars = options.maxChars ?? SHELL_READ_DEFAULTS.maxChars;
   if (!(maxChars > 0)) throw new PyroError("INVALID_ARGUMENT", "max chars must be positive");
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     const context = session.redactor.contextBytes;
@@ -144,7 +144,7 @@ export async function writeShell(ctx: WorkspaceContext, ref: string, shellId: st
   });
 }
 
-export async function signalShell(ctx: WorkspaceContext, ref: string, shellId: string, signal: "INT" | "TERM" | "KILL" | "HUP" = "INT") {
+export async function signalShell(ctx: WorkspaceContext, ref: string, shellId: string, signal: ShellSignal = "INT") {
   return withRunningWorkspace(ctx, ref, async (record, vm) => {
     await vm.agent.request("shell.signal", { shell_id: shellId, signal });
     return { workspace_id: record.id, shell_id: shellId, signal };

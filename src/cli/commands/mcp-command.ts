@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError, Option } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import { portNumber } from "../parse-options.js";
 import { DEFAULT_PROFILE, MODE_NAMES, PROFILE_NAMES, type ModeName, type ProfileName } from "../../mcp/profile-names.js";
 

@@ -1,8 +1,9 @@
 import type { Command } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import { printJson } from "../output.js";
-import { integerOption, secondsOption } from "../parse-options.js";
+import { integerOption, secondsUpTo } from "../parse-options.js";
 import { RUN_DEFAULTS } from "../../vm-run/run-result.js";
+import { COMMAND_TIMEOUT_MAX_SECONDS, MACHINE_SHAPE_LIMITS } from "../../runtime/guest-limits.js";
 
 interface RunFlags {
   vcpuCount?: number;
@@ -19,9 +20,9 @@ export function registerRunCommand(program: Command, pyro: () => Promise<Pyro>, 
     .description("Run one command inside a disposable microVM, then destroy the VM.")
     .argument("<environment>", "environment name, e.g. debian:12 (see 'pyro env list')")
     .argument("<command...>", "command and arguments, after --")
-    .option("--vcpu-count <n>", `virtual CPUs (default ${RUN_DEFAULTS.vcpuCount})`, integerOption(1, 16))
-    .option("--mem-mib <n>", `guest memory in MiB (default ${RUN_DEFAULTS.memMib})`, integerOption(128, 65536))
-    .option("--timeout-seconds <s>", `kill the command after this long (default ${RUN_DEFAULTS.timeoutSeconds})`, secondsOption)
+    .option("--vcpu-count <n>", `virtual CPUs (default ${RUN_DEFAULTS.vcpuCount})`, integerOption(MACHINE_SHAPE_LIMITS.vcpuCount.min, MACHINE_SHAPE_LIMITS.vcpuCount.max))
+    .option("--mem-mib <n>", `guest memory in MiB (default ${RUN_DEFAULTS.memMib})`, integerOption(MACHINE_SHAPE_LIMITS.memMib.min, MACHINE_SHAPE_LIMITS.memMib.max))
+    .option("--timeout-seconds <s>", `kill the command after this long (default ${RUN_DEFAULTS.timeoutSeconds})`, secondsUpTo(COMMAND_TIMEOUT_MAX_SECONDS))
     .option("--network", "give the guest outbound network access (user-mode NAT)")
     .option("--allow-host-compat", "if no VM can boot, run the command ON THE HOST, unisolated (off by default)")
     .option("--json", "print the structured result as JSON")

@@ -1,9 +1,11 @@
-import { Command, InvalidArgumentError, Option } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import { readHostText } from "../host-input.js";
 import { emit, printJson, summaryLine as line } from "../output.js";
-import { collect, collectKeyValue, integerOption, secondsOption } from "../parse-options.js";
+import { collect, collectKeyValue, integerOption, secondsOption, secondsUpTo } from "../parse-options.js";
 import { registerWorkspaceFullCommands } from "./workspace-full-commands.js";
+import { COMMAND_TIMEOUT_MAX_SECONDS, DEFAULT_MACHINE_SHAPE, MACHINE_SHAPE_LIMITS } from "../../runtime/guest-limits.js";
+import { FILE_READ_DEFAULT_MAX_BYTES, FILE_READ_MAX_BYTES, NETWORK_POLICIES, WORKSPACE_EXEC_DEFAULTS } from "../../workspaces/workspace-limits.js";
 
 type PyroFactory = () => Promise<Pyro>;
 
@@ -16,12 +18,12 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--name <name>", "unique name, usable wherever an id is")
     .option("--label <key=value>", "label (repeatable)", collectKeyValue)
     .option("--seed-path <path>", "host directory or .tar/.tar.gz/.tgz to put in /workspace")
-    .option("--vcpu-count <n>", "virtual CPUs (default 1)", integerOption(1, 16))
-    .option("--mem-mib <n>", "memory in MiB (default 1024)", integerOption(256, 65536))
+    .option("--vcpu-count <n>", `virtual CPUs (default ${DEFAULT_MACHINE_SHAPE.vcpuCount})`, integerOption(MACHINE_SHAPE_LIMITS.vcpuCount.min, MACHINE_SHAPE_LIMITS.vcpuCount.max))
+    .option("--mem-mib <n>", `memory in MiB (default ${DEFAULT_MACHINE_SHAPE.memMib})`, integerOption(MACHINE_SHAPE_LIMITS.memMib.min, MACHINE_SHAPE_LIMITS.memMib.max))
     .option("--ttl-seconds <s>", "delete after this long without activity", secondsOption)
     .option("--secret <NAME=VALUE>", "a secret, kept in the guest's tmpfs only (repeatable)", collectKeyValue)
     .option("--secret-file <NAME=PATH>", "a secret read from a host file (repeatable)", collectKeyValue)
-    .addOption(new Option("--network-policy <policy>", "off: no network; egress: outbound HTTP(S) through pyro's proxy; egress+published-ports: also --publish").choices(["off", "egress", "egress+published-ports"]).default("off"))
+    .addOption(new Option("--network-policy <policy>", "off: no network; egress: outbound HTTP(S) through pyro's proxy; egress+published-ports: also --publish").choices(NETWORK_POLICIES).default("off"))
     .option("--allow-host <host|cidr>", "egress allowlist entry (repeatable), e.g. pypi.org, *.npmjs.org, 203.0.113.0/24", collect)
     .addOption(new Option("--id-only", "print only the workspace id").conflicts("json"))
     .option("--json", "print JSON")
@@ -110,7 +112,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .argument("<workspace>", "id or name")
     .argument("<command...>", "command and arguments, after --")
     .option("--cwd <path>", "working directory, relative to /workspace")
-    .option("--timeout-seconds <s>", "kill the command after this long (default 120)", secondsOption)
+    .option("--timeout-seconds <s>", `kill the command after this long (default ${WORKSPACE_EXEC_DEFAULTS.timeoutSeconds})`, secondsUpTo(COMMAND_TIMEOUT_MAX_SECONDS))
     .option("--secret-env <SECRET[=ENV]>", "expose a secret as an environment variable (repeatable)", collect)
     .option("--json", "print JSON")
     .action(async (ref: string, command: string[], o: { cwd?: string; timeoutSeconds?: number; secretEnv?: string[]; json?: boolean }) => {
@@ -149,13 +151,13 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
   file.command("read")
     .argument("<workspace>", "id or name")
     .argument("<path>", "file, relative to /workspace")
-    .option("--max-bytes <n>", "read at most this many bytes (default 65536)", integerOption(1, 64 * 1024 * 1024))
+    .option("--max-bytes <n>", `read at most this many bytes (default ${FILE_READ_DEFAULT_MAX_BYTES})`, integerOption(1, FILE_READ_MAX_BYTES))
     .option("--json", "print JSON")
     .action(async (ref: string, path: string, o: { maxBytes?: number; json?: boolean }) => {
       const r = await (await pyro()).readWorkspaceFile(ref, path, o.maxBytes ? { maxBytes: o.maxBytes } : {});
       if (o.json) return printJson(r);
       process.stdout.write(r.encoding === "utf8" ? r.content : Buffer.from(r.content, "base64"));
-      if (r.truncated) process.stderr.write(`[workspace-file-read] truncated: showed ${o.maxBytes ?? 65536} of ${r.size} bytes (use --max-bytes)\n`);
+      if (r.truncated) process.stderr.write(`[workspace-file-read] truncated: showed ${o.maxBytes ?? FILE_READ_DEFAULT_MAX_BYTES} of ${r.size} bytes (use --max-bytes)\n`);
     });
   file.command("write")
     .argument("<workspace>", "id or name")

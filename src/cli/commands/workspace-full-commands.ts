@@ -1,8 +1,10 @@
-import { Command, InvalidArgumentError, Option } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
-import type { Readiness } from "../../workspaces/workspace-services.js";
+import { isPyroError } from "../../errors.js";
+import { chooseReadiness } from "../../workspaces/service-readiness.js";
+import { FILE_READ_DEFAULT_MAX_BYTES, FILE_READ_MAX_BYTES, SERVICE_DEFAULTS, SHELL_READ_DEFAULTS, SHELL_SIGNALS, type ShellSignal } from "../../workspaces/workspace-limits.js";
 import { emit, printJson, summaryLine as line } from "../output.js";
-import { collect, integerOption, portNumber, secondsOption } from "../parse-options.js";
+import { collect, integerOption, portNumber, secondsUpTo } from "../parse-options.js";
 
 type PyroFactory = () => Promise<Pyro>;
 
@@ -38,9 +40,9 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     });
   shell.command("read").argument("<workspace>", "id or name").argument("<shell>", "shell id")
     .option("--cursor <n>", "start at this output offset (from a previous next_cursor)", integerOption(0, Number.MAX_SAFE_INTEGER))
-    .option("--max-chars <n>", "return at most this much output", integerOption(1, 1 << 20))
+    .option("--max-chars <n>", "return at most this much output", integerOption(1, SHELL_READ_DEFAULTS.maxCharsLimit))
     .option("--plain", "render escape sequences like a terminal would (plain text)")
-    .option("--wait-for-idle-ms <n>", "first wait until the shell is quiet this long", integerOption(1, 30_000))
+    .option("--wait-for-idle-ms <n>", "first wait until the shell is quiet this long", integerOption(1, SHELL_READ_DEFAULTS.waitForIdleMaxMs))
     .option("--json", "print JSON")
     .action(async (ref: string, id: string, o: { cursor?: number; maxChars?: number; plain?: boolean; waitForIdleMs?: number; json?: boolean }) => {
       const r = await (await pyro()).readShell(ref, id, { ...(o.cursor !== undefined ? { cursor: o.cursor } : {}), ...(o.maxChars ? { maxChars: o.maxChars } : {}), plain: Boolean(o.plain), ...(o.waitForIdleMs ? { waitForIdleMs: o.waitForIdleMs } : {}) });
@@ -57,9 +59,9 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
       emit(o.json, r, () => line("workspace-shell-write", r));
     });
   shell.command("signal").argument("<workspace>", "id or name").argument("<shell>", "shell id")
-    .addOption(new Option("--signal <signal>", "signal for the foreground job").choices(["INT", "TERM", "KILL", "HUP"]).default("INT"))
+    .addOption(new Option("--signal <signal>", "signal for the foreground job").choices(SHELL_SIGNALS).default("INT"))
     .option("--json", "print JSON")
-    .action(async (ref: string, id: string, o: { signal: "INT" | "TERM" | "KILL" | "HUP"; json?: boolean }) => {
+    .action(async (ref: string, id: string, o: { signal: ShellSignal; json?: boolean }) => {
       const r = await (await pyro()).signalShell(ref, id, o.signal);
       emit(o.json, r, () => line("workspace-shell-signal", r));
     });
@@ -76,26 +78,25 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
     .option("--ready-tcp <host:port>", "ready once this TCP port accepts connections", readyTcpOption)
     .option("--ready-http <url>", "ready once this http:// URL answers 2xx/3xx")
     .option("--ready-command <command>", "ready once this command exits 0")
-    .option("--ready-timeout-seconds <s>", "give up (and stop the service) after this long (default 30)", secondsOption)
-    .option("--ready-interval-ms <n>", "time between probes (default 500)", integerOption(10, 60_000))
+    .option("--ready-timeout-seconds <s>", `give up (and stop the service) after this long (default ${SERVICE_DEFAULTS.readyTimeoutSeconds})`, secondsUpTo(SERVICE_DEFAULTS.readyTimeoutMaxSeconds))
+    .option("--ready-interval-ms <n>", `time between probes (default ${SERVICE_DEFAULTS.readyIntervalMs})`, integerOption(10, 60_000))
     .option("--publish <hostPort:guestPort>", "publish a guest port on 127.0.0.1 (repeatable; needs network policy egress+published-ports)", publishOption)
     .option("--secret-env <SECRET[=ENV]>", "expose a secret as an environment variable (repeatable)", collect)
     .option("--json", "print JSON")
     .action(async (ref: string, name: string, command: string[], o: Record<string, unknown> & { json?: boolean }) => {
-      const probes: Readiness[] = [];
-      if (o.readyFile) probes.push({ type: "file", path: String(o.readyFile) });
-      if (o.readyTcp) probes.push({ type: "tcp", ...(o.readyTcp as { host?: string; port: number }) });
-      if (o.readyHttp) probes.push({ type: "http", url: String(o.readyHttp) });
-      if (o.readyCommand) probes.push({ type: "command", command: String(o.readyCommand) });
-      if (probes.length > 1) throw new InvalidArgumentError("give at most one --ready-* option");
-      if (!probes.length && (o.readyTimeoutSeconds !== undefined || o.readyIntervalMs !== undefined)) {
-        throw new InvalidArgumentError("--ready-timeout-seconds and --ready-interval-ms need a readiness check: add --ready-file, --ready-tcp, --ready-http or --ready-command");
+      let readiness: ReturnType<typeof chooseReadiness>;
+      try {
+        readiness = chooseReadiness(
+          { file: o.readyFile as string | undefined, tcp: o.readyTcp as { host?: string; port: number } | undefined, http: o.readyHttp as string | undefined, command: o.readyCommand as string | undefined, timeoutSeconds: o.readyTimeoutSeconds as number | undefined, intervalMs: o.readyIntervalMs as number | undefined },
+          { file: "--ready-file", tcp: "--ready-tcp", http: "--ready-http", command: "--ready-command", timeoutSeconds: "--ready-timeout-seconds", intervalMs: "--ready-interval-ms" },
+        );
+      } catch (error) {
+        // A usage mistake: one line and exit 2, like commander's own option errors.
+        throw isPyroError(error) ? new InvalidArgumentError(error.message) : error;
       }
       const r = await (await pyro()).startService(ref, name, command, {
         ...(o.cwd ? { cwd: String(o.cwd) } : {}),
-        ...(probes[0] ? { readiness: probes[0] } : {}),
-        ...(o.readyTimeoutSeconds ? { readyTimeoutSeconds: Number(o.readyTimeoutSeconds) } : {}),
-        ...(o.readyIntervalMs ? { readyIntervalMs: Number(o.readyIntervalMs) } : {}),
+        ...readiness,
         ...(o.publish ? { publish: o.publish as { hostPort: number; guestPort: number }[] } : {}),
         ...(o.secretEnv ? { secretEnv: o.secretEnv as string[] } : {}),
       });
@@ -112,7 +113,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
       emit(o.json, r, () => line("workspace-service-status", { name: r.name, state: r.state, pid: r.pid, exit_code: r.exit_code }));
     });
   service.command("logs").argument("<workspace>", "id or name").argument("<name>", "service name")
-    .option("--tail-lines <n>", "last N lines of each stream (default 50)", integerOption(1, 1_000_000))
+    .option("--tail-lines <n>", `last N lines of each stream (default ${SERVICE_DEFAULTS.tailLines})`, integerOption(1, 1_000_000))
     .option("--all", "everything")
     .option("--json", "print JSON")
     .action(async (ref: string, name: string, o: { tailLines?: number; all?: boolean; json?: boolean }) => {
@@ -135,7 +136,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
       emit(o.json, r, () => r.entries.map((e) => `${e.type === "directory" ? "d" : e.type === "symlink" ? "l" : "-"} ${e.mode} ${String(e.size).padStart(10)} ${e.path}\n`).join(""));
     });
   disk.command("read").argument("<workspace>", "id or name").argument("<path>", "file relative to /workspace")
-    .option("--max-bytes <n>", "read at most this many bytes (default 65536)", integerOption(1, 64 * 1024 * 1024)).option("--json", "print JSON")
+    .option("--max-bytes <n>", `read at most this many bytes (default ${FILE_READ_DEFAULT_MAX_BYTES})`, integerOption(1, FILE_READ_MAX_BYTES)).option("--json", "print JSON")
     .action(async (ref: string, path: string, o: { maxBytes?: number; json?: boolean }) => {
       const r = await (await pyro()).readWorkspaceDisk(ref, path, o.maxBytes ? { maxBytes: o.maxBytes } : {});
       if (o.json) return printJson(r);

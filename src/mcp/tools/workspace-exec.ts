@@ -1,28 +1,35 @@
 import { z } from "zod";
-import type { ToolFactory } from "../tool-definition.js";
+import { WORKSPACE_EXEC_DEFAULTS } from "../../workspaces/workspace-limits.js";
+import { commandTimeout, secretEnv, shellCommand, workspaceId } from "../tool-arguments.js";
+import { workspaceExecResultSchema } from "../tool-results.js";
+import { defineTool, destructive } from "../tool-definition.js";
 
-export const workspaceExec: ToolFactory = (surface) => ({
+export const workspaceExec = defineTool({
   name: "workspace_exec",
   title: "Run a command in a workspace",
   description:
     "Run a shell command inside the workspace (cwd /workspace by default); files persist between calls and every " +
     "command is logged. Returns exit_code, stdout and stderr. To edit files prefer workspace_file_write or workspace_patch_apply.",
-  inputSchema: {
-    workspace_id: z.string().describe("Workspace id or name"),
-    command: z.string().min(1).describe("Shell command, run with /bin/sh -c"),
+  profile: "workspace-core",
+  annotations: destructive(false),
+  output: workspaceExecResultSchema,
+  input: {
+    workspace_id: workspaceId,
+    command: shellCommand,
     cwd: z.string().optional().describe("Directory relative to /workspace"),
-    timeout_seconds: z.number().positive().max(86_400).default(120),
-    ...(surface.secretsAndNetwork ? { secret_env: z.array(z.string()).optional().describe("Secrets to expose as env vars: NAME or NAME=ENV_VAR") } : {}),
+    timeout_seconds: commandTimeout(WORKSPACE_EXEC_DEFAULTS.timeoutSeconds),
+    secret_env: secretEnv,
   },
+  gated: { secretsAndNetwork: ["secret_env"] },
   run: async (a, rt) => {
     const started = Date.now();
     // Long commands: tell clients that asked for progress that we are still working.
     const timer = setInterval(() => void rt.progress((Date.now() - started) / 1000, `running for ${Math.round((Date.now() - started) / 1000)} s`), 2_000);
     try {
-      return await rt.pyro.execWorkspace(String(a.workspace_id), String(a.command), {
-        timeoutSeconds: Number(a.timeout_seconds),
-        ...(a.cwd ? { cwd: String(a.cwd) } : {}),
-        ...(a.secret_env ? { secretEnv: a.secret_env as string[] } : {}),
+      return await rt.pyro.execWorkspace(a.workspace_id, a.command, {
+        timeoutSeconds: a.timeout_seconds,
+        ...(a.cwd ? { cwd: a.cwd } : {}),
+        ...(a.secret_env ? { secretEnv: a.secret_env } : {}),
       });
     } finally {
       clearInterval(timer);

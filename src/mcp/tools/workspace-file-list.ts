@@ -1,14 +1,17 @@
 import { z } from "zod";
-import type { ToolFactory } from "../tool-definition.js";
+import { workspaceId } from "../tool-arguments.js";
+import { defineTool, READ_ONLY } from "../tool-definition.js";
 
-export const workspaceFileList: ToolFactory = () => ({
+export const workspaceFileList = defineTool({
   name: "workspace_file_list",
   title: "List files",
   description: "List files under a directory of the workspace (relative to /workspace). Next: workspace_file_read.",
-  inputSchema: {
-    workspace_id: z.string().describe("Workspace id or name"),
+  profile: "workspace-core",
+  annotations: READ_ONLY,
+  input: {
+    workspace_id: workspaceId,
     path: z.string().default(".").describe("Directory relative to /workspace"),
     recursive: z.boolean().default(false),
   },
-  run: (a, rt) => rt.pyro.listWorkspaceFiles(String(a.workspace_id), String(a.path), { recursive: Boolean(a.recursive) }),
+  run: (a, rt) => rt.pyro.listWorkspaceFiles(a.workspace_id, a.path, { recursive: a.recursive }),
 });

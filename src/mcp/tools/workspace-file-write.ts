@@ -1,14 +1,17 @@
 import { z } from "zod";
-import type { ToolFactory } from "../tool-definition.js";
+import { workspaceId } from "../tool-arguments.js";
+import { defineTool, destructive } from "../tool-definition.js";
 
-export const workspaceFileWrite: ToolFactory = () => ({
+export const workspaceFileWrite = defineTool({
   name: "workspace_file_write",
   title: "Write a file",
   description: "Create or replace a text file in the workspace, no shell quoting needed. For small edits to existing files prefer workspace_patch_apply.",
-  inputSchema: {
-    workspace_id: z.string().describe("Workspace id or name"),
+  profile: "workspace-core",
+  annotations: destructive(true),
+  input: {
+    workspace_id: workspaceId,
     path: z.string().describe("File relative to /workspace"),
     text: z.string().describe("Full new content (UTF-8)"),
   },
-  run: (a, rt) => rt.pyro.writeWorkspaceFile(String(a.workspace_id), String(a.path), String(a.text)),
+  run: (a, rt) => rt.pyro.writeWorkspaceFile(a.workspace_id, a.path, a.text),
 });

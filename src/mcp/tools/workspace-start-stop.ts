@@ -1,18 +1,23 @@
-import { z } from "zod";
-import type { ToolFactory } from "../tool-definition.js";
+import { workspaceId } from "../tool-arguments.js";
+import { defineTool, destructive } from "../tool-definition.js";
 
-export const workspaceStop: ToolFactory = () => ({
-  name: "workspace_stop",
-  title: "Stop a workspace",
-  description: "Stop the workspace's VM to free memory; files are kept. Next: workspace_start to continue.",
-  inputSchema: { workspace_id: z.string().describe("Workspace id or name") },
-  run: (a, rt) => rt.pyro.stopWorkspace(String(a.workspace_id)),
-});
-
-export const workspaceStart: ToolFactory = () => ({
+export const workspaceStart = defineTool({
   name: "workspace_start",
   title: "Start a stopped workspace",
   description: "Boot a stopped workspace from its disk (files kept, processes start fresh).",
-  inputSchema: { workspace_id: z.string().describe("Workspace id or name") },
-  run: (a, rt) => rt.pyro.startWorkspace(String(a.workspace_id)),
+  profile: "workspace-full",
+  annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true },
+  input: { workspace_id: workspaceId },
+  run: (a, rt) => rt.pyro.startWorkspace(a.workspace_id),
+});
+
+export const workspaceStop = defineTool({
+  name: "workspace_stop",
+  title: "Stop a workspace",
+  description: "Stop the workspace's VM to free memory; files are kept. Next: workspace_start to continue.",
+  profile: "workspace-full",
+  // Files survive, but every process in the VM ends.
+  annotations: destructive(true),
+  input: { workspace_id: workspaceId },
+  run: (a, rt) => rt.pyro.stopWorkspace(a.workspace_id),
 });

@@ -1,10 +1,12 @@
-import { z } from "zod";
-import type { ToolFactory } from "../tool-definition.js";
+import { workspaceId } from "../tool-arguments.js";
+import { defineTool, READ_ONLY } from "../tool-definition.js";
 
-export const workspaceStatus: ToolFactory = () => ({
+export const workspaceStatus = defineTool({
   name: "workspace_status",
   title: "Workspace status",
   description: "Show one workspace: running or stopped, environment, command count, snapshots, host disk used.",
-  inputSchema: { workspace_id: z.string().describe("Workspace id or name") },
-  run: (a, rt) => rt.pyro.statusWorkspace(String(a.workspace_id)),
+  profile: "workspace-core",
+  annotations: READ_ONLY,
+  input: { workspace_id: workspaceId },
+  run: (a, rt) => rt.pyro.statusWorkspace(a.workspace_id),
 });

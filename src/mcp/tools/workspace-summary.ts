@@ -1,10 +1,12 @@
-import { z } from "zod";
-import type { ToolFactory } from "../tool-definition.js";
+import { workspaceId } from "../tool-arguments.js";
+import { defineTool, READ_ONLY } from "../tool-definition.js";
 
-export const workspaceSummary: ToolFactory = () => ({
+export const workspaceSummary = defineTool({
   name: "workspace_summary",
   title: "Summarise a workspace",
   description: "Review in one call: commands run (failures counted), files changed since creation, snapshots.",
-  inputSchema: { workspace_id: z.string().describe("Workspace id or name") },
-  run: (a, rt) => rt.pyro.summarizeWorkspace(String(a.workspace_id)),
+  profile: "workspace-full",
+  annotations: READ_ONLY,
+  input: { workspace_id: workspaceId },
+  run: (a, rt) => rt.pyro.summarizeWorkspace(a.workspace_id),
 });

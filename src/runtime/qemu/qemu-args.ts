@@ -32,7 +32,7 @@ export const EGRESS_PROXY_ADDRESS = "10.0.2.100";
 export const EGRESS_PROXY_PORT = 3128;
 
 /** Characters a path may hold to pass unquoted through slirp's command split, QEMU's option commas and socat's address syntax. */
-const FORWARDER_SAFE_PATH = /^[A-Za-z0-9._\/+-]+$/;
+const FORWARDER_SAFE_PATH = /^[A-Za-z0-9._/+-]+$/;
 
 /**
  * What QEMU runs for each guest connection to the proxy address: socat joining the connection (its

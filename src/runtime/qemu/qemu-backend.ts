@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { mkdir, open, readFile, rm } from "node:fs/promises";
+import { open, readFile, rm } from "node:fs/promises";
 import { basename, dirname, normalize } from "node:path";
 import { isPyroError, PyroError } from "../../errors.js";
 import { AgentClient } from "../../guest-protocol/agent-client.js";
@@ -339,8 +339,12 @@ class QemuVm implements RunningVm {
     if ("child" in proc) {
       const child = proc.child;
       this.exitedPromise = new Promise((resolve) => {
-        child.once("exit", (code, sig) => resolve((this.exitStatus = { code, signal: sig })));
-        child.once("error", () => resolve((this.exitStatus = { code: -1, signal: null })));
+        const exited = (status: VmExit) => {
+          this.exitStatus = status;
+          resolve(status);
+        };
+        child.once("exit", (code, sig) => exited({ code, signal: sig }));
+        child.once("error", () => exited({ code: -1, signal: null }));
       });
       // A VM we spawned dies with us until it is detached (or always, for one-shot VMs).
       this.unregister = registerExitCleanup(
@@ -374,7 +378,8 @@ class QemuVm implements RunningVm {
       const timer = setInterval(() => {
         if (!processAlive(this.pid)) {
           clearInterval(timer);
-          resolve((this.exitStatus = { code: null, signal: null }));
+          this.exitStatus = { code: null, signal: null };
+          resolve(this.exitStatus);
         }
       }, 25);
       timer.unref();

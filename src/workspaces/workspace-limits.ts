@@ -1,0 +1,24 @@
+/**
+ * Workspace defaults and bounds, declared once. A leaf module (no imports) so the CLI's option
+ * parsers and the MCP tool schemas can read them without loading the workspace code itself.
+ */
+
+/** A workspace's network: off (no NIC), egress through pyro's proxy, or egress plus published ports. */
+export const NETWORK_POLICIES = ["off", "egress", "egress+published-ports"] as const;
+export type NetworkPolicy = (typeof NETWORK_POLICIES)[number];
+
+export const WORKSPACE_EXEC_DEFAULTS = { timeoutSeconds: 120, maxOutputBytes: 1 << 20 } as const;
+
+/** How much of a file a read shows when the caller names no limit (live and offline reads alike), and the most it may ask for. */
+export const FILE_READ_DEFAULT_MAX_BYTES = 65_536;
+export const FILE_READ_MAX_BYTES = 64 * 1024 * 1024;
+
+/** Shell reads: a page's default size, and the longest a read may wait for the shell to go quiet. */
+export const SHELL_READ_DEFAULTS = { maxChars: 65_536, maxCharsLimit: 1 << 20, waitForIdleMaxMs: 30_000 } as const;
+
+/** The signals a shell's foreground job can be sent. */
+export const SHELL_SIGNALS = ["INT", "TERM", "KILL", "HUP"] as const;
+export type ShellSignal = (typeof SHELL_SIGNALS)[number];
+
+/** Service readiness and log defaults. */
+export const SERVICE_DEFAULTS = { readyTimeoutSeconds: 30, readyTimeoutMaxSeconds: 3600, readyIntervalMs: 500, tailLines: 50 } as const;
