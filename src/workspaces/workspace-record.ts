@@ -41,9 +41,16 @@ export const WorkspaceRecord = z.object({
     .nullable(),
   seed: z.object({
     mode: z.enum(["empty", "directory", "tar_archive"]),
+    /** The seed_path, checkout root or repository URL (`workspace_seed.origin_ref`). */
     origin: z.string().nullable(),
+    /** Absent in records from before project seeds: derived from `mode` then. */
+    origin_kind: z.enum(["empty", "seed_path", "project_path", "repo_url"]).optional(),
+    commit: z.string().nullable().default(null),
     files: z.number().int(),
     bytes: z.number().int(),
+    /** Files the seed could not take (unreadable, special, vanished…): the first SKIPPED_SHOWN of them. */
+    skipped: z.array(z.object({ path: z.string(), reason: z.string() })).default([]),
+    skipped_count: z.number().int().default(0),
   }),
   command_count: z.number().int(),
   snapshots: z.array(SnapshotRecord),
@@ -70,6 +77,9 @@ export const WorkspaceRecord = z.object({
   guest_cleanup_pending: z.boolean().default(false),
 });
 export type WorkspaceRecord = z.infer<typeof WorkspaceRecord>;
+
+/** How many skipped seed files a record keeps and results show (the count covers all). */
+export const SKIPPED_SHOWN = 100;
 
 export const CommandLogEntry = z.object({
   sequence: z.number().int(),
