@@ -29,7 +29,7 @@ const EXPECTED: Record<string, string[]> = {
 };
 
 const MODE_TOOLS: Record<string, string[]> = {
-  "repro-fix": ["workspace_create", "workspace_list", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_patch_apply", "workspace_diff", "workspace_export", "workspace_reset", "workspace_delete"],
+  "repro-fix": ["workspace_create", "workspace_list", "workspace_update", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_patch_apply", "workspace_diff", "workspace_export", "workspace_reset", "workspace_delete"],
   inspect: ["workspace_create", "workspace_status", "workspace_file_list", "workspace_file_read", "workspace_exec", "workspace_logs", "workspace_export", "workspace_delete"],
   "cold-start": ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_export", "workspace_reset", "workspace_delete", "service_start", "service_status", "service_logs", "service_stop"],
   "review-eval": ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_read", "workspace_diff", "workspace_summary", "snapshot_create", "snapshot_list", "workspace_reset", "workspace_export", "workspace_delete", "shell_open", "shell_read", "shell_write", "shell_close"],

@@ -109,10 +109,10 @@ import { DEFAULT_PROFILE, type ModeName, type ProfileName } from "./profile-name
 /** Workflow modes: a narrowed tool set and wording for one recipe each. */
 export const MODES = {
   "repro-fix": {
-    tools: ["workspace_create", "workspace_list", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_patch_apply", "workspace_diff", "workspace_export", "workspace_reset", "workspace_delete"],
+    tools: ["workspace_create", "workspace_list", "workspace_update", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_patch_apply", "workspace_diff", "workspace_export", "workspace_reset", "workspace_delete"],
     surface: { snapshots: false, machineShape: false, secretsAndNetwork: false },
     descriptions: {
-      workspace_create: "Start the repro-fix loop: create a workspace seeded with the project (seed_path). Next: workspace_exec to reproduce the failure.",
+      workspace_create: "Start the repro-fix loop: create a workspace seeded with the project (the server's checkout unless you pass seed_path). Next: workspace_exec to reproduce the failure.",
       workspace_exec: "Reproduce the failure or re-run the tests in the workspace (cwd /workspace). After a fix, run the same command again to confirm.",
       workspace_patch_apply: "Apply your fix as a unified diff; if a hunk does not apply nothing changes. Next: workspace_exec to re-run the failing test, then workspace_diff.",
     },
@@ -129,7 +129,7 @@ export const MODES = {
     tools: ["workspace_create", "workspace_status", "workspace_exec", "workspace_logs", "workspace_file_list", "workspace_file_read", "workspace_file_write", "workspace_export", "workspace_reset", "workspace_delete", "service_start", "service_status", "service_logs", "service_stop"],
     surface: { snapshots: false, machineShape: true, secretsAndNetwork: true },
     descriptions: {
-      workspace_create: "Create a workspace from a fresh checkout (seed_path) to validate that the project builds and its tests pass from scratch. Next: workspace_exec with the setup steps.",
+      workspace_create: "Create a workspace from a fresh copy of the project (the server's checkout unless you pass seed_path) to validate that it builds and its tests pass from scratch. Next: workspace_exec with the setup steps.",
     },
   },
   "review-eval": {
