@@ -10,6 +10,7 @@ import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace
 import { networkEnvironment, requirePublishing } from "./workspace-network.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
 import type { Redactor } from "./secret-redaction.js";
+import { SERVICE_LOG_TAIL_LINES } from "./service-log-tail.js";
 import { secretEnvironment } from "./workspace-secrets.js";
 
 export type Readiness =
@@ -208,7 +209,7 @@ export async function serviceStatus(ctx: WorkspaceContext, ref: string, name: st
 
 /** The last lines of a service's stdout and stderr (everything with all). */
 export async function serviceLogs(ctx: WorkspaceContext, ref: string, name: string, options: { tailLines?: number; all?: boolean } = {}) {
-  const tailLines = options.all ? undefined : (options.tailLines ?? 50);
+  const tailLines = options.all ? undefined : (options.tailLines ?? SERVICE_LOG_TAIL_LINES);
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     known(record, name);
     const read = async (stream: string) => {

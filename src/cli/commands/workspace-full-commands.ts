@@ -1,6 +1,7 @@
 import { Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import type { Readiness } from "../../workspaces/workspace-services.js";
+import { SERVICE_LOG_TAIL_LINES } from "../../workspaces/service-log-tail.js";
 import { emit, printJson, summaryLine as line } from "../output.js";
 import { collect, integerOption, portNumber, secondsOption } from "../parse-options.js";
 
@@ -112,7 +113,7 @@ export function registerWorkspaceFullCommands(ws: Command, pyro: PyroFactory): v
       emit(o.json, r, () => line("workspace-service-status", { name: r.name, state: r.state, pid: r.pid, exit_code: r.exit_code }));
     });
   service.command("logs").argument("<workspace>", "id or name").argument("<name>", "service name")
-    .option("--tail-lines <n>", "last N lines of each stream (default 50)", integerOption(1, 1_000_000))
+    .option("--tail-lines <n>", `last N lines of each stream (default ${SERVICE_LOG_TAIL_LINES})`, integerOption(1, 1_000_000))
     .option("--all", "everything")
     .option("--json", "print JSON")
     .action(async (ref: string, name: string, o: { tailLines?: number; all?: boolean; json?: boolean }) => {

@@ -2,6 +2,7 @@ import { z } from "zod";
 import { PyroError } from "../../errors.js";
 import type { ToolFactory } from "../tool-definition.js";
 import type { Readiness } from "../../workspaces/workspace-services.js";
+import { SERVICE_LOG_TAIL_LINES } from "../../workspaces/service-log-tail.js";
 
 const ws = z.string().describe("Workspace id or name");
 const name = z.string().describe("Service name");
@@ -64,7 +65,7 @@ export const serviceLogs: ToolFactory = () => ({
   name: "service_logs",
   title: "Service logs",
   description: "The last lines of a service's stdout and stderr.",
-  inputSchema: { workspace_id: ws, name, tail_lines: z.number().int().positive().default(50) },
+  inputSchema: { workspace_id: ws, name, tail_lines: z.number().int().positive().default(SERVICE_LOG_TAIL_LINES) },
   run: (a, rt) => rt.pyro.logsService(String(a.workspace_id), String(a.name), { tailLines: Number(a.tail_lines) }),
 });
 
