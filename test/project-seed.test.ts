@@ -80,11 +80,17 @@ describe("project-aware seeds", () => {
   });
 
   it("a directory seed skips special files and paths through symlinks, listing why", async () => {
-    const paths = await listDirectoryTree(checkout);
-    assert.ok(paths.includes("pipe") && paths.includes("build/out.bin"));
+    await mkdir(join(checkout, "linked"));
+    await symlink("/etc", join(checkout, "linked", "etc"));
+    const { paths, skipped } = await listDirectoryTree(checkout);
+    assert.deepEqual(skipped, []);
+    assert.ok(paths.includes("pipe") && paths.includes("build/out.bin") && paths.includes("linked/etc"));
+    assert.ok(!paths.some((p) => p.startsWith("linked/etc/")), "a symlinked directory is a link, never walked into");
     const packed = await packSeedFiles({ root: checkout, paths: [...paths, "link-out/x", "src/../../etc/passwd"].filter((p) => !p.startsWith(".git")), origin: { kind: "seed_path", ref: checkout, commit: null }, skipped: [] });
     const entries = await tarEntries(packed.tar);
     assert.ok(entries.has("build/out.bin") && !entries.has("pipe"));
+    assert.equal(entries.get("linked/etc")?.linkpath, "/etc");
+    await rm(join(checkout, "linked"), { recursive: true });
     assert.deepEqual(packed.skipped.map((s) => [s.path, s.reason]).sort(), [
       ["link-out/x", "'link-out' is a symlink: not followed"],
       ["pipe", "special file (socket, FIFO or device)"],
@@ -121,6 +127,7 @@ describe("project-aware seeds", () => {
       await writeFile(join(plain, "d", "f.txt"), "x");
       const set = await resolveProjectSeed(testPaths, { kind: "project_path", path: plain });
       assert.deepEqual(set.paths, ["d", "d/f.txt"]);
+      assert.deepEqual(set.skipped, []);
       assert.equal(set.origin.commit, null);
     } finally {
       await rm(plain, { recursive: true, force: true });

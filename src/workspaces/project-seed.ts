@@ -113,7 +113,7 @@ async function projectPathSeed(path: string): Promise<SeedFileSet> {
   const checkout = await findCheckout(path);
   if (!checkout) {
     const root = await realpath(path);
-    return { root, paths: await listDirectoryTree(root), origin: { kind: "project_path", ref: root, commit: null }, skipped: [] };
+    return { root, ...(await listDirectoryTree(root)), origin: { kind: "project_path", ref: root, commit: null } };
   }
   const { paths, skipped } = await checkoutFiles(checkout);
   return { root: checkout, paths, origin: { kind: "project_path", ref: checkout, commit: await headCommit(checkout) }, skipped };

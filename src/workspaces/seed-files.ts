@@ -35,9 +35,36 @@ export interface SeedFileSet {
   skipped: SkippedSeedFile[];
 }
 
-/** Every entry under `dir` (not following symlinks), relative to it: a seed_path directory's list. */
-export async function listDirectoryTree(dir: string): Promise<string[]> {
-  return (await readdir(dir, { recursive: true })).sort();
+/** A directory seed lists at most this many entries (files, directories, links). */
+export const MAX_SEED_ENTRIES = 2_000_000;
+
+/**
+ * Every entry under `root`, relative to it: a seed_path directory's list. Walked by hand because
+ * readdir's own `recursive` descends into symlinked directories (a link to / would list the host).
+ * A directory that cannot be read is listed itself, its contents skipped and reported.
+ */
+export async function listDirectoryTree(root: string): Promise<{ paths: string[]; skipped: SkippedSeedFile[] }> {
+  const paths: string[] = [];
+  const skipped: SkippedSeedFile[] = [];
+  const walk = async (relative: string): Promise<void> => {
+    let entries;
+    try {
+      entries = await readdir(relative ? join(root, relative) : root, { withFileTypes: true });
+    } catch (error) {
+      if (!relative) throw error;
+      skipped.push({ path: relative, reason: `contents ${reasonFor(error)}` });
+      return;
+    }
+    for (const entry of entries) {
+      const path = relative ? `${relative}/${entry.name}` : entry.name;
+      paths.push(path);
+      if (paths.length > MAX_SEED_ENTRIES) throw new PyroError("INVALID_ARGUMENT", `${root} holds more than ${MAX_SEED_ENTRIES} entries; seed a smaller directory`);
+      // The entry's own type: a symlink to a directory is a link here, never walked into.
+      if (entry.isDirectory()) await walk(path);
+    }
+  };
+  await walk("");
+  return { paths: paths.sort(), skipped };
 }
 
 interface PackedSeed {

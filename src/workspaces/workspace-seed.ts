@@ -28,7 +28,7 @@ export async function resolveWorkspaceSeed(paths: PyroPaths, options: { seedPath
     const info = await stat(options.seedPath).catch(() => undefined);
     if (info?.isDirectory()) {
       const root = await realpath(options.seedPath);
-      return { kind: "files", files: { root, paths: await listDirectoryTree(root), origin, skipped: [] } };
+      return { kind: "files", files: { root, ...(await listDirectoryTree(root)), origin } };
     }
     return { kind: "archive", path: options.seedPath, origin };
   }
