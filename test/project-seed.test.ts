@@ -123,6 +123,15 @@ describe("project-aware seeds", () => {
       assert.equal(await detectProjectSource({ cwd: plain }), undefined);
       assert.deepEqual(await detectProjectSource({ cwd: plain, projectPath: "." }), { kind: "project_path", path: plain });
       assert.deepEqual(await detectProjectSource({ cwd: join(checkout, "src") }), { kind: "project_path", path: checkout });
+      // A dotfiles checkout at the home directory is not taken as the project (its untracked files are everything).
+      const home = process.env.HOME;
+      process.env.HOME = checkout;
+      try {
+        assert.equal(await detectProjectSource({ cwd: join(checkout, "src") }), undefined);
+        assert.deepEqual(await detectProjectSource({ cwd: checkout, projectPath: "." }), { kind: "project_path", path: checkout }, "unless named explicitly");
+      } finally {
+        process.env.HOME = home;
+      }
       await mkdir(join(plain, "d"));
       await writeFile(join(plain, "d", "f.txt"), "x");
       const set = await resolveProjectSeed(testPaths, { kind: "project_path", path: plain });

@@ -9,6 +9,7 @@
  * helper transport, and always with a deadline; a clone is also bounded in size.
  */
 import { createHash, randomBytes } from "node:crypto";
+import { homedir } from "node:os";
 import { lstat, mkdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { PyroError } from "../errors.js";
@@ -100,9 +101,10 @@ async function headCommit(root: string): Promise<string | null> {
 
 /** Tracked files plus untracked files that are not ignored, relative to the checkout root. */
 async function checkoutFiles(root: string): Promise<{ paths: string[]; skipped: SeedFileSet["skipped"] }> {
-  const r = await git(["ls-files", "-z", "--cached", "--others", "--exclude-standard"], { cwd: root, maxOutputBytes: MAX_LISTING_BYTES });
+  // The runner keeps a stream's tail: with room for twice the limit, output that was cut is still over it.
+  const r = await git(["ls-files", "-z", "--cached", "--others", "--exclude-standard"], { cwd: root, maxOutputBytes: 2 * MAX_LISTING_BYTES });
   if (r.exitCode !== 0) throw new PyroError("HOST_COMMAND_FAILED", `git ls-files failed in ${root}: ${lastLine(r.stderr)}`);
-  if (r.stdout.length >= MAX_LISTING_BYTES) throw new PyroError("INVALID_ARGUMENT", `${root} lists more than ${MAX_LISTING_BYTES} bytes of file names; pass a smaller seed_path`);
+  if (r.stdout.length > MAX_LISTING_BYTES) throw new PyroError("INVALID_ARGUMENT", `${root} lists more than ${MAX_LISTING_BYTES} bytes of file names; pass a smaller seed_path`);
   return parseLsFilesZ(r.stdout);
 }
 
@@ -221,7 +223,10 @@ export async function detectProjectSource(options: { cwd: string; projectPath?: 
     if (error instanceof PyroError && error.code === "UNSAFE_DIRECTORY") return undefined;
     throw error;
   });
-  return checkout ? { kind: "project_path", path: checkout } : undefined;
+  // A checkout at / or at the home directory (a dotfiles repo) is no project: its untracked files
+  // are everything the user owns. Only an explicit --project-path seeds from there.
+  if (!checkout || checkout === "/" || checkout === (await realpath(homedir()).catch(() => homedir()))) return undefined;
+  return { kind: "project_path", path: checkout };
 }
 
 /** One line saying what a server seeds from, for its start-up message. */
