@@ -12,12 +12,12 @@ import { Header, Pack, ReadEntry } from "tar";
 import { PyroError } from "../errors.js";
 import { MAX_ARCHIVE_BYTES, validateTar, type ArchiveSummary } from "./archive-safety.js";
 import { unsafeRelativePath, type SkippedSeedFile } from "./git-input.js";
+import type { SeedOriginKind } from "./workspace-record.js";
 
 export type { SkippedSeedFile } from "./git-input.js";
+export type { SeedOriginKind } from "./workspace-record.js";
 
 /** Where a seed came from, as results report it (`workspace_seed.origin_kind` / `origin_ref`). */
-export type SeedOriginKind = "empty" | "seed_path" | "project_path" | "repo_url";
-
 export interface SeedOrigin {
   kind: SeedOriginKind;
   /** The seed_path, the checkout root or the repository URL (with "#ref" when one was asked for). */

@@ -8,9 +8,9 @@ import { WORKSPACE_ROOT } from "./guest-paths.js";
 import { extractTarInGuest, packInGuest } from "./guest-transfer.js";
 import { bootWorkspace, layerDisk, stopWorkspaceVm } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
-import { SKIPPED_SHOWN, WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
+import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
 import type { ProjectSource } from "./project-seed.js";
-import { prepareWorkspaceSeed, resolveWorkspaceSeed, type PreparedSeed } from "./workspace-seed.js";
+import { prepareWorkspaceSeed, resolveWorkspaceSeed, seedRecord, seedView, type WorkspaceSeedView } from "./workspace-seed.js";
 import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
 import { checkNetworkOptions } from "./workspace-network.js";
 import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
@@ -60,51 +60,6 @@ export interface WorkspaceView {
   unexpected_stop: string | null;
   /** What pyro repaired after an interrupted operation on this workspace, if anything. */
   recovery: string | null;
-}
-
-/** Where /workspace's first contents came from (the contract's `workspace_seed`). */
-export interface WorkspaceSeedView {
-  mode: WorkspaceRecord["seed"]["mode"];
-  origin_kind: "empty" | "seed_path" | "project_path" | "repo_url";
-  origin_ref: string | null;
-  commit: string | null;
-  files: number;
-  bytes: number;
-  skipped_count: number;
-  skipped: { path: string; reason: string }[];
-  /** Said when the workspace starts empty, so an agent that expected its project knows why. */
-  note?: string;
-}
-
-const EMPTY_SEED_NOTE = "/workspace starts empty: no seed_path was given and there is no project (start `pyro mcp serve` in a Git checkout, or give it --project-path or --repo-url)";
-
-function seedView(seed: WorkspaceRecord["seed"]): WorkspaceSeedView {
-  const kind = seed.origin_kind ?? (seed.mode === "empty" ? "empty" : "seed_path");
-  return {
-    mode: seed.mode,
-    origin_kind: kind,
-    origin_ref: seed.origin,
-    commit: seed.commit,
-    files: seed.files,
-    bytes: seed.bytes,
-    skipped_count: seed.skipped_count,
-    skipped: seed.skipped,
-    ...(kind === "empty" ? { note: EMPTY_SEED_NOTE } : {}),
-  };
-}
-
-function seedRecord(seed: PreparedSeed | undefined): WorkspaceRecord["seed"] {
-  if (!seed) return { mode: "empty", origin: null, origin_kind: "empty", commit: null, files: 0, bytes: 0, skipped: [], skipped_count: 0 };
-  return {
-    mode: seed.mode,
-    origin: seed.origin.ref,
-    origin_kind: seed.origin.kind,
-    commit: seed.origin.commit,
-    files: seed.summary.files,
-    bytes: seed.summary.bytes,
-    skipped: seed.skipped.slice(0, SKIPPED_SHOWN),
-    skipped_count: seed.skipped.length,
-  };
 }
 
 export function viewOf(record: WorkspaceRecord): WorkspaceView {

@@ -13,6 +13,10 @@ export const SnapshotRecord = z.object({
 });
 export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
 
+/** Where a workspace's seed came from: results report it as `workspace_seed.origin_kind`. */
+export const SEED_ORIGIN_KINDS = ["empty", "seed_path", "project_path", "repo_url"] as const;
+export type SeedOriginKind = (typeof SEED_ORIGIN_KINDS)[number];
+
 export const WorkspaceRecord = z.object({
   layout: z.literal(WORKSPACE_LAYOUT),
   id: z.string(),
@@ -44,7 +48,7 @@ export const WorkspaceRecord = z.object({
     /** The seed_path, checkout root or repository URL (`workspace_seed.origin_ref`). */
     origin: z.string().nullable(),
     /** Absent in records from before project seeds: derived from `mode` then. */
-    origin_kind: z.enum(["empty", "seed_path", "project_path", "repo_url"]).optional(),
+    origin_kind: z.enum(SEED_ORIGIN_KINDS).optional(),
     commit: z.string().nullable().default(null),
     files: z.number().int(),
     bytes: z.number().int(),

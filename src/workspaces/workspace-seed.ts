@@ -6,9 +6,10 @@
  */
 import { realpath, stat } from "node:fs/promises";
 import type { PyroPaths } from "../paths.js";
+import { SKIPPED_SHOWN, type WorkspaceRecord } from "./workspace-record.js";
 import { prepareTree, type ArchiveSummary } from "./archive-safety.js";
 import { resolveProjectSeed, type ProjectSource } from "./project-seed.js";
-import { listDirectoryTree, packSeedFiles, type SeedFileSet, type SeedOrigin, type SkippedSeedFile } from "./seed-files.js";
+import { listDirectoryTree, packSeedFiles, type SeedFileSet, type SeedOrigin, type SeedOriginKind, type SkippedSeedFile } from "./seed-files.js";
 
 export type WorkspaceSeedSource = { kind: "files"; files: SeedFileSet } | { kind: "archive"; path: string; origin: SeedOrigin };
 
@@ -44,4 +45,49 @@ export async function prepareWorkspaceSeed(source: WorkspaceSeedSource): Promise
   }
   const packed = await packSeedFiles(source.files);
   return { ...packed, mode: "directory", origin: source.files.origin };
+}
+
+/** Where /workspace's first contents came from (the contract's `workspace_seed`). */
+export interface WorkspaceSeedView {
+  mode: WorkspaceRecord["seed"]["mode"];
+  origin_kind: SeedOriginKind;
+  origin_ref: string | null;
+  commit: string | null;
+  files: number;
+  bytes: number;
+  skipped_count: number;
+  skipped: { path: string; reason: string }[];
+  /** Said when the workspace starts empty, so an agent that expected its project knows why. */
+  note?: string;
+}
+
+const EMPTY_SEED_NOTE = "/workspace starts empty: no seed_path was given and there is no project (start `pyro mcp serve` in a Git checkout, or give it --project-path or --repo-url)";
+
+export function seedView(seed: WorkspaceRecord["seed"]): WorkspaceSeedView {
+  const kind = seed.origin_kind ?? (seed.mode === "empty" ? "empty" : "seed_path");
+  return {
+    mode: seed.mode,
+    origin_kind: kind,
+    origin_ref: seed.origin,
+    commit: seed.commit,
+    files: seed.files,
+    bytes: seed.bytes,
+    skipped_count: seed.skipped_count,
+    skipped: seed.skipped,
+    ...(kind === "empty" ? { note: EMPTY_SEED_NOTE } : {}),
+  };
+}
+
+export function seedRecord(seed: PreparedSeed | undefined): WorkspaceRecord["seed"] {
+  if (!seed) return { mode: "empty", origin: null, origin_kind: "empty", commit: null, files: 0, bytes: 0, skipped: [], skipped_count: 0 };
+  return {
+    mode: seed.mode,
+    origin: seed.origin.ref,
+    origin_kind: seed.origin.kind,
+    commit: seed.origin.commit,
+    files: seed.summary.files,
+    bytes: seed.summary.bytes,
+    skipped: seed.skipped.slice(0, SKIPPED_SHOWN),
+    skipped_count: seed.skipped.length,
+  };
 }
