@@ -141,4 +141,17 @@ describe("pyro CLI", () => {
     assert.match(result.stdout, /^git version/);
     assert.equal(result.mem_mib, 512);
   });
+
+  it("prints env list/inspect JSON with snake_case keys, like every other result", () => {
+    const keysOf = (value: unknown): string[] =>
+      Array.isArray(value) ? value.flatMap(keysOf) : value && typeof value === "object" ? Object.entries(value).flatMap(([k, v]) => [k, ...keysOf(v)]) : [];
+    const list = pyro(["env", "list", "--json"]);
+    assert.equal(list.code, 0, list.stderr);
+    const inspect = pyro(["env", "inspect", "debian:12", "--json"]);
+    assert.equal(inspect.code, 0, inspect.stderr);
+    const parsed = JSON.parse(inspect.stdout) as Record<string, unknown>;
+    assert.equal(parsed.installed, true, "the shared cache holds debian:12");
+    assert.ok(typeof parsed.image_path === "string" && typeof parsed.disk_usage_bytes === "number" && typeof parsed.built_at === "string");
+    for (const key of [...keysOf(JSON.parse(list.stdout)), ...keysOf(parsed)]) assert.match(key, /^[a-z0-9_]+$/);
+  });
 });

@@ -5,7 +5,10 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { parse } from "smol-toml";
 import { isPyroError } from "../src/errors.js";
+import { spawnSync } from "node:child_process";
+import { readFileSync, realpathSync } from "node:fs";
 import { connectHost, doctorHosts, repairHost } from "../src/hosts/host-connect.js";
+import { CLI } from "./helpers/vm-fixtures.js";
 
 describe("pyro host connect / doctor / repair", () => {
   let home: string;
@@ -68,5 +71,22 @@ describe("pyro host connect / doctor / repair", () => {
     const fixed = (await doctorHosts(env)).find((e) => e.host === "claude-code")!;
     assert.deepEqual(fixed.problems, []);
     assert.deepEqual(fixed.command?.args.slice(-2), ["--mode", "inspect"]);
+  });
+
+  it("carries --project-path / --repo-url into the host's command, absolute, and repair keeps them", async () => {
+    const pyro = (...args: string[]) => spawnSync(process.execPath, [CLI, "host", ...args], { encoding: "utf8", cwd: home, env: { ...process.env, HOME: home } });
+    await mkdir(join(home, "app"), { recursive: true });
+    const connected = pyro("connect", "codex", "--mode", "repro-fix", "--project-path", "app");
+    assert.equal(connected.status, 0, connected.stderr);
+    const args = () => (parse(readFileSync(join(home, ".codex", "config.toml"), "utf8")) as { mcp_servers: { pyro: { args: string[] } } }).mcp_servers.pyro.args;
+    const expected = ["mcp", "serve", "--mode", "repro-fix", "--project-path", realpathSync(join(home, "app"))];
+    assert.deepEqual(args().slice(-6), expected);
+    assert.equal(pyro("repair", "codex").status, 0);
+    assert.deepEqual(args().slice(-6), expected, "repair keeps the mode and the project");
+    const printed = pyro("print-config", "codex", "--repo-url", "https://example.com/app.git", "--repo-ref", "v1");
+    assert.match(printed.stdout, /"--repo-url", "https:\/\/example.com\/app.git", "--repo-ref", "v1"/);
+    const bad = pyro("connect", "codex", "--repo-ref", "v1");
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /--repo-ref needs --repo-url/);
   });
 });

@@ -57,6 +57,16 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
     assert.equal("secrets" in (coreCreate.inputSchema.properties ?? {}), false, "workspace-core does not expose secrets");
   });
 
+  it("uses the contract's defaults where pyro has no reason to differ (service_logs tails 20 lines)", async () => {
+    const tools = await listTools(["--profile", "workspace-full"]);
+    const property = (tool: string, name: string) => (tools.find((t) => t.name === tool)!.inputSchema.properties as Record<string, { default?: unknown }>)[name];
+    assert.equal(property("service_logs", "tail_lines")?.default, 20);
+    // Where pyro differs on purpose, the README says why (workspace_exec 120 s, shell_read plain).
+    assert.equal(property("workspace_exec", "timeout_seconds")?.default, 120);
+    assert.equal(property("shell_read", "plain")?.default, true);
+    assert.equal(property("vm_run", "timeout_seconds")?.default, 30);
+  });
+
   it("describes every tool for a model: short, with when to use it", async () => {
     for (const tool of await listTools(["--profile", "workspace-full"])) {
       assert.ok(tool.description && tool.description.length >= 30 && tool.description.length <= 400, `${tool.name}: ${tool.description}`);

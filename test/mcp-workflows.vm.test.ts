@@ -48,7 +48,11 @@ describe("[vm] MCP workflows on real VMs", () => {
   it("reports progress during a long workspace_exec when the client asks", TIMEOUT, async () => {
     const { client } = await connectStdio();
     try {
-      const ws = toolJson<{ workspace_id: string }>(await client.callTool({ name: "workspace_create", arguments: {} }));
+      const ws = toolJson<{ workspace_id: string; workspace_seed: { origin_kind: string; files: number; note?: string } }>(await client.callTool({ name: "workspace_create", arguments: {} }));
+      // Served from outside any checkout: no project, so an empty /workspace, and the result says why.
+      assert.equal(ws.workspace_seed.origin_kind, "empty");
+      assert.equal(ws.workspace_seed.files, 0);
+      assert.match(ws.workspace_seed.note ?? "", /no seed_path was given and there is no project/);
       const progress: string[] = [];
       const r = await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "sleep 5; echo done" } }, undefined, {
         onprogress: (p) => void progress.push(p.message ?? ""),

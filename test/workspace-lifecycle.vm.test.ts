@@ -36,8 +36,9 @@ describe("[vm] workspace lifecycle", () => {
     assert.match(ws.workspace_id, /^ws-[a-z2-7]{20}$/);
     assert.equal(ws.state, "running");
     assert.deepEqual(ws.labels, { team: "qa" });
-    assert.equal(ws.seed.mode, "directory");
-    assert.equal(ws.seed.files, 4);
+    assert.equal(ws.workspace_seed.mode, "directory");
+    assert.equal(ws.workspace_seed.origin_kind, "seed_path");
+    assert.equal(ws.workspace_seed.files, 4);
     assert.deepEqual(ws.snapshots, ["baseline"]);
     // A separate process, by name: the VM outlived the process that created it.
     const exec = cli(["workspace", "exec", name, "--json", "--", "sh", "-c", "cat README.md; pwd"]);

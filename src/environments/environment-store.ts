@@ -39,10 +39,11 @@ export interface EnvironmentStatus {
   /** Set when files exist but are unusable, with the reason. */
   problem?: string;
   dir: string;
-  imagePath?: string;
-  imageSizeBytes?: number;
-  diskUsageBytes?: number;
-  builtAt?: string;
+  // snake_case like every other result pyro prints as JSON (`env list/inspect --json`, the SDK).
+  image_path?: string;
+  image_size_bytes?: number;
+  disk_usage_bytes?: number;
+  built_at?: string;
   packages: string[];
 }
 
@@ -96,10 +97,10 @@ export class EnvironmentStore {
     if (installed) {
       const st = await stat(installed.imagePath);
       Object.assign(base, {
-        imagePath: installed.imagePath,
-        imageSizeBytes: st.size,
-        diskUsageBytes: st.blocks * 512,
-        builtAt: installed.manifest.builtAt,
+        image_path: installed.imagePath,
+        image_size_bytes: st.size,
+        disk_usage_bytes: st.blocks * 512,
+        built_at: installed.manifest.builtAt,
       });
     }
     return base;

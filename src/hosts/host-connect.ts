@@ -3,7 +3,8 @@ import { isDeepStrictEqual } from "node:util";
 import type { ModeName } from "../mcp/profiles.js";
 import { findExecutable } from "../process/host-command.js";
 import { hostFormat, HOST_FORMATS, readConfigText, writeConfig, type HostName } from "./host-configs.js";
-import { serveCommand, type LaunchStyle, type ServeCommand } from "./serve-command.js";
+import type { ProjectSource } from "../workspaces/project-seed.js";
+import { projectOfArgs, serveCommand, type LaunchStyle, type ServeCommand } from "./serve-command.js";
 
 export interface ConnectResult {
   host: string;
@@ -13,18 +14,18 @@ export interface ConnectResult {
 }
 
 /** Writes (or refreshes) pyro's entry in a host's MCP config, leaving every other entry alone. */
-export async function connectHost(host: string, options: { mode?: ModeName; style?: LaunchStyle; env?: NodeJS.ProcessEnv } = {}): Promise<ConnectResult> {
+export async function connectHost(host: string, options: { mode?: ModeName; style?: LaunchStyle; project?: ProjectSource; env?: NodeJS.ProcessEnv } = {}): Promise<ConnectResult> {
   const format = hostFormat(host);
   const path = format.path(options.env ?? process.env);
   const text = await readConfigText(path);
-  const command = serveCommand({ ...(options.mode ? { mode: options.mode } : {}), ...(options.style ? { style: options.style } : {}) });
+  const command = serveCommand({ ...(options.mode ? { mode: options.mode } : {}), ...(options.style ? { style: options.style } : {}), ...(options.project ? { project: options.project } : {}) });
   const current = format.read(text);
   if (isDeepStrictEqual(current, command)) return { host: format.host, path, status: "unchanged", command };
   await writeConfig(path, format.upsert(text, command));
   return { host: format.host, path, status: current ? "updated" : "added", command };
 }
 
-export function printConfig(host: string, options: { mode?: ModeName; style?: LaunchStyle } = {}): { host: string; path: string; config: string } {
+export function printConfig(host: string, options: { mode?: ModeName; style?: LaunchStyle; project?: ProjectSource } = {}): { host: string; path: string; config: string } {
   const format = hostFormat(host);
   return { host: format.host, path: format.path(process.env), config: format.render(serveCommand(options)) };
 }
@@ -80,11 +81,12 @@ export async function doctorHosts(env: NodeJS.ProcessEnv = process.env): Promise
   return entries;
 }
 
-/** Rewrites pyro's entry to the canonical command, keeping a mode the entry already had. */
+/** Rewrites pyro's entry to the canonical command, keeping the mode and project flags the entry already had. */
 export async function repairHost(host: string, env: NodeJS.ProcessEnv = process.env): Promise<ConnectResult> {
   const format = hostFormat(host);
   const current = format.read(await readConfigText(format.path(env)));
   const modeAt = current?.args.indexOf("--mode") ?? -1;
   const mode = modeAt >= 0 ? (current!.args[modeAt + 1] as ModeName | undefined) : undefined;
-  return connectHost(host, { ...(mode ? { mode } : {}), env });
+  const project = current ? projectOfArgs(current.args) : undefined;
+  return connectHost(host, { ...(mode ? { mode } : {}), ...(project ? { project } : {}), env });
 }

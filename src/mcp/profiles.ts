@@ -36,6 +36,7 @@ export const MODES = {
     tools: [
       "workspace_create",
       "workspace_list",
+      "workspace_update",
       "workspace_status",
       "workspace_exec",
       "workspace_logs",
@@ -50,7 +51,8 @@ export const MODES = {
     ],
     surface: NARROW,
     descriptions: {
-      workspace_create: "Start the repro-fix loop: create a workspace seeded with the project (seed_path). Next: workspace_exec to reproduce the failure.",
+      workspace_create:
+        "Start the repro-fix loop: create a workspace seeded with the project (the server's checkout unless you pass seed_path). Next: workspace_exec to reproduce the failure.",
       workspace_exec: "Reproduce the failure or re-run the tests in the workspace (cwd /workspace). After a fix, run the same command again to confirm.",
       workspace_patch_apply:
         "Apply your fix as a unified diff; if a hunk does not apply nothing changes. Next: workspace_exec to re-run the failing test, then workspace_diff.",
@@ -95,7 +97,7 @@ export const MODES = {
     surface: { snapshots: false, machineShape: true, secretsAndNetwork: true },
     descriptions: {
       workspace_create:
-        "Create a workspace from a fresh checkout (seed_path) to validate that the project builds and its tests pass from scratch. Next: workspace_exec with the setup steps.",
+        "Create a workspace from a fresh copy of the project (the server's checkout unless you pass seed_path) to validate that it builds and its tests pass from scratch. Next: workspace_exec with the setup steps.",
     },
   },
   "review-eval": {

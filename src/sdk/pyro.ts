@@ -5,6 +5,7 @@ import type { RunOptions } from "../vm-run/run-result.js";
 import type { WorkspaceContext } from "../workspaces/workspace-context.js";
 import type { WorkspaceExecOptions } from "../workspaces/workspace-exec.js";
 import type { CreateWorkspaceOptions, UpdateWorkspaceOptions } from "../workspaces/workspace-lifecycle.js";
+import type { ProjectSource } from "../workspaces/project-seed.js";
 import type { StartServiceOptions } from "../workspaces/workspace-services.js";
 import type { ShellReadOptions } from "../workspaces/workspace-shells.js";
 import type { ShellSignal } from "../workspaces/workspace-limits.js";
@@ -37,6 +38,8 @@ export interface PyroOptions {
   home?: string;
   /** Receives progress lines (kernel download, environment build…). */
   onProgress?: (message: string) => void;
+  /** Seeds workspaces created without seedPath (what `pyro mcp serve` finds in its checkout). */
+  project?: ProjectSource;
 }
 
 /** The pyro SDK: the same operations as the CLI and the MCP tools, returning the same structures. */
@@ -145,9 +148,12 @@ export class Pyro {
 
   // Workspaces: method names follow the MCP tools (workspace_create → createWorkspace, …).
 
-  /** Creates and starts a persistent workspace, optionally seeded from a host directory or archive. */
+  /**
+   * Creates and starts a persistent workspace, seeded from a host directory or archive (seedPath),
+   * else from the project this Pyro was given, else empty.
+   */
   async createWorkspace(environment: string, options: CreateWorkspaceOptions = {}) {
-
+    if (options.seedPath === undefined && options.project === undefined && this.options.project) options = { ...options, project: this.options.project };
     return (await lifecycle()).createWorkspace(await this.workspaces, environment, options);
 
   }

@@ -45,7 +45,7 @@ export async function dailyLoopReadiness(paths: PyroPaths, environment: string, 
   const spec = await store.spec(environment);
   const status = await store.status(spec);
   const envPiece: PieceReadiness = status.installed
-    ? { state: "warm", detail: `installed (built ${status.builtAt ?? "unknown"})` }
+    ? { state: "warm", detail: `installed (built ${status.built_at ?? "unknown"})` }
     : status.problem
       ? { state: "stale", detail: status.problem }
       : { state: "cold", detail: "not installed" };

@@ -3,7 +3,6 @@ import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { writeFileAtomic } from "../storage/atomic-file.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
-import { prepareTree } from "./archive-safety.js";
 import { ensureBootTemplate } from "./boot-templates.js";
 import { allocatedBytes } from "./workspace-disk-usage.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
@@ -11,6 +10,8 @@ import { extractTarInGuest, packInGuest } from "./guest-transfer.js";
 import { bootWorkspace, layerDisk, stopWorkspaceVm } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
+import type { ProjectSource } from "./project-seed.js";
+import { prepareWorkspaceSeed, resolveWorkspaceSeed, seedRecord, seedView, type WorkspaceSeedView } from "./workspace-seed.js";
 import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
 import { checkNetworkOptions } from "./workspace-network.js";
 import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
@@ -24,6 +25,8 @@ export interface CreateWorkspaceOptions {
   labels?: Record<string, string>;
   /** Host directory or .tar/.tar.gz/.tgz to put in /workspace. */
   seedPath?: string;
+  /** Seeds /workspace when seedPath is absent: a project directory or checkout, or a repository to clone. */
+  project?: ProjectSource;
   vcpuCount?: number;
   memMib?: number;
   /** Delete the workspace after this many seconds without mutating activity. */
@@ -54,7 +57,7 @@ export interface WorkspaceView {
   command_count: number;
   snapshots: string[];
   secret_names: string[];
-  seed: WorkspaceRecord["seed"];
+  workspace_seed: WorkspaceSeedView;
   vm: { pid: number; accel: string; boot_ms: number; start_mode: string } | null;
   unexpected_stop: string | null;
   /** What pyro repaired after an interrupted operation on this workspace, if anything. */
@@ -78,7 +81,7 @@ export function viewOf(record: WorkspaceRecord): WorkspaceView {
     command_count: record.command_count,
     snapshots: record.snapshots.map((s) => s.name),
     secret_names: record.secret_names,
-    seed: record.seed,
+    workspace_seed: seedView(record.seed),
     vm: record.vm ? { pid: record.vm.pid, accel: record.vm.accel, boot_ms: record.vm.boot_ms, start_mode: record.vm.start_mode } : null,
     unexpected_stop: record.unexpected_stop,
     recovery: record.recovery,
@@ -121,7 +124,8 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   await ctx.recoverInterrupted();
   await reapExpired(ctx);
   // Validate the seed and secrets before booting anything: a hostile archive costs nothing.
-  const tree = options.seedPath ? await prepareTree(options.seedPath) : undefined;
+  const seedSource = await resolveWorkspaceSeed(ctx.paths, options);
+  const tree = seedSource ? await prepareWorkspaceSeed(seedSource) : undefined;
   const secrets = await collectSecrets(options.secrets, options.secretFiles);
   const network = checkNetworkOptions(options.networkPolicy ?? "off", options.allowHosts ?? []);
   const env = await ctx.environments.require(environment);
@@ -144,7 +148,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     services: {},
     ttl_seconds: options.ttlSeconds ?? null,
     vm: null,
-    seed: tree ? { mode: tree.mode, origin: tree.origin, files: tree.summary.files, bytes: tree.summary.bytes } : { mode: "empty", origin: null, files: 0, bytes: 0 },
+    seed: seedRecord(tree),
     command_count: 0,
     snapshots: [],
     secret_names: Object.keys(secrets).sort(),

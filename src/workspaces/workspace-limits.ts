@@ -20,5 +20,5 @@ export const SHELL_READ_DEFAULTS = { maxChars: 65_536, maxCharsLimit: 1 << 20, w
 export const SHELL_SIGNALS = ["INT", "TERM", "KILL", "HUP"] as const;
 export type ShellSignal = (typeof SHELL_SIGNALS)[number];
 
-/** Service readiness and log defaults. */
-export const SERVICE_DEFAULTS = { readyTimeoutSeconds: 30, readyTimeoutMaxSeconds: 3600, readyIntervalMs: 500, tailLines: 50 } as const;
+/** Service readiness and log defaults (log tail: the contract's 20 lines of each stream). */
+export const SERVICE_DEFAULTS = { readyTimeoutSeconds: 30, readyTimeoutMaxSeconds: 3600, readyIntervalMs: 500, tailLines: 20 } as const;

@@ -14,6 +14,10 @@ export const SnapshotRecord = z.object({
 });
 export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
 
+/** Where a workspace's seed came from: results report it as `workspace_seed.origin_kind`. */
+export const SEED_ORIGIN_KINDS = ["empty", "seed_path", "project_path", "repo_url"] as const;
+export type SeedOriginKind = (typeof SEED_ORIGIN_KINDS)[number];
+
 export const WorkspaceRecord = z.object({
   layout: z.literal(WORKSPACE_LAYOUT),
   id: z.string(),
@@ -42,9 +46,16 @@ export const WorkspaceRecord = z.object({
     .nullable(),
   seed: z.object({
     mode: z.enum(["empty", "directory", "tar_archive"]),
+    /** The seed_path, checkout root or repository URL (`workspace_seed.origin_ref`). */
     origin: z.string().nullable(),
+    /** Absent in records from before project seeds: derived from `mode` then. */
+    origin_kind: z.enum(SEED_ORIGIN_KINDS).optional(),
+    commit: z.string().nullable().default(null),
     files: z.number().int(),
     bytes: z.number().int(),
+    /** Files the seed could not take (unreadable, special, vanished…): the first SKIPPED_SHOWN of them. */
+    skipped: z.array(z.object({ path: z.string(), reason: z.string() })).default([]),
+    skipped_count: z.number().int().default(0),
   }),
   command_count: z.number().int(),
   snapshots: z.array(SnapshotRecord),
@@ -71,6 +82,9 @@ export const WorkspaceRecord = z.object({
   guest_cleanup_pending: z.boolean().default(false),
 });
 export type WorkspaceRecord = z.infer<typeof WorkspaceRecord>;
+
+/** How many skipped seed files a record keeps and results show (the count covers all). */
+export const SKIPPED_SHOWN = 100;
 
 export const CommandLogEntry = z.object({
   sequence: z.number().int(),

@@ -16,11 +16,14 @@ export function registerMcpCommands(program: Command): void {
     .addOption(new Option("--profile <profile>", "tool profile").choices(PROFILE_NAMES).default(DEFAULT_PROFILE))
     .addOption(new Option("--mode <mode>", "workflow mode: a narrowed tool set for one recipe").choices(MODE_NAMES))
     .option("--http <host:port>", "serve Streamable HTTP on a loopback address instead of stdio (port 0 picks a free one)", hostPort)
+    .option("--project-path <path>", "seed workspace_create without seed_path from this project (default: the Git checkout pyro is started in)")
+    .option("--repo-url <url>", "seed workspace_create without seed_path from a clean clone of this Git repository (https://, ssh://, git://, file:// or a path)")
+    .option("--repo-ref <ref>", "branch, tag or commit of --repo-url to clone (default: its default branch)")
     .option("--token-file <path>", "file (mode 0600) holding the bearer token for --http (default: $PYRO_MCP_TOKEN, else a random one printed to stderr)")
     // Kept only to say what to use instead: a token in argv is readable by every local user.
     .addOption(new Option("--token <token>").hideHelp())
     .addHelpText("after", "\nProfiles: vm-run (one-shot only), workspace-core (default), workspace-full (adds start/stop, summary, snapshots).\nModes: repro-fix, inspect, cold-start, review-eval.")
-    .action(async (o: { profile: ProfileName; mode?: ModeName; http?: { host: string; port: number }; token?: string; tokenFile?: string }) => {
+    .action(async (o: { profile: ProfileName; mode?: ModeName; http?: { host: string; port: number }; token?: string; tokenFile?: string; projectPath?: string; repoUrl?: string; repoRef?: string }) => {
       if (o.token !== undefined) {
         throw new InvalidArgumentError("--token is not accepted: other local users can read the command line; use --token-file PATH (mode 0600) or set PYRO_MCP_TOKEN");
       }
@@ -33,9 +36,15 @@ export function registerMcpCommands(program: Command): void {
         import("../../mcp/stdio-server.js"),
         import("../../mcp/token-file.js"),
       ]);
-      const pyro = new Pyro({ onProgress: (m) => process.stderr.write(`${m}\n`) });
+      // What workspace_create without seed_path seeds from; bad flags fail here, before serving.
+      const { detectProjectSource, describeProjectSource } = await import("../../workspaces/project-seed.js");
+      const project = await detectProjectSource({ cwd: process.cwd(), projectPath: o.projectPath, repoUrl: o.repoUrl, repoRef: o.repoRef }).catch((error: unknown) => {
+        throw error instanceof Error && (error as { code?: string }).code === "INVALID_ARGUMENT" ? new InvalidArgumentError(error.message) : error;
+      });
+      const pyro = new Pyro({ onProgress: (m) => process.stderr.write(`${m}\n`), ...(project ? { project } : {}) });
       const make = () => createPyroMcpServer({ pyro, profile: o.profile, ...(o.mode ? { mode: o.mode } : {}) });
       if (!o.http) {
+        process.stderr.write(`[mcp] ${describeProjectSource(project)}\n`);
         await serveStdio(make());
         // The client is gone: exit now (exit cleanup stops one-shot VMs; workspaces persist by design).
         process.exit(0);
@@ -46,6 +55,7 @@ export function registerMcpCommands(program: Command): void {
       if (given === undefined) process.stderr.write(`[mcp] bearer token: ${token}\n`);
       const { port } = await serveHttp({ ...o.http, token, createServer: make });
       process.stderr.write(`[mcp] serving Streamable HTTP on http://${o.http.host.includes(":") ? `[${o.http.host}]` : o.http.host}:${port}/mcp\n`);
+      process.stderr.write(`[mcp] ${describeProjectSource(project)}\n`);
       await new Promise(() => undefined); // until a signal
     });
 }

@@ -41,7 +41,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
         ...(o.allowHost ? { allowHosts: o.allowHost } : {}),
       });
       if (o.idOnly) return void process.stdout.write(`${r.workspace_id}\n`);
-      emit(o.json, r, () => line("workspace-create", { workspace_id: r.workspace_id, name: r.name, environment: r.environment, state: r.state, start_mode: r.vm?.start_mode, seed: r.seed.mode, seed_files: r.seed.files, create_ms: r.create_ms }));
+      emit(o.json, r, () => line("workspace-create", { workspace_id: r.workspace_id, name: r.name, environment: r.environment, state: r.state, start_mode: r.vm?.start_mode, seed: r.workspace_seed.origin_kind, seed_files: r.workspace_seed.files, seed_skipped: r.workspace_seed.skipped_count || undefined, create_ms: r.create_ms }));
     });
 
   ws.command("list")

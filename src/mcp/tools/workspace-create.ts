@@ -8,12 +8,13 @@ export const workspaceCreate = defineTool({
   title: "Create a workspace",
   description:
     "Create and start a persistent, isolated Linux workspace (a VM whose /workspace keeps your files). " +
-    "Pass seed_path to copy a host directory or .tar/.tgz into /workspace. Next: workspace_exec to run commands.",
+    "seed_path copies a host directory or .tar/.tgz into /workspace; without it you get the server's project " +
+    "(its Git checkout's non-ignored files), or an empty /workspace if it has none: workspace_seed says which. Next: workspace_exec.",
   profile: "workspace-core",
   annotations: ADDITIVE,
   input: {
     environment,
-    seed_path: z.string().optional().describe("Host directory or archive to copy into /workspace"),
+    seed_path: z.string().optional().describe("Host directory or archive to copy into /workspace (default: the server's project, if any)"),
     name: z.string().optional().describe("Unique name, usable instead of the id"),
     labels: z.record(z.string(), z.string()).optional(),
     vcpu_count: vcpuCount,
