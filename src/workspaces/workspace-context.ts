@@ -8,7 +8,7 @@ import { removeStaleStaging } from "./guest-transfer.js";
 import { nowIso, vmHandle, type WorkspaceRecord } from "./workspace-record.js";
 import { recoverInterrupted, recoverWorkspace } from "./workspace-recovery.js";
 import { Redactor } from "./secret-redaction.js";
-import { loadSecrets } from "./workspace-secrets.js";
+import { loadRedactedValues, loadSecrets } from "./workspace-secrets.js";
 import { WorkspaceStore } from "./workspace-store.js";
 
 /** What every workspace operation needs; cheap to build, the runtime is prepared lazily. */
@@ -83,7 +83,7 @@ export async function withRunningWorkspace<T>(
       await ctx.store.write(record);
     }
     const secrets = await loadSecrets(ctx, record.id);
-    const redactor = new Redactor(secrets);
+    const redactor = new Redactor(await loadRedactedValues(ctx, record.id));
     try {
       // One choke point: nothing a running workspace returns leaves pyro with a secret in it.
       return redactor.deep(await fn(record, vm, { secrets, redactor }));

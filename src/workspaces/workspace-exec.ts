@@ -8,6 +8,7 @@ import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace
 import { CommandLogEntry } from "./workspace-record.js";
 import { networkEnvironment } from "./workspace-network.js";
 import { secretEnvironment } from "./workspace-secrets.js";
+import { scopedSecretAudit } from "./scoped-secrets.js";
 
 export const WORKSPACE_EXEC_DEFAULTS = { timeoutSeconds: 120, maxOutputBytes: 1 << 20 } as const;
 /** How much of each stream the command log keeps (the full output is in the exec result). */
@@ -108,7 +109,7 @@ export async function execInWorkspace(ctx: WorkspaceContext, ref: string, comman
 }
 
 /** The command history, oldest first. A torn last line (crash mid-append) is skipped, not fatal. */
-export async function workspaceLogs(ctx: WorkspaceContext, ref: string, options: { limit?: number } = {}): Promise<{ workspace_id: string; count: number; commands: CommandLogEntry[] }> {
+export async function workspaceLogs(ctx: WorkspaceContext, ref: string, options: { limit?: number } = {}): Promise<{ workspace_id: string; count: number; commands: CommandLogEntry[]; secrets?: ReturnType<typeof scopedSecretAudit> }> {
   const record = await ctx.store.resolve(ref);
   const text = await readFile(commandsFile(ctx, record.id), "utf8").catch(() => "");
   const commands: CommandLogEntry[] = [];
@@ -122,5 +123,7 @@ export async function workspaceLogs(ctx: WorkspaceContext, ref: string, options:
     }
   }
   const limited = options.limit ? commands.slice(-options.limit) : commands;
-  return { workspace_id: record.id, count: limited.length, commands: limited };
+  // Where each scoped secret was sent and how often it was refused (names, hosts, counts only).
+  const secrets = record.scoped_secrets.length ? { secrets: scopedSecretAudit(record, ctx.store.dir(record.id)) } : {};
+  return { workspace_id: record.id, count: limited.length, commands: limited, ...secrets };
 }

@@ -13,6 +13,7 @@ import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
 import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
 import { checkNetworkOptions } from "./workspace-network.js";
 import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
+import { interceptsTls, parseSecretHosts, planSecrets, saveEgressSecrets } from "./scoped-secrets.js";
 import { newWorkspaceId, validateName } from "./workspace-store.js";
 
 export const WORKSPACE_DEFAULTS = { vcpuCount: 1, memMib: 1024 } as const;
@@ -29,6 +30,14 @@ export interface CreateWorkspaceOptions {
   /** Secrets by name: literal values, or host files to read them from. */
   secrets?: Record<string, string>;
   secretFiles?: Record<string, string>;
+  /**
+   * Scopes by secret name (hosts, or comma-separated host lists): such a secret is "scoped": the
+   * guest sees a placeholder and the egress proxy sends the value to these hosts only. A secret
+   * without a scope is "injected": its value is in the guest (tmpfs), redacted from output.
+   */
+  secretHosts?: Record<string, string | string[]>;
+  /** Terminate and inspect guest TLS at the egress proxy even without scoped secrets. */
+  tlsInterception?: boolean;
   /** off (default: no NIC), egress, or egress+published-ports. */
   networkPolicy?: string;
   /** Egress allowlist: host names ("*.example.com") and CIDRs. */
@@ -52,6 +61,9 @@ export interface WorkspaceView {
   command_count: number;
   snapshots: string[];
   secret_names: string[];
+  /** Which secrets are scoped, and to which hosts (placeholders and values are not shown). */
+  scoped_secrets: { name: string; hosts: string[] }[];
+  tls_interception: boolean;
   seed: WorkspaceRecord["seed"];
   vm: { pid: number; accel: string; boot_ms: number; start_mode: string } | null;
   unexpected_stop: string | null;
@@ -76,6 +88,8 @@ export function viewOf(record: WorkspaceRecord): WorkspaceView {
     command_count: record.command_count,
     snapshots: record.snapshots.map((s) => s.name),
     secret_names: record.secret_names,
+    scoped_secrets: record.scoped_secrets.map(({ name, hosts }) => ({ name, hosts })),
+    tls_interception: interceptsTls(record),
     seed: record.seed,
     vm: record.vm ? { pid: record.vm.pid, accel: record.vm.accel, boot_ms: record.vm.boot_ms, start_mode: record.vm.start_mode } : null,
     unexpected_stop: record.unexpected_stop,
@@ -123,6 +137,8 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   const tree = options.seedPath ? await prepareTree(options.seedPath) : undefined;
   const secrets = await collectSecrets(options.secrets, options.secretFiles);
   const network = checkNetworkOptions(options.networkPolicy ?? "off", options.allowHosts ?? []);
+  const secretPlan = planSecrets(secrets, parseSecretHosts(options.secretHosts ?? {}), network.policy);
+  if (options.tlsInterception && network.policy === "off") throw new PyroError("INVALID_ARGUMENT", "TLS interception is done by the egress proxy: create the workspace with --network-policy egress");
   const env = await ctx.environments.require(environment);
   const runtime = await ctx.runtime();
   const id = newWorkspaceId();
@@ -147,6 +163,8 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     command_count: 0,
     snapshots: [],
     secret_names: Object.keys(secrets).sort(),
+    scoped_secrets: secretPlan.scoped.map(({ name, hosts, placeholder }) => ({ name, hosts, placeholder })),
+    tls_interception: options.tlsInterception ?? false,
     unexpected_stop: null,
     recovery: null,
     guest_cleanup_pending: false,
@@ -157,7 +175,8 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     let vm: RunningVm | undefined;
     try {
       await ctx.store.createDir(id);
-      await saveSecrets(ctx, id, secrets);
+      await saveSecrets(ctx, id, secretPlan.injected);
+      if (interceptsTls(record)) await saveEgressSecrets(ctx.store.dir(id), id, secretPlan.scoped);
       // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
       const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, shape).catch(() => undefined) : undefined;
       if (template) {

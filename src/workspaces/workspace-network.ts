@@ -5,6 +5,7 @@ import { validateAllowEntry } from "../network/egress-policy.js";
 import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
+import { egressSecretFiles, interceptsTls, scopedSecretEnvironment } from "./scoped-secrets.js";
 
 export const NETWORK_POLICIES = ["off", "egress", "egress+published-ports"] as const;
 export type NetworkPolicy = (typeof NETWORK_POLICIES)[number];
@@ -26,13 +27,14 @@ export function checkNetworkOptions(policy: string, allowHosts: string[]): { pol
 
 /** Environment every command in the workspace gets (proxy settings when it has egress). */
 export function networkEnvironment(record: WorkspaceRecord): Record<string, string> {
-  return record.network_policy === "off" ? {} : proxyEnvironment();
+  return record.network_policy === "off" ? {} : { ...proxyEnvironment(), ...scopedSecretEnvironment(record) };
 }
 
 /** The VM's network for this workspace's policy. */
 export async function launchNetwork(ctx: WorkspaceContext, record: WorkspaceRecord): Promise<VmLaunchSpec["network"]> {
   if (record.network_policy === "off") return "none";
-  return egressNetwork(join(ctx.store.dir(record.id), "egress-policy.json"), { allow: record.allow_hosts }, ctx.paths.runtimeDir);
+  const interception = interceptsTls(record) ? egressSecretFiles(ctx.store.dir(record.id)) : undefined;
+  return egressNetwork(join(ctx.store.dir(record.id), "egress-policy.json"), { allow: record.allow_hosts }, ctx.paths.runtimeDir, process.env, interception);
 }
 
 export function requirePublishing(record: WorkspaceRecord): void {

@@ -22,7 +22,9 @@ export const workspaceCreate: ToolFactory = (surface) => ({
       : {}),
     ...(surface.secretsAndNetwork
       ? {
-          secrets: z.record(z.string(), z.string()).optional().describe("Secret values by name; kept in the guest's tmpfs, redacted from all output"),
+          secrets: z.record(z.string(), z.string()).optional().describe("Secret values by name. Injected (default): the value is in the guest's tmpfs, redacted from all output. Scoped (listed in secret_hosts): the guest only sees a placeholder"),
+          secret_hosts: z.record(z.string(), z.array(z.string())).optional().describe("Scoped secrets: NAME -> hosts. $NAME in the guest is a placeholder that the egress proxy replaces with the value only in HTTP(S) requests to these hosts; sent anywhere else it is refused. Needs network_policy egress"),
+          inspect_tls: z.boolean().optional().describe("Terminate guest HTTPS at the egress proxy (workspace CA) even without scoped secrets"),
           network_policy: z.enum(["off", "egress", "egress+published-ports"]).default("off").describe("off: no network; egress: outbound HTTP(S) via pyro's proxy"),
           allow_hosts: z.array(z.string()).optional().describe("Egress allowlist: host names (*.example.com) or CIDRs"),
         }
@@ -37,6 +39,8 @@ export const workspaceCreate: ToolFactory = (surface) => ({
       ...(a.mem_mib ? { memMib: Number(a.mem_mib) } : {}),
       ...(a.ttl_seconds ? { ttlSeconds: Number(a.ttl_seconds) } : {}),
       ...(a.secrets ? { secrets: a.secrets as Record<string, string> } : {}),
+      ...(a.secret_hosts ? { secretHosts: a.secret_hosts as Record<string, string[]> } : {}),
+      ...(a.inspect_tls ? { tlsInterception: true } : {}),
       ...(a.network_policy ? { networkPolicy: String(a.network_policy) } : {}),
       ...(a.allow_hosts ? { allowHosts: a.allow_hosts as string[] } : {}),
     }),
