@@ -24,13 +24,13 @@ import { lookup } from "node:dns/promises";
 import { chmodSync, readFileSync, rmSync } from "node:fs";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { connect, createServer, type Socket } from "node:net";
-import { getCACertificates, TLSSocket } from "node:tls";
+import { createSecureContext, getCACertificates, TLSSocket } from "node:tls";
 import { ConnectionBudget, EGRESS_CONNECTION_LIMITS } from "./connection-budget.js";
 import { decideEgress, type EgressDecision, type EgressPolicy } from "./egress-policy.js";
 import { formatAddress } from "./ip-address.js";
 import { parseAbsoluteTarget, parseConnectTarget, ProxyRefusal, type ProxyTarget } from "./proxy-target.js";
 import { SecretAuditRecorder } from "./secret-audit.js";
-import { forwardWithSecrets, type ForwardTarget, type SecretForwarding } from "./secret-forwarding.js";
+import { forwardWithSecrets, upstreamTls, type ForwardTarget, type SecretForwarding } from "./secret-forwarding.js";
 import type { ScopedSecretRule } from "./secret-substitution.js";
 
 /** A guest connection must finish its request head within this, so a silent one frees its slot. */
@@ -125,7 +125,7 @@ async function main(): Promise<void> {
   const leaves = caPath ? await (await import("./egress-ca.js")).LeafCertificates.load({ certPem: readFileSync(caPath, "utf8"), keyPem: readFileSync(requiredOption("tls-ca-key"), "utf8") }) : undefined;
   const testCa = option("test-upstream-ca");
   // The host's own trust store (Node's bundle and the system's), never anything the guest supplies.
-  const upstreamTrust = leaves ? [...getCACertificates("bundled"), ...getCACertificates("system"), ...(testCa ? [readFileSync(testCa, "utf8")] : [])] : [];
+  const upstreamTlsSettings = leaves ? upstreamTls(createSecureContext({ ca: [...getCACertificates("bundled"), ...getCACertificates("system"), ...(testCa ? [readFileSync(testCa, "utf8")] : [])] })) : undefined;
   const budget = new ConnectionBudget(requiredOption("count-dir"), numberOption("max-connections", EGRESS_CONNECTION_LIMITS.perVm), numberOption("max-host-connections", EGRESS_CONNECTION_LIMITS.host));
 
   const shutdown = (code: number) => {
@@ -188,7 +188,7 @@ async function main(): Promise<void> {
         tls.on("error", () => tls.destroy());
         const port = target.port;
         const hostPart = target.address?.length === 16 ? `[${target.host}]` : target.host;
-        intercepted.set(tls, { host: target.host, port, address: decision.address, path: "/", hostHeader: port === 443 ? hostPart : `${hostPart}:${port}`, tls: { trust: upstreamTrust } });
+        intercepted.set(tls, { host: target.host, port, address: decision.address, path: "/", hostHeader: port === 443 ? hostPart : `${hostPart}:${port}`, tls: upstreamTlsSettings! });
         interceptor.emit("connection", tls);
         return;
       }
