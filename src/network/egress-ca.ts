@@ -21,6 +21,8 @@ const DAY_MS = 86_400_000;
 /** A CA outlives any workspace; leaves are minted per proxy run and need far less. */
 const CA_VALIDITY_DAYS = 3650;
 const LEAF_VALIDITY_DAYS = 90;
+/** Leaves kept at once: a guest naming endless hosts must not grow the proxy's small heap. */
+const LEAF_CACHE_SIZE = 256;
 /** Clock skew between host and guest at cold boot. */
 const BACKDATE_MS = DAY_MS;
 
@@ -84,11 +86,15 @@ export class LeafCertificates {
   /** A TLS context presenting a certificate for `host` (a name or an IP literal), signed by the CA. */
   contextFor(host: string): Promise<SecureContext> {
     let context = this.cache.get(host);
-    if (!context) {
+    if (context) {
+      // Most recently used last: Map order is the eviction order.
+      this.cache.delete(host);
+    } else {
       context = this.mint(host);
       context.catch(() => this.cache.delete(host));
-      this.cache.set(host, context);
+      if (this.cache.size >= LEAF_CACHE_SIZE) this.cache.delete(this.cache.keys().next().value!);
     }
+    this.cache.set(host, context);
     return context;
   }
 
@@ -96,7 +102,8 @@ export class LeafCertificates {
     const now = Date.now();
     const leaf = await x509.X509CertificateGenerator.create({
       serialNumber: serial(),
-      subject: isIP(host) ? "CN=pyro egress" : `CN=${host}`,
+      // Clients match the SAN; the CN is informative and limited to 64 characters.
+      subject: isIP(host) || host.length > 64 ? "CN=pyro egress" : `CN=${host}`,
       issuer: this.ca.subject,
       notBefore: new Date(now - BACKDATE_MS),
       notAfter: new Date(Math.min(now + LEAF_VALIDITY_DAYS * DAY_MS, this.ca.notAfter.getTime())),

@@ -82,7 +82,8 @@ export async function withRunningWorkspace<T>(
       record.guest_cleanup_pending = false;
       await ctx.store.write(record);
     }
-    const secrets = await loadSecrets(ctx, record.id);
+    // --secret-env NAME of a scoped secret maps its placeholder, never its value.
+    const secrets = { ...(await loadSecrets(ctx, record.id)), ...Object.fromEntries(record.scoped_secrets.map((s) => [s.name, s.placeholder])) };
     const redactor = new Redactor(await loadRedactedValues(ctx, record.id));
     try {
       // One choke point: nothing a running workspace returns leaves pyro with a secret in it.

@@ -136,7 +136,8 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .action(async (ref: string, o: { limit?: number; json?: boolean }) => {
       const r = await (await pyro()).logsWorkspace(ref, o.limit ? { limit: o.limit } : {});
       emit(o.json, r, () =>
-        r.commands.map((c) => `${line("command", { sequence: c.sequence, exit_code: c.exit_code, duration_ms: c.duration_ms, cwd: c.cwd, timed_out: c.timed_out || undefined })}$ ${Array.isArray(c.command) ? c.command.join(" ") : c.command}\n${c.stdout}${c.stderr}`).join("") || "no commands yet\n",
+        (r.commands.map((c) => `${line("command", { sequence: c.sequence, exit_code: c.exit_code, duration_ms: c.duration_ms, cwd: c.cwd, timed_out: c.timed_out || undefined })}$ ${Array.isArray(c.command) ? c.command.join(" ") : c.command}\n${c.stdout}${c.stderr}`).join("") || "no commands yet\n") +
+        (r.secrets ?? []).map((s) => line("secret", { name: s.name, scope: s.scope.join(","), sent_to: Object.entries(s.sent_to).map(([h, n]) => `${h}:${n}`).join(",") || "none", refused: s.refused_requests, refused_hosts: Object.entries(s.refused_hosts).map(([h, n]) => `${h}:${n}`).join(",") || undefined })).join(""),
       );
     });
 
