@@ -46,7 +46,7 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
     process.env.PYRO_TEST_EGRESS_UPSTREAM_CA = upstream.caPath;
     const ws = await pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["127.0.0.1"], secrets: { API_KEY: VALUE, DB_PASSWORD: "injected-pw-31337" }, secretHosts: { API_KEY: "api.test,git.test" } });
     id = ws.workspace_id;
-    assert.deepEqual(ws.scoped_secrets, [{ name: "API_KEY", hosts: ["api.test", "git.test"] }]);
+    assert.deepEqual(ws.scoped_secrets, [{ name: "API_KEY", hosts: ["api.test", "git.test"], memory_only: false }]);
     assert.equal(ws.tls_interception, true);
   });
   after(async () => {
@@ -130,5 +130,42 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
     assert.equal(again.stdout, `got GET /again auth=Bearer ${placeholder}\n1\n1\n`, again.stderr);
     const logs = await pyro.logsWorkspace(id);
     assert.equal(logs.secrets?.[0]?.sent_to["api.test"], 3);
+  });
+});
+
+describe("[vm] memory-only scoped secrets", () => {
+  let scratch: string;
+  let upstream: Awaited<ReturnType<typeof startTlsTestServer>>;
+  let id: string;
+
+  before(async () => {
+    scratch = await mkdtemp(join(tmpdir(), "pyro-scoped-mem-"));
+    upstream = await startTlsTestServer(scratch, (r) => `got auth=${r.headers.authorization}\n`);
+    process.env.PYRO_TEST_EGRESS_RESOLVE = "api.test=127.0.0.1";
+    process.env.PYRO_TEST_EGRESS_UPSTREAM_CA = upstream.caPath;
+    id = (await pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["127.0.0.1"], secrets: { API_KEY: VALUE }, secretHosts: { API_KEY: ["api.test"] }, secretMemoryOnly: true })).workspace_id;
+  });
+  after(async () => {
+    delete process.env.PYRO_TEST_EGRESS_RESOLVE;
+    delete process.env.PYRO_TEST_EGRESS_UPSTREAM_CA;
+    if (id) await pyro.deleteWorkspace(id).catch(() => undefined);
+    upstream.server.closeAllConnections();
+    upstream.server.close();
+    await rm(scratch, { recursive: true, force: true });
+  });
+
+  it("the value is never written: it works for the VM's life, and after a restart its placeholder is refused", TIMEOUT, async () => {
+    const call = `curl -sS -m 60 -w '\\n%{http_code}' -H "Authorization: Bearer $API_KEY" https://api.test:${upstream.port}/m`;
+    const first = await pyro.execWorkspace(id, ["sh", "-c", call]);
+    assert.match(first.stdout, /got auth=Bearer pyro-secret-[0-9a-f]{40}\n\n200$/);
+    assert.equal(upstream.received.at(-1)?.headers.authorization, `Bearer ${VALUE}`);
+    await pyro.stopWorkspace(id);
+    const workspaceDir = join(resolvePaths().stateDir, "workspaces", id);
+    for (const file of await filesUnder(workspaceDir)) assert.ok(!(await readFile(file)).includes(Buffer.from(VALUE)), `${file} holds the value`);
+    await pyro.startWorkspace(id);
+    const seen = upstream.received.length;
+    const after = await pyro.execWorkspace(id, ["sh", "-c", call]);
+    assert.match(after.stdout, /memory-only secret API_KEY, whose value this proxy does not have[\s\S]*\n403$/);
+    assert.equal(upstream.received.length, seen);
   });
 });

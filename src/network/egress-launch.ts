@@ -25,6 +25,8 @@ export interface EgressInterception {
   auditPath: string;
   caCertPath: string;
   caKeyPath: string;
+  /** Values of memory-only secrets (name → value): handed to the proxy through its stdin, never written. */
+  memoryValues?: Record<string, string>;
 }
 
 /**
@@ -54,6 +56,11 @@ export async function egressNetwork(policyPath: string, policy: EgressPolicy, ru
   await writeJsonAtomic(policyPath, { ...policy, hostPublic }, 0o600);
   const server = join(packageRoot(), "dist", "src", "network", "egress-server.js");
   const intercepting = interception ? [`--secrets=${interception.secretsPath}`, `--audit=${interception.auditPath}`, `--tls-ca=${interception.caCertPath}`, `--tls-ca-key=${interception.caKeyPath}`] : [];
+  const memoryValues = interception?.memoryValues && Object.keys(interception.memoryValues).length ? interception.memoryValues : undefined;
+  if (memoryValues) intercepting.push("--secret-values=stdin");
   // Small heaps: the server holds sockets and headers, nothing large (bodies it substitutes whole are ≤ 1 MiB).
-  return { egressServer: [process.execPath, "--max-semi-space-size=1", "--max-old-space-size=64", server, `--policy=${policyPath}`, `--count-dir=${egressCountDir(runtimeDir)}`, ...intercepting, ...testOnlyArguments(env)] };
+  return {
+    egressServer: [process.execPath, "--max-semi-space-size=1", "--max-old-space-size=64", server, `--policy=${policyPath}`, `--count-dir=${egressCountDir(runtimeDir)}`, ...intercepting, ...testOnlyArguments(env)],
+    ...(memoryValues ? { egressInput: Buffer.from(JSON.stringify(memoryValues)) } : {}),
+  };
 }

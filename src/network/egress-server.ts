@@ -86,13 +86,23 @@ function testResolutions(): Map<string, string> {
   return map;
 }
 
-function loadSecretRules(path: string | undefined): ScopedSecretRule[] {
+/** Everything on stdin (memory-only secret values: pyro writes them there and closes it). */
+async function readStdin(): Promise<string> {
+  const parts: Buffer[] = [];
+  for await (const chunk of process.stdin) parts.push(chunk as Buffer);
+  return Buffer.concat(parts).toString("utf8");
+}
+
+/** The scoped secrets file, with memory-only values filled in from stdin when `--secret-values=stdin`. */
+async function loadSecretRules(path: string | undefined): Promise<ScopedSecretRule[]> {
   if (!path) return [];
   const rules = JSON.parse(readFileSync(path, "utf8")) as ScopedSecretRule[];
-  if (!Array.isArray(rules) || !rules.every((r) => typeof r.name === "string" && typeof r.placeholder === "string" && typeof r.value === "string" && Array.isArray(r.hosts))) {
+  if (!Array.isArray(rules) || !rules.every((r) => typeof r.name === "string" && typeof r.placeholder === "string" && (r.value === undefined || typeof r.value === "string") && Array.isArray(r.hosts))) {
     throw new Error(`${path} is not a list of scoped secrets`);
   }
-  return rules;
+  const memory = option("secret-values") === "stdin" ? (JSON.parse(await readStdin()) as Record<string, string>) : {};
+  // A memory-only secret whose value is not given (the VM was restarted) keeps no value: its placeholder is refused everywhere.
+  return rules.map((r) => (r.value === undefined && typeof memory[r.name] === "string" ? { ...r, value: memory[r.name] } : r));
 }
 
 async function decide(policyPath: string, target: ProxyTarget, resolved: Map<string, string>): Promise<EgressDecision> {
@@ -116,7 +126,7 @@ async function main(): Promise<void> {
   const headTimeoutMs = numberOption("head-timeout-ms", HEAD_TIMEOUT_MS);
   const resolved = testResolutions();
   const forwarding: SecretForwarding = {
-    rules: loadSecretRules(option("secrets")),
+    rules: await loadSecretRules(option("secrets")),
     ...(option("audit") ? { audit: new SecretAuditRecorder(option("audit")!) } : {}),
     log: (line) => process.stderr.write(`egress-server: ${new Date().toISOString()} ${line}\n`),
   };

@@ -9,7 +9,8 @@ import { hostMatchesPattern } from "./egress-policy.js";
 export interface ScopedSecretRule {
   name: string;
   placeholder: string;
-  value: string;
+  /** Absent for a memory-only secret whose value the proxy was not given (its VM was restarted). */
+  value?: string;
   /** Host names ("api.example.com", "*.example.com") or IP literals the value may be sent to. */
   hosts: string[];
 }
@@ -29,9 +30,14 @@ export class SecretScopeRefusal extends Error {
     readonly secret: string,
     readonly host: string,
     readonly scope: string[],
+    readonly valueGone = false,
   ) {
     // Names and hosts only: a refusal never carries a value.
-    super(`the request carries the placeholder of secret ${secret}, which may only be sent to ${scope.join(", ")}, not to ${host}; refused and logged as an exfiltration attempt`);
+    super(
+      valueGone
+        ? `the request carries the placeholder of memory-only secret ${secret}, whose value this proxy does not have (the workspace's VM was restarted; create the workspace again to supply it); refused`
+        : `the request carries the placeholder of secret ${secret}, which may only be sent to ${scope.join(", ")}, not to ${host}; refused and logged as an exfiltration attempt`,
+    );
   }
 }
 
@@ -64,7 +70,7 @@ export class Substitution {
   /** Placeholder → value for requests to `host`. */
   static forRequest(rules: ScopedSecretRule[], host: string): Substitution {
     return new Substitution(
-      rules.map((r) => ({ from: Buffer.from(r.placeholder), to: inScope(r, host) ? Buffer.from(r.value) : undefined, name: r.name })),
+      rules.map((r) => ({ from: Buffer.from(r.placeholder), to: inScope(r, host) && r.value !== undefined ? Buffer.from(r.value) : undefined, name: r.name })),
       host,
       rules,
     );
@@ -73,7 +79,7 @@ export class Substitution {
   /** Value → placeholder for responses (every secret's value, whatever the host). */
   static forResponse(rules: ScopedSecretRule[], host: string): Substitution {
     return new Substitution(
-      rules.map((r) => ({ from: Buffer.from(r.value), to: Buffer.from(r.placeholder), name: r.name })),
+      rules.flatMap((r) => (r.value === undefined ? [] : [{ from: Buffer.from(r.value), to: Buffer.from(r.placeholder), name: r.name }])),
       host,
       rules,
     );
@@ -105,7 +111,7 @@ export class Substitution {
       const at = next[best]!;
       if (!r.to) {
         const rule = this.rules.find((x) => x.name === r.name)!;
-        throw new SecretScopeRefusal(r.name, this.host, rule.hosts);
+        throw new SecretScopeRefusal(r.name, this.host, rule.hosts, rule.value === undefined && inScope(rule, this.host));
       }
       parts.push(data.subarray(pos, at), r.to);
       this.used.add(r.name);

@@ -85,12 +85,32 @@ export function interceptsTls(record: WorkspaceRecord): boolean {
 }
 
 /**
- * Writes what the proxy of an intercepting workspace needs: the scoped values (0600, read by the
- * proxy only) and a fresh workspace CA (key 0600; it never enters the guest).
+ * Values of memory-only secrets between create and the start of the workspace's proxy, which gets
+ * them through its stdin: they are never written anywhere, and gone when that proxy (its VM) ends.
  */
-export async function saveEgressSecrets(workspaceDir: string, workspaceId: string, scoped: ScopedSecretRule[]): Promise<void> {
+const memoryOnlyValues = new Map<string, Record<string, string>>();
+
+/** The memory-only values waiting for this workspace's proxy (once: the first boot takes them). */
+export function takeMemoryOnlyValues(workspaceId: string): Record<string, string> | undefined {
+  const values = memoryOnlyValues.get(workspaceId);
+  memoryOnlyValues.delete(workspaceId);
+  return values;
+}
+
+/** Drops values a failed create never handed over. */
+export function forgetMemoryOnlyValues(workspaceId: string): void {
+  memoryOnlyValues.delete(workspaceId);
+}
+
+/**
+ * Writes what the proxy of an intercepting workspace needs: the scoped values (0600, read by the
+ * proxy only; for `memoryOnly`, names and scopes without values, which wait in memory for the
+ * proxy instead) and a fresh workspace CA (key 0600; it never enters the guest).
+ */
+export async function saveEgressSecrets(workspaceDir: string, workspaceId: string, scoped: ScopedSecretRule[], memoryOnly = false): Promise<void> {
   const files = egressSecretFiles(workspaceDir);
-  await writeJsonAtomic(files.secretsPath, scoped, 0o600);
+  if (memoryOnly && scoped.length) memoryOnlyValues.set(workspaceId, Object.fromEntries(scoped.map((r) => [r.name, r.value!])));
+  await writeJsonAtomic(files.secretsPath, memoryOnly ? scoped.map(({ value: _value, ...rest }) => rest) : scoped, 0o600);
   const { mintCertificateAuthority } = await import("../network/egress-ca.js");
   const ca = await mintCertificateAuthority(workspaceId);
   await writeFileAtomic(files.caKeyPath, ca.keyPem, 0o600);
@@ -101,7 +121,7 @@ export async function saveEgressSecrets(workspaceDir: string, workspaceId: strin
 export async function loadScopedValues(workspaceDir: string): Promise<Record<string, string>> {
   try {
     const rules = JSON.parse(await readFile(egressSecretFiles(workspaceDir).secretsPath, "utf8")) as ScopedSecretRule[];
-    return Object.fromEntries(rules.map((r) => [r.name, r.value]));
+    return Object.fromEntries(rules.flatMap((r) => (r.value === undefined ? [] : [[r.name, r.value]])));
   } catch {
     return {};
   }

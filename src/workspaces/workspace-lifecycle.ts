@@ -13,7 +13,7 @@ import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
 import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
 import { checkNetworkOptions } from "./workspace-network.js";
 import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
-import { interceptsTls, parseSecretHosts, planSecrets, saveEgressSecrets } from "./scoped-secrets.js";
+import { forgetMemoryOnlyValues, interceptsTls, parseSecretHosts, planSecrets, saveEgressSecrets } from "./scoped-secrets.js";
 import { newWorkspaceId, validateName } from "./workspace-store.js";
 
 export const WORKSPACE_DEFAULTS = { vcpuCount: 1, memMib: 1024 } as const;
@@ -36,6 +36,11 @@ export interface CreateWorkspaceOptions {
    * without a scope is "injected": its value is in the guest (tmpfs), redacted from output.
    */
   secretHosts?: Record<string, string | string[]>;
+  /**
+   * Scoped values are kept in memory only (handed to the VM's egress proxy, never written): they
+   * are gone when the VM stops; after a restart their placeholders are refused.
+   */
+  secretMemoryOnly?: boolean;
   /** Terminate and inspect guest TLS at the egress proxy even without scoped secrets. */
   tlsInterception?: boolean;
   /** off (default: no NIC), egress, or egress+published-ports. */
@@ -62,7 +67,7 @@ export interface WorkspaceView {
   snapshots: string[];
   secret_names: string[];
   /** Which secrets are scoped, and to which hosts (placeholders and values are not shown). */
-  scoped_secrets: { name: string; hosts: string[] }[];
+  scoped_secrets: { name: string; hosts: string[]; memory_only: boolean }[];
   tls_interception: boolean;
   seed: WorkspaceRecord["seed"];
   vm: { pid: number; accel: string; boot_ms: number; start_mode: string } | null;
@@ -88,7 +93,7 @@ export function viewOf(record: WorkspaceRecord): WorkspaceView {
     command_count: record.command_count,
     snapshots: record.snapshots.map((s) => s.name),
     secret_names: record.secret_names,
-    scoped_secrets: record.scoped_secrets.map(({ name, hosts }) => ({ name, hosts })),
+    scoped_secrets: record.scoped_secrets.map(({ name, hosts, memory_only }) => ({ name, hosts, memory_only })),
     tls_interception: interceptsTls(record),
     seed: record.seed,
     vm: record.vm ? { pid: record.vm.pid, accel: record.vm.accel, boot_ms: record.vm.boot_ms, start_mode: record.vm.start_mode } : null,
@@ -138,6 +143,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   const secrets = await collectSecrets(options.secrets, options.secretFiles);
   const network = checkNetworkOptions(options.networkPolicy ?? "off", options.allowHosts ?? []);
   const secretPlan = planSecrets(secrets, parseSecretHosts(options.secretHosts ?? {}), network.policy);
+  if (options.secretMemoryOnly && secretPlan.scoped.length === 0) throw new PyroError("INVALID_ARGUMENT", "--secret-memory-only applies to scoped secrets: give --secret-host for them");
   if (options.tlsInterception && network.policy === "off") throw new PyroError("INVALID_ARGUMENT", "TLS interception is done by the egress proxy: create the workspace with --network-policy egress");
   const env = await ctx.environments.require(environment);
   const runtime = await ctx.runtime();
@@ -163,7 +169,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     command_count: 0,
     snapshots: [],
     secret_names: Object.keys(secrets).sort(),
-    scoped_secrets: secretPlan.scoped.map(({ name, hosts, placeholder }) => ({ name, hosts, placeholder })),
+    scoped_secrets: secretPlan.scoped.map(({ name, hosts, placeholder }) => ({ name, hosts, placeholder, memory_only: options.secretMemoryOnly ?? false })),
     tls_interception: options.tlsInterception ?? false,
     unexpected_stop: null,
     recovery: null,
@@ -176,7 +182,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     try {
       await ctx.store.createDir(id);
       await saveSecrets(ctx, id, secretPlan.injected);
-      if (interceptsTls(record)) await saveEgressSecrets(ctx.store.dir(id), id, secretPlan.scoped);
+      if (interceptsTls(record)) await saveEgressSecrets(ctx.store.dir(id), id, secretPlan.scoped, options.secretMemoryOnly);
       // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
       const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, shape).catch(() => undefined) : undefined;
       if (template) {
@@ -192,6 +198,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
       return { ...viewOf(record), create_ms: Date.now() - started };
     } catch (error) {
       if (vm) await vm.dispose();
+      forgetMemoryOnlyValues(id);
       await ctx.store.remove(id);
       throw error;
     }

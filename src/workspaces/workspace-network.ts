@@ -5,7 +5,7 @@ import { validateAllowEntry } from "../network/egress-policy.js";
 import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
-import { egressSecretFiles, interceptsTls, scopedSecretEnvironment } from "./scoped-secrets.js";
+import { egressSecretFiles, interceptsTls, scopedSecretEnvironment, takeMemoryOnlyValues } from "./scoped-secrets.js";
 
 export const NETWORK_POLICIES = ["off", "egress", "egress+published-ports"] as const;
 export type NetworkPolicy = (typeof NETWORK_POLICIES)[number];
@@ -33,7 +33,8 @@ export function networkEnvironment(record: WorkspaceRecord): Record<string, stri
 /** The VM's network for this workspace's policy. */
 export async function launchNetwork(ctx: WorkspaceContext, record: WorkspaceRecord): Promise<VmLaunchSpec["network"]> {
   if (record.network_policy === "off") return "none";
-  const interception = interceptsTls(record) ? egressSecretFiles(ctx.store.dir(record.id)) : undefined;
+  const memoryValues = takeMemoryOnlyValues(record.id);
+  const interception = interceptsTls(record) ? { ...egressSecretFiles(ctx.store.dir(record.id)), ...(memoryValues ? { memoryValues } : {}) } : undefined;
   return egressNetwork(join(ctx.store.dir(record.id), "egress-policy.json"), { allow: record.allow_hosts }, ctx.paths.runtimeDir, process.env, interception);
 }
 

@@ -24,6 +24,7 @@ export const workspaceCreate: ToolFactory = (surface) => ({
       ? {
           secrets: z.record(z.string(), z.string()).optional().describe("Secret values by name. Injected (default): the value is in the guest's tmpfs, redacted from all output. Scoped (listed in secret_hosts): the guest only sees a placeholder"),
           secret_hosts: z.record(z.string(), z.array(z.string())).optional().describe("Scoped secrets: NAME -> hosts. $NAME in the guest is a placeholder that the egress proxy replaces with the value only in HTTP(S) requests to these hosts; sent anywhere else it is refused. Needs network_policy egress"),
+          secret_memory_only: z.boolean().optional().describe("Keep scoped secrets' values in memory only (never written); they are gone when the VM stops"),
           inspect_tls: z.boolean().optional().describe("Terminate guest HTTPS at the egress proxy (workspace CA) even without scoped secrets"),
           network_policy: z.enum(["off", "egress", "egress+published-ports"]).default("off").describe("off: no network; egress: outbound HTTP(S) via pyro's proxy"),
           allow_hosts: z.array(z.string()).optional().describe("Egress allowlist: host names (*.example.com) or CIDRs"),
@@ -40,6 +41,7 @@ export const workspaceCreate: ToolFactory = (surface) => ({
       ...(a.ttl_seconds ? { ttlSeconds: Number(a.ttl_seconds) } : {}),
       ...(a.secrets ? { secrets: a.secrets as Record<string, string> } : {}),
       ...(a.secret_hosts ? { secretHosts: a.secret_hosts as Record<string, string[]> } : {}),
+      ...(a.secret_memory_only ? { secretMemoryOnly: true } : {}),
       ...(a.inspect_tls ? { tlsInterception: true } : {}),
       ...(a.network_policy ? { networkPolicy: String(a.network_policy) } : {}),
       ...(a.allow_hosts ? { allowHosts: a.allow_hosts as string[] } : {}),
