@@ -106,6 +106,9 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
     assert.match(other.stdout, /SSL certificate problem[\s\S]*exit=60/);
     const logs = await pyro.logsWorkspace(id);
     assert.deepEqual(logs.secrets?.map((s) => [s.name, s.scope, s.sent_to["api.test"], s.sent_to["git.test"]! > 0, s.refused_hosts]), [["API_KEY", ["api.test", "git.test"], 2, true, { "evil.test": 1 }]]);
+    const summary = await pyro.summarizeWorkspace(id);
+    assert.deepEqual(summary.secrets?.map((s) => [s.name, s.refused_requests]), [["API_KEY", 1]]);
+    assert.ok(!JSON.stringify(summary).includes(placeholder.slice(12)), "the summary names secrets, not placeholders");
   });
 
   it("no file pyro keeps for the workspace (disk, snapshot memory, logs, audit) holds the value but the proxy's own", TIMEOUT, async () => {
