@@ -14,6 +14,8 @@ import { startTlsTestServer, type ReceivedRequest } from "./helpers/tls-test-ser
 const SERVER = join(import.meta.dirname, "..", "src", "network", "egress-server.js");
 const VALUE = "sk-live-0123456789abcdef-REAL";
 const PLACEHOLDER = `pyro-secret-${"ab".repeat(20)}`;
+const PEM_PLACEHOLDER = `pyro-secret-${"cd".repeat(20)}`;
+const PEM_VALUE = "-----BEGIN KEY-----\r\nX-Injected: yes\r\n-----END KEY-----";
 
 describe("egress proxy with scoped secrets (real processes, loopback servers)", () => {
   let dir: string;
@@ -29,7 +31,10 @@ describe("egress proxy with scoped secrets (real processes, loopback servers)", 
     dir = await mkdtemp(join(tmpdir(), "pyro-secret-egress-"));
     // The upstream echoes the Authorization it got: the proxy must not hand the value back.
     upstream = await startTlsTestServer(dir, (r: ReceivedRequest) => `got auth=${r.headers.authorization} body=${r.body}\n`);
-    const rules: ScopedSecretRule[] = [{ name: "API_KEY", placeholder: PLACEHOLDER, value: VALUE, hosts: ["api.test"] }];
+    const rules: ScopedSecretRule[] = [
+      { name: "API_KEY", placeholder: PLACEHOLDER, value: VALUE, hosts: ["api.test"] },
+      { name: "PEM", placeholder: PEM_PLACEHOLDER, value: PEM_VALUE, hosts: ["api.test"] },
+    ];
     await writeFile(join(dir, "secrets.json"), JSON.stringify(rules));
     await writeFile(join(dir, "policy.json"), JSON.stringify({ allow: ["127.0.0.1"] }));
     const ca = await mintCertificateAuthority("ws-test");
@@ -88,13 +93,14 @@ describe("egress proxy with scoped secrets (real processes, loopback servers)", 
         resolve(seen);
       };
       raw.on("data", onData);
+      raw.on("close", () => resolve(seen)); // a proxy that died answers nothing
     });
     if (!established.startsWith("HTTP/1.1 200")) return established;
     return new Promise((resolve, reject) => {
       const tls = tlsConnect({ socket: raw, servername: host, ca }, () => tls.write(request));
       let out = "";
       tls.on("data", (d: Buffer) => (out += d.toString("utf8")));
-      tls.on("error", reject);
+      tls.on("error", (error) => (out ? resolve(out) : reject(error)));
       tls.on("close", () => resolve(out));
     });
   }
@@ -141,6 +147,18 @@ describe("egress proxy with scoped secrets (real processes, loopback servers)", 
     assert.match(log, /exfiltration attempt refused: .*evil\.test/);
     const files = [log, await readFile(join(dir, "audit.json"), "utf8")];
     for (const text of files) assert.ok(!text.includes(VALUE), "no value in the proxy's log or audit");
+  });
+
+  it("a value with line breaks goes into bodies, but never splits a header (400, the proxy lives on)", async () => {
+    const before = upstream.received.length;
+    const out = await httpsThroughProxy("api.test", `GET /h HTTP/1.1\r\nHost: api.test\r\nX-Key: ${PEM_PLACEHOLDER}\r\nConnection: close\r\n\r\n`);
+    assert.match(out, /^HTTP\/1\.1 400 [\s\S]*cannot be forwarded: Invalid character in header content \["X-Key"\]/);
+    assert.ok(!out.includes("BEGIN KEY"));
+    assert.equal(upstream.received.length, before);
+    const body = `k=${PEM_PLACEHOLDER}`;
+    await httpsThroughProxy("api.test", `POST /b HTTP/1.1\r\nHost: api.test\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+    assert.equal(upstream.received.at(-1)?.body, `k=${PEM_VALUE}`);
+    assert.equal(upstream.received.at(-1)?.headers["x-injected"], undefined);
   });
 
   it("presents certificates only the workspace's own CA verifies", async () => {

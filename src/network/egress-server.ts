@@ -229,7 +229,11 @@ async function main(): Promise<void> {
     const tunnel = intercepted.get(req.socket);
     if (!tunnel) return reply(res, 400, "no tunnel");
     if (!(req.url ?? "").startsWith("/")) return reply(res, 400, "requests inside a CONNECT tunnel must be in origin form (/path)");
-    forwardWithSecrets(req, res, { ...tunnel, path: req.url! }, forwarding, reply);
+    try {
+      forwardWithSecrets(req, res, { ...tunnel, path: req.url! }, forwarding, reply);
+    } catch {
+      res.destroy(); // one broken request must not take the VM's egress down with the process
+    }
   });
   interceptor.on("upgrade", (_req: IncomingMessage, socket: Socket) => {
     socket.on("error", () => socket.destroy());

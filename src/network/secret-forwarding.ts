@@ -113,10 +113,17 @@ export function forwardWithSecrets(req: IncomingMessage, res: ServerResponse, ta
       headers: rawHeaders as unknown as OutgoingHttpHeaders,
       setHost: false,
     };
-    const upstream = target.tls
-      ? // secureContext is handed on to tls.connect (Node's RequestOptions type does not list it).
-        httpsRequest({ ...options, agent: target.tls.agent, ...({ secureContext: target.tls.context } as object), ...(isIP(target.host) ? {} : { servername: target.host }) })
-      : httpRequest({ ...options, agent: false });
+    let upstream;
+    try {
+      upstream = target.tls
+        ? // secureContext is handed on to tls.connect (Node's RequestOptions type does not list it).
+          httpsRequest({ ...options, agent: target.tls.agent, ...({ secureContext: target.tls.context } as object), ...(isIP(target.host) ? {} : { servername: target.host }) })
+        : httpRequest({ ...options, agent: false });
+    } catch (error) {
+      // A value with a line break (a PEM file) cannot go into a header: Node refuses the request
+      // (its message names the header, never the value) rather than letting it split the head.
+      return reply(res, 400, `the request cannot be forwarded: ${(error as Error).message}`);
+    }
     upstream.on("response", (answer) => {
       for (const name of outbound.used) forwarding.audit?.record(name, target.host, "sent");
       let responseHeaders = downstreamResponseHeaders(answer.rawHeaders);
