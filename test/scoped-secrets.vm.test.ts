@@ -172,3 +172,34 @@ describe("[vm] memory-only scoped secrets", () => {
     assert.equal(upstream.received.length, seen);
   });
 });
+
+describe("[vm] --inspect-tls without scoped secrets", () => {
+  let scratch: string;
+  let upstream: Awaited<ReturnType<typeof startTlsTestServer>>;
+  let id: string;
+
+  before(async () => {
+    scratch = await mkdtemp(join(tmpdir(), "pyro-inspect-"));
+    upstream = await startTlsTestServer(scratch);
+    process.env.PYRO_TEST_EGRESS_RESOLVE = "api.test=127.0.0.1";
+    process.env.PYRO_TEST_EGRESS_UPSTREAM_CA = upstream.caPath;
+    id = (await pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["127.0.0.1"], tlsInterception: true })).workspace_id;
+  });
+  after(async () => {
+    delete process.env.PYRO_TEST_EGRESS_RESOLVE;
+    delete process.env.PYRO_TEST_EGRESS_UPSTREAM_CA;
+    if (id) await pyro.deleteWorkspace(id).catch(() => undefined);
+    upstream.server.closeAllConnections();
+    upstream.server.close();
+    await rm(scratch, { recursive: true, force: true });
+  });
+
+  it("terminates guest TLS with the workspace CA, which the guest's tools trust", TIMEOUT, async () => {
+    const status = await pyro.statusWorkspace(id);
+    assert.equal(status.tls_interception, true);
+    assert.deepEqual(status.scoped_secrets, []);
+    const r = await pyro.execWorkspace(id, ["sh", "-c", `curl -sS -m 60 https://api.test:${upstream.port}/i && curl -sS -m 60 -o /dev/null -w '%{certs}' --cacert /usr/local/share/ca-certificates/pyro-egress-ca.crt https://api.test:${upstream.port}/j | grep -c 'pyro egress CA for workspace ${id}'`]);
+    assert.equal(r.exit_code, 0, r.stderr);
+    assert.match(r.stdout, /^ok GET \/i\n[1-9]\d*\n$/);
+  });
+});
