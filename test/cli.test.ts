@@ -69,6 +69,18 @@ describe("pyro CLI", () => {
     assert.match(pyro(["mcp", "serve", "--http", "127.0.0.1:99999"]).stderr, /port must be a number from 0 to 65535/);
   });
 
+  it("parses --secret-host scopes and refuses bad ones before booting anything", () => {
+    const noEgress = pyro(["workspace", "create", "debian:12", "--secret", "API_KEY=v", "--secret-host", "API_KEY=api.example.com"]);
+    assert.equal(noEgress.code, 125);
+    assert.match(noEgress.stderr, /^pyro: error \[INVALID_ARGUMENT\]: scoped secrets \(--secret-host\) are sent by the egress proxy: create the workspace with --network-policy egress\n$/);
+    const undefinedName = pyro(["workspace", "create", "debian:12", "--network-policy", "egress", "--secret", "A=v", "--secret-host", "B=api.example.com"]);
+    assert.match(undefinedName.stderr, /\[INVALID_ARGUMENT\]: --secret-host B: no secret 'B' is defined/);
+    const cidr = pyro(["workspace", "create", "debian:12", "--network-policy", "egress", "--secret", "A=v", "--secret-host", "A=api.example.com", "--secret-host", "A=10.0.0.0/8"]);
+    assert.match(cidr.stderr, /\[INVALID_ARGUMENT\]: --secret-host A: '10\.0\.0\.0\/8' is a CIDR/, "a repeated NAME adds hosts, each validated");
+    assert.equal(pyro(["workspace", "create", "debian:12", "--secret-host", "novalue"]).code, 2);
+    assert.match(pyro(["workspace", "create", "--help"]).stdout, /--secret-host[\s\S]*--secret-memory-only[\s\S]*--inspect-tls/);
+  });
+
   it("names a host file it cannot read instead of failing internally", () => {
     const r = pyro(["workspace", "file", "write", "W", "x", "--from-file", "/nonexistent/pyro-input"]);
     assert.equal(r.code, 125);

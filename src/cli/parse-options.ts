@@ -39,6 +39,14 @@ export function collectKeyValue(value: string, previous: Record<string, string> 
   return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };
 }
 
+/** Repeatable KEY=VALUE options where a key may repeat (secret scopes): values gathered per key. */
+export function collectKeyValues(value: string, previous: Record<string, string[]> = {}): Record<string, string[]> {
+  const at = value.indexOf("=");
+  if (at <= 0) throw new InvalidArgumentError(`expected KEY=VALUE, got '${value}'`);
+  const key = value.slice(0, at);
+  return { ...previous, [key]: [...(previous[key] ?? []), value.slice(at + 1)] };
+}
+
 /** A TCP port: 1–65535, or 0 where the caller lets the system pick a free one. */
 export function portNumber(value: string, options: { allowZero: boolean }): number {
   const min = options.allowZero ? 0 : 1;

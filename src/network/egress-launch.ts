@@ -17,11 +17,36 @@ export function egressCountDir(runtimeDir: string): string {
   return join(runtimeDir, "egress-connections");
 }
 
+/** The files the proxy of a workspace with scoped secrets or TLS inspection reads and writes. */
+export interface EgressInterception {
+  /** Scoped secrets (names, placeholders, values, hosts): 0600, read by the proxy only. */
+  secretsPath: string;
+  /** Per-secret counts of hosts sent to and requests refused. */
+  auditPath: string;
+  caCertPath: string;
+  caKeyPath: string;
+  /** Values of memory-only secrets (name → value): handed to the proxy through its stdin, never written. */
+  memoryValues?: Record<string, string>;
+}
+
+/**
+ * Test-only settings, read from the environment of the pyro process that starts the VM (never from
+ * a tool argument or anything the guest controls): PYRO_TEST_EGRESS_RESOLVE ("name=IP,…") makes
+ * the proxy resolve those names to those addresses (the egress policy still applies), and
+ * PYRO_TEST_EGRESS_UPSTREAM_CA (a PEM file) is trusted for upstream TLS besides the host's store.
+ */
+function testOnlyArguments(env: NodeJS.ProcessEnv): string[] {
+  const args: string[] = [];
+  if (env.PYRO_TEST_EGRESS_RESOLVE) args.push(`--test-resolve=${env.PYRO_TEST_EGRESS_RESOLVE}`);
+  if (env.PYRO_TEST_EGRESS_UPSTREAM_CA) args.push(`--test-upstream-ca=${env.PYRO_TEST_EGRESS_UPSTREAM_CA}`);
+  return args;
+}
+
 /**
  * Writes the policy file and returns the VM's network: an egress server (egress-server.js) that the
  * VMM backend runs beside the VM for its whole life.
  */
-export async function egressNetwork(policyPath: string, policy: EgressPolicy, runtimeDir: string, env: NodeJS.ProcessEnv = process.env): Promise<Exclude<VmLaunchSpec["network"], "none">> {
+export async function egressNetwork(policyPath: string, policy: EgressPolicy, runtimeDir: string, env: NodeJS.ProcessEnv = process.env, interception?: EgressInterception): Promise<Exclude<VmLaunchSpec["network"], "none">> {
   let hostPublic: string[];
   try {
     hostPublic = parseHostPublicCidrs(env.PYRO_EGRESS_PUBLIC_CIDRS ?? "");
@@ -30,6 +55,12 @@ export async function egressNetwork(policyPath: string, policy: EgressPolicy, ru
   }
   await writeJsonAtomic(policyPath, { ...policy, hostPublic }, 0o600);
   const server = join(packageRoot(), "dist", "src", "network", "egress-server.js");
-  // Small heaps: the server holds sockets and headers, nothing large.
-  return { egressServer: [process.execPath, "--max-semi-space-size=1", "--max-old-space-size=64", server, `--policy=${policyPath}`, `--count-dir=${egressCountDir(runtimeDir)}`] };
+  const intercepting = interception ? [`--secrets=${interception.secretsPath}`, `--audit=${interception.auditPath}`, `--tls-ca=${interception.caCertPath}`, `--tls-ca-key=${interception.caKeyPath}`] : [];
+  const memoryValues = interception?.memoryValues && Object.keys(interception.memoryValues).length ? interception.memoryValues : undefined;
+  if (memoryValues) intercepting.push("--secret-values=stdin");
+  // Small heaps: the server holds sockets and headers, nothing large (bodies it substitutes whole are ≤ 1 MiB).
+  return {
+    egressServer: [process.execPath, "--max-semi-space-size=1", "--max-old-space-size=64", server, `--policy=${policyPath}`, `--count-dir=${egressCountDir(runtimeDir)}`, ...intercepting, ...testOnlyArguments(env)],
+    ...(memoryValues ? { egressInput: Buffer.from(JSON.stringify(memoryValues)) } : {}),
+  };
 }

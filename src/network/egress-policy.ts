@@ -22,7 +22,8 @@ export function isPublicAddress(ip: string): boolean {
   return bytes !== undefined && addressScope(bytes).public;
 }
 
-function hostMatches(host: string, pattern: string): boolean {
+/** Whether a host name matches an allowlist-style pattern ("example.com" exactly, "*.example.com" any subdomain). */
+export function hostMatchesPattern(host: string, pattern: string): boolean {
   const h = host.toLowerCase().replace(/\.$/, "");
   const p = pattern.toLowerCase();
   if (p.startsWith("*.")) return h.endsWith(p.slice(1)) && h !== p.slice(2);
@@ -95,7 +96,7 @@ export function decideEgress(policy: EgressPolicy, host: string, addresses: stri
   if (addresses.length === 0) return { allowed: false, reason: `${host} does not resolve` };
   const { names, prefixes } = compile(policy);
   const hostPublic = (policy.hostPublic ?? []).map((c) => parseCidr(c)).filter((c): c is Cidr => c !== undefined);
-  const explicitHost = names.some((p) => hostMatches(host, p));
+  const explicitHost = names.some((p) => hostMatchesPattern(host, p));
   const refusals: string[] = [];
   for (const text of addresses) {
     const parsed = parseHostAddress(text);

@@ -10,17 +10,28 @@
  * (`--lifeline`) and exits when that connection ends, however the VMM died. If it crashes, the
  * VM loses egress but nothing is left behind.
  *
+ * With scoped secrets (--secrets), placeholders in requests are replaced by values for the hosts
+ * each secret is scoped to, and refused elsewhere; with a CA (--tls-ca, --tls-ca-key) CONNECT
+ * tunnels are terminated with a minted leaf and re-opened upstream with the host's trust store,
+ * so HTTPS requests can be substituted too.
+ *
  *   egress-server.js --policy=FILE --count-dir=DIR --listen=SOCKET --lifeline=SOCKET
  *                    [--max-connections=N] [--max-host-connections=N] [--head-timeout-ms=N]
+ *                    [--secrets=FILE] [--audit=FILE] [--tls-ca=FILE --tls-ca-key=FILE]
+ *                    [--test-resolve=NAME=IP,…] [--test-upstream-ca=FILE]   (tests only; see egress-launch.ts)
  */
 import { lookup } from "node:dns/promises";
 import { chmodSync, readFileSync, rmSync } from "node:fs";
-import { createServer as createHttpServer, request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { connect, createServer, type Socket } from "node:net";
+import { createSecureContext, getCACertificates, TLSSocket } from "node:tls";
 import { ConnectionBudget, EGRESS_CONNECTION_LIMITS } from "./connection-budget.js";
 import { decideEgress, type EgressDecision, type EgressPolicy } from "./egress-policy.js";
 import { formatAddress } from "./ip-address.js";
-import { downstreamResponseHeaders, parseAbsoluteTarget, parseConnectTarget, ProxyRefusal, upstreamRequestHeaders, type ProxyTarget } from "./proxy-target.js";
+import { parseAbsoluteTarget, parseConnectTarget, ProxyRefusal, type ProxyTarget } from "./proxy-target.js";
+import { SecretAuditRecorder } from "./secret-audit.js";
+import { forwardWithSecrets, upstreamTls, type ForwardTarget, type SecretForwarding } from "./secret-forwarding.js";
+import type { ScopedSecretRule } from "./secret-substitution.js";
 
 /** A guest connection must finish its request head within this, so a silent one frees its slot. */
 const HEAD_TIMEOUT_MS = 60_000;
@@ -65,9 +76,39 @@ function loadPolicy(path: string): EgressPolicy {
   return { allow: ["policy-unreadable.invalid"] };
 }
 
-async function decide(policyPath: string, target: ProxyTarget): Promise<EgressDecision> {
+/** --test-resolve=NAME=IP,…: names the proxy resolves to fixed addresses (the policy still applies). */
+function testResolutions(): Map<string, string> {
+  const map = new Map<string, string>();
+  for (const pair of (option("test-resolve") ?? "").split(",").filter(Boolean)) {
+    const at = pair.indexOf("=");
+    if (at > 0) map.set(pair.slice(0, at).toLowerCase(), pair.slice(at + 1));
+  }
+  return map;
+}
+
+/** Everything on stdin (memory-only secret values: pyro writes them there and closes it). */
+async function readStdin(): Promise<string> {
+  const parts: Buffer[] = [];
+  for await (const chunk of process.stdin) parts.push(chunk as Buffer);
+  return Buffer.concat(parts).toString("utf8");
+}
+
+/** The scoped secrets file, with memory-only values filled in from stdin when `--secret-values=stdin`. */
+async function loadSecretRules(path: string | undefined): Promise<ScopedSecretRule[]> {
+  if (!path) return [];
+  const rules = JSON.parse(readFileSync(path, "utf8")) as ScopedSecretRule[];
+  if (!Array.isArray(rules) || !rules.every((r) => typeof r.name === "string" && typeof r.placeholder === "string" && (r.value === undefined || typeof r.value === "string") && Array.isArray(r.hosts))) {
+    throw new Error(`${path} is not a list of scoped secrets`);
+  }
+  const memory = option("secret-values") === "stdin" ? (JSON.parse(await readStdin()) as Record<string, string>) : {};
+  // A memory-only secret whose value is not given (the VM was restarted) keeps no value: its placeholder is refused everywhere.
+  return rules.map((r) => (r.value === undefined && typeof memory[r.name] === "string" ? { ...r, value: memory[r.name] } : r));
+}
+
+async function decide(policyPath: string, target: ProxyTarget, resolved: Map<string, string>): Promise<EgressDecision> {
   let addresses: string[];
   if (target.address) addresses = [formatAddress(target.address)];
+  else if (resolved.has(target.host)) addresses = [resolved.get(target.host)!];
   else {
     try {
       addresses = (await lookup(target.host, { all: true, verbatim: true })).map((a) => a.address);
@@ -78,11 +119,23 @@ async function decide(policyPath: string, target: ProxyTarget): Promise<EgressDe
   return decideEgress(loadPolicy(policyPath), target.host, addresses);
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const policyPath = requiredOption("policy");
   const listenPath = requiredOption("listen");
   const lifelinePath = requiredOption("lifeline");
   const headTimeoutMs = numberOption("head-timeout-ms", HEAD_TIMEOUT_MS);
+  const resolved = testResolutions();
+  const forwarding: SecretForwarding = {
+    rules: await loadSecretRules(option("secrets")),
+    ...(option("audit") ? { audit: new SecretAuditRecorder(option("audit")!) } : {}),
+    log: (line) => process.stderr.write(`egress-server: ${new Date().toISOString()} ${line}\n`),
+  };
+  const caPath = option("tls-ca");
+  // Loaded only when intercepting: the certificate library is not needed by a plain tunnel.
+  const leaves = caPath ? await (await import("./egress-ca.js")).LeafCertificates.load({ certPem: readFileSync(caPath, "utf8"), keyPem: readFileSync(requiredOption("tls-ca-key"), "utf8") }) : undefined;
+  const testCa = option("test-upstream-ca");
+  // The host's own trust store (Node's bundle and the system's), never anything the guest supplies.
+  const upstreamTlsSettings = leaves ? upstreamTls(createSecureContext({ ca: [...getCACertificates("bundled"), ...getCACertificates("system"), ...(testCa ? [readFileSync(testCa, "utf8")] : [])] })) : undefined;
   const budget = new ConnectionBudget(requiredOption("count-dir"), numberOption("max-connections", EGRESS_CONNECTION_LIMITS.perVm), numberOption("max-host-connections", EGRESS_CONNECTION_LIMITS.host));
 
   const shutdown = (code: number) => {
@@ -118,27 +171,9 @@ function main(): void {
         if (error instanceof ProxyRefusal) return reply(res, error.status, error.message);
         throw error;
       }
-      const decision = await decide(policyPath, target);
+      const decision = await decide(policyPath, target, resolved);
       if (!decision.allowed) return reply(res, 403, decision.reason);
-      const upstream = httpRequest({
-        host: decision.address, // an IP literal: no second resolution
-        port: target.port,
-        method: req.method,
-        path: target.path,
-        headers: upstreamRequestHeaders(req.rawHeaders, target.hostHeader),
-        setHost: false,
-        agent: false,
-      });
-      upstream.on("response", (answer) => {
-        res.writeHead(answer.statusCode ?? 502, answer.statusMessage ?? "", downstreamResponseHeaders(answer.rawHeaders));
-        answer.pipe(res);
-      });
-      upstream.on("error", (error) => {
-        if (!res.headersSent) reply(res, 502, `cannot reach ${target.host}:${target.port}: ${error.message}`);
-        else res.destroy();
-      });
-      res.on("close", () => upstream.destroy());
-      req.pipe(upstream);
+      forwardWithSecrets(req, res, { host: target.host, port: target.port, address: decision.address, path: target.path, hostHeader: target.hostHeader }, forwarding, reply);
     })().catch(() => res.destroy());
   });
 
@@ -153,8 +188,20 @@ function main(): void {
         if (error instanceof ProxyRefusal) return void socket.end(refusalResponse(error.status, error.message));
         throw error;
       }
-      const decision = await decide(policyPath, target);
+      const decision = await decide(policyPath, target, resolved);
       if (!decision.allowed) return void socket.end(refusalResponse(403, decision.reason));
+      if (leaves) {
+        const context = await leaves.contextFor(target.host);
+        socket.write("HTTP/1.1 200 Connection established\r\n\r\n");
+        if (head.length) socket.unshift(head);
+        const tls = new TLSSocket(socket, { isServer: true, secureContext: context, ALPNProtocols: ["http/1.1"] });
+        tls.on("error", () => tls.destroy());
+        const port = target.port;
+        const hostPart = target.address?.length === 16 ? `[${target.host}]` : target.host;
+        intercepted.set(tls, { host: target.host, port, address: decision.address, path: "/", hostHeader: port === 443 ? hostPart : `${hostPart}:${port}`, tls: upstreamTlsSettings! });
+        interceptor.emit("connection", tls);
+        return;
+      }
       const upstream = connect({ host: decision.address, port: target.port });
       let connected = false;
       upstream.once("connect", () => {
@@ -172,6 +219,29 @@ function main(): void {
       upstream.on("close", (hadError) => hadError && socket.destroy());
       socket.on("close", () => upstream.destroy());
     })().catch(() => socket.destroy());
+  });
+
+  // Requests inside a terminated CONNECT: origin-form, bound for the tunnel's checked target only
+  // (the Host header is replaced by the target's, as for plain HTTP).
+  const intercepted = new WeakMap<Socket, ForwardTarget>();
+  const interceptor = createHttpServer({ requestTimeout: 0 });
+  interceptor.on("request", (req: IncomingMessage, res: ServerResponse) => {
+    const tunnel = intercepted.get(req.socket);
+    if (!tunnel) return reply(res, 400, "no tunnel");
+    if (!(req.url ?? "").startsWith("/")) return reply(res, 400, "requests inside a CONNECT tunnel must be in origin form (/path)");
+    try {
+      forwardWithSecrets(req, res, { ...tunnel, path: req.url! }, forwarding, reply);
+    } catch {
+      res.destroy(); // one broken request must not take the VM's egress down with the process
+    }
+  });
+  interceptor.on("upgrade", (_req: IncomingMessage, socket: Socket) => {
+    socket.on("error", () => socket.destroy());
+    socket.end(refusalResponse(501, "protocol upgrades (websockets) are not proxied in a workspace whose TLS the proxy inspects"));
+  });
+  interceptor.on("clientError", (_error: Error, socket: Socket) => {
+    if (socket.writable) socket.end(refusalResponse(400, "malformed request"));
+    socket.destroy();
   });
 
   proxy.on("upgrade", (_req: IncomingMessage, socket: Socket) => {
@@ -240,4 +310,7 @@ function holdLifeline(path: string, onEnd: () => void): void {
   attempt();
 }
 
-main();
+main().catch((error: unknown) => {
+  process.stderr.write(`egress-server: ${(error as Error).stack ?? error}\n`);
+  process.exit(1);
+});

@@ -9,6 +9,7 @@ import type { WorkspaceContext } from "./workspace-context.js";
 import { nowIso, type WorkspaceRecord } from "./workspace-record.js";
 import { launchNetwork } from "./workspace-network.js";
 import { loadSecrets, materializeSecrets } from "./workspace-secrets.js";
+import { installGuestCa, interceptsTls } from "./scoped-secrets.js";
 
 /** How a workspace VM comes up: a cold boot of its disk, or a restore of saved state (template or snapshot). */
 export type BootSource =
@@ -53,6 +54,7 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
   }
   // Secrets live in the guest's tmpfs, gone after a cold boot: put them back every time.
   await materializeSecrets(vm.agent, await loadSecrets(ctx, record.id));
+  if (interceptsTls(record)) await installGuestCa(vm.agent, ctx.store.dir(record.id));
   if (record.guest_cleanup_pending) {
     await removeStaleStaging(vm.agent);
     record.guest_cleanup_pending = false;

@@ -8,7 +8,7 @@ import { removeStaleStaging } from "./guest-transfer.js";
 import { nowIso, vmHandle, type WorkspaceRecord } from "./workspace-record.js";
 import { recoverInterrupted, recoverWorkspace } from "./workspace-recovery.js";
 import { Redactor } from "./secret-redaction.js";
-import { loadSecrets } from "./workspace-secrets.js";
+import { loadRedactedValues, loadSecrets } from "./workspace-secrets.js";
 import { WorkspaceStore } from "./workspace-store.js";
 
 /** What every workspace operation needs; cheap to build, the runtime is prepared lazily. */
@@ -82,8 +82,9 @@ export async function withRunningWorkspace<T>(
       record.guest_cleanup_pending = false;
       await ctx.store.write(record);
     }
-    const secrets = await loadSecrets(ctx, record.id);
-    const redactor = new Redactor(secrets);
+    // --secret-env NAME of a scoped secret maps its placeholder, never its value.
+    const secrets = { ...(await loadSecrets(ctx, record.id)), ...Object.fromEntries(record.scoped_secrets.map((s) => [s.name, s.placeholder])) };
+    const redactor = new Redactor(await loadRedactedValues(ctx, record.id));
     try {
       // One choke point: nothing a running workspace returns leaves pyro with a secret in it.
       return redactor.deep(await fn(record, vm, { secrets, redactor }));

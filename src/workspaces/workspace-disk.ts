@@ -12,7 +12,7 @@ import { reconcileVm, withLockedWorkspace, type WorkspaceContext } from "./works
 import type { WorkspaceRecord } from "./workspace-record.js";
 import { FILE_READ_DEFAULT_MAX_BYTES, fileReadView } from "./file-read-view.js";
 import { Redactor } from "./secret-redaction.js";
-import { loadSecrets } from "./workspace-secrets.js";
+import { loadRedactedValues } from "./workspace-secrets.js";
 
 /** Runtime state pyro keeps in the guest outside /workspace; never part of a disk export. */
 const RUNTIME_PATHS = ["/run/pyro-secrets", "/run/pyro-services"];
@@ -55,7 +55,7 @@ async function withRawDisk<T>(ctx: WorkspaceContext, ref: string, fn: (record: W
       });
       if (converted.exitCode !== 0) throw sandboxFailure(converted, "converting the workspace disk to raw");
       const raw = await sandboxOutputFile(scratch, RAW_NAME);
-      return await fn(record, raw, scratch, new Redactor(await loadSecrets(ctx, record.id)));
+      return await fn(record, raw, scratch, new Redactor(await loadRedactedValues(ctx, record.id)));
     } finally {
       await rm(scratch, { recursive: true, force: true });
     }

@@ -9,6 +9,7 @@ import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace
 import { CommandLogEntry } from "./workspace-record.js";
 import { networkEnvironment } from "./workspace-network.js";
 import { secretEnvironment } from "./workspace-secrets.js";
+import { scopedSecretAudit } from "./scoped-secrets.js";
 
 export { WORKSPACE_EXEC_DEFAULTS };
 /** How much of each stream the command log keeps (the full output is in the exec result). */
@@ -109,7 +110,7 @@ export async function execInWorkspace(ctx: WorkspaceContext, ref: string, comman
 }
 
 /** The command history, oldest first. A torn last line (crash mid-append) is skipped, not fatal. */
-export async function workspaceLogs(ctx: WorkspaceContext, ref: string, options: { limit?: number } = {}): Promise<{ workspace_id: string; count: number; commands: CommandLogEntry[] }> {
+export async function workspaceLogs(ctx: WorkspaceContext, ref: string, options: { limit?: number } = {}): Promise<{ workspace_id: string; count: number; commands: CommandLogEntry[]; secrets?: ReturnType<typeof scopedSecretAudit> }> {
   const record = await ctx.store.resolve(ref);
   const text = await readFile(commandsFile(ctx, record.id), "utf8").catch(() => "");
   const commands: CommandLogEntry[] = [];
@@ -123,5 +124,7 @@ export async function workspaceLogs(ctx: WorkspaceContext, ref: string, options:
     }
   }
   const limited = options.limit ? commands.slice(-options.limit) : commands;
-  return { workspace_id: record.id, count: limited.length, commands: limited };
+  // Where each scoped secret was sent and how often it was refused (names, hosts, counts only).
+  const secrets = record.scoped_secrets.length ? { secrets: scopedSecretAudit(record, ctx.store.dir(record.id)) } : {};
+  return { workspace_id: record.id, count: limited.length, commands: limited, ...secrets };
 }

@@ -15,6 +15,7 @@ import { prepareWorkspaceSeed, resolveWorkspaceSeed, seedRecord, seedView, type 
 import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
 import { checkNetworkOptions } from "./workspace-network.js";
 import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
+import { forgetMemoryOnlyValues, interceptsTls, parseSecretHosts, planSecrets, saveEgressSecrets } from "./scoped-secrets.js";
 import { newWorkspaceId, validateName } from "./workspace-store.js";
 
 /** A workspace's machine shape when the caller does not choose one. */
@@ -34,6 +35,19 @@ export interface CreateWorkspaceOptions {
   /** Secrets by name: literal values, or host files to read them from. */
   secrets?: Record<string, string>;
   secretFiles?: Record<string, string>;
+  /**
+   * Scopes by secret name (hosts, or comma-separated host lists): such a secret is "scoped": the
+   * guest sees a placeholder and the egress proxy sends the value to these hosts only. A secret
+   * without a scope is "injected": its value is in the guest (tmpfs), redacted from output.
+   */
+  secretHosts?: Record<string, string | string[]>;
+  /**
+   * Scoped values are kept in memory only (handed to the VM's egress proxy, never written): they
+   * are gone when the VM stops; after a restart their placeholders are refused.
+   */
+  secretMemoryOnly?: boolean;
+  /** Terminate and inspect guest TLS at the egress proxy even without scoped secrets. */
+  tlsInterception?: boolean;
   /** off (default: no NIC), egress, or egress+published-ports. */
   networkPolicy?: string;
   /** Egress allowlist: host names ("*.example.com") and CIDRs. */
@@ -58,6 +72,9 @@ export interface WorkspaceView {
   snapshots: string[];
   secret_names: string[];
   workspace_seed: WorkspaceSeedView;
+  /** Which secrets are scoped, and to which hosts (placeholders and values are not shown). */
+  scoped_secrets: { name: string; hosts: string[]; memory_only: boolean }[];
+  tls_interception: boolean;
   vm: { pid: number; accel: string; boot_ms: number; start_mode: string } | null;
   unexpected_stop: string | null;
   /** What pyro repaired after an interrupted operation on this workspace, if anything. */
@@ -82,6 +99,8 @@ export function viewOf(record: WorkspaceRecord): WorkspaceView {
     snapshots: record.snapshots.map((s) => s.name),
     secret_names: record.secret_names,
     workspace_seed: seedView(record.seed),
+    scoped_secrets: record.scoped_secrets.map(({ name, hosts, memory_only }) => ({ name, hosts, memory_only })),
+    tls_interception: interceptsTls(record),
     vm: record.vm ? { pid: record.vm.pid, accel: record.vm.accel, boot_ms: record.vm.boot_ms, start_mode: record.vm.start_mode } : null,
     unexpected_stop: record.unexpected_stop,
     recovery: record.recovery,
@@ -128,6 +147,9 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   const tree = seedSource ? await prepareWorkspaceSeed(seedSource) : undefined;
   const secrets = await collectSecrets(options.secrets, options.secretFiles);
   const network = checkNetworkOptions(options.networkPolicy ?? "off", options.allowHosts ?? []);
+  const secretPlan = planSecrets(secrets, parseSecretHosts(options.secretHosts ?? {}), network.policy);
+  if (options.secretMemoryOnly && secretPlan.scoped.length === 0) throw new PyroError("INVALID_ARGUMENT", "--secret-memory-only applies to scoped secrets: give --secret-host for them");
+  if (options.tlsInterception && network.policy === "off") throw new PyroError("INVALID_ARGUMENT", "TLS interception is done by the egress proxy: create the workspace with --network-policy egress");
   const env = await ctx.environments.require(environment);
   const runtime = await ctx.runtime();
   const id = newWorkspaceId();
@@ -152,6 +174,8 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     command_count: 0,
     snapshots: [],
     secret_names: Object.keys(secrets).sort(),
+    scoped_secrets: secretPlan.scoped.map(({ name, hosts, placeholder }) => ({ name, hosts, placeholder, memory_only: options.secretMemoryOnly ?? false })),
+    tls_interception: options.tlsInterception ?? false,
     unexpected_stop: null,
     recovery: null,
     guest_cleanup_pending: false,
@@ -162,7 +186,8 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     let vm: RunningVm | undefined;
     try {
       await ctx.store.createDir(id);
-      await saveSecrets(ctx, id, secrets);
+      await saveSecrets(ctx, id, secretPlan.injected);
+      if (interceptsTls(record)) await saveEgressSecrets(ctx.store.dir(id), id, secretPlan.scoped, options.secretMemoryOnly);
       // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
       const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, shape).catch(() => undefined) : undefined;
       if (template) {
@@ -178,6 +203,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
       return { ...viewOf(record), create_ms: Date.now() - started };
     } catch (error) {
       if (vm) await vm.dispose();
+      forgetMemoryOnlyValues(id);
       await ctx.store.remove(id);
       throw error;
     }

@@ -6,6 +6,7 @@ import { validateAllowEntry } from "../network/egress-policy.js";
 import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
+import { egressSecretFiles, interceptsTls, scopedSecretEnvironment, takeMemoryOnlyValues } from "./scoped-secrets.js";
 
 export { NETWORK_POLICIES, type NetworkPolicy };
 
@@ -26,13 +27,15 @@ export function checkNetworkOptions(policy: string, allowHosts: string[]): { pol
 
 /** Environment every command in the workspace gets (proxy settings when it has egress). */
 export function networkEnvironment(record: WorkspaceRecord): Record<string, string> {
-  return record.network_policy === "off" ? {} : proxyEnvironment();
+  return record.network_policy === "off" ? {} : { ...proxyEnvironment(), ...scopedSecretEnvironment(record) };
 }
 
 /** The VM's network for this workspace's policy. */
 export async function launchNetwork(ctx: WorkspaceContext, record: WorkspaceRecord): Promise<VmLaunchSpec["network"]> {
   if (record.network_policy === "off") return "none";
-  return egressNetwork(join(ctx.store.dir(record.id), "egress-policy.json"), { allow: record.allow_hosts }, ctx.paths.runtimeDir);
+  const memoryValues = takeMemoryOnlyValues(record.id);
+  const interception = interceptsTls(record) ? { ...egressSecretFiles(ctx.store.dir(record.id)), ...(memoryValues ? { memoryValues } : {}) } : undefined;
+  return egressNetwork(join(ctx.store.dir(record.id), "egress-policy.json"), { allow: record.allow_hosts }, ctx.paths.runtimeDir, process.env, interception);
 }
 
 export function requirePublishing(record: WorkspaceRecord): void {

@@ -61,6 +61,10 @@ export const WorkspaceRecord = z.object({
   snapshots: z.array(SnapshotRecord),
   /** Names only: values live in secrets.json (0600) and the guest's tmpfs. */
   secret_names: z.array(z.string()).default([]),
+  /** Scoped secrets (a subset of secret_names): the guest holds the placeholder; values live in egress-secrets.json (0600). */
+  scoped_secrets: z.array(z.object({ name: z.string(), hosts: z.array(z.string()), placeholder: z.string(), memory_only: z.boolean().default(false) })).default([]),
+  /** The egress proxy terminates guest TLS with the workspace CA even without scoped secrets. */
+  tls_interception: z.boolean().default(false),
   /** Services started through pyro: what to tell a user after the VM restarted without them. */
   services: z
     .record(

@@ -5,6 +5,7 @@ import { PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
 import type { WorkspaceContext } from "./workspace-context.js";
+import { loadScopedValues } from "./scoped-secrets.js";
 
 /** Where secrets live in the guest: tmpfs (/run), never the disk. */
 export const GUEST_SECRET_DIR = "/run/pyro-secrets";
@@ -45,6 +46,11 @@ export async function saveSecrets(ctx: WorkspaceContext, id: string, secrets: Re
 
 export async function loadSecrets(ctx: WorkspaceContext, id: string): Promise<Record<string, string>> {
   return (await readJsonIfValid(secretsPath(ctx, id), SecretFile)) ?? {};
+}
+
+/** Every value pyro redacts from what a workspace returns: injected secrets and scoped ones. */
+export async function loadRedactedValues(ctx: WorkspaceContext, id: string): Promise<Record<string, string>> {
+  return { ...(await loadScopedValues(ctx.store.dir(id))), ...(await loadSecrets(ctx, id)) };
 }
 
 /** Writes each secret to /run/pyro-secrets/NAME (0400) in the guest. */

@@ -8,6 +8,8 @@ export interface WorkspaceSummary {
   commands: { count: number; failed: number; recent: { sequence: number; command: string[] | string; exit_code: number; duration_ms: number }[] };
   changes: DiffResult["summary"] & { files: DiffResult["files"] } | null;
   snapshots: string[];
+  /** Per scoped secret: hosts its value was sent to, refused requests (never a value). */
+  secrets?: NonNullable<Awaited<ReturnType<typeof workspaceLogs>>["secrets"]>;
 }
 
 /** One review-friendly view: what ran, what changed since the baseline, which snapshots exist. */
@@ -24,5 +26,6 @@ export async function summarizeWorkspace(ctx: WorkspaceContext, ref: string): Pr
     },
     changes: diff ? { ...diff.summary, files: diff.files } : null,
     snapshots: workspace.snapshots,
+    ...(logs.secrets ? { secrets: logs.secrets } : {}),
   };
 }

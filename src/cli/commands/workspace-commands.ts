@@ -2,7 +2,7 @@ import { type Command, InvalidArgumentError, Option } from "commander";
 import type { Pyro } from "../../sdk/pyro.js";
 import { readHostText } from "../host-input.js";
 import { emit, printJson, summaryLine as line } from "../output.js";
-import { collect, collectKeyValue, integerOption, secondsOption, secondsUpTo } from "../parse-options.js";
+import { collect, collectKeyValue, collectKeyValues, integerOption, secondsOption, secondsUpTo } from "../parse-options.js";
 import { registerWorkspaceFullCommands } from "./workspace-full-commands.js";
 import { COMMAND_TIMEOUT_MAX_SECONDS, DEFAULT_MACHINE_SHAPE, MACHINE_SHAPE_LIMITS } from "../../runtime/guest-limits.js";
 import { FILE_READ_DEFAULT_MAX_BYTES, FILE_READ_MAX_BYTES, NETWORK_POLICIES, WORKSPACE_EXEC_DEFAULTS } from "../../workspaces/workspace-limits.js";
@@ -21,13 +21,16 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--vcpu-count <n>", `virtual CPUs (default ${DEFAULT_MACHINE_SHAPE.vcpuCount})`, integerOption(MACHINE_SHAPE_LIMITS.vcpuCount.min, MACHINE_SHAPE_LIMITS.vcpuCount.max))
     .option("--mem-mib <n>", `memory in MiB (default ${DEFAULT_MACHINE_SHAPE.memMib})`, integerOption(MACHINE_SHAPE_LIMITS.memMib.min, MACHINE_SHAPE_LIMITS.memMib.max))
     .option("--ttl-seconds <s>", "delete after this long without activity", secondsOption)
-    .option("--secret <NAME=VALUE>", "a secret, kept in the guest's tmpfs only (repeatable)", collectKeyValue)
+    .option("--secret <NAME=VALUE>", "a secret (repeatable); injected: the value in the guest's tmpfs, redacted from output; scoped with --secret-host: the guest gets a placeholder only", collectKeyValue)
     .option("--secret-file <NAME=PATH>", "a secret read from a host file (repeatable)", collectKeyValue)
+    .option("--secret-host <NAME=HOST[,HOST...]>", "scope secret NAME to these hosts: $NAME in the guest is a placeholder that the egress proxy replaces with the value in requests to them only, refusing it anywhere else (repeatable; needs egress)", collectKeyValues)
+    .option("--secret-memory-only", "keep scoped secrets' values in memory only (handed to the VM's egress proxy, never written; gone when the VM stops)")
+    .option("--inspect-tls", "terminate guest HTTPS at the egress proxy with a workspace CA even without scoped secrets")
     .addOption(new Option("--network-policy <policy>", "off: no network; egress: outbound HTTP(S) through pyro's proxy; egress+published-ports: also --publish").choices(NETWORK_POLICIES).default("off"))
     .option("--allow-host <host|cidr>", "egress allowlist entry (repeatable), e.g. pypi.org, *.npmjs.org, 203.0.113.0/24", collect)
     .addOption(new Option("--id-only", "print only the workspace id").conflicts("json"))
     .option("--json", "print JSON")
-    .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; ttlSeconds?: number; secret?: Record<string, string>; secretFile?: Record<string, string>; networkPolicy: string; allowHost?: string[]; idOnly?: boolean; json?: boolean }) => {
+    .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; ttlSeconds?: number; secret?: Record<string, string>; secretFile?: Record<string, string>; secretHost?: Record<string, string[]>; secretMemoryOnly?: boolean; inspectTls?: boolean; networkPolicy: string; allowHost?: string[]; idOnly?: boolean; json?: boolean }) => {
       const r = await (await pyro()).createWorkspace(environment, {
         ...(o.name !== undefined ? { name: o.name } : {}),
         ...(o.label ? { labels: o.label } : {}),
@@ -37,6 +40,9 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
         ...(o.ttlSeconds ? { ttlSeconds: o.ttlSeconds } : {}),
         ...(o.secret ? { secrets: o.secret } : {}),
         ...(o.secretFile ? { secretFiles: o.secretFile } : {}),
+        ...(o.secretHost ? { secretHosts: o.secretHost } : {}),
+        ...(o.secretMemoryOnly ? { secretMemoryOnly: true } : {}),
+        ...(o.inspectTls ? { tlsInterception: true } : {}),
         networkPolicy: o.networkPolicy,
         ...(o.allowHost ? { allowHosts: o.allowHost } : {}),
       });
@@ -134,7 +140,8 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .action(async (ref: string, o: { limit?: number; json?: boolean }) => {
       const r = await (await pyro()).logsWorkspace(ref, o.limit ? { limit: o.limit } : {});
       emit(o.json, r, () =>
-        r.commands.map((c) => `${line("command", { sequence: c.sequence, exit_code: c.exit_code, duration_ms: c.duration_ms, cwd: c.cwd, timed_out: c.timed_out || undefined })}$ ${Array.isArray(c.command) ? c.command.join(" ") : c.command}\n${c.stdout}${c.stderr}`).join("") || "no commands yet\n",
+        (r.commands.map((c) => `${line("command", { sequence: c.sequence, exit_code: c.exit_code, duration_ms: c.duration_ms, cwd: c.cwd, timed_out: c.timed_out || undefined })}$ ${Array.isArray(c.command) ? c.command.join(" ") : c.command}\n${c.stdout}${c.stderr}`).join("") || "no commands yet\n") +
+        (r.secrets ?? []).map((s) => line("secret", { name: s.name, scope: s.scope.join(","), sent_to: Object.entries(s.sent_to).map(([h, n]) => `${h}:${n}`).join(",") || "none", refused: s.refused_requests, refused_hosts: Object.entries(s.refused_hosts).map(([h, n]) => `${h}:${n}`).join(",") || undefined })).join(""),
       );
     });
 

@@ -20,11 +20,27 @@ export const workspaceCreate = defineTool({
     vcpu_count: vcpuCount,
     mem_mib: memMib,
     ttl_seconds: z.number().positive().optional().describe("Delete after this long without activity"),
-    secrets: z.record(z.string(), z.string()).optional().describe("Secret values by name; kept in the guest's tmpfs, redacted from all output"),
+    secrets: z
+      .record(z.string(), z.string())
+      .optional()
+      .describe(
+        "Secret values by name. Injected (default): the value is in the guest's tmpfs, redacted from all output. Scoped (listed in secret_hosts): the guest only sees a placeholder",
+      ),
+    secret_hosts: z
+      .record(z.string(), z.array(z.string()))
+      .optional()
+      .describe(
+        "Scoped secrets: NAME -> hosts. $NAME in the guest is a placeholder that the egress proxy replaces with the value only in HTTP(S) requests to these hosts; sent anywhere else it is refused. Needs network_policy egress",
+      ),
+    secret_memory_only: z.boolean().optional().describe("Keep scoped secrets' values in memory only (never written); they are gone when the VM stops"),
+    inspect_tls: z.boolean().optional().describe("Terminate guest HTTPS at the egress proxy (workspace CA) even without scoped secrets"),
     network_policy: z.enum(NETWORK_POLICIES).default("off").describe("off: no network; egress: outbound HTTP(S) via pyro's proxy"),
     allow_hosts: z.array(z.string()).optional().describe("Egress allowlist: host names (*.example.com) or CIDRs"),
   },
-  gated: { machineShape: ["vcpu_count", "mem_mib", "ttl_seconds"], secretsAndNetwork: ["secrets", "network_policy", "allow_hosts"] },
+  gated: {
+    machineShape: ["vcpu_count", "mem_mib", "ttl_seconds"],
+    secretsAndNetwork: ["secrets", "secret_hosts", "secret_memory_only", "inspect_tls", "network_policy", "allow_hosts"],
+  },
   run: (a, rt) =>
     rt.pyro.createWorkspace(a.environment, {
       ...(a.seed_path ? { seedPath: a.seed_path } : {}),
@@ -36,5 +52,8 @@ export const workspaceCreate = defineTool({
       ...(a.secrets ? { secrets: a.secrets } : {}),
       ...(a.network_policy ? { networkPolicy: a.network_policy } : {}),
       ...(a.allow_hosts ? { allowHosts: a.allow_hosts } : {}),
+      ...(a.secret_hosts ? { secretHosts: a.secret_hosts } : {}),
+      ...(a.secret_memory_only ? { secretMemoryOnly: true } : {}),
+      ...(a.inspect_tls ? { tlsInterception: true } : {}),
     }),
 });

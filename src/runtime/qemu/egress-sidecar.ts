@@ -15,15 +15,22 @@ export class EgressSidecar {
     readonly ready: Promise<void>,
   ) {}
 
-  /** Spawns `argv` for the VM in `runDir`; `ready` settles when it listens, or rejects by `deadline`. */
-  static start(argv: string[], runDir: string, deadline: number): EgressSidecar {
+  /**
+   * Spawns `argv` for the VM in `runDir`, writing `input` (if any) to its stdin; `ready` settles
+   * when it listens, or rejects by `deadline`.
+   */
+  static start(argv: string[], runDir: string, deadline: number, input?: Buffer): EgressSidecar {
     const files = runFiles(runDir);
     const logFd = openSync(files.egressLog, "a", 0o600);
     const [command, ...args] = argv;
     let child;
     try {
       // Own session, so a terminal's ^C to pyro does not reach a server whose VM outlives pyro.
-      child = spawn(command!, [...args, `--listen=${files.egressSocket}`, `--lifeline=${files.egressLifeline}`], { stdio: ["ignore", "pipe", logFd], detached: true });
+      child = spawn(command!, [...args, `--listen=${files.egressSocket}`, `--lifeline=${files.egressLifeline}`], { stdio: [input ? "pipe" : "ignore", "pipe", logFd], detached: true });
+      if (input) {
+        child.stdin!.on("error", () => undefined); // a server that died early is reported below
+        child.stdin!.end(input);
+      }
     } finally {
       closeSync(logFd);
     }

@@ -67,7 +67,7 @@ export class QemuBackend implements VmmBackend {
     const started = Date.now();
     const deadline = started + spec.bootTimeoutMs;
     // The egress server starts alongside QEMU and follows it out through its lifeline socket.
-    const egress = network === "none" ? undefined : EgressSidecar.start(network.egressServer, spec.runDir, deadline);
+    const egress = network === "none" ? undefined : EgressSidecar.start(network.egressServer, spec.runDir, deadline, network.egressInput);
     const stderrFd = openSync(files.stderr, "w", PRIVATE_FILE_MODE);
     let child: ChildProcess;
     try {
