@@ -9,9 +9,9 @@ import type { PyroPaths } from "../paths.js";
 import { processAlive } from "../process/process-alive.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
+import { giveVmItsOwnIdentity, throwawayHostname } from "../runtime/vm-identity.js";
 import { makePrivateSubdir, makePrivateTempDir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
 import type { RunningVm, VmLaunchSpec, VmmBackend } from "../runtime/vmm-backend.js";
-import { randomBytes } from "node:crypto";
 import { ensureBootTemplate, type BootTemplate } from "../workspaces/boot-templates.js";
 
 export interface DisposableVmOptions {
@@ -116,8 +116,7 @@ async function restoreFromTemplate(backend: VmmBackend, spec: VmLaunchSpec, temp
   let vm: RunningVm | undefined;
   try {
     vm = await backend.launch({ ...spec, incomingState: template.statePath, ...memoryFile }, signal);
-    // Every restored copy starts with the template's RNG state; mix in fresh host entropy.
-    await vm.agent.writeFile("/dev/urandom", randomBytes(64), { append: true });
+    await giveVmItsOwnIdentity(vm, throwawayHostname());
     return vm;
   } catch (error) {
     if (vm) await vm.dispose();

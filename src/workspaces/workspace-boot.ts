@@ -1,7 +1,7 @@
-import { randomBytes } from "node:crypto";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { RunningVm, VmmBackend } from "../runtime/vmm-backend.js";
+import { giveVmItsOwnIdentity } from "../runtime/vm-identity.js";
 import { workspaceLaunchSpec } from "./boot-templates.js";
 import { replaceWithOverlay } from "./disk-chain.js";
 import { removeStaleStaging } from "./guest-transfer.js";
@@ -43,13 +43,15 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
       const memoryFile = source.memoryPath ? { memoryFile: { path: source.memoryPath, share: false } } : {};
       vm = await runtime.backend.launch({ ...workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, network), incomingState: source.statePath, ...memoryFile });
       mode = source.mode;
-      // Every restored copy starts with the same RNG state; mix in fresh host entropy.
-      await vm.agent.writeFile("/dev/urandom", randomBytes(64), { append: true });
+      await giveVmItsOwnIdentity(vm, record.id);
     } catch {
       vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, network));
+      await giveVmItsOwnIdentity(vm, record.id);
     }
   } else {
     vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, network));
+    // The disk came from a shared image (or template): its machine-id is every other VM's too.
+    await giveVmItsOwnIdentity(vm, record.id);
   }
   // Secrets live in the guest's tmpfs, gone after a cold boot: put them back every time.
   await materializeSecrets(vm.agent, await loadSecrets(ctx, record.id));

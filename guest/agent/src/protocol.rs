@@ -191,6 +191,7 @@ fn dispatch(ctx: &Context, op: &str, header: &Json, payload: Vec<u8>) -> Result<
         "shell.close" => ctx.shells.close(header),
         "probe.tcp" => crate::probes::tcp(header),
         "probe.http" => crate::probes::http(header),
+        "identity.set" => crate::identity::set(header, payload),
         "shutdown" => Ok(Reply::header(obj(vec![]))),
         // Flush the guest page cache to the virtual disk, so the host may kill the VMM without loss.
         "sync" => {

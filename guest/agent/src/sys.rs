@@ -134,6 +134,22 @@ pub fn power_off() -> io::Result<()> {
     check(unsafe { reboot(RB_POWER_OFF) })
 }
 
+/// Adds `bytes` to the kernel's input pool, credited as full entropy (RNDADDENTROPY), then makes the
+/// CRNG reseed from it now (RNDRESEEDCRNG), so /dev/urandom and random UUIDs change at once.
+pub fn add_entropy_and_reseed(bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    const RNDADDENTROPY: c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: c_ulong = 0x5207;
+    let random = std::fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + bytes.len());
+    info.extend_from_slice(&((bytes.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
+    info.extend_from_slice(bytes);
+    check(unsafe { ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_mut_ptr() as *mut c_void) })?;
+    check(unsafe { ioctl(random.as_raw_fd(), RNDRESEEDCRNG, std::ptr::null_mut()) })
+}
+
 pub fn set_realtime_ms(ms: u64) -> io::Result<()> {
     let ts = timespec { tv_sec: (ms / 1000) as c_long, tv_nsec: ((ms % 1000) * 1_000_000) as c_long };
     check(unsafe { clock_settime(CLOCK_REALTIME, &ts) })
