@@ -23,6 +23,8 @@ import { ensurePrivateDir, makePrivateSubdir, PRIVATE_FILE_MODE } from "../stora
  * RAM is streamed into the state file, and every restore loads all of it.
  */
 export interface BootTemplate {
+  /** Its directory's name under <cache>/templates: how a workspace whose baseline it is names it. */
+  name: string;
   key: string;
   statePath: string;
   /** Frozen qcow2 the template guest ran on; workspace disks are layered on it. */
@@ -65,10 +67,8 @@ async function sweepOrphanedMemoryDirs(): Promise<void> {
 }
 
 /**
- * "shared" maps template RAM from a file on /dev/shm (opt-in); anything else keeps it in the state
- * files. Not the default yet: the baseline snapshot at create streams all guest RAM, which fills the
- * shared file with zero pages unless they are dug out again (~0.8 s of CPU per create) — measured
- * by bench/shared-template-memory.ts: PSS 0.51x, create 1.83x of the streamed path.
+ * Template RAM is a file on /dev/shm wherever that is a memory filesystem we can use; "streamed"
+ * here keeps it in the state files instead (every restore then loads all of it).
  */
 const MEMORY_MODE_ENV = "PYRO_TEMPLATE_MEMORY";
 
@@ -78,7 +78,7 @@ const MEMORY_MODE_ENV = "PYRO_TEMPLATE_MEMORY";
  * templates uses the same RAM files; it is gone after a reboot, and templates are rebuilt then.
  */
 export async function templateMemoryMode(paths: PyroPaths, env: NodeJS.ProcessEnv = process.env): Promise<TemplateMemoryMode> {
-  if (env[MEMORY_MODE_ENV] !== "shared") return { mode: "streamed", reason: `the default; ${MEMORY_MODE_ENV}=shared maps template RAM from /dev/shm` };
+  if (env[MEMORY_MODE_ENV] === "streamed") return { mode: "streamed", reason: `${MEMORY_MODE_ENV}=streamed is set` };
   const fs = await statfs(MEMORY_FS).catch(() => undefined);
   if (!fs || fs.type !== TMPFS_MAGIC) return { mode: "streamed", reason: `${MEMORY_FS} is not a memory filesystem` };
   const templates = await makePrivateSubdir(join(paths.cacheDir, "templates")).then((dir) => realpath(dir));
@@ -164,7 +164,7 @@ async function validTemplates(paths: PyroPaths, env: InstalledEnvironment, shape
     const dir = join(root, name);
     const manifest = await readJsonIfValid(join(dir, "manifest.json"), TemplateManifest);
     if (manifest?.key !== key) continue;
-    const template: BootTemplate = { key, statePath: join(dir, "state.bin"), diskPath: join(dir, "disk.qcow2") };
+    const template: BootTemplate = { name, key, statePath: join(dir, "state.bin"), diskPath: join(dir, "disk.qcow2") };
     if (manifest.memoryFile) {
       // A RAM file is only trusted inside our own private memory directory.
       if (memory.mode !== "shared_file" || manifest.memoryFile.includes("/")) continue;
@@ -174,6 +174,31 @@ async function validTemplates(paths: PyroPaths, env: InstalledEnvironment, shape
     if ((await pathExists(template.statePath)) && (await pathExists(template.diskPath))) found.push({ template, createdAt: manifest.createdAt });
   }
   return found.sort((a, b) => b.createdAt.localeCompare(a.createdAt)).map((f) => f.template);
+}
+
+/** Template directory names: what templateNamePrefix and a build make, nothing that could leave the directory. */
+const TEMPLATE_NAME = /^[a-z0-9][a-z0-9._-]*$/;
+
+/**
+ * A template by its directory name, current or not (a workspace's baseline keeps naming the one it
+ * was created from). `restorable` is false when its saved state can no longer be resumed (its RAM
+ * file is gone, after a reboot or a rebuild): its disk is still there to boot from.
+ */
+export async function templateByName(paths: PyroPaths, name: string): Promise<{ template: BootTemplate; restorable: boolean } | undefined> {
+  if (!TEMPLATE_NAME.test(name) || name.includes(".partial-")) return undefined;
+  const dir = join(paths.cacheDir, "templates", name);
+  const manifest = await readJsonIfValid(join(dir, "manifest.json"), TemplateManifest);
+  if (!manifest) return undefined;
+  const template: BootTemplate = { name, key: manifest.key, statePath: join(dir, "state.bin"), diskPath: join(dir, "disk.qcow2") };
+  if (!(await pathExists(template.diskPath))) return undefined;
+  let restorable = await pathExists(template.statePath);
+  if (manifest.memoryFile) {
+    const memory = await templateMemoryMode(paths);
+    const memoryPath = memory.mode === "shared_file" && !manifest.memoryFile.includes("/") ? join(memory.dir, manifest.memoryFile) : undefined;
+    if (memoryPath && (await pathExists(memoryPath))) template.memoryPath = memoryPath;
+    else restorable = false;
+  }
+  return { template, restorable };
 }
 
 /** The template if it is already built (no boot). */

@@ -3,14 +3,14 @@ import { PyroError } from "../errors.js";
 import { writeFileAtomic } from "../storage/atomic-file.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { prepareTree } from "./archive-safety.js";
-import { ensureBootTemplate } from "./boot-templates.js";
+import { ensureBootTemplate, type BootTemplate } from "./boot-templates.js";
 import { allocatedBytes } from "./workspace-disk-usage.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import { extractTarInGuest, packInGuest } from "./guest-transfer.js";
 import { bootWorkspace, layerDisk, stopWorkspaceVm } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
-import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
+import { BASELINE_SNAPSHOT, BASELINE_TAR, saveSnapshot, templateBaseline } from "./workspace-snapshots.js";
 import { checkNetworkOptions } from "./workspace-network.js";
 import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
 import { newWorkspaceId, validateName } from "./workspace-store.js";
@@ -99,11 +99,15 @@ function checkLabels(labels: Record<string, string>): void {
   }
 }
 
-/** Captures /workspace as the diff baseline and saves the baseline snapshot that reset returns to. */
-async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm): Promise<void> {
+/**
+ * Captures /workspace as the diff baseline, and the baseline that reset returns to: the boot template
+ * the VM was restored from (nothing to save), or else a snapshot of the VM.
+ */
+async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, template: BootTemplate | undefined): Promise<void> {
   const tar = await packInGuest(vm.agent, WORKSPACE_ROOT);
-  await writeFileAtomic(join(ctx.store.dir(record.id), "baseline.tar"), tar, 0o600);
-  record.snapshots = [await saveSnapshot(ctx, record, vm, BASELINE_SNAPSHOT)];
+  await writeFileAtomic(join(ctx.store.dir(record.id), BASELINE_TAR), tar, 0o600);
+  const fromTemplate = template && record.vm?.start_mode === "template_restore";
+  record.snapshots = [fromTemplate ? templateBaseline(template) : await saveSnapshot(ctx, record, vm, BASELINE_SNAPSHOT)];
 }
 
 /**
@@ -167,7 +171,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
         vm = await bootWorkspace(ctx, record, { kind: "cold" });
       }
       if (tree) await extractTarInGuest(vm.agent, tree.tar, WORKSPACE_ROOT);
-      await captureBaseline(ctx, record, vm);
+      await captureBaseline(ctx, record, vm, template);
       await ctx.store.write(record);
       vm.detach();
       return { ...viewOf(record), create_ms: Date.now() - started };
