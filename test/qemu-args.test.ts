@@ -89,4 +89,10 @@ describe("QEMU command line", () => {
   it("refuses a RAM file path QEMU would split into options", () => {
     assert.throws(() => buildQemuArgs({ ...spec, memoryFile: { path: "/dev/shm/a,share=on", share: false } }, "tcg", 1), /comma/);
   });
+
+  it("adds the free-page-reporting balloon only when asked, and never beside a shared RAM file (QEMU 7.2 would punch holes in it)", () => {
+    assert.equal(buildQemuArgs(spec, "tcg", 1).some((a) => a.includes("balloon")), false);
+    assert.deepEqual(valueAfter(buildQemuArgs({ ...spec, freePageReporting: true }, "tcg", 1), "-device").filter((d) => d.includes("balloon")), ["virtio-balloon-device,free-page-reporting=on"]);
+    assert.throws(() => buildQemuArgs({ ...spec, freePageReporting: true, memoryFile: { path: "/dev/shm/p/t.ram", share: false } }, "tcg", 1), /punch holes/);
+  });
 });

@@ -12,7 +12,7 @@ import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
 import { giveVmItsOwnIdentity, throwawayHostname } from "../runtime/vm-identity.js";
 import { makePrivateSubdir, makePrivateTempDir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
 import type { RunningVm, VmLaunchSpec, VmmBackend } from "../runtime/vmm-backend.js";
-import { ensureBootTemplate, type BootTemplate } from "../workspaces/boot-templates.js";
+import { ensureBootTemplate, freePageReportingFor, templateMemoryMode, type BootTemplate } from "../workspaces/boot-templates.js";
 
 export interface DisposableVmOptions {
   vcpuCount: number;
@@ -78,6 +78,7 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
       kernelPath: runtime.kernel.vmlinuxPath,
       initramfsPath: runtime.initramfs.path,
       rootDisk: { path: overlay, format: "qcow2", cache: "unsafe" },
+      freePageReporting: freePageReportingFor(runtime, await templateMemoryMode(paths), network),
       vcpuCount: options.vcpuCount,
       memMib: options.memMib,
       hostname: "pyro",

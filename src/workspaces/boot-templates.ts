@@ -94,6 +94,16 @@ export async function templateMemoryMode(paths: PyroPaths, env: NodeJS.ProcessEn
   }
 }
 
+/**
+ * Whether a VM gets free page reporting (see VmLaunchSpec.freePageReporting): only machines whose RAM
+ * is never a shared file — every VM where template RAM is streamed, and networked ones (templates
+ * carry no NIC, so those never map one). The answer must be the same for a template and every VM
+ * restored from it, or from a snapshot of one: it depends on the host's mode and the NIC only.
+ */
+export function freePageReportingFor(runtime: GuestRuntime, memory: TemplateMemoryMode, network: VmLaunchSpec["network"]): boolean {
+  return runtime.memoryReturn && (memory.mode === "streamed" || network !== "none");
+}
+
 /** Everything a saved state depends on: change any of it and the template is rebuilt. */
 function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: MachineShape): string {
   return createHash("sha256")
@@ -108,6 +118,7 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
         env.manifest.builtAt,
         shape.vcpuCount,
         shape.memMib,
+        runtime.memoryReturn,
         WORKSPACE_MACHINE_VERSION,
       ]),
     )
@@ -119,8 +130,9 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
 const WORKSPACE_MACHINE_VERSION = 1;
 
 /** The machine every workspace VM runs as; templates are saved from exactly this shape (G10). */
-export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, diskPath: string, runDir: string, network: VmLaunchSpec["network"] = "none"): VmLaunchSpec {
+export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, diskPath: string, runDir: string, memory: TemplateMemoryMode, network: VmLaunchSpec["network"] = "none"): VmLaunchSpec {
   return {
+    freePageReporting: freePageReportingFor(runtime, memory, network),
     kernelPath: runtime.kernel.vmlinuxPath,
     initramfsPath: runtime.initramfs.path,
     rootDisk: { path: diskPath, format: "qcow2", cache: "writeback" },
@@ -226,7 +238,7 @@ export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime
     const disk = join(work, "disk.qcow2");
     // The real path: a template outlives the (possibly linked, e.g. per-test) directory it was built from.
     await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", await realpath(env.imagePath), "-F", "raw", disk], { privateFiles: true });
-    const spec = { ...workspaceLaunchSpec(runtime, shape, disk, runDir), dieWithParent: true, ownsRunDir: true, ...(memoryPath ? { memoryFile: { path: memoryPath, share: true } } : {}) };
+    const spec = { ...workspaceLaunchSpec(runtime, shape, disk, runDir, memory), dieWithParent: true, ownsRunDir: true, ...(memoryPath ? { memoryFile: { path: memoryPath, share: true } } : {}) };
     const vm = await runtime.backend.launch(spec);
     const started = Date.now();
     try {
