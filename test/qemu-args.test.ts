@@ -25,7 +25,7 @@ describe("QEMU command line", () => {
   it("uses TCG with the fast CPU model and tsc_early_khz (runtime-facts G1)", () => {
     const args = buildQemuArgs(spec, "tcg", 2_596_146);
     assert.deepEqual(valueAfter(args, "-accel"), ["tcg,thread=multi,tb-size=64"]);
-    assert.deepEqual(valueAfter(args, "-cpu"), ["qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt"]);
+    assert.deepEqual(valueAfter(args, "-cpu"), ["qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+arat"]);
     assert.match(valueAfter(args, "-append")[0]!, /tsc_early_khz=2596146/);
     assert.deepEqual(valueAfter(args, "-M"), ["microvm"]);
   });

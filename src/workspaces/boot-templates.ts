@@ -127,7 +127,7 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
 }
 
 /** Bump when workspaceLaunchSpec changes the machine, so old saved states are not restored into it. */
-const WORKSPACE_MACHINE_VERSION = 1;
+const WORKSPACE_MACHINE_VERSION = 2;
 
 /** The machine every workspace VM runs as; templates are saved from exactly this shape (G10). */
 export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, diskPath: string, runDir: string, memory: TemplateMemoryMode, network: VmLaunchSpec["network"] = "none"): VmLaunchSpec {
