@@ -113,13 +113,6 @@ describe("[vm] guest agent protocol against a real guest", () => {
     assert.equal(r.exitCode, 143);
   });
 
-  it("shuts the guest down on request, and QEMU exits cleanly", TIMEOUT, async () => {
-    await agent.writeFile("/root/kept.txt", "data");
-    await agent.shutdown();
-    const exit = await Promise.race([vm.exited, new Promise((r) => setTimeout(() => r("still running"), 30_000))]);
-    assert.deepEqual(exit, { code: 0, signal: null });
-  });
-
   it("sleeps while no host is connected (woken by the connect), and answers at once when one connects", TIMEOUT, async () => {
     const socketPath = join(vm.runDir, "agent.sock");
     // Wakeups of the agent's threads (voluntary context switches); exec threads come and go, so the sum
@@ -137,5 +130,19 @@ describe("[vm] guest agent protocol against a real guest", () => {
     // Polling the port every 5 ms woke it ~600 times in these 3 s.
     assert.ok(woke < 150, `the agent woke ${woke} times in 3 s without a host`);
     assert.ok(connectMs < 2_000, `reconnect took ${connectMs} ms`);
+  });
+
+  it("an idle guest stops its timer tick (the CPU model lets the LAPIC timer go one-shot: nohz)", TIMEOUT, async () => {
+    const r = await agent.exec({ command: ["sh", "-c", "grep -m1 nohz_mode /proc/timer_list; grep -m1 -A1 '^Tick Device' /proc/timer_list | tail -1"] });
+    const out = capturedText(r.stdout);
+    // 0 = periodic ticks forever (250 wakeups a second of every idle VM); 2 = high-resolution nohz.
+    assert.match(out, /nohz_mode\s*:\s*[12]/, out);
+  });
+
+  it("shuts the guest down on request, and QEMU exits cleanly", TIMEOUT, async () => {
+    await agent.writeFile("/root/kept.txt", "data");
+    await agent.shutdown();
+    const exit = await Promise.race([vm.exited, new Promise((r) => setTimeout(() => r("still running"), 30_000))]);
+    assert.deepEqual(exit, { code: 0, signal: null });
   });
 });
