@@ -98,7 +98,15 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
     await makePrivateSubdir(runDir);
     await writeFile(join(runDir, OWNER_FILE), `${process.pid}\n`, { mode: PRIVATE_FILE_MODE });
     await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay], { privateFiles: true });
-    return await runtime.backend.launch(spec, options.signal);
+    const vm = await runtime.backend.launch(spec, options.signal);
+    try {
+      // The image's machine-id is every VM's: each run gets its own, and the same kind of hostname as a restore.
+      await giveVmItsOwnIdentity(vm, throwawayHostname());
+    } catch (error) {
+      await vm.dispose();
+      throw error;
+    }
+    return vm;
   } catch (error) {
     await rm(runDir, { recursive: true, force: true });
     throw error;
