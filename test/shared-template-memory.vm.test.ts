@@ -38,6 +38,10 @@ describe("[vm] workspaces restored from a shared-memory template", () => {
       // A balloon would let the guest punch holes in the shared file (QEMU 7.2): never beside one.
       assert.ok(!cmdline.some((arg) => arg.includes("balloon")), cmdline.join(" "));
     }
+    // Unseeded, the diff baseline is the template's own /workspace (packed once, at the template's build).
+    assert.equal((await pyro.diffWorkspace(a.workspace_id)).changed, false);
+    await pyro.execWorkspace(a.workspace_id, ["sh", "-c", "echo new > /workspace/new.txt"]);
+    assert.deepEqual((await pyro.diffWorkspace(a.workspace_id)).files.map((f) => [f.path, f.status]), [["new.txt", "added"]]);
     // Both guests run and touch memory; the pages they only read stay the template's.
     for (const ws of [a, b]) await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "ls / >/dev/null; cat /etc/os-release >/dev/null"]);
     const guestRam = a.mem_mib * MIB;

@@ -12,6 +12,8 @@ import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
 import { bootTimeoutMs } from "../vm-run/disposable-vm.js";
 import { pathExists } from "../storage/path-exists.js";
 import { ensurePrivateDir, makePrivateSubdir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
+import { WORKSPACE_ROOT } from "./guest-paths.js";
+import { packInGuest } from "./guest-transfer.js";
 
 /**
  * A booted-once guest saved to disk: restoring it gives a ready agent in a fraction of a ~1.5 s cold
@@ -31,6 +33,18 @@ export interface BootTemplate {
   diskPath: string;
   /** The template's RAM, for copy-on-write restores; absent when the RAM is in the state file. */
   memoryPath?: string;
+  /** /workspace as the template holds it (a tar the template guest packed), when saved with the template. */
+  workspaceTarPath?: string;
+}
+
+/** Names inside a template directory. */
+const TEMPLATE_FILES = { state: "state.bin", disk: "disk.qcow2", workspaceTar: "workspace.tar" } as const;
+
+/** A template's files in its directory; the workspace tar only where that build saved one. */
+async function templateAt(dir: string, name: string, key: string): Promise<BootTemplate> {
+  const template: BootTemplate = { name, key, statePath: join(dir, TEMPLATE_FILES.state), diskPath: join(dir, TEMPLATE_FILES.disk) };
+  if (await pathExists(join(dir, TEMPLATE_FILES.workspaceTar))) template.workspaceTarPath = join(dir, TEMPLATE_FILES.workspaceTar);
+  return template;
 }
 
 export interface MachineShape {
@@ -126,8 +140,11 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
     .slice(0, 16);
 }
 
-/** Bump when workspaceLaunchSpec changes the machine, so old saved states are not restored into it. */
-const WORKSPACE_MACHINE_VERSION = 2;
+/**
+ * Bump when workspaceLaunchSpec changes the machine, so old saved states are not restored into it,
+ * or when a template comes to hold more (3: its /workspace tar), so templates are rebuilt with it.
+ */
+const WORKSPACE_MACHINE_VERSION = 3;
 
 /** The machine every workspace VM runs as; templates are saved from exactly this shape (G10). */
 export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, diskPath: string, runDir: string, memory: TemplateMemoryMode, network: VmLaunchSpec["network"] = "none"): VmLaunchSpec {
@@ -176,7 +193,7 @@ async function validTemplates(paths: PyroPaths, env: InstalledEnvironment, shape
     const dir = join(root, name);
     const manifest = await readJsonIfValid(join(dir, "manifest.json"), TemplateManifest);
     if (manifest?.key !== key) continue;
-    const template: BootTemplate = { name, key, statePath: join(dir, "state.bin"), diskPath: join(dir, "disk.qcow2") };
+    const template = await templateAt(dir, name, key);
     if (manifest.memoryFile) {
       // A RAM file is only trusted inside our own private memory directory.
       if (memory.mode !== "shared_file" || manifest.memoryFile.includes("/")) continue;
@@ -201,7 +218,7 @@ export async function templateByName(paths: PyroPaths, name: string): Promise<{ 
   const dir = join(paths.cacheDir, "templates", name);
   const manifest = await readJsonIfValid(join(dir, "manifest.json"), TemplateManifest);
   if (!manifest) return undefined;
-  const template: BootTemplate = { name, key: manifest.key, statePath: join(dir, "state.bin"), diskPath: join(dir, "disk.qcow2") };
+  const template = await templateAt(dir, name, manifest.key);
   if (!(await pathExists(template.diskPath))) return undefined;
   let restorable = await pathExists(template.statePath);
   if (manifest.memoryFile) {
@@ -235,16 +252,18 @@ export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime
   const memoryPath = memory.mode === "shared_file" ? join(memory.dir, memoryFile!) : undefined;
   await makePrivateSubdir(work);
   try {
-    const disk = join(work, "disk.qcow2");
+    const disk = join(work, TEMPLATE_FILES.disk);
     // The real path: a template outlives the (possibly linked, e.g. per-test) directory it was built from.
     await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", await realpath(env.imagePath), "-F", "raw", disk], { privateFiles: true });
     const spec = { ...workspaceLaunchSpec(runtime, shape, disk, runDir, memory), dieWithParent: true, ownsRunDir: true, ...(memoryPath ? { memoryFile: { path: memoryPath, share: true } } : {}) };
     const vm = await runtime.backend.launch(spec);
     const started = Date.now();
     try {
+      // Every workspace made from this template starts with this /workspace: packed once here, not at each create.
+      await writeFile(join(work, TEMPLATE_FILES.workspaceTar), await packInGuest(vm.agent, WORKSPACE_ROOT), { mode: PRIVATE_FILE_MODE });
       // Disconnect first: the saved agent then waits for a new host, as every restored copy will.
       vm.agent.close();
-      await vm.saveState(join(work, "state.bin"), { skipSharedMemory: Boolean(memoryPath) });
+      await vm.saveState(join(work, TEMPLATE_FILES.state), { skipSharedMemory: Boolean(memoryPath) });
     } finally {
       await vm.dispose();
     }

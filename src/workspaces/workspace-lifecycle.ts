@@ -1,3 +1,4 @@
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { writeFileAtomic } from "../storage/atomic-file.js";
@@ -103,10 +104,11 @@ function checkLabels(labels: Record<string, string>): void {
  * Captures /workspace as the diff baseline, and the baseline that reset returns to: the boot template
  * the VM was restored from (nothing to save), or else a snapshot of the VM.
  */
-async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, template: BootTemplate | undefined): Promise<void> {
-  const tar = await packInGuest(vm.agent, WORKSPACE_ROOT);
-  await writeFileAtomic(join(ctx.store.dir(record.id), BASELINE_TAR), tar, 0o600);
+async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, template: BootTemplate | undefined, seeded: boolean): Promise<void> {
   const fromTemplate = template && record.vm?.start_mode === "template_restore";
+  // Unseeded, a restored template's /workspace is the template's own, packed when it was built.
+  const tar = fromTemplate && !seeded && template.workspaceTarPath ? await readFile(template.workspaceTarPath) : await packInGuest(vm.agent, WORKSPACE_ROOT);
+  await writeFileAtomic(join(ctx.store.dir(record.id), BASELINE_TAR), tar, 0o600);
   record.snapshots = [fromTemplate ? templateBaseline(template) : await saveSnapshot(ctx, record, vm, BASELINE_SNAPSHOT)];
 }
 
@@ -171,7 +173,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
         vm = await bootWorkspace(ctx, record, { kind: "cold" });
       }
       if (tree) await extractTarInGuest(vm.agent, tree.tar, WORKSPACE_ROOT);
-      await captureBaseline(ctx, record, vm, template);
+      await captureBaseline(ctx, record, vm, template, Boolean(tree));
       await ctx.store.write(record);
       vm.detach();
       return { ...viewOf(record), create_ms: Date.now() - started };
