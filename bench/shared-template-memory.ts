@@ -32,8 +32,8 @@ function median(samples: number[]): number {
 
 /** Selects the template memory mode for this process and the CLI processes it starts. */
 function useMode(mode: Mode): void {
-  if (mode === "streamed") delete process.env.PYRO_TEMPLATE_MEMORY;
-  else process.env.PYRO_TEMPLATE_MEMORY = "shared";
+  if (mode === "streamed") process.env.PYRO_TEMPLATE_MEMORY = "streamed";
+  else delete process.env.PYRO_TEMPLATE_MEMORY;
 }
 
 async function smaps(pid: number): Promise<{ pss: number; privateDirty: number; rss: number }> {

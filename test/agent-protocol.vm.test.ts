@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { isPyroError } from "../src/errors.js";
 import { AgentClient } from "../src/guest-protocol/agent-client.js";
+import { capturedText } from "../src/guest-protocol/messages.js";
 import { encodeFrame, FrameDecoder, FRAME_MAGIC } from "../src/guest-protocol/frame-codec.js";
 import type { RunningVm } from "../src/runtime/vmm-backend.js";
 import { launchDisposableVm } from "../src/vm-run/disposable-vm.js";
@@ -110,6 +111,32 @@ describe("[vm] guest agent protocol against a real guest", () => {
     const r = await agent.exec({ command: "kill -TERM $$" });
     assert.equal(r.signal, 15);
     assert.equal(r.exitCode, 143);
+  });
+
+  it("sleeps while no host is connected (woken by the connect), and answers at once when one connects", TIMEOUT, async () => {
+    const socketPath = join(vm.runDir, "agent.sock");
+    // Wakeups of the agent's threads (voluntary context switches); exec threads come and go, so the sum
+    // stays dominated by the long-lived ones, the host reader among them.
+    const probe = "cat /proc/1/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n}'";
+    const count = async () => Number(capturedText((await agent.exec({ command: ["sh", "-c", probe] })).stdout).trim());
+    const before = await count();
+    agent.close();
+    await new Promise((r) => setTimeout(r, 3_000));
+    const started = Date.now();
+    agent = await AgentClient.connect(socketPath, Date.now() + 10_000);
+    await agent.waitReady(Date.now() + 20_000);
+    const connectMs = Date.now() - started;
+    const woke = (await count()) - before;
+    // Polling the port every 5 ms woke it ~600 times in these 3 s.
+    assert.ok(woke < 150, `the agent woke ${woke} times in 3 s without a host`);
+    assert.ok(connectMs < 2_000, `reconnect took ${connectMs} ms`);
+  });
+
+  it("an idle guest stops its timer tick (the CPU model lets the LAPIC timer go one-shot: nohz)", TIMEOUT, async () => {
+    const r = await agent.exec({ command: ["sh", "-c", "grep -m1 nohz_mode /proc/timer_list; grep -m1 -A1 '^Tick Device' /proc/timer_list | tail -1"] });
+    const out = capturedText(r.stdout);
+    // 0 = periodic ticks forever (250 wakeups a second of every idle VM); 2 = high-resolution nohz.
+    assert.match(out, /nohz_mode\s*:\s*[12]/, out);
   });
 
   it("shuts the guest down on request, and QEMU exits cleanly", TIMEOUT, async () => {

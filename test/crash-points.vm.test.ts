@@ -138,8 +138,13 @@ async function checkInvariants(label: string, next: string[]): Promise<Listed[]>
     }
     const dir = join(WORKSPACES, ws.workspace_id);
     chainOpens(join(dir, "disk.qcow2"));
-    for (const snap of ws.snapshots) chainOpens(join(dir, "snapshots", snap, "disk.qcow2"));
-    assert.deepEqual((await readdir(join(dir, "snapshots"))).sort(), [...ws.snapshots].sort(), `${label}: snapshot dirs of ${ws.workspace_id} differ from its record`);
+    // A baseline that is the boot template has no directory of its own: the template's disk must open instead.
+    const record = JSON.parse(await readFile(join(dir, "workspace.json"), "utf8")) as { snapshots: { name: string; template?: string }[] };
+    assert.deepEqual(record.snapshots.map((s) => s.name), ws.snapshots, `${label}: listed snapshots of ${ws.workspace_id} differ from its record`);
+    const saved = record.snapshots.filter((s) => !s.template).map((s) => s.name);
+    for (const snap of saved) chainOpens(join(dir, "snapshots", snap, "disk.qcow2"));
+    for (const s of record.snapshots) if (s.template) chainOpens(join(testPaths.cacheDir, "templates", s.template, "disk.qcow2"));
+    assert.deepEqual((await readdir(join(dir, "snapshots")).catch(() => [] as string[])).sort(), [...saved].sort(), `${label}: snapshot dirs of ${ws.workspace_id} differ from its record`);
     const scratch = (await readdir(dir)).filter((n) => /\.tmp$|\.partial$|^\.disk-/.test(n));
     assert.deepEqual(scratch, [], `${label}: temp files left in ${dir}`);
   }

@@ -24,8 +24,8 @@ function valueAfter(args: string[], flag: string): string[] {
 describe("QEMU command line", () => {
   it("uses TCG with the fast CPU model and tsc_early_khz (runtime-facts G1)", () => {
     const args = buildQemuArgs(spec, "tcg", 2_596_146);
-    assert.deepEqual(valueAfter(args, "-accel"), ["tcg,thread=multi"]);
-    assert.deepEqual(valueAfter(args, "-cpu"), ["qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt"]);
+    assert.deepEqual(valueAfter(args, "-accel"), ["tcg,thread=multi,tb-size=64"]);
+    assert.deepEqual(valueAfter(args, "-cpu"), ["qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+arat"]);
     assert.match(valueAfter(args, "-append")[0]!, /tsc_early_khz=2596146/);
     assert.deepEqual(valueAfter(args, "-M"), ["microvm"]);
   });
@@ -88,5 +88,11 @@ describe("QEMU command line", () => {
 
   it("refuses a RAM file path QEMU would split into options", () => {
     assert.throws(() => buildQemuArgs({ ...spec, memoryFile: { path: "/dev/shm/a,share=on", share: false } }, "tcg", 1), /comma/);
+  });
+
+  it("adds the free-page-reporting balloon only when asked, and never beside a shared RAM file (QEMU 7.2 would punch holes in it)", () => {
+    assert.equal(buildQemuArgs(spec, "tcg", 1).some((a) => a.includes("balloon")), false);
+    assert.deepEqual(valueAfter(buildQemuArgs({ ...spec, freePageReporting: true }, "tcg", 1), "-device").filter((d) => d.includes("balloon")), ["virtio-balloon-device,free-page-reporting=on"]);
+    assert.throws(() => buildQemuArgs({ ...spec, freePageReporting: true, memoryFile: { path: "/dev/shm/p/t.ram", share: false } }, "tcg", 1), /punch holes/);
   });
 });

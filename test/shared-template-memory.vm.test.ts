@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
-import { readFile, stat } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Pyro } from "../src/sdk/pyro.js";
+import { testPaths } from "./helpers/vm-fixtures.js";
 
-// Shared template memory is opt-in (see boot-templates.ts): this file tests that mode.
-process.env.PYRO_TEMPLATE_MEMORY = "shared";
+// Shared template memory is the default wherever /dev/shm is a tmpfs (this machine): no opt-in.
 const pyro = new Pyro();
 const TIMEOUT = { timeout: 300_000 };
 const MIB = 1024 * 1024;
@@ -33,7 +35,13 @@ describe("[vm] workspaces restored from a shared-memory template", () => {
       assert.equal(ws.vm?.start_mode, "template_restore");
       const cmdline = (await readFile(`/proc/${ws.vm!.pid}/cmdline`, "utf8")).split("\0");
       assert.ok(cmdline.some((arg) => arg.startsWith("memory-backend-file,") && arg.endsWith(",share=off")), cmdline.join(" "));
+      // A balloon would let the guest punch holes in the shared file (QEMU 7.2): never beside one.
+      assert.ok(!cmdline.some((arg) => arg.includes("balloon")), cmdline.join(" "));
     }
+    // Unseeded, the diff baseline is the template's own /workspace (packed once, at the template's build).
+    assert.equal((await pyro.diffWorkspace(a.workspace_id)).changed, false);
+    await pyro.execWorkspace(a.workspace_id, ["sh", "-c", "echo new > /workspace/new.txt"]);
+    assert.deepEqual((await pyro.diffWorkspace(a.workspace_id)).files.map((f) => [f.path, f.status]), [["new.txt", "added"]]);
     // Both guests run and touch memory; the pages they only read stay the template's.
     for (const ws of [a, b]) await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "ls / >/dev/null; cat /etc/os-release >/dev/null"]);
     const guestRam = a.mem_mib * MIB;
@@ -43,7 +51,7 @@ describe("[vm] workspaces restored from a shared-memory template", () => {
       assert.ok(mem.privateDirty < guestRam / 4, `private dirty ${mem.privateDirty / MIB} MiB for a ${a.mem_mib} MiB guest`);
       assert.ok(mem.pss < mem.rss, `PSS ${mem.pss / MIB} MiB is not below RSS ${mem.rss / MIB} MiB: nothing is shared`);
     }
-    // The baseline snapshots read every guest page; the template file must not keep them as zeros.
+    // Nothing reads every guest page at create (the baseline is the template); the file stays as small as the template's content.
     const ramFile = /mem-path=([^,]+)/.exec((await readFile(`/proc/${a.vm!.pid}/cmdline`, "utf8")).split("\0").find((arg) => arg.startsWith("memory-backend-file,"))!)![1]!;
     let allocated = Infinity;
     for (let i = 0; i < 50 && allocated >= guestRam / 2; i++) {
@@ -63,5 +71,61 @@ describe("[vm] workspaces restored from a shared-memory template", () => {
     assert.equal(later.stdout, "absent\n");
     // The writer still sees its own write.
     assert.equal((await pyro.execWorkspace(a.workspace_id, ["cat", "/dev/shm/mark"])).stdout, `${mark}\n`);
+  });
+
+  it("the baseline is the template: create saves no memory, and reset to it is create's path (template memory, new overlay, the seed)", TIMEOUT, async () => {
+    const seed = await mkdtemp(join(tmpdir(), "pyro-seed-"));
+    await writeFile(join(seed, "README.md"), "seeded\n");
+    const ws = await pyro.createWorkspace("debian:12", { seedPath: seed });
+    created.push(ws.workspace_id);
+    await rm(seed, { recursive: true, force: true });
+    assert.equal(ws.vm?.start_mode, "template_restore");
+    const dir = join(testPaths.stateDir, "workspaces", ws.workspace_id);
+    const saved = async () => (await readdir(join(dir, "snapshots")).catch(() => [] as string[])).sort();
+    assert.deepEqual(await saved(), [], "create saved a snapshot of the VM instead of naming the template");
+    assert.deepEqual(ws.snapshots, ["baseline"]);
+    await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "echo later > later.txt; echo changed > README.md; echo in-ram > /dev/shm/volatile"]);
+    const reset = await pyro.resetWorkspace(ws.workspace_id);
+    assert.equal(reset.start_mode, "template_restore");
+    assert.ok(reset.reset_ms < 10_000, `reset took ${reset.reset_ms} ms`);
+    assert.equal((await pyro.readWorkspaceFile(ws.workspace_id, "README.md")).content, "seeded\n");
+    const after = await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "ls later.txt 2>/dev/null || echo no-later; cat /dev/shm/volatile 2>/dev/null || echo no-volatile"]);
+    assert.equal(after.stdout, "no-later\nno-volatile\n");
+    assert.equal((await pyro.diffWorkspace(ws.workspace_id)).changed, false);
+    // A later snapshot holds memory and disk (streamed), and resets to it still work beside the template baseline.
+    await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "echo kept > kept.txt; echo mem > /dev/shm/volatile"]);
+    await pyro.createSnapshot(ws.workspace_id, "point");
+    assert.deepEqual(await saved(), ["point"]);
+    await pyro.resetWorkspace(ws.workspace_id);
+    const back = await pyro.resetWorkspace(ws.workspace_id, { snapshot: "point" });
+    assert.equal(back.start_mode, "snapshot_restore");
+    assert.equal((await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "cat kept.txt /dev/shm/volatile"])).stdout, "kept\nmem\n");
+  });
+
+  it("every copy of one template is its own machine: RNG, clock, hostname and machine-id", TIMEOUT, async () => {
+    const probe = "cat /proc/sys/kernel/random/uuid; od -An -N16 -tx1 /dev/urandom | tr -d ' \\n'; echo; date +%s; hostname; cat /etc/machine-id";
+    const seen: { uuid: string; random: string; hostname: string; machineId: string }[] = [];
+    for (let i = 0; i < 2; i++) {
+      const ws = await pyro.createWorkspace("debian:12");
+      created.push(ws.workspace_id);
+      assert.equal(ws.vm?.start_mode, "template_restore");
+      const before = Date.now() / 1000;
+      const r = await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", probe]);
+      const afterExec = Date.now() / 1000;
+      const [uuid, random, date, hostname, machineId] = r.stdout.trim().split("\n");
+      const guestNow = Number(date);
+      assert.ok(guestNow >= Math.floor(before) - 2 && guestNow <= afterExec + 2, `guest clock ${guestNow}, host ${before}..${afterExec}`);
+      assert.equal(hostname, ws.workspace_id);
+      assert.match(machineId!, /^[0-9a-f]{32}$/);
+      seen.push({ uuid: uuid!, random: random!, hostname: hostname!, machineId: machineId! });
+    }
+    const [a, b] = seen as [(typeof seen)[0], (typeof seen)[0]];
+    assert.notEqual(a.uuid, b.uuid);
+    assert.notEqual(a.random, b.random);
+    assert.notEqual(a.machineId, b.machineId);
+    // One-shot runs restore the same kind of template: each gets its own RNG state too.
+    const runs = [];
+    for (let i = 0; i < 2; i++) runs.push((await pyro.run("debian:12", ["sh", "-c", "cat /proc/sys/kernel/random/uuid; od -An -N16 -tx1 /dev/urandom"])).stdout);
+    assert.notEqual(runs[0], runs[1]);
   });
 });

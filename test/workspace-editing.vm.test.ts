@@ -228,6 +228,8 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
 
     const toBaseline = await pyro.resetWorkspace(id);
     assert.equal(toBaseline.snapshot, "baseline");
+    // The baseline of a workspace created from the boot template is that template (reset = create's path).
+    assert.equal(toBaseline.start_mode, "template_restore");
     assert.equal((await pyro.readWorkspaceFile(id, "README.md")).content, "demo\n");
     await assert.rejects(pyro.readWorkspaceFile(id, "state.txt"));
     assert.equal((await pyro.diffWorkspace(id)).changed, false);

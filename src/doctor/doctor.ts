@@ -105,7 +105,15 @@ export async function runDoctor(paths: PyroPaths): Promise<DoctorReport> {
     environments,
     // Guest egress is QEMU user-mode networking plus pyro's proxy: nothing more from the host.
     capabilities: { vm_boot: vmBoot, guest_exec: vmBoot, guest_network: vmBoot },
-    boot_templates: { memory: memory.mode, detail: memory.mode === "shared_file" ? `template RAM in ${memory.dir}, shared copy-on-write` : `template RAM streamed into each restore (${memory.reason})` },
+    boot_templates: { memory: memory.mode, detail: templateMemoryDetail(memory, Boolean(kernel?.memoryReturnModule)) },
     problems,
   };
+}
+
+/** Which memory path VMs take and why, and whether freed guest memory goes back to the host. */
+function templateMemoryDetail(memory: TemplateMemoryMode, balloonDriver: boolean): string {
+  if (memory.mode === "shared_file") {
+    return `template RAM in ${memory.dir} (/dev/shm is a tmpfs), mapped copy-on-write by every VM restored from it; no free page reporting on those VMs (QEMU 7.2 would punch the freed pages out of the shared file), networked VMs have it${balloonDriver ? "" : " once the guest's virtio_balloon driver is prepared"}`;
+  }
+  return `template RAM streamed into each restore (${memory.reason}); freed guest pages ${balloonDriver ? "go back to the host (virtio-balloon free page reporting)" : "stay with the VM (the guest kernel's virtio_balloon driver is not prepared)"}`;
 }

@@ -1,4 +1,4 @@
-import { copyFile, mkdir, readdir, rename, rm } from "node:fs/promises";
+import { copyFile, mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { PyroError, asPyroError } from "../errors.js";
@@ -23,6 +23,52 @@ export interface GuestKernel extends KernelManifest {
   readonly dir: string;
   readonly vmlinuxPath: string;
   readonly modulesDir: string;
+  /**
+   * The virtio-balloon driver, when prepared: guests load it so that pages they free go back to the
+   * host (free page reporting). Kept apart from the boot modules: it is added to kernels prepared
+   * before pyro used it without touching their files.
+   */
+  readonly memoryReturnModule?: string;
+}
+
+/** The guest driver behind memory return (virtio-balloon free page reporting). */
+export const MEMORY_RETURN_MODULE = "virtio_balloon";
+/** After a failed attempt to add it (offline host), processes skip the download for this long. */
+const MEMORY_RETURN_RETRY_MS = 24 * 3600_000;
+
+function memoryReturnPaths(dir: string) {
+  return { module: join(dir, "extra", `${MEMORY_RETURN_MODULE}.ko`), failed: join(dir, "extra", "unavailable") };
+}
+
+/**
+ * The kernel with its memory-return driver, fetched from the same kernel package when missing. Best
+ * effort: without it (offline, no such module) guests simply keep the pages they touched.
+ */
+export async function withMemoryReturnModule(kernel: GuestKernel): Promise<GuestKernel> {
+  if (kernel.memoryReturnModule) return kernel;
+  const files = memoryReturnPaths(kernel.dir);
+  const failedAt = (await stat(files.failed).catch(() => undefined))?.mtimeMs;
+  if (failedAt !== undefined && Date.now() - failedAt < MEMORY_RETURN_RETRY_MS) return kernel;
+  const work = join(kernel.dir, `.extra-${process.pid}`);
+  try {
+    await unpackKernelPackage(kernel.package, work);
+    const modRoot = join(work, "root", "lib", "modules", kernel.release);
+    const order = await moduleLoadOrder(modRoot, [MEMORY_RETURN_MODULE]);
+    const rel = order.find((r) => moduleName(r) === MEMORY_RETURN_MODULE);
+    // Its dependencies must already be in the initramfs (virtio, virtio_ring): it is loaded after them.
+    const missing = order.map(moduleName).filter((m) => m !== MEMORY_RETURN_MODULE && !kernel.baseModules.includes(m));
+    if (!rel || !rel.endsWith(".ko") || missing.length) throw new Error(`no usable ${MEMORY_RETURN_MODULE}.ko in ${kernel.package}`);
+    await mkdir(join(kernel.dir, "extra"), { recursive: true });
+    await copyFile(join(modRoot, rel), join(work, "module.ko"));
+    await rename(join(work, "module.ko"), files.module);
+    return { ...kernel, memoryReturnModule: files.module };
+  } catch {
+    await mkdir(join(kernel.dir, "extra"), { recursive: true }).catch(() => undefined);
+    await writeFile(files.failed, "").catch(() => undefined);
+    return kernel;
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
 }
 
 function kernelsDir(paths: PyroPaths): string {
@@ -36,7 +82,8 @@ async function loadKernel(paths: PyroPaths, packageName: string): Promise<GuestK
   const kernel = { ...manifest, dir, vmlinuxPath: join(dir, "vmlinux"), modulesDir: join(dir, "modules") };
   const files = [kernel.vmlinuxPath, ...[...manifest.baseModules, ...manifest.netModules].map((m) => join(kernel.modulesDir, `${m}.ko`))];
   for (const f of files) if (!(await isFile(f))) return undefined;
-  return kernel;
+  const memoryReturnModule = memoryReturnPaths(dir).module;
+  return (await isFile(memoryReturnModule)) ? { ...kernel, memoryReturnModule } : kernel;
 }
 
 /** The kernel prepared last, if it is intact. Cheap: no apt calls. */

@@ -18,6 +18,8 @@ fail() {
 cmdline=" $(cat /proc/cmdline) "
 case "$cmdline" in *" pyro.probe=1 "*) echo "PYRO-PROBE-OK" > /dev/console; poweroff -f; sleep 3600;; esac
 for m in $(cat /modules/base.list); do insmod "/modules/$m.ko" || fail "cannot load kernel module $m"; done
+# Memory return (virtio-balloon): optional; a guest without it only keeps the pages it touched.
+for m in $(cat /modules/memory.list 2>/dev/null); do insmod "/modules/$m.ko" || echo "pyro-init: cannot load $m" > /dev/console; done
 case "$cmdline" in *" pyro.net=1 "*)
   for m in $(cat /modules/net.list); do insmod "/modules/$m.ko" || fail "cannot load kernel module $m"; done;;
 esac

@@ -5,7 +5,7 @@ import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { writeFileAtomic } from "../storage/atomic-file.js";
-import type { GuestKernel } from "./guest-kernel.js";
+import { MEMORY_RETURN_MODULE, type GuestKernel } from "./guest-kernel.js";
 import { INIT_APPLETS, INIT_SCRIPT } from "./init-script.js";
 import { isFile } from "./kernel-package.js";
 
@@ -27,7 +27,7 @@ export async function plannedInitramfs(paths: PyroPaths, kernel: GuestKernel, ag
   const key = createHash("sha256")
     .update(kernel.package)
     .update(INIT_SCRIPT)
-    .update(kernel.baseModules.join(",") + "|" + kernel.netModules.join(","))
+    .update(kernel.baseModules.join(",") + "|" + kernel.netModules.join(",") + (kernel.memoryReturnModule ? `|${MEMORY_RETURN_MODULE}` : ""))
     .update(agent)
     .update(busybox)
     .digest("hex")
@@ -58,6 +58,11 @@ export async function ensureInitramfs(paths: PyroPaths, kernel: GuestKernel, age
     await writeFile(join(staging, "modules", "base.list"), kernel.baseModules.join("\n") + "\n");
     await writeFile(join(staging, "modules", "net.list"), kernel.netModules.join("\n") + "\n");
     const files = ["bin", "init", "pyro-agent", "modules", ...INIT_APPLETS.map((a) => `bin/${a}`), "bin/busybox", "modules/base.list", "modules/net.list", ...[...kernel.baseModules, ...kernel.netModules].map((m) => `modules/${m}.ko`)];
+    if (kernel.memoryReturnModule) {
+      await copyFile(kernel.memoryReturnModule, join(staging, "modules", `${MEMORY_RETURN_MODULE}.ko`));
+      await writeFile(join(staging, "modules", "memory.list"), `${MEMORY_RETURN_MODULE}\n`);
+      files.push(`modules/${MEMORY_RETURN_MODULE}.ko`, "modules/memory.list");
+    }
     // Uncompressed newc: decompressing gzip under TCG costs more than reading ~4 MB more.
     const cpio = requireExecutable("cpio", "cpio");
     const archive = await runHostCommand(cpio, ["-o", "-H", "newc", "--quiet", "-R", "0:0"], { cwd: staging, input: files.join("\n") + "\n", maxOutputBytes: 256 << 20 });

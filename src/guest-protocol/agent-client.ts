@@ -372,6 +372,16 @@ export class AgentClient {
     await this.request("file.mkdir", { path });
   }
 
+  /**
+   * Makes a restored copy of a saved VM its own machine: reseeds the kernel RNG from host entropy
+   * (copies of one template would otherwise draw the same random numbers), sets the clock from the
+   * host, and gives it its own hostname and machine-id.
+   */
+  async setIdentity(identity: GuestIdentity): Promise<{ filesWritten: boolean }> {
+    const { header } = await this.request("identity.set", { hostname: identity.hostname, machine_id: identity.machineId, host_time_ms: Date.now() }, identity.entropy);
+    return { filesWritten: header.files_written === true };
+  }
+
   /** Asks the guest to sync its disks and power off. Resolves once the agent acknowledged. */
   async shutdown(timeoutMs = 5_000): Promise<void> {
     await this.request("shutdown", {}, undefined, { timeoutMs });
@@ -380,6 +390,15 @@ export class AgentClient {
   close(): void {
     this.socket.destroy();
   }
+}
+
+export interface GuestIdentity {
+  /** 1-63 letters, digits and '-'. */
+  hostname: string;
+  /** 32 lowercase hex digits (/etc/machine-id). */
+  machineId: string;
+  /** 32-512 bytes of host randomness for the guest's kernel RNG. */
+  entropy: Buffer;
 }
 
 function execFields(req: ExecRequest): Record<string, unknown> {

@@ -195,6 +195,7 @@ const CONTRACTS: Record<string, ReplyContract> = {
   "probe.http": { schema: probeReply, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   shutdown: { schema: empty, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   sync: { schema: empty, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
+  "identity.set": { schema: z.looseObject({ hostname: z.string().max(64), files_written: z.boolean() }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
 };
 
 /** Ops without a contract of their own still get bounded, payload-free replies. */

@@ -1,6 +1,6 @@
 import { stat } from "node:fs/promises";
 import { ensureAgent } from "../guest-agent/agent-binary.js";
-import { ensureGuestKernel, type GuestKernel } from "../guest-kernel/guest-kernel.js";
+import { ensureGuestKernel, withMemoryReturnModule, type GuestKernel } from "../guest-kernel/guest-kernel.js";
 import { ensureInitramfs, type Initramfs } from "../guest-kernel/initramfs.js";
 import type { PyroPaths } from "../paths.js";
 import { requireExecutable } from "../process/host-command.js";
@@ -16,6 +16,8 @@ export interface GuestRuntime {
   readonly initramfs: Initramfs;
   readonly accelerator: AcceleratorChoice;
   readonly agentPath: string;
+  /** Whether guests can hand freed pages back (the kernel has its balloon driver); see VmLaunchSpec.freePageReporting. */
+  readonly memoryReturn: boolean;
   /** Identifies the QEMU build: saved VM states only restore into the same one. */
   readonly qemuIdentity: string;
 }
@@ -49,7 +51,7 @@ export async function buildGuestRuntime(paths: PyroPaths, options: { agentPath?:
   const { onProgress } = options;
   const qemuBinary = requireExecutable("qemu-system-x86_64", "qemu-system-x86");
   const [kernel, agentPath, qemuStat, tscKhz] = await Promise.all([
-    ensureGuestKernel(paths, onProgress ? { onProgress } : {}),
+    ensureGuestKernel(paths, onProgress ? { onProgress } : {}).then(withMemoryReturnModule),
     options.agentPath ?? ensureAgent(onProgress),
     stat(qemuBinary),
     hostTscKhz(),
@@ -64,5 +66,5 @@ export async function buildGuestRuntime(paths: PyroPaths, options: { agentPath?:
     initramfsPath: initramfs.path,
   });
   const backend = new QemuBackend({ qemuBinary, accel: accelerator.accel, tscKhz });
-  return { backend, kernel, initramfs, accelerator, agentPath, qemuIdentity };
+  return { backend, kernel, initramfs, accelerator, agentPath, qemuIdentity, memoryReturn: Boolean(kernel.memoryReturnModule) };
 }

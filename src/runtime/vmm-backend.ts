@@ -41,6 +41,14 @@ export interface VmLaunchSpec {
    * the state is taken to hold device state only (saved with `skipSharedMemory`): the RAM is the file.
    */
   memoryFile?: { path: string; share: boolean };
+  /**
+   * A virtio-balloon device with free page reporting: pages the guest frees go back to the host
+   * within seconds. Part of the machine (a saved state restores only where it is the same). Never
+   * with a `memoryFile` that other VMs map: QEMU 7.2 discards a reported page by punching a hole in
+   * the backing file even when it is mapped privately, which would zero that page under every VM
+   * sharing the file — a guest could corrupt its siblings' memory.
+   */
+  freePageReporting?: boolean;
 }
 
 export interface SaveStateOptions {

@@ -9,10 +9,10 @@ import type { PyroPaths } from "../paths.js";
 import { processAlive } from "../process/process-alive.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
+import { giveVmItsOwnIdentity, throwawayHostname } from "../runtime/vm-identity.js";
 import { makePrivateSubdir, makePrivateTempDir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
 import type { RunningVm, VmLaunchSpec, VmmBackend } from "../runtime/vmm-backend.js";
-import { randomBytes } from "node:crypto";
-import { ensureBootTemplate, type BootTemplate } from "../workspaces/boot-templates.js";
+import { ensureBootTemplate, freePageReportingFor, templateMemoryMode, type BootTemplate } from "../workspaces/boot-templates.js";
 
 export interface DisposableVmOptions {
   vcpuCount: number;
@@ -78,6 +78,7 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
       kernelPath: runtime.kernel.vmlinuxPath,
       initramfsPath: runtime.initramfs.path,
       rootDisk: { path: overlay, format: "qcow2", cache: "unsafe" },
+      freePageReporting: freePageReportingFor(runtime, await templateMemoryMode(paths), network),
       vcpuCount: options.vcpuCount,
       memMib: options.memMib,
       hostname: "pyro",
@@ -97,7 +98,15 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
     await makePrivateSubdir(runDir);
     await writeFile(join(runDir, OWNER_FILE), `${process.pid}\n`, { mode: PRIVATE_FILE_MODE });
     await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay], { privateFiles: true });
-    return await runtime.backend.launch(spec, options.signal);
+    const vm = await runtime.backend.launch(spec, options.signal);
+    try {
+      // The image's machine-id is every VM's: each run gets its own, and the same kind of hostname as a restore.
+      await giveVmItsOwnIdentity(vm, throwawayHostname());
+    } catch (error) {
+      await vm.dispose();
+      throw error;
+    }
+    return vm;
   } catch (error) {
     await rm(runDir, { recursive: true, force: true });
     throw error;
@@ -116,8 +125,7 @@ async function restoreFromTemplate(backend: VmmBackend, spec: VmLaunchSpec, temp
   let vm: RunningVm | undefined;
   try {
     vm = await backend.launch({ ...spec, incomingState: template.statePath, ...memoryFile }, signal);
-    // Every restored copy starts with the template's RNG state; mix in fresh host entropy.
-    await vm.agent.writeFile("/dev/urandom", randomBytes(64), { append: true });
+    await giveVmItsOwnIdentity(vm, throwawayHostname());
     return vm;
   } catch (error) {
     if (vm) await vm.dispose();

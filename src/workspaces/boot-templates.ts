@@ -12,6 +12,8 @@ import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
 import { bootTimeoutMs } from "../vm-run/disposable-vm.js";
 import { pathExists } from "../storage/path-exists.js";
 import { ensurePrivateDir, makePrivateSubdir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
+import { WORKSPACE_ROOT } from "./guest-paths.js";
+import { packInGuest } from "./guest-transfer.js";
 
 /**
  * A booted-once guest saved to disk: restoring it gives a ready agent in a fraction of a ~1.5 s cold
@@ -23,12 +25,26 @@ import { ensurePrivateDir, makePrivateSubdir, PRIVATE_FILE_MODE } from "../stora
  * RAM is streamed into the state file, and every restore loads all of it.
  */
 export interface BootTemplate {
+  /** Its directory's name under <cache>/templates: how a workspace whose baseline it is names it. */
+  name: string;
   key: string;
   statePath: string;
   /** Frozen qcow2 the template guest ran on; workspace disks are layered on it. */
   diskPath: string;
   /** The template's RAM, for copy-on-write restores; absent when the RAM is in the state file. */
   memoryPath?: string;
+  /** /workspace as the template holds it (a tar the template guest packed), when saved with the template. */
+  workspaceTarPath?: string;
+}
+
+/** Names inside a template directory. */
+const TEMPLATE_FILES = { state: "state.bin", disk: "disk.qcow2", workspaceTar: "workspace.tar" } as const;
+
+/** A template's files in its directory; the workspace tar only where that build saved one. */
+async function templateAt(dir: string, name: string, key: string): Promise<BootTemplate> {
+  const template: BootTemplate = { name, key, statePath: join(dir, TEMPLATE_FILES.state), diskPath: join(dir, TEMPLATE_FILES.disk) };
+  if (await pathExists(join(dir, TEMPLATE_FILES.workspaceTar))) template.workspaceTarPath = join(dir, TEMPLATE_FILES.workspaceTar);
+  return template;
 }
 
 export interface MachineShape {
@@ -65,10 +81,8 @@ async function sweepOrphanedMemoryDirs(): Promise<void> {
 }
 
 /**
- * "shared" maps template RAM from a file on /dev/shm (opt-in); anything else keeps it in the state
- * files. Not the default yet: the baseline snapshot at create streams all guest RAM, which fills the
- * shared file with zero pages unless they are dug out again (~0.8 s of CPU per create) — measured
- * by bench/shared-template-memory.ts: PSS 0.51x, create 1.83x of the streamed path.
+ * Template RAM is a file on /dev/shm wherever that is a memory filesystem we can use; "streamed"
+ * here keeps it in the state files instead (every restore then loads all of it).
  */
 const MEMORY_MODE_ENV = "PYRO_TEMPLATE_MEMORY";
 
@@ -78,7 +92,7 @@ const MEMORY_MODE_ENV = "PYRO_TEMPLATE_MEMORY";
  * templates uses the same RAM files; it is gone after a reboot, and templates are rebuilt then.
  */
 export async function templateMemoryMode(paths: PyroPaths, env: NodeJS.ProcessEnv = process.env): Promise<TemplateMemoryMode> {
-  if (env[MEMORY_MODE_ENV] !== "shared") return { mode: "streamed", reason: `the default; ${MEMORY_MODE_ENV}=shared maps template RAM from /dev/shm` };
+  if (env[MEMORY_MODE_ENV] === "streamed") return { mode: "streamed", reason: `${MEMORY_MODE_ENV}=streamed is set` };
   const fs = await statfs(MEMORY_FS).catch(() => undefined);
   if (!fs || fs.type !== TMPFS_MAGIC) return { mode: "streamed", reason: `${MEMORY_FS} is not a memory filesystem` };
   const templates = await makePrivateSubdir(join(paths.cacheDir, "templates")).then((dir) => realpath(dir));
@@ -92,6 +106,16 @@ export async function templateMemoryMode(paths: PyroPaths, env: NodeJS.ProcessEn
   } catch (error) {
     return { mode: "streamed", reason: `cannot use ${dir}: ${(error as Error).message}` };
   }
+}
+
+/**
+ * Whether a VM gets free page reporting (see VmLaunchSpec.freePageReporting): only machines whose RAM
+ * is never a shared file — every VM where template RAM is streamed, and networked ones (templates
+ * carry no NIC, so those never map one). The answer must be the same for a template and every VM
+ * restored from it, or from a snapshot of one: it depends on the host's mode and the NIC only.
+ */
+export function freePageReportingFor(runtime: GuestRuntime, memory: TemplateMemoryMode, network: VmLaunchSpec["network"]): boolean {
+  return runtime.memoryReturn && (memory.mode === "streamed" || network !== "none");
 }
 
 /** Everything a saved state depends on: change any of it and the template is rebuilt. */
@@ -108,6 +132,7 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
         env.manifest.builtAt,
         shape.vcpuCount,
         shape.memMib,
+        runtime.memoryReturn,
         WORKSPACE_MACHINE_VERSION,
       ]),
     )
@@ -115,12 +140,16 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
     .slice(0, 16);
 }
 
-/** Bump when workspaceLaunchSpec changes the machine, so old saved states are not restored into it. */
-const WORKSPACE_MACHINE_VERSION = 1;
+/**
+ * Bump when workspaceLaunchSpec changes the machine, so old saved states are not restored into it,
+ * or when a template comes to hold more (3: its /workspace tar), so templates are rebuilt with it.
+ */
+const WORKSPACE_MACHINE_VERSION = 3;
 
 /** The machine every workspace VM runs as; templates are saved from exactly this shape (G10). */
-export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, diskPath: string, runDir: string, network: VmLaunchSpec["network"] = "none"): VmLaunchSpec {
+export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, diskPath: string, runDir: string, memory: TemplateMemoryMode, network: VmLaunchSpec["network"] = "none"): VmLaunchSpec {
   return {
+    freePageReporting: freePageReportingFor(runtime, memory, network),
     kernelPath: runtime.kernel.vmlinuxPath,
     initramfsPath: runtime.initramfs.path,
     rootDisk: { path: diskPath, format: "qcow2", cache: "writeback" },
@@ -164,7 +193,7 @@ async function validTemplates(paths: PyroPaths, env: InstalledEnvironment, shape
     const dir = join(root, name);
     const manifest = await readJsonIfValid(join(dir, "manifest.json"), TemplateManifest);
     if (manifest?.key !== key) continue;
-    const template: BootTemplate = { key, statePath: join(dir, "state.bin"), diskPath: join(dir, "disk.qcow2") };
+    const template = await templateAt(dir, name, key);
     if (manifest.memoryFile) {
       // A RAM file is only trusted inside our own private memory directory.
       if (memory.mode !== "shared_file" || manifest.memoryFile.includes("/")) continue;
@@ -174,6 +203,31 @@ async function validTemplates(paths: PyroPaths, env: InstalledEnvironment, shape
     if ((await pathExists(template.statePath)) && (await pathExists(template.diskPath))) found.push({ template, createdAt: manifest.createdAt });
   }
   return found.sort((a, b) => b.createdAt.localeCompare(a.createdAt)).map((f) => f.template);
+}
+
+/** Template directory names: what templateNamePrefix and a build make, nothing that could leave the directory. */
+const TEMPLATE_NAME = /^[a-z0-9][a-z0-9._-]*$/;
+
+/**
+ * A template by its directory name, current or not (a workspace's baseline keeps naming the one it
+ * was created from). `restorable` is false when its saved state can no longer be resumed (its RAM
+ * file is gone, after a reboot or a rebuild): its disk is still there to boot from.
+ */
+export async function templateByName(paths: PyroPaths, name: string): Promise<{ template: BootTemplate; restorable: boolean } | undefined> {
+  if (!TEMPLATE_NAME.test(name) || name.includes(".partial-")) return undefined;
+  const dir = join(paths.cacheDir, "templates", name);
+  const manifest = await readJsonIfValid(join(dir, "manifest.json"), TemplateManifest);
+  if (!manifest) return undefined;
+  const template = await templateAt(dir, name, manifest.key);
+  if (!(await pathExists(template.diskPath))) return undefined;
+  let restorable = await pathExists(template.statePath);
+  if (manifest.memoryFile) {
+    const memory = await templateMemoryMode(paths);
+    const memoryPath = memory.mode === "shared_file" && !manifest.memoryFile.includes("/") ? join(memory.dir, manifest.memoryFile) : undefined;
+    if (memoryPath && (await pathExists(memoryPath))) template.memoryPath = memoryPath;
+    else restorable = false;
+  }
+  return { template, restorable };
 }
 
 /** The template if it is already built (no boot). */
@@ -198,16 +252,18 @@ export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime
   const memoryPath = memory.mode === "shared_file" ? join(memory.dir, memoryFile!) : undefined;
   await makePrivateSubdir(work);
   try {
-    const disk = join(work, "disk.qcow2");
+    const disk = join(work, TEMPLATE_FILES.disk);
     // The real path: a template outlives the (possibly linked, e.g. per-test) directory it was built from.
     await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", await realpath(env.imagePath), "-F", "raw", disk], { privateFiles: true });
-    const spec = { ...workspaceLaunchSpec(runtime, shape, disk, runDir), dieWithParent: true, ownsRunDir: true, ...(memoryPath ? { memoryFile: { path: memoryPath, share: true } } : {}) };
+    const spec = { ...workspaceLaunchSpec(runtime, shape, disk, runDir, memory), dieWithParent: true, ownsRunDir: true, ...(memoryPath ? { memoryFile: { path: memoryPath, share: true } } : {}) };
     const vm = await runtime.backend.launch(spec);
     const started = Date.now();
     try {
+      // Every workspace made from this template starts with this /workspace: packed once here, not at each create.
+      await writeFile(join(work, TEMPLATE_FILES.workspaceTar), await packInGuest(vm.agent, WORKSPACE_ROOT), { mode: PRIVATE_FILE_MODE });
       // Disconnect first: the saved agent then waits for a new host, as every restored copy will.
       vm.agent.close();
-      await vm.saveState(join(work, "state.bin"), { skipSharedMemory: Boolean(memoryPath) });
+      await vm.saveState(join(work, TEMPLATE_FILES.state), { skipSharedMemory: Boolean(memoryPath) });
     } finally {
       await vm.dispose();
     }

@@ -1,8 +1,8 @@
-import { randomBytes } from "node:crypto";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { RunningVm, VmmBackend } from "../runtime/vmm-backend.js";
-import { workspaceLaunchSpec } from "./boot-templates.js";
+import { giveVmItsOwnIdentity } from "../runtime/vm-identity.js";
+import { templateMemoryMode, workspaceLaunchSpec } from "./boot-templates.js";
 import { replaceWithOverlay } from "./disk-chain.js";
 import { removeStaleStaging } from "./guest-transfer.js";
 import type { WorkspaceContext } from "./workspace-context.js";
@@ -35,6 +35,7 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
   await rm(runDir, { recursive: true, force: true });
   const shape = { vcpuCount: record.vcpu_count, memMib: record.mem_mib };
   const network = await launchNetwork(ctx, record);
+  const memory = await templateMemoryMode(ctx.paths);
   let vm: RunningVm;
   let mode: "cold_boot" | "template_restore" | "snapshot_restore" = "cold_boot";
   if (source.kind === "restore") {
@@ -42,15 +43,17 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
     try {
       // A template's RAM file is mapped copy-on-write: the VM shares the pages it never writes.
       const memoryFile = source.memoryPath ? { memoryFile: { path: source.memoryPath, share: false } } : {};
-      vm = await runtime.backend.launch({ ...workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, network), incomingState: source.statePath, ...memoryFile });
+      vm = await runtime.backend.launch({ ...workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, memory, network), incomingState: source.statePath, ...memoryFile });
       mode = source.mode;
-      // Every restored copy starts with the same RNG state; mix in fresh host entropy.
-      await vm.agent.writeFile("/dev/urandom", randomBytes(64), { append: true });
+      await giveVmItsOwnIdentity(vm, record.id);
     } catch {
-      vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, network));
+      vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, memory, network));
+      await giveVmItsOwnIdentity(vm, record.id);
     }
   } else {
-    vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, network));
+    vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, memory, network));
+    // The disk came from a shared image (or template): its machine-id is every other VM's too.
+    await giveVmItsOwnIdentity(vm, record.id);
   }
   // Secrets live in the guest's tmpfs, gone after a cold boot: put them back every time.
   await materializeSecrets(vm.agent, await loadSecrets(ctx, record.id));

@@ -1,9 +1,10 @@
 import { DEFAULT_MACHINE_SHAPE, checkMachineShape } from "../runtime/guest-limits.js";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { writeFileAtomic } from "../storage/atomic-file.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
-import { ensureBootTemplate } from "./boot-templates.js";
+import { ensureBootTemplate, type BootTemplate } from "./boot-templates.js";
 import { allocatedBytes } from "./workspace-disk-usage.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import { extractTarInGuest, packInGuest } from "./guest-transfer.js";
@@ -12,7 +13,7 @@ import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceConte
 import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
 import type { ProjectSource } from "./project-seed.js";
 import { prepareWorkspaceSeed, resolveWorkspaceSeed, seedRecord, seedView, type WorkspaceSeedView } from "./workspace-seed.js";
-import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
+import { BASELINE_SNAPSHOT, BASELINE_TAR, saveSnapshot, templateBaseline } from "./workspace-snapshots.js";
 import { checkNetworkOptions } from "./workspace-network.js";
 import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
 import { forgetMemoryOnlyValues, interceptsTls, parseSecretHosts, planSecrets, saveEgressSecrets } from "./scoped-secrets.js";
@@ -122,11 +123,16 @@ function checkLabels(labels: Record<string, string>): void {
   }
 }
 
-/** Captures /workspace as the diff baseline and saves the baseline snapshot that reset returns to. */
-async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm): Promise<void> {
-  const tar = await packInGuest(vm.agent, WORKSPACE_ROOT);
-  await writeFileAtomic(join(ctx.store.dir(record.id), "baseline.tar"), tar, 0o600);
-  record.snapshots = [await saveSnapshot(ctx, record, vm, BASELINE_SNAPSHOT)];
+/**
+ * Captures /workspace as the diff baseline, and the baseline that reset returns to: the boot template
+ * the VM was restored from (nothing to save), or else a snapshot of the VM.
+ */
+async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, template: BootTemplate | undefined, seeded: boolean): Promise<void> {
+  const fromTemplate = template && record.vm?.start_mode === "template_restore";
+  // Unseeded, a restored template's /workspace is the template's own, packed when it was built.
+  const tar = fromTemplate && !seeded && template.workspaceTarPath ? await readFile(template.workspaceTarPath) : await packInGuest(vm.agent, WORKSPACE_ROOT);
+  await writeFileAtomic(join(ctx.store.dir(record.id), BASELINE_TAR), tar, 0o600);
+  record.snapshots = [fromTemplate ? templateBaseline(template) : await saveSnapshot(ctx, record, vm, BASELINE_SNAPSHOT)];
 }
 
 /**
@@ -197,7 +203,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
         vm = await bootWorkspace(ctx, record, { kind: "cold" });
       }
       if (tree) await extractTarInGuest(vm.agent, tree.tar, WORKSPACE_ROOT);
-      await captureBaseline(ctx, record, vm);
+      await captureBaseline(ctx, record, vm, template, Boolean(tree));
       await ctx.store.write(record);
       vm.detach();
       return { ...viewOf(record), create_ms: Date.now() - started };

@@ -11,6 +11,12 @@ export const SnapshotRecord = z.object({
   /** Files inside snapshots/<name>/. */
   state_file: z.string(),
   disk_file: z.string(),
+  /**
+   * Set for a baseline that is the boot template the workspace was created from (its directory
+   * name): nothing was saved at create; reset restores the template and puts baseline.tar back
+   * into /workspace. The file fields are empty then.
+   */
+  template: z.string().optional(),
 });
 export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
 

@@ -1,16 +1,56 @@
-import { chmod, rm } from "node:fs/promises";
+import { chmod, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { makePrivateSubdir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
+import { templateByName, type BootTemplate } from "./boot-templates.js";
 import { backingChain } from "./disk-chain.js";
-import { bootWorkspace, diskPath } from "./workspace-boot.js";
+import { WORKSPACE_ROOT } from "./guest-paths.js";
+import { extractTarInGuest } from "./guest-transfer.js";
+import { bootWorkspace, diskPath, layerDisk } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { SnapshotRecord, WorkspaceRecord } from "./workspace-record.js";
 import { validateName } from "./workspace-store.js";
 
 export const BASELINE_SNAPSHOT = "baseline";
+/** /workspace as it was at create (the seed), in the workspace directory: what diff and a template baseline's reset use. */
+export const BASELINE_TAR = "baseline.tar";
+
+/**
+ * The baseline of a workspace restored from a boot template: the template itself plus the seed
+ * (baseline.tar). Nothing is saved at create, so create streams no memory, and reset takes the same
+ * path as create.
+ */
+export function templateBaseline(template: BootTemplate): SnapshotRecord {
+  return { name: BASELINE_SNAPSHOT, created_at: nowIso(), state_file: "", disk_file: "", template: template.name };
+}
+
+/** Restores a template baseline: the template's memory and an empty overlay on its disk, then the seed. */
+async function restoreTemplateBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, templateName: string): Promise<RunningVm> {
+  const found = await templateByName(ctx.paths, templateName);
+  if (!found) {
+    throw new PyroError("SNAPSHOT_NOT_FOUND", `the boot template ${templateName} that workspace ${record.id} was created from is gone from the cache; its baseline cannot be restored (create a new workspace)`);
+  }
+  const { template, restorable } = found;
+  let vm: RunningVm;
+  if (restorable) {
+    vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore", ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}) });
+  } else {
+    // Its RAM file is gone (reboot, QEMU upgrade): the same disk, booted instead of resumed.
+    await layerDisk(ctx, record, template.diskPath, "qcow2");
+    vm = await bootWorkspace(ctx, record, { kind: "cold" });
+  }
+  try {
+    const seed = await readFile(join(ctx.store.dir(record.id), BASELINE_TAR));
+    // Packed by the guest and checked then (packInGuest); it goes back into a guest, never onto the host.
+    if (record.seed.mode !== "empty") await extractTarInGuest(vm.agent, seed, WORKSPACE_ROOT);
+  } catch (error) {
+    await vm.dispose();
+    throw error;
+  }
+  return vm;
+}
 
 function snapshotDir(ctx: WorkspaceContext, id: string, name: string): string {
   return join(ctx.store.dir(id), "snapshots", name);
@@ -73,7 +113,7 @@ export async function deleteSnapshot(ctx: WorkspaceContext, ref: string, name: s
     const disk = join(snapshotDir(ctx, record.id, name), snapshot.disk_file);
     // Disks layer on each other: one that others build on cannot go without losing their data.
     // Which ones do is read from the images (not remembered), so an interrupted reset cannot make it wrong.
-    const layered = [{ what: "the current disk", path: diskPath(ctx, record.id) }, ...record.snapshots.filter((s) => s.name !== name).map((s) => ({ what: `snapshot '${s.name}'`, path: join(snapshotDir(ctx, record.id, s.name), s.disk_file) }))];
+    const layered = [{ what: "the current disk", path: diskPath(ctx, record.id) }, ...record.snapshots.filter((s) => s.name !== name && !s.template).map((s) => ({ what: `snapshot '${s.name}'`, path: join(snapshotDir(ctx, record.id, s.name), s.disk_file) }))];
     const dependents: string[] = [];
     for (const { what, path } of layered) if ((await backingChain(path)).includes(disk)) dependents.push(what);
     if (dependents.length) {
@@ -104,7 +144,9 @@ export async function resetWorkspace(ctx: WorkspaceContext, ref: string, name = 
     record.updated_at = nowIso();
     await ctx.store.write(record);
     const dir = snapshotDir(ctx, record.id, name);
-    const vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: join(dir, snapshot.state_file), diskPath: join(dir, snapshot.disk_file), mode: "snapshot_restore" });
+    const vm = snapshot.template
+      ? await restoreTemplateBaseline(ctx, record, snapshot.template)
+      : await bootWorkspace(ctx, record, { kind: "restore", statePath: join(dir, snapshot.state_file), diskPath: join(dir, snapshot.disk_file), mode: "snapshot_restore" });
     vm.detach();
     record.last_activity_at = record.updated_at = nowIso();
     await ctx.store.write(record);

@@ -8,6 +8,7 @@ mod exec;
 mod files;
 mod frame;
 mod hardening;
+mod identity;
 mod init;
 mod json;
 mod process;

@@ -65,7 +65,8 @@ pub unsafe fn set_controlling_tty(fd: c_int) {
 }
 
 extern "C" {
-    fn fcntl(fd: c_int, cmd: c_int, arg: c_int) -> c_int;
+    /// Variadic in C; its third argument travels in a register whatever its type (int or pointer).
+    fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int;
 }
 
 /// The foreground process group of a terminal (TIOCGPGRP on its master side).
@@ -132,6 +133,85 @@ pub fn sync_all() {
 
 pub fn power_off() -> io::Result<()> {
     check(unsafe { reboot(RB_POWER_OFF) })
+}
+
+/// Adds `bytes` to the kernel's input pool, credited as full entropy (RNDADDENTROPY), then makes the
+/// CRNG reseed from it now (RNDRESEEDCRNG), so /dev/urandom and random UUIDs change at once.
+pub fn add_entropy_and_reseed(bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    const RNDADDENTROPY: c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: c_ulong = 0x5207;
+    let random = std::fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + bytes.len());
+    info.extend_from_slice(&((bytes.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
+    info.extend_from_slice(bytes);
+    check(unsafe { ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_mut_ptr() as *mut c_void) })?;
+    check(unsafe { ioctl(random.as_raw_fd(), RNDRESEEDCRNG, std::ptr::null_mut()) })
+}
+
+extern "C" {
+    fn gettid() -> pid_t;
+    fn sigemptyset(set: *mut SigSet) -> c_int;
+    fn sigaddset(set: *mut SigSet, sig: c_int) -> c_int;
+    fn pthread_sigmask(how: c_int, set: *const SigSet, old: *mut SigSet) -> c_int;
+    fn sigtimedwait(set: *const SigSet, info: *mut c_void, timeout: *const timespec) -> c_int;
+}
+
+/// glibc's sigset_t (1024 bits).
+#[repr(C)]
+pub struct SigSet([u64; 16]);
+
+const SIGIO: c_int = 29;
+
+fn sigio_set() -> SigSet {
+    let mut set = SigSet([0; 16]);
+    unsafe {
+        sigemptyset(&mut set);
+        sigaddset(&mut set, SIGIO);
+    }
+    set
+}
+
+extern "C" fn ignore_signal(_: c_int) {}
+
+/// Asks the kernel for SIGIO to the calling thread when the host side of the virtio port `fd` opens
+/// (virtio_console sends it on the host's VIRTIO_CONSOLE_PORT_OPEN), and keeps SIGIO blocked in this
+/// thread so it waits, pending, for wait_for_host. Threads this one spawns must call
+/// unblock_host_signal (a blocked mask is inherited, and so by the commands they fork).
+pub fn notify_on_host_open(fd: c_int) -> io::Result<()> {
+    const F_GETFL: c_int = 3;
+    const F_SETFL: c_int = 4;
+    const F_SETOWN_EX: c_int = 15;
+    const F_OWNER_TID: c_int = 0;
+    const O_ASYNC: c_int = 0o20000;
+    const SIG_BLOCK: c_int = 0;
+    unsafe {
+        // A handler, not the default action (which ends a process that is not PID 1); reset on exec.
+        signal(SIGIO, ignore_signal as *const () as usize);
+        check(pthread_sigmask(SIG_BLOCK, &sigio_set(), std::ptr::null_mut()))?;
+        let mut owner: [c_int; 2] = [F_OWNER_TID, gettid()];
+        check(fcntl(fd, F_SETOWN_EX, owner.as_mut_ptr() as usize))?;
+        let flags = fcntl(fd, F_GETFL, 0);
+        check(if flags < 0 { flags } else { fcntl(fd, F_SETFL, (flags | O_ASYNC) as usize) })
+    }
+}
+
+/// Undoes notify_on_host_open's blocked SIGIO in a thread it spawned.
+pub fn unblock_host_signal() {
+    const SIG_UNBLOCK: c_int = 1;
+    unsafe {
+        pthread_sigmask(SIG_UNBLOCK, &sigio_set(), std::ptr::null_mut());
+    }
+}
+
+/// Sleeps until the host opens the port (a pending SIGIO) or `ms` pass.
+pub fn wait_for_host(ms: u64) {
+    let ts = timespec { tv_sec: (ms / 1000) as c_long, tv_nsec: ((ms % 1000) * 1_000_000) as c_long };
+    unsafe {
+        sigtimedwait(&sigio_set(), std::ptr::null_mut(), &ts);
+    }
 }
 
 pub fn set_realtime_ms(ms: u64) -> io::Result<()> {

@@ -22,6 +22,8 @@ mod files;
 mod frame;
 #[path = "../hardening.rs"]
 mod hardening;
+#[path = "../identity.rs"]
+mod identity;
 #[path = "../init.rs"]
 mod init;
 #[path = "../json.rs"]

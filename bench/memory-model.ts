@@ -1,0 +1,199 @@
+/**
+ * Benchmark (not a test) for issue #10's targets, each printed as a ratio against the kernel-only
+ * boot floor measured in this same run (the guest kernel on QEMU microvm, no initramfs, until it
+ * finds no root: what no cold boot can beat), medians of --runs:
+ *   workspace create (no seed), reset to the baseline (the template), reset to a user snapshot,
+ *   `pyro run debian:12 -- true` in a fresh CLI process, exec `true` (SDK) against the agent's raw exec;
+ *   host memory of idle workspaces: each VMM's PSS (/proc/<pid>/smaps_rollup) with --idle held at once;
+ *   with --density N: N idle workspaces held at once, create time, PSS per VM and MemAvailable as the
+ *   count grows, then `exec true` in every one.
+ *
+ *   node dist/bench/memory-model.js [--runs N] [--idle N] [--density N]
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { resolvePaths } from "../src/paths.js";
+import { hostTscKhz } from "../src/runtime/accelerator.js";
+import { prepareGuestRuntime } from "../src/runtime/guest-runtime.js";
+import { buildQemuArgs, kernelCmdline } from "../src/runtime/qemu/qemu-args.js";
+import type { VmLaunchSpec } from "../src/runtime/vmm-backend.js";
+import { Pyro } from "../src/sdk/pyro.js";
+import { launchDisposableVm } from "../src/vm-run/disposable-vm.js";
+import { templateMemoryMode } from "../src/workspaces/boot-templates.js";
+
+const arg = (name: string, fallback: number) => {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? Number(process.argv[i + 1]) : fallback;
+};
+const RUNS = arg("--runs", 5);
+const IDLE = arg("--idle", 5);
+const DENSITY = arg("--density", 0);
+const CLI = join(import.meta.dirname, "..", "src", "cli", "main.js");
+const paths = resolvePaths();
+const pyro = new Pyro();
+
+function median(samples: number[]): number {
+  const s = [...samples].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function timed<T>(fn: () => Promise<T> | T): Promise<[number, T]> {
+  const t = performance.now();
+  const v = await fn();
+  return [performance.now() - t, v];
+}
+
+/** The guest kernel alone: microvm, same CPU/accel options, no initramfs or disk, until it reports no root. */
+async function kernelOnlyBoot(): Promise<number> {
+  const runtime = await prepareGuestRuntime(paths);
+  const tscKhz = await hostTscKhz();
+  const spec: VmLaunchSpec = {
+    kernelPath: runtime.kernel.vmlinuxPath,
+    initramfsPath: runtime.initramfs.path,
+    rootDisk: { path: "/nonexistent", format: "raw", cache: "unsafe" },
+    vcpuCount: 1,
+    memMib: 1024,
+    hostname: "pyro",
+    network: "none",
+    runDir: "/nonexistent",
+    bootTimeoutMs: 60_000,
+    dieWithParent: true,
+    ownsRunDir: false,
+  };
+  const full = buildQemuArgs(spec, runtime.accelerator.accel, tscKhz);
+  const valueOf = (flag: string) => full[full.indexOf(flag) + 1]!;
+  const args = ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-M", "microvm", "-m", "1024", "-smp", "1", "-accel", valueOf("-accel"), "-cpu", valueOf("-cpu"), "-kernel", spec.kernelPath, "-append", kernelCmdline(spec, runtime.accelerator.accel, tscKhz), "-serial", "stdio"];
+  const started = performance.now();
+  const child = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "ignore"] });
+  try {
+    return await new Promise<number>((resolve, reject) => {
+      let seen = "";
+      child.stdout.on("data", (chunk: Buffer) => {
+        seen += chunk.toString("latin1");
+        if (/Unable to mount root|No working init|Kernel panic/.test(seen)) resolve(performance.now() - started);
+      });
+      child.once("exit", () => reject(new Error(`the kernel exited without reaching the root mount: ${seen.slice(-500)}`)));
+    });
+  } finally {
+    child.kill("SIGKILL");
+  }
+}
+
+function pyroRunCli(): number {
+  const started = performance.now();
+  const r = spawnSync(process.execPath, [CLI, "run", "debian:12", "--json", "--", "true"], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`pyro run failed: ${r.stderr}${r.stdout}`);
+  return performance.now() - started;
+}
+
+async function pssMib(pid: number): Promise<number> {
+  const text = await readFile(`/proc/${pid}/smaps_rollup`, "utf8");
+  return Number(/^Pss:\s+(\d+) kB/m.exec(text)?.[1] ?? NaN) / 1024;
+}
+
+async function memAvailableMib(): Promise<number> {
+  return Number(/^MemAvailable:\s+(\d+) kB/m.exec(await readFile("/proc/meminfo", "utf8"))?.[1] ?? NaN) / 1024;
+}
+
+async function rawExecTrue(): Promise<number[]> {
+  const vm = await launchDisposableVm(paths, "debian:12", { vcpuCount: 1, memMib: 1024, network: false });
+  try {
+    for (let i = 0; i < 5; i++) await vm.agent.exec({ command: ["true"] }); // warm the translation cache
+    const out: number[] = [];
+    for (let i = 0; i < 20; i++) out.push((await timed(() => vm.agent.exec({ command: ["true"] })))[0]);
+    return out;
+  } finally {
+    await vm.dispose();
+  }
+}
+
+async function main(): Promise<void> {
+  const runtime = await prepareGuestRuntime(paths);
+  const memory = await templateMemoryMode(paths);
+  console.log(`issue #10 bench: accel=${runtime.accelerator.accel} kernel=${runtime.kernel.release} template memory=${memory.mode} memory return=${runtime.memoryReturn} runs=${RUNS}`);
+  // Warm-up outside the timings: page cache, the template of the default shape.
+  await kernelOnlyBoot();
+  await pyro.deleteWorkspace((await pyro.createWorkspace("debian:12")).workspace_id);
+  pyroRunCli();
+
+  const floor: number[] = [];
+  const create: number[] = [];
+  const run: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    floor.push(await kernelOnlyBoot());
+    const [ms, ws] = await timed(() => pyro.createWorkspace("debian:12"));
+    create.push(ms);
+    await pyro.deleteWorkspace(ws.workspace_id);
+    run.push(pyroRunCli());
+  }
+  const ws = await pyro.createWorkspace("debian:12");
+  const resetBaseline: number[] = [];
+  const resetSnapshot: number[] = [];
+  const execSdk: number[] = [];
+  try {
+    await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "echo x > /workspace/x"]);
+    await pyro.createSnapshot(ws.workspace_id, "point");
+    for (let i = 0; i < RUNS; i++) {
+      resetBaseline.push((await timed(() => pyro.resetWorkspace(ws.workspace_id)))[0]);
+      resetSnapshot.push((await timed(() => pyro.resetWorkspace(ws.workspace_id, { snapshot: "point" })))[0]);
+    }
+    for (let i = 0; i < 5; i++) await pyro.execWorkspace(ws.workspace_id, ["true"]);
+    for (let i = 0; i < 20; i++) execSdk.push((await timed(() => pyro.execWorkspace(ws.workspace_id, ["true"])))[0]);
+  } finally {
+    await pyro.deleteWorkspace(ws.workspace_id).catch(() => undefined);
+  }
+  const execRaw = await rawExecTrue();
+
+  const f = median(floor);
+  const row = (what: string, samples: number[], target: string) => console.log(`${what.padEnd(36)} ${median(samples).toFixed(0).padStart(6)} ms  ${(median(samples) / f).toFixed(2).padStart(5)}x floor   (target ${target})`);
+  console.log(`${"kernel-only boot floor".padEnd(36)} ${f.toFixed(0).padStart(6)} ms`);
+  row("workspace create (no seed)", create, "≤ 0.20x");
+  row("reset to baseline (the template)", resetBaseline, "≤ 0.15x");
+  row("reset to a user snapshot (streamed)", resetSnapshot, "≤ 0.15x");
+  row("pyro run debian:12 -- true (CLI)", run, "≤ 0.40x");
+  console.log(`${"exec true: SDK / raw agent".padEnd(36)} ${median(execSdk).toFixed(1).padStart(6)} ms / ${median(execRaw).toFixed(1)} ms = ${(median(execSdk) / median(execRaw)).toFixed(2)}x   (target ≤ 1.3x)`);
+
+  // Idle memory: several workspaces held at once, so shared pages are split between them.
+  const held: { id: string; pid: number }[] = [];
+  try {
+    for (let i = 0; i < IDLE; i++) {
+      const w = await pyro.createWorkspace("debian:12");
+      held.push({ id: w.workspace_id, pid: w.vm!.pid });
+    }
+    await new Promise((r) => setTimeout(r, 5_000));
+    const pss = await Promise.all(held.map((h) => pssMib(h.pid)));
+    console.log(`${"VMM PSS per idle workspace".padEnd(36)} ${median(pss).toFixed(0).padStart(6)} MiB  (${IDLE} held, 1 GiB guests; target ≤ 64 MiB)`);
+  } finally {
+    for (const h of held) await pyro.deleteWorkspace(h.id).catch(() => undefined);
+  }
+
+  if (DENSITY > 0) await density(DENSITY);
+}
+
+async function density(count: number): Promise<void> {
+  const held: { id: string; pid: number }[] = [];
+  const createMs: number[] = [];
+  console.log(`density: ${count} idle 1 GiB workspaces held at once (MemAvailable before: ${(await memAvailableMib()).toFixed(0)} MiB)`);
+  console.log("  count  create ms (last 5)  PSS/VM MiB  MemAvailable MiB");
+  try {
+    for (let i = 1; i <= count; i++) {
+      const [ms, w] = await timed(() => pyro.createWorkspace("debian:12"));
+      createMs.push(ms);
+      held.push({ id: w.workspace_id, pid: w.vm!.pid });
+      if (i % 5 === 0 || i === count) {
+        const pss = await Promise.all(held.map((h) => pssMib(h.pid)));
+        const mean = pss.reduce((a, b) => a + b, 0) / pss.length;
+        console.log(`  ${String(i).padStart(5)}  ${median(createMs.slice(-5)).toFixed(0).padStart(18)}  ${mean.toFixed(0).padStart(10)}  ${(await memAvailableMib()).toFixed(0).padStart(16)}`);
+      }
+    }
+    let answered = 0;
+    for (const h of held) if ((await pyro.execWorkspace(h.id, ["true"])).exit_code === 0) answered++;
+    const pss = await Promise.all(held.map((h) => pssMib(h.pid)));
+    console.log(`  all ${count}: ${answered}/${count} answered exec afterwards; PSS/VM after exec ${(pss.reduce((a, b) => a + b, 0) / pss.length).toFixed(0)} MiB; MemAvailable ${(await memAvailableMib()).toFixed(0)} MiB`);
+  } finally {
+    for (const h of held) await pyro.deleteWorkspace(h.id).catch(() => undefined);
+  }
+}
+
+await main();
