@@ -62,8 +62,8 @@ async function kernelOnlyBoot(): Promise<number> {
     ownsRunDir: false,
   };
   const full = buildQemuArgs(spec, runtime.accelerator.accel, tscKhz);
-  const valueOf = (flag: string) => full[full.indexOf(flag) + 1]!;
-  const args = ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-M", "microvm", "-m", "1024", "-smp", "1", "-accel", valueOf("-accel"), "-cpu", valueOf("-cpu"), "-kernel", spec.kernelPath, "-append", kernelCmdline(spec, runtime.accelerator.accel, tscKhz), "-serial", "stdio"];
+  const argAfter = (flag: string) => full[full.indexOf(flag) + 1]!;
+  const args = ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-M", "microvm", "-m", "1024", "-smp", "1", "-accel", argAfter("-accel"), "-cpu", argAfter("-cpu"), "-kernel", spec.kernelPath, "-append", kernelCmdline(spec, runtime.accelerator.accel, tscKhz), "-serial", "stdio"];
   const started = performance.now();
   const child = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "ignore"] });
   try {

@@ -57,7 +57,7 @@ export async function withMemoryReturnModule(kernel: GuestKernel): Promise<Guest
     const rel = order.find((r) => moduleName(r) === MEMORY_RETURN_MODULE);
     // Its dependencies must already be in the initramfs (virtio, virtio_ring): it is loaded after them.
     const missing = order.map(moduleName).filter((m) => m !== MEMORY_RETURN_MODULE && !kernel.baseModules.includes(m));
-    if (!rel || !rel.endsWith(".ko") || missing.length) throw new Error(`no usable ${MEMORY_RETURN_MODULE}.ko in ${kernel.package}`);
+    if (!rel?.endsWith(".ko") || missing.length) throw new Error(`no usable ${MEMORY_RETURN_MODULE}.ko in ${kernel.package}`);
     await mkdir(join(kernel.dir, "extra"), { recursive: true });
     await copyFile(join(modRoot, rel), join(work, "module.ko"));
     await rename(join(work, "module.ko"), files.module);
