@@ -9,6 +9,12 @@ export interface VmLaunchSpec {
   kernelPath: string;
   initramfsPath: string;
   rootDisk: { path: string; format: "qcow2" | "raw"; readOnly?: boolean; cache: "unsafe" | "writeback" };
+  /**
+   * A second disk the guest finds by its virtio serial (WORKSPACE_DISK_SERIAL) and mounts on
+   * /workspace when asked (the agent's workspace.mount). Part of the machine: a state saved with one
+   * restores only into a VM with one of the same size.
+   */
+  workspaceDisk?: { path: string; format: "qcow2" | "raw"; cache: "unsafe" | "writeback" };
   vcpuCount: number;
   memMib: number;
   hostname: string;

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { chmod, lstat, readdir, readFile, realpath, rename, rm, stat, statfs, writeFile } from "node:fs/promises";
+import { chmod, lstat, readdir, readFile, realpath, rename, rm, stat, statfs, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { environmentSlug } from "../environments/catalog.js";
@@ -12,6 +12,7 @@ import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
 import { bootTimeoutMs } from "../vm-run/disposable-vm.js";
 import { pathExists } from "../storage/path-exists.js";
 import { ensurePrivateDir, makePrivateSubdir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
+import { DEFAULT_DISK_GIB, diskBytes } from "./seed-image.js";
 
 /**
  * A booted-once guest saved to disk: restoring it gives a ready agent in a fraction of a ~1.5 s cold
@@ -29,11 +30,24 @@ export interface BootTemplate {
   diskPath: string;
   /** The template's RAM, for copy-on-write restores; absent when the RAM is in the state file. */
   memoryPath?: string;
+  /**
+   * The empty (sparse, all zeros) stand-in for the /workspace disk the template guest booted with:
+   * a restored VM must have the same devices, so it gets its own disk of this size in that place.
+   */
+  workspaceDiskPath: string;
 }
 
 export interface MachineShape {
   vcpuCount: number;
   memMib: number;
+  /** Size of the /workspace disk (default DEFAULT_DISK_GIB): part of the machine a state restores into. */
+  diskGib?: number;
+}
+
+const PLACEHOLDER_DISK = "workspace-placeholder.raw";
+
+function shapeDiskGib(shape: MachineShape): number {
+  return shape.diskGib ?? DEFAULT_DISK_GIB;
 }
 
 const TemplateManifest = z.object({ key: z.string(), createdAt: z.string(), saveMs: z.number(), memoryFile: z.string().optional() });
@@ -108,6 +122,7 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
         env.manifest.builtAt,
         shape.vcpuCount,
         shape.memMib,
+        shapeDiskGib(shape),
         WORKSPACE_MACHINE_VERSION,
       ]),
     )
@@ -116,14 +131,18 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
 }
 
 /** Bump when workspaceLaunchSpec changes the machine, so old saved states are not restored into it. */
-const WORKSPACE_MACHINE_VERSION = 1;
+const WORKSPACE_MACHINE_VERSION = 2;
 
-/** The machine every workspace VM runs as; templates are saved from exactly this shape (G10). */
-export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, diskPath: string, runDir: string, network: VmLaunchSpec["network"] = "none"): VmLaunchSpec {
+/**
+ * The machine every workspace VM runs as; templates are saved from exactly this shape (G10): the
+ * root disk, then the /workspace disk.
+ */
+export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, diskPath: string, workspaceDisk: { path: string; format: "qcow2" | "raw" }, runDir: string, network: VmLaunchSpec["network"] = "none"): VmLaunchSpec {
   return {
     kernelPath: runtime.kernel.vmlinuxPath,
     initramfsPath: runtime.initramfs.path,
     rootDisk: { path: diskPath, format: "qcow2", cache: "writeback" },
+    workspaceDisk: { ...workspaceDisk, cache: "writeback" },
     vcpuCount: shape.vcpuCount,
     memMib: shape.memMib,
     hostname: "pyro",
@@ -142,7 +161,7 @@ function templatePrefix(env: InstalledEnvironment, shape: MachineShape): string 
 
 /** How template directories of one environment and shape are named (any key, any build). */
 export function templateNamePrefix(environment: string, shape: MachineShape): string {
-  return `${environmentSlug(environment)}-${shape.vcpuCount}c-${shape.memMib}m-`;
+  return `${environmentSlug(environment)}-${shape.vcpuCount}c-${shape.memMib}m-${shapeDiskGib(shape)}g-`;
 }
 
 /** Whether any template was ever saved for this environment and shape (current or stale). */
@@ -164,14 +183,14 @@ async function validTemplates(paths: PyroPaths, env: InstalledEnvironment, shape
     const dir = join(root, name);
     const manifest = await readJsonIfValid(join(dir, "manifest.json"), TemplateManifest);
     if (manifest?.key !== key) continue;
-    const template: BootTemplate = { key, statePath: join(dir, "state.bin"), diskPath: join(dir, "disk.qcow2") };
+    const template: BootTemplate = { key, statePath: join(dir, "state.bin"), diskPath: join(dir, "disk.qcow2"), workspaceDiskPath: join(dir, PLACEHOLDER_DISK) };
     if (manifest.memoryFile) {
       // A RAM file is only trusted inside our own private memory directory.
       if (memory.mode !== "shared_file" || manifest.memoryFile.includes("/")) continue;
       template.memoryPath = join(memory.dir, manifest.memoryFile);
       if (!(await pathExists(template.memoryPath))) continue;
     } else if (memory.mode === "shared_file") continue; // a streamed one is superseded where sharing works
-    if ((await pathExists(template.statePath)) && (await pathExists(template.diskPath))) found.push({ template, createdAt: manifest.createdAt });
+    if ((await pathExists(template.statePath)) && (await pathExists(template.diskPath)) && (await pathExists(template.workspaceDiskPath))) found.push({ template, createdAt: manifest.createdAt });
   }
   return found.sort((a, b) => b.createdAt.localeCompare(a.createdAt)).map((f) => f.template);
 }
@@ -186,7 +205,7 @@ export async function findBootTemplate(paths: PyroPaths, runtime: GuestRuntime, 
 export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime, env: InstalledEnvironment, shape: MachineShape, onProgress?: (message: string) => void): Promise<BootTemplate> {
   const found = await findBootTemplate(paths, runtime, env, shape);
   if (found) return found;
-  onProgress?.(`building the boot template for ${env.spec.name} (${shape.vcpuCount} vCPU, ${shape.memMib} MiB), once per machine shape`);
+  onProgress?.(`building the boot template for ${env.spec.name} (${shape.vcpuCount} vCPU, ${shape.memMib} MiB, ${shapeDiskGib(shape)} GiB disk), once per machine shape`);
   const key = templateKey(runtime, env, shape);
   const memory = await templateMemoryMode(paths);
   const build = randomBytes(3).toString("hex");
@@ -201,7 +220,11 @@ export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime
     const disk = join(work, "disk.qcow2");
     // The real path: a template outlives the (possibly linked, e.g. per-test) directory it was built from.
     await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", await realpath(env.imagePath), "-F", "raw", disk], { privateFiles: true });
-    const spec = { ...workspaceLaunchSpec(runtime, shape, disk, runDir), dieWithParent: true, ownsRunDir: true, ...(memoryPath ? { memoryFile: { path: memoryPath, share: true } } : {}) };
+    // Never mounted by the template guest (only probed): sparse, so it costs no host disk.
+    const placeholder = join(work, PLACEHOLDER_DISK);
+    await writeFile(placeholder, "", { mode: PRIVATE_FILE_MODE });
+    await truncate(placeholder, diskBytes(shapeDiskGib(shape)));
+    const spec = { ...workspaceLaunchSpec(runtime, shape, disk, { path: placeholder, format: "raw" }, runDir), dieWithParent: true, ownsRunDir: true, ...(memoryPath ? { memoryFile: { path: memoryPath, share: true } } : {}) };
     const vm = await runtime.backend.launch(spec);
     const started = Date.now();
     try {

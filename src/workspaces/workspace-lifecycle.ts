@@ -1,13 +1,15 @@
-import { join } from "node:path";
+import { lstat, realpath, rm, stat } from "node:fs/promises";
+import { Readable } from "node:stream";
 import { PyroError } from "../errors.js";
-import { writeFileAtomic } from "../storage/atomic-file.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
+import { makePrivateTempDir } from "../storage/private-storage.js";
+import { RootedTree } from "../storage/rooted-path.js";
+import { extractTarInRoot } from "../storage/rooted-tar-extract.js";
 import { prepareTree } from "./archive-safety.js";
 import { ensureBootTemplate } from "./boot-templates.js";
 import { allocatedBytes } from "./workspace-disk-usage.js";
-import { WORKSPACE_ROOT } from "./guest-paths.js";
-import { extractTarInGuest, packInGuest } from "./guest-transfer.js";
-import { bootWorkspace, layerDisk, stopWorkspaceVm } from "./workspace-boot.js";
+import { buildSeedImage, checkDiskGib, checkSeedFits, DEFAULT_DISK_GIB, scanSeed, type SeedScan, type SeedSource } from "./seed-image.js";
+import { baselineManifestPath, bootWorkspace, layerDisk, layerWorkspaceDisk, seedImagePath, stopWorkspaceVm } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
 import { BASELINE_SNAPSHOT, saveSnapshot } from "./workspace-snapshots.js";
@@ -22,6 +24,10 @@ export interface CreateWorkspaceOptions {
   labels?: Record<string, string>;
   /** Host directory or .tar/.tar.gz/.tgz to put in /workspace. */
   seedPath?: string;
+  /** With a directory seedPath: only these paths (relative to it) go in, with their parent directories. */
+  seedPaths?: string[];
+  /** Size of the /workspace disk in GiB (default DEFAULT_DISK_GIB); the seed must fit in it. */
+  diskGib?: number;
   vcpuCount?: number;
   memMib?: number;
   /** Delete the workspace after this many seconds without mutating activity. */
@@ -47,6 +53,7 @@ export interface WorkspaceView {
   expires_at: string | null;
   vcpu_count: number;
   mem_mib: number;
+  disk_gib: number | null;
   network_policy: string;
   allow_hosts: string[];
   command_count: number;
@@ -71,6 +78,7 @@ export function viewOf(record: WorkspaceRecord): WorkspaceView {
     expires_at: expiresAt(record),
     vcpu_count: record.vcpu_count,
     mem_mib: record.mem_mib,
+    disk_gib: record.disk_gib,
     network_policy: record.network_policy,
     allow_hosts: record.allow_hosts,
     command_count: record.command_count,
@@ -99,11 +107,20 @@ function checkLabels(labels: Record<string, string>): void {
   }
 }
 
-/** Captures /workspace as the diff baseline and saves the baseline snapshot that reset returns to. */
+/** Saves the baseline snapshot that reset returns to (diff's baseline is the seed image itself). */
 async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm): Promise<void> {
-  const tar = await packInGuest(vm.agent, WORKSPACE_ROOT);
-  await writeFileAtomic(join(ctx.store.dir(record.id), "baseline.tar"), tar, 0o600);
   record.snapshots = [await saveSnapshot(ctx, record, vm, BASELINE_SNAPSHOT)];
+}
+
+/** A seed as a directory pyro can scan: the user's directory itself, or an archive unpacked into `scratch`. */
+async function seedDirectory(seedPath: string, scratch: () => Promise<string>): Promise<{ root: string; mode: "directory" | "tar_archive" }> {
+  const st = await lstat(seedPath).catch(() => undefined);
+  if (!st) throw new PyroError("INVALID_ARGUMENT", `${seedPath} does not exist`);
+  if ((await stat(seedPath)).isDirectory()) return { root: await realpath(seedPath), mode: "directory" };
+  const tree = await prepareTree(seedPath); // validated (no escapes, no devices) before anything is written
+  const root = await scratch();
+  await extractTarInRoot(new RootedTree(root), Readable.from([tree.tar]), { label: seedPath });
+  return { root, mode: "tar_archive" };
 }
 
 /**
@@ -119,8 +136,36 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   checkLabels(options.labels ?? {});
   await ctx.recoverInterrupted();
   await reapExpired(ctx);
-  // Validate the seed and secrets before booting anything: a hostile archive costs nothing.
-  const tree = options.seedPath ? await prepareTree(options.seedPath) : undefined;
+  // Validate the seed and secrets before booting anything: a hostile archive costs nothing, and a
+  // seed that cannot fit the disk fails before any file is created.
+  const diskGib = checkDiskGib(options.diskGib ?? DEFAULT_DISK_GIB);
+  if (options.seedPaths && !options.seedPath) throw new PyroError("INVALID_ARGUMENT", "a seed path list needs a seed directory");
+  let unpacked: string | undefined;
+  const seed = options.seedPath
+    ? await seedDirectory(options.seedPath, async () => (unpacked = await makePrivateTempDir(ctx.paths.stateDir, ".seed-unpack-")))
+    : undefined;
+  if (seed?.mode === "tar_archive" && options.seedPaths) throw new PyroError("INVALID_ARGUMENT", "a seed path list needs a seed directory, not an archive");
+  try {
+    const source = seed ? { root: seed.root, ...(options.seedPaths ? { paths: options.seedPaths } : {}) } : undefined;
+    const scan = source ? scanSeed(source) : undefined;
+    if (scan) checkSeedFits(scan, diskGib);
+    return await createWithSeed(ctx, environment, options, started, shape, diskGib, source, scan, seed?.mode);
+  } finally {
+    if (unpacked) await rm(unpacked, { recursive: true, force: true });
+  }
+}
+
+async function createWithSeed(
+  ctx: WorkspaceContext,
+  environment: string,
+  options: CreateWorkspaceOptions,
+  started: number,
+  shape: { vcpuCount: number; memMib: number },
+  diskGib: number,
+  source: SeedSource | undefined,
+  scan: SeedScan | undefined,
+  seedMode: "directory" | "tar_archive" | undefined,
+): Promise<WorkspaceView & { create_ms: number }> {
   const secrets = await collectSecrets(options.secrets, options.secretFiles);
   const network = checkNetworkOptions(options.networkPolicy ?? "off", options.allowHosts ?? []);
   const env = await ctx.environments.require(environment);
@@ -138,12 +183,13 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     last_activity_at: now,
     vcpu_count: shape.vcpuCount,
     mem_mib: shape.memMib,
+    disk_gib: diskGib,
     network_policy: network.policy,
     allow_hosts: network.allow,
     services: {},
     ttl_seconds: options.ttlSeconds ?? null,
     vm: null,
-    seed: tree ? { mode: tree.mode, origin: tree.origin, files: tree.summary.files, bytes: tree.summary.bytes } : { mode: "empty", origin: null, files: 0, bytes: 0 },
+    seed: scan && seedMode ? { mode: seedMode, origin: options.seedPath!, files: scan.files, bytes: scan.bytes, skipped: scan.skipped, built_at_ns: null } : { mode: "empty", origin: null, files: 0, bytes: 0, skipped: [], built_at_ns: null },
     command_count: 0,
     snapshots: [],
     secret_names: Object.keys(secrets).sort(),
@@ -158,15 +204,17 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     try {
       await ctx.store.createDir(id);
       await saveSecrets(ctx, id, secrets);
+      const image = await buildSeedImage(source, scan, diskGib, seedImagePath(ctx, id), baselineManifestPath(ctx, id), ctx.store.dir(id));
+      record.seed.built_at_ns = String(image.builtAtNs);
+      await layerWorkspaceDisk(ctx, record, image.path, "raw");
       // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
-      const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, shape).catch(() => undefined) : undefined;
+      const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, { ...shape, diskGib }).catch(() => undefined) : undefined;
       if (template) {
         vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore", ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}) });
       } else {
         await layerDisk(ctx, record, env.imagePath, "raw");
         vm = await bootWorkspace(ctx, record, { kind: "cold" });
       }
-      if (tree) await extractTarInGuest(vm.agent, tree.tar, WORKSPACE_ROOT);
       await captureBaseline(ctx, record, vm);
       await ctx.store.write(record);
       vm.detach();

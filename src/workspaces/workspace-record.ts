@@ -10,6 +10,8 @@ export const SnapshotRecord = z.object({
   /** Files inside snapshots/<name>/. */
   state_file: z.string(),
   disk_file: z.string(),
+  /** The /workspace disk's copy, for workspaces that have one (disk_gib set). */
+  workspace_disk_file: z.string().optional(),
 });
 export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
 
@@ -39,11 +41,20 @@ export const WorkspaceRecord = z.object({
       start_mode: z.enum(["cold_boot", "template_restore", "snapshot_restore"]),
     })
     .nullable(),
+  /**
+   * Size of the /workspace disk (its own ext4 disk, built from the seed on the host). Null for
+   * workspaces created before it existed, whose /workspace is a directory of the root disk.
+   */
+  disk_gib: z.number().int().nullable().default(null),
   seed: z.object({
     mode: z.enum(["empty", "directory", "tar_archive"]),
     origin: z.string().nullable(),
     files: z.number().int(),
     bytes: z.number().int(),
+    /** Seed entries left out (special or unreadable files), with why. */
+    skipped: z.array(z.object({ path: z.string(), reason: z.string() })).default([]),
+    /** Host time (ns, as a decimal string) the seed image was finished: later guest ctimes are changes. */
+    built_at_ns: z.string().nullable().default(null),
   }),
   command_count: z.number().int(),
   snapshots: z.array(SnapshotRecord),

@@ -57,6 +57,9 @@ export function guestConnectionForwarder(socat: string, egressSocket: string): s
  */
 const RAM_BACKEND_ID = "microvm.ram";
 
+/** The /workspace disk's virtio serial; the agent finds the disk by it (guest/agent/src/workspace_disk.rs). */
+export const WORKSPACE_DISK_SERIAL = "pyro-workspace";
+
 /** x86-64-v2 on qemu64 boots faster under TCG than `-cpu max` (runtime-facts 1h). */
 const TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt";
 
@@ -107,6 +110,9 @@ export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
     "-serial", `chardev:${CONSOLE_CHARDEV_ID}`,
     "-drive", `id=root,file=${disk.path},format=${disk.format},if=none,cache=${disk.cache}${disk.readOnly ? ",readonly=on" : ""}`,
     "-device", "virtio-blk-device,drive=root",
+    ...(spec.workspaceDisk
+      ? ["-drive", `id=workspace,file=${spec.workspaceDisk.path},format=${spec.workspaceDisk.format},if=none,cache=${spec.workspaceDisk.cache}`, "-device", `virtio-blk-device,drive=workspace,serial=${WORKSPACE_DISK_SERIAL}`]
+      : []),
     "-device", "virtio-serial-device",
     "-chardev", `socket,id=agent,path=${files.agentSocket},server=on,wait=off`,
     "-device", "virtserialport,chardev=agent,name=org.pyro.agent",
