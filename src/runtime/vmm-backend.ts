@@ -92,6 +92,8 @@ export interface RunningVm {
    * a shared memory file when `skipSharedMemory` is set. The guest stays paused.
    */
   saveState(path: string, options?: SaveStateOptions): Promise<void>;
+  /** Pauses the guest (its disks stop changing until resume). */
+  pause(): Promise<void>;
   /** Resumes a paused guest. */
   resume(): Promise<void>;
   /** Lets the VM outlive this process: no kill on exit, the connection to its agent is closed. */

@@ -18,6 +18,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--seed-path <path>", "host directory or .tar/.tar.gz/.tgz to put in /workspace")
     .option("--vcpu-count <n>", "virtual CPUs (default 1)", integerOption(1, 16))
     .option("--mem-mib <n>", "memory in MiB (default 1024)", integerOption(256, 65536))
+    .option("--disk-gib <n>", "size of the /workspace disk in GiB (default 4); the seed must fit", integerOption(1, 1024))
     .option("--ttl-seconds <s>", "delete after this long without activity", secondsOption)
     .option("--secret <NAME=VALUE>", "a secret, kept in the guest's tmpfs only (repeatable)", collectKeyValue)
     .option("--secret-file <NAME=PATH>", "a secret read from a host file (repeatable)", collectKeyValue)
@@ -25,13 +26,14 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--allow-host <host|cidr>", "egress allowlist entry (repeatable), e.g. pypi.org, *.npmjs.org, 203.0.113.0/24", collect)
     .addOption(new Option("--id-only", "print only the workspace id").conflicts("json"))
     .option("--json", "print JSON")
-    .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; ttlSeconds?: number; secret?: Record<string, string>; secretFile?: Record<string, string>; networkPolicy: string; allowHost?: string[]; idOnly?: boolean; json?: boolean }) => {
+    .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; diskGib?: number; ttlSeconds?: number; secret?: Record<string, string>; secretFile?: Record<string, string>; networkPolicy: string; allowHost?: string[]; idOnly?: boolean; json?: boolean }) => {
       const r = await (await pyro()).createWorkspace(environment, {
         ...(o.name !== undefined ? { name: o.name } : {}),
         ...(o.label ? { labels: o.label } : {}),
         ...(o.seedPath ? { seedPath: o.seedPath } : {}),
         ...(o.vcpuCount ? { vcpuCount: o.vcpuCount } : {}),
         ...(o.memMib ? { memMib: o.memMib } : {}),
+        ...(o.diskGib ? { diskGib: o.diskGib } : {}),
         ...(o.ttlSeconds ? { ttlSeconds: o.ttlSeconds } : {}),
         ...(o.secret ? { secrets: o.secret } : {}),
         ...(o.secretFile ? { secretFiles: o.secretFile } : {}),
@@ -201,12 +203,16 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     });
 
   ws.command("diff")
-    .description("Unified diff of /workspace against the baseline captured at create.")
+    .description("Unified diff of /workspace against the baseline captured at create, a page at a time.")
     .argument("<workspace>", "id or name")
+    .option("--summary", "changed paths and counts only (no contents read)")
+    .option("--offset <n>", "first changed file to show (a previous page's next_offset)", integerOption(0, Number.MAX_SAFE_INTEGER))
+    .option("--limit <n>", "changed files per page (patch: up to 100; summary: up to 1000)", integerOption(1, 1000))
     .option("--json", "print JSON")
-    .action(async (ref: string, o: { json?: boolean }) => {
-      const r = await (await pyro()).diffWorkspace(ref);
-      emit(o.json, r, () => r.patch || "no changes since the baseline\n");
+    .action(async (ref: string, o: { summary?: boolean; offset?: number; limit?: number; json?: boolean }) => {
+      const r = await (await pyro()).diffWorkspace(ref, { ...(o.summary ? { summary: true } : {}), ...(o.offset !== undefined ? { offset: o.offset } : {}), ...(o.limit !== undefined ? { limit: o.limit } : {}) });
+      const more = typeof r.next_offset === "number" ? `# ${r.total_files} changed in all; next page: --offset ${r.next_offset}\n` : "";
+      emit(o.json, r, () => (o.summary ? r.files.map((f) => `${f.status[0]!.toUpperCase()} ${f.path}\n`).join("") : r.patch) + more || "no changes since the baseline\n");
     });
 
   ws.command("export")

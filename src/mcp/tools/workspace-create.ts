@@ -17,6 +17,7 @@ export const workspaceCreate: ToolFactory = (surface) => ({
           // Bounds are checked once, by createWorkspace (the same check the CLI and SDK get).
           vcpu_count: z.number().int().optional(),
           mem_mib: z.number().int().optional(),
+          disk_gib: z.number().int().optional().describe("Size of the /workspace disk in GiB (default 4)"),
           ttl_seconds: z.number().positive().optional().describe("Delete after this long without activity"),
         }
       : {}),
@@ -35,6 +36,7 @@ export const workspaceCreate: ToolFactory = (surface) => ({
       ...(a.labels ? { labels: a.labels as Record<string, string> } : {}),
       ...(a.vcpu_count ? { vcpuCount: Number(a.vcpu_count) } : {}),
       ...(a.mem_mib ? { memMib: Number(a.mem_mib) } : {}),
+      ...(a.disk_gib ? { diskGib: Number(a.disk_gib) } : {}),
       ...(a.ttl_seconds ? { ttlSeconds: Number(a.ttl_seconds) } : {}),
       ...(a.secrets ? { secrets: a.secrets as Record<string, string> } : {}),
       ...(a.network_policy ? { networkPolicy: String(a.network_policy) } : {}),
