@@ -161,7 +161,9 @@ function templatePrefix(env: InstalledEnvironment, shape: MachineShape): string 
 
 /** How template directories of one environment and shape are named (any key, any build). */
 export function templateNamePrefix(environment: string, shape: MachineShape): string {
-  return `${environmentSlug(environment)}-${shape.vcpuCount}c-${shape.memMib}m-${shapeDiskGib(shape)}g-`;
+  // The default disk size keeps the names templates had before disks had a size.
+  const disk = shapeDiskGib(shape) === DEFAULT_DISK_GIB ? "" : `${shapeDiskGib(shape)}g-`;
+  return `${environmentSlug(environment)}-${shape.vcpuCount}c-${shape.memMib}m-${disk}`;
 }
 
 /** Whether any template was ever saved for this environment and shape (current or stale). */
