@@ -3,9 +3,11 @@ import { createReadStream, createWriteStream } from "node:fs";
 import { link, lstat, mkdir, rename, rm, symlink, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
+import { spawn } from "node:child_process";
+import { Header, Pax } from "tar";
 import { PyroError } from "../errors.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
-import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
+import { runSandboxed, sandboxArgs, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { diskChain } from "../storage/qcow2-backing-chain.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
@@ -147,6 +149,159 @@ async function redactTree(tree: string, redactor: Redactor): Promise<void> {
   }
 }
 
+/**
+ * Reads exactly the bytes asked for from a stream (debugfs's stdout), pulling more only when needed:
+ * the tool blocks on its pipe while the output file is slow, so memory stays one chunk.
+ */
+class StreamReader {
+  private buffered: Buffer[] = [];
+  private length = 0;
+  private done = false;
+  constructor(private readonly source: AsyncIterator<Buffer>) {}
+
+  private async fill(bytes: number): Promise<boolean> {
+    while (this.length < bytes && !this.done) {
+      const next = await this.source.next();
+      if (next.done) this.done = true;
+      else {
+        this.buffered.push(next.value);
+        this.length += next.value.length;
+      }
+    }
+    return this.length >= bytes;
+  }
+
+  /** Up to `max` bytes of what is buffered (at least one byte unless the stream ended); never copies. */
+  async take(max: number): Promise<Buffer> {
+    await this.fill(1);
+    const first = this.buffered[0];
+    if (!first) return Buffer.alloc(0);
+    if (first.length <= max) {
+      this.buffered.shift();
+      this.length -= first.length;
+      return first;
+    }
+    this.buffered[0] = first.subarray(max);
+    this.length -= max;
+    return first.subarray(0, max);
+  }
+
+  async expect(text: string): Promise<boolean> {
+    const want = Buffer.from(text, "latin1");
+    if (!(await this.fill(want.length))) return false;
+    for (let at = 0; at < want.length; ) {
+      const piece = await this.take(want.length - at);
+      if (!piece.equals(want.subarray(at, at + piece.length))) return false;
+      at += piece.length;
+    }
+    return true;
+  }
+}
+
+const TAR_BLOCK = 512;
+
+/** A tar header (with a pax header first where ustar cannot hold the name, size or times). */
+interface TarFields {
+  path: string;
+  type: "File" | "Directory" | "SymbolicLink" | "Link";
+  mode: number;
+  uid: number;
+  gid: number;
+  mtime: Date;
+  size: number;
+  linkpath?: string;
+}
+
+function tarHeader(fields: TarFields): Buffer {
+  const header = new Header(fields);
+  const needsPax = header.encode();
+  const pax = needsPax ? new Pax({ path: fields.path, ...(fields.linkpath ? { linkpath: fields.linkpath } : {}), size: fields.size, mtime: fields.mtime }).encode() : Buffer.alloc(0);
+  return Buffer.concat([pax, header.block!]);
+}
+
+/**
+ * The tar of one directory of the image, generated straight from the manifest (names, modes, times,
+ * link targets, hardlinks) and debugfs `cat` of each file (one sandboxed run for all of them): no
+ * file is ever created on the host. The manifest was taken just before the pause; a file that
+ * changed in between no longer lines up with what debugfs prints, and the export fails rather than
+ * writing a wrong archive.
+ */
+async function* tarFromImage(raw: string, out: string, bytes: number, entries: ManifestEntry[]): AsyncGenerator<Buffer> {
+  const firstName = new Map<number, string>();
+  const cats: ManifestEntry[] = [];
+  for (const e of entries) {
+    if (e.type === "f" && e.nlink > 1 && firstName.has(e.ino)) continue;
+    if (e.type === "f") {
+      cats.push(e);
+      if (e.nlink > 1) firstName.set(e.ino, e.path);
+    }
+  }
+  const child = spawn(requireExecutable("bwrap", "bubblewrap"), sandboxArgs({
+    tool: requireExecutable("debugfs", "e2fsprogs"),
+    args: ["-f", "-", `${SANDBOX_OUTPUT_DIR}/disk.raw`],
+    outputDir: out,
+    timeoutMs: TOOL_TIMEOUT_MS,
+    limits: { ...TOOL_LIMITS, fileSizeBytes: 0 },
+  }), { stdio: ["pipe", "pipe", "ignore"], detached: true, env: {} });
+  const kill = () => {
+    try {
+      if (child.pid) process.kill(-child.pid, "SIGKILL");
+    } catch {
+      // gone
+    }
+  };
+  const timer = setTimeout(kill, TOOL_TIMEOUT_MS);
+  child.stdin!.on("error", () => undefined);
+  child.stdin!.end(cats.map((e) => `cat <${e.ino}>`).join("\n") + "\n");
+  const reader = new StreamReader(child.stdout![Symbol.asyncIterator]());
+  const changed = () => new PyroError("GUEST_OPERATION_FAILED", "/workspace changed while it was being exported; export again (or stop the processes writing to it)");
+  try {
+    const seen = new Map<number, string>();
+    for (const e of entries) {
+      const mtime = new Date(Number(e.mtimeNs / 1_000_000n));
+      const common = { path: e.type === "d" ? `./${e.path}/` : `./${e.path}`, mode: e.mode, uid: 0, gid: 0, mtime };
+      if (e.type === "d") yield tarHeader({ ...common, type: "Directory", size: 0 });
+      else if (e.type === "l") yield tarHeader({ ...common, type: "SymbolicLink", linkpath: e.target, size: 0 });
+      else if (e.type === "f" && e.nlink > 1 && seen.has(e.ino)) yield tarHeader({ ...common, type: "Link", linkpath: `./${seen.get(e.ino)}`, size: 0 });
+      else if (e.type === "f") {
+        if (e.nlink > 1) seen.set(e.ino, e.path);
+        if (!(await reader.expect(`debugfs: cat <${e.ino}>\n`))) throw changed();
+        yield tarHeader({ ...common, type: "File", size: e.size });
+        let left = e.size;
+        while (left > 0) {
+          const piece = await reader.take(Math.min(left, 1 << 20));
+          if (!piece.length) throw changed();
+          left -= piece.length;
+          yield piece;
+        }
+        if (e.size % TAR_BLOCK) yield Buffer.alloc(TAR_BLOCK - (e.size % TAR_BLOCK));
+      }
+      // Sockets, FIFOs and devices are not exported (as before).
+    }
+    if ((await reader.take(1)).length) throw changed();
+    yield Buffer.alloc(2 * TAR_BLOCK);
+  } finally {
+    clearTimeout(timer);
+    kill();
+  }
+}
+
+/** Joins small pieces (headers, small files) into writes of about 1 MiB. */
+async function* coalesce(pieces: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  let held: Buffer[] = [];
+  let size = 0;
+  for await (const piece of pieces) {
+    held.push(piece);
+    size += piece.length;
+    if (size >= 1 << 20) {
+      yield Buffer.concat(held);
+      held = [];
+      size = 0;
+    }
+  }
+  if (size) yield Buffer.concat(held);
+}
+
 /** Writes `guestPath` (a directory) of a disk-backed workspace to `scratchFile` as a tar; returns its size. */
 export async function exportDirectoryFromDisk(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, guestPath: string, redactor: Redactor, scratchFile: string): Promise<number> {
   const prefix = guestPath === WORKSPACE_ROOT ? "" : guestPath.slice(WORKSPACE_ROOT.length + 1);
@@ -156,6 +311,13 @@ export async function exportDirectoryFromDisk(ctx: WorkspaceContext, record: Wor
     const { raw, bytes } = await pausedDiskCopy(ctx, record, vm, scratch);
     const out = join(scratch, "out");
     await replayJournal(out, bytes);
+    if (!redactor.active) {
+      // Streamed: nothing but the archive is written on the host.
+      const below = manifest.filter((e) => !prefix || e.path.startsWith(`${prefix}/`)).map((e) => (prefix ? { ...e, path: e.path.slice(prefix.length + 1) } : e));
+      await pipeline(coalesce(tarFromImage(raw, out, bytes, below)), createWriteStream(scratchFile, { mode: 0o644, flags: "wx" }));
+      return (await lstat(scratchFile)).size;
+    }
+    // Redaction can change a file's length, which a tar header must state first: dump, redact, pack.
     const entry = await new Ext4Image(raw).lookup(prefix ? `/${prefix}` : "/");
     const tree = await dumpDirectory(out, entry.inode, bytes);
     await rm(raw, { force: true });
