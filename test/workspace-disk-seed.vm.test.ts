@@ -84,6 +84,15 @@ describe("[vm] /workspace as its own disk, built from the seed on the host", () 
     await mkdir(unpacked);
     execFileSync("tar", ["-xf", tarPath, "-C", unpacked]);
     assert.deepEqual(await comparable(unpacked), await comparable(checkout));
+    // A subdirectory exports as a tar of its contents.
+    const subTar = join(scratch, "src.tar");
+    await pyro.exportWorkspace(ws.workspace_id, "src", subTar);
+    const subDir = join(scratch, "src-unpacked");
+    await mkdir(subDir);
+    execFileSync("tar", ["-xf", subTar, "-C", subDir]);
+    // (Link counts differ where a hardlink's other name lies outside the subdirectory.)
+    const noLinks = (tree: Record<string, string>) => Object.fromEntries(Object.entries(tree).map(([k, v]) => [k, v.replace(/ nlink=\d+/, "")]));
+    assert.deepEqual(noLinks(await comparable(subDir)), noLinks(await comparable(join(checkout, "src"))));
 
     // Changes: modify, add, delete, chmod, a rewrite with the same bytes, a new empty dir.
     const change = await pyro.execWorkspace(ws.workspace_id, [
@@ -116,6 +125,31 @@ describe("[vm] /workspace as its own disk, built from the seed on the host", () 
     await pyro.resetWorkspace(ws.workspace_id);
     const afterReset = await pyro.diffWorkspace(ws.workspace_id, { summary: true });
     assert.equal(afterReset.changed, false, JSON.stringify(afterReset.files));
+  });
+
+  it("seeds, diffs and exports a 30k-file tree without the old 120 MiB ceiling", { timeout: 900_000 }, async () => {
+    const tree = join(scratch, "large");
+    const files = 30_000;
+    for (let i = 0; i < files; i++) {
+      if (i % 500 === 0) await mkdir(join(tree, `d${i / 500}`), { recursive: true });
+      // ~5 KB each, distinct: ~150 MB in all, more than the old ceiling.
+      await writeFile(join(tree, `d${Math.floor(i / 500)}`, `f${i}`), `${i}\n`.repeat(1000));
+    }
+    const ws = await pyro.createWorkspace("debian:12", { seedPath: tree });
+    created.push(ws.workspace_id);
+    assert.equal(ws.seed.files, files);
+    const touched = await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo x >> d0/f$i; done; rm d59/f29999"]);
+    assert.equal(touched.exit_code, 0, touched.stderr);
+    const diff = await pyro.diffWorkspace(ws.workspace_id, { summary: true });
+    assert.deepEqual(diff.summary, { added: 0, modified: 10, deleted: 1, binary: null });
+    const tarPath = join(scratch, "large.tar");
+    const exported = await pyro.exportWorkspace(ws.workspace_id, ".", tarPath);
+    assert.ok(exported.bytes > 150_000_000, String(exported.bytes));
+    const listed = execFileSync("tar", ["-tf", tarPath], { maxBuffer: 64 << 20, encoding: "utf8" }).split("\n").filter((l) => /\/f\d+$/.test(l));
+    assert.equal(listed.length, files - 1);
+    await pyro.deleteWorkspace(ws.workspace_id);
+    created.pop();
+    await rm(tree, { recursive: true, force: true });
   });
 
   it("refuses a seed larger than the disk before creating anything, and reports special files it leaves out", TIMEOUT, async () => {
