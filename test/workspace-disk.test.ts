@@ -17,12 +17,21 @@ describe("tree manifests (the guest's walk of /workspace is hostile input)", () 
   it("round-trips what it encodes", () => {
     const name = fc.stringMatching(/^[^\0/]{1,12}$/).filter((s) => s !== "." && s !== "..");
     fc.assert(
-      fc.property(fc.uniqueArray(fc.array(name, { minLength: 1, maxLength: 4 }).map((p) => p.join("/")), { maxLength: 20 }), fc.constantFrom("f", "d", "l", "o"), (paths, type) => {
-        const entries = paths.map((p, i) => entry(p, { type: type as ManifestEntry["type"], size: i, ctimeNs: BigInt(i) * 1_000_000_007n, target: type === "l" ? `t${i}` : "" }));
+      fc.property(fc.uniqueArray(name, { maxLength: 20 }), fc.constantFrom("f", "d", "l", "o"), (names, type) => {
+        // Each name as a top-level entry of the type, and again inside a directory "sub".
+        const top = names.map((p, i) => entry(p === "sub" ? "sub2" : p, { type: type as ManifestEntry["type"], size: i, ctimeNs: BigInt(i) * 1_000_000_007n, target: type === "l" ? `t${i}` : "" }));
+        const entries = [...top.filter((e) => e.path !== "sub2" || !names.includes("sub2")), entry("sub", { type: "d" }), ...names.map((p) => entry(`sub/${p}`))];
         assert.deepEqual(parseManifest(encodeManifest(entries)), entries);
       }),
       { numRuns: 100 },
     );
+  });
+
+  it("refuses entries not below a directory listed before them (a symlink parent would be written through)", () => {
+    const bytes = encodeManifest([entry("a", { type: "l", target: "/etc" }), entry("a/passwd")]);
+    assert.throws(() => parseManifest(bytes), (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /not below a directory/.test(e.message));
+    assert.throws(() => parseManifest(encodeManifest([entry("x/y")])), (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR"));
+    assert.equal(parseManifest(encodeManifest([entry("x", { type: "d" }), entry("x/y")])).length, 2);
   });
 
   it("any bytes parse to plain relative paths or fail with GUEST_PROTOCOL_ERROR, never anything else", () => {

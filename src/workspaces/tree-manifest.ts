@@ -51,13 +51,19 @@ export function parseManifest(bytes: Buffer): ManifestEntry[] {
     return text;
   };
   const seen = new Set<string>();
+  const directories = new Set<string>();
   while (at < bytes.length) {
     const head = HEAD.exec(field());
     if (!head) throw bad("a record header is out of shape");
     const path = checkPath(field());
     const target = field();
     if (seen.has(path)) throw bad(`path '${path.slice(0, 200)}' is listed twice`);
+    // Parents come first and are directories: an entry "under" a symlink would have an archive
+    // built from the manifest write through that link when unpacked.
+    const parent = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : "";
+    if (parent && !directories.has(parent)) throw bad(`'${path.slice(0, 200)}' is not below a directory listed before it`);
     seen.add(path);
+    if (head[1] === "d") directories.add(path);
     const size = Number(head[3]);
     if (!Number.isSafeInteger(size)) throw bad("a size is out of range");
     out.push({ path, type: head[1] as ManifestEntry["type"], mode: parseInt(head[2]!, 8) & 0o7777, size, mtimeNs: BigInt(head[4]!), ctimeNs: BigInt(head[5]!), ino: Number(head[6]), nlink: Number(head[7]), target });
