@@ -5,11 +5,11 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
-import { Parser, type ReadEntry } from "tar";
 import { isPyroError } from "../src/errors.js";
 import { checkRepoRef, parseLsFilesZ, parseRepoUrl, unsafeRelativePath } from "../src/workspaces/git-input.js";
 import { detectProjectSource, findCheckout, resolveProjectSeed } from "../src/workspaces/project-seed.js";
-import { listDirectoryTree, packSeedFiles } from "../src/workspaces/seed-files.js";
+import { scanSeed } from "../src/workspaces/seed-image.js";
+import { listDirectoryTree } from "../src/workspaces/seed-files.js";
 import { testPaths } from "./helpers/vm-fixtures.js";
 
 function git(cwd: string, ...args: string[]): string {
@@ -38,22 +38,6 @@ async function makeCheckout(): Promise<string> {
   return dir;
 }
 
-async function tarEntries(tar: Buffer): Promise<Map<string, { type: string; body: string; linkpath?: string }>> {
-  const entries = new Map<string, { type: string; body: string; linkpath?: string }>();
-  await new Promise<void>((done, fail) => {
-    const parser = new Parser();
-    parser.on("entry", (e: ReadEntry) => {
-      const chunks: Buffer[] = [];
-      e.on("data", (c: Buffer) => chunks.push(c));
-      e.on("end", () => entries.set(e.path.replace(/\/$/, ""), { type: e.type, body: Buffer.concat(chunks).toString(), ...(e.linkpath ? { linkpath: e.linkpath } : {}) }));
-    });
-    parser.on("end", () => done());
-    parser.on("error", fail);
-    parser.end(tar);
-  });
-  return entries;
-}
-
 describe("project-aware seeds", () => {
   let checkout: string;
   before(async () => {
@@ -69,14 +53,16 @@ describe("project-aware seeds", () => {
     assert.deepEqual(set.origin, { kind: "project_path", ref: checkout, commit: git(checkout, "rev-parse", "HEAD") });
     // git lists no FIFO (a seed_path directory's walk does: see below).
     assert.deepEqual([...set.paths].sort(), [".gitignore", "NOTES.md", "gone.txt", "link-out", "src/app.py"]);
-    const packed = await packSeedFiles(set);
-    const entries = await tarEntries(packed.tar);
+    // The seed image is built from this scan (seed-image.ts): what it takes, and what it skips and why.
+    const scan = scanSeed({ root: set.root, paths: set.paths });
+    const entries = new Map(scan.entries.map((e) => [e.path, e]));
     assert.deepEqual([...entries.keys()].sort(), [".gitignore", "NOTES.md", "link-out", "src", "src/app.py"]);
-    assert.equal(entries.get("src/app.py")!.body, "print('hi')\n");
+    assert.equal(entries.get("src/app.py")!.size, "print('hi')\n".length);
     // A symlink is copied as a link (it resolves inside the guest), never followed on the host.
-    assert.deepEqual(entries.get("link-out"), { type: "SymbolicLink", body: "", linkpath: "/etc/passwd" });
-    assert.deepEqual(packed.skipped, [{ path: "gone.txt", reason: "vanished before it could be read" }]);
-    assert.equal(packed.summary.files, 3);
+    assert.equal(entries.get("link-out")!.type, "l");
+    assert.equal(entries.get("link-out")!.target, "/etc/passwd");
+    assert.deepEqual(scan.skipped, [{ path: "gone.txt", reason: "does not exist" }]);
+    assert.equal(scan.files, 3);
   });
 
   it("a directory seed skips special files and paths through symlinks, listing why", async () => {
@@ -86,14 +72,14 @@ describe("project-aware seeds", () => {
     assert.deepEqual(skipped, []);
     assert.ok(paths.includes("pipe") && paths.includes("build/out.bin") && paths.includes("linked/etc"));
     assert.ok(!paths.some((p) => p.startsWith("linked/etc/")), "a symlinked directory is a link, never walked into");
-    const packed = await packSeedFiles({ root: checkout, paths: [...paths, "link-out/x", "src/../../etc/passwd"].filter((p) => !p.startsWith(".git")), origin: { kind: "seed_path", ref: checkout, commit: null }, skipped: [] });
-    const entries = await tarEntries(packed.tar);
+    const scan = scanSeed({ root: checkout, paths: [...paths, "link-out/x", "src/../../etc/passwd"].filter((p) => !p.startsWith(".git")) });
+    const entries = new Map(scan.entries.map((e) => [e.path, e]));
     assert.ok(entries.has("build/out.bin") && !entries.has("pipe"));
-    assert.equal(entries.get("linked/etc")?.linkpath, "/etc");
+    assert.equal(entries.get("linked/etc")?.target, "/etc");
     await rm(join(checkout, "linked"), { recursive: true });
-    assert.deepEqual(packed.skipped.map((s) => [s.path, s.reason]).sort(), [
-      ["link-out/x", "'link-out' is a symlink: not followed"],
-      ["pipe", "special file (socket, FIFO or device)"],
+    assert.deepEqual(scan.skipped.map((s) => [s.path, s.reason]).sort(), [
+      ["link-out/x", "'link-out' is not a directory"],
+      ["pipe", "FIFO"],
       ["src/../../etc/passwd", "path component '..' is not allowed"],
     ]);
   });

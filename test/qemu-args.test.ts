@@ -61,6 +61,14 @@ describe("QEMU command line", () => {
     assert.match(kernelCmdline(ro, "tcg", 1), /pyro\.rootflags=ro,noload/);
   });
 
+  it("attaches the /workspace disk after the root disk, under the serial the agent looks for", () => {
+    const args = buildQemuArgs({ ...spec, workspaceDisk: { path: "/r/workspace.qcow2", format: "qcow2", cache: "writeback" } }, "tcg", 2_000_000);
+    const devices = valueAfter(args, "-device").filter((d) => d.startsWith("virtio-blk-device"));
+    assert.deepEqual(devices, ["virtio-blk-device,drive=root", "virtio-blk-device,drive=workspace,serial=pyro-workspace"]);
+    assert.ok(valueAfter(args, "-drive").includes("id=workspace,file=/r/workspace.qcow2,format=qcow2,if=none,cache=writeback"));
+    assert.equal(valueAfter(buildQemuArgs(spec, "tcg", 2_000_000), "-device").filter((d) => d.startsWith("virtio-blk-device")).length, 1);
+  });
+
   it("keeps every kernel command line word free of spaces (G13)", () => {
     for (const word of kernelCmdline({ ...spec, network: { egressServer: ["x"] } }, "tcg", 1).split(" ")) assert.ok(word.length > 0);
   });

@@ -94,6 +94,8 @@ const requestCount = (request: RequestFields, field: string, fallback: number) =
 export const DEFAULT_EXEC_OUTPUT_BYTES = 1 << 20;
 /** file.read's default max_bytes. */
 export const DEFAULT_READ_BYTES = 1 << 20;
+/** tree.manifest's default max_bytes (the agent's). */
+const DEFAULT_MANIFEST_BYTES = 64 << 20;
 /** shell.read's default max_bytes (the agent's). */
 const DEFAULT_SHELL_READ_BYTES = 65_536;
 
@@ -162,6 +164,12 @@ const CONTRACTS: Record<string, ReplyContract> = {
     check: listCheck,
   },
   "file.extract": { schema: z.looseObject({ entries: count }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
+  "workspace.mount": { schema: z.looseObject({ mounted: z.literal(true), already: z.boolean() }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
+  "tree.manifest": {
+    schema: z.looseObject({ entries: count, truncated: z.boolean() }),
+    maxHeaderBytes: SMALL_HEADER_BYTES,
+    maxPayloadBytes: (request) => requestCount(request, "max_bytes", DEFAULT_MANIFEST_BYTES),
+  },
   "file.mkdir": { schema: pathReply, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   "file.remove": { schema: pathReply, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   "service.start": { schema: serviceState, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },

@@ -30,6 +30,13 @@ export interface SandboxRun {
   args: string[];
   /** Host files visible read-only at the same absolute path inside the sandbox (must be regular files). */
   readOnlyFiles?: string[];
+  /** Host directories visible read-only at the same absolute path (real directories, not symlinks). */
+  readOnlyDirs?: string[];
+  /**
+   * Run as uid/gid 0 of a new user namespace, so files the caller owns appear owned by root to the
+   * tool (mkfs.ext4 -d copies owners into the image); the tool still holds no capabilities.
+   */
+  asNamespaceRoot?: boolean;
   /** Host directory mounted writable at SANDBOX_OUTPUT_DIR; the tool's working directory. */
   outputDir?: string;
   input?: string;
@@ -78,6 +85,16 @@ function inputArgs(files: string[]): string[] {
   return args;
 }
 
+function dirArgs(dirs: string[]): string[] {
+  const args: string[] = [];
+  for (const dir of dirs) {
+    const st = lstatSync(dir, { throwIfNoEntry: false });
+    if (!st?.isDirectory()) throw new PyroError("HOST_COMMAND_FAILED", `sandbox input ${dir} is not a directory`, { path: dir });
+    args.push("--ro-bind", dir, dir);
+  }
+  return args;
+}
+
 /** The full bwrap argument list (exported for tests that check the confinement flags). */
 export function sandboxArgs(run: SandboxRun): string[] {
   const { cpuSeconds, addressSpaceBytes, fileSizeBytes } = run.limits;
@@ -87,6 +104,7 @@ export function sandboxArgs(run: SandboxRun): string[] {
   }
   return [
     "--unshare-all",
+    ...(run.asNamespaceRoot ? ["--unshare-user", "--uid", "0", "--gid", "0"] : []),
     "--die-with-parent",
     "--new-session",
     "--cap-drop", "ALL",
@@ -98,6 +116,7 @@ export function sandboxArgs(run: SandboxRun): string[] {
     "--proc", "/proc",
     "--tmpfs", "/tmp",
     ...inputArgs(run.readOnlyFiles ?? []),
+    ...dirArgs(run.readOnlyDirs ?? []),
     ...(run.outputDir ? ["--bind", run.outputDir, SANDBOX_OUTPUT_DIR, "--chdir", SANDBOX_OUTPUT_DIR] : ["--chdir", "/tmp"]),
     "--",
     requireExecutable("prlimit", "util-linux"),

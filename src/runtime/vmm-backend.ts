@@ -9,6 +9,12 @@ export interface VmLaunchSpec {
   kernelPath: string;
   initramfsPath: string;
   rootDisk: { path: string; format: "qcow2" | "raw"; readOnly?: boolean; cache: "unsafe" | "writeback" };
+  /**
+   * A second disk the guest finds by its virtio serial (WORKSPACE_DISK_SERIAL) and mounts on
+   * /workspace when asked (the agent's workspace.mount). Part of the machine: a state saved with one
+   * restores only into a VM with one of the same size.
+   */
+  workspaceDisk?: { path: string; format: "qcow2" | "raw"; cache: "unsafe" | "writeback" };
   vcpuCount: number;
   memMib: number;
   hostname: string;
@@ -94,6 +100,8 @@ export interface RunningVm {
    * a shared memory file when `skipSharedMemory` is set. The guest stays paused.
    */
   saveState(path: string, options?: SaveStateOptions): Promise<void>;
+  /** Pauses the guest (its disks stop changing until resume). */
+  pause(): Promise<void>;
   /** Resumes a paused guest. */
   resume(): Promise<void>;
   /** Lets the VM outlive this process: no kill on exit, the connection to its agent is closed. */

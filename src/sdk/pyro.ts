@@ -6,6 +6,7 @@ import type { WorkspaceContext } from "../workspaces/workspace-context.js";
 import type { WorkspaceExecOptions } from "../workspaces/workspace-exec.js";
 import type { CreateWorkspaceOptions, UpdateWorkspaceOptions } from "../workspaces/workspace-lifecycle.js";
 import type { ProjectSource } from "../workspaces/project-seed.js";
+import type { DiffOptions } from "../workspaces/workspace-diff.js";
 import type { StartServiceOptions } from "../workspaces/workspace-services.js";
 import type { ShellReadOptions } from "../workspaces/workspace-shells.js";
 import type { ShellSignal } from "../workspaces/workspace-limits.js";
@@ -228,9 +229,9 @@ export class Pyro {
     return (await tree()).syncPush(await this.workspaces, workspace, source, options.dest);
 
   }
-  async diffWorkspace(workspace: string) {
+  async diffWorkspace(workspace: string, options: DiffOptions = {}) {
 
-    return (await tree()).diffWorkspace(await this.workspaces, workspace);
+    return (await tree()).diffWorkspace(await this.workspaces, workspace, options);
 
   }
   async exportWorkspace(workspace: string, path: string, outputPath: string) {

@@ -3,7 +3,7 @@ import { isPyroError } from "../errors.js";
 import { readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { egressNetwork } from "../network/egress-launch.js";
 import { registerExitCleanup } from "../process/exit-cleanup.js";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { EnvironmentStore } from "../environments/environment-store.js";
 import type { PyroPaths } from "../paths.js";
 import { processAlive } from "../process/process-alive.js";
@@ -121,10 +121,13 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
  */
 async function restoreFromTemplate(backend: VmmBackend, spec: VmLaunchSpec, template: BootTemplate, signal: AbortSignal | undefined): Promise<RunningVm | undefined> {
   await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", template.diskPath, "-F", "qcow2", spec.rootDisk.path], { privateFiles: true });
+  // The template has a (never mounted) /workspace disk; a restored copy needs one in its place.
+  const workspaceDisk = join(dirname(spec.rootDisk.path), "workspace.qcow2");
+  await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", template.workspaceDiskPath, "-F", "raw", workspaceDisk], { privateFiles: true });
   const memoryFile = template.memoryPath ? { memoryFile: { path: template.memoryPath, share: false } } : {};
   let vm: RunningVm | undefined;
   try {
-    vm = await backend.launch({ ...spec, incomingState: template.statePath, ...memoryFile }, signal);
+    vm = await backend.launch({ ...spec, workspaceDisk: { path: workspaceDisk, format: "qcow2", cache: "unsafe" }, incomingState: template.statePath, ...memoryFile }, signal);
     await giveVmItsOwnIdentity(vm, throwawayHostname());
     return vm;
   } catch (error) {

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { chmod, lstat, readdir, readFile, realpath, rename, rm, stat, statfs, writeFile } from "node:fs/promises";
+import { chmod, lstat, readdir, readFile, realpath, rename, rm, stat, statfs, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { environmentSlug } from "../environments/catalog.js";
@@ -12,8 +12,7 @@ import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
 import { bootTimeoutMs } from "../vm-run/disposable-vm.js";
 import { pathExists } from "../storage/path-exists.js";
 import { ensurePrivateDir, makePrivateSubdir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
-import { WORKSPACE_ROOT } from "./guest-paths.js";
-import { packInGuest } from "./guest-transfer.js";
+import { DEFAULT_DISK_GIB, diskBytes } from "./seed-image.js";
 
 /**
  * A booted-once guest saved to disk: restoring it gives a ready agent in a fraction of a ~1.5 s cold
@@ -33,23 +32,30 @@ export interface BootTemplate {
   diskPath: string;
   /** The template's RAM, for copy-on-write restores; absent when the RAM is in the state file. */
   memoryPath?: string;
-  /** /workspace as the template holds it (a tar the template guest packed), when saved with the template. */
-  workspaceTarPath?: string;
+  /**
+   * The empty (sparse, all zeros) stand-in for the /workspace disk the template guest booted with:
+   * a restored VM must have the same devices, so it gets its own disk of this size in that place.
+   */
+  workspaceDiskPath: string;
 }
 
 /** Names inside a template directory. */
-const TEMPLATE_FILES = { state: "state.bin", disk: "disk.qcow2", workspaceTar: "workspace.tar" } as const;
+const TEMPLATE_FILES = { state: "state.bin", disk: "disk.qcow2", workspacePlaceholder: "workspace-placeholder.raw" } as const;
 
-/** A template's files in its directory; the workspace tar only where that build saved one. */
-async function templateAt(dir: string, name: string, key: string): Promise<BootTemplate> {
-  const template: BootTemplate = { name, key, statePath: join(dir, TEMPLATE_FILES.state), diskPath: join(dir, TEMPLATE_FILES.disk) };
-  if (await pathExists(join(dir, TEMPLATE_FILES.workspaceTar))) template.workspaceTarPath = join(dir, TEMPLATE_FILES.workspaceTar);
-  return template;
+/** A template's files in its directory. */
+function templateAt(dir: string, name: string, key: string): BootTemplate {
+  return { name, key, statePath: join(dir, TEMPLATE_FILES.state), diskPath: join(dir, TEMPLATE_FILES.disk), workspaceDiskPath: join(dir, TEMPLATE_FILES.workspacePlaceholder) };
 }
 
 export interface MachineShape {
   vcpuCount: number;
   memMib: number;
+  /** Size of the /workspace disk (default DEFAULT_DISK_GIB): part of the machine a state restores into. */
+  diskGib?: number;
+}
+
+function shapeDiskGib(shape: MachineShape): number {
+  return shape.diskGib ?? DEFAULT_DISK_GIB;
 }
 
 const TemplateManifest = z.object({ key: z.string(), createdAt: z.string(), saveMs: z.number(), memoryFile: z.string().optional() });
@@ -133,6 +139,7 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
         shape.vcpuCount,
         shape.memMib,
         runtime.memoryReturn,
+        shapeDiskGib(shape),
         WORKSPACE_MACHINE_VERSION,
       ]),
     )
@@ -141,18 +148,30 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
 }
 
 /**
- * Bump when workspaceLaunchSpec changes the machine, so old saved states are not restored into it,
- * or when a template comes to hold more (3: its /workspace tar), so templates are rebuilt with it.
+ * Bump when workspaceLaunchSpec changes the machine, so old saved states are not restored into it
+ * (4: the /workspace disk beside the root disk, with shared memory and tb-size).
  */
-const WORKSPACE_MACHINE_VERSION = 3;
+const WORKSPACE_MACHINE_VERSION = 4;
 
-/** The machine every workspace VM runs as; templates are saved from exactly this shape (G10). */
-export function workspaceLaunchSpec(runtime: GuestRuntime, shape: MachineShape, diskPath: string, runDir: string, memory: TemplateMemoryMode, network: VmLaunchSpec["network"] = "none"): VmLaunchSpec {
+/**
+ * The machine every workspace VM runs as; templates are saved from exactly this shape (G10): the
+ * root disk, then the /workspace disk.
+ */
+export function workspaceLaunchSpec(
+  runtime: GuestRuntime,
+  shape: MachineShape,
+  diskPath: string,
+  workspaceDisk: { path: string; format: "qcow2" | "raw" },
+  runDir: string,
+  memory: TemplateMemoryMode,
+  network: VmLaunchSpec["network"] = "none",
+): VmLaunchSpec {
   return {
     freePageReporting: freePageReportingFor(runtime, memory, network),
     kernelPath: runtime.kernel.vmlinuxPath,
     initramfsPath: runtime.initramfs.path,
     rootDisk: { path: diskPath, format: "qcow2", cache: "writeback" },
+    workspaceDisk: { ...workspaceDisk, cache: "writeback" },
     vcpuCount: shape.vcpuCount,
     memMib: shape.memMib,
     hostname: "pyro",
@@ -171,7 +190,9 @@ function templatePrefix(env: InstalledEnvironment, shape: MachineShape): string 
 
 /** How template directories of one environment and shape are named (any key, any build). */
 export function templateNamePrefix(environment: string, shape: MachineShape): string {
-  return `${environmentSlug(environment)}-${shape.vcpuCount}c-${shape.memMib}m-`;
+  // The default disk size keeps the names templates had before disks had a size.
+  const disk = shapeDiskGib(shape) === DEFAULT_DISK_GIB ? "" : `${shapeDiskGib(shape)}g-`;
+  return `${environmentSlug(environment)}-${shape.vcpuCount}c-${shape.memMib}m-${disk}`;
 }
 
 /** Whether any template was ever saved for this environment and shape (current or stale). */
@@ -193,14 +214,14 @@ async function validTemplates(paths: PyroPaths, env: InstalledEnvironment, shape
     const dir = join(root, name);
     const manifest = await readJsonIfValid(join(dir, "manifest.json"), TemplateManifest);
     if (manifest?.key !== key) continue;
-    const template = await templateAt(dir, name, key);
+    const template = templateAt(dir, name, key);
     if (manifest.memoryFile) {
       // A RAM file is only trusted inside our own private memory directory.
       if (memory.mode !== "shared_file" || manifest.memoryFile.includes("/")) continue;
       template.memoryPath = join(memory.dir, manifest.memoryFile);
       if (!(await pathExists(template.memoryPath))) continue;
     } else if (memory.mode === "shared_file") continue; // a streamed one is superseded where sharing works
-    if ((await pathExists(template.statePath)) && (await pathExists(template.diskPath))) found.push({ template, createdAt: manifest.createdAt });
+    if ((await pathExists(template.statePath)) && (await pathExists(template.diskPath)) && (await pathExists(template.workspaceDiskPath))) found.push({ template, createdAt: manifest.createdAt });
   }
   return found.sort((a, b) => b.createdAt.localeCompare(a.createdAt)).map((f) => f.template);
 }
@@ -218,7 +239,7 @@ export async function templateByName(paths: PyroPaths, name: string): Promise<{ 
   const dir = join(paths.cacheDir, "templates", name);
   const manifest = await readJsonIfValid(join(dir, "manifest.json"), TemplateManifest);
   if (!manifest) return undefined;
-  const template = await templateAt(dir, name, manifest.key);
+  const template = templateAt(dir, name, manifest.key);
   if (!(await pathExists(template.diskPath))) return undefined;
   let restorable = await pathExists(template.statePath);
   if (manifest.memoryFile) {
@@ -240,7 +261,7 @@ export async function findBootTemplate(paths: PyroPaths, runtime: GuestRuntime, 
 export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime, env: InstalledEnvironment, shape: MachineShape, onProgress?: (message: string) => void): Promise<BootTemplate> {
   const found = await findBootTemplate(paths, runtime, env, shape);
   if (found) return found;
-  onProgress?.(`building the boot template for ${env.spec.name} (${shape.vcpuCount} vCPU, ${shape.memMib} MiB), once per machine shape`);
+  onProgress?.(`building the boot template for ${env.spec.name} (${shape.vcpuCount} vCPU, ${shape.memMib} MiB, ${shapeDiskGib(shape)} GiB disk), once per machine shape`);
   const key = templateKey(runtime, env, shape);
   const memory = await templateMemoryMode(paths);
   const build = randomBytes(3).toString("hex");
@@ -255,12 +276,14 @@ export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime
     const disk = join(work, TEMPLATE_FILES.disk);
     // The real path: a template outlives the (possibly linked, e.g. per-test) directory it was built from.
     await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", await realpath(env.imagePath), "-F", "raw", disk], { privateFiles: true });
-    const spec = { ...workspaceLaunchSpec(runtime, shape, disk, runDir, memory), dieWithParent: true, ownsRunDir: true, ...(memoryPath ? { memoryFile: { path: memoryPath, share: true } } : {}) };
+    // Never mounted by the template guest (only probed): sparse, so it costs no host disk.
+    const placeholder = join(work, TEMPLATE_FILES.workspacePlaceholder);
+    await writeFile(placeholder, "", { mode: PRIVATE_FILE_MODE });
+    await truncate(placeholder, diskBytes(shapeDiskGib(shape)));
+    const spec = { ...workspaceLaunchSpec(runtime, shape, disk, { path: placeholder, format: "raw" }, runDir, memory), dieWithParent: true, ownsRunDir: true, ...(memoryPath ? { memoryFile: { path: memoryPath, share: true } } : {}) };
     const vm = await runtime.backend.launch(spec);
     const started = Date.now();
     try {
-      // Every workspace made from this template starts with this /workspace: packed once here, not at each create.
-      await writeFile(join(work, TEMPLATE_FILES.workspaceTar), await packInGuest(vm.agent, WORKSPACE_ROOT), { mode: PRIVATE_FILE_MODE });
       // Disconnect first: the saved agent then waits for a new host, as every restored copy will.
       vm.agent.close();
       await vm.saveState(join(work, TEMPLATE_FILES.state), { skipSharedMemory: Boolean(memoryPath) });

@@ -1,6 +1,6 @@
 import { PyroError } from "../errors.js";
 import { requireExecutable } from "../process/host-command.js";
-import { runSandboxed, sandboxFailure, type SandboxLimits } from "../process/host-sandbox.js";
+import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR, type SandboxLimits } from "../process/host-sandbox.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 
 /**
@@ -143,6 +143,52 @@ export class Ext4Image {
       current = found;
     }
     return current;
+  }
+
+  /**
+   * Finds many paths (relative to the image's root, no symlink followed on the way) with one
+   * batched directory listing per depth. Paths that do not resolve to an entry are left out.
+   */
+  async lookupMany(paths: string[]): Promise<Map<string, DiskImageEntry>> {
+    const found = new Map<string, DiskImageEntry>();
+    const dirs = new Map<string, number>([["", ROOT_INODE]]);
+    const depth = Math.max(0, ...paths.map((p) => p.split("/").length));
+    for (let level = 1; level <= depth; level++) {
+      const wanted = new Set<string>();
+      for (const p of paths) {
+        const parts = p.split("/");
+        if (parts.length >= level) wanted.add(parts.slice(0, level - 1).join("/"));
+      }
+      const parents = [...wanted].filter((d) => dirs.has(d));
+      const listings = await this.listInodes(parents.map((d) => dirs.get(d)!));
+      for (const parent of parents) {
+        for (const entry of listings.get(dirs.get(parent)!) ?? []) {
+          if (entry.name === "." || entry.name === "..") continue;
+          const path = parent ? `${parent}/${entry.name}` : entry.name;
+          found.set(path, entry);
+          if (entryType(entry.mode) === "directory") dirs.set(path, entry.inode);
+        }
+      }
+    }
+    return new Map(paths.filter((p) => found.has(p)).map((p) => [p, found.get(p)!]));
+  }
+
+  /**
+   * Writes regular files' contents (by inode) into `outputDir` as 0, 1, 2… in one debugfs run; each
+   * is cut at `maxFileBytes` by the sandbox's file-size limit. The caller reads them back lstat-checked.
+   */
+  async dumpInodes(inodes: number[], outputDir: string, maxFileBytes: number): Promise<void> {
+    if (!inodes.length) return;
+    const result = await runSandboxed({
+      tool: requireExecutable("debugfs", "e2fsprogs"),
+      args: ["-f", "-", this.raw],
+      readOnlyFiles: [this.raw],
+      outputDir,
+      input: inodes.map((ino, i) => `dump <${ino}> ${SANDBOX_OUTPUT_DIR}/${i}`).join("\n") + "\n",
+      timeoutMs: DEBUGFS_TIMEOUT_MS,
+      limits: { ...DEBUGFS_LIMITS, fileSizeBytes: maxFileBytes },
+    });
+    if (result.signal && result.signal !== "SIGXFSZ") throw sandboxFailure(result, "reading files from the disk image failed");
   }
 
   /** The first `maxBytes` of a regular file's contents (by inode). */

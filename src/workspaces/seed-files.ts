@@ -1,17 +1,14 @@
 /**
  * A workspace seed as files: a host root and the relative paths under it that go into
  * /workspace. Where the list comes from (a Git checkout, a plain directory) is project-seed.ts's
- * business; turning it into what the guest receives is packSeedFiles here. A file that is
+ * business; the seed image (seed-image.ts) is built from it. A file that is
  * unreadable, special (socket, FIFO, device), vanished, or reached through a symlink is skipped
  * and reported, never a reason to fail the create.
  */
-import { constants, type Stats } from "node:fs";
-import { lstat, open, readdir, readlink } from "node:fs/promises";
+import { readdir } from "node:fs/promises";
 import { join } from "node:path";
-import { Header, Pack, ReadEntry } from "tar";
 import { PyroError } from "../errors.js";
-import { MAX_ARCHIVE_BYTES, validateTar, type ArchiveSummary } from "./archive-safety.js";
-import { unsafeRelativePath, type SkippedSeedFile } from "./git-input.js";
+import type { SkippedSeedFile } from "./git-input.js";
 import type { SeedOriginKind } from "./workspace-record.js";
 
 export type { SkippedSeedFile } from "./git-input.js";
@@ -67,12 +64,6 @@ export async function listDirectoryTree(root: string): Promise<{ paths: string[]
   return { paths: paths.sort(), skipped };
 }
 
-interface PackedSeed {
-  tar: Buffer;
-  summary: ArchiveSummary;
-  skipped: SkippedSeedFile[];
-}
-
 function errnoCode(error: unknown): string | undefined {
   return (error as NodeJS.ErrnoException).code;
 }
@@ -92,106 +83,3 @@ function reasonFor(error: unknown): string {
   }
 }
 
-/**
- * Packs a seed file set into a tar for the guest. Every path is resolved under the root by pyro
- * itself: each directory on the way must be a real directory (never a symlink), a file is opened
- * with O_NOFOLLOW and must still be the file lstat saw. Symlinks are copied as links (they resolve
- * inside the guest). At most MAX_ARCHIVE_BYTES of file content.
- */
-export async function packSeedFiles(set: SeedFileSet): Promise<PackedSeed> {
-  const skipped: SkippedSeedFile[] = [...set.skipped];
-  const pack = new Pack({ portable: true });
-  const chunks: Buffer[] = [];
-  pack.on("data", (c: Buffer) => chunks.push(c));
-  const done = new Promise<void>((resolve, reject) => {
-    pack.on("end", () => resolve());
-    pack.on("error", reject);
-  });
-  const add = (path: string, type: "File" | "Directory" | "SymbolicLink", st: Stats, body?: Buffer, linkpath?: string) => {
-    const header = new Header({ path: type === "Directory" ? `${path}/` : path, type, mode: st.mode & 0o777, size: body?.length ?? 0, mtime: st.mtime, ...(linkpath !== undefined ? { linkpath } : {}) });
-    const entry = new ReadEntry(header);
-    pack.add(entry);
-    if (body) entry.write(body);
-    entry.end();
-  };
-  /** Directories already emitted (or refused: mapped to why). */
-  const directories = new Map<string, string | null>();
-  let bytes = 0;
-
-  /** Emits the parents of `path` as directories; returns why not, if one is not a real directory. */
-  const addParents = async (path: string): Promise<string | undefined> => {
-    const parts = path.split("/");
-    for (let i = 1; i < parts.length; i++) {
-      const dir = parts.slice(0, i).join("/");
-      if (!directories.has(dir)) {
-        let st: Stats | undefined;
-        try {
-          st = await lstat(join(set.root, dir));
-        } catch (error) {
-          directories.set(dir, reasonFor(error));
-        }
-        if (st && !st.isDirectory()) directories.set(dir, st.isSymbolicLink() ? `'${dir}' is a symlink: not followed` : `'${dir}' is not a directory`);
-        else if (st) {
-          directories.set(dir, null);
-          add(dir, "Directory", st);
-        }
-      }
-      const why = directories.get(dir);
-      if (why) return why;
-    }
-    return undefined;
-  };
-
-  for (const path of [...new Set(set.paths)].sort()) {
-    const parentProblem = unsafeRelativePath(path) ?? (await addParents(path));
-    if (parentProblem) {
-      skipped.push({ path, reason: parentProblem });
-      continue;
-    }
-    const hostPath = join(set.root, path);
-    let st: Stats;
-    try {
-      st = await lstat(hostPath);
-    } catch (error) {
-      skipped.push({ path, reason: reasonFor(error) });
-      continue;
-    }
-    try {
-      if (st.isDirectory()) {
-        if (!directories.has(path)) {
-          directories.set(path, null);
-          add(path, "Directory", st);
-        }
-      } else if (st.isSymbolicLink()) {
-        add(path, "SymbolicLink", st, undefined, await readlink(hostPath));
-      } else if (st.isFile()) {
-        const handle = await open(hostPath, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-        try {
-          const now = await handle.stat();
-          if (!now.isFile() || now.ino !== st.ino || now.dev !== st.dev) {
-            skipped.push({ path, reason: "changed while being read" });
-            continue;
-          }
-          if (bytes + now.size > MAX_ARCHIVE_BYTES) {
-            throw new PyroError("INVALID_ARGUMENT", `the seed holds more than ${MAX_ARCHIVE_BYTES} bytes of files (at ${path}); seed a smaller directory`);
-          }
-          const body = await handle.readFile();
-          bytes += body.length;
-          add(path, "File", now, body);
-        } finally {
-          await handle.close();
-        }
-      } else {
-        skipped.push({ path, reason: "special file (socket, FIFO or device)" });
-      }
-    } catch (error) {
-      if (error instanceof PyroError) throw error;
-      skipped.push({ path, reason: reasonFor(error) });
-    }
-  }
-  pack.end();
-  await done;
-  const tar = Buffer.concat(chunks);
-  // Our own pack of the user's files: symlinks may point anywhere (they resolve inside the guest).
-  return { tar, summary: await validateTar(tar, false), skipped };
-}

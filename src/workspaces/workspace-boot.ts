@@ -1,8 +1,8 @@
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import type { RunningVm, VmmBackend } from "../runtime/vmm-backend.js";
+import type { RunningVm, VmLaunchSpec, VmmBackend } from "../runtime/vmm-backend.js";
 import { giveVmItsOwnIdentity } from "../runtime/vm-identity.js";
-import { templateMemoryMode, workspaceLaunchSpec } from "./boot-templates.js";
+import { templateMemoryMode, type TemplateMemoryMode, workspaceLaunchSpec } from "./boot-templates.js";
 import { replaceWithOverlay } from "./disk-chain.js";
 import { removeStaleStaging } from "./guest-transfer.js";
 import type { WorkspaceContext } from "./workspace-context.js";
@@ -14,10 +14,38 @@ import { installGuestCa, interceptsTls } from "./scoped-secrets.js";
 /** How a workspace VM comes up: a cold boot of its disk, or a restore of saved state (template or snapshot). */
 export type BootSource =
   | { kind: "cold" }
-  | { kind: "restore"; statePath: string; diskPath: string; mode: "template_restore" | "snapshot_restore"; memoryPath?: string };
+  | { kind: "restore"; statePath: string; diskPath: string; mode: "template_restore" | "snapshot_restore"; memoryPath?: string; workspaceDiskPath?: string };
 
 export function diskPath(ctx: WorkspaceContext, id: string): string {
   return join(ctx.store.dir(id), "disk.qcow2");
+}
+
+/** The live /workspace disk: a qcow2 chain ending in the seed image. */
+export function workspaceDiskPath(ctx: WorkspaceContext, id: string): string {
+  return join(ctx.store.dir(id), "workspace.qcow2");
+}
+
+/** The immutable ext4 image built from the seed at create: the /workspace disk's base and diff's baseline. */
+export function seedImagePath(ctx: WorkspaceContext, id: string): string {
+  return join(ctx.store.dir(id), "seed.ext4");
+}
+
+/** What the seed image holds (tree-manifest.ts records), for diff. */
+export function baselineManifestPath(ctx: WorkspaceContext, id: string): string {
+  return join(ctx.store.dir(id), "baseline.manifest");
+}
+
+/** Replaces the live /workspace disk with an empty overlay on `backing` (atomically). */
+export async function layerWorkspaceDisk(ctx: WorkspaceContext, record: WorkspaceRecord, backing: string, format: "raw" | "qcow2"): Promise<void> {
+  await replaceWithOverlay(workspaceDiskPath(ctx, record.id), backing, format);
+}
+
+/** The machine a workspace runs as: its shape and, where it has one, its /workspace disk. */
+function launchSpec(ctx: WorkspaceContext, record: WorkspaceRecord, runtime: Awaited<ReturnType<WorkspaceContext["runtime"]>>, runDir: string, memory: TemplateMemoryMode, network: VmLaunchSpec["network"]): VmLaunchSpec {
+  const shape = { vcpuCount: record.vcpu_count, memMib: record.mem_mib, ...(record.disk_gib !== null ? { diskGib: record.disk_gib } : {}) };
+  const spec = workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), { path: workspaceDiskPath(ctx, record.id), format: "qcow2" }, runDir, memory, network);
+  if (record.disk_gib === null) delete spec.workspaceDisk; // created before /workspace had its own disk
+  return spec;
 }
 
 /** Replaces the workspace's live disk with an empty overlay on `backing` (atomically). */
@@ -33,28 +61,30 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
   const runtime = await ctx.runtime();
   const runDir = ctx.store.runDir(record.id);
   await rm(runDir, { recursive: true, force: true });
-  const shape = { vcpuCount: record.vcpu_count, memMib: record.mem_mib };
   const network = await launchNetwork(ctx, record);
   const memory = await templateMemoryMode(ctx.paths);
   let vm: RunningVm;
   let mode: "cold_boot" | "template_restore" | "snapshot_restore" = "cold_boot";
   if (source.kind === "restore") {
     await layerDisk(ctx, record, source.diskPath, "qcow2");
+    if (source.workspaceDiskPath) await layerWorkspaceDisk(ctx, record, source.workspaceDiskPath, "qcow2");
     try {
       // A template's RAM file is mapped copy-on-write: the VM shares the pages it never writes.
       const memoryFile = source.memoryPath ? { memoryFile: { path: source.memoryPath, share: false } } : {};
-      vm = await runtime.backend.launch({ ...workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, memory, network), incomingState: source.statePath, ...memoryFile });
+      vm = await runtime.backend.launch({ ...launchSpec(ctx, record, runtime, runDir, memory, network), incomingState: source.statePath, ...memoryFile });
       mode = source.mode;
       await giveVmItsOwnIdentity(vm, record.id);
     } catch {
-      vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, memory, network));
+      vm = await runtime.backend.launch(launchSpec(ctx, record, runtime, runDir, memory, network));
       await giveVmItsOwnIdentity(vm, record.id);
     }
   } else {
-    vm = await runtime.backend.launch(workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), runDir, memory, network));
+    vm = await runtime.backend.launch(launchSpec(ctx, record, runtime, runDir, memory, network));
     // The disk came from a shared image (or template): its machine-id is every other VM's too.
     await giveVmItsOwnIdentity(vm, record.id);
   }
+  // A template's guest never mounted its placeholder; a snapshot's guest has /workspace mounted already.
+  if (record.disk_gib !== null) await mountWorkspaceDisk(vm);
   // Secrets live in the guest's tmpfs, gone after a cold boot: put them back every time.
   await materializeSecrets(vm.agent, await loadSecrets(ctx, record.id));
   if (interceptsTls(record)) await installGuestCa(vm.agent, ctx.store.dir(record.id));
@@ -67,6 +97,15 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
   record.unexpected_stop = null;
   record.updated_at = nowIso();
   return vm;
+}
+
+async function mountWorkspaceDisk(vm: RunningVm): Promise<void> {
+  try {
+    await vm.agent.request("workspace.mount", {}, undefined, { timeoutMs: 60_000 });
+  } catch (error) {
+    await vm.dispose(); // the agent's message names the device and why the mount failed
+    throw error;
+  }
 }
 
 /**

@@ -6,8 +6,8 @@ import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/hos
 import { assertOutputFree, publishNewFile } from "../storage/new-host-file.js";
 import { diskChain } from "../storage/qcow2-backing-chain.js";
 import { entryType, Ext4Image, type DiskEntryType } from "./disk-image.js";
-import { relativeToWorkspace, workspacePath } from "./guest-paths.js";
-import { diskPath } from "./workspace-boot.js";
+import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
+import { diskPath, workspaceDiskPath } from "./workspace-boot.js";
 import { reconcileVm, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
 import { FILE_READ_DEFAULT_MAX_BYTES, fileReadView } from "./file-read-view.js";
@@ -37,14 +37,16 @@ async function sandboxOutputFile(scratch: string, name: string): Promise<string>
  * host-sandbox: the image is never mounted on the host, never booted, and never parsed by an
  * unconfined tool.
  */
-async function withRawDisk<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord, raw: string, scratch: string, redactor: Redactor) => Promise<T>): Promise<T> {
+async function withRawDisk<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord, raw: string, scratch: string, redactor: Redactor, view: ImageView) => Promise<T>): Promise<T> {
   return withLockedWorkspace(ctx, ref, async (record) => {
     if (await reconcileVm(ctx, record)) {
       throw new PyroError("WORKSPACE_RUNNING", `workspace ${record.id} is running; disk tools read stopped workspaces (stop it with 'pyro workspace stop ${record.id}', or use the file tools)`);
     }
     const scratch = await mkdtemp(join(ctx.store.dir(record.id), ".disk-"));
     try {
-      const chain = await diskChain(diskPath(ctx, record.id));
+      // /workspace is its own disk (read directly), or a directory of the root disk (older workspaces).
+      const ownDisk = record.disk_gib !== null;
+      const chain = await diskChain(ownDisk ? workspaceDiskPath(ctx, record.id) : diskPath(ctx, record.id));
       const converted = await runSandboxed({
         tool: requireExecutable("qemu-img", "qemu-utils"),
         args: ["convert", "-O", "raw", chain.files[0]!, `${SANDBOX_OUTPUT_DIR}/${RAW_NAME}`],
@@ -55,12 +57,26 @@ async function withRawDisk<T>(ctx: WorkspaceContext, ref: string, fn: (record: W
       });
       if (converted.exitCode !== 0) throw sandboxFailure(converted, "converting the workspace disk to raw");
       const raw = await sandboxOutputFile(scratch, RAW_NAME);
-      return await fn(record, raw, scratch, new Redactor(await loadRedactedValues(ctx, record.id)));
+      return await fn(record, raw, scratch, new Redactor(await loadRedactedValues(ctx, record.id)), ownDisk ? WORKSPACE_DISK_VIEW : ROOT_DISK_VIEW);
     } finally {
       await rm(scratch, { recursive: true, force: true });
     }
   });
 }
+
+/** Where a /workspace path lies in the image read: the same path on the root disk, its tail on the /workspace disk. */
+interface ImageView {
+  toImage(guestPath: string): string;
+  toGuest(imagePath: string): string;
+  /** Whether the image holds the whole root filesystem (pyro's runtime state is scrubbed from exports). */
+  wholeRoot: boolean;
+}
+const ROOT_DISK_VIEW: ImageView = { toImage: (p) => p, toGuest: (p) => p, wholeRoot: true };
+const WORKSPACE_DISK_VIEW: ImageView = {
+  toImage: (p) => p.slice(WORKSPACE_ROOT.length) || "/",
+  toGuest: (p) => `${WORKSPACE_ROOT}${p === "/" ? "" : p}`,
+  wholeRoot: false,
+};
 
 export interface DiskEntry {
   path: string;
@@ -115,9 +131,9 @@ export async function readImage(image: Ext4Image, guestPath: string, maxBytes: n
 
 export async function diskList(ctx: WorkspaceContext, ref: string, path = ".", options: { recursive?: boolean } = {}) {
   const root = workspacePath(path);
-  return withRawDisk(ctx, ref, async (record, raw) => {
-    const { entries, truncated } = await listImage(new Ext4Image(raw), root, options.recursive ?? false);
-    return { workspace_id: record.id, path: relativeToWorkspace(root) || ".", count: entries.length, truncated, entries: entries.map((e) => ({ ...e, path: relativeToWorkspace(e.path) })) };
+  return withRawDisk(ctx, ref, async (record, raw, _scratch, _redactor, view) => {
+    const { entries, truncated } = await listImage(new Ext4Image(raw), view.toImage(root), options.recursive ?? false);
+    return { workspace_id: record.id, path: relativeToWorkspace(root) || ".", count: entries.length, truncated, entries: entries.map((e) => ({ ...e, path: relativeToWorkspace(view.toGuest(e.path.replace(/^\/\//, "/"))) })) };
   });
 }
 
@@ -125,18 +141,25 @@ export async function diskRead(ctx: WorkspaceContext, ref: string, path: string,
   const guestPath = workspacePath(path);
   const maxBytes = options.maxBytes ?? FILE_READ_DEFAULT_MAX_BYTES;
   if (!(maxBytes > 0)) throw new PyroError("INVALID_ARGUMENT", "max bytes must be positive");
-  return withRawDisk(ctx, ref, async (record, raw, _scratch, redactor) => {
+  return withRawDisk(ctx, ref, async (record, raw, _scratch, redactor, view) => {
     // Read past the cut, so a secret crossing it is seen (and redacted) whole.
-    const read = await readImage(new Ext4Image(raw), guestPath, maxBytes + redactor.contextBytes);
+    const read = await readImage(new Ext4Image(raw), view.toImage(guestPath), maxBytes + redactor.contextBytes);
     return { workspace_id: record.id, path: relativeToWorkspace(guestPath), ...fileReadView(read.data, read.size, maxBytes, redactor) };
   });
 }
 
-/** Writes the workspace's filesystem as a raw ext4 image, pyro's runtime state and secrets removed. */
+/**
+ * Writes the workspace's filesystem as a raw ext4 image: the /workspace disk where the workspace
+ * has one, else the root filesystem with pyro's runtime state and secrets removed.
+ */
 export async function diskExport(ctx: WorkspaceContext, ref: string, outputPath: string) {
   const output = resolve(outputPath);
   await assertOutputFree(output);
-  return withRawDisk(ctx, ref, async (record, raw, scratch) => {
+  return withRawDisk(ctx, ref, async (record, raw, scratch, _redactor, view) => {
+    if (!view.wholeRoot) {
+      await publishNewFile(output, (scratchFile) => runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", raw, scratchFile]).then(() => undefined));
+      return { workspace_id: record.id, output, format: "raw ext4 (/workspace)", bytes: (await lstat(output)).size };
+    }
     // Secrets and service state live on tmpfs and never reach the disk; scrub anyway, belt and braces.
     // The paths are pyro's own constants (no guest name is quoted into the script).
     const script = RUNTIME_PATHS.map((p) => `rm "${p}"\nrmdir "${p}"`).join("\n");

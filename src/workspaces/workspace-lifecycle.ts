@@ -1,19 +1,17 @@
+import { rm } from "node:fs/promises";
 import { DEFAULT_MACHINE_SHAPE, checkMachineShape } from "../runtime/guest-limits.js";
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
 import { PyroError } from "../errors.js";
-import { writeFileAtomic } from "../storage/atomic-file.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
+import { makePrivateTempDir } from "../storage/private-storage.js";
 import { ensureBootTemplate, type BootTemplate } from "./boot-templates.js";
 import { allocatedBytes } from "./workspace-disk-usage.js";
-import { WORKSPACE_ROOT } from "./guest-paths.js";
-import { extractTarInGuest, packInGuest } from "./guest-transfer.js";
-import { bootWorkspace, layerDisk, stopWorkspaceVm } from "./workspace-boot.js";
+import { buildSeedImage, checkDiskGib, checkSeedFits, DEFAULT_DISK_GIB, scanSeed, type SeedScan, } from "./seed-image.js";
+import { baselineManifestPath, bootWorkspace, layerDisk, layerWorkspaceDisk, seedImagePath, stopWorkspaceVm } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
 import type { ProjectSource } from "./project-seed.js";
-import { prepareWorkspaceSeed, resolveWorkspaceSeed, seedRecord, seedView, type WorkspaceSeedView } from "./workspace-seed.js";
-import { BASELINE_SNAPSHOT, BASELINE_TAR, saveSnapshot, templateBaseline } from "./workspace-snapshots.js";
+import { type PreparedSeed, prepareWorkspaceSeed, resolveWorkspaceSeed, seedRecord, seedView, type WorkspaceSeedView } from "./workspace-seed.js";
+import { BASELINE_SNAPSHOT, saveSnapshot, templateBaseline } from "./workspace-snapshots.js";
 import { checkNetworkOptions } from "./workspace-network.js";
 import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
 import { forgetMemoryOnlyValues, interceptsTls, parseSecretHosts, planSecrets, saveEgressSecrets } from "./scoped-secrets.js";
@@ -29,6 +27,8 @@ export interface CreateWorkspaceOptions {
   seedPath?: string;
   /** Seeds /workspace when seedPath is absent: a project directory or checkout, or a repository to clone. */
   project?: ProjectSource;
+  /** Size of the /workspace disk in GiB (default DEFAULT_DISK_GIB); the seed must fit in it. */
+  diskGib?: number;
   vcpuCount?: number;
   memMib?: number;
   /** Delete the workspace after this many seconds without mutating activity. */
@@ -67,6 +67,7 @@ export interface WorkspaceView {
   expires_at: string | null;
   vcpu_count: number;
   mem_mib: number;
+  disk_gib: number | null;
   network_policy: string;
   allow_hosts: string[];
   command_count: number;
@@ -94,6 +95,7 @@ export function viewOf(record: WorkspaceRecord): WorkspaceView {
     expires_at: expiresAt(record),
     vcpu_count: record.vcpu_count,
     mem_mib: record.mem_mib,
+    disk_gib: record.disk_gib,
     network_policy: record.network_policy,
     allow_hosts: record.allow_hosts,
     command_count: record.command_count,
@@ -124,14 +126,11 @@ function checkLabels(labels: Record<string, string>): void {
 }
 
 /**
- * Captures /workspace as the diff baseline, and the baseline that reset returns to: the boot template
- * the VM was restored from (nothing to save), or else a snapshot of the VM.
+ * The baseline that reset returns to: the boot template the VM was restored from with the seed
+ * image (nothing to save), or else a snapshot of the VM. Diff's baseline is the seed image itself.
  */
-async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, template: BootTemplate | undefined, seeded: boolean): Promise<void> {
+async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, template: BootTemplate | undefined): Promise<void> {
   const fromTemplate = template && record.vm?.start_mode === "template_restore";
-  // Unseeded, a restored template's /workspace is the template's own, packed when it was built.
-  const tar = fromTemplate && !seeded && template.workspaceTarPath ? await readFile(template.workspaceTarPath) : await packInGuest(vm.agent, WORKSPACE_ROOT);
-  await writeFileAtomic(join(ctx.store.dir(record.id), BASELINE_TAR), tar, 0o600);
   record.snapshots = [fromTemplate ? templateBaseline(template) : await saveSnapshot(ctx, record, vm, BASELINE_SNAPSHOT)];
 }
 
@@ -148,9 +147,31 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   checkLabels(options.labels ?? {});
   await ctx.recoverInterrupted();
   await reapExpired(ctx);
-  // Validate the seed and secrets before booting anything: a hostile archive costs nothing.
-  const seedSource = await resolveWorkspaceSeed(ctx.paths, options);
-  const tree = seedSource ? await prepareWorkspaceSeed(seedSource) : undefined;
+  // Validate the seed and secrets before booting anything: a hostile archive costs nothing, and a
+  // seed that cannot fit the disk fails before any file is created.
+  const diskGib = checkDiskGib(options.diskGib ?? DEFAULT_DISK_GIB);
+  const resolved = await resolveWorkspaceSeed(ctx.paths, options);
+  let unpacked: string | undefined;
+  try {
+    const seed = resolved ? await prepareWorkspaceSeed(resolved, async () => (unpacked = await makePrivateTempDir(ctx.paths.stateDir, ".seed-unpack-"))) : undefined;
+    const scan = seed ? scanSeed(seed.source) : undefined;
+    if (scan) checkSeedFits(scan, diskGib);
+    return await createWithSeed(ctx, environment, options, started, shape, diskGib, seed, scan);
+  } finally {
+    if (unpacked) await rm(unpacked, { recursive: true, force: true });
+  }
+}
+
+async function createWithSeed(
+  ctx: WorkspaceContext,
+  environment: string,
+  options: CreateWorkspaceOptions,
+  started: number,
+  shape: { vcpuCount: number; memMib: number },
+  diskGib: number,
+  seed: PreparedSeed | undefined,
+  scan: SeedScan | undefined,
+): Promise<WorkspaceView & { create_ms: number }> {
   const secrets = await collectSecrets(options.secrets, options.secretFiles);
   const network = checkNetworkOptions(options.networkPolicy ?? "off", options.allowHosts ?? []);
   const secretPlan = planSecrets(secrets, parseSecretHosts(options.secretHosts ?? {}), network.policy);
@@ -171,12 +192,13 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
     last_activity_at: now,
     vcpu_count: shape.vcpuCount,
     mem_mib: shape.memMib,
+    disk_gib: diskGib,
     network_policy: network.policy,
     allow_hosts: network.allow,
     services: {},
     ttl_seconds: options.ttlSeconds ?? null,
     vm: null,
-    seed: seedRecord(tree),
+    seed: seedRecord(seed, scan),
     command_count: 0,
     snapshots: [],
     secret_names: Object.keys(secrets).sort(),
@@ -194,16 +216,18 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
       await ctx.store.createDir(id);
       await saveSecrets(ctx, id, secretPlan.injected);
       if (interceptsTls(record)) await saveEgressSecrets(ctx.store.dir(id), id, secretPlan.scoped, options.secretMemoryOnly);
+      const image = await buildSeedImage(seed?.source, scan, diskGib, seedImagePath(ctx, id), baselineManifestPath(ctx, id), ctx.store.dir(id));
+      record.seed.built_at_ns = String(image.builtAtNs);
+      await layerWorkspaceDisk(ctx, record, image.path, "raw");
       // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
-      const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, shape).catch(() => undefined) : undefined;
+      const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, { ...shape, diskGib }).catch(() => undefined) : undefined;
       if (template) {
         vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore", ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}) });
       } else {
         await layerDisk(ctx, record, env.imagePath, "raw");
         vm = await bootWorkspace(ctx, record, { kind: "cold" });
       }
-      if (tree) await extractTarInGuest(vm.agent, tree.tar, WORKSPACE_ROOT);
-      await captureBaseline(ctx, record, vm, template, Boolean(tree));
+      await captureBaseline(ctx, record, vm, template);
       await ctx.store.write(record);
       vm.detach();
       return { ...viewOf(record), create_ms: Date.now() - started };

@@ -22,3 +22,16 @@ export type ShellSignal = (typeof SHELL_SIGNALS)[number];
 
 /** Service readiness and log defaults (log tail: the contract's 20 lines of each stream). */
 export const SERVICE_DEFAULTS = { readyTimeoutSeconds: 30, readyTimeoutMaxSeconds: 3600, readyIntervalMs: 500, tailLines: 20 } as const;
+
+/** The /workspace disk's size in GiB: default, and the range --disk-gib / disk_gib accepts. */
+export const WORKSPACE_DISK_GIB = { default: 4, min: 1, max: 1024 } as const;
+
+/** How many changed files one diff result lists (and, with the patch, formats), and how big a page's patch may grow. */
+export const DIFF_PAGE_LIMITS = {
+  summaryFiles: 1000,
+  patchFiles: 100,
+  /** A patch page stops after the file that takes it past this; the rest is the next page. */
+  patchBytes: 256 * 1024,
+  /** Files larger than this are shown as "binary" (their bytes are not pulled to diff them). */
+  fileBytes: 4 * 1024 * 1024,
+} as const;

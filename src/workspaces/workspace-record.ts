@@ -13,10 +13,12 @@ export const SnapshotRecord = z.object({
   disk_file: z.string(),
   /**
    * Set for a baseline that is the boot template the workspace was created from (its directory
-   * name): nothing was saved at create; reset restores the template and puts baseline.tar back
-   * into /workspace. The file fields are empty then.
+   * name): nothing was saved at create; reset restores the template and layers a fresh overlay on the seed
+   * image. The file fields are empty then.
    */
   template: z.string().optional(),
+  /** The /workspace disk's copy, for workspaces that have one (disk_gib set). */
+  workspace_disk_file: z.string().optional(),
 });
 export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
 
@@ -50,6 +52,11 @@ export const WorkspaceRecord = z.object({
       start_mode: z.enum(["cold_boot", "template_restore", "snapshot_restore"]),
     })
     .nullable(),
+  /**
+   * Size of the /workspace disk (its own ext4 disk, built from the seed on the host). Null for
+   * workspaces created before it existed, whose /workspace is a directory of the root disk.
+   */
+  disk_gib: z.number().int().nullable().default(null),
   seed: z.object({
     mode: z.enum(["empty", "directory", "tar_archive"]),
     /** The seed_path, checkout root or repository URL (`workspace_seed.origin_ref`). */
@@ -62,6 +69,8 @@ export const WorkspaceRecord = z.object({
     /** Files the seed could not take (unreadable, special, vanished…): the first SKIPPED_SHOWN of them. */
     skipped: z.array(z.object({ path: z.string(), reason: z.string() })).default([]),
     skipped_count: z.number().int().default(0),
+    /** Host time (ns, as a decimal string) the seed image was finished: later guest ctimes are changes. */
+    built_at_ns: z.string().nullable().default(null),
   }),
   command_count: z.number().int(),
   snapshots: z.array(SnapshotRecord),

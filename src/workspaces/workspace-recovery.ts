@@ -5,7 +5,7 @@ import { deadHolder, lockHolder, sweepLockScratch, UNNAMED_PURPOSE, type LockOwn
 import type { VmmBackend } from "../runtime/vmm-backend.js";
 import { partialOverlayPath } from "./disk-chain.js";
 import { removeStaleStaging } from "./guest-transfer.js";
-import { diskPath } from "./workspace-boot.js";
+import { diskPath, workspaceDiskPath } from "./workspace-boot.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import { nowIso, vmHandle } from "./workspace-record.js";
 
@@ -24,7 +24,13 @@ const LOCK_DIR = /^(ws-[a-z2-7]+)\.lock$/;
 
 /** Files and folders in a workspace directory that only exist while an operation runs. */
 function isOperationScratch(ctx: WorkspaceContext, id: string, name: string): boolean {
-  return /^\..+\.tmp$/.test(name) || name.startsWith(".disk-") || name === basename(partialOverlayPath(diskPath(ctx, id)));
+  return (
+    /^\..+\.tmp$/.test(name) ||
+    name.startsWith(".disk-") ||
+    name.startsWith(".seed-") ||
+    name === basename(partialOverlayPath(diskPath(ctx, id))) ||
+    name === basename(partialOverlayPath(workspaceDiskPath(ctx, id)))
+  );
 }
 
 async function exists(path: string): Promise<boolean> {

@@ -1,24 +1,33 @@
 /**
  * What a new workspace's /workspace starts with: the seed_path the caller gave (a directory or an
- * archive), else the server's project (project-seed.ts), else nothing. Resolution gives a file set
- * (root + relative paths) or an archive; preparation turns either into the validated tar the guest
- * unpacks.
+ * archive), else the server's project (project-seed.ts), else nothing. Resolution says where the
+ * files are; preparation turns that into a directory the seed image is built from (seed-image.ts):
+ * the user's directory as it is, a project's root with its file list, or an archive unpacked on
+ * the host after the hostile-archive checks.
  */
-import { realpath, stat } from "node:fs/promises";
+import { lstat, realpath, stat } from "node:fs/promises";
+import { Readable } from "node:stream";
+import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
+import { RootedTree } from "../storage/rooted-path.js";
+import { extractTarInRoot } from "../storage/rooted-tar-extract.js";
 import { SKIPPED_SHOWN, type WorkspaceRecord } from "./workspace-record.js";
-import { prepareTree, type ArchiveSummary } from "./archive-safety.js";
+import { prepareTree } from "./archive-safety.js";
 import { resolveProjectSeed, type ProjectSource } from "./project-seed.js";
-import { listDirectoryTree, packSeedFiles, type SeedFileSet, type SeedOrigin, type SeedOriginKind, type SkippedSeedFile } from "./seed-files.js";
+import type { SeedFileSet, SeedOrigin, SeedOriginKind, SkippedSeedFile } from "./seed-files.js";
+import type { SeedScan, SeedSource } from "./seed-image.js";
 
-export type WorkspaceSeedSource = { kind: "files"; files: SeedFileSet } | { kind: "archive"; path: string; origin: SeedOrigin };
+export type WorkspaceSeedSource =
+  | { kind: "directory"; root: string; origin: SeedOrigin }
+  | { kind: "files"; files: SeedFileSet }
+  | { kind: "archive"; path: string; origin: SeedOrigin };
 
-/** A seed ready for the guest. */
+/** A seed as a directory the seed image can be built from, and what the results say of it. */
 export interface PreparedSeed {
-  tar: Buffer;
-  summary: ArchiveSummary;
+  source: SeedSource;
   mode: "directory" | "tar_archive";
   origin: SeedOrigin;
+  /** Entries refused before the scan (bad names from git). */
   skipped: SkippedSeedFile[];
 }
 
@@ -26,25 +35,31 @@ export interface PreparedSeed {
 export async function resolveWorkspaceSeed(paths: PyroPaths, options: { seedPath?: string; project?: ProjectSource }): Promise<WorkspaceSeedSource | undefined> {
   if (options.seedPath !== undefined) {
     const origin: SeedOrigin = { kind: "seed_path", ref: options.seedPath, commit: null };
-    const info = await stat(options.seedPath).catch(() => undefined);
-    if (info?.isDirectory()) {
-      const root = await realpath(options.seedPath);
-      return { kind: "files", files: { root, ...(await listDirectoryTree(root)), origin } };
-    }
+    if (!(await lstat(options.seedPath).catch(() => undefined))) throw new PyroError("INVALID_ARGUMENT", `seed path ${options.seedPath} does not exist`);
+    if ((await stat(options.seedPath)).isDirectory()) return { kind: "directory", root: await realpath(options.seedPath), origin };
     return { kind: "archive", path: options.seedPath, origin };
   }
   if (options.project) return { kind: "files", files: await resolveProjectSeed(paths, options.project) };
   return undefined;
 }
 
-/** Packs and validates a resolved seed (archives go through the hostile-archive checks). */
-export async function prepareWorkspaceSeed(source: WorkspaceSeedSource): Promise<PreparedSeed> {
-  if (source.kind === "archive") {
-    const tree = await prepareTree(source.path);
-    return { tar: tree.tar, summary: tree.summary, mode: tree.mode, origin: source.origin, skipped: [] };
+/**
+ * Makes a resolved seed a directory to build from. An archive is validated (no escapes, no
+ * devices) before anything is written, then unpacked beneath `scratch()` by pyro's rooted extractor.
+ */
+export async function prepareWorkspaceSeed(seed: WorkspaceSeedSource, scratch: () => Promise<string>): Promise<PreparedSeed> {
+  switch (seed.kind) {
+    case "directory":
+      return { source: { root: seed.root }, mode: "directory", origin: seed.origin, skipped: [] };
+    case "files":
+      return { source: { root: seed.files.root, paths: seed.files.paths }, mode: "directory", origin: seed.files.origin, skipped: seed.files.skipped };
+    case "archive": {
+      const tree = await prepareTree(seed.path);
+      const root = await scratch();
+      await extractTarInRoot(new RootedTree(root), Readable.from([tree.tar]), { label: seed.path });
+      return { source: { root }, mode: "tar_archive", origin: seed.origin, skipped: [] };
+    }
   }
-  const packed = await packSeedFiles(source.files);
-  return { ...packed, mode: "directory", origin: source.files.origin };
 }
 
 /** Where /workspace's first contents came from (the contract's `workspace_seed`). */
@@ -78,16 +93,18 @@ export function seedView(seed: WorkspaceRecord["seed"]): WorkspaceSeedView {
   };
 }
 
-export function seedRecord(seed: PreparedSeed | undefined): WorkspaceRecord["seed"] {
-  if (!seed) return { mode: "empty", origin: null, origin_kind: "empty", commit: null, files: 0, bytes: 0, skipped: [], skipped_count: 0 };
+export function seedRecord(seed: PreparedSeed | undefined, scan: SeedScan | undefined): WorkspaceRecord["seed"] {
+  if (!seed || !scan) return { mode: "empty", origin: null, origin_kind: "empty", commit: null, files: 0, bytes: 0, skipped: [], skipped_count: 0, built_at_ns: null };
+  const skipped = [...seed.skipped, ...scan.skipped];
   return {
     mode: seed.mode,
     origin: seed.origin.ref,
     origin_kind: seed.origin.kind,
     commit: seed.origin.commit,
-    files: seed.summary.files,
-    bytes: seed.summary.bytes,
-    skipped: seed.skipped.slice(0, SKIPPED_SHOWN),
-    skipped_count: seed.skipped.length,
+    files: scan.files,
+    bytes: scan.bytes,
+    skipped: skipped.slice(0, SKIPPED_SHOWN),
+    skipped_count: skipped.length,
+    built_at_ns: null,
   };
 }

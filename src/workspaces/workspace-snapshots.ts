@@ -1,4 +1,4 @@
-import { chmod, readFile, rm } from "node:fs/promises";
+import { chmod, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { makePrivateSubdir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
@@ -6,54 +6,47 @@ import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { templateByName, type BootTemplate } from "./boot-templates.js";
 import { backingChain } from "./disk-chain.js";
-import { WORKSPACE_ROOT } from "./guest-paths.js";
-import { extractTarInGuest } from "./guest-transfer.js";
-import { bootWorkspace, diskPath, layerDisk } from "./workspace-boot.js";
+import { bootWorkspace, diskPath, layerDisk, layerWorkspaceDisk, seedImagePath, workspaceDiskPath } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { SnapshotRecord, WorkspaceRecord } from "./workspace-record.js";
 import { validateName } from "./workspace-store.js";
 
 export const BASELINE_SNAPSHOT = "baseline";
-/** /workspace as it was at create (the seed), in the workspace directory: what diff and a template baseline's reset use. */
-export const BASELINE_TAR = "baseline.tar";
+const WORKSPACE_DISK_FILE = "workspace.qcow2";
 
 /**
  * The baseline of a workspace restored from a boot template: the template itself plus the seed
- * (baseline.tar). Nothing is saved at create, so create streams no memory, and reset takes the same
- * path as create.
+ * image. Nothing is saved at create, so create streams no memory, and reset takes the same path as
+ * create.
  */
 export function templateBaseline(template: BootTemplate): SnapshotRecord {
   return { name: BASELINE_SNAPSHOT, created_at: nowIso(), state_file: "", disk_file: "", template: template.name };
 }
 
-/** Restores a template baseline: the template's memory and an empty overlay on its disk, then the seed. */
+/** Restores a template baseline: the template's memory, an empty overlay on its disk and a fresh one on the seed image. */
 async function restoreTemplateBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, templateName: string): Promise<RunningVm> {
   const found = await templateByName(ctx.paths, templateName);
   if (!found) {
     throw new PyroError("SNAPSHOT_NOT_FOUND", `the boot template ${templateName} that workspace ${record.id} was created from is gone from the cache; its baseline cannot be restored (create a new workspace)`);
   }
   const { template, restorable } = found;
-  let vm: RunningVm;
+  await layerWorkspaceDisk(ctx, record, seedImagePath(ctx, record.id), "raw");
   if (restorable) {
-    vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore", ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}) });
-  } else {
-    // Its RAM file is gone (reboot, QEMU upgrade): the same disk, booted instead of resumed.
-    await layerDisk(ctx, record, template.diskPath, "qcow2");
-    vm = await bootWorkspace(ctx, record, { kind: "cold" });
+    return bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore", ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}) });
   }
-  try {
-    const seed = await readFile(join(ctx.store.dir(record.id), BASELINE_TAR));
-    // Packed by the guest and checked then (packInGuest); it goes back into a guest, never onto the host.
-    if (record.seed.mode !== "empty") await extractTarInGuest(vm.agent, seed, WORKSPACE_ROOT);
-  } catch (error) {
-    await vm.dispose();
-    throw error;
-  }
-  return vm;
+  // Its RAM file is gone (reboot, QEMU upgrade): the same disks, booted instead of resumed.
+  await layerDisk(ctx, record, template.diskPath, "qcow2");
+  return bootWorkspace(ctx, record, { kind: "cold" });
 }
 
 function snapshotDir(ctx: WorkspaceContext, id: string, name: string): string {
   return join(ctx.store.dir(id), "snapshots", name);
+}
+
+/** A snapshot's disk copies: the root disk's and, where the workspace has one, the /workspace disk's. */
+function snapshotDisks(ctx: WorkspaceContext, id: string, snapshot: SnapshotRecord): string[] {
+  const dir = snapshotDir(ctx, id, snapshot.name);
+  return [join(dir, snapshot.disk_file), ...(snapshot.workspace_disk_file ? [join(dir, snapshot.workspace_disk_file)] : [])];
 }
 
 export interface SnapshotView {
@@ -75,7 +68,9 @@ export async function saveSnapshot(ctx: WorkspaceContext, record: WorkspaceRecor
     // Guest memory (secrets in its tmpfs included) is in this file: owner-only.
     await chmod(join(dir, "state.bin"), PRIVATE_FILE_MODE);
     try {
+      // Both disks while paused: the /workspace overlay is as consistent with the memory as the root one.
       await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", diskPath(ctx, record.id), join(dir, "disk.qcow2")], { privateFiles: true });
+      if (record.disk_gib !== null) await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", workspaceDiskPath(ctx, record.id), join(dir, WORKSPACE_DISK_FILE)], { privateFiles: true });
     } finally {
       await vm.resume();
     }
@@ -83,7 +78,7 @@ export async function saveSnapshot(ctx: WorkspaceContext, record: WorkspaceRecor
     await rm(dir, { recursive: true, force: true });
     throw error;
   }
-  return { name, created_at: nowIso(), state_file: "state.bin", disk_file: "disk.qcow2" };
+  return { name, created_at: nowIso(), state_file: "state.bin", disk_file: "disk.qcow2", ...(record.disk_gib !== null ? { workspace_disk_file: WORKSPACE_DISK_FILE } : {}) };
 }
 
 export async function createSnapshot(ctx: WorkspaceContext, ref: string, name: string): Promise<SnapshotView & { workspace_id: string }> {
@@ -110,14 +105,18 @@ export async function deleteSnapshot(ctx: WorkspaceContext, ref: string, name: s
     if (name === BASELINE_SNAPSHOT) throw new PyroError("INVALID_ARGUMENT", "the baseline snapshot cannot be deleted; it is what 'reset' and 'diff' compare against");
     const snapshot = record.snapshots.find((s) => s.name === name);
     if (!snapshot) throw new PyroError("SNAPSHOT_NOT_FOUND", `workspace ${record.id} has no snapshot '${name}'; see 'pyro workspace snapshot list ${record.id}'`);
-    const disk = join(snapshotDir(ctx, record.id, name), snapshot.disk_file);
+    const disks = snapshotDisks(ctx, record.id, snapshot);
     // Disks layer on each other: one that others build on cannot go without losing their data.
     // Which ones do is read from the images (not remembered), so an interrupted reset cannot make it wrong.
-    const layered = [{ what: "the current disk", path: diskPath(ctx, record.id) }, ...record.snapshots.filter((s) => s.name !== name && !s.template).map((s) => ({ what: `snapshot '${s.name}'`, path: join(snapshotDir(ctx, record.id, s.name), s.disk_file) }))];
-    const dependents: string[] = [];
-    for (const { what, path } of layered) if ((await backingChain(path)).includes(disk)) dependents.push(what);
-    if (dependents.length) {
-      throw new PyroError("INVALID_ARGUMENT", `snapshot '${name}' is the base of ${dependents.join(" and ")}; reset to another snapshot first`);
+    const layered = [
+      { what: "the current disk", path: diskPath(ctx, record.id) },
+      ...(record.disk_gib !== null ? [{ what: "the current disk", path: workspaceDiskPath(ctx, record.id) }] : []),
+      ...record.snapshots.filter((s) => s.name !== name && !s.template).flatMap((s) => snapshotDisks(ctx, record.id, s).map((path) => ({ what: `snapshot '${s.name}'`, path }))),
+    ];
+    const dependents = new Set<string>();
+    for (const { what, path } of layered) if ((await backingChain(path)).some((layer) => disks.includes(layer))) dependents.add(what);
+    if (dependents.size) {
+      throw new PyroError("INVALID_ARGUMENT", `snapshot '${name}' is the base of ${[...dependents].join(" and ")}; reset to another snapshot first`);
     }
     await rm(snapshotDir(ctx, record.id, name), { recursive: true, force: true });
     record.snapshots = record.snapshots.filter((s) => s.name !== name);
@@ -144,9 +143,10 @@ export async function resetWorkspace(ctx: WorkspaceContext, ref: string, name = 
     record.updated_at = nowIso();
     await ctx.store.write(record);
     const dir = snapshotDir(ctx, record.id, name);
+    const workspaceDisk = snapshot.workspace_disk_file ? { workspaceDiskPath: join(dir, snapshot.workspace_disk_file) } : {};
     const vm = snapshot.template
       ? await restoreTemplateBaseline(ctx, record, snapshot.template)
-      : await bootWorkspace(ctx, record, { kind: "restore", statePath: join(dir, snapshot.state_file), diskPath: join(dir, snapshot.disk_file), mode: "snapshot_restore" });
+      : await bootWorkspace(ctx, record, { kind: "restore", statePath: join(dir, snapshot.state_file), diskPath: join(dir, snapshot.disk_file), mode: "snapshot_restore", ...workspaceDisk });
     vm.detach();
     record.last_activity_at = record.updated_at = nowIso();
     await ctx.store.write(record);

@@ -1,14 +1,14 @@
-import { createHash } from "node:crypto";
 import { open, readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { createTwoFilesPatch } from "diff";
 import { Header, Pack, Parser, ReadEntry } from "tar";
 import { PyroError } from "../errors.js";
 import { assertOutputFree, publishNewFile } from "../storage/new-host-file.js";
 import { prepareTree } from "./archive-safety.js";
 import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { extractTarInGuest, packInGuest, readFileChunks } from "./guest-transfer.js";
-import { isText } from "./text-content.js";
+import { formatFileDiff, type TreeEntry } from "./file-diff.js";
+import { exportDirectoryFromDisk } from "./workspace-export.js";
+import { diffWorkspaceDisk, type DiffOptions, type DiskDiffPage } from "./workspace-diff.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { Redactor } from "./secret-redaction.js";
 
@@ -25,12 +25,6 @@ export async function syncPush(ctx: WorkspaceContext, ref: string, source: strin
   }, "sync push");
 }
 
-interface TreeEntry {
-  type: string;
-  mode: number;
-  data?: Buffer;
-  linkpath?: string;
-}
 
 async function readTree(tarBytes: Buffer): Promise<Map<string, TreeEntry>> {
   const entries = new Map<string, TreeEntry>();
@@ -56,17 +50,12 @@ async function readTree(tarBytes: Buffer): Promise<Map<string, TreeEntry>> {
 }
 
 
-function describe(entry: TreeEntry): string {
-  if (entry.type === "SymbolicLink") return `symlink -> ${entry.linkpath}`;
-  if (entry.data) return isText(entry.data) ? entry.data.toString("utf8") : `binary ${createHash("sha256").update(entry.data).digest("hex").slice(0, 12)}`;
-  return entry.type.toLowerCase();
-}
-
 export interface DiffResult {
   workspace_id: string;
   changed: boolean;
-  summary: { added: number; modified: number; deleted: number; binary: number };
-  files: { path: string; status: "added" | "modified" | "deleted"; binary: boolean }[];
+  /** binary: null in summary mode (no contents are read). */
+  summary: { added: number; modified: number; deleted: number; binary: number | null };
+  files: { path: string; status: "added" | "modified" | "deleted"; binary: boolean | null }[];
   patch: string;
 }
 
@@ -86,30 +75,25 @@ export async function diffTrees(baselineTar: Buffer, currentTar: Buffer, redacto
     if (a?.type === "Directory" && b?.type === "Directory") continue;
     if (a && b && a.type === b.type && a.linkpath === b.linkpath && a.mode === b.mode && (a.data === b.data || (a.data && b.data && a.data.equals(b.data)))) continue;
     if ((a?.type === "Directory" && !b) || (b?.type === "Directory" && !a)) continue; // their files tell the story
-    const path = redactor.text(originalPath);
-    const status = !a ? "added" : !b ? "deleted" : "modified";
-    const binary = Boolean((a?.data && !isText(a.data)) || (b?.data && !isText(b.data)));
-    result.summary[status]++;
-    if (binary) result.summary.binary++;
-    result.files.push({ path, status, binary });
-    if (binary) {
-      parts.push(`diff --pyro a/${path} b/${path}\nBinary files ${a ? `a/${path}` : "/dev/null"} and ${b ? `b/${path}` : "/dev/null"} differ\n`);
-      continue;
-    }
-    const modeNote = a && b && a.mode !== b.mode ? `old mode ${a.mode.toString(8)}\nnew mode ${b.mode.toString(8)}\n` : "";
-    const shown = (entry: TreeEntry | undefined) => (entry ? redactor.text(describe(entry)) : "");
-    const text = createTwoFilesPatch(a ? `a/${path}` : "/dev/null", b ? `b/${path}` : "/dev/null", shown(a), shown(b), undefined, undefined, { context: 3 });
-    // jsdiff starts with an "Index:"/separator preamble; keep git-like headers only.
-    parts.push(modeNote + text.split("\n").filter((l) => !l.startsWith("Index:") && !/^=+$/.test(l)).join("\n"));
+    const file = formatFileDiff(originalPath, a, b, redactor);
+    result.summary[file.status]++;
+    if (file.binary) result.summary.binary = (result.summary.binary ?? 0) + 1;
+    result.files.push({ path: file.path, status: file.status, binary: file.binary });
+    parts.push(file.patch);
   }
   result.patch = parts.join("");
   result.changed = result.files.length > 0;
   return result;
 }
 
-/** Unified diff of /workspace against the baseline captured at create (added, deleted, binary files too). */
-export async function diffWorkspace(ctx: WorkspaceContext, ref: string): Promise<DiffResult> {
+/**
+ * Unified diff of /workspace against the baseline captured at create (added, deleted, binary files
+ * too), a page at a time (DIFF_PAGE_LIMITS); `summary` lists changed paths and counts without contents.
+ */
+export async function diffWorkspace(ctx: WorkspaceContext, ref: string, options: DiffOptions = {}): Promise<DiffResult & Partial<DiskDiffPage>> {
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
+    if (record.disk_gib !== null) return { workspace_id: record.id, ...(await diffWorkspaceDisk(ctx, record, vm.agent, session.redactor, options)) };
+    // Created before /workspace had its own disk: the baseline is a tar captured at create.
     const baselineBytes = await readFile(join(ctx.store.dir(record.id), "baseline.tar")).catch(() => {
       throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
     });
@@ -180,6 +164,11 @@ export async function exportFromWorkspace(ctx: WorkspaceContext, ref: string, pa
         } finally {
           await out.close();
         }
+      });
+    } else if (st.type === "directory" && record.disk_gib !== null) {
+      kind = "archive";
+      await publishNewFile(output, async (scratchFile) => {
+        written = await exportDirectoryFromDisk(ctx, record, vm, guestPath, session.redactor, scratchFile);
       });
     } else if (st.type === "directory") {
       const bytes = await redactTar(await packInGuest(vm.agent, guestPath), session.redactor);

@@ -18,6 +18,7 @@ mod services;
 mod shells;
 mod sys;
 mod tar_extract;
+mod workspace_disk;
 
 use json::{obj, s, Json};
 use protocol::{Context, Writer};

@@ -193,6 +193,8 @@ fn dispatch(ctx: &Context, op: &str, header: &Json, payload: Vec<u8>) -> Result<
         "file.mkdir" => files::mkdir(header),
         "file.remove" => files::remove(header),
         "file.extract" => crate::tar_extract::extract(header),
+        "workspace.mount" => crate::workspace_disk::mount(header),
+        "tree.manifest" => crate::workspace_disk::manifest(header),
         "service.start" => ctx.services.start(&ctx.registry, header),
         "service.status" => ctx.services.status(header),
         "service.list" => ctx.services.list(),

@@ -108,6 +108,14 @@ pub fn mount_fs(source: &str, target: &str, fstype: &str, flags: c_ulong, data: 
     check(unsafe { mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr() as *const c_void) })
 }
 
+/// Drops a block device's cached buffers (BLKFLSBUF), so the next reads come from the device.
+pub fn flush_block_buffers(device: &str) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    const BLKFLSBUF: c_ulong = 0x1261;
+    let file = std::fs::File::open(device)?;
+    check(unsafe { ioctl(file.as_raw_fd(), BLKFLSBUF, std::ptr::null_mut()) })
+}
+
 pub fn set_hostname(name: &str) -> io::Result<()> {
     check(unsafe { sethostname(name.as_ptr() as *const c_char, name.len()) })
 }

@@ -5,7 +5,7 @@ import { emit, printJson, summaryLine as line } from "../output.js";
 import { collect, collectKeyValue, collectKeyValues, integerOption, secondsOption, secondsUpTo } from "../parse-options.js";
 import { registerWorkspaceFullCommands } from "./workspace-full-commands.js";
 import { COMMAND_TIMEOUT_MAX_SECONDS, DEFAULT_MACHINE_SHAPE, MACHINE_SHAPE_LIMITS } from "../../runtime/guest-limits.js";
-import { FILE_READ_DEFAULT_MAX_BYTES, FILE_READ_MAX_BYTES, NETWORK_POLICIES, WORKSPACE_EXEC_DEFAULTS } from "../../workspaces/workspace-limits.js";
+import { DIFF_PAGE_LIMITS, FILE_READ_DEFAULT_MAX_BYTES, FILE_READ_MAX_BYTES, NETWORK_POLICIES, WORKSPACE_DISK_GIB, WORKSPACE_EXEC_DEFAULTS } from "../../workspaces/workspace-limits.js";
 
 type PyroFactory = () => Promise<Pyro>;
 
@@ -20,6 +20,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--seed-path <path>", "host directory or .tar/.tar.gz/.tgz to put in /workspace")
     .option("--vcpu-count <n>", `virtual CPUs (default ${DEFAULT_MACHINE_SHAPE.vcpuCount})`, integerOption(MACHINE_SHAPE_LIMITS.vcpuCount.min, MACHINE_SHAPE_LIMITS.vcpuCount.max))
     .option("--mem-mib <n>", `memory in MiB (default ${DEFAULT_MACHINE_SHAPE.memMib})`, integerOption(MACHINE_SHAPE_LIMITS.memMib.min, MACHINE_SHAPE_LIMITS.memMib.max))
+    .option("--disk-gib <n>", `size of the /workspace disk in GiB (default ${WORKSPACE_DISK_GIB.default}); the seed must fit`, integerOption(WORKSPACE_DISK_GIB.min, WORKSPACE_DISK_GIB.max))
     .option("--ttl-seconds <s>", "delete after this long without activity", secondsOption)
     .option("--secret <NAME=VALUE>", "a secret (repeatable); injected: the value in the guest's tmpfs, redacted from output; scoped with --secret-host: the guest gets a placeholder only", collectKeyValue)
     .option("--secret-file <NAME=PATH>", "a secret read from a host file (repeatable)", collectKeyValue)
@@ -30,13 +31,14 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--allow-host <host|cidr>", "egress allowlist entry (repeatable), e.g. pypi.org, *.npmjs.org, 203.0.113.0/24", collect)
     .addOption(new Option("--id-only", "print only the workspace id").conflicts("json"))
     .option("--json", "print JSON")
-    .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; ttlSeconds?: number; secret?: Record<string, string>; secretFile?: Record<string, string>; secretHost?: Record<string, string[]>; secretMemoryOnly?: boolean; inspectTls?: boolean; networkPolicy: string; allowHost?: string[]; idOnly?: boolean; json?: boolean }) => {
+    .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; diskGib?: number; ttlSeconds?: number; secret?: Record<string, string>; secretFile?: Record<string, string>; secretHost?: Record<string, string[]>; secretMemoryOnly?: boolean; inspectTls?: boolean; networkPolicy: string; allowHost?: string[]; idOnly?: boolean; json?: boolean }) => {
       const r = await (await pyro()).createWorkspace(environment, {
         ...(o.name !== undefined ? { name: o.name } : {}),
         ...(o.label ? { labels: o.label } : {}),
         ...(o.seedPath ? { seedPath: o.seedPath } : {}),
         ...(o.vcpuCount ? { vcpuCount: o.vcpuCount } : {}),
         ...(o.memMib ? { memMib: o.memMib } : {}),
+        ...(o.diskGib ? { diskGib: o.diskGib } : {}),
         ...(o.ttlSeconds ? { ttlSeconds: o.ttlSeconds } : {}),
         ...(o.secret ? { secrets: o.secret } : {}),
         ...(o.secretFile ? { secretFiles: o.secretFile } : {}),
@@ -210,12 +212,16 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     });
 
   ws.command("diff")
-    .description("Unified diff of /workspace against the baseline captured at create.")
+    .description("Unified diff of /workspace against the baseline captured at create, a page at a time.")
     .argument("<workspace>", "id or name")
+    .option("--summary", "changed paths and counts only (no contents read)")
+    .option("--offset <n>", "first changed file to show (a previous page's next_offset)", integerOption(0, Number.MAX_SAFE_INTEGER))
+    .option("--limit <n>", `changed files per page (patch: up to ${DIFF_PAGE_LIMITS.patchFiles}; summary: up to ${DIFF_PAGE_LIMITS.summaryFiles})`, integerOption(1, DIFF_PAGE_LIMITS.summaryFiles))
     .option("--json", "print JSON")
-    .action(async (ref: string, o: { json?: boolean }) => {
-      const r = await (await pyro()).diffWorkspace(ref);
-      emit(o.json, r, () => r.patch || "no changes since the baseline\n");
+    .action(async (ref: string, o: { summary?: boolean; offset?: number; limit?: number; json?: boolean }) => {
+      const r = await (await pyro()).diffWorkspace(ref, { ...(o.summary ? { summary: true } : {}), ...(o.offset !== undefined ? { offset: o.offset } : {}), ...(o.limit !== undefined ? { limit: o.limit } : {}) });
+      const more = typeof r.next_offset === "number" ? `# ${r.total_files} changed in all; next page: --offset ${r.next_offset}\n` : "";
+      emit(o.json, r, () => (o.summary ? r.files.map((f) => `${f.status[0]!.toUpperCase()} ${f.path}\n`).join("") : r.patch) + more || "no changes since the baseline\n");
     });
 
   ws.command("export")

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { NETWORK_POLICIES } from "../../workspaces/workspace-limits.js";
+import { NETWORK_POLICIES, WORKSPACE_DISK_GIB } from "../../workspaces/workspace-limits.js";
 import { environment, memMib, vcpuCount } from "../tool-arguments.js";
 import { ADDITIVE, defineTool } from "../tool-definition.js";
 
@@ -19,6 +19,13 @@ export const workspaceCreate = defineTool({
     labels: z.record(z.string(), z.string()).optional(),
     vcpu_count: vcpuCount,
     mem_mib: memMib,
+    disk_gib: z
+      .number()
+      .int()
+      .min(WORKSPACE_DISK_GIB.min)
+      .max(WORKSPACE_DISK_GIB.max)
+      .optional()
+      .describe(`Size of the /workspace disk in GiB (default ${WORKSPACE_DISK_GIB.default}); the seed must fit`),
     ttl_seconds: z.number().positive().optional().describe("Delete after this long without activity"),
     secrets: z
       .record(z.string(), z.string())
@@ -38,7 +45,7 @@ export const workspaceCreate = defineTool({
     allow_hosts: z.array(z.string()).optional().describe("Egress allowlist: host names (*.example.com) or CIDRs"),
   },
   gated: {
-    machineShape: ["vcpu_count", "mem_mib", "ttl_seconds"],
+    machineShape: ["vcpu_count", "mem_mib", "disk_gib", "ttl_seconds"],
     secretsAndNetwork: ["secrets", "secret_hosts", "secret_memory_only", "inspect_tls", "network_policy", "allow_hosts"],
   },
   run: (a, rt) =>
@@ -48,6 +55,7 @@ export const workspaceCreate = defineTool({
       ...(a.labels ? { labels: a.labels } : {}),
       ...(a.vcpu_count !== undefined ? { vcpuCount: a.vcpu_count } : {}),
       ...(a.mem_mib !== undefined ? { memMib: a.mem_mib } : {}),
+      ...(a.disk_gib !== undefined ? { diskGib: a.disk_gib } : {}),
       ...(a.ttl_seconds !== undefined ? { ttlSeconds: a.ttl_seconds } : {}),
       ...(a.secrets ? { secrets: a.secrets } : {}),
       ...(a.network_policy ? { networkPolicy: a.network_policy } : {}),

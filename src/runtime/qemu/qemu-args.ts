@@ -57,6 +57,9 @@ export function guestConnectionForwarder(socat: string, egressSocket: string): s
  */
 const RAM_BACKEND_ID = "microvm.ram";
 
+/** The /workspace disk's virtio serial; the agent finds the disk by it (guest/agent/src/workspace_disk.rs). */
+export const WORKSPACE_DISK_SERIAL = "pyro-workspace";
+
 /**
  * TCG's translated-code buffer, in MiB. QEMU 7.2's default is 1 GiB, and its pages stay resident at
  * their high-water mark, so a VM that once ran a big build would keep up to 1 GiB of host memory
@@ -121,6 +124,9 @@ export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
     "-serial", `chardev:${CONSOLE_CHARDEV_ID}`,
     "-drive", `id=root,file=${disk.path},format=${disk.format},if=none,cache=${disk.cache}${disk.readOnly ? ",readonly=on" : ""}`,
     "-device", "virtio-blk-device,drive=root",
+    ...(spec.workspaceDisk
+      ? ["-drive", `id=workspace,file=${spec.workspaceDisk.path},format=${spec.workspaceDisk.format},if=none,cache=${spec.workspaceDisk.cache}`, "-device", `virtio-blk-device,drive=workspace,serial=${WORKSPACE_DISK_SERIAL}`]
+      : []),
     "-device", "virtio-serial-device",
     "-chardev", `socket,id=agent,path=${files.agentSocket},server=on,wait=off`,
     "-device", "virtserialport,chardev=agent,name=org.pyro.agent",

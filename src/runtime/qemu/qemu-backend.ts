@@ -439,6 +439,12 @@ class QemuVm implements RunningVm {
     });
   }
 
+  pause(): Promise<void> {
+    return this.withQmp(async (qmp) => {
+      await qmp.execute("stop");
+    });
+  }
+
   resume(): Promise<void> {
     return this.withQmp(async (qmp) => {
       await qmp.execute("cont");

@@ -42,6 +42,8 @@ mod shells;
 mod sys;
 #[path = "../tar_extract.rs"]
 mod tar_extract;
+#[path = "../workspace_disk.rs"]
+mod workspace_disk;
 
 use json::{obj, s, Json};
 use protocol::{Context, Writer};
@@ -250,6 +252,9 @@ fn misbehave(writer: &Writer, mode: &str, id: i64, request: &Json) {
                 .collect();
             writer.send(&ok(id, vec![("entries", Json::Array(entries)), ("truncated", Json::Bool(false))]), &[]);
         }
+        // tree.manifest replies (what diff and export read back) naming a path outside /workspace, or cut off.
+        "manifest-escape" => writer.send(&ok(id, vec![("entries", Json::Int(1)), ("truncated", Json::Bool(false))]), b"f 644 1 0 0 1 1\0../../etc/passwd\0\0"),
+        "manifest-garbage" => writer.send(&ok(id, vec![("entries", Json::Int(1)), ("truncated", Json::Bool(false))]), b"f 644 1 0 0 1 1\0unterminated"),
         // exec replies whose stdout is a hostile tar (what diff/export/baseline read back).
         m if m.starts_with("tar-") => {
             let tar = hostile_tar(&m[4..]);

@@ -1,0 +1,132 @@
+/**
+ * Benchmark (not a test): seeding, diffing and exporting a synthetic tree through pyro's /workspace
+ * disk, against the host floor measured in the same run on the same tree:
+ *   seed   `workspace create --seed-path`       vs  tar -c | tar -x of the tree
+ *   diff   `workspace diff --summary` after appending to --changed files  vs  diff -rq of two copies
+ *   export `workspace export . --output x.tar`  vs  tar -c -f x.tar of the tree
+ *   sync   `workspace sync push` of --changed files  vs  tar -c | tar -x of those files
+ * Each pyro step is its own CLI process; "peak RSS" is the largest of that process and the tools it
+ * waited for (mkfs, debugfs, tar…), from getrusage(RUSAGE_CHILDREN) of a wrapper. Medians of --runs.
+ *
+ *   flock /tmp/pyro-vm.lock node dist/bench/workspace-disk.js [--files 10000] [--file-bytes 12000] [--changed 1000] [--runs 3] [--disk-gib 4]
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+function option(name: string, fallback: number): number {
+  const at = process.argv.indexOf(`--${name}`);
+  return at > 0 ? Number(process.argv[at + 1]) : fallback;
+}
+const FILES = option("files", 10_000);
+const FILE_BYTES = option("file-bytes", 12_000);
+const CHANGED = option("changed", 1_000);
+const RUNS = option("runs", 3);
+const DISK_GIB = option("disk-gib", 4);
+const CLI = join(dirname(fileURLToPath(import.meta.url)), "..", "src", "cli", "main.js");
+const PER_DIR = 100;
+
+/** Runs a command; returns wall seconds, its stdout and the peak RSS (MiB) of it and what it waited for. */
+function timed(argv: string[], options: { shell?: boolean } = {}): { seconds: number; stdout: string; rssMib: number } {
+  const wrapper = [
+    "import resource, subprocess, sys, time, json",
+    "t = time.monotonic()",
+    `r = subprocess.run(sys.argv[1:], capture_output=True, shell=${options.shell ? "True" : "False"})`,
+    "d = time.monotonic() - t",
+    "sys.stderr.write(r.stderr.decode(errors='replace'))",
+    "print(json.dumps({'seconds': d, 'rc': r.returncode, 'rss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, 'stdout': r.stdout.decode(errors='replace')}))",
+  ].join("\n");
+  const r = spawnSync("python3", ["-c", wrapper, ...(options.shell ? [argv.join(" ")] : argv)], { encoding: "utf8", maxBuffer: 256 << 20 });
+  const out = JSON.parse(r.stdout) as { seconds: number; rc: number; rss_kib: number; stdout: string };
+  if (out.rc !== 0) throw new Error(`${argv.join(" ")} failed (${out.rc}): ${r.stderr.slice(-2000)}`);
+  return { seconds: out.seconds, stdout: out.stdout, rssMib: out.rss_kib / 1024 };
+}
+
+const pyroCli = (...args: string[]) => timed([process.execPath, CLI, ...args]);
+
+async function makeTree(root: string): Promise<string[]> {
+  const files: string[] = [];
+  for (let i = 0; i < FILES; i++) {
+    const dir = join(root, `d${Math.floor(i / PER_DIR)}`);
+    if (i % PER_DIR === 0) await mkdir(dir, { recursive: true });
+    const rel = `d${Math.floor(i / PER_DIR)}/f${i}.txt`;
+    // Text-like content (hex), so a diff shows lines rather than "binary".
+    await writeFile(join(root, rel), randomBytes(FILE_BYTES / 2).toString("hex") + "\n");
+    files.push(rel);
+  }
+  return files;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+async function main(): Promise<void> {
+  const work = await mkdtemp(join(tmpdir(), "pyro-bench-disk-"));
+  const tree = join(work, "tree");
+  await mkdir(tree);
+  const files = await makeTree(tree);
+  const changed = files.slice(0, CHANGED);
+  const mb = Number(execFileSync("du", ["-sm", "--apparent-size", tree], { encoding: "utf8" }).split("\t")[0]);
+  console.log(`tree: ${FILES} files of ${FILE_BYTES} bytes in ${Math.ceil(FILES / PER_DIR)} dirs, ${mb} MB; ${CHANGED} changed; ${RUNS} runs; disk ${DISK_GIB} GiB`);
+  const rows: Record<string, { pyro: number[]; floor: number[]; rss: number[] }> = {};
+  const record = (name: string, pyro: number, floor: number, rss: number) => {
+    rows[name] ??= { pyro: [], floor: [], rss: [] };
+    rows[name]!.pyro.push(pyro);
+    rows[name]!.floor.push(floor);
+    rows[name]!.rss.push(rss);
+  };
+  try {
+    for (let run = 1; run <= RUNS; run++) {
+      const scratch = join(work, `run${run}`);
+      await mkdir(scratch);
+      // Host floors, same run, same tree.
+      const copyA = join(scratch, "a");
+      const copyB = join(scratch, "b");
+      await mkdir(copyA);
+      const seedFloor = timed([`tar -C ${tree} -cf - . | tar -C ${copyA} -xf -`], { shell: true }).seconds;
+      execFileSync("cp", ["-a", copyA, copyB]);
+      for (const rel of changed) execFileSync("sh", ["-c", `echo more >> '${join(copyB, rel)}'`]);
+      const diffFloor = timed([`diff -rq ${copyA} ${copyB} > /dev/null; test $? -le 1`], { shell: true }).seconds;
+      const exportFloor = timed(["tar", "-C", tree, "-cf", join(scratch, "floor.tar"), "."]).seconds;
+      const syncList = join(scratch, "sync.list");
+      await writeFile(syncList, changed.join("\n") + "\n");
+      const syncDir = join(scratch, "sync");
+      await mkdir(syncDir);
+      const syncFloor = timed([`tar -C ${copyB} -cf - -T ${syncList} | tar -C ${syncDir} -xf -`], { shell: true }).seconds;
+
+      const created = pyroCli("workspace", "create", "debian:12", "--seed-path", tree, "--disk-gib", String(DISK_GIB), "--json");
+      const id = (JSON.parse(created.stdout) as { workspace_id: string }).workspace_id;
+      try {
+        record("seed (create)", created.seconds, seedFloor, created.rssMib);
+        const appendScript = `cd /workspace && for f in ${changed.join(" ")}; do echo more >> $f; done`;
+        await writeFile(join(scratch, "append.sh"), appendScript);
+        // The changes themselves are guest work, not timed.
+        pyroCli("workspace", "exec", id, "--", "sh", "-c", appendScript);
+        const diff = pyroCli("workspace", "diff", id, "--summary", "--json");
+        const total = (JSON.parse(diff.stdout) as { total_files: number }).total_files;
+        if (total !== CHANGED) throw new Error(`diff found ${total} changed files, expected ${CHANGED}`);
+        record("diff --summary", diff.seconds, diffFloor, diff.rssMib);
+        const exported = pyroCli("workspace", "export", id, ".", "--output", join(scratch, "pyro.tar"), "--json");
+        record("export .", exported.seconds, exportFloor, exported.rssMib);
+        const pushed = pyroCli("workspace", "sync", "push", id, syncDir, "--json");
+        record(`sync push (${CHANGED} files)`, pushed.seconds, syncFloor, pushed.rssMib);
+      } finally {
+        pyroCli("workspace", "delete", id, "--json");
+      }
+      await rm(scratch, { recursive: true, force: true });
+    }
+    console.log("| step | pyro (s) | host floor (s) | ratio | pyro peak RSS (MiB) |");
+    console.log("|---|---|---|---|---|");
+    for (const [name, r] of Object.entries(rows)) {
+      const p = median(r.pyro);
+      const f = median(r.floor);
+      console.log(`| ${name} | ${p.toFixed(2)} | ${f.toFixed(3)} | ${(p / f).toFixed(1)}x | ${Math.max(...r.rss).toFixed(0)} |`);
+    }
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+await main();

@@ -1,0 +1,72 @@
+import { PyroError } from "../errors.js";
+
+/**
+ * A tree's metadata, one record per entry: what the guest's `tree.manifest` walk returns for the
+ * live /workspace, and what the seed builder saves for the baseline (the seed image's content).
+ * Record: `type mode size mtime_ns ctime_ns ino nlink\0path\0target\0`, path relative to the tree's
+ * root, target empty unless a symlink. Types: f file, d directory, l symlink, o anything else.
+ * The guest's manifests are hostile input: every field is checked, never trusted to be sane.
+ */
+export interface ManifestEntry {
+  path: string;
+  type: "f" | "d" | "l" | "o";
+  mode: number;
+  size: number;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  ino: number;
+  nlink: number;
+  target: string;
+}
+
+const HEAD = /^([fdlo]) ([0-7]{1,5}) (\d{1,20}) (-?\d{1,30}) (-?\d{1,30}) (\d{1,20}) (\d{1,20})$/;
+
+function bad(why: string): PyroError {
+  return new PyroError("GUEST_PROTOCOL_ERROR", `tree manifest is malformed: ${why}`);
+}
+
+/** A manifest path: relative, no empty, '.' or '..' components, no NUL (split already removed those). */
+function checkPath(path: string): string {
+  if (!path || path.startsWith("/") || path.split("/").some((p) => p === "" || p === "." || p === "..")) throw bad(`path '${path.slice(0, 200)}' is not a plain relative path`);
+  return path;
+}
+
+export function encodeManifest(entries: Iterable<ManifestEntry>): Buffer {
+  const parts: Buffer[] = [];
+  for (const e of entries) {
+    parts.push(Buffer.from(`${e.type} ${e.mode.toString(8)} ${e.size} ${e.mtimeNs} ${e.ctimeNs} ${e.ino} ${e.nlink}\0${e.path}\0${e.target}\0`, "utf8"));
+  }
+  return Buffer.concat(parts);
+}
+
+/** Parses a manifest; throws GUEST_PROTOCOL_ERROR (callers rewrap) on anything out of shape. */
+export function parseManifest(bytes: Buffer): ManifestEntry[] {
+  const out: ManifestEntry[] = [];
+  let at = 0;
+  const field = (): string => {
+    const end = bytes.indexOf(0, at);
+    if (end < 0) throw bad("a record is cut off");
+    const text = bytes.toString("utf8", at, end);
+    at = end + 1;
+    return text;
+  };
+  const seen = new Set<string>();
+  const directories = new Set<string>();
+  while (at < bytes.length) {
+    const head = HEAD.exec(field());
+    if (!head) throw bad("a record header is out of shape");
+    const path = checkPath(field());
+    const target = field();
+    if (seen.has(path)) throw bad(`path '${path.slice(0, 200)}' is listed twice`);
+    // Parents come first and are directories: an entry "under" a symlink would have an archive
+    // built from the manifest write through that link when unpacked.
+    const parent = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : "";
+    if (parent && !directories.has(parent)) throw bad(`'${path.slice(0, 200)}' is not below a directory listed before it`);
+    seen.add(path);
+    if (head[1] === "d") directories.add(path);
+    const size = Number(head[3]);
+    if (!Number.isSafeInteger(size)) throw bad("a size is out of range");
+    out.push({ path, type: head[1] as ManifestEntry["type"], mode: parseInt(head[2]!, 8) & 0o7777, size, mtimeNs: BigInt(head[4]!), ctimeNs: BigInt(head[5]!), ino: Number(head[6]), nlink: Number(head[7]), target });
+  }
+  return out;
+}

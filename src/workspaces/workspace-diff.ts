@@ -1,0 +1,193 @@
+import { lstat, readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { isPyroError, PyroError } from "../errors.js";
+import type { AgentClient } from "../guest-protocol/agent-client.js";
+import { makePrivateTempDir } from "../storage/private-storage.js";
+import { Ext4Image } from "./disk-image.js";
+import { WORKSPACE_ROOT } from "./guest-paths.js";
+import { readFileChunks } from "./guest-transfer.js";
+import type { Redactor } from "./secret-redaction.js";
+import { parseManifest, type ManifestEntry } from "./tree-manifest.js";
+import { baselineManifestPath, seedImagePath } from "./workspace-boot.js";
+import type { WorkspaceContext } from "./workspace-context.js";
+import type { WorkspaceRecord } from "./workspace-record.js";
+import { formatFileDiff, type TreeEntry } from "./file-diff.js";
+import { DIFF_PAGE_LIMITS } from "./workspace-limits.js";
+
+/**
+ * Diff of a workspace whose /workspace is its own disk, against the seed image it was built from.
+ * What changed is found from metadata alone: the guest walks /workspace (tree.manifest) and the
+ * host compares with the manifest saved when the seed image was built. Every inode mkfs wrote has a
+ * ctime at or before the build finished, and any change in the guest (contents, mode, rename, link)
+ * sets a later one, so an entry changed iff it is new, gone, of another type/mode/size/target, or
+ * has a later ctime. Only the changed files' contents are ever read, one page at a time: the
+ * current ones from the guest, the baseline ones from the seed image (debugfs, sandboxed).
+ */
+
+export { DIFF_PAGE_LIMITS };
+
+/** The guest's manifest of /workspace may be at most this big (~500k entries). */
+const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
+
+export interface DiffOptions {
+  /** Paths and counts only: no file contents are read. */
+  summary?: boolean;
+  /** Index of the first changed file to list (from a previous result's next_offset). */
+  offset?: number;
+  /** Changed files per page (default and maximum: DIFF_PAGE_LIMITS). */
+  limit?: number;
+}
+
+export interface Change {
+  path: string;
+  status: "added" | "modified" | "deleted";
+  before?: ManifestEntry;
+  after?: ManifestEntry;
+}
+
+/**
+ * What changed between two manifests, sorted by path. Directories count only through their
+ * contents (as in git): an empty directory added or removed is not a change.
+ */
+export function changedEntries(baseline: ManifestEntry[], current: ManifestEntry[], builtAtNs: bigint): Change[] {
+  const before = new Map(baseline.map((e) => [e.path, e]));
+  const changes: Change[] = [];
+  const seen = new Set<string>();
+  for (const after of current) {
+    seen.add(after.path);
+    const base = before.get(after.path);
+    if (!base) {
+      if (after.type !== "d") changes.push({ path: after.path, status: "added", after });
+      continue;
+    }
+    if (base.type === "d" && after.type === "d") continue;
+    if (base.type !== after.type) {
+      // A directory that became a file (or back): its former contents are listed as deleted/added.
+      if (base.type === "d") changes.push({ path: after.path, status: "added", after });
+      else if (after.type === "d") changes.push({ path: after.path, status: "deleted", before: base });
+      else changes.push({ path: after.path, status: "modified", before: base, after });
+      continue;
+    }
+    const differs = base.mode !== after.mode || (after.type === "f" && base.size !== after.size) || base.target !== after.target || after.ctimeNs > builtAtNs;
+    if (differs) changes.push({ path: after.path, status: "modified", before: base, after });
+  }
+  for (const base of baseline) if (!seen.has(base.path) && base.type !== "d") changes.push({ path: base.path, status: "deleted", before: base });
+  return changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/** The guest's manifest of /workspace, checked like any guest data. */
+export async function guestManifest(agent: AgentClient): Promise<ManifestEntry[]> {
+  const { header, payload } = await agent.request("tree.manifest", { path: WORKSPACE_ROOT, max_bytes: MAX_MANIFEST_BYTES }, undefined, { timeoutMs: 600_000 });
+  if (header.truncated === true) throw new PyroError("GUEST_OPERATION_FAILED", `/workspace has too many entries to diff (its listing is over ${MAX_MANIFEST_BYTES >> 20} MiB)`);
+  try {
+    return parseManifest(payload);
+  } catch (error) {
+    if (isPyroError(error, "GUEST_PROTOCOL_ERROR")) throw agent.rejectGuestData(error.message);
+    throw error;
+  }
+}
+
+export interface DiskDiffPage {
+  changed: boolean;
+  summary: { added: number; modified: number; deleted: number; binary: number | null };
+  files: { path: string; status: Change["status"]; binary: boolean | null }[];
+  patch: string;
+  mode: "summary" | "patch";
+  /** Changed entries in all (the summary's counts are over all of them). */
+  total_files: number;
+  offset: number;
+  /** Where the next page starts; null on the last. */
+  next_offset: number | null;
+}
+
+function pageBounds(options: DiffOptions): { offset: number; limit: number } {
+  const max = options.summary ? DIFF_PAGE_LIMITS.summaryFiles : DIFF_PAGE_LIMITS.patchFiles;
+  const offset = options.offset ?? 0;
+  const limit = options.limit ?? max;
+  if (!Number.isSafeInteger(offset) || offset < 0) throw new PyroError("INVALID_ARGUMENT", `diff offset must be a non-negative integer, got ${offset}`);
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > max) throw new PyroError("INVALID_ARGUMENT", `diff limit must be 1-${max}, got ${limit}`);
+  return { offset, limit };
+}
+
+export async function diffWorkspaceDisk(ctx: WorkspaceContext, record: WorkspaceRecord, agent: AgentClient, redactor: Redactor, options: DiffOptions = {}): Promise<DiskDiffPage> {
+  const { offset, limit } = pageBounds(options);
+  const builtAt = record.seed.built_at_ns;
+  if (builtAt === null) throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
+  const baseline = parseManifest(await readFile(baselineManifestPath(ctx, record.id)));
+  const changes = changedEntries(baseline, await guestManifest(agent), BigInt(builtAt));
+  const counts = { added: 0, modified: 0, deleted: 0 };
+  for (const c of changes) counts[c.status]++;
+  const page = changes.slice(offset, offset + limit);
+  const base = { mode: options.summary ? ("summary" as const) : ("patch" as const), total_files: changes.length, offset };
+  if (options.summary) {
+    const next = offset + page.length < changes.length ? offset + page.length : null;
+    return { ...base, changed: changes.length > 0, summary: { ...counts, binary: null }, files: page.map((c) => ({ path: redactor.text(c.path), status: c.status, binary: null })), patch: "", next_offset: next };
+  }
+  const entries = await pageContents(ctx, record, agent, page);
+  const files: DiskDiffPage["files"] = [];
+  const parts: string[] = [];
+  let bytes = 0;
+  let taken = 0;
+  let binary = 0;
+  for (const change of page) {
+    taken++;
+    const { a, b } = entries.get(change.path)!;
+    // Rewritten with the same bytes (metadata changed only): nothing to show.
+    if (a && b && a.type === b.type && a.mode === b.mode && a.linkpath === b.linkpath && !a.tooLarge && !b.tooLarge && a.data && b.data && a.data.equals(b.data)) continue;
+    const file = formatFileDiff(change.path, a, b, redactor);
+    files.push({ path: file.path, status: file.status, binary: file.binary });
+    if (file.binary) binary++;
+    parts.push(file.patch);
+    bytes += file.patch.length;
+    if (bytes >= DIFF_PAGE_LIMITS.patchBytes) break;
+  }
+  const end = offset + taken;
+  return { ...base, changed: changes.length > 0, summary: { ...counts, binary }, files, patch: parts.join(""), next_offset: end < changes.length ? end : null };
+}
+
+function treeEntry(entry: ManifestEntry, data: Buffer | undefined): TreeEntry {
+  const type = entry.type === "f" ? "File" : entry.type === "l" ? "SymbolicLink" : entry.type === "d" ? "Directory" : "Other";
+  return { type, mode: entry.mode, ...(data ? { data } : {}), ...(entry.type === "l" ? { linkpath: entry.target } : {}), ...(entry.type === "f" && entry.size > DIFF_PAGE_LIMITS.fileBytes ? { tooLarge: true } : {}) };
+}
+
+const wantsBytes = (e: ManifestEntry | undefined): e is ManifestEntry => e?.type === "f" && e.size <= DIFF_PAGE_LIMITS.fileBytes;
+
+/** Both sides of each changed file on a page: the baseline's from the seed image, the current one from the guest. */
+async function pageContents(ctx: WorkspaceContext, record: WorkspaceRecord, agent: AgentClient, page: Change[]): Promise<Map<string, { a?: TreeEntry; b?: TreeEntry }>> {
+  const baselineBytes = new Map<string, Buffer>();
+  const fromSeed = page.filter((c) => wantsBytes(c.before)).map((c) => c.path);
+  if (fromSeed.length) {
+    const image = new Ext4Image(seedImagePath(ctx, record.id));
+    const found = await image.lookupMany(fromSeed);
+    const scratch = await makePrivateTempDir(ctx.store.dir(record.id), ".disk-");
+    try {
+      const list = [...found.entries()];
+      await image.dumpInodes(list.map(([, e]) => e.inode), scratch, DIFF_PAGE_LIMITS.fileBytes);
+      for (const [i, [path]] of list.entries()) {
+        const file = join(scratch, String(i));
+        if ((await lstat(file).catch(() => undefined))?.isFile()) baselineBytes.set(path, await readFile(file));
+      }
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+    }
+  }
+  const out = new Map<string, { a?: TreeEntry; b?: TreeEntry }>();
+  for (const change of page) {
+    let current: Buffer | undefined;
+    if (wantsBytes(change.after)) {
+      const pieces: Buffer[] = [];
+      try {
+        for await (const piece of readFileChunks(agent, `${WORKSPACE_ROOT}/${change.path}`, change.after.size)) pieces.push(piece);
+        current = Buffer.concat(pieces);
+      } catch (error) {
+        // Gone (or replaced by a link) since the walk: a guest process is still busy; show what the walk saw.
+        if (!isPyroError(error, "GUEST_OPERATION_FAILED") && !isPyroError(error, "PATH_OUTSIDE_WORKSPACE")) throw error;
+      }
+    }
+    out.set(change.path, {
+      ...(change.before ? { a: treeEntry(change.before, baselineBytes.get(change.path) ?? (wantsBytes(change.before) ? Buffer.alloc(0) : undefined)) } : {}),
+      ...(change.after ? { b: treeEntry(change.after, current) } : {}),
+    });
+  }
+  return out;
+}
