@@ -6,7 +6,7 @@
  * and reported, never a reason to fail the create.
  */
 import { constants, type Stats } from "node:fs";
-import { lstat, open, readdir, readlink } from "node:fs/promises";
+import { lstat, open, readdir, readlink, realpath } from "node:fs/promises";
 import { join } from "node:path";
 import { Header, Pack, ReadEntry } from "tar";
 import { PyroError } from "../errors.js";
@@ -95,10 +95,18 @@ function reasonFor(error: unknown): string {
 /**
  * Packs a seed file set into a tar for the guest. Every path is resolved under the root by pyro
  * itself: each directory on the way must be a real directory (never a symlink), a file is opened
- * with O_NOFOLLOW and must still be the file lstat saw. Symlinks are copied as links (they resolve
- * inside the guest). At most MAX_ARCHIVE_BYTES of file content.
+ * with O_NOFOLLOW, must still be the file lstat saw, and must sit at root/path once open (a parent
+ * swapped for a link between the checks and the open is caught there). Symlinks are copied as
+ * links (they resolve inside the guest). At most MAX_SEED_ENTRIES entries and MAX_ARCHIVE_BYTES
+ * of file content.
  */
 export async function packSeedFiles(set: SeedFileSet): Promise<PackedSeed> {
+  const unique = [...new Set(set.paths)];
+  // Every entry costs a 512-byte header in memory, content or not: millions of empty files from a
+  // hostile checkout or clone would exhaust the host before the content bound ever trips.
+  if (unique.length > MAX_SEED_ENTRIES) throw new PyroError("INVALID_ARGUMENT", `${set.root} lists more than ${MAX_SEED_ENTRIES} entries; seed a smaller directory`);
+  // The canonical root: what /proc/self/fd says an opened file's path is gets compared against it.
+  const root = await realpath(set.root);
   const skipped: SkippedSeedFile[] = [...set.skipped];
   const pack = new Pack({ portable: true });
   const chunks: Buffer[] = [];
@@ -126,7 +134,7 @@ export async function packSeedFiles(set: SeedFileSet): Promise<PackedSeed> {
       if (!directories.has(dir)) {
         let st: Stats | undefined;
         try {
-          st = await lstat(join(set.root, dir));
+          st = await lstat(join(root, dir));
         } catch (error) {
           directories.set(dir, reasonFor(error));
         }
@@ -142,13 +150,13 @@ export async function packSeedFiles(set: SeedFileSet): Promise<PackedSeed> {
     return undefined;
   };
 
-  for (const path of [...new Set(set.paths)].sort()) {
+  for (const path of unique.sort()) {
     const parentProblem = unsafeRelativePath(path) ?? (await addParents(path));
     if (parentProblem) {
       skipped.push({ path, reason: parentProblem });
       continue;
     }
-    const hostPath = join(set.root, path);
+    const hostPath = join(root, path);
     let st: Stats;
     try {
       st = await lstat(hostPath);
@@ -170,6 +178,13 @@ export async function packSeedFiles(set: SeedFileSet): Promise<PackedSeed> {
           const now = await handle.stat();
           if (!now.isFile() || now.ino !== st.ino || now.dev !== st.dev) {
             skipped.push({ path, reason: "changed while being read" });
+            continue;
+          }
+          // O_NOFOLLOW guards the last component only; a parent directory replaced by a symlink
+          // after addParents looked would be followed. Where the kernel says the open file is decides.
+          const opened = await readlink(`/proc/self/fd/${handle.fd}`).catch(() => undefined);
+          if (opened !== hostPath) {
+            skipped.push({ path, reason: opened === undefined ? "unreadable (cannot confirm where it was opened: /proc/self/fd)" : "a parent directory became a symlink while being read: not followed" });
             continue;
           }
           if (bytes + now.size > MAX_ARCHIVE_BYTES) {

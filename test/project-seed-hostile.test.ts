@@ -1,0 +1,65 @@
+/**
+ * An attacker's pass over project seeds: a hostile checkout (its own .git/config, racing renames
+ * under the root, absurd listings) must not make pyro read or name host files outside the
+ * checkout, and must not exhaust it.
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { isPyroError } from "../src/errors.js";
+import { MAX_SEED_ENTRIES, packSeedFiles } from "../src/workspaces/seed-files.js";
+
+describe("hostile project seeds", () => {
+  let base: string;
+  before(async () => {
+    base = await mkdtemp(join(tmpdir(), "pyro-seed-hostile-"));
+  });
+  after(async () => {
+    await rm(base, { recursive: true, force: true });
+  });
+
+  it("never reads a file through a parent directory swapped for a symlink while packing (TOCTOU)", async () => {
+    const root = join(base, "race-root");
+    const secretDir = join(base, "race-outside");
+    await mkdir(join(root, "dir"), { recursive: true });
+    await mkdir(secretDir);
+    await writeFile(join(root, "dir", "file"), "inside\n");
+    await writeFile(join(root, "keep"), "k\n");
+    await writeFile(join(secretDir, "file"), "HOST-SECRET\n");
+    await symlink(secretDir, join(root, "link"));
+    // Another process flips root/dir between the real directory and a link out of the root.
+    const flip = `const fs=require("fs");const r=${JSON.stringify(root)};for(;;){try{fs.renameSync(r+"/dir",r+"/real");fs.renameSync(r+"/link",r+"/dir");fs.renameSync(r+"/dir",r+"/link");fs.renameSync(r+"/real",r+"/dir");}catch{}}`;
+    const flipper = spawn(process.execPath, ["-e", flip], { stdio: "ignore" });
+    let leaked = 0;
+    let readInside = 0;
+    try {
+      for (let i = 0; i < 1000; i++) {
+        const packed = await packSeedFiles({ root, paths: ["dir/file", "keep"], origin: { kind: "seed_path", ref: root, commit: null }, skipped: [] });
+        if (packed.tar.includes("HOST-SECRET")) leaked++;
+        if (packed.tar.includes("inside")) readInside++;
+      }
+    } finally {
+      flipper.kill("SIGKILL");
+    }
+    assert.equal(leaked, 0, `a host file outside the root was packed ${leaked} times out of 1000`);
+    assert.ok(readInside > 0, "the file inside the root is still packed when nothing races");
+  });
+
+  it("refuses a file set with more entries than a seed may hold before touching the disk", async () => {
+    const root = join(base, "many");
+    await mkdir(root);
+    await writeFile(join(root, "real"), "x\n");
+    const paths = Array.from({ length: MAX_SEED_ENTRIES + 1 }, (_, i) => `f${i}`);
+    paths.push("real");
+    const started = Date.now();
+    await assert.rejects(
+      packSeedFiles({ root, paths, origin: { kind: "project_path", ref: root, commit: null }, skipped: [] }),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && new RegExp(`more than ${MAX_SEED_ENTRIES} entries`).test(e.message),
+    );
+    assert.ok(Date.now() - started < 60_000, "refused up front, not after millions of lstat calls");
+  });
+
+});
