@@ -4,13 +4,21 @@
  * checkout, and must not exhaust it.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { isPyroError } from "../src/errors.js";
+import type { PyroPaths } from "../src/paths.js";
+import { resolveProjectSeed } from "../src/workspaces/project-seed.js";
 import { MAX_SEED_ENTRIES, packSeedFiles } from "../src/workspaces/seed-files.js";
+
+function git(cwd: string, ...args: string[]): string {
+  const r = spawnSync("git", ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", ...args], { cwd, encoding: "utf8", env: { PATH: process.env.PATH, HOME: cwd, GIT_CONFIG_NOSYSTEM: "1" } });
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout.trim();
+}
 
 describe("hostile project seeds", () => {
   let base: string;
@@ -19,6 +27,23 @@ describe("hostile project seeds", () => {
   });
   after(async () => {
     await rm(base, { recursive: true, force: true });
+  });
+
+  it("a checkout's core.worktree cannot make pyro list (or name) files outside the checkout", async () => {
+    const outside = join(base, "home-ssh");
+    await mkdir(outside);
+    await writeFile(join(outside, "id_ed25519-private-name"), "KEY\n");
+    const checkout = join(base, "worktree-redirect");
+    await mkdir(checkout);
+    await writeFile(join(checkout, "README"), "hi\n");
+    git(checkout, "init", "-q");
+    git(checkout, "add", "README");
+    git(checkout, "commit", "-q", "-m", "one");
+    git(checkout, "config", "core.worktree", outside);
+    const set = await resolveProjectSeed({ cacheDir: join(base, "cache"), stateDir: join(base, "state"), runtimeDir: join(base, "run") }, { kind: "project_path", path: checkout });
+    assert.deepEqual(set.paths, ["README"], "only the checkout's own files are listed");
+    const packed = await packSeedFiles(set);
+    assert.ok(!JSON.stringify(packed.skipped).includes("id_ed25519"), `a host file name leaked into the result: ${JSON.stringify(packed.skipped)}`);
   });
 
   it("never reads a file through a parent directory swapped for a symlink while packing (TOCTOU)", async () => {
@@ -62,4 +87,20 @@ describe("hostile project seeds", () => {
     assert.ok(Date.now() - started < 60_000, "refused up front, not after millions of lstat calls");
   });
 
+  it("never clones through a repos cache directory that is a symlink", async () => {
+    const source = join(base, "clone-source");
+    await mkdir(source);
+    await writeFile(join(source, "a"), "a\n");
+    git(source, "init", "-q");
+    git(source, "add", "a");
+    git(source, "commit", "-q", "-m", "one");
+    const cacheDir = join(base, "cache-planted");
+    const elsewhere = join(base, "planted-target");
+    await mkdir(cacheDir, { mode: 0o700 });
+    await mkdir(elsewhere);
+    await symlink(elsewhere, join(cacheDir, "repos"));
+    const paths: PyroPaths = { cacheDir, stateDir: join(base, "state2"), runtimeDir: join(base, "run2") };
+    await assert.rejects(resolveProjectSeed(paths, { kind: "repo_url", url: source }), (e) => isPyroError(e, "UNSAFE_DIRECTORY"));
+    assert.deepEqual(spawnSync("ls", ["-A", elsewhere], { encoding: "utf8" }).stdout, "", "nothing was written through the link");
+  });
 });
