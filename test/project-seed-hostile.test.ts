@@ -103,4 +103,17 @@ describe("hostile project seeds", () => {
     await assert.rejects(resolveProjectSeed(paths, { kind: "repo_url", url: source }), (e) => isPyroError(e, "UNSAFE_DIRECTORY"));
     assert.deepEqual(spawnSync("ls", ["-A", elsewhere], { encoding: "utf8" }).stdout, "", "nothing was written through the link");
   });
+
+  it("a checkout with nothing to pack (fresh git init, or every file skipped) is an empty seed, not a failed create", async () => {
+    const fresh = join(base, "fresh-init");
+    await mkdir(fresh);
+    git(fresh, "init", "-q");
+    const set = await resolveProjectSeed({ cacheDir: join(base, "cache"), stateDir: join(base, "state"), runtimeDir: join(base, "run") }, { kind: "project_path", path: fresh });
+    assert.deepEqual(set.paths, []);
+    const packed = await packSeedFiles(set);
+    assert.equal(packed.tar.length, 0);
+    assert.deepEqual(packed.summary, { files: 0, directories: 0, symlinks: 0, bytes: 0 });
+    const allSkipped = await packSeedFiles({ root: fresh, paths: ["deleted-after-listing"], origin: { kind: "project_path", ref: fresh, commit: null }, skipped: [] });
+    assert.deepEqual(allSkipped.skipped, [{ path: "deleted-after-listing", reason: "vanished before it could be read" }]);
+  });
 });

@@ -115,8 +115,10 @@ export async function packSeedFiles(set: SeedFileSet): Promise<PackedSeed> {
     pack.on("end", () => resolve());
     pack.on("error", reject);
   });
+  let entries = 0;
   const add = (path: string, type: "File" | "Directory" | "SymbolicLink", st: Stats, body?: Buffer, linkpath?: string) => {
     const header = new Header({ path: type === "Directory" ? `${path}/` : path, type, mode: st.mode & 0o777, size: body?.length ?? 0, mtime: st.mtime, ...(linkpath !== undefined ? { linkpath } : {}) });
+    entries++;
     const entry = new ReadEntry(header);
     pack.add(entry);
     if (body) entry.write(body);
@@ -207,6 +209,10 @@ export async function packSeedFiles(set: SeedFileSet): Promise<PackedSeed> {
   pack.end();
   await done;
   const tar = Buffer.concat(chunks);
+  // Nothing to pack (a fresh `git init`, an empty directory, every file skipped): an empty seed
+  // with its skipped list, not a create that fails on a zero-byte "archive".
+  // (Empty tar, as lifecycle skips extracting it: node-tar's parser refuses an entry-less archive.)
+  if (entries === 0) return { tar: Buffer.alloc(0), summary: { files: 0, directories: 0, symlinks: 0, bytes: 0 }, skipped };
   // Our own pack of the user's files: symlinks may point anywhere (they resolve inside the guest).
   return { tar, summary: await validateTar(tar, false), skipped };
 }

@@ -196,7 +196,7 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
         await layerDisk(ctx, record, env.imagePath, "raw");
         vm = await bootWorkspace(ctx, record, { kind: "cold" });
       }
-      if (tree) await extractTarInGuest(vm.agent, tree.tar, WORKSPACE_ROOT);
+      if (tree && tree.tar.length > 0) await extractTarInGuest(vm.agent, tree.tar, WORKSPACE_ROOT);
       await captureBaseline(ctx, record, vm);
       await ctx.store.write(record);
       vm.detach();
