@@ -61,7 +61,7 @@ describe("project-aware seeds", () => {
     // A symlink is copied as a link (it resolves inside the guest), never followed on the host.
     assert.equal(entries.get("link-out")!.type, "l");
     assert.equal(entries.get("link-out")!.target, "/etc/passwd");
-    assert.deepEqual(scan.skipped, [{ path: "gone.txt", reason: "does not exist" }]);
+    assert.deepEqual(scan.skipped, [{ path: "gone.txt", reason: "vanished before it could be read" }]);
     assert.equal(scan.files, 3);
   });
 

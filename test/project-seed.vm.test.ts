@@ -72,4 +72,20 @@ describe("[vm] project-aware workspace_create over MCP", () => {
       await client.close();
     }
   });
+
+  it("creates from a checkout with nothing to seed yet (a fresh git init): /workspace starts empty", TIMEOUT, async () => {
+    const fresh = await mkdtemp(join(tmpdir(), "pyro-seed-fresh-"));
+    git(fresh, "init", "-q");
+    const { client } = await connectStdio([], {}, fresh);
+    try {
+      const ws = toolJson<Seeded>(await client.callTool({ name: "workspace_create", arguments: {} }));
+      assert.deepEqual([ws.workspace_seed.origin_kind, ws.workspace_seed.origin_ref, ws.workspace_seed.files], ["project_path", fresh, 0]);
+      const run = toolJson<{ stdout: string }>(await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "ls -A /workspace | wc -l" } }));
+      assert.equal(run.stdout.trim(), "0");
+      toolJson(await client.callTool({ name: "workspace_delete", arguments: { workspace_id: ws.workspace_id } }));
+    } finally {
+      await client.close();
+      await rm(fresh, { recursive: true, force: true });
+    }
+  });
 });

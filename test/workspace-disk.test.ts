@@ -96,7 +96,7 @@ describe("seed images built on the host (mkfs.ext4 -d in the sandbox)", () => {
     await symlink("sub/a.txt", join(root, "keep", "link"));
     const source = { root, paths: ["keep/sub/a.txt", "keep/b.sh", "keep/hard.txt", "keep/link", "secret.txt", "missing/file"] };
     const scan = scanSeed(source);
-    assert.deepEqual(scan.skipped, [{ path: "secret.txt", reason: "file not readable" }, { path: "missing", reason: "does not exist" }]);
+    assert.deepEqual(scan.skipped, [{ path: "secret.txt", reason: "file not readable" }, { path: "missing", reason: "vanished before it could be read" }]);
     assert.deepEqual(scan.entries.map((e) => e.path), ["keep", "keep/sub", "keep/sub/a.txt", "keep/b.sh", "keep/hard.txt", "keep/link"]);
     const out = join(dir, "out");
     await mkdir(out, { mode: 0o700 });

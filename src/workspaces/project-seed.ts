@@ -10,11 +10,12 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { homedir } from "node:os";
-import { lstat, mkdir, realpath, rename, rm, stat } from "node:fs/promises";
+import { lstat, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { PyroError } from "../errors.js";
 import { requireExecutable, runHostCommandRaw, type HostCommandResult } from "../process/host-command.js";
 import type { PyroPaths } from "../paths.js";
+import { ensurePrivateDir } from "../storage/private-storage.js";
 import { checkRepoRef, isFullCommitId, parseLsFilesZ, parseRepoUrl, type RepoLocation } from "./git-input.js";
 import { listDirectoryTree, type SeedFileSet } from "./seed-files.js";
 import { allocatedBytes } from "./workspace-disk-usage.js";
@@ -102,7 +103,9 @@ async function headCommit(root: string): Promise<string | null> {
 /** Tracked files plus untracked files that are not ignored, relative to the checkout root. */
 async function checkoutFiles(root: string): Promise<{ paths: string[]; skipped: SeedFileSet["skipped"] }> {
   // The runner keeps a stream's tail: with room for twice the limit, output that was cut is still over it.
-  const r = await git(["ls-files", "-z", "--cached", "--others", "--exclude-standard"], { cwd: root, maxOutputBytes: 2 * MAX_LISTING_BYTES });
+  // --work-tree pins the walk to the checkout: the repository's own core.worktree could otherwise
+  // point it anywhere on the host (the names would come back in the seed's skipped list).
+  const r = await git(["--work-tree", root, "ls-files", "-z", "--cached", "--others", "--exclude-standard"], { cwd: root, maxOutputBytes: 2 * MAX_LISTING_BYTES });
   if (r.exitCode !== 0) throw new PyroError("HOST_COMMAND_FAILED", `git ls-files failed in ${root}: ${lastLine(r.stderr)}`);
   if (r.stdout.length > MAX_LISTING_BYTES) throw new PyroError("INVALID_ARGUMENT", `${root} lists more than ${MAX_LISTING_BYTES} bytes of file names; pass a smaller seed_path`);
   return parseLsFilesZ(r.stdout);
@@ -133,9 +136,12 @@ async function cloneRepo(paths: PyroPaths, location: RepoLocation, ref: string |
   const key = createHash("sha256").update(`${source}\0${ref ?? ""}`).digest("hex").slice(0, 24);
   const reposDir = join(paths.cacheDir, "repos");
   const final = join(reposDir, key);
+  // Private and really ours (no symlink, no other owner): a planted repos dir would receive the
+  // clone elsewhere, or hand a later server a poisoned "immutable" commit clone.
+  await ensurePrivateDir(paths.cacheDir);
+  await ensurePrivateDir(reposDir);
   // A full commit id names the same tree forever: a clone of it from an earlier server is reused.
   if (ref && isFullCommitId(ref) && (await lstat(join(final, ".git")).catch(() => undefined))) return final;
-  await mkdir(reposDir, { recursive: true, mode: 0o700 });
   const scratch = join(reposDir, `.clone-${randomBytes(6).toString("hex")}`);
   const abort = new AbortController();
   let oversize = false;

@@ -1,11 +1,13 @@
-import { constants, lstatSync, readdirSync, readlinkSync, type Stats } from "node:fs";
-import { chmod, copyFile, link, lstat, lutimes, mkdir, rename, rm, symlink, utimes, writeFile } from "node:fs/promises";
+import { constants, createWriteStream, lstatSync, readdirSync, readlinkSync, type Stats } from "node:fs";
+import { chmod, link, lstat, lutimes, mkdir, open, readlink, realpath, rename, rm, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { pipeline } from "node:stream/promises";
 import { PyroError } from "../errors.js";
 import { requireExecutable } from "../process/host-command.js";
 import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { unsafeRelativePath } from "./git-input.js";
+import { MAX_SEED_ENTRIES } from "./seed-files.js";
 import { encodeManifest, type ManifestEntry } from "./tree-manifest.js";
 import { WORKSPACE_DISK_GIB } from "./workspace-limits.js";
 
@@ -103,6 +105,7 @@ export function scanSeed(source: SeedSource): SeedScan {
     }
     const target = kind.type === "l" ? readlinkSync(join(source.root, rel), "utf8") : "";
     scan.entries.push(entryOf(rel, st, kind.type, target));
+    if (scan.entries.length > MAX_SEED_ENTRIES) throw tooMany();
     if (kind.type === "f") {
       scan.files++;
       scan.bytes += st.size;
@@ -116,8 +119,12 @@ export function scanSeed(source: SeedSource): SeedScan {
     }
     return kind.type === "d";
   };
+  const tooMany = () => new PyroError("INVALID_ARGUMENT", `${source.root} holds more than ${MAX_SEED_ENTRIES} entries; seed a smaller directory`);
   if (source.paths) {
-    const included = new Set<string>();
+    // Refused before any lstat: millions of names cost memory and time even when the files are empty.
+    if (source.paths.length > MAX_SEED_ENTRIES) throw tooMany();
+    /** Entries already taken (or refused), and for each why nothing below it can go in (null: a usable directory). */
+    const seen = new Map<string, string | null>();
     for (const raw of source.paths) {
       // One bad name is skipped and reported, never a reason to fail the whole seed.
       const problem = unsafeRelativePath(raw);
@@ -128,23 +135,33 @@ export function scanSeed(source: SeedSource): SeedScan {
       const rel = raw;
       // Parents first (each a real directory, never a symlink), then the entry itself.
       const parts = rel.split("/");
-      let walkedOk = true;
-      for (let i = 1; i <= parts.length && walkedOk; i++) {
+      // Parents first (each a real, readable directory, never a symlink), then the entry itself.
+      for (let i = 1; i <= parts.length; i++) {
         const prefix = parts.slice(0, i).join("/");
-        if (included.has(prefix)) continue;
-        const st = lstatSync(join(source.root, prefix), { throwIfNoEntry: false });
-        if (!st) {
-          scan.skipped.push({ path: prefix, reason: "does not exist" });
-          walkedOk = false;
+        const last = i === parts.length;
+        if (!seen.has(prefix)) {
+          let st: Stats | undefined;
+          try {
+            st = lstatSync(join(source.root, prefix), { throwIfNoEntry: false });
+          } catch {
+            st = undefined; // ENOTDIR and the like: something above changed since
+          }
+          if (!st) {
+            scan.skipped.push({ path: prefix, reason: "vanished before it could be read" });
+            break;
+          }
+          if (!last && !st.isDirectory()) {
+            // Not recorded: the path may be listed itself, and then goes in as what it is.
+            scan.skipped.push({ path: rel, reason: `'${prefix}' is not a directory` });
+            break;
+          }
+          seen.set(prefix, add(prefix, st) ? null : `'${prefix}' is not a directory`);
+        }
+        const why = seen.get(prefix);
+        if (!last && why) {
+          scan.skipped.push({ path: rel, reason: why });
           break;
         }
-        if (i < parts.length && !st.isDirectory()) {
-          scan.skipped.push({ path: rel, reason: `'${prefix}' is not a directory` });
-          walkedOk = false;
-          break;
-        }
-        included.add(prefix);
-        if (!add(prefix, st) && i < parts.length) walkedOk = false;
       }
     }
     return scan;
@@ -195,30 +212,47 @@ function mib(bytes: number): number {
  * used as is (a path list, or entries to leave out). Files are cloned where the filesystem can,
  * copied otherwise; hardlinked files stay hardlinked; times and modes are kept.
  */
-async function stage(source: SeedSource, scan: SeedScan, dir: string): Promise<void> {
+/**
+ * Copies the scanned entries into `dir`. Every file is read through a descriptor opened with
+ * O_NOFOLLOW whose /proc/self/fd path must be exactly root/path: a parent directory swapped for a
+ * symlink after the scan (O_NOFOLLOW guards only the last component) cannot make pyro read, and
+ * put into a workspace, a file from outside the seed. Such a change fails the create: the image
+ * must hold what the scan (diff's baseline) says.
+ */
+export async function stageSeed(source: SeedSource, scan: SeedScan, dir: string): Promise<void> {
+  const root = await realpath(source.root);
   const linked = new Map<string, string>();
   const dirs: { path: string; st: Stats }[] = [];
   for (const entry of scan.entries) {
-    const from = join(source.root, entry.path);
+    const from = join(root, entry.path);
     const to = join(dir, entry.path);
-    const st = await lstat(from);
     if (entry.type === "d") {
       await mkdir(to, { mode: 0o700 });
-      dirs.push({ path: to, st });
+      dirs.push({ path: to, st: await lstat(from).catch(() => Promise.reject(changedWhileCopied(entry.path))) });
     } else if (entry.type === "l") {
+      const st = await lstat(from).catch(() => Promise.reject(changedWhileCopied(entry.path)));
       await symlink(entry.target, to);
       await lutimes(to, st.atime, st.mtime).catch(() => undefined);
     } else {
-      const key = `${st.dev}:${st.ino}`;
-      const first = st.nlink > 1 ? linked.get(key) : undefined;
-      if (first) {
-        await link(first, to);
-        continue;
+      const handle = await open(from, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(() => {
+        throw changedWhileCopied(entry.path);
+      });
+      try {
+        const st = await handle.stat();
+        if (!st.isFile() || (await readlink(`/proc/self/fd/${handle.fd}`).catch(() => "")) !== from) throw changedWhileCopied(entry.path);
+        const key = `${st.dev}:${st.ino}`;
+        const first = st.nlink > 1 ? linked.get(key) : undefined;
+        if (first) {
+          await link(first, to);
+          continue;
+        }
+        await pipeline(handle.createReadStream({ autoClose: false, start: 0 }), createWriteStream(to, { flags: "wx", mode: 0o600 }));
+        await chmod(to, st.mode & 0o7777);
+        await utimes(to, st.atime, st.mtime);
+        if (st.nlink > 1) linked.set(key, to);
+      } finally {
+        await handle.close();
       }
-      await copyFile(from, to, constants.COPYFILE_FICLONE | constants.COPYFILE_EXCL);
-      await chmod(to, st.mode & 0o7777);
-      await utimes(to, st.atime, st.mtime);
-      if (st.nlink > 1) linked.set(key, to);
     }
   }
   // Directories last, deepest first: adding their entries changed their times.
@@ -226,6 +260,10 @@ async function stage(source: SeedSource, scan: SeedScan, dir: string): Promise<v
     await chmod(path, st.mode & 0o7777);
     await utimes(path, st.atime, st.mtime);
   }
+}
+
+function changedWhileCopied(path: string): PyroError {
+  return new PyroError("INVALID_ARGUMENT", `seed file ${path} changed while it was copied (it, or a directory above it, was replaced); retry the create`);
 }
 
 export interface SeedImage {
@@ -250,7 +288,7 @@ export async function buildSeedImage(source: SeedSource | undefined, scan: SeedS
       if (scan.needsStaging) {
         tree = join(scratch, "tree");
         await mkdir(tree, { mode: 0o700 });
-        await stage(source, scan, tree);
+        await stageSeed(source, scan, tree);
       }
     }
     const out = join(scratch, "out");
