@@ -42,6 +42,8 @@ export function upstreamTls(context: SecureContext): UpstreamTls {
 export interface SecretForwarding {
   rules: ScopedSecretRule[];
   audit?: SecretAuditRecorder;
+  /** The workspace opted in to values in cleartext http:// requests (else only TLS requests get them). */
+  cleartextAllowed?: boolean;
   /** Writes one line to the proxy's log (names and hosts, never values). */
   log: (line: string) => void;
 }
@@ -78,14 +80,14 @@ async function readWhole(stream: Readable, limit: number): Promise<Buffer> {
  * sent upstream (a streaming body's request is aborted), the guest gets 403, the audit counts it.
  */
 export function forwardWithSecrets(req: IncomingMessage, res: ServerResponse, target: ForwardTarget, forwarding: SecretForwarding, reply: Reply): void {
-  const outbound = Substitution.forRequest(forwarding.rules, target.host);
+  const outbound = Substitution.forRequest(forwarding.rules, target.host, { tls: target.tls !== undefined, cleartextAllowed: forwarding.cleartextAllowed ?? false });
   const inbound = Substitution.forResponse(forwarding.rules, target.host);
   let refused = false;
   const refuse = (error: SecretScopeRefusal) => {
     if (refused) return;
     refused = true;
     forwarding.audit?.record(error.secret, target.host, "refused");
-    forwarding.log(`exfiltration attempt refused: ${error.message}`);
+    forwarding.log(`${error.reason === "out-of-scope" ? "exfiltration attempt" : "request"} refused: ${error.message}`);
     if (!res.headersSent) reply(res, 403, error.message);
     else res.destroy();
   };
