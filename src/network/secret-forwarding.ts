@@ -5,7 +5,7 @@ import type { SecureContext } from "node:tls";
 import { pipeline, type Readable } from "node:stream";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "./proxy-target.js";
 import type { SecretAuditRecorder } from "./secret-audit.js";
-import { SecretScopeRefusal, Substitution, substituteHeaders, type ScopedSecretRule } from "./secret-substitution.js";
+import { inScope, SecretScopeRefusal, Substitution, substituteHeaders, type ScopedSecretRule } from "./secret-substitution.js";
 
 /**
  * Bodies up to this size are substituted whole, so their Content-Length stays exact; larger or
@@ -60,7 +60,15 @@ function contentLength(rawHeaders: string[]): number | undefined {
   return undefined;
 }
 
-const withoutLength = (raw: string[]) => raw.filter((_, i, a) => (i % 2 === 0 ? a[i]!.toLowerCase() !== "content-length" : a[i - 1]!.toLowerCase() !== "content-length"));
+const without = (raw: string[], header: string) => raw.filter((_, i, a) => (i % 2 === 0 ? a[i]!.toLowerCase() !== header : a[i - 1]!.toLowerCase() !== header));
+const withoutLength = (raw: string[]) => without(raw, "content-length");
+
+/**
+ * Request headers asking for an uncompressed answer: the proxy swaps an echoed value back to its
+ * placeholder by matching bytes, which a gzip or br body would hide from it. Only for hosts that
+ * may be sent a value (they are the ones that could echo or store one).
+ */
+const uncompressed = (raw: string[]) => [...without(raw, "accept-encoding"), "Accept-Encoding", "identity"];
 
 async function readWhole(stream: Readable, limit: number): Promise<Buffer> {
   const parts: Buffer[] = [];
@@ -97,6 +105,7 @@ export function forwardWithSecrets(req: IncomingMessage, res: ServerResponse, ta
   try {
     path = outbound.text(target.path);
     headers = substituteHeaders(upstreamRequestHeaders(req.rawHeaders, target.hostHeader), outbound);
+    if (forwarding.rules.some((r) => r.value !== undefined && inScope(r, target.host))) headers = uncompressed(headers);
   } catch (error) {
     if (error instanceof SecretScopeRefusal) {
       refuse(error);
@@ -137,10 +146,11 @@ export function forwardWithSecrets(req: IncomingMessage, res: ServerResponse, ta
         answer.pipe(res);
         return;
       }
-      responseHeaders = responseHeaders.map((v, i) => (i % 2 ? inbound.text(v) : v));
+      // Names too: a header name is bytes an upstream chooses, like its value and reason phrase.
+      responseHeaders = responseHeaders.map((v) => inbound.text(v));
       const noBody = req.method === "HEAD" || answer.statusCode === 204 || answer.statusCode === 304;
       // The value → placeholder swap changes the length: the guest gets the body chunked.
-      res.writeHead(answer.statusCode ?? 502, answer.statusMessage ?? "", noBody ? responseHeaders : withoutLength(responseHeaders));
+      res.writeHead(answer.statusCode ?? 502, inbound.text(answer.statusMessage ?? ""), noBody ? responseHeaders : withoutLength(responseHeaders));
       pipeline(answer, inbound.stream(), res, () => undefined);
     });
     upstream.on("error", (error) => {
