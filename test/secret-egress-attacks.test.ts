@@ -63,7 +63,7 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
   const lifelines: NetServer[] = [];
 
   /** Starts an egress server with the shared secrets, policy and CA plus `extra` arguments; its socket path. */
-  async function startProxy(name: string, extra: string[] = []): Promise<{ socket: string; log: () => string }> {
+  async function startProxy(name: string, extra: string[] = [], trustTestUpstream = true): Promise<{ socket: string; log: () => string }> {
     const lifelinePath = join(dir, `${name}-life.sock`);
     const lifelineServer = createServer((s: Socket) => s.on("error", () => undefined));
     lifelines.push(lifelineServer);
@@ -82,7 +82,7 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
         `--tls-ca=${join(dir, "ca.pem")}`,
         `--tls-ca-key=${join(dir, "ca-key.pem")}`,
         "--test-resolve=api.test=127.0.0.1,evil.test=127.0.0.1",
-        `--test-upstream-ca=${upstreamCaPath}`,
+        ...(trustTestUpstream ? [`--test-upstream-ca=${upstreamCaPath}`] : []),
         ...extra,
       ],
       { stdio: ["ignore", "pipe", "pipe"] },
@@ -141,10 +141,10 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
   }
 
   /** CONNECT `host` through the proxy, TLS trusting the workspace CA, then `request` raw; the whole answer as bytes. */
-  async function httpsThroughProxy(socket: string, host: string, request: string): Promise<Buffer> {
+  async function httpsThroughProxy(socket: string, host: string, request: string, port = tlsPort): Promise<Buffer> {
     const raw = connect(socket);
     raw.on("error", () => undefined);
-    raw.write(`CONNECT ${host}:${tlsPort} HTTP/1.1\r\nHost: ${host}:${tlsPort}\r\n\r\n`);
+    raw.write(`CONNECT ${host}:${port} HTTP/1.1\r\nHost: ${host}:${port}\r\n\r\n`);
     const established = await new Promise<string>((resolve) => {
       let seen = "";
       const onData = (d: Buffer) => {
@@ -212,6 +212,30 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
     const text = /content-encoding: gzip/i.test(head) ? gunzipSync(body).toString("latin1") : body.toString("latin1");
     assert.ok(!text.includes(VALUE), `no value in the (decoded) body: ${text}`);
     assert.ok(text.includes(PLACEHOLDER), "the echo comes back with the placeholder");
+  });
+
+  it("sends a value only to an upstream whose certificate the host trusts for the secret's host name", async () => {
+    const before = received.length;
+    // An upstream certified by a CA the host does not trust (a MITM on the path, a hijacked address).
+    const untrusting = await startProxy("untrusted-upstream", [], false);
+    const unknownCa = await httpsThroughProxy(untrusting.socket, "api.test", `GET /u HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`);
+    assert.match(unknownCa.toString("latin1"), /^HTTP\/1\.1 502 /);
+    // A trusted CA, but a certificate for another name.
+    const otherCa = await mintCertificateAuthority("test-upstream-other");
+    const otherLeaves = await LeafCertificates.load(otherCa);
+    const wrongName = createHttpsServer({ SNICallback: (_n, done) => void otherLeaves.contextFor("other.test").then((c) => done(null, c), done) }, recording(received, reflect));
+    await new Promise<void>((r) => wrongName.listen(0, "127.0.0.1", () => r()));
+    try {
+      await writeFile(join(dir, "other-ca.pem"), otherCa.certPem);
+      const trusting = await startProxy("wrong-name", [`--test-upstream-ca=${join(dir, "other-ca.pem")}`], false);
+      const port = (wrongName.address() as { port: number }).port;
+      const mismatch = await httpsThroughProxy(trusting.socket, "api.test", `GET /w HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`, port);
+      assert.match(mismatch.toString("latin1"), /^HTTP\/1\.1 502 [\s\S]*(altnames|certificate)/);
+    } finally {
+      wrongName.closeAllConnections();
+      wrongName.close();
+    }
+    assert.equal(received.length, before, "no upstream got a request (and so no value)");
   });
 
   it("starts the proxy with values over plain http only for a workspace that opted in", async () => {
