@@ -79,6 +79,9 @@ describe("pyro CLI", () => {
     assert.match(cidr.stderr, /\[INVALID_ARGUMENT\]: --secret-host A: '10\.0\.0\.0\/8' is a CIDR/, "a repeated NAME adds hosts, each validated");
     assert.equal(pyro(["workspace", "create", "debian:12", "--secret-host", "novalue"]).code, 2);
     assert.match(pyro(["workspace", "create", "--help"]).stdout, /--secret-host[\s\S]*--secret-memory-only[\s\S]*--inspect-tls/);
+    const cleartextAlone = pyro(["workspace", "create", "debian:12", "--network-policy", "egress", "--secret", "A=v", "--secret-over-http"]);
+    assert.match(cleartextAlone.stderr, /\[INVALID_ARGUMENT\]: --secret-over-http applies to scoped secrets/);
+    assert.match(pyro(["workspace", "create", "--help"]).stdout, /--secret-over-http/);
   });
 
   it("names a host file it cannot read instead of failing internally", () => {

@@ -34,8 +34,8 @@ describe("placeholder substitution", () => {
         const rules: ScopedSecretRule[] = [{ name: "K", placeholder, value, hosts: ["api.example.com"] }];
         const input = Buffer.concat(pieces.flatMap(([noise, withPlaceholder]) => (withPlaceholder ? [noise, Buffer.from(placeholder)] : [noise])));
         const expected = Buffer.from(input.toString("latin1").split(placeholder).join("\u0000SPLIT\u0000"), "latin1");
-        const whole = Substitution.forRequest(rules, "api.example.com").apply(input, true).out;
-        const streamed = await streamThrough(Substitution.forRequest(rules, "api.example.com"), input, cuts);
+        const whole = Substitution.forRequest(rules, "api.example.com", { tls: true }).apply(input, true).out;
+        const streamed = await streamThrough(Substitution.forRequest(rules, "api.example.com", { tls: true }), input, cuts);
         assert.deepEqual(streamed, whole);
         // Every placeholder became the value; nothing else changed.
         assert.deepEqual(whole, Buffer.concat(expected.toString("latin1").split("\u0000SPLIT\u0000").flatMap((part, i) => (i ? [Buffer.from(value), Buffer.from(part, "latin1")] : [Buffer.from(part, "latin1")]))));
@@ -51,15 +51,37 @@ describe("placeholder substitution", () => {
         const placeholder = `pyro-secret-${id}`;
         const rules: ScopedSecretRule[] = [{ name: "K", placeholder, value, hosts: ["api.example.com", "*.api.example.com"] }];
         const input = Buffer.concat([a, Buffer.from(placeholder), b]);
-        const refusal = await streamThrough(Substitution.forRequest(rules, "evil.example.net"), input, cuts).then(
+        const refusal = await streamThrough(Substitution.forRequest(rules, "evil.example.net", { tls: true }), input, cuts).then(
           () => undefined,
           (e: unknown) => e,
         );
         assert.ok(refusal instanceof SecretScopeRefusal);
         assert.ok(!refusal.message.includes(value));
-        assert.throws(() => substituteHeaders(["X-A", `x ${placeholder}`], Substitution.forRequest(rules, "api.example.com.evil.net")), SecretScopeRefusal);
+        assert.throws(() => substituteHeaders(["X-A", `x ${placeholder}`], Substitution.forRequest(rules, "api.example.com.evil.net", { tls: true })), SecretScopeRefusal);
       }),
       { numRuns: 100 },
+    );
+  });
+
+  it("never writes a value into a cleartext request unless the workspace opted in, wherever the placeholder is cut", async () => {
+    await fc.assert(
+      fc.asyncProperty(hex40, fc.uint8Array({ minLength: 8, maxLength: 24 }).map((v) => `sk-${Buffer.from(v).toString("base64url")}`), noiseArb, fc.array(fc.nat(), { maxLength: 8 }), async (id, value, noise, cuts) => {
+        const placeholder = `pyro-secret-${id}`;
+        const rules: ScopedSecretRule[] = [{ name: "K", placeholder, value, hosts: ["api.example.com"] }];
+        const input = Buffer.concat([noise, Buffer.from(placeholder), noise]);
+        const refusal = await streamThrough(Substitution.forRequest(rules, "api.example.com", { tls: false }), input, cuts).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        assert.ok(refusal instanceof SecretScopeRefusal && refusal.reason === "cleartext", String(refusal));
+        assert.ok(!refusal.message.includes(value));
+        assert.throws(() => substituteHeaders(["Authorization", `Basic ${Buffer.from(`u:${placeholder}`).toString("base64")}`], Substitution.forRequest(rules, "api.example.com", { tls: false })), SecretScopeRefusal);
+        const optedIn = await streamThrough(Substitution.forRequest(rules, "api.example.com", { tls: false, cleartextAllowed: true }), input, cuts);
+        assert.ok(optedIn.includes(Buffer.from(value)));
+        // The opt-in widens transport, never scope.
+        await assert.rejects(streamThrough(Substitution.forRequest(rules, "evil.example.net", { tls: false, cleartextAllowed: true }), input, cuts), (e) => e instanceof SecretScopeRefusal && e.reason === "out-of-scope");
+      }),
+      { numRuns: 60 },
     );
   });
 
@@ -80,7 +102,7 @@ describe("placeholder substitution", () => {
   it("finds a placeholder inside Basic credentials and re-encodes them", () => {
     const rules: ScopedSecretRule[] = [{ name: "T", placeholder: `pyro-secret-${"0".repeat(40)}`, value: "tok", hosts: ["git.test"] }];
     const raw = ["Authorization", `Basic ${Buffer.from(`u:${rules[0]!.placeholder}`).toString("base64")}`];
-    const [, header] = substituteHeaders(raw, Substitution.forRequest(rules, "git.test"));
+    const [, header] = substituteHeaders(raw, Substitution.forRequest(rules, "git.test", { tls: true }));
     assert.equal(Buffer.from(header!.slice(6), "base64").toString(), "u:tok");
   });
 });

@@ -27,6 +27,8 @@ export interface EgressInterception {
   caKeyPath: string;
   /** Values of memory-only secrets (name → value): handed to the proxy through its stdin, never written. */
   memoryValues?: Record<string, string>;
+  /** The workspace opted in to values in cleartext http:// requests too (else TLS requests only). */
+  secretsOverHttp?: boolean;
 }
 
 /**
@@ -58,6 +60,7 @@ export async function egressNetwork(policyPath: string, policy: EgressPolicy, ru
   const intercepting = interception ? [`--secrets=${interception.secretsPath}`, `--audit=${interception.auditPath}`, `--tls-ca=${interception.caCertPath}`, `--tls-ca-key=${interception.caKeyPath}`] : [];
   const memoryValues = interception?.memoryValues && Object.keys(interception.memoryValues).length ? interception.memoryValues : undefined;
   if (memoryValues) intercepting.push("--secret-values=stdin");
+  if (interception?.secretsOverHttp) intercepting.push("--secrets-over-http");
   // Small heaps: the server holds sockets and headers, nothing large (bodies it substitutes whole are ≤ 1 MiB).
   return {
     egressServer: [process.execPath, "--max-semi-space-size=1", "--max-old-space-size=64", server, `--policy=${policyPath}`, `--count-dir=${egressCountDir(runtimeDir)}`, ...intercepting, ...testOnlyArguments(env)],

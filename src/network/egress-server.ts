@@ -13,11 +13,12 @@
  * With scoped secrets (--secrets), placeholders in requests are replaced by values for the hosts
  * each secret is scoped to, and refused elsewhere; with a CA (--tls-ca, --tls-ca-key) CONNECT
  * tunnels are terminated with a minted leaf and re-opened upstream with the host's trust store,
- * so HTTPS requests can be substituted too.
+ * so HTTPS requests can be substituted too. Values go only into TLS requests unless the workspace
+ * opted in to cleartext http:// (--secrets-over-http).
  *
  *   egress-server.js --policy=FILE --count-dir=DIR --listen=SOCKET --lifeline=SOCKET
  *                    [--max-connections=N] [--max-host-connections=N] [--head-timeout-ms=N]
- *                    [--secrets=FILE] [--audit=FILE] [--tls-ca=FILE --tls-ca-key=FILE]
+ *                    [--secrets=FILE] [--audit=FILE] [--tls-ca=FILE --tls-ca-key=FILE] [--secrets-over-http]
  *                    [--test-resolve=NAME=IP,…] [--test-upstream-ca=FILE]   (tests only; see egress-launch.ts)
  */
 import { lookup } from "node:dns/promises";
@@ -128,6 +129,7 @@ async function main(): Promise<void> {
   const forwarding: SecretForwarding = {
     rules: await loadSecretRules(option("secrets")),
     ...(option("audit") ? { audit: new SecretAuditRecorder(option("audit")!) } : {}),
+    cleartextAllowed: process.argv.includes("--secrets-over-http"),
     log: (line) => process.stderr.write(`egress-server: ${new Date().toISOString()} ${line}\n`),
   };
   const caPath = option("tls-ca");

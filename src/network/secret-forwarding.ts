@@ -5,7 +5,7 @@ import type { SecureContext } from "node:tls";
 import { pipeline, type Readable } from "node:stream";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "./proxy-target.js";
 import type { SecretAuditRecorder } from "./secret-audit.js";
-import { SecretScopeRefusal, Substitution, substituteHeaders, type ScopedSecretRule } from "./secret-substitution.js";
+import { inScope, SecretScopeRefusal, Substitution, substituteHeaders, type ScopedSecretRule } from "./secret-substitution.js";
 
 /**
  * Bodies up to this size are substituted whole, so their Content-Length stays exact; larger or
@@ -42,6 +42,8 @@ export function upstreamTls(context: SecureContext): UpstreamTls {
 export interface SecretForwarding {
   rules: ScopedSecretRule[];
   audit?: SecretAuditRecorder;
+  /** The workspace opted in to values in cleartext http:// requests (else only TLS requests get them). */
+  cleartextAllowed?: boolean;
   /** Writes one line to the proxy's log (names and hosts, never values). */
   log: (line: string) => void;
 }
@@ -58,7 +60,15 @@ function contentLength(rawHeaders: string[]): number | undefined {
   return undefined;
 }
 
-const withoutLength = (raw: string[]) => raw.filter((_, i, a) => (i % 2 === 0 ? a[i]!.toLowerCase() !== "content-length" : a[i - 1]!.toLowerCase() !== "content-length"));
+const without = (raw: string[], header: string) => raw.filter((_, i, a) => (i % 2 === 0 ? a[i]!.toLowerCase() !== header : a[i - 1]!.toLowerCase() !== header));
+const withoutLength = (raw: string[]) => without(raw, "content-length");
+
+/**
+ * Request headers asking for an uncompressed answer: the proxy swaps an echoed value back to its
+ * placeholder by matching bytes, which a gzip or br body would hide from it. Only for hosts that
+ * may be sent a value (they are the ones that could echo or store one).
+ */
+const uncompressed = (raw: string[]) => [...without(raw, "accept-encoding"), "Accept-Encoding", "identity"];
 
 async function readWhole(stream: Readable, limit: number): Promise<Buffer> {
   const parts: Buffer[] = [];
@@ -78,14 +88,14 @@ async function readWhole(stream: Readable, limit: number): Promise<Buffer> {
  * sent upstream (a streaming body's request is aborted), the guest gets 403, the audit counts it.
  */
 export function forwardWithSecrets(req: IncomingMessage, res: ServerResponse, target: ForwardTarget, forwarding: SecretForwarding, reply: Reply): void {
-  const outbound = Substitution.forRequest(forwarding.rules, target.host);
+  const outbound = Substitution.forRequest(forwarding.rules, target.host, { tls: target.tls !== undefined, cleartextAllowed: forwarding.cleartextAllowed ?? false });
   const inbound = Substitution.forResponse(forwarding.rules, target.host);
   let refused = false;
   const refuse = (error: SecretScopeRefusal) => {
     if (refused) return;
     refused = true;
     forwarding.audit?.record(error.secret, target.host, "refused");
-    forwarding.log(`exfiltration attempt refused: ${error.message}`);
+    forwarding.log(`${error.reason === "out-of-scope" ? "exfiltration attempt" : "request"} refused: ${error.message}`);
     if (!res.headersSent) reply(res, 403, error.message);
     else res.destroy();
   };
@@ -95,6 +105,7 @@ export function forwardWithSecrets(req: IncomingMessage, res: ServerResponse, ta
   try {
     path = outbound.text(target.path);
     headers = substituteHeaders(upstreamRequestHeaders(req.rawHeaders, target.hostHeader), outbound);
+    if (forwarding.rules.some((r) => r.value !== undefined && inScope(r, target.host))) headers = uncompressed(headers);
   } catch (error) {
     if (error instanceof SecretScopeRefusal) {
       refuse(error);
@@ -135,10 +146,11 @@ export function forwardWithSecrets(req: IncomingMessage, res: ServerResponse, ta
         answer.pipe(res);
         return;
       }
-      responseHeaders = responseHeaders.map((v, i) => (i % 2 ? inbound.text(v) : v));
+      // Names too: a header name is bytes an upstream chooses, like its value and reason phrase.
+      responseHeaders = responseHeaders.map((v) => inbound.text(v));
       const noBody = req.method === "HEAD" || answer.statusCode === 204 || answer.statusCode === 304;
       // The value → placeholder swap changes the length: the guest gets the body chunked.
-      res.writeHead(answer.statusCode ?? 502, answer.statusMessage ?? "", noBody ? responseHeaders : withoutLength(responseHeaders));
+      res.writeHead(answer.statusCode ?? 502, inbound.text(answer.statusMessage ?? ""), noBody ? responseHeaders : withoutLength(responseHeaders));
       pipeline(answer, inbound.stream(), res, () => undefined);
     });
     upstream.on("error", (error) => {

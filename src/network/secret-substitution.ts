@@ -24,19 +24,34 @@ export function inScope(rule: Pick<ScopedSecretRule, "hosts">, host: string): bo
   return rule.hosts.some((pattern) => hostMatchesPattern(host, pattern));
 }
 
-/** A request carried a secret's placeholder to a host outside that secret's scope. */
+/**
+ * How a request leaves the proxy: inside TLS (an intercepted CONNECT), or as cleartext http://,
+ * where a value would cross the network readable (and alterable) by anyone on the path. Values go
+ * into cleartext requests only where the workspace opted in.
+ */
+export interface RequestTransport {
+  tls: boolean;
+  cleartextAllowed?: boolean;
+}
+
+/** Why a placeholder was not substituted: bound out of scope, its value gone, or a cleartext request. */
+export type RefusalReason = "out-of-scope" | "value-gone" | "cleartext";
+
+/** A request carried a secret's placeholder where its value may not go. */
 export class SecretScopeRefusal extends Error {
   constructor(
     readonly secret: string,
     readonly host: string,
     readonly scope: string[],
-    readonly valueGone = false,
+    readonly reason: RefusalReason = "out-of-scope",
   ) {
     // Names and hosts only: a refusal never carries a value.
     super(
-      valueGone
+      reason === "value-gone"
         ? `the request carries the placeholder of memory-only secret ${secret}, whose value this proxy does not have (the workspace's VM was restarted; create the workspace again to supply it); refused`
-        : `the request carries the placeholder of secret ${secret}, which may only be sent to ${scope.join(", ")}, not to ${host}; refused and logged as an exfiltration attempt`,
+        : reason === "cleartext"
+          ? `secret ${secret} is sent only over TLS, and this is a cleartext http:// request: use https://${host} (the workspace would have to opt in to send values over plain http); refused`
+          : `the request carries the placeholder of secret ${secret}, which may only be sent to ${scope.join(", ")}, not to ${host}; refused and logged as an exfiltration attempt`,
     );
   }
 }
@@ -67,10 +82,11 @@ export class Substitution {
     this.window = Math.max(0, ...replacements.map((r) => r.from.length - 1));
   }
 
-  /** Placeholder → value for requests to `host`. */
-  static forRequest(rules: ScopedSecretRule[], host: string): Substitution {
+  /** Placeholder → value for requests to `host` sent over `transport`. */
+  static forRequest(rules: ScopedSecretRule[], host: string, transport: RequestTransport): Substitution {
+    const sendable = transport.tls || transport.cleartextAllowed === true;
     return new Substitution(
-      rules.map((r) => ({ from: Buffer.from(r.placeholder), to: inScope(r, host) && r.value !== undefined ? Buffer.from(r.value) : undefined, name: r.name })),
+      rules.map((r) => ({ from: Buffer.from(r.placeholder), to: sendable && inScope(r, host) && r.value !== undefined ? Buffer.from(r.value) : undefined, name: r.name })),
       host,
       rules,
     );
@@ -111,7 +127,7 @@ export class Substitution {
       const at = next[best]!;
       if (!r.to) {
         const rule = this.rules.find((x) => x.name === r.name)!;
-        throw new SecretScopeRefusal(r.name, this.host, rule.hosts, rule.value === undefined && inScope(rule, this.host));
+        throw new SecretScopeRefusal(r.name, this.host, rule.hosts, !inScope(rule, this.host) ? "out-of-scope" : rule.value === undefined ? "value-gone" : "cleartext");
       }
       parts.push(data.subarray(pos, at), r.to);
       this.used.add(r.name);

@@ -47,6 +47,11 @@ export interface CreateWorkspaceOptions {
    * are gone when the VM stops; after a restart their placeholders are refused.
    */
   secretMemoryOnly?: boolean;
+  /**
+   * Scoped values also go into cleartext http:// requests to their hosts. Off by default: a value
+   * sent over plain http crosses the network readable by anyone on the path.
+   */
+  secretsOverHttp?: boolean;
   /** Terminate and inspect guest TLS at the egress proxy even without scoped secrets. */
   tlsInterception?: boolean;
   /** off (default: no NIC), egress, or egress+published-ports. */
@@ -176,6 +181,7 @@ async function createWithSeed(
   const network = checkNetworkOptions(options.networkPolicy ?? "off", options.allowHosts ?? []);
   const secretPlan = planSecrets(secrets, parseSecretHosts(options.secretHosts ?? {}), network.policy);
   if (options.secretMemoryOnly && secretPlan.scoped.length === 0) throw new PyroError("INVALID_ARGUMENT", "--secret-memory-only applies to scoped secrets: give --secret-host for them");
+  if (options.secretsOverHttp && secretPlan.scoped.length === 0) throw new PyroError("INVALID_ARGUMENT", "--secret-over-http applies to scoped secrets: give --secret-host for them");
   if (options.tlsInterception && network.policy === "off") throw new PyroError("INVALID_ARGUMENT", "TLS interception is done by the egress proxy: create the workspace with --network-policy egress");
   const env = await ctx.environments.require(environment);
   const runtime = await ctx.runtime();
@@ -204,6 +210,7 @@ async function createWithSeed(
     secret_names: Object.keys(secrets).sort(),
     scoped_secrets: secretPlan.scoped.map(({ name, hosts, placeholder }) => ({ name, hosts, placeholder, memory_only: options.secretMemoryOnly ?? false })),
     tls_interception: options.tlsInterception ?? false,
+    secrets_over_http: options.secretsOverHttp ?? false,
     unexpected_stop: null,
     recovery: null,
     guest_cleanup_pending: false,

@@ -34,7 +34,7 @@ export function networkEnvironment(record: WorkspaceRecord): Record<string, stri
 export async function launchNetwork(ctx: WorkspaceContext, record: WorkspaceRecord): Promise<VmLaunchSpec["network"]> {
   if (record.network_policy === "off") return "none";
   const memoryValues = takeMemoryOnlyValues(record.id);
-  const interception = interceptsTls(record) ? { ...egressSecretFiles(ctx.store.dir(record.id)), ...(memoryValues ? { memoryValues } : {}) } : undefined;
+  const interception = interceptsTls(record) ? { ...egressSecretFiles(ctx.store.dir(record.id)), ...(memoryValues ? { memoryValues } : {}), ...(record.secrets_over_http ? { secretsOverHttp: true } : {}) } : undefined;
   return egressNetwork(join(ctx.store.dir(record.id), "egress-policy.json"), { allow: record.allow_hosts }, ctx.paths.runtimeDir, process.env, interception);
 }
 

@@ -80,6 +80,8 @@ export const WorkspaceRecord = z.object({
   scoped_secrets: z.array(z.object({ name: z.string(), hosts: z.array(z.string()), placeholder: z.string(), memory_only: z.boolean().default(false) })).default([]),
   /** The egress proxy terminates guest TLS with the workspace CA even without scoped secrets. */
   tls_interception: z.boolean().default(false),
+  /** Scoped values also go into cleartext http:// requests to their hosts (opt-in; by default TLS only). */
+  secrets_over_http: z.boolean().default(false),
   /** Services started through pyro: what to tell a user after the VM restarted without them. */
   services: z
     .record(

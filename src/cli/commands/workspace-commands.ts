@@ -26,12 +26,13 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     .option("--secret-file <NAME=PATH>", "a secret read from a host file (repeatable)", collectKeyValue)
     .option("--secret-host <NAME=HOST[,HOST...]>", "scope secret NAME to these hosts: $NAME in the guest is a placeholder that the egress proxy replaces with the value in requests to them only, refusing it anywhere else (repeatable; needs egress)", collectKeyValues)
     .option("--secret-memory-only", "keep scoped secrets' values in memory only (handed to the VM's egress proxy, never written; gone when the VM stops)")
+    .option("--secret-over-http", "also send scoped secrets' values in cleartext http:// requests to their hosts (by default only over https: plain http exposes them to the network)")
     .option("--inspect-tls", "terminate guest HTTPS at the egress proxy with a workspace CA even without scoped secrets")
     .addOption(new Option("--network-policy <policy>", "off: no network; egress: outbound HTTP(S) through pyro's proxy; egress+published-ports: also --publish").choices(NETWORK_POLICIES).default("off"))
     .option("--allow-host <host|cidr>", "egress allowlist entry (repeatable), e.g. pypi.org, *.npmjs.org, 203.0.113.0/24", collect)
     .addOption(new Option("--id-only", "print only the workspace id").conflicts("json"))
     .option("--json", "print JSON")
-    .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; diskGib?: number; ttlSeconds?: number; secret?: Record<string, string>; secretFile?: Record<string, string>; secretHost?: Record<string, string[]>; secretMemoryOnly?: boolean; inspectTls?: boolean; networkPolicy: string; allowHost?: string[]; idOnly?: boolean; json?: boolean }) => {
+    .action(async (environment: string, o: { name?: string; label?: Record<string, string>; seedPath?: string; vcpuCount?: number; memMib?: number; diskGib?: number; ttlSeconds?: number; secret?: Record<string, string>; secretFile?: Record<string, string>; secretHost?: Record<string, string[]>; secretMemoryOnly?: boolean; secretOverHttp?: boolean; inspectTls?: boolean; networkPolicy: string; allowHost?: string[]; idOnly?: boolean; json?: boolean }) => {
       const r = await (await pyro()).createWorkspace(environment, {
         ...(o.name !== undefined ? { name: o.name } : {}),
         ...(o.label ? { labels: o.label } : {}),
@@ -44,6 +45,7 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
         ...(o.secretFile ? { secretFiles: o.secretFile } : {}),
         ...(o.secretHost ? { secretHosts: o.secretHost } : {}),
         ...(o.secretMemoryOnly ? { secretMemoryOnly: true } : {}),
+        ...(o.secretOverHttp ? { secretsOverHttp: true } : {}),
         ...(o.inspectTls ? { tlsInterception: true } : {}),
         networkPolicy: o.networkPolicy,
         ...(o.allowHost ? { allowHosts: o.allowHost } : {}),
