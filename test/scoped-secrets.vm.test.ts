@@ -13,6 +13,24 @@ const pyro = new Pyro();
 const TIMEOUT = { timeout: 300_000 };
 const VALUE = "sk-live-7Hq2-scoped-REAL-value-e4c1";
 
+type Upstream = Awaited<ReturnType<typeof startTlsTestServer>>;
+
+/** Points the egress proxy of VMs created from now on at a loopback upstream (test-only knobs, read from this host process's environment). */
+function pointProxyAt(names: string[], upstream: Upstream): void {
+  process.env.PYRO_TEST_EGRESS_RESOLVE = names.map((name) => `${name}=127.0.0.1`).join(",");
+  process.env.PYRO_TEST_EGRESS_UPSTREAM_CA = upstream.caPath;
+}
+
+/** Undoes pointProxyAt and removes what a describe block made: its workspace, upstream and scratch directory. */
+async function tearDown(id: string | undefined, upstream: Upstream | undefined, scratch: string | undefined): Promise<void> {
+  delete process.env.PYRO_TEST_EGRESS_RESOLVE;
+  delete process.env.PYRO_TEST_EGRESS_UPSTREAM_CA;
+  if (id) await pyro.deleteWorkspace(id).catch(() => undefined);
+  upstream?.server.closeAllConnections();
+  upstream?.server.close();
+  if (scratch) await rm(scratch, { recursive: true, force: true });
+}
+
 /** Every file under `dir`, recursively (the workspace's private directory holds no links). */
 async function filesUnder(dir: string): Promise<string[]> {
   const out: string[] = [];
@@ -26,7 +44,7 @@ async function filesUnder(dir: string): Promise<string[]> {
 
 describe("[vm] scoped secrets: placeholders in the guest, values only at the egress proxy", () => {
   let scratch: string;
-  let upstream: Awaited<ReturnType<typeof startTlsTestServer>>;
+  let upstream: Upstream;
   let id: string;
   let placeholder: string;
 
@@ -41,22 +59,13 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
     git("-C", seed, "commit", "-qm", "seed");
     git("clone", "-q", "--bare", seed, join(scratch, "repos", "repo.git"));
     upstream = await startTlsTestServer(scratch, (r) => `got ${r.method} ${r.url} auth=${r.headers.authorization}\n`, { root: join(scratch, "repos"), password: VALUE });
-    // Test-only knobs, read from this (host) process's environment when the VM's proxy starts.
-    process.env.PYRO_TEST_EGRESS_RESOLVE = "api.test=127.0.0.1,git.test=127.0.0.1,evil.test=127.0.0.1";
-    process.env.PYRO_TEST_EGRESS_UPSTREAM_CA = upstream.caPath;
+    pointProxyAt(["api.test", "git.test", "evil.test"], upstream);
     const ws = await pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["127.0.0.1"], secrets: { API_KEY: VALUE, DB_PASSWORD: "injected-pw-31337" }, secretHosts: { API_KEY: "api.test,git.test" } });
     id = ws.workspace_id;
     assert.deepEqual(ws.scoped_secrets, [{ name: "API_KEY", hosts: ["api.test", "git.test"], memory_only: false }]);
     assert.equal(ws.tls_interception, true);
   });
-  after(async () => {
-    delete process.env.PYRO_TEST_EGRESS_RESOLVE;
-    delete process.env.PYRO_TEST_EGRESS_UPSTREAM_CA;
-    if (id) await pyro.deleteWorkspace(id).catch(() => undefined);
-    upstream.server.closeAllConnections();
-    upstream.server.close();
-    await rm(scratch, { recursive: true, force: true });
-  });
+  after(() => tearDown(id, upstream, scratch));
 
   const url = (host: string, path: string) => `https://${host}:${upstream.port}${path}`;
 
@@ -138,24 +147,16 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
 
 describe("[vm] memory-only scoped secrets", () => {
   let scratch: string;
-  let upstream: Awaited<ReturnType<typeof startTlsTestServer>>;
+  let upstream: Upstream;
   let id: string;
 
   before(async () => {
     scratch = await mkdtemp(join(tmpdir(), "pyro-scoped-mem-"));
     upstream = await startTlsTestServer(scratch, (r) => `got auth=${r.headers.authorization}\n`);
-    process.env.PYRO_TEST_EGRESS_RESOLVE = "api.test=127.0.0.1";
-    process.env.PYRO_TEST_EGRESS_UPSTREAM_CA = upstream.caPath;
+    pointProxyAt(["api.test"], upstream);
     id = (await pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["127.0.0.1"], secrets: { API_KEY: VALUE }, secretHosts: { API_KEY: ["api.test"] }, secretMemoryOnly: true })).workspace_id;
   });
-  after(async () => {
-    delete process.env.PYRO_TEST_EGRESS_RESOLVE;
-    delete process.env.PYRO_TEST_EGRESS_UPSTREAM_CA;
-    if (id) await pyro.deleteWorkspace(id).catch(() => undefined);
-    upstream.server.closeAllConnections();
-    upstream.server.close();
-    await rm(scratch, { recursive: true, force: true });
-  });
+  after(() => tearDown(id, upstream, scratch));
 
   it("the value is never written: it works for the VM's life, and after a restart its placeholder is refused", TIMEOUT, async () => {
     const call = `curl -sS -m 60 -w '\\n%{http_code}' -H "Authorization: Bearer $API_KEY" https://api.test:${upstream.port}/m`;
@@ -175,24 +176,16 @@ describe("[vm] memory-only scoped secrets", () => {
 
 describe("[vm] --inspect-tls without scoped secrets", () => {
   let scratch: string;
-  let upstream: Awaited<ReturnType<typeof startTlsTestServer>>;
+  let upstream: Upstream;
   let id: string;
 
   before(async () => {
     scratch = await mkdtemp(join(tmpdir(), "pyro-inspect-"));
     upstream = await startTlsTestServer(scratch);
-    process.env.PYRO_TEST_EGRESS_RESOLVE = "api.test=127.0.0.1";
-    process.env.PYRO_TEST_EGRESS_UPSTREAM_CA = upstream.caPath;
+    pointProxyAt(["api.test"], upstream);
     id = (await pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["127.0.0.1"], tlsInterception: true })).workspace_id;
   });
-  after(async () => {
-    delete process.env.PYRO_TEST_EGRESS_RESOLVE;
-    delete process.env.PYRO_TEST_EGRESS_UPSTREAM_CA;
-    if (id) await pyro.deleteWorkspace(id).catch(() => undefined);
-    upstream.server.closeAllConnections();
-    upstream.server.close();
-    await rm(scratch, { recursive: true, force: true });
-  });
+  after(() => tearDown(id, upstream, scratch));
 
   it("terminates guest TLS with the workspace CA, which the guest's tools trust", TIMEOUT, async () => {
     const status = await pyro.statusWorkspace(id);

@@ -6,12 +6,12 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from "n
 import { connect, createServer, type Server as NetServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect as tlsConnect } from "node:tls";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { after, before, describe, it } from "node:test";
 import { LeafCertificates, mintCertificateAuthority } from "../src/network/egress-ca.js";
 import { egressNetwork } from "../src/network/egress-launch.js";
 import type { ScopedSecretRule } from "../src/network/secret-substitution.js";
+import { httpsThroughProxy as proxiedHttps } from "./helpers/proxy-client.js";
 
 /**
  * A hostile guest and a hostile (or merely echoing) upstream against the egress proxy's scoped
@@ -141,30 +141,7 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
   }
 
   /** CONNECT `host` through the proxy, TLS trusting the workspace CA, then `request` raw; the whole answer as bytes. */
-  async function httpsThroughProxy(socket: string, host: string, request: string, port = tlsPort): Promise<Buffer> {
-    const raw = connect(socket);
-    raw.on("error", () => undefined);
-    raw.write(`CONNECT ${host}:${port} HTTP/1.1\r\nHost: ${host}:${port}\r\n\r\n`);
-    const established = await new Promise<string>((resolve) => {
-      let seen = "";
-      const onData = (d: Buffer) => {
-        seen += d.toString("latin1");
-        if (!seen.includes("\r\n\r\n")) return;
-        raw.off("data", onData);
-        resolve(seen);
-      };
-      raw.on("data", onData);
-      raw.on("close", () => resolve(seen));
-    });
-    if (!established.startsWith("HTTP/1.1 200")) return Buffer.from(established, "latin1");
-    return new Promise((resolve, reject) => {
-      const tls = tlsConnect({ socket: raw, servername: host, ca: caPem }, () => tls.write(request));
-      const out: Buffer[] = [];
-      tls.on("data", (d: Buffer) => out.push(d));
-      tls.on("error", (error) => (out.length ? resolve(Buffer.concat(out)) : reject(error)));
-      tls.on("close", () => resolve(Buffer.concat(out)));
-    });
-  }
+  const httpsThroughProxy = (socket: string, host: string, request: string, port = tlsPort) => proxiedHttps({ socket, host, port, ca: caPem, request });
 
   /** The body of a single non-chunked or chunked HTTP/1.1 response, de-chunked. */
   function responseBody(answer: Buffer): Buffer {

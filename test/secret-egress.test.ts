@@ -4,12 +4,12 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { connect, createServer, type Server as NetServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect as tlsConnect } from "node:tls";
 import { after, before, describe, it } from "node:test";
 import { mintCertificateAuthority } from "../src/network/egress-ca.js";
 import { readSecretAudit } from "../src/network/secret-audit.js";
 import type { ScopedSecretRule } from "../src/network/secret-substitution.js";
 import { startTlsTestServer, type ReceivedRequest } from "./helpers/tls-test-server.js";
+import { httpsThroughProxy as proxiedHttps } from "./helpers/proxy-client.js";
 
 const SERVER = join(import.meta.dirname, "..", "src", "network", "egress-server.js");
 const VALUE = "sk-live-0123456789abcdef-REAL";
@@ -80,30 +80,8 @@ describe("egress proxy with scoped secrets (real processes, loopback servers)", 
   });
 
   /** CONNECT through the proxy, TLS to `host` trusting `ca`, one raw HTTP request; the whole answer. */
-  async function httpsThroughProxy(host: string, request: string, ca = caPem): Promise<string> {
-    const raw = connect(proxySocket);
-    raw.on("error", () => undefined);
-    raw.write(`CONNECT ${host}:${upstream.port} HTTP/1.1\r\nHost: ${host}:${upstream.port}\r\n\r\n`);
-    const established = await new Promise<string>((resolve) => {
-      let seen = "";
-      const onData = (d: Buffer) => {
-        seen += d.toString("latin1");
-        if (!seen.includes("\r\n\r\n")) return;
-        raw.off("data", onData);
-        resolve(seen);
-      };
-      raw.on("data", onData);
-      raw.on("close", () => resolve(seen)); // a proxy that died answers nothing
-    });
-    if (!established.startsWith("HTTP/1.1 200")) return established;
-    return new Promise((resolve, reject) => {
-      const tls = tlsConnect({ socket: raw, servername: host, ca }, () => tls.write(request));
-      let out = "";
-      tls.on("data", (d: Buffer) => (out += d.toString("utf8")));
-      tls.on("error", (error) => (out ? resolve(out) : reject(error)));
-      tls.on("close", () => resolve(out));
-    });
-  }
+  const httpsThroughProxy = async (host: string, request: string, ca = caPem) =>
+    (await proxiedHttps({ socket: proxySocket, host, port: upstream.port, ca, request })).toString("utf8");
 
   it("writes the value only into requests for the secret's host (header and body), and never returns it", async () => {
     const body = `{"token":"${PLACEHOLDER}"}`;
