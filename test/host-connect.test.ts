@@ -71,6 +71,19 @@ describe("pyro host connect / doctor / repair", () => {
     const fixed = (await doctorHosts(env)).find((e) => e.host === "claude-code")!;
     assert.deepEqual(fixed.problems, []);
     assert.deepEqual(fixed.command?.args.slice(-2), ["--mode", "inspect"]);
+    assert.equal(fixed.mode, "inspect");
+  });
+
+  it("doctor --mode names an entry that serves another mode, with the command that fixes it", async () => {
+    const wrong = (await doctorHosts(env, "repro-fix")).find((e) => e.host === "claude-code")!;
+    assert.deepEqual(wrong.problems, ["the entry serves mode inspect, not mode repro-fix; fix with: pyro host connect claude-code --mode repro-fix"]);
+    assert.deepEqual((await doctorHosts(env, "inspect")).find((e) => e.host === "claude-code")!.problems, []);
+    const cli = spawnSync(process.execPath, [CLI, "host", "doctor", "--mode", "repro-fix"], { encoding: "utf8", env: { ...process.env, HOME: home } });
+    assert.equal(cli.status, 1);
+    assert.match(cli.stdout, /claude-code: BROKEN \(.*, mode inspect\)\n {2}- the entry serves mode inspect, not mode repro-fix/);
+    const bad = spawnSync(process.execPath, [CLI, "host", "doctor", "--mode", "nope"], { encoding: "utf8", env: { ...process.env, HOME: home } });
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /nope/);
   });
 
   it("carries --project-path / --repo-url into the host's command, absolute, and repair keeps them", async () => {

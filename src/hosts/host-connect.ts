@@ -37,6 +37,14 @@ export interface HostDoctorEntry {
   /** Problems with pyro's entry, each with its fix. */
   problems: string[];
   command?: ServeCommand;
+  /** The workflow mode the entry serves (null: the default profile), when configured. */
+  mode?: ModeName | null;
+}
+
+/** The `--mode` an entry's arguments pass to `pyro mcp serve`, or null when it passes none. */
+function entryMode(cmd: ServeCommand): ModeName | null {
+  const at = cmd.args.indexOf("--mode");
+  return at >= 0 ? ((cmd.args[at + 1] as ModeName | undefined) ?? null) : null;
 }
 
 async function runnable(cmd: ServeCommand): Promise<string | undefined> {
@@ -58,8 +66,11 @@ async function runnable(cmd: ServeCommand): Promise<string | undefined> {
   return undefined;
 }
 
-/** Checks each host's config: is pyro there, is it the expected command, can it start. */
-export async function doctorHosts(env: NodeJS.ProcessEnv = process.env): Promise<HostDoctorEntry[]> {
+/**
+ * Checks each host's config: is pyro there, is it the expected command, can it start, and (with
+ * `expectedMode`) does it serve that workflow mode.
+ */
+export async function doctorHosts(env: NodeJS.ProcessEnv = process.env, expectedMode?: ModeName): Promise<HostDoctorEntry[]> {
   const entries: HostDoctorEntry[] = [];
   for (const format of Object.values(HOST_FORMATS)) {
     const path = format.path(env);
@@ -69,6 +80,10 @@ export async function doctorHosts(env: NodeJS.ProcessEnv = process.env): Promise
       if (current) {
         entry.configured = true;
         entry.command = current;
+        entry.mode = entryMode(current);
+        if (expectedMode && entry.mode !== expectedMode) {
+          entry.problems.push(`the entry serves ${entry.mode ? `mode ${entry.mode}` : "the default profile"}, not mode ${expectedMode}; fix with: pyro host connect ${format.host} --mode ${expectedMode}`);
+        }
         const broken = await runnable(current);
         if (broken) entry.problems.push(`${broken}; fix with: pyro host repair ${format.host}`);
         if (!current.args.includes("mcp") || !current.args.includes("serve")) entry.problems.push(`the entry does not run 'pyro mcp serve'; fix with: pyro host repair ${format.host}`);
@@ -85,8 +100,7 @@ export async function doctorHosts(env: NodeJS.ProcessEnv = process.env): Promise
 export async function repairHost(host: string, env: NodeJS.ProcessEnv = process.env): Promise<ConnectResult> {
   const format = hostFormat(host);
   const current = format.read(await readConfigText(format.path(env)));
-  const modeAt = current?.args.indexOf("--mode") ?? -1;
-  const mode = modeAt >= 0 ? (current!.args[modeAt + 1] as ModeName | undefined) : undefined;
+  const mode = current ? entryMode(current) : null;
   const project = current ? projectOfArgs(current.args) : undefined;
   return connectHost(host, { ...(mode ? { mode } : {}), ...(project ? { project } : {}), env });
 }

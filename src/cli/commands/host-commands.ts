@@ -49,15 +49,17 @@ export function registerHostCommands(program: Command, setExitCode: (code: numbe
     });
 
   host.command("doctor")
-    .description("Check every host's config for a working pyro entry.")
+    .description("Check every host's config for a working pyro entry (with --mode: one that serves that workflow mode).")
+    .addOption(new Option("--mode <mode>", "also require each configured entry to serve this workflow mode").choices(MODE_NAMES))
     .option("--json", "print JSON")
-    .action(async (o: { json?: boolean }) => {
+    .action(async (o: { mode?: ModeName; json?: boolean }) => {
       const { doctorHosts } = await import("../../hosts/host-connect.js");
-      const entries = await doctorHosts();
+      const entries = await doctorHosts(process.env, o.mode);
       setExitCode(entries.some((e) => e.problems.length) ? 1 : 0);
       if (o.json) return printJson({ hosts: entries });
       for (const e of entries) {
-        process.stdout.write(`${e.host}: ${e.configured ? (e.problems.length ? "BROKEN" : "ok") : "not configured"} (${e.path})\n`);
+        const serves = e.configured ? `, ${e.mode ? `mode ${e.mode}` : "default profile"}` : "";
+        process.stdout.write(`${e.host}: ${e.configured ? (e.problems.length ? "BROKEN" : "ok") : "not configured"} (${e.path}${serves})\n`);
         for (const p of e.problems) process.stdout.write(`  - ${p}\n`);
         if (!e.configured) process.stdout.write(`  connect with: pyro host connect ${e.host}\n`);
       }
