@@ -101,7 +101,7 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
 
 async function mountWorkspaceDisk(vm: RunningVm): Promise<void> {
   try {
-    await vm.agent.request("workspace.mount", {}, undefined, { timeoutMs: 60_000 });
+    await vm.agent.mountWorkspace(60_000);
   } catch (error) {
     await vm.dispose(); // the agent's message names the device and why the mount failed
     throw error;
@@ -115,8 +115,7 @@ async function mountWorkspaceDisk(vm: RunningVm): Promise<void> {
 async function republishPorts(record: WorkspaceRecord, vm: RunningVm): Promise<void> {
   const withPorts = Object.entries(record.services).filter(([, s]) => s.published.length);
   if (!withPorts.length) return;
-  const { header } = await vm.agent.request("service.list");
-  const running = new Set((header.services as { name: string; running: boolean }[]).filter((s) => s.running).map((s) => s.name));
+  const running = new Set((await vm.agent.serviceList()).filter((s) => s.running).map((s) => s.name));
   for (const [name, service] of withPorts) {
     if (!running.has(name)) {
       service.published = [];
