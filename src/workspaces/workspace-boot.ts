@@ -1,6 +1,6 @@
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import type { RunningVm, VmLaunchSpec, VmmBackend } from "../runtime/vmm-backend.js";
+import type { RunningVm, VmLaunchSpec } from "../runtime/vmm-backend.js";
 import { giveVmItsOwnIdentity } from "../runtime/vm-identity.js";
 import { templateMemoryMode, type TemplateMemoryMode, workspaceLaunchSpec } from "./boot-templates.js";
 import { replaceWithOverlay } from "./disk-chain.js";
@@ -123,21 +123,4 @@ async function republishPorts(record: WorkspaceRecord, vm: RunningVm): Promise<v
     }
     for (const p of service.published) await vm.addPortForward(p.host_port, p.guest_port);
   }
-}
-
-/**
- * Stops a VM gracefully: the guest syncs its disks and powers off; after `graceMs` it is killed.
- * Data is safe either way, because every pyro operation that writes syncs the guest first.
- */
-export async function stopWorkspaceVm(backend: VmmBackend, vm: RunningVm, graceMs = 10_000): Promise<void> {
-  try {
-    await vm.agent.shutdown(5_000);
-  } catch {
-    // The guest is going away either way.
-  }
-  let timer: NodeJS.Timeout | undefined;
-  // A ref'd timer: the exit watch alone would not keep this process alive while it waits.
-  await Promise.race([vm.exited, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
-  clearTimeout(timer);
-  await backend.kill(vm.detach());
 }

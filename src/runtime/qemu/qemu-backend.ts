@@ -142,6 +142,20 @@ export class QemuBackend implements VmmBackend {
     }
   }
 
+  /** Data is safe either way: every pyro operation that writes syncs the guest first. */
+  async stop(vm: RunningVm, graceMs = 10_000): Promise<void> {
+    try {
+      await vm.agent.shutdown(5_000);
+    } catch {
+      // The guest is going away either way.
+    }
+    let timer: NodeJS.Timeout | undefined;
+    // A ref'd timer: the exit watch alone would not keep this process alive while it waits.
+    await Promise.race([vm.exited, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
+    clearTimeout(timer);
+    await this.kill(vm.detach());
+  }
+
   async isRunning(handle: VmProcessRef): Promise<boolean> {
     // Guard against pid reuse: the process must be ours and a VMM using this run directory.
     return processAlive(handle.pid) && ownedByUs(handle.pid) && (await namesRunDir(handle.pid, handle.runDir));
