@@ -5,7 +5,19 @@ import { randomInt } from "node:crypto";
 import { dirname } from "node:path";
 import { encodeFrame, FrameDecoder, MAX_HEADER_LEN, MAX_PAYLOAD_LEN } from "./frame-codec.js";
 import { checkGuestRequest } from "./request-limits.js";
-import { DEFAULT_EXEC_OUTPUT_BYTES, DEFAULT_LIST_MAX_ENTRIES, DEFAULT_READ_BYTES, replyContract, replyProblem } from "./reply-contracts.js";
+import {
+  DEFAULT_EXEC_OUTPUT_BYTES,
+  DEFAULT_LIST_MAX_ENTRIES,
+  DEFAULT_READ_BYTES,
+  replyContract,
+  replyProblem,
+  type AgentOp,
+  type AgentReply,
+  type ProbeReply,
+  type ServiceState,
+  type ShellReadReply,
+  type ShellState,
+} from "./reply-contracts.js";
 import type { ExecRequest, GuestExecResult, GuestFileEntry, HelloInfo } from "./messages.js";
 
 export const PROTOCOL_VERSION = 1;
@@ -278,6 +290,13 @@ export class AgentClient {
     });
   }
 
+  /** `request` for an op pyro knows: the reply header typed as its contract admits it. */
+  private async call<Op extends AgentOp>(op: Op, fields: Record<string, unknown> = {}, payload?: Buffer, options: RequestOptions = {}): Promise<{ header: AgentReply<Op>; payload: Buffer }> {
+    const reply = await this.request(op, fields, payload, options);
+    // onFrame resolves only replies that replyProblem found to match this op's schema.
+    return { header: reply.header as AgentReply<Op>, payload: reply.payload };
+  }
+
   private abandon(id: number): void {
     this.abandoned.add(id);
     if (this.abandoned.size > MAX_ABANDONED_IDS) this.abandoned.delete(this.abandoned.values().next().value!);
@@ -307,7 +326,7 @@ export class AgentClient {
    * are still running, e.g. those of a pyro killed mid-request, so they never reach this connection.
    */
   async hello(timeoutMs = 5_000, options: { newSession?: boolean } = {}): Promise<HelloInfo> {
-    const { header } = await this.request("hello", { host_time_ms: Date.now(), ...(options.newSession ? { new_session: true } : {}) }, undefined, { timeoutMs });
+    const { header } = await this.call("hello", { host_time_ms: Date.now(), ...(options.newSession ? { new_session: true } : {}) }, undefined, { timeoutMs });
     const protocol = Number(header.protocol);
     if (protocol !== PROTOCOL_VERSION) {
       throw new PyroError("GUEST_PROTOCOL", `guest agent speaks protocol ${protocol}, pyro speaks ${PROTOCOL_VERSION}; rebuild the agent (scripts/setup.sh)`);
@@ -319,7 +338,7 @@ export class AgentClient {
   async exec(req: ExecRequest): Promise<GuestExecResult> {
     const stdin = req.stdin === undefined ? undefined : Buffer.from(req.stdin);
     const hostTimeout = req.timeoutMs !== undefined ? req.timeoutMs + 15_000 : undefined;
-    const { header: h, payload } = await this.request("exec", execFields(req), stdin, { timeoutMs: hostTimeout });
+    const { header: h, payload } = await this.call("exec", execFields(req), stdin, { timeoutMs: hostTimeout });
     const outLen = Number(h.stdout_len);
     return {
       exitCode: Number(h.exit_code),
@@ -332,32 +351,32 @@ export class AgentClient {
   }
 
   async readFile(path: string, options: { offset?: number; maxBytes?: number } = {}): Promise<{ data: Buffer; size: number; truncated: boolean }> {
-    const { header, payload } = await this.request("file.read", { path, offset: options.offset ?? 0, max_bytes: options.maxBytes ?? DEFAULT_READ_BYTES });
+    const { header, payload } = await this.call("file.read", { path, offset: options.offset ?? 0, max_bytes: options.maxBytes ?? DEFAULT_READ_BYTES });
     return { data: payload, size: Number(header.size), truncated: header.truncated === true };
   }
 
   async writeFile(path: string, data: Buffer | string, options: { mode?: number; append?: boolean } = {}): Promise<void> {
-    await this.request("file.write", { path, mode: options.mode ?? 0o644, append: options.append ?? false, mkdirs: true }, Buffer.from(data));
+    await this.call("file.write", { path, mode: options.mode ?? 0o644, append: options.append ?? false, mkdirs: true }, Buffer.from(data));
   }
 
   async stat(path: string): Promise<GuestFileEntry> {
-    const { header } = await this.request("file.stat", { path });
+    const { header } = await this.call("file.stat", { path });
     return toEntry(header);
   }
 
   async list(path: string, options: { recursive?: boolean; maxEntries?: number } = {}): Promise<{ entries: GuestFileEntry[]; truncated: boolean }> {
-    const { header } = await this.request("file.list", { path, recursive: options.recursive ?? false, max_entries: options.maxEntries ?? DEFAULT_LIST_MAX_ENTRIES });
+    const { header } = await this.call("file.list", { path, recursive: options.recursive ?? false, max_entries: options.maxEntries ?? DEFAULT_LIST_MAX_ENTRIES });
     const entries = (header.entries as Record<string, unknown>[]).map(toEntry);
     return { entries, truncated: header.truncated === true };
   }
 
   /** Flushes the guest's page cache to its virtual disk: what was written survives a killed VMM. */
   async sync(): Promise<void> {
-    await this.request("sync", {}, undefined, { timeoutMs: 60_000 });
+    await this.call("sync", {}, undefined, { timeoutMs: 60_000 });
   }
 
   async remove(path: string, options: { recursive?: boolean } = {}): Promise<void> {
-    await this.request("file.remove", { path, recursive: options.recursive ?? false });
+    await this.call("file.remove", { path, recursive: options.recursive ?? false });
   }
 
   /**
@@ -365,11 +384,11 @@ export class AgentClient {
    * agent (links already in the guest are never written through).
    */
   async extractArchive(archive: string, dest: string): Promise<void> {
-    await this.request("file.extract", { archive, path: dest }, undefined, { timeoutMs: 600_000 });
+    await this.call("file.extract", { archive, path: dest }, undefined, { timeoutMs: 600_000 });
   }
 
   async mkdir(path: string): Promise<void> {
-    await this.request("file.mkdir", { path });
+    await this.call("file.mkdir", { path });
   }
 
   /**
@@ -378,18 +397,96 @@ export class AgentClient {
    * host, and gives it its own hostname and machine-id.
    */
   async setIdentity(identity: GuestIdentity): Promise<{ filesWritten: boolean }> {
-    const { header } = await this.request("identity.set", { hostname: identity.hostname, machine_id: identity.machineId, host_time_ms: Date.now() }, identity.entropy);
+    const { header } = await this.call("identity.set", { hostname: identity.hostname, machine_id: identity.machineId, host_time_ms: Date.now() }, identity.entropy);
     return { filesWritten: header.files_written === true };
   }
 
   /** Asks the guest to sync its disks and power off. Resolves once the agent acknowledged. */
   async shutdown(timeoutMs = 5_000): Promise<void> {
-    await this.request("shutdown", {}, undefined, { timeoutMs });
+    await this.call("shutdown", {}, undefined, { timeoutMs });
+  }
+
+  /** Mounts the workspace disk on /workspace (the agent finds it by its serial). */
+  async mountWorkspace(timeoutMs = 60_000): Promise<AgentReply<"workspace.mount">> {
+    return (await this.call("workspace.mount", {}, undefined, { timeoutMs })).header;
+  }
+
+  /** The guest's manifest of the tree under `path` (payload), at most `maxBytes` of it. */
+  async treeManifest(path: string, maxBytes: number, timeoutMs = 600_000): Promise<{ header: AgentReply<"tree.manifest">; payload: Buffer }> {
+    return this.call("tree.manifest", { path, max_bytes: maxBytes }, undefined, { timeoutMs });
+  }
+
+  /** Starts a supervised background process; its output goes to the log paths in the reply. */
+  async serviceStart(req: ServiceStartRequest): Promise<ServiceState> {
+    return (await this.call("service.start", { name: req.name, cwd: req.cwd, env: req.env, ...serviceCommandFields(req.command) })).header;
+  }
+
+  async serviceStatus(name: string): Promise<ServiceState> {
+    return (await this.call("service.status", { name })).header;
+  }
+
+  /** Stops a service: SIGTERM, then SIGKILL after `graceMs`. */
+  async serviceStop(name: string, graceMs: number, timeoutMs?: number): Promise<ServiceState> {
+    return (await this.call("service.stop", { name, grace_ms: graceMs }, undefined, { timeoutMs })).header;
+  }
+
+  async serviceList(): Promise<ServiceState[]> {
+    return (await this.call("service.list")).header.services;
+  }
+
+  /** Whether something in the guest accepts TCP connections on host:port. */
+  async probeTcp(host: string, port: number, timeoutMs: number): Promise<ProbeReply> {
+    return (await this.call("probe.tcp", { host, port, timeout_ms: timeoutMs })).header;
+  }
+
+  /** Whether `url`, fetched from inside the guest, answers successfully. */
+  async probeHttp(url: string, timeoutMs: number): Promise<ProbeReply> {
+    return (await this.call("probe.http", { url, timeout_ms: timeoutMs })).header;
+  }
+
+  /** Opens a process on a PTY that lives until closed. */
+  async shellOpen(req: ShellOpenRequest): Promise<ShellState> {
+    return (await this.call("shell.open", { argv: req.argv, cwd: req.cwd, cols: req.cols, rows: req.rows, env: req.env })).header;
+  }
+
+  /** Up to `maxBytes` of a shell's output from `cursor` on (payload); `next_cursor` continues. */
+  async shellRead(shellId: string, req: { cursor: number; maxBytes: number; waitForIdleMs?: number }, timeoutMs?: number): Promise<{ header: ShellReadReply; payload: Buffer }> {
+    const fields = { shell_id: shellId, cursor: req.cursor, max_bytes: req.maxBytes, ...(req.waitForIdleMs ? { wait_for_idle_ms: req.waitForIdleMs } : {}) };
+    return this.call("shell.read", fields, undefined, { timeoutMs });
+  }
+
+  async shellWrite(shellId: string, data: Buffer): Promise<AgentReply<"shell.write">> {
+    return (await this.call("shell.write", { shell_id: shellId }, data)).header;
+  }
+
+  /** Sends a signal (by name, e.g. "INT") to the shell's foreground process group. */
+  async shellSignal(shellId: string, signal: string): Promise<AgentReply<"shell.signal">> {
+    return (await this.call("shell.signal", { shell_id: shellId, signal })).header;
+  }
+
+  async shellClose(shellId: string): Promise<ShellState> {
+    return (await this.call("shell.close", { shell_id: shellId })).header;
   }
 
   close(): void {
     this.socket.destroy();
   }
+}
+
+export interface ServiceStartRequest {
+  name: string;
+  cwd: string;
+  env: Record<string, string>;
+  /** argv, or one string run by the guest's shell. */
+  command: string[] | string;
+}
+
+export interface ShellOpenRequest {
+  argv: string[];
+  cwd: string;
+  cols: number;
+  rows: number;
+  env: Record<string, string>;
 }
 
 export interface GuestIdentity {
@@ -399,6 +496,11 @@ export interface GuestIdentity {
   machineId: string;
   /** 32-512 bytes of host randomness for the guest's kernel RNG. */
   entropy: Buffer;
+}
+
+/** How service.start carries its command: an argv, or one string for the guest's shell. */
+export function serviceCommandFields(command: string[] | string): { shell: string } | { argv: string[] } {
+  return typeof command === "string" ? { shell: command } : { argv: command };
 }
 
 function execFields(req: ExecRequest): Record<string, unknown> {

@@ -137,7 +137,7 @@ const empty = z.looseObject({});
 const pathReply = z.looseObject({ path: guestPath });
 const probeReply = z.looseObject({ ready: z.boolean(), detail: shortText });
 
-const CONTRACTS: Record<string, ReplyContract> = {
+const CONTRACTS = {
   hello: {
     schema: z.looseObject({ protocol: int, agent_version: z.string().max(64), boot_ms: count, uptime_ms: count }),
     maxHeaderBytes: SMALL_HEADER_BYTES,
@@ -204,13 +204,25 @@ const CONTRACTS: Record<string, ReplyContract> = {
   shutdown: { schema: empty, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   sync: { schema: empty, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   "identity.set": { schema: z.looseObject({ hostname: z.string().max(64), files_written: z.boolean() }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
-};
+} satisfies Record<string, ReplyContract>;
+
+/** Every op the host sends. */
+export type AgentOp = keyof typeof CONTRACTS;
+/**
+ * The header of a successful reply to `op`, as its contract's schema admits it: the type comes from
+ * the same declaration that validates the reply, so the two cannot drift apart.
+ */
+export type AgentReply<Op extends AgentOp> = z.infer<(typeof CONTRACTS)[Op]["schema"]>;
+export type ServiceState = AgentReply<"service.status">;
+export type ShellState = AgentReply<"shell.open">;
+export type ShellReadReply = AgentReply<"shell.read">;
+export type ProbeReply = AgentReply<"probe.tcp">;
 
 /** Ops without a contract of their own still get bounded, payload-free replies. */
 const UNKNOWN_OP: ReplyContract = { schema: empty, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload };
 
 export function replyContract(op: string): ReplyContract {
-  return Object.hasOwn(CONTRACTS, op) ? CONTRACTS[op]! : UNKNOWN_OP;
+  return Object.hasOwn(CONTRACTS, op) ? (CONTRACTS[op as AgentOp] as ReplyContract) : UNKNOWN_OP;
 }
 
 /**

@@ -118,6 +118,11 @@ export interface VmmBackend {
   launch(spec: VmLaunchSpec, signal?: AbortSignal): Promise<RunningVm>;
   /** Reconnects to a detached VM; fails with VM_DIED if it is gone. */
   attach(handle: VmHandle, timeoutMs?: number): Promise<RunningVm>;
+  /**
+   * Stops a VM gracefully: the guest syncs its disks and powers off; after `graceMs` it is killed
+   * (as `kill`, run directory removed).
+   */
+  stop(vm: RunningVm, graceMs?: number): Promise<void>;
   /** Whether a detached VM is still running (no connection made). */
   isRunning(handle: VmProcessRef): Promise<boolean>;
   /**

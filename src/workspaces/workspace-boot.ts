@@ -1,6 +1,6 @@
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import type { RunningVm, VmLaunchSpec, VmmBackend } from "../runtime/vmm-backend.js";
+import type { RunningVm, VmLaunchSpec } from "../runtime/vmm-backend.js";
 import { giveVmItsOwnIdentity } from "../runtime/vm-identity.js";
 import { templateMemoryMode, type TemplateMemoryMode, workspaceLaunchSpec } from "./boot-templates.js";
 import { replaceWithOverlay } from "./disk-chain.js";
@@ -101,7 +101,7 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
 
 async function mountWorkspaceDisk(vm: RunningVm): Promise<void> {
   try {
-    await vm.agent.request("workspace.mount", {}, undefined, { timeoutMs: 60_000 });
+    await vm.agent.mountWorkspace(60_000);
   } catch (error) {
     await vm.dispose(); // the agent's message names the device and why the mount failed
     throw error;
@@ -115,8 +115,7 @@ async function mountWorkspaceDisk(vm: RunningVm): Promise<void> {
 async function republishPorts(record: WorkspaceRecord, vm: RunningVm): Promise<void> {
   const withPorts = Object.entries(record.services).filter(([, s]) => s.published.length);
   if (!withPorts.length) return;
-  const { header } = await vm.agent.request("service.list");
-  const running = new Set((header.services as { name: string; running: boolean }[]).filter((s) => s.running).map((s) => s.name));
+  const running = new Set((await vm.agent.serviceList()).filter((s) => s.running).map((s) => s.name));
   for (const [name, service] of withPorts) {
     if (!running.has(name)) {
       service.published = [];
@@ -124,21 +123,4 @@ async function republishPorts(record: WorkspaceRecord, vm: RunningVm): Promise<v
     }
     for (const p of service.published) await vm.addPortForward(p.host_port, p.guest_port);
   }
-}
-
-/**
- * Stops a VM gracefully: the guest syncs its disks and powers off; after `graceMs` it is killed.
- * Data is safe either way, because every pyro operation that writes syncs the guest first.
- */
-export async function stopWorkspaceVm(backend: VmmBackend, vm: RunningVm, graceMs = 10_000): Promise<void> {
-  try {
-    await vm.agent.shutdown(5_000);
-  } catch {
-    // The guest is going away either way.
-  }
-  let timer: NodeJS.Timeout | undefined;
-  // A ref'd timer: the exit watch alone would not keep this process alive while it waits.
-  await Promise.race([vm.exited, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
-  clearTimeout(timer);
-  await backend.kill(vm.detach());
 }

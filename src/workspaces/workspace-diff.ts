@@ -77,7 +77,7 @@ export function changedEntries(baseline: ManifestEntry[], current: ManifestEntry
 
 /** The guest's manifest of /workspace, checked like any guest data. */
 export async function guestManifest(agent: AgentClient): Promise<ManifestEntry[]> {
-  const { header, payload } = await agent.request("tree.manifest", { path: WORKSPACE_ROOT, max_bytes: MAX_MANIFEST_BYTES }, undefined, { timeoutMs: 600_000 });
+  const { header, payload } = await agent.treeManifest(WORKSPACE_ROOT, MAX_MANIFEST_BYTES, 600_000);
   if (header.truncated === true) throw new PyroError("GUEST_OPERATION_FAILED", `/workspace has too many entries to diff (its listing is over ${MAX_MANIFEST_BYTES >> 20} MiB)`);
   try {
     return parseManifest(payload);

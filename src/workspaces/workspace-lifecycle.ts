@@ -6,7 +6,7 @@ import { makePrivateTempDir } from "../storage/private-storage.js";
 import { ensureBootTemplate, type BootTemplate } from "./boot-templates.js";
 import { allocatedBytes } from "./workspace-disk-usage.js";
 import { buildSeedImage, checkDiskGib, checkSeedFits, DEFAULT_DISK_GIB, scanSeed, type SeedScan, } from "./seed-image.js";
-import { baselineManifestPath, bootWorkspace, layerDisk, layerWorkspaceDisk, seedImagePath, stopWorkspaceVm } from "./workspace-boot.js";
+import { baselineManifestPath, bootWorkspace, layerDisk, layerWorkspaceDisk, seedImagePath } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
 import type { ProjectSource } from "./project-seed.js";
@@ -302,7 +302,7 @@ export async function stopWorkspace(ctx: WorkspaceContext, ref: string): Promise
       const runtime = await ctx.runtime();
       const handle = vmHandle(record)!;
       try {
-        await stopWorkspaceVm(runtime.backend, await runtime.backend.attach(handle, 10_000));
+        await runtime.backend.stop(await runtime.backend.attach(handle, 10_000));
       } catch {
         await runtime.backend.kill(handle);
       }

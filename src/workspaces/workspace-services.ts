@@ -3,7 +3,7 @@ import { SERVICE_DEFAULTS } from "./workspace-limits.js";
 import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { isPyroError, PyroError } from "../errors.js";
-import type { AgentClient } from "../guest-protocol/agent-client.js";
+import { serviceCommandFields, type AgentClient } from "../guest-protocol/agent-client.js";
 import { checkGuestRequest } from "../guest-protocol/request-limits.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
@@ -56,8 +56,7 @@ function view(record: WorkspaceRecord, name: string, agentState: Record<string, 
 }
 
 async function agentServices(agent: AgentClient): Promise<Map<string, Record<string, unknown>>> {
-  const { header } = await agent.request("service.list");
-  return new Map((header.services as Record<string, unknown>[]).map((s) => [String(s.name), s]));
+  return new Map((await agent.serviceList()).map((s) => [s.name, s]));
 }
 
 async function freePort(): Promise<number> {
@@ -79,12 +78,12 @@ async function probe(vm: RunningVm, readiness: Readiness, env: Record<string, st
         () => ({ ready: false, detail: `${readiness.path} does not exist yet` }),
       );
     case "tcp": {
-      const { header } = await vm.agent.request("probe.tcp", { host: readiness.host ?? "127.0.0.1", port: readiness.port, timeout_ms: 1000 });
-      return { ready: header.ready === true, detail: String(header.detail || "connected") };
+      const reply = await vm.agent.probeTcp(readiness.host ?? "127.0.0.1", readiness.port, 1000);
+      return { ready: reply.ready, detail: reply.detail || "connected" };
     }
     case "http": {
-      const { header } = await vm.agent.request("probe.http", { url: readiness.url, timeout_ms: 2000 });
-      return { ready: header.ready === true, detail: String(header.detail) };
+      const reply = await vm.agent.probeHttp(readiness.url, 2000);
+      return { ready: reply.ready, detail: reply.detail };
     }
     case "command": {
       const r = await vm.agent.exec({ command: readiness.command, cwd: WORKSPACE_ROOT, env, timeoutMs: 10_000 });
@@ -143,8 +142,7 @@ export async function startService(ctx: WorkspaceContext, ref: string, name: str
   const timeoutMs = (options.readyTimeoutSeconds ?? SERVICE_DEFAULTS.readyTimeoutSeconds) * 1000;
   const intervalMs = options.readyIntervalMs ?? SERVICE_DEFAULTS.readyIntervalMs;
   if (!(timeoutMs > 0) || !(intervalMs > 0)) throw new PyroError("INVALID_ARGUMENT", "ready timeout and interval must be positive");
-  const commandFields = typeof command === "string" ? { shell: command } : { argv: command };
-  checkGuestRequest("the service command", { name, cwd, ...commandFields });
+  checkGuestRequest("the service command", { name, cwd, ...serviceCommandFields(command) });
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     if (options.publish?.length) requirePublishing(record);
     const env = { ...networkEnvironment(record), ...secretEnvironment(session.secrets, options.secretEnv) };
@@ -153,18 +151,18 @@ export async function startService(ctx: WorkspaceContext, ref: string, name: str
     const published = await publishAll(vm, options.publish ?? []);
     let running = false;
     try {
-      const { header: startedState } = await vm.agent.request("service.start", { name, cwd, env, ...commandFields });
+      const startedState = await vm.agent.serviceStart({ name, cwd, env, command });
       running = true;
       const stopAndFail = async (code: "SERVICE_NOT_READY" | "SERVICE_EXITED", message: string) => {
-        await vm.agent.request("service.stop", { name, grace_ms: 1000 }).catch(() => undefined);
+        await vm.agent.serviceStop(name, 1000).catch(() => undefined);
         running = false;
-        const stderr = (await logTail(vm.agent, String(startedState.stderr_path), session.redactor)).trim().split("\n").slice(-10).join("\n");
+        const stderr = (await logTail(vm.agent, startedState.stderr_path, session.redactor)).trim().split("\n").slice(-10).join("\n");
         throw new PyroError(code, `${message}${stderr ? `\n--- stderr (tail) ---\n${stderr}` : ""}`, { service: name });
       };
       if (options.readiness) {
         for (let last = "not probed yet"; ; ) {
-          const { header: state } = await vm.agent.request("service.status", { name });
-          if (state.running !== true) await stopAndFail("SERVICE_EXITED", `service ${name} exited with code ${String(state.exit_code)} before it became ready`);
+          const state = await vm.agent.serviceStatus(name);
+          if (!state.running) await stopAndFail("SERVICE_EXITED", `service ${name} exited with code ${String(state.exit_code)} before it became ready`);
           const result = await probe(vm, options.readiness, env).catch((e: Error) => ({ ready: false, detail: e.message }));
           if (result.ready) break;
           last = result.detail;
@@ -175,7 +173,7 @@ export async function startService(ctx: WorkspaceContext, ref: string, name: str
         }
       }
     } catch (error) {
-      if (running) await vm.agent.request("service.stop", { name, grace_ms: 1000 }).catch(() => undefined);
+      if (running) await vm.agent.serviceStop(name, 1000).catch(() => undefined);
       await unpublish(vm, published);
       throw error;
     }
@@ -234,7 +232,7 @@ export async function stopService(ctx: WorkspaceContext, ref: string, name: stri
   return withRunningWorkspace(ctx, ref, async (record, vm) => {
     known(record, name);
     const live = (await agentServices(vm.agent)).get(name);
-    if (live) await vm.agent.request("service.stop", { name, grace_ms: 3000 }, undefined, { timeoutMs: 30_000 });
+    if (live) await vm.agent.serviceStop(name, 3000, 30_000);
     await unpublish(vm, record.services[name]!.published);
     record.services[name]!.published = [];
     record.services[name]!.stopped_at = nowIso();

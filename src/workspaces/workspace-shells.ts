@@ -41,14 +41,14 @@ export function wholeCharacters(bytes: Buffer): number {
 export async function openShell(ctx: WorkspaceContext, ref: string, options: { cwd?: string; cols?: number; rows?: number; secretEnv?: string[] } = {}): Promise<ShellView> {
   const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
-    const { header } = await vm.agent.request("shell.open", {
+    const shell = await vm.agent.shellOpen({
       argv: ["/bin/bash", "-i"],
       cwd,
       cols: options.cols ?? 120,
       rows: options.rows ?? 30,
       env: { ...networkEnvironment(record), ...secretEnvironment(session.secrets, options.secretEnv) },
     });
-    return view(record.id, header);
+    return view(record.id, shell);
   });
 }
 
@@ -101,19 +101,18 @@ export async function readShell(ctx: WorkspaceContext, ref: string, shellId: str
   if (!(maxChars > 0)) throw new PyroError("INVALID_ARGUMENT", "max chars must be positive");
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     const context = session.redactor.contextBytes;
-    const { header, payload } = await vm.agent.request(
-      "shell.read",
+    const { header, payload } = await vm.agent.shellRead(
+      shellId,
       // Past the page's end too, so a secret crossing it is seen whole.
-      { shell_id: shellId, cursor: options.cursor ?? 0, max_bytes: maxChars + context, ...(options.waitForIdleMs ? { wait_for_idle_ms: options.waitForIdleMs } : {}) },
-      undefined,
-      { timeoutMs: 60_000 },
+      { cursor: options.cursor ?? 0, maxBytes: maxChars + context, waitForIdleMs: options.waitForIdleMs },
+      60_000,
     );
     const cursor = Number(header.cursor);
     let before: Buffer = Buffer.alloc(0);
     if (context > 0 && cursor > 0) {
       // The bytes before the page, so a secret the page starts inside of is recognised too.
       const want = Math.max(0, cursor - context);
-      const r = await vm.agent.request("shell.read", { shell_id: shellId, cursor: want, max_bytes: cursor - want });
+      const r = await vm.agent.shellRead(shellId, { cursor: want, maxBytes: cursor - want });
       const start = Number(r.header.cursor); // later than `want` if that output was dropped
       if (start <= cursor && start + r.payload.length >= cursor) before = r.payload.subarray(0, cursor - start);
     }
@@ -139,21 +138,21 @@ export async function readShell(ctx: WorkspaceContext, ref: string, shellId: str
 export async function writeShell(ctx: WorkspaceContext, ref: string, shellId: string, input: string, options: { newline?: boolean } = {}) {
   return withRunningWorkspace(ctx, ref, async (record, vm) => {
     const data = Buffer.from(options.newline === false ? input : `${input}\n`, "utf8");
-    await vm.agent.request("shell.write", { shell_id: shellId }, data);
+    await vm.agent.shellWrite(shellId, data);
     return { workspace_id: record.id, shell_id: shellId, bytes: data.length };
   });
 }
 
 export async function signalShell(ctx: WorkspaceContext, ref: string, shellId: string, signal: ShellSignal = "INT") {
   return withRunningWorkspace(ctx, ref, async (record, vm) => {
-    await vm.agent.request("shell.signal", { shell_id: shellId, signal });
+    await vm.agent.shellSignal(shellId, signal);
     return { workspace_id: record.id, shell_id: shellId, signal };
   });
 }
 
 export async function closeShell(ctx: WorkspaceContext, ref: string, shellId: string) {
   return withRunningWorkspace(ctx, ref, async (record, vm) => {
-    const { header } = await vm.agent.request("shell.close", { shell_id: shellId });
-    return { ...view(record.id, header), closed: true };
+    const shell = await vm.agent.shellClose(shellId);
+    return { ...view(record.id, shell), closed: true };
   });
 }

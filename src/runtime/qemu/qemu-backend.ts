@@ -142,10 +142,23 @@ export class QemuBackend implements VmmBackend {
     }
   }
 
+  /** Data is safe either way: every pyro operation that writes syncs the guest first. */
+  async stop(vm: RunningVm, graceMs = 10_000): Promise<void> {
+    try {
+      await vm.agent.shutdown(5_000);
+    } catch {
+      // The guest is going away either way.
+    }
+    let timer: NodeJS.Timeout | undefined;
+    // A ref'd timer: the exit watch alone would not keep this process alive while it waits.
+    await Promise.race([vm.exited, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
+    clearTimeout(timer);
+    await this.kill(vm.detach());
+  }
+
   async isRunning(handle: VmProcessRef): Promise<boolean> {
-    if (!processAlive(handle.pid) || !ownedByUs(handle.pid)) return false;
-    // Guard against pid reuse: the process must be a VMM using this run directory.
-    return (await readCmdline(handle.pid)).includes(runFiles(handle.runDir).agentSocket);
+    // Guard against pid reuse: the process must be ours and a VMM using this run directory.
+    return processAlive(handle.pid) && ownedByUs(handle.pid) && (await namesRunDir(handle.pid, handle.runDir));
   }
 
   async kill(handle: VmProcessRef): Promise<void> {
@@ -161,7 +174,7 @@ export class QemuBackend implements VmmBackend {
     }
     // A process still naming this run directory (ours that would not die, or another user's posing as
     // ours) may be using it: removing it would pull the files from under a live VM.
-    if (processAlive(handle.pid) && (await readCmdline(handle.pid)).includes(runFiles(handle.runDir).agentSocket)) {
+    if (processAlive(handle.pid) && (await namesRunDir(handle.pid, handle.runDir))) {
       throw new PyroError("VM_DIED", `process ${handle.pid} still names the run directory ${handle.runDir}${ours ? " after SIGKILL" : " and is not ours"}; left the directory in place`);
     }
     await rm(handle.runDir, { recursive: true, force: true });
@@ -256,6 +269,11 @@ function readCmdlineSync(pid: number): string {
 
 async function readCmdline(pid: number): Promise<string> {
   return readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+}
+
+/** Whether the process under `pid` is a VMM serving `runDir` (its agent socket is on its command line). */
+async function namesRunDir(pid: number, runDir: string): Promise<boolean> {
+  return (await readCmdline(pid)).includes(runFiles(runDir).agentSocket);
 }
 
 /**
