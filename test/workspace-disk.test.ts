@@ -10,7 +10,8 @@ import { Ext4Image } from "../src/workspaces/disk-image.js";
 import { buildSeedImage, checkSeedFits, scanSeed } from "../src/workspaces/seed-image.js";
 import { encodeManifest, parseManifest, type ManifestEntry } from "../src/workspaces/tree-manifest.js";
 import { changedEntries } from "../src/workspaces/workspace-diff.js";
-import { restoreHardlinks } from "../src/workspaces/workspace-export.js";
+import { Redactor } from "../src/workspaces/secret-redaction.js";
+import { redactTree, restoreHardlinks } from "../src/workspaces/workspace-export.js";
 
 const entry = (path: string, fields: Partial<ManifestEntry> = {}): ManifestEntry => ({ path, type: "f", mode: 0o644, size: 1, mtimeNs: 0n, ctimeNs: 0n, ino: 0, nlink: 1, target: "", ...fields });
 
@@ -161,5 +162,23 @@ describe("hardlinks restored in a dumped tree (the dump is the guest's disk, the
     await writeFile(join(tree, "sub", "b"), "same");
     await restoreHardlinks(tree, [entry("a", { ino: 3, nlink: 2 }), entry("sub", { type: "d" }), entry("sub/b", { ino: 3, nlink: 2 })], "");
     assert.equal((await lstat(join(tree, "a"))).ino, (await lstat(join(tree, "sub", "b"))).ino);
+  });
+});
+
+describe("redaction of a dumped tree (every name in it is the guest's)", () => {
+  it("never writes through a symlink the dump holds next to a file it redacts", async () => {
+    const root = await mkdtemp(join(tmpdir(), "pyro-redact-"));
+    try {
+      const tree = join(root, "tree");
+      await mkdir(tree);
+      await writeFile(join(root, "victim"), "host data");
+      await writeFile(join(tree, "notes"), "token hunter2 here");
+      await symlink(join(root, "victim"), join(tree, "notes.pyro-redacted"));
+      await redactTree(tree, new Redactor({ S: "hunter2" }));
+      assert.equal(await readFile(join(root, "victim"), "utf8"), "host data");
+      assert.equal(await readFile(join(tree, "notes"), "utf8"), "token [REDACTED] here");
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });

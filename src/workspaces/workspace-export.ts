@@ -119,7 +119,7 @@ export async function restoreHardlinks(tree: string, entries: ManifestEntry[], p
  * Applies secret redaction to a dumped tree in place: file contents (streamed), names and link
  * targets. A name that redaction makes equal to another gets a numbered suffix.
  */
-async function redactTree(tree: string, redactor: Redactor): Promise<void> {
+export async function redactTree(tree: string, redactor: Redactor): Promise<void> {
   const pending = [tree];
   while (pending.length) {
     const dir = pending.pop()!;
@@ -141,7 +141,10 @@ async function redactTree(tree: string, redactor: Redactor): Promise<void> {
           await symlink(redactor.text(to), path);
         }
       } else if (st.isFile()) {
-        const redacted = `${path}.pyro-redacted`;
+        // The copy is created exclusively under a free name: the dump's own names (a symlink called
+        // like the copy) must never be opened for writing.
+        let redacted = `${path}.pyro-redacted`;
+        for (let n = 2; lstatSync(redacted, { throwIfNoEntry: false }); n++) redacted = `${path}.pyro-redacted.${n}`;
         const stream = redactor.stream();
         await pipeline(
           createReadStream(path),
@@ -149,7 +152,7 @@ async function redactTree(tree: string, redactor: Redactor): Promise<void> {
             for await (const piece of source) yield stream.push(piece);
             yield stream.end();
           },
-          createWriteStream(redacted, { mode: st.mode & 0o777 }),
+          createWriteStream(redacted, { mode: st.mode & 0o777, flags: "wx" }),
         );
         await rename(redacted, path);
       }
