@@ -332,8 +332,9 @@ export async function exportDirectoryFromDisk(ctx: WorkspaceContext, record: Wor
     const entry = await new Ext4Image(raw).lookup(prefix ? `/${prefix}` : "/");
     const tree = await dumpDirectory(out, entry.inode, bytes);
     await rm(raw, { force: true });
+    // Redaction replaces each file by a copy, so hardlinks are restored after it.
+    await redactTree(tree, redactor);
     await restoreHardlinks(tree, manifest, prefix);
-    if (redactor.active) await redactTree(tree, redactor);
     // GNU tar on pyro's own dump (never following a link), written straight to the file: modes and
     // hardlinks exact, owners root as in the guest, host speed.
     await runHostCommand(requireExecutable("tar", "tar"), ["-c", "-f", scratchFile, "-C", tree, "--numeric-owner", "--owner=0", "--group=0", "--format=gnu", "."], { timeoutMs: 1_800_000 });
