@@ -182,3 +182,20 @@ describe("redaction of a dumped tree (every name in it is the guest's)", () => {
     }
   });
 });
+
+describe("seed names pyro cannot carry as text", () => {
+  it("reports a name that is not UTF-8 as skipped and leaves it out of the image too (staging), never silently", async () => {
+    const root = await mkdtemp(join(tmpdir(), "pyro-seed-utf8-"));
+    try {
+      await writeFile(Buffer.from(`${root}/bad\xff`, "latin1"), "x");
+      await writeFile(join(root, "ok"), "y");
+      const scan = scanSeed({ root });
+      assert.deepEqual(scan.entries.map((e) => e.path), ["ok"]);
+      assert.equal(scan.skipped.length, 1);
+      assert.match(scan.skipped[0]!.reason, /UTF-8/);
+      assert.equal(scan.needsStaging, true);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+});
