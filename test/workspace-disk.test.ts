@@ -29,6 +29,12 @@ describe("tree manifests (the guest's walk of /workspace is hostile input)", () 
     );
   });
 
+  it("keeps names that are not UTF-8 apart (escaped), so two of them in one directory are not one name listed twice", () => {
+    const record = (name: Buffer) => Buffer.concat([Buffer.from("f 644 1 0 0 5 1\0"), name, Buffer.from("\0\0")]);
+    const parsed = parseManifest(Buffer.concat([record(Buffer.from("a\xff", "latin1")), record(Buffer.from("a\xfe", "latin1")), record(Buffer.from("a\u00ff"))]));
+    assert.deepEqual(parsed.map((e) => e.path), ["a\\xff", "a\\xfe", "a\u00ff"]);
+  });
+
   it("refuses entries not below a directory listed before them (a symlink parent would be written through)", () => {
     const bytes = encodeManifest([entry("a", { type: "l", target: "/etc" }), entry("a/passwd")]);
     assert.throws(() => parseManifest(bytes), (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /not below a directory/.test(e.message));
