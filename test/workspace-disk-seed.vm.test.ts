@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { chmod, link, mkdir, mkdtemp, readdir, rm, symlink, truncate, writeFile } from "node:fs/promises";
+import { chmod, link, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -175,5 +175,28 @@ describe("[vm] /workspace as its own disk, built from the seed on the host", () 
     const ls = await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "ls -A; df -k --output=size /workspace | tail -1"]);
     assert.match(ls.stdout, /^ok\.txt\n\s*\d+\n$/);
     assert.ok(Number(ls.stdout.split("\n")[1]) < 1.1 * 2 ** 20, ls.stdout);
+  });
+
+  it("exports with redaction without writing through the guest's symlinks (one named like pyro's redacted copy)", TIMEOUT, async () => {
+    const secret = "hunter2-disk-export-secret";
+    const victim = join(scratch, "victim");
+    await writeFile(victim, "host data");
+    const seed = join(scratch, "redact-seed");
+    await mkdir(seed);
+    await writeFile(join(seed, "seeded.txt"), "seeded");
+    const ws = await pyro.createWorkspace("debian:12", { seedPath: seed, secrets: { TOKEN: secret } });
+    created.push(ws.workspace_id);
+    // Root in the guest plants a link to a host path where pyro would write the redacted copy of notes.
+    const plant = await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", `printf 'token ${secret} here' > notes && ln -s ${victim} notes.pyro-redacted && mkdir sub && ln notes sub/again`]);
+    assert.equal(plant.exit_code, 0, plant.stderr);
+    const tarPath = join(scratch, "redacted.tar");
+    await pyro.exportWorkspace(ws.workspace_id, ".", tarPath);
+    assert.equal(await readFile(victim, "utf8"), "host data");
+    const unpacked = join(scratch, "redacted-unpacked");
+    await mkdir(unpacked);
+    execFileSync("tar", ["-xf", tarPath, "-C", unpacked]);
+    assert.equal(await readFile(join(unpacked, "notes"), "utf8"), "token [REDACTED] here");
+    assert.equal((await lstat(join(unpacked, "notes"))).ino, (await lstat(join(unpacked, "sub", "again"))).ino);
+    assert.equal(await readlink(join(unpacked, "notes.pyro-redacted")), victim);
   });
 });

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { chmod, link, mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { chmod, link, lstat, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -10,6 +10,8 @@ import { Ext4Image } from "../src/workspaces/disk-image.js";
 import { buildSeedImage, checkSeedFits, scanSeed } from "../src/workspaces/seed-image.js";
 import { encodeManifest, parseManifest, type ManifestEntry } from "../src/workspaces/tree-manifest.js";
 import { changedEntries } from "../src/workspaces/workspace-diff.js";
+import { Redactor } from "../src/workspaces/secret-redaction.js";
+import { redactTree, restoreHardlinks } from "../src/workspaces/workspace-export.js";
 
 const entry = (path: string, fields: Partial<ManifestEntry> = {}): ManifestEntry => ({ path, type: "f", mode: 0o644, size: 1, mtimeNs: 0n, ctimeNs: 0n, ino: 0, nlink: 1, target: "", ...fields });
 
@@ -25,6 +27,12 @@ describe("tree manifests (the guest's walk of /workspace is hostile input)", () 
       }),
       { numRuns: 100 },
     );
+  });
+
+  it("keeps names that are not UTF-8 apart (escaped), so two of them in one directory are not one name listed twice", () => {
+    const record = (name: Buffer) => Buffer.concat([Buffer.from("f 644 1 0 0 5 1\0"), name, Buffer.from("\0\0")]);
+    const parsed = parseManifest(Buffer.concat([record(Buffer.from("a\xff", "latin1")), record(Buffer.from("a\xfe", "latin1")), record(Buffer.from("a\u00ff"))]));
+    assert.deepEqual(parsed.map((e) => e.path), ["a\\xff", "a\\xfe", "a\u00ff"]);
   });
 
   it("refuses entries not below a directory listed before them (a symlink parent would be written through)", () => {
@@ -118,5 +126,82 @@ describe("seed images built on the host (mkfs.ext4 -d in the sandbox)", () => {
     const scan = scanSeed({ root });
     assert.throws(() => checkSeedFits(scan, 2), (e) => isPyroError(e, "INVALID_ARGUMENT") && /--disk-gib 4\)/.test(e.message));
     checkSeedFits(scan, 4);
+  });
+});
+
+describe("hardlinks restored in a dumped tree (the dump is the guest's disk, the manifest its agent's reply)", () => {
+  let root: string;
+  before(async () => {
+    root = await mkdtemp(join(tmpdir(), "pyro-relink-"));
+  });
+  after(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  it("never unlinks or links through a symlink the dump holds where the manifest said directory", async () => {
+    const tree = join(root, "tree");
+    const outside = join(root, "outside");
+    await mkdir(tree);
+    await mkdir(outside);
+    await writeFile(join(outside, "victim"), "host data");
+    await writeFile(join(tree, "planted"), "guest data");
+    // The manifest (taken before the pause, or simply lied) says d is a directory; on the disk d is a link out.
+    await symlink(outside, join(tree, "d"));
+    const manifest = [entry("planted", { ino: 7, nlink: 2 }), entry("d", { type: "d" }), entry("d/victim", { ino: 7, nlink: 2 })];
+    await restoreHardlinks(tree, manifest, "");
+    assert.equal(await readFile(join(outside, "victim"), "utf8"), "host data");
+    assert.equal((await lstat(join(outside, "victim"))).nlink, 1);
+    // The first name too: a link through a symlink would hand out a host file's inode.
+    const tree2 = join(root, "tree2");
+    await mkdir(tree2);
+    await symlink(outside, join(tree2, "d"));
+    await writeFile(join(tree2, "other"), "guest data");
+    await restoreHardlinks(tree2, [entry("d", { type: "d" }), entry("d/victim", { ino: 9, nlink: 2 }), entry("other", { ino: 9, nlink: 2 })], "");
+    assert.equal(await readFile(join(tree2, "other"), "utf8"), "guest data");
+    assert.equal((await lstat(join(outside, "victim"))).nlink, 1);
+  });
+
+  it("still relinks real names below real directories", async () => {
+    const tree = join(root, "tree3");
+    await mkdir(join(tree, "sub"), { recursive: true });
+    await writeFile(join(tree, "a"), "same");
+    await writeFile(join(tree, "sub", "b"), "same");
+    await restoreHardlinks(tree, [entry("a", { ino: 3, nlink: 2 }), entry("sub", { type: "d" }), entry("sub/b", { ino: 3, nlink: 2 })], "");
+    assert.equal((await lstat(join(tree, "a"))).ino, (await lstat(join(tree, "sub", "b"))).ino);
+  });
+});
+
+describe("redaction of a dumped tree (every name in it is the guest's)", () => {
+  it("never writes through a symlink the dump holds next to a file it redacts", async () => {
+    const root = await mkdtemp(join(tmpdir(), "pyro-redact-"));
+    try {
+      const tree = join(root, "tree");
+      await mkdir(tree);
+      await writeFile(join(root, "victim"), "host data");
+      await writeFile(join(tree, "notes"), "token hunter2 here");
+      await symlink(join(root, "victim"), join(tree, "notes.pyro-redacted"));
+      await redactTree(tree, new Redactor({ S: "hunter2" }));
+      assert.equal(await readFile(join(root, "victim"), "utf8"), "host data");
+      assert.equal(await readFile(join(tree, "notes"), "utf8"), "token [REDACTED] here");
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("seed names pyro cannot carry as text", () => {
+  it("reports a name that is not UTF-8 as skipped and leaves it out of the image too (staging), never silently", async () => {
+    const root = await mkdtemp(join(tmpdir(), "pyro-seed-utf8-"));
+    try {
+      await writeFile(Buffer.from(`${root}/bad\xff`, "latin1"), "x");
+      await writeFile(join(root, "ok"), "y");
+      const scan = scanSeed({ root });
+      assert.deepEqual(scan.entries.map((e) => e.path), ["ok"]);
+      assert.equal(scan.skipped.length, 1);
+      assert.match(scan.skipped[0]!.reason, /UTF-8/);
+      assert.equal(scan.needsStaging, true);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });

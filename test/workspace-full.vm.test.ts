@@ -117,6 +117,8 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
   it("reads a stopped workspace's disk offline, and marks services lost after a restart", TIMEOUT, async () => {
     await pyro.writeWorkspaceFile(id, "docs/offline.txt", "read without booting\n");
     await pyro.execWorkspace(id, ["ln", "-s", "/", "/workspace/rootlink"]);
+    // A guest process can put the secret it holds into a name: listings redact names too.
+    await pyro.execWorkspace(id, ["sh", "-c", "touch \"/workspace/docs/name-$(cat /run/pyro-secrets/API_KEY)\""]);
     await assert.rejects(pyro.listWorkspaceDisk(id), (e) => isPyroError(e, "WORKSPACE_RUNNING"));
     await pyro.stopWorkspace(id);
     // Offline paths are confined like live ones: no quoting tricks, no guest symlinks followed.
@@ -126,6 +128,8 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
     await assert.rejects(pyro.listWorkspaceDisk(id, "rootlink/etc"), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE"));
     const listing = await pyro.listWorkspaceDisk(id, ".", { recursive: true });
     assert.ok(listing.entries.some((e) => e.path === "docs/offline.txt" && e.type === "file"), JSON.stringify(listing.entries));
+    assert.ok(listing.entries.some((e) => e.path === "docs/name-[REDACTED]"), JSON.stringify(listing.entries));
+    assert.doesNotMatch(JSON.stringify(listing), new RegExp(SECRET));
     const file = await pyro.readWorkspaceDisk(id, "docs/offline.txt");
     assert.equal(file.content, "read without booting\n");
     assert.equal((await pyro.readWorkspaceDisk(id, "leaked.txt")).content, "[REDACTED]");

@@ -169,13 +169,24 @@ export function scanSeed(source: SeedSource): SeedScan {
   const pending = [""];
   while (pending.length) {
     const dir = pending.pop()!;
-    let names: string[];
+    let raw: Buffer[];
     try {
-      names = readdirSync(join(source.root, dir));
+      raw = readdirSync(join(source.root, dir), { encoding: "buffer" });
     } catch (error) {
       scan.skipped.push({ path: dir, reason: `cannot list: ${(error as NodeJS.ErrnoException).code ?? error}` });
       scan.needsStaging = true;
       continue;
+    }
+    const names: string[] = [];
+    for (const bytes of raw) {
+      const name = bytes.toString("utf8");
+      if (Buffer.from(name, "utf8").equals(bytes)) names.push(name);
+      else {
+        // Its text form names another file (or none): left out of the image as well, so the image
+        // holds what the baseline says.
+        scan.skipped.push({ path: dir ? `${dir}/${name}` : name, reason: "name is not valid UTF-8" });
+        scan.needsStaging = true;
+      }
     }
     names.sort();
     for (const name of names) {

@@ -39,6 +39,23 @@ export function encodeManifest(entries: Iterable<ManifestEntry>): Buffer {
   return Buffer.concat(parts);
 }
 
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * A name's text. Linux names are bytes; one that is not UTF-8 has each byte above 0x7f written as
+ * `\xNN` (as debugfs shows them), where lossy decoding would make two names one (`a\xff` and
+ * `a\xfe` both `a\uFFFD`) and an honest guest's manifest fail as a name listed twice.
+ */
+function nameText(raw: Buffer): string {
+  try {
+    return strictUtf8.decode(raw);
+  } catch {
+    let text = "";
+    for (const byte of raw) text += byte < 0x80 ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, "0")}`;
+    return text;
+  }
+}
+
 /** Parses a manifest; throws GUEST_PROTOCOL_ERROR (callers rewrap) on anything out of shape. */
 export function parseManifest(bytes: Buffer): ManifestEntry[] {
   const out: ManifestEntry[] = [];
@@ -46,7 +63,7 @@ export function parseManifest(bytes: Buffer): ManifestEntry[] {
   const field = (): string => {
     const end = bytes.indexOf(0, at);
     if (end < 0) throw bad("a record is cut off");
-    const text = bytes.toString("utf8", at, end);
+    const text = nameText(bytes.subarray(at, end));
     at = end + 1;
     return text;
   };

@@ -131,9 +131,10 @@ export async function readImage(image: Ext4Image, guestPath: string, maxBytes: n
 
 export async function diskList(ctx: WorkspaceContext, ref: string, path = ".", options: { recursive?: boolean } = {}) {
   const root = workspacePath(path);
-  return withRawDisk(ctx, ref, async (record, raw, _scratch, _redactor, view) => {
+  return withRawDisk(ctx, ref, async (record, raw, _scratch, redactor, view) => {
     const { entries, truncated } = await listImage(new Ext4Image(raw), view.toImage(root), options.recursive ?? false);
-    return { workspace_id: record.id, path: relativeToWorkspace(root) || ".", count: entries.length, truncated, entries: entries.map((e) => ({ ...e, path: relativeToWorkspace(view.toGuest(e.path.replace(/^\/\//, "/"))) })) };
+    // Names are the guest's: one can hold a secret the guest was given, as a live listing's can.
+    return redactor.deep({ workspace_id: record.id, path: relativeToWorkspace(root) || ".", count: entries.length, truncated, entries: entries.map((e) => ({ ...e, path: relativeToWorkspace(view.toGuest(e.path.replace(/^\/\//, "/"))) })) });
   });
 }
 

@@ -1,6 +1,6 @@
 import { lstatSync, readdirSync, readlinkSync } from "node:fs";
 import { createReadStream, createWriteStream } from "node:fs";
-import { link, lstat, mkdir, rename, rm, symlink, unlink } from "node:fs/promises";
+import { lstat, mkdir, rename, rm, symlink, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { spawn } from "node:child_process";
@@ -11,6 +11,7 @@ import { runSandboxed, sandboxArgs, sandboxFailure, SANDBOX_OUTPUT_DIR } from ".
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { diskChain } from "../storage/qcow2-backing-chain.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
+import { RootedTree } from "../storage/rooted-path.js";
 import { Ext4Image } from "./disk-image.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import type { Redactor } from "./secret-redaction.js";
@@ -87,8 +88,13 @@ async function dumpDirectory(out: string, inode: number, bytes: number): Promise
   return dumped;
 }
 
-/** Names under `tree` that the guest had as hardlinks of one inode become hardlinks again. */
-async function relink(tree: string, entries: ManifestEntry[], prefix: string): Promise<void> {
+/**
+ * Names under `tree` that the guest had as hardlinks of one inode become hardlinks again. The dump
+ * is the guest's disk and the manifest its agent's earlier reply: they need not agree (a directory
+ * swapped for a symlink after the walk), so a name is relinked only where it is a regular file with
+ * no symlink on the way, resolved inside the dump; anything else is left as dumped.
+ */
+export async function restoreHardlinks(tree: string, entries: ManifestEntry[], prefix: string): Promise<void> {
   const byInode = new Map<number, string[]>();
   for (const e of entries) {
     if (e.type !== "f" || e.nlink < 2) continue;
@@ -96,13 +102,15 @@ async function relink(tree: string, entries: ManifestEntry[], prefix: string): P
     const rel = prefix ? e.path.slice(prefix.length + 1) : e.path;
     byInode.set(e.ino, [...(byInode.get(e.ino) ?? []), rel]);
   }
-  for (const names of byInode.values()) {
-    const [first, ...rest] = names;
+  const dump = new RootedTree(tree);
+  const plainFile = async (name: string) => {
+    const at = await dump.resolve(name, { followFinal: false });
+    return at.relative === name && at.stats?.isFile() === true;
+  };
+  for (const [first, ...rest] of byInode.values()) {
+    if (!(await plainFile(first!))) continue; // changed since the manifest was taken
     for (const name of rest) {
-      const st = await lstat(join(tree, name)).catch(() => undefined);
-      if (!st?.isFile()) continue; // changed since the manifest was taken
-      await unlink(join(tree, name));
-      await link(join(tree, first!), join(tree, name));
+      if (await plainFile(name)) await dump.hardlink(name, first!);
     }
   }
 }
@@ -111,7 +119,7 @@ async function relink(tree: string, entries: ManifestEntry[], prefix: string): P
  * Applies secret redaction to a dumped tree in place: file contents (streamed), names and link
  * targets. A name that redaction makes equal to another gets a numbered suffix.
  */
-async function redactTree(tree: string, redactor: Redactor): Promise<void> {
+export async function redactTree(tree: string, redactor: Redactor): Promise<void> {
   const pending = [tree];
   while (pending.length) {
     const dir = pending.pop()!;
@@ -133,7 +141,10 @@ async function redactTree(tree: string, redactor: Redactor): Promise<void> {
           await symlink(redactor.text(to), path);
         }
       } else if (st.isFile()) {
-        const redacted = `${path}.pyro-redacted`;
+        // The copy is created exclusively under a free name: the dump's own names (a symlink called
+        // like the copy) must never be opened for writing.
+        let redacted = `${path}.pyro-redacted`;
+        for (let n = 2; lstatSync(redacted, { throwIfNoEntry: false }); n++) redacted = `${path}.pyro-redacted.${n}`;
         const stream = redactor.stream();
         await pipeline(
           createReadStream(path),
@@ -141,7 +152,7 @@ async function redactTree(tree: string, redactor: Redactor): Promise<void> {
             for await (const piece of source) yield stream.push(piece);
             yield stream.end();
           },
-          createWriteStream(redacted, { mode: st.mode & 0o777 }),
+          createWriteStream(redacted, { mode: st.mode & 0o777, flags: "wx" }),
         );
         await rename(redacted, path);
       }
@@ -321,8 +332,9 @@ export async function exportDirectoryFromDisk(ctx: WorkspaceContext, record: Wor
     const entry = await new Ext4Image(raw).lookup(prefix ? `/${prefix}` : "/");
     const tree = await dumpDirectory(out, entry.inode, bytes);
     await rm(raw, { force: true });
-    await relink(tree, manifest, prefix);
-    if (redactor.active) await redactTree(tree, redactor);
+    // Redaction replaces each file by a copy, so hardlinks are restored after it.
+    await redactTree(tree, redactor);
+    await restoreHardlinks(tree, manifest, prefix);
     // GNU tar on pyro's own dump (never following a link), written straight to the file: modes and
     // hardlinks exact, owners root as in the guest, host speed.
     await runHostCommand(requireExecutable("tar", "tar"), ["-c", "-f", scratchFile, "-C", tree, "--numeric-owner", "--owner=0", "--group=0", "--format=gnu", "."], { timeoutMs: 1_800_000 });
