@@ -27,5 +27,7 @@ for (const mode of Object.keys(MODES) as ModeName[]) rows.push([`mode ${mode}`, 
 const core = rows.find(([n]) => n === "profile workspace-core")![1].bytes;
 console.log("tools/list payload per profile and mode");
 for (const [name, r] of rows) {
-  console.log(`${name.padEnd(26)} ${String(r.tools).padStart(2)} tools ${String(r.bytes).padStart(6)} bytes ~${String(Math.round(r.bytes / 4)).padStart(5)} tokens  ${(r.bytes / core).toFixed(2)}x core`);
+  console.log(
+    `${name.padEnd(26)} ${String(r.tools).padStart(2)} tools ${String(r.bytes).padStart(6)} bytes ~${String(Math.round(r.bytes / 4)).padStart(5)} tokens  ${(r.bytes / core).toFixed(2)}x core`,
+  );
 }

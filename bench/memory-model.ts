@@ -63,7 +63,29 @@ async function kernelOnlyBoot(): Promise<number> {
   };
   const full = buildQemuArgs(spec, runtime.accelerator.accel, tscKhz);
   const argAfter = (flag: string) => full[full.indexOf(flag) + 1]!;
-  const args = ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-M", "microvm", "-m", "1024", "-smp", "1", "-accel", argAfter("-accel"), "-cpu", argAfter("-cpu"), "-kernel", spec.kernelPath, "-append", kernelCmdline(spec, runtime.accelerator.accel, tscKhz), "-serial", "stdio"];
+  const args = [
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-no-reboot",
+    "-M",
+    "microvm",
+    "-m",
+    "1024",
+    "-smp",
+    "1",
+    "-accel",
+    argAfter("-accel"),
+    "-cpu",
+    argAfter("-cpu"),
+    "-kernel",
+    spec.kernelPath,
+    "-append",
+    kernelCmdline(spec, runtime.accelerator.accel, tscKhz),
+    "-serial",
+    "stdio",
+  ];
   const started = performance.now();
   const child = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "ignore"] });
   try {
@@ -111,7 +133,9 @@ async function rawExecTrue(): Promise<number[]> {
 async function main(): Promise<void> {
   const runtime = await prepareGuestRuntime(paths);
   const memory = await templateMemoryMode(paths);
-  console.log(`issue #10 bench: accel=${runtime.accelerator.accel} kernel=${runtime.kernel.release} template memory=${memory.mode} memory return=${runtime.memoryReturn} runs=${RUNS}`);
+  console.log(
+    `issue #10 bench: accel=${runtime.accelerator.accel} kernel=${runtime.kernel.release} template memory=${memory.mode} memory return=${runtime.memoryReturn} runs=${RUNS}`,
+  );
   // Warm-up outside the timings: page cache, the template of the default shape.
   await kernelOnlyBoot();
   await pyro.deleteWorkspace((await pyro.createWorkspace("debian:12")).workspace_id);
@@ -146,13 +170,16 @@ async function main(): Promise<void> {
   const execRaw = await rawExecTrue();
 
   const f = median(floor);
-  const row = (what: string, samples: number[], target: string) => console.log(`${what.padEnd(36)} ${median(samples).toFixed(0).padStart(6)} ms  ${(median(samples) / f).toFixed(2).padStart(5)}x floor   (target ${target})`);
+  const row = (what: string, samples: number[], target: string) =>
+    console.log(`${what.padEnd(36)} ${median(samples).toFixed(0).padStart(6)} ms  ${(median(samples) / f).toFixed(2).padStart(5)}x floor   (target ${target})`);
   console.log(`${"kernel-only boot floor".padEnd(36)} ${f.toFixed(0).padStart(6)} ms`);
   row("workspace create (no seed)", create, "≤ 0.20x");
   row("reset to baseline (the template)", resetBaseline, "≤ 0.15x");
   row("reset to a user snapshot (streamed)", resetSnapshot, "≤ 0.15x");
   row("pyro run debian:12 -- true (CLI)", run, "≤ 0.40x");
-  console.log(`${"exec true: SDK / raw agent".padEnd(36)} ${median(execSdk).toFixed(1).padStart(6)} ms / ${median(execRaw).toFixed(1)} ms = ${(median(execSdk) / median(execRaw)).toFixed(2)}x   (target ≤ 1.3x)`);
+  console.log(
+    `${"exec true: SDK / raw agent".padEnd(36)} ${median(execSdk).toFixed(1).padStart(6)} ms / ${median(execRaw).toFixed(1)} ms = ${(median(execSdk) / median(execRaw)).toFixed(2)}x   (target ≤ 1.3x)`,
+  );
 
   // Idle memory: several workspaces held at once, so shared pages are split between them.
   const held: { id: string; pid: number }[] = [];
@@ -184,13 +211,17 @@ async function density(count: number): Promise<void> {
       if (i % 5 === 0 || i === count) {
         const pss = await Promise.all(held.map((h) => pssMib(h.pid)));
         const mean = pss.reduce((a, b) => a + b, 0) / pss.length;
-        console.log(`  ${String(i).padStart(5)}  ${median(createMs.slice(-5)).toFixed(0).padStart(18)}  ${mean.toFixed(0).padStart(10)}  ${(await memAvailableMib()).toFixed(0).padStart(16)}`);
+        console.log(
+          `  ${String(i).padStart(5)}  ${median(createMs.slice(-5)).toFixed(0).padStart(18)}  ${mean.toFixed(0).padStart(10)}  ${(await memAvailableMib()).toFixed(0).padStart(16)}`,
+        );
       }
     }
     let answered = 0;
     for (const h of held) if ((await pyro.execWorkspace(h.id, ["true"])).exit_code === 0) answered++;
     const pss = await Promise.all(held.map((h) => pssMib(h.pid)));
-    console.log(`  all ${count}: ${answered}/${count} answered exec afterwards; PSS/VM after exec ${(pss.reduce((a, b) => a + b, 0) / pss.length).toFixed(0)} MiB; MemAvailable ${(await memAvailableMib()).toFixed(0)} MiB`);
+    console.log(
+      `  all ${count}: ${answered}/${count} answered exec afterwards; PSS/VM after exec ${(pss.reduce((a, b) => a + b, 0) / pss.length).toFixed(0)} MiB; MemAvailable ${(await memAvailableMib()).toFixed(0)} MiB`,
+    );
   } finally {
     for (const h of held) await pyro.deleteWorkspace(h.id).catch(() => undefined);
   }

@@ -34,7 +34,20 @@ async function startProxy(name: string, extra: string[]): Promise<string> {
   await new Promise<void>((r) => life.listen(lifeline, () => r()));
   life.unref();
   const socket = join(dir, `${name}.sock`);
-  const child = spawn(process.execPath, [SERVER, `--policy=${join(dir, "policy.json")}`, `--count-dir=${join(dir, "counts")}`, `--listen=${socket}`, `--lifeline=${lifeline}`, "--test-resolve=api.test=127.0.0.1", `--test-upstream-ca=${upstream.caPath}`, ...extra], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(
+    process.execPath,
+    [
+      SERVER,
+      `--policy=${join(dir, "policy.json")}`,
+      `--count-dir=${join(dir, "counts")}`,
+      `--listen=${socket}`,
+      `--lifeline=${lifeline}`,
+      "--test-resolve=api.test=127.0.0.1",
+      `--test-upstream-ca=${upstream.caPath}`,
+      ...extra,
+    ],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
   children.push(child);
   await new Promise<void>((resolve) => child.stdout!.once("data", () => resolve()));
   return socket;
@@ -45,7 +58,11 @@ const ca = await mintCertificateAuthority("bench");
 await writeFile(join(dir, "ca.pem"), ca.certPem);
 await writeFile(join(dir, "ca-key.pem"), ca.keyPem);
 await writeFile(join(dir, "secrets.json"), JSON.stringify([{ name: "API_KEY", placeholder: PLACEHOLDER, value: VALUE, hosts: ["api.test"] }]));
-const substSocket = await startProxy("subst", [`--secrets=${join(dir, "secrets.json")}`, `--tls-ca=${join(dir, "ca.pem")}`, `--tls-ca-key=${join(dir, "ca-key.pem")}`]);
+const substSocket = await startProxy("subst", [
+  `--secrets=${join(dir, "secrets.json")}`,
+  `--tls-ca=${join(dir, "ca.pem")}`,
+  `--tls-ca-key=${join(dir, "ca-key.pem")}`,
+]);
 
 /** CONNECT + TLS (verifying `caPem`), as a guest client does. */
 async function openTunnel(proxySocket: string, caPem: string): Promise<TLSSocket> {

@@ -50,7 +50,12 @@ function pyroRun(): number {
 }
 
 async function main(): Promise<void> {
-  const results = Object.fromEntries(MODES.map((m) => [m, { create: [] as number[], run: [] as number[], pss: [] as number[], privateDirty: [] as number[], rss: [] as number[], startMode: new Set<string>() }]));
+  const results = Object.fromEntries(
+    MODES.map((m) => [
+      m,
+      { create: [] as number[], run: [] as number[], pss: [] as number[], privateDirty: [] as number[], rss: [] as number[], startMode: new Set<string>() },
+    ]),
+  );
   for (const mode of MODES) {
     // Builds this mode's template if needed, outside the timings.
     useMode(mode);
@@ -89,7 +94,9 @@ async function main(): Promise<void> {
   const before = results.streamed!;
   const after = results.shared_file!;
   const row = (what: string, unit: string, key: "create" | "run" | "pss" | "privateDirty" | "rss") =>
-    console.log(`${what.padEnd(34)} ${median(before[key]).toFixed(0).padStart(7)} ${unit}  ${median(after[key]).toFixed(0).padStart(7)} ${unit}  ratio ${(median(after[key]) / median(before[key])).toFixed(2)}`);
+    console.log(
+      `${what.padEnd(34)} ${median(before[key]).toFixed(0).padStart(7)} ${unit}  ${median(after[key]).toFixed(0).padStart(7)} ${unit}  ratio ${(median(after[key]) / median(before[key])).toFixed(2)}`,
+    );
   console.log(`runs ${RUNS}, ${IDLE} idle 1 GiB workspaces at a time; medians; before = streamed template, after = shared RAM file`);
   console.log(`start modes: before ${[...before.startMode].join(",")}; after ${[...after.startMode].join(",")}`);
   console.log(`${"".padEnd(34)} ${"before".padStart(10)} ${"after".padStart(10)}`);

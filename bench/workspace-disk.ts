@@ -69,7 +69,9 @@ async function main(): Promise<void> {
   const files = await makeTree(tree);
   const changed = files.slice(0, CHANGED);
   const mb = Number(execFileSync("du", ["-sm", "--apparent-size", tree], { encoding: "utf8" }).split("\t")[0]);
-  console.log(`tree: ${FILES} files of ${FILE_BYTES} bytes in ${Math.ceil(FILES / PER_DIR)} dirs, ${mb} MB; ${CHANGED} changed; ${RUNS} runs; disk ${DISK_GIB} GiB`);
+  console.log(
+    `tree: ${FILES} files of ${FILE_BYTES} bytes in ${Math.ceil(FILES / PER_DIR)} dirs, ${mb} MB; ${CHANGED} changed; ${RUNS} runs; disk ${DISK_GIB} GiB`,
+  );
   const rows: Record<string, { pyro: number[]; floor: number[]; rss: number[] }> = {};
   const record = (name: string, pyro: number, floor: number, rss: number) => {
     rows[name] ??= { pyro: [], floor: [], rss: [] };

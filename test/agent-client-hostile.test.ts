@@ -66,7 +66,20 @@ function rawFrame(header: string | Buffer, payload = Buffer.alloc(0)): Buffer {
 
 const honestExec = (id: unknown, out = Buffer.alloc(0)) =>
   encodeFrame(
-    { id, ok: true, exit_code: 0, signal: null, timed_out: false, duration_ms: 1, stdout_len: out.length, stdout_total: out.length, stdout_head_len: out.length, stderr_len: 0, stderr_total: 0, stderr_head_len: 0 },
+    {
+      id,
+      ok: true,
+      exit_code: 0,
+      signal: null,
+      timed_out: false,
+      duration_ms: 1,
+      stdout_len: out.length,
+      stdout_total: out.length,
+      stdout_head_len: out.length,
+      stderr_len: 0,
+      stderr_total: 0,
+      stderr_head_len: 0,
+    },
     out,
   );
 
@@ -117,7 +130,10 @@ describe("agent client against a forged agent", () => {
       if (req.op === "exec") s.write(honestExec(req.id, Buffer.alloc(5000)));
     });
     const read = client.readFile("/big", { maxBytes: 10_000 });
-    await assert.rejects(client.exec({ command: ["true"], maxOutputBytes: 1024 }), (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /exec reply carries 5000 payload bytes, more than the 2048/.test(e.message));
+    await assert.rejects(
+      client.exec({ command: ["true"], maxOutputBytes: 1024 }),
+      (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /exec reply carries 5000 payload bytes, more than the 2048/.test(e.message),
+    );
     await assert.rejects(read, (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR"));
     client.close();
     server.close();
@@ -145,7 +161,12 @@ describe("agent client against a forged agent", () => {
           if (item.header.op === "hello") {
             // An old payload's tail, an old exec reply too big for anything pending, an old event,
             // an old small reply: all from a connection whose ids were not this one's.
-            const leftovers = [Buffer.from("tail of an old payload"), honestExec(2, Buffer.alloc(300_000)), encodeFrame({ id: 0, event: "ready" }), encodeFrame({ id: 3, ok: true })];
+            const leftovers = [
+              Buffer.from("tail of an old payload"),
+              honestExec(2, Buffer.alloc(300_000)),
+              encodeFrame({ id: 0, event: "ready" }),
+              encodeFrame({ id: 3, ok: true }),
+            ];
             socket.write(Buffer.concat([...leftovers, honestHello(item.header.id)]));
           } else socket.write(honestExec(item.header.id, Buffer.from("fresh")));
         }
@@ -193,7 +214,10 @@ describe("agent client against a forged agent", () => {
       if (req.id !== first) s.write(honestExec(first));
     });
     await client.exec({ command: ["true"] });
-    await assert.rejects(client.exec({ command: ["true"] }).then(() => client.exec({ command: ["true"] })), (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /request \d+ again/.test(e.message));
+    await assert.rejects(
+      client.exec({ command: ["true"] }).then(() => client.exec({ command: ["true"] })),
+      (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /request \d+ again/.test(e.message),
+    );
     client.close();
     server.close();
   });
@@ -215,7 +239,20 @@ describe("agent client against a forged agent", () => {
 
   it("rejects wrong types and impossible exec lengths", async () => {
     assertViolation(await execAgainst((req, s) => s.write(encodeFrame({ id: req.id, ok: true, exit_code: "0" }))), /wrong shape/);
-    const huge = (id: unknown) => encodeFrame({ id, ok: true, exit_code: 0, timed_out: false, duration_ms: 1, stdout_len: 2 ** 40, stdout_total: 2 ** 50, stdout_head_len: 0, stderr_len: 0, stderr_total: 0, stderr_head_len: 0 });
+    const huge = (id: unknown) =>
+      encodeFrame({
+        id,
+        ok: true,
+        exit_code: 0,
+        timed_out: false,
+        duration_ms: 1,
+        stdout_len: 2 ** 40,
+        stdout_total: 2 ** 50,
+        stdout_head_len: 0,
+        stderr_len: 0,
+        stderr_total: 0,
+        stderr_head_len: 0,
+      });
     assertViolation(await execAgainst((req, s) => s.write(huge(req.id))), /declares 1099511627776\+0 output bytes but carries 0/);
     assertViolation(await execAgainst((req, s) => s.write(encodeFrame({ id: req.id, ok: false, error: { code: 7 } }))), /error reply is malformed/);
   });
@@ -243,9 +280,20 @@ describe("agent client against a forged agent", () => {
   it("gives one typed error for anything a forged agent can send (property)", async () => {
     const frameArb = fc.oneof(
       fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b)),
-      fc.tuple(fc.nat(2 ** 32 - 1), fc.nat(2 ** 32 - 1), fc.uint8Array({ maxLength: 64 })).map(([h, p, rest]) => Buffer.concat([prefix(h, p), Buffer.from(rest)])),
+      fc
+        .tuple(fc.nat(2 ** 32 - 1), fc.nat(2 ** 32 - 1), fc.uint8Array({ maxLength: 64 }))
+        .map(([h, p, rest]) => Buffer.concat([prefix(h, p), Buffer.from(rest)])),
       fc.tuple(fc.jsonValue({ maxDepth: 4 }), fc.uint8Array({ maxLength: 32 })).map(([v, p]) => rawFrame(JSON.stringify(v) ?? "null", Buffer.from(p))),
-      fc.tuple(fc.constantFrom(0, 1, 2, 99), fc.dictionary(fc.constantFrom("ok", "exit_code", "stdout_len", "stderr_len", "stdout_total", "timed_out", "duration_ms", "error"), fc.jsonValue({ maxDepth: 2 })), fc.uint8Array({ maxLength: 16 })).map(([id, h, p]) => rawFrame(JSON.stringify({ ...h, id }), Buffer.from(p))),
+      fc
+        .tuple(
+          fc.constantFrom(0, 1, 2, 99),
+          fc.dictionary(
+            fc.constantFrom("ok", "exit_code", "stdout_len", "stderr_len", "stdout_total", "timed_out", "duration_ms", "error"),
+            fc.jsonValue({ maxDepth: 2 }),
+          ),
+          fc.uint8Array({ maxLength: 16 }),
+        )
+        .map(([id, h, p]) => rawFrame(JSON.stringify({ ...h, id }), Buffer.from(p))),
     );
     await fc.assert(
       fc.asyncProperty(fc.array(frameArb, { maxLength: 6 }), async (frames) => {

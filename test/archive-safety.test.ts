@@ -31,7 +31,14 @@ describe("archive safety (hostile archives)", () => {
     ["FIFOs", [{ path: "pipe", type: "fifo" }], /FIFO/],
     ["absolute symlinks", [{ path: "etc", type: "symlink", linkpath: "/etc" }], /outside/],
     ["relative symlinks that escape", [{ path: "a/up", type: "symlink", linkpath: "../../.." }], /outside/],
-    ["writes through a symlink", [{ path: "inner", type: "symlink", linkpath: "sub" }, { path: "inner/file", content: "x" }], /through the symlink/],
+    [
+      "writes through a symlink",
+      [
+        { path: "inner", type: "symlink", linkpath: "sub" },
+        { path: "inner/file", content: "x" },
+      ],
+      /through the symlink/,
+    ],
     ["hardlinks to outside files", [{ path: "h", type: "hardlink", linkpath: "../../etc/shadow" }], /'\.\.'/],
     ["hardlinks to unknown files", [{ path: "h", type: "hardlink", linkpath: "nope" }], /not an earlier file/],
   ];
@@ -102,7 +109,11 @@ describe("workspace path confinement", () => {
 
   it("refuses anything outside /workspace", () => {
     for (const bad of ["../etc/passwd", "/etc/passwd", "/workspace/../root", "/workspacex", "a/../../x", "x\0y"]) {
-      assert.throws(() => workspacePath(bad), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE"), bad);
+      assert.throws(
+        () => workspacePath(bad),
+        (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE"),
+        bad,
+      );
     }
   });
 

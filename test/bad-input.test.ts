@@ -22,17 +22,37 @@ describe("bad input is refused, never changed", () => {
 
   it("isWellFormedText agrees with a strict UTF-8 round trip", () => {
     fc.assert(
-      fc.property(fc.array(fc.oneof(fc.constantFrom("\uD800", "\uDC00", "\uDBFF\uDFFF", "\uFFFD"), fc.integer({ min: 0, max: 0x10ffff }).map((cp) => String.fromCodePoint(cp))), { maxLength: 6 }).map((parts) => parts.join("")), (text) => {
-        assert.equal(isWellFormedText(text), Buffer.from(text, "utf8").toString("utf8") === text);
-      }),
+      fc.property(
+        fc
+          .array(
+            fc.oneof(
+              fc.constantFrom("\uD800", "\uDC00", "\uDBFF\uDFFF", "\uFFFD"),
+              fc.integer({ min: 0, max: 0x10ffff }).map((cp) => String.fromCodePoint(cp)),
+            ),
+            { maxLength: 6 },
+          )
+          .map((parts) => parts.join("")),
+        (text) => {
+          assert.equal(isWellFormedText(text), Buffer.from(text, "utf8").toString("utf8") === text);
+        },
+      ),
       { numRuns: 300 },
     );
   });
 
   it("damagedArgument refuses U+FFFD from undecodable bytes, passes a genuine U+FFFD and clean text", () => {
-    const cmdline = (...args: Buffer[]) => () => Buffer.concat(args.flatMap((a) => [a, Buffer.from([0])]));
-    assert.equal(damagedArgument(["run", "x"], () => assert.fail("no need to read the raw argv")), undefined);
-    assert.match(damagedArgument(["run", "caf\uFFFD"], cmdline(Buffer.from("run"), Buffer.from([0x63, 0x61, 0x66, 0xe9])))!, /argument 2 .* is not valid UTF-8/);
+    const cmdline =
+      (...args: Buffer[]) =>
+      () =>
+        Buffer.concat(args.flatMap((a) => [a, Buffer.from([0])]));
+    assert.equal(
+      damagedArgument(["run", "x"], () => assert.fail("no need to read the raw argv")),
+      undefined,
+    );
+    assert.match(
+      damagedArgument(["run", "caf\uFFFD"], cmdline(Buffer.from("run"), Buffer.from([0x63, 0x61, 0x66, 0xe9])))!,
+      /argument 2 .* is not valid UTF-8/,
+    );
     assert.equal(damagedArgument(["run", "caf\uFFFD"], cmdline(Buffer.from("run"), Buffer.from("caf\uFFFD"))), undefined);
     assert.match(damagedArgument(["caf\uFFFD"], () => undefined)!, /not valid UTF-8/, "no raw argv to prove it: refuse");
     assert.match(damagedArgument(["a\uD800"], cmdline(Buffer.from("a")))!, /not valid UTF-8/, "a lone surrogate is always damage");
@@ -42,8 +62,17 @@ describe("bad input is refused, never changed", () => {
     const fits = { argv: ["sh", "-c", "a".repeat(MAX_HEADER_LEN - 100)] };
     checkGuestRequest("cmd", fits);
     const tooBig = { argv: ["sh", "-c", "a".repeat(MAX_HEADER_LEN)] };
-    assert.throws(() => checkGuestRequest("the command", tooBig), (e) => isPyroError(e, "INVALID_ARGUMENT") && /the command takes \d+ bytes; .* at most 1048576 bytes/.test(e.message));
-    assert.throws(() => checkGuestRequest("data", {}, MAX_PAYLOAD_LEN + 1), (e) => isPyroError(e, "INVALID_ARGUMENT") && e.message.includes(String(MAX_PAYLOAD_LEN)));
-    assert.throws(() => checkGuestRequest("the command", { env: { A: "x\uDC00" } }), (e) => isPyroError(e, "INVALID_ARGUMENT") && /not valid Unicode/.test(e.message));
+    assert.throws(
+      () => checkGuestRequest("the command", tooBig),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && /the command takes \d+ bytes; .* at most 1048576 bytes/.test(e.message),
+    );
+    assert.throws(
+      () => checkGuestRequest("data", {}, MAX_PAYLOAD_LEN + 1),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && e.message.includes(String(MAX_PAYLOAD_LEN)),
+    );
+    assert.throws(
+      () => checkGuestRequest("the command", { env: { A: "x\uDC00" } }),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && /not valid Unicode/.test(e.message),
+    );
   });
 });

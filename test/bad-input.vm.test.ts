@@ -33,8 +33,15 @@ describe("[vm] a failure midway leaves nothing half-done", () => {
     await new Promise((r) => free.close(r));
     try {
       await assert.rejects(
-        pyro.startService(id, "web", ["sleep", "600"], { publish: [{ hostPort: freePort, guestPort: 8080 }, { hostPort: busyPort, guestPort: 8081 }] }),
-        (e) => isPyroError(e, "INVALID_ARGUMENT") && new RegExp(`cannot publish guest port 8081 on 127\\.0\\.0\\.1:${busyPort} .*Nothing was started`).test(e.message),
+        pyro.startService(id, "web", ["sleep", "600"], {
+          publish: [
+            { hostPort: freePort, guestPort: 8080 },
+            { hostPort: busyPort, guestPort: 8081 },
+          ],
+        }),
+        (e) =>
+          isPyroError(e, "INVALID_ARGUMENT") &&
+          new RegExp(`cannot publish guest port 8081 on 127\\.0\\.0\\.1:${busyPort} .*Nothing was started`).test(e.message),
       );
       assert.deepEqual((await pyro.listServices(id)).services, [], "no unrecorded service");
       (await listen(freePort)).close(); // the port published before the failure was given back
@@ -53,11 +60,26 @@ describe("[vm] a failure midway leaves nothing half-done", () => {
     const lock = await pyro.execWorkspace(id, ["chattr", "+i", "locked.txt"]);
     assert.equal(lock.exit_code, 0, lock.stderr);
     const patch = [
-      "--- /dev/null", "+++ b/new.txt", "@@ -0,0 +1 @@", "+new",
-      "--- a/first.txt", "+++ b/first.txt", "@@ -1 +1 @@", "-one", "+ONE",
-      "--- a/locked.txt", "+++ b/locked.txt", "@@ -1 +1 @@", "-two", "+TWO", "",
+      "--- /dev/null",
+      "+++ b/new.txt",
+      "@@ -0,0 +1 @@",
+      "+new",
+      "--- a/first.txt",
+      "+++ b/first.txt",
+      "@@ -1 +1 @@",
+      "-one",
+      "+ONE",
+      "--- a/locked.txt",
+      "+++ b/locked.txt",
+      "@@ -1 +1 @@",
+      "-two",
+      "+TWO",
+      "",
     ].join("\n");
-    await assert.rejects(pyro.applyWorkspacePatch(id, patch), (e) => isPyroError(e, "PATCH_FAILED") && /writing locked\.txt failed .*restored, so nothing was changed/.test(e.message));
+    await assert.rejects(
+      pyro.applyWorkspacePatch(id, patch),
+      (e) => isPyroError(e, "PATCH_FAILED") && /writing locked\.txt failed .*restored, so nothing was changed/.test(e.message),
+    );
     assert.equal((await pyro.readWorkspaceFile(id, "first.txt")).content, "one\n", "first.txt restored");
     assert.equal((await pyro.execWorkspace(id, ["test", "-e", "new.txt"])).exit_code, 1, "new.txt removed again");
     assert.equal((await pyro.readWorkspaceFile(id, "locked.txt")).content, "two\n");
@@ -75,10 +97,16 @@ describe("[vm] MCP stdio: stdin closing mid-create", () => {
         { jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } } },
         { jsonrpc: "2.0", method: "notifications/initialized" },
         { jsonrpc: "2.0", id: 2, method: "tools/call", params: { name: "workspace_create", arguments: {} } },
-      ].map((m) => JSON.stringify(m) + "\n").join(""),
+      ]
+        .map((m) => JSON.stringify(m) + "\n")
+        .join(""),
     );
     assert.equal(await exited, 0);
-    const answer = stdout.trim().split("\n").map((l) => JSON.parse(l) as { id?: number; result?: { isError?: boolean; content: { text: string }[] } }).find((m) => m.id === 2);
+    const answer = stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { id?: number; result?: { isError?: boolean; content: { text: string }[] } })
+      .find((m) => m.id === 2);
     assert.ok(answer?.result && !answer.result.isError, `workspace_create answered: ${stdout}`);
     const { workspace_id } = JSON.parse(answer.result.content[0]!.text) as { workspace_id: string };
     try {

@@ -34,8 +34,14 @@ describe("pyro CLI", () => {
       [["workspace", "file", "write", "W", "x", "--text", "a", "--text-file", "b"], /^error: give exactly one of --text or --text-file$/m],
       [["workspace", "patch", "apply", "W"], /^error: give exactly one of --patch-file FILE or --patch FILE$/m],
       [["workspace", "patch", "apply", "W", "--patch", "a", "--patch-file", "b"], /^error: give exactly one of --patch-file FILE or --patch FILE$/m],
-      [["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-tcp", "80", "--", "true"], /^error: give at most one of --ready-file, --ready-tcp, --ready-http, --ready-command$/m],
-      [["workspace", "service", "start", "W", "s", "--ready-timeout-seconds", "5", "--", "true"], /^error: --ready-timeout-seconds and --ready-interval-ms need a readiness check/m],
+      [
+        ["workspace", "service", "start", "W", "s", "--ready-file", "a", "--ready-tcp", "80", "--", "true"],
+        /^error: give at most one of --ready-file, --ready-tcp, --ready-http, --ready-command$/m,
+      ],
+      [
+        ["workspace", "service", "start", "W", "s", "--ready-timeout-seconds", "5", "--", "true"],
+        /^error: --ready-timeout-seconds and --ready-interval-ms need a readiness check/m,
+      ],
       [["mcp", "serve", "--token-file", "t"], /^error: --token-file applies to --http only/m],
       [["mcp", "serve", "--token", "t"], /^error: --token is not accepted: .*--token-file PATH/m],
       [["workspace", "create", "debian:12", "--id-only", "--json"], /^error: option '--id-only' cannot be used with option '--json'$/m],
@@ -72,10 +78,25 @@ describe("pyro CLI", () => {
   it("parses --secret-host scopes and refuses bad ones before booting anything", () => {
     const noEgress = pyro(["workspace", "create", "debian:12", "--secret", "API_KEY=v", "--secret-host", "API_KEY=api.example.com"]);
     assert.equal(noEgress.code, 125);
-    assert.match(noEgress.stderr, /^pyro: error \[INVALID_ARGUMENT\]: scoped secrets \(--secret-host\) are sent by the egress proxy: create the workspace with --network-policy egress\n$/);
+    assert.match(
+      noEgress.stderr,
+      /^pyro: error \[INVALID_ARGUMENT\]: scoped secrets \(--secret-host\) are sent by the egress proxy: create the workspace with --network-policy egress\n$/,
+    );
     const undefinedName = pyro(["workspace", "create", "debian:12", "--network-policy", "egress", "--secret", "A=v", "--secret-host", "B=api.example.com"]);
     assert.match(undefinedName.stderr, /\[INVALID_ARGUMENT\]: --secret-host B: no secret 'B' is defined/);
-    const cidr = pyro(["workspace", "create", "debian:12", "--network-policy", "egress", "--secret", "A=v", "--secret-host", "A=api.example.com", "--secret-host", "A=10.0.0.0/8"]);
+    const cidr = pyro([
+      "workspace",
+      "create",
+      "debian:12",
+      "--network-policy",
+      "egress",
+      "--secret",
+      "A=v",
+      "--secret-host",
+      "A=api.example.com",
+      "--secret-host",
+      "A=10.0.0.0/8",
+    ]);
     assert.match(cidr.stderr, /\[INVALID_ARGUMENT\]: --secret-host A: '10\.0\.0\.0\/8' is a CIDR/, "a repeated NAME adds hosts, each validated");
     assert.equal(pyro(["workspace", "create", "debian:12", "--secret-host", "novalue"]).code, 2);
     assert.match(pyro(["workspace", "create", "--help"]).stdout, /--secret-host[\s\S]*--secret-memory-only[\s\S]*--inspect-tls/);
@@ -104,7 +125,10 @@ describe("pyro CLI", () => {
     // An unknown environment too: the size is checked first, and no version of this test boots a VM.
     const r = pyro(["run", "debian:99", "--", "echo", ...Array.from({ length: 11 }, () => chunk)]);
     assert.equal(r.code, 125);
-    assert.match(r.stderr, /^pyro: error \[INVALID_ARGUMENT\]: the command with its arguments and environment takes \d+ bytes; a guest request carries at most 1048576 bytes/);
+    assert.match(
+      r.stderr,
+      /^pyro: error \[INVALID_ARGUMENT\]: the command with its arguments and environment takes \d+ bytes; a guest request carries at most 1048576 bytes/,
+    );
   });
 
   it("reports pyro failures as one clear line and exit code 125", () => {
@@ -121,7 +145,10 @@ describe("pyro CLI", () => {
     assert.match(list.stdout, /^debian:12 \[installed\]/m);
     assert.match(list.stdout, /^debian:12-build \[/m);
     const json = JSON.parse(pyro(["env", "list", "--json"]).stdout) as { environments: { name: string }[] };
-    assert.deepEqual(json.environments.map((e) => e.name), ["debian:12", "debian:12-base", "debian:12-build"]);
+    assert.deepEqual(
+      json.environments.map((e) => e.name),
+      ["debian:12", "debian:12-base", "debian:12-build"],
+    );
     const inspect = JSON.parse(pyro(["env", "inspect", "debian:12", "--json"]).stdout);
     assert.equal(inspect.installed, true);
     assert.ok(inspect.packages.includes("git"));

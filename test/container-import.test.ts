@@ -46,11 +46,7 @@ function climbingChain(): RawTarEntry[] {
 /** Layer 2: whiteouts and an opaque marker under `x/z15/<host path of the canary>`. */
 function whiteoutsThroughChain(canary: string): RawTarEntry[] {
   const host = canary.replace(/^\//, "");
-  return [
-    { path: `x/z15/${host}/.wh.victim.txt` },
-    { path: `x/z15/${host}/.wh.link` },
-    { path: `x/z15/${host}/full/.wh..wh..opq` },
-  ];
+  return [{ path: `x/z15/${host}/.wh.victim.txt` }, { path: `x/z15/${host}/.wh.link` }, { path: `x/z15/${host}/full/.wh..wh..opq` }];
 }
 
 function dockerSave(layers: Buffer[]): Buffer {
@@ -64,8 +60,17 @@ function dockerSave(layers: Buffer[]): Buffer {
 /** An OCI layout; `digests` overrides the digest written into the index / manifest for a blob. */
 function ociLayout(layers: Buffer[], options: { manifestDigest?: string; layerDigest?: string } = {}): Buffer {
   const descriptors = layers.map((l) => ({ mediaType: "application/vnd.oci.image.layer.v1.tar", digest: options.layerDigest ?? sha(l), size: l.length }));
-  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: sha(Buffer.from("{}")), size: 2 }, layers: descriptors }));
-  const index = { schemaVersion: 2, manifests: [{ mediaType: "application/vnd.oci.image.manifest.v1+json", digest: options.manifestDigest ?? sha(manifest), size: manifest.length }] };
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: sha(Buffer.from("{}")), size: 2 },
+      layers: descriptors,
+    }),
+  );
+  const index = {
+    schemaVersion: 2,
+    manifests: [{ mediaType: "application/vnd.oci.image.manifest.v1+json", digest: options.manifestDigest ?? sha(manifest), size: manifest.length }],
+  };
   const blob = (b: Buffer) => ({ path: `blobs/sha256/${sha(b).slice(7)}`, content: b });
   return makeTar([
     { path: "oci-layout", content: '{"imageLayoutVersion":"1.0.0"}' },
@@ -122,7 +127,12 @@ describe("container image import: hostile images never touch the host", () => {
           const config = Buffer.from("{}");
           await writeFile(join(env.home, "blob"), config);
           await client.pushBlob(join(env.home, "blob"), sha(config));
-          const manifest = { schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json", config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: sha(config), size: config.length }, layers: descriptors };
+          const manifest = {
+            schemaVersion: 2,
+            mediaType: "application/vnd.oci.image.manifest.v1+json",
+            config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: sha(config), size: config.length },
+            layers: descriptors,
+          };
           await client.putManifest("1", manifest.mediaType, Buffer.from(JSON.stringify(manifest)));
           source = `${registry.host}/evil/chain:1`;
         } else {
@@ -145,12 +155,22 @@ describe("container image import: hostile images never touch the host", () => {
     try {
       const layer = makeTar([{ path: "marker.txt", content: "from outside\n" }]);
       // What a traversing digest would reach from <work>/archive/blobs/sha256: a manifest planted in PYRO_HOME.
-      const planted = Buffer.from(JSON.stringify({ schemaVersion: 2, layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar", digest: sha(layer), size: layer.length }] }));
+      const planted = Buffer.from(
+        JSON.stringify({ schemaVersion: 2, layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar", digest: sha(layer), size: layer.length }] }),
+      );
       await writeFile(join(env.home, "planted.json"), planted);
       const image = join(env.home, "image.tar");
-      for (const override of [{ manifestDigest: "sha256:../../../../../../planted.json" }, { layerDigest: "sha256:../../../../../../planted.json" }, { manifestDigest: "sha256:" + "A".repeat(64) }]) {
+      for (const override of [
+        { manifestDigest: "sha256:../../../../../../planted.json" },
+        { layerDigest: "sha256:../../../../../../planted.json" },
+        { manifestDigest: "sha256:" + "A".repeat(64) },
+      ]) {
         await writeFile(image, ociLayout([layer], override));
-        await assert.rejects(env.pyro.importEnvironment(image, "dig"), (e) => isPyroError(e, "INVALID_ARGUMENT") && /invalid digest/.test(e.message), JSON.stringify(override));
+        await assert.rejects(
+          env.pyro.importEnvironment(image, "dig"),
+          (e) => isPyroError(e, "INVALID_ARGUMENT") && /invalid digest/.test(e.message),
+          JSON.stringify(override),
+        );
       }
       assert.deepEqual((await readdir(env.environments)).sort(), []);
     } finally {
@@ -182,8 +202,21 @@ describe("container image import: hostile images never touch the host", () => {
     const good = `sha256:${"0".repeat(64)}`;
     assert.equal(requireDigest(good, "x"), good);
     assert.equal(digestFileName(good, "x"), `sha256-${"0".repeat(64)}`);
-    for (const bad of ["sha256:../../x", `sha256:${"0".repeat(63)}`, `sha256:${"0".repeat(64)}/..`, `sha512:${"0".repeat(64)}`, `SHA256:${"0".repeat(64)}`, "", 7, undefined]) {
-      assert.throws(() => digestFileName(bad, "the thing"), (e) => isPyroError(e, "INVALID_ARGUMENT") && /the thing has an invalid digest/.test(e.message), String(bad));
+    for (const bad of [
+      "sha256:../../x",
+      `sha256:${"0".repeat(63)}`,
+      `sha256:${"0".repeat(64)}/..`,
+      `sha512:${"0".repeat(64)}`,
+      `SHA256:${"0".repeat(64)}`,
+      "",
+      7,
+      undefined,
+    ]) {
+      assert.throws(
+        () => digestFileName(bad, "the thing"),
+        (e) => isPyroError(e, "INVALID_ARGUMENT") && /the thing has an invalid digest/.test(e.message),
+        String(bad),
+      );
     }
   });
 
@@ -195,18 +228,24 @@ describe("container image import: hostile images never touch the host", () => {
       await mkdir(outside);
       await writeFile(join(outside, "layer.tar"), makeTar([{ path: "stolen.txt", content: "host data\n" }]));
       const image = join(env.home, "image.tar");
-      await writeFile(image, makeTar([
-        { path: "manifest.json", content: JSON.stringify([{ Layers: ["l/layer.tar"] }]) },
-        ...climbingChain(),
-        // Lexically inside the archive (node-tar's own checks pass it); on the host it climbs to `/`.
-        { path: "l", type: "symlink", linkpath: `x/z15${outside}` },
-      ]));
+      await writeFile(
+        image,
+        makeTar([
+          { path: "manifest.json", content: JSON.stringify([{ Layers: ["l/layer.tar"] }]) },
+          ...climbingChain(),
+          // Lexically inside the archive (node-tar's own checks pass it); on the host it climbs to `/`.
+          { path: "l", type: "symlink", linkpath: `x/z15${outside}` },
+        ]),
+      );
       await assert.rejects(env.pyro.importEnvironment(image, "out"), (e) => isPyroError(e, "INVALID_ARGUMENT") && /does not exist/.test(e.message));
       // The same with an absolute link: re-rooted at the archive, where nothing is.
-      await writeFile(image, makeTar([
-        { path: "manifest.json", content: JSON.stringify([{ Layers: ["l/layer.tar"] }]) },
-        { path: "l", type: "symlink", linkpath: outside },
-      ]));
+      await writeFile(
+        image,
+        makeTar([
+          { path: "manifest.json", content: JSON.stringify([{ Layers: ["l/layer.tar"] }]) },
+          { path: "l", type: "symlink", linkpath: outside },
+        ]),
+      );
       await assert.rejects(env.pyro.importEnvironment(image, "out"), (e) => isPyroError(e, "INVALID_ARGUMENT") && /does not exist/.test(e.message));
     } finally {
       await env.dispose();
@@ -222,14 +261,17 @@ describe("container image import: hostile images never touch the host", () => {
       const host = canary.replace(/^\//, "");
       const layer = makeTar([{ path: "ok.txt", content: "ok\n" }]);
       const image = join(env.home, "image.tar");
-      await writeFile(image, makeTar([
-        ...climbingChain(),
-        { path: `x/z15/${host}/victim.txt`, content: "overwritten\n" },
-        { path: `x/z15/${host}/full/new.txt`, content: "planted\n" },
-        { path: `x/z15/${host}/hard`, type: "hardlink", linkpath: `x/z15/${host}/victim.txt` },
-        { path: "manifest.json", content: JSON.stringify([{ Layers: ["layer.tar"] }]) },
-        { path: "layer.tar", content: layer },
-      ]));
+      await writeFile(
+        image,
+        makeTar([
+          ...climbingChain(),
+          { path: `x/z15/${host}/victim.txt`, content: "overwritten\n" },
+          { path: `x/z15/${host}/full/new.txt`, content: "planted\n" },
+          { path: `x/z15/${host}/hard`, type: "hardlink", linkpath: `x/z15/${host}/victim.txt` },
+          { path: "manifest.json", content: JSON.stringify([{ Layers: ["layer.tar"] }]) },
+          { path: "layer.tar", content: layer },
+        ]),
+      );
       const outcome = await tryImport(env.pyro, image, "outer");
       assert.deepEqual(await snapshotTree(canary), before, `the canary changed (import: ${outcome})`);
     } finally {

@@ -104,7 +104,16 @@ async function writeMarker(id: string, label: string): Promise<void> {
 }
 
 async function filesIn(id: string): Promise<Map<string, string>> {
-  const r = cli(["workspace", "exec", id, "--json", "--", "sh", "-c", "for f in done-*.txt; do [ -e \"$f\" ] && printf '%s %s\\n' \"$f\" \"$(cat \"$f\")\"; done; true"]);
+  const r = cli([
+    "workspace",
+    "exec",
+    id,
+    "--json",
+    "--",
+    "sh",
+    "-c",
+    'for f in done-*.txt; do [ -e "$f" ] && printf \'%s %s\\n\' "$f" "$(cat "$f")"; done; true',
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const out = new Map<string, string>();
   for (const line of (JSON.parse(r.stdout).stdout as string).split("\n").filter(Boolean)) {
@@ -140,16 +149,33 @@ async function checkInvariants(label: string, next: string[]): Promise<Listed[]>
     chainOpens(join(dir, "disk.qcow2"));
     // A baseline that is the boot template has no directory of its own: the template's disk must open instead.
     const record = JSON.parse(await readFile(join(dir, "workspace.json"), "utf8")) as { snapshots: { name: string; template?: string }[] };
-    assert.deepEqual(record.snapshots.map((s) => s.name), ws.snapshots, `${label}: listed snapshots of ${ws.workspace_id} differ from its record`);
+    assert.deepEqual(
+      record.snapshots.map((s) => s.name),
+      ws.snapshots,
+      `${label}: listed snapshots of ${ws.workspace_id} differ from its record`,
+    );
     const saved = record.snapshots.filter((s) => !s.template).map((s) => s.name);
     for (const snap of saved) chainOpens(join(dir, "snapshots", snap, "disk.qcow2"));
     for (const s of record.snapshots) if (s.template) chainOpens(join(testPaths.cacheDir, "templates", s.template, "disk.qcow2"));
-    assert.deepEqual((await readdir(join(dir, "snapshots")).catch(() => [] as string[])).sort(), [...saved].sort(), `${label}: snapshot dirs of ${ws.workspace_id} differ from its record`);
+    assert.deepEqual(
+      (await readdir(join(dir, "snapshots")).catch(() => [] as string[])).sort(),
+      [...saved].sort(),
+      `${label}: snapshot dirs of ${ws.workspace_id} differ from its record`,
+    );
     const scratch = (await readdir(dir)).filter((n) => /\.tmp$|\.partial$|^\.disk-/.test(n));
     assert.deepEqual(scratch, [], `${label}: temp files left in ${dir}`);
   }
   const unowned = [...vms.keys()].filter((pid) => !owned.has(pid));
-  assert.deepEqual(unowned, [], `${label}: QEMU processes no record owns: ${unowned.map((p) => vms.get(p)?.split("\0").find((a) => a.includes("agent.sock")))}`);
+  assert.deepEqual(
+    unowned,
+    [],
+    `${label}: QEMU processes no record owns: ${unowned.map((p) =>
+      vms
+        .get(p)
+        ?.split("\0")
+        .find((a) => a.includes("agent.sock")),
+    )}`,
+  );
   const ids = new Set(listed.map((w) => w.workspace_id));
   const rootLeftovers = (await readdir(WORKSPACES)).filter((n) => !ids.has(n));
   assert.deepEqual(rootLeftovers, [], `${label}: unlisted entries in the state dir (half-created workspaces, stale locks, deletions)`);
@@ -232,7 +258,12 @@ describe("[vm] crash points: kill -9 of pyro at random points leaves state the n
     const exited = new Promise((r) => child.once("exit", r));
     let landed = false;
     for (const deadline = Date.now() + 120_000; Date.now() < deadline && child.exitCode === null; ) {
-      if (await stat(state).then(() => true, () => false)) {
+      if (
+        await stat(state).then(
+          () => true,
+          () => false,
+        )
+      ) {
         child.kill("SIGKILL");
         landed = true;
         break;
@@ -308,7 +339,11 @@ describe("[vm] crash points: kill -9 of pyro at random points leaves state the n
     assert.match(listed.recovery ?? "", /interrupted 'reset'/);
     if (listed.state === "stopped") cliJson(["workspace", "start", main]);
     const have = await filesIn(main);
-    assert.deepEqual(new Map([...have].sort()), new Map([...atSnapshot].sort()), "after an interrupted reset that reached the disk, the files are the snapshot's");
+    assert.deepEqual(
+      new Map([...have].sort()),
+      new Map([...atSnapshot].sort()),
+      "after an interrupted reset that reached the disk, the files are the snapshot's",
+    );
     expected.set(main, new Map(have));
     await checkFiles("reset (targeted)", main);
   });

@@ -33,6 +33,9 @@ describe("qcow2 backing chains, read from the images", () => {
     const live = join(dir, "live.qcow2");
     await replaceWithOverlay(live, base, "raw");
     assert.deepEqual(await backingChain(live), [base]);
-    assert.deepEqual((await readdir(dir)).filter((n) => n.includes("partial")), []);
+    assert.deepEqual(
+      (await readdir(dir)).filter((n) => n.includes("partial")),
+      [],
+    );
   });
 });

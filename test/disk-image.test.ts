@@ -21,7 +21,7 @@ async function makeImage(dir: string): Promise<string> {
   await writeFile(join(tree, "etc", "shadow"), "root:SECRET-HASH:19000::::::\n");
   await writeFile(join(tree, "workspace", "docs", "a.txt"), "hello offline\n");
   await writeFile(join(tree, "workspace", "docs", "deep", "b.bin"), randomBytes(5000));
-  await writeFile(join(tree, "workspace", "odd\nname\"q\\x"), "odd\n");
+  await writeFile(join(tree, "workspace", 'odd\nname"q\\x'), "odd\n");
   await writeFile(join(tree, "workspace", "ünï"), "utf8 name\n");
   await symlink("/", join(tree, "workspace", "root"));
   await symlink("/etc", join(tree, "workspace", "etc"));
@@ -33,7 +33,9 @@ async function makeImage(dir: string): Promise<string> {
 
 const outside = (e: unknown) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE") && /symbolic link/.test(e.message);
 
-describe("offline disk image reading (debugfs in a sandbox, inode walk)", { skip: !mkfs || !findExecutable("bwrap") || !findExecutable("debugfs") ? "needs mkfs.ext4, debugfs and bwrap" : false }, () => {
+describe("offline disk image reading (debugfs in a sandbox, inode walk)", {
+  skip: !mkfs || !findExecutable("bwrap") || !findExecutable("debugfs") ? "needs mkfs.ext4, debugfs and bwrap" : false,
+}, () => {
   let dir: string;
   let image: Ext4Image;
   before(async () => {
@@ -45,12 +47,25 @@ describe("offline disk image reading (debugfs in a sandbox, inode walk)", { skip
   it("lists and reads files under /workspace, names with quotes, newlines and UTF-8 included", async () => {
     const { entries } = await listImage(image, "/workspace", true);
     const paths = entries.map((e) => `${e.path}:${e.type}`).sort();
-    assert.deepEqual(paths, [
-      "/workspace/docs/a.txt:file", "/workspace/docs/deep/b.bin:file", "/workspace/docs/deep:directory", "/workspace/docs:directory",
-      "/workspace/etc:symlink", "/workspace/lost+found:directory", "/workspace/odd\nname\"q\\x:file", "/workspace/rel:symlink", "/workspace/root:symlink", "/workspace/ünï:file",
-    ].filter((p) => !p.includes("lost+found")).sort());
+    assert.deepEqual(
+      paths,
+      [
+        "/workspace/docs/a.txt:file",
+        "/workspace/docs/deep/b.bin:file",
+        "/workspace/docs/deep:directory",
+        "/workspace/docs:directory",
+        "/workspace/etc:symlink",
+        "/workspace/lost+found:directory",
+        '/workspace/odd\nname"q\\x:file',
+        "/workspace/rel:symlink",
+        "/workspace/root:symlink",
+        "/workspace/ünï:file",
+      ]
+        .filter((p) => !p.includes("lost+found"))
+        .sort(),
+    );
     assert.equal((await readImage(image, "/workspace/docs/a.txt", 1000)).data.toString(), "hello offline\n");
-    assert.equal((await readImage(image, "/workspace/odd\nname\"q\\x", 1000)).data.toString(), "odd\n");
+    assert.equal((await readImage(image, '/workspace/odd\nname"q\\x', 1000)).data.toString(), "odd\n");
     assert.equal((await readImage(image, "/workspace/ünï", 1000)).data.toString(), "utf8 name\n");
     const part = await readImage(image, "/workspace/docs/deep/b.bin", 100);
     assert.equal(part.data.length, 100);
@@ -102,7 +117,13 @@ describe("offline disk image reading (debugfs in a sandbox, inode walk)", { skip
         }
       }
       assert.ok(Date.now() - started < 130_000, `run ${run} finished within the deadlines`);
-      assert.equal(createHash("sha256").update(await readFile(mutated)).digest("hex"), createHash("sha256").update(bytes).digest("hex"), "the image is read-only to the tool");
+      assert.equal(
+        createHash("sha256")
+          .update(await readFile(mutated))
+          .digest("hex"),
+        createHash("sha256").update(bytes).digest("hex"),
+        "the image is read-only to the tool",
+      );
       await rm(mutated);
     }
     assert.equal(await snapshotHost(), before, "nothing outside the sandbox changed");
@@ -115,7 +136,9 @@ describe("debugfs output parsing (untrusted names)", () => {
   it("unescapes what debugfs escapes, for any name", () => {
     fc.assert(
       fc.property(fc.uint8Array({ minLength: 1, maxLength: 40 }), (bytes) => {
-        const escaped = [...bytes].map((b) => (b < 0x20 || b >= 0x7f || b === 0x5c ? `\\x${b.toString(16).padStart(2, "0")}` : String.fromCharCode(b))).join("");
+        const escaped = [...bytes]
+          .map((b) => (b < 0x20 || b >= 0x7f || b === 0x5c ? `\\x${b.toString(16).padStart(2, "0")}` : String.fromCharCode(b)))
+          .join("");
         assert.equal(unescapeDebugfsName(escaped), Buffer.from(bytes).toString("utf8"));
       }),
       { numRuns: 300 },
@@ -126,12 +149,17 @@ describe("debugfs output parsing (untrusted names)", () => {
     fc.assert(
       fc.property(fc.array(fc.string({ minLength: 1, maxLength: 30 }), { maxLength: 8 }), (names) => {
         const lines = names.map((name, i) => {
-          const escaped = [...Buffer.from(name, "utf8")].map((b) => (b < 0x20 || b >= 0x7f || b === 0x5c ? `\\x${b.toString(16).padStart(2, "0")}` : String.fromCharCode(b))).join("");
+          const escaped = [...Buffer.from(name, "utf8")]
+            .map((b) => (b < 0x20 || b >= 0x7f || b === 0x5c ? `\\x${b.toString(16).padStart(2, "0")}` : String.fromCharCode(b)))
+            .join("");
           return `  ${100 + i}  100644 (1)      0      0      12 26-Nov-2026 03:13 ${escaped}`;
         });
         const parsed = parseLongListing(lines.join("\n"));
         const expected = names.filter((n) => n !== "." && n !== ".." && !n.includes("/") && !n.includes("\0"));
-        assert.deepEqual(parsed.map((e) => e.name), expected);
+        assert.deepEqual(
+          parsed.map((e) => e.name),
+          expected,
+        );
         assert.ok(parsed.every((e) => entryType(e.mode) === "file"));
       }),
       { numRuns: 200 },
@@ -145,4 +173,3 @@ describe("debugfs output parsing (untrusted names)", () => {
     assert.equal(parseLongListing(sections.get("ls -l <12>")!).length, 0);
   });
 });
-

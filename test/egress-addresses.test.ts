@@ -12,15 +12,47 @@ import { parseAbsoluteTarget, parseConnectTarget } from "../src/network/proxy-ta
  * as the IPv4 they map (see the embeddings below).
  */
 const NON_PUBLIC_V4 = [
-  "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-  "192.0.0.0/29", "192.0.0.8/32", "192.0.0.170/31", "192.0.0.128/26", "192.0.2.0/24", "192.88.99.0/24",
-  "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+  "0.0.0.0/8",
+  "10.0.0.0/8",
+  "100.64.0.0/10",
+  "127.0.0.0/8",
+  "169.254.0.0/16",
+  "172.16.0.0/12",
+  "192.0.0.0/29",
+  "192.0.0.8/32",
+  "192.0.0.170/31",
+  "192.0.0.128/26",
+  "192.0.2.0/24",
+  "192.88.99.0/24",
+  "192.168.0.0/16",
+  "198.18.0.0/15",
+  "198.51.100.0/24",
+  "203.0.113.0/24",
+  "224.0.0.0/4",
+  "240.0.0.0/4",
   "255.255.255.255/32",
 ];
 const NON_PUBLIC_V6 = [
-  "::/128", "::1/128", "::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "100::/64",
-  "100:0:0:1::/64", "2001:2::/48", "2001:10::/28", "2001:db8::/32", "2001:100::/24", "3fff::/20",
-  "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8", "4000::/2", "c000::/3", "e000::/4",
+  "::/128",
+  "::1/128",
+  "::/96",
+  "::ffff:0:0:0/96",
+  "64:ff9b:1::/48",
+  "100::/64",
+  "100:0:0:1::/64",
+  "2001:2::/48",
+  "2001:10::/28",
+  "2001:db8::/32",
+  "2001:100::/24",
+  "3fff::/20",
+  "5f00::/16",
+  "fc00::/7",
+  "fe80::/10",
+  "fec0::/10",
+  "ff00::/8",
+  "4000::/2",
+  "c000::/3",
+  "e000::/4",
 ];
 /** Plainly public space: no special-purpose entry touches these. */
 const PUBLIC_V4 = ["1.0.0.0/8", "8.0.0.0/7", "23.0.0.0/8", "104.16.0.0/12", "151.101.0.0/16", "185.0.0.0/8"];
@@ -84,10 +116,18 @@ function embeddings(v4: Uint8Array): string[] {
   const lo = hex16(v4, 2);
   const inv = Uint8Array.from(v4, (x) => x ^ 0xff);
   return [
-    `::ffff:${v4.join(".")}`, `::ffff:${hi}:${lo}`, `0:0:0:0:0:FFFF:${hi.toUpperCase()}:${lo}`, `0000::ffff:${hi.padStart(4, "0")}:${lo.padStart(4, "0")}`,
-    `64:ff9b::${v4.join(".")}`, `64:ff9b::${hi}:${lo}`, `0064:FF9B:0000::${hi}:${lo}`,
-    `2002:${hi}:${lo}::1`, `2002:${hi}:${lo}:1:2:3:4:5`,
-    `2001:0:${hi}:${lo}::1`, `2001::${hex16(inv, 0)}:${hex16(inv, 2)}`, `2001:0:102:304:0:ffff:${hex16(inv, 0)}:${hex16(inv, 2)}`,
+    `::ffff:${v4.join(".")}`,
+    `::ffff:${hi}:${lo}`,
+    `0:0:0:0:0:FFFF:${hi.toUpperCase()}:${lo}`,
+    `0000::ffff:${hi.padStart(4, "0")}:${lo.padStart(4, "0")}`,
+    `64:ff9b::${v4.join(".")}`,
+    `64:ff9b::${hi}:${lo}`,
+    `0064:FF9B:0000::${hi}:${lo}`,
+    `2002:${hi}:${lo}::1`,
+    `2002:${hi}:${lo}:1:2:3:4:5`,
+    `2001:0:${hi}:${lo}::1`,
+    `2001::${hex16(inv, 0)}:${hex16(inv, 2)}`,
+    `2001:0:102:304:0:ffff:${hex16(inv, 0)}:${hex16(inv, 2)}`,
   ];
 }
 
@@ -169,9 +209,13 @@ describe("egress address classification (property)", () => {
 
   it("never opens a non-public address through a name on the allowlist", () => {
     fc.assert(
-      fc.property(fc.oneof(anyOf(NON_PUBLIC_V4), anyOf(NON_PUBLIC_V6)), fc.array(fc.constantFrom("pypi.org", "*.example.com", "8.8.8.0/24", "2a00::/12"), { maxLength: 3 }), (address, allow) => {
-        assert.equal(decideEgress({ allow }, "pypi.org", [formatAddress(address)]).allowed, false);
-      }),
+      fc.property(
+        fc.oneof(anyOf(NON_PUBLIC_V4), anyOf(NON_PUBLIC_V6)),
+        fc.array(fc.constantFrom("pypi.org", "*.example.com", "8.8.8.0/24", "2a00::/12"), { maxLength: 3 }),
+        (address, allow) => {
+          assert.equal(decideEgress({ allow }, "pypi.org", [formatAddress(address)]).allowed, false);
+        },
+      ),
       RUNS,
     );
   });
@@ -195,7 +239,19 @@ describe("egress address classification (property)", () => {
 
 describe("egress addresses (examples)", () => {
   it("classifies the spellings that reached the host's loopback before", () => {
-    for (const text of ["::ffff:7f00:1", "[::ffff:7f00:1]", "::ffff:127.0.0.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.1", "::7f00:1", "64:ff9b::7f00:1", "2002:7f00:1::1", "0:0:0:0:0:ffff:7f00:0001"]) {
+    for (const text of [
+      "::ffff:7f00:1",
+      "[::ffff:7f00:1]",
+      "::ffff:127.0.0.1",
+      "2130706433",
+      "0x7f000001",
+      "0177.0.0.1",
+      "127.1",
+      "::7f00:1",
+      "64:ff9b::7f00:1",
+      "2002:7f00:1::1",
+      "0:0:0:0:0:ffff:7f00:0001",
+    ]) {
       assert.equal(isPublicAddress(text), false, text);
       assert.equal(decideEgress({ allow: [] }, "h", [text]).allowed, false, text);
     }
@@ -237,6 +293,7 @@ describe("egress addresses (examples)", () => {
     assert.equal(decideEgress({ allow: [] }, "deb.debian.org", ["203.0.113.80"]).allowed, false, "documentation space is not public by default");
     assert.equal(decideEgress({ allow: ["pypi.org"], hostPublic }, "evil.example", ["203.0.113.80"]).allowed, false, "public is not allowlisted");
     assert.equal(decideEgress({ allow: [], hostPublic }, "h", ["::ffff:127.0.0.1"]).allowed, false);
-    for (const bad of ["127.0.0.0/8", "0.0.0.0/0", "126.0.0.0/7", "::/0", "::1/128", "203.0.113.1", "nonsense"]) assert.throws(() => parseHostPublicCidrs(bad), bad);
+    for (const bad of ["127.0.0.0/8", "0.0.0.0/0", "126.0.0.0/7", "::/0", "::1/128", "203.0.113.1", "nonsense"])
+      assert.throws(() => parseHostPublicCidrs(bad), bad);
   });
 });

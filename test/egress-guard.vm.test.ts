@@ -48,7 +48,12 @@ describe("[vm] the egress proxy guards the host", () => {
   });
 
   it("refuses the host's loopback in every spelling, over plain requests and CONNECT, and never connects", TIMEOUT, async () => {
-    const urls = [`http://[::ffff:127.0.0.1]:${hostPort}/`, `http://[::ffff:7f00:1]:${hostPort}/`, `http://2130706433:${hostPort}/`, `http://127.1:${hostPort}/`];
+    const urls = [
+      `http://[::ffff:127.0.0.1]:${hostPort}/`,
+      `http://[::ffff:7f00:1]:${hostPort}/`,
+      `http://2130706433:${hostPort}/`,
+      `http://127.1:${hostPort}/`,
+    ];
     // --noproxy '': even 127.x goes to the proxy (the guest's no_proxy would keep it local).
     const script = [
       ...urls.map((u) => `curl -sS -m 30 --noproxy '' '${u}' 2>&1; echo "|done"`),

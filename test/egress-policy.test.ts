@@ -6,7 +6,19 @@ import { wholeCharacters } from "../src/workspaces/workspace-shells.js";
 
 describe("egress policy", () => {
   it("refuses loopback, private, link-local and metadata addresses by default", () => {
-    for (const ip of ["127.0.0.1", "10.0.2.2", "172.20.1.1", "192.168.1.10", "169.254.169.254", "100.64.0.1", "::1", "fe80::1", "fd00::5", "::ffff:127.0.0.1", "0.0.0.0"]) {
+    for (const ip of [
+      "127.0.0.1",
+      "10.0.2.2",
+      "172.20.1.1",
+      "192.168.1.10",
+      "169.254.169.254",
+      "100.64.0.1",
+      "::1",
+      "fe80::1",
+      "fd00::5",
+      "::ffff:127.0.0.1",
+      "0.0.0.0",
+    ]) {
       assert.equal(isPublicAddress(ip), false, ip);
       assert.equal(decideEgress({ allow: [] }, "h", [ip]).allowed, false, ip);
     }
@@ -33,9 +45,13 @@ describe("egress policy", () => {
 
   it("never allows a non-public address without listing it (property)", () => {
     fc.assert(
-      fc.property(fc.constantFrom("127.0.0.1", "10.9.8.7", "192.168.0.1", "169.254.1.1", "::1"), fc.array(fc.constantFrom("pypi.org", "*.example.com", "8.8.8.0/24"), { maxLength: 3 }), (ip, allow) => {
-        assert.equal(decideEgress({ allow }, "pypi.org", [ip]).allowed, false);
-      }),
+      fc.property(
+        fc.constantFrom("127.0.0.1", "10.9.8.7", "192.168.0.1", "169.254.1.1", "::1"),
+        fc.array(fc.constantFrom("pypi.org", "*.example.com", "8.8.8.0/24"), { maxLength: 3 }),
+        (ip, allow) => {
+          assert.equal(decideEgress({ allow }, "pypi.org", [ip]).allowed, false);
+        },
+      ),
     );
   });
 });

@@ -24,23 +24,66 @@ describe("proxy request targets", () => {
   });
 
   it("refuses malformed CONNECT targets with 400", () => {
-    for (const bad of ["::1:80", "example.com", "example.com:", "example.com:0", "example.com:65536", "example.com:80x", "[::1]", "[::1:80", "[fe80::1%25eth0]:80", "exa mple.com:80", "a/b:80", "%31.0.0.1:80", "a..b:80", ":80", `${"a".repeat(300)}:80`]) {
-      assert.throws(() => parseConnectTarget(bad), (e) => e instanceof ProxyRefusal && e.status === 400, bad);
+    for (const bad of [
+      "::1:80",
+      "example.com",
+      "example.com:",
+      "example.com:0",
+      "example.com:65536",
+      "example.com:80x",
+      "[::1]",
+      "[::1:80",
+      "[fe80::1%25eth0]:80",
+      "exa mple.com:80",
+      "a/b:80",
+      "%31.0.0.1:80",
+      "a..b:80",
+      ":80",
+      `${"a".repeat(300)}:80`,
+    ]) {
+      assert.throws(
+        () => parseConnectTarget(bad),
+        (e) => e instanceof ProxyRefusal && e.status === 400,
+        bad,
+      );
     }
   });
 
   it("derives the upstream path and a Host header naming the target from an absolute-form request", () => {
     const t = parseAbsoluteTarget("http://Example.com:8080/p/a?q=1#frag");
-    assert.deepEqual({ host: t.host, port: t.port, path: t.path, hostHeader: t.hostHeader }, { host: "example.com", port: 8080, path: "/p/a?q=1", hostHeader: "example.com:8080" });
+    assert.deepEqual(
+      { host: t.host, port: t.port, path: t.path, hostHeader: t.hostHeader },
+      { host: "example.com", port: 8080, path: "/p/a?q=1", hostHeader: "example.com:8080" },
+    );
     assert.equal(parseAbsoluteTarget("http://example.com/").hostHeader, "example.com");
     assert.equal(parseAbsoluteTarget("http://user:pw@example.com:80/x").hostHeader, "example.com");
     assert.equal(parseAbsoluteTarget("http://[2a00:1450::1]:81/").hostHeader, "[2a00:1450::1]:81");
     assert.equal(parseAbsoluteTarget("http://2130706433/").host, "127.0.0.1");
-    for (const bad of ["/relative", "https://example.com/", "ftp://example.com/", "http://[::1/"]) assert.throws(() => parseAbsoluteTarget(bad), ProxyRefusal, bad);
+    for (const bad of ["/relative", "https://example.com/", "ftp://example.com/", "http://[::1/"])
+      assert.throws(() => parseAbsoluteTarget(bad), ProxyRefusal, bad);
   });
 
   it("replaces the guest's Host header and drops hop-by-hop and proxy headers", () => {
-    const raw = ["Host", "allowed.example", "X-A", "1", "HOST", "fronted.example", "Proxy-Authorization", "Basic x", "Connection", "close, X-Secret-Hop", "X-Secret-Hop", "2", "Transfer-Encoding", "chunked", "Keep-Alive", "5", "User-Agent", "curl"];
+    const raw = [
+      "Host",
+      "allowed.example",
+      "X-A",
+      "1",
+      "HOST",
+      "fronted.example",
+      "Proxy-Authorization",
+      "Basic x",
+      "Connection",
+      "close, X-Secret-Hop",
+      "X-Secret-Hop",
+      "2",
+      "Transfer-Encoding",
+      "chunked",
+      "Keep-Alive",
+      "5",
+      "User-Agent",
+      "curl",
+    ];
     assert.deepEqual(upstreamRequestHeaders(raw, "target.example:8080"), ["Host", "target.example:8080", "X-A", "1", "User-Agent", "curl"]);
   });
 });
@@ -88,7 +131,11 @@ describe("egress server (real processes)", () => {
     const lifeline = new Promise<Socket>((resolve) => lifelineServer.once("connection", resolve));
     await new Promise<void>((r) => lifelineServer.listen(lifelinePath, () => r()));
     const socket = join(dir, `${name}.sock`);
-    const child = spawn(process.execPath, [SERVER, `--policy=${policy}`, `--count-dir=${join(dir, "counts")}`, `--listen=${socket}`, `--lifeline=${lifelinePath}`, ...extra], { stdio: ["ignore", "pipe", "inherit"] });
+    const child = spawn(
+      process.execPath,
+      [SERVER, `--policy=${policy}`, `--count-dir=${join(dir, "counts")}`, `--listen=${socket}`, `--lifeline=${lifelinePath}`, ...extra],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
     await new Promise<void>((resolve, reject) => {
       child.stdout!.once("data", (d: Buffer) => (d.toString() === "ready\n" ? resolve() : reject(new Error(d.toString()))));
       child.once("exit", (code) => reject(new Error(`egress server exited with ${code}`)));
@@ -132,17 +179,41 @@ describe("egress server (real processes)", () => {
   it("refuses the host's loopback in every notation, over absolute-form and CONNECT, and never connects", async () => {
     const server = await startServer("open", []);
     const before = received.length;
-    const hosts = ["[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[0:0:0:0:0:FFFF:7F00:0001]", "[::7f00:1]", "[64:ff9b::7f00:1]", "[2002:7f00:1::]", "2130706433", "0x7f000001", "0177.0.0.1", "127.1", "127.0.0.1", "localhost"];
+    const hosts = [
+      "[::ffff:127.0.0.1]",
+      "[::ffff:7f00:1]",
+      "[0:0:0:0:0:FFFF:7F00:0001]",
+      "[::7f00:1]",
+      "[64:ff9b::7f00:1]",
+      "[2002:7f00:1::]",
+      "2130706433",
+      "0x7f000001",
+      "0177.0.0.1",
+      "127.1",
+      "127.0.0.1",
+      "localhost",
+    ];
     for (const host of hosts) {
-      assert.match(await exchange(server, `GET http://${host}:${webPort}/x HTTP/1.1\r\nHost: example.com\r\n\r\n`), /^HTTP\/1\.1 403 Forbidden[\s\S]*pyro egress: .*non-public address/, `GET ${host}`);
-      assert.match(await exchange(server, `CONNECT ${host}:${webPort} HTTP/1.1\r\nHost: example.com\r\n\r\n`), /^HTTP\/1\.1 403 Forbidden[\s\S]*pyro egress: .*non-public address/, `CONNECT ${host}`);
+      assert.match(
+        await exchange(server, `GET http://${host}:${webPort}/x HTTP/1.1\r\nHost: example.com\r\n\r\n`),
+        /^HTTP\/1\.1 403 Forbidden[\s\S]*pyro egress: .*non-public address/,
+        `GET ${host}`,
+      );
+      assert.match(
+        await exchange(server, `CONNECT ${host}:${webPort} HTTP/1.1\r\nHost: example.com\r\n\r\n`),
+        /^HTTP\/1\.1 403 Forbidden[\s\S]*pyro egress: .*non-public address/,
+        `CONNECT ${host}`,
+      );
     }
     assert.equal(received.length, before, "the host service never saw a request");
   });
 
   it("answers refused destinations and malformed requests as the one-shot proxy did", async () => {
     const server = await startServer("listed", ["deb.debian.org"]);
-    assert.match(await exchange(server, "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n"), /403 Forbidden[\s\S]*not in this workspace's egress allowlist/);
+    assert.match(
+      await exchange(server, "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n"),
+      /403 Forbidden[\s\S]*not in this workspace's egress allowlist/,
+    );
     assert.match(await exchange(server, "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n"), /403 Forbidden/);
     assert.match(await exchange(server, "GET /relative HTTP/1.1\r\nHost: x\r\n\r\n"), /^HTTP\/1\.1 400 /);
     assert.match(await exchange(server, "GET http://a b/ HTTP/1.1\r\n\r\n"), /^HTTP\/1\.1 400 /);
@@ -151,10 +222,16 @@ describe("egress server (real processes)", () => {
   it("sends a Host header naming the checked target, and decides every request of a kept-alive connection", async () => {
     const server = await startServer("explicit", ["127.0.0.1"]);
     const before = received.length;
-    const out = await exchange(server, `GET http://127.0.0.1:${webPort}/first HTTP/1.1\r\nHost: fronted.example\r\n\r\nGET http://127.0.0.2:${webPort}/second HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+    const out = await exchange(
+      server,
+      `GET http://127.0.0.1:${webPort}/first HTTP/1.1\r\nHost: fronted.example\r\n\r\nGET http://127.0.0.2:${webPort}/second HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`,
+    );
     assert.match(out, new RegExp(`200 OK[\\s\\S]*served /first for host 127\\.0\\.0\\.1:${webPort}`));
     assert.match(out, /403 Forbidden[\s\S]*127\.0\.0\.2 is not in this workspace's egress allowlist/);
-    assert.deepEqual(received.slice(before).map((r) => [r.url, r.headers.host]), [["/first", `127.0.0.1:${webPort}`]]);
+    assert.deepEqual(
+      received.slice(before).map((r) => [r.url, r.headers.host]),
+      [["/first", `127.0.0.1:${webPort}`]],
+    );
     // An explicitly allowed address is reached in its mapped spelling too, and tunnels work.
     const tunnel = await exchange(server, `CONNECT [::ffff:7f00:1]:${webPort} HTTP/1.1\r\n\r\nGET /tunnel HTTP/1.1\r\nHost: t\r\n\r\n`);
     assert.match(tunnel, /^HTTP\/1\.1 200 Connection established\r\n\r\nHTTP\/1\.1 200 OK[\s\S]*served \/tunnel/);

@@ -14,24 +14,28 @@ const headerArb = fc.record({ id: fc.integer({ min: 1, max: 2 ** 31 }), op: fc.s
 describe("frame codec", () => {
   it("round-trips frames however the byte stream is split", () => {
     fc.assert(
-      fc.property(fc.array(fc.tuple(headerArb, fc.uint8Array({ maxLength: 2048 })), { minLength: 1, maxLength: 5 }), fc.array(fc.nat(), { maxLength: 20 }), (frames, cuts) => {
-        const wire = Buffer.concat(frames.map(([h, p]) => encodeFrame(h, Buffer.from(p))));
-        const decoder = new FrameDecoder();
-        const items: DecodedItem[] = [];
-        let at = 0;
-        for (const cut of [...cuts.map((c) => c % (wire.length + 1)).sort((a, b) => a - b), wire.length]) {
-          decoder.push(wire.subarray(at, Math.max(at, cut)));
-          at = Math.max(at, cut);
-          items.push(...drain(decoder));
-        }
-        assert.equal(items.length, frames.length);
-        items.forEach((item, i) => {
-          assert.equal(item.kind, "frame");
-          if (item.kind !== "frame") return;
-          assert.deepEqual(item.header, { ...frames[i]![0] });
-          assert.deepEqual([...item.payload], [...frames[i]![1]]);
-        });
-      }),
+      fc.property(
+        fc.array(fc.tuple(headerArb, fc.uint8Array({ maxLength: 2048 })), { minLength: 1, maxLength: 5 }),
+        fc.array(fc.nat(), { maxLength: 20 }),
+        (frames, cuts) => {
+          const wire = Buffer.concat(frames.map(([h, p]) => encodeFrame(h, Buffer.from(p))));
+          const decoder = new FrameDecoder();
+          const items: DecodedItem[] = [];
+          let at = 0;
+          for (const cut of [...cuts.map((c) => c % (wire.length + 1)).sort((a, b) => a - b), wire.length]) {
+            decoder.push(wire.subarray(at, Math.max(at, cut)));
+            at = Math.max(at, cut);
+            items.push(...drain(decoder));
+          }
+          assert.equal(items.length, frames.length);
+          items.forEach((item, i) => {
+            assert.equal(item.kind, "frame");
+            if (item.kind !== "frame") return;
+            assert.deepEqual(item.header, { ...frames[i]![0] });
+            assert.deepEqual([...item.payload], [...frames[i]![1]]);
+          });
+        },
+      ),
     );
   });
 

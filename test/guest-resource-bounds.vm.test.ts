@@ -49,7 +49,10 @@ async function assertConsoleBounded(id: string, floodBytes: number, how: string)
   assert.ok(before <= CONSOLE_RING_BYTES, `${how}: boot output ${before} bytes`);
   const ring = await readRing(id);
   assert.equal(ring.length, CONSOLE_RING_BYTES, `${how}: the ring is full and no bigger`);
-  assert.ok(ring.subarray(-4096).every((b) => b === 0x41), `${how}: the ring holds the newest bytes`);
+  assert.ok(
+    ring.subarray(-4096).every((b) => b === 0x41),
+    `${how}: the ring holds the newest bytes`,
+  );
 }
 
 describe("[vm] guest resource bounds", () => {
@@ -85,7 +88,9 @@ describe("[vm] guest resource bounds", () => {
     assert.ok(initial.disk_used_bytes > 0, "the overlay, baseline snapshot and memory image take space");
 
     const write = (flags: string) =>
-      pyro.execWorkspace(ws.workspace_id, ["sh", "-c", `dd if=/dev/zero of=/workspace/big bs=1M count=64 ${flags} 2>/dev/null && sync`], { timeoutSeconds: 120 });
+      pyro.execWorkspace(ws.workspace_id, ["sh", "-c", `dd if=/dev/zero of=/workspace/big bs=1M count=64 ${flags} 2>/dev/null && sync`], {
+        timeoutSeconds: 120,
+      });
     assert.equal((await write("conv=fsync")).exit_code, 0);
     const grown = (await pyro.statusWorkspace(ws.workspace_id)).disk_used_bytes;
     assert.ok(grown - initial.disk_used_bytes >= 64 * MiB, `64 MiB written: ${initial.disk_used_bytes} → ${grown}`);

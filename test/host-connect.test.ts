@@ -36,7 +36,10 @@ describe("pyro host connect / doctor / repair", () => {
   it("edits Codex's TOML as text: comments and other servers survive", async () => {
     await mkdir(join(home, ".codex"));
     const path = join(home, ".codex", "config.toml");
-    await writeFile(path, '# my settings\nmodel = "o3"\n\n[mcp_servers.pyro]\ncommand = "stale"\n\n[mcp_servers.pyro.env]\nX = "1"\n\n[mcp_servers.other] # keep\ncommand = "other"\n');
+    await writeFile(
+      path,
+      '# my settings\nmodel = "o3"\n\n[mcp_servers.pyro]\ncommand = "stale"\n\n[mcp_servers.pyro.env]\nX = "1"\n\n[mcp_servers.other] # keep\ncommand = "other"\n',
+    );
     assert.equal((await connectHost("codex", { env, style: "npx" })).status, "updated");
     const text = await readFile(path, "utf8");
     assert.match(text, /^# my settings$/m);
@@ -87,11 +90,13 @@ describe("pyro host connect / doctor / repair", () => {
   });
 
   it("carries --project-path / --repo-url into the host's command, absolute, and repair keeps them", async () => {
-    const pyro = (...args: string[]) => spawnSync(process.execPath, [CLI, "host", ...args], { encoding: "utf8", cwd: home, env: { ...process.env, HOME: home } });
+    const pyro = (...args: string[]) =>
+      spawnSync(process.execPath, [CLI, "host", ...args], { encoding: "utf8", cwd: home, env: { ...process.env, HOME: home } });
     await mkdir(join(home, "app"), { recursive: true });
     const connected = pyro("connect", "codex", "--mode", "repro-fix", "--project-path", "app");
     assert.equal(connected.status, 0, connected.stderr);
-    const args = () => (parse(readFileSync(join(home, ".codex", "config.toml"), "utf8")) as { mcp_servers: { pyro: { args: string[] } } }).mcp_servers.pyro.args;
+    const args = () =>
+      (parse(readFileSync(join(home, ".codex", "config.toml"), "utf8")) as { mcp_servers: { pyro: { args: string[] } } }).mcp_servers.pyro.args;
     const expected = ["mcp", "serve", "--mode", "repro-fix", "--project-path", realpathSync(join(home, "app"))];
     assert.deepEqual(args().slice(-6), expected);
     assert.equal(pyro("repair", "codex").status, 0);

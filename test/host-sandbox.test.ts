@@ -27,7 +27,9 @@ describe("host sandbox for tools that read guest-written data", { skip: findExec
     runSandboxed({ tool: sh, args: ["-c", script], readOnlyFiles: [input], outputDir: out, timeoutMs: 10_000, limits: LIMITS, ...extra });
 
   it("sees only /usr, its input (read-only) and its output directory", async () => {
-    const r = await run(`cat ${input}; echo; echo hi > ${input} 2>/dev/null && echo WROTE-INPUT; echo x > ${join(dir, "canary")} 2>/dev/null; ls /; test -e /etc/passwd && echo HAS-ETC; echo made > /out/result; ls /home /root 2>/dev/null; true`);
+    const r = await run(
+      `cat ${input}; echo; echo hi > ${input} 2>/dev/null && echo WROTE-INPUT; echo x > ${join(dir, "canary")} 2>/dev/null; ls /; test -e /etc/passwd && echo HAS-ETC; echo made > /out/result; ls /home /root 2>/dev/null; true`,
+    );
     assert.equal(r.exitCode, 0, r.stderr);
     const text = r.stdout.toString();
     assert.match(text, /^input bytes\n/);
@@ -47,7 +49,10 @@ describe("host sandbox for tools that read guest-written data", { skip: findExec
 
   it("a hang is stopped at the deadline with a clear error", async () => {
     const started = Date.now();
-    await assert.rejects(run("sleep 60", { timeoutMs: 1500 }), (e) => isPyroError(e, "HOST_COMMAND_FAILED") && /did not finish within 2 s/.test(e.message) && !e.message.includes("\n"));
+    await assert.rejects(
+      run("sleep 60", { timeoutMs: 1500 }),
+      (e) => isPyroError(e, "HOST_COMMAND_FAILED") && /did not finish within 2 s/.test(e.message) && !e.message.includes("\n"),
+    );
     assert.ok(Date.now() - started < 5000);
   });
 
@@ -73,7 +78,10 @@ describe("host sandbox for tools that read guest-written data", { skip: findExec
   it("refuses an input that is not a plain file (a link pyro did not resolve)", async () => {
     const { symlink } = await import("node:fs/promises");
     await symlink("/etc/passwd", join(dir, "link"));
-    await assert.rejects(run("true", { readOnlyFiles: [join(dir, "link")] }), (e) => isPyroError(e, "HOST_COMMAND_FAILED") && /not a regular file/.test(e.message));
+    await assert.rejects(
+      run("true", { readOnlyFiles: [join(dir, "link")] }),
+      (e) => isPyroError(e, "HOST_COMMAND_FAILED") && /not a regular file/.test(e.message),
+    );
     await rm(join(dir, "link"));
   });
 });

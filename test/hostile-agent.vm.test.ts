@@ -66,7 +66,10 @@ describe("[vm] the guest is the attacker: pyro against a hostile agent", { timeo
 
   before(async () => {
     const cargo = findExecutable("cargo") ?? join(process.env.HOME ?? "/root", ".cargo", "bin", "cargo");
-    await runHostCommand(cargo, ["build", "--release", "--quiet", "--features", "hostile-test-agent", "--bin", "hostile-agent"], { cwd: agentSourceDir(), timeoutMs: 600_000 });
+    await runHostCommand(cargo, ["build", "--release", "--quiet", "--features", "hostile-test-agent", "--bin", "hostile-agent"], {
+      cwd: agentSourceDir(),
+      timeoutMs: 600_000,
+    });
     // Own initramfs and boot-template dirs: the hostile agent never lands in the shared cache.
     home = await mkdtemp(join(tmpdir(), "pyro-hostile-"));
     await mkdir(join(home, "cache", "initramfs"), { recursive: true });
@@ -91,7 +94,9 @@ describe("[vm] the guest is the attacker: pyro against a hostile agent", { timeo
   after(async () => {
     if (peaks.length) console.log(`peak RSS per case (MiB):\n  ${peaks.join("\n  ")}`);
     // Every workspace of this home, even one whose creation half-failed: no VM outlives the test.
-    if (ctx) for (const ws of (await listWorkspaces(ctx).catch(() => ({ workspaces: [] }))).workspaces) await deleteWorkspace(ctx, ws.workspace_id).catch(() => undefined);
+    if (ctx)
+      for (const ws of (await listWorkspaces(ctx).catch(() => ({ workspaces: [] }))).workspaces)
+        await deleteWorkspace(ctx, ws.workspace_id).catch(() => undefined);
     if (home) await rm(home, { recursive: true, force: true });
     if (canary) await rm(canary, { recursive: true, force: true });
   });
@@ -120,15 +125,46 @@ describe("[vm] the guest is the attacker: pyro against a hostile agent", { timeo
     { family: "exec", op: "exec", mode: "bad-utf8", run: () => execInWorkspace(ctx, id, ["true"]), reason: /not valid UTF-8/ },
     { family: "exec", op: "exec", mode: "impossible-length", run: () => execInWorkspace(ctx, id, ["true"]), reason: /frame length out of bounds/ },
     { family: "exec", op: "exec", mode: "oversized-header", run: () => execInWorkspace(ctx, id, ["true"]), reason: /header \(max 65536\)/ },
-    { family: "exec", op: "exec", mode: "truncated", run: () => execInWorkspace(ctx, id, ["true"]), reason: /stopped sending in the middle of a frame/, slow: true },
-    { family: "file read", op: "file.read", mode: "oversized-payload", run: () => readWorkspaceFile(ctx, id, "README.md"), reason: /frame length out of bounds/ },
-    { family: "file read", op: "file.read", mode: "wrong-types", run: () => readWorkspaceFile(ctx, id, "README.md"), reason: /file.read reply has the wrong shape/ },
+    {
+      family: "exec",
+      op: "exec",
+      mode: "truncated",
+      run: () => execInWorkspace(ctx, id, ["true"]),
+      reason: /stopped sending in the middle of a frame/,
+      slow: true,
+    },
+    {
+      family: "file read",
+      op: "file.read",
+      mode: "oversized-payload",
+      run: () => readWorkspaceFile(ctx, id, "README.md"),
+      reason: /frame length out of bounds/,
+    },
+    {
+      family: "file read",
+      op: "file.read",
+      mode: "wrong-types",
+      run: () => readWorkspaceFile(ctx, id, "README.md"),
+      reason: /file.read reply has the wrong shape/,
+    },
     { family: "file list", op: "file.list", mode: "list-million", run: () => listWorkspaceFiles(ctx, id), reason: /frame length out of bounds/ },
-    { family: "file list", op: "file.list", mode: "list-escape", run: () => listWorkspaceFiles(ctx, id), reason: /file.list entry '\/workspace\/\.\.\/\.\.\/etc\/passwd' has '\.' or '\.\.' segments/ },
+    {
+      family: "file list",
+      op: "file.list",
+      mode: "list-escape",
+      run: () => listWorkspaceFiles(ctx, id),
+      reason: /file.list entry '\/workspace\/\.\.\/\.\.\/etc\/passwd' has '\.' or '\.\.' segments/,
+    },
     { family: "file stat", op: "file.stat", mode: "wrong-types", run: exportTo, reason: /file.stat reply has the wrong shape/ },
     // /workspace is its own disk: diff and export read the guest's tree manifest, never a guest tar.
     ...["escape", "garbage"].flatMap((kind) => [
-      { family: "diff manifest", op: "tree.manifest", mode: `manifest-${kind}`, run: () => diffWorkspace(ctx, id, { summary: true }), reason: /tree manifest is malformed/ },
+      {
+        family: "diff manifest",
+        op: "tree.manifest",
+        mode: `manifest-${kind}`,
+        run: () => diffWorkspace(ctx, id, { summary: true }),
+        reason: /tree manifest is malformed/,
+      },
       { family: "export manifest", op: "tree.manifest", mode: `manifest-${kind}`, run: exportTo, reason: /tree manifest is malformed/ },
     ]),
     { family: "diff manifest", op: "tree.manifest", mode: "oversized-payload", run: () => diffWorkspace(ctx, id), reason: /frame length out of bounds/ },
@@ -136,7 +172,13 @@ describe("[vm] the guest is the attacker: pyro against a hostile agent", { timeo
     { family: "shell read", op: "shell.read", mode: "oversized-payload", run: () => readShell(ctx, id, shellId), reason: /frame length out of bounds/ },
     { family: "shell read", op: "shell.read", mode: "wrong-types", run: () => readShell(ctx, id, shellId), reason: /shell.read reply has the wrong shape/ },
     { family: "service list", op: "service.list", mode: "wrong-types", run: () => listServices(ctx, id), reason: /service.list reply has the wrong shape/ },
-    { family: "service status", op: "service.list", mode: "oversized-header", run: () => serviceStatus(ctx, id, "sleeper"), reason: /service.list reply has the wrong shape|header/ },
+    {
+      family: "service status",
+      op: "service.list",
+      mode: "oversized-header",
+      run: () => serviceStatus(ctx, id, "sleeper"),
+      reason: /service.list reply has the wrong shape|header/,
+    },
     // Last: the rest of a flood may reach the next connection.
     { family: "exec", op: "exec", mode: "event-flood", run: () => execInWorkspace(ctx, id, ["true"]), reason: /frames nobody asked for/ },
   ];

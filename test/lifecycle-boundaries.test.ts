@@ -66,13 +66,26 @@ describe("lifecycle boundaries", () => {
     const ownChild = /process\.kill\(\s*-?child\.pid\b/;
     const livenessProbe = /process\.kill\(\s*pid\s*,\s*0\s*\)/;
     const hits = offenders(SIGNAL, ["runtime"], (h) => ownChild.test(h.text) || (h.file === "src/process/process-alive.ts" && livenessProbe.test(h.text)));
-    assert.equal(hits.length, 0, `a signal sent outside src/runtime to a process that is not the module's own child (kill VMs through VmmBackend.kill):\n${show(hits)}`);
+    assert.equal(
+      hits.length,
+      0,
+      `a signal sent outside src/runtime to a process that is not the module's own child (kill VMs through VmmBackend.kill):\n${show(hits)}`,
+    );
   });
 
   it("the scan sees the code it guards (a scan that finds nothing proves nothing)", () => {
     assert.ok(RAW_AGENT_REQUEST.test('const { header } = await vm.agent.request("service.list");'));
-    assert.ok(offenders(CMDLINE_READ, []).some((h) => h.file.startsWith("src/runtime/")), "finds src/runtime's cmdline reads");
-    assert.ok(offenders(SIGNAL, []).some((h) => h.file.startsWith("src/runtime/")), "finds src/runtime's signals");
-    assert.ok(sources(SRC).some((path) => relative(SRC, path).startsWith("workspaces/")), "scans src/workspaces");
+    assert.ok(
+      offenders(CMDLINE_READ, []).some((h) => h.file.startsWith("src/runtime/")),
+      "finds src/runtime's cmdline reads",
+    );
+    assert.ok(
+      offenders(SIGNAL, []).some((h) => h.file.startsWith("src/runtime/")),
+      "finds src/runtime's signals",
+    );
+    assert.ok(
+      sources(SRC).some((path) => relative(SRC, path).startsWith("workspaces/")),
+      "scans src/workspaces",
+    );
   });
 });

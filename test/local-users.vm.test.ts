@@ -56,7 +56,14 @@ describe("[vm] other local users", () => {
     const home = join(base, name);
     await freshCache(join(home, "xdg-cache", "pyro-mcp"), ["kernels", "initramfs", "environments", "templates"]);
     await mkdir(join(home, "tmp"), { recursive: true });
-    const env: NodeJS.ProcessEnv = { ...process.env, HOME: home, TMPDIR: join(home, "tmp"), XDG_CACHE_HOME: join(home, "xdg-cache"), XDG_STATE_HOME: join(home, "xdg-state"), PYRO_ACCEL: "tcg" };
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      HOME: home,
+      TMPDIR: join(home, "tmp"),
+      XDG_CACHE_HOME: join(home, "xdg-cache"),
+      XDG_STATE_HOME: join(home, "xdg-state"),
+      PYRO_ACCEL: "tcg",
+    };
     for (const key of ["PYRO_HOME", "PYRO_RUNTIME_DIR", "XDG_RUNTIME_DIR"]) delete env[key];
     return { env, runtimeDir: join(home, "tmp", `pyro-${process.getuid?.() ?? 0}`) };
   }
@@ -94,7 +101,10 @@ describe("[vm] other local users", () => {
     it(`refuses a runtime dir ${attack.name}, for 'run' and 'workspace create', and puts nothing in it`, { ...TIMEOUT, skip: attack.skip }, async () => {
       const { env, runtimeDir } = await defaultLayout(`a-${attacks.indexOf(attack)}`);
       const planted = await attack.plant(runtimeDir);
-      for (const args of [["run", "debian:12", "--", "true"], ["workspace", "create", "debian:12"]]) {
+      for (const args of [
+        ["run", "debian:12", "--", "true"],
+        ["workspace", "create", "debian:12"],
+      ]) {
         const r = cli(args, env);
         assert.equal(r.code, 125, `${args.join(" ")}: ${r.stdout}${r.stderr}`);
         const lines = r.stderr.trim().split("\n");
@@ -120,7 +130,15 @@ describe("[vm] other local users", () => {
       const snap = cli(["workspace", "snapshot", "create", id, "s1"], env);
       assert.equal(snap.code, 0, snap.stderr + snap.stdout);
       const entries = await walk(home);
-      const kinds = new Set(entries.map((e) => `${e.kind}:${e.path.slice(home.length).replace(/ws-[a-z2-7]+/g, "ws-*").replace(/-[0-9a-f]{16}$/, "-*")}`));
+      const kinds = new Set(
+        entries.map(
+          (e) =>
+            `${e.kind}:${e.path
+              .slice(home.length)
+              .replace(/ws-[a-z2-7]+/g, "ws-*")
+              .replace(/-[0-9a-f]{16}$/, "-*")}`,
+        ),
+      );
       // The things an attacker wants are all there, so the walk below means something.
       for (const expected of [
         "socket:/run/ws-*/agent.sock",
@@ -133,10 +151,19 @@ describe("[vm] other local users", () => {
       ]) {
         assert.ok(kinds.has(expected), `${expected} missing from ${[...kinds].join(" ")}`);
       }
-      assert.ok(entries.some((e) => /\/cache\/templates\/.*\/state\.bin$/.test(e.path)), "the boot template's memory image is in the cache");
+      assert.ok(
+        entries.some((e) => /\/cache\/templates\/.*\/state\.bin$/.test(e.path)),
+        "the boot template's memory image is in the cache",
+      );
       const loose = entries.filter((e) => e.kind !== "link" && (e.kind === "dir" ? e.mode !== 0o700 : e.mode & 0o077));
-      assert.deepEqual(loose.map((e) => `${e.mode.toString(8)} ${e.kind} ${e.path}`), []);
-      assert.deepEqual(entries.filter((e) => e.kind === "file" && e.mode !== 0o600 && e.mode !== 0o400).map((e) => `${e.mode.toString(8)} ${e.path}`), []);
+      assert.deepEqual(
+        loose.map((e) => `${e.mode.toString(8)} ${e.kind} ${e.path}`),
+        [],
+      );
+      assert.deepEqual(
+        entries.filter((e) => e.kind === "file" && e.mode !== 0o600 && e.mode !== 0o400).map((e) => `${e.mode.toString(8)} ${e.path}`),
+        [],
+      );
     } finally {
       cli(["workspace", "delete", id], env);
     }

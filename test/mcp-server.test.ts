@@ -27,20 +27,32 @@ async function listTools(args: string[]) {
 
 describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
   it("serves workspace-core by default", async () => {
-    assert.deepEqual((await listTools([])).map((t) => t.name), CORE);
-    assert.ok(CORE.includes("vm_run") && CORE.includes("workspace_create") && !CORE.includes("shell_open"), "workspace-core: vm_run and the workspace loop, no shells");
+    assert.deepEqual(
+      (await listTools([])).map((t) => t.name),
+      CORE,
+    );
+    assert.ok(
+      CORE.includes("vm_run") && CORE.includes("workspace_create") && !CORE.includes("shell_open"),
+      "workspace-core: vm_run and the workspace loop, no shells",
+    );
   });
 
   for (const profile of Object.keys(PROFILES) as ProfileName[]) {
     it(`serves exactly the ${profile} tool set`, async () => {
-      assert.deepEqual((await listTools(["--profile", profile])).map((t) => t.name), PROFILES[profile].tools);
+      assert.deepEqual(
+        (await listTools(["--profile", profile])).map((t) => t.name),
+        PROFILES[profile].tools,
+      );
     });
   }
 
   for (const [mode, set] of Object.entries(MODES)) {
     it(`narrows tools and wording in ${mode} mode`, async () => {
       const tools = await listTools(["--mode", mode]);
-      assert.deepEqual(tools.map((t) => t.name), set.tools);
+      assert.deepEqual(
+        tools.map((t) => t.name),
+        set.tools,
+      );
       for (const [name, description] of Object.entries(set.descriptions)) assert.equal(tools.find((t) => t.name === name)?.description, description);
     });
   }
@@ -59,7 +71,8 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
 
   it("uses the contract's defaults where pyro has no reason to differ (service_logs tails 20 lines)", async () => {
     const tools = await listTools(["--profile", "workspace-full"]);
-    const property = (tool: string, name: string) => (tools.find((t) => t.name === tool)!.inputSchema.properties as Record<string, { default?: unknown }>)[name];
+    const property = (tool: string, name: string) =>
+      (tools.find((t) => t.name === tool)!.inputSchema.properties as Record<string, { default?: unknown }>)[name];
     assert.equal(property("service_logs", "tail_lines")?.default, 20);
     // Where pyro differs on purpose, the README says why (workspace_exec 120 s, shell_read plain).
     assert.equal(property("workspace_exec", "timeout_seconds")?.default, 120);
@@ -93,7 +106,12 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
     child.stdout.on("data", (d) => (stdout += d));
     const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
     const send = (msg: object) => child.stdin.write(JSON.stringify(msg) + "\n");
-    send({ jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } } });
+    send({
+      jsonrpc: "2.0",
+      id: 1,
+      method: "initialize",
+      params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } },
+    });
     send({ jsonrpc: "2.0", method: "notifications/initialized" });
     send({ jsonrpc: "2.0", id: 2, method: "tools/list" });
     while (!stdout.includes('"id":2')) await new Promise((r) => setTimeout(r, 20));
@@ -119,7 +137,13 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
     // Everything at once, then EOF: the client does not wait for the answers before closing stdin.
     child.stdin.end(requests.map((m) => JSON.stringify(m) + "\n").join(""));
     assert.equal(await exited, 0);
-    const answers = new Map(stdout.trim().split("\n").map((line) => JSON.parse(line) as { id: number; result: { isError?: boolean; content: { text: string }[] } }).map((m) => [m.id, m]));
+    const answers = new Map(
+      stdout
+        .trim()
+        .split("\n")
+        .map((line) => JSON.parse(line) as { id: number; result: { isError?: boolean; content: { text: string }[] } })
+        .map((m) => [m.id, m]),
+    );
     assert.deepEqual(JSON.parse(answers.get(2)!.result.content[0]!.text).workspaces, []);
     assert.match(answers.get(3)!.result.content[0]!.text, /^WORKSPACE_NOT_FOUND/);
   });
@@ -140,7 +164,10 @@ describe("pyro mcp serve (stdio, through the MCP SDK client)", () => {
   it("refuses two readiness checks instead of silently using one", async () => {
     const { client } = await connectStdio(["--profile", "workspace-full"]);
     try {
-      const r = await client.callTool({ name: "service_start", arguments: { workspace_id: "w", name: "s", command: "true", ready_file: "a", ready_tcp_port: 80 } });
+      const r = await client.callTool({
+        name: "service_start",
+        arguments: { workspace_id: "w", name: "s", command: "true", ready_file: "a", ready_tcp_port: 80 },
+      });
       assert.equal(r.isError, true);
       assert.match(toolText(r), /^INVALID_ARGUMENT: give at most one of ready_file, ready_tcp_port/);
     } finally {
@@ -180,12 +207,28 @@ function exitOf(child: ReturnType<typeof spawn>): Promise<{ code: number | null;
 /** A raw request with a chosen Host header (fetch will not let a caller set one). */
 function statusWithHost(port: number, host: string, token: string): Promise<number> {
   return new Promise((resolve, rejectRequest) => {
-    const req = request({ host: "127.0.0.1", port, path: "/mcp", method: "POST", headers: { host, authorization: `Bearer ${token}`, "content-type": "application/json", accept: "application/json, text/event-stream" } }, (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    });
+    const req = request(
+      {
+        host: "127.0.0.1",
+        port,
+        path: "/mcp",
+        method: "POST",
+        headers: { host, authorization: `Bearer ${token}`, "content-type": "application/json", accept: "application/json, text/event-stream" },
+      },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      },
+    );
     req.on("error", rejectRequest);
-    req.end(JSON.stringify({ jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } } }));
+    req.end(
+      JSON.stringify({
+        jsonrpc: "2.0",
+        id: 1,
+        method: "initialize",
+        params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } },
+      }),
+    );
   });
 }
 
@@ -199,7 +242,11 @@ describe("pyro mcp serve --http (Streamable HTTP)", () => {
       const port = Number(/http:\/\/127\.0\.0\.1:(\d+)\/mcp/.exec(stderr)?.[1]);
       assert.ok(port > 0 && port < 65536, stderr);
       const client = new Client({ name: "http-test", version: "1" });
-      await client.connect(new StreamableHTTPClientTransport(new URL(`http://127.0.0.1:${port}/mcp`), { requestInit: { headers: { authorization: `Bearer ${TOKEN}`, origin: `http://127.0.0.1:${port}` } } }));
+      await client.connect(
+        new StreamableHTTPClientTransport(new URL(`http://127.0.0.1:${port}/mcp`), {
+          requestInit: { headers: { authorization: `Bearer ${TOKEN}`, origin: `http://127.0.0.1:${port}` } },
+        }),
+      );
       assert.ok((await client.listTools()).tools.length > 0);
       await client.close();
     } finally {
@@ -230,17 +277,28 @@ describe("pyro mcp serve --http (Streamable HTTP)", () => {
     const token = "test-token-from-a-file-" + process.pid;
     const tokenFile = join(mkdtempSync(join(tmpdir(), "pyro-token-")), "token");
     writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
-    const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", `127.0.0.1:${port}`, "--token-file", tokenFile], { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(process.execPath, [CLI, "mcp", "serve", "--http", `127.0.0.1:${port}`, "--token-file", tokenFile], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
     try {
       let stderr = "";
       child.stderr.on("data", (d) => (stderr += d));
       while (!stderr.includes("serving")) await new Promise((r) => setTimeout(r, 20));
       const url = `http://127.0.0.1:${port}/mcp`;
-      const init = { jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } } };
+      const init = {
+        jsonrpc: "2.0",
+        id: 1,
+        method: "initialize",
+        params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } },
+      };
       const headers = { "content-type": "application/json", accept: "application/json, text/event-stream" };
       assert.equal((await fetch(url, { method: "POST", headers, body: JSON.stringify(init) })).status, 401);
       assert.equal((await fetch(url, { method: "POST", headers: { ...headers, authorization: "Bearer wrong" }, body: JSON.stringify(init) })).status, 401);
-      const evil = await fetch(url, { method: "POST", headers: { ...headers, authorization: `Bearer ${token}`, origin: "https://evil.example" }, body: JSON.stringify(init) });
+      const evil = await fetch(url, {
+        method: "POST",
+        headers: { ...headers, authorization: `Bearer ${token}`, origin: "https://evil.example" },
+        body: JSON.stringify(init),
+      });
       assert.equal(evil.status, 403);
       // DNS rebinding: a page under a foreign name reaches 127.0.0.1, but its Host names that page.
       assert.equal(await statusWithHost(port, `evil.example:${port}`, token), 403);
@@ -249,7 +307,10 @@ describe("pyro mcp serve --http (Streamable HTTP)", () => {
       assert.notEqual(await statusWithHost(port, `localhost:${port}`, token), 403);
       const client = new Client({ name: "http-test", version: "1" });
       await client.connect(new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers: { authorization: `Bearer ${token}` } } }));
-      assert.deepEqual((await client.listTools()).tools.map((t) => t.name), CORE);
+      assert.deepEqual(
+        (await client.listTools()).tools.map((t) => t.name),
+        CORE,
+      );
       await client.close();
     } finally {
       child.kill("SIGTERM");
@@ -267,7 +328,9 @@ describe("pyro mcp serve --http (Streamable HTTP)", () => {
 
   it("refuses an empty or short token instead of accepting requests without one", async () => {
     for (const token of ["", "short"]) {
-      const { code, stderr } = await exitOf(spawn(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"], ...withToken(token) }));
+      const { code, stderr } = await exitOf(
+        spawn(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:0"], { stdio: ["ignore", "ignore", "pipe"], ...withToken(token) }),
+      );
       assert.equal(code, 125, stderr);
       assert.match(stderr, /^pyro: error \[INVALID_ARGUMENT\]: the bearer token must be at least 16 bytes/);
     }
@@ -280,7 +343,9 @@ describe("pyro mcp serve --http (Streamable HTTP)", () => {
     const tokenFile = join(mkdtempSync(join(tmpdir(), "pyro-token-")), "token");
     writeFileSync(tokenFile, TOKEN, { mode: 0o600 });
     chmodSync(tokenFile, 0o644);
-    const { code, stderr } = await exitOf(spawn(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:0", "--token-file", tokenFile], { stdio: ["ignore", "ignore", "pipe"] }));
+    const { code, stderr } = await exitOf(
+      spawn(process.execPath, [CLI, "mcp", "serve", "--http", "127.0.0.1:0", "--token-file", tokenFile], { stdio: ["ignore", "ignore", "pipe"] }),
+    );
     assert.equal(code, 125);
     assert.match(stderr, /readable by other users \(mode 644\); run chmod 600/);
   });

@@ -24,16 +24,24 @@ describe("[vm] MCP workflows on real VMs", () => {
     const { client } = await connectStdio(["--mode", "repro-fix"]);
     try {
       const ws = toolJson<{ workspace_id: string }>(await client.callTool({ name: "workspace_create", arguments: { seed_path: seed.dir } }));
-      const failing = toolJson<{ exit_code: number; stderr: string }>(await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "./test.sh" } }));
+      const failing = toolJson<{ exit_code: number; stderr: string }>(
+        await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "./test.sh" } }),
+      );
       assert.notEqual(failing.exit_code, 0);
       assert.match(failing.stderr, /AssertionError/);
-      const source = toolJson<{ content: string }>(await client.callTool({ name: "workspace_file_read", arguments: { workspace_id: ws.workspace_id, path: "src/calc.py" } }));
+      const source = toolJson<{ content: string }>(
+        await client.callTool({ name: "workspace_file_read", arguments: { workspace_id: ws.workspace_id, path: "src/calc.py" } }),
+      );
       assert.match(source.content, /return a - b/);
       toolJson(await client.callTool({ name: "workspace_patch_apply", arguments: { workspace_id: ws.workspace_id, patch: FIX_PATCH } }));
-      const passing = toolJson<{ exit_code: number; stdout: string }>(await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "./test.sh" } }));
+      const passing = toolJson<{ exit_code: number; stdout: string }>(
+        await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "./test.sh" } }),
+      );
       assert.equal(passing.exit_code, 0);
       assert.equal(passing.stdout, "tests pass\n");
-      const diff = toolJson<{ patch: string; files: { path: string }[] }>(await client.callTool({ name: "workspace_diff", arguments: { workspace_id: ws.workspace_id } }));
+      const diff = toolJson<{ patch: string; files: { path: string }[] }>(
+        await client.callTool({ name: "workspace_diff", arguments: { workspace_id: ws.workspace_id } }),
+      );
       assert.ok(diff.files.some((f) => f.path === "src/calc.py"));
       assert.match(diff.patch, /\+    return a \+ b/);
       const stalePatch = await client.callTool({ name: "workspace_patch_apply", arguments: { workspace_id: ws.workspace_id, patch: FIX_PATCH } });
@@ -48,7 +56,9 @@ describe("[vm] MCP workflows on real VMs", () => {
   it("reports progress during a long workspace_exec when the client asks", TIMEOUT, async () => {
     const { client } = await connectStdio();
     try {
-      const ws = toolJson<{ workspace_id: string; workspace_seed: { origin_kind: string; files: number; note?: string } }>(await client.callTool({ name: "workspace_create", arguments: {} }));
+      const ws = toolJson<{ workspace_id: string; workspace_seed: { origin_kind: string; files: number; note?: string } }>(
+        await client.callTool({ name: "workspace_create", arguments: {} }),
+      );
       // Served from outside any checkout: no project, so an empty /workspace, and the result says why.
       assert.equal(ws.workspace_seed.origin_kind, "empty");
       assert.equal(ws.workspace_seed.files, 0);
@@ -68,12 +78,32 @@ describe("[vm] MCP workflows on real VMs", () => {
   });
 
   it("answers an independent client: the MCP Inspector CLI", TIMEOUT, () => {
-    const list = spawnSync(join(BIN, "mcp-inspector"), ["--cli", process.execPath, CLI, "mcp", "serve", "--profile", "vm-run", "--method", "tools/list"], { encoding: "utf8", timeout: 120_000 });
+    const list = spawnSync(join(BIN, "mcp-inspector"), ["--cli", process.execPath, CLI, "mcp", "serve", "--profile", "vm-run", "--method", "tools/list"], {
+      encoding: "utf8",
+      timeout: 120_000,
+    });
     assert.equal(list.status, 0, list.stderr);
-    assert.deepEqual((JSON.parse(list.stdout) as { tools: { name: string }[] }).tools.map((t) => t.name), ["vm_run"]);
+    assert.deepEqual(
+      (JSON.parse(list.stdout) as { tools: { name: string }[] }).tools.map((t) => t.name),
+      ["vm_run"],
+    );
     const call = spawnSync(
       join(BIN, "mcp-inspector"),
-      ["--cli", process.execPath, CLI, "mcp", "serve", "--profile", "vm-run", "--method", "tools/call", "--tool-name", "vm_run", "--tool-arg", "command=uname -n"],
+      [
+        "--cli",
+        process.execPath,
+        CLI,
+        "mcp",
+        "serve",
+        "--profile",
+        "vm-run",
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "vm_run",
+        "--tool-arg",
+        "command=uname -n",
+      ],
       { encoding: "utf8", timeout: 120_000 },
     );
     assert.equal(call.status, 0, call.stderr);

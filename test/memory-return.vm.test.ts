@@ -57,7 +57,9 @@ describe("[vm] memory that goes back to the host", () => {
     await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "kill $(cat /tmp/held)"]);
     const back = await pssWhen(pid, (pss) => pss < held - (ALLOCATED_MIB - 100) * MIB, 10_000);
     const seconds = (Date.now() - freedAt) / 1000;
-    console.log(`PSS: settled ${Math.round(settled / MIB)} MiB, holding ${Math.round(held / MIB)} MiB, ${seconds.toFixed(1)} s after the free ${Math.round(back / MIB)} MiB`);
+    console.log(
+      `PSS: settled ${Math.round(settled / MIB)} MiB, holding ${Math.round(held / MIB)} MiB, ${seconds.toFixed(1)} s after the free ${Math.round(back / MIB)} MiB`,
+    );
     assert.ok(back < held - (ALLOCATED_MIB - 100) * MIB, `PSS still ${back / MIB} MiB ${seconds} s after freeing (was ${held / MIB} MiB)`);
   });
 });

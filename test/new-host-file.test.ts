@@ -47,17 +47,23 @@ describe("writing an export's output: a new file, never through or over what is 
     const output = join(dir, "out.bin");
     await symlink(join(dir, "created-through-link"), output);
     await assert.rejects(assertOutputFree(output), refused);
-    await assert.rejects(publishNewFile(output, (tmp) => writeFile(tmp, "x", { flag: "wx" })), refused);
+    await assert.rejects(
+      publishNewFile(output, (tmp) => writeFile(tmp, "x", { flag: "wx" })),
+      refused,
+    );
     await assert.rejects(lstat(join(dir, "created-through-link")), { code: "ENOENT" });
   });
 
   it("refuses an output created as a file meanwhile, keeping its content", async () => {
     const dir = await scratch();
     const output = join(dir, "out.bin");
-    await assert.rejects(publishNewFile(output, async (tmp) => {
-      await writeFile(output, "someone else's");
-      await writeFile(tmp, "ours", { flag: "wx" });
-    }), refused);
+    await assert.rejects(
+      publishNewFile(output, async (tmp) => {
+        await writeFile(output, "someone else's");
+        await writeFile(tmp, "ours", { flag: "wx" });
+      }),
+      refused,
+    );
     assert.equal(await readFile(output, "utf8"), "someone else's");
   });
 });

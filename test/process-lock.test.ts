@@ -34,7 +34,15 @@ describe("process lock", () => {
 
   it("is taken over at once from a holder killed with SIGKILL, naming what it was doing", async () => {
     const path = await lockPath();
-    const child = spawn(process.execPath, ["--input-type=module", "-e", `const m = await import(${JSON.stringify(MODULE)}); await m.tryAcquireLock(${JSON.stringify(path)}, "sync push"); console.log("held"); setInterval(() => {}, 1000);`], { stdio: ["ignore", "pipe", "inherit"] });
+    const child = spawn(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        `const m = await import(${JSON.stringify(MODULE)}); await m.tryAcquireLock(${JSON.stringify(path)}, "sync push"); console.log("held"); setInterval(() => {}, 1000);`,
+      ],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
     await new Promise<void>((resolve) => child.stdout.once("data", () => resolve()));
     assert.equal(await tryAcquireLock(path, "exec"), undefined, "a live holder keeps the lock");
     child.kill("SIGKILL");
@@ -53,7 +61,10 @@ describe("process lock", () => {
     await mkdir(path);
     const realStart = processStartTime(process.pid);
     assert.ok(realStart);
-    await writeFile(join(path, "owner.json"), JSON.stringify({ pid: process.pid, start: String(Number(realStart) - 1), acquired_at: new Date().toISOString(), purpose: "reset" }));
+    await writeFile(
+      join(path, "owner.json"),
+      JSON.stringify({ pid: process.pid, start: String(Number(realStart) - 1), acquired_at: new Date().toISOString(), purpose: "reset" }),
+    );
     const held = await tryAcquireLock(path, "exec");
     assert.ok(held);
     assert.equal(held.interrupted?.purpose, "reset");
@@ -76,7 +87,11 @@ describe("process lock: breaking a dead owner's lock races no one", () => {
     try {
       const path = join(dir, "ws.lock");
       // X: a process that took the lock and died holding it.
-      const x = spawn(process.execPath, ["--input-type=module", "-e", `const m = await import(${JSON.stringify(MODULE)}); await m.tryAcquireLock(${JSON.stringify(path)}, "reset");`], { stdio: "inherit" });
+      const x = spawn(
+        process.execPath,
+        ["--input-type=module", "-e", `const m = await import(${JSON.stringify(MODULE)}); await m.tryAcquireLock(${JSON.stringify(path)}, "reset");`],
+        { stdio: "inherit" },
+      );
       assert.equal(await new Promise((r) => x.once("exit", r)), 0);
       // C reads the dead owner X…
       const seenByC = await inspectLock(path);

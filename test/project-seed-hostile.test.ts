@@ -16,7 +16,11 @@ import { MAX_SEED_ENTRIES } from "../src/workspaces/seed-files.js";
 import { scanSeed, stageSeed } from "../src/workspaces/seed-image.js";
 
 function git(cwd: string, ...args: string[]): string {
-  const r = spawnSync("git", ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", ...args], { cwd, encoding: "utf8", env: { PATH: process.env.PATH, HOME: cwd, GIT_CONFIG_NOSYSTEM: "1" } });
+  const r = spawnSync("git", ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", ...args], {
+    cwd,
+    encoding: "utf8",
+    env: { PATH: process.env.PATH, HOME: cwd, GIT_CONFIG_NOSYSTEM: "1" },
+  });
   assert.equal(r.status, 0, r.stderr);
   return r.stdout.trim();
 }
@@ -41,7 +45,10 @@ describe("hostile project seeds", () => {
     git(checkout, "add", "README");
     git(checkout, "commit", "-q", "-m", "one");
     git(checkout, "config", "core.worktree", outside);
-    const set = await resolveProjectSeed({ cacheDir: join(base, "cache"), stateDir: join(base, "state"), runtimeDir: join(base, "run") }, { kind: "project_path", path: checkout });
+    const set = await resolveProjectSeed(
+      { cacheDir: join(base, "cache"), stateDir: join(base, "state"), runtimeDir: join(base, "run") },
+      { kind: "project_path", path: checkout },
+    );
     assert.deepEqual(set.paths, ["README"], "only the checkout's own files are listed");
     const scan = scanSeed({ root: set.root, paths: set.paths });
     assert.ok(!JSON.stringify([set.skipped, scan.skipped]).includes("id_ed25519"), `a host file name leaked into the result: ${JSON.stringify(scan.skipped)}`);
@@ -121,7 +128,10 @@ describe("hostile project seeds", () => {
     const fresh = join(base, "fresh-init");
     await mkdir(fresh);
     git(fresh, "init", "-q");
-    const set = await resolveProjectSeed({ cacheDir: join(base, "cache"), stateDir: join(base, "state"), runtimeDir: join(base, "run") }, { kind: "project_path", path: fresh });
+    const set = await resolveProjectSeed(
+      { cacheDir: join(base, "cache"), stateDir: join(base, "state"), runtimeDir: join(base, "run") },
+      { kind: "project_path", path: fresh },
+    );
     assert.deepEqual(set.paths, []);
     const scan = scanSeed({ root: set.root, paths: set.paths });
     assert.deepEqual([scan.files, scan.entries.length], [0, 0]);

@@ -13,7 +13,11 @@ import { listDirectoryTree } from "../src/workspaces/seed-files.js";
 import { testPaths } from "./helpers/vm-fixtures.js";
 
 function git(cwd: string, ...args: string[]): string {
-  const r = spawnSync("git", ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", ...args], { cwd, encoding: "utf8", env: { PATH: process.env.PATH, HOME: cwd, GIT_CONFIG_NOSYSTEM: "1" } });
+  const r = spawnSync("git", ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", ...args], {
+    cwd,
+    encoding: "utf8",
+    env: { PATH: process.env.PATH, HOME: cwd, GIT_CONFIG_NOSYSTEM: "1" },
+  });
   assert.equal(r.status, 0, r.stderr);
   return r.stdout.trim();
 }
@@ -133,7 +137,10 @@ describe("project-aware seeds", () => {
     await assert.rejects(detectProjectSource({ cwd: checkout, repoRef: "main" }), /--repo-ref needs --repo-url/);
     await assert.rejects(detectProjectSource({ cwd: checkout, repoUrl: checkout, projectPath: "." }), /not both/);
     await assert.rejects(detectProjectSource({ cwd: checkout, projectPath: "nope" }), /is not a directory/);
-    await assert.rejects(detectProjectSource({ cwd: checkout, repoUrl: "ext::sh -c id" }), (e) => isPyroError(e, "INVALID_ARGUMENT") && /not a Git repository URL/.test(e.message));
+    await assert.rejects(
+      detectProjectSource({ cwd: checkout, repoUrl: "ext::sh -c id" }),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && /not a Git repository URL/.test(e.message),
+    );
   });
 
   it("refuses a checkout owned by another user", { skip: process.getuid?.() !== 0 && "needs root to chown" }, async () => {
@@ -168,8 +175,14 @@ describe("project-aware seeds", () => {
     assert.equal(byCommit.origin.commit, first);
     const plain = await mkdtemp(join(tmpdir(), "pyro-notrepo-"));
     try {
-      await assert.rejects(resolveProjectSeed(testPaths, { kind: "repo_url", url: plain }), (e) => isPyroError(e, "INVALID_ARGUMENT") && /cannot clone --repo-url/.test(e.message));
-      await assert.rejects(resolveProjectSeed(testPaths, { kind: "repo_url", url: checkout, ref: "no-such-branch" }), /cannot clone --repo-url .* at --repo-ref no-such-branch/);
+      await assert.rejects(
+        resolveProjectSeed(testPaths, { kind: "repo_url", url: plain }),
+        (e) => isPyroError(e, "INVALID_ARGUMENT") && /cannot clone --repo-url/.test(e.message),
+      );
+      await assert.rejects(
+        resolveProjectSeed(testPaths, { kind: "repo_url", url: checkout, ref: "no-such-branch" }),
+        /cannot clone --repo-url .* at --repo-ref no-such-branch/,
+      );
     } finally {
       await rm(plain, { recursive: true, force: true });
     }
@@ -181,7 +194,9 @@ describe("project seed input parsing (properties)", () => {
   it("parseLsFilesZ: whatever bytes git prints, every path it returns stays inside the root", () => {
     const bytes = fc.oneof(
       fc.uint8Array({ maxLength: 200 }),
-      fc.array(fc.constantFrom("a", "b", "/", ".", "..", ".git", "\0", "é", "\n", "GIT"), { maxLength: 40 }).map((parts) => new TextEncoder().encode(parts.join(""))),
+      fc
+        .array(fc.constantFrom("a", "b", "/", ".", "..", ".git", "\0", "é", "\n", "GIT"), { maxLength: 40 })
+        .map((parts) => new TextEncoder().encode(parts.join(""))),
     );
     fc.assert(
       fc.property(bytes, (raw) => {
@@ -213,22 +228,31 @@ describe("project seed input parsing (properties)", () => {
 
   it("parseRepoUrl: accepts nothing git could read as an option or a remote helper", () => {
     fc.assert(
-      fc.property(fc.oneof(fc.string({ maxLength: 60 }), fc.constantFrom("ext::sh -c id", "fd::3", "-uhttps://x/y", "--upload-pack=id", "https://h/r", "git@h:r.git", "file:///r", "./r", "ftp://h/r")), (url) => {
-        try {
-          const parsed = parseRepoUrl(url, "/cwd");
-          assert.ok(!url.startsWith("-") && !url.includes("::") && !/\s/.test(url), url);
-          if (parsed.kind === "local") assert.ok(parsed.path.startsWith("/"));
-          else assert.ok(/^(https?|ssh|git|file):\/\//i.test(url) || /^[^/]*:/.test(url), url);
-        } catch (error) {
-          assert.ok(isPyroError(error, "INVALID_ARGUMENT"), String(error));
-        }
-      }),
+      fc.property(
+        fc.oneof(
+          fc.string({ maxLength: 60 }),
+          fc.constantFrom("ext::sh -c id", "fd::3", "-uhttps://x/y", "--upload-pack=id", "https://h/r", "git@h:r.git", "file:///r", "./r", "ftp://h/r"),
+        ),
+        (url) => {
+          try {
+            const parsed = parseRepoUrl(url, "/cwd");
+            assert.ok(!url.startsWith("-") && !url.includes("::") && !/\s/.test(url), url);
+            if (parsed.kind === "local") assert.ok(parsed.path.startsWith("/"));
+            else assert.ok(/^(https?|ssh|git|file):\/\//i.test(url) || /^[^/]*:/.test(url), url);
+          } catch (error) {
+            assert.ok(isPyroError(error, "INVALID_ARGUMENT"), String(error));
+          }
+        },
+      ),
       { numRuns: 500 },
     );
   });
 
   it("checkRepoRef: every ref it accepts is one git accepts too", () => {
-    const ref = fc.oneof(fc.string({ maxLength: 20 }), fc.array(fc.constantFrom("main", "v1", "/", ".", "..", "-", "@{", "lock", "~", " ", "a"), { maxLength: 6 }).map((p) => p.join("")));
+    const ref = fc.oneof(
+      fc.string({ maxLength: 20 }),
+      fc.array(fc.constantFrom("main", "v1", "/", ".", "..", "-", "@{", "lock", "~", " ", "a"), { maxLength: 6 }).map((p) => p.join("")),
+    );
     fc.assert(
       fc.property(ref, (candidate) => {
         let accepted = true;

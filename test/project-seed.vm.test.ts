@@ -13,14 +13,25 @@ import { connectStdio, toolJson } from "./helpers/mcp-client.js";
 const TIMEOUT = { timeout: 180_000 };
 
 function git(cwd: string, ...args: string[]): string {
-  const r = spawnSync("git", ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", ...args], { cwd, encoding: "utf8", env: { PATH: process.env.PATH, HOME: cwd, GIT_CONFIG_NOSYSTEM: "1" } });
+  const r = spawnSync("git", ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", ...args], {
+    cwd,
+    encoding: "utf8",
+    env: { PATH: process.env.PATH, HOME: cwd, GIT_CONFIG_NOSYSTEM: "1" },
+  });
   assert.equal(r.status, 0, r.stderr);
   return r.stdout.trim();
 }
 
 interface Seeded {
   workspace_id: string;
-  workspace_seed: { origin_kind: string; origin_ref: string; commit: string | null; files: number; skipped_count: number; skipped: { path: string; reason: string }[] };
+  workspace_seed: {
+    origin_kind: string;
+    origin_ref: string;
+    commit: string | null;
+    files: number;
+    skipped_count: number;
+    skipped: { path: string; reason: string }[];
+  };
 }
 
 describe("[vm] project-aware workspace_create over MCP", () => {
@@ -50,7 +61,9 @@ describe("[vm] project-aware workspace_create over MCP", () => {
     try {
       const ws = toolJson<Seeded>(await client.callTool({ name: "workspace_create", arguments: {} }));
       assert.deepEqual([ws.workspace_seed.origin_kind, ws.workspace_seed.origin_ref, ws.workspace_seed.commit], ["repo_url", `${url}#v1`, v1]);
-      const run = toolJson<{ stdout: string }>(await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "python3 src/main.py; cat gone.txt" } }));
+      const run = toolJson<{ stdout: string }>(
+        await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "python3 src/main.py; cat gone.txt" } }),
+      );
       assert.equal(run.stdout, "v1\ntracked, then deleted\n", "the tag's tree, not the working tree");
       toolJson(await client.callTool({ name: "workspace_delete", arguments: { workspace_id: ws.workspace_id } }));
     } finally {
@@ -65,7 +78,9 @@ describe("[vm] project-aware workspace_create over MCP", () => {
       assert.deepEqual([ws.workspace_seed.origin_kind, ws.workspace_seed.origin_ref], ["project_path", repo]);
       assert.equal(ws.workspace_seed.skipped_count, 1);
       assert.deepEqual(ws.workspace_seed.skipped, [{ path: "gone.txt", reason: "vanished before it could be read" }]);
-      const run = toolJson<{ stdout: string }>(await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "python3 src/main.py" } }));
+      const run = toolJson<{ stdout: string }>(
+        await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "python3 src/main.py" } }),
+      );
       assert.equal(run.stdout, "v2\n");
       toolJson(await client.callTool({ name: "workspace_delete", arguments: { workspace_id: ws.workspace_id } }));
     } finally {
@@ -80,7 +95,9 @@ describe("[vm] project-aware workspace_create over MCP", () => {
     try {
       const ws = toolJson<Seeded>(await client.callTool({ name: "workspace_create", arguments: {} }));
       assert.deepEqual([ws.workspace_seed.origin_kind, ws.workspace_seed.origin_ref, ws.workspace_seed.files], ["project_path", fresh, 0]);
-      const run = toolJson<{ stdout: string }>(await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "ls -A /workspace | wc -l" } }));
+      const run = toolJson<{ stdout: string }>(
+        await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "ls -A /workspace | wc -l" } }),
+      );
       assert.equal(run.stdout.trim(), "0");
       toolJson(await client.callTool({ name: "workspace_delete", arguments: { workspace_id: ws.workspace_id } }));
     } finally {

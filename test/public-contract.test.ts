@@ -22,7 +22,13 @@ describe("CLI: demo, prepare, doctor --environment, contract flags", () => {
   });
 
   it("refuses bad usage of demo and prepare with exit 2", () => {
-    for (const args of [["demo", "debian:12"], ["demo", "--force"], ["prepare", "debian:12", "extra"], ["prepare", "--bogus"], ["doctor", "--environment"]]) {
+    for (const args of [
+      ["demo", "debian:12"],
+      ["demo", "--force"],
+      ["prepare", "debian:12", "extra"],
+      ["prepare", "--bogus"],
+      ["doctor", "--environment"],
+    ]) {
       const r = pyro(args);
       assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
       assert.match(r.stderr, /^error: /, args.join(" "));
@@ -47,7 +53,10 @@ describe("CLI: demo, prepare, doctor --environment, contract flags", () => {
       assert.match(state, /^(warm|cold|stale)$/, piece);
       assert.ok(detail.length > 0, piece);
     }
-    assert.equal(report.daily_loop.warm, Object.values(report.daily_loop.pieces).every((p) => p.state === "warm"));
+    assert.equal(
+      report.daily_loop.warm,
+      Object.values(report.daily_loop.pieces).every((p) => p.state === "warm"),
+    );
     const human = pyro(["doctor", "--environment", "debian:12"]);
     assert.match(human.stdout, /^Daily loop \(debian:12\): (warm|not warm)\n {2}environment: (warm|cold|stale) \(/m);
   });
@@ -86,7 +95,10 @@ describe("MCP: the contract's argument names", () => {
       const memory = await client.callTool({ name: "vm_run", arguments: { command: "true", mem_mib: 1 } });
       assert.match(toolText(memory), /^INVALID_ARGUMENT: memory \(MiB\) must be an integer between \d+ and \d+, got 1/);
       // Accepted (not an unknown key): the unknown environment is what fails.
-      const accepted = await client.callTool({ name: "vm_run", arguments: { command: "true", environment: "debian:99", vcpu_count: 2, mem_mib: 512, ttl_seconds: 60, allow_host_compat: false } });
+      const accepted = await client.callTool({
+        name: "vm_run",
+        arguments: { command: "true", environment: "debian:99", vcpu_count: 2, mem_mib: 512, ttl_seconds: 60, allow_host_compat: false },
+      });
       assert.equal(accepted.isError, true);
       assert.match(toolText(accepted), /^ENVIRONMENT_UNKNOWN: /);
       const badTtl = await client.callTool({ name: "vm_run", arguments: { command: "true", ttl_seconds: -1 } });
@@ -151,7 +163,10 @@ describe("daily-loop readiness and demo, without booting", () => {
       assert.equal(r.warm, false);
       assert.deepEqual(await readdir(join(home, "cache"), { recursive: true }), before, "readiness wrote nothing");
       const empty = await new Pyro({ home: join(home, "empty") }).dailyLoopReadiness("debian:12");
-      assert.deepEqual(Object.values(empty.pieces).map((p) => p.state), ["cold", "cold", "cold", "cold"]);
+      assert.deepEqual(
+        Object.values(empty.pieces).map((p) => p.state),
+        ["cold", "cold", "cold", "cold"],
+      );
     } finally {
       await rm(home, { recursive: true, force: true });
     }
@@ -162,7 +177,10 @@ describe("daily-loop readiness and demo, without booting", () => {
     const demo = await new Pyro().demo("debian:99");
     assert.equal(demo.ok, false);
     assert.equal(demo.workspace_id, null);
-    assert.deepEqual(demo.steps.map((s) => [s.step, s.ok]), [["create", false]]);
+    assert.deepEqual(
+      demo.steps.map((s) => [s.step, s.ok]),
+      [["create", false]],
+    );
     assert.match(demo.error ?? "", /debian:99/);
   });
 });

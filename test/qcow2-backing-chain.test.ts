@@ -10,7 +10,9 @@ import { findExecutable } from "../src/process/host-command.js";
 import { diskChain, parseQcow2Header, readQcow2Header } from "../src/storage/qcow2-backing-chain.js";
 
 describe("qcow2 backing chain (what a sandboxed qemu-img may see)", () => {
-  it("walks a real overlay chain, relative and absolute backing names, to the raw base", { skip: findExecutable("qemu-img") ? false : "needs qemu-img" }, async () => {
+  it("walks a real overlay chain, relative and absolute backing names, to the raw base", {
+    skip: findExecutable("qemu-img") ? false : "needs qemu-img",
+  }, async () => {
     const dir = await mkdtemp(join(tmpdir(), "pyro-chain-"));
     try {
       await writeFile(join(dir, "base.raw"), Buffer.alloc(1 << 20));
@@ -42,7 +44,9 @@ describe("qcow2 backing chain (what a sandboxed qemu-img may see)", () => {
     );
   });
 
-  it("reports a real image's external data file (qcow2 v3 incompatible feature bit 2)", { skip: findExecutable("qemu-img") ? false : "needs qemu-img" }, async () => {
+  it("reports a real image's external data file (qcow2 v3 incompatible feature bit 2)", {
+    skip: findExecutable("qemu-img") ? false : "needs qemu-img",
+  }, async () => {
     const dir = await mkdtemp(join(tmpdir(), "pyro-datafile-"));
     try {
       execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", "-o", `data_file=${join(dir, "data.raw")}`, join(dir, "ext.qcow2"), "1M"]);

@@ -42,7 +42,9 @@ describe("QEMU command line", () => {
     const net = { egressServer: ["/usr/bin/node", "/p/egress-server.js", "--policy=/w/a,b.json"] };
     const withNet = buildQemuArgs({ ...spec, network: net }, "tcg", 1, "/usr/bin/socat");
     // Each guest connection runs a small socat joined to the VM's one egress server.
-    assert.deepEqual(valueAfter(withNet, "-netdev"), ["user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:3128-cmd:/usr/bin/socat -t 2 -lf /dev/null STDIO UNIX-CONNECT:/run/x/egress.sock"]);
+    assert.deepEqual(valueAfter(withNet, "-netdev"), [
+      "user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:3128-cmd:/usr/bin/socat -t 2 -lf /dev/null STDIO UNIX-CONNECT:/run/x/egress.sock",
+    ]);
     // The lifeline the egress server holds, served by QEMU so the server dies with it.
     assert.ok(valueAfter(withNet, "-chardev").includes("socket,id=egress-lifeline,path=/run/x/egress-life.sock,server=on,wait=off"));
     assert.match(kernelCmdline({ ...spec, network: net }, "tcg", 1), /pyro\.net=1/);
@@ -99,8 +101,14 @@ describe("QEMU command line", () => {
   });
 
   it("adds the free-page-reporting balloon only when asked, and never beside a shared RAM file (QEMU 7.2 would punch holes in it)", () => {
-    assert.equal(buildQemuArgs(spec, "tcg", 1).some((a) => a.includes("balloon")), false);
-    assert.deepEqual(valueAfter(buildQemuArgs({ ...spec, freePageReporting: true }, "tcg", 1), "-device").filter((d) => d.includes("balloon")), ["virtio-balloon-device,free-page-reporting=on"]);
+    assert.equal(
+      buildQemuArgs(spec, "tcg", 1).some((a) => a.includes("balloon")),
+      false,
+    );
+    assert.deepEqual(
+      valueAfter(buildQemuArgs({ ...spec, freePageReporting: true }, "tcg", 1), "-device").filter((d) => d.includes("balloon")),
+      ["virtio-balloon-device,free-page-reporting=on"],
+    );
     assert.throws(() => buildQemuArgs({ ...spec, freePageReporting: true, memoryFile: { path: "/dev/shm/p/t.ram", share: false } }, "tcg", 1), /punch holes/);
   });
 });

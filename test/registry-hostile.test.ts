@@ -57,7 +57,14 @@ function artifactHandler(config: object, rootfs: Buffer): Handler {
       mediaType: "application/vnd.oci.image.manifest.v1+json",
       artifactType: "application/vnd.pyro.environment.v1",
       config: { mediaType: "application/vnd.pyro.environment.config.v1+json", digest: sha(configBlob), size: configBlob.length },
-      layers: [{ mediaType: "application/vnd.pyro.rootfs.ext4.qcow2", digest: sha(rootfs), size: rootfs.length, annotations: { "org.opencontainers.image.title": "rootfs.qcow2" } }],
+      layers: [
+        {
+          mediaType: "application/vnd.pyro.rootfs.ext4.qcow2",
+          digest: sha(rootfs),
+          size: rootfs.length,
+          annotations: { "org.opencontainers.image.title": "rootfs.qcow2" },
+        },
+      ],
     }),
   );
   const blobs = new Map([
@@ -123,7 +130,10 @@ describe("hostile registry: rootfs layers that reach for host files", () => {
     }
   });
 
-  it("unpacking refuses json:/URL backing names and external data files, and converts a standalone qcow2 in the sandbox", { skip: needsTools, timeout: 60_000 }, async () => {
+  it("unpacking refuses json:/URL backing names and external data files, and converts a standalone qcow2 in the sandbox", {
+    skip: needsTools,
+    timeout: 60_000,
+  }, async () => {
     const out = join(dir, "out");
     const cases: [string, string[]][] = [
       ["json.qcow2", ["-u", "-b", `json:{"driver":"raw","file":{"driver":"file","filename":"${secret}"}}`, "-F", "raw"]],
@@ -135,12 +145,19 @@ describe("hostile registry: rootfs layers that reach for host files", () => {
       execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", ...options, image, "1M"]);
       await rm(out, { recursive: true, force: true });
       await mkdir(out);
-      await assert.rejects(unpackRootfsLayer(image, out, 1 << 20, "the test registry"), (e) => isPyroError(e, "REGISTRY_ERROR") && /refused/.test(e.message), name);
+      await assert.rejects(
+        unpackRootfsLayer(image, out, 1 << 20, "the test registry"),
+        (e) => isPyroError(e, "REGISTRY_ERROR") && /refused/.test(e.message),
+        name,
+      );
       assert.deepEqual(await readdir(out), [], `${name}: nothing was written`);
     }
     // Not a qcow2 at all (qemu-img would otherwise probe the format).
     await writeFile(join(dir, "raw.img"), Buffer.alloc(1 << 20));
-    await assert.rejects(unpackRootfsLayer(join(dir, "raw.img"), out, 1 << 20, "the test registry"), (e) => isPyroError(e, "REGISTRY_ERROR") && /not a qcow2/.test(e.message));
+    await assert.rejects(
+      unpackRootfsLayer(join(dir, "raw.img"), out, 1 << 20, "the test registry"),
+      (e) => isPyroError(e, "REGISTRY_ERROR") && /not a qcow2/.test(e.message),
+    );
     // A standalone qcow2 still converts, confined, to exactly its bytes.
     const payload = randomBytes(1 << 20);
     await writeFile(join(dir, "payload.raw"), payload);
@@ -165,11 +182,20 @@ describe("hostile registry: environment names that are paths", () => {
     await mkdir(join(paths.cacheDir, "environments"), { recursive: true });
     const before = (await readdir(paths.cacheDir)).sort();
     try {
-      for (const [name, as] of [["..", undefined], [".", undefined], ["ok", ".."], ["ok", "../x"]] as const) {
+      for (const [name, as] of [
+        ["..", undefined],
+        [".", undefined],
+        ["ok", ".."],
+        ["ok", "../x"],
+      ] as const) {
         const registry = await serve(artifactHandler(artifactConfig(name, 1 << 20), await readFile(rootfs)));
         try {
           await assert.rejects(
-            pullEnvironmentArtifact(paths, new EnvironmentStore(paths), `${registry.host}/pyro/env:1`, { ...(as ? { as } : {}), progress: () => () => undefined, log: () => undefined }),
+            pullEnvironmentArtifact(paths, new EnvironmentStore(paths), `${registry.host}/pyro/env:1`, {
+              ...(as ? { as } : {}),
+              progress: () => () => undefined,
+              log: () => undefined,
+            }),
             (e) => isPyroError(e, "INVALID_ARGUMENT") && /invalid environment name/.test(e.message),
             `name ${name} as ${as}`,
           );
@@ -187,8 +213,17 @@ describe("hostile registry: environment names that are paths", () => {
   });
 
   it("store paths never resolve to '.' or '..'; every accepted name is one plain directory", () => {
-    for (const bad of ["", ".", ".."]) assert.throws(() => environmentSlug(bad), (e) => isPyroError(e, "INVALID_ARGUMENT"));
-    for (const bad of ["..", ".", "", "../x", "a/b", "Debian", "-x", `a${"b".repeat(63)}`]) assert.throws(() => requireEnvironmentName(bad), (e) => isPyroError(e, "INVALID_ARGUMENT"), bad);
+    for (const bad of ["", ".", ".."])
+      assert.throws(
+        () => environmentSlug(bad),
+        (e) => isPyroError(e, "INVALID_ARGUMENT"),
+      );
+    for (const bad of ["..", ".", "", "../x", "a/b", "Debian", "-x", `a${"b".repeat(63)}`])
+      assert.throws(
+        () => requireEnvironmentName(bad),
+        (e) => isPyroError(e, "INVALID_ARGUMENT"),
+        bad,
+      );
     for (const good of ["debian:12", "debian:12-build", "node22", "a", "a.."]) assert.equal(requireEnvironmentName(good), good);
     fc.assert(
       fc.property(fc.string({ unit: fc.constantFrom(..."ab0.:_-/\\ A"), maxLength: 70 }), (name) => {
@@ -209,7 +244,12 @@ describe("hostile registry: environment names that are paths", () => {
 });
 
 describe("hostile registry: credentials stay with their registry", () => {
-  const credentials = (registry: string, tokenHost?: string): RegistryCredentials => ({ username: "alice", password: "wonderland", registry, ...(tokenHost ? { tokenHost } : {}) });
+  const credentials = (registry: string, tokenHost?: string): RegistryCredentials => ({
+    username: "alice",
+    password: "wonderland",
+    registry,
+    ...(tokenHost ? { tokenHost } : {}),
+  });
   const aliceBasic = `Basic ${Buffer.from("alice:wonderland").toString("base64")}`;
 
   /** A registry that wants Basic auth and records every Authorization header it is sent. */
@@ -279,8 +319,15 @@ describe("hostile registry: credentials stay with their registry", () => {
 
   it("credentials from the environment need PYRO_REGISTRY_HOST", () => {
     assert.equal(credentialsFromEnv({}), undefined);
-    assert.throws(() => credentialsFromEnv({ PYRO_REGISTRY_USERNAME: "alice", PYRO_REGISTRY_PASSWORD: "pw" }), (e) => isPyroError(e, "INVALID_ARGUMENT") && /PYRO_REGISTRY_HOST/.test(e.message));
-    assert.deepEqual(credentialsFromEnv({ PYRO_REGISTRY_USERNAME: "alice", PYRO_REGISTRY_PASSWORD: "pw", PYRO_REGISTRY_HOST: "GHCR.io" }), { username: "alice", password: "pw", registry: "ghcr.io" });
+    assert.throws(
+      () => credentialsFromEnv({ PYRO_REGISTRY_USERNAME: "alice", PYRO_REGISTRY_PASSWORD: "pw" }),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && /PYRO_REGISTRY_HOST/.test(e.message),
+    );
+    assert.deepEqual(credentialsFromEnv({ PYRO_REGISTRY_USERNAME: "alice", PYRO_REGISTRY_PASSWORD: "pw", PYRO_REGISTRY_HOST: "GHCR.io" }), {
+      username: "alice",
+      password: "pw",
+      registry: "ghcr.io",
+    });
   });
 });
 
@@ -303,7 +350,10 @@ describe("hostile registry: downloads and archives stay within budget", () => {
     try {
       const client = new RegistryClient(parseReference(`${registry.host}/x/y:1`));
       const descriptor = { mediaType: "application/octet-stream", digest: sha(Buffer.from("x")), size: 1000 };
-      await assert.rejects(client.pullBlob(descriptor, join(dir, "blob")), (e) => isPyroError(e, "DIGEST_MISMATCH") && /more than its declared 1000 bytes/.test(e.message));
+      await assert.rejects(
+        client.pullBlob(descriptor, join(dir, "blob")),
+        (e) => isPyroError(e, "DIGEST_MISMATCH") && /more than its declared 1000 bytes/.test(e.message),
+      );
       assert.deepEqual(await readdir(dir), [], "nothing of the oversized download stays");
       assert.ok(sent < 64 << 20, `the client stopped reading early (server pushed ${sent} bytes)`);
     } finally {
@@ -322,7 +372,11 @@ describe("hostile registry: downloads and archives stay within budget", () => {
     try {
       const client = new RegistryClient(parseReference(`${registry.host}/x/y:1`));
       for (const size of [2 ** 60, -1, 1.5, Number.NaN]) {
-        await assert.rejects(client.pullBlob({ mediaType: "application/octet-stream", digest: sha(Buffer.from("x")), size }, join(dir, "blob")), (e) => isPyroError(e, "REGISTRY_ERROR") && /impossible size/.test(e.message), String(size));
+        await assert.rejects(
+          client.pullBlob({ mediaType: "application/octet-stream", digest: sha(Buffer.from("x")), size }, join(dir, "blob")),
+          (e) => isPyroError(e, "REGISTRY_ERROR") && /impossible size/.test(e.message),
+          String(size),
+        );
       }
       assert.equal(requests, 0);
     } finally {
@@ -346,13 +400,18 @@ describe("hostile registry: downloads and archives stay within budget", () => {
       assert.deepEqual(await readdir(join(dir, "a")), ["small"]);
       const many = makeTar(Array.from({ length: 5 }, (_, i) => ({ path: `f${i}`, content: "z" })));
       await mkdir(join(dir, "b"));
-      await assert.rejects(extractTarInRoot(new RootedTree(join(dir, "b")), Readable.from([many]), { label: "the test layer", budget: new UnpackBudget(1 << 20, 3) }), (e) => isPyroError(e, "UNSAFE_ARCHIVE") && /more than 3 entries/.test(e.message));
+      await assert.rejects(
+        extractTarInRoot(new RootedTree(join(dir, "b")), Readable.from([many]), { label: "the test layer", budget: new UnpackBudget(1 << 20, 3) }),
+        (e) => isPyroError(e, "UNSAFE_ARCHIVE") && /more than 3 entries/.test(e.message),
+      );
       assert.deepEqual((await readdir(join(dir, "b"))).sort(), ["f0", "f1", "f2"]);
       // One budget shared by several layers adds them up.
       const shared = new UnpackBudget(1 << 20, 6);
       await mkdir(join(dir, "c"));
       await extractTarInRoot(new RootedTree(join(dir, "c")), Readable.from([many]), { label: "layer 1", budget: shared });
-      await assert.rejects(extractTarInRoot(new RootedTree(join(dir, "c")), Readable.from([many]), { label: "layer 2", budget: shared }), (e) => isPyroError(e, "UNSAFE_ARCHIVE"));
+      await assert.rejects(extractTarInRoot(new RootedTree(join(dir, "c")), Readable.from([many]), { label: "layer 2", budget: shared }), (e) =>
+        isPyroError(e, "UNSAFE_ARCHIVE"),
+      );
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -64,7 +64,10 @@ describe("[vm] environments over OCI registries and container image import", () 
     const ref = `${registry.host}/pyro/debian:12`;
     const pushed = await new Pyro().pushEnvironment("debian:12", ref);
     assert.match(pushed.digest, /^sha256:[0-9a-f]{64}$/);
-    assert.deepEqual(pushed.layers.map((l) => l.mediaType), ["application/vnd.pyro.rootfs.ext4.qcow2", "application/vnd.pyro.kernel.v1.tar+gzip"]);
+    assert.deepEqual(
+      pushed.layers.map((l) => l.mediaType),
+      ["application/vnd.pyro.rootfs.ext4.qcow2", "application/vnd.pyro.kernel.v1.tar+gzip"],
+    );
     const fresh = await freshHome();
     try {
       const messages: string[] = [];
@@ -93,7 +96,10 @@ describe("[vm] environments over OCI registries and container image import", () 
       // debian:12-base is small; the registry has no such artifact.
       const status = await fresh.pyro.pullEnvironment("debian:12-base", { onProgress: (m) => messages.push(m) });
       assert.equal(status.installed, true);
-      assert.ok(messages.some((m) => /cannot provide debian:12-base .*building it locally/.test(m)), messages.join("\n"));
+      assert.ok(
+        messages.some((m) => /cannot provide debian:12-base .*building it locally/.test(m)),
+        messages.join("\n"),
+      );
       assert.ok(messages.some((m) => m.includes("phase=bootstrap")));
     } finally {
       if (saved === undefined) delete process.env.PYRO_ENV_REGISTRY;
@@ -131,7 +137,10 @@ describe("[vm] environments over OCI registries and container image import", () 
     try {
       const fresh = await freshHome();
       try {
-        await assert.rejects(fresh.pyro.pullEnvironment(`${locked.host}/pyro/debian:12`), (e) => isPyroError(e, "REGISTRY_UNAUTHORIZED") && /PYRO_REGISTRY_USERNAME/.test(e.message));
+        await assert.rejects(
+          fresh.pyro.pullEnvironment(`${locked.host}/pyro/debian:12`),
+          (e) => isPyroError(e, "REGISTRY_UNAUTHORIZED") && /PYRO_REGISTRY_USERNAME/.test(e.message),
+        );
       } finally {
         await fresh.dispose();
       }
@@ -145,7 +154,9 @@ describe("[vm] environments over OCI registries and container image import", () 
     const server = createServer((req, res) => {
       if (req.url?.startsWith("/token")) return res.end(JSON.stringify({ token: "t0k" }));
       if (req.headers.authorization !== "Bearer t0k") {
-        res.writeHead(401, { "www-authenticate": `Bearer realm="http://127.0.0.1:${(server.address() as { port: number }).port}/token",service="test",scope="repository:x/y:pull"` });
+        res.writeHead(401, {
+          "www-authenticate": `Bearer realm="http://127.0.0.1:${(server.address() as { port: number }).port}/token",service="test",scope="repository:x/y:pull"`,
+        });
         return res.end();
       }
       res.writeHead(200, { "content-type": "application/vnd.oci.image.manifest.v1+json" });
@@ -191,12 +202,20 @@ describe("[vm] environments over OCI registries and container image import", () 
       }
       await writeFile(join(dir, "config"), config);
       await client.pushBlob(join(dir, "config"), sha(config));
-      const manifest = { schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json", config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: sha(config), size: config.length }, layers };
+      const manifest = {
+        schemaVersion: 2,
+        mediaType: "application/vnd.oci.image.manifest.v1+json",
+        config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: sha(config), size: config.length },
+        layers,
+      };
       await client.putManifest("1", manifest.mediaType, Buffer.from(JSON.stringify(manifest)));
       await fresh.pyro.importEnvironment(`${registry.host}/test/busy:1`, "busy-remote");
       const remote = await fresh.pyro.run("busy-remote", ["cat", "/data/c.txt"]);
       assert.equal(remote.stdout, "upper c\n");
-      await assert.rejects(fresh.pyro.importEnvironment(join(dir, "image.tar"), "debian:12"), (e) => isPyroError(e, "INVALID_ARGUMENT") && /catalog/.test(e.message));
+      await assert.rejects(
+        fresh.pyro.importEnvironment(join(dir, "image.tar"), "debian:12"),
+        (e) => isPyroError(e, "INVALID_ARGUMENT") && /catalog/.test(e.message),
+      );
     } finally {
       await fresh.dispose();
       await rm(dir, { recursive: true, force: true });

@@ -76,7 +76,10 @@ describe("RootedTree: paths resolved inside a root", () => {
   it("names a symlink loop clearly instead of hanging", async () => {
     await symlink("b", join(s.root, "a"));
     await symlink("a", join(s.root, "b"));
-    await assert.rejects(s.tree.resolve("a/x", { followFinal: false }), (e) => isPyroError(e, "INVALID_ARGUMENT") && new RegExp(`more than ${MAX_SYMLINK_FOLLOWS} symlinks`).test(e.message));
+    await assert.rejects(
+      s.tree.resolve("a/x", { followFinal: false }),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && new RegExp(`more than ${MAX_SYMLINK_FOLLOWS} symlinks`).test(e.message),
+    );
     await assert.rejects(s.tree.makeDirectory("a/x"), (e) => isPyroError(e, "INVALID_ARGUMENT") && /loop/.test(e.message));
     // Long targets followed many times: bounded work, not a stall.
     await symlink(`${"../".repeat(1300)}z`, join(s.root, "z"));
@@ -162,12 +165,18 @@ function toEntries(ops: Op[], canary: string): RawTarEntry[] {
   // biome-ignore lint/suspicious/useIterableCallbackReturn: the switch covers every kind, each case returns
   return ops.map((o): RawTarEntry => {
     switch (o.kind) {
-      case "file": return { path: o.path, content: o.content, mode: o.mode };
-      case "dir": return { path: `${o.path}/`, type: "dir", mode: o.mode };
-      case "symlink": return { path: o.path, type: "symlink", linkpath: fill(o.target) };
-      case "hardlink": return { path: o.path, type: "hardlink", linkpath: fill(o.target) };
-      case "whiteout": return { path: under(o.dir, `.wh.${o.name}`) };
-      case "opaque": return { path: under(o.dir, ".wh..wh..opq") };
+      case "file":
+        return { path: o.path, content: o.content, mode: o.mode };
+      case "dir":
+        return { path: `${o.path}/`, type: "dir", mode: o.mode };
+      case "symlink":
+        return { path: o.path, type: "symlink", linkpath: fill(o.target) };
+      case "hardlink":
+        return { path: o.path, type: "hardlink", linkpath: fill(o.target) };
+      case "whiteout":
+        return { path: under(o.dir, `.wh.${o.name}`) };
+      case "opaque":
+        return { path: under(o.dir, ".wh..wh..opq") };
     }
   });
 }
@@ -181,7 +190,9 @@ describe("RootedTree: random layers (property)", () => {
     await rm(base, { recursive: true, force: true });
   });
 
-  it("applies random layers of files, dirs, chained/absolute/'..' symlinks, hardlinks, whiteouts and opaque markers without touching a canary next to the root", { timeout: 120_000 }, async () => {
+  it("applies random layers of files, dirs, chained/absolute/'..' symlinks, hardlinks, whiteouts and opaque markers without touching a canary next to the root", {
+    timeout: 120_000,
+  }, async () => {
     // Absolute targets like `/a` must land in the root: these must never appear on the host.
     const hostProbes = NAMES.map((n) => `/${n}`);
     for (const p of hostProbes) await assert.rejects(lstat(p), `${p} exists on this host; the probe needs it absent`);

@@ -52,15 +52,27 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
     scratch = await mkdtemp(join(tmpdir(), "pyro-scoped-"));
     // A bare repository served over git smart HTTP to clients whose Basic password is the value.
     const seed = join(scratch, "seed");
-    const git = (...args: string[]) => execFileSync("git", args, { cwd: scratch, env: { ...process.env, GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@t", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@t" } });
+    const git = (...args: string[]) =>
+      execFileSync("git", args, {
+        cwd: scratch,
+        env: { ...process.env, GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@t", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@t" },
+      });
     git("init", "-q", "-b", "main", seed);
     await writeFile(join(seed, "hello.txt"), "served over smart HTTP\n");
     git("-C", seed, "add", "hello.txt");
     git("-C", seed, "commit", "-qm", "seed");
     git("clone", "-q", "--bare", seed, join(scratch, "repos", "repo.git"));
-    upstream = await startTlsTestServer(scratch, (r) => `got ${r.method} ${r.url} auth=${r.headers.authorization}\n`, { root: join(scratch, "repos"), password: VALUE });
+    upstream = await startTlsTestServer(scratch, (r) => `got ${r.method} ${r.url} auth=${r.headers.authorization}\n`, {
+      root: join(scratch, "repos"),
+      password: VALUE,
+    });
     pointProxyAt(["api.test", "git.test", "evil.test"], upstream);
-    const ws = await pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["127.0.0.1"], secrets: { API_KEY: VALUE, DB_PASSWORD: "injected-pw-31337" }, secretHosts: { API_KEY: "api.test,git.test" } });
+    const ws = await pyro.createWorkspace("debian:12", {
+      networkPolicy: "egress",
+      allowHosts: ["127.0.0.1"],
+      secrets: { API_KEY: VALUE, DB_PASSWORD: "injected-pw-31337" },
+      secretHosts: { API_KEY: "api.test,git.test" },
+    });
     id = ws.workspace_id;
     assert.deepEqual(ws.scoped_secrets, [{ name: "API_KEY", hosts: ["api.test", "git.test"], memory_only: false }]);
     assert.equal(ws.tls_interception, true);
@@ -70,7 +82,7 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
   const url = (host: string, path: string) => `https://${host}:${upstream.port}${path}`;
 
   it("the guest sees only a placeholder: in exec env, every process's environ, and no tmpfs copy", TIMEOUT, async () => {
-    const env = await pyro.execWorkspace(id, ["sh", "-c", "echo \"API_KEY=$API_KEY\"; ls /run/pyro-secrets"]);
+    const env = await pyro.execWorkspace(id, ["sh", "-c", 'echo "API_KEY=$API_KEY"; ls /run/pyro-secrets']);
     const match = /^API_KEY=(pyro-secret-[0-9a-f]{40})$/m.exec(env.stdout);
     assert.ok(match, env.stdout);
     placeholder = match[1]!;
@@ -95,13 +107,17 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
   });
 
   it("git clones over smart HTTP with the placeholder as its password; the server gets the value", TIMEOUT, async () => {
-    const clone = await pyro.execWorkspace(id, ["sh", "-c", `git clone -q "https://git:$API_KEY@git.test:${upstream.port}/git/repo.git" /tmp/repo && cat /tmp/repo/hello.txt`]);
+    const clone = await pyro.execWorkspace(id, [
+      "sh",
+      "-c",
+      `git clone -q "https://git:$API_KEY@git.test:${upstream.port}/git/repo.git" /tmp/repo && cat /tmp/repo/hello.txt`,
+    ]);
     assert.equal(clone.exit_code, 0, clone.stderr);
     assert.equal(clone.stdout, "served over smart HTTP\n");
     const gitRequests = upstream.received.filter((r) => r.url.startsWith("/git/") && r.headers.authorization);
     assert.ok(gitRequests.length > 0);
     for (const r of gitRequests) assert.equal(Buffer.from(r.headers.authorization!.slice(6), "base64").toString(), `git:${VALUE}`);
-    const mapped = await pyro.execWorkspace(id, ["sh", "-c", "echo \"$TOKEN\""], { secretEnv: ["API_KEY=TOKEN"] });
+    const mapped = await pyro.execWorkspace(id, ["sh", "-c", 'echo "$TOKEN"'], { secretEnv: ["API_KEY=TOKEN"] });
     assert.equal(mapped.stdout, `${placeholder}\n`, "--secret-env of a scoped secret maps its placeholder");
   });
 
@@ -114,9 +130,15 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
     const other = await pyro.execWorkspace(id, ["sh", "-c", `curl -sS -m 60 --cacert /workspace/other-ca.pem ${url("api.test", "/x")} 2>&1; echo "exit=$?"`]);
     assert.match(other.stdout, /SSL certificate problem[\s\S]*exit=60/);
     const logs = await pyro.logsWorkspace(id);
-    assert.deepEqual(logs.secrets?.map((s) => [s.name, s.scope, s.sent_to["api.test"], s.sent_to["git.test"]! > 0, s.refused_hosts]), [["API_KEY", ["api.test", "git.test"], 2, true, { "evil.test": 1 }]]);
+    assert.deepEqual(
+      logs.secrets?.map((s) => [s.name, s.scope, s.sent_to["api.test"], s.sent_to["git.test"]! > 0, s.refused_hosts]),
+      [["API_KEY", ["api.test", "git.test"], 2, true, { "evil.test": 1 }]],
+    );
     const summary = await pyro.summarizeWorkspace(id);
-    assert.deepEqual(summary.secrets?.map((s) => [s.name, s.refused_requests]), [["API_KEY", 1]]);
+    assert.deepEqual(
+      summary.secrets?.map((s) => [s.name, s.refused_requests]),
+      [["API_KEY", 1]],
+    );
     assert.ok(!JSON.stringify(summary).includes(placeholder.slice(12)), "the summary names secrets, not placeholders");
   });
 
@@ -138,7 +160,11 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
 
   it("after a restart the guest trusts the same CA once, and the audit continues", TIMEOUT, async () => {
     await pyro.startWorkspace(id);
-    const again = await pyro.execWorkspace(id, ["sh", "-c", `curl -sS -m 60 -H "Authorization: Bearer $API_KEY" ${url("api.test", "/again")} && grep -c 'BEGIN CERTIFICATE' /usr/local/share/ca-certificates/pyro-egress-ca.crt && grep -cF "$(sed -n 2p /usr/local/share/ca-certificates/pyro-egress-ca.crt)" /etc/ssl/certs/ca-certificates.crt`]);
+    const again = await pyro.execWorkspace(id, [
+      "sh",
+      "-c",
+      `curl -sS -m 60 -H "Authorization: Bearer $API_KEY" ${url("api.test", "/again")} && grep -c 'BEGIN CERTIFICATE' /usr/local/share/ca-certificates/pyro-egress-ca.crt && grep -cF "$(sed -n 2p /usr/local/share/ca-certificates/pyro-egress-ca.crt)" /etc/ssl/certs/ca-certificates.crt`,
+    ]);
     assert.equal(again.stdout, `got GET /again auth=Bearer ${placeholder}\n1\n1\n`, again.stderr);
     const logs = await pyro.logsWorkspace(id);
     assert.equal(logs.secrets?.[0]?.sent_to["api.test"], 3);
@@ -154,7 +180,15 @@ describe("[vm] memory-only scoped secrets", () => {
     scratch = await mkdtemp(join(tmpdir(), "pyro-scoped-mem-"));
     upstream = await startTlsTestServer(scratch, (r) => `got auth=${r.headers.authorization}\n`);
     pointProxyAt(["api.test"], upstream);
-    id = (await pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["127.0.0.1"], secrets: { API_KEY: VALUE }, secretHosts: { API_KEY: ["api.test"] }, secretMemoryOnly: true })).workspace_id;
+    id = (
+      await pyro.createWorkspace("debian:12", {
+        networkPolicy: "egress",
+        allowHosts: ["127.0.0.1"],
+        secrets: { API_KEY: VALUE },
+        secretHosts: { API_KEY: ["api.test"] },
+        secretMemoryOnly: true,
+      })
+    ).workspace_id;
   });
   after(() => tearDown(id, upstream, scratch));
 
@@ -191,7 +225,11 @@ describe("[vm] --inspect-tls without scoped secrets", () => {
     const status = await pyro.statusWorkspace(id);
     assert.equal(status.tls_interception, true);
     assert.deepEqual(status.scoped_secrets, []);
-    const r = await pyro.execWorkspace(id, ["sh", "-c", `curl -sS -m 60 https://api.test:${upstream.port}/i && curl -sS -m 60 -o /dev/null -w '%{certs}' --cacert /usr/local/share/ca-certificates/pyro-egress-ca.crt https://api.test:${upstream.port}/j | grep -c 'pyro egress CA for workspace ${id}'`]);
+    const r = await pyro.execWorkspace(id, [
+      "sh",
+      "-c",
+      `curl -sS -m 60 https://api.test:${upstream.port}/i && curl -sS -m 60 -o /dev/null -w '%{certs}' --cacert /usr/local/share/ca-certificates/pyro-egress-ca.crt https://api.test:${upstream.port}/j | grep -c 'pyro egress CA for workspace ${id}'`,
+    ]);
     assert.equal(r.exit_code, 0, r.stderr);
     assert.match(r.stdout, /^ok GET \/i\n[1-9]\d*\n$/);
   });

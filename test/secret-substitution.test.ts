@@ -29,17 +29,31 @@ async function streamThrough(substitution: Substitution, input: Buffer, cuts: nu
 describe("placeholder substitution", () => {
   it("streams to the same bytes as a whole-buffer substitution, wherever the chunks are cut", async () => {
     await fc.assert(
-      fc.asyncProperty(hex40, valueArb, fc.array(fc.tuple(noiseArb, fc.boolean()), { maxLength: 6 }), fc.array(fc.nat(), { maxLength: 8 }), async (id, value, pieces, cuts) => {
-        const placeholder = `pyro-secret-${id}`;
-        const rules: ScopedSecretRule[] = [{ name: "K", placeholder, value, hosts: ["api.example.com"] }];
-        const input = Buffer.concat(pieces.flatMap(([noise, withPlaceholder]) => (withPlaceholder ? [noise, Buffer.from(placeholder)] : [noise])));
-        const expected = Buffer.from(input.toString("latin1").split(placeholder).join("\u0000SPLIT\u0000"), "latin1");
-        const whole = Substitution.forRequest(rules, "api.example.com", { tls: true }).apply(input, true).out;
-        const streamed = await streamThrough(Substitution.forRequest(rules, "api.example.com", { tls: true }), input, cuts);
-        assert.deepEqual(streamed, whole);
-        // Every placeholder became the value; nothing else changed.
-        assert.deepEqual(whole, Buffer.concat(expected.toString("latin1").split("\u0000SPLIT\u0000").flatMap((part, i) => (i ? [Buffer.from(value), Buffer.from(part, "latin1")] : [Buffer.from(part, "latin1")]))));
-      }),
+      fc.asyncProperty(
+        hex40,
+        valueArb,
+        fc.array(fc.tuple(noiseArb, fc.boolean()), { maxLength: 6 }),
+        fc.array(fc.nat(), { maxLength: 8 }),
+        async (id, value, pieces, cuts) => {
+          const placeholder = `pyro-secret-${id}`;
+          const rules: ScopedSecretRule[] = [{ name: "K", placeholder, value, hosts: ["api.example.com"] }];
+          const input = Buffer.concat(pieces.flatMap(([noise, withPlaceholder]) => (withPlaceholder ? [noise, Buffer.from(placeholder)] : [noise])));
+          const expected = Buffer.from(input.toString("latin1").split(placeholder).join("\u0000SPLIT\u0000"), "latin1");
+          const whole = Substitution.forRequest(rules, "api.example.com", { tls: true }).apply(input, true).out;
+          const streamed = await streamThrough(Substitution.forRequest(rules, "api.example.com", { tls: true }), input, cuts);
+          assert.deepEqual(streamed, whole);
+          // Every placeholder became the value; nothing else changed.
+          assert.deepEqual(
+            whole,
+            Buffer.concat(
+              expected
+                .toString("latin1")
+                .split("\u0000SPLIT\u0000")
+                .flatMap((part, i) => (i ? [Buffer.from(value), Buffer.from(part, "latin1")] : [Buffer.from(part, "latin1")])),
+            ),
+          );
+        },
+      ),
       { numRuns: 150 },
     );
   });
@@ -47,40 +61,66 @@ describe("placeholder substitution", () => {
   it("refuses a placeholder bound elsewhere wherever it is cut, and the refusal never names the value", async () => {
     await fc.assert(
       // Realistic credential values: a short or common word would be "found" in any English message.
-      fc.asyncProperty(hex40, fc.uint8Array({ minLength: 8, maxLength: 24 }).map((v) => `sk-${Buffer.from(v).toString("base64url")}`), noiseArb, noiseArb, fc.array(fc.nat(), { maxLength: 8 }), async (id, value, a, b, cuts) => {
-        const placeholder = `pyro-secret-${id}`;
-        const rules: ScopedSecretRule[] = [{ name: "K", placeholder, value, hosts: ["api.example.com", "*.api.example.com"] }];
-        const input = Buffer.concat([a, Buffer.from(placeholder), b]);
-        const refusal = await streamThrough(Substitution.forRequest(rules, "evil.example.net", { tls: true }), input, cuts).then(
-          () => undefined,
-          (e: unknown) => e,
-        );
-        assert.ok(refusal instanceof SecretScopeRefusal);
-        assert.ok(!refusal.message.includes(value));
-        assert.throws(() => substituteHeaders(["X-A", `x ${placeholder}`], Substitution.forRequest(rules, "api.example.com.evil.net", { tls: true })), SecretScopeRefusal);
-      }),
+      fc.asyncProperty(
+        hex40,
+        fc.uint8Array({ minLength: 8, maxLength: 24 }).map((v) => `sk-${Buffer.from(v).toString("base64url")}`),
+        noiseArb,
+        noiseArb,
+        fc.array(fc.nat(), { maxLength: 8 }),
+        async (id, value, a, b, cuts) => {
+          const placeholder = `pyro-secret-${id}`;
+          const rules: ScopedSecretRule[] = [{ name: "K", placeholder, value, hosts: ["api.example.com", "*.api.example.com"] }];
+          const input = Buffer.concat([a, Buffer.from(placeholder), b]);
+          const refusal = await streamThrough(Substitution.forRequest(rules, "evil.example.net", { tls: true }), input, cuts).then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+          assert.ok(refusal instanceof SecretScopeRefusal);
+          assert.ok(!refusal.message.includes(value));
+          assert.throws(
+            () => substituteHeaders(["X-A", `x ${placeholder}`], Substitution.forRequest(rules, "api.example.com.evil.net", { tls: true })),
+            SecretScopeRefusal,
+          );
+        },
+      ),
       { numRuns: 100 },
     );
   });
 
   it("never writes a value into a cleartext request unless the workspace opted in, wherever the placeholder is cut", async () => {
     await fc.assert(
-      fc.asyncProperty(hex40, fc.uint8Array({ minLength: 8, maxLength: 24 }).map((v) => `sk-${Buffer.from(v).toString("base64url")}`), noiseArb, fc.array(fc.nat(), { maxLength: 8 }), async (id, value, noise, cuts) => {
-        const placeholder = `pyro-secret-${id}`;
-        const rules: ScopedSecretRule[] = [{ name: "K", placeholder, value, hosts: ["api.example.com"] }];
-        const input = Buffer.concat([noise, Buffer.from(placeholder), noise]);
-        const refusal = await streamThrough(Substitution.forRequest(rules, "api.example.com", { tls: false }), input, cuts).then(
-          () => undefined,
-          (e: unknown) => e,
-        );
-        assert.ok(refusal instanceof SecretScopeRefusal && refusal.reason === "cleartext", String(refusal));
-        assert.ok(!refusal.message.includes(value));
-        assert.throws(() => substituteHeaders(["Authorization", `Basic ${Buffer.from(`u:${placeholder}`).toString("base64")}`], Substitution.forRequest(rules, "api.example.com", { tls: false })), SecretScopeRefusal);
-        const optedIn = await streamThrough(Substitution.forRequest(rules, "api.example.com", { tls: false, cleartextAllowed: true }), input, cuts);
-        assert.ok(optedIn.includes(Buffer.from(value)));
-        // The opt-in widens transport, never scope.
-        await assert.rejects(streamThrough(Substitution.forRequest(rules, "evil.example.net", { tls: false, cleartextAllowed: true }), input, cuts), (e) => e instanceof SecretScopeRefusal && e.reason === "out-of-scope");
-      }),
+      fc.asyncProperty(
+        hex40,
+        fc.uint8Array({ minLength: 8, maxLength: 24 }).map((v) => `sk-${Buffer.from(v).toString("base64url")}`),
+        noiseArb,
+        fc.array(fc.nat(), { maxLength: 8 }),
+        async (id, value, noise, cuts) => {
+          const placeholder = `pyro-secret-${id}`;
+          const rules: ScopedSecretRule[] = [{ name: "K", placeholder, value, hosts: ["api.example.com"] }];
+          const input = Buffer.concat([noise, Buffer.from(placeholder), noise]);
+          const refusal = await streamThrough(Substitution.forRequest(rules, "api.example.com", { tls: false }), input, cuts).then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+          assert.ok(refusal instanceof SecretScopeRefusal && refusal.reason === "cleartext", String(refusal));
+          assert.ok(!refusal.message.includes(value));
+          assert.throws(
+            () =>
+              substituteHeaders(
+                ["Authorization", `Basic ${Buffer.from(`u:${placeholder}`).toString("base64")}`],
+                Substitution.forRequest(rules, "api.example.com", { tls: false }),
+              ),
+            SecretScopeRefusal,
+          );
+          const optedIn = await streamThrough(Substitution.forRequest(rules, "api.example.com", { tls: false, cleartextAllowed: true }), input, cuts);
+          assert.ok(optedIn.includes(Buffer.from(value)));
+          // The opt-in widens transport, never scope.
+          await assert.rejects(
+            streamThrough(Substitution.forRequest(rules, "evil.example.net", { tls: false, cleartextAllowed: true }), input, cuts),
+            (e) => e instanceof SecretScopeRefusal && e.reason === "out-of-scope",
+          );
+        },
+      ),
       { numRuns: 60 },
     );
   });
@@ -109,7 +149,10 @@ describe("placeholder substitution", () => {
 
 describe("secret scopes (--secret-host)", () => {
   it("accepts host names, wildcards and IPs, comma-separated or repeated, and rejects anything else with INVALID_ARGUMENT", () => {
-    assert.deepEqual(parseSecretHosts({ A: "api.example.com, *.example.org", B: ["127.0.0.1", "Api.Example.com"] }), { A: ["api.example.com", "*.example.org"], B: ["127.0.0.1", "api.example.com"] });
+    assert.deepEqual(parseSecretHosts({ A: "api.example.com, *.example.org", B: ["127.0.0.1", "Api.Example.com"] }), {
+      A: ["api.example.com", "*.example.org"],
+      B: ["127.0.0.1", "api.example.com"],
+    });
     fc.assert(
       fc.property(fc.string({ maxLength: 40 }), (spec) => {
         try {
@@ -124,7 +167,12 @@ describe("secret scopes (--secret-host)", () => {
       }),
       { numRuns: 300 },
     );
-    for (const bad of ["", "a,,b", "10.0.0.0/8", "not a host", "127.1"]) assert.throws(() => parseSecretHosts({ K: bad }), (e) => isPyroError(e, "INVALID_ARGUMENT"), bad);
+    for (const bad of ["", "a,,b", "10.0.0.0/8", "not a host", "127.1"])
+      assert.throws(
+        () => parseSecretHosts({ K: bad }),
+        (e) => isPyroError(e, "INVALID_ARGUMENT"),
+        bad,
+      );
   });
 
   it("splits injected from scoped secrets, with fresh unique placeholders, and needs egress for scopes", () => {
@@ -134,7 +182,13 @@ describe("secret scopes (--secret-host)", () => {
     assert.equal(a.scoped.length, 1);
     assert.match(a.scoped[0]!.placeholder, PLACEHOLDER_PATTERN);
     assert.notEqual(a.scoped[0]!.placeholder, b.scoped[0]!.placeholder);
-    assert.throws(() => planSecrets({ KEY: "v" }, { KEY: ["api.test"] }, "off"), (e) => isPyroError(e, "INVALID_ARGUMENT") && /network-policy egress/.test(e.message));
-    assert.throws(() => planSecrets({}, { NOPE: ["api.test"] }, "egress"), (e) => isPyroError(e, "INVALID_ARGUMENT") && /no secret 'NOPE'/.test(e.message));
+    assert.throws(
+      () => planSecrets({ KEY: "v" }, { KEY: ["api.test"] }, "off"),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && /network-policy egress/.test(e.message),
+    );
+    assert.throws(
+      () => planSecrets({}, { NOPE: ["api.test"] }, "egress"),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && /no secret 'NOPE'/.test(e.message),
+    );
   });
 });

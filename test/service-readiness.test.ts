@@ -37,7 +37,8 @@ describe("service readiness options: one rule for the CLI and MCP", () => {
           const given = [file, tcp, http, command].filter((v) => v !== undefined).length;
           const message = refusal(() => chooseReadiness({ file, tcp, http, command, timeoutSeconds, intervalMs }, SPELLING));
           if (given > 1) return assert.equal(message, "give at most one of f, t, h, c");
-          if (given === 0 && (timeoutSeconds !== undefined || intervalMs !== undefined)) return assert.match(message ?? "", /^ts and iv need a readiness check: add f, t, h or c$/);
+          if (given === 0 && (timeoutSeconds !== undefined || intervalMs !== undefined))
+            return assert.match(message ?? "", /^ts and iv need a readiness check: add f, t, h or c$/);
           const inBound = timeoutSeconds === undefined || (timeoutSeconds > 0 && timeoutSeconds <= SERVICE_DEFAULTS.readyTimeoutMaxSeconds);
           if (!inBound) return assert.match(message ?? "", /^ts must be between 0 and \d+ seconds/);
           assert.equal(message, undefined);
@@ -60,10 +61,19 @@ describe("service readiness options: one rule for the CLI and MCP", () => {
     try {
       const r = await client.callTool({ name: "service_start", arguments: { workspace_id: "w", name: "s", command: "true", ready_timeout_seconds: 5 } });
       assert.equal(r.isError, true);
-      assert.match(toolText(r), /^INVALID_ARGUMENT: ready_timeout_seconds needs a readiness check: add ready_file, ready_tcp_port, ready_http_url or ready_command/);
-      const two = await client.callTool({ name: "service_start", arguments: { workspace_id: "w", name: "s", command: "true", ready_file: "a", ready_command: "true" } });
+      assert.match(
+        toolText(r),
+        /^INVALID_ARGUMENT: ready_timeout_seconds needs a readiness check: add ready_file, ready_tcp_port, ready_http_url or ready_command/,
+      );
+      const two = await client.callTool({
+        name: "service_start",
+        arguments: { workspace_id: "w", name: "s", command: "true", ready_file: "a", ready_command: "true" },
+      });
       assert.match(toolText(two), /^INVALID_ARGUMENT: give at most one of ready_file, ready_tcp_port, ready_http_url, ready_command/);
-      const fine = await client.callTool({ name: "service_start", arguments: { workspace_id: "no-such-workspace", name: "s", command: "true", ready_file: "a", ready_timeout_seconds: 5 } });
+      const fine = await client.callTool({
+        name: "service_start",
+        arguments: { workspace_id: "no-such-workspace", name: "s", command: "true", ready_file: "a", ready_timeout_seconds: 5 },
+      });
       assert.match(toolText(fine), /^WORKSPACE_NOT_FOUND: /);
     } finally {
       await client.close();

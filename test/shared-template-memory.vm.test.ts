@@ -34,14 +34,20 @@ describe("[vm] workspaces restored from a shared-memory template", () => {
     for (const ws of [a, b]) {
       assert.equal(ws.vm?.start_mode, "template_restore");
       const cmdline = (await readFile(`/proc/${ws.vm!.pid}/cmdline`, "utf8")).split("\0");
-      assert.ok(cmdline.some((arg) => arg.startsWith("memory-backend-file,") && arg.endsWith(",share=off")), cmdline.join(" "));
+      assert.ok(
+        cmdline.some((arg) => arg.startsWith("memory-backend-file,") && arg.endsWith(",share=off")),
+        cmdline.join(" "),
+      );
       // A balloon would let the guest punch holes in the shared file (QEMU 7.2): never beside one.
       assert.ok(!cmdline.some((arg) => arg.includes("balloon")), cmdline.join(" "));
     }
     // Unseeded, the diff baseline is the template's own /workspace (packed once, at the template's build).
     assert.equal((await pyro.diffWorkspace(a.workspace_id)).changed, false);
     await pyro.execWorkspace(a.workspace_id, ["sh", "-c", "echo new > /workspace/new.txt"]);
-    assert.deepEqual((await pyro.diffWorkspace(a.workspace_id)).files.map((f) => [f.path, f.status]), [["new.txt", "added"]]);
+    assert.deepEqual(
+      (await pyro.diffWorkspace(a.workspace_id)).files.map((f) => [f.path, f.status]),
+      [["new.txt", "added"]],
+    );
     // Both guests run and touch memory; the pages they only read stay the template's.
     for (const ws of [a, b]) await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "ls / >/dev/null; cat /etc/os-release >/dev/null"]);
     const guestRam = a.mem_mib * MIB;
@@ -52,7 +58,9 @@ describe("[vm] workspaces restored from a shared-memory template", () => {
       assert.ok(mem.pss < mem.rss, `PSS ${mem.pss / MIB} MiB is not below RSS ${mem.rss / MIB} MiB: nothing is shared`);
     }
     // Nothing reads every guest page at create (the baseline is the template); the file stays as small as the template's content.
-    const ramFile = /mem-path=([^,]+)/.exec((await readFile(`/proc/${a.vm!.pid}/cmdline`, "utf8")).split("\0").find((arg) => arg.startsWith("memory-backend-file,"))!)![1]!;
+    const ramFile = /mem-path=([^,]+)/.exec(
+      (await readFile(`/proc/${a.vm!.pid}/cmdline`, "utf8")).split("\0").find((arg) => arg.startsWith("memory-backend-file,"))!,
+    )![1]!;
     let allocated = Infinity;
     for (let i = 0; i < 50 && allocated >= guestRam / 2; i++) {
       await new Promise((r) => setTimeout(r, 200));
@@ -89,7 +97,11 @@ describe("[vm] workspaces restored from a shared-memory template", () => {
     assert.equal(reset.start_mode, "template_restore");
     assert.ok(reset.reset_ms < 10_000, `reset took ${reset.reset_ms} ms`);
     assert.equal((await pyro.readWorkspaceFile(ws.workspace_id, "README.md")).content, "seeded\n");
-    const after = await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "ls later.txt 2>/dev/null || echo no-later; cat /dev/shm/volatile 2>/dev/null || echo no-volatile"]);
+    const after = await pyro.execWorkspace(ws.workspace_id, [
+      "sh",
+      "-c",
+      "ls later.txt 2>/dev/null || echo no-later; cat /dev/shm/volatile 2>/dev/null || echo no-volatile",
+    ]);
     assert.equal(after.stdout, "no-later\nno-volatile\n");
     assert.equal((await pyro.diffWorkspace(ws.workspace_id)).changed, false);
     // A later snapshot holds memory and disk (streamed), and resets to it still work beside the template baseline.
@@ -125,7 +137,8 @@ describe("[vm] workspaces restored from a shared-memory template", () => {
     assert.notEqual(a.machineId, b.machineId);
     // One-shot runs restore the same kind of template: each gets its own RNG state too.
     const runs = [];
-    for (let i = 0; i < 2; i++) runs.push((await pyro.run("debian:12", ["sh", "-c", "cat /proc/sys/kernel/random/uuid; od -An -N16 -tx1 /dev/urandom"])).stdout);
+    for (let i = 0; i < 2; i++)
+      runs.push((await pyro.run("debian:12", ["sh", "-c", "cat /proc/sys/kernel/random/uuid; od -An -N16 -tx1 /dev/urandom"])).stdout);
     assert.notEqual(runs[0], runs[1]);
   });
 });

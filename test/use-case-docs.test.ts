@@ -26,13 +26,19 @@ describe("use-case recipe docs and smoke pack", () => {
       const doc = read(`docs/use-cases/${recipe.id}.md`);
       assert.ok(doc.includes(`pyro host connect ${recipe.host} --mode ${recipe.mode}`), "names the host command with its mode");
       assert.ok(doc.includes(`make ${recipe.smokeTarget}`), "names its smoke target");
-      assert.deepEqual(documentedSequence(doc), recipe.steps.map((s) => s.tool));
+      assert.deepEqual(
+        documentedSequence(doc),
+        recipe.steps.map((s) => s.tool),
+      );
       if (recipe.startup === "project-path") assert.ok(doc.includes("--project-path"));
     });
 
     it(`${recipe.id}: --mode ${recipe.mode} serves every tool the recipe calls`, () => {
       const served = new Set<string>(MODES[recipe.mode].tools);
-      assert.deepEqual(recipe.steps.map((s) => s.tool).filter((t) => !served.has(t)), []);
+      assert.deepEqual(
+        recipe.steps.map((s) => s.tool).filter((t) => !served.has(t)),
+        [],
+      );
     });
   }
 

@@ -18,7 +18,16 @@ async function installFakeEnvironment(home: string, makeImage: (imagePath: strin
   const size = await makeImage(join(dir, "rootfs.ext4"));
   await writeFile(
     join(dir, "manifest.json"),
-    JSON.stringify({ name: "debian:12", version: "1.0.0", packages: [], suite: "bookworm", imageFile: "rootfs.ext4", imageSizeBytes: size, builtAt: new Date().toISOString(), buildSeconds: 0 }),
+    JSON.stringify({
+      name: "debian:12",
+      version: "1.0.0",
+      packages: [],
+      suite: "bookworm",
+      imageFile: "rootfs.ext4",
+      imageSizeBytes: size,
+      builtAt: new Date().toISOString(),
+      buildSeconds: 0,
+    }),
   );
 }
 
@@ -33,7 +42,10 @@ describe("[vm] failures are clear and leak nothing", () => {
     const t = await tempHome();
     try {
       await installFakeEnvironment(t.home, async () => 1234);
-      await assert.rejects(new Pyro({ home: t.home }).run("debian:12", ["true"]), (e) => isPyroError(e, "ENVIRONMENT_CORRUPT") && /missing/.test(e.message) && /pyro env pull debian:12/.test(e.message));
+      await assert.rejects(
+        new Pyro({ home: t.home }).run("debian:12", ["true"]),
+        (e) => isPyroError(e, "ENVIRONMENT_CORRUPT") && /missing/.test(e.message) && /pyro env pull debian:12/.test(e.message),
+      );
     } finally {
       await t.dispose();
     }
@@ -49,7 +61,10 @@ describe("[vm] failures are clear and leak nothing", () => {
         await h.close();
         return size;
       });
-      await assert.rejects(new Pyro({ home: t.home }).run("debian:12", ["true"]), (e) => isPyroError(e, "ENVIRONMENT_CORRUPT") && /no ext4 superblock/.test(e.message));
+      await assert.rejects(
+        new Pyro({ home: t.home }).run("debian:12", ["true"]),
+        (e) => isPyroError(e, "ENVIRONMENT_CORRUPT") && /no ext4 superblock/.test(e.message),
+      );
     } finally {
       await t.dispose();
     }
@@ -67,7 +82,10 @@ describe("[vm] failures are clear and leak nothing", () => {
         return size;
       });
       const started = Date.now();
-      await assert.rejects(new Pyro({ home: t.home }).run("debian:12", ["true"]), (e) => isPyroError(e, "GUEST_BOOT_FAILED") && /cannot mount the root filesystem/.test(e.message) && !/attempts/.test(e.message));
+      await assert.rejects(
+        new Pyro({ home: t.home }).run("debian:12", ["true"]),
+        (e) => isPyroError(e, "GUEST_BOOT_FAILED") && /cannot mount the root filesystem/.test(e.message) && !/attempts/.test(e.message),
+      );
       assert.ok(Date.now() - started < 30_000);
       assert.deepEqual(await runDirs(resolvePaths({ PYRO_HOME: t.home }).runtimeDir), []);
     } finally {
@@ -79,7 +97,10 @@ describe("[vm] failures are clear and leak nothing", () => {
     const t = await tempHome();
     try {
       await installFakeEnvironment(t.home, async (p) => emptyExt4(p));
-      await assert.rejects(new Pyro({ home: t.home }).run("debian:12", ["true"]), (e) => isPyroError(e, "GUEST_BOOT_FAILED") && /not a Linux root/.test(e.message));
+      await assert.rejects(
+        new Pyro({ home: t.home }).run("debian:12", ["true"]),
+        (e) => isPyroError(e, "GUEST_BOOT_FAILED") && /not a Linux root/.test(e.message),
+      );
     } finally {
       await t.dispose();
     }

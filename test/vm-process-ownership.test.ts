@@ -40,7 +40,11 @@ describe("finding our VMs among host processes (another local user's processes a
     const spoof = await fakeVm(join(runDir, "agent.sock"), true);
     try {
       const found = await backend.findVms(testPaths.runtimeDir);
-      assert.deepEqual(found.filter((vm) => vm.pid === spoof.pid), [], "another user's process is not one of our VMs");
+      assert.deepEqual(
+        found.filter((vm) => vm.pid === spoof.pid),
+        [],
+        "another user's process is not one of our VMs",
+      );
       assert.equal(await backend.isRunning({ pid: spoof.pid!, runDir }), false);
       // Even handed its pid directly, kill neither signals it nor deletes the directory it names.
       await assert.rejects(backend.kill({ pid: spoof.pid!, runDir }), /still names the run directory .* and is not ours/);
@@ -53,13 +57,26 @@ describe("finding our VMs among host processes (another local user's processes a
 
   it("takes only a run directory that is a direct child of the runtime directory: no `..`", async () => {
     await mkdir(testPaths.runtimeDir, { recursive: true });
-    const escapes = [join(testPaths.runtimeDir, "..", "agent.sock"), `${testPaths.runtimeDir}/ws-ffffffffffffffffffff/../agent.sock`, `${testPaths.runtimeDir}/./agent.sock`];
+    const escapes = [
+      join(testPaths.runtimeDir, "..", "agent.sock"),
+      `${testPaths.runtimeDir}/ws-ffffffffffffffffffff/../agent.sock`,
+      `${testPaths.runtimeDir}/./agent.sock`,
+    ];
     const spoofs = await Promise.all(escapes.map((socket) => fakeVm(socket, false)));
     const mine = await fakeVm(join(testPaths.runtimeDir, "ws-gggggggggggggggggggg", "agent.sock"), false);
     try {
       const found = await backend.findVms(testPaths.runtimeDir);
-      for (const spoof of spoofs) assert.deepEqual(found.filter((vm) => vm.pid === spoof.pid), [], `${spoof.pid}`);
-      assert.deepEqual(found.filter((vm) => vm.pid === mine.pid), [{ pid: mine.pid, runDir: join(testPaths.runtimeDir, "ws-gggggggggggggggggggg") }], "our own process is found");
+      for (const spoof of spoofs)
+        assert.deepEqual(
+          found.filter((vm) => vm.pid === spoof.pid),
+          [],
+          `${spoof.pid}`,
+        );
+      assert.deepEqual(
+        found.filter((vm) => vm.pid === mine.pid),
+        [{ pid: mine.pid, runDir: join(testPaths.runtimeDir, "ws-gggggggggggggggggggg") }],
+        "our own process is found",
+      );
       // Killing our own (now gone) process removes its run directory as before.
       await mkdir(join(testPaths.runtimeDir, "ws-gggggggggggggggggggg"));
       await backend.kill(found.find((vm) => vm.pid === mine.pid)!);

@@ -45,7 +45,10 @@ async function comparable(dir: string): Promise<Record<string, string>> {
   for (const [path, line] of Object.entries(snap)) {
     if (path === "") continue;
     // Directory and symlink times are not kept (debugfs sets them when it dumps); file times are, to the second.
-    out[path] = line.endsWith(" dir") || line.includes(" -> ") ? line.replace(/ uid=\d+ mtime=[\d.]+/, "") : line.replace(/ uid=\d+/, "").replace(/mtime=(\d+)(\.\d+)?/, (_m, s: string) => `mtime=${Math.floor(Number(s) / 1000)}`);
+    out[path] =
+      line.endsWith(" dir") || line.includes(" -> ")
+        ? line.replace(/ uid=\d+ mtime=[\d.]+/, "")
+        : line.replace(/ uid=\d+/, "").replace(/mtime=(\d+)(\.\d+)?/, (_m, s: string) => `mtime=${Math.floor(Number(s) / 1000)}`);
   }
   return out;
 }
@@ -110,7 +113,10 @@ describe("[vm] /workspace as its own disk, built from the seed on the host", () 
     assert.equal(summary.next_offset, null);
     const full = await pyro.diffWorkspace(ws.workspace_id);
     // run.sh was rewritten with its own bytes: counted from metadata, left out of the patch.
-    assert.deepEqual(full.files.map((f) => `${f.status} ${f.path} ${f.binary}`), ["added added.txt false", "deleted blob.bin true", "modified private.key false", "modified src/main.py false"]);
+    assert.deepEqual(
+      full.files.map((f) => `${f.status} ${f.path} ${f.binary}`),
+      ["added added.txt false", "deleted blob.bin true", "modified private.key false", "modified src/main.py false"],
+    );
     assert.match(full.patch, /\+more/);
     assert.match(full.patch, /old mode 600\nnew mode 700/);
     assert.match(full.patch, /Binary files a\/blob\.bin and \/dev\/null differ/);
@@ -118,7 +124,10 @@ describe("[vm] /workspace as its own disk, built from the seed on the host", () 
     assert.equal(first.next_offset, 2);
     assert.equal(first.total_files, 5);
     const second = await pyro.diffWorkspace(ws.workspace_id, { offset: 2, limit: 2 });
-    assert.deepEqual(second.files.map((f) => f.path), ["private.key"]); // run.sh (same bytes) is on this page, not shown
+    assert.deepEqual(
+      second.files.map((f) => f.path),
+      ["private.key"],
+    ); // run.sh (same bytes) is on this page, not shown
     await assert.rejects(pyro.diffWorkspace(ws.workspace_id, { limit: 101 }), (e) => isPyroError(e, "INVALID_ARGUMENT"));
 
     // Reset puts the disk back to the seed.
@@ -145,7 +154,9 @@ describe("[vm] /workspace as its own disk, built from the seed on the host", () 
     const tarPath = join(scratch, "large.tar");
     const exported = await pyro.exportWorkspace(ws.workspace_id, ".", tarPath);
     assert.ok(exported.bytes > 150_000_000, String(exported.bytes));
-    const listed = execFileSync("tar", ["-tf", tarPath], { maxBuffer: 64 << 20, encoding: "utf8" }).split("\n").filter((l) => /\/f\d+$/.test(l));
+    const listed = execFileSync("tar", ["-tf", tarPath], { maxBuffer: 64 << 20, encoding: "utf8" })
+      .split("\n")
+      .filter((l) => /\/f\d+$/.test(l));
     assert.equal(listed.length, files - 1);
     await pyro.deleteWorkspace(ws.workspace_id);
     created.pop();
@@ -160,7 +171,10 @@ describe("[vm] /workspace as its own disk, built from the seed on the host", () 
     const workspacesDir = join(resolvePaths().stateDir, "workspaces");
     const before = await readdir(workspacesDir).catch(() => [] as string[]);
     const started = Date.now();
-    await assert.rejects(pyro.createWorkspace("debian:12", { seedPath: big, diskGib: 1 }), (e) => isPyroError(e, "INVALID_ARGUMENT") && /more than the 1 GiB workspace disk holds.*--disk-gib 3/.test(e.message));
+    await assert.rejects(
+      pyro.createWorkspace("debian:12", { seedPath: big, diskGib: 1 }),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && /more than the 1 GiB workspace disk holds.*--disk-gib 3/.test(e.message),
+    );
     assert.ok(Date.now() - started < 5_000, "fails fast");
     assert.deepEqual(await readdir(workspacesDir).catch(() => [] as string[]), before);
 
@@ -187,7 +201,11 @@ describe("[vm] /workspace as its own disk, built from the seed on the host", () 
     const ws = await pyro.createWorkspace("debian:12", { seedPath: seed, secrets: { TOKEN: secret } });
     created.push(ws.workspace_id);
     // Root in the guest plants a link to a host path where pyro would write the redacted copy of notes.
-    const plant = await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", `printf 'token ${secret} here' > notes && ln -s ${victim} notes.pyro-redacted && mkdir sub && ln notes sub/again`]);
+    const plant = await pyro.execWorkspace(ws.workspace_id, [
+      "sh",
+      "-c",
+      `printf 'token ${secret} here' > notes && ln -s ${victim} notes.pyro-redacted && mkdir sub && ln notes sub/again`,
+    ]);
     assert.equal(plant.exit_code, 0, plant.stderr);
     const tarPath = join(scratch, "redacted.tar");
     await pyro.exportWorkspace(ws.workspace_id, ".", tarPath);

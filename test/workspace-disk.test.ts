@@ -13,7 +13,18 @@ import { changedEntries } from "../src/workspaces/workspace-diff.js";
 import { Redactor } from "../src/workspaces/secret-redaction.js";
 import { redactTree, restoreHardlinks } from "../src/workspaces/workspace-export.js";
 
-const entry = (path: string, fields: Partial<ManifestEntry> = {}): ManifestEntry => ({ path, type: "f", mode: 0o644, size: 1, mtimeNs: 0n, ctimeNs: 0n, ino: 0, nlink: 1, target: "", ...fields });
+const entry = (path: string, fields: Partial<ManifestEntry> = {}): ManifestEntry => ({
+  path,
+  type: "f",
+  mode: 0o644,
+  size: 1,
+  mtimeNs: 0n,
+  ctimeNs: 0n,
+  ino: 0,
+  nlink: 1,
+  target: "",
+  ...fields,
+});
 
 describe("tree manifests (the guest's walk of /workspace is hostile input)", () => {
   it("round-trips what it encodes", () => {
@@ -21,8 +32,19 @@ describe("tree manifests (the guest's walk of /workspace is hostile input)", () 
     fc.assert(
       fc.property(fc.uniqueArray(name, { maxLength: 20 }), fc.constantFrom("f", "d", "l", "o"), (names, type) => {
         // Each name as a top-level entry of the type, and again inside a directory "sub".
-        const top = names.map((p, i) => entry(p === "sub" ? "sub2" : p, { type: type as ManifestEntry["type"], size: i, ctimeNs: BigInt(i) * 1_000_000_007n, target: type === "l" ? `t${i}` : "" }));
-        const entries = [...top.filter((e) => e.path !== "sub2" || !names.includes("sub2")), entry("sub", { type: "d" }), ...names.map((p) => entry(`sub/${p}`))];
+        const top = names.map((p, i) =>
+          entry(p === "sub" ? "sub2" : p, {
+            type: type as ManifestEntry["type"],
+            size: i,
+            ctimeNs: BigInt(i) * 1_000_000_007n,
+            target: type === "l" ? `t${i}` : "",
+          }),
+        );
+        const entries = [
+          ...top.filter((e) => e.path !== "sub2" || !names.includes("sub2")),
+          entry("sub", { type: "d" }),
+          ...names.map((p) => entry(`sub/${p}`)),
+        ];
         assert.deepEqual(parseManifest(encodeManifest(entries)), entries);
       }),
       { numRuns: 100 },
@@ -31,19 +53,33 @@ describe("tree manifests (the guest's walk of /workspace is hostile input)", () 
 
   it("keeps names that are not UTF-8 apart (escaped), so two of them in one directory are not one name listed twice", () => {
     const record = (name: Buffer) => Buffer.concat([Buffer.from("f 644 1 0 0 5 1\0"), name, Buffer.from("\0\0")]);
-    const parsed = parseManifest(Buffer.concat([record(Buffer.from("a\xff", "latin1")), record(Buffer.from("a\xfe", "latin1")), record(Buffer.from("a\u00ff"))]));
-    assert.deepEqual(parsed.map((e) => e.path), ["a\\xff", "a\\xfe", "a\u00ff"]);
+    const parsed = parseManifest(
+      Buffer.concat([record(Buffer.from("a\xff", "latin1")), record(Buffer.from("a\xfe", "latin1")), record(Buffer.from("a\u00ff"))]),
+    );
+    assert.deepEqual(
+      parsed.map((e) => e.path),
+      ["a\\xff", "a\\xfe", "a\u00ff"],
+    );
   });
 
   it("refuses entries not below a directory listed before them (a symlink parent would be written through)", () => {
     const bytes = encodeManifest([entry("a", { type: "l", target: "/etc" }), entry("a/passwd")]);
-    assert.throws(() => parseManifest(bytes), (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /not below a directory/.test(e.message));
-    assert.throws(() => parseManifest(encodeManifest([entry("x/y")])), (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR"));
+    assert.throws(
+      () => parseManifest(bytes),
+      (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /not below a directory/.test(e.message),
+    );
+    assert.throws(
+      () => parseManifest(encodeManifest([entry("x/y")])),
+      (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR"),
+    );
     assert.equal(parseManifest(encodeManifest([entry("x", { type: "d" }), entry("x/y")])).length, 2);
   });
 
   it("any bytes parse to plain relative paths or fail with GUEST_PROTOCOL_ERROR, never anything else", () => {
-    const piece = fc.oneof(fc.constantFrom("f 644 1 0 0 1 1\0", "d 755 0 0 0 2 2\0", "../x\0", "/abs\0", "a//b\0", "ok\0", "\0", "l 777 3 -1 -1 3 1\0", "f 99999999 1 0 0 0 0\0"), fc.string({ maxLength: 8 }));
+    const piece = fc.oneof(
+      fc.constantFrom("f 644 1 0 0 1 1\0", "d 755 0 0 0 2 2\0", "../x\0", "/abs\0", "a//b\0", "ok\0", "\0", "l 777 3 -1 -1 3 1\0", "f 99999999 1 0 0 0 0\0"),
+      fc.string({ maxLength: 8 }),
+    );
     fc.assert(
       fc.property(fc.array(piece, { maxLength: 12 }), (pieces) => {
         try {
@@ -62,7 +98,16 @@ describe("tree manifests (the guest's walk of /workspace is hostile input)", () 
 describe("what changed since the seed image was built", () => {
   const built = 1_000n;
   it("finds added, deleted, type/mode/size/target changes and anything with a later ctime; directories only through their files", () => {
-    const baseline = [entry("a"), entry("b"), entry("c", { mode: 0o600 }), entry("d"), entry("dir", { type: "d" }), entry("dir/x"), entry("l", { type: "l", target: "a" }), entry("same")];
+    const baseline = [
+      entry("a"),
+      entry("b"),
+      entry("c", { mode: 0o600 }),
+      entry("d"),
+      entry("dir", { type: "d" }),
+      entry("dir/x"),
+      entry("l", { type: "l", target: "a" }),
+      entry("same"),
+    ];
     const current = [
       entry("a", { ctimeNs: 999n }), // untouched (mkfs time)
       entry("c", { mode: 0o700, ctimeNs: 999n }), // chmod
@@ -104,18 +149,30 @@ describe("seed images built on the host (mkfs.ext4 -d in the sandbox)", () => {
     await symlink("sub/a.txt", join(root, "keep", "link"));
     const source = { root, paths: ["keep/sub/a.txt", "keep/b.sh", "keep/hard.txt", "keep/link", "secret.txt", "missing/file"] };
     const scan = scanSeed(source);
-    assert.deepEqual(scan.skipped, [{ path: "secret.txt", reason: "file not readable" }, { path: "missing", reason: "vanished before it could be read" }]);
-    assert.deepEqual(scan.entries.map((e) => e.path), ["keep", "keep/sub", "keep/sub/a.txt", "keep/b.sh", "keep/hard.txt", "keep/link"]);
+    assert.deepEqual(scan.skipped, [
+      { path: "secret.txt", reason: "file not readable" },
+      { path: "missing", reason: "vanished before it could be read" },
+    ]);
+    assert.deepEqual(
+      scan.entries.map((e) => e.path),
+      ["keep", "keep/sub", "keep/sub/a.txt", "keep/b.sh", "keep/hard.txt", "keep/link"],
+    );
     const out = join(dir, "out");
     await mkdir(out, { mode: 0o700 });
     const image = await buildSeedImage(source, scan, 1, join(out, "seed.ext4"), join(out, "baseline.manifest"), out);
     const ext4 = new Ext4Image(image.path);
-    const top = (await ext4.listInode(2)).map((e) => e.name).filter((n) => n !== "." && n !== "..").sort();
+    const top = (await ext4.listInode(2))
+      .map((e) => e.name)
+      .filter((n) => n !== "." && n !== "..")
+      .sort();
     assert.deepEqual(top, ["keep"]); // no lost+found, nothing ignored
     const found = await ext4.lookupMany(["keep/sub/a.txt", "keep/hard.txt", "keep/b.sh"]);
     assert.equal(found.get("keep/sub/a.txt")!.inode, found.get("keep/hard.txt")!.inode, "hardlinks stay hardlinks");
     assert.equal(found.get("keep/b.sh")!.mode & 0o777, 0o755);
-    assert.deepEqual(parseManifest(execFileSync("cat", [image.manifestPath])).map((e) => e.path), scan.entries.map((e) => e.path));
+    assert.deepEqual(
+      parseManifest(execFileSync("cat", [image.manifestPath])).map((e) => e.path),
+      scan.entries.map((e) => e.path),
+    );
   });
 
   it("refuses, before building, a seed that cannot fit the disk, naming a size that would", async () => {
@@ -124,7 +181,10 @@ describe("seed images built on the host (mkfs.ext4 -d in the sandbox)", () => {
     await writeFile(join(root, "f"), "");
     execFileSync("truncate", ["-s", "3G", join(root, "f")]);
     const scan = scanSeed({ root });
-    assert.throws(() => checkSeedFits(scan, 2), (e) => isPyroError(e, "INVALID_ARGUMENT") && /--disk-gib 4\)/.test(e.message));
+    assert.throws(
+      () => checkSeedFits(scan, 2),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && /--disk-gib 4\)/.test(e.message),
+    );
     checkSeedFits(scan, 4);
   });
 });
@@ -196,7 +256,10 @@ describe("seed names pyro cannot carry as text", () => {
       await writeFile(Buffer.from(`${root}/bad\xff`, "latin1"), "x");
       await writeFile(join(root, "ok"), "y");
       const scan = scanSeed({ root });
-      assert.deepEqual(scan.entries.map((e) => e.path), ["ok"]);
+      assert.deepEqual(
+        scan.entries.map((e) => e.path),
+        ["ok"],
+      );
       assert.equal(scan.skipped.length, 1);
       assert.match(scan.skipped[0]!.reason, /UTF-8/);
       assert.equal(scan.needsStaging, true);

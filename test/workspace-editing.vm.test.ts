@@ -39,7 +39,13 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
     assert.equal(passing.stdout, "tests pass\n");
     assert.equal((await pyro.statusWorkspace(id)).command_count, 2);
     const logs = await pyro.logsWorkspace(id);
-    assert.deepEqual(logs.commands.map((c) => [c.sequence, c.command, c.exit_code !== 0]), [[1, ["./test.sh"], true], [2, ["./test.sh"], false]]);
+    assert.deepEqual(
+      logs.commands.map((c) => [c.sequence, c.command, c.exit_code !== 0]),
+      [
+        [1, ["./test.sh"], true],
+        [2, ["./test.sh"], false],
+      ],
+    );
     const diff = await pyro.diffWorkspace(id);
     assert.ok(diff.changed);
     assert.match(diff.patch, /--- a\/src\/calc\.py\n\+\+\+ b\/src\/calc\.py/);
@@ -63,12 +69,21 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
 -\u0000\u0001\u0002\u0003\u00ff
 `;
     // logo.bin is binary: the whole patch must fail and nothing may change.
-    await assert.rejects(pyro.applyWorkspacePatch(id, multi), (e) => isPyroError(e, "PATCH_FAILED") && /logo\.bin/.test(e.message) && /nothing was changed/.test(e.message));
+    await assert.rejects(
+      pyro.applyWorkspacePatch(id, multi),
+      (e) => isPyroError(e, "PATCH_FAILED") && /logo\.bin/.test(e.message) && /nothing was changed/.test(e.message),
+    );
     assert.equal((await pyro.readWorkspaceFile(id, "README.md")).content, "demo\n");
     await assert.rejects(pyro.readWorkspaceFile(id, "docs/new.md"));
     const good = multi.slice(0, multi.indexOf("--- a/logo.bin"));
-    const r = await pyro.applyWorkspacePatch(id, good + "--- a/src/calc.py\n+++ /dev/null\n@@ -1,6 +0,0 @@\n-def add(a, b):\n-    return a + b\n-\n-\n-def mul(a, b):\n-    return a * b\n");
-    assert.deepEqual(r.files.map((f) => `${f.status}:${f.path}`), ["modified:README.md", "added:docs/new.md", "deleted:src/calc.py"]);
+    const r = await pyro.applyWorkspacePatch(
+      id,
+      good + "--- a/src/calc.py\n+++ /dev/null\n@@ -1,6 +0,0 @@\n-def add(a, b):\n-    return a + b\n-\n-\n-def mul(a, b):\n-    return a * b\n",
+    );
+    assert.deepEqual(
+      r.files.map((f) => `${f.status}:${f.path}`),
+      ["modified:README.md", "added:docs/new.md", "deleted:src/calc.py"],
+    );
     assert.equal((await pyro.readWorkspaceFile(id, "docs/new.md")).content, "# New\npage\n");
     await assert.rejects(pyro.readWorkspaceFile(id, "src/calc.py"));
     const stale = "--- a/README.md\n+++ b/README.md\n@@ -1 +1 @@\n-something else\n+x\n";
@@ -77,16 +92,16 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
   });
 
   it("reads, writes and lists files without quoting, confined to /workspace", TIMEOUT, async () => {
-    await pyro.writeWorkspaceFile(id, "notes/it's \"quoted\" $HOME.txt", "line1\nline2\n");
-    assert.equal((await pyro.readWorkspaceFile(id, "notes/it's \"quoted\" $HOME.txt")).content, "line1\nline2\n");
-    const partial = await pyro.readWorkspaceFile(id, "notes/it's \"quoted\" $HOME.txt", { maxBytes: 3 });
+    await pyro.writeWorkspaceFile(id, 'notes/it\'s "quoted" $HOME.txt', "line1\nline2\n");
+    assert.equal((await pyro.readWorkspaceFile(id, 'notes/it\'s "quoted" $HOME.txt')).content, "line1\nline2\n");
+    const partial = await pyro.readWorkspaceFile(id, 'notes/it\'s "quoted" $HOME.txt', { maxBytes: 3 });
     assert.equal(partial.content, "lin");
     assert.equal(partial.truncated, true);
     const binary = await pyro.readWorkspaceFile(id, "logo.bin");
     assert.equal(binary.encoding, "base64");
     assert.deepEqual([...Buffer.from(binary.content, "base64")], [0, 1, 2, 3, 255]);
     const listing = await pyro.listWorkspaceFiles(id, ".", { recursive: true });
-    assert.ok(listing.entries.some((e) => e.path === "notes/it's \"quoted\" $HOME.txt" && e.type === "file"));
+    assert.ok(listing.entries.some((e) => e.path === 'notes/it\'s "quoted" $HOME.txt' && e.type === "file"));
     for (const bad of ["../etc/passwd", "/etc/shadow", "/workspace/../root/.bashrc"]) {
       await assert.rejects(pyro.readWorkspaceFile(id, bad), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE"), bad);
       await assert.rejects(pyro.writeWorkspaceFile(id, bad, "x"), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE"), bad);
@@ -95,7 +110,10 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
   });
 
   it("never follows a symlink the guest planted out of /workspace: files, lists, patches, deletions, sync push", TIMEOUT, async () => {
-    await pyro.execWorkspace(id, "echo keep > /etc/pyro-canary && ln -s / /workspace/root && ln -s /etc /workspace/etc-link && mkdir -p inside && echo in > inside/f && ln -s inside rel");
+    await pyro.execWorkspace(
+      id,
+      "echo keep > /etc/pyro-canary && ln -s / /workspace/root && ln -s /etc /workspace/etc-link && mkdir -p inside && echo in > inside/f && ln -s inside rel",
+    );
     const outside = (e: unknown) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE") && /symbolic link/.test(e.message);
     await assert.rejects(pyro.readWorkspaceFile(id, "root/etc/pyro-canary"), outside);
     await assert.rejects(pyro.readWorkspaceFile(id, "etc-link/pyro-canary"), outside);
@@ -110,12 +128,18 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
     await assert.rejects(pyro.pushWorkspaceSync(id, join(tree, "etc-link"), { dest: "etc-link" }), outside);
     await assert.rejects(pyro.pushWorkspaceSync(id, join(tree, "etc-link"), { dest: "root/etc" }), outside);
     await assert.rejects(pyro.pushWorkspaceSync(id, tree), outside, "an archive entry under a planted link");
-    const etc = await pyro.execWorkspace(id, "cat /etc/pyro-canary; ls /etc/pyro-new /etc/pyro-pushed 2>&1 | wc -l; ls /workspace/etc-link/pyro-pushed 2>&1 | grep -c 'No such'");
+    const etc = await pyro.execWorkspace(
+      id,
+      "cat /etc/pyro-canary; ls /etc/pyro-new /etc/pyro-pushed 2>&1 | wc -l; ls /workspace/etc-link/pyro-pushed 2>&1 | grep -c 'No such'",
+    );
     assert.equal(etc.stdout, "keep\n2\n1\n", "/etc untouched");
     // Links that stay inside /workspace still work, and a link itself can be listed and removed.
     assert.equal((await pyro.readWorkspaceFile(id, "rel/f")).content, "in\n");
     const listing = await pyro.listWorkspaceFiles(id, ".");
-    assert.deepEqual(listing.entries.find((e) => e.path === "root"), { ...listing.entries.find((e) => e.path === "root"), type: "symlink", target: "/" });
+    assert.deepEqual(
+      listing.entries.find((e) => e.path === "root"),
+      { ...listing.entries.find((e) => e.path === "root"), type: "symlink", target: "/" },
+    );
     await pyro.applyWorkspacePatch(id, "--- a/rel/f\n+++ b/rel/f\n@@ -1 +1 @@\n-in\n+in2\n");
     assert.equal((await pyro.readWorkspaceFile(id, "inside/f")).content, "in2\n");
     await pyro.execWorkspace(id, "rm -rf /workspace/root /workspace/etc-link /workspace/rel /workspace/inside /etc/pyro-canary");
@@ -162,7 +186,20 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
     assert.equal(r.exit_code, 0, r.stderr);
     assert.equal(
       r.stdout,
-      ["attach EPERM", "seize EPERM", `mem ${/mem (EACCES|EPERM)/.exec(r.stdout)?.[1] ?? "EACCES"}`, "scope-write EPERM", "scope 1", "modules_disabled 1", "kexec_load_disabled 1", "kexec_load EPERM", "reboot EPERM", "traceme-child True 7", "attach-child ok", ""].join("\n"),
+      [
+        "attach EPERM",
+        "seize EPERM",
+        `mem ${/mem (EACCES|EPERM)/.exec(r.stdout)?.[1] ?? "EACCES"}`,
+        "scope-write EPERM",
+        "scope 1",
+        "modules_disabled 1",
+        "kexec_load_disabled 1",
+        "kexec_load EPERM",
+        "reboot EPERM",
+        "traceme-child True 7",
+        "attach-child ok",
+        "",
+      ].join("\n"),
     );
     assert.match(r.stdout, /mem (EACCES|EPERM)/);
     const caps = await pyro.execWorkspace(id, ["grep", "CapBnd", "/proc/self/status"]);
@@ -179,9 +216,24 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
     const pushed = await pyro.pushWorkspaceSync(id, dir, { dest: "vendor" });
     assert.equal(pushed.destination, "/workspace/vendor");
     assert.equal(pushed.files, 1);
-    await writeFile(join(scratch, "more.tgz"), gzipSync(makeTar([{ path: "assets/", type: "dir" }, { path: "assets/img.bin", content: Buffer.from([0, 159, 146, 150]) }])));
+    await writeFile(
+      join(scratch, "more.tgz"),
+      gzipSync(
+        makeTar([
+          { path: "assets/", type: "dir" },
+          { path: "assets/img.bin", content: Buffer.from([0, 159, 146, 150]) },
+        ]),
+      ),
+    );
     await pyro.pushWorkspaceSync(id, join(scratch, "more.tgz"));
-    await writeFile(join(scratch, "evil.tar"), makeTar([{ path: "ok.txt", content: "fine" }, { path: "dev", type: "symlink", linkpath: "/dev" }, { path: "dev/sda", content: "x" }]));
+    await writeFile(
+      join(scratch, "evil.tar"),
+      makeTar([
+        { path: "ok.txt", content: "fine" },
+        { path: "dev", type: "symlink", linkpath: "/dev" },
+        { path: "dev/sda", content: "x" },
+      ]),
+    );
     await assert.rejects(pyro.pushWorkspaceSync(id, join(scratch, "evil.tar")), (e) => isPyroError(e, "UNSAFE_ARCHIVE"));
     await assert.rejects(pyro.readWorkspaceFile(id, "ok.txt"), (e) => isPyroError(e, "GUEST_OPERATION_FAILED"), "nothing from a refused archive lands");
     await pyro.execWorkspace(id, ["rm", "README.md"]);
@@ -216,7 +268,10 @@ describe("[vm] editing a workspace: exec, files, patches, sync, diff, export, sn
   it("snapshots and resets: back to the baseline, or to a named snapshot, memory included", TIMEOUT, async () => {
     await pyro.execWorkspace(id, ["sh", "-c", "echo checkpoint > state.txt; echo in-tmp > /tmp/volatile"]);
     await pyro.createSnapshot(id, "checkpoint");
-    assert.deepEqual((await pyro.listSnapshots(id)).snapshots.map((s) => s.name), ["baseline", "checkpoint"]);
+    assert.deepEqual(
+      (await pyro.listSnapshots(id)).snapshots.map((s) => s.name),
+      ["baseline", "checkpoint"],
+    );
     await pyro.writeWorkspaceFile(id, "state.txt", "later\n");
 
     const toCheckpoint = await pyro.resetWorkspace(id, { snapshot: "checkpoint" });

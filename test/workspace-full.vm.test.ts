@@ -71,7 +71,9 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
   });
 
   it("starts services with readiness, reports deaths and timeouts, and stops them", TIMEOUT, async () => {
-    const web = await pyro.startService(id, "web", ["sh", "-c", "echo booting; sleep 1; touch .web-ready; exec python3 -m http.server 8000"], { readiness: { type: "file", path: ".web-ready" } });
+    const web = await pyro.startService(id, "web", ["sh", "-c", "echo booting; sleep 1; touch .web-ready; exec python3 -m http.server 8000"], {
+      readiness: { type: "file", path: ".web-ready" },
+    });
     assert.equal(web.state, "running");
     const probe = await pyro.execWorkspace(id, ["python3", "-c", "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/').status)"]);
     assert.equal(probe.stdout, "200\n", "the service keeps running between execs");
@@ -96,12 +98,17 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
   });
 
   it("never shows a secret: exec, logs, shells, service logs, files, diff and exports are redacted", TIMEOUT, async () => {
-    const r = await pyro.execWorkspace(id, ["sh", "-c", "echo key=$MY_KEY; cp /run/pyro-secrets/API_KEY leaked.txt; cat leaked.txt"], { secretEnv: ["API_KEY=MY_KEY"] });
+    const r = await pyro.execWorkspace(id, ["sh", "-c", "echo key=$MY_KEY; cp /run/pyro-secrets/API_KEY leaked.txt; cat leaked.txt"], {
+      secretEnv: ["API_KEY=MY_KEY"],
+    });
     assert.equal(r.stdout, "key=[REDACTED]\n[REDACTED]");
     assert.doesNotMatch(JSON.stringify(await pyro.logsWorkspace(id)), new RegExp(SECRET));
     assert.equal((await pyro.readWorkspaceFile(id, "leaked.txt")).content, "[REDACTED]");
     assert.doesNotMatch((await pyro.diffWorkspace(id)).patch, new RegExp(SECRET));
-    await pyro.startService(id, "echoer", ["sh", "-c", "echo $API_KEY; touch .echoed; sleep 600"], { secretEnv: ["API_KEY"], readiness: { type: "file", path: ".echoed" } });
+    await pyro.startService(id, "echoer", ["sh", "-c", "echo $API_KEY; touch .echoed; sleep 600"], {
+      secretEnv: ["API_KEY"],
+      readiness: { type: "file", path: ".echoed" },
+    });
     assert.match((await pyro.logsService(id, "echoer")).stdout, /\[REDACTED\]/);
     const shell = await pyro.openShell(id, { secretEnv: ["API_KEY"] });
     await pyro.writeShell(id, shell.shell_id, "echo $API_KEY");
@@ -118,7 +125,7 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
     await pyro.writeWorkspaceFile(id, "docs/offline.txt", "read without booting\n");
     await pyro.execWorkspace(id, ["ln", "-s", "/", "/workspace/rootlink"]);
     // A guest process can put the secret it holds into a name: listings redact names too.
-    await pyro.execWorkspace(id, ["sh", "-c", "touch \"/workspace/docs/name-$(cat /run/pyro-secrets/API_KEY)\""]);
+    await pyro.execWorkspace(id, ["sh", "-c", 'touch "/workspace/docs/name-$(cat /run/pyro-secrets/API_KEY)"']);
     await assert.rejects(pyro.listWorkspaceDisk(id), (e) => isPyroError(e, "WORKSPACE_RUNNING"));
     await pyro.stopWorkspace(id);
     // Offline paths are confined like live ones: no quoting tricks, no guest symlinks followed.
@@ -127,15 +134,24 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
     await assert.rejects(pyro.readWorkspaceDisk(id, "rootlink/etc/shadow"), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE") && /symbolic link/.test(e.message));
     await assert.rejects(pyro.listWorkspaceDisk(id, "rootlink/etc"), (e) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE"));
     const listing = await pyro.listWorkspaceDisk(id, ".", { recursive: true });
-    assert.ok(listing.entries.some((e) => e.path === "docs/offline.txt" && e.type === "file"), JSON.stringify(listing.entries));
-    assert.ok(listing.entries.some((e) => e.path === "docs/name-[REDACTED]"), JSON.stringify(listing.entries));
+    assert.ok(
+      listing.entries.some((e) => e.path === "docs/offline.txt" && e.type === "file"),
+      JSON.stringify(listing.entries),
+    );
+    assert.ok(
+      listing.entries.some((e) => e.path === "docs/name-[REDACTED]"),
+      JSON.stringify(listing.entries),
+    );
     assert.doesNotMatch(JSON.stringify(listing), new RegExp(SECRET));
     const file = await pyro.readWorkspaceDisk(id, "docs/offline.txt");
     assert.equal(file.content, "read without booting\n");
     assert.equal((await pyro.readWorkspaceDisk(id, "leaked.txt")).content, "[REDACTED]");
     // A symlink at the output (here dangling) is refused, its target never created.
     await symlink(join(scratch, "disk-canary"), join(scratch, "linked.img"));
-    await assert.rejects(pyro.exportWorkspaceDisk(id, join(scratch, "linked.img")), (e) => isPyroError(e, "INVALID_ARGUMENT") && /already exists/.test(e.message));
+    await assert.rejects(
+      pyro.exportWorkspaceDisk(id, join(scratch, "linked.img")),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && /already exists/.test(e.message),
+    );
     await assert.rejects(stat(join(scratch, "disk-canary")), { code: "ENOENT" });
     const image = join(scratch, "disk.img");
     await pyro.exportWorkspaceDisk(id, image);
@@ -147,7 +163,10 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
     assert.equal((await pyro.statusWorkspace(id)).state, "stopped", "nothing booted");
     await pyro.startWorkspace(id);
     const services = await pyro.listServices(id);
-    assert.deepEqual(services.services.map((s) => `${s.name}:${s.state}`), ["echoer:lost", "web:stopped"]);
+    assert.deepEqual(
+      services.services.map((s) => `${s.name}:${s.state}`),
+      ["echoer:lost", "web:stopped"],
+    );
     assert.equal((await pyro.execWorkspace(id, ["cat", "/run/pyro-secrets/API_KEY"])).stdout, "[REDACTED]", "secrets are back after a cold start");
   });
 });
@@ -191,13 +210,21 @@ describe("[vm] workspace network policies", () => {
     const ws = await create({ networkPolicy: "egress", allowHosts: ["deb.debian.org"] });
     assert.equal(await curl(ws, "-o /dev/null -w '%{http_code}' http://deb.debian.org/debian/dists/bookworm/Release"), "200");
     assert.match(await curl(ws, "http://security.debian.org/"), /not in this workspace's egress allowlist/);
-    await assert.rejects(pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["not a host!"] }), (e) => isPyroError(e, "INVALID_ARGUMENT"));
-    await assert.rejects(pyro.createWorkspace("debian:12", { allowHosts: ["deb.debian.org"] }), (e) => isPyroError(e, "INVALID_ARGUMENT") && /needs --network-policy egress/.test(e.message));
+    await assert.rejects(pyro.createWorkspace("debian:12", { networkPolicy: "egress", allowHosts: ["not a host!"] }), (e) =>
+      isPyroError(e, "INVALID_ARGUMENT"),
+    );
+    await assert.rejects(
+      pyro.createWorkspace("debian:12", { allowHosts: ["deb.debian.org"] }),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && /needs --network-policy egress/.test(e.message),
+    );
   });
 
   it("publishes a service port on the host's 127.0.0.1, unreachable from another workspace", TIMEOUT, async () => {
     const a = await create({ networkPolicy: "egress+published-ports" });
-    const svc = await pyro.startService(a, "web", ["sh", "-c", "echo published-content > index.html; exec python3 -m http.server 8080"], { readiness: { type: "http", url: "http://127.0.0.1:8080/" }, publish: [{ hostPort: 0, guestPort: 8080 }] });
+    const svc = await pyro.startService(a, "web", ["sh", "-c", "echo published-content > index.html; exec python3 -m http.server 8080"], {
+      readiness: { type: "http", url: "http://127.0.0.1:8080/" },
+      publish: [{ hostPort: 0, guestPort: 8080 }],
+    });
     const url = svc.published[0]!.url;
     assert.match(url, /^http:\/\/127\.0\.0\.1:\d+$/);
     assert.equal(await (await fetch(`${url}/index.html`)).text(), "published-content\n");
@@ -205,7 +232,10 @@ describe("[vm] workspace network policies", () => {
     const b = await create({ networkPolicy: "egress" });
     assert.doesNotMatch(await curl(b, `--noproxy '*' http://10.0.2.2:${port}/index.html`), /published-content/);
     assert.doesNotMatch(await curl(b, `--noproxy '' http://127.0.0.1:${port}/index.html`), /published-content/);
-    await assert.rejects(pyro.startService(b, "x", ["true"], { publish: [{ hostPort: 0, guestPort: 1 }] }), (e) => isPyroError(e, "INVALID_ARGUMENT") && /egress\+published-ports/.test(e.message));
+    await assert.rejects(
+      pyro.startService(b, "x", ["true"], { publish: [{ hostPort: 0, guestPort: 1 }] }),
+      (e) => isPyroError(e, "INVALID_ARGUMENT") && /egress\+published-ports/.test(e.message),
+    );
     await pyro.stopService(a, "web");
     await assert.rejects(fetch(`${url}/index.html`));
   });

@@ -102,7 +102,13 @@ describe("[vm] workspace lifecycle", () => {
     assert.ok(await stat(dir).then(() => true));
     await pyro.deleteWorkspace(ws.workspace_id);
     assert.deepEqual(await processesMentioning(ws.workspace_id), []);
-    assert.equal(await stat(dir).then(() => true, () => false), false);
+    assert.equal(
+      await stat(dir).then(
+        () => true,
+        () => false,
+      ),
+      false,
+    );
     await assert.rejects(pyro.statusWorkspace(ws.workspace_id), (e) => isPyroError(e, "WORKSPACE_NOT_FOUND") && /pyro workspace list/.test(e.message));
   });
 
@@ -112,7 +118,10 @@ describe("[vm] workspace lifecycle", () => {
     assert.ok(ws.expires_at);
     await new Promise((r) => setTimeout(r, 1500));
     const list = await pyro.listWorkspaces();
-    assert.equal(list.workspaces.some((w) => w.workspace_id === ws.workspace_id), false);
+    assert.equal(
+      list.workspaces.some((w) => w.workspace_id === ws.workspace_id),
+      false,
+    );
     assert.deepEqual(await processesMentioning(ws.workspace_id), []);
   });
 

@@ -44,13 +44,22 @@ describe("recovery of what interrupted operations leave on the host (no VM invol
     const busy = "ws-ffffffffffffffffffff";
     await mkdir(join(ROOT, busy, "snapshots"), { recursive: true });
     await mkdir(join(ROOT, `${busy}.lock`));
-    await writeFile(join(ROOT, `${busy}.lock`, "owner.json"), JSON.stringify({ pid: process.pid, start: processStartTime(process.pid), acquired_at: new Date().toISOString(), purpose: "create" }));
+    await writeFile(
+      join(ROOT, `${busy}.lock`, "owner.json"),
+      JSON.stringify({ pid: process.pid, start: processStartTime(process.pid), acquired_at: new Date().toISOString(), purpose: "create" }),
+    );
 
     const notices: string[] = [];
     const list = await new Pyro({ onProgress: (m) => notices.push(m) }).listWorkspaces();
     assert.equal(list.count, 0);
     assert.deepEqual((await readdir(ROOT)).sort(), [busy, `${busy}.lock`, unreadable].sort());
-    assert.ok(notices.some((n) => n.includes(halfCreated) && /interrupted 'create'/.test(n) && /secrets/.test(n)), notices.join("\n"));
-    assert.ok(notices.some((n) => n.includes(noLock)), notices.join("\n"));
+    assert.ok(
+      notices.some((n) => n.includes(halfCreated) && /interrupted 'create'/.test(n) && /secrets/.test(n)),
+      notices.join("\n"),
+    );
+    assert.ok(
+      notices.some((n) => n.includes(noLock)),
+      notices.join("\n"),
+    );
   });
 });

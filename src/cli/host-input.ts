@@ -8,7 +8,8 @@ export async function readHostText(path: string, option: string): Promise<string
     return await readFile(path, "utf8");
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    const why = code === "ENOENT" ? "no such file" : code === "EISDIR" ? "it is a directory" : code === "EACCES" ? "permission denied" : (error as Error).message;
+    const why =
+      code === "ENOENT" ? "no such file" : code === "EISDIR" ? "it is a directory" : code === "EACCES" ? "permission denied" : (error as Error).message;
     throw new PyroError("INVALID_ARGUMENT", `cannot read ${option} ${path}: ${why}`);
   }
 }

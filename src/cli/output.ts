@@ -2,12 +2,16 @@ import { PyroError } from "../errors.js";
 
 /** JSON with sorted keys, so output is stable across runs and diff-friendly. */
 export function toStableJson(value: unknown): string {
-  return JSON.stringify(value, (_key, v: unknown) => {
-    if (v && typeof v === "object" && !Array.isArray(v) && !(v instanceof Buffer)) {
-      return Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
-    }
-    return v;
-  }, 2);
+  return JSON.stringify(
+    value,
+    (_key, v: unknown) => {
+      if (v && typeof v === "object" && !Array.isArray(v) && !(v instanceof Buffer)) {
+        return Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+      }
+      return v;
+    },
+    2,
+  );
 }
 
 export function printJson(value: unknown): void {

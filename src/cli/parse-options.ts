@@ -51,7 +51,9 @@ export function collectKeyValues(value: string, previous: Record<string, string[
 export function portNumber(value: string, options: { allowZero: boolean }): number {
   const min = options.allowZero ? 0 : 1;
   if (!/^\d{1,5}$/.test(value) || Number(value) < min || Number(value) > TCP_PORT_RANGE.max) {
-    throw new InvalidArgumentError(`port must be a number from ${min} to ${TCP_PORT_RANGE.max}${options.allowZero ? " (0 picks a free one)" : ""}, got '${value}'`);
+    throw new InvalidArgumentError(
+      `port must be a number from ${min} to ${TCP_PORT_RANGE.max}${options.allowZero ? " (0 picks a free one)" : ""}, got '${value}'`,
+    );
   }
   return Number(value);
 }

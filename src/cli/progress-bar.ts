@@ -11,7 +11,9 @@ export function progressBar(label: string): (done: number, total: number) => voi
     const pct = total ? Math.floor((done / total) * 100) : 0;
     const width = 24;
     const filled = Math.round((pct / 100) * width);
-    process.stderr.write(`\r[${"#".repeat(filled)}${".".repeat(width - filled)}] ${String(pct).padStart(3)}% ${label} ${mib(done)} / ${mib(total)} ${mib(rate)}/s   `);
+    process.stderr.write(
+      `\r[${"#".repeat(filled)}${".".repeat(width - filled)}] ${String(pct).padStart(3)}% ${label} ${mib(done)} / ${mib(total)} ${mib(rate)}/s   `,
+    );
     if (done >= total) process.stderr.write("\n");
   };
 }

@@ -85,7 +85,8 @@ export async function runDoctor(paths: PyroPaths): Promise<DoctorReport> {
     if (env.problem) problems.push({ what: `environment ${env.name}: ${env.problem}`, fix: `pyro env pull ${env.name}` });
   }
   const defaultEnv = environments.find((e) => e.name === "debian:12");
-  if (defaultEnv && !defaultEnv.installed && !defaultEnv.problem) problems.push({ what: "the default environment debian:12 is not installed", fix: "pyro env pull debian:12" });
+  if (defaultEnv && !defaultEnv.installed && !defaultEnv.problem)
+    problems.push({ what: "the default environment debian:12 is not installed", fix: "pyro env pull debian:12" });
 
   const vmBoot = Boolean(qemuBinary && kernel && agentPath && accel);
   const memory = await templateMemoryMode(paths);

@@ -41,11 +41,9 @@ export const DEFAULT_ENVIRONMENT = "debian:12";
 export function findEnvironment(name: string): EnvironmentSpec {
   const spec = CATALOG.find((e) => e.name === name);
   if (!spec) {
-    throw new PyroError(
-      "ENVIRONMENT_UNKNOWN",
-      `unknown environment '${name}'; available: ${CATALOG.map((e) => e.name).join(", ")} (see 'pyro env list')`,
-      { environment: name },
-    );
+    throw new PyroError("ENVIRONMENT_UNKNOWN", `unknown environment '${name}'; available: ${CATALOG.map((e) => e.name).join(", ")} (see 'pyro env list')`, {
+      environment: name,
+    });
   }
   return spec;
 }
@@ -59,7 +57,10 @@ const ENVIRONMENT_NAME = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
 /** Returns `name` when it follows the environment name rule; else a clear INVALID_ARGUMENT naming `origin`. */
 export function requireEnvironmentName(name: string, origin = "the environment name"): string {
   if (ENVIRONMENT_NAME.test(name)) return name;
-  throw new PyroError("INVALID_ARGUMENT", `invalid environment name '${name.slice(0, 80)}' (${origin}): use up to 63 lowercase letters, digits, '.', '_', ':' and '-', starting with a letter or digit`);
+  throw new PyroError(
+    "INVALID_ARGUMENT",
+    `invalid environment name '${name.slice(0, 80)}' (${origin}): use up to 63 lowercase letters, digits, '.', '_', ':' and '-', starting with a letter or digit`,
+  );
 }
 
 /** Directory-safe form of an environment name ("debian:12" → "debian_12"); never '', '.' or '..'. */

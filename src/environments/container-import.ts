@@ -24,12 +24,14 @@ interface ImageLayers {
 
 // Only the fields pyro reads; anything else in these hostile files is ignored.
 const DockerSaveManifest = z.array(z.object({ Layers: z.array(z.string()) }).loose());
-const DescriptorShape = z.object({
-  mediaType: z.string().default(""),
-  digest: z.string(),
-  size: z.number(),
-  platform: z.object({ architecture: z.string(), os: z.string(), variant: z.string().optional() }).loose().optional(),
-}).loose();
+const DescriptorShape = z
+  .object({
+    mediaType: z.string().default(""),
+    digest: z.string(),
+    size: z.number(),
+    platform: z.object({ architecture: z.string(), os: z.string(), variant: z.string().optional() }).loose().optional(),
+  })
+  .loose();
 const OciIndexOrManifest = z.object({ manifests: z.array(DescriptorShape).optional(), layers: z.array(DescriptorShape).optional() }).loose();
 
 function parseJson<T>(text: string, schema: z.ZodType<T>, what: string): T {
@@ -140,13 +142,22 @@ export async function importContainerImage(
   options: { log: (m: string) => void; progress: (label: string) => ProgressFn },
 ): Promise<InstalledEnvironment> {
   requireEnvironmentName(name);
-  if (!(await store.customSpec(name)) && (await store.spec(name).then(() => true, () => false))) {
+  if (
+    !(await store.customSpec(name)) &&
+    (await store.spec(name).then(
+      () => true,
+      () => false,
+    ))
+  ) {
     throw new PyroError("INVALID_ARGUMENT", `'${name}' is a catalog environment; choose another name for the import`);
   }
   const work = join(store.rootDir, `.import-${environmentSlug(name)}-${process.pid}`);
   await rm(work, { recursive: true, force: true });
   try {
-    const isFile = await stat(source).then((s) => s.isFile(), () => false);
+    const isFile = await stat(source).then(
+      (s) => s.isFile(),
+      () => false,
+    );
     options.log(`[import] phase=fetch source=${source}`);
     const image = isFile ? await layersFromArchive(source, join(work, "archive")) : await layersFromRegistry(source, join(work, "blobs"), options.progress);
     const root = join(work, "rootfs");
@@ -166,7 +177,11 @@ export async function importContainerImage(
     const treeBytes = Number(du.stdout.toString().split(/\s/)[0] ?? 0);
     const size = Math.max(IMAGE_SIZE_BYTES, Math.ceil((treeBytes * 1.5 + 1024 ** 3) / 1024 ** 2) * 1024 ** 2);
     const imagePath = join(install, "rootfs.ext4");
-    await runHostCommand(requireExecutable("mkfs.ext4", "e2fsprogs"), ["-q", "-F", "-L", "pyro-root", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-d", root, imagePath, `${size / 1024}k`], { timeoutMs: 1_800_000 });
+    await runHostCommand(
+      requireExecutable("mkfs.ext4", "e2fsprogs"),
+      ["-q", "-F", "-L", "pyro-root", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-d", root, imagePath, `${size / 1024}k`],
+      { timeoutMs: 1_800_000 },
+    );
     await chmod(imagePath, 0o444);
     const installed = await store.install(name, install, {
       name,

@@ -34,7 +34,10 @@ const ArtifactConfig = z.object({
   suite: z.string(),
   image_size_bytes: z.number(),
   // Names a directory under the kernel cache: a Debian package name, never a path.
-  kernel_package: z.string().regex(/^[a-z0-9][a-z0-9.+~-]{0,127}$/).nullable(),
+  kernel_package: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9.+~-]{0,127}$/)
+    .nullable(),
 });
 type ArtifactConfig = z.infer<typeof ArtifactConfig>;
 
@@ -69,7 +72,12 @@ export interface PushResult {
 }
 
 /** Publishes an installed environment (rootfs, kernel, manifest) as an OCI artifact. */
-export async function pushEnvironment(paths: PyroPaths, installed: InstalledEnvironment, reference: string, progress: (label: string) => ProgressFn): Promise<PushResult> {
+export async function pushEnvironment(
+  paths: PyroPaths,
+  installed: InstalledEnvironment,
+  reference: string,
+  progress: (label: string) => ProgressFn,
+): Promise<PushResult> {
   const ref = parseReference(reference);
   const staging = join(paths.cacheDir, "push", `${environmentSlug(installed.spec.name)}-${process.pid}`);
   await rm(staging, { recursive: true, force: true });
@@ -114,7 +122,12 @@ export async function pushEnvironment(paths: PyroPaths, installed: InstalledEnvi
       annotations: { "org.opencontainers.image.title": installed.spec.name },
     };
     const digest = await registry.putManifest(ref.tag ?? ref.digest ?? "latest", OCI_MANIFEST, Buffer.from(JSON.stringify(manifest)));
-    return { environment: installed.spec.name, reference: formatReference(ref), digest, layers: descriptors.map(({ mediaType, digest: d, size }) => ({ mediaType, digest: d, size })) };
+    return {
+      environment: installed.spec.name,
+      reference: formatReference(ref),
+      digest,
+      layers: descriptors.map(({ mediaType, digest: d, size }) => ({ mediaType, digest: d, size })),
+    };
   } finally {
     await rm(staging, { recursive: true, force: true });
   }
@@ -133,12 +146,21 @@ const CONVERT_LIMITS = { cpuSeconds: 600, addressSpaceBytes: 4 * 2 ** 30 };
 export async function unpackRootfsLayer(blob: string, installDir: string, imageSizeBytes: number, origin: string): Promise<string> {
   const header = await readQcow2Header(blob);
   if (!header) throw new PyroError("REGISTRY_ERROR", `the rootfs layer of ${origin} is not a qcow2 image; it was refused`);
-  if (header.backing !== undefined) throw new PyroError("REGISTRY_ERROR", `the rootfs layer of ${origin} is a qcow2 overlay naming a backing file ('${header.backing.slice(0, 200)}'); pyro accepts only standalone images, so it was refused`);
-  if (header.externalDataFile) throw new PyroError("REGISTRY_ERROR", `the rootfs layer of ${origin} keeps its data in an external file; pyro accepts only standalone images, so it was refused`);
+  if (header.backing !== undefined)
+    throw new PyroError(
+      "REGISTRY_ERROR",
+      `the rootfs layer of ${origin} is a qcow2 overlay naming a backing file ('${header.backing.slice(0, 200)}'); pyro accepts only standalone images, so it was refused`,
+    );
+  if (header.externalDataFile)
+    throw new PyroError(
+      "REGISTRY_ERROR",
+      `the rootfs layer of ${origin} keeps its data in an external file; pyro accepts only standalone images, so it was refused`,
+    );
   if (!Number.isSafeInteger(imageSizeBytes) || imageSizeBytes <= 0 || imageSizeBytes > MAX_UNPACKED_BYTES) {
     throw new PyroError("REGISTRY_ERROR", `${origin} declares an impossible image size ${imageSizeBytes} (at most ${MAX_UNPACKED_BYTES} bytes)`);
   }
-  if (header.virtualSize !== imageSizeBytes) throw new PyroError("REGISTRY_ERROR", `the rootfs layer of ${origin} is ${header.virtualSize} bytes, the artifact says ${imageSizeBytes}`);
+  if (header.virtualSize !== imageSizeBytes)
+    throw new PyroError("REGISTRY_ERROR", `the rootfs layer of ${origin} is ${header.virtualSize} bytes, the artifact says ${imageSizeBytes}`);
   const converted = await runSandboxed({
     tool: requireExecutable("qemu-img", "qemu-utils"),
     args: ["convert", "-f", "qcow2", "-O", "raw", blob, `${SANDBOX_OUTPUT_DIR}/${ROOTFS_FILE}`],
@@ -179,7 +201,12 @@ export async function pullEnvironmentArtifact(
   // lock makes concurrent pulls of the same artifact wait for the first and reuse its result.
   const staging = join(store.rootDir, `.pull-${digest.slice(7, 23)}`);
   await mkdir(staging, { recursive: true });
-  const release = await lockfile.lock(staging, { realpath: false, stale: 60_000, update: 10_000, retries: { retries: 3600, minTimeout: 200, maxTimeout: 1000 } });
+  const release = await lockfile.lock(staging, {
+    realpath: false,
+    stale: 60_000,
+    update: 10_000,
+    retries: { retries: 3600, minTimeout: 200, maxTimeout: 1000 },
+  });
   try {
     await mkdir(staging, { recursive: true }); // a pull we waited for may have finished and removed it
     const configPath = join(staging, "config.json");
@@ -188,7 +215,8 @@ export async function pullEnvironmentArtifact(
     if (!parsed.success) throw new PyroError("REGISTRY_ERROR", `${formatReference(ref)} has an invalid pyro config`);
     const config = parsed.data;
     // The name becomes a directory under the cache: the registry's (or --as) obeys the import rule.
-    const name = options.as !== undefined ? requireEnvironmentName(options.as, "--as") : requireEnvironmentName(config.name, `the config of ${formatReference(ref)}`);
+    const name =
+      options.as !== undefined ? requireEnvironmentName(options.as, "--as") : requireEnvironmentName(config.name, `the config of ${formatReference(ref)}`);
     const current = await store.require(name).catch(() => undefined);
     if (current && current.manifest.source?.digest === digest && !options.force) {
       await rm(staging, { recursive: true, force: true });
@@ -198,7 +226,9 @@ export async function pullEnvironmentArtifact(
     for (const layer of manifest.layers) {
       const file = join(staging, digestFileName(layer.digest, `${formatReference(ref)}: a layer`));
       if (!(await pathExists(file))) {
-        options.log(`[pull] phase=download environment=${name} layer=${layer.annotations?.["org.opencontainers.image.title"] ?? layer.mediaType} bytes=${layer.size}`);
+        options.log(
+          `[pull] phase=download environment=${name} layer=${layer.annotations?.["org.opencontainers.image.title"] ?? layer.mediaType} bytes=${layer.size}`,
+        );
         await registry.pullBlob(layer, file, options.progress(layer.annotations?.["org.opencontainers.image.title"] ?? layer.digest.slice(7, 19)));
       }
     }
@@ -240,4 +270,3 @@ export async function pullEnvironmentArtifact(
     await release().catch(() => undefined);
   }
 }
-

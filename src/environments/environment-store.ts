@@ -140,7 +140,13 @@ export class EnvironmentStore {
     if (CATALOG.some((e) => e.name === name)) return undefined;
     const manifest = await readJsonIfValid(join(this.dirFor(name), "manifest.json"), InstallManifest);
     if (!manifest || manifest.name !== name) return undefined;
-    return { name, version: manifest.version, description: manifest.description ?? `${manifest.source?.kind ?? "custom"} environment`, suite: manifest.suite, packages: manifest.packages };
+    return {
+      name,
+      version: manifest.version,
+      description: manifest.description ?? `${manifest.source?.kind ?? "custom"} environment`,
+      suite: manifest.suite,
+      packages: manifest.packages,
+    };
   }
 
   /** Catalog entry or installed custom environment; unknown names are a clear error. */
@@ -216,7 +222,6 @@ export class EnvironmentStore {
     return { removed };
   }
 }
-
 
 async function hasExt4Superblock(path: string): Promise<boolean> {
   const handle = await open(path, "r");

@@ -27,7 +27,10 @@ export async function ensureAgent(onProgress?: (message: string) => void): Promi
   if (found) return found;
   const cargo = findExecutable("cargo") ?? (process.env.HOME ? join(process.env.HOME, ".cargo", "bin", "cargo") : undefined);
   if (!cargo || !(await isFile(cargo))) {
-    throw new PyroError("AGENT_UNAVAILABLE", "the guest agent is not built and cargo is missing; run scripts/setup.sh (it installs cargo and builds guest/agent)");
+    throw new PyroError(
+      "AGENT_UNAVAILABLE",
+      "the guest agent is not built and cargo is missing; run scripts/setup.sh (it installs cargo and builds guest/agent)",
+    );
   }
   onProgress?.("[agent] phase=build");
   await runHostCommand(cargo, ["build", "--release", "--quiet"], { cwd: agentSourceDir(), timeoutMs: 900_000 });

@@ -145,7 +145,8 @@ async function buildKernel(paths: PyroPaths, packageName: string, onProgress?: (
   for (const rel of [...baseOrder, ...netOrder]) {
     const target = join(staging, "modules", `${moduleName(rel)}.ko`);
     if (rel.endsWith(".ko")) await copyFile(join(modRoot, rel), target);
-    else if (rel.endsWith(".ko.xz")) await runHostCommand(requireExecutable("xz", "xz-utils"), ["-dkf", join(modRoot, rel)]).then(() => copyFile(join(modRoot, rel.slice(0, -3)), target));
+    else if (rel.endsWith(".ko.xz"))
+      await runHostCommand(requireExecutable("xz", "xz-utils"), ["-dkf", join(modRoot, rel)]).then(() => copyFile(join(modRoot, rel.slice(0, -3)), target));
     else throw new PyroError("KERNEL_UNAVAILABLE", `unsupported module compression: ${rel}`);
   }
   const manifest: KernelManifest = {
@@ -163,4 +164,3 @@ async function buildKernel(paths: PyroPaths, packageName: string, onProgress?: (
   onProgress?.(`[kernel] phase=ready release=${release}`);
   return kernel;
 }
-

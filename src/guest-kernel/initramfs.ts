@@ -57,7 +57,17 @@ export async function ensureInitramfs(paths: PyroPaths, kernel: GuestKernel, age
     for (const m of [...kernel.baseModules, ...kernel.netModules]) await copyFile(join(kernel.modulesDir, `${m}.ko`), join(staging, "modules", `${m}.ko`));
     await writeFile(join(staging, "modules", "base.list"), kernel.baseModules.join("\n") + "\n");
     await writeFile(join(staging, "modules", "net.list"), kernel.netModules.join("\n") + "\n");
-    const files = ["bin", "init", "pyro-agent", "modules", ...INIT_APPLETS.map((a) => `bin/${a}`), "bin/busybox", "modules/base.list", "modules/net.list", ...[...kernel.baseModules, ...kernel.netModules].map((m) => `modules/${m}.ko`)];
+    const files = [
+      "bin",
+      "init",
+      "pyro-agent",
+      "modules",
+      ...INIT_APPLETS.map((a) => `bin/${a}`),
+      "bin/busybox",
+      "modules/base.list",
+      "modules/net.list",
+      ...[...kernel.baseModules, ...kernel.netModules].map((m) => `modules/${m}.ko`),
+    ];
     if (kernel.memoryReturnModule) {
       await copyFile(kernel.memoryReturnModule, join(staging, "modules", `${MEMORY_RETURN_MODULE}.ko`));
       await writeFile(join(staging, "modules", "memory.list"), `${MEMORY_RETURN_MODULE}\n`);
@@ -65,7 +75,11 @@ export async function ensureInitramfs(paths: PyroPaths, kernel: GuestKernel, age
     }
     // Uncompressed newc: decompressing gzip under TCG costs more than reading ~4 MB more.
     const cpio = requireExecutable("cpio", "cpio");
-    const archive = await runHostCommand(cpio, ["-o", "-H", "newc", "--quiet", "-R", "0:0"], { cwd: staging, input: files.join("\n") + "\n", maxOutputBytes: 256 << 20 });
+    const archive = await runHostCommand(cpio, ["-o", "-H", "newc", "--quiet", "-R", "0:0"], {
+      cwd: staging,
+      input: files.join("\n") + "\n",
+      maxOutputBytes: 256 << 20,
+    });
     await writeFileAtomic(path, archive.stdout);
   } finally {
     await rm(staging, { recursive: true, force: true });

@@ -13,10 +13,7 @@ export async function resolveKernelPackage(): Promise<string> {
   const result = await runHostCommandRaw(aptCache, ["depends", KERNEL_METAPACKAGE], { timeoutMs: 60_000 });
   const match = /Depends:\s*(linux-image-[0-9][^\s]*-cloud-amd64)/.exec(result.stdout.toString("utf8"));
   if (!match?.[1]) {
-    throw new PyroError(
-      "KERNEL_UNAVAILABLE",
-      `cannot find the Debian cloud kernel package (${KERNEL_METAPACKAGE}); run 'apt-get update' and retry`,
-    );
+    throw new PyroError("KERNEL_UNAVAILABLE", `cannot find the Debian cloud kernel package (${KERNEL_METAPACKAGE}); run 'apt-get update' and retry`);
   }
   return match[1];
 }

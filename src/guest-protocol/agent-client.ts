@@ -82,7 +82,10 @@ export class AgentClient {
   /** Names the guest in errors ("workspace 1a2b…"); set by whoever knows it. */
   label: string;
 
-  private constructor(private readonly socket: Socket, socketPath: string) {
+  private constructor(
+    private readonly socket: Socket,
+    socketPath: string,
+  ) {
     this.label = `the VM in ${dirname(socketPath)}`;
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("error", () => undefined); // 'close' follows and fails what is pending
@@ -176,7 +179,8 @@ export class AgentClient {
     }
     const headerBytes = Buffer.byteLength(JSON.stringify(header));
     const contract = replyContract(waiter.op);
-    if (headerBytes > contract.maxHeaderBytes) return void this.violation(`answered ${waiter.op} with a ${headerBytes}-byte header (max ${contract.maxHeaderBytes})`);
+    if (headerBytes > contract.maxHeaderBytes)
+      return void this.violation(`answered ${waiter.op} with a ${headerBytes}-byte header (max ${contract.maxHeaderBytes})`);
     const problem = replyProblem(waiter.op, waiter.fields, header, payload.length);
     if (problem) return void this.violation(problem);
     this.pending.delete(id);
@@ -270,7 +274,12 @@ export class AgentClient {
   }
 
   /** Sends one request and waits for its reply, checked against the op's reply contract. */
-  request(op: string, fields: Record<string, unknown> = {}, payload?: Buffer, options: RequestOptions = {}): Promise<{ header: Record<string, unknown>; payload: Buffer }> {
+  request(
+    op: string,
+    fields: Record<string, unknown> = {},
+    payload?: Buffer,
+    options: RequestOptions = {},
+  ): Promise<{ header: Record<string, unknown>; payload: Buffer }> {
     if (this.closedError) return Promise.reject(this.closedError);
     const id = this.nextId++;
     const timeoutMs = options.timeoutMs ?? DEFAULT_REPLY_TIMEOUT_MS;
@@ -291,7 +300,12 @@ export class AgentClient {
   }
 
   /** `request` for an op pyro knows: the reply header typed as its contract admits it. */
-  private async call<Op extends AgentOp>(op: Op, fields: Record<string, unknown> = {}, payload?: Buffer, options: RequestOptions = {}): Promise<{ header: AgentReply<Op>; payload: Buffer }> {
+  private async call<Op extends AgentOp>(
+    op: Op,
+    fields: Record<string, unknown> = {},
+    payload?: Buffer,
+    options: RequestOptions = {},
+  ): Promise<{ header: AgentReply<Op>; payload: Buffer }> {
     const reply = await this.request(op, fields, payload, options);
     // onFrame resolves only replies that replyProblem found to match this op's schema.
     return { header: reply.header as AgentReply<Op>, payload: reply.payload };
@@ -365,7 +379,11 @@ export class AgentClient {
   }
 
   async list(path: string, options: { recursive?: boolean; maxEntries?: number } = {}): Promise<{ entries: GuestFileEntry[]; truncated: boolean }> {
-    const { header } = await this.call("file.list", { path, recursive: options.recursive ?? false, max_entries: options.maxEntries ?? DEFAULT_LIST_MAX_ENTRIES });
+    const { header } = await this.call("file.list", {
+      path,
+      recursive: options.recursive ?? false,
+      max_entries: options.maxEntries ?? DEFAULT_LIST_MAX_ENTRIES,
+    });
     const entries = (header.entries as Record<string, unknown>[]).map(toEntry);
     return { entries, truncated: header.truncated === true };
   }
@@ -397,7 +415,11 @@ export class AgentClient {
    * host, and gives it its own hostname and machine-id.
    */
   async setIdentity(identity: GuestIdentity): Promise<{ filesWritten: boolean }> {
-    const { header } = await this.call("identity.set", { hostname: identity.hostname, machine_id: identity.machineId, host_time_ms: Date.now() }, identity.entropy);
+    const { header } = await this.call(
+      "identity.set",
+      { hostname: identity.hostname, machine_id: identity.machineId, host_time_ms: Date.now() },
+      identity.entropy,
+    );
     return { filesWritten: header.files_written === true };
   }
 
@@ -450,7 +472,11 @@ export class AgentClient {
   }
 
   /** Up to `maxBytes` of a shell's output from `cursor` on (payload); `next_cursor` continues. */
-  async shellRead(shellId: string, req: { cursor: number; maxBytes: number; waitForIdleMs?: number }, timeoutMs?: number): Promise<{ header: ShellReadReply; payload: Buffer }> {
+  async shellRead(
+    shellId: string,
+    req: { cursor: number; maxBytes: number; waitForIdleMs?: number },
+    timeoutMs?: number,
+  ): Promise<{ header: ShellReadReply; payload: Buffer }> {
     const fields = { shell_id: shellId, cursor: req.cursor, max_bytes: req.maxBytes, ...(req.waitForIdleMs ? { wait_for_idle_ms: req.waitForIdleMs } : {}) };
     return this.call("shell.read", fields, undefined, { timeoutMs });
   }

@@ -14,9 +14,7 @@ export const MAX_PAYLOAD_LEN = 128 << 20;
 /** Deepest JSON nesting a header may have; the deepest real reply (file.list) nests 3 levels. */
 export const MAX_HEADER_DEPTH = 16;
 
-export type DecodedItem =
-  | { kind: "frame"; header: Record<string, unknown>; payload: Buffer }
-  | { kind: "garbage"; skipped: number; reason: string };
+export type DecodedItem = { kind: "frame"; header: Record<string, unknown>; payload: Buffer } | { kind: "garbage"; skipped: number; reason: string };
 
 /** Bounds a decoder enforces from the 12-byte prefix, before any of the frame is buffered. */
 export interface FrameLimits {
@@ -47,7 +45,8 @@ export function jsonDepthExceeds(bytes: Uint8Array, limit: number): boolean {
   for (let i = 0; i < bytes.length; i++) {
     const b = bytes[i]!;
     if (inString) {
-      if (b === 0x5c) i++; // backslash: skip the escaped byte
+      if (b === 0x5c)
+        i++; // backslash: skip the escaped byte
       else if (b === 0x22) inString = false;
     } else if (b === 0x22) inString = true;
     else if (b === 0x7b || b === 0x5b) {

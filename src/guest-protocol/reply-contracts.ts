@@ -12,7 +12,11 @@ const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
 const int = z.number().int().min(Number.MIN_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER);
 const shortText = z.string().max(4096);
 /** A guest path: no NUL, bounded (PATH_MAX). */
-const guestPath = z.string().min(1).max(4096).refine((p) => !p.includes("\0"), "contains a NUL byte");
+const guestPath = z
+  .string()
+  .min(1)
+  .max(4096)
+  .refine((p) => !p.includes("\0"), "contains a NUL byte");
 
 /** Header bytes of any reply whose size does not grow with the guest's data. */
 export const SMALL_HEADER_BYTES = 64 * 1024;
@@ -164,7 +168,11 @@ const CONTRACTS = {
     check: listCheck,
   },
   "file.extract": { schema: z.looseObject({ entries: count }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
-  "workspace.mount": { schema: z.looseObject({ mounted: z.literal(true), already: z.boolean() }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
+  "workspace.mount": {
+    schema: z.looseObject({ mounted: z.literal(true), already: z.boolean() }),
+    maxHeaderBytes: SMALL_HEADER_BYTES,
+    maxPayloadBytes: noPayload,
+  },
   "tree.manifest": {
     schema: z.looseObject({ entries: count, truncated: z.boolean() }),
     maxHeaderBytes: SMALL_HEADER_BYTES,
@@ -203,7 +211,11 @@ const CONTRACTS = {
   "probe.http": { schema: probeReply, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   shutdown: { schema: empty, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   sync: { schema: empty, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
-  "identity.set": { schema: z.looseObject({ hostname: z.string().max(64), files_written: z.boolean() }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
+  "identity.set": {
+    schema: z.looseObject({ hostname: z.string().max(64), files_written: z.boolean() }),
+    maxHeaderBytes: SMALL_HEADER_BYTES,
+    maxPayloadBytes: noPayload,
+  },
 } satisfies Record<string, ReplyContract>;
 
 /** Every op the host sends. */

@@ -35,6 +35,10 @@ export function checkGuestRequest(what: string, fields: Record<string, unknown>,
     );
   }
   if (payloadBytes > MAX_PAYLOAD_LEN) {
-    throw new PyroError("INVALID_ARGUMENT", `${what} carries ${payloadBytes} bytes of data; a guest request carries at most ${MAX_PAYLOAD_LEN}: send it in pieces or as an archive (sync push)`, { bytes: payloadBytes, limit: MAX_PAYLOAD_LEN });
+    throw new PyroError(
+      "INVALID_ARGUMENT",
+      `${what} carries ${payloadBytes} bytes of data; a guest request carries at most ${MAX_PAYLOAD_LEN}: send it in pieces or as an archive (sync push)`,
+      { bytes: payloadBytes, limit: MAX_PAYLOAD_LEN },
+    );
   }
 }

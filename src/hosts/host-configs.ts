@@ -54,7 +54,12 @@ const claudeCode: HostConfigFormat = {
 const opencode: HostConfigFormat = {
   host: "opencode",
   path: (env) => join(env.XDG_CONFIG_HOME || join(home(env), ".config"), "opencode", "opencode.json"),
-  render: (cmd) => JSON.stringify({ $schema: "https://opencode.ai/config.json", mcp: { [SERVER_NAME]: { type: "local", command: [cmd.command, ...cmd.args], enabled: true } } }, null, 2),
+  render: (cmd) =>
+    JSON.stringify(
+      { $schema: "https://opencode.ai/config.json", mcp: { [SERVER_NAME]: { type: "local", command: [cmd.command, ...cmd.args], enabled: true } } },
+      null,
+      2,
+    ),
   read(text) {
     const entry = (parseJsonConfig(text, "opencode.json").mcp as Record<string, { command?: string[] }> | undefined)?.[SERVER_NAME];
     return entry?.command?.length ? { command: entry.command[0]!, args: entry.command.slice(1) } : undefined;
@@ -77,7 +82,10 @@ function parseCodex(text: string): Record<string, unknown> {
   try {
     return parseToml(text) as Record<string, unknown>;
   } catch (error) {
-    throw new PyroError("INVALID_ARGUMENT", `~/.codex/config.toml does not parse (${(error as Error).message.split("\n")[0]}); fix it first, pyro will not overwrite it`);
+    throw new PyroError(
+      "INVALID_ARGUMENT",
+      `~/.codex/config.toml does not parse (${(error as Error).message.split("\n")[0]}); fix it first, pyro will not overwrite it`,
+    );
   }
 }
 

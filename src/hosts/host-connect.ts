@@ -14,18 +14,28 @@ export interface ConnectResult {
 }
 
 /** Writes (or refreshes) pyro's entry in a host's MCP config, leaving every other entry alone. */
-export async function connectHost(host: string, options: { mode?: ModeName; style?: LaunchStyle; project?: ProjectSource; env?: NodeJS.ProcessEnv } = {}): Promise<ConnectResult> {
+export async function connectHost(
+  host: string,
+  options: { mode?: ModeName; style?: LaunchStyle; project?: ProjectSource; env?: NodeJS.ProcessEnv } = {},
+): Promise<ConnectResult> {
   const format = hostFormat(host);
   const path = format.path(options.env ?? process.env);
   const text = await readConfigText(path);
-  const command = serveCommand({ ...(options.mode ? { mode: options.mode } : {}), ...(options.style ? { style: options.style } : {}), ...(options.project ? { project: options.project } : {}) });
+  const command = serveCommand({
+    ...(options.mode ? { mode: options.mode } : {}),
+    ...(options.style ? { style: options.style } : {}),
+    ...(options.project ? { project: options.project } : {}),
+  });
   const current = format.read(text);
   if (isDeepStrictEqual(current, command)) return { host: format.host, path, status: "unchanged", command };
   await writeConfig(path, format.upsert(text, command));
   return { host: format.host, path, status: current ? "updated" : "added", command };
 }
 
-export function printConfig(host: string, options: { mode?: ModeName; style?: LaunchStyle; project?: ProjectSource } = {}): { host: string; path: string; config: string } {
+export function printConfig(
+  host: string,
+  options: { mode?: ModeName; style?: LaunchStyle; project?: ProjectSource } = {},
+): { host: string; path: string; config: string } {
   const format = hostFormat(host);
   return { host: format.host, path: format.path(process.env), config: format.render(serveCommand(options)) };
 }
@@ -82,11 +92,14 @@ export async function doctorHosts(env: NodeJS.ProcessEnv = process.env, expected
         entry.command = current;
         entry.mode = entryMode(current);
         if (expectedMode && entry.mode !== expectedMode) {
-          entry.problems.push(`the entry serves ${entry.mode ? `mode ${entry.mode}` : "the default profile"}, not mode ${expectedMode}; fix with: pyro host connect ${format.host} --mode ${expectedMode}`);
+          entry.problems.push(
+            `the entry serves ${entry.mode ? `mode ${entry.mode}` : "the default profile"}, not mode ${expectedMode}; fix with: pyro host connect ${format.host} --mode ${expectedMode}`,
+          );
         }
         const broken = await runnable(current);
         if (broken) entry.problems.push(`${broken}; fix with: pyro host repair ${format.host}`);
-        if (!current.args.includes("mcp") || !current.args.includes("serve")) entry.problems.push(`the entry does not run 'pyro mcp serve'; fix with: pyro host repair ${format.host}`);
+        if (!current.args.includes("mcp") || !current.args.includes("serve"))
+          entry.problems.push(`the entry does not run 'pyro mcp serve'; fix with: pyro host repair ${format.host}`);
       }
     } catch (error) {
       entry.problems.push((error as Error).message);

@@ -77,7 +77,10 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
  */
 export async function serveHttp(options: HttpServeOptions): Promise<{ server: Server; port: number }> {
   if (!LOOPBACK.has(options.host)) {
-    throw new PyroError("INVALID_ARGUMENT", `refusing to serve on ${options.host}: pyro's MCP HTTP endpoint binds loopback addresses only (127.0.0.1, ::1, localhost)`);
+    throw new PyroError(
+      "INVALID_ARGUMENT",
+      `refusing to serve on ${options.host}: pyro's MCP HTTP endpoint binds loopback addresses only (127.0.0.1, ::1, localhost)`,
+    );
   }
   if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
     throw new PyroError("INVALID_ARGUMENT", `port must be from 1 to 65535 (or 0 to pick a free one), got ${options.port}`);

@@ -44,7 +44,8 @@ function trackUnansweredRequests(transport: StdioServerTransport): { drained: ()
   transport.onmessage = (message: JSONRPCMessage) => {
     if ("method" in message && "id" in message) pending.add(message.id);
     // A cancelled request gets no answer (the SDK drops it): stop waiting for one.
-    if ("method" in message && message.method === "notifications/cancelled" && pending.delete(message.params?.requestId as RequestId) && pending.size === 0) wake?.();
+    if ("method" in message && message.method === "notifications/cancelled" && pending.delete(message.params?.requestId as RequestId) && pending.size === 0)
+      wake?.();
     receive?.(message);
   };
   const send = transport.send.bind(transport);

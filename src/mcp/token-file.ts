@@ -26,9 +26,13 @@ export async function readTokenFile(path: string): Promise<string> {
       throw new PyroError("INVALID_ARGUMENT", `the token file ${path} is owned by uid ${stat.uid}, not by you; create your own (chmod 600)`);
     }
     if ((stat.mode & 0o077) !== 0) {
-      throw new PyroError("INVALID_ARGUMENT", `the token file ${path} is readable by other users (mode ${(stat.mode & 0o777).toString(8)}); run chmod 600 ${path}`);
+      throw new PyroError(
+        "INVALID_ARGUMENT",
+        `the token file ${path} is readable by other users (mode ${(stat.mode & 0o777).toString(8)}); run chmod 600 ${path}`,
+      );
     }
-    if (stat.size > MAX_TOKEN_FILE_BYTES) throw new PyroError("INVALID_ARGUMENT", `the token file ${path} is larger than ${MAX_TOKEN_FILE_BYTES} bytes; it should hold one token`);
+    if (stat.size > MAX_TOKEN_FILE_BYTES)
+      throw new PyroError("INVALID_ARGUMENT", `the token file ${path} is larger than ${MAX_TOKEN_FILE_BYTES} bytes; it should hold one token`);
     return (await handle.readFile("utf8")).trim();
   } finally {
     await handle.close();

@@ -38,7 +38,10 @@ export class ConnectionBudget {
   /** Takes a connection slot, or says which limit refuses it. */
   admit(): Admission {
     if (this.open >= this.perVm) {
-      return { admitted: false, reason: `this VM already has ${this.open} open connections through the egress proxy (the limit is ${this.perVm}); close idle ones and retry` };
+      return {
+        admitted: false,
+        reason: `this VM already has ${this.open} open connections through the egress proxy (the limit is ${this.perVm}); close idle ones and retry`,
+      };
     }
     const total = this.open + this.othersOpen();
     if (total >= this.host) {

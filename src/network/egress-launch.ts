@@ -48,7 +48,13 @@ function testOnlyArguments(env: NodeJS.ProcessEnv): string[] {
  * Writes the policy file and returns the VM's network: an egress server (egress-server.js) that the
  * VMM backend runs beside the VM for its whole life.
  */
-export async function egressNetwork(policyPath: string, policy: EgressPolicy, runtimeDir: string, env: NodeJS.ProcessEnv = process.env, interception?: EgressInterception): Promise<Exclude<VmLaunchSpec["network"], "none">> {
+export async function egressNetwork(
+  policyPath: string,
+  policy: EgressPolicy,
+  runtimeDir: string,
+  env: NodeJS.ProcessEnv = process.env,
+  interception?: EgressInterception,
+): Promise<Exclude<VmLaunchSpec["network"], "none">> {
   let hostPublic: string[];
   try {
     hostPublic = parseHostPublicCidrs(env.PYRO_EGRESS_PUBLIC_CIDRS ?? "");
@@ -57,13 +63,29 @@ export async function egressNetwork(policyPath: string, policy: EgressPolicy, ru
   }
   await writeJsonAtomic(policyPath, { ...policy, hostPublic }, 0o600);
   const server = join(packageRoot(), "dist", "src", "network", "egress-server.js");
-  const intercepting = interception ? [`--secrets=${interception.secretsPath}`, `--audit=${interception.auditPath}`, `--tls-ca=${interception.caCertPath}`, `--tls-ca-key=${interception.caKeyPath}`] : [];
+  const intercepting = interception
+    ? [
+        `--secrets=${interception.secretsPath}`,
+        `--audit=${interception.auditPath}`,
+        `--tls-ca=${interception.caCertPath}`,
+        `--tls-ca-key=${interception.caKeyPath}`,
+      ]
+    : [];
   const memoryValues = interception?.memoryValues && Object.keys(interception.memoryValues).length ? interception.memoryValues : undefined;
   if (memoryValues) intercepting.push("--secret-values=stdin");
   if (interception?.secretsOverHttp) intercepting.push("--secrets-over-http");
   // Small heaps: the server holds sockets and headers, nothing large (bodies it substitutes whole are ≤ 1 MiB).
   return {
-    egressServer: [process.execPath, "--max-semi-space-size=1", "--max-old-space-size=64", server, `--policy=${policyPath}`, `--count-dir=${egressCountDir(runtimeDir)}`, ...intercepting, ...testOnlyArguments(env)],
+    egressServer: [
+      process.execPath,
+      "--max-semi-space-size=1",
+      "--max-old-space-size=64",
+      server,
+      `--policy=${policyPath}`,
+      `--count-dir=${egressCountDir(runtimeDir)}`,
+      ...intercepting,
+      ...testOnlyArguments(env),
+    ],
     ...(memoryValues ? { egressInput: Buffer.from(JSON.stringify(memoryValues)) } : {}),
   };
 }

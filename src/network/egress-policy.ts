@@ -1,4 +1,14 @@
-import { canonicalAddress, cidrContains, formatAddress, formatCidr, parseCidr, parseHostAddress, parseIpv4Numeric, type Cidr, type IpBytes } from "./ip-address.js";
+import {
+  canonicalAddress,
+  cidrContains,
+  formatAddress,
+  formatCidr,
+  parseCidr,
+  parseHostAddress,
+  parseIpv4Numeric,
+  type Cidr,
+  type IpBytes,
+} from "./ip-address.js";
 import { addressScope } from "./special-addresses.js";
 
 /**

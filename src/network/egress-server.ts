@@ -39,7 +39,15 @@ const HEAD_TIMEOUT_MS = 60_000;
 /** How long to wait for the VMM's lifeline socket to appear before giving up (the VMM never started). */
 const LIFELINE_WAIT_MS = 60_000;
 
-const STATUS_TEXT: Record<number, string> = { 400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable" };
+const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  403: "Forbidden",
+  408: "Request Timeout",
+  431: "Request Header Fields Too Large",
+  501: "Not Implemented",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+};
 
 function option(name: string): string | undefined {
   return process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
@@ -69,7 +77,8 @@ function loadPolicy(path: string): EgressPolicy {
   try {
     const parsed = JSON.parse(readFileSync(path, "utf8")) as { allow?: unknown; hostPublic?: unknown };
     const strings = (v: unknown): v is string[] => Array.isArray(v) && v.every((a) => typeof a === "string");
-    if (strings(parsed.allow) && (parsed.hostPublic === undefined || strings(parsed.hostPublic))) return { allow: parsed.allow, hostPublic: parsed.hostPublic ?? [] };
+    if (strings(parsed.allow) && (parsed.hostPublic === undefined || strings(parsed.hostPublic)))
+      return { allow: parsed.allow, hostPublic: parsed.hostPublic ?? [] };
   } catch {
     // fall through
   }
@@ -98,7 +107,13 @@ async function readStdin(): Promise<string> {
 async function loadSecretRules(path: string | undefined): Promise<ScopedSecretRule[]> {
   if (!path) return [];
   const rules = JSON.parse(readFileSync(path, "utf8")) as ScopedSecretRule[];
-  if (!Array.isArray(rules) || !rules.every((r) => typeof r.name === "string" && typeof r.placeholder === "string" && (r.value === undefined || typeof r.value === "string") && Array.isArray(r.hosts))) {
+  if (
+    !Array.isArray(rules) ||
+    !rules.every(
+      (r) =>
+        typeof r.name === "string" && typeof r.placeholder === "string" && (r.value === undefined || typeof r.value === "string") && Array.isArray(r.hosts),
+    )
+  ) {
     throw new Error(`${path} is not a list of scoped secrets`);
   }
   const memory = option("secret-values") === "stdin" ? (JSON.parse(await readStdin()) as Record<string, string>) : {};
@@ -134,11 +149,24 @@ async function main(): Promise<void> {
   };
   const caPath = option("tls-ca");
   // Loaded only when intercepting: the certificate library is not needed by a plain tunnel.
-  const leaves = caPath ? await (await import("./egress-ca.js")).LeafCertificates.load({ certPem: readFileSync(caPath, "utf8"), keyPem: readFileSync(requiredOption("tls-ca-key"), "utf8") }) : undefined;
+  const leaves = caPath
+    ? await (await import("./egress-ca.js")).LeafCertificates.load({
+        certPem: readFileSync(caPath, "utf8"),
+        keyPem: readFileSync(requiredOption("tls-ca-key"), "utf8"),
+      })
+    : undefined;
   const testCa = option("test-upstream-ca");
   // The host's own trust store (Node's bundle and the system's), never anything the guest supplies.
-  const upstreamTlsSettings = leaves ? upstreamTls(createSecureContext({ ca: [...getCACertificates("bundled"), ...getCACertificates("system"), ...(testCa ? [readFileSync(testCa, "utf8")] : [])] })) : undefined;
-  const budget = new ConnectionBudget(requiredOption("count-dir"), numberOption("max-connections", EGRESS_CONNECTION_LIMITS.perVm), numberOption("max-host-connections", EGRESS_CONNECTION_LIMITS.host));
+  const upstreamTlsSettings = leaves
+    ? upstreamTls(
+        createSecureContext({ ca: [...getCACertificates("bundled"), ...getCACertificates("system"), ...(testCa ? [readFileSync(testCa, "utf8")] : [])] }),
+      )
+    : undefined;
+  const budget = new ConnectionBudget(
+    requiredOption("count-dir"),
+    numberOption("max-connections", EGRESS_CONNECTION_LIMITS.perVm),
+    numberOption("max-host-connections", EGRESS_CONNECTION_LIMITS.host),
+  );
 
   const shutdown = (code: number) => {
     budget.dispose();
@@ -175,7 +203,13 @@ async function main(): Promise<void> {
       }
       const decision = await decide(policyPath, target, resolved);
       if (!decision.allowed) return reply(res, 403, decision.reason);
-      forwardWithSecrets(req, res, { host: target.host, port: target.port, address: decision.address, path: target.path, hostHeader: target.hostHeader }, forwarding, reply);
+      forwardWithSecrets(
+        req,
+        res,
+        { host: target.host, port: target.port, address: decision.address, path: target.path, hostHeader: target.hostHeader },
+        forwarding,
+        reply,
+      );
     })().catch(() => res.destroy());
   });
 
@@ -200,7 +234,14 @@ async function main(): Promise<void> {
         tls.on("error", () => tls.destroy());
         const port = target.port;
         const hostPart = target.address?.length === 16 ? `[${target.host}]` : target.host;
-        intercepted.set(tls, { host: target.host, port, address: decision.address, path: "/", hostHeader: port === 443 ? hostPart : `${hostPart}:${port}`, tls: upstreamTlsSettings! });
+        intercepted.set(tls, {
+          host: target.host,
+          port,
+          address: decision.address,
+          path: "/",
+          hostHeader: port === 443 ? hostPart : `${hostPart}:${port}`,
+          tls: upstreamTlsSettings!,
+        });
         interceptor.emit("connection", tls);
         return;
       }

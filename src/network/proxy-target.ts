@@ -44,7 +44,8 @@ function hostName(text: string, original: string): string {
 }
 
 function port(text: string, original: string): number {
-  if (!/^[0-9]{1,5}$/.test(text) || Number(text) < TCP_PORT_RANGE.min || Number(text) > TCP_PORT_RANGE.max) throw new ProxyRefusal(400, `bad destination port in '${original}'`);
+  if (!/^[0-9]{1,5}$/.test(text) || Number(text) < TCP_PORT_RANGE.min || Number(text) > TCP_PORT_RANGE.max)
+    throw new ProxyRefusal(400, `bad destination port in '${original}'`);
   return Number(text);
 }
 
@@ -95,7 +96,17 @@ export function parseAbsoluteTarget(target: string): HttpTarget {
 }
 
 /** Hop-by-hop headers (RFC 9110 §7.6.1) and the proxy's own: never forwarded either way. */
-const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"]);
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authorization",
+  "proxy-authenticate",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
 
 function forwardable(rawHeaders: string[], drop: Set<string>): string[] {
   const named = new Set(drop);

@@ -88,7 +88,10 @@ async function readWhole(stream: Readable, limit: number): Promise<Buffer> {
  * sent upstream (a streaming body's request is aborted), the guest gets 403, the audit counts it.
  */
 export function forwardWithSecrets(req: IncomingMessage, res: ServerResponse, target: ForwardTarget, forwarding: SecretForwarding, reply: Reply): void {
-  const outbound = Substitution.forRequest(forwarding.rules, target.host, { tls: target.tls !== undefined, cleartextAllowed: forwarding.cleartextAllowed ?? false });
+  const outbound = Substitution.forRequest(forwarding.rules, target.host, {
+    tls: target.tls !== undefined,
+    cleartextAllowed: forwarding.cleartextAllowed ?? false,
+  });
   const inbound = Substitution.forResponse(forwarding.rules, target.host);
   let refused = false;
   const refuse = (error: SecretScopeRefusal) => {
@@ -131,7 +134,12 @@ export function forwardWithSecrets(req: IncomingMessage, res: ServerResponse, ta
     try {
       upstream = target.tls
         ? // secureContext is handed on to tls.connect (Node's RequestOptions type does not list it).
-          httpsRequest({ ...options, agent: target.tls.agent, ...({ secureContext: target.tls.context } as object), ...(isIP(target.host) ? {} : { servername: target.host }) })
+          httpsRequest({
+            ...options,
+            agent: target.tls.agent,
+            ...({ secureContext: target.tls.context } as object),
+            ...(isIP(target.host) ? {} : { servername: target.host }),
+          })
         : httpRequest({ ...options, agent: false });
     } catch (error) {
       // A value with a line break (a PEM file) cannot go into a header: Node refuses the request

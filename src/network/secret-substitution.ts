@@ -86,7 +86,11 @@ export class Substitution {
   static forRequest(rules: ScopedSecretRule[], host: string, transport: RequestTransport): Substitution {
     const sendable = transport.tls || transport.cleartextAllowed === true;
     return new Substitution(
-      rules.map((r) => ({ from: Buffer.from(r.placeholder), to: sendable && inScope(r, host) && r.value !== undefined ? Buffer.from(r.value) : undefined, name: r.name })),
+      rules.map((r) => ({
+        from: Buffer.from(r.placeholder),
+        to: sendable && inScope(r, host) && r.value !== undefined ? Buffer.from(r.value) : undefined,
+        name: r.name,
+      })),
       host,
       rules,
     );
@@ -127,7 +131,12 @@ export class Substitution {
       const at = next[best]!;
       if (!r.to) {
         const rule = this.rules.find((x) => x.name === r.name)!;
-        throw new SecretScopeRefusal(r.name, this.host, rule.hosts, !inScope(rule, this.host) ? "out-of-scope" : rule.value === undefined ? "value-gone" : "cleartext");
+        throw new SecretScopeRefusal(
+          r.name,
+          this.host,
+          rule.hosts,
+          !inScope(rule, this.host) ? "out-of-scope" : rule.value === undefined ? "value-gone" : "cleartext",
+        );
       }
       parts.push(data.subarray(pos, at), r.to);
       this.used.add(r.name);

@@ -44,9 +44,7 @@ export function handleTerminationSignals(): void {
       if (cleaningUp) process.exit(SIGNAL_EXIT_CODES[signal]);
       cleaningUp = true;
       const all = [...entries].map((e) => e.onSignal().catch(() => undefined));
-      void Promise.race([Promise.all(all), new Promise((r) => setTimeout(r, 5_000).unref())]).then(() =>
-        process.exit(SIGNAL_EXIT_CODES[signal]),
-      );
+      void Promise.race([Promise.all(all), new Promise((r) => setTimeout(r, 5_000).unref())]).then(() => process.exit(SIGNAL_EXIT_CODES[signal]));
     });
   }
 }

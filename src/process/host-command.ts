@@ -26,11 +26,10 @@ export function findExecutable(name: string, env: NodeJS.ProcessEnv = process.en
 export function requireExecutable(name: string, debianPackage: string): string {
   const found = findExecutable(name);
   if (!found) {
-    throw new PyroError(
-      "HOST_TOOL_MISSING",
-      `${name} is not installed; install it with: apt-get install -y ${debianPackage} (or run scripts/setup.sh)`,
-      { tool: name, package: debianPackage },
-    );
+    throw new PyroError("HOST_TOOL_MISSING", `${name} is not installed; install it with: apt-get install -y ${debianPackage} (or run scripts/setup.sh)`, {
+      tool: name,
+      package: debianPackage,
+    });
   }
   return found;
 }

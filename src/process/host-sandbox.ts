@@ -107,14 +107,22 @@ export function sandboxArgs(run: SandboxRun): string[] {
     ...(run.asNamespaceRoot ? ["--unshare-user", "--uid", "0", "--gid", "0"] : []),
     "--die-with-parent",
     "--new-session",
-    "--cap-drop", "ALL",
+    "--cap-drop",
+    "ALL",
     "--clearenv",
-    "--setenv", "PATH", "/usr/bin:/usr/sbin",
-    "--setenv", "LC_ALL", "C",
+    "--setenv",
+    "PATH",
+    "/usr/bin:/usr/sbin",
+    "--setenv",
+    "LC_ALL",
+    "C",
     ...rootLayoutArgs(),
-    "--dev", "/dev",
-    "--proc", "/proc",
-    "--tmpfs", "/tmp",
+    "--dev",
+    "/dev",
+    "--proc",
+    "/proc",
+    "--tmpfs",
+    "/tmp",
     ...inputArgs(run.readOnlyFiles ?? []),
     ...dirArgs(run.readOnlyDirs ?? []),
     ...(run.outputDir ? ["--bind", run.outputDir, SANDBOX_OUTPUT_DIR, "--chdir", SANDBOX_OUTPUT_DIR] : ["--chdir", "/tmp"]),
@@ -193,12 +201,18 @@ export async function runSandboxed(run: SandboxRun): Promise<SandboxResult> {
       finish(() => {
         const stderr = Buffer.concat(err).toString("utf8");
         if (timedOut) {
-          reject(new PyroError("HOST_COMMAND_FAILED", `${name} did not finish within ${Math.round(run.timeoutMs / 1000)} s and was stopped; the disk image may be damaged`, { tool: name, timedOut: true, stderr: stderr.slice(-2000) }));
+          reject(
+            new PyroError(
+              "HOST_COMMAND_FAILED",
+              `${name} did not finish within ${Math.round(run.timeoutMs / 1000)} s and was stopped; the disk image may be damaged`,
+              { tool: name, timedOut: true, stderr: stderr.slice(-2000) },
+            ),
+          );
           return;
         }
         // bwrap exits 128+N when its child dies of signal N; a stop for truncation is not a crash.
         const exitCode = code ?? 128;
-        const died = !truncated && exitCode > 128 ? SIGNALS[exitCode - 128] ?? `signal ${exitCode - 128}` : signal && !truncated ? signal : undefined;
+        const died = !truncated && exitCode > 128 ? (SIGNALS[exitCode - 128] ?? `signal ${exitCode - 128}`) : signal && !truncated ? signal : undefined;
         resolvePromise({ stdout: Buffer.concat(out), stdoutTruncated: truncated, stderr, exitCode, ...(died ? { signal: died } : {}) });
       }),
     );
@@ -213,5 +227,9 @@ export async function runSandboxed(run: SandboxRun): Promise<SandboxResult> {
 export function sandboxFailure(result: SandboxResult, what: string): PyroError {
   const tail = result.stderr.trim().split("\n").slice(-4).join("; ");
   const how = result.signal ? `crashed (${result.signal})` : `exited with ${result.exitCode}`;
-  return new PyroError("HOST_COMMAND_FAILED", `${what}: the tool ${how}${tail ? `: ${tail}` : ""}; the disk image may be damaged`, { exitCode: result.exitCode, signal: result.signal, stderr: tail });
+  return new PyroError("HOST_COMMAND_FAILED", `${what}: the tool ${how}${tail ? `: ${tail}` : ""}; the disk image may be damaged`, {
+    exitCode: result.exitCode,
+    signal: result.signal,
+    stderr: tail,
+  });
 }

@@ -41,7 +41,8 @@ export function parseReference(text: string): ImageReference {
     rest = rest.slice(0, colon);
   }
   if (registry === DOCKER_HUB && !rest.includes("/")) rest = `library/${rest}`;
-  if (!/^[a-z0-9]+([._-][a-z0-9]+)*(\/[a-z0-9]+([._-][a-z0-9]+)*)*$/.test(rest)) throw new PyroError("INVALID_ARGUMENT", `invalid repository name in '${text}'`);
+  if (!/^[a-z0-9]+([._-][a-z0-9]+)*(\/[a-z0-9]+([._-][a-z0-9]+)*)*$/.test(rest))
+    throw new PyroError("INVALID_ARGUMENT", `invalid repository name in '${text}'`);
   if (tag !== undefined && !/^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/.test(tag)) throw new PyroError("INVALID_ARGUMENT", `invalid tag in '${text}'`);
   if (!tag && !digest) tag = "latest";
   return { registry, repository: rest, ...(tag ? { tag } : {}), ...(digest ? { digest } : {}), insecure: isLoopbackHost(registry) };

@@ -44,7 +44,10 @@ const MANIFEST_TYPES = [
 export function credentialsFromEnv(env: NodeJS.ProcessEnv = process.env): RegistryCredentials | undefined {
   if (!env.PYRO_REGISTRY_USERNAME) return undefined;
   if (!env.PYRO_REGISTRY_HOST) {
-    throw new PyroError("INVALID_ARGUMENT", "PYRO_REGISTRY_USERNAME is set without PYRO_REGISTRY_HOST; set PYRO_REGISTRY_HOST to the registry (host[:port]) the credentials belong to");
+    throw new PyroError(
+      "INVALID_ARGUMENT",
+      "PYRO_REGISTRY_USERNAME is set without PYRO_REGISTRY_HOST; set PYRO_REGISTRY_HOST to the registry (host[:port]) the credentials belong to",
+    );
   }
   return {
     username: env.PYRO_REGISTRY_USERNAME,
@@ -100,7 +103,10 @@ export class RegistryClient {
     const scheme = challenge.split(" ")[0]?.toLowerCase();
     const credentials = this.ownCredentials();
     if (scheme === "basic") {
-      if (!credentials) throw this.unauthorized(`the registry requires credentials (set PYRO_REGISTRY_HOST=${this.ref.registry}, PYRO_REGISTRY_USERNAME and PYRO_REGISTRY_PASSWORD)`);
+      if (!credentials)
+        throw this.unauthorized(
+          `the registry requires credentials (set PYRO_REGISTRY_HOST=${this.ref.registry}, PYRO_REGISTRY_USERNAME and PYRO_REGISTRY_PASSWORD)`,
+        );
       this.authorization = this.basic(credentials);
       return;
     }
@@ -113,7 +119,8 @@ export class RegistryClient {
     } catch {
       throw this.unauthorized(`the Bearer challenge names an invalid realm '${params.realm.slice(0, 200)}'`);
     }
-    if (url.protocol !== "https:" && url.protocol !== "http:") throw this.unauthorized(`the Bearer realm '${params.realm.slice(0, 200)}' is not an http(s) URL`);
+    if (url.protocol !== "https:" && url.protocol !== "http:")
+      throw this.unauthorized(`the Bearer realm '${params.realm.slice(0, 200)}' is not an http(s) URL`);
     if (params.service) url.searchParams.set("service", params.service);
     url.searchParams.set("scope", params.scope ?? scope);
     // An anonymous token is asked of any realm; the credentials go only where they belong.
@@ -131,7 +138,11 @@ export class RegistryClient {
   }
 
   /** fetch with auth; retries once after answering a challenge. */
-  private async request(method: string, url: string, init: { headers?: Record<string, string>; body?: NonNullable<RequestInit["body"]>; scope: "pull" | "push,pull"; duplex?: boolean } ): Promise<Response> {
+  private async request(
+    method: string,
+    url: string,
+    init: { headers?: Record<string, string>; body?: NonNullable<RequestInit["body"]>; scope: "pull" | "push,pull"; duplex?: boolean },
+  ): Promise<Response> {
     for (let attempt = 0; attempt < 2; attempt++) {
       const headers = { ...init.headers, ...(this.authorization ? { authorization: this.authorization } : {}) };
       let res: Response;
@@ -145,7 +156,10 @@ export class RegistryClient {
           signal: AbortSignal.timeout(init.body instanceof Readable || init.duplex ? 3_600_000 : this.timeoutMs),
         } as RequestInit);
       } catch (error) {
-        throw new PyroError("REGISTRY_UNREACHABLE", `cannot reach registry ${this.ref.registry}: ${(error as Error).cause ? String((error as { cause: unknown }).cause) : (error as Error).message}`);
+        throw new PyroError(
+          "REGISTRY_UNREACHABLE",
+          `cannot reach registry ${this.ref.registry}: ${(error as Error).cause ? String((error as { cause: unknown }).cause) : (error as Error).message}`,
+        );
       }
       if (res.status === 401 && attempt === 0 && !(init.body instanceof Readable)) {
         await this.authenticate(res.headers.get("www-authenticate") ?? "", `repository:${this.ref.repository}:${init.scope}`);
@@ -168,7 +182,11 @@ export class RegistryClient {
   }
 
   async putManifest(reference: string, mediaType: string, body: Buffer): Promise<string> {
-    const res = await this.request("PUT", this.url(`manifests/${reference}`), { headers: { "content-type": mediaType }, body: new Uint8Array(body), scope: "push,pull" });
+    const res = await this.request("PUT", this.url(`manifests/${reference}`), {
+      headers: { "content-type": mediaType },
+      body: new Uint8Array(body),
+      scope: "push,pull",
+    });
     if (!res.ok) throw new PyroError("REGISTRY_ERROR", `pushing the manifest failed: ${res.status} ${await res.text()}`);
     return `sha256:${createHash("sha256").update(body).digest("hex")}`;
   }
@@ -198,7 +216,12 @@ export class RegistryClient {
       },
     });
     const body = Readable.toWeb(createReadStream(path).pipe(counter)) as unknown as NonNullable<RequestInit["body"]>;
-    const res = await this.request("PUT", location.toString(), { headers: { "content-type": "application/octet-stream", "content-length": String(size) }, body, scope: "push,pull", duplex: true });
+    const res = await this.request("PUT", location.toString(), {
+      headers: { "content-type": "application/octet-stream", "content-length": String(size) },
+      body,
+      scope: "push,pull",
+      duplex: true,
+    });
     if (res.status !== 201) throw new PyroError("REGISTRY_ERROR", `uploading ${digest} failed: ${res.status} ${await res.text()}`);
   }
 
@@ -209,10 +232,16 @@ export class RegistryClient {
   async pullBlob(descriptor: Descriptor, path: string, progress?: ProgressFn): Promise<void> {
     requireDigest(descriptor.digest, `${this.ref.registry}/${this.ref.repository}: a blob`);
     if (!Number.isSafeInteger(descriptor.size) || descriptor.size < 0 || descriptor.size > MAX_BLOB_BYTES) {
-      throw new PyroError("REGISTRY_ERROR", `blob ${descriptor.digest} declares an impossible size ${descriptor.size} (at most ${MAX_BLOB_BYTES} bytes); it was refused`);
+      throw new PyroError(
+        "REGISTRY_ERROR",
+        `blob ${descriptor.digest} declares an impossible size ${descriptor.size} (at most ${MAX_BLOB_BYTES} bytes); it was refused`,
+      );
     }
     const partial = `${path}.partial`;
-    let have = await stat(partial).then((s) => s.size, () => 0);
+    let have = await stat(partial).then(
+      (s) => s.size,
+      () => 0,
+    );
     if (have > descriptor.size) {
       await rm(partial, { force: true });
       have = 0;
@@ -232,7 +261,12 @@ export class RegistryClient {
         done += chunk.length;
         // Stop at the first byte past the declared size: an endless body never fills the disk.
         if (done > descriptor.size) {
-          cb(new PyroError("DIGEST_MISMATCH", `blob ${descriptor.digest} sent more than its declared ${descriptor.size} bytes; the download was stopped and discarded`));
+          cb(
+            new PyroError(
+              "DIGEST_MISMATCH",
+              `blob ${descriptor.digest} sent more than its declared ${descriptor.size} bytes; the download was stopped and discarded`,
+            ),
+          );
           return;
         }
         hash.update(chunk);

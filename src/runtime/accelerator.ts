@@ -29,7 +29,11 @@ export async function hostTscKhz(): Promise<number | undefined> {
 }
 
 async function kvmDeviceState(): Promise<AcceleratorChoice["kvmDevice"]> {
-  const can = (mode: number) => access("/dev/kvm", mode).then(() => true, () => false);
+  const can = (mode: number) =>
+    access("/dev/kvm", mode).then(
+      () => true,
+      () => false,
+    );
   return { exists: await can(constants.F_OK), readable: await can(constants.R_OK), writable: await can(constants.W_OK) };
 }
 
@@ -67,9 +71,29 @@ async function probeKvm(paths: PyroPaths, inputs: ProbeInputs): Promise<{ kvmUsa
   try {
     const result = await runHostCommandRaw(
       inputs.qemuBinary,
-      ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-M", "microvm", "-m", "128", "-accel", "kvm", "-cpu", "host",
-        "-kernel", inputs.kernelPath, "-initrd", inputs.initramfsPath, "-serial", `file:${consolePath}`,
-        "-append", "console=ttyS0 quiet panic=-1 pyro.probe=1"],
+      [
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-M",
+        "microvm",
+        "-m",
+        "128",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-kernel",
+        inputs.kernelPath,
+        "-initrd",
+        inputs.initramfsPath,
+        "-serial",
+        `file:${consolePath}`,
+        "-append",
+        "console=ttyS0 quiet panic=-1 pyro.probe=1",
+      ],
       { timeoutMs: 20_000, privateFiles: true },
     ).catch((e: Error) => ({ exitCode: -1, stderr: e.message }));
     const consoleText = await readFile(consolePath, "utf8").catch(() => "");

@@ -26,7 +26,7 @@ export interface VmLaunchSpec {
    * the VMM: the program connects there and exits when that connection ends, so it dies with the
    * VM without anyone killing it); it prints `ready` once it listens.
    */
-  network: "none" | { egressServer: string[]; /** Written to the program's stdin, then closed (values kept in memory only). */ egressInput?: Buffer };
+  network: "none" | { egressServer: string[] /** Written to the program's stdin, then closed (values kept in memory only). */; egressInput?: Buffer };
   /** Directory owned by this VM: sockets, console log. Kept short (unix socket paths ≤ 107 bytes). */
   runDir: string;
   /** Per-attempt boot deadline, from VMM start to the agent's first reply. */

@@ -47,7 +47,11 @@ const NETWORK_DEMO_COMMAND = `python3 -c "import urllib.request; print(urllib.re
  * create → exec → (reset) → delete of one throwaway workspace, each step timed. The workspace is
  * deleted whatever happens after it exists; a failure ends the sequence and is returned in `error`.
  */
-async function throwawayLoop(pyro: Pyro, environment: string, options: { network: boolean; command: string; reset: boolean; onStep?: (step: LoopStep) => void }) {
+async function throwawayLoop(
+  pyro: Pyro,
+  environment: string,
+  options: { network: boolean; command: string; reset: boolean; onStep?: (step: LoopStep) => void },
+) {
   const steps: LoopStep[] = [];
   const record = (step: LoopStep) => {
     steps.push(step);
@@ -68,17 +72,34 @@ async function throwawayLoop(pyro: Pyro, environment: string, options: { network
   let exec: { exit_code: number; stdout: string } | undefined;
   let failure: unknown;
   try {
-    const created = await timed("create", () => pyro.createWorkspace(environment, options.network ? { networkPolicy: "egress" } : {}), (w) => `${w.workspace_id} (${w.vm?.start_mode ?? "unknown"})`);
+    const created = await timed(
+      "create",
+      () => pyro.createWorkspace(environment, options.network ? { networkPolicy: "egress" } : {}),
+      (w) => `${w.workspace_id} (${w.vm?.start_mode ?? "unknown"})`,
+    );
     workspaceId = created.workspace_id;
     const id = workspaceId;
-    exec = await timed("exec", () => pyro.execWorkspace(id, options.command), (r) => `exit ${r.exit_code}`);
-    if (options.reset) await timed("reset", () => pyro.resetWorkspace(id), (r) => `to ${r.snapshot} (${r.start_mode})`);
+    exec = await timed(
+      "exec",
+      () => pyro.execWorkspace(id, options.command),
+      (r) => `exit ${r.exit_code}`,
+    );
+    if (options.reset)
+      await timed(
+        "reset",
+        () => pyro.resetWorkspace(id),
+        (r) => `to ${r.snapshot} (${r.start_mode})`,
+      );
   } catch (error) {
     failure = error;
   } finally {
     if (workspaceId !== null) {
       const id = workspaceId;
-      await timed("delete", () => pyro.deleteWorkspace(id), () => "deleted").catch((error: unknown) => {
+      await timed(
+        "delete",
+        () => pyro.deleteWorkspace(id),
+        () => "deleted",
+      ).catch((error: unknown) => {
         failure ??= error;
       });
     }
@@ -91,7 +112,12 @@ export async function runDemo(pyro: Pyro, environment: string, options: { networ
   const started = Date.now();
   const network = Boolean(options.network);
   const command = network ? NETWORK_DEMO_COMMAND : OFFLINE_DEMO_COMMAND;
-  const { steps, workspaceId, exec, failure } = await throwawayLoop(pyro, environment, { network, command, reset: false, ...(options.onStep ? { onStep: options.onStep } : {}) });
+  const { steps, workspaceId, exec, failure } = await throwawayLoop(pyro, environment, {
+    network,
+    command,
+    reset: false,
+    ...(options.onStep ? { onStep: options.onStep } : {}),
+  });
   return {
     environment,
     network,
@@ -133,7 +159,12 @@ export async function prepareDailyLoop(
     if (force && before.pieces.template.state === "warm") actions.push("rebuilt template");
   }
   if (!actions.length) actions.push("nothing to prepare: every piece was warm");
-  const { steps, failure } = await throwawayLoop(pyro, environment, { network, command: "true", reset: true, ...(options.onStep ? { onStep: options.onStep } : {}) });
+  const { steps, failure } = await throwawayLoop(pyro, environment, {
+    network,
+    command: "true",
+    reset: true,
+    ...(options.onStep ? { onStep: options.onStep } : {}),
+  });
   // The proof's own error says what broke (boot, exec, reset); the workspace is already deleted.
   if (failure !== undefined) throw failure;
   actions.push("proved the loop: create, exec, reset, delete");
@@ -148,7 +179,10 @@ export async function prepareDailyLoop(
 async function discardBootTemplate(pyro: Pyro, environment: string): Promise<void> {
   const { count } = await pyro.listWorkspaces();
   if (count > 0) {
-    throw new PyroError("INVALID_ARGUMENT", `--force rebuilds the boot template, which the disks of ${count} existing workspace(s) are layered on; delete them first (pyro workspace list)`);
+    throw new PyroError(
+      "INVALID_ARGUMENT",
+      `--force rebuilds the boot template, which the disks of ${count} existing workspace(s) are layered on; delete them first (pyro workspace list)`,
+    );
   }
   const [{ EnvironmentStore }, { prepareGuestRuntime }, { findBootTemplate }, { WORKSPACE_DEFAULTS }] = await Promise.all([
     import("../environments/environment-store.js"),

@@ -78,15 +78,31 @@ export class Pyro {
    */
   async pullEnvironment(
     nameOrRef: string,
-    options: { force?: boolean; build?: boolean; as?: string; onProgress?: (message: string) => void; onTransfer?: (label: string) => (done: number, total: number) => void } = {},
+    options: {
+      force?: boolean;
+      build?: boolean;
+      as?: string;
+      onProgress?: (message: string) => void;
+      onTransfer?: (label: string) => (done: number, total: number) => void;
+    } = {},
   ): Promise<EnvironmentStatus> {
-    const [{ EnvironmentStore }, { pullEnvironmentArtifact, registryRefFor }, { formatReference }, { findEnvironment }] = await Promise.all([environments(), artifacts(), references(), catalog()]);
+    const [{ EnvironmentStore }, { pullEnvironmentArtifact, registryRefFor }, { formatReference }, { findEnvironment }] = await Promise.all([
+      environments(),
+      artifacts(),
+      references(),
+      catalog(),
+    ]);
     const store = new EnvironmentStore(this.paths);
     const log = options.onProgress ?? (() => undefined);
     const transfer = options.onTransfer ?? (() => () => undefined);
     let installed;
     if (nameOrRef.includes("/")) {
-      installed = await pullEnvironmentArtifact(this.paths, store, nameOrRef, { ...(options.as ? { as: options.as } : {}), force: Boolean(options.force), progress: transfer, log });
+      installed = await pullEnvironmentArtifact(this.paths, store, nameOrRef, {
+        ...(options.as ? { as: options.as } : {}),
+        force: Boolean(options.force),
+        progress: transfer,
+        log,
+      });
     } else {
       findEnvironment(nameOrRef);
       const cached = options.force ? undefined : await store.require(nameOrRef).catch(() => undefined);
@@ -112,9 +128,16 @@ export class Pyro {
    * Turns a container image (registry reference, `docker save` archive or OCI layout) into an
    * environment named `name`, bootable like any other, and prepares its boot template.
    */
-  async importEnvironment(source: string, name: string, options: { onProgress?: (message: string) => void; onTransfer?: (label: string) => (done: number, total: number) => void } = {}): Promise<EnvironmentStatus> {
+  async importEnvironment(
+    source: string,
+    name: string,
+    options: { onProgress?: (message: string) => void; onTransfer?: (label: string) => (done: number, total: number) => void } = {},
+  ): Promise<EnvironmentStatus> {
     const store = new (await environments()).EnvironmentStore(this.paths);
-    const installed = await (await containerImport()).importContainerImage(this.paths, store, source, name, { log: options.onProgress ?? (() => undefined), progress: options.onTransfer ?? (() => () => undefined) });
+    const installed = await (await containerImport()).importContainerImage(this.paths, store, source, name, {
+      log: options.onProgress ?? (() => undefined),
+      progress: options.onTransfer ?? (() => () => undefined),
+    });
     return store.status(installed.spec);
   }
 
@@ -156,179 +179,112 @@ export class Pyro {
   async createWorkspace(environment: string, options: CreateWorkspaceOptions = {}) {
     if (options.seedPath === undefined && options.project === undefined && this.options.project) options = { ...options, project: this.options.project };
     return (await lifecycle()).createWorkspace(await this.workspaces, environment, options);
-
   }
   async listWorkspaces() {
-
     return (await lifecycle()).listWorkspaces(await this.workspaces);
-
   }
   async statusWorkspace(workspace: string) {
-
     return (await lifecycle()).workspaceStatus(await this.workspaces, workspace);
-
   }
   async updateWorkspace(workspace: string, changes: UpdateWorkspaceOptions) {
-
     return (await lifecycle()).updateWorkspace(await this.workspaces, workspace, changes);
-
   }
   async stopWorkspace(workspace: string) {
-
     return (await lifecycle()).stopWorkspace(await this.workspaces, workspace);
-
   }
   async startWorkspace(workspace: string) {
-
     return (await lifecycle()).startWorkspace(await this.workspaces, workspace);
-
   }
   async deleteWorkspace(workspace: string) {
-
     return (await lifecycle()).deleteWorkspace(await this.workspaces, workspace);
-
   }
   async summarizeWorkspace(workspace: string) {
-
     return (await summary()).summarizeWorkspace(await this.workspaces, workspace);
-
   }
   /** Runs a command in /workspace (argv, or a string for /bin/sh -c). Recorded in the command log. */
   async execWorkspace(workspace: string, command: string[] | string, options: WorkspaceExecOptions = {}) {
-
     return (await exec()).execInWorkspace(await this.workspaces, workspace, command, options);
-
   }
   async logsWorkspace(workspace: string, options: { limit?: number } = {}) {
-
     return (await exec()).workspaceLogs(await this.workspaces, workspace, options);
-
   }
   async listWorkspaceFiles(workspace: string, path = "/workspace", options: { recursive?: boolean } = {}) {
-
     return (await files()).listWorkspaceFiles(await this.workspaces, workspace, path, options.recursive ?? false);
-
   }
   async readWorkspaceFile(workspace: string, path: string, options: { maxBytes?: number } = {}) {
-
     return (await files()).readWorkspaceFile(await this.workspaces, workspace, path, options.maxBytes);
-
   }
   async writeWorkspaceFile(workspace: string, path: string, text: string) {
-
     return (await files()).writeWorkspaceFile(await this.workspaces, workspace, path, text);
-
   }
   async applyWorkspacePatch(workspace: string, patch: string) {
-
     return (await files()).applyWorkspacePatch(await this.workspaces, workspace, patch);
-
   }
   async pushWorkspaceSync(workspace: string, source: string, options: { dest?: string } = {}) {
-
     return (await tree()).syncPush(await this.workspaces, workspace, source, options.dest);
-
   }
   async diffWorkspace(workspace: string, options: DiffOptions = {}) {
-
     return (await tree()).diffWorkspace(await this.workspaces, workspace, options);
-
   }
   async exportWorkspace(workspace: string, path: string, outputPath: string) {
-
     return (await tree()).exportFromWorkspace(await this.workspaces, workspace, path, outputPath);
-
   }
   async createSnapshot(workspace: string, name: string) {
-
     return (await snapshots()).createSnapshot(await this.workspaces, workspace, name);
-
   }
   async listSnapshots(workspace: string) {
-
     return (await snapshots()).listSnapshots(await this.workspaces, workspace);
-
   }
   async deleteSnapshot(workspace: string, name: string) {
-
     return (await snapshots()).deleteSnapshot(await this.workspaces, workspace, name);
-
   }
   /** Back to a snapshot (default: the baseline captured at create). */
   async resetWorkspace(workspace: string, options: { snapshot?: string } = {}) {
-
     return (await snapshots()).resetWorkspace(await this.workspaces, workspace, options.snapshot);
-
   }
 
   /** Opens an interactive bash on a PTY in the workspace; it lives until closed or the VM stops. */
   async openShell(workspace: string, options: { cwd?: string; cols?: number; rows?: number; secretEnv?: string[] } = {}) {
-
     return (await shells()).openShell(await this.workspaces, workspace, options);
-
   }
   async readShell(workspace: string, shellId: string, options: ShellReadOptions = {}) {
-
     return (await shells()).readShell(await this.workspaces, workspace, shellId, options);
-
   }
   async writeShell(workspace: string, shellId: string, input: string, options: { newline?: boolean } = {}) {
-
     return (await shells()).writeShell(await this.workspaces, workspace, shellId, input, options);
-
   }
   async signalShell(workspace: string, shellId: string, signal: ShellSignal = "INT") {
-
     return (await shells()).signalShell(await this.workspaces, workspace, shellId, signal);
-
   }
   async closeShell(workspace: string, shellId: string) {
-
     return (await shells()).closeShell(await this.workspaces, workspace, shellId);
-
   }
 
   /** Starts a named background service, waiting for its readiness probe when given. */
   async startService(workspace: string, name: string, command: string[] | string, options: StartServiceOptions = {}) {
-
     return (await services()).startService(await this.workspaces, workspace, name, command, options);
-
   }
   async listServices(workspace: string) {
-
     return (await services()).listServices(await this.workspaces, workspace);
-
   }
   async statusService(workspace: string, name: string) {
-
     return (await services()).serviceStatus(await this.workspaces, workspace, name);
-
   }
   async logsService(workspace: string, name: string, options: { tailLines?: number; all?: boolean } = {}) {
-
     return (await services()).serviceLogs(await this.workspaces, workspace, name, options);
-
   }
   async stopService(workspace: string, name: string) {
-
     return (await services()).stopService(await this.workspaces, workspace, name);
-
   }
 
   /** Offline disk tools for stopped workspaces: nothing boots, nothing is mounted on the host. */
   async listWorkspaceDisk(workspace: string, path = ".", options: { recursive?: boolean } = {}) {
-
     return (await disk()).diskList(await this.workspaces, workspace, path, options);
-
   }
   async readWorkspaceDisk(workspace: string, path: string, options: { maxBytes?: number } = {}) {
-
     return (await disk()).diskRead(await this.workspaces, workspace, path, options);
-
   }
   async exportWorkspaceDisk(workspace: string, outputPath: string) {
-
     return (await disk()).diskExport(await this.workspaces, workspace, outputPath);
-
   }
 }

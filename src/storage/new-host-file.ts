@@ -9,7 +9,13 @@ function alreadyExists(path: string): PyroError {
 
 /** Fails fast, before slow work, when the output is already taken (a symlink counts, even a dangling one). */
 export async function assertOutputFree(path: string): Promise<void> {
-  if (await lstat(path).then(() => true, () => false)) throw alreadyExists(path);
+  if (
+    await lstat(path).then(
+      () => true,
+      () => false,
+    )
+  )
+    throw alreadyExists(path);
 }
 
 /**

@@ -33,7 +33,10 @@ const Owner = z.object({
   acquired_at: z.string(),
   purpose: z.string().default(UNNAMED_PURPOSE),
   /** The nonce of this acquisition's `holder-<nonce>` file; absent in locks from older versions. */
-  holder: z.string().regex(/^[0-9a-f]+$/).optional(),
+  holder: z
+    .string()
+    .regex(/^[0-9a-f]+$/)
+    .optional(),
 });
 /** Who held a lock: a live holder, or a dead one whose lock was taken over (so its work was cut short). */
 export type LockOwner = z.infer<typeof Owner>;
@@ -156,7 +159,13 @@ export async function breakDeadLock(lockPath: string, seen: SeenLock): Promise<b
 
 async function releaseLock(lockPath: string, nonce: string): Promise<void> {
   // Only our own lock: never one another process took over (it could only do so if we had died).
-  if (await stat(join(lockPath, holderFile(nonce))).then(() => true, () => false)) await rm(lockPath, { recursive: true, force: true });
+  if (
+    await stat(join(lockPath, holderFile(nonce))).then(
+      () => true,
+      () => false,
+    )
+  )
+    await rm(lockPath, { recursive: true, force: true });
 }
 
 /** Waits (polling) for the lock; undefined when `waitMs` passed with a live process still holding it. */
@@ -180,4 +189,3 @@ export async function sweepLockScratch(dir: string): Promise<string[]> {
   }
   return removed;
 }
-

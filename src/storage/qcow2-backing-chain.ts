@@ -39,7 +39,8 @@ export function parseQcow2Header(head: Buffer, readName: (offset: number, length
   const virtualSize = Number(head.readBigUInt64BE(24));
   const externalDataFile = head.length >= HEADER_BYTES && head.readUInt32BE(4) >= 3 && (head.readBigUInt64BE(72) & EXTERNAL_DATA_FILE_BIT) !== 0n;
   if (offset === 0n || length === 0) return { virtualSize, ...(externalDataFile ? { externalDataFile } : {}) };
-  if (length > MAX_BACKING_NAME || offset > BigInt(Number.MAX_SAFE_INTEGER)) throw new PyroError("HOST_COMMAND_FAILED", "the disk overlay names an impossible backing file");
+  if (length > MAX_BACKING_NAME || offset > BigInt(Number.MAX_SAFE_INTEGER))
+    throw new PyroError("HOST_COMMAND_FAILED", "the disk overlay names an impossible backing file");
   const name = readName(Number(offset), length);
   if (!name || name.length !== length || name.includes(0)) throw new PyroError("HOST_COMMAND_FAILED", "the disk overlay's backing file name is unreadable");
   return { backing: name.toString("utf8"), virtualSize, ...(externalDataFile ? { externalDataFile } : {}) };

@@ -41,7 +41,7 @@ export async function extractTarInRoot(tree: RootedTree, input: Readable, option
         try {
           if (failure === undefined) {
             // Charged from the header before anything is written: a hostile archive stops at the limit.
-            budget.charge(FILE_TYPES.has(entry.type) ? entry.size ?? 0 : 0);
+            budget.charge(FILE_TYPES.has(entry.type) ? (entry.size ?? 0) : 0);
             await writeEntry(tree, entry, options);
           }
         } catch (error) {
@@ -56,7 +56,8 @@ export async function extractTarInRoot(tree: RootedTree, input: Readable, option
   try {
     await pipeline(input, parser as unknown as NodeJS.WritableStream);
   } catch (error) {
-    if (failure === undefined) failure = new PyroError("UNSAFE_ARCHIVE", `${options.label} is not a valid tar archive: ${(error as Error).message}`, {}, { cause: error });
+    if (failure === undefined)
+      failure = new PyroError("UNSAFE_ARCHIVE", `${options.label} is not a valid tar archive: ${(error as Error).message}`, {}, { cause: error });
   }
   await applied;
   if (failure !== undefined) throw failure;

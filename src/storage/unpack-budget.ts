@@ -22,7 +22,9 @@ export class UnpackBudget {
   charge(bytes: number): void {
     this.entries += 1;
     this.bytes += bytes;
-    if (this.entries > this.maxEntries) throw new PyroError("UNSAFE_ARCHIVE", `it has more than ${this.maxEntries} entries, more than pyro unpacks; it was refused`);
-    if (this.bytes > this.maxBytes) throw new PyroError("UNSAFE_ARCHIVE", `it unpacks to more than ${this.maxBytes} bytes, more than pyro allows; it was refused`);
+    if (this.entries > this.maxEntries)
+      throw new PyroError("UNSAFE_ARCHIVE", `it has more than ${this.maxEntries} entries, more than pyro unpacks; it was refused`);
+    if (this.bytes > this.maxBytes)
+      throw new PyroError("UNSAFE_ARCHIVE", `it unpacks to more than ${this.maxBytes} bytes, more than pyro allows; it was refused`);
   }
 }

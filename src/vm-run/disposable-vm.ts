@@ -30,7 +30,6 @@ export function bootTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
   return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : 30_000;
 }
 
-
 /**
  * Removes run directories whose owning pyro process is gone (it was SIGKILLed: its VMM died with it
  * through pdeathsig, but nothing could delete the files). Cheap enough to do before every run.
@@ -89,7 +88,12 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
       ownsRunDir: true,
     };
     // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
-    const template = network === "none" ? await ensureBootTemplate(paths, runtime, env, { vcpuCount: options.vcpuCount, memMib: options.memMib }, options.onProgress).catch(unlessGuestCannotStart) : undefined;
+    const template =
+      network === "none"
+        ? await ensureBootTemplate(paths, runtime, env, { vcpuCount: options.vcpuCount, memMib: options.memMib }, options.onProgress).catch(
+            unlessGuestCannotStart,
+          )
+        : undefined;
     if (template) {
       const restored = await restoreFromTemplate(runtime.backend, spec, template, options.signal);
       if (restored) return restored;
@@ -97,7 +101,9 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
     // A restore that failed took the run directory with it (the VM owns it): make it again.
     await makePrivateSubdir(runDir);
     await writeFile(join(runDir, OWNER_FILE), `${process.pid}\n`, { mode: PRIVATE_FILE_MODE });
-    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay], { privateFiles: true });
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay], {
+      privateFiles: true,
+    });
     const vm = await runtime.backend.launch(spec, options.signal);
     try {
       // The image's machine-id is every VM's: each run gets its own, and the same kind of hostname as a restore.
@@ -119,15 +125,31 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
  * Resumes the template on an overlay of its disk, its RAM file mapped copy-on-write where it has one.
  * Undefined when the restore failed (a stale or incompatible template): the caller boots cold.
  */
-async function restoreFromTemplate(backend: VmmBackend, spec: VmLaunchSpec, template: BootTemplate, signal: AbortSignal | undefined): Promise<RunningVm | undefined> {
-  await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", template.diskPath, "-F", "qcow2", spec.rootDisk.path], { privateFiles: true });
+async function restoreFromTemplate(
+  backend: VmmBackend,
+  spec: VmLaunchSpec,
+  template: BootTemplate,
+  signal: AbortSignal | undefined,
+): Promise<RunningVm | undefined> {
+  await runHostCommand(
+    requireExecutable("qemu-img", "qemu-utils"),
+    ["create", "-q", "-f", "qcow2", "-b", template.diskPath, "-F", "qcow2", spec.rootDisk.path],
+    { privateFiles: true },
+  );
   // The template has a (never mounted) /workspace disk; a restored copy needs one in its place.
   const workspaceDisk = join(dirname(spec.rootDisk.path), "workspace.qcow2");
-  await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", template.workspaceDiskPath, "-F", "raw", workspaceDisk], { privateFiles: true });
+  await runHostCommand(
+    requireExecutable("qemu-img", "qemu-utils"),
+    ["create", "-q", "-f", "qcow2", "-b", template.workspaceDiskPath, "-F", "raw", workspaceDisk],
+    { privateFiles: true },
+  );
   const memoryFile = template.memoryPath ? { memoryFile: { path: template.memoryPath, share: false } } : {};
   let vm: RunningVm | undefined;
   try {
-    vm = await backend.launch({ ...spec, workspaceDisk: { path: workspaceDisk, format: "qcow2", cache: "unsafe" }, incomingState: template.statePath, ...memoryFile }, signal);
+    vm = await backend.launch(
+      { ...spec, workspaceDisk: { path: workspaceDisk, format: "qcow2", cache: "unsafe" }, incomingState: template.statePath, ...memoryFile },
+      signal,
+    );
     await giveVmItsOwnIdentity(vm, throwawayHostname());
     return vm;
   } catch (error) {

@@ -13,7 +13,12 @@ function validate(command: string[], options: RunOptions): void {
   if (command.length === 0 || !command[0]) throw new PyroError("INVALID_ARGUMENT", "no command given; usage: pyro run ENV -- COMMAND [ARGS...]");
   checkMachineShape(options);
   checkCommandTimeout(options.timeoutSeconds);
-  checkExecRequest({ command, ...(options.cwd ? { cwd: options.cwd } : {}), ...(options.env ? { env: options.env } : {}), ...(options.stdin !== undefined ? { stdin: options.stdin } : {}) });
+  checkExecRequest({
+    command,
+    ...(options.cwd ? { cwd: options.cwd } : {}),
+    ...(options.env ? { env: options.env } : {}),
+    ...(options.stdin !== undefined ? { stdin: options.stdin } : {}),
+  });
 }
 
 /** Boots a disposable VM from `environment`, runs one command, and destroys the VM. */
@@ -76,5 +81,7 @@ export async function runOneShot(paths: PyroPaths, environment: string, command:
 
 /** Failures that mean "no guest available here", where host compat may step in. Not command errors. */
 function isNoGuestError(error: PyroError): boolean {
-  return ["GUEST_BOOT_FAILED", "KERNEL_UNAVAILABLE", "AGENT_UNAVAILABLE", "HOST_TOOL_MISSING", "ENVIRONMENT_NOT_INSTALLED", "ENVIRONMENT_CORRUPT"].includes(error.code);
+  return ["GUEST_BOOT_FAILED", "KERNEL_UNAVAILABLE", "AGENT_UNAVAILABLE", "HOST_TOOL_MISSING", "ENVIRONMENT_NOT_INSTALLED", "ENVIRONMENT_CORRUPT"].includes(
+    error.code,
+  );
 }

@@ -44,7 +44,13 @@ const TEMPLATE_FILES = { state: "state.bin", disk: "disk.qcow2", workspacePlaceh
 
 /** A template's files in its directory. */
 function templateAt(dir: string, name: string, key: string): BootTemplate {
-  return { name, key, statePath: join(dir, TEMPLATE_FILES.state), diskPath: join(dir, TEMPLATE_FILES.disk), workspaceDiskPath: join(dir, TEMPLATE_FILES.workspacePlaceholder) };
+  return {
+    name,
+    key,
+    statePath: join(dir, TEMPLATE_FILES.state),
+    diskPath: join(dir, TEMPLATE_FILES.disk),
+    workspaceDiskPath: join(dir, TEMPLATE_FILES.workspacePlaceholder),
+  };
 }
 
 export interface MachineShape {
@@ -206,7 +212,13 @@ export async function anyTemplateSaved(paths: PyroPaths, environment: string, sh
  * Every build gets its own directory, never replaced: workspace disks stay layered on a template's
  * disk for their whole life, so a template whose RAM file vanished is rebuilt beside the old one.
  */
-async function validTemplates(paths: PyroPaths, env: InstalledEnvironment, shape: MachineShape, key: string, memory: TemplateMemoryMode): Promise<BootTemplate[]> {
+async function validTemplates(
+  paths: PyroPaths,
+  env: InstalledEnvironment,
+  shape: MachineShape,
+  key: string,
+  memory: TemplateMemoryMode,
+): Promise<BootTemplate[]> {
   const root = join(paths.cacheDir, "templates");
   const found: { template: BootTemplate; createdAt: string }[] = [];
   for (const name of await readdir(root).catch(() => [] as string[])) {
@@ -221,7 +233,8 @@ async function validTemplates(paths: PyroPaths, env: InstalledEnvironment, shape
       template.memoryPath = join(memory.dir, manifest.memoryFile);
       if (!(await pathExists(template.memoryPath))) continue;
     } else if (memory.mode === "shared_file") continue; // a streamed one is superseded where sharing works
-    if ((await pathExists(template.statePath)) && (await pathExists(template.diskPath)) && (await pathExists(template.workspaceDiskPath))) found.push({ template, createdAt: manifest.createdAt });
+    if ((await pathExists(template.statePath)) && (await pathExists(template.diskPath)) && (await pathExists(template.workspaceDiskPath)))
+      found.push({ template, createdAt: manifest.createdAt });
   }
   return found.sort((a, b) => b.createdAt.localeCompare(a.createdAt)).map((f) => f.template);
 }
@@ -252,16 +265,29 @@ export async function templateByName(paths: PyroPaths, name: string): Promise<{ 
 }
 
 /** The template if it is already built (no boot). */
-export async function findBootTemplate(paths: PyroPaths, runtime: GuestRuntime, env: InstalledEnvironment, shape: MachineShape): Promise<BootTemplate | undefined> {
+export async function findBootTemplate(
+  paths: PyroPaths,
+  runtime: GuestRuntime,
+  env: InstalledEnvironment,
+  shape: MachineShape,
+): Promise<BootTemplate | undefined> {
   const key = templateKey(runtime, env, shape);
   return (await validTemplates(paths, env, shape, key, await templateMemoryMode(paths)))[0];
 }
 
 /** Returns the template for this environment and shape, booting and saving one if needed. */
-export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime, env: InstalledEnvironment, shape: MachineShape, onProgress?: (message: string) => void): Promise<BootTemplate> {
+export async function ensureBootTemplate(
+  paths: PyroPaths,
+  runtime: GuestRuntime,
+  env: InstalledEnvironment,
+  shape: MachineShape,
+  onProgress?: (message: string) => void,
+): Promise<BootTemplate> {
   const found = await findBootTemplate(paths, runtime, env, shape);
   if (found) return found;
-  onProgress?.(`building the boot template for ${env.spec.name} (${shape.vcpuCount} vCPU, ${shape.memMib} MiB, ${shapeDiskGib(shape)} GiB disk), once per machine shape`);
+  onProgress?.(
+    `building the boot template for ${env.spec.name} (${shape.vcpuCount} vCPU, ${shape.memMib} MiB, ${shapeDiskGib(shape)} GiB disk), once per machine shape`,
+  );
   const key = templateKey(runtime, env, shape);
   const memory = await templateMemoryMode(paths);
   const build = randomBytes(3).toString("hex");
@@ -275,12 +301,19 @@ export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime
   try {
     const disk = join(work, TEMPLATE_FILES.disk);
     // The real path: a template outlives the (possibly linked, e.g. per-test) directory it was built from.
-    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", await realpath(env.imagePath), "-F", "raw", disk], { privateFiles: true });
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", await realpath(env.imagePath), "-F", "raw", disk], {
+      privateFiles: true,
+    });
     // Never mounted by the template guest (only probed): sparse, so it costs no host disk.
     const placeholder = join(work, TEMPLATE_FILES.workspacePlaceholder);
     await writeFile(placeholder, "", { mode: PRIVATE_FILE_MODE });
     await truncate(placeholder, diskBytes(shapeDiskGib(shape)));
-    const spec = { ...workspaceLaunchSpec(runtime, shape, disk, { path: placeholder, format: "raw" }, runDir, memory), dieWithParent: true, ownsRunDir: true, ...(memoryPath ? { memoryFile: { path: memoryPath, share: true } } : {}) };
+    const spec = {
+      ...workspaceLaunchSpec(runtime, shape, disk, { path: placeholder, format: "raw" }, runDir, memory),
+      dieWithParent: true,
+      ownsRunDir: true,
+      ...(memoryPath ? { memoryFile: { path: memoryPath, share: true } } : {}),
+    };
     const vm = await runtime.backend.launch(spec);
     const started = Date.now();
     try {
@@ -292,7 +325,12 @@ export async function ensureBootTemplate(paths: PyroPaths, runtime: GuestRuntime
     }
     // Guest memory (QEMU created the file under umask 077; made sure of here).
     if (memoryPath) await chmod(memoryPath, PRIVATE_FILE_MODE);
-    await writeJsonAtomic(join(work, "manifest.json"), { key, createdAt: new Date().toISOString(), saveMs: Date.now() - started, ...(memoryFile ? { memoryFile } : {}) });
+    await writeJsonAtomic(join(work, "manifest.json"), {
+      key,
+      createdAt: new Date().toISOString(),
+      saveMs: Date.now() - started,
+      ...(memoryFile ? { memoryFile } : {}),
+    });
     await rename(work, dir);
   } catch (error) {
     await rm(work, { recursive: true, force: true });
@@ -322,7 +360,9 @@ async function removeStaleMemoryFiles(dir: string, templatesDir: string, prefix:
     if (!name.startsWith(prefix) || !name.endsWith(".ram")) continue;
     const path = join(dir, name);
     const otherKey = !name.startsWith(`${prefix}${key}-`);
-    const abandoned = !(await pathExists(join(templatesDir, name.slice(0, -".ram".length)))) && Date.now() - ((await stat(path).catch(() => undefined))?.mtimeMs ?? Date.now()) > ABANDONED_BUILD_MS;
+    const abandoned =
+      !(await pathExists(join(templatesDir, name.slice(0, -".ram".length)))) &&
+      Date.now() - ((await stat(path).catch(() => undefined))?.mtimeMs ?? Date.now()) > ABANDONED_BUILD_MS;
     if (otherKey || abandoned) await rm(path, { force: true });
   }
 }

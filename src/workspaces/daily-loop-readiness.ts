@@ -62,13 +62,18 @@ export async function dailyLoopReadiness(paths: PyroPaths, environment: string, 
     if (await isFile(planned.path)) initramfsPiece = { state: "warm", detail: planned.path };
     else {
       const others = (await readdir(initramfsDir(paths)).catch(() => [] as string[])).filter((f) => f.endsWith(".cpio"));
-      initramfsPiece = others.length ? { state: "stale", detail: "only initramfs builds for an older kernel or agent exist" } : { state: "cold", detail: "not built" };
+      initramfsPiece = others.length
+        ? { state: "stale", detail: "only initramfs builds for an older kernel or agent exist" }
+        : { state: "cold", detail: "not built" };
     }
   }
 
   let templatePiece: PieceReadiness;
   if (envPiece.state !== "warm" || kernelPiece.state !== "warm" || initramfsPiece.state !== "warm") {
-    templatePiece = { state: (await anyTemplateSaved(paths, spec.name, WORKSPACE_DEFAULTS)) ? "stale" : "cold", detail: "needs the environment, kernel and initramfs first" };
+    templatePiece = {
+      state: (await anyTemplateSaved(paths, spec.name, WORKSPACE_DEFAULTS)) ? "stale" : "cold",
+      detail: "needs the environment, kernel and initramfs first",
+    };
   } else {
     // Everything the runtime needs is present, so this builds nothing.
     const runtime = await prepareGuestRuntime(paths);
@@ -94,4 +99,3 @@ export async function dailyLoopReadiness(paths: PyroPaths, environment: string, 
   }
   return { environment: spec.name, warm: Object.values(pieces).every((p) => p.state === "warm"), pieces };
 }
-

@@ -21,7 +21,11 @@ export async function backingChain(disk: string): Promise<string[]> {
   try {
     return (await diskChain(disk)).files.slice(1);
   } catch (error) {
-    const why = isPyroError(error) ? error.message : (error as NodeJS.ErrnoException).code === "ENOENT" ? "a layer of its backing chain is missing" : String(error);
+    const why = isPyroError(error)
+      ? error.message
+      : (error as NodeJS.ErrnoException).code === "ENOENT"
+        ? "a layer of its backing chain is missing"
+        : String(error);
     throw new PyroError("GUEST_OPERATION_FAILED", `the disk ${disk} does not open: ${why}`, { disk });
   }
 }

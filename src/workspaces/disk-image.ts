@@ -96,7 +96,8 @@ export class Ext4Image {
       ...(maxStdoutBytes !== undefined ? { maxStdoutBytes } : {}),
     });
     if (result.signal || (result.exitCode !== 0 && !result.stdoutTruncated)) throw sandboxFailure(result, `reading the disk image (${what}) failed`);
-    if (/Bad magic number|Filesystem not open|while trying to open/.test(result.stderr)) throw new PyroError("HOST_COMMAND_FAILED", `the disk image is not a readable ext4 filesystem (${what}); it may be damaged`);
+    if (/Bad magic number|Filesystem not open|while trying to open/.test(result.stderr))
+      throw new PyroError("HOST_COMMAND_FAILED", `the disk image is not a readable ext4 filesystem (${what}); it may be damaged`);
     return result;
   }
 

@@ -20,15 +20,35 @@ function describe(entry: TreeEntry): string {
 }
 
 /** One changed entry as a git-like patch (secrets redacted from its name, contents and link target). */
-export function formatFileDiff(originalPath: string, a: TreeEntry | undefined, b: TreeEntry | undefined, redactor: Redactor): { path: string; status: "added" | "modified" | "deleted"; binary: boolean; patch: string } {
+export function formatFileDiff(
+  originalPath: string,
+  a: TreeEntry | undefined,
+  b: TreeEntry | undefined,
+  redactor: Redactor,
+): { path: string; status: "added" | "modified" | "deleted"; binary: boolean; patch: string } {
   const path = redactor.text(originalPath);
   const status = !a ? "added" : !b ? "deleted" : "modified";
   const binary = Boolean(a?.tooLarge || b?.tooLarge || (a?.data && !isText(a.data)) || (b?.data && !isText(b.data)));
-  if (binary) return { path, status, binary, patch: `diff --pyro a/${path} b/${path}\nBinary files ${a ? `a/${path}` : "/dev/null"} and ${b ? `b/${path}` : "/dev/null"} differ\n` };
+  if (binary)
+    return {
+      path,
+      status,
+      binary,
+      patch: `diff --pyro a/${path} b/${path}\nBinary files ${a ? `a/${path}` : "/dev/null"} and ${b ? `b/${path}` : "/dev/null"} differ\n`,
+    };
   const modeNote = a && b && a.mode !== b.mode ? `old mode ${a.mode.toString(8)}\nnew mode ${b.mode.toString(8)}\n` : "";
   const shown = (entry: TreeEntry | undefined) => (entry ? redactor.text(describe(entry)) : "");
   const text = createTwoFilesPatch(a ? `a/${path}` : "/dev/null", b ? `b/${path}` : "/dev/null", shown(a), shown(b), undefined, undefined, { context: 3 });
   // jsdiff starts with an "Index:"/separator preamble; keep git-like headers only.
-  return { path, status, binary, patch: modeNote + text.split("\n").filter((l) => !l.startsWith("Index:") && !/^=+$/.test(l)).join("\n") };
+  return {
+    path,
+    status,
+    binary,
+    patch:
+      modeNote +
+      text
+        .split("\n")
+        .filter((l) => !l.startsWith("Index:") && !/^=+$/.test(l))
+        .join("\n"),
+  };
 }
-

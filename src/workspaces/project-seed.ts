@@ -83,7 +83,10 @@ export async function findCheckout(dir: string): Promise<string | undefined> {
     if (marker) {
       const owner = (await lstat(current)).uid;
       if (uid !== undefined && (owner !== uid || marker.uid !== uid)) {
-        throw new PyroError("UNSAFE_DIRECTORY", `the Git checkout at ${current} belongs to another user (uid ${owner === uid ? marker.uid : owner}); pyro does not run git there. Pass seed_path, or --project-path to a checkout of your own`);
+        throw new PyroError(
+          "UNSAFE_DIRECTORY",
+          `the Git checkout at ${current} belongs to another user (uid ${owner === uid ? marker.uid : owner}); pyro does not run git there. Pass seed_path, or --project-path to a checkout of your own`,
+        );
       }
       return current;
     }
@@ -105,9 +108,13 @@ async function checkoutFiles(root: string): Promise<{ paths: string[]; skipped: 
   // The runner keeps a stream's tail: with room for twice the limit, output that was cut is still over it.
   // --work-tree pins the walk to the checkout: the repository's own core.worktree could otherwise
   // point it anywhere on the host (the names would come back in the seed's skipped list).
-  const r = await git(["--work-tree", root, "ls-files", "-z", "--cached", "--others", "--exclude-standard"], { cwd: root, maxOutputBytes: 2 * MAX_LISTING_BYTES });
+  const r = await git(["--work-tree", root, "ls-files", "-z", "--cached", "--others", "--exclude-standard"], {
+    cwd: root,
+    maxOutputBytes: 2 * MAX_LISTING_BYTES,
+  });
   if (r.exitCode !== 0) throw new PyroError("HOST_COMMAND_FAILED", `git ls-files failed in ${root}: ${lastLine(r.stderr)}`);
-  if (r.stdout.length > MAX_LISTING_BYTES) throw new PyroError("INVALID_ARGUMENT", `${root} lists more than ${MAX_LISTING_BYTES} bytes of file names; pass a smaller seed_path`);
+  if (r.stdout.length > MAX_LISTING_BYTES)
+    throw new PyroError("INVALID_ARGUMENT", `${root} lists more than ${MAX_LISTING_BYTES} bytes of file names; pass a smaller seed_path`);
   return parseLsFilesZ(r.stdout);
 }
 
@@ -133,7 +140,10 @@ const clones = new Map<string, Promise<string>>();
  */
 async function cloneRepo(paths: PyroPaths, location: RepoLocation, ref: string | undefined): Promise<string> {
   const source = location.kind === "url" ? location.url : location.path;
-  const key = createHash("sha256").update(`${source}\0${ref ?? ""}`).digest("hex").slice(0, 24);
+  const key = createHash("sha256")
+    .update(`${source}\0${ref ?? ""}`)
+    .digest("hex")
+    .slice(0, 24);
   const reposDir = join(paths.cacheDir, "repos");
   const final = join(reposDir, key);
   // Private and really ours (no symlink, no other owner): a planted repos dir would receive the
@@ -157,7 +167,10 @@ async function cloneRepo(paths: PyroPaths, location: RepoLocation, ref: string |
   }, 500);
   const run = (args: string[], cwd: string) => git(args, { cwd, timeoutMs: REPO_CLONE_TIMEOUT_MS, signal: abort.signal });
   const refuse = (r: HostCommandResult) =>
-    new PyroError("INVALID_ARGUMENT", `cannot clone --repo-url ${source}${ref ? ` at --repo-ref ${ref}` : ""}: ${lastLine(r.stderr)} (it must be a Git repository you can read)`);
+    new PyroError(
+      "INVALID_ARGUMENT",
+      `cannot clone --repo-url ${source}${ref ? ` at --repo-ref ${ref}` : ""}: ${lastLine(r.stderr)} (it must be a Git repository you can read)`,
+    );
   try {
     const shallow = ["clone", "--quiet", "--no-tags", "--single-branch", "--depth", "1", ...(ref ? ["--branch", ref] : []), "--", source, scratch];
     let r = await run(shallow, reposDir);
@@ -172,7 +185,8 @@ async function cloneRepo(paths: PyroPaths, location: RepoLocation, ref: string |
     await rename(scratch, final);
     return final;
   } catch (error) {
-    if (oversize) throw new PyroError("INVALID_ARGUMENT", `--repo-url ${source} is larger than ${REPO_CLONE_MAX_BYTES} bytes on disk; seed a smaller repository`);
+    if (oversize)
+      throw new PyroError("INVALID_ARGUMENT", `--repo-url ${source} is larger than ${REPO_CLONE_MAX_BYTES} bytes on disk; seed a smaller repository`);
     if (error instanceof PyroError && error.code === "HOST_COMMAND_FAILED") {
       throw new PyroError("INVALID_ARGUMENT", `cloning --repo-url ${source} did not finish: ${error.message}`);
     }
@@ -209,7 +223,12 @@ export async function resolveProjectSeed(paths: PyroPaths, source: ProjectSource
  * else the Git checkout holding cwd, else nothing (workspaces start empty). Checks what can be
  * checked without cloning, so a bad flag fails at start-up.
  */
-export async function detectProjectSource(options: { cwd: string; projectPath?: string; repoUrl?: string; repoRef?: string }): Promise<ProjectSource | undefined> {
+export async function detectProjectSource(options: {
+  cwd: string;
+  projectPath?: string;
+  repoUrl?: string;
+  repoRef?: string;
+}): Promise<ProjectSource | undefined> {
   if (options.repoRef !== undefined && options.repoUrl === undefined) throw new PyroError("INVALID_ARGUMENT", "--repo-ref needs --repo-url");
   if (options.repoUrl !== undefined) {
     if (options.projectPath !== undefined) throw new PyroError("INVALID_ARGUMENT", "give --project-path or --repo-url, not both");

@@ -39,9 +39,11 @@ export function parseSecretHosts(input: Record<string, string | string[]>): Reco
   const scopes: Record<string, string[]> = {};
   for (const [name, spec] of Object.entries(input)) {
     const entries = (Array.isArray(spec) ? spec : [spec]).flatMap((s) => s.split(",")).map((s) => s.trim());
-    if (entries.length === 0 || entries.some((e) => e === "")) throw new PyroError("INVALID_ARGUMENT", `--secret-host ${name}: give one or more hosts, comma-separated (an empty entry is not a host)`);
+    if (entries.length === 0 || entries.some((e) => e === ""))
+      throw new PyroError("INVALID_ARGUMENT", `--secret-host ${name}: give one or more hosts, comma-separated (an empty entry is not a host)`);
     const hosts = entries.map((entry) => {
-      if (entry.includes("/")) throw new PyroError("INVALID_ARGUMENT", `--secret-host ${name}: '${entry}' is a CIDR; scope a secret to host names or IP addresses`);
+      if (entry.includes("/"))
+        throw new PyroError("INVALID_ARGUMENT", `--secret-host ${name}: '${entry}' is a CIDR; scope a secret to host names or IP addresses`);
       try {
         return validateAllowEntry(entry);
       } catch (error) {
@@ -63,7 +65,8 @@ export interface ScopedSecretPlan {
 /** Splits collected secrets by whether a scope was given; every scope must name a defined secret. */
 export function planSecrets(secrets: Record<string, string>, scopes: Record<string, string[]>, networkPolicy: string): ScopedSecretPlan {
   for (const name of Object.keys(scopes)) {
-    if (!(name in secrets)) throw new PyroError("INVALID_ARGUMENT", `--secret-host ${name}: no secret '${name}' is defined (define it with --secret ${name}=VALUE or --secret-file)`);
+    if (!(name in secrets))
+      throw new PyroError("INVALID_ARGUMENT", `--secret-host ${name}: no secret '${name}' is defined (define it with --secret ${name}=VALUE or --secret-file)`);
   }
   if (Object.keys(scopes).length && networkPolicy === "off") {
     throw new PyroError("INVALID_ARGUMENT", "scoped secrets (--secret-host) are sent by the egress proxy: create the workspace with --network-policy egress");
@@ -143,11 +146,17 @@ export async function installGuestCa(agent: AgentClient, workspaceDir: string): 
   await agent.writeFile(GUEST_CA_PATH, cert, { mode: 0o644 });
   const bundle = await agent.readFile(GUEST_CA_BUNDLE, { maxBytes: 8 * 1024 * 1024 }).catch(() => undefined);
   if (bundle?.data.toString("utf8").includes(cert.trim())) return;
-  await agent.writeFile(GUEST_CA_BUNDLE, `${bundle && !bundle.data.toString("utf8").endsWith("\n") && bundle.size ? "\n" : ""}${cert}`, { append: true, mode: 0o644 });
+  await agent.writeFile(GUEST_CA_BUNDLE, `${bundle && !bundle.data.toString("utf8").endsWith("\n") && bundle.size ? "\n" : ""}${cert}`, {
+    append: true,
+    mode: 0o644,
+  });
 }
 
 /** Per scoped secret: the hosts its value was sent to and the refused requests. Never a value. */
 export function scopedSecretAudit(record: WorkspaceRecord, workspaceDir: string): (SecretAuditView & { scope: string[] })[] {
-  const views = secretAuditView(egressSecretFiles(workspaceDir).auditPath, record.scoped_secrets.map((s) => s.name));
+  const views = secretAuditView(
+    egressSecretFiles(workspaceDir).auditPath,
+    record.scoped_secrets.map((s) => s.name),
+  );
   return views.map((view, i) => ({ ...view, scope: record.scoped_secrets[i]!.hosts }));
 }

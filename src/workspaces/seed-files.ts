@@ -55,7 +55,8 @@ export async function listDirectoryTree(root: string): Promise<{ paths: string[]
     for (const entry of entries) {
       const path = relative ? `${relative}/${entry.name}` : entry.name;
       paths.push(path);
-      if (paths.length > MAX_SEED_ENTRIES) throw new PyroError("INVALID_ARGUMENT", `${root} holds more than ${MAX_SEED_ENTRIES} entries; seed a smaller directory`);
+      if (paths.length > MAX_SEED_ENTRIES)
+        throw new PyroError("INVALID_ARGUMENT", `${root} holds more than ${MAX_SEED_ENTRIES} entries; seed a smaller directory`);
       // The entry's own type: a symlink to a directory is a link here, never walked into.
       if (entry.isDirectory()) await walk(path);
     }
@@ -82,4 +83,3 @@ function reasonFor(error: unknown): string {
       return `unreadable (${errnoCode(error) ?? (error as Error).message})`;
   }
 }
-

@@ -30,7 +30,8 @@ const MKFS_TIMEOUT_MS = 900_000;
 const MKFS_LIMITS = { cpuSeconds: 900, addressSpaceBytes: 4 * 2 ** 30 };
 
 export function checkDiskGib(gib: number): number {
-  if (!Number.isInteger(gib) || gib < MIN_DISK_GIB || gib > MAX_DISK_GIB) throw new PyroError("INVALID_ARGUMENT", `disk size must be ${MIN_DISK_GIB}-${MAX_DISK_GIB} GiB, got ${gib}`);
+  if (!Number.isInteger(gib) || gib < MIN_DISK_GIB || gib > MAX_DISK_GIB)
+    throw new PyroError("INVALID_ARGUMENT", `disk size must be ${MIN_DISK_GIB}-${MAX_DISK_GIB} GiB, got ${gib}`);
   return gib;
 }
 
@@ -83,7 +84,17 @@ function classify(st: Stats): { type: ManifestEntry["type"] } | { skip: string }
 }
 
 function entryOf(path: string, st: Stats, type: ManifestEntry["type"], target: string): ManifestEntry {
-  return { path, type, mode: st.mode & 0o7777, size: type === "f" ? st.size : type === "l" ? Buffer.byteLength(target) : 0, mtimeNs: 0n, ctimeNs: 0n, ino: 0, nlink: st.nlink, target };
+  return {
+    path,
+    type,
+    mode: st.mode & 0o7777,
+    size: type === "f" ? st.size : type === "l" ? Buffer.byteLength(target) : 0,
+    mtimeNs: 0n,
+    ctimeNs: 0n,
+    ino: 0,
+    nlink: st.nlink,
+    target,
+  };
 }
 
 /**
@@ -92,7 +103,16 @@ function entryOf(path: string, st: Stats, type: ManifestEntry["type"], target: s
  * Synchronous: ~1 µs per entry, where the promise API costs ~10x that on a 200k-file tree.
  */
 export function scanSeed(source: SeedSource): SeedScan {
-  const scan: SeedScan = { files: 0, directories: 0, symlinks: 0, bytes: 0, skipped: [], entries: [], needsStaging: source.paths !== undefined, allocatedBytes: 0 };
+  const scan: SeedScan = {
+    files: 0,
+    directories: 0,
+    symlinks: 0,
+    bytes: 0,
+    skipped: [],
+    entries: [],
+    needsStaging: source.paths !== undefined,
+    allocatedBytes: 0,
+  };
   const top = lstatSync(source.root, { throwIfNoEntry: false });
   if (!top?.isDirectory()) throw new PyroError("INVALID_ARGUMENT", `${source.root} is not a directory`);
   if (!readable(top, 5)) throw new PyroError("INVALID_ARGUMENT", `${source.root} is not readable`);
@@ -207,10 +227,18 @@ export function checkSeedFits(scan: SeedScan, gib: number): void {
   const entries = scan.files + scan.directories + scan.symlinks;
   const needGib = Math.ceil((scan.allocatedBytes + FIXED_OVERHEAD_BYTES) / (2 ** 30 * (1 - 256 / BYTES_PER_INODE)));
   if (scan.allocatedBytes > usable) {
-    throw new PyroError("INVALID_ARGUMENT", `the seed needs about ${mib(scan.allocatedBytes)} MiB on disk, more than the ${gib} GiB workspace disk holds (${mib(usable)} MiB usable); pass a larger disk size (--disk-gib ${Math.max(gib + 1, needGib)})`, { needed_bytes: scan.allocatedBytes, usable_bytes: usable });
+    throw new PyroError(
+      "INVALID_ARGUMENT",
+      `the seed needs about ${mib(scan.allocatedBytes)} MiB on disk, more than the ${gib} GiB workspace disk holds (${mib(usable)} MiB usable); pass a larger disk size (--disk-gib ${Math.max(gib + 1, needGib)})`,
+      { needed_bytes: scan.allocatedBytes, usable_bytes: usable },
+    );
   }
   if (entries + 16 > inodes) {
-    throw new PyroError("INVALID_ARGUMENT", `the seed has ${entries} files and directories, more than a ${gib} GiB workspace disk has inodes for (${inodes}); pass a larger disk size (--disk-gib)`, { entries, inodes });
+    throw new PyroError(
+      "INVALID_ARGUMENT",
+      `the seed has ${entries} files and directories, more than a ${gib} GiB workspace disk has inodes for (${inodes}); pass a larger disk size (--disk-gib)`,
+      { entries, inodes },
+    );
   }
 }
 
@@ -290,7 +318,14 @@ export interface SeedImage {
  * Builds the seed image `image` (sparse, `gib` GiB) from a scanned source, or an empty filesystem
  * without one. `scratchParent` holds the staging tree when one is needed; it must be pyro's own.
  */
-export async function buildSeedImage(source: SeedSource | undefined, scan: SeedScan | undefined, gib: number, image: string, manifestPath: string, scratchParent: string): Promise<SeedImage> {
+export async function buildSeedImage(
+  source: SeedSource | undefined,
+  scan: SeedScan | undefined,
+  gib: number,
+  image: string,
+  manifestPath: string,
+  scratchParent: string,
+): Promise<SeedImage> {
   const scratch = await makePrivateTempDir(scratchParent, ".seed-");
   try {
     let tree: string | undefined;
@@ -307,7 +342,21 @@ export async function buildSeedImage(source: SeedSource | undefined, scan: SeedS
     const size = diskBytes(gib);
     // Lazy inode tables and journal: mkfs writes (and the host stores) only what the files need;
     // the guest mounts with noinit_itable so it never zeroes them either.
-    const args = ["-q", "-F", "-t", "ext4", "-m", "0", "-L", "workspace", "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0", ...(tree ? ["-d", tree] : []), `${SANDBOX_OUTPUT_DIR}/seed.ext4`, `${size / 1024}k`];
+    const args = [
+      "-q",
+      "-F",
+      "-t",
+      "ext4",
+      "-m",
+      "0",
+      "-L",
+      "workspace",
+      "-E",
+      "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
+      ...(tree ? ["-d", tree] : []),
+      `${SANDBOX_OUTPUT_DIR}/seed.ext4`,
+      `${size / 1024}k`,
+    ];
     const result = await runSandboxed({
       tool: requireExecutable("mkfs.ext4", "e2fsprogs"),
       args,
@@ -319,7 +368,9 @@ export async function buildSeedImage(source: SeedSource | undefined, scan: SeedS
     });
     if (result.exitCode !== 0 || result.signal) {
       if (/No space left|Could not allocate block|inode/i.test(result.stderr)) {
-        throw new PyroError("INVALID_ARGUMENT", `the seed does not fit a ${gib} GiB workspace disk; pass a larger disk size (--disk-gib)`, { stderr: result.stderr.slice(-1000) });
+        throw new PyroError("INVALID_ARGUMENT", `the seed does not fit a ${gib} GiB workspace disk; pass a larger disk size (--disk-gib)`, {
+          stderr: result.stderr.slice(-1000),
+        });
       }
       throw sandboxFailure(result, "building the workspace disk from the seed");
     }

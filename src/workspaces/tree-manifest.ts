@@ -27,7 +27,8 @@ function bad(why: string): PyroError {
 
 /** A manifest path: relative, no empty, '.' or '..' components, no NUL (split already removed those). */
 function checkPath(path: string): string {
-  if (!path || path.startsWith("/") || path.split("/").some((p) => p === "" || p === "." || p === "..")) throw bad(`path '${path.slice(0, 200)}' is not a plain relative path`);
+  if (!path || path.startsWith("/") || path.split("/").some((p) => p === "" || p === "." || p === ".."))
+    throw bad(`path '${path.slice(0, 200)}' is not a plain relative path`);
   return path;
 }
 
@@ -83,7 +84,17 @@ export function parseManifest(bytes: Buffer): ManifestEntry[] {
     if (head[1] === "d") directories.add(path);
     const size = Number(head[3]);
     if (!Number.isSafeInteger(size)) throw bad("a size is out of range");
-    out.push({ path, type: head[1] as ManifestEntry["type"], mode: parseInt(head[2]!, 8) & 0o7777, size, mtimeNs: BigInt(head[4]!), ctimeNs: BigInt(head[5]!), ino: Number(head[6]), nlink: Number(head[7]), target });
+    out.push({
+      path,
+      type: head[1] as ManifestEntry["type"],
+      mode: parseInt(head[2]!, 8) & 0o7777,
+      size,
+      mtimeNs: BigInt(head[4]!),
+      ctimeNs: BigInt(head[5]!),
+      ino: Number(head[6]),
+      nlink: Number(head[7]),
+      target,
+    });
   }
   return out;
 }

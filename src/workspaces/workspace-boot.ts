@@ -41,9 +41,24 @@ export async function layerWorkspaceDisk(ctx: WorkspaceContext, record: Workspac
 }
 
 /** The machine a workspace runs as: its shape and, where it has one, its /workspace disk. */
-function launchSpec(ctx: WorkspaceContext, record: WorkspaceRecord, runtime: Awaited<ReturnType<WorkspaceContext["runtime"]>>, runDir: string, memory: TemplateMemoryMode, network: VmLaunchSpec["network"]): VmLaunchSpec {
+function launchSpec(
+  ctx: WorkspaceContext,
+  record: WorkspaceRecord,
+  runtime: Awaited<ReturnType<WorkspaceContext["runtime"]>>,
+  runDir: string,
+  memory: TemplateMemoryMode,
+  network: VmLaunchSpec["network"],
+): VmLaunchSpec {
   const shape = { vcpuCount: record.vcpu_count, memMib: record.mem_mib, ...(record.disk_gib !== null ? { diskGib: record.disk_gib } : {}) };
-  const spec = workspaceLaunchSpec(runtime, shape, diskPath(ctx, record.id), { path: workspaceDiskPath(ctx, record.id), format: "qcow2" }, runDir, memory, network);
+  const spec = workspaceLaunchSpec(
+    runtime,
+    shape,
+    diskPath(ctx, record.id),
+    { path: workspaceDiskPath(ctx, record.id), format: "qcow2" },
+    runDir,
+    memory,
+    network,
+  );
   if (record.disk_gib === null) delete spec.workspaceDisk; // created before /workspace had its own disk
   return spec;
 }

@@ -70,31 +70,38 @@ export async function withRunningWorkspace<T>(
   fn: (record: WorkspaceRecord, vm: RunningVm, session: WorkspaceSession) => Promise<T>,
   purpose = UNNAMED_PURPOSE,
 ): Promise<T> {
-  return withLockedWorkspace(ctx, ref, async (record) => {
-    if (!(await reconcileVm(ctx, record))) {
-      throw new PyroError("WORKSPACE_STOPPED", `workspace ${record.id} is stopped; start it with 'pyro workspace start ${record.id}'`, { workspace: record.id });
-    }
-    const runtime = await ctx.runtime();
-    const vm = await runtime.backend.attach(vmHandle(record)!);
-    vm.agent.label = `workspace ${record.id}`;
-    if (record.guest_cleanup_pending) {
-      await removeStaleStaging(vm.agent);
-      record.guest_cleanup_pending = false;
-      await ctx.store.write(record);
-    }
-    // --secret-env NAME of a scoped secret maps its placeholder, never its value.
-    const secrets = { ...(await loadSecrets(ctx, record.id)), ...Object.fromEntries(record.scoped_secrets.map((s) => [s.name, s.placeholder])) };
-    const redactor = new Redactor(await loadRedactedValues(ctx, record.id));
-    try {
-      // One choke point: nothing a running workspace returns leaves pyro with a secret in it.
-      return redactor.deep(await fn(record, vm, { secrets, redactor }));
-    } catch (error) {
-      if (error instanceof PyroError && redactor.active) throw new PyroError(error.code, redactor.text(error.message), redactor.deep(error.details));
-      throw error;
-    } finally {
-      vm.detach();
-    }
-  }, purpose);
+  return withLockedWorkspace(
+    ctx,
+    ref,
+    async (record) => {
+      if (!(await reconcileVm(ctx, record))) {
+        throw new PyroError("WORKSPACE_STOPPED", `workspace ${record.id} is stopped; start it with 'pyro workspace start ${record.id}'`, {
+          workspace: record.id,
+        });
+      }
+      const runtime = await ctx.runtime();
+      const vm = await runtime.backend.attach(vmHandle(record)!);
+      vm.agent.label = `workspace ${record.id}`;
+      if (record.guest_cleanup_pending) {
+        await removeStaleStaging(vm.agent);
+        record.guest_cleanup_pending = false;
+        await ctx.store.write(record);
+      }
+      // --secret-env NAME of a scoped secret maps its placeholder, never its value.
+      const secrets = { ...(await loadSecrets(ctx, record.id)), ...Object.fromEntries(record.scoped_secrets.map((s) => [s.name, s.placeholder])) };
+      const redactor = new Redactor(await loadRedactedValues(ctx, record.id));
+      try {
+        // One choke point: nothing a running workspace returns leaves pyro with a secret in it.
+        return redactor.deep(await fn(record, vm, { secrets, redactor }));
+      } catch (error) {
+        if (error instanceof PyroError && redactor.active) throw new PyroError(error.code, redactor.text(error.message), redactor.deep(error.details));
+        throw error;
+      } finally {
+        vm.detach();
+      }
+    },
+    purpose,
+  );
 }
 
 /** Per-operation facts about a running workspace beyond its record. */
@@ -107,7 +114,12 @@ export interface WorkspaceSession {
  * Like withRunningWorkspace, for operations that handle any VM state themselves. `purpose` is
  * what the lock says this process is doing: what recovery reports if it is cut short.
  */
-export async function withLockedWorkspace<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord) => Promise<T>, purpose = UNNAMED_PURPOSE): Promise<T> {
+export async function withLockedWorkspace<T>(
+  ctx: WorkspaceContext,
+  ref: string,
+  fn: (record: WorkspaceRecord) => Promise<T>,
+  purpose = UNNAMED_PURPOSE,
+): Promise<T> {
   await ctx.recoverInterrupted();
   const { id } = await ctx.store.resolve(ref);
   return ctx.store.withLock(id, purpose, async (interrupted) => {

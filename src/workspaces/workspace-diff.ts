@@ -78,7 +78,8 @@ export function changedEntries(baseline: ManifestEntry[], current: ManifestEntry
 /** The guest's manifest of /workspace, checked like any guest data. */
 export async function guestManifest(agent: AgentClient): Promise<ManifestEntry[]> {
   const { header, payload } = await agent.treeManifest(WORKSPACE_ROOT, MAX_MANIFEST_BYTES, 600_000);
-  if (header.truncated === true) throw new PyroError("GUEST_OPERATION_FAILED", `/workspace has too many entries to diff (its listing is over ${MAX_MANIFEST_BYTES >> 20} MiB)`);
+  if (header.truncated === true)
+    throw new PyroError("GUEST_OPERATION_FAILED", `/workspace has too many entries to diff (its listing is over ${MAX_MANIFEST_BYTES >> 20} MiB)`);
   try {
     return parseManifest(payload);
   } catch (error) {
@@ -109,7 +110,13 @@ function pageBounds(options: DiffOptions): { offset: number; limit: number } {
   return { offset, limit };
 }
 
-export async function diffWorkspaceDisk(ctx: WorkspaceContext, record: WorkspaceRecord, agent: AgentClient, redactor: Redactor, options: DiffOptions = {}): Promise<DiskDiffPage> {
+export async function diffWorkspaceDisk(
+  ctx: WorkspaceContext,
+  record: WorkspaceRecord,
+  agent: AgentClient,
+  redactor: Redactor,
+  options: DiffOptions = {},
+): Promise<DiskDiffPage> {
   const { offset, limit } = pageBounds(options);
   const builtAt = record.seed.built_at_ns;
   if (builtAt === null) throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
@@ -121,7 +128,14 @@ export async function diffWorkspaceDisk(ctx: WorkspaceContext, record: Workspace
   const base = { mode: options.summary ? ("summary" as const) : ("patch" as const), total_files: changes.length, offset };
   if (options.summary) {
     const next = offset + page.length < changes.length ? offset + page.length : null;
-    return { ...base, changed: changes.length > 0, summary: { ...counts, binary: null }, files: page.map((c) => ({ path: redactor.text(c.path), status: c.status, binary: null })), patch: "", next_offset: next };
+    return {
+      ...base,
+      changed: changes.length > 0,
+      summary: { ...counts, binary: null },
+      files: page.map((c) => ({ path: redactor.text(c.path), status: c.status, binary: null })),
+      patch: "",
+      next_offset: next,
+    };
   }
   const entries = await pageContents(ctx, record, agent, page);
   const files: DiskDiffPage["files"] = [];
@@ -133,7 +147,19 @@ export async function diffWorkspaceDisk(ctx: WorkspaceContext, record: Workspace
     taken++;
     const { a, b } = entries.get(change.path)!;
     // Rewritten with the same bytes (metadata changed only): nothing to show.
-    if (a && b && a.type === b.type && a.mode === b.mode && a.linkpath === b.linkpath && !a.tooLarge && !b.tooLarge && a.data && b.data && a.data.equals(b.data)) continue;
+    if (
+      a &&
+      b &&
+      a.type === b.type &&
+      a.mode === b.mode &&
+      a.linkpath === b.linkpath &&
+      !a.tooLarge &&
+      !b.tooLarge &&
+      a.data &&
+      b.data &&
+      a.data.equals(b.data)
+    )
+      continue;
     const file = formatFileDiff(change.path, a, b, redactor);
     files.push({ path: file.path, status: file.status, binary: file.binary });
     if (file.binary) binary++;
@@ -147,13 +173,24 @@ export async function diffWorkspaceDisk(ctx: WorkspaceContext, record: Workspace
 
 function treeEntry(entry: ManifestEntry, data: Buffer | undefined): TreeEntry {
   const type = entry.type === "f" ? "File" : entry.type === "l" ? "SymbolicLink" : entry.type === "d" ? "Directory" : "Other";
-  return { type, mode: entry.mode, ...(data ? { data } : {}), ...(entry.type === "l" ? { linkpath: entry.target } : {}), ...(entry.type === "f" && entry.size > DIFF_PAGE_LIMITS.fileBytes ? { tooLarge: true } : {}) };
+  return {
+    type,
+    mode: entry.mode,
+    ...(data ? { data } : {}),
+    ...(entry.type === "l" ? { linkpath: entry.target } : {}),
+    ...(entry.type === "f" && entry.size > DIFF_PAGE_LIMITS.fileBytes ? { tooLarge: true } : {}),
+  };
 }
 
 const wantsBytes = (e: ManifestEntry | undefined): e is ManifestEntry => e?.type === "f" && e.size <= DIFF_PAGE_LIMITS.fileBytes;
 
 /** Both sides of each changed file on a page: the baseline's from the seed image, the current one from the guest. */
-async function pageContents(ctx: WorkspaceContext, record: WorkspaceRecord, agent: AgentClient, page: Change[]): Promise<Map<string, { a?: TreeEntry; b?: TreeEntry }>> {
+async function pageContents(
+  ctx: WorkspaceContext,
+  record: WorkspaceRecord,
+  agent: AgentClient,
+  page: Change[],
+): Promise<Map<string, { a?: TreeEntry; b?: TreeEntry }>> {
   const baselineBytes = new Map<string, Buffer>();
   const fromSeed = page.filter((c) => wantsBytes(c.before)).map((c) => c.path);
   if (fromSeed.length) {
@@ -162,7 +199,11 @@ async function pageContents(ctx: WorkspaceContext, record: WorkspaceRecord, agen
     const scratch = await makePrivateTempDir(ctx.store.dir(record.id), ".disk-");
     try {
       const list = [...found.entries()];
-      await image.dumpInodes(list.map(([, e]) => e.inode), scratch, DIFF_PAGE_LIMITS.fileBytes);
+      await image.dumpInodes(
+        list.map(([, e]) => e.inode),
+        scratch,
+        DIFF_PAGE_LIMITS.fileBytes,
+      );
       for (const [i, [path]] of list.entries()) {
         const file = join(scratch, String(i));
         if ((await lstat(file).catch(() => undefined))?.isFile()) baselineBytes.set(path, await readFile(file));

@@ -1,4 +1,4 @@
-import { lstat, mkdtemp, rm, } from "node:fs/promises";
+import { lstat, mkdtemp, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { PyroError } from "../errors.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
@@ -37,10 +37,17 @@ async function sandboxOutputFile(scratch: string, name: string): Promise<string>
  * host-sandbox: the image is never mounted on the host, never booted, and never parsed by an
  * unconfined tool.
  */
-async function withRawDisk<T>(ctx: WorkspaceContext, ref: string, fn: (record: WorkspaceRecord, raw: string, scratch: string, redactor: Redactor, view: ImageView) => Promise<T>): Promise<T> {
+async function withRawDisk<T>(
+  ctx: WorkspaceContext,
+  ref: string,
+  fn: (record: WorkspaceRecord, raw: string, scratch: string, redactor: Redactor, view: ImageView) => Promise<T>,
+): Promise<T> {
   return withLockedWorkspace(ctx, ref, async (record) => {
     if (await reconcileVm(ctx, record)) {
-      throw new PyroError("WORKSPACE_RUNNING", `workspace ${record.id} is running; disk tools read stopped workspaces (stop it with 'pyro workspace stop ${record.id}', or use the file tools)`);
+      throw new PyroError(
+        "WORKSPACE_RUNNING",
+        `workspace ${record.id} is running; disk tools read stopped workspaces (stop it with 'pyro workspace stop ${record.id}', or use the file tools)`,
+      );
     }
     const scratch = await mkdtemp(join(ctx.store.dir(record.id), ".disk-"));
     try {
@@ -86,14 +93,19 @@ export interface DiskEntry {
 }
 
 function symlinkRefused(guestPath: string): PyroError {
-  return new PyroError("PATH_OUTSIDE_WORKSPACE", `${relativeToWorkspace(guestPath)} is a symbolic link on the disk; disk tools do not follow links (name the link's target inside /workspace)`, { path: guestPath });
+  return new PyroError(
+    "PATH_OUTSIDE_WORKSPACE",
+    `${relativeToWorkspace(guestPath)} is a symbolic link on the disk; disk tools do not follow links (name the link's target inside /workspace)`,
+    { path: guestPath },
+  );
 }
 
 /** Lists a workspace directory in a raw image (breadth first, symlinks listed, never followed). */
 export async function listImage(image: Ext4Image, guestPath: string, recursive: boolean): Promise<{ entries: DiskEntry[]; truncated: boolean }> {
   const top = await image.lookup(guestPath);
   if (entryType(top.mode) === "symlink") throw symlinkRefused(guestPath);
-  if (entryType(top.mode) !== "directory") throw new PyroError("GUEST_OPERATION_FAILED", `${relativeToWorkspace(guestPath) || "."} is not a directory on the disk`);
+  if (entryType(top.mode) !== "directory")
+    throw new PyroError("GUEST_OPERATION_FAILED", `${relativeToWorkspace(guestPath) || "."} is not a directory on the disk`);
   const out: DiskEntry[] = [];
   const seen = new Set<number>([top.inode]);
   let level: { inode: number; path: string }[] = [{ inode: top.inode, path: guestPath }];
@@ -134,7 +146,13 @@ export async function diskList(ctx: WorkspaceContext, ref: string, path = ".", o
   return withRawDisk(ctx, ref, async (record, raw, _scratch, redactor, view) => {
     const { entries, truncated } = await listImage(new Ext4Image(raw), view.toImage(root), options.recursive ?? false);
     // Names are the guest's: one can hold a secret the guest was given, as a live listing's can.
-    return redactor.deep({ workspace_id: record.id, path: relativeToWorkspace(root) || ".", count: entries.length, truncated, entries: entries.map((e) => ({ ...e, path: relativeToWorkspace(view.toGuest(e.path.replace(/^\/\//, "/"))) })) });
+    return redactor.deep({
+      workspace_id: record.id,
+      path: relativeToWorkspace(root) || ".",
+      count: entries.length,
+      truncated,
+      entries: entries.map((e) => ({ ...e, path: relativeToWorkspace(view.toGuest(e.path.replace(/^\/\//, "/"))) })),
+    });
   });
 }
 
@@ -158,7 +176,9 @@ export async function diskExport(ctx: WorkspaceContext, ref: string, outputPath:
   await assertOutputFree(output);
   return withRawDisk(ctx, ref, async (record, raw, scratch, _redactor, view) => {
     if (!view.wholeRoot) {
-      await publishNewFile(output, (scratchFile) => runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", raw, scratchFile]).then(() => undefined));
+      await publishNewFile(output, (scratchFile) =>
+        runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", raw, scratchFile]).then(() => undefined),
+      );
       return { workspace_id: record.id, output, format: "raw ext4 (/workspace)", bytes: (await lstat(output)).size };
     }
     // Secrets and service state live on tmpfs and never reach the disk; scrub anyway, belt and braces.
@@ -174,7 +194,9 @@ export async function diskExport(ctx: WorkspaceContext, ref: string, outputPath:
     });
     if (scrub.signal) throw sandboxFailure(scrub, "removing pyro's runtime state from the exported disk");
     const image = await sandboxOutputFile(scratch, RAW_NAME);
-    await publishNewFile(output, (scratchFile) => runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", image, scratchFile]).then(() => undefined));
+    await publishNewFile(output, (scratchFile) =>
+      runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", image, scratchFile]).then(() => undefined),
+    );
     const size = (await lstat(output)).size;
     return { workspace_id: record.id, output, format: "raw ext4", bytes: size };
   });

@@ -66,7 +66,12 @@ export function commandLogEntry(result: WorkspaceExecResult, startedAt: string):
 }
 
 /** Runs a command in the workspace (default cwd /workspace) and records it in the command log. */
-export async function execInWorkspace(ctx: WorkspaceContext, ref: string, command: string[] | string, options: WorkspaceExecOptions = {}): Promise<WorkspaceExecResult> {
+export async function execInWorkspace(
+  ctx: WorkspaceContext,
+  ref: string,
+  command: string[] | string,
+  options: WorkspaceExecOptions = {},
+): Promise<WorkspaceExecResult> {
   if ((Array.isArray(command) && (command.length === 0 || !command[0])) || command === "") {
     throw new PyroError("INVALID_ARGUMENT", "no command given; usage: pyro workspace exec WORKSPACE -- COMMAND [ARGS...]");
   }
@@ -74,43 +79,52 @@ export async function execInWorkspace(ctx: WorkspaceContext, ref: string, comman
   checkCommandTimeout(timeoutSeconds);
   const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
   checkExecRequest({ command, cwd, ...(options.env ? { env: options.env } : {}), ...(options.stdin !== undefined ? { stdin: options.stdin } : {}) });
-  return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
-    const startedAt = nowIso();
-    const r = await vm.agent.exec({
-      command,
-      cwd,
-      env: { ...networkEnvironment(record), ...options.env, ...secretEnvironment(session.secrets, options.secretEnv) },
-      timeoutMs: Math.round(timeoutSeconds * 1000),
-      maxOutputBytes: options.maxOutputBytes ?? WORKSPACE_EXEC_DEFAULTS.maxOutputBytes,
-      ...(options.stdin !== undefined ? { stdin: options.stdin } : {}),
-    });
-    await vm.agent.sync();
-    const sequence = record.command_count + 1;
-    const result: WorkspaceExecResult = {
-      workspace_id: record.id,
-      sequence,
-      command,
-      cwd,
-      exit_code: r.exitCode,
-      // Redacted as bytes before anything cuts or decodes them (the agent's cap already did cut).
-      stdout: session.redactor.capturedText(r.stdout),
-      stderr: session.redactor.capturedText(r.stderr),
-      duration_ms: r.durationMs,
-      timed_out: r.timedOut,
-      stdout_truncated: r.stdout.totalBytes > r.stdout.bytes.length,
-      stderr_truncated: r.stderr.totalBytes > r.stderr.bytes.length,
-      execution_mode: "guest",
-    };
-    await appendFile(commandsFile(ctx, record.id), JSON.stringify(session.redactor.deep(commandLogEntry(result, startedAt))) + "\n", { mode: 0o600 });
-    record.command_count = sequence;
-    record.last_activity_at = record.updated_at = nowIso();
-    await ctx.store.write(record);
-    return result;
-  }, "exec");
+  return withRunningWorkspace(
+    ctx,
+    ref,
+    async (record, vm, session) => {
+      const startedAt = nowIso();
+      const r = await vm.agent.exec({
+        command,
+        cwd,
+        env: { ...networkEnvironment(record), ...options.env, ...secretEnvironment(session.secrets, options.secretEnv) },
+        timeoutMs: Math.round(timeoutSeconds * 1000),
+        maxOutputBytes: options.maxOutputBytes ?? WORKSPACE_EXEC_DEFAULTS.maxOutputBytes,
+        ...(options.stdin !== undefined ? { stdin: options.stdin } : {}),
+      });
+      await vm.agent.sync();
+      const sequence = record.command_count + 1;
+      const result: WorkspaceExecResult = {
+        workspace_id: record.id,
+        sequence,
+        command,
+        cwd,
+        exit_code: r.exitCode,
+        // Redacted as bytes before anything cuts or decodes them (the agent's cap already did cut).
+        stdout: session.redactor.capturedText(r.stdout),
+        stderr: session.redactor.capturedText(r.stderr),
+        duration_ms: r.durationMs,
+        timed_out: r.timedOut,
+        stdout_truncated: r.stdout.totalBytes > r.stdout.bytes.length,
+        stderr_truncated: r.stderr.totalBytes > r.stderr.bytes.length,
+        execution_mode: "guest",
+      };
+      await appendFile(commandsFile(ctx, record.id), JSON.stringify(session.redactor.deep(commandLogEntry(result, startedAt))) + "\n", { mode: 0o600 });
+      record.command_count = sequence;
+      record.last_activity_at = record.updated_at = nowIso();
+      await ctx.store.write(record);
+      return result;
+    },
+    "exec",
+  );
 }
 
 /** The command history, oldest first. A torn last line (crash mid-append) is skipped, not fatal. */
-export async function workspaceLogs(ctx: WorkspaceContext, ref: string, options: { limit?: number } = {}): Promise<{ workspace_id: string; count: number; commands: CommandLogEntry[]; secrets?: ReturnType<typeof scopedSecretAudit> }> {
+export async function workspaceLogs(
+  ctx: WorkspaceContext,
+  ref: string,
+  options: { limit?: number } = {},
+): Promise<{ workspace_id: string; count: number; commands: CommandLogEntry[]; secrets?: ReturnType<typeof scopedSecretAudit> }> {
   const record = await ctx.store.resolve(ref);
   const text = await readFile(commandsFile(ctx, record.id), "utf8").catch(() => "");
   const commands: CommandLogEntry[] = [];

@@ -226,7 +226,9 @@ interface TarFields {
 function tarHeader(fields: TarFields): Buffer {
   const header = new Header(fields);
   const needsPax = header.encode();
-  const pax = needsPax ? new Pax({ path: fields.path, ...(fields.linkpath ? { linkpath: fields.linkpath } : {}), size: fields.size, mtime: fields.mtime }).encode() : Buffer.alloc(0);
+  const pax = needsPax
+    ? new Pax({ path: fields.path, ...(fields.linkpath ? { linkpath: fields.linkpath } : {}), size: fields.size, mtime: fields.mtime }).encode()
+    : Buffer.alloc(0);
   return Buffer.concat([pax, header.block!]);
 }
 
@@ -247,13 +249,17 @@ async function* tarFromImage(out: string, entries: ManifestEntry[]): AsyncGenera
       if (e.nlink > 1) firstName.set(e.ino, e.path);
     }
   }
-  const child = spawn(requireExecutable("bwrap", "bubblewrap"), sandboxArgs({
-    tool: requireExecutable("debugfs", "e2fsprogs"),
-    args: ["-f", "-", `${SANDBOX_OUTPUT_DIR}/disk.raw`],
-    outputDir: out,
-    timeoutMs: TOOL_TIMEOUT_MS,
-    limits: { ...TOOL_LIMITS, fileSizeBytes: 0 },
-  }), { stdio: ["pipe", "pipe", "ignore"], detached: true, env: {} });
+  const child = spawn(
+    requireExecutable("bwrap", "bubblewrap"),
+    sandboxArgs({
+      tool: requireExecutable("debugfs", "e2fsprogs"),
+      args: ["-f", "-", `${SANDBOX_OUTPUT_DIR}/disk.raw`],
+      outputDir: out,
+      timeoutMs: TOOL_TIMEOUT_MS,
+      limits: { ...TOOL_LIMITS, fileSizeBytes: 0 },
+    }),
+    { stdio: ["pipe", "pipe", "ignore"], detached: true, env: {} },
+  );
   const kill = () => {
     try {
       if (child.pid) process.kill(-child.pid, "SIGKILL");
@@ -265,7 +271,8 @@ async function* tarFromImage(out: string, entries: ManifestEntry[]): AsyncGenera
   child.stdin!.on("error", () => undefined);
   child.stdin!.end(cats.map((e) => `cat <${e.ino}>`).join("\n") + "\n");
   const reader = new StreamReader(child.stdout![Symbol.asyncIterator]());
-  const changed = () => new PyroError("GUEST_OPERATION_FAILED", "/workspace changed while it was being exported; export again (or stop the processes writing to it)");
+  const changed = () =>
+    new PyroError("GUEST_OPERATION_FAILED", "/workspace changed while it was being exported; export again (or stop the processes writing to it)");
   try {
     const seen = new Map<number, string>();
     for (const e of entries) {
@@ -314,7 +321,14 @@ async function* coalesce(pieces: AsyncIterable<Buffer>): AsyncGenerator<Buffer> 
 }
 
 /** Writes `guestPath` (a directory) of a disk-backed workspace to `scratchFile` as a tar; returns its size. */
-export async function exportDirectoryFromDisk(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, guestPath: string, redactor: Redactor, scratchFile: string): Promise<number> {
+export async function exportDirectoryFromDisk(
+  ctx: WorkspaceContext,
+  record: WorkspaceRecord,
+  vm: RunningVm,
+  guestPath: string,
+  redactor: Redactor,
+  scratchFile: string,
+): Promise<number> {
   const prefix = guestPath === WORKSPACE_ROOT ? "" : guestPath.slice(WORKSPACE_ROOT.length + 1);
   const manifest = await guestManifest(vm.agent);
   const scratch = await makePrivateTempDir(ctx.store.dir(record.id), ".disk-");
@@ -324,7 +338,9 @@ export async function exportDirectoryFromDisk(ctx: WorkspaceContext, record: Wor
     await replayJournal(out, bytes);
     if (!redactor.active) {
       // Streamed: nothing but the archive is written on the host.
-      const below = manifest.filter((e) => !prefix || e.path.startsWith(`${prefix}/`)).map((e) => (prefix ? { ...e, path: e.path.slice(prefix.length + 1) } : e));
+      const below = manifest
+        .filter((e) => !prefix || e.path.startsWith(`${prefix}/`))
+        .map((e) => (prefix ? { ...e, path: e.path.slice(prefix.length + 1) } : e));
       await pipeline(coalesce(tarFromImage(out, below)), createWriteStream(scratchFile, { mode: 0o644, flags: "wx" }));
       return (await lstat(scratchFile)).size;
     }
@@ -337,7 +353,11 @@ export async function exportDirectoryFromDisk(ctx: WorkspaceContext, record: Wor
     await restoreHardlinks(tree, manifest, prefix);
     // GNU tar on pyro's own dump (never following a link), written straight to the file: modes and
     // hardlinks exact, owners root as in the guest, host speed.
-    await runHostCommand(requireExecutable("tar", "tar"), ["-c", "-f", scratchFile, "-C", tree, "--numeric-owner", "--owner=0", "--group=0", "--format=gnu", "."], { timeoutMs: 1_800_000 });
+    await runHostCommand(
+      requireExecutable("tar", "tar"),
+      ["-c", "-f", scratchFile, "-C", tree, "--numeric-owner", "--owner=0", "--group=0", "--format=gnu", "."],
+      { timeoutMs: 1_800_000 },
+    );
     return (await lstat(scratchFile)).size;
   } finally {
     await rm(scratch, { recursive: true, force: true });

@@ -36,7 +36,6 @@ export async function listWorkspaceFiles(ctx: WorkspaceContext, ref: string, pat
   });
 }
 
-
 /** Reads a file; text comes back as UTF-8, anything else as base64 (and says so). Reads are not activity. */
 export async function readWorkspaceFile(ctx: WorkspaceContext, ref: string, path: string, maxBytes = FILE_READ_DEFAULT_MAX_BYTES) {
   const guestPath = workspacePath(path);
@@ -182,7 +181,8 @@ export async function applyWorkspacePatch(ctx: WorkspaceContext, ref: string, pa
       const status = oldName === undefined ? "added" : newName === undefined ? "deleted" : "modified";
       // What the target holds now, byte for byte: what a rollback puts back.
       const previous = await readBytesOrUndefined(vm.agent, guestPath);
-      const source = status === "added" ? Buffer.alloc(0) : workspacePath(oldName!) === guestPath ? previous : await readBytesOrUndefined(vm.agent, workspacePath(oldName!));
+      const source =
+        status === "added" ? Buffer.alloc(0) : workspacePath(oldName!) === guestPath ? previous : await readBytesOrUndefined(vm.agent, workspacePath(oldName!));
       if (source === undefined) throw new PyroError("PATCH_FAILED", `patch for ${display} does not apply: the file does not exist; nothing was changed`);
       if (status === "added" && previous !== undefined) {
         throw new PyroError("PATCH_FAILED", `patch creates ${display}, which already exists; nothing was changed`);

@@ -5,7 +5,7 @@ import type { RunningVm } from "../runtime/vmm-backend.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { ensureBootTemplate, type BootTemplate } from "./boot-templates.js";
 import { allocatedBytes } from "./workspace-disk-usage.js";
-import { buildSeedImage, checkDiskGib, checkSeedFits, DEFAULT_DISK_GIB, scanSeed, type SeedScan, } from "./seed-image.js";
+import { buildSeedImage, checkDiskGib, checkSeedFits, DEFAULT_DISK_GIB, scanSeed, type SeedScan } from "./seed-image.js";
 import { baselineManifestPath, bootWorkspace, layerDisk, layerWorkspaceDisk, seedImagePath } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { WORKSPACE_LAYOUT, type WorkspaceRecord } from "./workspace-record.js";
@@ -143,7 +143,11 @@ async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, v
  * Creates and starts a workspace: restore of the environment's boot template (cold boot when there
  * is none or it fails), seed /workspace, capture the baseline. The VM keeps running after return.
  */
-export async function createWorkspace(ctx: WorkspaceContext, environment: string, options: CreateWorkspaceOptions = {}): Promise<WorkspaceView & { create_ms: number }> {
+export async function createWorkspace(
+  ctx: WorkspaceContext,
+  environment: string,
+  options: CreateWorkspaceOptions = {},
+): Promise<WorkspaceView & { create_ms: number }> {
   const started = Date.now();
   await ctx.environments.spec(environment);
   const shape = { vcpuCount: options.vcpuCount ?? WORKSPACE_DEFAULTS.vcpuCount, memMib: options.memMib ?? WORKSPACE_DEFAULTS.memMib };
@@ -158,7 +162,9 @@ export async function createWorkspace(ctx: WorkspaceContext, environment: string
   const resolved = await resolveWorkspaceSeed(ctx.paths, options);
   let unpacked: string | undefined;
   try {
-    const seed = resolved ? await prepareWorkspaceSeed(resolved, async () => (unpacked = await makePrivateTempDir(ctx.paths.stateDir, ".seed-unpack-"))) : undefined;
+    const seed = resolved
+      ? await prepareWorkspaceSeed(resolved, async () => (unpacked = await makePrivateTempDir(ctx.paths.stateDir, ".seed-unpack-")))
+      : undefined;
     const scan = seed ? scanSeed(seed.source) : undefined;
     if (scan) checkSeedFits(scan, diskGib);
     return await createWithSeed(ctx, environment, options, started, shape, diskGib, seed, scan);
@@ -180,9 +186,12 @@ async function createWithSeed(
   const secrets = await collectSecrets(options.secrets, options.secretFiles);
   const network = checkNetworkOptions(options.networkPolicy ?? "off", options.allowHosts ?? []);
   const secretPlan = planSecrets(secrets, parseSecretHosts(options.secretHosts ?? {}), network.policy);
-  if (options.secretMemoryOnly && secretPlan.scoped.length === 0) throw new PyroError("INVALID_ARGUMENT", "--secret-memory-only applies to scoped secrets: give --secret-host for them");
-  if (options.secretsOverHttp && secretPlan.scoped.length === 0) throw new PyroError("INVALID_ARGUMENT", "--secret-over-http applies to scoped secrets: give --secret-host for them");
-  if (options.tlsInterception && network.policy === "off") throw new PyroError("INVALID_ARGUMENT", "TLS interception is done by the egress proxy: create the workspace with --network-policy egress");
+  if (options.secretMemoryOnly && secretPlan.scoped.length === 0)
+    throw new PyroError("INVALID_ARGUMENT", "--secret-memory-only applies to scoped secrets: give --secret-host for them");
+  if (options.secretsOverHttp && secretPlan.scoped.length === 0)
+    throw new PyroError("INVALID_ARGUMENT", "--secret-over-http applies to scoped secrets: give --secret-host for them");
+  if (options.tlsInterception && network.policy === "off")
+    throw new PyroError("INVALID_ARGUMENT", "TLS interception is done by the egress proxy: create the workspace with --network-policy egress");
   const env = await ctx.environments.require(environment);
   const runtime = await ctx.runtime();
   const id = newWorkspaceId();
@@ -229,7 +238,13 @@ async function createWithSeed(
       // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
       const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, { ...shape, diskGib }).catch(() => undefined) : undefined;
       if (template) {
-        vm = await bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore", ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}) });
+        vm = await bootWorkspace(ctx, record, {
+          kind: "restore",
+          statePath: template.statePath,
+          diskPath: template.diskPath,
+          mode: "template_restore",
+          ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}),
+        });
       } else {
         await layerDisk(ctx, record, env.imagePath, "raw");
         vm = await bootWorkspace(ctx, record, { kind: "cold" });
@@ -284,45 +299,60 @@ export interface UpdateWorkspaceOptions {
 }
 
 export async function updateWorkspace(ctx: WorkspaceContext, ref: string, changes: UpdateWorkspaceOptions): Promise<WorkspaceView> {
-  return withLockedWorkspace(ctx, ref, async (record) => {
-    if (changes.name !== undefined && changes.name !== null) await ctx.store.assertNameFree(validateName(changes.name), record.id);
-    if (changes.name !== undefined) record.name = changes.name;
-    checkLabels(changes.labels ?? {});
-    record.labels = { ...record.labels, ...changes.labels };
-    for (const key of changes.clearLabels ?? []) delete record.labels[key];
-    record.updated_at = nowIso();
-    await ctx.store.write(record);
-    return viewOf(record);
-  }, "update");
+  return withLockedWorkspace(
+    ctx,
+    ref,
+    async (record) => {
+      if (changes.name !== undefined && changes.name !== null) await ctx.store.assertNameFree(validateName(changes.name), record.id);
+      if (changes.name !== undefined) record.name = changes.name;
+      checkLabels(changes.labels ?? {});
+      record.labels = { ...record.labels, ...changes.labels };
+      for (const key of changes.clearLabels ?? []) delete record.labels[key];
+      record.updated_at = nowIso();
+      await ctx.store.write(record);
+      return viewOf(record);
+    },
+    "update",
+  );
 }
 
 export async function stopWorkspace(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
-  return withLockedWorkspace(ctx, ref, async (record) => {
-    if (await reconcileVm(ctx, record)) {
-      const runtime = await ctx.runtime();
-      const handle = vmHandle(record)!;
-      try {
-        await runtime.backend.stop(await runtime.backend.attach(handle, 10_000));
-      } catch {
-        await runtime.backend.kill(handle);
+  return withLockedWorkspace(
+    ctx,
+    ref,
+    async (record) => {
+      if (await reconcileVm(ctx, record)) {
+        const runtime = await ctx.runtime();
+        const handle = vmHandle(record)!;
+        try {
+          await runtime.backend.stop(await runtime.backend.attach(handle, 10_000));
+        } catch {
+          await runtime.backend.kill(handle);
+        }
       }
-    }
-    record.vm = null;
-    record.updated_at = nowIso();
-    await ctx.store.write(record);
-    return viewOf(record);
-  }, "stop");
+      record.vm = null;
+      record.updated_at = nowIso();
+      await ctx.store.write(record);
+      return viewOf(record);
+    },
+    "stop",
+  );
 }
 
 /** Boots a stopped workspace from its disk (files kept; processes and /tmp start fresh). */
 export async function startWorkspace(ctx: WorkspaceContext, ref: string): Promise<WorkspaceView> {
-  return withLockedWorkspace(ctx, ref, async (record) => {
-    if (await reconcileVm(ctx, record)) return viewOf(record);
-    const vm = await bootWorkspace(ctx, record, { kind: "cold" });
-    vm.detach();
-    await ctx.store.write(record);
-    return viewOf(record);
-  }, "start");
+  return withLockedWorkspace(
+    ctx,
+    ref,
+    async (record) => {
+      if (await reconcileVm(ctx, record)) return viewOf(record);
+      const vm = await bootWorkspace(ctx, record, { kind: "cold" });
+      vm.detach();
+      await ctx.store.write(record);
+      return viewOf(record);
+    },
+    "start",
+  );
 }
 
 export async function deleteWorkspace(ctx: WorkspaceContext, ref: string): Promise<{ workspace_id: string; deleted: true }> {

@@ -14,7 +14,8 @@ export function checkNetworkOptions(policy: string, allowHosts: string[]): { pol
   if (!(NETWORK_POLICIES as readonly string[]).includes(policy)) {
     throw new PyroError("INVALID_ARGUMENT", `unknown network policy '${policy}'; use ${NETWORK_POLICIES.join(", ")}`);
   }
-  if (policy === "off" && allowHosts.length) throw new PyroError("INVALID_ARGUMENT", "an egress allowlist needs --network-policy egress (or egress+published-ports)");
+  if (policy === "off" && allowHosts.length)
+    throw new PyroError("INVALID_ARGUMENT", "an egress allowlist needs --network-policy egress (or egress+published-ports)");
   const allow = allowHosts.map((entry) => {
     try {
       return validateAllowEntry(entry);
@@ -34,12 +35,21 @@ export function networkEnvironment(record: WorkspaceRecord): Record<string, stri
 export async function launchNetwork(ctx: WorkspaceContext, record: WorkspaceRecord): Promise<VmLaunchSpec["network"]> {
   if (record.network_policy === "off") return "none";
   const memoryValues = takeMemoryOnlyValues(record.id);
-  const interception = interceptsTls(record) ? { ...egressSecretFiles(ctx.store.dir(record.id)), ...(memoryValues ? { memoryValues } : {}), ...(record.secrets_over_http ? { secretsOverHttp: true } : {}) } : undefined;
+  const interception = interceptsTls(record)
+    ? {
+        ...egressSecretFiles(ctx.store.dir(record.id)),
+        ...(memoryValues ? { memoryValues } : {}),
+        ...(record.secrets_over_http ? { secretsOverHttp: true } : {}),
+      }
+    : undefined;
   return egressNetwork(join(ctx.store.dir(record.id), "egress-policy.json"), { allow: record.allow_hosts }, ctx.paths.runtimeDir, process.env, interception);
 }
 
 export function requirePublishing(record: WorkspaceRecord): void {
   if (record.network_policy !== "egress+published-ports") {
-    throw new PyroError("INVALID_ARGUMENT", `workspace ${record.id} has network policy '${record.network_policy}'; publishing ports needs 'egress+published-ports' (set at create)`);
+    throw new PyroError(
+      "INVALID_ARGUMENT",
+      `workspace ${record.id} has network policy '${record.network_policy}'; publishing ports needs 'egress+published-ports' (set at create)`,
+    );
   }
 }

@@ -77,7 +77,9 @@ export const WorkspaceRecord = z.object({
   /** Names only: values live in secrets.json (0600) and the guest's tmpfs. */
   secret_names: z.array(z.string()).default([]),
   /** Scoped secrets (a subset of secret_names): the guest holds the placeholder; values live in egress-secrets.json (0600). */
-  scoped_secrets: z.array(z.object({ name: z.string(), hosts: z.array(z.string()), placeholder: z.string(), memory_only: z.boolean().default(false) })).default([]),
+  scoped_secrets: z
+    .array(z.object({ name: z.string(), hosts: z.array(z.string()), placeholder: z.string(), memory_only: z.boolean().default(false) }))
+    .default([]),
   /** The egress proxy terminates guest TLS with the workspace CA even without scoped secrets. */
   tls_interception: z.boolean().default(false),
   /** Scoped values also go into cleartext http:// requests to their hosts (opt-in; by default TLS only). */

@@ -42,7 +42,9 @@ async function exists(path: string): Promise<boolean> {
 
 function describe(interrupted: LockOwner | undefined): string {
   if (!interrupted) return "an interrupted pyro operation";
-  return interrupted.purpose === UNNAMED_PURPOSE ? `an interrupted pyro operation (pid ${interrupted.pid})` : `an interrupted '${interrupted.purpose}' (pyro pid ${interrupted.pid})`;
+  return interrupted.purpose === UNNAMED_PURPOSE
+    ? `an interrupted pyro operation (pid ${interrupted.pid})`
+    : `an interrupted '${interrupted.purpose}' (pyro pid ${interrupted.pid})`;
 }
 
 /**
@@ -56,7 +58,9 @@ export async function recoverWorkspace(ctx: WorkspaceContext, id: string, interr
   const record = await ctx.store.read(id);
   const notes: string[] = [];
   const runDir = ctx.store.runDir(id);
-  const strays = (await exists(runDir)) ? (await (await backend()).findVms(ctx.paths.runtimeDir)).filter((vm) => vm.runDir === runDir && vm.pid !== record?.vm?.pid) : [];
+  const strays = (await exists(runDir))
+    ? (await (await backend()).findVms(ctx.paths.runtimeDir)).filter((vm) => vm.runDir === runDir && vm.pid !== record?.vm?.pid)
+    : [];
   if (!record) {
     // A record that exists but does not validate may be a newer pyro's: never delete what we cannot read.
     if (await exists(ctx.store.recordPath(id))) return notes;
@@ -149,8 +153,10 @@ export async function recoverInterrupted(ctx: WorkspaceContext): Promise<void> {
     }
   }
   for (const id of suspects) {
-    await ctx.store.tryWithLock(id, "recovery", (interrupted) => recoverWorkspace(ctx, id, interrupted)).catch((error: Error) => {
-      ctx.notice(`workspace ${id}: recovery from an interrupted operation failed: ${error.message}`);
-    });
+    await ctx.store
+      .tryWithLock(id, "recovery", (interrupted) => recoverWorkspace(ctx, id, interrupted))
+      .catch((error: Error) => {
+        ctx.notice(`workspace ${id}: recovery from an interrupted operation failed: ${error.message}`);
+      });
   }
 }

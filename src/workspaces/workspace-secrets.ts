@@ -65,7 +65,10 @@ export function secretEnvironment(secrets: Record<string, string>, mappings: str
     const [name, envName = name] = mapping.split("=", 2) as [string, string?];
     const value = secrets[name];
     if (value === undefined) {
-      throw new PyroError("INVALID_ARGUMENT", `the workspace has no secret '${name}'${Object.keys(secrets).length ? ` (it has: ${Object.keys(secrets).join(", ")})` : " (define secrets at create with --secret)"}`);
+      throw new PyroError(
+        "INVALID_ARGUMENT",
+        `the workspace has no secret '${name}'${Object.keys(secrets).length ? ` (it has: ${Object.keys(secrets).join(", ")})` : " (define secrets at create with --secret)"}`,
+      );
     }
     if (!NAME.test(envName)) throw new PyroError("INVALID_ARGUMENT", `invalid environment variable name '${envName}'`);
     env[envName] = value;

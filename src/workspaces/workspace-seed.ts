@@ -32,7 +32,10 @@ export interface PreparedSeed {
 }
 
 /** Where the seed comes from: seed_path first, then the project; undefined means an empty /workspace. */
-export async function resolveWorkspaceSeed(paths: PyroPaths, options: { seedPath?: string; project?: ProjectSource }): Promise<WorkspaceSeedSource | undefined> {
+export async function resolveWorkspaceSeed(
+  paths: PyroPaths,
+  options: { seedPath?: string; project?: ProjectSource },
+): Promise<WorkspaceSeedSource | undefined> {
   if (options.seedPath !== undefined) {
     const origin: SeedOrigin = { kind: "seed_path", ref: options.seedPath, commit: null };
     if (!(await lstat(options.seedPath).catch(() => undefined))) throw new PyroError("INVALID_ARGUMENT", `seed path ${options.seedPath} does not exist`);
@@ -76,7 +79,8 @@ export interface WorkspaceSeedView {
   note?: string;
 }
 
-const EMPTY_SEED_NOTE = "/workspace starts empty: no seed_path was given and there is no project (start `pyro mcp serve` in a Git checkout, or give it --project-path or --repo-url)";
+const EMPTY_SEED_NOTE =
+  "/workspace starts empty: no seed_path was given and there is no project (start `pyro mcp serve` in a Git checkout, or give it --project-path or --repo-url)";
 
 export function seedView(seed: WorkspaceRecord["seed"]): WorkspaceSeedView {
   const kind = seed.origin_kind ?? (seed.mode === "empty" ? "empty" : "seed_path");
@@ -94,7 +98,8 @@ export function seedView(seed: WorkspaceRecord["seed"]): WorkspaceSeedView {
 }
 
 export function seedRecord(seed: PreparedSeed | undefined, scan: SeedScan | undefined): WorkspaceRecord["seed"] {
-  if (!seed || !scan) return { mode: "empty", origin: null, origin_kind: "empty", commit: null, files: 0, bytes: 0, skipped: [], skipped_count: 0, built_at_ns: null };
+  if (!seed || !scan)
+    return { mode: "empty", origin: null, origin_kind: "empty", commit: null, files: 0, bytes: 0, skipped: [], skipped_count: 0, built_at_ns: null };
   const skipped = [...seed.skipped, ...scan.skipped];
   return {
     mode: seed.mode,

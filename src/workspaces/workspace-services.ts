@@ -42,7 +42,15 @@ export interface ServiceView {
 
 function view(record: WorkspaceRecord, name: string, agentState: Record<string, unknown> | undefined): ServiceView {
   const meta = record.services[name]!;
-  const state = !agentState ? (meta.stopped_at ? "stopped" : "lost") : agentState.running === true ? "running" : agentState.stopped_by_request === true ? "stopped" : "exited";
+  const state = !agentState
+    ? meta.stopped_at
+      ? "stopped"
+      : "lost"
+    : agentState.running === true
+      ? "running"
+      : agentState.stopped_by_request === true
+        ? "stopped"
+        : "exited";
   return {
     workspace_id: record.id,
     name,
@@ -137,7 +145,13 @@ async function publishAll(vm: RunningVm, requests: { hostPort: number; guestPort
  * became ready is stopped rather than left half-up. All or nothing: whatever fails (a port that
  * cannot be published, readiness), no service is left running and no port stays published.
  */
-export async function startService(ctx: WorkspaceContext, ref: string, name: string, command: string[] | string, options: StartServiceOptions = {}): Promise<ServiceView & { ready_ms: number }> {
+export async function startService(
+  ctx: WorkspaceContext,
+  ref: string,
+  name: string,
+  command: string[] | string,
+  options: StartServiceOptions = {},
+): Promise<ServiceView & { ready_ms: number }> {
   const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
   const timeoutMs = (options.readyTimeoutSeconds ?? SERVICE_DEFAULTS.readyTimeoutSeconds) * 1000;
   const intervalMs = options.readyIntervalMs ?? SERVICE_DEFAULTS.readyIntervalMs;
@@ -167,7 +181,10 @@ export async function startService(ctx: WorkspaceContext, ref: string, name: str
           if (result.ready) break;
           last = result.detail;
           if (Date.now() - started > timeoutMs) {
-            await stopAndFail("SERVICE_NOT_READY", `service ${name} did not become ready within ${timeoutMs / 1000} s (last probe: ${last}); it has been stopped`);
+            await stopAndFail(
+              "SERVICE_NOT_READY",
+              `service ${name} did not become ready within ${timeoutMs / 1000} s (last probe: ${last}); it has been stopped`,
+            );
           }
           await sleep(intervalMs);
         }
@@ -188,13 +205,16 @@ export async function startService(ctx: WorkspaceContext, ref: string, name: str
 export async function listServices(ctx: WorkspaceContext, ref: string) {
   return withRunningWorkspace(ctx, ref, async (record, vm) => {
     const live = await agentServices(vm.agent);
-    const services = Object.keys(record.services).sort().map((name) => view(record, name, live.get(name)));
+    const services = Object.keys(record.services)
+      .sort()
+      .map((name) => view(record, name, live.get(name)));
     return { workspace_id: record.id, count: services.length, running_count: services.filter((s) => s.state === "running").length, services };
   });
 }
 
 function known(record: WorkspaceRecord, name: string): void {
-  if (!record.services[name]) throw new PyroError("INVALID_ARGUMENT", `workspace ${record.id} has no service '${name}'; see 'pyro workspace service list ${record.id}'`);
+  if (!record.services[name])
+    throw new PyroError("INVALID_ARGUMENT", `workspace ${record.id} has no service '${name}'; see 'pyro workspace service list ${record.id}'`);
 }
 
 export async function serviceStatus(ctx: WorkspaceContext, ref: string, name: string): Promise<ServiceView> {

@@ -7,7 +7,6 @@ import type { Redactor } from "./secret-redaction.js";
 import { secretEnvironment } from "./workspace-secrets.js";
 import { renderPlain } from "./terminal-text.js";
 
-
 export interface ShellView {
   workspace_id: string;
   shell_id: string;
@@ -38,7 +37,11 @@ export function wholeCharacters(bytes: Buffer): number {
 }
 
 /** Opens an interactive shell (bash, on a real PTY in the guest) that lives until closed. */
-export async function openShell(ctx: WorkspaceContext, ref: string, options: { cwd?: string; cols?: number; rows?: number; secretEnv?: string[] } = {}): Promise<ShellView> {
+export async function openShell(
+  ctx: WorkspaceContext,
+  ref: string,
+  options: { cwd?: string; cols?: number; rows?: number; secretEnv?: string[] } = {},
+): Promise<ShellView> {
   const cwd = workspacePath(options.cwd ?? WORKSPACE_ROOT);
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
     const shell = await vm.agent.shellOpen({

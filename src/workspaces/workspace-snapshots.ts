@@ -27,12 +27,21 @@ export function templateBaseline(template: BootTemplate): SnapshotRecord {
 async function restoreTemplateBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, templateName: string): Promise<RunningVm> {
   const found = await templateByName(ctx.paths, templateName);
   if (!found) {
-    throw new PyroError("SNAPSHOT_NOT_FOUND", `the boot template ${templateName} that workspace ${record.id} was created from is gone from the cache; its baseline cannot be restored (create a new workspace)`);
+    throw new PyroError(
+      "SNAPSHOT_NOT_FOUND",
+      `the boot template ${templateName} that workspace ${record.id} was created from is gone from the cache; its baseline cannot be restored (create a new workspace)`,
+    );
   }
   const { template, restorable } = found;
   await layerWorkspaceDisk(ctx, record, seedImagePath(ctx, record.id), "raw");
   if (restorable) {
-    return bootWorkspace(ctx, record, { kind: "restore", statePath: template.statePath, diskPath: template.diskPath, mode: "template_restore", ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}) });
+    return bootWorkspace(ctx, record, {
+      kind: "restore",
+      statePath: template.statePath,
+      diskPath: template.diskPath,
+      mode: "template_restore",
+      ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}),
+    });
   }
   // Its RAM file is gone (reboot, QEMU upgrade): the same disks, booted instead of resumed.
   await layerDisk(ctx, record, template.diskPath, "qcow2");
@@ -69,8 +78,13 @@ export async function saveSnapshot(ctx: WorkspaceContext, record: WorkspaceRecor
     await chmod(join(dir, "state.bin"), PRIVATE_FILE_MODE);
     try {
       // Both disks while paused: the /workspace overlay is as consistent with the memory as the root one.
-      await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", diskPath(ctx, record.id), join(dir, "disk.qcow2")], { privateFiles: true });
-      if (record.disk_gib !== null) await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", workspaceDiskPath(ctx, record.id), join(dir, WORKSPACE_DISK_FILE)], { privateFiles: true });
+      await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", diskPath(ctx, record.id), join(dir, "disk.qcow2")], {
+        privateFiles: true,
+      });
+      if (record.disk_gib !== null)
+        await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", workspaceDiskPath(ctx, record.id), join(dir, WORKSPACE_DISK_FILE)], {
+          privateFiles: true,
+        });
     } finally {
       await vm.resume();
     }
@@ -78,20 +92,31 @@ export async function saveSnapshot(ctx: WorkspaceContext, record: WorkspaceRecor
     await rm(dir, { recursive: true, force: true });
     throw error;
   }
-  return { name, created_at: nowIso(), state_file: "state.bin", disk_file: "disk.qcow2", ...(record.disk_gib !== null ? { workspace_disk_file: WORKSPACE_DISK_FILE } : {}) };
+  return {
+    name,
+    created_at: nowIso(),
+    state_file: "state.bin",
+    disk_file: "disk.qcow2",
+    ...(record.disk_gib !== null ? { workspace_disk_file: WORKSPACE_DISK_FILE } : {}),
+  };
 }
 
 export async function createSnapshot(ctx: WorkspaceContext, ref: string, name: string): Promise<SnapshotView & { workspace_id: string }> {
   validateName(name);
   if (name === BASELINE_SNAPSHOT) throw new PyroError("INVALID_ARGUMENT", `'${BASELINE_SNAPSHOT}' is reserved for the state captured at create`);
-  return withRunningWorkspace(ctx, ref, async (record, vm) => {
-    if (record.snapshots.some((s) => s.name === name)) throw new PyroError("INVALID_ARGUMENT", `workspace ${record.id} already has a snapshot '${name}'`);
-    const snapshot = await saveSnapshot(ctx, record, vm, name);
-    record.snapshots.push(snapshot);
-    record.updated_at = nowIso();
-    await ctx.store.write(record);
-    return { workspace_id: record.id, name, created_at: snapshot.created_at };
-  }, "snapshot create");
+  return withRunningWorkspace(
+    ctx,
+    ref,
+    async (record, vm) => {
+      if (record.snapshots.some((s) => s.name === name)) throw new PyroError("INVALID_ARGUMENT", `workspace ${record.id} already has a snapshot '${name}'`);
+      const snapshot = await saveSnapshot(ctx, record, vm, name);
+      record.snapshots.push(snapshot);
+      record.updated_at = nowIso();
+      await ctx.store.write(record);
+      return { workspace_id: record.id, name, created_at: snapshot.created_at };
+    },
+    "snapshot create",
+  );
 }
 
 export async function listSnapshots(ctx: WorkspaceContext, ref: string): Promise<{ workspace_id: string; count: number; snapshots: SnapshotView[] }> {
@@ -101,55 +126,80 @@ export async function listSnapshots(ctx: WorkspaceContext, ref: string): Promise
 }
 
 export async function deleteSnapshot(ctx: WorkspaceContext, ref: string, name: string): Promise<{ workspace_id: string; deleted: string }> {
-  return withLockedWorkspace(ctx, ref, async (record) => {
-    if (name === BASELINE_SNAPSHOT) throw new PyroError("INVALID_ARGUMENT", "the baseline snapshot cannot be deleted; it is what 'reset' and 'diff' compare against");
-    const snapshot = record.snapshots.find((s) => s.name === name);
-    if (!snapshot) throw new PyroError("SNAPSHOT_NOT_FOUND", `workspace ${record.id} has no snapshot '${name}'; see 'pyro workspace snapshot list ${record.id}'`);
-    const disks = snapshotDisks(ctx, record.id, snapshot);
-    // Disks layer on each other: one that others build on cannot go without losing their data.
-    // Which ones do is read from the images (not remembered), so an interrupted reset cannot make it wrong.
-    const layered = [
-      { what: "the current disk", path: diskPath(ctx, record.id) },
-      ...(record.disk_gib !== null ? [{ what: "the current disk", path: workspaceDiskPath(ctx, record.id) }] : []),
-      ...record.snapshots.filter((s) => s.name !== name && !s.template).flatMap((s) => snapshotDisks(ctx, record.id, s).map((path) => ({ what: `snapshot '${s.name}'`, path }))),
-    ];
-    const dependents = new Set<string>();
-    for (const { what, path } of layered) if ((await backingChain(path)).some((layer) => disks.includes(layer))) dependents.add(what);
-    if (dependents.size) {
-      throw new PyroError("INVALID_ARGUMENT", `snapshot '${name}' is the base of ${[...dependents].join(" and ")}; reset to another snapshot first`);
-    }
-    await rm(snapshotDir(ctx, record.id, name), { recursive: true, force: true });
-    record.snapshots = record.snapshots.filter((s) => s.name !== name);
-    record.updated_at = nowIso();
-    await ctx.store.write(record);
-    return { workspace_id: record.id, deleted: name };
-  }, "snapshot delete");
+  return withLockedWorkspace(
+    ctx,
+    ref,
+    async (record) => {
+      if (name === BASELINE_SNAPSHOT)
+        throw new PyroError("INVALID_ARGUMENT", "the baseline snapshot cannot be deleted; it is what 'reset' and 'diff' compare against");
+      const snapshot = record.snapshots.find((s) => s.name === name);
+      if (!snapshot)
+        throw new PyroError("SNAPSHOT_NOT_FOUND", `workspace ${record.id} has no snapshot '${name}'; see 'pyro workspace snapshot list ${record.id}'`);
+      const disks = snapshotDisks(ctx, record.id, snapshot);
+      // Disks layer on each other: one that others build on cannot go without losing their data.
+      // Which ones do is read from the images (not remembered), so an interrupted reset cannot make it wrong.
+      const layered = [
+        { what: "the current disk", path: diskPath(ctx, record.id) },
+        ...(record.disk_gib !== null ? [{ what: "the current disk", path: workspaceDiskPath(ctx, record.id) }] : []),
+        ...record.snapshots
+          .filter((s) => s.name !== name && !s.template)
+          .flatMap((s) => snapshotDisks(ctx, record.id, s).map((path) => ({ what: `snapshot '${s.name}'`, path }))),
+      ];
+      const dependents = new Set<string>();
+      for (const { what, path } of layered) if ((await backingChain(path)).some((layer) => disks.includes(layer))) dependents.add(what);
+      if (dependents.size) {
+        throw new PyroError("INVALID_ARGUMENT", `snapshot '${name}' is the base of ${[...dependents].join(" and ")}; reset to another snapshot first`);
+      }
+      await rm(snapshotDir(ctx, record.id, name), { recursive: true, force: true });
+      record.snapshots = record.snapshots.filter((s) => s.name !== name);
+      record.updated_at = nowIso();
+      await ctx.store.write(record);
+      return { workspace_id: record.id, deleted: name };
+    },
+    "snapshot delete",
+  );
 }
 
 /**
  * Puts the workspace back to a snapshot (default: the baseline captured at create): the VM is
  * replaced by a restore of the snapshot's memory and disk. Command history is kept.
  */
-export async function resetWorkspace(ctx: WorkspaceContext, ref: string, name = BASELINE_SNAPSHOT): Promise<{ workspace_id: string; snapshot: string; reset_ms: number; start_mode: string }> {
-  return withLockedWorkspace(ctx, ref, async (record) => {
-    const started = Date.now();
-    const snapshot = record.snapshots.find((s) => s.name === name);
-    if (!snapshot) throw new PyroError("SNAPSHOT_NOT_FOUND", `workspace ${record.id} has no snapshot '${name}'; see 'pyro workspace snapshot list ${record.id}'`);
-    const handle = vmHandle(record);
-    const runtime = await ctx.runtime();
-    if (handle && (await reconcileVm(ctx, record))) await runtime.backend.kill(handle);
-    // Recorded before the disk changes: a crash from here on leaves a stopped workspace, truthfully.
-    record.vm = null;
-    record.updated_at = nowIso();
-    await ctx.store.write(record);
-    const dir = snapshotDir(ctx, record.id, name);
-    const workspaceDisk = snapshot.workspace_disk_file ? { workspaceDiskPath: join(dir, snapshot.workspace_disk_file) } : {};
-    const vm = snapshot.template
-      ? await restoreTemplateBaseline(ctx, record, snapshot.template)
-      : await bootWorkspace(ctx, record, { kind: "restore", statePath: join(dir, snapshot.state_file), diskPath: join(dir, snapshot.disk_file), mode: "snapshot_restore", ...workspaceDisk });
-    vm.detach();
-    record.last_activity_at = record.updated_at = nowIso();
-    await ctx.store.write(record);
-    return { workspace_id: record.id, snapshot: name, reset_ms: Date.now() - started, start_mode: record.vm!.start_mode };
-  }, "reset");
+export async function resetWorkspace(
+  ctx: WorkspaceContext,
+  ref: string,
+  name = BASELINE_SNAPSHOT,
+): Promise<{ workspace_id: string; snapshot: string; reset_ms: number; start_mode: string }> {
+  return withLockedWorkspace(
+    ctx,
+    ref,
+    async (record) => {
+      const started = Date.now();
+      const snapshot = record.snapshots.find((s) => s.name === name);
+      if (!snapshot)
+        throw new PyroError("SNAPSHOT_NOT_FOUND", `workspace ${record.id} has no snapshot '${name}'; see 'pyro workspace snapshot list ${record.id}'`);
+      const handle = vmHandle(record);
+      const runtime = await ctx.runtime();
+      if (handle && (await reconcileVm(ctx, record))) await runtime.backend.kill(handle);
+      // Recorded before the disk changes: a crash from here on leaves a stopped workspace, truthfully.
+      record.vm = null;
+      record.updated_at = nowIso();
+      await ctx.store.write(record);
+      const dir = snapshotDir(ctx, record.id, name);
+      const workspaceDisk = snapshot.workspace_disk_file ? { workspaceDiskPath: join(dir, snapshot.workspace_disk_file) } : {};
+      const vm = snapshot.template
+        ? await restoreTemplateBaseline(ctx, record, snapshot.template)
+        : await bootWorkspace(ctx, record, {
+            kind: "restore",
+            statePath: join(dir, snapshot.state_file),
+            diskPath: join(dir, snapshot.disk_file),
+            mode: "snapshot_restore",
+            ...workspaceDisk,
+          });
+      vm.detach();
+      record.last_activity_at = record.updated_at = nowIso();
+      await ctx.store.write(record);
+      return { workspace_id: record.id, snapshot: name, reset_ms: Date.now() - started, start_mode: record.vm!.start_mode };
+    },
+    "reset",
+  );
 }

@@ -6,7 +6,7 @@ import type { WorkspaceContext } from "./workspace-context.js";
 export interface WorkspaceSummary {
   workspace: WorkspaceView;
   commands: { count: number; failed: number; recent: { sequence: number; command: string[] | string; exit_code: number; duration_ms: number }[] };
-  changes: DiffResult["summary"] & { files: DiffResult["files"] } | null;
+  changes: (DiffResult["summary"] & { files: DiffResult["files"] }) | null;
   snapshots: string[];
   /** Per scoped secret: hosts its value was sent to, refused requests (never a value). */
   secrets?: NonNullable<Awaited<ReturnType<typeof workspaceLogs>>["secrets"]>;

@@ -16,15 +16,19 @@ import type { Redactor } from "./secret-redaction.js";
 export async function syncPush(ctx: WorkspaceContext, ref: string, source: string, dest = WORKSPACE_ROOT) {
   const guestDest = workspacePath(dest);
   const tree = await prepareTree(source); // validated before the workspace is touched
-  return withRunningWorkspace(ctx, ref, async (record, vm) => {
-    await extractTarInGuest(vm.agent, tree.tar, guestDest);
-    await vm.agent.sync();
-    record.last_activity_at = record.updated_at = nowIso();
-    await ctx.store.write(record);
-    return { workspace_id: record.id, source, destination: guestDest, mode: tree.mode, ...tree.summary };
-  }, "sync push");
+  return withRunningWorkspace(
+    ctx,
+    ref,
+    async (record, vm) => {
+      await extractTarInGuest(vm.agent, tree.tar, guestDest);
+      await vm.agent.sync();
+      record.last_activity_at = record.updated_at = nowIso();
+      await ctx.store.write(record);
+      return { workspace_id: record.id, source, destination: guestDest, mode: tree.mode, ...tree.summary };
+    },
+    "sync push",
+  );
 }
-
 
 async function readTree(tarBytes: Buffer): Promise<Map<string, TreeEntry>> {
   const entries = new Map<string, TreeEntry>();
@@ -49,7 +53,6 @@ async function readTree(tarBytes: Buffer): Promise<Map<string, TreeEntry>> {
   return entries;
 }
 
-
 export interface DiffResult {
   workspace_id: string;
   changed: boolean;
@@ -73,7 +76,8 @@ export async function diffTrees(baselineTar: Buffer, currentTar: Buffer, redacto
     const a = before.get(originalPath);
     const b = after.get(originalPath);
     if (a?.type === "Directory" && b?.type === "Directory") continue;
-    if (a && b && a.type === b.type && a.linkpath === b.linkpath && a.mode === b.mode && (a.data === b.data || (a.data && b.data && a.data.equals(b.data)))) continue;
+    if (a && b && a.type === b.type && a.linkpath === b.linkpath && a.mode === b.mode && (a.data === b.data || (a.data && b.data && a.data.equals(b.data))))
+      continue;
     if ((a?.type === "Directory" && !b) || (b?.type === "Directory" && !a)) continue; // their files tell the story
     const file = formatFileDiff(originalPath, a, b, redactor);
     result.summary[file.status]++;
@@ -125,7 +129,14 @@ export async function redactTar(tarBytes: Buffer, redactor: Redactor): Promise<B
     taken.add(path);
     const body = entry.data ? redactor.bytes(entry.data) : undefined;
     const linkpath = entry.linkpath ? redactor.text(entry.linkpath) : undefined;
-    const header = new Header({ path: type === "Directory" ? `${path}/` : path, type: type as Header["type"], mode: entry.mode, size: body?.length ?? 0, ...(linkpath ? { linkpath } : {}), mtime: new Date() });
+    const header = new Header({
+      path: type === "Directory" ? `${path}/` : path,
+      type: type as Header["type"],
+      mode: entry.mode,
+      size: body?.length ?? 0,
+      ...(linkpath ? { linkpath } : {}),
+      mtime: new Date(),
+    });
     const read = new ReadEntry(header);
     pack.add(read);
     if (body) read.write(body);

@@ -8,7 +8,11 @@ import { CLI } from "./vm-fixtures.js";
  * `cwd`, by default outside any Git checkout (so workspace_create without seed_path starts empty,
  * not seeded from this repository).
  */
-export async function connectStdio(args: string[] = [], env: Record<string, string> = {}, cwd: string = tmpdir()): Promise<{ client: Client; transport: StdioClientTransport }> {
+export async function connectStdio(
+  args: string[] = [],
+  env: Record<string, string> = {},
+  cwd: string = tmpdir(),
+): Promise<{ client: Client; transport: StdioClientTransport }> {
   const transport = new StdioClientTransport({
     command: process.execPath,
     args: [CLI, "mcp", "serve", ...args],

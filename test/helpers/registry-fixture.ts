@@ -29,11 +29,17 @@ export async function startRegistry(options: { user?: string; password?: string 
     spawnSync("htpasswd", ["-Bbc", join(dir, "htpasswd"), options.user, options.password ?? ""], { stdio: "ignore" });
     auth = `auth:\n  htpasswd:\n    realm: pyro-test\n    path: ${join(dir, "htpasswd")}\n`;
   }
-  await writeFile(join(dir, "config.yml"), `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, "data")}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:${port}\n${auth}`);
+  await writeFile(
+    join(dir, "config.yml"),
+    `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, "data")}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:${port}\n${auth}`,
+  );
   const child: ChildProcess = spawn("docker-registry", ["serve", join(dir, "config.yml")], { stdio: "ignore" });
   const host = `127.0.0.1:${port}`;
   for (let i = 0; i < 200; i++) {
-    const up = await fetch(`http://${host}/v2/`).then((r) => r.status, () => 0);
+    const up = await fetch(`http://${host}/v2/`).then(
+      (r) => r.status,
+      () => 0,
+    );
     if (up === 200 || up === 401) break;
     await new Promise((r) => setTimeout(r, 25));
   }

@@ -51,7 +51,9 @@ export async function packTar(entries: { path: string; type: "File" | "SymbolicL
     pack.on("error", reject);
   });
   for (const e of entries) {
-    const read = new ReadEntry(new Header({ path: e.path, type: e.type, mode: 0o644, size: e.data?.length ?? 0, ...(e.linkpath ? { linkpath: e.linkpath } : {}), mtime: new Date(0) }));
+    const read = new ReadEntry(
+      new Header({ path: e.path, type: e.type, mode: 0o644, size: e.data?.length ?? 0, ...(e.linkpath ? { linkpath: e.linkpath } : {}), mtime: new Date(0) }),
+    );
     pack.add(read);
     if (e.data) read.write(e.data);
     read.end();

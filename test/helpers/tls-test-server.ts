@@ -33,7 +33,18 @@ function serveGit(req: IncomingMessage, body: Buffer, res: ServerResponse, git: 
   }
   const url = new URL(req.url ?? "/", "https://x");
   const cgi = spawn("git", ["http-backend"], {
-    env: { PATH: process.env.PATH, GIT_PROJECT_ROOT: git.root, GIT_HTTP_EXPORT_ALL: "1", REQUEST_METHOD: req.method, PATH_INFO: url.pathname.slice("/git".length), QUERY_STRING: url.search.slice(1), CONTENT_TYPE: req.headers["content-type"] ?? "", CONTENT_LENGTH: String(body.length), REMOTE_USER: "git", REMOTE_ADDR: "127.0.0.1" },
+    env: {
+      PATH: process.env.PATH,
+      GIT_PROJECT_ROOT: git.root,
+      GIT_HTTP_EXPORT_ALL: "1",
+      REQUEST_METHOD: req.method,
+      PATH_INFO: url.pathname.slice("/git".length),
+      QUERY_STRING: url.search.slice(1),
+      CONTENT_TYPE: req.headers["content-type"] ?? "",
+      CONTENT_LENGTH: String(body.length),
+      REMOTE_USER: "git",
+      REMOTE_ADDR: "127.0.0.1",
+    },
   });
   const out: Buffer[] = [];
   cgi.stdout.on("data", (d: Buffer) => out.push(d));
@@ -57,7 +68,11 @@ function serveGit(req: IncomingMessage, body: Buffer, res: ServerResponse, git: 
   cgi.stdin.end(body);
 }
 
-export async function startTlsTestServer(dir: string, echo: (r: ReceivedRequest) => string = (r) => `ok ${r.method} ${r.url}\n`, git?: GitService): Promise<{ server: Server; port: number; caPath: string; received: ReceivedRequest[] }> {
+export async function startTlsTestServer(
+  dir: string,
+  echo: (r: ReceivedRequest) => string = (r) => `ok ${r.method} ${r.url}\n`,
+  git?: GitService,
+): Promise<{ server: Server; port: number; caPath: string; received: ReceivedRequest[] }> {
   const ca = await mintCertificateAuthority("test-upstream");
   const caPath = join(dir, "test-upstream-ca.pem");
   await writeFile(caPath, ca.certPem);

@@ -66,6 +66,8 @@ export async function agentReady(runDir: string): Promise<void> {
     if ((await readFile(join(runDir, "console.log"), "utf8").catch(() => "")).includes("pyro-agent: ready")) return true;
     const [pid] = await processesMentioning(socket);
     const restored = pid !== undefined && (await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "")).split("\0").includes("-incoming");
-    return restored && (await readFile("/proc/net/unix", "utf8")).split("\n").some((line) => line.endsWith(` ${socket}`) && / 03 /.test(line)) ? true : undefined;
+    return restored && (await readFile("/proc/net/unix", "utf8")).split("\n").some((line) => line.endsWith(` ${socket}`) && / 03 /.test(line))
+      ? true
+      : undefined;
   });
 }

@@ -30,11 +30,15 @@ async function writeFiles(root: string, files: Record<string, FixtureFile>): Pro
 
 /** Runs git for the fixture with no user or system config, so the commit looks the same everywhere. */
 function git(cwd: string, args: string[]): void {
-  const r = spawnSync("git", ["-c", "user.name=pyro", "-c", "user.email=pyro@localhost", "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main", ...args], {
-    cwd,
-    encoding: "utf8",
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: cwd, GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null" },
-  });
+  const r = spawnSync(
+    "git",
+    ["-c", "user.name=pyro", "-c", "user.email=pyro@localhost", "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main", ...args],
+    {
+      cwd,
+      encoding: "utf8",
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: cwd, GIT_CONFIG_NOSYSTEM: "1", GIT_CONFIG_GLOBAL: "/dev/null" },
+    },
+  );
   if (r.status !== 0) throw new Error(`git ${args.join(" ")} failed: ${r.stderr}`);
 }
 

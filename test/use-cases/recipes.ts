@@ -73,7 +73,9 @@ const BUGGY_PROJECT: FixtureProject = {
     ".gitignore": "build/\n*.log\n",
     "README.md": "# calc\n\nRun ./test.sh\n",
     "src/calc.py": CALC_BUGGY,
-    "test.sh": sh("#!/bin/sh\npython3 -B -c 'import sys; sys.path.insert(0, \"src\"); from calc import add; assert add(2, 3) == 5, add(2, 3); print(\"tests pass\")'\n"),
+    "test.sh": sh(
+      '#!/bin/sh\npython3 -B -c \'import sys; sys.path.insert(0, "src"); from calc import add; assert add(2, 3) == 5, add(2, 3); print("tests pass")\'\n',
+    ),
   },
   untracked: { "NOTES.md": "repro: add(2, 3) gives -1\n" },
   ignored: { "build/calc.so": "not source\n", "debug.log": "noise\n" },
@@ -143,7 +145,10 @@ const reproFixLoop: UseCaseRecipe = {
       purpose: "review the change against the baseline",
       args: () => ({ workspace_id: "repro-fix" }),
       check: (r) => {
-        assert.deepEqual((r.files as { path: string }[]).map((f) => f.path), ["src/calc.py"]);
+        assert.deepEqual(
+          (r.files as { path: string }[]).map((f) => f.path),
+          ["src/calc.py"],
+        );
         includes(r.patch, "+    return a + b", "the diff");
       },
     },
@@ -212,7 +217,10 @@ const parallelWorkspaces: UseCaseRecipe = {
       purpose: "find the right workspace later (most recent activity first)",
       args: () => ({}),
       check: (r) => {
-        assert.deepEqual((r.workspaces as { name: string }[]).map((w) => w.name), ["issue-101", "issue-102"]);
+        assert.deepEqual(
+          (r.workspaces as { name: string }[]).map((w) => w.name),
+          ["issue-101", "issue-102"],
+        );
       },
     },
     {
@@ -227,7 +235,10 @@ const parallelWorkspaces: UseCaseRecipe = {
       args: () => ({}),
       check: (r) => {
         const bob = (r.workspaces as { name: string; labels: Record<string, string> }[]).filter((w) => w.labels.owner === "bob");
-        assert.deepEqual(bob.map((w) => w.name), ["issue-102-bob"]);
+        assert.deepEqual(
+          bob.map((w) => w.name),
+          ["issue-102-bob"],
+        );
       },
     },
     {
@@ -245,7 +256,11 @@ const parallelWorkspaces: UseCaseRecipe = {
       tool: "workspace_list",
       purpose: "only the other one is left",
       args: () => ({}),
-      check: (r) => assert.deepEqual((r.workspaces as { name: string }[]).map((w) => w.name), ["issue-102-bob"]),
+      check: (r) =>
+        assert.deepEqual(
+          (r.workspaces as { name: string }[]).map((w) => w.name),
+          ["issue-102-bob"],
+        ),
     },
     {
       tool: "workspace_delete",
@@ -337,7 +352,9 @@ const coldStartValidation: UseCaseRecipe = {
         "        self.wfile.write(b'ok\\n')\n\n" +
         "HTTPServer(('127.0.0.1', 8080), Health).serve_forever()\n",
       "test_app.py": "import ast\nast.parse(open('app.py').read())\nprint('app.py parses')\n",
-      "validate.sh": sh("#!/bin/sh\nset -e\n{ echo \"python: $(python3 --version)\"; python3 test_app.py; echo 'validation: ok'; } > validation-report.txt\ncat validation-report.txt\n"),
+      "validate.sh": sh(
+        "#!/bin/sh\nset -e\n{ echo \"python: $(python3 --version)\"; python3 test_app.py; echo 'validation: ok'; } > validation-report.txt\ncat validation-report.txt\n",
+      ),
     },
   },
   startup: "project-path",
@@ -369,7 +386,10 @@ const coldStartValidation: UseCaseRecipe = {
     {
       tool: "workspace_exec",
       purpose: "check that it answers",
-      args: () => ({ workspace_id: "cold-start", command: "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/health').read().decode(), end='')\"" }),
+      args: () => ({
+        workspace_id: "cold-start",
+        command: "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/health').read().decode(), end='')\"",
+      }),
       check: (r) => assert.equal(r.stdout, "ok\n"),
     },
     {
@@ -407,7 +427,9 @@ const reviewEval: UseCaseRecipe = {
     committed: {
       "CHECKLIST.md": "- [ ] model answers 2+2\n- [ ] eval.sh passes\n",
       "src/model.py": "def answer(q):\n    return {'2+2': '4'}.get(q, '?')\n",
-      "eval.sh": sh("#!/bin/sh\npython3 -B -c 'import sys; sys.path.insert(0, \"src\"); from model import answer; r = answer(\"2+2\"); print(\"2+2 ->\", r); print(\"score: 1/1\" if r == \"4\" else \"score: 0/1\")'\n"),
+      "eval.sh": sh(
+        '#!/bin/sh\npython3 -B -c \'import sys; sys.path.insert(0, "src"); from model import answer; r = answer("2+2"); print("2+2 ->", r); print("score: 1/1" if r == "4" else "score: 0/1")\'\n',
+      ),
     },
   },
   startup: "cwd",
@@ -459,8 +481,14 @@ const reviewEval: UseCaseRecipe = {
       purpose: "see what ran and what changed",
       args: () => ({ workspace_id: "review" }),
       check: (r) => {
-        assert.ok((r.commands.recent as { command: string }[]).some((c) => String(c.command).includes("eval.sh")), "the summary lists eval.sh");
-        assert.deepEqual((r.changes.files as { path: string }[]).map((f) => f.path), ["eval-report.txt"]);
+        assert.ok(
+          (r.commands.recent as { command: string }[]).some((c) => String(c.command).includes("eval.sh")),
+          "the summary lists eval.sh",
+        );
+        assert.deepEqual(
+          (r.changes.files as { path: string }[]).map((f) => f.path),
+          ["eval-report.txt"],
+        );
       },
     },
     {

@@ -102,10 +102,21 @@ export async function runRecipe(recipe: UseCaseRecipe, options: { budgetMs?: num
 export function formatTable(outcomes: RecipeOutcome[]): string {
   const rows = [
     ["recipe", "mode", "steps", "time", "result"],
-    ...outcomes.map((o) => [o.recipe.id, o.recipe.mode, `${o.stepsDone}/${o.recipe.steps.length}`, `${(o.ms / 1000).toFixed(1)} s`, o.passed ? "PASS" : "FAIL"]),
+    ...outcomes.map((o) => [
+      o.recipe.id,
+      o.recipe.mode,
+      `${o.stepsDone}/${o.recipe.steps.length}`,
+      `${(o.ms / 1000).toFixed(1)} s`,
+      o.passed ? "PASS" : "FAIL",
+    ]),
   ];
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
-  const lines = rows.map((r) => r.map((cell, col) => cell.padEnd(widths[col]!)).join("  ").trimEnd());
+  const lines = rows.map((r) =>
+    r
+      .map((cell, col) => cell.padEnd(widths[col]!))
+      .join("  ")
+      .trimEnd(),
+  );
   lines.splice(1, 0, widths.map((w) => "-".repeat(w)).join("  "));
   const failures = outcomes.filter((o) => !o.passed).map((o) => `\n${o.recipe.id}: ${o.failure}`);
   return lines.join("\n") + "\n" + failures.join("\n") + (failures.length ? "\n" : "");

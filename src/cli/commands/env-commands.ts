@@ -58,9 +58,15 @@ export function registerEnvCommands(program: Command, pyro: () => Promise<Pyro>)
     .argument("<name>", "name for the new environment")
     .option("--json", "print JSON")
     .action(async (image: string, name: string, flags: { json?: boolean }) => {
-      const status = await (await pyro()).importEnvironment(image, name, flags.json ? {} : { onProgress: (m) => process.stderr.write(`${m}\n`), onTransfer: progressBar });
+      const status = await (await pyro()).importEnvironment(
+        image,
+        name,
+        flags.json ? {} : { onProgress: (m) => process.stderr.write(`${m}\n`), onTransfer: progressBar },
+      );
       if (flags.json) return printJson(status);
-      process.stdout.write(`${status.name} imported at ${status.image_path} (${formatBytes(status.disk_usage_bytes)} on disk); try: pyro run ${status.name} -- ls /\n`);
+      process.stdout.write(
+        `${status.name} imported at ${status.image_path} (${formatBytes(status.disk_usage_bytes)} on disk); try: pyro run ${status.name} -- ls /\n`,
+      );
     });
 
   env
@@ -91,7 +97,12 @@ export function registerEnvCommands(program: Command, pyro: () => Promise<Pyro>)
         `Installed: ${s.installed ? "yes" : "no"}${s.problem ? ` (${s.problem})` : ""}`,
         `Directory: ${s.dir}`,
       ];
-      if (s.installed) lines.push(`Image: ${s.image_path}`, `Image size: ${formatBytes(s.image_size_bytes)} (apparent), ${formatBytes(s.disk_usage_bytes)} on disk`, `Built: ${s.built_at}`);
+      if (s.installed)
+        lines.push(
+          `Image: ${s.image_path}`,
+          `Image size: ${formatBytes(s.image_size_bytes)} (apparent), ${formatBytes(s.disk_usage_bytes)} on disk`,
+          `Built: ${s.built_at}`,
+        );
       process.stdout.write(lines.join("\n") + "\n");
     });
 

@@ -48,7 +48,8 @@ export function registerHostCommands(program: Command, setExitCode: (code: numbe
       process.stdout.write(`${r.config}\n`);
     });
 
-  host.command("doctor")
+  host
+    .command("doctor")
     .description("Check every host's config for a working pyro entry (with --mode: one that serves that workflow mode).")
     .addOption(new Option("--mode <mode>", "also require each configured entry to serve this workflow mode").choices(MODE_NAMES))
     .option("--json", "print JSON")
@@ -65,7 +66,8 @@ export function registerHostCommands(program: Command, setExitCode: (code: numbe
       }
     });
 
-  host.command("repair")
+  host
+    .command("repair")
     .description("Rewrite pyro's entry in the host's config to the working command (keeps its mode and project flags).")
     .addArgument(new Command().createArgument("<host>", "claude-code, codex or opencode").choices(HOSTS))
     .option("--json", "print JSON")

@@ -17,45 +17,66 @@ export function registerMcpCommands(program: Command): void {
     .addOption(new Option("--mode <mode>", "workflow mode: a narrowed tool set for one recipe").choices(MODE_NAMES))
     .option("--http <host:port>", "serve Streamable HTTP on a loopback address instead of stdio (port 0 picks a free one)", hostPort)
     .option("--project-path <path>", "seed workspace_create without seed_path from this project (default: the Git checkout pyro is started in)")
-    .option("--repo-url <url>", "seed workspace_create without seed_path from a clean clone of this Git repository (https://, ssh://, git://, file:// or a path)")
+    .option(
+      "--repo-url <url>",
+      "seed workspace_create without seed_path from a clean clone of this Git repository (https://, ssh://, git://, file:// or a path)",
+    )
     .option("--repo-ref <ref>", "branch, tag or commit of --repo-url to clone (default: its default branch)")
     .option("--token-file <path>", "file (mode 0600) holding the bearer token for --http (default: $PYRO_MCP_TOKEN, else a random one printed to stderr)")
     // Kept only to say what to use instead: a token in argv is readable by every local user.
     .addOption(new Option("--token <token>").hideHelp())
-    .addHelpText("after", "\nProfiles: vm-run (one-shot only), workspace-core (default), workspace-full (adds start/stop, summary, snapshots).\nModes: repro-fix, inspect, cold-start, review-eval.")
-    .action(async (o: { profile: ProfileName; mode?: ModeName; http?: { host: string; port: number }; token?: string; tokenFile?: string; projectPath?: string; repoUrl?: string; repoRef?: string }) => {
-      if (o.token !== undefined) {
-        throw new InvalidArgumentError("--token is not accepted: other local users can read the command line; use --token-file PATH (mode 0600) or set PYRO_MCP_TOKEN");
-      }
-      if (o.tokenFile !== undefined && !o.http) throw new InvalidArgumentError("--token-file applies to --http only; stdio needs no token");
-      // Loaded here, not at start-up: the MCP SDK alone costs ~110 ms that other commands should not pay.
-      const [{ Pyro }, { createPyroMcpServer }, { serveHttp, newToken }, { serveStdio }, { readTokenFile }] = await Promise.all([
-        import("../../sdk/pyro.js"),
-        import("../../mcp/server.js"),
-        import("../../mcp/http-server.js"),
-        import("../../mcp/stdio-server.js"),
-        import("../../mcp/token-file.js"),
-      ]);
-      // What workspace_create without seed_path seeds from; bad flags fail here, before serving.
-      const { detectProjectSource, describeProjectSource } = await import("../../workspaces/project-seed.js");
-      const project = await detectProjectSource({ cwd: process.cwd(), projectPath: o.projectPath, repoUrl: o.repoUrl, repoRef: o.repoRef }).catch((error: unknown) => {
-        throw error instanceof Error && (error as { code?: string }).code === "INVALID_ARGUMENT" ? new InvalidArgumentError(error.message) : error;
-      });
-      const pyro = new Pyro({ onProgress: (m) => process.stderr.write(`${m}\n`), ...(project ? { project } : {}) });
-      const make = () => createPyroMcpServer({ pyro, profile: o.profile, ...(o.mode ? { mode: o.mode } : {}) });
-      if (!o.http) {
+    .addHelpText(
+      "after",
+      "\nProfiles: vm-run (one-shot only), workspace-core (default), workspace-full (adds start/stop, summary, snapshots).\nModes: repro-fix, inspect, cold-start, review-eval.",
+    )
+    .action(
+      async (o: {
+        profile: ProfileName;
+        mode?: ModeName;
+        http?: { host: string; port: number };
+        token?: string;
+        tokenFile?: string;
+        projectPath?: string;
+        repoUrl?: string;
+        repoRef?: string;
+      }) => {
+        if (o.token !== undefined) {
+          throw new InvalidArgumentError(
+            "--token is not accepted: other local users can read the command line; use --token-file PATH (mode 0600) or set PYRO_MCP_TOKEN",
+          );
+        }
+        if (o.tokenFile !== undefined && !o.http) throw new InvalidArgumentError("--token-file applies to --http only; stdio needs no token");
+        // Loaded here, not at start-up: the MCP SDK alone costs ~110 ms that other commands should not pay.
+        const [{ Pyro }, { createPyroMcpServer }, { serveHttp, newToken }, { serveStdio }, { readTokenFile }] = await Promise.all([
+          import("../../sdk/pyro.js"),
+          import("../../mcp/server.js"),
+          import("../../mcp/http-server.js"),
+          import("../../mcp/stdio-server.js"),
+          import("../../mcp/token-file.js"),
+        ]);
+        // What workspace_create without seed_path seeds from; bad flags fail here, before serving.
+        const { detectProjectSource, describeProjectSource } = await import("../../workspaces/project-seed.js");
+        const project = await detectProjectSource({ cwd: process.cwd(), projectPath: o.projectPath, repoUrl: o.repoUrl, repoRef: o.repoRef }).catch(
+          (error: unknown) => {
+            throw error instanceof Error && (error as { code?: string }).code === "INVALID_ARGUMENT" ? new InvalidArgumentError(error.message) : error;
+          },
+        );
+        const pyro = new Pyro({ onProgress: (m) => process.stderr.write(`${m}\n`), ...(project ? { project } : {}) });
+        const make = () => createPyroMcpServer({ pyro, profile: o.profile, ...(o.mode ? { mode: o.mode } : {}) });
+        if (!o.http) {
+          process.stderr.write(`[mcp] ${describeProjectSource(project)}\n`);
+          await serveStdio(make());
+          // The client is gone: exit now (exit cleanup stops one-shot VMs; workspaces persist by design).
+          process.exit(0);
+        }
+        // An empty PYRO_MCP_TOKEN is a token someone set (serveHttp refuses it), not an unset one.
+        const given = o.tokenFile !== undefined ? await readTokenFile(o.tokenFile) : process.env.PYRO_MCP_TOKEN;
+        const token = given ?? newToken();
+        if (given === undefined) process.stderr.write(`[mcp] bearer token: ${token}\n`);
+        const { port } = await serveHttp({ ...o.http, token, createServer: make });
+        process.stderr.write(`[mcp] serving Streamable HTTP on http://${o.http.host.includes(":") ? `[${o.http.host}]` : o.http.host}:${port}/mcp\n`);
         process.stderr.write(`[mcp] ${describeProjectSource(project)}\n`);
-        await serveStdio(make());
-        // The client is gone: exit now (exit cleanup stops one-shot VMs; workspaces persist by design).
-        process.exit(0);
-      }
-      // An empty PYRO_MCP_TOKEN is a token someone set (serveHttp refuses it), not an unset one.
-      const given = o.tokenFile !== undefined ? await readTokenFile(o.tokenFile) : process.env.PYRO_MCP_TOKEN;
-      const token = given ?? newToken();
-      if (given === undefined) process.stderr.write(`[mcp] bearer token: ${token}\n`);
-      const { port } = await serveHttp({ ...o.http, token, createServer: make });
-      process.stderr.write(`[mcp] serving Streamable HTTP on http://${o.http.host.includes(":") ? `[${o.http.host}]` : o.http.host}:${port}/mcp\n`);
-      process.stderr.write(`[mcp] ${describeProjectSource(project)}\n`);
-      await new Promise(() => undefined); // until a signal
-    });
+        await new Promise(() => undefined); // until a signal
+      },
+    );
 }

@@ -20,13 +20,24 @@ export function registerRunCommand(program: Command, pyro: () => Promise<Pyro>, 
     .description("Run one command inside a disposable microVM, then destroy the VM.")
     .argument("<environment>", "environment name, e.g. debian:12 (see 'pyro env list')")
     .argument("<command...>", "command and arguments, after --")
-    .option("--vcpu-count <n>", `virtual CPUs (default ${RUN_DEFAULTS.vcpuCount})`, integerOption(MACHINE_SHAPE_LIMITS.vcpuCount.min, MACHINE_SHAPE_LIMITS.vcpuCount.max))
-    .option("--mem-mib <n>", `guest memory in MiB (default ${RUN_DEFAULTS.memMib})`, integerOption(MACHINE_SHAPE_LIMITS.memMib.min, MACHINE_SHAPE_LIMITS.memMib.max))
+    .option(
+      "--vcpu-count <n>",
+      `virtual CPUs (default ${RUN_DEFAULTS.vcpuCount})`,
+      integerOption(MACHINE_SHAPE_LIMITS.vcpuCount.min, MACHINE_SHAPE_LIMITS.vcpuCount.max),
+    )
+    .option(
+      "--mem-mib <n>",
+      `guest memory in MiB (default ${RUN_DEFAULTS.memMib})`,
+      integerOption(MACHINE_SHAPE_LIMITS.memMib.min, MACHINE_SHAPE_LIMITS.memMib.max),
+    )
     .option("--timeout-seconds <s>", `kill the command after this long (default ${RUN_DEFAULTS.timeoutSeconds})`, secondsUpTo(COMMAND_TIMEOUT_MAX_SECONDS))
     .option("--network", "give the guest outbound network access (user-mode NAT)")
     .option("--allow-host-compat", "if no VM can boot, run the command ON THE HOST, unisolated (off by default)")
     .option("--json", "print the structured result as JSON")
-    .addHelpText("after", "\nExamples:\n  pyro run debian:12 -- git --version\n  pyro run debian:12 --json -- sh -c 'uname -a'\n\npyro's exit code is the command's; pyro's own failures exit 125.")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  pyro run debian:12 -- git --version\n  pyro run debian:12 --json -- sh -c 'uname -a'\n\npyro's exit code is the command's; pyro's own failures exit 125.",
+    )
     .action(async (environment: string, rawCommand: string[], flags: RunFlags) => {
       // Commander drops the "--" separator; strip it too if a caller passes it through.
       const command = rawCommand[0] === "--" ? rawCommand.slice(1) : rawCommand;

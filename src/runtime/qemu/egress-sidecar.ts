@@ -26,7 +26,10 @@ export class EgressSidecar {
     let child;
     try {
       // Own session, so a terminal's ^C to pyro does not reach a server whose VM outlives pyro.
-      child = spawn(command!, [...args, `--listen=${files.egressSocket}`, `--lifeline=${files.egressLifeline}`], { stdio: [input ? "pipe" : "ignore", "pipe", logFd], detached: true });
+      child = spawn(command!, [...args, `--listen=${files.egressSocket}`, `--lifeline=${files.egressLifeline}`], {
+        stdio: [input ? "pipe" : "ignore", "pipe", logFd],
+        detached: true,
+      });
       if (input) {
         child.stdin!.on("error", () => undefined); // a server that died early is reported below
         child.stdin!.end(input);

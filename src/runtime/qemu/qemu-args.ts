@@ -45,7 +45,10 @@ const FORWARDER_SAFE_PATH = /^[A-Za-z0-9._/+-]+$/;
 export function guestConnectionForwarder(socat: string, egressSocket: string): string[] {
   for (const path of [socat, egressSocket]) {
     if (!FORWARDER_SAFE_PATH.test(path)) {
-      throw new PyroError("INVALID_ARGUMENT", `guest networking needs paths made of letters, digits and ._/+- only, but '${path}' has others (set PYRO_RUNTIME_DIR to such a directory)`);
+      throw new PyroError(
+        "INVALID_ARGUMENT",
+        `guest networking needs paths made of letters, digits and ._/+- only, but '${path}' has others (set PYRO_RUNTIME_DIR to such a directory)`,
+      );
     }
   }
   return [socat, "-t", "2", "-lf", "/dev/null", "STDIO", `UNIX-CONNECT:${egressSocket}`];
@@ -110,36 +113,65 @@ export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
   const args = [
     "-nodefaults",
     "-no-user-config",
-    "-display", "none",
+    "-display",
+    "none",
     "-no-reboot",
-    "-M", spec.memoryFile ? `microvm,memory-backend=${RAM_BACKEND_ID}` : "microvm",
-    "-m", String(spec.memMib),
+    "-M",
+    spec.memoryFile ? `microvm,memory-backend=${RAM_BACKEND_ID}` : "microvm",
+    "-m",
+    String(spec.memMib),
     ...(spec.memoryFile ? ["-object", memoryFileBackend(spec.memoryFile, spec.memMib)] : []),
-    "-smp", String(spec.vcpuCount),
+    "-smp",
+    String(spec.vcpuCount),
     ...(accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", `tcg,thread=multi,tb-size=${TCG_TRANSLATION_CACHE_MIB}`, "-cpu", TCG_CPU]),
-    "-kernel", spec.kernelPath,
-    "-initrd", spec.initramfsPath,
-    "-append", kernelCmdline(spec, accel, tscKhz),
-    "-chardev", `file,id=${CONSOLE_CHARDEV_ID},path=${files.console}`,
-    "-serial", `chardev:${CONSOLE_CHARDEV_ID}`,
-    "-drive", `id=root,file=${disk.path},format=${disk.format},if=none,cache=${disk.cache}${disk.readOnly ? ",readonly=on" : ""}`,
-    "-device", "virtio-blk-device,drive=root",
+    "-kernel",
+    spec.kernelPath,
+    "-initrd",
+    spec.initramfsPath,
+    "-append",
+    kernelCmdline(spec, accel, tscKhz),
+    "-chardev",
+    `file,id=${CONSOLE_CHARDEV_ID},path=${files.console}`,
+    "-serial",
+    `chardev:${CONSOLE_CHARDEV_ID}`,
+    "-drive",
+    `id=root,file=${disk.path},format=${disk.format},if=none,cache=${disk.cache}${disk.readOnly ? ",readonly=on" : ""}`,
+    "-device",
+    "virtio-blk-device,drive=root",
     ...(spec.workspaceDisk
-      ? ["-drive", `id=workspace,file=${spec.workspaceDisk.path},format=${spec.workspaceDisk.format},if=none,cache=${spec.workspaceDisk.cache}`, "-device", `virtio-blk-device,drive=workspace,serial=${WORKSPACE_DISK_SERIAL}`]
+      ? [
+          "-drive",
+          `id=workspace,file=${spec.workspaceDisk.path},format=${spec.workspaceDisk.format},if=none,cache=${spec.workspaceDisk.cache}`,
+          "-device",
+          `virtio-blk-device,drive=workspace,serial=${WORKSPACE_DISK_SERIAL}`,
+        ]
       : []),
-    "-device", "virtio-serial-device",
-    "-chardev", `socket,id=agent,path=${files.agentSocket},server=on,wait=off`,
-    "-device", "virtserialport,chardev=agent,name=org.pyro.agent",
-    "-qmp", `unix:${files.qmpSocket},server=on,wait=off`,
+    "-device",
+    "virtio-serial-device",
+    "-chardev",
+    `socket,id=agent,path=${files.agentSocket},server=on,wait=off`,
+    "-device",
+    "virtserialport,chardev=agent,name=org.pyro.agent",
+    "-qmp",
+    `unix:${files.qmpSocket},server=on,wait=off`,
   ];
   if (spec.network !== "none") {
     // restrict=on: no route, DNS or host-loopback access; only the guestfwd to the proxy and hostfwds.
     args.push("-chardev", `socket,id=egress-lifeline,path=${files.egressLifeline},server=on,wait=off`);
     const forwarder = guestConnectionForwarder(socat, files.egressSocket).join(" ");
-    args.push("-netdev", `user,id=net0,restrict=on,guestfwd=tcp:${EGRESS_PROXY_ADDRESS}:${EGRESS_PROXY_PORT}-cmd:${forwarder}`, "-device", "virtio-net-device,netdev=net0");
+    args.push(
+      "-netdev",
+      `user,id=net0,restrict=on,guestfwd=tcp:${EGRESS_PROXY_ADDRESS}:${EGRESS_PROXY_PORT}-cmd:${forwarder}`,
+      "-device",
+      "virtio-net-device,netdev=net0",
+    );
   }
   if (spec.freePageReporting) {
-    if (spec.memoryFile) throw new PyroError("INVALID_ARGUMENT", "free page reporting would punch holes in the shared VM memory file (QEMU 7.2 discards file-backed RAM in the file itself)");
+    if (spec.memoryFile)
+      throw new PyroError(
+        "INVALID_ARGUMENT",
+        "free page reporting would punch holes in the shared VM memory file (QEMU 7.2 discards file-backed RAM in the file itself)",
+      );
     args.push("-device", "virtio-balloon-device,free-page-reporting=on");
   }
   // A RAM-file restore loads its (device-only) state over QMP, after enabling x-ignore-shared.

@@ -175,7 +175,10 @@ export class QemuBackend implements VmmBackend {
     // A process still naming this run directory (ours that would not die, or another user's posing as
     // ours) may be using it: removing it would pull the files from under a live VM.
     if (processAlive(handle.pid) && (await namesRunDir(handle.pid, handle.runDir))) {
-      throw new PyroError("VM_DIED", `process ${handle.pid} still names the run directory ${handle.runDir}${ours ? " after SIGKILL" : " and is not ours"}; left the directory in place`);
+      throw new PyroError(
+        "VM_DIED",
+        `process ${handle.pid} still names the run directory ${handle.runDir}${ours ? " after SIGKILL" : " and is not ours"}; left the directory in place`,
+      );
     }
     await rm(handle.runDir, { recursive: true, force: true });
   }
