@@ -69,8 +69,13 @@ describe("[vm] guest resource bounds", () => {
     assert.equal(await consoleFileBytes(ws.workspace_id), 0);
     await assertConsoleBounded(ws.workspace_id, 2 * CONSOLE_RING_BYTES, "template restore");
 
+    // The baseline is the template itself: reset to it restores the template again.
     const reset = await pyro.resetWorkspace(ws.workspace_id);
-    assert.equal(reset.start_mode, "snapshot_restore");
+    assert.equal(reset.start_mode, "template_restore");
+    await assertConsoleBounded(ws.workspace_id, CONSOLE_RING_BYTES + 200_000, "reset to the baseline");
+    await pyro.createSnapshot(ws.workspace_id, "named");
+    const restored = await pyro.resetWorkspace(ws.workspace_id, { snapshot: "named" });
+    assert.equal(restored.start_mode, "snapshot_restore");
     await assertConsoleBounded(ws.workspace_id, CONSOLE_RING_BYTES + 200_000, "snapshot restore");
 
     await pyro.stopWorkspace(ws.workspace_id);

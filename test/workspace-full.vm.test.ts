@@ -71,8 +71,9 @@ describe("[vm] workspace-full: shells, services, secrets, network, disk tools", 
   });
 
   it("starts services with readiness, reports deaths and timeouts, and stops them", TIMEOUT, async () => {
-    const web = await pyro.startService(id, "web", ["sh", "-c", "echo booting; sleep 1; touch .web-ready; exec python3 -m http.server 8000"], {
-      readiness: { type: "file", path: ".web-ready" },
+    // Ready when it answers HTTP (a ready file touched before the server binds would race the probe below).
+    const web = await pyro.startService(id, "web", ["sh", "-c", "echo booting; sleep 1; exec python3 -m http.server 8000"], {
+      readiness: { type: "http", url: "http://127.0.0.1:8000/" },
     });
     assert.equal(web.state, "running");
     const probe = await pyro.execWorkspace(id, ["python3", "-c", "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/').status)"]);
