@@ -14,16 +14,7 @@ import type { PyroPaths } from "../src/paths.js";
 import { resolveProjectSeed } from "../src/workspaces/project-seed.js";
 import { MAX_SEED_ENTRIES } from "../src/workspaces/seed-files.js";
 import { scanSeed, stageSeed } from "../src/workspaces/seed-image.js";
-
-function git(cwd: string, ...args: string[]): string {
-  const r = spawnSync("git", ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", ...args], {
-    cwd,
-    encoding: "utf8",
-    env: { PATH: process.env.PATH, HOME: cwd, GIT_CONFIG_NOSYSTEM: "1" },
-  });
-  assert.equal(r.status, 0, r.stderr);
-  return r.stdout.trim();
-}
+import { git } from "./helpers/git-fixture.js";
 
 describe("hostile project seeds", () => {
   let base: string;

@@ -11,16 +11,7 @@ import { detectProjectSource, findCheckout, resolveProjectSeed } from "../src/wo
 import { scanSeed } from "../src/workspaces/seed-image.js";
 import { listDirectoryTree } from "../src/workspaces/seed-files.js";
 import { testPaths } from "./helpers/vm-fixtures.js";
-
-function git(cwd: string, ...args: string[]): string {
-  const r = spawnSync("git", ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", ...args], {
-    cwd,
-    encoding: "utf8",
-    env: { PATH: process.env.PATH, HOME: cwd, GIT_CONFIG_NOSYSTEM: "1" },
-  });
-  assert.equal(r.status, 0, r.stderr);
-  return r.stdout.trim();
-}
+import { git } from "./helpers/git-fixture.js";
 
 /** A checkout: tracked files, an untracked note, ignored output, a deleted tracked file, a FIFO. */
 async function makeCheckout(): Promise<string> {

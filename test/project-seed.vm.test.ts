@@ -3,24 +3,14 @@
  * checkout with a file that vanished (skipped and listed, the create still succeeds).
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { mkdir, mkdtemp, rm, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { connectStdio, toolJson } from "./helpers/mcp-client.js";
+import { git } from "./helpers/git-fixture.js";
 
 const TIMEOUT = { timeout: 180_000 };
-
-function git(cwd: string, ...args: string[]): string {
-  const r = spawnSync("git", ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", ...args], {
-    cwd,
-    encoding: "utf8",
-    env: { PATH: process.env.PATH, HOME: cwd, GIT_CONFIG_NOSYSTEM: "1" },
-  });
-  assert.equal(r.status, 0, r.stderr);
-  return r.stdout.trim();
-}
 
 interface Seeded {
   workspace_id: string;
