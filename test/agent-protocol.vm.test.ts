@@ -82,6 +82,13 @@ describe("[vm] guest agent protocol against a real guest", () => {
       "file:/tmp/pyro-test/deep/dir/blob.bin",
     ]);
     await assert.rejects(agent.readFile("/tmp/pyro-test/missing"), (e) => isPyroError(e, "GUEST_OPERATION_FAILED") && e.details.guestCode === "not_found");
+    // An append continues a file and never creates one (a late chunk must not revive removed staging).
+    await agent.writeFile("/tmp/pyro-test/deep/dir/blob.bin", Buffer.from([7]), { append: true });
+    assert.equal((await agent.stat("/tmp/pyro-test/deep/dir/blob.bin")).size, 257);
+    await assert.rejects(
+      agent.writeFile("/tmp/pyro-test/appended-only", "x", { append: true }),
+      (e) => isPyroError(e, "GUEST_OPERATION_FAILED") && e.details.guestCode === "not_found",
+    );
     await assert.rejects(agent.readFile("relative/path"), (e) => isPyroError(e, "GUEST_OPERATION_FAILED") && e.details.guestCode === "bad_request");
     await assert.rejects(agent.readFile("/tmp/pyro-test"), (e) => isPyroError(e, "GUEST_OPERATION_FAILED") && e.details.guestCode === "is_a_directory");
   });

@@ -147,7 +147,7 @@ export async function installGuestCa(agent: AgentClient, workspaceDir: string): 
   const bundle = await agent.readFile(GUEST_CA_BUNDLE, { maxBytes: 8 * 1024 * 1024 }).catch(() => undefined);
   if (bundle?.data.toString("utf8").includes(cert.trim())) return;
   await agent.writeFile(GUEST_CA_BUNDLE, `${bundle && !bundle.data.toString("utf8").endsWith("\n") && bundle.size ? "\n" : ""}${cert}`, {
-    append: true,
+    append: bundle !== undefined,
     mode: 0o644,
   });
 }

@@ -177,7 +177,9 @@ pub fn write(header: &Json, data: Vec<u8>) -> Result<Reply, OpError> {
         t.root.create_dirs(parent).map_err(|e| io_error(path, e))?;
     }
     if append {
-        let mut f = t.root.open_at(&t.rel, O_WRONLY | O_APPEND | O_CREAT, mode).map_err(|e| io_error(path, e))?;
+        // Appending continues a file, never creates one: a chunk the host sent before it died can
+        // still arrive after recovery removed the half-written file, and must not bring it back.
+        let mut f = t.root.open_at(&t.rel, O_WRONLY | O_APPEND, mode).map_err(|e| io_error(path, e))?;
         f.write_all(&data).map_err(|e| io_error(path, e))?;
     } else {
         let (dir, name) = t.root.parent_of(&t.rel).map_err(|e| io_error(path, e))?;
