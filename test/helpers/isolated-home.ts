@@ -34,12 +34,28 @@ function isolate(): void {
   }
   process.env.PYRO_HOME = home;
   delete process.env.PYRO_RUNTIME_DIR;
-  process.on("exit", () => {
+  let cleaned = false;
+  const cleanUp = () => {
+    if (cleaned) return;
+    cleaned = true;
     // Workspace VMs outlive the processes that start them; a test that failed midway must not leave
     // its VMs running (with their disks deleted under them) after its home is gone.
     killProcessesMentioning(home);
     rmSync(home, { recursive: true, force: true, maxRetries: 3 });
-  });
+  };
+  process.on("exit", cleanUp);
+  // A signal ends the process without 'exit' handlers: a stopped run (Ctrl-C, timeout, kill) would
+  // leave this file's VMs running. Clean up, then end as the signal would have (128 + its number).
+  for (const [signal, number] of [
+    ["SIGINT", 2],
+    ["SIGTERM", 15],
+    ["SIGHUP", 1],
+  ] as const) {
+    process.once(signal, () => {
+      cleanUp();
+      process.exit(128 + number);
+    });
+  }
 }
 
 /** SIGKILLs every other process whose command line names `needle` (synchronous: runs at exit). */
