@@ -6,6 +6,7 @@ import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { templateByName, type BootTemplate } from "./boot-templates.js";
 import { backingChain } from "./disk-chain.js";
+import { releaseUnmappedForkMemory } from "./fork-memory.js";
 import { bootWorkspace, diskPath, layerDisk, layerWorkspaceDisk, seedImagePath, workspaceDiskPath } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { SnapshotRecord, WorkspaceRecord } from "./workspace-record.js";
@@ -198,6 +199,8 @@ export async function resetWorkspace(
       vm.detach();
       record.last_activity_at = record.updated_at = nowIso();
       await ctx.store.write(record);
+      // The VM it replaced may have been the last to map a fork's RAM file.
+      if (handle) await releaseUnmappedForkMemory(ctx.paths, async () => runtime.backend);
       return { workspace_id: record.id, snapshot: name, reset_ms: Date.now() - started, start_mode: record.vm!.start_mode };
     },
     "reset",
