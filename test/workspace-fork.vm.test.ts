@@ -136,6 +136,37 @@ describe("[vm] workspace fork", () => {
     assert.equal(await out(source, "cat /workspace/k.txt; ls /workspace/c.txt 2>/dev/null; true"), "kept\n");
   });
 
+  it("a networked workspace's copies get their own NIC and egress proxy (its RAM is anonymous: streamed)", TIMEOUT, async () => {
+    const source = (await pyro.createWorkspace("debian:12", { networkPolicy: "egress" })).workspace_id;
+    created.push(source);
+    // What the proxy answers for the host's loopback: a refusal, from the VM's own proxy.
+    const probe = "curl -sS -m 60 --noproxy '' -o /dev/null -w '%{http_code}' http://127.0.0.1:9/ 2>&1; true";
+    const refused = await out(source, probe);
+    assert.match(refused, /^4\d\d$/);
+    const fork = await pyro.forkWorkspace(source);
+    const copy = fork.forks[0]!.workspace_id;
+    created.push(copy);
+    assert.equal(fork.memory, "streamed");
+    assert.match(String(fork.note), /anonymous/);
+    assert.equal(fork.forks[0]!.vm?.start_mode, "fork_restore");
+    // The egress server (a node process) names its VM's run directory in its --listen argument.
+    const egressOf = async (id: string) => {
+      let n = 0;
+      for (const entry of await readdir("/proc")) {
+        if (!/^\d+$/.test(entry)) continue;
+        const cmdline = await readFile(join("/proc", entry, "cmdline"), "utf8").catch(() => "");
+        if (cmdline.includes(`--listen=${join(testPaths.runtimeDir, id, "egress.sock")}`)) n++;
+      }
+      return n;
+    };
+    assert.ok((await egressOf(copy)) > 0, "the copy has no egress proxy of its own");
+    assert.ok((await egressOf(source)) > 0, "the source lost its egress proxy");
+    assert.equal(await out(copy, probe), refused);
+    // The copy's proxy is its own: it keeps serving with the source gone.
+    await pyro.deleteWorkspace(source);
+    assert.equal(await out(copy, probe), refused);
+  });
+
   it("refuses bad counts and names before touching the source", TIMEOUT, async () => {
     const source = (await pyro.createWorkspace("debian:12", { name: "fork-bounds-src" })).workspace_id;
     created.push(source);
