@@ -8,7 +8,7 @@ import { DiskAdoption, under } from "./disk-adoption.js";
 import { finishForkMemory, newForkMemoryPath, releaseUnmappedForkMemory } from "./fork-memory.js";
 import { bootWorkspace, diskPath, layerDisk, layerWorkspaceDisk, seedImagePath, workspaceDiskPath } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
-import { viewOf, type WorkspaceView } from "./workspace-lifecycle.js";
+import { deleteWorkspace, viewOf, type WorkspaceView } from "./workspace-lifecycle.js";
 import { FORK_COUNT } from "./workspace-limits.js";
 import type { SnapshotRecord, WorkspaceRecord } from "./workspace-record.js";
 import { BASELINE_SNAPSHOT } from "./workspace-snapshots.js";
@@ -117,8 +117,14 @@ export async function forkWorkspace(ctx: WorkspaceContext, ref: string, options:
             vm.detach();
           }
         }
-        const forks: ForkView["forks"] = [];
-        for (const name of plan.names) forks.push(await makeFork(ctx, source, name));
+        // All at once (each under its own lock), and all or nothing: a copy that failed takes the others with it.
+        const made = await Promise.allSettled(plan.names.map((name) => makeFork(ctx, source, name)));
+        const failed = made.find((r): r is PromiseRejectedResult => r.status === "rejected");
+        const forks = made.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+        if (failed) {
+          for (const f of forks) await deleteWorkspace(ctx, f.workspace_id).catch(() => undefined);
+          throw failed.reason;
+        }
         const memory = source.state?.memory;
         return {
           source_workspace_id: record.id,
