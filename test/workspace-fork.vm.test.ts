@@ -118,6 +118,30 @@ describe("[vm] workspace fork", () => {
     assert.deepEqual(await forkMemoryFiles(), []);
   });
 
+  it("a copy forks again: its copy maps a RAM file of its own and outlives both ancestors", TIMEOUT, async () => {
+    const source = (await pyro.createWorkspace("debian:12")).workspace_id;
+    created.push(source);
+    await out(source, "echo gen0 > /workspace/g0; echo gen0 > /dev/shm/g0");
+    const child = (await pyro.forkWorkspace(source)).forks[0]!.workspace_id;
+    created.push(child);
+    await out(child, "echo gen1 > /workspace/g1; echo gen1 > /dev/shm/g1");
+    await pyro.createSnapshot(child, "mid");
+    const second = await pyro.forkWorkspace(child);
+    assert.equal(second.memory, "mapped", String(second.note));
+    const grandchild = second.forks[0]!.workspace_id;
+    created.push(grandchild);
+    await pyro.deleteWorkspace(source);
+    await pyro.deleteWorkspace(child);
+    assert.equal(await out(grandchild, "cat /workspace/g0 /workspace/g1 /dev/shm/g0 /dev/shm/g1"), "gen0\ngen1\ngen0\ngen1\n");
+    // Its baseline is the first source's (the template and the seed image it now holds itself).
+    await pyro.resetWorkspace(grandchild);
+    assert.equal(await out(grandchild, "ls /workspace"), "");
+    assert.deepEqual(
+      (await pyro.listSnapshots(grandchild)).snapshots.map((s) => s.name),
+      ["baseline"],
+    );
+  });
+
   it("a stopped workspace forks from its disks: stopped copies that start with its files", TIMEOUT, async () => {
     const source = (await pyro.createWorkspace("debian:12")).workspace_id;
     created.push(source);
