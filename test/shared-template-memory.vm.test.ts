@@ -104,14 +104,31 @@ describe("[vm] workspaces restored from a shared-memory template", () => {
     ]);
     assert.equal(after.stdout, "no-later\nno-volatile\n");
     assert.equal((await pyro.diffWorkspace(ws.workspace_id)).changed, false);
-    // A later snapshot holds memory and disk (streamed), and resets to it still work beside the template baseline.
+    // A later snapshot holds memory and disk, and resets to it still work beside the template baseline.
     await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "echo kept > kept.txt; echo mem > /dev/shm/volatile"]);
     await pyro.createSnapshot(ws.workspace_id, "point");
     assert.deepEqual(await saved(), ["point"]);
+    // Its memory is a RAM file beside a device-only state (not all RAM streamed into the state), owner-only.
+    const point = join(dir, "snapshots", "point");
+    const state = await stat(join(point, "state.bin"));
+    assert.ok(state.size < 1024 * 1024, `the snapshot state holds ${state.size} bytes: RAM was streamed into it`);
+    const ram = await stat(join(point, "memory.ram"));
+    assert.equal(ram.size, ws.mem_mib * MIB);
+    assert.equal(ram.mode & 0o777, 0o600);
     await pyro.resetWorkspace(ws.workspace_id);
     const back = await pyro.resetWorkspace(ws.workspace_id, { snapshot: "point" });
     assert.equal(back.start_mode, "snapshot_restore");
     assert.equal((await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "cat kept.txt /dev/shm/volatile"])).stdout, "kept\nmem\n");
+    // The reset maps that file copy-on-write: it stays as it was saved, for the next reset.
+    const pid = (await pyro.statusWorkspace(ws.workspace_id)).vm!.pid;
+    const cmdline = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0");
+    assert.ok(
+      cmdline.some((arg) => arg.includes(`mem-path=${join(point, "memory.ram")},`) && arg.endsWith(",share=off")),
+      cmdline.join(" "),
+    );
+    await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "echo second > /dev/shm/volatile"]);
+    await pyro.resetWorkspace(ws.workspace_id, { snapshot: "point" });
+    assert.equal((await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "cat /dev/shm/volatile"])).stdout, "mem\n");
   });
 
   it("every copy of one template is its own machine: RNG, clock, hostname and machine-id", TIMEOUT, async () => {

@@ -8,6 +8,7 @@ import { workspaceDiff } from "./tools/workspace-diff.js";
 import { workspaceDiskExport, workspaceDiskList, workspaceDiskRead } from "./tools/workspace-disk.js";
 import { workspaceExec } from "./tools/workspace-exec.js";
 import { workspaceExport } from "./tools/workspace-export.js";
+import { workspaceFork } from "./tools/workspace-fork.js";
 import { workspaceFileList } from "./tools/workspace-file-list.js";
 import { workspaceFileRead } from "./tools/workspace-file-read.js";
 import { workspaceFileWrite } from "./tools/workspace-file-write.js";
@@ -46,6 +47,7 @@ export const TOOL_CATALOG = [
   workspaceStart,
   workspaceStop,
   workspaceSummary,
+  workspaceFork,
   snapshotCreate,
   snapshotList,
   snapshotDelete,

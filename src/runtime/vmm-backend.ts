@@ -62,6 +62,13 @@ export interface SaveStateOptions {
   skipSharedMemory?: boolean;
 }
 
+/** How `saveMappedState` kept the guest's RAM. */
+export type SavedMemory =
+  /** RAM in its own file (restore with `memoryFile: { path, share: false }` and the device-only state). */
+  | { kind: "mapped"; memoryPath: string /** Bytes that were the VM's own pages (the rest is the file it mapped). */; ownBytes: number }
+  /** RAM streamed into the state file with the devices (restore with `incomingState` alone), and why. */
+  | { kind: "streamed"; reason: string };
+
 /** What another pyro process needs to reach a VM that outlived the process that started it. */
 export interface VmHandle {
   pid: number;
@@ -100,6 +107,13 @@ export interface RunningVm {
    * a shared memory file when `skipSharedMemory` is set. The guest stays paused.
    */
   saveState(path: string, options?: SaveStateOptions): Promise<void>;
+  /**
+   * Pauses the guest and saves it so that a restore maps its RAM instead of loading it: device
+   * state to `statePath`, RAM to a new sparse file `memoryPath`, the file the VM maps left
+   * untouched. Where that cannot be done (anonymous RAM, process memory not readable) it saves as
+   * `saveState` does and says why. The guest stays paused.
+   */
+  saveMappedState(statePath: string, memoryPath: string): Promise<SavedMemory>;
   /** Pauses the guest (its disks stop changing until resume). */
   pause(): Promise<void>;
   /** Resumes a paused guest. */
@@ -130,6 +144,8 @@ export interface VmmBackend {
    * until it is gone and removes its run directory. Idempotent.
    */
   kill(handle: VmProcessRef): Promise<void>;
+  /** The RAM files that running VMs of this backend map (so none is removed from under one). */
+  memoryFilesInUse(): Promise<Set<string>>;
   /** Every VM of this backend whose run directory lies directly under `runRoot`, running now. */
   findVms(runRoot: string): Promise<VmProcessRef[]>;
   /**

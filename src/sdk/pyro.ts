@@ -10,6 +10,7 @@ import type { DiffOptions } from "../workspaces/workspace-diff.js";
 import type { StartServiceOptions } from "../workspaces/workspace-services.js";
 import type { ShellReadOptions } from "../workspaces/workspace-shells.js";
 import type { ShellSignal } from "../workspaces/workspace-limits.js";
+import type { ForkWorkspaceOptions } from "../workspaces/workspace-fork.js";
 
 // Capabilities load on first use: a one-shot run must not pay to import workspaces, registries,
 // terminal emulation or archive code (start-up time is part of `pyro run`'s budget).
@@ -33,6 +34,7 @@ const summary = () => import("../workspaces/workspace-summary.js");
 const shells = () => import("../workspaces/workspace-shells.js");
 const services = () => import("../workspaces/workspace-services.js");
 const disk = () => import("../workspaces/workspace-disk.js");
+const fork = () => import("../workspaces/workspace-fork.js");
 
 export interface PyroOptions {
   /** Put all caches and state under this directory (same as PYRO_HOME). */
@@ -197,6 +199,13 @@ export class Pyro {
   }
   async deleteWorkspace(workspace: string) {
     return (await lifecycle()).deleteWorkspace(await this.workspaces, workspace);
+  }
+  /**
+   * New workspaces that continue from this one's current memory and disks (processes, shells and
+   * services included) while it keeps running; writes afterwards are isolated both ways.
+   */
+  async forkWorkspace(workspace: string, options: ForkWorkspaceOptions = {}) {
+    return (await fork()).forkWorkspace(await this.workspaces, workspace, options);
   }
   async summarizeWorkspace(workspace: string) {
     return (await summary()).summarizeWorkspace(await this.workspaces, workspace);

@@ -14,7 +14,14 @@ import { installGuestCa, interceptsTls } from "./scoped-secrets.js";
 /** How a workspace VM comes up: a cold boot of its disk, or a restore of saved state (template or snapshot). */
 export type BootSource =
   | { kind: "cold" }
-  | { kind: "restore"; statePath: string; diskPath: string; mode: "template_restore" | "snapshot_restore"; memoryPath?: string; workspaceDiskPath?: string };
+  | {
+      kind: "restore";
+      statePath: string;
+      diskPath: string;
+      mode: "template_restore" | "snapshot_restore" | "fork_restore";
+      memoryPath?: string;
+      workspaceDiskPath?: string;
+    };
 
 export function diskPath(ctx: WorkspaceContext, id: string): string {
   return join(ctx.store.dir(id), "disk.qcow2");
@@ -79,12 +86,12 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
   const network = await launchNetwork(ctx, record);
   const memory = await templateMemoryMode(ctx.paths);
   let vm: RunningVm;
-  let mode: "cold_boot" | "template_restore" | "snapshot_restore" = "cold_boot";
+  let mode: "cold_boot" | "template_restore" | "snapshot_restore" | "fork_restore" = "cold_boot";
   if (source.kind === "restore") {
     await layerDisk(ctx, record, source.diskPath, "qcow2");
     if (source.workspaceDiskPath) await layerWorkspaceDisk(ctx, record, source.workspaceDiskPath, "qcow2");
     try {
-      // A template's RAM file is mapped copy-on-write: the VM shares the pages it never writes.
+      // A template's (fork's, snapshot's) RAM file is mapped copy-on-write: the VM shares the pages it never writes.
       const memoryFile = source.memoryPath ? { memoryFile: { path: source.memoryPath, share: false } } : {};
       vm = await runtime.backend.launch({ ...launchSpec(ctx, record, runtime, runDir, memory, network), incomingState: source.statePath, ...memoryFile });
       mode = source.mode;

@@ -4,6 +4,7 @@ import { PyroError } from "../errors.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { ensureBootTemplate, type BootTemplate } from "./boot-templates.js";
+import { releaseUnmappedForkMemory } from "./fork-memory.js";
 import { allocatedBytes } from "./workspace-disk-usage.js";
 import { buildSeedImage, checkDiskGib, checkSeedFits, DEFAULT_DISK_GIB, scanSeed, type SeedScan } from "./seed-image.js";
 import { baselineManifestPath, bootWorkspace, layerDisk, layerWorkspaceDisk, seedImagePath } from "./workspace-boot.js";
@@ -333,6 +334,7 @@ export async function stopWorkspace(ctx: WorkspaceContext, ref: string): Promise
       record.vm = null;
       record.updated_at = nowIso();
       await ctx.store.write(record);
+      await releaseUnmappedForkMemory(ctx.paths, async () => (await ctx.runtime()).backend);
       return viewOf(record);
     },
     "stop",
@@ -366,6 +368,7 @@ export async function deleteWorkspace(ctx: WorkspaceContext, ref: string): Promi
         const handle = vmHandle(record);
         if (handle) await (await ctx.runtime()).backend.kill(handle);
       });
+      if (record.vm) await releaseUnmappedForkMemory(ctx.paths, async () => (await ctx.runtime()).backend);
       return { workspace_id: record.id, deleted: true as const };
     },
     "delete",

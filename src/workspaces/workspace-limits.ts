@@ -35,3 +35,6 @@ export const DIFF_PAGE_LIMITS = {
   /** Files larger than this are shown as "binary" (their bytes are not pulled to diff them). */
   fileBytes: 4 * 1024 * 1024,
 } as const;
+
+/** `workspace fork`: how many copies one call makes (each is a running VM). */
+export const FORK_COUNT = { default: 1, min: 1, max: 8 } as const;

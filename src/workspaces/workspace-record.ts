@@ -19,6 +19,11 @@ export const SnapshotRecord = z.object({
   template: z.string().optional(),
   /** The /workspace disk's copy, for workspaces that have one (disk_gib set). */
   workspace_disk_file: z.string().optional(),
+  /**
+   * The guest's RAM as a file (a restore maps it copy-on-write); `state_file` then holds device
+   * state only. Absent: the state file holds all memory (streamed).
+   */
+  memory_file: z.string().optional(),
 });
 export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
 
@@ -49,7 +54,7 @@ export const WorkspaceRecord = z.object({
       accel: z.enum(["kvm", "tcg"]),
       started_at: z.string(),
       boot_ms: z.number(),
-      start_mode: z.enum(["cold_boot", "template_restore", "snapshot_restore"]),
+      start_mode: z.enum(["cold_boot", "template_restore", "snapshot_restore", "fork_restore"]),
     })
     .nullable(),
   /**

@@ -4,6 +4,7 @@ import { processAlive } from "../process/process-alive.js";
 import { deadHolder, lockHolder, sweepLockScratch, UNNAMED_PURPOSE, type LockOwner } from "../storage/process-lock.js";
 import type { VmmBackend } from "../runtime/vmm-backend.js";
 import { partialOverlayPath } from "./disk-chain.js";
+import { releaseUnmappedForkMemory } from "./fork-memory.js";
 import { removeStaleStaging } from "./guest-transfer.js";
 import { diskPath, workspaceDiskPath } from "./workspace-boot.js";
 import type { WorkspaceContext } from "./workspace-context.js";
@@ -28,6 +29,7 @@ function isOperationScratch(ctx: WorkspaceContext, id: string, name: string): bo
     /^\..+\.tmp$/.test(name) ||
     name.startsWith(".disk-") ||
     name.startsWith(".seed-") ||
+    name.startsWith(".fork-") ||
     name === basename(partialOverlayPath(diskPath(ctx, id))) ||
     name === basename(partialOverlayPath(workspaceDiskPath(ctx, id)))
   );
@@ -159,4 +161,6 @@ export async function recoverInterrupted(ctx: WorkspaceContext): Promise<void> {
         ctx.notice(`workspace ${id}: recovery from an interrupted operation failed: ${error.message}`);
       });
   }
+  // A fork cut short may have left a RAM file that no VM maps (tmpfs would hold it until reboot).
+  if (suspects.size) await releaseUnmappedForkMemory(ctx.paths, async () => (await ctx.runtime()).backend);
 }

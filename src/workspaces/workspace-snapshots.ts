@@ -3,9 +3,10 @@ import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { makePrivateSubdir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
-import type { RunningVm } from "../runtime/vmm-backend.js";
+import type { RunningVm, SavedMemory } from "../runtime/vmm-backend.js";
 import { templateByName, type BootTemplate } from "./boot-templates.js";
 import { backingChain } from "./disk-chain.js";
+import { releaseUnmappedForkMemory } from "./fork-memory.js";
 import { bootWorkspace, diskPath, layerDisk, layerWorkspaceDisk, seedImagePath, workspaceDiskPath } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { SnapshotRecord, WorkspaceRecord } from "./workspace-record.js";
@@ -63,19 +64,26 @@ export interface SnapshotView {
   created_at: string;
 }
 
+/** A snapshot's guest RAM, where it is kept as a file (see SnapshotRecord.memory_file). */
+const SNAPSHOT_MEMORY_FILE = "memory.ram";
+
 /**
- * Saves the running VM (memory and devices) and a copy of its disk overlay while it is paused:
- * a consistent point to reset to in ~0.2 s (runtime-facts §5).
+ * Saves the running VM and a copy of its disk overlays while it is paused: a consistent point to
+ * reset to. Where the VM's RAM is a mapped file (restored from a template, fork or snapshot), the
+ * RAM goes to its own sparse file beside the device state and a reset maps it copy-on-write
+ * instead of loading it; otherwise all memory is streamed into the state file.
  */
 export async function saveSnapshot(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, name: string): Promise<SnapshotRecord> {
   const dir = snapshotDir(ctx, record.id, name);
   await rm(dir, { recursive: true, force: true });
   await makePrivateSubdir(dir);
+  let memory: SavedMemory;
   try {
     await vm.agent.sync();
-    await vm.saveState(join(dir, "state.bin"));
-    // Guest memory (secrets in its tmpfs included) is in this file: owner-only.
+    memory = await vm.saveMappedState(join(dir, "state.bin"), join(dir, SNAPSHOT_MEMORY_FILE));
+    // Guest memory (secrets in its tmpfs included) is in these files: owner-only.
     await chmod(join(dir, "state.bin"), PRIVATE_FILE_MODE);
+    if (memory.kind === "mapped") await chmod(memory.memoryPath, PRIVATE_FILE_MODE);
     try {
       // Both disks while paused: the /workspace overlay is as consistent with the memory as the root one.
       await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", diskPath(ctx, record.id), join(dir, "disk.qcow2")], {
@@ -98,6 +106,7 @@ export async function saveSnapshot(ctx: WorkspaceContext, record: WorkspaceRecor
     state_file: "state.bin",
     disk_file: "disk.qcow2",
     ...(record.disk_gib !== null ? { workspace_disk_file: WORKSPACE_DISK_FILE } : {}),
+    ...(memory.kind === "mapped" ? { memory_file: SNAPSHOT_MEMORY_FILE } : {}),
   };
 }
 
@@ -194,10 +203,13 @@ export async function resetWorkspace(
             diskPath: join(dir, snapshot.disk_file),
             mode: "snapshot_restore",
             ...workspaceDisk,
+            ...(snapshot.memory_file ? { memoryPath: join(dir, snapshot.memory_file) } : {}),
           });
       vm.detach();
       record.last_activity_at = record.updated_at = nowIso();
       await ctx.store.write(record);
+      // The VM it replaced may have been the last to map a fork's RAM file.
+      if (handle) await releaseUnmappedForkMemory(ctx.paths, async () => runtime.backend);
       return { workspace_id: record.id, snapshot: name, reset_ms: Date.now() - started, start_mode: record.vm!.start_mode };
     },
     "reset",

@@ -8,6 +8,7 @@ import { COMMAND_TIMEOUT_MAX_SECONDS, DEFAULT_MACHINE_SHAPE, MACHINE_SHAPE_LIMIT
 import {
   DIFF_PAGE_LIMITS,
   FILE_READ_DEFAULT_MAX_BYTES,
+  FORK_COUNT,
   FILE_READ_MAX_BYTES,
   NETWORK_POLICIES,
   WORKSPACE_DISK_GIB,
@@ -443,6 +444,28 @@ export function registerWorkspaceCommands(program: Command, pyro: PyroFactory, s
     });
 
   registerWorkspaceFullCommands(ws, pyro);
+
+  ws.command("fork")
+    .description(
+      "New workspaces that continue from this one's current memory and disks (processes, shells, services included) while it keeps running; writes afterwards are isolated both ways.",
+    )
+    .argument("<workspace>", "id or name")
+    .option(
+      "--count <n>",
+      `how many copies, ${FORK_COUNT.min}-${FORK_COUNT.max} (default: one per --name, at least ${FORK_COUNT.default})`,
+      integerOption(FORK_COUNT.min, FORK_COUNT.max),
+    )
+    .option("--name <name>", "a copy's name, in order (repeatable)", collect)
+    .option("--json", "print JSON")
+    .action(async (ref: string, o: { count?: number; name?: string[]; json?: boolean }) => {
+      const r = await (await pyro()).forkWorkspace(ref, { ...(o.count !== undefined ? { count: o.count } : {}), ...(o.name ? { names: o.name } : {}) });
+      emit(o.json, r, () =>
+        [
+          line("workspace-fork", { source: r.source_workspace_id, memory: r.memory, source_paused_ms: r.source_paused_ms, fork_ms: r.fork_ms, note: r.note }),
+          ...r.forks.map((f) => line("fork", { workspace_id: f.workspace_id, name: f.name, state: f.state, start_mode: f.vm?.start_mode, fork_ms: f.fork_ms })),
+        ].join(""),
+      );
+    });
 
   ws.command("reset")
     .description("Put the workspace back to a snapshot (default: the baseline from create).")

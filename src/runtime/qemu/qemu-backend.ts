@@ -8,12 +8,14 @@ import type { HelloInfo } from "../../guest-protocol/messages.js";
 import { registerExitCleanup, shuttingDown } from "../../process/exit-cleanup.js";
 import { findExecutable, requireExecutable } from "../../process/host-command.js";
 import { processAlive } from "../../process/process-alive.js";
-import type { Accelerator, RunningVm, SaveStateOptions, VmExit, VmHandle, VmLaunchSpec, VmmBackend, VmProcessRef } from "../vmm-backend.js";
+import type { Accelerator, RunningVm, SavedMemory, SaveStateOptions, VmExit, VmHandle, VmLaunchSpec, VmmBackend, VmProcessRef } from "../vmm-backend.js";
 import { EgressSidecar } from "./egress-sidecar.js";
 import { buildQemuArgs, CONSOLE_CHARDEV_ID, CONSOLE_RING_BYTES, incomingStateUri, runFiles } from "./qemu-args.js";
 import { ensurePrivateDir, PRIVATE_FILE_MODE, withPrivateUmask } from "../../storage/private-storage.js";
 import { shellQuote } from "../../process/shell-quote.js";
 import { QmpClient } from "./qmp-client.js";
+import { saveDeviceState } from "./device-state.js";
+import { captureMappedRam } from "./ram-capture.js";
 
 /** The marker /init prints when it cannot hand over to the agent: deterministic, so never retried. */
 const INIT_FAILURE = /PYRO-INIT-FAILED: (.*)/;
@@ -183,6 +185,20 @@ export class QemuBackend implements VmmBackend {
     await rm(handle.runDir, { recursive: true, force: true });
   }
 
+  async memoryFilesInUse(): Promise<Set<string>> {
+    const files = new Set<string>();
+    for (const entry of procEntries()) {
+      if (!/^\d+$/.test(entry) || !ownedByUs(Number(entry))) continue;
+      const args = readCmdlineSync(Number(entry)).split("\0");
+      if (basename(args[0] ?? "") !== basename(this.options.qemuBinary)) continue;
+      for (const arg of args) {
+        const file = memoryBackendFile(arg);
+        if (file) files.add(file.path);
+      }
+    }
+    return files;
+  }
+
   async findVms(runRoot: string): Promise<VmProcessRef[]> {
     const found: VmProcessRef[] = [];
     // Synchronous reads: /proc answers from memory, and ~100 async reads cost 10x more in the thread pool.
@@ -288,13 +304,26 @@ async function setIgnoreShared(qmp: QmpClient, on: boolean): Promise<void> {
   await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: on }] });
 }
 
-/** The RAM file a VM maps copy-on-write (a template restore), read from its command line. */
-async function copyOnWriteMemoryFile(pid: number): Promise<string | undefined> {
+/** A `-object memory-backend-file,…` argument's file, size and sharing (qemu-args.ts writes it). */
+function memoryBackendFile(arg: string): { path: string; bytes: number; share: boolean } | undefined {
+  if (!arg.startsWith("memory-backend-file,")) return undefined;
+  const path = /(?:^|,)mem-path=([^,]+)/.exec(arg)?.[1];
+  const mib = /(?:^|,)size=(\d+)M(?:,|$)/.exec(arg)?.[1];
+  if (!path || !mib) return undefined;
+  return { path, bytes: Number(mib) * 1024 * 1024, share: /(?:^|,)share=on(?:,|$)/.test(arg) };
+}
+
+/** The RAM file a VM maps copy-on-write (a template, fork or snapshot restore), read from its command line. */
+async function copyOnWriteMemory(pid: number): Promise<{ path: string; bytes: number } | undefined> {
   for (const arg of (await readCmdline(pid)).split("\0")) {
-    if (!arg.startsWith("memory-backend-file,") || !arg.endsWith(",share=off")) continue;
-    return /(?:^|,)mem-path=([^,]+)/.exec(arg)?.[1];
+    const file = memoryBackendFile(arg);
+    if (file && !file.share) return file;
   }
   return undefined;
+}
+
+async function copyOnWriteMemoryFile(pid: number): Promise<string | undefined> {
+  return (await copyOnWriteMemory(pid))?.path;
 }
 
 /**
@@ -458,6 +487,28 @@ class QemuVm implements RunningVm {
       await qmp.waitForMigration(Date.now() + 120_000);
       if (!options.skipSharedMemory) releaseZeroPagesOf(await copyOnWriteMemoryFile(this.pid));
     });
+  }
+
+  async saveMappedState(statePath: string, memoryPath: string): Promise<SavedMemory> {
+    const memory = await copyOnWriteMemory(this.pid);
+    if (!memory) {
+      await this.saveState(statePath);
+      return { kind: "streamed", reason: "the VM's RAM is anonymous memory, not a mapped file" };
+    }
+    try {
+      return await this.withQmp(async (qmp) => {
+        await qmp.execute("stop");
+        await saveDeviceState(qmp, statePath);
+        const { ownBytes } = await captureMappedRam(this.pid, memory.path, memory.bytes, memoryPath);
+        return { kind: "mapped" as const, memoryPath, ownBytes };
+      });
+    } catch (error) {
+      if (!isPyroError(error, "HOST_COMMAND_FAILED")) throw error;
+      // Its memory cannot be read here (another uid, Yama): the whole state, through QEMU.
+      await rm(memoryPath, { force: true });
+      await this.saveState(statePath);
+      return { kind: "streamed", reason: error.message };
+    }
   }
 
   pause(): Promise<void> {
