@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
-import { lstat, readdir } from "node:fs/promises";
+import { lstat, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
+import { processStartTime } from "../src/process/process-identity.js";
 import { Pyro } from "../src/sdk/pyro.js";
 import { testPaths } from "./helpers/vm-fixtures.js";
 
@@ -42,5 +43,24 @@ describe("[vm] what makes create and reset fast still gives each workspace its o
     await pyro.deleteWorkspace(a.workspace_id);
     assert.equal((await seedOf(b.workspace_id)).ino, sb.ino, "deleting a removed its link only");
     assert.equal((await pyro.execWorkspace(b.workspace_id, ["sh", "-c", "echo ok > /workspace/f && cat /workspace/f"])).stdout, "ok\n");
+  });
+
+  it("records the VMM's start time with its pid, and a record whose start time is not the process's finds its VM gone", TIMEOUT, async () => {
+    const ws = await pyro.createWorkspace("debian:12");
+    created.push(ws.workspace_id);
+    const recordPath = join(testPaths.stateDir, "workspaces", ws.workspace_id, "workspace.json");
+    const record = JSON.parse(await readFile(recordPath, "utf8"));
+    assert.equal(record.vm.pid, ws.vm!.pid);
+    assert.equal(record.vm.pid_start, processStartTime(ws.vm!.pid));
+    assert.equal((await pyro.execWorkspace(ws.workspace_id, ["true"])).exit_code, 0);
+    // The pid now stands for another process as far as the record knows: pyro must not treat the
+    // running VMM as this workspace's (the next command's recovery stops the VM no record owns).
+    record.vm.pid_start = String(Number(record.vm.pid_start) - 1);
+    await writeFile(recordPath, JSON.stringify(record));
+    const status = await pyro.statusWorkspace(ws.workspace_id);
+    assert.equal(status.state, "stopped");
+    assert.match(status.unexpected_stop ?? "", /exited without pyro stopping it/);
+    await pyro.listWorkspaces();
+    assert.equal(processStartTime(ws.vm!.pid), undefined, "the unowned VM was stopped");
   });
 });
