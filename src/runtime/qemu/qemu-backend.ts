@@ -174,7 +174,8 @@ export class QemuBackend implements VmmBackend {
         // already gone
       }
       const deadline = Date.now() + 10_000;
-      while (processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      // Polled finely: a reset waits on this before its new VM can start, and QEMU exits in a few ms.
+      while (processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
     }
     // A process still naming this run directory (ours that would not die, or another user's posing as
     // ours) may be using it: removing it would pull the files from under a live VM.
