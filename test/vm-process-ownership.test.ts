@@ -5,6 +5,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { processAlive } from "../src/process/process-alive.js";
+import { processStartTime } from "../src/process/process-identity.js";
 import { QemuBackend } from "../src/runtime/qemu/qemu-backend.js";
 import { testPaths } from "./helpers/vm-fixtures.js";
 
@@ -84,6 +85,31 @@ describe("finding our VMs among host processes (another local user's processes a
       assert.ok(existsSync(testPaths.runtimeDir));
     } finally {
       for (const child of [...spoofs, mine]) child.kill("SIGKILL");
+    }
+  });
+
+  it("tells a VM from a later process under the same pid: the handle's start time must match", async () => {
+    await mkdir(testPaths.runtimeDir, { recursive: true });
+    const runDir = join(testPaths.runtimeDir, "ws-hhhhhhhhhhhhhhhhhhhh");
+    await mkdir(runDir, { recursive: true });
+    await writeFile(join(runDir, "canary"), "live workspace files");
+    const vm = await fakeVm(join(runDir, "agent.sock"), false);
+    try {
+      const startTime = processStartTime(vm.pid!);
+      assert.ok(startTime);
+      assert.equal(await backend.isRunning({ pid: vm.pid!, runDir, startTime }), true);
+      // The same pid, command line and run directory, but not the process the handle was made for.
+      const stale = { pid: vm.pid!, runDir, startTime: String(Number(startTime) - 1) };
+      assert.equal(await backend.isRunning(stale), false);
+      await assert.rejects(backend.kill(stale), /still names the run directory .* and is not ours/);
+      assert.ok(processAlive(vm.pid!), "not signalled");
+      assert.equal(await readFile(join(runDir, "canary"), "utf8"), "live workspace files");
+      // The right handle kills it and removes its run directory.
+      await backend.kill({ pid: vm.pid!, runDir, startTime });
+      assert.equal(processAlive(vm.pid!), false);
+      assert.equal(existsSync(runDir), false);
+    } finally {
+      vm.kill("SIGKILL");
     }
   });
 });

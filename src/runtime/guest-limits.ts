@@ -38,3 +38,9 @@ export function checkCommandTimeout(seconds: number | undefined): void {
     throw new PyroError("INVALID_ARGUMENT", `timeout must be between 0 and ${COMMAND_TIMEOUT_MAX_SECONDS} seconds, got ${seconds}`);
   }
 }
+
+/**
+ * Host memory (MemAvailable, MiB) below which no warm VM is kept for one-shot runs: a paused guest
+ * holds what it touched, and a busy host needs it more than the next run needs to be fast.
+ */
+export const WARM_VM_MIN_HOST_AVAILABLE_MIB = 2048;

@@ -74,10 +74,15 @@ export interface VmHandle {
   pid: number;
   runDir: string;
   accel: Accelerator;
+  /**
+   * When the VMM process started (clock ticks after boot, /proc/<pid>/stat field 22): with the pid,
+   * what tells this process from a later one given the same pid. Absent in handles recorded before.
+   */
+  startTime?: string;
 }
 
 /** A VMM process found or recorded: enough to check, resume or kill it, not to talk to its guest. */
-export type VmProcessRef = Pick<VmHandle, "pid" | "runDir">;
+export type VmProcessRef = Pick<VmHandle, "pid" | "runDir" | "startTime">;
 
 export interface VmExit {
   code: number | null;
@@ -89,6 +94,8 @@ export interface RunningVm {
   readonly backend: string;
   readonly accel: Accelerator;
   readonly pid: number;
+  /** The VMM process's start time (see VmHandle.startTime), where the backend can read it. */
+  readonly startTime?: string;
   /** Holds the agent socket (`agent.sock`), QMP socket and console log. */
   readonly runDir: string;
   readonly agent: AgentClient;
@@ -137,7 +144,10 @@ export interface VmmBackend {
    * (as `kill`, run directory removed).
    */
   stop(vm: RunningVm, graceMs?: number): Promise<void>;
-  /** Whether a detached VM is still running (no connection made). */
+  /**
+   * Whether a detached VM is still running (no connection made): the process under its pid is ours,
+   * started when the handle says (where it says), and serves its run directory.
+   */
   isRunning(handle: VmProcessRef): Promise<boolean>;
   /**
    * Kills a detached VM if the process under its pid is still that VM (pids are reused), waits

@@ -2,6 +2,7 @@ import { resolvePaths, type PyroPaths } from "../paths.js";
 import type { EnvironmentStatus } from "../environments/environment-store.js";
 import type { LoopStep } from "./daily-loop.js";
 import type { RunOptions } from "../vm-run/run-result.js";
+import type { WarmVmSlot } from "../vm-run/warm-vm.js";
 import type { WorkspaceContext } from "../workspaces/workspace-context.js";
 import type { WorkspaceExecOptions } from "../workspaces/workspace-exec.js";
 import type { CreateWorkspaceOptions, UpdateWorkspaceOptions } from "../workspaces/workspace-lifecycle.js";
@@ -43,12 +44,19 @@ export interface PyroOptions {
   onProgress?: (message: string) => void;
   /** Seeds workspaces created without seedPath (what `pyro mcp serve` finds in its checkout). */
   project?: ProjectSource;
+  /**
+   * After each `run`, keep one VM of the default run shape restored and paused for the next run of
+   * this environment (for a long-lived process: `pyro mcp serve` does); none while host memory is
+   * low. `warmUp()` prepares one before the first run.
+   */
+  warmVm?: { environment: string; minAvailableMib?: number };
 }
 
 /** The pyro SDK: the same operations as the CLI and the MCP tools, returning the same structures. */
 export class Pyro {
   readonly paths: PyroPaths;
   private context: Promise<WorkspaceContext> | undefined;
+  private warm: Promise<WarmVmSlot> | undefined;
 
   constructor(private readonly options: PyroOptions = {}) {
     this.paths = resolvePaths(options.home ? { ...process.env, PYRO_HOME: options.home } : process.env);
@@ -61,7 +69,32 @@ export class Pyro {
 
   /** Runs one command in a disposable microVM and destroys it. `command` is argv (no shell). */
   async run(environment: string, command: string[], options: RunOptions = {}) {
-    return (await oneShot()).runOneShot(this.paths, environment, command, options);
+    return (await oneShot()).runOneShot(this.paths, environment, command, options, await this.warmSlot());
+  }
+
+  private warmSlot(): Promise<WarmVmSlot> | undefined {
+    const wanted = this.options.warmVm;
+    if (!wanted) return undefined;
+    this.warm ??= Promise.all([import("../vm-run/warm-vm.js"), import("../vm-run/run-result.js")]).then(
+      ([{ WarmVmSlot: Slot }, { RUN_DEFAULTS }]) =>
+        new Slot(this.paths, {
+          environment: wanted.environment,
+          vcpuCount: RUN_DEFAULTS.vcpuCount,
+          memMib: RUN_DEFAULTS.memMib,
+          ...(wanted.minAvailableMib !== undefined ? { minAvailableMib: wanted.minAvailableMib } : {}),
+        }),
+    );
+    return this.warm;
+  }
+
+  /** Prepares the warm VM now (with `warmVm`), instead of after the first run; resolves whether one is ready. */
+  async warmUp(): Promise<boolean> {
+    return (await (await this.warmSlot())?.fill()) ?? false;
+  }
+
+  /** Stops what this instance keeps running for itself (the warm VM). Workspaces are not touched. */
+  async close(): Promise<void> {
+    await (await this.warmSlot())?.close();
   }
 
   async listEnvironments(): Promise<EnvironmentStatus[]> {

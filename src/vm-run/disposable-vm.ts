@@ -7,7 +7,7 @@ import { dirname, join } from "node:path";
 import { EnvironmentStore } from "../environments/environment-store.js";
 import type { PyroPaths } from "../paths.js";
 import { processAlive } from "../process/process-alive.js";
-import { requireExecutable, runHostCommand } from "../process/host-command.js";
+import { createEmptyOverlay } from "../storage/qcow2-overlay.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
 import { giveVmItsOwnIdentity, throwawayHostname } from "../runtime/vm-identity.js";
 import { makePrivateSubdir, makePrivateTempDir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
@@ -101,9 +101,7 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
     // A restore that failed took the run directory with it (the VM owns it): make it again.
     await makePrivateSubdir(runDir);
     await writeFile(join(runDir, OWNER_FILE), `${process.pid}\n`, { mode: PRIVATE_FILE_MODE });
-    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["create", "-q", "-f", "qcow2", "-b", env.imagePath, "-F", "raw", overlay], {
-      privateFiles: true,
-    });
+    await createEmptyOverlay(overlay, env.imagePath, "raw");
     const vm = await runtime.backend.launch(spec, options.signal);
     try {
       // The image's machine-id is every VM's: each run gets its own, and the same kind of hostname as a restore.
@@ -131,18 +129,10 @@ async function restoreFromTemplate(
   template: BootTemplate,
   signal: AbortSignal | undefined,
 ): Promise<RunningVm | undefined> {
-  await runHostCommand(
-    requireExecutable("qemu-img", "qemu-utils"),
-    ["create", "-q", "-f", "qcow2", "-b", template.diskPath, "-F", "qcow2", spec.rootDisk.path],
-    { privateFiles: true },
-  );
+  await createEmptyOverlay(spec.rootDisk.path, template.diskPath, "qcow2");
   // The template has a (never mounted) /workspace disk; a restored copy needs one in its place.
   const workspaceDisk = join(dirname(spec.rootDisk.path), "workspace.qcow2");
-  await runHostCommand(
-    requireExecutable("qemu-img", "qemu-utils"),
-    ["create", "-q", "-f", "qcow2", "-b", template.workspaceDiskPath, "-F", "raw", workspaceDisk],
-    { privateFiles: true },
-  );
+  await createEmptyOverlay(workspaceDisk, template.workspaceDiskPath, "raw");
   const memoryFile = template.memoryPath ? { memoryFile: { path: template.memoryPath, share: false } } : {};
   let vm: RunningVm | undefined;
   try {

@@ -5,6 +5,7 @@ import type { PyroPaths } from "../paths.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { proxyEnvironment } from "../network/egress-launch.js";
 import { launchDisposableVm } from "./disposable-vm.js";
+import type { WarmVmSlot } from "./warm-vm.js";
 import { runOnHost } from "./host-compat.js";
 import { checkCommandTimeout, checkMachineShape } from "../runtime/guest-limits.js";
 import { RUN_DEFAULTS, type RunOptions, type RunResult } from "./run-result.js";
@@ -22,7 +23,7 @@ function validate(command: string[], options: RunOptions): void {
 }
 
 /** Boots a disposable VM from `environment`, runs one command, and destroys the VM. */
-export async function runOneShot(paths: PyroPaths, environment: string, command: string[], options: RunOptions = {}): Promise<RunResult> {
+export async function runOneShot(paths: PyroPaths, environment: string, command: string[], options: RunOptions = {}, warm?: WarmVmSlot): Promise<RunResult> {
   validate(command, options);
   const started = Date.now();
   const vcpuCount = options.vcpuCount ?? RUN_DEFAULTS.vcpuCount;
@@ -30,13 +31,15 @@ export async function runOneShot(paths: PyroPaths, environment: string, command:
   const timeoutMs = Math.round((options.timeoutSeconds ?? RUN_DEFAULTS.timeoutSeconds) * 1000);
   let vm: RunningVm | undefined;
   try {
-    vm = await launchDisposableVm(paths, environment, {
-      vcpuCount,
-      memMib,
-      network: Boolean(options.network),
-      ...(options.signal ? { signal: options.signal } : {}),
-      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
-    });
+    vm =
+      (await warm?.take(environment, { vcpuCount, memMib, network: Boolean(options.network) })) ??
+      (await launchDisposableVm(paths, environment, {
+        vcpuCount,
+        memMib,
+        network: Boolean(options.network),
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+      }));
     const exec = await vm.agent.exec({
       command,
       cwd: options.cwd ?? "/root",
@@ -69,6 +72,8 @@ export async function runOneShot(paths: PyroPaths, environment: string, command:
     await vm.dispose();
     vm = undefined;
     result.total_ms = Date.now() - started;
+    // The next one is prepared after this run, not during it: the two would share the CPUs.
+    void warm?.fill();
     return result;
   } catch (error) {
     if (vm) await vm.dispose();

@@ -8,7 +8,8 @@ import type { PyroPaths } from "../paths.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
 import type { GuestRuntime } from "../runtime/guest-runtime.js";
-import type { VmLaunchSpec } from "../runtime/vmm-backend.js";
+import type { RunningVm, VmLaunchSpec } from "../runtime/vmm-backend.js";
+import { giveVmItsOwnIdentity } from "../runtime/vm-identity.js";
 import { bootTimeoutMs } from "../vm-run/disposable-vm.js";
 import { pathExists } from "../storage/path-exists.js";
 import { ensurePrivateDir, makePrivateSubdir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
@@ -147,11 +148,15 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
         runtime.memoryReturn,
         shapeDiskGib(shape),
         WORKSPACE_MACHINE_VERSION,
+        TEMPLATE_CONTENT_VERSION,
       ]),
     )
     .digest("hex")
     .slice(0, 16);
 }
+
+/** Bump when what a template guest does before its save changes (2: warmUp). */
+const TEMPLATE_CONTENT_VERSION = 2;
 
 /**
  * Bump when workspaceLaunchSpec changes the machine, so old saved states are not restored into it
@@ -317,6 +322,7 @@ export async function ensureBootTemplate(
     const vm = await runtime.backend.launch(spec);
     const started = Date.now();
     try {
+      await warmUp(vm);
       // Disconnect first: the saved agent then waits for a new host, as every restored copy will.
       vm.agent.close();
       await vm.saveState(join(work, TEMPLATE_FILES.state), { skipSharedMemory: Boolean(memoryPath) });
@@ -345,6 +351,21 @@ export async function ensureBootTemplate(
   if (!built) throw new Error(`boot template ${dir} failed validation after build`);
   return built;
 }
+
+/**
+ * Runs, before the save, what every restored copy runs first: its identity, a command. The files
+ * those read (the dynamic loader, libc, sh, /etc) are then in the template's page cache, which its
+ * copies share, instead of each copy reading them from its disk under TCG. Synced, so no copy
+ * inherits dirty pages to write back.
+ */
+async function warmUp(vm: RunningVm): Promise<void> {
+  await giveVmItsOwnIdentity(vm, "pyro");
+  for (const command of WARM_UP_COMMANDS) await vm.agent.exec({ command, cwd: "/", timeoutMs: 30_000 });
+  await vm.agent.sync();
+}
+
+/** What warmUp runs: the loader and libc (any dynamic binary), the shell, and what a command's environment reads. */
+const WARM_UP_COMMANDS = [["true"], ["sh", "-c", ":"]];
 
 /** A build boots and saves in well under this; a RAM file without a template dir this old was left by a killed build. */
 const ABANDONED_BUILD_MS = 10 * 60_000;

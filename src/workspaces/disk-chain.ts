@@ -2,16 +2,12 @@ import { rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { isPyroError, PyroError } from "../errors.js";
 import { diskChain } from "../storage/qcow2-backing-chain.js";
-import { requireExecutable, runHostCommand } from "../process/host-command.js";
+import { createEmptyOverlay } from "../storage/qcow2-overlay.js";
 
 /**
  * qcow2 layering, read from the files themselves: which disk depends on which is whatever the
  * images say, never a record field that a crash can leave stale.
  */
-
-function qemuImg(): string {
-  return requireExecutable("qemu-img", "qemu-utils");
-}
 
 /**
  * The files `disk` reads through, nearest first, itself excluded, from the images' own headers.
@@ -42,6 +38,6 @@ export function partialOverlayPath(disk: string): string {
 export async function replaceWithOverlay(disk: string, backing: string, format: "raw" | "qcow2"): Promise<void> {
   const partial = partialOverlayPath(disk);
   await rm(partial, { force: true });
-  await runHostCommand(qemuImg(), ["create", "-q", "-f", "qcow2", "-b", backing, "-F", format, partial], { privateFiles: true });
+  await createEmptyOverlay(partial, backing, format);
   await rename(partial, disk);
 }

@@ -115,7 +115,7 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
     record.guest_cleanup_pending = false;
   }
   await republishPorts(record, vm);
-  record.vm = { pid: vm.pid, run_dir: runDir, accel: vm.accel, started_at: nowIso(), boot_ms: vm.bootMs, start_mode: mode };
+  record.vm = { pid: vm.pid, pid_start: vm.startTime ?? null, run_dir: runDir, accel: vm.accel, started_at: nowIso(), boot_ms: vm.bootMs, start_mode: mode };
   record.unexpected_stop = null;
   record.updated_at = nowIso();
   return vm;

@@ -4,6 +4,7 @@ import { PyroError } from "../errors.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { ensureBootTemplate, type BootTemplate } from "./boot-templates.js";
+import { emptySeedImage } from "./empty-seed-image.js";
 import { releaseUnmappedForkMemory } from "./fork-memory.js";
 import { allocatedBytes } from "./workspace-disk-usage.js";
 import { buildSeedImage, checkDiskGib, checkSeedFits, DEFAULT_DISK_GIB, scanSeed, type SeedScan } from "./seed-image.js";
@@ -233,7 +234,9 @@ async function createWithSeed(
       await ctx.store.createDir(id);
       await saveSecrets(ctx, id, secretPlan.injected);
       if (interceptsTls(record)) await saveEgressSecrets(ctx.store.dir(id), id, secretPlan.scoped, options.secretMemoryOnly);
-      const image = await buildSeedImage(seed?.source, scan, diskGib, seedImagePath(ctx, id), baselineManifestPath(ctx, id), ctx.store.dir(id));
+      const image = seed
+        ? await buildSeedImage(seed.source, scan, diskGib, seedImagePath(ctx, id), baselineManifestPath(ctx, id), ctx.store.dir(id))
+        : await emptySeedImage(ctx.paths, diskGib, seedImagePath(ctx, id), baselineManifestPath(ctx, id), ctx.store.dir(id));
       record.seed.built_at_ns = String(image.builtAtNs);
       await layerWorkspaceDisk(ctx, record, image.path, "raw");
       // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.

@@ -50,6 +50,8 @@ export const WorkspaceRecord = z.object({
   vm: z
     .object({
       pid: z.number().int(),
+      /** The VMM's start time (VmHandle.startTime); null in records written before it was kept. */
+      pid_start: z.string().nullable().default(null),
       run_dir: z.string(),
       accel: z.enum(["kvm", "tcg"]),
       started_at: z.string(),
@@ -135,5 +137,6 @@ export function nowIso(): string {
 
 /** How to reach the record's VM, if it has one. */
 export function vmHandle(record: WorkspaceRecord): VmHandle | undefined {
-  return record.vm ? { pid: record.vm.pid, runDir: record.vm.run_dir, accel: record.vm.accel } : undefined;
+  if (!record.vm) return undefined;
+  return { pid: record.vm.pid, runDir: record.vm.run_dir, accel: record.vm.accel, ...(record.vm.pid_start ? { startTime: record.vm.pid_start } : {}) };
 }

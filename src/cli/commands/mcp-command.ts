@@ -1,5 +1,6 @@
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { portNumber } from "../parse-options.js";
+import { DEFAULT_ENVIRONMENT } from "../../environments/catalog.js";
 import { DEFAULT_PROFILE, MODE_NAMES, PROFILE_NAMES, type ModeName, type ProfileName } from "../../mcp/profile-names.js";
 
 function hostPort(value: string): { host: string; port: number } {
@@ -22,6 +23,7 @@ export function registerMcpCommands(program: Command): void {
       "seed workspace_create without seed_path from a clean clone of this Git repository (https://, ssh://, git://, file:// or a path)",
     )
     .option("--repo-ref <ref>", "branch, tag or commit of --repo-url to clone (default: its default branch)")
+    .option("--no-warm-vm", `after a vm_run of ${DEFAULT_ENVIRONMENT}, keep no paused VM ready for the next one (kept by default while host memory allows)`)
     .option("--token-file <path>", "file (mode 0600) holding the bearer token for --http (default: $PYRO_MCP_TOKEN, else a random one printed to stderr)")
     // Kept only to say what to use instead: a token in argv is readable by every local user.
     .addOption(new Option("--token <token>").hideHelp())
@@ -37,6 +39,7 @@ export function registerMcpCommands(program: Command): void {
         token?: string;
         tokenFile?: string;
         projectPath?: string;
+        warmVm: boolean;
         repoUrl?: string;
         repoRef?: string;
       }) => {
@@ -61,7 +64,11 @@ export function registerMcpCommands(program: Command): void {
             throw error instanceof Error && (error as { code?: string }).code === "INVALID_ARGUMENT" ? new InvalidArgumentError(error.message) : error;
           },
         );
-        const pyro = new Pyro({ onProgress: (m) => process.stderr.write(`${m}\n`), ...(project ? { project } : {}) });
+        const pyro = new Pyro({
+          onProgress: (m) => process.stderr.write(`${m}\n`),
+          ...(project ? { project } : {}),
+          ...(o.warmVm ? { warmVm: { environment: DEFAULT_ENVIRONMENT } } : {}),
+        });
         const make = () => createPyroMcpServer({ pyro, profile: o.profile, ...(o.mode ? { mode: o.mode } : {}) });
         if (!o.http) {
           process.stderr.write(`[mcp] ${describeProjectSource(project)}\n`);

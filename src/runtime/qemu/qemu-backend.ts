@@ -8,6 +8,7 @@ import type { HelloInfo } from "../../guest-protocol/messages.js";
 import { registerExitCleanup, shuttingDown } from "../../process/exit-cleanup.js";
 import { findExecutable, requireExecutable } from "../../process/host-command.js";
 import { processAlive } from "../../process/process-alive.js";
+import { processStartTime } from "../../process/process-identity.js";
 import type { Accelerator, RunningVm, SavedMemory, SaveStateOptions, VmExit, VmHandle, VmLaunchSpec, VmmBackend, VmProcessRef } from "../vmm-backend.js";
 import { EgressSidecar } from "./egress-sidecar.js";
 import { buildQemuArgs, CONSOLE_CHARDEV_ID, CONSOLE_RING_BYTES, incomingStateUri, runFiles } from "./qemu-args.js";
@@ -159,8 +160,11 @@ export class QemuBackend implements VmmBackend {
   }
 
   async isRunning(handle: VmProcessRef): Promise<boolean> {
-    // Guard against pid reuse: the process must be ours and a VMM using this run directory.
-    return processAlive(handle.pid) && ownedByUs(handle.pid) && (await namesRunDir(handle.pid, handle.runDir));
+    // Pids are reused: the process must be ours, the one that started when the handle says, and a
+    // VMM serving this run directory.
+    if (!processAlive(handle.pid) || !ownedByUs(handle.pid)) return false;
+    if (handle.startTime !== undefined && processStartTime(handle.pid) !== handle.startTime) return false;
+    return namesRunDir(handle.pid, handle.runDir);
   }
 
   async kill(handle: VmProcessRef): Promise<void> {
@@ -172,7 +176,8 @@ export class QemuBackend implements VmmBackend {
         // already gone
       }
       const deadline = Date.now() + 10_000;
-      while (processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      // Polled finely: a reset waits on this before its new VM can start, and QEMU exits in a few ms.
+      while (processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
     }
     // A process still naming this run directory (ours that would not die, or another user's posing as
     // ours) may be using it: removing it would pull the files from under a live VM.
@@ -240,7 +245,7 @@ export class QemuBackend implements VmmBackend {
 
   async attach(handle: VmHandle, timeoutMs = 30_000): Promise<RunningVm> {
     if (!(await this.isRunning(handle))) throw new PyroError("VM_DIED", `the VM (pid ${handle.pid}) is not running`);
-    const vm = new QemuVm(handle.runDir, handle.accel, 1, { pid: handle.pid, ownsRunDir: false });
+    const vm = new QemuVm(handle.runDir, handle.accel, 1, { pid: handle.pid, ownsRunDir: false, ...(handle.startTime ? { startTime: handle.startTime } : {}) });
     const deadline = Date.now() + timeoutMs;
     const started = Date.now();
     const agent = await AgentClient.connect(runFiles(handle.runDir).agentSocket, deadline);
@@ -367,7 +372,7 @@ async function readTail(path: string, maxBytes: number): Promise<string> {
   }
 }
 
-type VmProcess = { child: ChildProcess; ownsRunDir: boolean } | { pid: number; ownsRunDir: boolean };
+type VmProcess = { child: ChildProcess; ownsRunDir: boolean } | { pid: number; ownsRunDir: boolean; startTime?: string };
 
 class QemuVm implements RunningVm {
   readonly backend = "qemu-microvm";
@@ -379,6 +384,7 @@ class QemuVm implements RunningVm {
   private disposed = false;
   private disposing: Promise<void> | undefined;
   private unregister: () => void = () => undefined;
+  readonly startTime: string | undefined;
 
   constructor(
     readonly runDir: string,
@@ -386,6 +392,8 @@ class QemuVm implements RunningVm {
     readonly attempts: number,
     private readonly proc: VmProcess,
   ) {
+    // Read as soon as the process exists: a spawned VMM keeps its pid (setpriv execs QEMU).
+    this.startTime = "child" in proc ? (proc.child.pid ? processStartTime(proc.child.pid) : undefined) : proc.startTime;
     if ("child" in proc) {
       const child = proc.child;
       this.exitedPromise = new Promise((resolve) => {
@@ -426,7 +434,8 @@ class QemuVm implements RunningVm {
   get exited(): Promise<VmExit> {
     this.exitedPromise ??= new Promise((resolve) => {
       const timer = setInterval(() => {
-        if (!processAlive(this.pid)) {
+        // Gone, or its pid already reused by another process.
+        if (!processAlive(this.pid) || (this.startTime !== undefined && processStartTime(this.pid) !== this.startTime)) {
           clearInterval(timer);
           this.exitStatus = { code: null, signal: null };
           resolve(this.exitStatus);
@@ -541,7 +550,7 @@ class QemuVm implements RunningVm {
     if ("child" in this.proc) this.proc.child.unref();
     this.agentClient?.close();
     this.disposed = true; // closing the agent now is expected, not a death
-    return { pid: this.pid, runDir: this.runDir, accel: this.accel };
+    return { pid: this.pid, runDir: this.runDir, accel: this.accel, ...(this.startTime ? { startTime: this.startTime } : {}) };
   }
 
   /** What dispose removes: the VM's own files, or the whole run directory when it owns it. */
