@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readdir, readFile } from "node:fs/promises";
+import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Pyro } from "../src/sdk/pyro.js";
@@ -97,6 +97,12 @@ describe("[vm] workspace fork", () => {
     assert.equal(await out(source, "ls /workspace/f0.txt /dev/shm/f0 /root/f0 2>/dev/null; true"), "");
     assert.equal(await out(ids[1]!, "ls /workspace/f0.txt /dev/shm/f0 /root/f0 /workspace/after.txt /dev/shm/after 2>/dev/null; true"), "");
     assert.equal(await out(ids[0]!, "ls /workspace/after.txt /dev/shm/after 2>/dev/null; true"), "");
+    // Each copy has its own command log; the disk layers they start from are one set of bytes, linked.
+    assert.ok((await pyro.logsWorkspace(ids[0]!)).count > (await pyro.logsWorkspace(ids[1]!)).count);
+    const layer = (id: string) => stat(join(testPaths.stateDir, "workspaces", id, "fork-base", "workspace.qcow2"));
+    const [l0, l1] = await Promise.all(ids.map(layer));
+    assert.equal(l0!.ino, l1!.ino);
+    assert.equal(l0!.nlink, 2);
     // Diff of a copy is against the source's baseline (the seed): it shows what the source had done too.
     const changed = (await pyro.diffWorkspace(ids[0]!, { summary: true })).files.map((f: { path: string }) => f.path).sort();
     assert.deepEqual(changed, ["a.txt", "f0.txt"]);
@@ -188,6 +194,12 @@ describe("[vm] workspace fork", () => {
     assert.equal(await out(copy, probe), refused);
     // The copy's proxy is its own: it keeps serving with the source gone.
     await pyro.deleteWorkspace(source);
+    assert.equal(await out(copy, probe), refused);
+    // Its baseline is the source's saved one (a cold-booted source), now held by the copy itself.
+    await out(copy, "echo later > /workspace/later.txt");
+    const reset = await pyro.resetWorkspace(copy);
+    assert.equal(reset.start_mode, "snapshot_restore");
+    assert.equal(await out(copy, "ls /workspace"), "");
     assert.equal(await out(copy, probe), refused);
   });
 

@@ -1,4 +1,4 @@
-import { link, mkdir, rm } from "node:fs/promises";
+import { link, mkdir, readdir, rename, rm } from "node:fs/promises";
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { PyroError } from "../errors.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
@@ -6,49 +6,63 @@ import { PRIVATE_DIR_MODE } from "../storage/private-storage.js";
 import { readQcow2Header } from "../storage/qcow2-backing-chain.js";
 
 /**
- * Gives another workspace its own copy of a disk chain: every layer that lives in the source
- * workspace's directory is taken into the new one (qcow2 layers copied and re-pointed, raw layers —
- * the immutable seed image — hard-linked), so deleting, resetting or snapshot-deleting the source
- * never takes a layer from under the copy. Layers outside it (the environment image, a boot
- * template's disk) are shared as every workspace shares them.
+ * Gives other workspaces their own copy of a disk chain: every layer that lives in the source
+ * workspace's directory is taken into a staging tree laid out as a workspace directory (qcow2
+ * layers copied, raw layers — the immutable seed image — hard-linked), whose qcow2 headers name
+ * their backing files by *relative* paths. Any number of workspaces then take the whole tree by
+ * hard links (`linkTree`): the same bytes, no copy per workspace, and each link resolves inside
+ * its own directory, so deleting, resetting or snapshot-deleting the source (or a sibling) never
+ * takes a layer from under a copy. Layers outside the source directory (the environment image, a
+ * boot template's disk) are shared as every workspace shares them.
  */
 export class DiskAdoption {
   private readonly adopted = new Map<string, Promise<string>>();
 
   /**
-   * @param place where a source file's copy goes in the new directory (a path inside `toDir`).
+   * @param place where a source file's copy goes in the staging tree (a path inside it).
    */
   constructor(
     private readonly fromDir: string,
     private readonly place: (relativePath: string) => string,
   ) {}
 
-  /** Copies the qcow2 image `image` to `dest` and adopts what it reads through. */
-  async copyInto(image: string, dest: string): Promise<void> {
+  /**
+   * Puts the qcow2 image `image` at `dest` (moved when `move`: a private copy made for this, else
+   * copied) and adopts what it reads through.
+   */
+  async take(image: string, dest: string, move = false): Promise<void> {
     const header = await readQcow2Header(image);
     if (!header) throw new PyroError("HOST_COMMAND_FAILED", `${image} is not a qcow2 overlay`);
     await mkdir(dirname(dest), { recursive: true, mode: PRIVATE_DIR_MODE });
     await rm(dest, { force: true });
-    await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", image, dest], { privateFiles: true });
+    if (move) await rename(image, dest);
+    else await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", image, dest], { privateFiles: true });
     if (header.backing === undefined) return;
     const backing = isAbsolute(header.backing) ? header.backing : resolve(dirname(image), header.backing);
-    if (!this.owns(backing)) return;
-    const adopted = await this.adopt(backing);
-    const format = (await readQcow2Header(adopted)) ? "qcow2" : "raw";
-    // Only the header's backing name changes (-u): the copy's data already sits on the same content.
-    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["rebase", "-u", "-f", "qcow2", "-b", adopted, "-F", format, dest], {
+    let name: string;
+    if (this.owns(backing)) {
+      // Relative: the same header is right wherever the tree is linked.
+      name = relative(dirname(dest), await this.adopt(backing));
+    } else if (!isAbsolute(header.backing)) {
+      name = backing; // a relative name would now resolve from the new place
+    } else {
+      return;
+    }
+    const format = (await readQcow2Header(backing)) ? "qcow2" : "raw";
+    // Only the header's backing name changes (-u): the data already sits on the same content.
+    await runHostCommand(requireExecutable("qemu-img", "qemu-utils"), ["rebase", "-u", "-f", "qcow2", "-b", name, "-F", format, dest], {
       privateFiles: true,
     });
   }
 
-  /** A source file (layer, state, RAM) in the new directory: qcow2 copied, anything else hard-linked (immutable). */
+  /** A source file (layer, state, RAM) in the staging tree: qcow2 copied, anything else hard-linked (immutable). */
   adopt(source: string): Promise<string> {
     let done = this.adopted.get(source);
     if (!done) {
       done = (async () => {
         const dest = this.place(relative(this.fromDir, source));
         if (await readQcow2Header(source)) {
-          await this.copyInto(source, dest);
+          await this.take(source, dest);
         } else {
           await mkdir(dirname(dest), { recursive: true, mode: PRIVATE_DIR_MODE });
           await rm(dest, { force: true });
@@ -64,6 +78,20 @@ export class DiskAdoption {
   private owns(path: string): boolean {
     const rel = relative(this.fromDir, path);
     return rel !== "" && !rel.startsWith("..") && !isAbsolute(rel);
+  }
+}
+
+/** Hard-links every file of the tree `from` into `to` at the same relative paths (directories made private). */
+export async function linkTree(from: string, to: string): Promise<void> {
+  for (const entry of await readdir(from, { withFileTypes: true })) {
+    const source = join(from, entry.name);
+    const dest = join(to, entry.name);
+    if (entry.isDirectory()) {
+      await mkdir(dest, { recursive: true, mode: PRIVATE_DIR_MODE });
+      await linkTree(source, dest);
+    } else if (entry.isFile()) {
+      await link(source, dest);
+    }
   }
 }
 

@@ -1,10 +1,10 @@
-import { copyFile, readdir, rm } from "node:fs/promises";
+import { copyFile, mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import type { RunningVm, SavedMemory } from "../runtime/vmm-backend.js";
-import { makePrivateTempDir } from "../storage/private-storage.js";
-import { DiskAdoption, under } from "./disk-adoption.js";
+import { makePrivateTempDir, PRIVATE_DIR_MODE } from "../storage/private-storage.js";
+import { DiskAdoption, linkTree, under } from "./disk-adoption.js";
 import { finishForkMemory, newForkMemoryPath, releaseUnmappedForkMemory } from "./fork-memory.js";
 import { bootWorkspace, diskPath, layerDisk, layerWorkspaceDisk, seedImagePath, workspaceDiskPath } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
@@ -117,8 +117,9 @@ export async function forkWorkspace(ctx: WorkspaceContext, ref: string, options:
             vm.detach();
           }
         }
+        const stage = await stageForkFiles(ctx, source, join(capture, "stage"), running);
         // All at once (each under its own lock), and all or nothing: a copy that failed takes the others with it.
-        const made = await Promise.allSettled(plan.names.map((name) => makeFork(ctx, source, name)));
+        const made = await Promise.allSettled(plan.names.map((name) => makeFork(ctx, source, stage, name)));
         const failed = made.find((r): r is PromiseRejectedResult => r.status === "rejected");
         const forks = made.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
         if (failed) {
@@ -169,7 +170,7 @@ async function captureRunning(vm: RunningVm, capture: string, source: ForkSource
 }
 
 /** One copy: its directory, files, disks and (for a running source) its VM, under its own lock. */
-async function makeFork(ctx: WorkspaceContext, source: ForkSource, name: string | undefined): Promise<WorkspaceView & { fork_ms: number }> {
+async function makeFork(ctx: WorkspaceContext, source: ForkSource, stage: ForkStage, name: string | undefined): Promise<WorkspaceView & { fork_ms: number }> {
   const started = Date.now();
   const id = newWorkspaceId();
   const now = nowIso();
@@ -194,18 +195,13 @@ async function makeFork(ctx: WorkspaceContext, source: ForkSource, name: string 
     try {
       const dir = await ctx.store.createDir(id);
       for (const entry of await readdir(source.dir, { withFileTypes: true })) {
+        // Copied, not linked: some are changed in place (the command log is appended to).
         if (entry.isFile() && inheritedFile(entry.name)) await copyFile(join(source.dir, entry.name), join(dir, entry.name));
       }
-      const adoption = new DiskAdoption(source.dir, (rel) => {
-        // The seed image and the baseline keep their places (reset and diff find them there); other layers are the copy's private base.
-        if (rel === "seed.ext4" || rel.startsWith(`snapshots/${BASELINE_SNAPSHOT}/`)) return under(dir, rel);
-        return under(join(dir, "fork-base"), rel);
-      });
-      if (source.record.disk_gib !== null) await adoption.adopt(seedImagePath(ctx, source.record.id));
-      record.snapshots = [await adoptBaseline(source, adoption)];
-      const base = join(dir, "fork-base");
-      await adoption.copyInto(source.rootDisk, join(base, "disk.qcow2"));
-      if (source.workspaceDisk) await adoption.copyInto(source.workspaceDisk, join(base, "workspace.qcow2"));
+      // The disk layers by hard link: immutable, and the same bytes for every copy.
+      await linkTree(stage.dir, dir);
+      record.snapshots = [stage.baseline];
+      const base = join(dir, FORK_BASE);
       if (source.state) {
         const memory = source.state.memory;
         vm = await bootWorkspace(ctx, record, {
@@ -229,6 +225,35 @@ async function makeFork(ctx: WorkspaceContext, source: ForkSource, name: string 
       throw error;
     }
   });
+}
+
+/** Where a copy's own disk layers live in its directory (its live overlays sit on them). */
+const FORK_BASE = "fork-base";
+
+/** One tree laid out as a workspace directory, which every copy takes by hard links. */
+interface ForkStage {
+  dir: string;
+  baseline: SnapshotRecord;
+}
+
+/**
+ * Lays out once the disk layers every copy starts with: the source's seed image and baseline, and
+ * its two disks as the copies' base layers, with every layer from the source's directory taken
+ * along (see DiskAdoption).
+ */
+async function stageForkFiles(ctx: WorkspaceContext, source: ForkSource, stage: string, captured: boolean): Promise<ForkStage> {
+  await mkdir(stage, { recursive: true, mode: PRIVATE_DIR_MODE });
+  const adoption = new DiskAdoption(source.dir, (rel) => {
+    // The seed image and the baseline keep their places (reset and diff find them there); other layers are the copy's private base.
+    if (rel === "seed.ext4" || rel.startsWith(`snapshots/${BASELINE_SNAPSHOT}/`)) return under(stage, rel);
+    return under(join(stage, FORK_BASE), rel);
+  });
+  if (source.record.disk_gib !== null) await adoption.adopt(seedImagePath(ctx, source.record.id));
+  const baseline = await adoptBaseline(source, adoption);
+  // The captured overlays are this fork's own copies: moved into place. A stopped source's live ones are copied.
+  await adoption.take(source.rootDisk, join(stage, FORK_BASE, "disk.qcow2"), captured);
+  if (source.workspaceDisk) await adoption.take(source.workspaceDisk, join(stage, FORK_BASE, "workspace.qcow2"), captured);
+  return { dir: stage, baseline };
 }
 
 /** The copy's baseline is the source's: a template baseline is a name; a saved one's files are taken over. */
