@@ -1,9 +1,10 @@
 import { randomBytes } from "node:crypto";
-import { readdir, rm } from "node:fs/promises";
-import { join } from "node:path";
+import { open, readdir, rm } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
 import type { PyroPaths } from "../paths.js";
 import { processAlive } from "../process/process-alive.js";
 import type { VmmBackend } from "../runtime/vmm-backend.js";
+import { PRIVATE_FILE_MODE } from "../storage/private-storage.js";
 import { templateMemoryMode } from "./boot-templates.js";
 
 /**
@@ -11,21 +12,28 @@ import { templateMemoryMode } from "./boot-templates.js";
  * the source is paused and then mapped copy-on-write by every copy; nothing restores from it later
  * (a stopped fork cold-boots its disk), so it is needed exactly as long as a VM maps it.
  *
- * Named after the pyro process that writes it: until that process is gone, the file may be about
- * to be mapped; after, only running VMs can still need it. Whoever comes by later (delete, reset,
- * stop, the next fork, crash recovery) removes the ones no VM maps.
+ * Named after the pyro process that writes it, with a hidden `.starting` marker beside it while that
+ * fork writes it and starts its VMs: until the marker goes (or its writer dies), the file may be
+ * about to be mapped; after, only running VMs can still need it. The marker, not the writer being
+ * alive, says so: a long-lived writer (`pyro mcp serve`) must not keep a finished fork's file from
+ * every other pyro process. Whoever comes by later (delete, reset, stop, the next fork, crash
+ * recovery) removes the ones no VM maps.
  */
 
 const FORK_MEMORY = /^fork-(\d+)-[0-9a-f]+\.ram$/;
-/** This process's fork RAM files whose VMs are still being started. */
-const inFlight = new Set<string>();
+/** Beside a RAM file while its fork still writes it or starts VMs from it (hidden: it is not a RAM file). */
+const STARTING = /^\.fork-(\d+)-[0-9a-f]+\.starting$/;
+
+function startingMarker(ramName: string): string {
+  return `.${basename(ramName, ".ram")}.starting`;
+}
 
 /** Where the next fork's RAM goes, or undefined where RAM files are not in use (streamed mode). */
 export async function newForkMemoryPath(paths: PyroPaths): Promise<string | undefined> {
   const memory = await templateMemoryMode(paths);
   if (memory.mode !== "shared_file") return undefined;
   const path = join(memory.dir, `fork-${process.pid}-${randomBytes(6).toString("hex")}.ram`);
-  inFlight.add(path);
+  await (await open(join(memory.dir, startingMarker(basename(path))), "wx", PRIVATE_FILE_MODE)).close();
   return path;
 }
 
@@ -33,11 +41,15 @@ export async function newForkMemoryPath(paths: PyroPaths): Promise<string | unde
 export async function releaseUnmappedForkMemory(paths: PyroPaths, backend: () => Promise<VmmBackend>): Promise<number> {
   const memory = await templateMemoryMode(paths);
   if (memory.mode !== "shared_file") return 0;
-  const candidates = (await readdir(memory.dir).catch(() => [] as string[])).filter((name) => {
-    const match = FORK_MEMORY.exec(name);
-    if (!match) return false;
-    const writer = Number(match[1]);
-    return writer === process.pid ? !inFlight.has(join(memory.dir, name)) : !processAlive(writer);
+  const names = await readdir(memory.dir).catch(() => [] as string[]);
+  const present = new Set(names);
+  const candidates = names.filter((name) => {
+    const ram = FORK_MEMORY.exec(name);
+    // Still being written, or its VMs still starting, by a live fork.
+    if (ram) return !(present.has(startingMarker(name)) && processAlive(Number(ram[1])));
+    // A dead fork's marker goes too.
+    const marker = STARTING.exec(name);
+    return marker !== null && !processAlive(Number(marker[1]));
   });
   if (!candidates.length) return 0;
   const inUse = await (await backend()).memoryFilesInUse();
@@ -46,13 +58,13 @@ export async function releaseUnmappedForkMemory(paths: PyroPaths, backend: () =>
     const path = join(memory.dir, name);
     if (inUse.has(path)) continue;
     await rm(path, { force: true });
-    removed++;
+    if (FORK_MEMORY.test(name)) removed++;
   }
   return removed;
 }
 
 /** The fork that wrote `path` has started its VMs (or failed): the file goes as soon as none maps it. */
 export async function finishForkMemory(path: string, backend: VmmBackend): Promise<void> {
-  inFlight.delete(path);
+  await rm(join(dirname(path), startingMarker(basename(path))), { force: true });
   if (!(await backend.memoryFilesInUse()).has(path)) await rm(path, { force: true });
 }

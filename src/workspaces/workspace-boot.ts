@@ -90,13 +90,18 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
   if (source.kind === "restore") {
     await layerDisk(ctx, record, source.diskPath, "qcow2");
     if (source.workspaceDiskPath) await layerWorkspaceDisk(ctx, record, source.workspaceDiskPath, "qcow2");
+    let restored: RunningVm | undefined;
     try {
       // A template's (fork's, snapshot's) RAM file is mapped copy-on-write: the VM shares the pages it never writes.
       const memoryFile = source.memoryPath ? { memoryFile: { path: source.memoryPath, share: false } } : {};
-      vm = await runtime.backend.launch({ ...launchSpec(ctx, record, runtime, runDir, memory, network), incomingState: source.statePath, ...memoryFile });
+      restored = await runtime.backend.launch({ ...launchSpec(ctx, record, runtime, runDir, memory, network), incomingState: source.statePath, ...memoryFile });
       mode = source.mode;
-      await giveVmItsOwnIdentity(vm, record.id);
+      await giveVmItsOwnIdentity(restored, record.id);
+      vm = restored;
     } catch {
+      // The restored guest (saved from one a user ran: hostile) did not answer: it goes before its run directory is reused.
+      await restored?.dispose();
+      mode = "cold_boot";
       vm = await runtime.backend.launch(launchSpec(ctx, record, runtime, runDir, memory, network));
       await giveVmItsOwnIdentity(vm, record.id);
     }
@@ -105,16 +110,22 @@ export async function bootWorkspace(ctx: WorkspaceContext, record: WorkspaceReco
     // The disk came from a shared image (or template): its machine-id is every other VM's too.
     await giveVmItsOwnIdentity(vm, record.id);
   }
-  // A template's guest never mounted its placeholder; a snapshot's guest has /workspace mounted already.
-  if (record.disk_gib !== null) await mountWorkspaceDisk(vm);
-  // Secrets live in the guest's tmpfs, gone after a cold boot: put them back every time.
-  await materializeSecrets(vm.agent, await loadSecrets(ctx, record.id));
-  if (interceptsTls(record)) await installGuestCa(vm.agent, ctx.store.dir(record.id));
-  if (record.guest_cleanup_pending) {
-    await removeStaleStaging(vm.agent);
-    record.guest_cleanup_pending = false;
+  try {
+    // A template's guest never mounted its placeholder; a snapshot's guest has /workspace mounted already.
+    if (record.disk_gib !== null) await mountWorkspaceDisk(vm);
+    // Secrets live in the guest's tmpfs, gone after a cold boot: put them back every time.
+    await materializeSecrets(vm.agent, await loadSecrets(ctx, record.id));
+    if (interceptsTls(record)) await installGuestCa(vm.agent, ctx.store.dir(record.id));
+    if (record.guest_cleanup_pending) {
+      await removeStaleStaging(vm.agent);
+      record.guest_cleanup_pending = false;
+    }
+    await republishPorts(record, vm);
+  } catch (error) {
+    // The caller never gets this VM, so it cannot stop it: a restored guest that refuses these steps would outlive the call.
+    await vm.dispose();
+    throw error;
   }
-  await republishPorts(record, vm);
   record.vm = { pid: vm.pid, pid_start: vm.startTime ?? null, run_dir: runDir, accel: vm.accel, started_at: nowIso(), boot_ms: vm.bootMs, start_mode: mode };
   record.unexpected_stop = null;
   record.updated_at = nowIso();

@@ -4,6 +4,7 @@ import type { PyroPaths } from "../paths.js";
 import { prepareGuestRuntime, type GuestRuntime } from "../runtime/guest-runtime.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { UNNAMED_PURPOSE } from "../storage/process-lock.js";
+import { releaseUnmappedForkMemory } from "./fork-memory.js";
 import { removeStaleStaging } from "./guest-transfer.js";
 import { nowIso, vmHandle, type WorkspaceRecord } from "./workspace-record.js";
 import { recoverInterrupted, recoverWorkspace } from "./workspace-recovery.js";
@@ -57,6 +58,8 @@ export async function reconcileVm(ctx: WorkspaceContext, record: WorkspaceRecord
   record.unexpected_stop = `the VM (pid ${handle.pid}) exited without pyro stopping it; files written before are kept — start it again with 'pyro workspace start ${record.id}'`;
   record.updated_at = nowIso();
   await ctx.store.write(record);
+  // It may have been the last VM mapping a fork's RAM file (a guest can end its VM at any time).
+  await releaseUnmappedForkMemory(ctx.paths, async () => runtime.backend);
   return false;
 }
 
