@@ -1,4 +1,6 @@
+import { isUtf8 } from "node:buffer";
 import { PyroError } from "../errors.js";
+import { TREE_MANIFEST_LIMITS } from "./workspace-limits.js";
 
 /**
  * A tree's metadata, one record per entry: what the guest's `tree.manifest` walk returns for the
@@ -40,26 +42,28 @@ export function encodeManifest(entries: Iterable<ManifestEntry>): Buffer {
   return Buffer.concat(parts);
 }
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
-
 /**
  * A name's text. Linux names are bytes; one that is not UTF-8 has each byte above 0x7f written as
  * `\xNN` (as debugfs shows them), where lossy decoding would make two names one (`a\xff` and
  * `a\xfe` both `a\uFFFD`) and an honest guest's manifest fail as a name listed twice.
  */
 function nameText(raw: Buffer): string {
-  try {
-    return strictUtf8.decode(raw);
-  } catch {
-    let text = "";
-    for (const byte of raw) text += byte < 0x80 ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, "0")}`;
-    return text;
-  }
+  if (isUtf8(raw)) return raw.toString("utf8");
+  let text = "";
+  for (const byte of raw) text += byte < 0x80 ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, "0")}`;
+  return text;
 }
 
-/** Parses a manifest; throws GUEST_PROTOCOL_ERROR (callers rewrap) on anything out of shape. */
-export function parseManifest(bytes: Buffer): ManifestEntry[] {
-  const out: ManifestEntry[] = [];
+/**
+ * Parses a manifest one record at a time: the caller holds one entry, never the whole list (a
+ * 200k-file tree's entries as objects take ~60 MB; a hostile manifest's tiny records many times
+ * that). What is kept across records is the set of names seen (to refuse a name listed twice) and
+ * of directories (parents must be directories listed earlier), bounded by `maxEntries`. Throws
+ * GUEST_PROTOCOL_ERROR (callers rewrap) on anything out of shape, GUEST_OPERATION_FAILED past
+ * the entry limit. Records are checked as they are reached: a caller that writes while it reads
+ * must treat a throw as "discard what was written".
+ */
+export function* manifestEntries(bytes: Buffer, maxEntries: number = TREE_MANIFEST_LIMITS.entries): Generator<ManifestEntry> {
   let at = 0;
   const field = (): string => {
     const end = bytes.indexOf(0, at);
@@ -71,7 +75,17 @@ export function parseManifest(bytes: Buffer): ManifestEntry[] {
   const seen = new Set<string>();
   const directories = new Set<string>();
   while (at < bytes.length) {
-    const head = HEAD.exec(field());
+    if (seen.size >= maxEntries)
+      throw new PyroError(
+        "GUEST_OPERATION_FAILED",
+        `the tree holds more than ${maxEntries} files and directories, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
+        { max_entries: maxEntries },
+      );
+    const end = bytes.indexOf(0, at);
+    if (end < 0) throw bad("a record is cut off");
+    // The header is ASCII when well formed; latin1 keeps any other byte one character, which fails the pattern.
+    const head = HEAD.exec(bytes.toString("latin1", at, end));
+    at = end + 1;
     if (!head) throw bad("a record header is out of shape");
     const path = checkPath(field());
     const target = field();
@@ -83,18 +97,24 @@ export function parseManifest(bytes: Buffer): ManifestEntry[] {
     seen.add(path);
     if (head[1] === "d") directories.add(path);
     const size = Number(head[3]);
-    if (!Number.isSafeInteger(size)) throw bad("a size is out of range");
-    out.push({
+    const ino = Number(head[6]);
+    const nlink = Number(head[7]);
+    if (!Number.isSafeInteger(size) || !Number.isSafeInteger(ino) || !Number.isSafeInteger(nlink)) throw bad("a size or inode number is out of range");
+    yield {
       path,
       type: head[1] as ManifestEntry["type"],
       mode: parseInt(head[2]!, 8) & 0o7777,
       size,
       mtimeNs: BigInt(head[4]!),
       ctimeNs: BigInt(head[5]!),
-      ino: Number(head[6]),
-      nlink: Number(head[7]),
+      ino,
+      nlink,
       target,
-    });
+    };
   }
-  return out;
+}
+
+/** Parses a whole manifest into a list (for callers that need every entry at once). */
+export function parseManifest(bytes: Buffer, maxEntries?: number): ManifestEntry[] {
+  return [...manifestEntries(bytes, maxEntries)];
 }

@@ -12,7 +12,7 @@ import { baselineManifestPath, seedImagePath } from "./workspace-boot.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
 import { formatFileDiff, type TreeEntry } from "./file-diff.js";
-import { DIFF_PAGE_LIMITS } from "./workspace-limits.js";
+import { DIFF_PAGE_LIMITS, TREE_MANIFEST_LIMITS } from "./workspace-limits.js";
 
 /**
  * Diff of a workspace whose /workspace is its own disk, against the seed image it was built from.
@@ -26,8 +26,7 @@ import { DIFF_PAGE_LIMITS } from "./workspace-limits.js";
 
 export { DIFF_PAGE_LIMITS };
 
-/** The guest's manifest of /workspace may be at most this big (~500k entries). */
-const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
+const MAX_MANIFEST_BYTES = TREE_MANIFEST_LIMITS.bytes;
 
 export interface DiffOptions {
   /** Paths and counts only: no file contents are read. */
