@@ -34,12 +34,38 @@ function checkPath(path: string): string {
   return path;
 }
 
-export function encodeManifest(entries: Iterable<ManifestEntry>): Buffer {
-  const parts: Buffer[] = [];
-  for (const e of entries) {
-    parts.push(Buffer.from(`${e.type} ${e.mode.toString(8)} ${e.size} ${e.mtimeNs} ${e.ctimeNs} ${e.ino} ${e.nlink}\0${e.path}\0${e.target}\0`, "utf8"));
+/**
+ * Builds a manifest record by record into one growing buffer: a 200k-entry tree costs its ~8 MB of
+ * records, where a list of entry objects costs ~100 MB.
+ */
+export class ManifestWriter {
+  private buffer = Buffer.allocUnsafe(1 << 16);
+  private length = 0;
+  /** Records written so far. */
+  count = 0;
+
+  add(e: ManifestEntry): void {
+    const record = `${e.type} ${e.mode.toString(8)} ${e.size} ${e.mtimeNs} ${e.ctimeNs} ${e.ino} ${e.nlink}\0${e.path}\0${e.target}\0`;
+    const bytes = Buffer.byteLength(record, "utf8");
+    if (this.length + bytes > this.buffer.length) {
+      const grown = Buffer.allocUnsafe(Math.max(this.buffer.length * 2, this.length + bytes));
+      this.buffer.copy(grown, 0, 0, this.length);
+      this.buffer = grown;
+    }
+    this.length += this.buffer.write(record, this.length, "utf8");
+    this.count++;
   }
-  return Buffer.concat(parts);
+
+  /** The records written (a view: valid until the next add). */
+  bytes(): Buffer {
+    return this.buffer.subarray(0, this.length);
+  }
+}
+
+export function encodeManifest(entries: Iterable<ManifestEntry>): Buffer {
+  const writer = new ManifestWriter();
+  for (const e of entries) writer.add(e);
+  return Buffer.from(writer.bytes());
 }
 
 /**
