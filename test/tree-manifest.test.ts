@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import fc from "fast-check";
 import { isPyroError } from "../src/errors.js";
 import { encodeManifest, type ManifestEntry, manifestEntries, parseManifest } from "../src/workspaces/tree-manifest.js";
+import { changedEntries } from "../src/workspaces/workspace-diff.js";
 import { TREE_MANIFEST_LIMITS } from "../src/workspaces/workspace-limits.js";
 
 const entry = (path: string, fields: Partial<ManifestEntry> = {}): ManifestEntry => ({
@@ -85,5 +86,57 @@ describe("tree manifests parsed a record at a time, with an entry limit", () => 
       for (const _ of manifestEntries(bytes)) count++;
     }, tooMany);
     assert.equal(count, TREE_MANIFEST_LIMITS.entries);
+  });
+});
+
+/** The comparison as first written (both manifests as lists, every entry an object): the reference. */
+function referenceChanges(baseline: ManifestEntry[], current: ManifestEntry[], builtAtNs: bigint) {
+  const before = new Map(baseline.map((e) => [e.path, e]));
+  const changes: { path: string; status: string; before?: ManifestEntry; after?: ManifestEntry }[] = [];
+  const seen = new Set<string>();
+  for (const after of current) {
+    seen.add(after.path);
+    const base = before.get(after.path);
+    if (!base) {
+      if (after.type !== "d") changes.push({ path: after.path, status: "added", after });
+      continue;
+    }
+    if (base.type === "d" && after.type === "d") continue;
+    if (base.type !== after.type) {
+      if (base.type === "d") changes.push({ path: after.path, status: "added", after });
+      else if (after.type === "d") changes.push({ path: after.path, status: "deleted", before: base });
+      else changes.push({ path: after.path, status: "modified", before: base, after });
+      continue;
+    }
+    if (base.mode !== after.mode || (after.type === "f" && base.size !== after.size) || base.target !== after.target || after.ctimeNs > builtAtNs)
+      changes.push({ path: after.path, status: "modified", before: base, after });
+  }
+  for (const base of baseline) if (!seen.has(base.path) && base.type !== "d") changes.push({ path: base.path, status: "deleted", before: base });
+  return changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+describe("diff's comparison without a list of objects per manifest", () => {
+  it("finds exactly what the list-based comparison finds, with the same records (property)", () => {
+    const record = fc.record({
+      type: fc.constantFrom("f", "d", "l") as fc.Arbitrary<ManifestEntry["type"]>,
+      mode: fc.constantFrom(0o644, 0o755),
+      size: fc.integer({ min: 0, max: 3 }),
+      ctimeNs: fc.bigInt({ min: 0n, max: 20n }),
+      target: fc.constantFrom("", "a", "b c"),
+    });
+    // Top-level names only: any mix of types is a valid manifest.
+    const manifest = fc.dictionary(fc.constantFrom("a", "b", "c", "d", "e", "f g"), record, { maxKeys: 6 });
+    fc.assert(
+      fc.property(manifest, manifest, fc.bigInt({ min: 0n, max: 20n }), (base, cur, built) => {
+        const list = (m: Record<string, Omit<ManifestEntry, "path" | "mtimeNs" | "ino" | "nlink">>) =>
+          Object.entries(m).map(([path, r]) => entry(path, { ...r, target: r.type === "l" ? r.target : "" }));
+        const baseline = list(base);
+        const current = list(cur);
+        const bytes = encodeManifest(baseline);
+        const streamed = changedEntries({ [Symbol.iterator]: () => manifestEntries(bytes) }, manifestEntries(encodeManifest(current)), built);
+        assert.deepEqual(streamed, referenceChanges(baseline, current, built));
+      }),
+      { numRuns: 300 },
+    );
   });
 });

@@ -7,7 +7,7 @@ import { Ext4Image } from "./disk-image.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import { readFileChunks } from "./guest-transfer.js";
 import type { Redactor } from "./secret-redaction.js";
-import { parseManifest, type ManifestEntry } from "./tree-manifest.js";
+import { type ManifestEntry, manifestEntries } from "./tree-manifest.js";
 import { baselineManifestPath, seedImagePath } from "./workspace-boot.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
@@ -46,45 +46,71 @@ export interface Change {
 
 /**
  * What changed between two manifests, sorted by path. Directories count only through their
- * contents (as in git): an empty directory added or removed is not a change.
+ * contents (as in git): an empty directory added or removed is not a change. Neither manifest is
+ * held as objects (a 200k-entry one costs ~100 MB that way): the baseline is read twice (an index
+ * of what the comparison needs, one short string per path, then the full records of the changed
+ * paths), the current one once, so `baseline` must be iterable more than once.
  */
-export function changedEntries(baseline: ManifestEntry[], current: ManifestEntry[], builtAtNs: bigint): Change[] {
-  const before = new Map(baseline.map((e) => [e.path, e]));
+export function changedEntries(baseline: Iterable<ManifestEntry>, current: Iterable<ManifestEntry>, builtAtNs: bigint): Change[] {
+  const compared = (e: ManifestEntry) => `${e.type}${e.mode.toString(8)} ${e.type === "f" ? e.size : ""} ${e.target}`;
+  const before = new Map<string, string>();
+  for (const e of baseline) before.set(e.path, compared(e));
   const changes: Change[] = [];
-  const seen = new Set<string>();
+  /** Changes whose baseline record is fetched in the second pass, by path. */
+  const wantBefore = new Map<string, Change>();
   for (const after of current) {
-    seen.add(after.path);
     const base = before.get(after.path);
-    if (!base) {
+    if (base === undefined) {
       if (after.type !== "d") changes.push({ path: after.path, status: "added", after });
       continue;
     }
-    if (base.type === "d" && after.type === "d") continue;
-    if (base.type !== after.type) {
+    before.delete(after.path);
+    const baseType = base[0];
+    if (baseType === "d" && after.type === "d") continue;
+    let change: Change | undefined;
+    if (baseType !== after.type) {
       // A directory that became a file (or back): its former contents are listed as deleted/added.
-      if (base.type === "d") changes.push({ path: after.path, status: "added", after });
-      else if (after.type === "d") changes.push({ path: after.path, status: "deleted", before: base });
-      else changes.push({ path: after.path, status: "modified", before: base, after });
-      continue;
-    }
-    const differs = base.mode !== after.mode || (after.type === "f" && base.size !== after.size) || base.target !== after.target || after.ctimeNs > builtAtNs;
-    if (differs) changes.push({ path: after.path, status: "modified", before: base, after });
+      if (baseType === "d") change = { path: after.path, status: "added", after };
+      else if (after.type === "d") change = { path: after.path, status: "deleted" };
+      else change = { path: after.path, status: "modified", after };
+    } else if (base !== compared(after) || after.ctimeNs > builtAtNs) change = { path: after.path, status: "modified", after };
+    if (!change) continue;
+    changes.push(change);
+    if (baseType !== "d") wantBefore.set(after.path, change);
   }
-  for (const base of baseline) if (!seen.has(base.path) && base.type !== "d") changes.push({ path: base.path, status: "deleted", before: base });
+  // What is left of the index was not in the current tree.
+  for (const [path, base] of before) {
+    if (base[0] === "d") continue;
+    const change: Change = { path, status: "deleted" };
+    changes.push(change);
+    wantBefore.set(path, change);
+  }
+  before.clear();
+  if (wantBefore.size) {
+    for (const e of baseline) {
+      const change = wantBefore.get(e.path);
+      if (change) change.before = e;
+    }
+  }
   return changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
 
-/** The guest's manifest of /workspace, checked like any guest data. */
-export async function guestManifest(agent: AgentClient): Promise<ManifestEntry[]> {
+/**
+ * The guest's manifest of /workspace, checked like any guest data: parsed record by record as the
+ * caller iterates (once), a malformed record closing the connection as a protocol violation.
+ */
+export async function guestManifest(agent: AgentClient): Promise<Iterable<ManifestEntry>> {
   const { header, payload } = await agent.treeManifest(WORKSPACE_ROOT, MAX_MANIFEST_BYTES, 600_000);
   if (header.truncated === true)
     throw new PyroError("GUEST_OPERATION_FAILED", `/workspace has too many entries to diff (its listing is over ${MAX_MANIFEST_BYTES >> 20} MiB)`);
-  try {
-    return parseManifest(payload);
-  } catch (error) {
-    if (isPyroError(error, "GUEST_PROTOCOL_ERROR")) throw agent.rejectGuestData(error.message);
-    throw error;
-  }
+  return (function* () {
+    try {
+      yield* manifestEntries(payload);
+    } catch (error) {
+      if (isPyroError(error, "GUEST_PROTOCOL_ERROR")) throw agent.rejectGuestData(error.message);
+      throw error;
+    }
+  })();
 }
 
 export interface DiskDiffPage {
@@ -119,7 +145,8 @@ export async function diffWorkspaceDisk(
   const { offset, limit } = pageBounds(options);
   const builtAt = record.seed.built_at_ns;
   if (builtAt === null) throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
-  const baseline = parseManifest(await readFile(baselineManifestPath(ctx, record.id)));
+  const baselineBytes = await readFile(baselineManifestPath(ctx, record.id));
+  const baseline = { [Symbol.iterator]: () => manifestEntries(baselineBytes) };
   const changes = changedEntries(baseline, await guestManifest(agent), BigInt(builtAt));
   const counts = { added: 0, modified: 0, deleted: 0 };
   for (const c of changes) counts[c.status]++;

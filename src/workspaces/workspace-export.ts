@@ -243,7 +243,7 @@ interface TarFields {
 }
 
 function tarHeader(fields: TarFields): Buffer {
-  const header = new Header({ ...fields, mode: exportedMode(fields.mode) });
+  const header = new Header(fields);
   const needsPax = header.encode();
   const pax = needsPax
     ? new Pax({ path: fields.path, ...(fields.linkpath ? { linkpath: fields.linkpath } : {}), size: fields.size, mtime: fields.mtime }).encode()
@@ -332,7 +332,7 @@ async function* tarFromImage(out: string, manifest: Buffer, plan: ExportPlan): A
     const seen = new Map<number, string>();
     for (const e of manifestEntries(manifest)) {
       const mtime = new Date(Number(e.mtimeNs / 1_000_000n));
-      const common = { path: e.type === "d" ? `./${e.path}/` : `./${e.path}`, mode: e.mode, uid: 0, gid: 0, mtime };
+      const common = { path: e.type === "d" ? `./${e.path}/` : `./${e.path}`, mode: exportedMode(e.mode), uid: 0, gid: 0, mtime };
       if (e.type === "d") yield tarHeader({ ...common, type: "Directory", size: 0 });
       else if (e.type === "l") yield tarHeader({ ...common, type: "SymbolicLink", linkpath: e.target, size: 0 });
       else if (e.type === "f" && e.nlink > 1 && seen.has(e.ino)) yield tarHeader({ ...common, type: "Link", linkpath: `./${seen.get(e.ino)}`, size: 0 });
