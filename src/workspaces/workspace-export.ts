@@ -411,7 +411,12 @@ export async function exportDirectoryFromDisk(
     const top = await pausedTopCopy(ctx, record, vm, scratch);
     // The guest walks the directory while the host converts the disk copy: the two take about as
     // long, and neither needs the other.
-    const [manifest, { raw, out, bytes }] = await Promise.all([guestTreeManifest(vm.agent, guestPath), rawDiskCopy(top, scratch)]);
+    // Both settle before anything is removed: a tool still writing into the scratch dir is never raced.
+    const [walked, copied] = await Promise.allSettled([guestTreeManifest(vm.agent, guestPath), rawDiskCopy(top, scratch)]);
+    if (walked.status === "rejected") throw walked.reason;
+    if (copied.status === "rejected") throw copied.reason;
+    const manifest = walked.value;
+    const { raw, out, bytes } = copied.value;
     return await withGuestManifest(vm.agent, async () => {
       if (!redactor.active) {
         // Streamed: nothing but the archive is written on the host.
