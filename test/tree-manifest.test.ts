@@ -21,7 +21,59 @@ const entry = (path: string, fields: Partial<ManifestEntry> = {}): ManifestEntry
 
 const tooMany = (e: unknown) => isPyroError(e, "GUEST_OPERATION_FAILED") && /more than \d+ files and directories/.test(e.message);
 
+/** A tree of names (null: a file) in the agent's walk order: a directory's entries together, sorted by bytes, after its record; a stack of directories to walk. */
+function agentOrder(tree: Record<string, unknown>): ManifestEntry[] {
+  const out: ManifestEntry[] = [];
+  const stack: [string, Record<string, unknown>][] = [["", tree]];
+  let ino = 1;
+  while (stack.length) {
+    const [dir, node] = stack.pop()!;
+    const names = Object.keys(node).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    const subdirs: [string, Record<string, unknown>][] = [];
+    for (const name of names) {
+      const path = dir ? `${dir}/${name}` : name;
+      const child = node[name];
+      out.push(entry(path, { type: child ? "d" : "f", ino: ino++ }));
+      if (child) subdirs.push([path, child as Record<string, unknown>]);
+    }
+    stack.push(...subdirs.reverse());
+  }
+  return out;
+}
+
 describe("tree manifests parsed a record at a time, with an entry limit", () => {
+  it("reads the agent's walk order keeping only what is pending, with the same result as the any-order parse (property)", () => {
+    const name = fc.constantFrom("a", "b", "B", "a b", "é", "z", "\u{1F600}", "\uE000", "0");
+    const tree = fc.letrec((tie) => ({
+      node: fc.dictionary(name, fc.oneof({ depthSize: "small", withCrossShrink: true }, fc.constant(null), tie("node")), { maxKeys: 4 }),
+    })).node as fc.Arbitrary<Record<string, unknown>>;
+    fc.assert(
+      fc.property(tree, (t) => {
+        const entries = agentOrder(t);
+        const bytes = encodeManifest(entries);
+        assert.deepEqual(parseManifest(bytes, { order: "walk" }), entries);
+        assert.deepEqual(parseManifest(bytes), entries);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it("in walk order refuses a name listed twice, names out of byte order, a directory's entries split, and entries below a non-directory", () => {
+    const walk = (entries: ManifestEntry[]) => () => parseManifest(encodeManifest(entries), { order: "walk" });
+    const refused = (e: unknown) => isPyroError(e, "GUEST_PROTOCOL_ERROR");
+    const d = (path: string) => entry(path, { type: "d" });
+    assert.throws(walk([entry("a"), entry("a")]), refused);
+    assert.throws(walk([entry("b"), entry("a")]), refused);
+    // "\uE000" sorts after U+1F600 as UTF-16 but before it as bytes (UTF-8), as the agent sorts.
+    assert.doesNotThrow(walk([entry("\uE000"), entry("\u{1F600}")]));
+    assert.throws(walk([entry("\u{1F600}"), entry("\uE000")]), refused);
+    assert.throws(walk([d("a"), d("b"), entry("a/x"), entry("b/y"), entry("a/z")]), refused);
+    assert.throws(walk([d("a"), entry("a/x"), d("a"), entry("a/y")]), refused);
+    assert.throws(walk([entry("a", { type: "l", target: "/etc" }), entry("a/passwd")]), refused);
+    assert.throws(walk([entry("x/y")]), refused);
+    assert.equal(parseManifest(encodeManifest([d("a"), d("b"), entry("b/y"), entry("a/x")]), { order: "walk" }).length, 4);
+  });
+
   it("yields what the whole-list parse returns, and past the limit fails after exactly the limit's entries", () => {
     fc.assert(
       fc.property(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 1, max: 40 }), (count, limit) => {
@@ -29,12 +81,12 @@ describe("tree manifests parsed a record at a time, with an entry limit", () => 
         const bytes = encodeManifest(entries);
         const seen: ManifestEntry[] = [];
         if (entries.length <= limit) {
-          for (const e of manifestEntries(bytes, limit)) seen.push(e);
+          for (const e of manifestEntries(bytes, { maxEntries: limit })) seen.push(e);
           assert.deepEqual(seen, entries);
-          assert.deepEqual(parseManifest(bytes, limit), entries);
+          assert.deepEqual(parseManifest(bytes, { maxEntries: limit }), entries);
         } else {
           assert.throws(() => {
-            for (const e of manifestEntries(bytes, limit)) seen.push(e);
+            for (const e of manifestEntries(bytes, { maxEntries: limit })) seen.push(e);
           }, tooMany);
           assert.equal(seen.length, limit);
         }
@@ -59,13 +111,20 @@ describe("tree manifests parsed a record at a time, with an entry limit", () => 
       fc.string({ maxLength: 6 }),
     );
     fc.assert(
-      fc.property(fc.array(piece, { maxLength: 30 }), fc.integer({ min: 1, max: 4 }), (pieces, limit) => {
+      fc.property(fc.array(piece, { maxLength: 30 }), fc.integer({ min: 1, max: 4 }), fc.constantFrom("walk", "any" as const), (pieces, limit, order) => {
         let yielded = 0;
+        // What an archive built from the records relies on, whichever order was parsed.
+        const names = new Set<string>();
+        const directories = new Set<string>([""]);
         try {
-          for (const e of manifestEntries(Buffer.from(pieces.join(""), "utf8"), limit)) {
+          for (const e of manifestEntries(Buffer.from(pieces.join(""), "utf8"), { maxEntries: limit, order })) {
             yielded++;
             assert.ok(e.path && !e.path.startsWith("/") && !e.path.split("/").some((p) => p === "" || p === "." || p === ".."), e.path);
             assert.ok(Number.isSafeInteger(e.size) && Number.isSafeInteger(e.ino) && Number.isSafeInteger(e.nlink));
+            assert.ok(!names.has(e.path), `${e.path} listed twice`);
+            assert.ok(directories.has(e.path.includes("/") ? e.path.slice(0, e.path.lastIndexOf("/")) : ""), `${e.path} not below a listed directory`);
+            names.add(e.path);
+            if (e.type === "d") directories.add(e.path);
           }
         } catch (error) {
           assert.ok(isPyroError(error, "GUEST_PROTOCOL_ERROR") || tooMany(error), String(error));

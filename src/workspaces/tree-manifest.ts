@@ -71,57 +71,113 @@ export function encodeManifest(entries: Iterable<ManifestEntry>): Buffer {
 /**
  * A name's text. Linux names are bytes; one that is not UTF-8 has each byte above 0x7f written as
  * `\xNN` (as debugfs shows them), where lossy decoding would make two names one (`a\xff` and
- * `a\xfe` both `a\uFFFD`) and an honest guest's manifest fail as a name listed twice.
+ * `a\xfe` both `a\uFFFD`) and an honest guest's manifest fail as a name listed twice. Each path
+ * component is decoded on its own, so a directory's children name it as its own record does.
  */
 function nameText(raw: Buffer): string {
   if (isUtf8(raw)) return raw.toString("utf8");
-  let text = "";
-  for (const byte of raw) text += byte < 0x80 ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, "0")}`;
-  return text;
+  const components: string[] = [];
+  for (let from = 0; from <= raw.length; ) {
+    const slash = raw.indexOf(0x2f, from);
+    const to = slash < 0 ? raw.length : slash;
+    const part = raw.subarray(from, to);
+    if (isUtf8(part)) components.push(part.toString("utf8"));
+    else {
+      let text = "";
+      for (const byte of part) text += byte < 0x80 ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, "0")}`;
+      components.push(text);
+    }
+    from = to + 1;
+  }
+  return components.join("/");
+}
+
+/** nameText of bytes[start, end): ASCII (most names) is read in place, without a Buffer view. */
+function fieldText(bytes: Buffer, start: number, end: number): string {
+  for (let i = start; i < end; i++) if (bytes[i]! >= 0x80) return nameText(bytes.subarray(start, end));
+  return bytes.toString("latin1", start, end);
+}
+
+export interface ManifestReadOptions {
+  /** Records beyond this fail the parse (default: TREE_MANIFEST_LIMITS.entries). */
+  maxEntries?: number;
+  /**
+   * The order the records must come in, which decides what the parse keeps to check them:
+   * - "walk", the agent's: each directory's entries together, in byte order of their names, after
+   *   the directory's own record. Only the directories not yet walked are kept.
+   * - "any": parents before their entries, otherwise any order (pyro's own baselines, some made
+   *   from path lists). Every name is kept.
+   */
+  order?: "walk" | "any";
 }
 
 /**
  * Parses a manifest one record at a time: the caller holds one entry, never the whole list (a
  * 200k-file tree's entries as objects take ~60 MB; a hostile manifest's tiny records many times
- * that). What is kept across records is the set of names seen (to refuse a name listed twice) and
- * of directories (parents must be directories listed earlier), bounded by `maxEntries`. Throws
+ * that). Either order guarantees the same two things to whoever builds an archive from it: no path
+ * is listed twice, and every path's parent is a directory listed before it (an entry "under" a
+ * symlink would have the archive write through that link when unpacked). Throws
  * GUEST_PROTOCOL_ERROR (callers rewrap) on anything out of shape, GUEST_OPERATION_FAILED past
  * the entry limit. Records are checked as they are reached: a caller that writes while it reads
  * must treat a throw as "discard what was written".
  */
-export function* manifestEntries(bytes: Buffer, maxEntries: number = TREE_MANIFEST_LIMITS.entries): Generator<ManifestEntry> {
+export function* manifestEntries(bytes: Buffer, options: ManifestReadOptions = {}): Generator<ManifestEntry> {
+  const maxEntries = options.maxEntries ?? TREE_MANIFEST_LIMITS.entries;
+  const walkOrder = options.order === "walk";
   let at = 0;
-  const field = (): string => {
+  const fieldEnd = (): number => {
     const end = bytes.indexOf(0, at);
     if (end < 0) throw bad("a record is cut off");
-    const text = nameText(bytes.subarray(at, end));
-    at = end + 1;
-    return text;
+    return end;
   };
+  // "any": every name, and the directories among them.
   const seen = new Set<string>();
   const directories = new Set<string>();
+  // "walk": directories listed whose own entries have not come yet; the group being read and its last name's bytes.
+  const pending = new Set<string>([""]);
+  let group: string | undefined;
+  let lastName = { start: 0, end: 0 };
+  let count = 0;
   while (at < bytes.length) {
-    if (seen.size >= maxEntries)
+    if (count >= maxEntries)
       throw new PyroError(
         "GUEST_OPERATION_FAILED",
         `the tree holds more than ${maxEntries} files and directories, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
         { max_entries: maxEntries },
       );
-    const end = bytes.indexOf(0, at);
-    if (end < 0) throw bad("a record is cut off");
+    let end = fieldEnd();
     // The header is ASCII when well formed; latin1 keeps any other byte one character, which fails the pattern.
     const head = HEAD.exec(bytes.toString("latin1", at, end));
-    at = end + 1;
     if (!head) throw bad("a record header is out of shape");
-    const path = checkPath(field());
-    const target = field();
-    if (seen.has(path)) throw bad(`path '${path.slice(0, 200)}' is listed twice`);
-    // Parents come first and are directories: an entry "under" a symlink would have an archive
-    // built from the manifest write through that link when unpacked.
+    at = end + 1;
+    end = fieldEnd();
+    const pathStart = at;
+    const pathEnd = end;
+    const path = checkPath(fieldText(bytes, pathStart, pathEnd));
+    at = end + 1;
+    end = fieldEnd();
+    const target = fieldText(bytes, at, end);
+    at = end + 1;
     const parent = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : "";
-    if (parent && !directories.has(parent)) throw bad(`'${path.slice(0, 200)}' is not below a directory listed before it`);
-    seen.add(path);
-    if (head[1] === "d") directories.add(path);
+    if (walkOrder) {
+      const slash = bytes.lastIndexOf(0x2f, pathEnd - 1);
+      const name = { start: slash >= pathStart ? slash + 1 : pathStart, end: pathEnd };
+      if (parent === group) {
+        if (bytes.compare(bytes, lastName.start, lastName.end, name.start, name.end) <= 0)
+          throw bad(`'${path.slice(0, 200)}' is out of order (listed twice, or its directory's entries are not sorted)`);
+      } else {
+        if (!pending.delete(parent)) throw bad(`'${path.slice(0, 200)}' is not below a directory listed before it (or its directory's entries are split)`);
+        group = parent;
+      }
+      lastName = name;
+      if (head[1] === "d") pending.add(path);
+    } else {
+      if (seen.has(path)) throw bad(`path '${path.slice(0, 200)}' is listed twice`);
+      if (parent && !directories.has(parent)) throw bad(`'${path.slice(0, 200)}' is not below a directory listed before it`);
+      seen.add(path);
+      if (head[1] === "d") directories.add(path);
+    }
+    count++;
     const size = Number(head[3]);
     const ino = Number(head[6]);
     const nlink = Number(head[7]);
@@ -141,6 +197,6 @@ export function* manifestEntries(bytes: Buffer, maxEntries: number = TREE_MANIFE
 }
 
 /** Parses a whole manifest into a list (for callers that need every entry at once). */
-export function parseManifest(bytes: Buffer, maxEntries?: number): ManifestEntry[] {
-  return [...manifestEntries(bytes, maxEntries)];
+export function parseManifest(bytes: Buffer, options?: ManifestReadOptions): ManifestEntry[] {
+  return [...manifestEntries(bytes, options)];
 }

@@ -105,7 +105,7 @@ export async function guestManifest(agent: AgentClient): Promise<Iterable<Manife
     throw new PyroError("GUEST_OPERATION_FAILED", `/workspace has too many entries to diff (its listing is over ${MAX_MANIFEST_BYTES >> 20} MiB)`);
   return (function* () {
     try {
-      yield* manifestEntries(payload);
+      yield* manifestEntries(payload, { order: "walk" });
     } catch (error) {
       if (isPyroError(error, "GUEST_PROTOCOL_ERROR")) throw agent.rejectGuestData(error.message);
       throw error;

@@ -221,6 +221,9 @@ class StreamReader {
 
 const TAR_BLOCK = 512;
 
+/** The guest's manifests come in the agent's walk order, which lets the parse keep only the directories not yet walked. */
+const WALK = { order: "walk" } as const;
+
 /**
  * The mode an exported entry gets: setuid and setgid dropped. A guest's root can make any file
  * setuid root; carried into the tar, extracting it as root on the host (`tar -xp`) would install a
@@ -268,7 +271,7 @@ interface ExportPlan {
 function planExport(manifest: Buffer, maxBytes: number, label: string): ExportPlan {
   const plan: ExportPlan = { inodes: [], bytes: 0, largest: undefined };
   const linked = new Set<number>();
-  for (const e of manifestEntries(manifest)) {
+  for (const e of manifestEntries(manifest, WALK)) {
     if (e.type !== "f" || (e.nlink > 1 && linked.has(e.ino))) continue;
     if (e.nlink > 1) linked.add(e.ino);
     plan.inodes.push(e.ino);
@@ -330,7 +333,7 @@ async function* tarFromImage(out: string, manifest: Buffer, plan: ExportPlan): A
     new PyroError("GUEST_OPERATION_FAILED", "/workspace changed while it was being exported; export again (or stop the processes writing to it)");
   try {
     const seen = new Map<number, string>();
-    for (const e of manifestEntries(manifest)) {
+    for (const e of manifestEntries(manifest, WALK)) {
       const mtime = new Date(Number(e.mtimeNs / 1_000_000n));
       const common = { path: e.type === "d" ? `./${e.path}/` : `./${e.path}`, mode: exportedMode(e.mode), uid: 0, gid: 0, mtime };
       if (e.type === "d") yield tarHeader({ ...common, type: "Directory", size: 0 });
@@ -375,7 +378,7 @@ async function* coalesce(pieces: AsyncIterable<Buffer>): AsyncGenerator<Buffer> 
   if (size) yield Buffer.concat(held);
 }
 
-/** The guest's walk of `guestPath` (a directory), as bytes: parsed record by record where it is used. */
+/** The guest's walk of `guestPath` (a directory), as bytes: parsed record by record where it is used (in the agent's order). */
 async function guestTreeManifest(agent: AgentClient, guestPath: string): Promise<Buffer> {
   const { header, payload } = await agent.treeManifest(guestPath, TREE_MANIFEST_LIMITS.bytes, TOOL_TIMEOUT_MS);
   if (header.truncated === true)
@@ -432,7 +435,7 @@ export async function exportDirectoryFromDisk(
       await rm(raw, { force: true });
       // Redaction replaces each file by a copy, so hardlinks are restored after it.
       await redactTree(tree, redactor);
-      await restoreHardlinks(tree, manifestEntries(manifest), "");
+      await restoreHardlinks(tree, manifestEntries(manifest, WALK), "");
       // GNU tar on pyro's own dump (never following a link), written straight to the file: modes and
       // hardlinks exact (setuid/setgid dropped, as in the stream), owners root as in the guest, host speed.
       await runHostCommand(
