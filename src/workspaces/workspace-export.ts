@@ -1,6 +1,6 @@
 import { lstatSync, readdirSync, readlinkSync } from "node:fs";
 import { createReadStream, createWriteStream } from "node:fs";
-import { lstat, mkdir, rename, rm, symlink, unlink } from "node:fs/promises";
+import { lstat, mkdir, open, rename, rm, symlink, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { spawn } from "node:child_process";
@@ -362,20 +362,32 @@ async function* tarFromImage(out: string, manifest: Buffer, plan: ExportPlan): A
   }
 }
 
-/** Joins small pieces (headers, small files) into writes of about 1 MiB. */
-async function* coalesce(pieces: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  let held: Buffer[] = [];
-  let size = 0;
-  for await (const piece of pieces) {
-    held.push(piece);
-    size += piece.length;
-    if (size >= 1 << 20) {
-      yield Buffer.concat(held);
-      held = [];
-      size = 0;
+/**
+ * Writes the pieces to a new file through one reused 1 MiB buffer: small pieces (headers, small
+ * files) become large writes, and streaming gigabytes allocates no buffer per write (freshly
+ * allocated ones pile up until the garbage collector gets to them: ~20 MB more peak RSS on 2 GB).
+ */
+async function writePieces(pieces: AsyncIterable<Buffer>, file: string): Promise<void> {
+  const handle = await open(file, "wx", 0o644);
+  try {
+    const buffer = Buffer.allocUnsafe(1 << 20);
+    let used = 0;
+    const flush = async () => {
+      for (let done = 0; done < used; ) done += (await handle.write(buffer, done, used - done)).bytesWritten;
+      used = 0;
+    };
+    for await (const piece of pieces) {
+      for (let at = 0; at < piece.length; ) {
+        const copied = piece.copy(buffer, used, at);
+        used += copied;
+        at += copied;
+        if (used === buffer.length) await flush();
+      }
     }
+    await flush();
+  } finally {
+    await handle.close();
   }
-  if (size) yield Buffer.concat(held);
 }
 
 /** The guest's walk of `guestPath` (a directory), as bytes: parsed record by record where it is used (in the agent's order). */
@@ -424,7 +436,7 @@ export async function exportDirectoryFromDisk(
       if (!redactor.active) {
         // Streamed: nothing but the archive is written on the host.
         const plan = planExport(manifest, bytes, guestPath);
-        await pipeline(coalesce(tarFromImage(out, manifest, plan)), createWriteStream(scratchFile, { mode: 0o644, flags: "wx" }));
+        await writePieces(tarFromImage(out, manifest, plan), scratchFile);
         return (await lstat(scratchFile)).size;
       }
       // Redaction can change a file's length, which a tar header must state first: dump, redact, pack.
