@@ -120,7 +120,7 @@ describe("what changed since the seed image was built", () => {
       entry("same", { type: "d" }), // a file became a directory
     ];
     assert.deepEqual(
-      changedEntries(baseline, current, built).map((c) => `${c.status} ${c.path}`),
+      changedEntries(encodeManifest(baseline), current, built).map((c) => `${c.status} ${c.path}`),
       ["deleted b", "modified c", "modified d", "modified dir/x", "modified l", "added new", "deleted same"],
     );
   });

@@ -122,14 +122,19 @@ export interface ManifestReadOptions {
  * must treat a throw as "discard what was written".
  */
 export function* manifestEntries(bytes: Buffer, options: ManifestReadOptions = {}): Generator<ManifestEntry> {
+  for (const record of manifestRecords(bytes, options)) yield record.entry;
+}
+
+/** A parsed record and where it starts in the manifest (to read it again with manifestEntryAt). */
+export interface ManifestRecord {
+  entry: ManifestEntry;
+  offset: number;
+}
+
+/** manifestEntries, with each record's offset. */
+export function* manifestRecords(bytes: Buffer, options: ManifestReadOptions = {}): Generator<ManifestRecord> {
   const maxEntries = options.maxEntries ?? TREE_MANIFEST_LIMITS.entries;
   const walkOrder = options.order === "walk";
-  let at = 0;
-  const fieldEnd = (): number => {
-    const end = bytes.indexOf(0, at);
-    if (end < 0) throw bad("a record is cut off");
-    return end;
-  };
   // "any": every name, and the directories among them.
   const seen = new Set<string>();
   const directories = new Set<string>();
@@ -138,26 +143,16 @@ export function* manifestEntries(bytes: Buffer, options: ManifestReadOptions = {
   let group: string | undefined;
   let lastName = { start: 0, end: 0 };
   let count = 0;
-  while (at < bytes.length) {
+  for (let at = 0; at < bytes.length; ) {
     if (count >= maxEntries)
       throw new PyroError(
         "GUEST_OPERATION_FAILED",
         `the tree holds more than ${maxEntries} files and directories, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
         { max_entries: maxEntries },
       );
-    let end = fieldEnd();
-    // The header is ASCII when well formed; latin1 keeps any other byte one character, which fails the pattern.
-    const head = HEAD.exec(bytes.toString("latin1", at, end));
-    if (!head) throw bad("a record header is out of shape");
-    at = end + 1;
-    end = fieldEnd();
-    const pathStart = at;
-    const pathEnd = end;
-    const path = checkPath(fieldText(bytes, pathStart, pathEnd));
-    at = end + 1;
-    end = fieldEnd();
-    const target = fieldText(bytes, at, end);
-    at = end + 1;
+    const record = readRecord(bytes, at);
+    const { entry, pathStart, pathEnd } = record;
+    const path = entry.path;
     const parent = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : "";
     if (walkOrder) {
       const slash = bytes.lastIndexOf(0x2f, pathEnd - 1);
@@ -170,30 +165,56 @@ export function* manifestEntries(bytes: Buffer, options: ManifestReadOptions = {
         group = parent;
       }
       lastName = name;
-      if (head[1] === "d") pending.add(path);
+      if (entry.type === "d") pending.add(path);
     } else {
       if (seen.has(path)) throw bad(`path '${path.slice(0, 200)}' is listed twice`);
       if (parent && !directories.has(parent)) throw bad(`'${path.slice(0, 200)}' is not below a directory listed before it`);
       seen.add(path);
-      if (head[1] === "d") directories.add(path);
+      if (entry.type === "d") directories.add(path);
     }
     count++;
-    const size = Number(head[3]);
-    const ino = Number(head[6]);
-    const nlink = Number(head[7]);
-    if (!Number.isSafeInteger(size) || !Number.isSafeInteger(ino) || !Number.isSafeInteger(nlink)) throw bad("a size or inode number is out of range");
-    yield {
-      path,
-      type: head[1] as ManifestEntry["type"],
-      mode: parseInt(head[2]!, 8) & 0o7777,
-      size,
-      mtimeNs: BigInt(head[4]!),
-      ctimeNs: BigInt(head[5]!),
-      ino,
-      nlink,
-      target,
-    };
+    yield { entry, offset: at };
+    at = record.next;
   }
+}
+
+/** The record at `offset` of a manifest already read through (no order checks: those need what came before). */
+export function manifestEntryAt(bytes: Buffer, offset: number): ManifestEntry {
+  return readRecord(bytes, offset).entry;
+}
+
+/** One record from `at`: its entry, where its path's bytes lie, and where the next record starts. */
+function readRecord(bytes: Buffer, at: number): { entry: ManifestEntry; next: number; pathStart: number; pathEnd: number } {
+  const fieldEnd = (from: number): number => {
+    const end = bytes.indexOf(0, from);
+    if (end < 0) throw bad("a record is cut off");
+    return end;
+  };
+  const headEnd = fieldEnd(at);
+  // The header is ASCII when well formed; latin1 keeps any other byte one character, which fails the pattern.
+  const head = HEAD.exec(bytes.toString("latin1", at, headEnd));
+  if (!head) throw bad("a record header is out of shape");
+  const pathStart = headEnd + 1;
+  const pathEnd = fieldEnd(pathStart);
+  const path = checkPath(fieldText(bytes, pathStart, pathEnd));
+  const targetEnd = fieldEnd(pathEnd + 1);
+  const target = fieldText(bytes, pathEnd + 1, targetEnd);
+  const size = Number(head[3]);
+  const ino = Number(head[6]);
+  const nlink = Number(head[7]);
+  if (!Number.isSafeInteger(size) || !Number.isSafeInteger(ino) || !Number.isSafeInteger(nlink)) throw bad("a size or inode number is out of range");
+  const entry: ManifestEntry = {
+    path,
+    type: head[1] as ManifestEntry["type"],
+    mode: parseInt(head[2]!, 8) & 0o7777,
+    size,
+    mtimeNs: BigInt(head[4]!),
+    ctimeNs: BigInt(head[5]!),
+    ino,
+    nlink,
+    target,
+  };
+  return { entry, next: targetEnd + 1, pathStart, pathEnd };
 }
 
 /** Parses a whole manifest into a list (for callers that need every entry at once). */

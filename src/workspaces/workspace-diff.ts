@@ -7,7 +7,7 @@ import { Ext4Image } from "./disk-image.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import { readFileChunks } from "./guest-transfer.js";
 import type { Redactor } from "./secret-redaction.js";
-import { type ManifestEntry, manifestEntries } from "./tree-manifest.js";
+import { type ManifestEntry, manifestEntries, manifestEntryAt, manifestRecords } from "./tree-manifest.js";
 import { baselineManifestPath, seedImagePath } from "./workspace-boot.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
@@ -44,53 +44,86 @@ export interface Change {
   after?: ManifestEntry;
 }
 
+/** A path's 30-bit hash (FNV-1a over its UTF-16 units): small enough to be an unboxed number as a Map key. */
+function pathHash(path: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < path.length; i++) hash = Math.imul(hash ^ path.charCodeAt(i), 0x01000193);
+  return hash & 0x3fffffff;
+}
+
 /**
- * What changed between two manifests, sorted by path. Directories count only through their
- * contents (as in git): an empty directory added or removed is not a change. Neither manifest is
- * held as objects (a 200k-entry one costs ~100 MB that way): the baseline is read twice (an index
- * of what the comparison needs, one short string per path, then the full records of the changed
- * paths), the current one once, so `baseline` must be iterable more than once.
+ * Where each path of a manifest (pyro's own baseline, already parsed once) lies: by hash, with the
+ * record's ordinal, so 200k paths cost a few MB of numbers rather than a map of 200k strings
+ * (~50 MB of peak RSS). Every hit is confirmed by reading the record again; paths whose hash an
+ * earlier path took are kept by name.
  */
-export function changedEntries(baseline: Iterable<ManifestEntry>, current: Iterable<ManifestEntry>, builtAtNs: bigint): Change[] {
-  const compared = (e: ManifestEntry) => `${e.type}${e.mode.toString(8)} ${e.type === "f" ? e.size : ""} ${e.target}`;
-  const before = new Map<string, string>();
-  for (const e of baseline) before.set(e.path, compared(e));
+class ManifestIndex {
+  private readonly byHash = new Map<number, number>();
+  private readonly collided = new Map<string, number>();
+  private offsets = new Uint32Array(1024);
+  /** Records in the manifest. */
+  count = 0;
+
+  constructor(private readonly bytes: Buffer) {
+    for (const { entry, offset } of manifestRecords(bytes)) {
+      if (this.count === this.offsets.length) {
+        const grown = new Uint32Array(this.offsets.length * 2);
+        grown.set(this.offsets);
+        this.offsets = grown;
+      }
+      this.offsets[this.count] = offset;
+      const hash = pathHash(entry.path);
+      if (this.byHash.has(hash)) this.collided.set(entry.path, this.count);
+      else this.byHash.set(hash, this.count);
+      this.count++;
+    }
+  }
+
+  /** The ordinal of `path`'s record, if the manifest has it. */
+  find(path: string): number | undefined {
+    const ordinal = this.byHash.get(pathHash(path));
+    if (ordinal !== undefined && this.entry(ordinal).path === path) return ordinal;
+    return this.collided.get(path);
+  }
+
+  entry(ordinal: number): ManifestEntry {
+    return manifestEntryAt(this.bytes, this.offsets[ordinal]!);
+  }
+}
+
+/**
+ * What changed between pyro's baseline manifest (bytes) and the current entries, sorted by path.
+ * Directories count only through their contents (as in git): an empty directory added or removed
+ * is not a change. Neither manifest is held as objects (200k entries cost ~100 MB that way): the
+ * baseline is indexed by path hash, the current one compared as it is parsed.
+ */
+export function changedEntries(baseline: Buffer, current: Iterable<ManifestEntry>, builtAtNs: bigint): Change[] {
+  const index = new ManifestIndex(baseline);
+  const present = new Uint8Array(index.count);
   const changes: Change[] = [];
-  /** Changes whose baseline record is fetched in the second pass, by path. */
-  const wantBefore = new Map<string, Change>();
   for (const after of current) {
-    const base = before.get(after.path);
-    if (base === undefined) {
+    const ordinal = index.find(after.path);
+    if (ordinal === undefined) {
       if (after.type !== "d") changes.push({ path: after.path, status: "added", after });
       continue;
     }
-    before.delete(after.path);
-    const baseType = base[0];
-    if (baseType === "d" && after.type === "d") continue;
-    let change: Change | undefined;
-    if (baseType !== after.type) {
+    present[ordinal] = 1;
+    const base = index.entry(ordinal);
+    if (base.type === "d" && after.type === "d") continue;
+    if (base.type !== after.type) {
       // A directory that became a file (or back): its former contents are listed as deleted/added.
-      if (baseType === "d") change = { path: after.path, status: "added", after };
-      else if (after.type === "d") change = { path: after.path, status: "deleted" };
-      else change = { path: after.path, status: "modified", after };
-    } else if (base !== compared(after) || after.ctimeNs > builtAtNs) change = { path: after.path, status: "modified", after };
-    if (!change) continue;
-    changes.push(change);
-    if (baseType !== "d") wantBefore.set(after.path, change);
-  }
-  // What is left of the index was not in the current tree.
-  for (const [path, base] of before) {
-    if (base[0] === "d") continue;
-    const change: Change = { path, status: "deleted" };
-    changes.push(change);
-    wantBefore.set(path, change);
-  }
-  before.clear();
-  if (wantBefore.size) {
-    for (const e of baseline) {
-      const change = wantBefore.get(e.path);
-      if (change) change.before = e;
+      if (base.type === "d") changes.push({ path: after.path, status: "added", after });
+      else if (after.type === "d") changes.push({ path: after.path, status: "deleted", before: base });
+      else changes.push({ path: after.path, status: "modified", before: base, after });
+      continue;
     }
+    const differs = base.mode !== after.mode || (after.type === "f" && base.size !== after.size) || base.target !== after.target || after.ctimeNs > builtAtNs;
+    if (differs) changes.push({ path: after.path, status: "modified", before: base, after });
+  }
+  for (let ordinal = 0; ordinal < index.count; ordinal++) {
+    if (present[ordinal]) continue;
+    const base = index.entry(ordinal);
+    if (base.type !== "d") changes.push({ path: base.path, status: "deleted", before: base });
   }
   return changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
@@ -145,8 +178,7 @@ export async function diffWorkspaceDisk(
   const { offset, limit } = pageBounds(options);
   const builtAt = record.seed.built_at_ns;
   if (builtAt === null) throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
-  const baselineBytes = await readFile(baselineManifestPath(ctx, record.id));
-  const baseline = { [Symbol.iterator]: () => manifestEntries(baselineBytes) };
+  const baseline = await readFile(baselineManifestPath(ctx, record.id));
   const changes = changedEntries(baseline, await guestManifest(agent), BigInt(builtAt));
   const counts = { added: 0, modified: 0, deleted: 0 };
   for (const c of changes) counts[c.status]++;
