@@ -125,7 +125,7 @@ describe("hostile project seeds", () => {
     );
     assert.deepEqual(set.paths, []);
     const scan = scanSeed({ root: set.root, paths: set.paths });
-    assert.deepEqual([scan.files, scan.entries.length], [0, 0]);
+    assert.deepEqual([scan.files, scan.manifest.count], [0, 0]);
     const allSkipped = scanSeed({ root: fresh, paths: ["deleted-after-listing"] });
     assert.deepEqual(allSkipped.skipped, [{ path: "deleted-after-listing", reason: "vanished before it could be read" }]);
   });

@@ -8,7 +8,7 @@ import fc from "fast-check";
 import { isPyroError } from "../src/errors.js";
 import { checkRepoRef, parseLsFilesZ, parseRepoUrl, unsafeRelativePath } from "../src/workspaces/git-input.js";
 import { detectProjectSource, findCheckout, resolveProjectSeed } from "../src/workspaces/project-seed.js";
-import { scanSeed } from "../src/workspaces/seed-image.js";
+import { scanSeed, seedEntries } from "../src/workspaces/seed-image.js";
 import { listDirectoryTree } from "../src/workspaces/seed-files.js";
 import { testPaths } from "./helpers/vm-fixtures.js";
 import { git } from "./helpers/git-fixture.js";
@@ -50,7 +50,7 @@ describe("project-aware seeds", () => {
     assert.deepEqual([...set.paths].sort(), [".gitignore", "NOTES.md", "gone.txt", "link-out", "src/app.py"]);
     // The seed image is built from this scan (seed-image.ts): what it takes, and what it skips and why.
     const scan = scanSeed({ root: set.root, paths: set.paths });
-    const entries = new Map(scan.entries.map((e) => [e.path, e]));
+    const entries = new Map([...seedEntries(scan)].map((e) => [e.path, e]));
     assert.deepEqual([...entries.keys()].sort(), [".gitignore", "NOTES.md", "link-out", "src", "src/app.py"]);
     assert.equal(entries.get("src/app.py")!.size, "print('hi')\n".length);
     // A symlink is copied as a link (it resolves inside the guest), never followed on the host.
@@ -68,7 +68,7 @@ describe("project-aware seeds", () => {
     assert.ok(paths.includes("pipe") && paths.includes("build/out.bin") && paths.includes("linked/etc"));
     assert.ok(!paths.some((p) => p.startsWith("linked/etc/")), "a symlinked directory is a link, never walked into");
     const scan = scanSeed({ root: checkout, paths: [...paths, "link-out/x", "src/../../etc/passwd"].filter((p) => !p.startsWith(".git")) });
-    const entries = new Map(scan.entries.map((e) => [e.path, e]));
+    const entries = new Map([...seedEntries(scan)].map((e) => [e.path, e]));
     assert.ok(entries.has("build/out.bin") && !entries.has("pipe"));
     assert.equal(entries.get("linked/etc")?.target, "/etc");
     await rm(join(checkout, "linked"), { recursive: true });

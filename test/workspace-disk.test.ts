@@ -7,7 +7,7 @@ import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
 import { isPyroError } from "../src/errors.js";
 import { Ext4Image } from "../src/workspaces/disk-image.js";
-import { buildSeedImage, checkSeedFits, scanSeed } from "../src/workspaces/seed-image.js";
+import { buildSeedImage, checkSeedFits, scanSeed, seedEntries } from "../src/workspaces/seed-image.js";
 import { encodeManifest, parseManifest, type ManifestEntry } from "../src/workspaces/tree-manifest.js";
 import { changedEntries } from "../src/workspaces/workspace-diff.js";
 import { Redactor } from "../src/workspaces/secret-redaction.js";
@@ -120,7 +120,7 @@ describe("what changed since the seed image was built", () => {
       entry("same", { type: "d" }), // a file became a directory
     ];
     assert.deepEqual(
-      changedEntries(baseline, current, built).map((c) => `${c.status} ${c.path}`),
+      changedEntries(encodeManifest(baseline), current, built).map((c) => `${c.status} ${c.path}`),
       ["deleted b", "modified c", "modified d", "modified dir/x", "modified l", "added new", "deleted same"],
     );
   });
@@ -154,7 +154,7 @@ describe("seed images built on the host (mkfs.ext4 -d in the sandbox)", () => {
       { path: "missing", reason: "vanished before it could be read" },
     ]);
     assert.deepEqual(
-      scan.entries.map((e) => e.path),
+      [...seedEntries(scan)].map((e) => e.path),
       ["keep", "keep/sub", "keep/sub/a.txt", "keep/b.sh", "keep/hard.txt", "keep/link"],
     );
     const out = join(dir, "out");
@@ -171,7 +171,7 @@ describe("seed images built on the host (mkfs.ext4 -d in the sandbox)", () => {
     assert.equal(found.get("keep/b.sh")!.mode & 0o777, 0o755);
     assert.deepEqual(
       parseManifest(execFileSync("cat", [image.manifestPath])).map((e) => e.path),
-      scan.entries.map((e) => e.path),
+      [...seedEntries(scan)].map((e) => e.path),
     );
   });
 
@@ -257,7 +257,7 @@ describe("seed names pyro cannot carry as text", () => {
       await writeFile(join(root, "ok"), "y");
       const scan = scanSeed({ root });
       assert.deepEqual(
-        scan.entries.map((e) => e.path),
+        [...seedEntries(scan)].map((e) => e.path),
         ["ok"],
       );
       assert.equal(scan.skipped.length, 1);

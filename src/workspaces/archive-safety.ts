@@ -1,9 +1,11 @@
 import { Stats } from "node:fs";
-import { lstat, readFile, stat } from "node:fs/promises";
+import { lstat, open, readFile, stat } from "node:fs/promises";
 import { posix } from "node:path";
-import { gunzipSync } from "node:zlib";
+import { Readable, Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { createGunzip, gunzipSync } from "node:zlib";
 import { create, Parser, type ReadEntry } from "tar";
-import { PyroError } from "../errors.js";
+import { isPyroError, PyroError } from "../errors.js";
 
 /** Largest (uncompressed) tree pyro moves into a workspace in one go. */
 export const MAX_ARCHIVE_BYTES = 1024 * 1024 * 1024;
@@ -38,6 +40,11 @@ export function safeRelativePath(raw: string): string {
  * symlink/hardlink target. `strictSymlinks` also refuses symlinks pointing outside (for untrusted archives).
  */
 export async function validateTar(tarBytes: Buffer, strictSymlinks: boolean): Promise<ArchiveSummary> {
+  return validateTarStream(Readable.from([tarBytes]), strictSymlinks);
+}
+
+/** validateTar over a stream: entries are checked as they pass, their contents never held. */
+export async function validateTarStream(input: Readable, strictSymlinks: boolean): Promise<ArchiveSummary> {
   const summary: ArchiveSummary = { files: 0, directories: 0, symlinks: 0, bytes: 0 };
   const symlinks = new Set<string>();
   const seen = new Set<string>();
@@ -72,28 +79,61 @@ export async function validateTar(tarBytes: Buffer, strictSymlinks: boolean): Pr
     }
     seen.add(path);
   };
-  await new Promise<void>((resolve, reject) => {
-    parser.on("entry", (entry: ReadEntry) => {
-      if (!failure) {
-        try {
-          check(entry);
-        } catch (error) {
-          failure = error as PyroError;
-        }
+  parser.on("entry", (entry: ReadEntry) => {
+    if (!failure) {
+      try {
+        check(entry);
+      } catch (error) {
+        failure = error as PyroError;
+        input.destroy();
       }
-      entry.resume();
-    });
-    // Entries tar cannot represent faithfully (sparse files…) or oversized metadata: refuse, not skip.
-    parser.on("ignoredEntry", (entry: ReadEntry) => {
-      failure ??= unsafe(entry.path, `${entry.type} entries are not allowed`);
-    });
-    parser.on("error", (e: Error) => reject(new PyroError("UNSAFE_ARCHIVE", `not a valid tar archive: ${e.message}`)));
-    parser.on("end", () => resolve());
-    parser.end(tarBytes);
+    }
+    entry.resume();
   });
+  // Entries tar cannot represent faithfully (sparse files…) or oversized metadata: refuse, not skip.
+  parser.on("ignoredEntry", (entry: ReadEntry) => {
+    failure ??= unsafe(entry.path, `${entry.type} entries are not allowed`);
+  });
+  try {
+    await pipeline(input, parser as unknown as NodeJS.WritableStream);
+  } catch (error) {
+    if (!failure) throw isPyroError(error) ? error : new PyroError("UNSAFE_ARCHIVE", `not a valid tar archive: ${(error as Error).message}`);
+  }
   if (failure) throw failure;
   if (summary.bytes > MAX_ARCHIVE_BYTES) throw new PyroError("UNSAFE_ARCHIVE", `the archive holds more than ${MAX_ARCHIVE_BYTES} bytes`);
   return summary;
+}
+
+/**
+ * A .tar/.tar.gz/.tgz on the host as a stream of tar bytes, decompressed with the same bound as
+ * readArchive (no gzip bombs) but never held whole: a seed archive of any size costs a few chunks.
+ */
+export async function archiveStream(path: string): Promise<Readable> {
+  const handle = await open(path, "r");
+  const magic = Buffer.alloc(2);
+  await handle.read(magic, 0, 2, 0);
+  const raw = handle.createReadStream({ start: 0, highWaterMark: 1 << 20 });
+  if (magic[0] !== 0x1f || magic[1] !== 0x8b) return raw;
+  let produced = 0;
+  const bounded = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      produced += chunk.length;
+      if (produced > MAX_ARCHIVE_BYTES) done(new PyroError("UNSAFE_ARCHIVE", `${path} decompresses to more than ${MAX_ARCHIVE_BYTES} bytes`));
+      else done(null, chunk);
+    },
+  });
+  const gunzip = createGunzip({ chunkSize: 1 << 20 });
+  const fail = (error: Error) => bounded.destroy(isPyroError(error) ? error : new PyroError("UNSAFE_ARCHIVE", `cannot decompress ${path}: ${error.message}`));
+  raw.on("error", fail);
+  gunzip.on("error", fail);
+  return raw.pipe(gunzip).pipe(bounded);
+}
+
+/** Checks a host archive's name and kind (what prepareTree accepts besides directories). */
+export async function checkArchivePath(source: string): Promise<void> {
+  if (!(await lstat(source)).isFile() || !/\.(tar|tar\.gz|tgz)$/i.test(source)) {
+    throw new PyroError("INVALID_ARGUMENT", `${source} must be a directory or a .tar, .tar.gz or .tgz archive`);
+  }
 }
 
 /** Reads a .tar/.tar.gz/.tgz from the host, decompressing with a bound (no gzip bombs). */
@@ -139,9 +179,7 @@ export async function prepareTree(source: string): Promise<PreparedTree> {
     // Our own pack of the user's directory: symlinks may point anywhere (they resolve inside the guest).
     return { tar, summary: await validateTar(tar, false), mode: "directory", origin: source };
   }
-  if (!(await lstat(source)).isFile() || !/\.(tar|tar\.gz|tgz)$/i.test(source)) {
-    throw new PyroError("INVALID_ARGUMENT", `${source} must be a directory or a .tar, .tar.gz or .tgz archive`);
-  }
+  await checkArchivePath(source);
   const tar = await readArchive(source);
   return { tar, summary: await validateTar(tar, true), mode: "tar_archive", origin: source };
 }

@@ -9,6 +9,7 @@ import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import type { SkippedSeedFile } from "./git-input.js";
+import { TREE_MANIFEST_LIMITS } from "./workspace-limits.js";
 import type { SeedOriginKind } from "./workspace-record.js";
 
 export type { SkippedSeedFile } from "./git-input.js";
@@ -32,8 +33,8 @@ export interface SeedFileSet {
   skipped: SkippedSeedFile[];
 }
 
-/** A directory seed lists at most this many entries (files, directories, links). */
-export const MAX_SEED_ENTRIES = 2_000_000;
+/** A directory seed lists at most this many entries (files, directories, links): as many as diff and export take. */
+export const MAX_SEED_ENTRIES = TREE_MANIFEST_LIMITS.entries;
 
 /**
  * Every entry under `root`, relative to it: a seed_path directory's list. Walked by hand because

@@ -8,7 +8,7 @@ import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/hos
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { unsafeRelativePath } from "./git-input.js";
 import { MAX_SEED_ENTRIES } from "./seed-files.js";
-import { encodeManifest, type ManifestEntry } from "./tree-manifest.js";
+import { type ManifestEntry, ManifestWriter, manifestEntries } from "./tree-manifest.js";
 import { WORKSPACE_DISK_GIB } from "./workspace-limits.js";
 
 /**
@@ -60,8 +60,10 @@ export interface SeedScan {
   symlinks: number;
   bytes: number;
   skipped: SkippedEntry[];
-  /** What the image will hold, for diff's baseline. */
-  entries: ManifestEntry[];
+  /** What the image will hold, for diff's baseline: encoded as it is scanned (read with manifestEntries or seedEntries). */
+  manifest: ManifestWriter;
+  /** Whether the seed has its own lost+found (mkfs's is removed otherwise). */
+  hasLostFound: boolean;
   /** Whether mkfs can read the root as it is, or needs a staging tree (a path list, skipped entries). */
   needsStaging: boolean;
   /** Bytes the entries take on disk (blocks rounded up), for the fit check. */
@@ -109,7 +111,8 @@ export function scanSeed(source: SeedSource): SeedScan {
     symlinks: 0,
     bytes: 0,
     skipped: [],
-    entries: [],
+    manifest: new ManifestWriter(),
+    hasLostFound: false,
     needsStaging: source.paths !== undefined,
     allocatedBytes: 0,
   };
@@ -124,8 +127,9 @@ export function scanSeed(source: SeedSource): SeedScan {
       return false;
     }
     const target = kind.type === "l" ? readlinkSync(join(source.root, rel), "utf8") : "";
-    scan.entries.push(entryOf(rel, st, kind.type, target));
-    if (scan.entries.length > MAX_SEED_ENTRIES) throw tooMany();
+    scan.manifest.add(entryOf(rel, st, kind.type, target));
+    if (scan.manifest.count > MAX_SEED_ENTRIES) throw tooMany();
+    if (rel === "lost+found") scan.hasLostFound = true;
     if (kind.type === "f") {
       scan.files++;
       scan.bytes += st.size;
@@ -219,6 +223,11 @@ export function scanSeed(source: SeedSource): SeedScan {
   return scan;
 }
 
+/** The scanned entries, one at a time, in scan order. */
+export function seedEntries(scan: SeedScan): Iterable<ManifestEntry> {
+  return manifestEntries(scan.manifest.bytes());
+}
+
 /** Fails before anything is created when the seed cannot fit a disk of this size. */
 export function checkSeedFits(scan: SeedScan, gib: number): void {
   const size = diskBytes(gib);
@@ -262,7 +271,7 @@ export async function stageSeed(source: SeedSource, scan: SeedScan, dir: string)
   const root = await realpath(source.root);
   const linked = new Map<string, string>();
   const dirs: { path: string; st: Stats }[] = [];
-  for (const entry of scan.entries) {
+  for (const entry of seedEntries(scan)) {
     const from = join(root, entry.path);
     const to = join(dir, entry.path);
     if (entry.type === "d") {
@@ -376,13 +385,13 @@ export async function buildSeedImage(
     }
     const builtAtNs = BigInt(Date.now()) * 1_000_000n;
     // mkfs makes lost+found; a workspace should hold the seed and nothing else.
-    if (!scan?.entries.some((e) => e.path === "lost+found")) await removeLostFound(join(out, "seed.ext4"), out);
+    if (!scan?.hasLostFound) await removeLostFound(join(out, "seed.ext4"), out);
     const built = join(out, "seed.ext4");
     const st = await lstat(built);
     if (!st.isFile()) throw new PyroError("HOST_COMMAND_FAILED", "mkfs did not leave a plain image file");
     await chmod(built, 0o400);
     await rename(built, image);
-    await writeFile(manifestPath, encodeManifest(scan?.entries ?? []), { mode: 0o400 });
+    await writeFile(manifestPath, scan?.manifest.bytes() ?? Buffer.alloc(0), { mode: 0o400 });
     return { path: image, manifestPath, builtAtNs };
   } finally {
     await rm(scratch, { recursive: true, force: true });

@@ -1,4 +1,6 @@
+import { isUtf8 } from "node:buffer";
 import { PyroError } from "../errors.js";
+import { TREE_MANIFEST_LIMITS } from "./workspace-limits.js";
 
 /**
  * A tree's metadata, one record per entry: what the guest's `tree.manifest` walk returns for the
@@ -32,69 +34,190 @@ function checkPath(path: string): string {
   return path;
 }
 
-export function encodeManifest(entries: Iterable<ManifestEntry>): Buffer {
-  const parts: Buffer[] = [];
-  for (const e of entries) {
-    parts.push(Buffer.from(`${e.type} ${e.mode.toString(8)} ${e.size} ${e.mtimeNs} ${e.ctimeNs} ${e.ino} ${e.nlink}\0${e.path}\0${e.target}\0`, "utf8"));
+/**
+ * Builds a manifest record by record into one growing buffer: a 200k-entry tree costs its ~8 MB of
+ * records, where a list of entry objects costs ~100 MB.
+ */
+export class ManifestWriter {
+  private buffer = Buffer.allocUnsafe(1 << 16);
+  private length = 0;
+  /** Records written so far. */
+  count = 0;
+
+  add(e: ManifestEntry): void {
+    const record = `${e.type} ${e.mode.toString(8)} ${e.size} ${e.mtimeNs} ${e.ctimeNs} ${e.ino} ${e.nlink}\0${e.path}\0${e.target}\0`;
+    const bytes = Buffer.byteLength(record, "utf8");
+    if (this.length + bytes > this.buffer.length) {
+      const grown = Buffer.allocUnsafe(Math.max(this.buffer.length * 2, this.length + bytes));
+      this.buffer.copy(grown, 0, 0, this.length);
+      this.buffer = grown;
+    }
+    this.length += this.buffer.write(record, this.length, "utf8");
+    this.count++;
   }
-  return Buffer.concat(parts);
+
+  /** The records written (a view: valid until the next add). */
+  bytes(): Buffer {
+    return this.buffer.subarray(0, this.length);
+  }
 }
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+export function encodeManifest(entries: Iterable<ManifestEntry>): Buffer {
+  const writer = new ManifestWriter();
+  for (const e of entries) writer.add(e);
+  return Buffer.from(writer.bytes());
+}
 
 /**
  * A name's text. Linux names are bytes; one that is not UTF-8 has each byte above 0x7f written as
  * `\xNN` (as debugfs shows them), where lossy decoding would make two names one (`a\xff` and
- * `a\xfe` both `a\uFFFD`) and an honest guest's manifest fail as a name listed twice.
+ * `a\xfe` both `a\uFFFD`) and an honest guest's manifest fail as a name listed twice. Each path
+ * component is decoded on its own, so a directory's children name it as its own record does.
  */
 function nameText(raw: Buffer): string {
-  try {
-    return strictUtf8.decode(raw);
-  } catch {
-    let text = "";
-    for (const byte of raw) text += byte < 0x80 ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, "0")}`;
-    return text;
+  if (isUtf8(raw)) return raw.toString("utf8");
+  const components: string[] = [];
+  for (let from = 0; from <= raw.length; ) {
+    const slash = raw.indexOf(0x2f, from);
+    const to = slash < 0 ? raw.length : slash;
+    const part = raw.subarray(from, to);
+    if (isUtf8(part)) components.push(part.toString("utf8"));
+    else {
+      let text = "";
+      for (const byte of part) text += byte < 0x80 ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, "0")}`;
+      components.push(text);
+    }
+    from = to + 1;
+  }
+  return components.join("/");
+}
+
+/** nameText of bytes[start, end): ASCII (most names) is read in place, without a Buffer view. */
+function fieldText(bytes: Buffer, start: number, end: number): string {
+  for (let i = start; i < end; i++) if (bytes[i]! >= 0x80) return nameText(bytes.subarray(start, end));
+  return bytes.toString("latin1", start, end);
+}
+
+export interface ManifestReadOptions {
+  /** Records beyond this fail the parse (default: TREE_MANIFEST_LIMITS.entries). */
+  maxEntries?: number;
+  /**
+   * The order the records must come in, which decides what the parse keeps to check them:
+   * - "walk", the agent's: each directory's entries together, in byte order of their names, after
+   *   the directory's own record. Only the directories not yet walked are kept.
+   * - "any": parents before their entries, otherwise any order (pyro's own baselines, some made
+   *   from path lists). Every name is kept.
+   */
+  order?: "walk" | "any";
+}
+
+/**
+ * Parses a manifest one record at a time: the caller holds one entry, never the whole list (a
+ * 200k-file tree's entries as objects take ~60 MB; a hostile manifest's tiny records many times
+ * that). Either order guarantees the same two things to whoever builds an archive from it: no path
+ * is listed twice, and every path's parent is a directory listed before it (an entry "under" a
+ * symlink would have the archive write through that link when unpacked). Throws
+ * GUEST_PROTOCOL_ERROR (callers rewrap) on anything out of shape, GUEST_OPERATION_FAILED past
+ * the entry limit. Records are checked as they are reached: a caller that writes while it reads
+ * must treat a throw as "discard what was written".
+ */
+export function* manifestEntries(bytes: Buffer, options: ManifestReadOptions = {}): Generator<ManifestEntry> {
+  for (const record of manifestRecords(bytes, options)) yield record.entry;
+}
+
+/** A parsed record and where it starts in the manifest (to read it again with manifestEntryAt). */
+export interface ManifestRecord {
+  entry: ManifestEntry;
+  offset: number;
+}
+
+/** manifestEntries, with each record's offset. */
+export function* manifestRecords(bytes: Buffer, options: ManifestReadOptions = {}): Generator<ManifestRecord> {
+  const maxEntries = options.maxEntries ?? TREE_MANIFEST_LIMITS.entries;
+  const walkOrder = options.order === "walk";
+  // "any": every name, and the directories among them.
+  const seen = new Set<string>();
+  const directories = new Set<string>();
+  // "walk": directories listed whose own entries have not come yet; the group being read and its last name's bytes.
+  const pending = new Set<string>([""]);
+  let group: string | undefined;
+  let lastName = { start: 0, end: 0 };
+  let count = 0;
+  for (let at = 0; at < bytes.length; ) {
+    if (count >= maxEntries)
+      throw new PyroError(
+        "GUEST_OPERATION_FAILED",
+        `the tree holds more than ${maxEntries} files and directories, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
+        { max_entries: maxEntries },
+      );
+    const record = readRecord(bytes, at);
+    const { entry, pathStart, pathEnd } = record;
+    const path = entry.path;
+    const parent = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : "";
+    if (walkOrder) {
+      const slash = bytes.lastIndexOf(0x2f, pathEnd - 1);
+      const name = { start: slash >= pathStart ? slash + 1 : pathStart, end: pathEnd };
+      if (parent === group) {
+        if (bytes.compare(bytes, lastName.start, lastName.end, name.start, name.end) <= 0)
+          throw bad(`'${path.slice(0, 200)}' is out of order (listed twice, or its directory's entries are not sorted)`);
+      } else {
+        if (!pending.delete(parent)) throw bad(`'${path.slice(0, 200)}' is not below a directory listed before it (or its directory's entries are split)`);
+        group = parent;
+      }
+      lastName = name;
+      if (entry.type === "d") pending.add(path);
+    } else {
+      if (seen.has(path)) throw bad(`path '${path.slice(0, 200)}' is listed twice`);
+      if (parent && !directories.has(parent)) throw bad(`'${path.slice(0, 200)}' is not below a directory listed before it`);
+      seen.add(path);
+      if (entry.type === "d") directories.add(path);
+    }
+    count++;
+    yield { entry, offset: at };
+    at = record.next;
   }
 }
 
-/** Parses a manifest; throws GUEST_PROTOCOL_ERROR (callers rewrap) on anything out of shape. */
-export function parseManifest(bytes: Buffer): ManifestEntry[] {
-  const out: ManifestEntry[] = [];
-  let at = 0;
-  const field = (): string => {
-    const end = bytes.indexOf(0, at);
+/** The record at `offset` of a manifest already read through (no order checks: those need what came before). */
+export function manifestEntryAt(bytes: Buffer, offset: number): ManifestEntry {
+  return readRecord(bytes, offset).entry;
+}
+
+/** One record from `at`: its entry, where its path's bytes lie, and where the next record starts. */
+function readRecord(bytes: Buffer, at: number): { entry: ManifestEntry; next: number; pathStart: number; pathEnd: number } {
+  const fieldEnd = (from: number): number => {
+    const end = bytes.indexOf(0, from);
     if (end < 0) throw bad("a record is cut off");
-    const text = nameText(bytes.subarray(at, end));
-    at = end + 1;
-    return text;
+    return end;
   };
-  const seen = new Set<string>();
-  const directories = new Set<string>();
-  while (at < bytes.length) {
-    const head = HEAD.exec(field());
-    if (!head) throw bad("a record header is out of shape");
-    const path = checkPath(field());
-    const target = field();
-    if (seen.has(path)) throw bad(`path '${path.slice(0, 200)}' is listed twice`);
-    // Parents come first and are directories: an entry "under" a symlink would have an archive
-    // built from the manifest write through that link when unpacked.
-    const parent = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : "";
-    if (parent && !directories.has(parent)) throw bad(`'${path.slice(0, 200)}' is not below a directory listed before it`);
-    seen.add(path);
-    if (head[1] === "d") directories.add(path);
-    const size = Number(head[3]);
-    if (!Number.isSafeInteger(size)) throw bad("a size is out of range");
-    out.push({
-      path,
-      type: head[1] as ManifestEntry["type"],
-      mode: parseInt(head[2]!, 8) & 0o7777,
-      size,
-      mtimeNs: BigInt(head[4]!),
-      ctimeNs: BigInt(head[5]!),
-      ino: Number(head[6]),
-      nlink: Number(head[7]),
-      target,
-    });
-  }
-  return out;
+  const headEnd = fieldEnd(at);
+  // The header is ASCII when well formed; latin1 keeps any other byte one character, which fails the pattern.
+  const head = HEAD.exec(bytes.toString("latin1", at, headEnd));
+  if (!head) throw bad("a record header is out of shape");
+  const pathStart = headEnd + 1;
+  const pathEnd = fieldEnd(pathStart);
+  const path = checkPath(fieldText(bytes, pathStart, pathEnd));
+  const targetEnd = fieldEnd(pathEnd + 1);
+  const target = fieldText(bytes, pathEnd + 1, targetEnd);
+  const size = Number(head[3]);
+  const ino = Number(head[6]);
+  const nlink = Number(head[7]);
+  if (!Number.isSafeInteger(size) || !Number.isSafeInteger(ino) || !Number.isSafeInteger(nlink)) throw bad("a size or inode number is out of range");
+  const entry: ManifestEntry = {
+    path,
+    type: head[1] as ManifestEntry["type"],
+    mode: parseInt(head[2]!, 8) & 0o7777,
+    size,
+    mtimeNs: BigInt(head[4]!),
+    ctimeNs: BigInt(head[5]!),
+    ino,
+    nlink,
+    target,
+  };
+  return { entry, next: targetEnd + 1, pathStart, pathEnd };
+}
+
+/** Parses a whole manifest into a list (for callers that need every entry at once). */
+export function parseManifest(bytes: Buffer, options?: ManifestReadOptions): ManifestEntry[] {
+  return [...manifestEntries(bytes, options)];
 }

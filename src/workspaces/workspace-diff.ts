@@ -7,12 +7,12 @@ import { Ext4Image } from "./disk-image.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import { readFileChunks } from "./guest-transfer.js";
 import type { Redactor } from "./secret-redaction.js";
-import { parseManifest, type ManifestEntry } from "./tree-manifest.js";
+import { type ManifestEntry, manifestEntries, manifestEntryAt, manifestRecords } from "./tree-manifest.js";
 import { baselineManifestPath, seedImagePath } from "./workspace-boot.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
 import { formatFileDiff, type TreeEntry } from "./file-diff.js";
-import { DIFF_PAGE_LIMITS } from "./workspace-limits.js";
+import { DIFF_PAGE_LIMITS, TREE_MANIFEST_LIMITS } from "./workspace-limits.js";
 
 /**
  * Diff of a workspace whose /workspace is its own disk, against the seed image it was built from.
@@ -26,8 +26,7 @@ import { DIFF_PAGE_LIMITS } from "./workspace-limits.js";
 
 export { DIFF_PAGE_LIMITS };
 
-/** The guest's manifest of /workspace may be at most this big (~500k entries). */
-const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
+const MAX_MANIFEST_BYTES = TREE_MANIFEST_LIMITS.bytes;
 
 export interface DiffOptions {
   /** Paths and counts only: no file contents are read. */
@@ -45,21 +44,71 @@ export interface Change {
   after?: ManifestEntry;
 }
 
+/** A path's 30-bit hash (FNV-1a over its UTF-16 units): small enough to be an unboxed number as a Map key. */
+function pathHash(path: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < path.length; i++) hash = Math.imul(hash ^ path.charCodeAt(i), 0x01000193);
+  return hash & 0x3fffffff;
+}
+
 /**
- * What changed between two manifests, sorted by path. Directories count only through their
- * contents (as in git): an empty directory added or removed is not a change.
+ * Where each path of a manifest (pyro's own baseline, already parsed once) lies: by hash, with the
+ * record's ordinal, so 200k paths cost a few MB of numbers rather than a map of 200k strings
+ * (~50 MB of peak RSS). Every hit is confirmed by reading the record again; paths whose hash an
+ * earlier path took are kept by name.
  */
-export function changedEntries(baseline: ManifestEntry[], current: ManifestEntry[], builtAtNs: bigint): Change[] {
-  const before = new Map(baseline.map((e) => [e.path, e]));
+class ManifestIndex {
+  private readonly byHash = new Map<number, number>();
+  private readonly collided = new Map<string, number>();
+  private offsets = new Uint32Array(1024);
+  /** Records in the manifest. */
+  count = 0;
+
+  constructor(private readonly bytes: Buffer) {
+    for (const { entry, offset } of manifestRecords(bytes)) {
+      if (this.count === this.offsets.length) {
+        const grown = new Uint32Array(this.offsets.length * 2);
+        grown.set(this.offsets);
+        this.offsets = grown;
+      }
+      this.offsets[this.count] = offset;
+      const hash = pathHash(entry.path);
+      if (this.byHash.has(hash)) this.collided.set(entry.path, this.count);
+      else this.byHash.set(hash, this.count);
+      this.count++;
+    }
+  }
+
+  /** The ordinal of `path`'s record, if the manifest has it. */
+  find(path: string): number | undefined {
+    const ordinal = this.byHash.get(pathHash(path));
+    if (ordinal !== undefined && this.entry(ordinal).path === path) return ordinal;
+    return this.collided.get(path);
+  }
+
+  entry(ordinal: number): ManifestEntry {
+    return manifestEntryAt(this.bytes, this.offsets[ordinal]!);
+  }
+}
+
+/**
+ * What changed between pyro's baseline manifest (bytes) and the current entries, sorted by path.
+ * Directories count only through their contents (as in git): an empty directory added or removed
+ * is not a change. Neither manifest is held as objects (200k entries cost ~100 MB that way): the
+ * baseline is indexed by path hash, the current one compared as it is parsed.
+ */
+export function changedEntries(baseline: Buffer, current: Iterable<ManifestEntry>, builtAtNs: bigint): Change[] {
+  const index = new ManifestIndex(baseline);
+  const present = new Uint8Array(index.count);
   const changes: Change[] = [];
-  const seen = new Set<string>();
   for (const after of current) {
-    seen.add(after.path);
-    const base = before.get(after.path);
-    if (!base) {
+    const ordinal = index.find(after.path);
+    if (ordinal === undefined) {
       if (after.type !== "d") changes.push({ path: after.path, status: "added", after });
       continue;
     }
+    present[ordinal] = 1;
+    const base = index.entry(ordinal);
     if (base.type === "d" && after.type === "d") continue;
     if (base.type !== after.type) {
       // A directory that became a file (or back): its former contents are listed as deleted/added.
@@ -71,21 +120,30 @@ export function changedEntries(baseline: ManifestEntry[], current: ManifestEntry
     const differs = base.mode !== after.mode || (after.type === "f" && base.size !== after.size) || base.target !== after.target || after.ctimeNs > builtAtNs;
     if (differs) changes.push({ path: after.path, status: "modified", before: base, after });
   }
-  for (const base of baseline) if (!seen.has(base.path) && base.type !== "d") changes.push({ path: base.path, status: "deleted", before: base });
+  for (let ordinal = 0; ordinal < index.count; ordinal++) {
+    if (present[ordinal]) continue;
+    const base = index.entry(ordinal);
+    if (base.type !== "d") changes.push({ path: base.path, status: "deleted", before: base });
+  }
   return changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
 
-/** The guest's manifest of /workspace, checked like any guest data. */
-export async function guestManifest(agent: AgentClient): Promise<ManifestEntry[]> {
+/**
+ * The guest's manifest of /workspace, checked like any guest data: parsed record by record as the
+ * caller iterates (once), a malformed record closing the connection as a protocol violation.
+ */
+export async function guestManifest(agent: AgentClient): Promise<Iterable<ManifestEntry>> {
   const { header, payload } = await agent.treeManifest(WORKSPACE_ROOT, MAX_MANIFEST_BYTES, 600_000);
   if (header.truncated === true)
     throw new PyroError("GUEST_OPERATION_FAILED", `/workspace has too many entries to diff (its listing is over ${MAX_MANIFEST_BYTES >> 20} MiB)`);
-  try {
-    return parseManifest(payload);
-  } catch (error) {
-    if (isPyroError(error, "GUEST_PROTOCOL_ERROR")) throw agent.rejectGuestData(error.message);
-    throw error;
-  }
+  return (function* () {
+    try {
+      yield* manifestEntries(payload, { order: "walk" });
+    } catch (error) {
+      if (isPyroError(error, "GUEST_PROTOCOL_ERROR")) throw agent.rejectGuestData(error.message);
+      throw error;
+    }
+  })();
 }
 
 export interface DiskDiffPage {
@@ -120,7 +178,7 @@ export async function diffWorkspaceDisk(
   const { offset, limit } = pageBounds(options);
   const builtAt = record.seed.built_at_ns;
   if (builtAt === null) throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
-  const baseline = parseManifest(await readFile(baselineManifestPath(ctx, record.id)));
+  const baseline = await readFile(baselineManifestPath(ctx, record.id));
   const changes = changedEntries(baseline, await guestManifest(agent), BigInt(builtAt));
   const counts = { added: 0, modified: 0, deleted: 0 };
   for (const c of changes) counts[c.status]++;

@@ -1,11 +1,12 @@
 import { lstatSync, readdirSync, readlinkSync } from "node:fs";
 import { createReadStream, createWriteStream } from "node:fs";
-import { lstat, mkdir, rename, rm, symlink, unlink } from "node:fs/promises";
+import { lstat, mkdir, open, rename, rm, symlink, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { spawn } from "node:child_process";
 import { Header, Pax } from "tar";
-import { PyroError } from "../errors.js";
+import { isPyroError, PyroError } from "../errors.js";
+import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { runSandboxed, sandboxArgs, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
@@ -15,8 +16,8 @@ import { RootedTree } from "../storage/rooted-path.js";
 import { Ext4Image } from "./disk-image.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import type { Redactor } from "./secret-redaction.js";
-import type { ManifestEntry } from "./tree-manifest.js";
-import { guestManifest } from "./workspace-diff.js";
+import { manifestEntries, type ManifestEntry } from "./tree-manifest.js";
+import { TREE_MANIFEST_LIMITS } from "./workspace-limits.js";
 import { workspaceDiskPath } from "./workspace-boot.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
@@ -34,8 +35,11 @@ import type { WorkspaceRecord } from "./workspace-record.js";
 const TOOL_LIMITS = { cpuSeconds: 1800, addressSpaceBytes: 4 * 2 ** 30 };
 const TOOL_TIMEOUT_MS = 1_800_000;
 
-/** The guest's /workspace disk as a raw image in `scratch`, consistent with a moment the guest was paused. */
-async function pausedDiskCopy(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, scratch: string): Promise<{ raw: string; bytes: number }> {
+/**
+ * The top qcow2 layer of the guest's /workspace disk, copied while the guest is synced and paused
+ * (the layers below never change): a consistent moment of the disk, taken in a few milliseconds.
+ */
+async function pausedTopCopy(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, scratch: string): Promise<string> {
   const top = join(scratch, "top.qcow2");
   await vm.agent.sync();
   await vm.pause();
@@ -44,6 +48,11 @@ async function pausedDiskCopy(ctx: WorkspaceContext, record: WorkspaceRecord, vm
   } finally {
     await vm.resume();
   }
+  return top;
+}
+
+/** The copied disk as a raw image in `scratch`/out (qemu-img in the sandbox: the guest wrote every block), its journal replayed. */
+async function rawDiskCopy(top: string, scratch: string): Promise<{ raw: string; out: string; bytes: number }> {
   const chain = await diskChain(top);
   const out = join(scratch, "out");
   await mkdir(out, { mode: 0o700 });
@@ -59,7 +68,8 @@ async function pausedDiskCopy(ctx: WorkspaceContext, record: WorkspaceRecord, vm
   await rm(top, { force: true });
   const raw = join(out, "disk.raw");
   if (!(await lstat(raw).catch(() => undefined))?.isFile()) throw new PyroError("HOST_COMMAND_FAILED", "the disk copy is not a plain file");
-  return { raw, bytes: chain.virtualSize };
+  await replayJournal(out, chain.virtualSize);
+  return { raw, out, bytes: chain.virtualSize };
 }
 
 /** debugfs on the disk copy in `out` (writable: the journal replay writes it). */
@@ -94,7 +104,7 @@ async function dumpDirectory(out: string, inode: number, bytes: number): Promise
  * swapped for a symlink after the walk), so a name is relinked only where it is a regular file with
  * no symlink on the way, resolved inside the dump; anything else is left as dumped.
  */
-export async function restoreHardlinks(tree: string, entries: ManifestEntry[], prefix: string): Promise<void> {
+export async function restoreHardlinks(tree: string, entries: Iterable<ManifestEntry>, prefix: string): Promise<void> {
   const byInode = new Map<number, string[]>();
   for (const e of entries) {
     if (e.type !== "f" || e.nlink < 2) continue;
@@ -211,6 +221,18 @@ class StreamReader {
 
 const TAR_BLOCK = 512;
 
+/** The guest's manifests come in the agent's walk order, which lets the parse keep only the directories not yet walked. */
+const WALK = { order: "walk" } as const;
+
+/**
+ * The mode an exported entry gets: setuid and setgid dropped. A guest's root can make any file
+ * setuid root; carried into the tar, extracting it as root on the host (`tar -xp`) would install a
+ * setuid-root program the guest wrote. The sticky bit and permissions are kept.
+ */
+export function exportedMode(mode: number): number {
+  return mode & 0o1777;
+}
+
 /** A tar header (with a pax header first where ustar cannot hold the name, size or times). */
 interface TarFields {
   path: string;
@@ -232,23 +254,49 @@ function tarHeader(fields: TarFields): Buffer {
   return Buffer.concat([pax, header.block!]);
 }
 
+/** The files whose contents an export reads (each inode once: further names are hardlinks), and how many bytes they hold. */
+interface ExportPlan {
+  inodes: number[];
+  bytes: number;
+  largest: { path: string; size: number } | undefined;
+}
+
 /**
- * The tar of one directory of the image, generated straight from the manifest (names, modes, times,
- * link targets, hardlinks) and debugfs `cat` of each file (one sandboxed run for all of them): no
- * file is ever created on the host. The manifest was taken just before the pause; a file that
+ * First pass over the guest's manifest: which inodes to read, and whether their contents fit. A
+ * guest can make a file of any apparent size with no blocks behind it (`truncate -s 1T`): its tar
+ * would hold all of it. What an export writes is bounded by the disk itself: a tree's contents
+ * (hardlinks counted once) cannot exceed its disk unless files are sparse, and then it is refused
+ * before anything is written.
+ */
+function planExport(manifest: Buffer, maxBytes: number, label: string): ExportPlan {
+  const plan: ExportPlan = { inodes: [], bytes: 0, largest: undefined };
+  const linked = new Set<number>();
+  for (const e of manifestEntries(manifest, WALK)) {
+    if (e.type !== "f" || (e.nlink > 1 && linked.has(e.ino))) continue;
+    if (e.nlink > 1) linked.add(e.ino);
+    plan.inodes.push(e.ino);
+    plan.bytes += e.size;
+    if (!plan.largest || e.size > plan.largest.size) plan.largest = { path: e.path, size: e.size };
+  }
+  if (plan.bytes > maxBytes) {
+    throw new PyroError(
+      "GUEST_OPERATION_FAILED",
+      `${label} holds ${plan.bytes} bytes of file contents, more than its ${maxBytes}-byte disk can store, so some files are sparse (the largest, '${plan.largest?.path}', is ${plan.largest?.size} bytes); export a directory without them, or remove them`,
+      { bytes: plan.bytes, disk_bytes: maxBytes, largest: plan.largest },
+    );
+  }
+  return plan;
+}
+
+/**
+ * The tar of one directory of the image, generated straight from the guest's manifest of it
+ * (names, modes, times, link targets, hardlinks) and debugfs `cat` of each file (one sandboxed run
+ * for all of them): no file is ever created on the host, and no more than one record of the
+ * manifest is held as an object. The manifest was taken just after the disk was copied; a file that
  * changed in between no longer lines up with what debugfs prints, and the export fails rather than
  * writing a wrong archive.
  */
-async function* tarFromImage(out: string, entries: ManifestEntry[]): AsyncGenerator<Buffer> {
-  const firstName = new Map<number, string>();
-  const cats: ManifestEntry[] = [];
-  for (const e of entries) {
-    if (e.type === "f" && e.nlink > 1 && firstName.has(e.ino)) continue;
-    if (e.type === "f") {
-      cats.push(e);
-      if (e.nlink > 1) firstName.set(e.ino, e.path);
-    }
-  }
+async function* tarFromImage(out: string, manifest: Buffer, plan: ExportPlan): AsyncGenerator<Buffer> {
   const child = spawn(
     requireExecutable("bwrap", "bubblewrap"),
     sandboxArgs({
@@ -269,15 +317,25 @@ async function* tarFromImage(out: string, entries: ManifestEntry[]): AsyncGenera
   };
   const timer = setTimeout(kill, TOOL_TIMEOUT_MS);
   child.stdin!.on("error", () => undefined);
-  child.stdin!.end(cats.map((e) => `cat <${e.ino}>`).join("\n") + "\n");
+  // Written as the pipe takes it: the script of a 500k-file tree is never one string.
+  void pipeline(
+    (function* () {
+      for (let i = 0; i < plan.inodes.length; i += 4096)
+        yield `${plan.inodes
+          .slice(i, i + 4096)
+          .map((ino) => `cat <${ino}>\n`)
+          .join("")}`;
+    })(),
+    child.stdin!,
+  ).catch(() => undefined);
   const reader = new StreamReader(child.stdout![Symbol.asyncIterator]());
   const changed = () =>
     new PyroError("GUEST_OPERATION_FAILED", "/workspace changed while it was being exported; export again (or stop the processes writing to it)");
   try {
     const seen = new Map<number, string>();
-    for (const e of entries) {
+    for (const e of manifestEntries(manifest, WALK)) {
       const mtime = new Date(Number(e.mtimeNs / 1_000_000n));
-      const common = { path: e.type === "d" ? `./${e.path}/` : `./${e.path}`, mode: e.mode, uid: 0, gid: 0, mtime };
+      const common = { path: e.type === "d" ? `./${e.path}/` : `./${e.path}`, mode: exportedMode(e.mode), uid: 0, gid: 0, mtime };
       if (e.type === "d") yield tarHeader({ ...common, type: "Directory", size: 0 });
       else if (e.type === "l") yield tarHeader({ ...common, type: "SymbolicLink", linkpath: e.target, size: 0 });
       else if (e.type === "f" && e.nlink > 1 && seen.has(e.ino)) yield tarHeader({ ...common, type: "Link", linkpath: `./${seen.get(e.ino)}`, size: 0 });
@@ -304,20 +362,53 @@ async function* tarFromImage(out: string, entries: ManifestEntry[]): AsyncGenera
   }
 }
 
-/** Joins small pieces (headers, small files) into writes of about 1 MiB. */
-async function* coalesce(pieces: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  let held: Buffer[] = [];
-  let size = 0;
-  for await (const piece of pieces) {
-    held.push(piece);
-    size += piece.length;
-    if (size >= 1 << 20) {
-      yield Buffer.concat(held);
-      held = [];
-      size = 0;
+/**
+ * Writes the pieces to a new file through one reused 1 MiB buffer: small pieces (headers, small
+ * files) become large writes, and streaming gigabytes allocates no buffer per write (freshly
+ * allocated ones pile up until the garbage collector gets to them: ~20 MB more peak RSS on 2 GB).
+ */
+async function writePieces(pieces: AsyncIterable<Buffer>, file: string): Promise<void> {
+  const handle = await open(file, "wx", 0o644);
+  try {
+    const buffer = Buffer.allocUnsafe(1 << 20);
+    let used = 0;
+    const flush = async () => {
+      for (let done = 0; done < used; ) done += (await handle.write(buffer, done, used - done)).bytesWritten;
+      used = 0;
+    };
+    for await (const piece of pieces) {
+      for (let at = 0; at < piece.length; ) {
+        const copied = piece.copy(buffer, used, at);
+        used += copied;
+        at += copied;
+        if (used === buffer.length) await flush();
+      }
     }
+    await flush();
+  } finally {
+    await handle.close();
   }
-  if (size) yield Buffer.concat(held);
+}
+
+/** The guest's walk of `guestPath` (a directory), as bytes: parsed record by record where it is used (in the agent's order). */
+async function guestTreeManifest(agent: AgentClient, guestPath: string): Promise<Buffer> {
+  const { header, payload } = await agent.treeManifest(guestPath, TREE_MANIFEST_LIMITS.bytes, TOOL_TIMEOUT_MS);
+  if (header.truncated === true)
+    throw new PyroError(
+      "GUEST_OPERATION_FAILED",
+      `${guestPath} has too many entries to export at once (its listing is over ${TREE_MANIFEST_LIMITS.bytes >> 20} MiB); export a subdirectory`,
+    );
+  return payload;
+}
+
+/** Runs `use` over the guest's manifest, turning a malformed record into the connection's protocol violation. */
+async function withGuestManifest<T>(agent: AgentClient, use: () => Promise<T>): Promise<T> {
+  try {
+    return await use();
+  } catch (error) {
+    if (isPyroError(error, "GUEST_PROTOCOL_ERROR")) throw agent.rejectGuestData(error.message);
+    throw error;
+  }
 }
 
 /** Writes `guestPath` (a directory) of a disk-backed workspace to `scratchFile` as a tar; returns its size. */
@@ -330,35 +421,42 @@ export async function exportDirectoryFromDisk(
   scratchFile: string,
 ): Promise<number> {
   const prefix = guestPath === WORKSPACE_ROOT ? "" : guestPath.slice(WORKSPACE_ROOT.length + 1);
-  const manifest = await guestManifest(vm.agent);
   const scratch = await makePrivateTempDir(ctx.store.dir(record.id), ".disk-");
   try {
-    const { raw, bytes } = await pausedDiskCopy(ctx, record, vm, scratch);
-    const out = join(scratch, "out");
-    await replayJournal(out, bytes);
-    if (!redactor.active) {
-      // Streamed: nothing but the archive is written on the host.
-      const below = manifest
-        .filter((e) => !prefix || e.path.startsWith(`${prefix}/`))
-        .map((e) => (prefix ? { ...e, path: e.path.slice(prefix.length + 1) } : e));
-      await pipeline(coalesce(tarFromImage(out, below)), createWriteStream(scratchFile, { mode: 0o644, flags: "wx" }));
+    const top = await pausedTopCopy(ctx, record, vm, scratch);
+    // The guest walks the directory while the host converts the disk copy: the two take about as
+    // long, and neither needs the other.
+    // Both settle before anything is removed: a tool still writing into the scratch dir is never raced.
+    const [walked, copied] = await Promise.allSettled([guestTreeManifest(vm.agent, guestPath), rawDiskCopy(top, scratch)]);
+    if (walked.status === "rejected") throw walked.reason;
+    if (copied.status === "rejected") throw copied.reason;
+    const manifest = walked.value;
+    const { raw, out, bytes } = copied.value;
+    return await withGuestManifest(vm.agent, async () => {
+      if (!redactor.active) {
+        // Streamed: nothing but the archive is written on the host.
+        const plan = planExport(manifest, bytes, guestPath);
+        await writePieces(tarFromImage(out, manifest, plan), scratchFile);
+        return (await lstat(scratchFile)).size;
+      }
+      // Redaction can change a file's length, which a tar header must state first: dump, redact, pack.
+      // The dump is bounded like the stream (no sparse file expands on the host).
+      planExport(manifest, bytes, guestPath);
+      const entry = await new Ext4Image(raw).lookup(prefix ? `/${prefix}` : "/");
+      const tree = await dumpDirectory(out, entry.inode, bytes);
+      await rm(raw, { force: true });
+      // Redaction replaces each file by a copy, so hardlinks are restored after it.
+      await redactTree(tree, redactor);
+      await restoreHardlinks(tree, manifestEntries(manifest, WALK), "");
+      // GNU tar on pyro's own dump (never following a link), written straight to the file: modes and
+      // hardlinks exact (setuid/setgid dropped, as in the stream), owners root as in the guest, host speed.
+      await runHostCommand(
+        requireExecutable("tar", "tar"),
+        ["-c", "-f", scratchFile, "-C", tree, "--numeric-owner", "--owner=0", "--group=0", "--mode=ug-s", "--format=gnu", "."],
+        { timeoutMs: 1_800_000 },
+      );
       return (await lstat(scratchFile)).size;
-    }
-    // Redaction can change a file's length, which a tar header must state first: dump, redact, pack.
-    const entry = await new Ext4Image(raw).lookup(prefix ? `/${prefix}` : "/");
-    const tree = await dumpDirectory(out, entry.inode, bytes);
-    await rm(raw, { force: true });
-    // Redaction replaces each file by a copy, so hardlinks are restored after it.
-    await redactTree(tree, redactor);
-    await restoreHardlinks(tree, manifest, prefix);
-    // GNU tar on pyro's own dump (never following a link), written straight to the file: modes and
-    // hardlinks exact, owners root as in the guest, host speed.
-    await runHostCommand(
-      requireExecutable("tar", "tar"),
-      ["-c", "-f", scratchFile, "-C", tree, "--numeric-owner", "--owner=0", "--group=0", "--format=gnu", "."],
-      { timeoutMs: 1_800_000 },
-    );
-    return (await lstat(scratchFile)).size;
+    });
   } finally {
     await rm(scratch, { recursive: true, force: true });
   }

@@ -26,6 +26,14 @@ export const SERVICE_DEFAULTS = { readyTimeoutSeconds: 30, readyTimeoutMaxSecond
 /** The /workspace disk's size in GiB: default, and the range --disk-gib / disk_gib accepts. */
 export const WORKSPACE_DISK_GIB = { default: 4, min: 1, max: 1024 } as const;
 
+/**
+ * The guest's walk of a /workspace tree (agent op `tree.manifest`), which diff and export parse on
+ * the host: at most this many bytes (~500k entries), and at most this many entries, whatever their
+ * size, so a hostile guest cannot make the host hold millions of tiny records. Seeds are held to
+ * the same count, so every tree pyro builds can also be diffed and exported.
+ */
+export const TREE_MANIFEST_LIMITS = { bytes: 64 * 1024 * 1024, entries: 500_000 } as const;
+
 /** How many changed files one diff result lists (and, with the patch, formats), and how big a page's patch may grow. */
 export const DIFF_PAGE_LIMITS = {
   summaryFiles: 1000,

@@ -6,13 +6,12 @@
  * the host after the hostile-archive checks.
  */
 import { lstat, realpath, stat } from "node:fs/promises";
-import { Readable } from "node:stream";
 import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
 import { RootedTree } from "../storage/rooted-path.js";
 import { extractTarInRoot } from "../storage/rooted-tar-extract.js";
 import { SKIPPED_SHOWN, type WorkspaceRecord } from "./workspace-record.js";
-import { prepareTree } from "./archive-safety.js";
+import { archiveStream, checkArchivePath, validateTarStream } from "./archive-safety.js";
 import { resolveProjectSeed, type ProjectSource } from "./project-seed.js";
 import type { SeedFileSet, SeedOrigin, SeedOriginKind, SkippedSeedFile } from "./seed-files.js";
 import type { SeedScan, SeedSource } from "./seed-image.js";
@@ -57,9 +56,13 @@ export async function prepareWorkspaceSeed(seed: WorkspaceSeedSource, scratch: (
     case "files":
       return { source: { root: seed.files.root, paths: seed.files.paths }, mode: "directory", origin: seed.files.origin, skipped: seed.files.skipped };
     case "archive": {
-      const tree = await prepareTree(seed.path);
+      // Two streamed passes, never the archive whole in memory: every entry is checked before
+      // anything is written, then pyro's rooted extractor unpacks it (and holds its own line, should
+      // the file change in between).
+      await checkArchivePath(seed.path);
+      await validateTarStream(await archiveStream(seed.path), true);
       const root = await scratch();
-      await extractTarInRoot(new RootedTree(root), Readable.from([tree.tar]), { label: seed.path });
+      await extractTarInRoot(new RootedTree(root), await archiveStream(seed.path), { label: seed.path });
       return { source: { root }, mode: "tar_archive", origin: seed.origin, skipped: [] };
     }
   }
