@@ -405,6 +405,16 @@ export class AgentClient {
     await this.call("file.extract", { archive, path: dest }, undefined, { timeoutMs: 600_000 });
   }
 
+  /**
+   * Unpacks a tar sent as the request's payload (whole entries, at most a frame's payload) into
+   * `dest`, beneath it as extractArchive does, without staging it on the guest's disk. Returns the
+   * number of entries the guest says it created.
+   */
+  async unpackTree(dest: string, tar: Buffer): Promise<number> {
+    const { header } = await this.call("tree.unpack", { path: dest }, tar, { timeoutMs: 600_000 });
+    return header.entries;
+  }
+
   async mkdir(path: string): Promise<void> {
     await this.call("file.mkdir", { path });
   }

@@ -168,6 +168,7 @@ const CONTRACTS = {
     check: listCheck,
   },
   "file.extract": { schema: z.looseObject({ entries: count }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
+  "tree.unpack": { schema: z.looseObject({ entries: count }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   "workspace.mount": {
     schema: z.looseObject({ mounted: z.literal(true), already: z.boolean() }),
     maxHeaderBytes: SMALL_HEADER_BYTES,

@@ -4,7 +4,6 @@ import { lstat, mkdir, rename, rm, symlink, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { spawn } from "node:child_process";
-import { Header, Pax } from "tar";
 import { PyroError } from "../errors.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { runSandboxed, sandboxArgs, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
@@ -13,6 +12,7 @@ import { diskChain } from "../storage/qcow2-backing-chain.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { RootedTree } from "../storage/rooted-path.js";
 import { Ext4Image } from "./disk-image.js";
+import { TAR_BLOCK, tarHeader } from "./tar-header.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import type { Redactor } from "./secret-redaction.js";
 import type { ManifestEntry } from "./tree-manifest.js";
@@ -207,29 +207,6 @@ class StreamReader {
     }
     return true;
   }
-}
-
-const TAR_BLOCK = 512;
-
-/** A tar header (with a pax header first where ustar cannot hold the name, size or times). */
-interface TarFields {
-  path: string;
-  type: "File" | "Directory" | "SymbolicLink" | "Link";
-  mode: number;
-  uid: number;
-  gid: number;
-  mtime: Date;
-  size: number;
-  linkpath?: string;
-}
-
-function tarHeader(fields: TarFields): Buffer {
-  const header = new Header(fields);
-  const needsPax = header.encode();
-  const pax = needsPax
-    ? new Pax({ path: fields.path, ...(fields.linkpath ? { linkpath: fields.linkpath } : {}), size: fields.size, mtime: fields.mtime }).encode()
-    : Buffer.alloc(0);
-  return Buffer.concat([pax, header.block!]);
 }
 
 /**

@@ -193,6 +193,7 @@ fn dispatch(ctx: &Context, op: &str, header: &Json, payload: Vec<u8>) -> Result<
         "file.mkdir" => files::mkdir(header),
         "file.remove" => files::remove(header),
         "file.extract" => crate::tar_extract::extract(header),
+        "tree.unpack" => crate::tar_extract::unpack(header, payload),
         "workspace.mount" => crate::workspace_disk::mount(header),
         "tree.manifest" => crate::workspace_disk::manifest(header),
         "service.start" => ctx.services.start(&ctx.registry, header),
