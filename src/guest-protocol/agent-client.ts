@@ -448,6 +448,15 @@ export class AgentClient {
     return this.call("tree.manifest", { path, max_bytes: maxBytes }, undefined, { timeoutMs });
   }
 
+  /**
+   * tree.manifest's records for only what changed under `path` since `sinceNs` (ns since the epoch,
+   * as a decimal string: JSON numbers cannot hold it), with what the host needs to place them: the
+   * root's children, a changed directory's children, and the directories above each record.
+   */
+  async treeChanges(path: string, sinceNs: bigint, maxBytes: number, timeoutMs = 600_000): Promise<{ header: AgentReply<"tree.changes">; payload: Buffer }> {
+    return this.call("tree.changes", { path, since_ns: sinceNs.toString(), max_bytes: maxBytes }, undefined, { timeoutMs });
+  }
+
   /** Starts a supervised background process; its output goes to the log paths in the reply. */
   async serviceStart(req: ServiceStartRequest): Promise<ServiceState> {
     return (await this.call("service.start", { name: req.name, cwd: req.cwd, env: req.env, ...serviceCommandFields(req.command) })).header;

@@ -179,6 +179,11 @@ const CONTRACTS = {
     maxHeaderBytes: SMALL_HEADER_BYTES,
     maxPayloadBytes: (request) => requestCount(request, "max_bytes", DEFAULT_MANIFEST_BYTES),
   },
+  "tree.changes": {
+    schema: z.looseObject({ entries: count, truncated: z.boolean() }),
+    maxHeaderBytes: SMALL_HEADER_BYTES,
+    maxPayloadBytes: (request) => requestCount(request, "max_bytes", DEFAULT_MANIFEST_BYTES),
+  },
   "file.mkdir": { schema: pathReply, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   "file.remove": { schema: pathReply, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   "service.start": { schema: serviceState, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },

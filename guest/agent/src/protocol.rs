@@ -196,6 +196,7 @@ fn dispatch(ctx: &Context, op: &str, header: &Json, payload: Vec<u8>) -> Result<
         "tree.unpack" => crate::tar_extract::unpack(header, payload),
         "workspace.mount" => crate::workspace_disk::mount(header),
         "tree.manifest" => crate::workspace_disk::manifest(header),
+        "tree.changes" => crate::workspace_disk::changes(header),
         "service.start" => ctx.services.start(&ctx.registry, header),
         "service.status" => ctx.services.status(header),
         "service.list" => ctx.services.list(),
