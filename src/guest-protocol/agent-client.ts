@@ -405,6 +405,16 @@ export class AgentClient {
     await this.call("file.extract", { archive, path: dest }, undefined, { timeoutMs: 600_000 });
   }
 
+  /**
+   * Unpacks a tar sent as the request's payload (whole entries, at most a frame's payload) into
+   * `dest`, beneath it as extractArchive does, without staging it on the guest's disk. Returns the
+   * number of entries the guest says it created.
+   */
+  async unpackTree(dest: string, tar: Buffer): Promise<number> {
+    const { header } = await this.call("tree.unpack", { path: dest }, tar, { timeoutMs: 600_000 });
+    return header.entries;
+  }
+
   async mkdir(path: string): Promise<void> {
     await this.call("file.mkdir", { path });
   }
@@ -436,6 +446,15 @@ export class AgentClient {
   /** The guest's manifest of the tree under `path` (payload), at most `maxBytes` of it. */
   async treeManifest(path: string, maxBytes: number, timeoutMs = 600_000): Promise<{ header: AgentReply<"tree.manifest">; payload: Buffer }> {
     return this.call("tree.manifest", { path, max_bytes: maxBytes }, undefined, { timeoutMs });
+  }
+
+  /**
+   * tree.manifest's records for only what changed under `path` since `sinceNs` (ns since the epoch,
+   * as a decimal string: JSON numbers cannot hold it), with what the host needs to place them: the
+   * root's children, a changed directory's children, and the directories above each record.
+   */
+  async treeChanges(path: string, sinceNs: bigint, maxBytes: number, timeoutMs = 600_000): Promise<{ header: AgentReply<"tree.changes">; payload: Buffer }> {
+    return this.call("tree.changes", { path, since_ns: sinceNs.toString(), max_bytes: maxBytes }, undefined, { timeoutMs });
   }
 
   /** Starts a supervised background process; its output goes to the log paths in the reply. */

@@ -168,12 +168,18 @@ const CONTRACTS = {
     check: listCheck,
   },
   "file.extract": { schema: z.looseObject({ entries: count }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
+  "tree.unpack": { schema: z.looseObject({ entries: count }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   "workspace.mount": {
     schema: z.looseObject({ mounted: z.literal(true), already: z.boolean() }),
     maxHeaderBytes: SMALL_HEADER_BYTES,
     maxPayloadBytes: noPayload,
   },
   "tree.manifest": {
+    schema: z.looseObject({ entries: count, truncated: z.boolean() }),
+    maxHeaderBytes: SMALL_HEADER_BYTES,
+    maxPayloadBytes: (request) => requestCount(request, "max_bytes", DEFAULT_MANIFEST_BYTES),
+  },
+  "tree.changes": {
     schema: z.looseObject({ entries: count, truncated: z.boolean() }),
     maxHeaderBytes: SMALL_HEADER_BYTES,
     maxPayloadBytes: (request) => requestCount(request, "max_bytes", DEFAULT_MANIFEST_BYTES),

@@ -2,7 +2,9 @@ import { randomBytes } from "node:crypto";
 import { isPyroError, PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { capturedText } from "../guest-protocol/messages.js";
-import { MAX_ARCHIVE_BYTES, validateTar } from "./archive-safety.js";
+import { MAX_PAYLOAD_LEN } from "../guest-protocol/frame-codec.js";
+import { MAX_ARCHIVE_BYTES, validateTar, type ArchiveSummary } from "./archive-safety.js";
+import { directoryTarBatches, FileTooLargeForBatch } from "./directory-tar-batches.js";
 
 /** Frames carry at most 128 MiB; bigger transfers go in pieces of this size. */
 const CHUNK_BYTES = 32 * 1024 * 1024;
@@ -39,6 +41,28 @@ export async function extractTarInGuest(agent: AgentClient, tar: Buffer, dest: s
   } finally {
     await agent.remove(staging).catch(() => undefined);
   }
+}
+
+/** Room left in a request's payload for a file's own tar headers (pax names up to PATH_MAX and more). */
+const BATCH_HEADER_ROOM = 1024 * 1024;
+
+/**
+ * Copies a host directory into `dest` in the guest as whole-entry tar batches the agent unpacks
+ * from each request (tree.unpack), beneath `dest` as extractTarInGuest does. Returns the summary,
+ * or undefined when this way cannot be taken and nothing needs undoing by the caller's fallback
+ * (the staged tar): an agent older than tree.unpack, or a file bigger than one request (what went
+ * before it is simply written again).
+ */
+export async function pushDirectoryInBatches(agent: AgentClient, source: string, dest: string): Promise<ArchiveSummary | undefined> {
+  const summary: ArchiveSummary = { files: 0, directories: 0, symlinks: 0, bytes: 0 };
+  try {
+    for await (const batch of directoryTarBatches(source, summary, MAX_PAYLOAD_LEN - BATCH_HEADER_ROOM)) await agent.unpackTree(dest, batch);
+  } catch (error) {
+    if (error instanceof FileTooLargeForBatch) return undefined;
+    if (isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "unknown_op") return undefined;
+    throw error;
+  }
+  return summary;
 }
 
 /**

@@ -7,7 +7,7 @@ import { Ext4Image } from "./disk-image.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import { readFileChunks } from "./guest-transfer.js";
 import type { Redactor } from "./secret-redaction.js";
-import { type ManifestEntry, manifestEntries, manifestEntryAt, manifestRecords } from "./tree-manifest.js";
+import { type ManifestEntry, manifestEntries, manifestEntryAt, manifestRecords, parseManifest } from "./tree-manifest.js";
 import { baselineManifestPath, seedImagePath } from "./workspace-boot.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
@@ -129,13 +129,13 @@ export function changedEntries(baseline: Buffer, current: Iterable<ManifestEntry
 }
 
 /**
- * The guest's manifest of /workspace, checked like any guest data: parsed record by record as the
- * caller iterates (once), a malformed record closing the connection as a protocol violation.
+ * The guest's manifest of `dir` (default /workspace), checked like any guest data: parsed record by
+ * record as the caller iterates (once), a malformed record closing the connection as a protocol
+ * violation.
  */
-export async function guestManifest(agent: AgentClient): Promise<Iterable<ManifestEntry>> {
-  const { header, payload } = await agent.treeManifest(WORKSPACE_ROOT, MAX_MANIFEST_BYTES, 600_000);
-  if (header.truncated === true)
-    throw new PyroError("GUEST_OPERATION_FAILED", `/workspace has too many entries to diff (its listing is over ${MAX_MANIFEST_BYTES >> 20} MiB)`);
+export async function guestManifest(agent: AgentClient, dir = WORKSPACE_ROOT): Promise<Iterable<ManifestEntry>> {
+  const { header, payload } = await agent.treeManifest(dir, MAX_MANIFEST_BYTES, 600_000);
+  if (header.truncated === true) throw tooManyEntries(dir);
   return (function* () {
     try {
       yield* manifestEntries(payload, { order: "walk" });
@@ -144,6 +144,127 @@ export async function guestManifest(agent: AgentClient): Promise<Iterable<Manife
       throw error;
     }
   })();
+}
+
+const tooManyEntries = (dir: string) =>
+  new PyroError("GUEST_OPERATION_FAILED", `${dir} has too many entries to diff (its listing is over ${MAX_MANIFEST_BYTES >> 20} MiB)`);
+
+/** The guest's `tree.changes` of /workspace, checked like any guest data (a subset of a walk: parsed whole, in any order). */
+function checkedChanges(agent: AgentClient, truncated: boolean, payload: Buffer): ManifestEntry[] {
+  if (truncated) throw tooManyEntries(WORKSPACE_ROOT);
+  try {
+    return parseManifest(payload);
+  } catch (error) {
+    if (isPyroError(error, "GUEST_PROTOCOL_ERROR")) throw agent.rejectGuestData(error.message);
+    throw error;
+  }
+}
+
+/** Past this many moved directories (each fetched whole), one full manifest is asked for instead. */
+const MAX_MOVED_DIRECTORIES = 64;
+
+const parentOf = (path: string) => path.slice(0, Math.max(0, path.lastIndexOf("/")));
+
+/** What rebuilding the current manifest may ask for besides the guest's changes. */
+export interface ChangeSources {
+  /** The inode numbers these paths had in the baseline (the seed image); absent ones are left out. */
+  baselineInodes(paths: string[]): Promise<Map<string, number>>;
+  /** The guest's whole manifest of one directory, paths relative to it. */
+  fetchSubtree(path: string): Promise<ManifestEntry[]>;
+}
+
+/**
+ * The whole current manifest, rebuilt from the baseline and what the guest's `tree.changes` sent
+ * (`changed`: every entry with a ctime after `sinceNs`, the children of the root and of every such
+ * directory, and the directories above them). An entry that was not sent has not changed since the
+ * baseline and neither has its name in its directory (creating, removing or renaming a name sets
+ * the ctime of its directory, and a rename that of what moved); so it is where the baseline has it
+ * unless a directory above it moved. A directory that moved has a new ctime, so it was listed
+ * whole, but the directories in it that did not change were not walked: where a changed directory
+ * holds such unchanged ones, it is checked to be the baseline's directory at its path (same inode
+ * in the seed image), else fetched whole. Returns undefined when so many directories moved that
+ * one full manifest is cheaper.
+ */
+export async function rebuildCurrentManifest(
+  baseline: Buffer,
+  changed: ManifestEntry[],
+  sinceNs: bigint,
+  sources: ChangeSources,
+): Promise<Iterable<ManifestEntry> | undefined> {
+  const index = new ManifestIndex(baseline);
+  const before = {
+    get(path: string): ManifestEntry | undefined {
+      const ordinal = index.find(path);
+      return ordinal === undefined ? undefined : index.entry(ordinal);
+    },
+  };
+  const now = new Map(changed.map((e) => [e.path, e]));
+  // Directories whose children were all sent: the root, and every directory that changed itself.
+  const complete = new Set([""]);
+  for (const e of changed) if (e.type === "d" && e.ctimeNs > sinceNs) complete.add(e.path);
+  // Changed directories holding unchanged ones (whose contents were not sent); the root never moves.
+  const holders = new Set<string>();
+  for (const e of changed) {
+    const parent = parentOf(e.path);
+    if (e.type === "d" && e.ctimeNs <= sinceNs && parent && complete.has(parent)) holders.add(parent);
+  }
+  const inBaseline = [...holders].filter((d) => before.get(d)?.type === "d");
+  const baselineInodes = inBaseline.length ? await sources.baselineInodes(inBaseline) : new Map<string, number>();
+  const moved: string[] = [];
+  for (const dir of [...holders].sort()) {
+    if (baselineInodes.get(dir) === now.get(dir)!.ino) continue;
+    if (!moved.some((m) => dir.startsWith(`${m}/`))) moved.push(dir);
+  }
+  if (moved.length > MAX_MOVED_DIRECTORIES) return undefined;
+  for (const dir of moved) {
+    for (const e of await sources.fetchSubtree(dir)) {
+      const path = `${dir}/${e.path}`;
+      now.set(path, { ...e, path });
+      if (e.type === "d") complete.add(path);
+    }
+  }
+  const alive = new Map<string, boolean>([["", true]]);
+  // Whether the directory at `dir` still holds what the baseline had there (where not sent).
+  const holdsBaseline = (dir: string): boolean => {
+    let known = alive.get(dir);
+    if (known === undefined) {
+      const sent = now.get(dir);
+      known = sent ? sent.type === "d" && before.get(dir)?.type === "d" : baselineKept(dir);
+      alive.set(dir, known);
+    }
+    return known;
+  };
+  // A baseline entry that was not sent is still there iff its directory was not listed whole
+  // without it and that directory still holds the baseline's contents.
+  const baselineKept = (path: string): boolean => {
+    const parent = parentOf(path);
+    return !complete.has(parent) && holdsBaseline(parent);
+  };
+  // Only the changes are held; the unchanged rest is read from the baseline as the caller iterates.
+  return (function* () {
+    yield* now.values();
+    for (const e of manifestEntries(baseline)) if (!now.has(e.path) && baselineKept(e.path)) yield e;
+  })();
+}
+
+/**
+ * The current manifest of /workspace: from the changes since the baseline was built where the
+ * guest's agent has tree.changes, else (an older agent, or many moved directories) the full walk.
+ */
+async function currentManifest(agent: AgentClient, seedImage: Ext4Image, baseline: Buffer, sinceNs: bigint): Promise<Iterable<ManifestEntry>> {
+  let changed: ManifestEntry[];
+  try {
+    const { header, payload } = await agent.treeChanges(WORKSPACE_ROOT, sinceNs, MAX_MANIFEST_BYTES);
+    changed = checkedChanges(agent, header.truncated === true, payload);
+  } catch (error) {
+    if (isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "unknown_op") return guestManifest(agent);
+    throw error;
+  }
+  const rebuilt = await rebuildCurrentManifest(baseline, changed, sinceNs, {
+    baselineInodes: async (paths) => new Map([...(await seedImage.lookupMany(paths))].map(([path, e]) => [path, e.inode])),
+    fetchSubtree: async (dir) => [...(await guestManifest(agent, `${WORKSPACE_ROOT}/${dir}`))],
+  });
+  return rebuilt ?? guestManifest(agent);
 }
 
 export interface DiskDiffPage {
@@ -179,7 +300,8 @@ export async function diffWorkspaceDisk(
   const builtAt = record.seed.built_at_ns;
   if (builtAt === null) throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
   const baseline = await readFile(baselineManifestPath(ctx, record.id));
-  const changes = changedEntries(baseline, await guestManifest(agent), BigInt(builtAt));
+  const since = BigInt(builtAt);
+  const changes = changedEntries(baseline, await currentManifest(agent, new Ext4Image(seedImagePath(ctx, record.id)), baseline, since), since);
   const counts = { added: 0, modified: 0, deleted: 0 };
   for (const c of changes) counts[c.status]++;
   const page = changes.slice(offset, offset + limit);

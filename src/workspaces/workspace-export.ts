@@ -4,7 +4,6 @@ import { lstat, mkdir, open, rename, rm, symlink, unlink } from "node:fs/promise
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { spawn } from "node:child_process";
-import { Header, Pax } from "tar";
 import { isPyroError, PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
@@ -14,6 +13,7 @@ import { diskChain } from "../storage/qcow2-backing-chain.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { RootedTree } from "../storage/rooted-path.js";
 import { Ext4Image } from "./disk-image.js";
+import { TAR_BLOCK, tarHeader } from "./tar-header.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import type { Redactor } from "./secret-redaction.js";
 import { manifestEntries, type ManifestEntry } from "./tree-manifest.js";
@@ -219,8 +219,6 @@ class StreamReader {
   }
 }
 
-const TAR_BLOCK = 512;
-
 /** The guest's manifests come in the agent's walk order, which lets the parse keep only the directories not yet walked. */
 const WALK = { order: "walk" } as const;
 
@@ -231,27 +229,6 @@ const WALK = { order: "walk" } as const;
  */
 export function exportedMode(mode: number): number {
   return mode & 0o1777;
-}
-
-/** A tar header (with a pax header first where ustar cannot hold the name, size or times). */
-interface TarFields {
-  path: string;
-  type: "File" | "Directory" | "SymbolicLink" | "Link";
-  mode: number;
-  uid: number;
-  gid: number;
-  mtime: Date;
-  size: number;
-  linkpath?: string;
-}
-
-function tarHeader(fields: TarFields): Buffer {
-  const header = new Header(fields);
-  const needsPax = header.encode();
-  const pax = needsPax
-    ? new Pax({ path: fields.path, ...(fields.linkpath ? { linkpath: fields.linkpath } : {}), size: fields.size, mtime: fields.mtime }).encode()
-    : Buffer.alloc(0);
-  return Buffer.concat([pax, header.block!]);
 }
 
 /** The files whose contents an export reads (each inode once: further names are hardlinks), and how many bytes they hold. */

@@ -1,30 +1,43 @@
-import { open, readFile, writeFile } from "node:fs/promises";
+import { open, readFile, stat, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { Header, Pack, Parser, ReadEntry } from "tar";
 import { PyroError } from "../errors.js";
 import { assertOutputFree, publishNewFile } from "../storage/new-host-file.js";
 import { prepareTree } from "./archive-safety.js";
 import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
-import { extractTarInGuest, packInGuest, readFileChunks } from "./guest-transfer.js";
+import { extractTarInGuest, packInGuest, pushDirectoryInBatches, readFileChunks } from "./guest-transfer.js";
 import { formatFileDiff, type TreeEntry } from "./file-diff.js";
 import { exportDirectoryFromDisk } from "./workspace-export.js";
 import { diffWorkspaceDisk, type DiffOptions, type DiskDiffPage } from "./workspace-diff.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { Redactor } from "./secret-redaction.js";
 
-/** Copies a host directory or archive into the workspace (default: /workspace itself). */
+/**
+ * Copies a host directory or archive into the workspace (default: /workspace itself). A directory
+ * streams in batches the agent unpacks from each request; an archive (and a directory holding a
+ * file too big for one request, or a guest whose agent predates batches) goes as one validated
+ * tar staged on the guest's disk.
+ */
 export async function syncPush(ctx: WorkspaceContext, ref: string, source: string, dest = WORKSPACE_ROOT) {
   const guestDest = workspacePath(dest);
-  const tree = await prepareTree(source); // validated before the workspace is touched
+  const isDirectory = (await stat(source).catch(() => undefined))?.isDirectory() === true;
+  // An archive is validated before the workspace is touched.
+  const archive = isDirectory ? undefined : await prepareTree(source);
   return withRunningWorkspace(
     ctx,
     ref,
     async (record, vm) => {
-      await extractTarInGuest(vm.agent, tree.tar, guestDest);
+      let tree = archive;
+      const streamed = isDirectory ? await pushDirectoryInBatches(vm.agent, source, guestDest) : undefined;
+      if (!streamed) {
+        tree ??= await prepareTree(source);
+        await extractTarInGuest(vm.agent, tree.tar, guestDest);
+      }
       await vm.agent.sync();
       record.last_activity_at = record.updated_at = nowIso();
       await ctx.store.write(record);
-      return { workspace_id: record.id, source, destination: guestDest, mode: tree.mode, ...tree.summary };
+      const summary = streamed ?? tree!.summary;
+      return { workspace_id: record.id, source, destination: guestDest, mode: isDirectory ? ("directory" as const) : tree!.mode, ...summary };
     },
     "sync push",
   );

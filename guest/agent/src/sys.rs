@@ -16,6 +16,7 @@ pub struct timespec {
 }
 
 extern "C" {
+    fn futimens(fd: c_int, times: *const timespec) -> c_int;
     fn mount(src: *const c_char, target: *const c_char, fstype: *const c_char, flags: c_ulong, data: *const c_void) -> c_int;
     fn sethostname(name: *const c_char, len: usize) -> c_int;
     pub fn fork() -> pid_t;
@@ -133,6 +134,13 @@ pub fn kill_group(pgid: pid_t, sig: c_int) {
             kill(-pgid, sig);
         }
     }
+}
+
+/// Sets an open file's access and modification times to `secs` (whole seconds, as tar keeps them).
+pub fn set_file_times(f: &std::fs::File, secs: i64) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let times = [timespec { tv_sec: secs as c_long, tv_nsec: 0 }, timespec { tv_sec: secs as c_long, tv_nsec: 0 }];
+    check(unsafe { futimens(f.as_raw_fd(), times.as_ptr()) })
 }
 
 pub fn sync_all() {

@@ -75,6 +75,37 @@ fn push_record(out: &mut Vec<u8>, rel: &[u8], meta: &fs::Metadata, target: &[u8]
 /// Walks a directory without following symlinks or leaving its filesystem, and returns one record
 /// per entry (the root itself excluded) as the payload. Stops at `max_bytes` of records (`truncated`).
 pub fn manifest(header: &Json) -> Result<Reply, OpError> {
+    walk_reply(header, None)
+}
+
+/**
+ * `tree.changes` { path, since_ns (decimal string), max_bytes }: the same walk and records as
+ * `tree.manifest`, but only those the host needs to rebuild the whole manifest from the baseline it
+ * holds: every entry whose ctime is after `since_ns` (a change of contents, mode, links or name
+ * sets it), every child of the root and of a directory whose ctime is after it (so additions,
+ * removals and renames in it show), and the directories above each of those (parents first, as
+ * in a manifest). Every entry is still stat'ed; what is saved is sending and parsing the rest.
+ */
+pub fn changes(header: &Json) -> Result<Reply, OpError> {
+    let since = header.get("since_ns").and_then(Json::as_str).and_then(|t| t.parse::<i128>().ok()).ok_or_else(|| OpError::bad_request("since_ns (decimal string) is required"))?;
+    walk_reply(header, Some(since))
+}
+
+/// A directory met on the walk: its record, whether it was sent, and the directory above it.
+struct WalkedDir {
+    rel: Vec<u8>,
+    record: Vec<u8>,
+    sent: bool,
+    parent: usize,
+    /// Its ctime is after `since` (or it is the root): all its children are sent.
+    whole: bool,
+}
+
+fn ctime_ns(meta: &fs::Metadata) -> i128 {
+    meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128
+}
+
+fn walk_reply(header: &Json, since: Option<i128>) -> Result<Reply, OpError> {
     let root = header.get("path").and_then(Json::as_str).ok_or_else(|| OpError::bad_request("path (string) is required"))?;
     let max_bytes = header.get("max_bytes").and_then(Json::as_i64).unwrap_or(64 << 20).max(0) as usize;
     let top = fs::symlink_metadata(root).map_err(|e| crate::files::io_error(root, e))?;
@@ -85,15 +116,19 @@ pub fn manifest(header: &Json) -> Result<Reply, OpError> {
     let mut out = Vec::new();
     let mut entries = 0i64;
     let mut truncated = false;
+    // Index 0 is the root: never sent, its children always are.
+    let mut dirs = vec![WalkedDir { rel: Vec::new(), record: Vec::new(), sent: true, parent: 0, whole: true }];
     // Depth first, names sorted: the same tree gives the same bytes.
-    let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
-    'walk: while let Some(rel) = stack.pop() {
+    let mut stack: Vec<usize> = vec![0];
+    'walk: while let Some(at) = stack.pop() {
+        let rel = std::mem::take(&mut dirs[at].rel);
         let dir = if rel.is_empty() { std::path::PathBuf::from(root) } else { std::path::Path::new(root).join(std::ffi::OsStr::from_bytes(&rel)) };
         let mut names: Vec<Vec<u8>> = match fs::read_dir(&dir) {
             Ok(it) => it.filter_map(|e| e.ok()).map(|e| e.file_name().as_bytes().to_vec()).collect(),
             Err(_) => continue, // vanished or unreadable while walking: its parent's record stands
         };
         names.sort();
+        let whole = dirs[at].whole;
         let mut subdirs = Vec::new();
         for name in names {
             let child_rel = if rel.is_empty() { name.clone() } else { [rel.as_slice(), b"/", name.as_slice()].concat() };
@@ -103,18 +138,88 @@ pub fn manifest(header: &Json) -> Result<Reply, OpError> {
                 Err(_) => continue,
             };
             let target = if meta.file_type().is_symlink() { fs::read_link(&path).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default() } else { Vec::new() };
-            if out.len() + child_rel.len() + target.len() + 96 > max_bytes {
-                truncated = true;
-                break 'walk;
+            let mut record = Vec::new();
+            push_record(&mut record, &child_rel, &meta, &target);
+            let changed = since.map_or(true, |t| ctime_ns(&meta) > t);
+            let send = whole || changed;
+            if send {
+                // The directories above it first, those not sent yet, outermost first.
+                let mut chain = Vec::new();
+                let mut up = at;
+                while !dirs[up].sent {
+                    chain.push(up);
+                    up = dirs[up].parent;
+                }
+                let pending: usize = chain.iter().map(|d| dirs[*d].record.len()).sum();
+                if out.len() + pending + record.len() > max_bytes {
+                    truncated = true;
+                    break 'walk;
+                }
+                for d in chain.into_iter().rev() {
+                    out.extend_from_slice(&dirs[d].record);
+                    dirs[d].sent = true;
+                    entries += 1;
+                }
+                out.extend_from_slice(&record);
+                entries += 1;
             }
-            push_record(&mut out, &child_rel, &meta, &target);
-            entries += 1;
             if meta.is_dir() && meta.dev() == device {
-                subdirs.push(child_rel);
+                dirs.push(WalkedDir { rel: child_rel, record: if send { Vec::new() } else { record }, sent: send, parent: at, whole: changed });
+                subdirs.push(dirs.len() - 1);
             }
         }
         // Reversed onto the stack so the smallest name is walked first.
         stack.extend(subdirs.into_iter().rev());
     }
     Ok(Reply { header: obj(vec![("entries", Json::Int(entries)), ("truncated", Json::Bool(truncated))]), payload: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths_of(reply: &Reply) -> Vec<String> {
+        let mut out = Vec::new();
+        let fields: Vec<&[u8]> = reply.payload.split(|b| *b == 0).collect();
+        for record in fields.chunks(3) {
+            if record.len() == 3 {
+                out.push(String::from_utf8_lossy(record[1]).into_owned());
+            }
+        }
+        out
+    }
+
+    fn ask(op: fn(&Json) -> Result<Reply, OpError>, root: &std::path::Path, since: Option<i128>) -> Vec<String> {
+        let mut fields = vec![("path", s(root.to_str().unwrap()))];
+        if let Some(t) = since {
+            fields.push(("since_ns", s(&t.to_string())));
+        }
+        paths_of(&op(&obj(fields)).unwrap())
+    }
+
+    #[test]
+    fn changes_send_changed_entries_their_directories_and_changed_directories_children() {
+        let base = std::env::temp_dir().join(format!("pyro-changes-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        for d in ["a/deep/er", "b/c", "quiet/x"] {
+            fs::create_dir_all(base.join(d)).unwrap();
+        }
+        for f in ["a/deep/er/f", "a/deep/g", "b/c/h", "b/i", "quiet/x/y", "top"] {
+            fs::write(base.join(f), "v1").unwrap();
+        }
+        let all = ask(manifest, &base, None);
+        let since = all.iter().map(|p| ctime_ns(&fs::symlink_metadata(base.join(p)).unwrap())).max().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        fs::write(base.join("a/deep/er/f"), "v2 longer").unwrap(); // a changed file deep down
+        fs::remove_file(base.join("b/i")).unwrap(); // b changes: all its children go
+        let changed = ask(changes, &base, Some(since));
+        // Root's children always; a/deep/er/f with the directories above it; b's children.
+        assert_eq!(changed, vec!["a", "b", "quiet", "top", "a/deep", "a/deep/er", "a/deep/er/f", "b/c"]);
+        // With no change at all, only the root's children.
+        assert_eq!(ask(changes, &base, Some(i128::MAX)), vec!["a", "b", "quiet", "top"]);
+        // Since the beginning of time, everything: the same as the manifest.
+        assert_eq!(ask(changes, &base, Some(0)), ask(manifest, &base, None));
+        assert!(changes(&obj(vec![("path", s(base.to_str().unwrap()))])).is_err(), "since_ns is required");
+        fs::remove_dir_all(&base).unwrap();
+    }
 }

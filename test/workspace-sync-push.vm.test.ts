@@ -1,0 +1,102 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { link, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Pyro } from "../src/sdk/pyro.js";
+import { PUSH_BATCH_BYTES } from "../src/workspaces/directory-tar-batches.js";
+
+const pyro = new Pyro();
+const TIMEOUT = { timeout: 240_000 };
+
+describe("[vm] sync push streams a directory in batches the agent unpacks", () => {
+  let scratch: string;
+  let id: string;
+  before(async () => {
+    scratch = await mkdtemp(join(tmpdir(), "pyro-push-"));
+    const seed = join(scratch, "seed");
+    await mkdir(join(seed, "app"), { recursive: true });
+    await writeFile(join(seed, "app", "old.txt"), "old\n");
+    id = (await pyro.createWorkspace("debian:12", { seedPath: seed })).workspace_id;
+  });
+  after(async () => {
+    await pyro.deleteWorkspace(id).catch(() => undefined);
+    await rm(scratch, { recursive: true, force: true });
+  });
+
+  it("writes every entry exactly, over what the guest holds, with nothing staged on the guest's disk", TIMEOUT, async () => {
+    // No room to stage an upload: /var/tmp becomes a read-only tmpfs. The guest also plants a link
+    // where a pushed file goes, and gives a pushed name a second (hard) name.
+    await pyro.execWorkspace(
+      id,
+      "mount -t tmpfs -o ro,size=1m tmpfs /var/tmp && echo keep > /etc/pyro-canary && ln -s /etc/pyro-canary /workspace/app/link-trap.txt && echo before > /workspace/app/shared && ln /workspace/app/shared /workspace/shared-other",
+    );
+    const src = join(scratch, "src");
+    const long = `${"d".repeat(110)}/${"f".repeat(200)}.txt`;
+    await mkdir(join(src, "app", "bin"), { recursive: true });
+    await mkdir(join(src, "d".repeat(110)));
+    await mkdir(join(src, "empty"));
+    await writeFile(join(src, "app", "bin", "run"), "#!/bin/sh\necho ran\n", { mode: 0o750 });
+    await utimes(join(src, "app", "bin", "run"), 1_600_000_000, 1_600_000_000);
+    await writeFile(join(src, "app", "link-trap.txt"), "pushed\n");
+    await writeFile(join(src, "app", "shared"), "after\n");
+    await writeFile(join(src, long), "long name\n");
+    await symlink("bin/run", join(src, "app", "run-link"));
+    await link(join(src, "app", "bin", "run"), join(src, "app", "run-hard"));
+    // Bigger than one batch: the push takes several requests.
+    const big = Buffer.alloc(PUSH_BATCH_BYTES + 12_345);
+    for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE(i, i);
+    await writeFile(join(src, "app", "big.bin"), big);
+    for (let i = 0; i < 50; i++) await writeFile(join(src, "app", `small-${i}.txt`), `small ${i}\n`);
+
+    const pushed = await pyro.pushWorkspaceSync(id, src);
+    assert.deepEqual(
+      { files: pushed.files, directories: pushed.directories, symlinks: pushed.symlinks, mode: pushed.mode },
+      { files: 56, directories: 4, symlinks: 1, mode: "directory" },
+    );
+    const check = await pyro.execWorkspace(
+      id,
+      [
+        "cd /workspace",
+        "stat -c '%a %Y %h' app/bin/run",
+        "app/bin/run",
+        "cat /etc/pyro-canary app/link-trap.txt app/shared shared-other",
+        "test -L app/link-trap.txt && echo link || echo not-link",
+        "readlink app/run-link",
+        "stat -c '%i' app/bin/run app/run-hard | uniq | wc -l",
+        `cat '${long}'`,
+        "test -d empty && echo empty-dir",
+        "cat app/old.txt app/small-49.txt",
+        "sha256sum app/big.bin | cut -d' ' -f1",
+        "find / -xdev -name '.pyro-*' 2>/dev/null | wc -l",
+      ].join(" && "),
+    );
+    assert.equal(check.exit_code, 0, check.stderr);
+    assert.deepEqual(check.stdout.trim().split("\n"), [
+      "750 1600000000 2",
+      "ran",
+      "keep",
+      "pushed",
+      "after",
+      "before",
+      "not-link",
+      "bin/run",
+      "1",
+      "long name",
+      "empty-dir",
+      "old",
+      "small 49",
+      createHash("sha256").update(big).digest("hex"),
+      "0",
+    ]);
+  });
+
+  it("refuses to put a file where the guest has a directory, naming it", TIMEOUT, async () => {
+    await pyro.execWorkspace(id, "mkdir -p /workspace/clash/was-a-dir");
+    const src = join(scratch, "clash");
+    await mkdir(src);
+    await writeFile(join(src, "was-a-dir"), "file\n");
+    await assert.rejects(pyro.pushWorkspaceSync(id, src, { dest: "clash" }), (e: Error) => /clash\/was-a-dir/.test(e.message) && /directory/i.test(e.message));
+  });
+});
