@@ -22,7 +22,14 @@ function enableCompileCache(): void {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const st = lstatSync(dir);
     if (!st.isDirectory() || st.uid !== process.getuid?.() || (st.mode & 0o022) !== 0) return;
-    module.enableCompileCache(dir);
+    // Node makes its per-Node-version directory inside as it enables the cache, with the process's
+    // umask: owner-only, like everything else in pyro's home.
+    const umask = process.umask(0o077);
+    try {
+      module.enableCompileCache(dir);
+    } finally {
+      process.umask(umask);
+    }
   } catch {
     // No cache: the CLI works the same, only slower to start.
   }
