@@ -59,10 +59,10 @@ describe("RAM capture: /proc parsers", () => {
  * snapshot restore does) and writes the pages it is given, then waits (paused, as the VM is).
  */
 const MAPPER = `
-import mmap, sys
+import mmap, os, sys
 path, size = sys.argv[1], int(sys.argv[2])
 f = open(path, "r+b")
-m = mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+m = mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=int(os.environ.get("OFFSET", "0")))
 for arg in sys.argv[3:]:
     page, byte = (int(x) for x in arg.split(":"))
     m[page * 4096:(page + 1) * 4096] = bytes([byte]) * 4096
@@ -82,8 +82,11 @@ describe("RAM capture of a private file mapping", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  async function startMapper(file: string, writes: Map<number, number>): Promise<ChildProcess> {
-    const child = spawn(python!, ["-c", MAPPER, file, String(SIZE), ...[...writes].map(([p, b]) => `${p}:${b}`)], { stdio: ["pipe", "pipe", "inherit"] });
+  async function startMapper(file: string, writes: Map<number, number>, offset = 0): Promise<ChildProcess> {
+    const child = spawn(python!, ["-c", MAPPER, file, String(SIZE), ...[...writes].map(([p, b]) => `${p}:${b}`)], {
+      stdio: ["pipe", "pipe", "inherit"],
+      env: { ...process.env, OFFSET: String(offset) },
+    });
     children.push(child);
     await new Promise<void>((resolve, reject) => {
       child.stdout!.once("data", () => resolve());
@@ -91,6 +94,23 @@ describe("RAM capture of a private file mapping", () => {
     });
     return child;
   }
+
+  it("refuses a mapping that does not start at the file's start (a restore maps the capture from offset 0), writing nothing", async (t) => {
+    if (!python) return t.skip("no python3 to map a file");
+    const shared = join(dir, "offset-template.ram");
+    const out = join(dir, "offset-capture.ram");
+    const offset = 1024 * PAGE;
+    const handle = await open(shared, "w", 0o600);
+    await handle.truncate(offset + SIZE);
+    await handle.close();
+    const mapper = await startMapper(shared, new Map([[0, 7]]), offset);
+    try {
+      await assert.rejects(captureMappedRam(mapper.pid!, shared, SIZE, out), (e: { code?: string }) => e.code === "HOST_COMMAND_FAILED");
+    } finally {
+      mapper.kill("SIGKILL");
+    }
+    await assert.rejects(stat(out), { code: "ENOENT" });
+  });
 
   it("writes the mapping's view (own pages over the file's) without allocating the file's holes or exceeding its size", async (t) => {
     if (!python) return t.skip("no python3 to map a file");

@@ -58,8 +58,9 @@ export function isOwnPage(highWord: number): boolean {
 export async function captureMappedRam(pid: number, memoryFile: string, memBytes: number, outPath: string): Promise<RamCapture> {
   const maps = readProc(pid, "maps").toString("utf8");
   const mapping = findRamMapping(maps, memoryFile);
-  if (!mapping || mapping.end - mapping.start < memBytes) {
-    throw new PyroError("HOST_COMMAND_FAILED", `the VM (pid ${pid}) has no single private mapping of ${memBytes} bytes of ${memoryFile}`);
+  // From offset 0 only: a restore maps the capture from its start, and the pages written go no further than the guest's size.
+  if (mapping?.fileOffset !== 0 || mapping.end - mapping.start < memBytes) {
+    throw new PyroError("HOST_COMMAND_FAILED", `the VM (pid ${pid}) has no single private mapping of ${memBytes} bytes of ${memoryFile} from its start`);
   }
   await rm(outPath, { force: true });
   await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", memoryFile, outPath], { privateFiles: true });
