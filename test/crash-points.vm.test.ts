@@ -400,8 +400,12 @@ describe("[vm] crash points: kill -9 of pyro at random points leaves state the n
     ],
   ] as const) {
     it(`fork killed ${point}`, async () => {
-      await writeMarker(main, `before-fork-${point.length}`);
-      const child = spawn(process.execPath, [CLI, "workspace", "fork", main], { stdio: "ignore" });
+      // A source whose RAM is a mapped file (restored from the template): only its fork writes a RAM
+      // file and maps it. main was cold-booted by 'start' above, so its fork streams memory instead.
+      const source = await pyro.createWorkspace("debian:12");
+      assert.equal(source.vm?.start_mode, "template_restore", "the fork source must map its memory from the template");
+      await writeMarker(source.workspace_id, `before-fork-${point.length}`);
+      const child = spawn(process.execPath, [CLI, "workspace", "fork", source.workspace_id], { stdio: "ignore" });
       const exited = new Promise((r) => child.once("exit", r));
       let landed = false;
       for (const deadline = Date.now() + 120_000; Date.now() < deadline && child.exitCode === null; ) {
@@ -415,8 +419,8 @@ describe("[vm] crash points: kill -9 of pyro at random points leaves state the n
       await exited;
       log.push(`fork (${point}): ${landed ? "killed there" : "finished before that point was seen"}`);
       assert.ok(landed, `the fork finished before the crash point (${point}) was seen`);
-      await checkInvariants(`fork (${point})`, ["workspace", "status", main, "--json"]);
-      await checkFiles(`fork (${point})`, main);
+      await checkInvariants(`fork (${point})`, ["workspace", "status", source.workspace_id, "--json"]);
+      await checkFiles(`fork (${point})`, source.workspace_id);
       await dropOthers();
       assert.deepEqual(await forkMemoryFiles(), [], "a fork RAM file outlived every VM");
     });
