@@ -5,19 +5,9 @@ import { isPyroError } from "../src/errors.js";
 import { encodeManifest, type ManifestEntry, manifestEntries, parseManifest } from "../src/workspaces/tree-manifest.js";
 import { changedEntries } from "../src/workspaces/workspace-diff.js";
 import { TREE_MANIFEST_LIMITS } from "../src/workspaces/workspace-limits.js";
+import { manifestEntry } from "./helpers/manifest-fixtures.js";
 
-const entry = (path: string, fields: Partial<ManifestEntry> = {}): ManifestEntry => ({
-  path,
-  type: "f",
-  mode: 0o644,
-  size: 1,
-  mtimeNs: 0n,
-  ctimeNs: 0n,
-  ino: 0,
-  nlink: 1,
-  target: "",
-  ...fields,
-});
+const entry = manifestEntry;
 
 const tooMany = (e: unknown) => isPyroError(e, "GUEST_OPERATION_FAILED") && /more than \d+ files and directories/.test(e.message);
 

@@ -12,19 +12,9 @@ import { encodeManifest, parseManifest, type ManifestEntry } from "../src/worksp
 import { changedEntries } from "../src/workspaces/workspace-diff.js";
 import { Redactor } from "../src/workspaces/secret-redaction.js";
 import { redactTree, restoreHardlinks } from "../src/workspaces/workspace-export.js";
+import { manifestEntry } from "./helpers/manifest-fixtures.js";
 
-const entry = (path: string, fields: Partial<ManifestEntry> = {}): ManifestEntry => ({
-  path,
-  type: "f",
-  mode: 0o644,
-  size: 1,
-  mtimeNs: 0n,
-  ctimeNs: 0n,
-  ino: 0,
-  nlink: 1,
-  target: "",
-  ...fields,
-});
+const entry = manifestEntry;
 
 describe("tree manifests (the guest's walk of /workspace is hostile input)", () => {
   it("round-trips what it encodes", () => {
