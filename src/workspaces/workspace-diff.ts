@@ -57,7 +57,7 @@ function pathHash(path: string): number {
  * (~50 MB of peak RSS). Every hit is confirmed by reading the record again; paths whose hash an
  * earlier path took are kept by name.
  */
-class ManifestIndex {
+export class ManifestIndex {
   private readonly byHash = new Map<number, number>();
   private readonly collided = new Map<string, number>();
   private offsets = new Uint32Array(1024);
@@ -97,8 +97,8 @@ class ManifestIndex {
  * is not a change. Neither manifest is held as objects (200k entries cost ~100 MB that way): the
  * baseline is indexed by path hash, the current one compared as it is parsed.
  */
-export function changedEntries(baseline: Buffer, current: Iterable<ManifestEntry>, builtAtNs: bigint): Change[] {
-  const index = new ManifestIndex(baseline);
+export function changedEntries(baseline: Buffer | ManifestIndex, current: Iterable<ManifestEntry>, builtAtNs: bigint): Change[] {
+  const index = baseline instanceof ManifestIndex ? baseline : new ManifestIndex(baseline);
   const present = new Uint8Array(index.count);
   const changes: Change[] = [];
   for (const after of current) {
@@ -186,12 +186,12 @@ export interface ChangeSources {
  * one full manifest is cheaper.
  */
 export async function rebuildCurrentManifest(
-  baseline: Buffer,
+  baseline: Buffer | ManifestIndex,
   changed: ManifestEntry[],
   sinceNs: bigint,
   sources: ChangeSources,
 ): Promise<Iterable<ManifestEntry> | undefined> {
-  const index = new ManifestIndex(baseline);
+  const index = baseline instanceof ManifestIndex ? baseline : new ManifestIndex(baseline);
   const before = {
     get(path: string): ManifestEntry | undefined {
       const ordinal = index.find(path);
@@ -243,7 +243,11 @@ export async function rebuildCurrentManifest(
   // Only the changes are held; the unchanged rest is read from the baseline as the caller iterates.
   return (function* () {
     yield* now.values();
-    for (const e of manifestEntries(baseline)) if (!now.has(e.path) && baselineKept(e.path)) yield e;
+    // By ordinal through the index: a fresh parse of the baseline would check it again, keeping every name.
+    for (let ordinal = 0; ordinal < index.count; ordinal++) {
+      const e = index.entry(ordinal);
+      if (!now.has(e.path) && baselineKept(e.path)) yield e;
+    }
   })();
 }
 
@@ -251,7 +255,7 @@ export async function rebuildCurrentManifest(
  * The current manifest of /workspace: from the changes since the baseline was built where the
  * guest's agent has tree.changes, else (an older agent, or many moved directories) the full walk.
  */
-async function currentManifest(agent: AgentClient, seedImage: Ext4Image, baseline: Buffer, sinceNs: bigint): Promise<Iterable<ManifestEntry>> {
+async function currentManifest(agent: AgentClient, seedImage: Ext4Image, baseline: ManifestIndex, sinceNs: bigint): Promise<Iterable<ManifestEntry>> {
   let changed: ManifestEntry[];
   try {
     const { header, payload } = await agent.treeChanges(WORKSPACE_ROOT, sinceNs, MAX_MANIFEST_BYTES);
@@ -301,7 +305,9 @@ export async function diffWorkspaceDisk(
   if (builtAt === null) throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
   const baseline = await readFile(baselineManifestPath(ctx, record.id));
   const since = BigInt(builtAt);
-  const changes = changedEntries(baseline, await currentManifest(agent, new Ext4Image(seedImagePath(ctx, record.id)), baseline, since), since);
+  // One index of the baseline serves the rebuild and the comparison (each parse keeps every name while it checks).
+  const index = new ManifestIndex(baseline);
+  const changes = changedEntries(index, await currentManifest(agent, new Ext4Image(seedImagePath(ctx, record.id)), index, since), since);
   const counts = { added: 0, modified: 0, deleted: 0 };
   for (const c of changes) counts[c.status]++;
   const page = changes.slice(offset, offset + limit);
