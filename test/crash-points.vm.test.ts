@@ -12,7 +12,7 @@ import { basename, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { QmpClient } from "../src/runtime/qemu/qmp-client.js";
 import { Pyro } from "../src/sdk/pyro.js";
-import { templateMemoryMode } from "../src/workspaces/boot-templates.js";
+import { forkMemoryDir } from "../src/workspaces/fork-memory.js";
 import { CLI, testPaths } from "./helpers/vm-fixtures.js";
 
 const SEED = Number(process.env.PYRO_CRASH_SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -191,9 +191,9 @@ async function checkInvariants(label: string, next: string[]): Promise<Listed[]>
 }
 
 async function forkMemoryFiles(): Promise<string[]> {
-  const memory = await templateMemoryMode(testPaths);
-  if (memory.mode !== "shared_file") return [];
-  return (await readdir(memory.dir)).filter((n) => n.startsWith("fork-")).map((n) => join(memory.dir, n));
+  const dir = await forkMemoryDir(testPaths);
+  if (!dir) return [];
+  return (await readdir(dir)).filter((n) => n.startsWith("fork-")).map((n) => join(dir, n));
 }
 
 /** A listed workspace's files written before the kill are all there, and the guest has no staging left. */

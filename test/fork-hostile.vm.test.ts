@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { processAlive } from "../src/process/process-alive.js";
 import { Pyro } from "../src/sdk/pyro.js";
-import { templateMemoryMode } from "../src/workspaces/boot-templates.js";
+import { forkMemoryDir } from "../src/workspaces/fork-memory.js";
 import { GUEST_SECRET_DIR } from "../src/workspaces/workspace-secrets.js";
 import { processesMentioning, testPaths, waitFor } from "./helpers/vm-fixtures.js";
 
@@ -15,9 +15,9 @@ const pyro = new Pyro();
 const TIMEOUT = { timeout: 300_000 };
 
 async function memoryDir(): Promise<string> {
-  const memory = await templateMemoryMode(testPaths);
-  assert.equal(memory.mode, "shared_file");
-  return memory.mode === "shared_file" ? memory.dir : "";
+  const dir = await forkMemoryDir(testPaths);
+  assert.ok(dir, "this host keeps fork RAM in files");
+  return dir ?? "";
 }
 
 /** The fork RAM files this test process wrote (other processes may share the directory). */

@@ -7,7 +7,7 @@ import { after, before, describe, it } from "node:test";
 import type { PyroPaths } from "../src/paths.js";
 import { QemuBackend } from "../src/runtime/qemu/qemu-backend.js";
 import { templateMemoryMode } from "../src/workspaces/boot-templates.js";
-import { finishForkMemory, newForkMemoryPath, releaseUnmappedForkMemory } from "../src/workspaces/fork-memory.js";
+import { finishForkMemory, forkMemoryDir, newForkMemoryPath, releaseUnmappedForkMemory } from "../src/workspaces/fork-memory.js";
 
 // The real backend: which RAM files are in use is read from this host's QEMU processes (none maps
 // the files made here). Paths of its own, so the memory directory is this test's alone.
@@ -23,15 +23,19 @@ function deadPid(): number {
 describe("fork RAM files on the memory filesystem", () => {
   let home: string;
   let paths: PyroPaths;
+  let memoryDir: string | undefined;
   let dir: string | undefined;
   before(async () => {
     home = await mkdtemp(join(tmpdir(), "pyro-fork-memory-"));
     paths = { cacheDir: join(home, "cache"), stateDir: join(home, "state"), runtimeDir: join(home, "run") };
     const memory = await templateMemoryMode(paths);
-    if (memory.mode === "shared_file") dir = memory.dir;
+    if (memory.mode === "shared_file") {
+      memoryDir = memory.dir;
+      dir = await forkMemoryDir(paths);
+    }
   });
   after(async () => {
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (memoryDir) await rm(memoryDir, { recursive: true, force: true });
     await rm(home, { recursive: true, force: true });
   });
 

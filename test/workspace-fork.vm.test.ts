@@ -3,7 +3,7 @@ import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Pyro } from "../src/sdk/pyro.js";
-import { templateMemoryMode } from "../src/workspaces/boot-templates.js";
+import { forkMemoryDir } from "../src/workspaces/fork-memory.js";
 import { processesMentioning, testPaths } from "./helpers/vm-fixtures.js";
 
 const pyro = new Pyro();
@@ -11,10 +11,9 @@ const TIMEOUT = { timeout: 300_000 };
 
 /** The fork RAM files on the memory filesystem, for this test's templates. */
 async function forkMemoryFiles(): Promise<string[]> {
-  const memory = await templateMemoryMode(testPaths);
-  assert.equal(memory.mode, "shared_file");
-  if (memory.mode !== "shared_file") return [];
-  return (await readdir(memory.dir)).filter((n) => n.startsWith("fork-")).map((n) => join(memory.dir, n));
+  const dir = await forkMemoryDir(testPaths);
+  assert.ok(dir, "this host keeps fork RAM in files");
+  return (await readdir(dir)).filter((n) => n.startsWith("fork-")).map((n) => join(dir, n));
 }
 
 async function out(id: string, command: string): Promise<string> {

@@ -1,10 +1,10 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { open, readdir, rm } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import type { PyroPaths } from "../paths.js";
 import { processAlive } from "../process/process-alive.js";
 import type { VmmBackend } from "../runtime/vmm-backend.js";
-import { PRIVATE_FILE_MODE } from "../storage/private-storage.js";
+import { ensurePrivateDir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
 import { templateMemoryMode } from "./boot-templates.js";
 
 /**
@@ -28,20 +28,33 @@ function startingMarker(ramName: string): string {
   return `.${basename(ramName, ".ram")}.starting`;
 }
 
-/** Where the next fork's RAM goes, or undefined where RAM files are not in use (streamed mode). */
-export async function newForkMemoryPath(paths: PyroPaths): Promise<string | undefined> {
+/**
+ * This pyro home's fork RAM files: a private directory of its own inside the memory directory, which
+ * every home using the same templates shares. Forks belong to one home's workspaces: another home's
+ * cleanup must not see them (it knows only its own VMs), nor one home's listing another's.
+ * Undefined where RAM files are not in use (streamed mode).
+ */
+export async function forkMemoryDir(paths: PyroPaths): Promise<string | undefined> {
   const memory = await templateMemoryMode(paths);
   if (memory.mode !== "shared_file") return undefined;
-  const path = join(memory.dir, `fork-${process.pid}-${randomBytes(6).toString("hex")}.ram`);
-  await (await open(join(memory.dir, startingMarker(basename(path))), "wx", PRIVATE_FILE_MODE)).close();
+  const home = createHash("sha256").update(resolve(paths.stateDir)).digest("hex").slice(0, 12);
+  return ensurePrivateDir(join(memory.dir, `forks-${home}`));
+}
+
+/** Where the next fork's RAM goes, or undefined where RAM files are not in use (streamed mode). */
+export async function newForkMemoryPath(paths: PyroPaths): Promise<string | undefined> {
+  const dir = await forkMemoryDir(paths);
+  if (!dir) return undefined;
+  const path = join(dir, `fork-${process.pid}-${randomBytes(6).toString("hex")}.ram`);
+  await (await open(join(dir, startingMarker(basename(path))), "wx", PRIVATE_FILE_MODE)).close();
   return path;
 }
 
 /** Removes the fork RAM files no running VM maps and no live pyro process is still writing. Returns how many went. */
 export async function releaseUnmappedForkMemory(paths: PyroPaths, backend: () => Promise<VmmBackend>): Promise<number> {
-  const memory = await templateMemoryMode(paths);
-  if (memory.mode !== "shared_file") return 0;
-  const names = await readdir(memory.dir).catch(() => [] as string[]);
+  const dir = await forkMemoryDir(paths);
+  if (!dir) return 0;
+  const names = await readdir(dir).catch(() => [] as string[]);
   const present = new Set(names);
   const candidates = names.filter((name) => {
     const ram = FORK_MEMORY.exec(name);
@@ -55,7 +68,7 @@ export async function releaseUnmappedForkMemory(paths: PyroPaths, backend: () =>
   const inUse = await (await backend()).memoryFilesInUse();
   let removed = 0;
   for (const name of candidates) {
-    const path = join(memory.dir, name);
+    const path = join(dir, name);
     if (inUse.has(path)) continue;
     await rm(path, { force: true });
     if (FORK_MEMORY.test(name)) removed++;
