@@ -192,11 +192,9 @@ export async function rebuildCurrentManifest(
   sources: ChangeSources,
 ): Promise<Iterable<ManifestEntry> | undefined> {
   const index = baseline instanceof ManifestIndex ? baseline : new ManifestIndex(baseline);
-  const before = {
-    get(path: string): ManifestEntry | undefined {
-      const ordinal = index.find(path);
-      return ordinal === undefined ? undefined : index.entry(ordinal);
-    },
+  const baselineType = (path: string): ManifestEntry["type"] | undefined => {
+    const ordinal = index.find(path);
+    return ordinal === undefined ? undefined : index.entry(ordinal).type;
   };
   const now = new Map(changed.map((e) => [e.path, e]));
   // Directories whose children were all sent: the root, and every directory that changed itself.
@@ -208,7 +206,7 @@ export async function rebuildCurrentManifest(
     const parent = parentOf(e.path);
     if (e.type === "d" && e.ctimeNs <= sinceNs && parent && complete.has(parent)) holders.add(parent);
   }
-  const inBaseline = [...holders].filter((d) => before.get(d)?.type === "d");
+  const inBaseline = [...holders].filter((d) => baselineType(d) === "d");
   const baselineInodes = inBaseline.length ? await sources.baselineInodes(inBaseline) : new Map<string, number>();
   const moved: string[] = [];
   for (const dir of [...holders].sort()) {
@@ -229,7 +227,7 @@ export async function rebuildCurrentManifest(
     let known = alive.get(dir);
     if (known === undefined) {
       const sent = now.get(dir);
-      known = sent ? sent.type === "d" && before.get(dir)?.type === "d" : baselineKept(dir);
+      known = sent ? sent.type === "d" && baselineType(dir) === "d" : baselineKept(dir);
       alive.set(dir, known);
     }
     return known;
