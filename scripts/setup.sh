@@ -46,6 +46,8 @@ echo "[setup] node $("$NODE" --version) (from the npm registry)"
 echo "[setup] guest agent (Rust, static)"
 CARGO="$(command -v cargo || echo "$HOME/.cargo/bin/cargo")"
 (cd guest/agent && "$CARGO" build --release --quiet)
+echo "[setup] private-ram-discard (Rust, preloaded into QEMU: freed pages of copy-on-write VMs go back to the host)"
+(cd host/private-ram-discard && "$CARGO" build --release --quiet)
 
 echo "[setup] TypeScript build"
 "$NODE" node_modules/typescript/bin/tsc -p tsconfig.json

@@ -38,8 +38,13 @@ describe("[vm] workspaces restored from a shared-memory template", () => {
         cmdline.some((arg) => arg.startsWith("memory-backend-file,") && arg.endsWith(",share=off")),
         cmdline.join(" "),
       );
-      // A balloon would let the guest punch holes in the shared file (QEMU 7.2): never beside one.
-      assert.ok(!cmdline.some((arg) => arg.includes("balloon")), cmdline.join(" "));
+      // Free page reporting beside the shared file only with private-ram-discard, which keeps QEMU from punching it.
+      assert.ok(cmdline.includes("virtio-balloon-device,free-page-reporting=on"), cmdline.join(" "));
+      const environ = (await readFile(`/proc/${ws.vm!.pid}/environ`, "utf8")).split("\0");
+      assert.ok(
+        environ.some((v) => v.startsWith("LD_PRELOAD=") && v.endsWith("libpyro_private_ram_discard.so")),
+        "QEMU runs with private-ram-discard",
+      );
     }
     // Unseeded, the diff baseline is the template's own /workspace (packed once, at the template's build).
     assert.equal((await pyro.diffWorkspace(a.workspace_id)).changed, false);

@@ -6,6 +6,8 @@ import { currentGuestKernel } from "../guest-kernel/guest-kernel.js";
 import type { PyroPaths } from "../paths.js";
 import { findExecutable, runHostCommandRaw } from "../process/host-command.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
+import { builtPrivateRamDiscardPath } from "../runtime/qemu/private-ram-discard.js";
+import { isFile } from "../guest-kernel/kernel-package.js";
 
 /** Host tools pyro shells out to, and the Debian package that provides each. */
 const HOST_TOOLS: ReadonlyArray<[tool: string, pkg: string, purpose: string]> = [
@@ -65,6 +67,7 @@ export async function runDoctor(paths: PyroPaths): Promise<DoctorReport> {
   const kernel = await currentGuestKernel(paths);
   if (!kernel) problems.push({ what: "the guest kernel is not prepared", fix: "pyro env pull debian:12 (or scripts/setup.sh)" });
   const agentPath = await locateAgent();
+  const privateRamDiscard = (await isFile(builtPrivateRamDiscardPath())) ? builtPrivateRamDiscardPath() : undefined;
   if (!agentPath) problems.push({ what: `the guest agent is not built (${builtAgentPath()})`, fix: "scripts/setup.sh (builds guest/agent with cargo)" });
 
   let kvm: DoctorReport["kvm"] = { exists: false, readable: false, writable: false, usable: null, reason: "not checked" };
@@ -106,15 +109,19 @@ export async function runDoctor(paths: PyroPaths): Promise<DoctorReport> {
     environments,
     // Guest egress is QEMU user-mode networking plus pyro's proxy: nothing more from the host.
     capabilities: { vm_boot: vmBoot, guest_exec: vmBoot, guest_network: vmBoot },
-    boot_templates: { memory: memory.mode, detail: templateMemoryDetail(memory, Boolean(kernel?.memoryReturnModule)) },
+    boot_templates: { memory: memory.mode, detail: templateMemoryDetail(memory, Boolean(kernel?.memoryReturnModule), privateRamDiscard) },
     problems,
   };
 }
 
 /** Which memory path VMs take and why, and whether freed guest memory goes back to the host. */
-function templateMemoryDetail(memory: TemplateMemoryMode, balloonDriver: boolean): string {
+function templateMemoryDetail(memory: TemplateMemoryMode, balloonDriver: boolean, privateRamDiscard: string | undefined): string {
+  const driver = balloonDriver ? "" : " once the guest's virtio_balloon driver is prepared";
   if (memory.mode === "shared_file") {
-    return `template RAM in ${memory.dir} (/dev/shm is a tmpfs), mapped copy-on-write by every VM restored from it; no free page reporting on those VMs (QEMU 7.2 would punch the freed pages out of the shared file), networked VMs have it${balloonDriver ? "" : " once the guest's virtio_balloon driver is prepared"}`;
+    const shared = `template RAM in ${memory.dir} (/dev/shm is a tmpfs), mapped copy-on-write by every VM restored from it`;
+    return privateRamDiscard
+      ? `${shared}; freed guest pages go back to the host (virtio-balloon free page reporting; QEMU runs with ${privateRamDiscard}, so it drops its own copies without punching the shared file)${driver}`
+      : `${shared}; no free page reporting on those VMs (QEMU would punch the freed pages out of the shared file; host/private-ram-discard is not built: run scripts/setup.sh), networked VMs have it${driver}`;
   }
   return `template RAM streamed into each restore (${memory.reason}); freed guest pages ${balloonDriver ? "go back to the host (virtio-balloon free page reporting)" : "stay with the VM (the guest kernel's virtio_balloon driver is not prepared)"}`;
 }

@@ -7,6 +7,7 @@ import { requireExecutable } from "../process/host-command.js";
 import { ensurePrivateDir } from "../storage/private-storage.js";
 import { chooseAccelerator, hostTscKhz, type AcceleratorChoice } from "./accelerator.js";
 import { QemuBackend } from "./qemu/qemu-backend.js";
+import { ensurePrivateRamDiscard } from "./qemu/private-ram-discard.js";
 import type { VmmBackend } from "./vmm-backend.js";
 
 /** Everything needed to boot guests on this host, prepared once per process. */
@@ -18,6 +19,11 @@ export interface GuestRuntime {
   readonly agentPath: string;
   /** Whether guests can hand freed pages back (the kernel has its balloon driver); see VmLaunchSpec.freePageReporting. */
   readonly memoryReturn: boolean;
+  /**
+   * host/private-ram-discard's library, where it is built: with it, VMs whose RAM is a copy-on-write
+   * file get free page reporting too (see VmLaunchSpec.freePageReporting).
+   */
+  readonly privateRamDiscard?: string;
   /** Identifies the QEMU build: saved VM states only restore into the same one. */
   readonly qemuIdentity: string;
 }
@@ -50,11 +56,12 @@ export async function prepareGuestRuntime(paths: PyroPaths, onProgress?: (messag
 export async function buildGuestRuntime(paths: PyroPaths, options: { agentPath?: string; onProgress?: (message: string) => void } = {}): Promise<GuestRuntime> {
   const { onProgress } = options;
   const qemuBinary = requireExecutable("qemu-system-x86_64", "qemu-system-x86");
-  const [kernel, agentPath, qemuStat, tscKhz] = await Promise.all([
+  const [kernel, agentPath, qemuStat, tscKhz, privateRamDiscard] = await Promise.all([
     ensureGuestKernel(paths, onProgress ? { onProgress } : {}).then(withMemoryReturnModule),
     options.agentPath ?? ensureAgent(onProgress),
     stat(qemuBinary),
     hostTscKhz(),
+    ensurePrivateRamDiscard(onProgress),
   ]);
   const initramfs = await ensureInitramfs(paths, kernel, agentPath);
   const qemuIdentity = `${qemuStat.size}-${qemuStat.mtimeMs}`;
@@ -65,6 +72,15 @@ export async function buildGuestRuntime(paths: PyroPaths, options: { agentPath?:
     kernelPackage: kernel.package,
     initramfsPath: initramfs.path,
   });
-  const backend = new QemuBackend({ qemuBinary, accel: accelerator.accel, tscKhz });
-  return { backend, kernel, initramfs, accelerator, agentPath, qemuIdentity, memoryReturn: Boolean(kernel.memoryReturnModule) };
+  const backend = new QemuBackend({ qemuBinary, accel: accelerator.accel, tscKhz, ...(privateRamDiscard ? { privateRamDiscard } : {}) });
+  return {
+    backend,
+    kernel,
+    initramfs,
+    accelerator,
+    agentPath,
+    qemuIdentity,
+    memoryReturn: Boolean(kernel.memoryReturnModule),
+    ...(privateRamDiscard ? { privateRamDiscard } : {}),
+  };
 }

@@ -49,10 +49,11 @@ export interface VmLaunchSpec {
   memoryFile?: { path: string; share: boolean };
   /**
    * A virtio-balloon device with free page reporting: pages the guest frees go back to the host
-   * within seconds. Part of the machine (a saved state restores only where it is the same). Never
-   * with a `memoryFile` that other VMs map: QEMU 7.2 discards a reported page by punching a hole in
-   * the backing file even when it is mapped privately, which would zero that page under every VM
-   * sharing the file — a guest could corrupt its siblings' memory.
+   * within seconds. Part of the machine (a saved state restores only where it is the same). With a
+   * copy-on-write `memoryFile` (which other VMs map), QEMU discards a reported page by punching a
+   * hole in the file itself, zeroing that page under every VM sharing it; the QEMU backend then
+   * starts QEMU with host/private-ram-discard, which leaves the file alone so only this VM's
+   * private copies go, and refuses the launch where that library is missing.
    */
   freePageReporting?: boolean;
 }

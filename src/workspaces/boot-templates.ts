@@ -122,13 +122,14 @@ export async function templateMemoryMode(paths: PyroPaths, env: NodeJS.ProcessEn
 }
 
 /**
- * Whether a VM gets free page reporting (see VmLaunchSpec.freePageReporting): only machines whose RAM
- * is never a shared file — every VM where template RAM is streamed, and networked ones (templates
- * carry no NIC, so those never map one). The answer must be the same for a template and every VM
- * restored from it, or from a snapshot of one: it depends on the host's mode and the NIC only.
+ * Whether a VM gets free page reporting (see VmLaunchSpec.freePageReporting): every VM whose guest
+ * kernel has the balloon driver, except copy-on-write RAM-file VMs where private-ram-discard is not
+ * built (there QEMU would punch the shared file). The answer must be the same for a template and
+ * every VM restored from it, or from a snapshot of one: it depends on the host's mode, the library
+ * and the NIC only.
  */
 export function freePageReportingFor(runtime: GuestRuntime, memory: TemplateMemoryMode, network: VmLaunchSpec["network"]): boolean {
-  return runtime.memoryReturn && (memory.mode === "streamed" || network !== "none");
+  return runtime.memoryReturn && (memory.mode === "streamed" || network !== "none" || runtime.privateRamDiscard !== undefined);
 }
 
 /** Everything a saved state depends on: change any of it and the template is rebuilt. */
@@ -146,6 +147,7 @@ function templateKey(runtime: GuestRuntime, env: InstalledEnvironment, shape: Ma
         shape.vcpuCount,
         shape.memMib,
         runtime.memoryReturn,
+        runtime.privateRamDiscard !== undefined,
         shapeDiskGib(shape),
         WORKSPACE_MACHINE_VERSION,
         TEMPLATE_CONTENT_VERSION,

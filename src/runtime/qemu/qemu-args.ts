@@ -166,14 +166,8 @@ export function buildQemuArgs(spec: VmLaunchSpec, accel: Accelerator, tscKhz: nu
       "virtio-net-device,netdev=net0",
     );
   }
-  if (spec.freePageReporting) {
-    if (spec.memoryFile)
-      throw new PyroError(
-        "INVALID_ARGUMENT",
-        "free page reporting would punch holes in the shared VM memory file (QEMU 7.2 discards file-backed RAM in the file itself)",
-      );
-    args.push("-device", "virtio-balloon-device,free-page-reporting=on");
-  }
+  // With a copy-on-write RAM file, the backend starts QEMU with private-ram-discard (or refuses).
+  if (spec.freePageReporting) args.push("-device", "virtio-balloon-device,free-page-reporting=on");
   // A RAM-file restore loads its (device-only) state over QMP, after enabling x-ignore-shared.
   if (spec.incomingState) args.push("-incoming", spec.memoryFile ? "defer" : incomingStateUri(spec.incomingState));
   return args;

@@ -17,6 +17,7 @@ import { shellQuote } from "../../process/shell-quote.js";
 import { QmpClient } from "./qmp-client.js";
 import { saveDeviceState } from "./device-state.js";
 import { captureMappedRam } from "./ram-capture.js";
+import { privateRamDiscardEnv } from "./private-ram-discard.js";
 
 /** The marker /init prints when it cannot hand over to the agent: deterministic, so never retried. */
 const INIT_FAILURE = /PYRO-INIT-FAILED: (.*)/;
@@ -29,6 +30,8 @@ export interface QemuBackendOptions {
   qemuBinary: string;
   accel: Accelerator;
   tscKhz: number | undefined;
+  /** host/private-ram-discard's library: lets copy-on-write RAM files have free page reporting (see private-ram-discard.ts). */
+  privateRamDiscard?: string;
 }
 
 /** QEMU microvm: PVH vmlinux, virtio-mmio block + serial devices, agent on a named virtio-serial port. */
@@ -71,6 +74,10 @@ export class QemuBackend implements VmmBackend {
     const deadline = started + spec.bootTimeoutMs;
     // The egress server starts alongside QEMU and follows it out through its lifeline socket.
     const egress = network === "none" ? undefined : EgressSidecar.start(network.egressServer, spec.runDir, deadline, network.egressInput);
+    const env =
+      spec.freePageReporting && spec.memoryFile && !spec.memoryFile.share
+        ? { ...process.env, ...(await privateRamDiscardEnv(this.options.privateRamDiscard, spec.memoryFile.path)) }
+        : undefined;
     const stderrFd = openSync(files.stderr, "w", PRIVATE_FILE_MODE);
     let child: ChildProcess;
     try {
@@ -78,7 +85,7 @@ export class QemuBackend implements VmmBackend {
       const setpriv = spec.dieWithParent ? findExecutable("setpriv") : undefined;
       const [cmd, cmdArgs] = setpriv ? [setpriv, ["--pdeathsig", "KILL", "--", this.options.qemuBinary, ...args]] : [this.options.qemuBinary, args];
       // QEMU creates its sockets, console log and (through `migrate exec:cat >`) memory images itself.
-      child = withPrivateUmask(() => spawn(cmd, cmdArgs, { stdio: ["ignore", "ignore", stderrFd], detached: true }));
+      child = withPrivateUmask(() => spawn(cmd, cmdArgs, { stdio: ["ignore", "ignore", stderrFd], detached: true, ...(env ? { env } : {}) }));
     } catch (error) {
       egress?.abandon();
       throw error;

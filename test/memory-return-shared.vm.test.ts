@@ -1,0 +1,127 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { after, describe, it } from "node:test";
+import { Pyro } from "../src/sdk/pyro.js";
+
+// The default: template RAM is a shared file every workspace maps copy-on-write.
+const pyro = new Pyro();
+const TIMEOUT = { timeout: 300_000 };
+const MIB = 1024 * 1024;
+const ALLOCATED_MIB = 500;
+
+async function pssOf(pid: number): Promise<number> {
+  const text = await readFile(`/proc/${pid}/smaps_rollup`, "utf8");
+  return Number(/^Pss:\s+(\d+) kB/m.exec(text)?.[1] ?? NaN) * 1024;
+}
+
+async function pssWhen(pid: number, ok: (pss: number) => boolean, timeoutMs: number): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  let pss = await pssOf(pid);
+  while (!ok(pss) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    pss = await pssOf(pid);
+  }
+  return pss;
+}
+
+/** The file QEMU maps as guest RAM (the template's), from its command line. */
+async function ramFileOf(pid: number): Promise<string> {
+  const cmdline = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0");
+  const backend = cmdline.find((arg) => arg.startsWith("memory-backend-file,"));
+  assert.ok(backend?.endsWith(",share=off"), cmdline.join(" "));
+  return /mem-path=([^,]+)/.exec(backend!)![1]!;
+}
+
+/** SHA-256 of a file's content (holes read as zeros without being allocated). */
+async function contentHash(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 * MIB })) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+describe("[vm] memory that goes back to the host, from VMs sharing one template's RAM", () => {
+  const created: string[] = [];
+  after(async () => {
+    for (const id of created) await pyro.deleteWorkspace(id).catch(() => undefined);
+  });
+
+  it(`a guest that allocates and frees ${ALLOCATED_MIB} MiB gives it back, and the template every other VM maps keeps every byte`, TIMEOUT, async () => {
+    const doctor = await pyro.doctor();
+    assert.equal(doctor.boot_templates.memory, "shared_file", doctor.boot_templates.detail);
+    assert.match(doctor.boot_templates.detail, /freed guest pages go back to the host/);
+    const ws = await pyro.createWorkspace("debian:12");
+    created.push(ws.workspace_id);
+    const sibling = await pyro.createWorkspace("debian:12");
+    created.push(sibling.workspace_id);
+    const pid = ws.vm!.pid;
+    const cmdline = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0");
+    assert.ok(cmdline.includes("virtio-balloon-device,free-page-reporting=on"), cmdline.join(" "));
+    const environ = (await readFile(`/proc/${pid}/environ`, "utf8")).split("\0");
+    assert.ok(
+      environ.some((v) => /^LD_PRELOAD=.*libpyro_private_ram_discard\.so$/.test(v)),
+      "QEMU runs with private-ram-discard",
+    );
+    const template = await ramFileOf(pid);
+    assert.equal(await ramFileOf(sibling.vm!.pid), template, "both workspaces map the same template RAM file");
+    const before = await contentHash(template);
+
+    // The guest reports what it never used (or freed after the restore) too: wait until that settles.
+    let settled = await pssOf(pid);
+    for (let i = 0; i < 40; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      const now = await pssOf(pid);
+      if (Math.abs(now - settled) < 8 * MIB) break;
+      settled = now;
+    }
+    const hold = `import os, time; b = bytearray(b'\\x01') * (${ALLOCATED_MIB} << 20); open('/tmp/held', 'w').write(str(os.getpid())); time.sleep(600)`;
+    await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", `nohup python3 -c "${hold}" >/dev/null 2>&1 &`]);
+    await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "for i in $(seq 600); do [ -s /tmp/held ] && exit 0; sleep 0.1; done; exit 1"]);
+    const held = await pssWhen(pid, (pss) => pss > settled + (ALLOCATED_MIB - 50) * MIB, 5_000);
+    assert.ok(held > settled + (ALLOCATED_MIB - 50) * MIB, `PSS ${held / MIB} MiB while holding ${ALLOCATED_MIB} MiB, ${settled / MIB} MiB before`);
+    const freedAt = Date.now();
+    await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "kill $(cat /tmp/held)"]);
+    const back = await pssWhen(pid, (pss) => pss < held - (ALLOCATED_MIB - 100) * MIB, 10_000);
+    const seconds = (Date.now() - freedAt) / 1000;
+    console.log(
+      `PSS: settled ${Math.round(settled / MIB)} MiB, holding ${Math.round(held / MIB)} MiB, ${seconds.toFixed(1)} s after the free ${Math.round(back / MIB)} MiB`,
+    );
+    assert.ok(back < held - (ALLOCATED_MIB - 100) * MIB, `PSS still ${back / MIB} MiB ${seconds} s after freeing (was ${held / MIB} MiB)`);
+
+    // QEMU alone would have punched every reported range out of the shared file, under the sibling.
+    assert.equal(await contentHash(template), before, "the shared template RAM file is unchanged");
+    const sum = await pyro.execWorkspace(sibling.workspace_id, [
+      "sh",
+      "-c",
+      "python3 -c 'print(sum(range(10**6)))' && sha256sum /usr/bin/ls >/dev/null && echo ok",
+    ]);
+    assert.equal(sum.stdout, "499999500000\nok\n");
+    assert.equal((await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "echo alive"])).stdout, "alive\n");
+  });
+
+  it("forks of one source share its RAM file: what one frees leaves it, and its siblings still read every byte", TIMEOUT, async () => {
+    const source = await pyro.createWorkspace("debian:12");
+    created.push(source.workspace_id);
+    // 300 MiB of 0x01 in a guest tmpfs: RAM pages the fork's RAM file holds as data.
+    const fill =
+      "mkdir -p /mnt/blob && mount -t tmpfs -o size=400m blob /mnt/blob && python3 -c \"open('/mnt/blob/b', 'wb').write(b'\\x01' * (300 << 20))\" && sha256sum /mnt/blob/b";
+    const expected = (await pyro.execWorkspace(source.workspace_id, ["sh", "-c", fill])).stdout.split(" ")[0];
+    const forked = await pyro.forkWorkspace(source.workspace_id, { count: 2 });
+    created.push(...forked.forks.map((f) => f.workspace_id));
+    assert.equal(forked.memory, "mapped", JSON.stringify(forked));
+    const [freeing, keeping] = forked.forks;
+    const pid = freeing!.vm!.pid;
+    const ramFile = await ramFileOf(pid);
+    assert.equal(await ramFileOf(keeping!.vm!.pid), ramFile, "the two forks map one RAM file");
+    // The fork reads the pages (now mapped in it), then frees them: they leave this VM, not the file.
+    await pyro.execWorkspace(freeing!.workspace_id, ["sha256sum", "/mnt/blob/b"]);
+    const held = await pssOf(pid);
+    await pyro.execWorkspace(freeing!.workspace_id, ["rm", "/mnt/blob/b"]);
+    const back = await pssWhen(pid, (pss) => pss < held - 200 * MIB, 10_000);
+    console.log(`fork PSS: ${Math.round(held / MIB)} MiB holding, ${Math.round(back / MIB)} MiB after freeing`);
+    assert.ok(back < held - 200 * MIB, `fork PSS still ${back / MIB} MiB after freeing (was ${held / MIB} MiB)`);
+    // Without private-ram-discard, QEMU punches the freed ranges out of the RAM file: zeros here.
+    assert.equal((await pyro.execWorkspace(keeping!.workspace_id, ["sha256sum", "/mnt/blob/b"])).stdout.split(" ")[0], expected);
+  });
+});
