@@ -13,6 +13,7 @@ import { diskChain } from "../storage/qcow2-backing-chain.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { RootedTree } from "../storage/rooted-path.js";
 import { Ext4Image } from "./disk-image.js";
+import { copyTopLayerAtOneMoment } from "./frozen-disk-view.js";
 import { TAR_BLOCK, tarHeader } from "./tar-header.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import type { Redactor } from "./secret-redaction.js";
@@ -35,19 +36,10 @@ import type { WorkspaceRecord } from "./workspace-record.js";
 const TOOL_LIMITS = { cpuSeconds: 1800, addressSpaceBytes: 4 * 2 ** 30 };
 const TOOL_TIMEOUT_MS = 1_800_000;
 
-/**
- * The top qcow2 layer of the guest's /workspace disk, copied while the guest is synced and paused
- * (the layers below never change): a consistent moment of the disk, taken in a few milliseconds.
- */
-async function pausedTopCopy(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, scratch: string): Promise<string> {
+/** The top qcow2 layer of the guest's /workspace disk, copied at one moment (the layers below never change). */
+async function topLayerCopy(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, scratch: string): Promise<string> {
   const top = join(scratch, "top.qcow2");
-  await vm.agent.sync();
-  await vm.pause();
-  try {
-    await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", workspaceDiskPath(ctx, record.id), top], { privateFiles: true });
-  } finally {
-    await vm.resume();
-  }
+  await copyTopLayerAtOneMoment(vm, workspaceDiskPath(ctx, record.id), top);
   return top;
 }
 
@@ -400,7 +392,7 @@ export async function exportDirectoryFromDisk(
   const prefix = guestPath === WORKSPACE_ROOT ? "" : guestPath.slice(WORKSPACE_ROOT.length + 1);
   const scratch = await makePrivateTempDir(ctx.store.dir(record.id), ".disk-");
   try {
-    const top = await pausedTopCopy(ctx, record, vm, scratch);
+    const top = await topLayerCopy(ctx, record, vm, scratch);
     // The guest walks the directory while the host converts the disk copy: the two take about as
     // long, and neither needs the other.
     // Both settle before anything is removed: a tool still writing into the scratch dir is never raced.
