@@ -134,6 +134,25 @@ describe("[vm] fs.freeze: /workspace frozen only while the host that asked holds
     }
   });
 
+  it("a guest that froze /workspace itself: export still takes its moment (paused), and leaves the guest's freeze alone", TIMEOUT, async () => {
+    assert.equal((await pyro.execWorkspace(id, ["sh", "-c", "echo mine > /workspace/guest-frozen && fsfreeze -f /workspace"])).exit_code, 0);
+    try {
+      const out = join(scratch, "guest-frozen.tar");
+      await pyro.exportWorkspace(id, ".", out);
+      const listed = spawnSync("tar", ["-xOf", out, "./guest-frozen"], { encoding: "utf8" });
+      assert.equal(listed.stdout, "mine\n", listed.stderr);
+      // Still frozen: pyro thaws only a freeze it made.
+      const agent = await connectAgent();
+      try {
+        assert.equal(await settlesWithin(agent.exec(writeCommand("still-frozen")), 1_500), false, "pyro thawed the guest's own freeze");
+      } finally {
+        agent.close();
+      }
+    } finally {
+      assert.equal((await pyro.execWorkspace(id, ["fsfreeze", "-u", "/workspace"])).exit_code, 0);
+    }
+  });
+
   it("caps a host's hold at the agent's own limit", TIMEOUT, async () => {
     const agent = await connectAgent();
     try {
