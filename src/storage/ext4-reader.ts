@@ -69,16 +69,24 @@ const METADATA_CACHE_BLOCKS = 256;
 const PIECE_BYTES = 1 << 20;
 const ZEROS = Buffer.alloc(PIECE_BYTES);
 
-const S_IFMT = 0o170000;
-const TYPES: Record<number, ManifestEntry["type"]> = {
-  16807: "f",
-  9604: "d",
-  21609: "l",
-  2401: "o",
-  4802: "o",
-  14406: "o",
-  26411: "o",
-};
+/** The manifest type of an inode's mode (i_mode & S_IFMT); undefined for a mode no file has. */
+function typeOfMode(mode: number): ManifestEntry["type"] | undefined {
+  switch (mode & 0xf000) {
+    case 0x8000:
+      return "f";
+    case 0x4000:
+      return "d";
+    case 0xa000:
+      return "l";
+    case 0x1000: // FIFO
+    case 0x2000: // character device
+    case 0x6000: // block device
+    case 0xc000: // socket
+      return "o";
+    default:
+      return undefined;
+  }
+}
 
 function invalid(why: string, details: Record<string, unknown> = {}): PyroError {
   return new PyroError(
@@ -113,7 +121,12 @@ interface BlockRun {
 export interface Ext4WalkOptions {
   /** Entries beyond this fail the walk (default: TREE_MANIFEST_LIMITS.entries). */
   maxEntries?: number;
+  /** "manifest" (default): the agent's walk order; "subtree": each directory's subtree right after it. */
+  order?: "manifest" | "subtree";
 }
+
+/** A walked entry: its manifest record and its inode (to read its contents). */
+export type Ext4WalkEntry = ManifestEntry & { inode: Ext4Inode };
 
 /** A read-only ext4 filesystem on a disk. Synchronous: the disk is read from the host's page cache. */
 export class Ext4Reader {
@@ -244,7 +257,7 @@ export class Ext4Reader {
     const block = this.block(this.inodeTables[group]! + Math.floor(offset / this.blockSize));
     const raw = block.subarray(offset % this.blockSize, (offset % this.blockSize) + this.inodeSize);
     const rawMode = raw.readUInt16LE(0);
-    const type = TYPES[rawMode & S_IFMT];
+    const type = typeOfMode(rawMode);
     const nlink = raw.readUInt16LE(0x1a);
     if (!type || nlink === 0) throw invalid(`inode ${ino} is named by a directory but is not in use`, { inode: ino });
     const size = raw.readUInt32LE(0x6c) * 2 ** 32 + raw.readUInt32LE(0x4);
@@ -446,23 +459,31 @@ export class Ext4Reader {
   }
 
   /**
-   * Walks the directory `root` the way the agent's `tree.manifest` does: depth first, each
-   * directory's entries together in byte order of their names, after the directory's own record;
-   * the root itself is not listed. Paths are relative to `root`.
+   * Walks the directory `root`; the root itself is not listed and paths are relative to it. Order
+   * "manifest" (the default) is the agent's `tree.manifest`: depth first, each directory's entries
+   * together in byte order of their names, after the directory's own record. Order "subtree" puts
+   * each directory's whole subtree right after its record (what tar wants: an extractor sets a
+   * directory's time once it has left it).
    */
-  *walk(root: Ext4Inode, options: Ext4WalkOptions = {}): Generator<ManifestEntry & { inode: Ext4Inode }> {
+  *walk(root: Ext4Inode, options: Ext4WalkOptions = {}): Generator<Ext4WalkEntry> {
     const maxEntries = options.maxEntries ?? TREE_MANIFEST_LIMITS.entries;
+    const subtree = options.order === "subtree";
     if (root.type !== "d") throw invalid(`inode ${root.ino} is not a directory`);
     const visited = new Set<number>([root.ino]);
-    const stack: { inode: Ext4Inode; path: string; bytes: number }[] = [{ inode: root, path: "", bytes: 0 }];
-    let count = 0;
     const budget = this.directoryBudget();
+    let count = 0;
+    type Frame = { inode: Ext4Inode; path: string; bytes: number; entries?: { name: Buffer; ino: number }[]; next: number };
+    const stack: Frame[] = [{ inode: root, path: "", bytes: 0, next: 0 }];
     while (stack.length) {
       const dir = stack.pop()!;
-      const entries = this.directoryEntries(dir.inode, maxEntries - count, budget);
-      entries.sort((a, b) => Buffer.compare(a.name, b.name));
-      const subdirs: typeof stack = [];
-      for (let i = 0; i < entries.length; i++) {
+      if (!dir.entries) {
+        dir.entries = this.directoryEntries(dir.inode, maxEntries - count, budget);
+        dir.entries.sort((a, b) => Buffer.compare(a.name, b.name));
+      }
+      const entries = dir.entries;
+      const subdirs: Frame[] = [];
+      while (dir.next < entries.length) {
+        const i = dir.next++;
         const { name, ino } = entries[i]!;
         if (i > 0 && entries[i - 1]!.name.equals(name))
           throw invalid(`directory inode ${dir.inode.ino} lists '${nameText(name)}' twice`, { inode: dir.inode.ino });
@@ -485,11 +506,16 @@ export class Ext4Reader {
           target,
           inode,
         };
-        if (inode.type === "d") {
-          if (visited.has(ino)) throw invalid(`directory inode ${ino} is linked from two places (a cycle)`, { inode: ino });
-          visited.add(ino);
-          subdirs.push({ inode, path, bytes });
+        if (inode.type !== "d") continue;
+        if (visited.has(ino)) throw invalid(`directory inode ${ino} is linked from two places (a cycle)`, { inode: ino });
+        visited.add(ino);
+        const child: Frame = { inode, path, bytes, next: 0 };
+        if (subtree) {
+          // This directory resumes after the child's subtree.
+          stack.push(dir, child);
+          break;
         }
+        subdirs.push(child);
       }
       for (let i = subdirs.length - 1; i >= 0; i--) stack.push(subdirs[i]!);
     }

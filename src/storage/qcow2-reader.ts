@@ -234,6 +234,16 @@ function readLayer(layer: Layer | undefined, target: Buffer, targetOffset: numbe
   target.fill(0, targetOffset + inside, targetOffset + length);
 }
 
+/** Opens a layer; a backing file that does not open is the image's fault, said as such. */
+function openBacking(path: string, top: string | undefined): number {
+  if (top === undefined) return openSync(path, "r");
+  try {
+    return openSync(path, "r");
+  } catch (error) {
+    throw invalid(top, `its backing file ${path} does not open (${(error as NodeJS.ErrnoException).code ?? error})`);
+  }
+}
+
 export interface OpenDiskOptions {
   /** Where a relative backing name of the top image resolves (default: the top image's directory): a copy of a top layer still means its original's neighbours. */
   topDirectory?: string;
@@ -253,7 +263,7 @@ export function openDisk(top: string, options: OpenDiskOptions = {}): DiskReader
     let directory = options.topDirectory ?? dirname(top);
     for (;;) {
       if (layers.length > MAX_CHAIN_DEPTH) throw invalid(top, `its backing chain is deeper than ${MAX_CHAIN_DEPTH}`);
-      const fd = openSync(path, "r");
+      const fd = openBacking(path, layers.length === 0 ? undefined : top);
       const st = fstatSync(fd);
       opened.push({ path, fd, size: st.size });
       if (!st.isFile()) throw invalid(path, "it is not a regular file");
