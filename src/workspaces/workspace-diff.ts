@@ -88,9 +88,18 @@ export class ManifestIndex {
 
   /** The ordinal of `path`'s record, if the manifest has it. */
   find(path: string): number | undefined {
-    const ordinal = this.byHash.get(pathHash(path));
-    if (ordinal !== undefined && this.entry(ordinal).path === path) return ordinal;
-    return this.collided.get(path);
+    return this.lookup(path)?.ordinal;
+  }
+
+  /** `path`'s record and its ordinal, if the manifest has it (the record read once). */
+  lookup(path: string): { ordinal: number; entry: ManifestEntry } | undefined {
+    let ordinal = this.byHash.get(pathHash(path));
+    if (ordinal !== undefined) {
+      const entry = this.entry(ordinal);
+      if (entry.path === path) return { ordinal, entry };
+    }
+    ordinal = this.collided.get(path);
+    return ordinal === undefined ? undefined : { ordinal, entry: this.entry(ordinal) };
   }
 
   entry(ordinal: number): ManifestEntry {
@@ -109,13 +118,13 @@ export function changedEntries(baseline: Buffer | ManifestIndex, current: Iterab
   const present = new Uint8Array(index.count);
   const changes: Change[] = [];
   for (const after of current) {
-    const ordinal = index.find(after.path);
-    if (ordinal === undefined) {
+    const found = index.lookup(after.path);
+    if (found === undefined) {
       if (after.type !== "d") changes.push({ path: after.path, status: "added", after });
       continue;
     }
-    present[ordinal] = 1;
-    const base = index.entry(ordinal);
+    present[found.ordinal] = 1;
+    const base = found.entry;
     if (base.type === "d" && after.type === "d") continue;
     if (base.type !== after.type) {
       // A directory that became a file (or back): its former contents are listed as deleted/added.
@@ -369,16 +378,22 @@ export async function diffWorkspaceDisk(
   const { offset, limit } = pageBounds(options);
   const builtAt = record.seed.built_at_ns;
   if (builtAt === null) throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
-  const baseline = await readFile(baselineManifestPath(ctx, record.id));
   const since = BigInt(builtAt);
-  // One index of the baseline serves the comparison (and the guest's rebuild; each parse keeps every name while it checks).
-  const index = new ManifestIndex(baseline);
   const seed = new SeedImage(seedImagePath(ctx, record.id));
   const scratch = await makePrivateTempDir(ctx.store.dir(record.id), ".disk-");
   let disk: DiskReader | undefined;
   try {
     const top = join(scratch, "top.qcow2");
-    await copyTopLayerAtOneMoment(vm, workspaceDiskPath(ctx, record.id), top);
+    // The baseline is indexed on the host while the guest freezes and the copy is made; both settle
+    // before anything is read or removed (a copy still being written is never raced).
+    const [copied, indexed] = await Promise.allSettled([
+      copyTopLayerAtOneMoment(vm, workspaceDiskPath(ctx, record.id), top),
+      // One index of the baseline serves the comparison (and the guest's rebuild; each parse keeps every name while it checks).
+      readFile(baselineManifestPath(ctx, record.id)).then((baseline) => new ManifestIndex(baseline)),
+    ]);
+    if (copied.status === "rejected") throw copied.reason;
+    if (indexed.status === "rejected") throw indexed.reason;
+    const index = indexed.value;
     let current: CurrentTree;
     let changes: Change[];
     try {
