@@ -31,7 +31,8 @@ export type PyroErrorCode =
   | "REGISTRY_NOT_FOUND"
   | "REGISTRY_ERROR"
   | "DIGEST_MISMATCH"
-  | "UNSAFE_DIRECTORY";
+  | "UNSAFE_DIRECTORY"
+  | "DISK_IMAGE_INVALID";
 
 export class PyroError extends Error {
   readonly code: PyroErrorCode;

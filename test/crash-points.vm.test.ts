@@ -426,6 +426,53 @@ describe("[vm] crash points: kill -9 of pyro at random points leaves state the n
     });
   }
 
+  it("export (the disk's top layer copied while /workspace is frozen)", async () => {
+    await writeMarker(main, "before-export");
+    const out = join(await mkdtemp(join(tmpdir(), "pyro-crash-export-")), "out.tar");
+    await crash("export", ["workspace", "export", main, ".", "--output", out], 1_500);
+    await checkInvariants("export", ["workspace", "exec", main, "--", "sh", "-c", "echo again > /workspace/after-export"]);
+    await checkFiles("export", main);
+    await rm(join(out, ".."), { recursive: true, force: true });
+  });
+
+  it("a host killed while it holds /workspace frozen leaves a guest that writes again", async () => {
+    const ws = (cliJson(["workspace", "list"]).value.workspaces as Listed[]).find((w) => w.workspace_id === main)!;
+    if (ws.state === "stopped") cliJson(["workspace", "start", main]);
+    await writeMarker(main, "before-freeze");
+    // A pyro process whose agent connection holds the freeze (as export and diff do while they copy), SIGKILLed there.
+    const agentClient = join(import.meta.dirname, "..", "src", "guest-protocol", "agent-client.js");
+    const socket = join(testPaths.runtimeDir, main, "agent.sock");
+    const holder = spawn(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        `const { AgentClient } = await import(${JSON.stringify(agentClient)});
+         const agent = await AgentClient.connect(${JSON.stringify(socket)}, Date.now() + 10000);
+         await agent.waitReady(Date.now() + 20000);
+         await agent.freezeWorkspace();
+         console.log("frozen");
+         setInterval(() => {}, 1000);`,
+      ],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
+    const exited = new Promise((r) => holder.once("exit", r));
+    await new Promise<void>((resolve, reject) => {
+      holder.stdout.on("data", (d: Buffer) => d.toString().includes("frozen") && resolve());
+      holder.once("exit", () => reject(new Error("the freezing process ended before it froze /workspace")));
+    });
+    holder.kill("SIGKILL");
+    await exited;
+    // The first command after the kill writes to /workspace, well inside the agent's own cap (10 s):
+    // the closed connection (or this host's hello) thawed it.
+    const again = cli(["workspace", "exec", main, "--json", "--", "sh", "-c", "echo again > /workspace/after-freeze && cat /workspace/after-freeze"]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(JSON.parse(again.stdout).stdout, "again\n");
+    assert.ok(again.ms < 5_000, `a write to /workspace took ${again.ms} ms after the freezing host died`);
+    await checkInvariants("freeze holder", ["workspace", "status", main, "--json"]);
+    await checkFiles("freeze holder", main);
+  });
+
   it("delete", async () => {
     const doomed = (await pyro.createWorkspace("debian:12")).workspace_id;
     await crash("delete", ["workspace", "delete", doomed], 500);

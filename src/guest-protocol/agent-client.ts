@@ -457,6 +457,24 @@ export class AgentClient {
     return this.call("tree.changes", { path, since_ns: sinceNs.toString(), max_bytes: maxBytes }, undefined, { timeoutMs });
   }
 
+  /**
+   * Freezes the guest's /workspace filesystem (FIFREEZE: writes flushed, journal checkpointed, new
+   * writes held) so its disk is a clean filesystem on the host until `thawWorkspace`. The agent
+   * holds it at most `holdMs` (default and ceiling: the agent's own cap; the reply says which
+   * applies), and releases it if this connection closes first.
+   */
+  async freezeWorkspace(options: { holdMs?: number; timeoutMs?: number } = {}): Promise<{ token: number; holdMs: number }> {
+    const fields = options.holdMs === undefined ? {} : { hold_ms: options.holdMs };
+    const { header } = await this.call("fs.freeze", fields, undefined, { timeoutMs: options.timeoutMs ?? 60_000 });
+    return { token: header.token, holdMs: header.hold_ms };
+  }
+
+  /** Thaws the freeze `token` names; `held` says whether it was still in force (the disk unchanged since). */
+  async thawWorkspace(token: number): Promise<{ held: boolean }> {
+    const { header } = await this.call("fs.thaw", { token });
+    return { held: header.held };
+  }
+
   /** Starts a supervised background process; its output goes to the log paths in the reply. */
   async serviceStart(req: ServiceStartRequest): Promise<ServiceState> {
     return (await this.call("service.start", { name: req.name, cwd: req.cwd, env: req.env, ...serviceCommandFields(req.command) })).header;

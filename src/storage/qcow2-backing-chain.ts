@@ -9,7 +9,7 @@ import { PyroError } from "../errors.js";
 
 const QCOW2_MAGIC = 0x514649fb; // "QFI\xfb"
 /** Overlay chains pyro makes are a few deep (workspace → snapshot → template → image). */
-const MAX_CHAIN_DEPTH = 16;
+export const MAX_CHAIN_DEPTH = 16;
 /** Backing file names are paths; qemu caps them at 1023 bytes. */
 const MAX_BACKING_NAME = 1023;
 

@@ -74,7 +74,7 @@ export function encodeManifest(entries: Iterable<ManifestEntry>): Buffer {
  * `a\xfe` both `a\uFFFD`) and an honest guest's manifest fail as a name listed twice. Each path
  * component is decoded on its own, so a directory's children name it as its own record does.
  */
-function nameText(raw: Buffer): string {
+export function nameText(raw: Buffer): string {
   if (isUtf8(raw)) return raw.toString("utf8");
   const components: string[] = [];
   for (let from = 0; from <= raw.length; ) {

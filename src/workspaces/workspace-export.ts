@@ -1,18 +1,20 @@
 import { lstatSync, readdirSync, readlinkSync } from "node:fs";
 import { createReadStream, createWriteStream } from "node:fs";
 import { lstat, mkdir, open, rename, rm, symlink, unlink } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { spawn } from "node:child_process";
 import { isPyroError, PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
-import { runSandboxed, sandboxArgs, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
+import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { diskChain } from "../storage/qcow2-backing-chain.js";
+import { type Ext4Inode, Ext4Reader } from "../storage/ext4-reader.js";
+import { openDisk } from "../storage/qcow2-reader.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { RootedTree } from "../storage/rooted-path.js";
 import { Ext4Image } from "./disk-image.js";
+import { copyTopLayerAtOneMoment } from "./frozen-disk-view.js";
 import { TAR_BLOCK, tarHeader } from "./tar-header.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import type { Redactor } from "./secret-redaction.js";
@@ -24,30 +26,22 @@ import type { WorkspaceRecord } from "./workspace-record.js";
 
 /**
  * Exports a directory of a workspace whose /workspace is its own disk, at host speed and with
- * bounded memory, from the disk itself: the guest is synced and paused just long enough to copy the
- * top qcow2 layer (the layers below never change), then the copy is converted to raw, its journal
- * replayed and the directory dumped with debugfs — all inside host-sandbox, since the guest wrote
- * every block. The dump is made a tar by streaming from the host's disk to the output file.
- * Hardlinks are restored from the guest's manifest (debugfs dumps each name as its own file);
- * directory times are not kept (debugfs sets them when it creates them).
+ * bounded memory, from the disk itself: the guest's /workspace is frozen (frozen-disk-view.ts) just
+ * long enough to copy the top qcow2 layer (the layers below never change). Without redaction, the tar is streamed from
+ * that copy and the layers below by pyro's own readers (qcow2-reader, ext4-reader, which treat
+ * every byte as hostile): no guest walk, no qemu-img, no debugfs. With redaction (file lengths
+ * change, so files must exist before their headers), the copy is converted to raw, its journal
+ * replayed and the directory dumped with debugfs inside host-sandbox, redacted, and packed by tar;
+ * hardlinks are restored from the guest's manifest and directory times are not kept.
  */
 
 const TOOL_LIMITS = { cpuSeconds: 1800, addressSpaceBytes: 4 * 2 ** 30 };
 const TOOL_TIMEOUT_MS = 1_800_000;
 
-/**
- * The top qcow2 layer of the guest's /workspace disk, copied while the guest is synced and paused
- * (the layers below never change): a consistent moment of the disk, taken in a few milliseconds.
- */
-async function pausedTopCopy(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, scratch: string): Promise<string> {
+/** The top qcow2 layer of the guest's /workspace disk, copied at one moment (the layers below never change). */
+async function topLayerCopy(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, scratch: string): Promise<string> {
   const top = join(scratch, "top.qcow2");
-  await vm.agent.sync();
-  await vm.pause();
-  try {
-    await runHostCommand(requireExecutable("cp", "coreutils"), ["--sparse=always", workspaceDiskPath(ctx, record.id), top], { privateFiles: true });
-  } finally {
-    await vm.resume();
-  }
+  await copyTopLayerAtOneMoment(vm, workspaceDiskPath(ctx, record.id), top);
   return top;
 }
 
@@ -170,55 +164,6 @@ export async function redactTree(tree: string, redactor: Redactor): Promise<void
   }
 }
 
-/**
- * Reads exactly the bytes asked for from a stream (debugfs's stdout), pulling more only when needed:
- * the tool blocks on its pipe while the output file is slow, so memory stays one chunk.
- */
-class StreamReader {
-  private buffered: Buffer[] = [];
-  private length = 0;
-  private done = false;
-  constructor(private readonly source: AsyncIterator<Buffer>) {}
-
-  private async fill(bytes: number): Promise<boolean> {
-    while (this.length < bytes && !this.done) {
-      const next = await this.source.next();
-      if (next.done) this.done = true;
-      else {
-        this.buffered.push(next.value);
-        this.length += next.value.length;
-      }
-    }
-    return this.length >= bytes;
-  }
-
-  /** Up to `max` bytes of what is buffered (at least one byte unless the stream ended); never copies. */
-  async take(max: number): Promise<Buffer> {
-    await this.fill(1);
-    const first = this.buffered[0];
-    if (!first) return Buffer.alloc(0);
-    if (first.length <= max) {
-      this.buffered.shift();
-      this.length -= first.length;
-      return first;
-    }
-    this.buffered[0] = first.subarray(max);
-    this.length -= max;
-    return first.subarray(0, max);
-  }
-
-  async expect(text: string): Promise<boolean> {
-    const want = Buffer.from(text, "latin1");
-    if (!(await this.fill(want.length))) return false;
-    for (let at = 0; at < want.length; ) {
-      const piece = await this.take(want.length - at);
-      if (!piece.equals(want.subarray(at, at + piece.length))) return false;
-      at += piece.length;
-    }
-    return true;
-  }
-}
-
 /** The guest's manifests come in the agent's walk order, which lets the parse keep only the directories not yet walked. */
 const WALK = { order: "walk" } as const;
 
@@ -231,9 +176,8 @@ export function exportedMode(mode: number): number {
   return mode & 0o1777;
 }
 
-/** The files whose contents an export reads (each inode once: further names are hardlinks), and how many bytes they hold. */
+/** How many bytes of file contents an export writes (each inode once: further names are hardlinks), and its largest file. */
 interface ExportPlan {
-  inodes: number[];
   bytes: number;
   largest: { path: string; size: number } | undefined;
 }
@@ -245,13 +189,12 @@ interface ExportPlan {
  * (hardlinks counted once) cannot exceed its disk unless files are sparse, and then it is refused
  * before anything is written.
  */
-function planExport(manifest: Buffer, maxBytes: number, label: string): ExportPlan {
-  const plan: ExportPlan = { inodes: [], bytes: 0, largest: undefined };
+function planExport(entries: Iterable<ManifestEntry>, maxBytes: number, label: string): ExportPlan {
+  const plan: ExportPlan = { bytes: 0, largest: undefined };
   const linked = new Set<number>();
-  for (const e of manifestEntries(manifest, WALK)) {
+  for (const e of entries) {
     if (e.type !== "f" || (e.nlink > 1 && linked.has(e.ino))) continue;
     if (e.nlink > 1) linked.add(e.ino);
-    plan.inodes.push(e.ino);
     plan.bytes += e.size;
     if (!plan.largest || e.size > plan.largest.size) plan.largest = { path: e.path, size: e.size };
   }
@@ -265,78 +208,37 @@ function planExport(manifest: Buffer, maxBytes: number, label: string): ExportPl
   return plan;
 }
 
+/** The tar header of one walked entry (undefined for sockets, FIFOs and devices, which are not exported); `linkedTo` names a hardlink's first path. */
+function entryHeader(e: ManifestEntry, linkedTo: string | undefined): Buffer | undefined {
+  const mtime = new Date(Number(e.mtimeNs / 1_000_000n));
+  const common = { path: e.type === "d" ? `./${e.path}/` : `./${e.path}`, mode: exportedMode(e.mode), uid: 0, gid: 0, mtime };
+  if (e.type === "d") return tarHeader({ ...common, type: "Directory", size: 0 });
+  if (e.type === "l") return tarHeader({ ...common, type: "SymbolicLink", linkpath: e.target, size: 0 });
+  if (e.type === "f" && linkedTo !== undefined) return tarHeader({ ...common, type: "Link", linkpath: `./${linkedTo}`, size: 0 });
+  if (e.type === "f") return tarHeader({ ...common, type: "File", size: e.size });
+  return undefined;
+}
+
 /**
- * The tar of one directory of the image, generated straight from the guest's manifest of it
- * (names, modes, times, link targets, hardlinks) and debugfs `cat` of each file (one sandboxed run
- * for all of them): no file is ever created on the host, and no more than one record of the
- * manifest is held as an object. The manifest was taken just after the disk was copied; a file that
- * changed in between no longer lines up with what debugfs prints, and the export fails rather than
- * writing a wrong archive.
+ * The tar of one directory of the disk, read in-process from its filesystem: the walk gives names,
+ * modes, times, link targets and hardlinks (the same records the guest's walk would), and each
+ * file's bytes come straight from its blocks. No file is created on the host and no guest CPU is
+ * used. The reader checks every byte the guest wrote; a damaged filesystem fails the export.
  */
-async function* tarFromImage(out: string, manifest: Buffer, plan: ExportPlan): AsyncGenerator<Buffer> {
-  const child = spawn(
-    requireExecutable("bwrap", "bubblewrap"),
-    sandboxArgs({
-      tool: requireExecutable("debugfs", "e2fsprogs"),
-      args: ["-f", "-", `${SANDBOX_OUTPUT_DIR}/disk.raw`],
-      outputDir: out,
-      timeoutMs: TOOL_TIMEOUT_MS,
-      limits: { ...TOOL_LIMITS, fileSizeBytes: 0 },
-    }),
-    { stdio: ["pipe", "pipe", "ignore"], detached: true, env: {} },
-  );
-  const kill = () => {
-    try {
-      if (child.pid) process.kill(-child.pid, "SIGKILL");
-    } catch {
-      // gone
-    }
-  };
-  const timer = setTimeout(kill, TOOL_TIMEOUT_MS);
-  child.stdin!.on("error", () => undefined);
-  // Written as the pipe takes it: the script of a 500k-file tree is never one string.
-  void pipeline(
-    (function* () {
-      for (let i = 0; i < plan.inodes.length; i += 4096)
-        yield `${plan.inodes
-          .slice(i, i + 4096)
-          .map((ino) => `cat <${ino}>\n`)
-          .join("")}`;
-    })(),
-    child.stdin!,
-  ).catch(() => undefined);
-  const reader = new StreamReader(child.stdout![Symbol.asyncIterator]());
-  const changed = () =>
-    new PyroError("GUEST_OPERATION_FAILED", "/workspace changed while it was being exported; export again (or stop the processes writing to it)");
-  try {
-    const seen = new Map<number, string>();
-    for (const e of manifestEntries(manifest, WALK)) {
-      const mtime = new Date(Number(e.mtimeNs / 1_000_000n));
-      const common = { path: e.type === "d" ? `./${e.path}/` : `./${e.path}`, mode: exportedMode(e.mode), uid: 0, gid: 0, mtime };
-      if (e.type === "d") yield tarHeader({ ...common, type: "Directory", size: 0 });
-      else if (e.type === "l") yield tarHeader({ ...common, type: "SymbolicLink", linkpath: e.target, size: 0 });
-      else if (e.type === "f" && e.nlink > 1 && seen.has(e.ino)) yield tarHeader({ ...common, type: "Link", linkpath: `./${seen.get(e.ino)}`, size: 0 });
-      else if (e.type === "f") {
-        if (e.nlink > 1) seen.set(e.ino, e.path);
-        if (!(await reader.expect(`debugfs: cat <${e.ino}>\n`))) throw changed();
-        yield tarHeader({ ...common, type: "File", size: e.size });
-        let left = e.size;
-        while (left > 0) {
-          const piece = await reader.take(Math.min(left, 1 << 20));
-          if (!piece.length) throw changed();
-          left -= piece.length;
-          yield piece;
-        }
-        if (e.size % TAR_BLOCK) yield Buffer.alloc(TAR_BLOCK - (e.size % TAR_BLOCK));
-      }
-      // Sockets, FIFOs and devices are not exported (as before).
-    }
-    if ((await reader.take(1)).length) throw changed();
-    yield Buffer.alloc(2 * TAR_BLOCK);
-  } finally {
-    clearTimeout(timer);
-    kill();
+async function* tarFromFilesystem(fs: Ext4Reader, root: Ext4Inode): AsyncGenerator<Buffer> {
+  const seen = new Map<number, string>();
+  // Each directory's subtree right after it: GNU tar then sets its time once nothing more goes in it.
+  for (const e of fs.walk(root, { order: "subtree" })) {
+    const first = e.type === "f" && e.nlink > 1 ? seen.get(e.ino) : undefined;
+    const header = entryHeader(e, first);
+    if (!header) continue;
+    yield header;
+    if (e.type !== "f" || first !== undefined) continue;
+    if (e.nlink > 1) seen.set(e.ino, e.path);
+    for (const piece of fs.contents(e.inode)) yield piece;
+    if (e.size % TAR_BLOCK) yield Buffer.alloc(TAR_BLOCK - (e.size % TAR_BLOCK));
   }
+  yield Buffer.alloc(2 * TAR_BLOCK);
 }
 
 /**
@@ -400,7 +302,26 @@ export async function exportDirectoryFromDisk(
   const prefix = guestPath === WORKSPACE_ROOT ? "" : guestPath.slice(WORKSPACE_ROOT.length + 1);
   const scratch = await makePrivateTempDir(ctx.store.dir(record.id), ".disk-");
   try {
-    const top = await pausedTopCopy(ctx, record, vm, scratch);
+    const top = await topLayerCopy(ctx, record, vm, scratch);
+    if (!redactor.active) {
+      // Streamed from the disk copy in-process: nothing but the archive is written on the host.
+      const disk = openDisk(top, { topDirectory: dirname(workspaceDiskPath(ctx, record.id)) });
+      try {
+        const fs = Ext4Reader.open(disk);
+        const root = fs.lookup(prefix);
+        if (root?.type !== "d")
+          throw new PyroError(
+            "GUEST_OPERATION_FAILED",
+            `${guestPath} is no longer a directory on the workspace disk; export again (or stop the processes changing it)`,
+          );
+        planExport(fs.walk(root), disk.size, guestPath);
+        await writePieces(tarFromFilesystem(fs, root), scratchFile);
+      } finally {
+        disk.close();
+      }
+      return (await lstat(scratchFile)).size;
+    }
+    // Redaction can change a file's length, which a tar header must state first: dump, redact, pack.
     // The guest walks the directory while the host converts the disk copy: the two take about as
     // long, and neither needs the other.
     // Both settle before anything is removed: a tool still writing into the scratch dir is never raced.
@@ -410,15 +331,8 @@ export async function exportDirectoryFromDisk(
     const manifest = walked.value;
     const { raw, out, bytes } = copied.value;
     return await withGuestManifest(vm.agent, async () => {
-      if (!redactor.active) {
-        // Streamed: nothing but the archive is written on the host.
-        const plan = planExport(manifest, bytes, guestPath);
-        await writePieces(tarFromImage(out, manifest, plan), scratchFile);
-        return (await lstat(scratchFile)).size;
-      }
-      // Redaction can change a file's length, which a tar header must state first: dump, redact, pack.
       // The dump is bounded like the stream (no sparse file expands on the host).
-      planExport(manifest, bytes, guestPath);
+      planExport(manifestEntries(manifest, WALK), bytes, guestPath);
       const entry = await new Ext4Image(raw).lookup(prefix ? `/${prefix}` : "/");
       const tree = await dumpDirectory(out, entry.inode, bytes);
       await rm(raw, { force: true });

@@ -7,6 +7,7 @@ mod command;
 mod exec;
 mod files;
 mod frame;
+mod freeze;
 mod hardening;
 mod identity;
 mod init;
@@ -30,6 +31,7 @@ fn main() {
     if is_init {
         init::setup_system();
         hardening::protect_agent();
+        freeze::thaw_left_behind();
     }
     let registry = Arc::new(process::Registry::new());
     if is_init {

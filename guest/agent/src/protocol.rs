@@ -84,6 +84,8 @@ pub fn serve_host(mut reader: std::fs::File, writer: &Writer, mut on_frame: impl
                 if connected {
                     decoder.reset();
                     connected = false;
+                    // A freeze lives only as long as the connection of the host that asked for it.
+                    crate::freeze::release_for_departed_host();
                 }
                 if woken_on_connect {
                     crate::sys::wait_for_host(100);
@@ -154,6 +156,8 @@ pub fn handle_frame(ctx: &Arc<Context>, header_bytes: Vec<u8>, payload: Vec<u8>)
     let op = header.get("op").and_then(Json::as_str).unwrap_or("").to_string();
     if op == "hello" && matches!(header.get("new_session"), Some(Json::Bool(true))) {
         ctx.session.fetch_add(1, Ordering::SeqCst);
+        // A new host: whoever froze /workspace is gone, even if its EOF was never seen.
+        crate::freeze::release_for_departed_host();
     }
     let session = ctx.session.load(Ordering::SeqCst);
     // Metadata-only requests are answered inline: a thread costs more than the work under TCG.
@@ -197,6 +201,8 @@ fn dispatch(ctx: &Context, op: &str, header: &Json, payload: Vec<u8>) -> Result<
         "workspace.mount" => crate::workspace_disk::mount(header),
         "tree.manifest" => crate::workspace_disk::manifest(header),
         "tree.changes" => crate::workspace_disk::changes(header),
+        "fs.freeze" => crate::freeze::freeze(header),
+        "fs.thaw" => crate::freeze::thaw(header),
         "service.start" => ctx.services.start(&ctx.registry, header),
         "service.status" => ctx.services.status(header),
         "service.list" => ctx.services.list(),

@@ -109,6 +109,19 @@ pub fn mount_fs(source: &str, target: &str, fstype: &str, flags: c_ulong, data: 
     check(unsafe { mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr() as *const c_void) })
 }
 
+/// Freezes the filesystem holding `fd` (FIFREEZE): writes are flushed, the journal checkpointed, and
+/// new writes block until thaw_fs.
+pub fn freeze_fs(fd: c_int) -> io::Result<()> {
+    const FIFREEZE: c_ulong = 0xc004_5877;
+    check(unsafe { ioctl(fd, FIFREEZE, std::ptr::null_mut()) })
+}
+
+/// Thaws the filesystem holding `fd` (FITHAW); EINVAL when it was not frozen.
+pub fn thaw_fs(fd: c_int) -> io::Result<()> {
+    const FITHAW: c_ulong = 0xc004_5878;
+    check(unsafe { ioctl(fd, FITHAW, std::ptr::null_mut()) })
+}
+
 /// Drops a block device's cached buffers (BLKFLSBUF), so the next reads come from the device.
 pub fn flush_block_buffers(device: &str) -> io::Result<()> {
     use std::os::unix::io::AsRawFd;

@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 
 /// The virtio-blk serial the host gives the /workspace disk (`-device virtio-blk-device,serial=`).
 pub const DISK_SERIAL: &str = "pyro-workspace";
-const MOUNT_POINT: &str = "/workspace";
+pub const MOUNT_POINT: &str = "/workspace";
 const MS_NOATIME: u64 = 1024;
 
 /// The block device (e.g. /dev/vdb) whose virtio serial is DISK_SERIAL.
@@ -28,7 +28,7 @@ fn find_disk() -> Option<String> {
     None
 }
 
-fn mounted_at(target: &str) -> bool {
+pub fn mounted_at(target: &str) -> bool {
     fs::read_to_string("/proc/self/mounts").unwrap_or_default().lines().any(|l| l.split_whitespace().nth(1) == Some(target))
 }
 

@@ -20,6 +20,8 @@ mod exec;
 mod files;
 #[path = "../frame.rs"]
 mod frame;
+#[path = "../freeze.rs"]
+mod freeze;
 #[path = "../hardening.rs"]
 mod hardening;
 #[path = "../identity.rs"]

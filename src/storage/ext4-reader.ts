@@ -1,0 +1,578 @@
+import { PyroError } from "../errors.js";
+import { type ManifestEntry, nameText } from "../workspaces/tree-manifest.js";
+import { TREE_MANIFEST_LIMITS } from "../workspaces/workspace-limits.js";
+import { type JournalCopy, journalCopies, restoreEscaped } from "./jbd2-journal.js";
+import type { DiskReader } from "./qcow2-reader.js";
+
+/**
+ * A read-only ext4 reader over a disk's bytes: the walk of a directory as the same records the
+ * guest agent's `tree.manifest` returns (same order, same fields), and each file's contents. It
+ * reads what a journal replay would leave (committed journal blocks take the place of their
+ * filesystem blocks) without writing anything.
+ *
+ * The guest's root wrote every byte. Nothing read is trusted: every block number is checked
+ * against the filesystem, every size against the disk, extent trees must be ordered (so they
+ * cannot loop) and are bounded in depth and nodes, a directory met twice is a cycle, names with
+ * '/' or NUL or a misplaced '.'/'..' are refused, and entry counts are held to
+ * TREE_MANIFEST_LIMITS. A bad image ends in a DISK_IMAGE_INVALID PyroError, never a hang, an
+ * unbounded allocation or a path outside the walked root.
+ */
+
+const SUPERBLOCK_OFFSET = 1024;
+const EXT4_MAGIC = 0xef53;
+const ROOT_INODE = 2;
+const INCOMPAT = {
+  compression: 0x1,
+  filetype: 0x2,
+  recover: 0x4,
+  journalDev: 0x8,
+  metaBg: 0x10,
+  extents: 0x40,
+  bit64: 0x80,
+  mmp: 0x100,
+  flexBg: 0x200,
+  eaInode: 0x400,
+  dirData: 0x1000,
+  csumSeed: 0x2000,
+  largeDir: 0x4000,
+  inlineData: 0x8000,
+  encrypt: 0x10000,
+  casefold: 0x20000,
+};
+/** Incompatible features whose on-disk layout this reader understands (or that do not change what it reads). */
+const READABLE_INCOMPAT =
+  INCOMPAT.filetype |
+  INCOMPAT.recover |
+  INCOMPAT.extents |
+  INCOMPAT.bit64 |
+  INCOMPAT.mmp |
+  INCOMPAT.flexBg |
+  INCOMPAT.eaInode |
+  INCOMPAT.csumSeed |
+  INCOMPAT.largeDir |
+  INCOMPAT.inlineData;
+const COMPAT_HAS_JOURNAL = 0x4;
+const FLAG_EXTENTS = 0x80000;
+const FLAG_INLINE_DATA = 0x10000000;
+const FLAG_ENCRYPT = 0x800;
+const EXTENT_MAGIC = 0xf30a;
+/** ext4's own bound on extent tree depth. */
+const MAX_EXTENT_DEPTH = 5;
+/** Longest path a walk yields, in bytes (Linux's PATH_MAX): deeper trees are refused, not walked forever. */
+const MAX_PATH_BYTES = 4096;
+const SYMLINK_MAX = 4096;
+/** Group descriptor table bytes read at most (a 1 TiB disk of 128 MiB groups has 512 KiB). */
+const MAX_DESCRIPTOR_BYTES = 16 * 1024 * 1024;
+/** Metadata blocks (inode tables, extent nodes) kept once read. */
+const METADATA_CACHE_BLOCKS = 256;
+/** File contents are read and handed out in pieces of at most this size. */
+const PIECE_BYTES = 1 << 20;
+const ZEROS = Buffer.alloc(PIECE_BYTES);
+
+/** The manifest type of an inode's mode (i_mode & S_IFMT); undefined for a mode no file has. */
+function typeOfMode(mode: number): ManifestEntry["type"] | undefined {
+  switch (mode & 0xf000) {
+    case 0x8000:
+      return "f";
+    case 0x4000:
+      return "d";
+    case 0xa000:
+      return "l";
+    case 0x1000: // FIFO
+    case 0x2000: // character device
+    case 0x6000: // block device
+    case 0xc000: // socket
+      return "o";
+    default:
+      return undefined;
+  }
+}
+
+function invalid(why: string, details: Record<string, unknown> = {}): PyroError {
+  return new PyroError(
+    "DISK_IMAGE_INVALID",
+    `the workspace filesystem is damaged or unsupported: ${why}; run fsck in the guest, or export a directory without the damaged entry`,
+    details,
+  );
+}
+
+/** An inode as this reader uses it. */
+export interface Ext4Inode {
+  ino: number;
+  type: ManifestEntry["type"];
+  /** Permission bits with setuid, setgid and sticky (mode & 0o7777). */
+  mode: number;
+  size: number;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  nlink: number;
+  flags: number;
+  /** The 60-byte block map / extent root / fast symlink target. */
+  blockArea: Buffer;
+}
+
+/** A run of a file's logical blocks: on disk at `physical`, or a hole (unwritten extents read as zeros too). */
+interface BlockRun {
+  logical: number;
+  length: number;
+  physical: number | undefined;
+}
+
+export interface Ext4WalkOptions {
+  /** Entries beyond this fail the walk (default: TREE_MANIFEST_LIMITS.entries). */
+  maxEntries?: number;
+  /** "manifest" (default): the agent's walk order; "subtree": each directory's subtree right after it. */
+  order?: "manifest" | "subtree";
+}
+
+/** A walked entry: its manifest record and its inode (to read its contents). */
+export type Ext4WalkEntry = ManifestEntry & { inode: Ext4Inode };
+
+/** A read-only ext4 filesystem on a disk. Synchronous: the disk is read from the host's page cache. */
+export class Ext4Reader {
+  readonly blockSize: number;
+  readonly blocksCount: number;
+  private readonly inodesCount: number;
+  private readonly inodesPerGroup: number;
+  private readonly inodeSize: number;
+  private readonly inodeTables: number[];
+  private readonly incompat: number;
+  private readonly cache = new Map<number, Buffer>();
+
+  private constructor(
+    private readonly disk: DiskReader,
+    sb: Buffer,
+    /** Filesystem blocks whose newest committed copy is in the journal, and where that copy is. */
+    private readonly journal: ReadonlyMap<number, { copy: JournalCopy; physical: number }> = new Map(),
+  ) {
+    const geometry = parseSuperblock(sb, disk.size);
+    this.blockSize = geometry.blockSize;
+    this.blocksCount = geometry.blocksCount;
+    this.inodesCount = geometry.inodesCount;
+    this.inodesPerGroup = geometry.inodesPerGroup;
+    this.inodeSize = geometry.inodeSize;
+    this.incompat = geometry.incompat;
+    this.inodeTables = this.readInodeTables(geometry);
+  }
+
+  /** Opens the filesystem on `disk`, with its committed journal applied (read-only). */
+  static open(disk: DiskReader): Ext4Reader {
+    const sb = Buffer.alloc(1024);
+    disk.readSync(sb, SUPERBLOCK_OFFSET);
+    const unreplayed = new Ext4Reader(disk, sb);
+    const compat = sb.readUInt32LE(0x5c);
+    const journalInode = sb.readUInt32LE(0xe0);
+    if (!(compat & COMPAT_HAS_JOURNAL)) return unreplayed;
+    if (journalInode === 0) throw invalid("its journal is on another device");
+    const journal = unreplayed.journalCopies(journalInode);
+    if (journal.size === 0) return unreplayed;
+    // The superblock and group descriptors may themselves be in the journal: read again through it.
+    const sbBlock = Math.floor(SUPERBLOCK_OFFSET / unreplayed.blockSize);
+    const within = SUPERBLOCK_OFFSET % unreplayed.blockSize;
+    const logged = journal.get(sbBlock);
+    const replayedSb = logged ? restoreEscaped(logged.copy, unreplayed.rawBlock(logged.physical)).subarray(within, within + 1024) : sb;
+    const replayed = new Ext4Reader(disk, Buffer.from(replayedSb), journal);
+    if (replayed.blockSize !== unreplayed.blockSize || replayed.blocksCount !== unreplayed.blocksCount || replayed.inodesCount !== unreplayed.inodesCount)
+      throw invalid("its journal changes the filesystem's geometry");
+    return replayed;
+  }
+
+  private readInodeTables(g: Geometry): number[] {
+    const groups = Math.ceil((g.blocksCount - g.firstDataBlock) / g.blocksPerGroup);
+    if (groups * g.inodesPerGroup < g.inodesCount) throw invalid(`${groups} groups of ${g.inodesPerGroup} inodes cannot hold ${g.inodesCount}`);
+    const inodeGroups = Math.ceil(g.inodesCount / g.inodesPerGroup);
+    if (inodeGroups * g.descSize > MAX_DESCRIPTOR_BYTES) throw invalid(`its ${inodeGroups} block groups are more than a workspace disk has`);
+    const tables: number[] = [];
+    const tableBlocks = Math.ceil((g.inodesPerGroup * g.inodeSize) / g.blockSize);
+    const descriptors = Buffer.alloc(inodeGroups * g.descSize);
+    this.readBlocks(g.firstDataBlock + 1, descriptors);
+    for (let group = 0; group < inodeGroups; group++) {
+      const at = group * g.descSize;
+      const low = descriptors.readUInt32LE(at + 8);
+      const high = g.descSize >= 64 ? descriptors.readUInt32LE(at + 0x28) : 0;
+      const table = high * 2 ** 32 + low;
+      if (table === 0 || table + tableBlocks > g.blocksCount) throw invalid(`group ${group}'s inode table (block ${table}) is outside the filesystem`);
+      tables.push(table);
+    }
+    return tables;
+  }
+
+  /** The journal's committed copies, each with the disk block it is read from. */
+  private journalCopies(ino: number): Map<number, { copy: JournalCopy; physical: number }> {
+    const inode = this.inode(ino);
+    const blocks = Math.floor(inode.size / this.blockSize);
+    // Journal logical blocks to disk blocks, built once from its extents.
+    const runs = [...this.blockRuns(inode)];
+    const physicalOf = (n: number): number => {
+      for (const r of runs) if (n >= r.logical && n < r.logical + r.length && r.physical !== undefined) return r.physical + (n - r.logical);
+      throw invalid(`journal block ${n} is not mapped`);
+    };
+    const copies = new Map<number, { copy: JournalCopy; physical: number }>();
+    for (const [block, copy] of journalCopies((n) => this.rawBlock(physicalOf(n)), this.blockSize, blocks, this.blocksCount))
+      copies.set(block, { copy, physical: physicalOf(copy.journalBlock) });
+    return copies;
+  }
+
+  /** A block as on disk, uncached and not through the journal. */
+  private rawBlock(n: number): Buffer {
+    if (!Number.isSafeInteger(n) || n < 0 || n >= this.blocksCount) throw invalid(`block ${n} is outside the filesystem`);
+    const out = Buffer.allocUnsafe(this.blockSize);
+    this.disk.readSync(out, n * this.blockSize);
+    return out;
+  }
+
+  /** A metadata block (cached), as the journal's replay would leave it. */
+  private block(n: number): Buffer {
+    let cached = this.cache.get(n);
+    if (!cached) {
+      const logged = this.journal.get(n);
+      cached = logged ? restoreEscaped(logged.copy, this.rawBlock(logged.physical)) : this.rawBlock(n);
+      if (this.cache.size >= METADATA_CACHE_BLOCKS) this.cache.clear();
+      this.cache.set(n, cached);
+    }
+    return cached;
+  }
+
+  /** Fills `target` from consecutive blocks starting at `first` (whole blocks; the journal's copies where it has them). */
+  private readBlocks(first: number, target: Buffer): void {
+    const count = Math.ceil(target.length / this.blockSize);
+    if (!Number.isSafeInteger(first) || first < 0 || first + count > this.blocksCount)
+      throw invalid(`blocks ${first}-${first + count} are outside the filesystem`);
+    this.disk.readSync(target, first * this.blockSize);
+    if (this.journal.size === 0) return;
+    for (let i = 0; i < count; i++) {
+      const logged = this.journal.get(first + i);
+      if (!logged) continue;
+      const copy = restoreEscaped(logged.copy, this.rawBlock(logged.physical));
+      copy.copy(target, i * this.blockSize, 0, Math.min(this.blockSize, target.length - i * this.blockSize));
+    }
+  }
+
+  /** Reads and checks inode `ino`. */
+  inode(ino: number): Ext4Inode {
+    if (!Number.isSafeInteger(ino) || ino < 1 || ino > this.inodesCount) throw invalid(`inode ${ino} does not exist`);
+    const index = ino - 1;
+    const group = Math.floor(index / this.inodesPerGroup);
+    const offset = (index % this.inodesPerGroup) * this.inodeSize;
+    const block = this.block(this.inodeTables[group]! + Math.floor(offset / this.blockSize));
+    const raw = block.subarray(offset % this.blockSize, (offset % this.blockSize) + this.inodeSize);
+    const rawMode = raw.readUInt16LE(0);
+    const type = typeOfMode(rawMode);
+    const nlink = raw.readUInt16LE(0x1a);
+    if (!type || nlink === 0) throw invalid(`inode ${ino} is named by a directory but is not in use`, { inode: ino });
+    const size = raw.readUInt32LE(0x6c) * 2 ** 32 + raw.readUInt32LE(0x4);
+    if (!Number.isSafeInteger(size)) throw invalid(`inode ${ino} claims ${size} bytes`, { inode: ino });
+    const extra = this.inodeSize > 128 ? raw.readUInt16LE(0x80) : 0;
+    if (extra > this.inodeSize - 128 || extra % 4 !== 0) throw invalid(`inode ${ino}'s extra size ${extra} is out of range`, { inode: ino });
+    const time = (at: number, extraAt: number): bigint => {
+      let seconds = BigInt(raw.readInt32LE(at));
+      let nanos = 0n;
+      if (128 + extra >= extraAt + 4) {
+        const x = raw.readUInt32LE(extraAt);
+        seconds += BigInt(x & 3) << 32n;
+        nanos = BigInt(x >>> 2);
+        if (nanos > 999_999_999n) nanos = 0n;
+      }
+      return seconds * 1_000_000_000n + nanos;
+    };
+    return {
+      ino,
+      type,
+      mode: rawMode & 0o7777,
+      size,
+      mtimeNs: time(0x10, 0x88),
+      ctimeNs: time(0xc, 0x84),
+      nlink,
+      flags: raw.readUInt32LE(0x20),
+      blockArea: Buffer.from(raw.subarray(0x28, 0x28 + 60)),
+    };
+  }
+
+  /** The runs of `inode`'s blocks in logical order, up to its size. */
+  private *blockRuns(inode: Ext4Inode): Generator<BlockRun> {
+    const fileBlocks = Math.ceil(inode.size / this.blockSize);
+    if (fileBlocks === 0) return;
+    if (inode.flags & FLAG_INLINE_DATA) throw invalid(`inode ${inode.ino} keeps its data inline, which pyro does not read`, { inode: inode.ino });
+    if (inode.flags & FLAG_ENCRYPT) throw invalid(`inode ${inode.ino} is encrypted`, { inode: inode.ino });
+    if (inode.flags & FLAG_EXTENTS) yield* this.extentRuns(inode, fileBlocks);
+    else yield* this.indirectRuns(inode, fileBlocks);
+  }
+
+  /**
+   * Walks an extent tree in logical order. Entries must be strictly ordered and below their
+   * parent's next key, and depth must fall by one per level: a tree cannot loop, and the nodes
+   * read are bounded by the file's own block count.
+   */
+  private *extentRuns(inode: Ext4Inode, fileBlocks: number): Generator<BlockRun> {
+    let budget = fileBlocks + 64;
+    let nextLogical = 0;
+    const self = this;
+    function* node(bytes: Buffer, expectedDepth: number | undefined, limit: number): Generator<BlockRun> {
+      if (bytes.readUInt16LE(0) !== EXTENT_MAGIC) throw invalid(`inode ${inode.ino}'s extent tree is damaged`, { inode: inode.ino });
+      const entries = bytes.readUInt16LE(2);
+      const max = bytes.readUInt16LE(4);
+      const depth = bytes.readUInt16LE(6);
+      if (entries > max || 12 + max * 12 > bytes.length || depth > MAX_EXTENT_DEPTH || (expectedDepth !== undefined && depth !== expectedDepth))
+        throw invalid(`inode ${inode.ino}'s extent tree is damaged`, { inode: inode.ino });
+      for (let i = 0; i < entries; i++) {
+        const at = 12 + i * 12;
+        const first = bytes.readUInt32LE(at);
+        const following = i + 1 < entries ? bytes.readUInt32LE(at + 12) : limit;
+        if (first < nextLogical || first >= following) throw invalid(`inode ${inode.ino}'s extents are out of order`, { inode: inode.ino });
+        if (first >= fileBlocks) return;
+        if (depth === 0) {
+          let length = bytes.readUInt16LE(at + 4);
+          const unwritten = length > 32768;
+          if (unwritten) length -= 32768;
+          const physical = bytes.readUInt16LE(at + 6) * 2 ** 32 + bytes.readUInt32LE(at + 8);
+          if (length === 0 || first + length > following || physical + length > self.blocksCount || physical === 0)
+            throw invalid(`inode ${inode.ino} has an extent outside the filesystem`, { inode: inode.ino });
+          nextLogical = first + length;
+          yield { logical: first, length: Math.min(length, fileBlocks - first), physical: unwritten ? undefined : physical };
+        } else {
+          if (--budget < 0) throw invalid(`inode ${inode.ino}'s extent tree has more nodes than blocks`, { inode: inode.ino });
+          const child = bytes.readUInt16LE(at + 8) * 2 ** 32 + bytes.readUInt32LE(at + 4);
+          yield* node(self.block(child), depth - 1, following);
+        }
+      }
+    }
+    yield* node(inode.blockArea, undefined, 2 ** 32);
+  }
+
+  /** Old-style block maps: 12 direct blocks, then single, double and triple indirect blocks (zero: a hole). */
+  private *indirectRuns(inode: Ext4Inode, fileBlocks: number): Generator<BlockRun> {
+    const perBlock = this.blockSize / 4;
+    let logical = 0;
+    const self = this;
+    function* mapped(pointer: number, level: number): Generator<BlockRun> {
+      const span = perBlock ** level;
+      if (pointer === 0) {
+        const length = Math.min(span, fileBlocks - logical);
+        yield { logical, length, physical: undefined };
+        logical += length;
+        return;
+      }
+      if (pointer >= self.blocksCount) throw invalid(`inode ${inode.ino} maps a block outside the filesystem`, { inode: inode.ino });
+      if (level === 0) {
+        yield { logical, length: 1, physical: pointer };
+        logical++;
+        return;
+      }
+      const table = Buffer.from(self.block(pointer));
+      for (let i = 0; i < perBlock && logical < fileBlocks; i++) yield* mapped(table.readUInt32LE(i * 4), level - 1);
+    }
+    for (let i = 0; i < 15 && logical < fileBlocks; i++) yield* mapped(inode.blockArea.readUInt32LE(i * 4), i < 12 ? 0 : i - 11);
+  }
+
+  /** A file's (or directory's) bytes from 0 to its size, in pieces of at most 1 MiB (holes read as zeros). Each piece is valid until the next. */
+  *contents(inode: Ext4Inode): Generator<Buffer> {
+    let position = 0;
+    const emitZeros = function* (bytes: number): Generator<Buffer> {
+      for (let left = bytes; left > 0; left -= PIECE_BYTES) yield ZEROS.subarray(0, Math.min(left, PIECE_BYTES));
+    };
+    for (const run of this.blockRuns(inode)) {
+      const start = run.logical * this.blockSize;
+      if (start > position) yield* emitZeros(start - position);
+      const end = Math.min(inode.size, (run.logical + run.length) * this.blockSize);
+      if (run.physical === undefined) yield* emitZeros(end - start);
+      else {
+        for (let at = start; at < end; at += PIECE_BYTES) {
+          const piece = Buffer.allocUnsafe(Math.min(PIECE_BYTES, end - at));
+          this.readBlocks(run.physical + (at - start) / this.blockSize, piece);
+          yield piece;
+        }
+      }
+      position = end;
+    }
+    if (inode.size > position) yield* emitZeros(inode.size - position);
+  }
+
+  /** A symlink's target bytes (fast symlinks keep it in the inode). */
+  linkTarget(inode: Ext4Inode): Buffer {
+    if (inode.size === 0 || inode.size > SYMLINK_MAX) throw invalid(`symlink inode ${inode.ino} has a ${inode.size}-byte target`, { inode: inode.ino });
+    if (!(inode.flags & (FLAG_EXTENTS | FLAG_INLINE_DATA)) && inode.size < 60) return inode.blockArea.subarray(0, inode.size);
+    return Buffer.concat([...this.contents(inode)]);
+  }
+
+  /** A directory's entries as (name, inode) pairs in on-disk order, checked; '.' and '..' left out. */
+  private directoryEntries(dir: Ext4Inode, maxEntries: number, budget: DirectoryBudget): { name: Buffer; ino: number }[] {
+    const out: { name: Buffer; ino: number }[] = [];
+    const hasFileType = (this.incompat & INCOMPAT.filetype) !== 0;
+    const where = () => `directory inode ${dir.ino}`;
+    if (dir.size > this.disk.size || dir.size % this.blockSize !== 0) throw invalid(`${where()} claims ${dir.size} bytes`, { inode: dir.ino });
+    const block = Buffer.allocUnsafe(this.blockSize);
+    for (const run of this.blockRuns(dir)) {
+      if (run.physical === undefined) continue; // a hole holds no entries
+      for (let i = 0; i < run.length; i++) {
+        // Real directories never share blocks: a walk reads at most the filesystem's blocks, however its directories point.
+        if (--budget.blocks < 0) throw invalid("its directories hold more blocks than the filesystem");
+        const blockIndex = run.logical + i;
+        this.readBlocks(run.physical + i, block);
+        for (let at = 0, index = 0; at < block.length; index++) {
+          if (at + 8 > block.length) throw invalid(`${where()} has a damaged entry`, { inode: dir.ino });
+          const ino = block.readUInt32LE(at);
+          let recLen = block.readUInt16LE(at + 4);
+          if (this.blockSize >= 65536 && (recLen === 0 || recLen === 65535)) recLen = this.blockSize;
+          const nameLen = hasFileType ? block[at + 6]! : block.readUInt16LE(at + 6);
+          if (recLen < 8 || recLen % 4 !== 0 || at + recLen > block.length || (ino !== 0 && 8 + nameLen > recLen))
+            throw invalid(`${where()} has a damaged entry`, { inode: dir.ino });
+          if (ino !== 0) {
+            const name = block.subarray(at + 8, at + 8 + nameLen);
+            const dots = name.length <= 2 && (name.equals(DOT) || name.equals(DOTDOT));
+            if (dots) {
+              // '.' and '..' are the first two entries of the first block, and nowhere else.
+              if (blockIndex !== 0 || index !== (name.length === 1 ? 0 : 1)) throw invalid(`${where()} lists '${name}' out of place`, { inode: dir.ino });
+            } else {
+              if (nameLen === 0 || name.includes(0) || name.includes(0x2f)) throw invalid(`${where()} holds a name with '/' or NUL`, { inode: dir.ino });
+              if (ino > this.inodesCount) throw invalid(`${where()} names inode ${ino}, which does not exist`, { inode: dir.ino });
+              if (out.length >= maxEntries) throw tooMany(maxEntries);
+              out.push({ name: Buffer.from(name), ino });
+            }
+          }
+          at += recLen;
+        }
+      }
+    }
+    return out;
+  }
+
+  /** Directory blocks a walk or lookup may read: the filesystem's own block count. */
+  private directoryBudget(): DirectoryBudget {
+    return { blocks: this.blocksCount };
+  }
+
+  /**
+   * The inode at `path` (relative to the root, '/'-separated, no symlink followed); undefined if a
+   * component is missing or a non-directory is on the way.
+   */
+  lookup(path: string): Ext4Inode | undefined {
+    let current = this.inode(ROOT_INODE);
+    const budget = this.directoryBudget();
+    for (const part of path.split("/").filter((p) => p !== "" && p !== ".")) {
+      if (current.type !== "d") return undefined;
+      const wanted = Buffer.from(part, "utf8");
+      const found = this.directoryEntries(current, TREE_MANIFEST_LIMITS.entries, budget).find((e) => e.name.equals(wanted));
+      if (!found) return undefined;
+      current = this.inode(found.ino);
+    }
+    return current;
+  }
+
+  /**
+   * Walks the directory `root`; the root itself is not listed and paths are relative to it. Order
+   * "manifest" (the default) is the agent's `tree.manifest`: depth first, each directory's entries
+   * together in byte order of their names, after the directory's own record. Order "subtree" puts
+   * each directory's whole subtree right after its record (what tar wants: an extractor sets a
+   * directory's time once it has left it).
+   */
+  *walk(root: Ext4Inode, options: Ext4WalkOptions = {}): Generator<Ext4WalkEntry> {
+    const maxEntries = options.maxEntries ?? TREE_MANIFEST_LIMITS.entries;
+    const subtree = options.order === "subtree";
+    if (root.type !== "d") throw invalid(`inode ${root.ino} is not a directory`);
+    const visited = new Set<number>([root.ino]);
+    const budget = this.directoryBudget();
+    let count = 0;
+    type Frame = { inode: Ext4Inode; path: string; bytes: number; entries?: { name: Buffer; ino: number }[]; next: number };
+    const stack: Frame[] = [{ inode: root, path: "", bytes: 0, next: 0 }];
+    while (stack.length) {
+      const dir = stack.pop()!;
+      if (!dir.entries) {
+        dir.entries = this.directoryEntries(dir.inode, maxEntries - count, budget);
+        dir.entries.sort((a, b) => Buffer.compare(a.name, b.name));
+      }
+      const entries = dir.entries;
+      const subdirs: Frame[] = [];
+      while (dir.next < entries.length) {
+        const i = dir.next++;
+        const { name, ino } = entries[i]!;
+        if (i > 0 && entries[i - 1]!.name.equals(name))
+          throw invalid(`directory inode ${dir.inode.ino} lists '${nameText(name)}' twice`, { inode: dir.inode.ino });
+        if (++count > maxEntries) throw tooMany(maxEntries);
+        const bytes = dir.bytes + (dir.bytes ? 1 : 0) + name.length;
+        if (bytes > MAX_PATH_BYTES) throw invalid(`a path under ${dir.path || "the root"} is longer than ${MAX_PATH_BYTES} bytes`);
+        const text = nameText(name);
+        const path = dir.path ? `${dir.path}/${text}` : text;
+        const inode = this.inode(ino);
+        const target = inode.type === "l" ? nameText(this.linkTarget(inode)) : "";
+        yield {
+          path,
+          type: inode.type,
+          mode: inode.mode,
+          size: inode.size,
+          mtimeNs: inode.mtimeNs,
+          ctimeNs: inode.ctimeNs,
+          ino,
+          nlink: inode.nlink,
+          target,
+          inode,
+        };
+        if (inode.type !== "d") continue;
+        if (visited.has(ino)) throw invalid(`directory inode ${ino} is linked from two places (a cycle)`, { inode: ino });
+        visited.add(ino);
+        const child: Frame = { inode, path, bytes, next: 0 };
+        if (subtree) {
+          // This directory resumes after the child's subtree.
+          stack.push(dir, child);
+          break;
+        }
+        subdirs.push(child);
+      }
+      for (let i = subdirs.length - 1; i >= 0; i--) stack.push(subdirs[i]!);
+    }
+  }
+}
+
+const DOT = Buffer.from(".");
+const DOTDOT = Buffer.from("..");
+
+function tooMany(maxEntries: number): PyroError {
+  return new PyroError(
+    "GUEST_OPERATION_FAILED",
+    `the tree holds more than ${maxEntries} files and directories, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
+  );
+}
+
+interface DirectoryBudget {
+  blocks: number;
+}
+
+interface Geometry {
+  blockSize: number;
+  blocksCount: number;
+  firstDataBlock: number;
+  blocksPerGroup: number;
+  inodesCount: number;
+  inodesPerGroup: number;
+  inodeSize: number;
+  descSize: number;
+  incompat: number;
+}
+
+/** Checks a superblock's numbers against each other and the disk before any is used. */
+function parseSuperblock(sb: Buffer, diskBytes: number): Geometry {
+  if (sb.readUInt16LE(0x38) !== EXT4_MAGIC) throw invalid("it has no ext4 superblock");
+  const logBlock = sb.readUInt32LE(0x18);
+  if (logBlock > 6) throw invalid(`its block size (2^${10 + logBlock}) is out of range`);
+  const blockSize = 1024 << logBlock;
+  const incompat = sb.readUInt32LE(0x60);
+  if (incompat & ~READABLE_INCOMPAT)
+    throw invalid(`it uses features pyro does not read (incompatible features 0x${(incompat & ~READABLE_INCOMPAT).toString(16)})`);
+  const is64 = (incompat & INCOMPAT.bit64) !== 0;
+  const blocksCount = sb.readUInt32LE(0x4) + (is64 ? sb.readUInt32LE(0x150) * 2 ** 32 : 0);
+  const firstDataBlock = sb.readUInt32LE(0x14);
+  const blocksPerGroup = sb.readUInt32LE(0x20);
+  const inodesCount = sb.readUInt32LE(0x0);
+  const inodesPerGroup = sb.readUInt32LE(0x28);
+  const revision = sb.readUInt32LE(0x4c);
+  const inodeSize = revision === 0 ? 128 : sb.readUInt16LE(0x58);
+  const descSize = is64 ? sb.readUInt16LE(0xfe) : 32;
+  if (blocksCount === 0 || blocksCount * blockSize > diskBytes)
+    throw invalid(`it claims ${blocksCount} blocks of ${blockSize} bytes, more than its ${diskBytes}-byte disk`);
+  if (firstDataBlock !== (blockSize === 1024 ? 1 : 0)) throw invalid(`its first data block ${firstDataBlock} is wrong for ${blockSize}-byte blocks`);
+  if (blocksPerGroup === 0 || blocksPerGroup > 8 * blockSize) throw invalid(`${blocksPerGroup} blocks per group is out of range`);
+  if (inodesPerGroup === 0 || inodesPerGroup > 8 * blockSize || inodesCount < ROOT_INODE)
+    throw invalid(`its inode counts (${inodesCount}, ${inodesPerGroup} per group) are out of range`);
+  if (inodeSize < 128 || inodeSize > blockSize || (inodeSize & (inodeSize - 1)) !== 0) throw invalid(`inode size ${inodeSize} is out of range`);
+  if (descSize < 32 || descSize > 1024 || (descSize & (descSize - 1)) !== 0) throw invalid(`group descriptor size ${descSize} is out of range`);
+  return { blockSize, blocksCount, firstDataBlock, blocksPerGroup, inodesCount, inodesPerGroup, inodeSize, descSize, incompat };
+}
