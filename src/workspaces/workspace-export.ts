@@ -15,7 +15,8 @@ import { makePrivateTempDir } from "../storage/private-storage.js";
 import { RootedTree } from "../storage/rooted-path.js";
 import { Ext4Image } from "./disk-image.js";
 import { copyTopLayerAtOneMoment } from "./frozen-disk-view.js";
-import { TAR_BLOCK, tarHeader } from "./tar-header.js";
+import { TAR_BLOCK, type TarFields, tarHeader } from "./tar-header.js";
+import { ustarHeader } from "./ustar-header.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import type { Redactor } from "./secret-redaction.js";
 import { manifestEntries, type ManifestEntry } from "./tree-manifest.js";
@@ -212,12 +213,17 @@ function planExport(entries: Iterable<ManifestEntry>, maxBytes: number, label: s
 function entryHeader(e: ManifestEntry, linkedTo: string | undefined): Buffer | undefined {
   const mtime = new Date(Number(e.mtimeNs / 1_000_000n));
   const common = { path: e.type === "d" ? `./${e.path}/` : `./${e.path}`, mode: exportedMode(e.mode), uid: 0, gid: 0, mtime };
-  if (e.type === "d") return tarHeader({ ...common, type: "Directory", size: 0 });
-  if (e.type === "l") return tarHeader({ ...common, type: "SymbolicLink", linkpath: e.target, size: 0 });
-  if (e.type === "f" && linkedTo !== undefined) return tarHeader({ ...common, type: "Link", linkpath: `./${linkedTo}`, size: 0 });
-  if (e.type === "f") return tarHeader({ ...common, type: "File", size: e.size });
-  return undefined;
+  let fields: TarFields;
+  if (e.type === "d") fields = { ...common, type: "Directory", size: 0 };
+  else if (e.type === "l") fields = { ...common, type: "SymbolicLink", linkpath: e.target, size: 0 };
+  else if (e.type === "f" && linkedTo !== undefined) fields = { ...common, type: "Link", linkpath: `./${linkedTo}`, size: 0 };
+  else if (e.type === "f") fields = { ...common, type: "File", size: e.size };
+  else return undefined;
+  return ustarHeader(fields) ?? tarHeader(fields);
 }
+
+/** Zeros that pad file bodies to whole tar blocks, and end the archive. */
+const TAR_ZEROS = Buffer.alloc(2 * TAR_BLOCK);
 
 /**
  * The tar of one directory of the disk, read in-process from its filesystem: the walk gives names,
@@ -225,7 +231,7 @@ function entryHeader(e: ManifestEntry, linkedTo: string | undefined): Buffer | u
  * file's bytes come straight from its blocks. No file is created on the host and no guest CPU is
  * used. The reader checks every byte the guest wrote; a damaged filesystem fails the export.
  */
-async function* tarFromFilesystem(fs: Ext4Reader, root: Ext4Inode): AsyncGenerator<Buffer> {
+function* tarFromFilesystem(fs: Ext4Reader, root: Ext4Inode): Generator<Buffer> {
   const seen = new Map<number, string>();
   // Each directory's subtree right after it: GNU tar then sets its time once nothing more goes in it.
   for (const e of fs.walk(root, { order: "subtree" })) {
@@ -236,9 +242,9 @@ async function* tarFromFilesystem(fs: Ext4Reader, root: Ext4Inode): AsyncGenerat
     if (e.type !== "f" || first !== undefined) continue;
     if (e.nlink > 1) seen.set(e.ino, e.path);
     for (const piece of fs.contents(e.inode)) yield piece;
-    if (e.size % TAR_BLOCK) yield Buffer.alloc(TAR_BLOCK - (e.size % TAR_BLOCK));
+    if (e.size % TAR_BLOCK) yield TAR_ZEROS.subarray(0, TAR_BLOCK - (e.size % TAR_BLOCK));
   }
-  yield Buffer.alloc(2 * TAR_BLOCK);
+  yield TAR_ZEROS;
 }
 
 /**
@@ -246,7 +252,7 @@ async function* tarFromFilesystem(fs: Ext4Reader, root: Ext4Inode): AsyncGenerat
  * files) become large writes, and streaming gigabytes allocates no buffer per write (freshly
  * allocated ones pile up until the garbage collector gets to them: ~20 MB more peak RSS on 2 GB).
  */
-async function writePieces(pieces: AsyncIterable<Buffer>, file: string): Promise<void> {
+async function writePieces(pieces: Iterable<Buffer>, file: string): Promise<void> {
   const handle = await open(file, "wx", 0o644);
   try {
     const buffer = Buffer.allocUnsafe(1 << 20);
@@ -255,7 +261,8 @@ async function writePieces(pieces: AsyncIterable<Buffer>, file: string): Promise
       for (let done = 0; done < used; ) done += (await handle.write(buffer, done, used - done)).bytesWritten;
       used = 0;
     };
-    for await (const piece of pieces) {
+    // A synchronous source: awaiting each of a 10k-file tree's ~30k pieces cost ~0.3 s of promise turns; only the writes wait.
+    for (const piece of pieces) {
       for (let at = 0; at < piece.length; ) {
         const copied = piece.copy(buffer, used, at);
         used += copied;
