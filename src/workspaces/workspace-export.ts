@@ -177,36 +177,34 @@ export function exportedMode(mode: number): number {
   return mode & 0o1777;
 }
 
-/** How many bytes of file contents an export writes (each inode once: further names are hardlinks), and its largest file. */
-interface ExportPlan {
-  bytes: number;
-  largest: { path: string; size: number } | undefined;
-}
-
 /**
- * First pass over the guest's manifest: which inodes to read, and whether their contents fit. A
- * guest can make a file of any apparent size with no blocks behind it (`truncate -s 1T`): its tar
- * would hold all of it. What an export writes is bounded by the disk itself: a tree's contents
- * (hardlinks counted once) cannot exceed its disk unless files are sparse, and then it is refused
- * before anything is written.
+ * What an export may write of file contents: no more than the disk holds. A guest can make a file
+ * of any apparent size with no blocks behind it (`truncate -s 1T`): its tar would hold all of it.
+ * A tree's contents (hardlinks counted once) cannot exceed its disk unless files are sparse, so the
+ * export is refused at the file that takes it past the disk, before that file's bytes are written:
+ * an export never writes more than its disk's size, and a refused one leaves no output.
  */
-function planExport(entries: Iterable<ManifestEntry>, maxBytes: number, label: string): ExportPlan {
-  const plan: ExportPlan = { bytes: 0, largest: undefined };
-  const linked = new Set<number>();
-  for (const e of entries) {
-    if (e.type !== "f" || (e.nlink > 1 && linked.has(e.ino))) continue;
-    if (e.nlink > 1) linked.add(e.ino);
-    plan.bytes += e.size;
-    if (!plan.largest || e.size > plan.largest.size) plan.largest = { path: e.path, size: e.size };
+class ContentBudget {
+  private bytes = 0;
+  private readonly linked = new Set<number>();
+
+  constructor(
+    private readonly maxBytes: number,
+    private readonly label: string,
+  ) {}
+
+  /** Counts a walked entry's contents (files only; a hardlink's inode once); throws past the disk. */
+  add(e: ManifestEntry): void {
+    if (e.type !== "f" || (e.nlink > 1 && this.linked.has(e.ino))) return;
+    if (e.nlink > 1) this.linked.add(e.ino);
+    this.bytes += e.size;
+    if (this.bytes > this.maxBytes)
+      throw new PyroError(
+        "GUEST_OPERATION_FAILED",
+        `${this.label} holds more than its ${this.maxBytes}-byte disk can store in file contents, so some files are sparse ('${e.path}', ${e.size} bytes, takes it past); export a directory without them, or remove them`,
+        { disk_bytes: this.maxBytes, path: e.path, size: e.size },
+      );
   }
-  if (plan.bytes > maxBytes) {
-    throw new PyroError(
-      "GUEST_OPERATION_FAILED",
-      `${label} holds ${plan.bytes} bytes of file contents, more than its ${maxBytes}-byte disk can store, so some files are sparse (the largest, '${plan.largest?.path}', is ${plan.largest?.size} bytes); export a directory without them, or remove them`,
-      { bytes: plan.bytes, disk_bytes: maxBytes, largest: plan.largest },
-    );
-  }
-  return plan;
 }
 
 /** The tar header of one walked entry (undefined for sockets, FIFOs and devices, which are not exported); `linkedTo` names a hardlink's first path. */
@@ -231,13 +229,14 @@ const TAR_ZEROS = Buffer.alloc(2 * TAR_BLOCK);
  * file's bytes come straight from its blocks. No file is created on the host and no guest CPU is
  * used. The reader checks every byte the guest wrote; a damaged filesystem fails the export.
  */
-function* tarFromFilesystem(fs: Ext4Reader, root: Ext4Inode): Generator<Buffer> {
+function* tarFromFilesystem(fs: Ext4Reader, root: Ext4Inode, budget: ContentBudget): Generator<Buffer> {
   const seen = new Map<number, string>();
   // Each directory's subtree right after it: GNU tar then sets its time once nothing more goes in it.
   for (const e of fs.walk(root, { order: "subtree" })) {
     const first = e.type === "f" && e.nlink > 1 ? seen.get(e.ino) : undefined;
     const header = entryHeader(e, first);
     if (!header) continue;
+    budget.add(e);
     yield header;
     if (e.type !== "f" || first !== undefined) continue;
     if (e.nlink > 1) seen.set(e.ino, e.path);
@@ -321,8 +320,7 @@ export async function exportDirectoryFromDisk(
             "GUEST_OPERATION_FAILED",
             `${guestPath} is no longer a directory on the workspace disk; export again (or stop the processes changing it)`,
           );
-        planExport(fs.walk(root), disk.size, guestPath);
-        await writePieces(tarFromFilesystem(fs, root), scratchFile);
+        await writePieces(tarFromFilesystem(fs, root, new ContentBudget(disk.size, guestPath)), scratchFile);
       } finally {
         disk.close();
       }
@@ -338,8 +336,9 @@ export async function exportDirectoryFromDisk(
     const manifest = walked.value;
     const { raw, out, bytes } = copied.value;
     return await withGuestManifest(vm.agent, async () => {
-      // The dump is bounded like the stream (no sparse file expands on the host).
-      planExport(manifestEntries(manifest, WALK), bytes, guestPath);
+      // The dump is bounded like the stream (no sparse file expands on the host), checked before it is made.
+      const budget = new ContentBudget(bytes, guestPath);
+      for (const e of manifestEntries(manifest, WALK)) budget.add(e);
       const entry = await new Ext4Image(raw).lookup(prefix ? `/${prefix}` : "/");
       const tree = await dumpDirectory(out, entry.inode, bytes);
       await rm(raw, { force: true });
