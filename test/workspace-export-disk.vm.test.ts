@@ -38,7 +38,7 @@ describe("[vm] export streams the workspace disk through pyro's own qcow2 and ex
     await rm(scratch, { recursive: true, force: true });
   });
 
-  it("exports what the running guest sees right after it wrote (journal not yet checkpointed): names, modes, times, links, bytes", TIMEOUT, async () => {
+  it("exports what the running guest sees right after it wrote: names, modes, times (directories too), links, bytes", TIMEOUT, async () => {
     const ws = await pyro.createWorkspace("debian:12", { seedPath: seed });
     created.push(ws.workspace_id);
     const change = await pyro.execWorkspace(ws.workspace_id, [

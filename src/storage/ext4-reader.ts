@@ -138,6 +138,7 @@ export class Ext4Reader {
   private readonly inodeTables: number[];
   private readonly incompat: number;
   private readonly cache = new Map<number, Buffer>();
+  private pieceBuffer: Buffer | undefined;
 
   private constructor(
     private readonly disk: DiskReader,
@@ -284,59 +285,83 @@ export class Ext4Reader {
       ctimeNs: time(0xc, 0x84),
       nlink,
       flags: raw.readUInt32LE(0x20),
-      blockArea: Buffer.from(raw.subarray(0x28, 0x28 + 60)),
+      // A view: cached blocks are never written to.
+      blockArea: raw.subarray(0x28, 0x28 + 60),
     };
   }
 
   /** The runs of `inode`'s blocks in logical order, up to its size. */
-  private *blockRuns(inode: Ext4Inode): Generator<BlockRun> {
+  private blockRuns(inode: Ext4Inode): Iterable<BlockRun> {
     const fileBlocks = Math.ceil(inode.size / this.blockSize);
-    if (fileBlocks === 0) return;
+    if (fileBlocks === 0) return [];
     if (inode.flags & FLAG_INLINE_DATA) throw invalid(`inode ${inode.ino} keeps its data inline, which pyro does not read`, { inode: inode.ino });
     if (inode.flags & FLAG_ENCRYPT) throw invalid(`inode ${inode.ino} is encrypted`, { inode: inode.ino });
-    if (inode.flags & FLAG_EXTENTS) yield* this.extentRuns(inode, fileBlocks);
-    else yield* this.indirectRuns(inode, fileBlocks);
+    return inode.flags & FLAG_EXTENTS ? this.extentRuns(inode, fileBlocks) : this.indirectRuns(inode, fileBlocks);
   }
 
   /**
    * Walks an extent tree in logical order. Entries must be strictly ordered and below their
    * parent's next key, and depth must fall by one per level: a tree cannot loop, and the nodes
-   * read are bounded by the file's own block count.
+   * read are bounded by the file's own block count. A tree held in the inode alone (most files)
+   * is read as a list, without generators.
    */
-  private *extentRuns(inode: Ext4Inode, fileBlocks: number): Generator<BlockRun> {
-    let budget = fileBlocks + 64;
-    let nextLogical = 0;
+  private extentRuns(inode: Ext4Inode, fileBlocks: number): Iterable<BlockRun> {
+    const state = { nextLogical: 0, budget: fileBlocks + 64 };
+    const root = this.extentNode(inode, inode.blockArea, undefined);
+    if (root.depth === 0) return this.leafRuns(inode, inode.blockArea, root.entries, 2 ** 32, fileBlocks, state);
     const self = this;
-    function* node(bytes: Buffer, expectedDepth: number | undefined, limit: number): Generator<BlockRun> {
-      if (bytes.readUInt16LE(0) !== EXTENT_MAGIC) throw invalid(`inode ${inode.ino}'s extent tree is damaged`, { inode: inode.ino });
-      const entries = bytes.readUInt16LE(2);
-      const max = bytes.readUInt16LE(4);
-      const depth = bytes.readUInt16LE(6);
-      if (entries > max || 12 + max * 12 > bytes.length || depth > MAX_EXTENT_DEPTH || (expectedDepth !== undefined && depth !== expectedDepth))
-        throw invalid(`inode ${inode.ino}'s extent tree is damaged`, { inode: inode.ino });
+    function* node(bytes: Buffer, entries: number, depth: number, limit: number): Generator<BlockRun> {
       for (let i = 0; i < entries; i++) {
         const at = 12 + i * 12;
         const first = bytes.readUInt32LE(at);
         const following = i + 1 < entries ? bytes.readUInt32LE(at + 12) : limit;
-        if (first < nextLogical || first >= following) throw invalid(`inode ${inode.ino}'s extents are out of order`, { inode: inode.ino });
+        if (first < state.nextLogical || first >= following) throw invalid(`inode ${inode.ino}'s extents are out of order`, { inode: inode.ino });
         if (first >= fileBlocks) return;
-        if (depth === 0) {
-          let length = bytes.readUInt16LE(at + 4);
-          const unwritten = length > 32768;
-          if (unwritten) length -= 32768;
-          const physical = bytes.readUInt16LE(at + 6) * 2 ** 32 + bytes.readUInt32LE(at + 8);
-          if (length === 0 || first + length > following || physical + length > self.blocksCount || physical === 0)
-            throw invalid(`inode ${inode.ino} has an extent outside the filesystem`, { inode: inode.ino });
-          nextLogical = first + length;
-          yield { logical: first, length: Math.min(length, fileBlocks - first), physical: unwritten ? undefined : physical };
-        } else {
-          if (--budget < 0) throw invalid(`inode ${inode.ino}'s extent tree has more nodes than blocks`, { inode: inode.ino });
-          const child = bytes.readUInt16LE(at + 8) * 2 ** 32 + bytes.readUInt32LE(at + 4);
-          yield* node(self.block(child), depth - 1, following);
-        }
+        if (--state.budget < 0) throw invalid(`inode ${inode.ino}'s extent tree has more nodes than blocks`, { inode: inode.ino });
+        const childBytes = self.block(bytes.readUInt16LE(at + 8) * 2 ** 32 + bytes.readUInt32LE(at + 4));
+        const child = self.extentNode(inode, childBytes, depth - 1);
+        if (child.depth === 0) yield* self.leafRuns(inode, childBytes, child.entries, following, fileBlocks, state);
+        else yield* node(childBytes, child.entries, child.depth, following);
       }
     }
-    yield* node(inode.blockArea, undefined, 2 ** 32);
+    return node(inode.blockArea, root.entries, root.depth, 2 ** 32);
+  }
+
+  /** An extent node's header, checked (`expectedDepth`: one less than its parent's). */
+  private extentNode(inode: Ext4Inode, bytes: Buffer, expectedDepth: number | undefined): { entries: number; depth: number } {
+    const entries = bytes.readUInt16LE(2);
+    const max = bytes.readUInt16LE(4);
+    const depth = bytes.readUInt16LE(6);
+    if (
+      bytes.readUInt16LE(0) !== EXTENT_MAGIC ||
+      entries > max ||
+      12 + max * 12 > bytes.length ||
+      depth > MAX_EXTENT_DEPTH ||
+      (expectedDepth !== undefined && depth !== expectedDepth)
+    )
+      throw invalid(`inode ${inode.ino}'s extent tree is damaged`, { inode: inode.ino });
+    return { entries, depth };
+  }
+
+  /** A leaf's extents (at most a block's worth), checked and clipped to the file. */
+  private leafRuns(inode: Ext4Inode, bytes: Buffer, entries: number, limit: number, fileBlocks: number, state: { nextLogical: number }): BlockRun[] {
+    const runs: BlockRun[] = [];
+    for (let i = 0; i < entries; i++) {
+      const at = 12 + i * 12;
+      const first = bytes.readUInt32LE(at);
+      const following = i + 1 < entries ? bytes.readUInt32LE(at + 12) : limit;
+      if (first < state.nextLogical || first >= following) throw invalid(`inode ${inode.ino}'s extents are out of order`, { inode: inode.ino });
+      if (first >= fileBlocks) break;
+      let length = bytes.readUInt16LE(at + 4);
+      const unwritten = length > 32768;
+      if (unwritten) length -= 32768;
+      const physical = bytes.readUInt16LE(at + 6) * 2 ** 32 + bytes.readUInt32LE(at + 8);
+      if (length === 0 || first + length > following || physical + length > this.blocksCount || physical === 0)
+        throw invalid(`inode ${inode.ino} has an extent outside the filesystem`, { inode: inode.ino });
+      state.nextLogical = first + length;
+      runs.push({ logical: first, length: Math.min(length, fileBlocks - first), physical: unwritten ? undefined : physical });
+    }
+    return runs;
   }
 
   /** Old-style block maps: 12 direct blocks, then single, double and triple indirect blocks (zero: a hole). */
@@ -364,8 +389,11 @@ export class Ext4Reader {
     for (let i = 0; i < 15 && logical < fileBlocks; i++) yield* mapped(inode.blockArea.readUInt32LE(i * 4), i < 12 ? 0 : i - 11);
   }
 
-  /** A file's (or directory's) bytes from 0 to its size, in pieces of at most 1 MiB (holes read as zeros). Each piece is valid until the next. */
+  /** A file's (or directory's) bytes from 0 to its size, in pieces of at most 1 MiB (holes read as zeros). Each piece is valid only until the next piece of any file is asked for. */
   *contents(inode: Ext4Inode): Generator<Buffer> {
+    // One buffer for every piece of every file: its callers copy each piece before asking for the next.
+    this.pieceBuffer ??= Buffer.allocUnsafe(PIECE_BYTES);
+    const buffer = this.pieceBuffer;
     let position = 0;
     const emitZeros = function* (bytes: number): Generator<Buffer> {
       for (let left = bytes; left > 0; left -= PIECE_BYTES) yield ZEROS.subarray(0, Math.min(left, PIECE_BYTES));
@@ -377,7 +405,7 @@ export class Ext4Reader {
       if (run.physical === undefined) yield* emitZeros(end - start);
       else {
         for (let at = start; at < end; at += PIECE_BYTES) {
-          const piece = Buffer.allocUnsafe(Math.min(PIECE_BYTES, end - at));
+          const piece = buffer.subarray(0, Math.min(PIECE_BYTES, end - at));
           this.readBlocks(run.physical + (at - start) / this.blockSize, piece);
           yield piece;
         }
@@ -391,7 +419,9 @@ export class Ext4Reader {
   linkTarget(inode: Ext4Inode): Buffer {
     if (inode.size === 0 || inode.size > SYMLINK_MAX) throw invalid(`symlink inode ${inode.ino} has a ${inode.size}-byte target`, { inode: inode.ino });
     if (!(inode.flags & (FLAG_EXTENTS | FLAG_INLINE_DATA)) && inode.size < 60) return inode.blockArea.subarray(0, inode.size);
-    return Buffer.concat([...this.contents(inode)]);
+    const pieces: Buffer[] = [];
+    for (const piece of this.contents(inode)) pieces.push(Buffer.from(piece));
+    return Buffer.concat(pieces);
   }
 
   /** A directory's entries as (name, inode) pairs in on-disk order, checked; '.' and '..' left out. */
@@ -411,22 +441,24 @@ export class Ext4Reader {
         for (let at = 0, index = 0; at < block.length; index++) {
           if (at + 8 > block.length) throw invalid(`${where()} has a damaged entry`, { inode: dir.ino });
           const ino = block.readUInt32LE(at);
-          let recLen = block.readUInt16LE(at + 4);
+          let recLen = block[at + 4]! | (block[at + 5]! << 8);
           if (this.blockSize >= 65536 && (recLen === 0 || recLen === 65535)) recLen = this.blockSize;
-          const nameLen = hasFileType ? block[at + 6]! : block.readUInt16LE(at + 6);
+          const nameLen = hasFileType ? block[at + 6]! : block[at + 6]! | (block[at + 7]! << 8);
           if (recLen < 8 || recLen % 4 !== 0 || at + recLen > block.length || (ino !== 0 && 8 + nameLen > recLen))
             throw invalid(`${where()} has a damaged entry`, { inode: dir.ino });
           if (ino !== 0) {
-            const name = block.subarray(at + 8, at + 8 + nameLen);
-            const dots = name.length <= 2 && (name.equals(DOT) || name.equals(DOTDOT));
+            const start = at + 8;
+            const dots = (nameLen === 1 || nameLen === 2) && block[start] === 0x2e && (nameLen === 1 || block[start + 1] === 0x2e);
             if (dots) {
               // '.' and '..' are the first two entries of the first block, and nowhere else.
-              if (blockIndex !== 0 || index !== (name.length === 1 ? 0 : 1)) throw invalid(`${where()} lists '${name}' out of place`, { inode: dir.ino });
+              if (blockIndex !== 0 || index !== nameLen - 1) throw invalid(`${where()} lists '${".".repeat(nameLen)}' out of place`, { inode: dir.ino });
             } else {
-              if (nameLen === 0 || name.includes(0) || name.includes(0x2f)) throw invalid(`${where()} holds a name with '/' or NUL`, { inode: dir.ino });
+              let plain = nameLen > 0;
+              for (let i = start; plain && i < start + nameLen; i++) plain = block[i] !== 0 && block[i] !== 0x2f;
+              if (!plain) throw invalid(`${where()} holds a name with '/' or NUL`, { inode: dir.ino });
               if (ino > this.inodesCount) throw invalid(`${where()} names inode ${ino}, which does not exist`, { inode: dir.ino });
               if (out.length >= maxEntries) throw tooMany(maxEntries);
-              out.push({ name: Buffer.from(name), ino });
+              out.push({ name: Buffer.from(block.subarray(start, start + nameLen)), ino });
             }
           }
           at += recLen;
@@ -521,9 +553,6 @@ export class Ext4Reader {
     }
   }
 }
-
-const DOT = Buffer.from(".");
-const DOTDOT = Buffer.from("..");
 
 function tooMany(maxEntries: number): PyroError {
   return new PyroError(
