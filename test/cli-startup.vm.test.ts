@@ -21,6 +21,8 @@ describe("[vm] a CLI command on a running workspace reaches its VM without prepa
     const result = JSON.parse(exec.stdout) as { exit_code: number; stdout: string; cwd: string; sequence: number };
     assert.deepEqual([result.exit_code, result.stdout, result.cwd, result.sequence], [0, "hello\n", "/workspace", 1]);
     assert.deepEqual(loadedAmong(exec.modules, NOT_FOR_A_RUNNING_WORKSPACE), []);
+    // Each record and reply is parsed about once: zod's per-schema parser compiler is off in the CLI.
+    assert.equal(exec.compiledFunctions, 0);
     // The command log and the record were written as the SDK writes them.
     assert.equal((await pyro.statusWorkspace(id)).command_count, 1);
     assert.equal((await pyro.logsWorkspace(id)).commands[0]?.stdout, "hello\n");
@@ -28,6 +30,7 @@ describe("[vm] a CLI command on a running workspace reaches its VM without prepa
     const diff = cliWithModules(["workspace", "diff", id, "--summary"]);
     assert.equal(diff.code, 0, diff.stderr);
     assert.equal(diff.stdout, "A note.txt\n");
+    assert.equal(diff.compiledFunctions, 0);
     assert.deepEqual(loadedAmong(diff.modules, [/\/node_modules\/diff\//, /\/zod\/v4\/locales\/(?!en\.js$|index\.js$)/]), []);
   });
 });

@@ -28,7 +28,7 @@ function zodProcess(body: string, lazy: boolean): { stdout: string; modules: str
     timeout: 60_000,
   });
   assert.equal(r.status, 0, r.stderr);
-  return { stdout: r.stdout, modules: readFileSync(log, "utf8").split("\n").filter(Boolean) };
+  return { stdout: r.stdout, modules: (JSON.parse(readFileSync(log, "utf8")) as { modules: string[] }).modules };
 }
 
 describe("zod's locales load on first use in the CLI", () => {

@@ -12,6 +12,7 @@ import { registerMcpCommands } from "./commands/mcp-command.js";
 import { registerRunCommand } from "./commands/run-command.js";
 import { registerWorkspaceCommands } from "./commands/workspace-commands.js";
 import { damagedArgument } from "./argv-encoding.js";
+import { loadZodForOneShot } from "./one-shot-zod.js";
 import { reportError, USAGE_EXIT } from "./output.js";
 
 function packageVersion(): string {
@@ -59,7 +60,10 @@ export async function main(argv: string[]): Promise<number> {
   // The SDK (and through it every capability) loads on first use: `--help` or a one-shot run
   // should not pay for the modules of workspaces, MCP or registries.
   let instance: Promise<Pyro> | undefined;
-  const pyro = () => (instance ??= import("../sdk/pyro.js").then(({ Pyro: Sdk }) => new Sdk()));
+  const pyro = () =>
+    (instance ??= loadZodForOneShot()
+      .then(() => import("../sdk/pyro.js"))
+      .then(({ Pyro: Sdk }) => new Sdk()));
   const program = new Command()
     .name("pyro")
     .description("Disposable, isolated Linux microVM workspaces for coding agents.")

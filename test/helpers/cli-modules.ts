@@ -6,8 +6,11 @@ import { CLI } from "./vm-fixtures.js";
 
 const RECORDER = join(import.meta.dirname, "record-modules.js");
 
-/** Runs the CLI in a fresh process and returns what it printed and every module it loaded (file URLs and builtins). */
-export function cliWithModules(args: string[]): { code: number | null; stdout: string; stderr: string; modules: string[] } {
+/**
+ * Runs the CLI in a fresh process and returns what it printed, every module it loaded (file URLs
+ * and builtins) and how many functions it compiled at run time.
+ */
+export function cliWithModules(args: string[]): { code: number | null; stdout: string; stderr: string; modules: string[]; compiledFunctions: number } {
   const dir = mkdtempSync(join(tmpdir(), "pyro-modules-"));
   try {
     const log = join(dir, "modules.txt");
@@ -16,8 +19,8 @@ export function cliWithModules(args: string[]): { code: number | null; stdout: s
       env: { ...process.env, PYRO_TEST_MODULE_LOG: log },
       timeout: 120_000,
     });
-    const modules = readFileSync(log, "utf8").split("\n").filter(Boolean);
-    return { code: r.status, stdout: r.stdout, stderr: r.stderr, modules };
+    const { modules, compiledFunctions } = JSON.parse(readFileSync(log, "utf8")) as { modules: string[]; compiledFunctions: number };
+    return { code: r.status, stdout: r.stdout, stderr: r.stderr, modules, compiledFunctions };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
