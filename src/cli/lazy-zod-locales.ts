@@ -24,10 +24,14 @@ export function lazyLocalesIndex(source: string): string | undefined {
   return ['import { createRequire } from "node:module";', "const load = createRequire(import.meta.url);", ...lazy, ""].join("\n");
 }
 
-/** Installs the rewrite for this process; a Node without synchronous module hooks loads zod as it is. */
-export function deferZodLocales(): void {
-  if (typeof module.registerHooks !== "function") return;
-  module.registerHooks({
+/**
+ * Installs the rewrite for this process until `remove` is called: every module loaded meanwhile
+ * passes through the hook, so it is meant to be held only while zod loads. A Node without
+ * synchronous module hooks loads zod as it is.
+ */
+export function deferZodLocales(): { remove: () => void } {
+  if (typeof module.registerHooks !== "function") return { remove: () => undefined };
+  const hooks = module.registerHooks({
     load(url, context, nextLoad) {
       const result = nextLoad(url, context);
       if (!url.startsWith("file:") || !url.endsWith(LOCALES_INDEX) || result.source === undefined) return result;
@@ -35,4 +39,5 @@ export function deferZodLocales(): void {
       return source === undefined ? result : { ...result, source };
     },
   });
+  return { remove: () => hooks.deregister() };
 }

@@ -3,7 +3,6 @@ import { lstatSync, mkdirSync } from "node:fs";
 import module from "node:module";
 import { join } from "node:path";
 import { resolvePaths } from "../paths.js";
-import { deferZodLocales } from "./lazy-zod-locales.js";
 
 /**
  * pyro's entry point: turns on Node's on-disk compile cache before the CLI's modules load. A fresh
@@ -37,6 +36,5 @@ function enableCompileCache(): void {
 }
 
 enableCompileCache();
-deferZodLocales();
 const { runCli } = await import("./program.js");
 await runCli();
