@@ -12,7 +12,6 @@ import { registerMcpCommands } from "./commands/mcp-command.js";
 import { registerRunCommand } from "./commands/run-command.js";
 import { registerWorkspaceCommands } from "./commands/workspace-commands.js";
 import { damagedArgument } from "./argv-encoding.js";
-import { loadZodForOneShot } from "./one-shot-zod.js";
 import { reportError, USAGE_EXIT } from "./output.js";
 
 function packageVersion(): string {
@@ -61,7 +60,8 @@ export async function main(argv: string[]): Promise<number> {
   // should not pay for the modules of workspaces, MCP or registries.
   let instance: Promise<Pyro> | undefined;
   const pyro = () =>
-    (instance ??= loadZodForOneShot()
+    (instance ??= import("./one-shot-zod.js")
+      .then(({ loadZodForOneShot }) => loadZodForOneShot())
       .then(() => import("../sdk/pyro.js"))
       .then(({ Pyro: Sdk }) => new Sdk()));
   const program = new Command()
