@@ -59,7 +59,11 @@ export async function main(argv: string[]): Promise<number> {
   // The SDK (and through it every capability) loads on first use: `--help` or a one-shot run
   // should not pay for the modules of workspaces, MCP or registries.
   let instance: Promise<Pyro> | undefined;
-  const pyro = () => (instance ??= import("../sdk/pyro.js").then(({ Pyro: Sdk }) => new Sdk()));
+  const pyro = () =>
+    (instance ??= import("./one-shot-zod.js")
+      .then(({ loadZodForOneShot }) => loadZodForOneShot())
+      .then(() => import("../sdk/pyro.js"))
+      .then(({ Pyro: Sdk }) => new Sdk()));
   const program = new Command()
     .name("pyro")
     .description("Disposable, isolated Linux microVM workspaces for coding agents.")

@@ -3,11 +3,11 @@ import { ensureAgent } from "../guest-agent/agent-binary.js";
 import { ensureGuestKernel, withMemoryReturnModule, type GuestKernel } from "../guest-kernel/guest-kernel.js";
 import { ensureInitramfs, type Initramfs } from "../guest-kernel/initramfs.js";
 import type { PyroPaths } from "../paths.js";
-import { requireExecutable } from "../process/host-command.js";
 import { ensurePrivateDir } from "../storage/private-storage.js";
 import { chooseAccelerator, hostTscKhz, type AcceleratorChoice } from "./accelerator.js";
 import { QemuBackend } from "./qemu/qemu-backend.js";
 import { ensurePrivateRamDiscard } from "./qemu/private-ram-discard.js";
+import { qemuBinary as findQemu } from "./running-vm-control.js";
 import type { VmmBackend } from "./vmm-backend.js";
 
 /** Everything needed to boot guests on this host, prepared once per process. */
@@ -55,7 +55,7 @@ export async function prepareGuestRuntime(paths: PyroPaths, onProgress?: (messag
  */
 export async function buildGuestRuntime(paths: PyroPaths, options: { agentPath?: string; onProgress?: (message: string) => void } = {}): Promise<GuestRuntime> {
   const { onProgress } = options;
-  const qemuBinary = requireExecutable("qemu-system-x86_64", "qemu-system-x86");
+  const qemuBinary = findQemu();
   const [kernel, agentPath, qemuStat, tscKhz, privateRamDiscard] = await Promise.all([
     ensureGuestKernel(paths, onProgress ? { onProgress } : {}).then(withMemoryReturnModule),
     options.agentPath ?? ensureAgent(onProgress),

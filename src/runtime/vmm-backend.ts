@@ -133,6 +133,9 @@ export interface RunningVm {
   removePortForward(hostPort: number): Promise<void>;
 }
 
+/** What work on VMs that already run needs of a backend (attach, status, find, stop): everything but a launch. */
+export type RunningVmControl = Omit<VmmBackend, "launch">;
+
 /** A way to run microVMs. QEMU microvm now; Firecracker can implement the same contract. */
 export interface VmmBackend {
   readonly name: string;

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { createTwoFilesPatch } from "diff";
+import { createRequire } from "node:module";
 import type { Redactor } from "./secret-redaction.js";
 import { isText } from "./text-content.js";
 
@@ -12,6 +12,13 @@ export interface TreeEntry {
   /** A file too large to pull for a diff: shown like a binary file. */
   tooLarge?: boolean;
 }
+
+/**
+ * jsdiff, loaded on the first patch: it is ~20 modules, and a diff --summary, an export or a push
+ * (which load this module with the rest of the tree code) never makes a patch.
+ */
+let jsdiff: typeof import("diff") | undefined;
+const diffLibrary = () => (jsdiff ??= createRequire(import.meta.url)("diff") as typeof import("diff"));
 
 function describe(entry: TreeEntry): string {
   if (entry.type === "SymbolicLink") return `symlink -> ${entry.linkpath}`;
@@ -38,7 +45,9 @@ export function formatFileDiff(
     };
   const modeNote = a && b && a.mode !== b.mode ? `old mode ${a.mode.toString(8)}\nnew mode ${b.mode.toString(8)}\n` : "";
   const shown = (entry: TreeEntry | undefined) => (entry ? redactor.text(describe(entry)) : "");
-  const text = createTwoFilesPatch(a ? `a/${path}` : "/dev/null", b ? `b/${path}` : "/dev/null", shown(a), shown(b), undefined, undefined, { context: 3 });
+  const text = diffLibrary().createTwoFilesPatch(a ? `a/${path}` : "/dev/null", b ? `b/${path}` : "/dev/null", shown(a), shown(b), undefined, undefined, {
+    context: 3,
+  });
   // jsdiff starts with an "Index:"/separator preamble; keep git-like headers only.
   return {
     path,

@@ -3,7 +3,7 @@ import { open, readdir, rm } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import type { PyroPaths } from "../paths.js";
 import { processAlive } from "../process/process-alive.js";
-import type { VmmBackend } from "../runtime/vmm-backend.js";
+import type { RunningVmControl, VmmBackend } from "../runtime/vmm-backend.js";
 import { ensurePrivateDir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
 import { templateMemoryMode } from "./boot-templates.js";
 
@@ -51,7 +51,7 @@ export async function newForkMemoryPath(paths: PyroPaths): Promise<string | unde
 }
 
 /** Removes the fork RAM files no running VM maps and no live pyro process is still writing. Returns how many went. */
-export async function releaseUnmappedForkMemory(paths: PyroPaths, backend: () => Promise<VmmBackend>): Promise<number> {
+export async function releaseUnmappedForkMemory(paths: PyroPaths, backend: () => Promise<RunningVmControl>): Promise<number> {
   const dir = await forkMemoryDir(paths);
   if (!dir) return 0;
   const names = await readdir(dir).catch(() => [] as string[]);

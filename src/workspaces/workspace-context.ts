@@ -1,11 +1,10 @@
 import { EnvironmentStore } from "../environments/environment-store.js";
 import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
-import { prepareGuestRuntime, type GuestRuntime } from "../runtime/guest-runtime.js";
-import type { RunningVm } from "../runtime/vmm-backend.js";
+import type { GuestRuntime } from "../runtime/guest-runtime.js";
+import { runningVmControl } from "../runtime/running-vm-control.js";
+import type { RunningVm, RunningVmControl } from "../runtime/vmm-backend.js";
 import { UNNAMED_PURPOSE } from "../storage/process-lock.js";
-import { releaseUnmappedForkMemory } from "./fork-memory.js";
-import { removeStaleStaging } from "./guest-transfer.js";
 import { nowIso, vmHandle, type WorkspaceRecord } from "./workspace-record.js";
 import { recoverInterrupted, recoverWorkspace } from "./workspace-recovery.js";
 import { Redactor } from "./secret-redaction.js";
@@ -27,8 +26,18 @@ export class WorkspaceContext {
     this.environments = new EnvironmentStore(paths);
   }
 
+  /** What booting a VM needs (kernel, initramfs, accelerator, backend); loaded and prepared on first use. */
   runtime(): Promise<GuestRuntime> {
-    return this.runtimeOverride ? this.runtimeOverride() : prepareGuestRuntime(this.paths, this.onProgress);
+    if (this.runtimeOverride) return this.runtimeOverride();
+    return import("../runtime/guest-runtime.js").then(({ prepareGuestRuntime }) => prepareGuestRuntime(this.paths, this.onProgress));
+  }
+
+  /**
+   * The backend's hold on VMs that already run: what an operation on a running workspace needs,
+   * without the runtime's checks of what a boot needs (see runningVmControl).
+   */
+  vms(): Promise<RunningVmControl> {
+    return this.runtimeOverride ? this.runtimeOverride().then((runtime) => runtime.backend) : runningVmControl(this.paths);
   }
 
   /** Tells the user something pyro did on its own (a crash recovery): progress channel, else stderr. */
@@ -52,14 +61,16 @@ export { nowIso, vmHandle };
 export async function reconcileVm(ctx: WorkspaceContext, record: WorkspaceRecord): Promise<boolean> {
   const handle = vmHandle(record);
   if (!handle) return false;
-  const runtime = await ctx.runtime();
-  if (await runtime.backend.isRunning(handle)) return true;
+  const vms = await ctx.vms();
+  if (await vms.isRunning(handle)) return true;
   record.vm = null;
   record.unexpected_stop = `the VM (pid ${handle.pid}) exited without pyro stopping it; files written before are kept — start it again with 'pyro workspace start ${record.id}'`;
   record.updated_at = nowIso();
   await ctx.store.write(record);
   // It may have been the last VM mapping a fork's RAM file (a guest can end its VM at any time).
-  await releaseUnmappedForkMemory(ctx.paths, async () => runtime.backend);
+  // Loaded here, not up front: every workspace command passes through this module.
+  const { releaseUnmappedForkMemory } = await import("./fork-memory.js");
+  await releaseUnmappedForkMemory(ctx.paths, async () => vms);
   return false;
 }
 
@@ -82,10 +93,10 @@ export async function withRunningWorkspace<T>(
           workspace: record.id,
         });
       }
-      const runtime = await ctx.runtime();
-      const vm = await runtime.backend.attach(vmHandle(record)!);
+      const vm = await (await ctx.vms()).attach(vmHandle(record)!);
       vm.agent.label = `workspace ${record.id}`;
       if (record.guest_cleanup_pending) {
+        const { removeStaleStaging } = await import("./guest-transfer.js");
         await removeStaleStaging(vm.agent);
         record.guest_cleanup_pending = false;
         await ctx.store.write(record);

@@ -2,11 +2,6 @@ import { readdir, rm, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { processAlive } from "../process/process-alive.js";
 import { deadHolder, lockHolder, sweepLockScratch, UNNAMED_PURPOSE, type LockOwner } from "../storage/process-lock.js";
-import type { VmmBackend } from "../runtime/vmm-backend.js";
-import { partialOverlayPath } from "./disk-chain.js";
-import { releaseUnmappedForkMemory } from "./fork-memory.js";
-import { removeStaleStaging } from "./guest-transfer.js";
-import { diskPath, workspaceDiskPath } from "./workspace-boot.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import { nowIso, vmHandle } from "./workspace-record.js";
 
@@ -23,16 +18,12 @@ const WORKSPACE_ID = /^ws-[a-z2-7]+$/;
 const DELETED_DIR = /^\.deleted-ws-[a-z2-7]+-(\d+)$/;
 const LOCK_DIR = /^(ws-[a-z2-7]+)\.lock$/;
 
-/** Files and folders in a workspace directory that only exist while an operation runs. */
-function isOperationScratch(ctx: WorkspaceContext, id: string, name: string): boolean {
-  return (
-    /^\..+\.tmp$/.test(name) ||
-    name.startsWith(".disk-") ||
-    name.startsWith(".seed-") ||
-    name.startsWith(".fork-") ||
-    name === basename(partialOverlayPath(diskPath(ctx, id))) ||
-    name === basename(partialOverlayPath(workspaceDiskPath(ctx, id)))
-  );
+/**
+ * Files and folders in a workspace directory that only exist while an operation runs;
+ * `partialOverlays` are the names of its disks' half-made overlays.
+ */
+function isOperationScratch(name: string, partialOverlays: readonly string[]): boolean {
+  return /^\..+\.tmp$/.test(name) || name.startsWith(".disk-") || name.startsWith(".seed-") || name.startsWith(".fork-") || partialOverlays.includes(name);
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -54,8 +45,14 @@ function describe(interrupted: LockOwner | undefined): string {
  * Idempotent: running it on a healthy workspace changes nothing but the recovery note.
  */
 export async function recoverWorkspace(ctx: WorkspaceContext, id: string, interrupted: LockOwner | undefined): Promise<string[]> {
-  // The runtime (and its VMM backend) only when there may be a VM: a VM always has its run directory.
-  const backend = async () => (await ctx.runtime()).backend;
+  // Loaded here, not up front: the sweep below runs before every workspace command, repairs are rare.
+  const [{ partialOverlayPath }, { diskPath, workspaceDiskPath }, { removeStaleStaging }] = await Promise.all([
+    import("./disk-chain.js"),
+    import("./workspace-boot.js"),
+    import("./guest-transfer.js"),
+  ]);
+  // The VMM backend only when there may be a VM: a VM always has its run directory.
+  const backend = () => ctx.vms();
   const dir = ctx.store.dir(id);
   const record = await ctx.store.read(id);
   const notes: string[] = [];
@@ -92,8 +89,9 @@ export async function recoverWorkspace(ctx: WorkspaceContext, id: string, interr
     notes.push(`removed the incomplete snapshot '${name}'`);
   }
   let scratch = 0;
+  const partialOverlays = [diskPath(ctx, id), workspaceDiskPath(ctx, id)].map((disk) => basename(partialOverlayPath(disk)));
   for (const name of await readdir(dir).catch(() => [] as string[])) {
-    if (!isOperationScratch(ctx, id, name)) continue;
+    if (!isOperationScratch(name, partialOverlays)) continue;
     await rm(join(dir, name), { recursive: true, force: true });
     scratch++;
   }
@@ -146,7 +144,7 @@ export async function recoverInterrupted(ctx: WorkspaceContext): Promise<void> {
   }
   const runDirs = (await readdir(ctx.paths.runtimeDir).catch(() => [] as string[])).filter((n) => WORKSPACE_ID.test(n));
   if (runDirs.length) {
-    const backend: VmmBackend = (await ctx.runtime()).backend;
+    const backend = await ctx.vms();
     for (const vm of await backend.findVms(ctx.paths.runtimeDir)) {
       const id = basename(vm.runDir);
       if (!WORKSPACE_ID.test(id)) continue; // one-shot and template VMs die with the process that started them
@@ -162,5 +160,8 @@ export async function recoverInterrupted(ctx: WorkspaceContext): Promise<void> {
       });
   }
   // A fork cut short may have left a RAM file that no VM maps (tmpfs would hold it until reboot).
-  if (suspects.size) await releaseUnmappedForkMemory(ctx.paths, async () => (await ctx.runtime()).backend);
+  if (suspects.size) {
+    const { releaseUnmappedForkMemory } = await import("./fork-memory.js");
+    await releaseUnmappedForkMemory(ctx.paths, () => ctx.vms());
+  }
 }
