@@ -143,6 +143,26 @@ pub fn set_file_times(f: &std::fs::File, secs: i64) -> io::Result<()> {
     check(unsafe { futimens(f.as_raw_fd(), times.as_ptr()) })
 }
 
+#[repr(C)]
+struct iovec {
+    base: *mut c_void,
+    len: usize,
+}
+
+extern "C" {
+    fn preadv2(fd: c_int, iov: *const iovec, count: c_int, offset: i64, flags: c_int) -> isize;
+}
+
+/// Whether the byte at `offset` of a file opened for reading is in the page cache now: a read that
+/// may not wait for the disk (RWF_NOWAIT) either gets it or fails. Any failure reads as "no".
+pub fn byte_is_cached(f: &std::fs::File, offset: u64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    const RWF_NOWAIT: c_int = 0x8;
+    let mut byte = 0u8;
+    let iov = iovec { base: &mut byte as *mut u8 as *mut c_void, len: 1 };
+    unsafe { preadv2(f.as_raw_fd(), &iov, 1, offset as i64, RWF_NOWAIT) == 1 }
+}
+
 pub fn sync_all() {
     unsafe { sync() }
 }
