@@ -20,7 +20,7 @@
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { appendFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -120,6 +120,8 @@ async function main(): Promise<void> {
       const syncDir = join(scratch, "sync");
       await mkdir(syncDir);
       const syncFloor = timed([`tar -C ${copyB} -cf - -T ${syncList} | tar -C ${syncDir} -xf -`], { shell: true }).seconds;
+      // Every pushed file then differs from what the guest holds (untimed), so none is the same bytes.
+      for (const rel of pushed) await appendFile(join(syncDir, rel), "pushed\n");
 
       const created = pyroCli("workspace", "create", "debian:12", "--seed-path", tree, "--disk-gib", String(DISK_GIB), "--json");
       const id = (JSON.parse(created.stdout) as { workspace_id: string }).workspace_id;
