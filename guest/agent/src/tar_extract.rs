@@ -14,7 +14,7 @@ use crate::json::{obj, Json};
 use crate::protocol::{OpError, Reply};
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 const BLOCK: usize = 512;
@@ -209,6 +209,50 @@ fn clear_slot(dir: &File, name: &str) -> io::Result<()> {
 /// under TCG cost more than the file itself.
 type MadeDirs = HashSet<String>;
 
+/// Bytes of a file moved per write: one write for most files (std's io::copy moves 8 KiB at a time,
+/// a syscall and a page-cache pass each under TCG).
+const COPY_BYTES: usize = 256 * 1024;
+
+/// What one extraction carries from entry to entry.
+struct Extraction {
+    made: MadeDirs,
+    /// The directory the last file went into, opened beneath the root: an archive lists a
+    /// directory's files together, and reopening it for each cost a path walk per file. Only
+    /// directories are kept, which an extraction never removes or replaces (a file, link or
+    /// hardlink entry at a directory's name fails with EISDIR).
+    last_dir: Option<(String, File)>,
+    buf: Vec<u8>,
+}
+
+impl Extraction {
+    fn new() -> Extraction {
+        Extraction { made: MadeDirs::new(), last_dir: None, buf: vec![0; COPY_BYTES] }
+    }
+
+    /// `parent` ("" = the root) opened beneath `root`, from the last file's when it is the same.
+    fn dir(&mut self, root: &Beneath, parent: &str) -> io::Result<&File> {
+        if self.last_dir.as_ref().map(|(p, _)| p.as_str()) != Some(parent) {
+            self.last_dir = Some((parent.to_string(), root.open_at(parent, O_PATH | O_DIRECTORY, 0)?));
+        }
+        Ok(&self.last_dir.as_ref().unwrap().1)
+    }
+}
+
+/// Copies all of `data` into `f` through `buf`; returns the bytes copied.
+fn copy_through(data: &mut dyn Read, f: &mut File, buf: &mut [u8]) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = match data.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        f.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
 fn ensure_dirs(root: &Beneath, made: &mut MadeDirs, rel: &str) -> io::Result<()> {
     if rel.is_empty() || made.contains(rel) {
         return Ok(());
@@ -220,10 +264,10 @@ fn ensure_dirs(root: &Beneath, made: &mut MadeDirs, rel: &str) -> io::Result<()>
 
 /// Puts a file at `dir/name`: over the file already there when that is safe and cheaper
 /// (overwrite_in_place), else as a new file (write_new_file). Returns the bytes written.
-fn put_file(dir: &File, name: &str, data: &mut dyn Read, size: u64, mode: u32, mtime_secs: i64) -> io::Result<u64> {
-    match overwrite_in_place(dir, name, data, size, mode, mtime_secs)? {
+fn put_file(dir: &File, name: &str, data: &mut dyn Read, size: u64, mode: u32, mtime_secs: i64, buf: &mut [u8]) -> io::Result<u64> {
+    match overwrite_in_place(dir, name, data, size, mode, mtime_secs, buf)? {
         Some(written) => Ok(written),
-        None => write_new_file(dir, name, data, mode, mtime_secs),
+        None => write_new_file(dir, name, data, mode, mtime_secs, buf),
     }
 }
 
@@ -243,7 +287,7 @@ fn put_file(dir: &File, name: &str, data: &mut dyn Read, size: u64, mode: u32, m
  * be overwritten or cut off (~3 ms a file under TCG, more than the whole rewrite). The file is then
  * cut at that page first, so nothing needs reading.
  */
-fn overwrite_in_place(dir: &File, name: &str, data: &mut dyn Read, size: u64, mode: u32, mtime_secs: i64) -> io::Result<Option<u64>> {
+fn overwrite_in_place(dir: &File, name: &str, data: &mut dyn Read, size: u64, mode: u32, mtime_secs: i64, buf: &mut [u8]) -> io::Result<Option<u64>> {
     let seen = match beneath::stat_child(dir, name) {
         Ok(st) if st.is_file() && st.nlink == 1 => st,
         _ => return Ok(None),
@@ -257,10 +301,10 @@ fn overwrite_in_place(dir: &File, name: &str, data: &mut dyn Read, size: u64, mo
         return Ok(None);
     }
     let last_page = size & !(PAGE - 1);
-    if size % PAGE != 0 && opened.len() > last_page && !crate::sys::byte_is_cached(&f, last_page) {
+    if size % PAGE != 0 && opened.len() > last_page && !crate::sys::page_is_cached(&f, last_page, PAGE as usize) {
         f.set_len(last_page)?;
     }
-    let written = io::copy(data, &mut f)?;
+    let written = copy_through(data, &mut f, buf)?;
     if opened.len() > written {
         f.set_len(written)?;
     }
@@ -281,35 +325,38 @@ fn overwrite_in_place(dir: &File, name: &str, data: &mut dyn Read, size: u64, mo
  * cost ~3x a create (ext4's auto_da_alloc starts writeback of each renamed file at once), and an
  * unpack is not atomic per archive anyway. A directory at `name` fails with EISDIR.
  */
-fn write_new_file(dir: &File, name: &str, data: &mut dyn Read, mode: u32, mtime_secs: i64) -> io::Result<u64> {
+fn write_new_file(dir: &File, name: &str, data: &mut dyn Read, mode: u32, mtime_secs: i64, buf: &mut [u8]) -> io::Result<u64> {
     match beneath::unlink_in(dir, name, false) {
         Err(e) if e.raw_os_error() != Some(ENOENT) => return Err(e),
         _ => {}
     }
     let mut f = beneath::open_child(dir, name, O_WRONLY | O_CREAT | O_EXCL, mode)?;
-    let n = io::copy(data, &mut f)?;
+    let n = copy_through(data, &mut f, buf)?;
     // Created under the agent's umask: set exactly what the archive says.
     f.set_permissions(std::fs::Permissions::from_mode(mode))?;
     crate::sys::set_file_times(&f, mtime_secs)?;
     Ok(n)
 }
 
-fn extract_entry(root: &Beneath, made: &mut MadeDirs, entry: &Entry, data: &mut dyn Read) -> io::Result<()> {
+fn extract_entry(root: &Beneath, x: &mut Extraction, entry: &Entry, data: &mut dyn Read) -> io::Result<()> {
     let rel = relative(&entry.path)?;
     if rel.is_empty() {
         return Ok(()); // "./" itself
     }
     let parent = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-    ensure_dirs(root, made, parent)?;
+    ensure_dirs(root, &mut x.made, parent)?;
     match entry.kind {
         Kind::Dir => {
-            ensure_dirs(root, made, &rel)?;
+            ensure_dirs(root, &mut x.made, &rel)?;
             let d = root.open_at(&rel, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0)?;
             d.set_permissions(std::fs::Permissions::from_mode(entry.mode))?;
         }
         Kind::File => {
-            let (dir, name) = root.parent_of(&rel)?;
-            let written = put_file(&dir, name, &mut data.take(entry.size), entry.size, entry.mode, entry.mtime)?;
+            let name = rel.rsplit('/').next().unwrap_or("");
+            let mut buf = std::mem::take(&mut x.buf);
+            let written = put_file(x.dir(root, parent)?, name, &mut data.take(entry.size), entry.size, entry.mode, entry.mtime, &mut buf);
+            x.buf = buf;
+            let written = written?;
             if written < entry.size {
                 return Err(bad(&format!("{}: the archive ends inside this file", entry.path)));
             }
@@ -336,10 +383,10 @@ fn extract_entry(root: &Beneath, made: &mut MadeDirs, entry: &Entry, data: &mut 
 /// Reads every entry from `r` and creates it beneath `root`; returns the number of entries.
 pub fn extract_into(root: &Beneath, r: &mut dyn Read) -> Result<i64, (String, io::Error)> {
     let mut count = 0;
-    let mut made = MadeDirs::new();
+    let mut x = Extraction::new();
     while let Some(entry) = next_entry(r).map_err(|e| (String::new(), e))? {
         let mut body = r.take(entry.size);
-        extract_entry(root, &mut made, &entry, &mut body).map_err(|e| (entry.path.clone(), e))?;
+        extract_entry(root, &mut x, &entry, &mut body).map_err(|e| (entry.path.clone(), e))?;
         // Whatever the entry did not consume (a refused or short write) is skipped.
         io::copy(&mut body, &mut io::sink()).map_err(|e| (entry.path.clone(), e))?;
         skip_padding(r, entry.size).map_err(|e| (entry.path.clone(), e))?;
@@ -503,7 +550,8 @@ mod tests {
         std::fs::create_dir_all(&dest).unwrap();
         let root = Beneath::open(dest.to_str().unwrap()).unwrap();
         let dir = root.open_at("", O_PATH | O_DIRECTORY, 0).unwrap();
-        let put = |name: &str, bytes: &[u8], mode: u32| put_file(&dir, name, &mut &bytes[..], bytes.len() as u64, mode, 1_200_000_000).unwrap();
+        let mut buf = vec![0u8; 4096 + 3]; // smaller than some files: they take several writes
+        let mut put = |name: &str, bytes: &[u8], mode: u32| put_file(&dir, name, &mut &bytes[..], bytes.len() as u64, mode, 1_200_000_000, &mut buf).unwrap();
         let ino = |name: &str| std::fs::symlink_metadata(dest.join(name)).unwrap().ino();
         let long: Vec<u8> = (0..3 * PAGE as usize + 100).map(|i| (i % 251) as u8).collect();
         let shorter: Vec<u8> = (0..PAGE as usize + 7).map(|i| (i % 13) as u8).collect();
@@ -551,9 +599,11 @@ mod tests {
     fn knows_whether_a_page_is_cached() {
         let path = std::env::temp_dir().join(format!("pyro-cached-{}", std::process::id()));
         std::fs::write(&path, vec![7u8; 3 * PAGE as usize]).unwrap();
-        assert!(crate::sys::byte_is_cached(&File::open(&path).unwrap(), PAGE));
+        let cached = |path: &Path| crate::sys::page_is_cached(&File::open(path).unwrap(), PAGE, PAGE as usize);
+        assert!(cached(&path));
         evict(&path);
-        assert!(!crate::sys::byte_is_cached(&File::open(&path).unwrap(), PAGE), "evicted pages are not in the cache");
+        assert!(!cached(&path), "evicted pages are not in the cache");
+        assert!(!cached(&path), "asking does not read the page in");
         std::fs::remove_file(&path).unwrap();
     }
 
