@@ -92,6 +92,50 @@ describe("[vm] sync push streams a directory in batches the agent unpacks", () =
     ]);
   });
 
+  it("rewrites a file with one name in place, its pages cached or not, and replaces a running program", TIMEOUT, async () => {
+    // Old sizes around the new ones' last pages: grown within a page, cut inside one, grown past one.
+    const pattern = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + seed) % 251));
+    const files = { "tail.txt": [12_001, 12_008], "shrink.txt": [9_000, 5_000], "grow.txt": [5_000, 9_000], "page.txt": [8_000, 4_096] } as const;
+    const setup = Object.entries(files).map(([name, [old]]) => `head -c ${old} /dev/urandom > /workspace/inplace/${name}`);
+    await pyro.execWorkspace(
+      id,
+      [
+        "mkdir -p /workspace/inplace",
+        ...setup,
+        "cp /bin/sleep /workspace/inplace/busy",
+        "(/workspace/inplace/busy 120 </dev/null >/dev/null 2>&1 &)",
+        "sleep 1",
+        // Nothing cached: the pushed files' old pages must come from the disk (or be cut), not memory.
+        "sync && echo 3 > /proc/sys/vm/drop_caches",
+      ].join(" && "),
+    );
+    // Inode number and birth time: ext4 hands a freed inode number straight to the next create.
+    const inodes = async () => (await pyro.execWorkspace(id, "cd /workspace/inplace && stat -c '%n %i %.9W' * | sort")).stdout;
+    const before = await inodes();
+    const src = join(scratch, "inplace");
+    await mkdir(src);
+    for (const [name, [, size]] of Object.entries(files)) await writeFile(join(src, name), pattern(size, name.length), { mode: 0o640 });
+    await writeFile(join(src, "busy"), "#!/bin/sh\necho replaced\n", { mode: 0o755 });
+    await pyro.pushWorkspaceSync(id, src, { dest: "inplace" });
+    const after = await inodes();
+    const line = (listing: string, name: string) => listing.split("\n").find((l) => l.startsWith(`${name} `));
+    for (const name of Object.keys(files)) assert.equal(line(after, name), line(before, name), `${name} is the same inode, rewritten`);
+    assert.notEqual(line(after, "busy"), line(before, "busy"), "a running program (ETXTBSY) is replaced by a new file");
+    const check = await pyro.execWorkspace(
+      id,
+      ["cd /workspace/inplace", "sha256sum tail.txt shrink.txt grow.txt page.txt | cut -d' ' -f1", "stat -c '%a %s' tail.txt shrink.txt", "./busy"].join(
+        " && ",
+      ),
+    );
+    assert.equal(check.exit_code, 0, check.stderr);
+    assert.deepEqual(check.stdout.trim().split("\n"), [
+      ...Object.entries(files).map(([name, [, size]]) => createHash("sha256").update(pattern(size, name.length)).digest("hex")),
+      "640 12008",
+      "640 5000",
+      "replaced",
+    ]);
+  });
+
   it("refuses to put a file where the guest has a directory, naming it", TIMEOUT, async () => {
     await pyro.execWorkspace(id, "mkdir -p /workspace/clash/was-a-dir");
     const src = join(scratch, "clash");

@@ -1,5 +1,6 @@
 import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
+import { setImmediate as nextTurn } from "node:timers/promises";
 import { PyroError } from "../errors.js";
 import type { ArchiveSummary } from "./archive-safety.js";
 import { listDirectoryTree } from "./seed-files.js";
@@ -10,16 +11,23 @@ import { TAR_END, tarHeader, tarPadding } from "./tar-header.js";
  * from each request's payload (the agent's `tree.unpack`): no archive of the whole tree in memory,
  * none staged on the guest's disk, and no tar library walking the tree entry by entry (node-tar
  * took ~0.5 s for 1000 small files; this is a plain walk, read and header per entry, with
- * synchronous calls: promise-based fs cost ~0.3 ms per file in thread-pool hops, and the event loop
- * is given back at every batch).
+ * synchronous calls: promise-based fs cost ~0.3 ms per file in thread-pool hops). The event loop is
+ * given back every PUSH_YIELD_BYTES, so the previous batch's request keeps flowing to the guest
+ * while the next one is read.
  *
  * Only files, directories and symlinks go (sockets, FIFOs and devices are skipped, as before); a
  * file with several names goes once, later names as hardlinks to the first. Names come from the
  * host's own walk, which never follows a symlink, so every entry is a plain relative path.
  */
 
-/** A batch is closed once it holds this many bytes (one bigger file makes a batch of its own). */
-export const PUSH_BATCH_BYTES = 16 * 1024 * 1024;
+/**
+ * A batch is closed once it holds this many bytes (one bigger file makes a batch of its own). Small
+ * enough that the host's reading of the first batch, the only one nobody waits beside, is short;
+ * large enough that a request's round trip is small beside the guest's unpacking of it.
+ */
+export const PUSH_BATCH_BYTES = 4 * 1024 * 1024;
+/** Host reading between two turns of the event loop (see the module comment). */
+const PUSH_YIELD_BYTES = 512 * 1024;
 
 export class FileTooLargeForBatch extends Error {
   constructor(readonly path: string) {
@@ -37,11 +45,17 @@ export async function* directoryTarBatches(root: string, summary: ArchiveSummary
   const firstName = new Map<string, string>();
   let parts: Buffer[] = [];
   let bytes = 0;
+  let sinceYield = 0;
   const add = (piece: Buffer) => {
     parts.push(piece);
     bytes += piece.length;
+    sinceYield += piece.length;
   };
   for (const rel of paths) {
+    if (sinceYield >= PUSH_YIELD_BYTES) {
+      sinceYield = 0;
+      await nextTurn();
+    }
     const hostPath = join(root, rel);
     const st = lstatSync(hostPath, { throwIfNoEntry: false });
     if (!st) continue; // gone since the walk: as if it never was

@@ -52,11 +52,27 @@ const BATCH_HEADER_ROOM = 1024 * 1024;
  * or undefined when this way cannot be taken and nothing needs undoing by the caller's fallback
  * (the staged tar): an agent older than tree.unpack, or a file bigger than one request (what went
  * before it is simply written again).
+ *
+ * The host reads the next batch while the guest unpacks the one before (most of a push's time is
+ * the guest's). One request at a time: the agent answers requests on threads of their own, and
+ * a batch may hold links to, or files inside, what an earlier one created.
  */
 export async function pushDirectoryInBatches(agent: AgentClient, source: string, dest: string): Promise<ArchiveSummary | undefined> {
   const summary: ArchiveSummary = { files: 0, directories: 0, symlinks: 0, bytes: 0 };
+  let unpacking: Promise<unknown> = Promise.resolve();
   try {
-    for await (const batch of directoryTarBatches(source, summary, MAX_PAYLOAD_LEN - BATCH_HEADER_ROOM)) await agent.unpackTree(dest, batch);
+    try {
+      for await (const batch of directoryTarBatches(source, summary, MAX_PAYLOAD_LEN - BATCH_HEADER_ROOM)) {
+        await unpacking;
+        unpacking = agent.unpackTree(dest, batch);
+        // Its failure is taken up at the next await; until then it is not an unhandled rejection.
+        unpacking.catch(() => undefined);
+      }
+    } finally {
+      // Whatever ends the reading (the last batch, a file too big, an error), the request in flight
+      // is waited for: the caller's fallback must not race it, and its error comes first.
+      await unpacking;
+    }
   } catch (error) {
     if (error instanceof FileTooLargeForBatch) return undefined;
     if (isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "unknown_op") return undefined;

@@ -35,9 +35,11 @@ const EEXIST: i32 = 17;
 
 pub const O_RDONLY: u64 = 0;
 pub const O_WRONLY: u64 = 0o1;
+pub const O_RDWR: u64 = 0o2;
 pub const O_CREAT: u64 = 0o100;
 pub const O_EXCL: u64 = 0o200;
 pub const O_APPEND: u64 = 0o2000;
+pub const O_NONBLOCK: u64 = 0o4000;
 pub const O_DIRECTORY: u64 = 0o200000;
 pub const O_NOFOLLOW: u64 = 0o400000;
 const O_CLOEXEC: u64 = 0o2000000;
@@ -58,6 +60,7 @@ extern "C" {
     fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut c_char, size: usize) -> isize;
     fn symlinkat(target: *const c_char, dirfd: c_int, path: *const c_char) -> c_int;
     fn linkat(olddirfd: c_int, old: *const c_char, newdirfd: c_int, new: *const c_char, flags: c_int) -> c_int;
+    fn fstatat(dirfd: c_int, path: *const c_char, buf: *mut u8, flags: c_int) -> c_int;
 }
 
 /// openat2(2) with the given resolve flags; the descriptor is close-on-exec and owned by the File.
@@ -198,6 +201,36 @@ pub fn hardlink_in(source: &File, dir: &File, name: &str) -> io::Result<()> {
     const AT_EMPTY_PATH: c_int = 0x1000;
     let (empty, n) = (cstr("")?, cstr(name)?);
     check(unsafe { linkat(source.as_raw_fd(), empty.as_ptr(), dir.as_raw_fd(), n.as_ptr(), AT_EMPTY_PATH) })
+}
+
+/// What `stat_child` tells about a name, without opening it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChildStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    pub mode: u32,
+    pub size: u64,
+}
+
+impl ChildStat {
+    pub fn is_file(&self) -> bool {
+        self.mode & 0o170000 == 0o100000
+    }
+}
+
+/// fstatat(dir, name, AT_SYMLINK_NOFOLLOW): the name itself (a link is a link), one component.
+pub fn stat_child(dir: &File, name: &str) -> io::Result<ChildStat> {
+    const AT_SYMLINK_NOFOLLOW: c_int = 0x100;
+    if name.contains('/') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "a child name is one component"));
+    }
+    let n = cstr(name)?;
+    // x86_64 `struct stat` (144 bytes): st_dev @0, st_ino @8, st_nlink @16, st_mode @24, st_size @48.
+    let mut buf = [0u8; 144];
+    check(unsafe { fstatat(dir.as_raw_fd(), n.as_ptr(), buf.as_mut_ptr(), AT_SYMLINK_NOFOLLOW) })?;
+    let u64_at = |at: usize| u64::from_ne_bytes(buf[at..at + 8].try_into().unwrap());
+    Ok(ChildStat { dev: u64_at(0), ino: u64_at(8), nlink: u64_at(16), mode: u32::from_ne_bytes(buf[24..28].try_into().unwrap()), size: u64_at(48) })
 }
 
 /// The target of a symlink opened with O_PATH | O_NOFOLLOW.
