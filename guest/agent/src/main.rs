@@ -30,6 +30,7 @@ fn main() {
     if is_init {
         init::setup_system();
         hardening::protect_agent();
+        workspace_disk::remember_disk();
     }
     let registry = Arc::new(process::Registry::new());
     if is_init {
