@@ -158,6 +158,12 @@ export interface VmmBackend {
    * until it is gone and removes its run directory. Idempotent.
    */
   kill(handle: VmProcessRef): Promise<void>;
+  /**
+   * Kills a detached VM as `kill` does, but returns once the signal is sent: `gone` settles when
+   * the process has exited (rejecting where `kill` would throw). The run directory is left to the
+   * caller, who may be starting the VM's successor in it while the kernel tears the old one down.
+   */
+  killInBackground(handle: VmProcessRef): Promise<{ gone: Promise<void> }>;
   /** The RAM files that running VMs of this backend map (so none is removed from under one). */
   memoryFilesInUse(): Promise<Set<string>>;
   /** Every VM of this backend whose run directory lies directly under `runRoot`, running now. */

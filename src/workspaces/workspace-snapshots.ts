@@ -188,23 +188,41 @@ export async function resetWorkspace(
         throw new PyroError("SNAPSHOT_NOT_FOUND", `workspace ${record.id} has no snapshot '${name}'; see 'pyro workspace snapshot list ${record.id}'`);
       const handle = vmHandle(record);
       const runtime = await ctx.runtime();
-      if (handle && (await reconcileVm(ctx, record))) await runtime.backend.kill(handle);
+      // Killed, not waited for: the kernel tears the old VMM down (tens of ms under load) while its
+      // successor starts. Nothing it could still write reaches the new VM: both disks are replaced
+      // by new files, and a process sent SIGKILL runs no more code. With a NIC it holds the host
+      // ports its successor publishes again: wait then.
+      const old = handle && (await reconcileVm(ctx, record)) ? await runtime.backend.killInBackground(handle) : undefined;
+      if (old && record.network_policy !== "off") await old.gone;
       // Recorded before the disk changes: a crash from here on leaves a stopped workspace, truthfully.
       record.vm = null;
       record.updated_at = nowIso();
       await ctx.store.write(record);
       const dir = snapshotDir(ctx, record.id, name);
       const workspaceDisk = snapshot.workspace_disk_file ? { workspaceDiskPath: join(dir, snapshot.workspace_disk_file) } : {};
-      const vm = snapshot.template
-        ? await restoreTemplateBaseline(ctx, record, snapshot.template)
-        : await bootWorkspace(ctx, record, {
-            kind: "restore",
-            statePath: join(dir, snapshot.state_file),
-            diskPath: join(dir, snapshot.disk_file),
-            mode: "snapshot_restore",
-            ...workspaceDisk,
-            ...(snapshot.memory_file ? { memoryPath: join(dir, snapshot.memory_file) } : {}),
-          });
+      let vm: RunningVm;
+      try {
+        vm = snapshot.template
+          ? await restoreTemplateBaseline(ctx, record, snapshot.template)
+          : await bootWorkspace(ctx, record, {
+              kind: "restore",
+              statePath: join(dir, snapshot.state_file),
+              diskPath: join(dir, snapshot.disk_file),
+              mode: "snapshot_restore",
+              ...workspaceDisk,
+              ...(snapshot.memory_file ? { memoryPath: join(dir, snapshot.memory_file) } : {}),
+            });
+      } catch (error) {
+        await old?.gone.catch(() => undefined);
+        throw error;
+      }
+      try {
+        await old?.gone;
+      } catch (error) {
+        // The old VMM would not die: two VMs must not run as this workspace.
+        await vm.dispose();
+        throw error;
+      }
       vm.detach();
       record.last_activity_at = record.updated_at = nowIso();
       await ctx.store.write(record);

@@ -32,6 +32,7 @@ fn main() {
         init::setup_system();
         hardening::protect_agent();
         freeze::thaw_left_behind();
+        workspace_disk::remember_disk();
     }
     let registry = Arc::new(process::Registry::new());
     if is_init {

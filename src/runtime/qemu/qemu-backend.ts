@@ -11,7 +11,7 @@ import { processAlive } from "../../process/process-alive.js";
 import { processStartTime } from "../../process/process-identity.js";
 import type { Accelerator, RunningVm, SavedMemory, SaveStateOptions, VmExit, VmHandle, VmLaunchSpec, VmmBackend, VmProcessRef } from "../vmm-backend.js";
 import { EgressSidecar } from "./egress-sidecar.js";
-import { buildQemuArgs, CONSOLE_CHARDEV_ID, CONSOLE_RING_BYTES, incomingStateUri, runFiles } from "./qemu-args.js";
+import { buildQemuArgs, CONSOLE_CHARDEV_ID, CONSOLE_RING_BYTES, DEVICE_STATE_FD, DEVICE_STATE_URI, runFiles } from "./qemu-args.js";
 import { ensurePrivateDir, PRIVATE_FILE_MODE, withPrivateUmask } from "../../storage/private-storage.js";
 import { shellQuote } from "../../process/shell-quote.js";
 import { QmpClient } from "./qmp-client.js";
@@ -79,35 +79,36 @@ export class QemuBackend implements VmmBackend {
         ? { ...process.env, ...(await privateRamDiscardEnv(this.options.privateRamDiscard, spec.memoryFile.path)) }
         : undefined;
     const stderrFd = openSync(files.stderr, "w", PRIVATE_FILE_MODE);
+    let stateFd: number | undefined;
     let child: ChildProcess;
     try {
+      stateFd = spec.incomingState && spec.memoryFile ? openSync(spec.incomingState, "r") : undefined;
+      const stdio: ("ignore" | number)[] = ["ignore", "ignore", stderrFd];
+      if (stateFd !== undefined) stdio[DEVICE_STATE_FD] = stateFd;
       // setpriv --pdeathsig: if pyro itself is SIGKILLed, the kernel kills the one-shot VMM too.
       const setpriv = spec.dieWithParent ? findExecutable("setpriv") : undefined;
       const [cmd, cmdArgs] = setpriv ? [setpriv, ["--pdeathsig", "KILL", "--", this.options.qemuBinary, ...args]] : [this.options.qemuBinary, args];
       // QEMU creates its sockets, console log and (through `migrate exec:cat >`) memory images itself.
-      child = withPrivateUmask(() => spawn(cmd, cmdArgs, { stdio: ["ignore", "ignore", stderrFd], detached: true, ...(env ? { env } : {}) }));
+      child = withPrivateUmask(() => spawn(cmd, cmdArgs, { stdio, detached: true, ...(env ? { env } : {}) }));
     } catch (error) {
       egress?.abandon();
       throw error;
     } finally {
       closeSync(stderrFd);
+      if (stateFd !== undefined) closeSync(stateFd);
     }
     const vm = new QemuVm(spec.runDir, this.options.accel, attempt, { child, ownsRunDir: spec.ownsRunDir });
     try {
       if (spec.incomingState) {
         const qmp = await Promise.race([QmpClient.connect(files.qmpSocket, deadline), vm.exitedEarly()]);
         try {
-          if (spec.memoryFile) {
-            // The state holds devices only; the RAM is the file, mapped copy-on-write (runtime-facts §5).
-            await setIgnoreShared(qmp, true);
-            await qmp.execute("migrate-incoming", { uri: incomingStateUri(spec.incomingState) });
-          }
-          await Promise.race([qmp.waitForMigration(deadline), vm.exitedEarly()]);
-          // A restored guest runs whatever it ran when saved: no byte of it reaches the file.
-          await boundConsole(qmp);
+          if (spec.memoryFile) await loadDeviceState(qmp, deadline, vm);
+          else await Promise.race([qmp.waitForMigration(deadline), vm.exitedEarly()]);
           // A restored guest may use the network at once: the proxy listens before it runs.
           if (egress) await egress.ready;
-          await qmp.execute("cont");
+          // A restored guest runs whatever it ran when saved: no byte of it reaches the file. Sent
+          // together (QEMU runs them in order): each monitor round trip costs a restore time.
+          await Promise.all([boundConsole(qmp), qmp.execute("cont")]);
         } finally {
           qmp.close();
         }
@@ -175,6 +176,11 @@ export class QemuBackend implements VmmBackend {
   }
 
   async kill(handle: VmProcessRef): Promise<void> {
+    await (await this.killInBackground(handle)).gone;
+    await rm(handle.runDir, { recursive: true, force: true });
+  }
+
+  async killInBackground(handle: VmProcessRef): Promise<{ gone: Promise<void> }> {
     const ours = await this.isRunning(handle);
     if (ours) {
       try {
@@ -182,19 +188,10 @@ export class QemuBackend implements VmmBackend {
       } catch {
         // already gone
       }
-      const deadline = Date.now() + 10_000;
-      // Polled finely: a reset waits on this before its new VM can start, and QEMU exits in a few ms.
-      while (processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
     }
-    // A process still naming this run directory (ours that would not die, or another user's posing as
-    // ours) may be using it: removing it would pull the files from under a live VM.
-    if (processAlive(handle.pid) && (await namesRunDir(handle.pid, handle.runDir))) {
-      throw new PyroError(
-        "VM_DIED",
-        `process ${handle.pid} still names the run directory ${handle.runDir}${ours ? " after SIGKILL" : " and is not ours"}; left the directory in place`,
-      );
-    }
-    await rm(handle.runDir, { recursive: true, force: true });
+    const gone = waitUntilGone(handle, ours);
+    gone.catch(() => undefined); // awaited by the caller later; not an unhandled rejection meanwhile
+    return { gone };
   }
 
   async memoryFilesInUse(): Promise<Set<string>> {
@@ -264,6 +261,23 @@ export class QemuBackend implements VmmBackend {
       agent.close();
       throw error;
     }
+  }
+}
+
+/**
+ * Waits (up to 10 s) for a VMM sent SIGKILL to exit. A process still naming the run directory
+ * afterwards (ours that would not die, or another user's posing as ours) may be using it: that is
+ * an error, and the directory must stay.
+ */
+async function waitUntilGone(handle: VmProcessRef, ours: boolean): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  // Polled finely: QEMU exits in a few ms, and callers wait on this.
+  while (ours && processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+  if (processAlive(handle.pid) && (await namesRunDir(handle.pid, handle.runDir))) {
+    throw new PyroError(
+      "VM_DIED",
+      `process ${handle.pid} still names the run directory ${handle.runDir}${ours ? " after SIGKILL" : " and is not ours"}; left the directory in place`,
+    );
   }
 }
 
@@ -351,6 +365,32 @@ function releaseZeroPagesOf(memoryFile: string | undefined): void {
   const child = spawn(fallocate, ["--dig-holes", memoryFile], { stdio: "ignore", detached: true });
   child.on("error", () => undefined);
   child.unref();
+}
+
+/** Where a migration ends; `completed` is announced only once the VM's run state is set. */
+const MIGRATION_ENDED = new Set(["completed", "failed", "cancelled"]);
+
+/**
+ * Loads a device-only state (handed to QEMU as DEVICE_STATE_FD) into a VM started with `-incoming
+ * defer` whose RAM is a mapped file (runtime-facts §5): x-ignore-shared on, then `migrate-incoming`. The commands go out together and
+ * the end is awaited as QEMU's MIGRATION event, not polled: while a restore starts, QEMU's main loop
+ * is busy and each monitor round trip costs milliseconds.
+ */
+async function loadDeviceState(qmp: QmpClient, deadline: number, vm: QemuVm): Promise<void> {
+  const ended = qmp.nextEvent((e) => e.event === "MIGRATION" && MIGRATION_ENDED.has(String(e.data.status)), deadline);
+  ended.catch(() => undefined); // raced below; a rejection after the race is not unhandled
+  await Promise.all([
+    qmp.execute("migrate-set-capabilities", {
+      capabilities: [
+        { capability: "x-ignore-shared", state: true },
+        { capability: "events", state: true },
+      ],
+    }),
+    qmp.execute("migrate-incoming", { uri: DEVICE_STATE_URI }),
+  ]);
+  const { data } = await Promise.race([ended, vm.exitedEarly()]);
+  // Failed: query-migrate says why.
+  if (data.status !== "completed") await qmp.waitForMigration(deadline);
 }
 
 /** Moves the guest console from its boot file to a fixed-size ring in QEMU's memory (see CONSOLE_RING_BYTES). */

@@ -2,10 +2,17 @@ import { connect, type Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { PyroError } from "../../errors.js";
 
+/** An asynchronous QMP message: `{"event": …, "data": …}`. */
+export interface QmpEvent {
+  event: string;
+  data: Record<string, unknown>;
+}
+
 /** Minimal QMP (QEMU Machine Protocol) client: newline-delimited JSON over the VM's QMP socket. */
 export class QmpClient {
   private buffer = "";
   private waiters: Array<{ resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void }> = [];
+  private eventWaiters: Array<{ matches: (event: QmpEvent) => boolean; resolve: (event: QmpEvent) => void; reject: (e: Error) => void }> = [];
   private closed: Error | undefined;
 
   private constructor(private readonly socket: Socket) {
@@ -22,14 +29,23 @@ export class QmpClient {
         } catch {
           continue;
         }
-        if ("event" in msg) continue; // asynchronous events are not needed here
+        if ("event" in msg) {
+          // Asynchronous events: handed to whoever waits for one, dropped otherwise.
+          const event = { event: String(msg.event), data: (msg.data ?? {}) as Record<string, unknown> };
+          const waiter = this.eventWaiters.find((w) => w.matches(event));
+          if (waiter) {
+            this.eventWaiters.splice(this.eventWaiters.indexOf(waiter), 1);
+            waiter.resolve(event);
+          }
+          continue;
+        }
         this.waiters.shift()?.resolve(msg);
       }
     });
     socket.on("error", () => undefined);
     socket.on("close", () => {
       this.closed = new PyroError("VM_DIED", "the QEMU monitor connection closed");
-      for (const w of this.waiters.splice(0)) w.reject(this.closed);
+      for (const w of [...this.waiters.splice(0), ...this.eventWaiters.splice(0)]) w.reject(this.closed);
     });
   }
 
@@ -68,6 +84,35 @@ export class QmpClient {
       throw new PyroError("GUEST_OPERATION_FAILED", `QEMU ${command} failed: ${err.desc ?? "unknown error"}`);
     }
     return msg.return;
+  }
+
+  /**
+   * The next event `matches` accepts, from now on (register before the command that causes it).
+   * Rejects when the connection closes or at `deadline`.
+   */
+  nextEvent(matches: (event: QmpEvent) => boolean, deadline: number): Promise<QmpEvent> {
+    if (this.closed) return Promise.reject(this.closed);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => {
+          this.eventWaiters = this.eventWaiters.filter((w) => w !== waiter);
+          reject(new PyroError("GUEST_OPERATION_FAILED", "QEMU did not send the awaited event in time"));
+        },
+        Math.max(0, deadline - Date.now()),
+      );
+      const waiter = {
+        matches,
+        resolve: (event: QmpEvent) => {
+          clearTimeout(timer);
+          resolve(event);
+        },
+        reject: (error: Error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      };
+      this.eventWaiters.push(waiter);
+    });
   }
 
   /** Polls query-migrate until the migration completes (or fails). */
