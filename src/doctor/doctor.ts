@@ -7,7 +7,7 @@ import type { PyroPaths } from "../paths.js";
 import { findExecutable, runHostCommandRaw } from "../process/host-command.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
 import { builtPrivateRamDiscardPath } from "../runtime/qemu/private-ram-discard.js";
-import { isFile } from "../guest-kernel/kernel-package.js";
+import { isFile } from "../storage/path-exists.js";
 
 /** Host tools pyro shells out to, and the Debian package that provides each. */
 const HOST_TOOLS: ReadonlyArray<[tool: string, pkg: string, purpose: string]> = [

@@ -6,7 +6,8 @@ import type { PyroPaths } from "../paths.js";
 import { runHostCommand, requireExecutable } from "../process/host-command.js";
 import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
 import { BASE_MODULES, NET_MODULES } from "./init-script.js";
-import { extractVmlinux, isFile, moduleLoadOrder, moduleName, resolveKernelPackage, unpackKernelPackage } from "./kernel-package.js";
+import { isFile } from "../storage/path-exists.js";
+import { extractVmlinux, moduleLoadOrder, moduleName, resolveKernelPackage, unpackKernelPackage } from "./kernel-package.js";
 
 const KernelManifest = z.object({
   package: z.string(),

@@ -7,7 +7,7 @@ import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { writeFileAtomic } from "../storage/atomic-file.js";
 import { MEMORY_RETURN_MODULE, type GuestKernel } from "./guest-kernel.js";
 import { INIT_APPLETS, INIT_SCRIPT } from "./init-script.js";
-import { isFile } from "./kernel-package.js";
+import { isFile } from "../storage/path-exists.js";
 
 /** busybox-static's binary; a dynamically linked busybox would not run in the initramfs. */
 const BUSYBOX_PATH = "/bin/busybox";

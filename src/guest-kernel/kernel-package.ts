@@ -75,11 +75,3 @@ export async function moduleLoadOrder(modulesDir: string, wanted: readonly strin
 export function moduleName(path: string): string {
   return (path.split("/").pop() ?? path).replace(/\.ko(\.xz|\.zst|\.gz)?$/, "").replace(/-/g, "_");
 }
-
-export async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isFile();
-  } catch {
-    return false;
-  }
-}

@@ -7,3 +7,12 @@ export async function pathExists(path: string): Promise<boolean> {
     () => false,
   );
 }
+
+/** Whether `path` is a regular file (following symlinks). */
+export async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isFile();
+  } catch {
+    return false;
+  }
+}

@@ -3,7 +3,7 @@ import { EnvironmentStore, type InstalledEnvironment } from "../environments/env
 import { locateAgent } from "../guest-agent/agent-binary.js";
 import { currentGuestKernel } from "../guest-kernel/guest-kernel.js";
 import { initramfsDir, plannedInitramfs } from "../guest-kernel/initramfs.js";
-import { isFile } from "../guest-kernel/kernel-package.js";
+import { isFile } from "../storage/path-exists.js";
 import type { PyroPaths } from "../paths.js";
 import { findExecutable } from "../process/host-command.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";

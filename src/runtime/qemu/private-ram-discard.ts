@@ -1,7 +1,7 @@
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../../errors.js";
-import { isFile } from "../../guest-kernel/kernel-package.js";
+import { isFile } from "../../storage/path-exists.js";
 import { packageRoot } from "../../paths.js";
 import { findExecutable, runHostCommand } from "../../process/host-command.js";
 
