@@ -3,8 +3,9 @@
 //!
 //! GNU tar cannot do this: it follows symlinks already present in the destination (a guest that
 //! plants `src -> /etc` would have `sync push` write into /etc). Here each entry's parent is opened
-//! beneath the destination, files replace (never write through) whatever link sits at their name,
-//! and a link that leads out of the destination fails the whole extraction with a clear error.
+//! beneath the destination, files replace (never write through) whatever link sits at their name
+//! (a regular file with no other name is rewritten in place: overwrite_in_place), and a link that
+//! leads out of the destination fails the whole extraction with a clear error.
 //! The host has already validated the archive (archive-safety.ts); this reader still trusts nothing
 //! it is not given: `..` and absolute names are refused, sizes are bounded by the file itself.
 
