@@ -277,6 +277,16 @@ describe("agent client against a forged agent", () => {
     }
   });
 
+  it("rejects a freeze held longer than the host asked for, which would stretch the host's copy", async () => {
+    const { client, server } = await forgedAgent((req, s) => s.write(encodeFrame({ id: req.id, ok: true, frozen: true, token: 1, hold_ms: 3_600_000 })));
+    await assert.rejects(
+      client.freezeWorkspace({ holdMs: 10_000 }),
+      (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /fs.freeze granted 3600000 ms, more than the 10000 asked for/.test(e.message),
+    );
+    client.close();
+    server.close();
+  });
+
   it("gives one typed error for anything a forged agent can send (property)", async () => {
     const frameArb = fc.oneof(
       fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b)),

@@ -65,4 +65,22 @@ describe("[vm] diff from the guest's changes: moved, replaced and linked directo
     const full = await pyro.diffWorkspace(id);
     assert.match(full.patch, /\+\+\+ b\/moved\/c\/f1\n@@ -0,0 \+1,1 @@\n\+a\/b\/c\/f1\n/);
   });
+
+  it("takes the guest's view where the host's reader refuses the disk (a path longer than PATH_MAX)", TIMEOUT, async () => {
+    // Legal for ext4 (each name is short; only the whole path is long), refused by the host's reader.
+    const deep = await pyro.execWorkspace(
+      id,
+      // Two chains of 25 names of 99 bytes, each under PATH_MAX, the second moved to the bottom of the first.
+      "cd /workspace && n=$(printf 'n%.0s' $(seq 1 99)) && p=deep && q=other && for i in $(seq 1 25); do p=$p/$n; q=$q/$n; done && " +
+        "mkdir -p $p $q && echo bottom > $q/f && mv other $p/ && echo z > x/fallback",
+    );
+    assert.equal(deep.exit_code, 0, deep.stderr);
+    const summary = await pyro.diffWorkspace(id, { summary: true });
+    assert.ok(
+      summary.files.some((f) => f.path === "x/fallback" && f.status === "added"),
+      JSON.stringify(summary.files),
+    );
+    const full = await pyro.diffWorkspace(id);
+    assert.match(full.patch, /\+\+\+ b\/x\/fallback\n@@ -0,0 \+1,1 @@\n\+z\n/);
+  });
 });

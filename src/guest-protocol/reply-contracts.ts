@@ -188,6 +188,11 @@ const CONTRACTS = {
     schema: z.looseObject({ frozen: z.literal(true), token: count.min(1), hold_ms: count.min(1) }),
     maxHeaderBytes: SMALL_HEADER_BYTES,
     maxPayloadBytes: noPayload,
+    // The host bounds its own work by the hold: never longer than it asked for.
+    check: (r, request) =>
+      typeof request.hold_ms === "number" && (r.hold_ms as number) > request.hold_ms
+        ? `fs.freeze granted ${r.hold_ms as number} ms, more than the ${request.hold_ms} asked for`
+        : undefined,
   },
   "fs.thaw": { schema: z.looseObject({ held: z.boolean() }), maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },
   "file.mkdir": { schema: pathReply, maxHeaderBytes: SMALL_HEADER_BYTES, maxPayloadBytes: noPayload },

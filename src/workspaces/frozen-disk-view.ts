@@ -2,6 +2,7 @@ import { rm } from "node:fs/promises";
 import { isPyroError } from "../errors.js";
 import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
+import { FROZEN_COPY_HOLD_MS } from "./workspace-limits.js";
 
 /**
  * A consistent moment of a running workspace's /workspace disk, for the host to read: the top qcow2
@@ -10,8 +11,9 @@ import type { RunningVm } from "../runtime/vmm-backend.js";
  * clean filesystem (no journal to replay) and the guest keeps running: only its writers to
  * /workspace wait, for as long as the copy takes.
  *
- * The agent bounds the freeze (it thaws on its own after its cap, when this connection closes, and
- * when a new host connects), so a pyro killed mid-copy leaves a guest that writes again. Where the
+ * The freeze is bounded twice: pyro asks for FROZEN_COPY_HOLD_MS and stops its copy past it, and the
+ * agent thaws on its own after that (or its own cap), when this connection closes, and when a new
+ * host connects, so a pyro killed mid-copy leaves a guest that writes again. Where the
  * freeze cannot be had (an agent without fs.freeze, or /workspace already frozen inside the guest)
  * or did not hold for the whole copy, the VM is paused for the copy instead, as before fs.freeze.
  *
@@ -44,7 +46,7 @@ function copySparse(from: string, to: string, timeoutMs?: number): Promise<unkno
 async function frozenCopy(vm: RunningVm, disk: string, dest: string): Promise<boolean> {
   let freeze: { token: number; holdMs: number };
   try {
-    freeze = await vm.agent.freezeWorkspace();
+    freeze = await vm.agent.freezeWorkspace({ holdMs: FROZEN_COPY_HOLD_MS });
   } catch (error) {
     // An older agent (unknown_op) or a filesystem frozen already (busy): the pause still works.
     if (isPyroError(error, "GUEST_OPERATION_FAILED")) return false;

@@ -1,14 +1,17 @@
-import { lstat, readFile, rm } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { isPyroError, PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
+import type { RunningVm } from "../runtime/vmm-backend.js";
+import { Ext4Reader, type Ext4WalkEntry } from "../storage/ext4-reader.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
-import { Ext4Image } from "./disk-image.js";
+import { type DiskReader, openDisk } from "../storage/qcow2-reader.js";
+import { copyTopLayerAtOneMoment } from "./frozen-disk-view.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import { readFileChunks } from "./guest-transfer.js";
 import type { Redactor } from "./secret-redaction.js";
 import { type ManifestEntry, manifestEntries, manifestEntryAt, manifestRecords, parseManifest } from "./tree-manifest.js";
-import { baselineManifestPath, seedImagePath } from "./workspace-boot.js";
+import { baselineManifestPath, seedImagePath, workspaceDiskPath } from "./workspace-boot.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
 import { formatFileDiff, type TreeEntry } from "./file-diff.js";
@@ -16,12 +19,16 @@ import { DIFF_PAGE_LIMITS, TREE_MANIFEST_LIMITS } from "./workspace-limits.js";
 
 /**
  * Diff of a workspace whose /workspace is its own disk, against the seed image it was built from.
- * What changed is found from metadata alone: the guest walks /workspace (tree.manifest) and the
- * host compares with the manifest saved when the seed image was built. Every inode mkfs wrote has a
+ * What changed is found from metadata alone, on the host: the disk's top layer is copied at one
+ * moment (the guest's filesystem frozen: frozen-disk-view.ts), its ext4 walked in-process, and the
+ * walk compared with the manifest saved when the seed image was built. Every inode mkfs wrote has a
  * ctime at or before the build finished, and any change in the guest (contents, mode, rename, link)
  * sets a later one, so an entry changed iff it is new, gone, of another type/mode/size/target, or
  * has a later ctime. Only the changed files' contents are ever read, one page at a time: the
- * current ones from the guest, the baseline ones from the seed image (debugfs, sandboxed).
+ * current ones from the copy, the baseline ones from the seed image, both with the same reader.
+ * The guest wrote every byte of the copy; the reader treats them as hostile. Where it cannot read
+ * them (a damaged or unsupported filesystem), the guest's own view is asked for instead: its
+ * changes since the seed (tree.changes) and its files' contents.
  */
 
 export { DIFF_PAGE_LIMITS };
@@ -81,9 +88,18 @@ export class ManifestIndex {
 
   /** The ordinal of `path`'s record, if the manifest has it. */
   find(path: string): number | undefined {
-    const ordinal = this.byHash.get(pathHash(path));
-    if (ordinal !== undefined && this.entry(ordinal).path === path) return ordinal;
-    return this.collided.get(path);
+    return this.lookup(path)?.ordinal;
+  }
+
+  /** `path`'s record and its ordinal, if the manifest has it (the record read once). */
+  lookup(path: string): { ordinal: number; entry: ManifestEntry } | undefined {
+    let ordinal = this.byHash.get(pathHash(path));
+    if (ordinal !== undefined) {
+      const entry = this.entry(ordinal);
+      if (entry.path === path) return { ordinal, entry };
+    }
+    ordinal = this.collided.get(path);
+    return ordinal === undefined ? undefined : { ordinal, entry: this.entry(ordinal) };
   }
 
   entry(ordinal: number): ManifestEntry {
@@ -102,13 +118,13 @@ export function changedEntries(baseline: Buffer | ManifestIndex, current: Iterab
   const present = new Uint8Array(index.count);
   const changes: Change[] = [];
   for (const after of current) {
-    const ordinal = index.find(after.path);
-    if (ordinal === undefined) {
+    const found = index.lookup(after.path);
+    if (found === undefined) {
       if (after.type !== "d") changes.push({ path: after.path, status: "added", after });
       continue;
     }
-    present[ordinal] = 1;
-    const base = index.entry(ordinal);
+    present[found.ordinal] = 1;
+    const base = found.entry;
     if (base.type === "d" && after.type === "d") continue;
     if (base.type !== after.type) {
       // A directory that became a file (or back): its former contents are listed as deleted/added.
@@ -250,23 +266,84 @@ export async function rebuildCurrentManifest(
 }
 
 /**
- * The current manifest of /workspace: from the changes since the baseline was built where the
- * guest's agent has tree.changes, else (an older agent, or many moved directories) the full walk.
+ * The guest's own view of /workspace, where the host cannot read the disk: its manifest rebuilt
+ * from the changes since the baseline was built where its agent has tree.changes, else (an older
+ * agent, or many moved directories) the full walk; contents read through the agent.
  */
-async function currentManifest(agent: AgentClient, seedImage: Ext4Image, baseline: ManifestIndex, sinceNs: bigint): Promise<Iterable<ManifestEntry>> {
+async function guestTree(agent: AgentClient, seed: SeedImage, baseline: ManifestIndex, sinceNs: bigint): Promise<CurrentTree> {
+  const bytes = async (entry: ManifestEntry) => {
+    const pieces: Buffer[] = [];
+    try {
+      for await (const piece of readFileChunks(agent, `${WORKSPACE_ROOT}/${entry.path}`, entry.size)) pieces.push(piece);
+      return Buffer.concat(pieces);
+    } catch (error) {
+      // Gone (or replaced by a link) since the walk: a guest process is still busy; show what the walk saw.
+      if (!isPyroError(error, "GUEST_OPERATION_FAILED") && !isPyroError(error, "PATH_OUTSIDE_WORKSPACE")) throw error;
+      return undefined;
+    }
+  };
   let changed: ManifestEntry[];
   try {
     const { header, payload } = await agent.treeChanges(WORKSPACE_ROOT, sinceNs, MAX_MANIFEST_BYTES);
     changed = checkedChanges(agent, header.truncated === true, payload);
   } catch (error) {
-    if (isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "unknown_op") return guestManifest(agent);
+    if (isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "unknown_op") return { entries: await guestManifest(agent), bytes };
     throw error;
   }
   const rebuilt = await rebuildCurrentManifest(baseline, changed, sinceNs, {
-    baselineInodes: async (paths) => new Map([...(await seedImage.lookupMany(paths))].map(([path, e]) => [path, e.inode])),
+    baselineInodes: async (paths) => {
+      const found = new Map<string, number>();
+      for (const path of paths) {
+        const inode = seed.reader().lookup(path);
+        if (inode) found.set(path, inode.ino);
+      }
+      return found;
+    },
     fetchSubtree: async (dir) => [...(await guestManifest(agent, `${WORKSPACE_ROOT}/${dir}`))],
   });
-  return rebuilt ?? guestManifest(agent);
+  return { entries: rebuilt ?? (await guestManifest(agent)), bytes };
+}
+
+/** The current tree of /workspace and a way to read a changed file's bytes (at most DIFF_PAGE_LIMITS.fileBytes). */
+interface CurrentTree {
+  entries: Iterable<ManifestEntry>;
+  /** The file's current bytes; undefined where it cannot be read any more. */
+  bytes(entry: ManifestEntry): Promise<Buffer | undefined>;
+}
+
+/** The walk of the disk copy, each entry with its inode, so a changed file's bytes are read without a second lookup. */
+function diskTree(reader: Ext4Reader): CurrentTree {
+  const root = reader.lookup("");
+  if (!root) throw new PyroError("DISK_IMAGE_INVALID", "the workspace filesystem has no root directory");
+  return {
+    entries: reader.walk(root),
+    bytes: async (entry) => Buffer.concat([...reader.contents((entry as Ext4WalkEntry).inode)]),
+  };
+}
+
+/** The seed image, opened on first use (a summary never reads it), read with the same reader as the disk. */
+class SeedImage {
+  private disk: DiskReader | undefined;
+  private ext4: Ext4Reader | undefined;
+  constructor(private readonly path: string) {}
+
+  reader(): Ext4Reader {
+    if (!this.ext4) {
+      this.disk = openDisk(this.path);
+      this.ext4 = Ext4Reader.open(this.disk);
+    }
+    return this.ext4;
+  }
+
+  /** The baseline bytes of the file at `path` (relative to /workspace); empty where the image no longer has it as a file. */
+  bytes(path: string): Buffer {
+    const inode = this.reader().lookup(path);
+    return inode?.type === "f" ? Buffer.concat([...this.reader().contents(inode)]) : Buffer.alloc(0);
+  }
+
+  close(): void {
+    this.disk?.close();
+  }
 }
 
 export interface DiskDiffPage {
@@ -294,18 +371,59 @@ function pageBounds(options: DiffOptions): { offset: number; limit: number } {
 export async function diffWorkspaceDisk(
   ctx: WorkspaceContext,
   record: WorkspaceRecord,
-  agent: AgentClient,
+  vm: RunningVm,
   redactor: Redactor,
   options: DiffOptions = {},
 ): Promise<DiskDiffPage> {
   const { offset, limit } = pageBounds(options);
   const builtAt = record.seed.built_at_ns;
   if (builtAt === null) throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
-  const baseline = await readFile(baselineManifestPath(ctx, record.id));
   const since = BigInt(builtAt);
-  // One index of the baseline serves the rebuild and the comparison (each parse keeps every name while it checks).
-  const index = new ManifestIndex(baseline);
-  const changes = changedEntries(index, await currentManifest(agent, new Ext4Image(seedImagePath(ctx, record.id)), index, since), since);
+  const seed = new SeedImage(seedImagePath(ctx, record.id));
+  const scratch = await makePrivateTempDir(ctx.store.dir(record.id), ".disk-");
+  let disk: DiskReader | undefined;
+  try {
+    const top = join(scratch, "top.qcow2");
+    // The baseline is indexed on the host while the guest freezes and the copy is made; both settle
+    // before anything is read or removed (a copy still being written is never raced).
+    const [copied, indexed] = await Promise.allSettled([
+      copyTopLayerAtOneMoment(vm, workspaceDiskPath(ctx, record.id), top),
+      // One index of the baseline serves the comparison (and the guest's rebuild; each parse keeps every name while it checks).
+      readFile(baselineManifestPath(ctx, record.id)).then((baseline) => new ManifestIndex(baseline)),
+    ]);
+    if (copied.status === "rejected") throw copied.reason;
+    if (indexed.status === "rejected") throw indexed.reason;
+    const index = indexed.value;
+    let current: CurrentTree;
+    let changes: Change[];
+    try {
+      // The copy's backing files are the original's neighbours (the workspace's lower layers, read in place).
+      disk = openDisk(top, { topDirectory: ctx.store.dir(record.id) });
+      current = diskTree(Ext4Reader.open(disk));
+      changes = changedEntries(index, current.entries, since);
+    } catch (error) {
+      if (!isPyroError(error, "DISK_IMAGE_INVALID")) throw error;
+      current = await guestTree(vm.agent, seed, index, since);
+      changes = changedEntries(index, current.entries, since);
+    }
+    return await diffPage(changes, current, seed, redactor, options, offset, limit);
+  } finally {
+    disk?.close();
+    seed.close();
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
+
+/** The page of `changes` the options ask for: paths and counts, or with their patches. */
+async function diffPage(
+  changes: Change[],
+  current: CurrentTree,
+  seed: SeedImage,
+  redactor: Redactor,
+  options: DiffOptions,
+  offset: number,
+  limit: number,
+): Promise<DiskDiffPage> {
   const counts = { added: 0, modified: 0, deleted: 0 };
   for (const c of changes) counts[c.status]++;
   const page = changes.slice(offset, offset + limit);
@@ -321,7 +439,6 @@ export async function diffWorkspaceDisk(
       next_offset: next,
     };
   }
-  const entries = await pageContents(ctx, record, agent, page);
   const files: DiskDiffPage["files"] = [];
   const parts: string[] = [];
   let bytes = 0;
@@ -329,7 +446,7 @@ export async function diffWorkspaceDisk(
   let binary = 0;
   for (const change of page) {
     taken++;
-    const { a, b } = entries.get(change.path)!;
+    const { a, b } = await bothSides(change, current, seed);
     // Rewritten with the same bytes (metadata changed only): nothing to show.
     if (
       a &&
@@ -368,51 +485,12 @@ function treeEntry(entry: ManifestEntry, data: Buffer | undefined): TreeEntry {
 
 const wantsBytes = (e: ManifestEntry | undefined): e is ManifestEntry => e?.type === "f" && e.size <= DIFF_PAGE_LIMITS.fileBytes;
 
-/** Both sides of each changed file on a page: the baseline's from the seed image, the current one from the guest. */
-async function pageContents(
-  ctx: WorkspaceContext,
-  record: WorkspaceRecord,
-  agent: AgentClient,
-  page: Change[],
-): Promise<Map<string, { a?: TreeEntry; b?: TreeEntry }>> {
-  const baselineBytes = new Map<string, Buffer>();
-  const fromSeed = page.filter((c) => wantsBytes(c.before)).map((c) => c.path);
-  if (fromSeed.length) {
-    const image = new Ext4Image(seedImagePath(ctx, record.id));
-    const found = await image.lookupMany(fromSeed);
-    const scratch = await makePrivateTempDir(ctx.store.dir(record.id), ".disk-");
-    try {
-      const list = [...found.entries()];
-      await image.dumpInodes(
-        list.map(([, e]) => e.inode),
-        scratch,
-        DIFF_PAGE_LIMITS.fileBytes,
-      );
-      for (const [i, [path]] of list.entries()) {
-        const file = join(scratch, String(i));
-        if ((await lstat(file).catch(() => undefined))?.isFile()) baselineBytes.set(path, await readFile(file));
-      }
-    } finally {
-      await rm(scratch, { recursive: true, force: true });
-    }
-  }
-  const out = new Map<string, { a?: TreeEntry; b?: TreeEntry }>();
-  for (const change of page) {
-    let current: Buffer | undefined;
-    if (wantsBytes(change.after)) {
-      const pieces: Buffer[] = [];
-      try {
-        for await (const piece of readFileChunks(agent, `${WORKSPACE_ROOT}/${change.path}`, change.after.size)) pieces.push(piece);
-        current = Buffer.concat(pieces);
-      } catch (error) {
-        // Gone (or replaced by a link) since the walk: a guest process is still busy; show what the walk saw.
-        if (!isPyroError(error, "GUEST_OPERATION_FAILED") && !isPyroError(error, "PATH_OUTSIDE_WORKSPACE")) throw error;
-      }
-    }
-    out.set(change.path, {
-      ...(change.before ? { a: treeEntry(change.before, baselineBytes.get(change.path) ?? (wantsBytes(change.before) ? Buffer.alloc(0) : undefined)) } : {}),
-      ...(change.after ? { b: treeEntry(change.after, current) } : {}),
-    });
-  }
-  return out;
+/** Both sides of one changed file: the baseline's from the seed image, the current one from `current`. */
+async function bothSides(change: Change, current: CurrentTree, seed: SeedImage): Promise<{ a?: TreeEntry; b?: TreeEntry }> {
+  const before = change.before;
+  const after = change.after;
+  return {
+    ...(before ? { a: treeEntry(before, wantsBytes(before) ? seed.bytes(change.path) : undefined) } : {}),
+    ...(after ? { b: treeEntry(after, wantsBytes(after) ? await current.bytes(after) : undefined) } : {}),
+  };
 }

@@ -27,8 +27,8 @@ import type { WorkspaceRecord } from "./workspace-record.js";
 
 /**
  * Exports a directory of a workspace whose /workspace is its own disk, at host speed and with
- * bounded memory, from the disk itself: the guest is synced and paused just long enough to copy the
- * top qcow2 layer (the layers below never change). Without redaction, the tar is streamed from
+ * bounded memory, from the disk itself: the guest's /workspace is frozen (frozen-disk-view.ts) just
+ * long enough to copy the top qcow2 layer (the layers below never change). Without redaction, the tar is streamed from
  * that copy and the layers below by pyro's own readers (qcow2-reader, ext4-reader, which treat
  * every byte as hostile): no guest walk, no qemu-img, no debugfs. With redaction (file lengths
  * change, so files must exist before their headers), the copy is converted to raw, its journal

@@ -46,3 +46,10 @@ export const DIFF_PAGE_LIMITS = {
 
 /** `workspace fork`: how many copies one call makes (each is a running VM). */
 export const FORK_COUNT = { default: 1, min: 1, max: 8 } as const;
+
+/**
+ * The longest pyro keeps a guest's /workspace frozen to copy its disk (frozen-disk-view.ts): the
+ * copy is stopped past it, and the VM paused for it instead. The agent has its own cap for a host
+ * that never thaws (guest/agent/src/freeze.rs).
+ */
+export const FROZEN_COPY_HOLD_MS = 10_000;

@@ -109,7 +109,7 @@ export async function diffTrees(baselineTar: Buffer, currentTar: Buffer, redacto
  */
 export async function diffWorkspace(ctx: WorkspaceContext, ref: string, options: DiffOptions = {}): Promise<DiffResult & Partial<DiskDiffPage>> {
   return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
-    if (record.disk_gib !== null) return { workspace_id: record.id, ...(await diffWorkspaceDisk(ctx, record, vm.agent, session.redactor, options)) };
+    if (record.disk_gib !== null) return { workspace_id: record.id, ...(await diffWorkspaceDisk(ctx, record, vm, session.redactor, options)) };
     // Created before /workspace had its own disk: the baseline is a tar captured at create.
     const baselineBytes = await readFile(join(ctx.store.dir(record.id), "baseline.tar")).catch(() => {
       throw new PyroError("GUEST_OPERATION_FAILED", `workspace ${record.id} has no baseline to diff against`);
