@@ -306,7 +306,8 @@ export class Ext4Reader {
    * is read as a list, without generators.
    */
   private extentRuns(inode: Ext4Inode, fileBlocks: number): Iterable<BlockRun> {
-    const state = { nextLogical: 0, budget: fileBlocks + 64 };
+    // An honest tree has fewer nodes than the file has blocks, and than the filesystem has.
+    const state = { nextLogical: 0, budget: Math.min(fileBlocks, this.blocksCount) + 64 };
     const root = this.extentNode(inode, inode.blockArea, undefined);
     if (root.depth === 0) return this.leafRuns(inode, inode.blockArea, root.entries, 2 ** 32, fileBlocks, state);
     const self = this;

@@ -24,6 +24,8 @@ const KNOWN_INCOMPAT = INCOMPAT_REVOKE | INCOMPAT_64BIT | INCOMPAT_ASYNC_COMMIT 
 const TAG_ESCAPE = 0x1;
 const TAG_SAME_UUID = 0x2;
 const TAG_LAST = 0x8;
+/** The largest journal mke2fs makes by default (1 GiB); longer ones are refused, which bounds the scan. */
+const MAX_JOURNAL_BYTES = 2 ** 30;
 
 /** A journal block holding a filesystem block's newest committed copy. */
 export interface JournalCopy {
@@ -53,6 +55,7 @@ export function journalCopies(readBlock: (n: number) => Buffer, blockSize: numbe
   let sequence = sb.readUInt32BE(24);
   const start = sb.readUInt32BE(28);
   if (start === 0) return copies; // clean: everything is in place
+  if (maxLen * blockSize > MAX_JOURNAL_BYTES) throw invalid(`it is ${maxLen} blocks long, more than pyro reads`);
   if (maxLen > journalBlocks || first < 1 || first >= maxLen || start < first || start >= maxLen)
     throw invalid(`its bounds (first ${first}, start ${start}, length ${maxLen}) do not fit its ${journalBlocks} blocks`);
   const incompat = sbType === SUPERBLOCK_V2 ? sb.readUInt32BE(0x28) : 0;

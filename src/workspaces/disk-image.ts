@@ -1,6 +1,6 @@
 import { PyroError } from "../errors.js";
 import { requireExecutable } from "../process/host-command.js";
-import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR, type SandboxLimits } from "../process/host-sandbox.js";
+import { runSandboxed, sandboxFailure, type SandboxLimits } from "../process/host-sandbox.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 
 /**
@@ -172,24 +172,6 @@ export class Ext4Image {
       }
     }
     return new Map(paths.filter((p) => found.has(p)).map((p) => [p, found.get(p)!]));
-  }
-
-  /**
-   * Writes regular files' contents (by inode) into `outputDir` as 0, 1, 2… in one debugfs run; each
-   * is cut at `maxFileBytes` by the sandbox's file-size limit. The caller reads them back lstat-checked.
-   */
-  async dumpInodes(inodes: number[], outputDir: string, maxFileBytes: number): Promise<void> {
-    if (!inodes.length) return;
-    const result = await runSandboxed({
-      tool: requireExecutable("debugfs", "e2fsprogs"),
-      args: ["-f", "-", this.raw],
-      readOnlyFiles: [this.raw],
-      outputDir,
-      input: inodes.map((ino, i) => `dump <${ino}> ${SANDBOX_OUTPUT_DIR}/${i}`).join("\n") + "\n",
-      timeoutMs: DEBUGFS_TIMEOUT_MS,
-      limits: { ...DEBUGFS_LIMITS, fileSizeBytes: maxFileBytes },
-    });
-    if (result.signal && result.signal !== "SIGXFSZ") throw sandboxFailure(result, "reading files from the disk image failed");
   }
 
   /** The first `maxBytes` of a regular file's contents (by inode). */
