@@ -63,6 +63,11 @@ const MAX_PATH_BYTES = 4096;
 const SYMLINK_MAX = 4096;
 /** Group descriptor table bytes read at most (a 1 TiB disk of 128 MiB groups has 512 KiB). */
 const MAX_DESCRIPTOR_BYTES = 16 * 1024 * 1024;
+/**
+ * The longest journal read, in blocks: mkfs.ext4's largest (what it makes for pyro's largest disk,
+ * 1 TiB). The journal scan reads and checks each of its blocks, so a longer one is refused.
+ */
+const MAX_JOURNAL_BLOCKS = 262_144;
 /** Metadata blocks (inode tables, extent nodes) kept once read. */
 const METADATA_CACHE_BLOCKS = 256;
 /** File contents are read and handed out in pieces of at most this size. */
@@ -201,10 +206,21 @@ export class Ext4Reader {
   private journalCopies(ino: number): Map<number, { copy: JournalCopy; physical: number }> {
     const inode = this.inode(ino);
     const blocks = Math.floor(inode.size / this.blockSize);
-    // Journal logical blocks to disk blocks, built once from its extents.
+    // The journal is a file of the filesystem, and no larger than mkfs makes one: its scan is bounded by both.
+    if (blocks > Math.min(this.blocksCount, MAX_JOURNAL_BLOCKS))
+      throw invalid(`its journal claims ${blocks} blocks, more than the filesystem's ${this.blocksCount} or the ${MAX_JOURNAL_BLOCKS} mkfs makes at most`);
+    // Journal logical blocks to disk blocks, built once from its extents (in logical order: found by bisection).
     const runs = [...this.blockRuns(inode)];
     const physicalOf = (n: number): number => {
-      for (const r of runs) if (n >= r.logical && n < r.logical + r.length && r.physical !== undefined) return r.physical + (n - r.logical);
+      let low = 0;
+      let high = runs.length;
+      while (low < high) {
+        const mid = (low + high) >>> 1;
+        if (runs[mid]!.logical + runs[mid]!.length <= n) low = mid + 1;
+        else high = mid;
+      }
+      const r = runs[low];
+      if (r && n >= r.logical && r.physical !== undefined) return r.physical + (n - r.logical);
       throw invalid(`journal block ${n} is not mapped`);
     };
     const copies = new Map<number, { copy: JournalCopy; physical: number }>();

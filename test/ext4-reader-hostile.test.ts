@@ -1,0 +1,257 @@
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import { closeSync, openSync, writeSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { findExecutable } from "../src/process/host-command.js";
+
+/**
+ * Hostile ext4 images, crafted byte by byte: the guest's root wrote every byte of the disk the host
+ * reads, so each image here is one a guest can leave behind. Each is read in a child process with
+ * a small heap and a deadline, so a hang or a memory bomb fails the test instead of the suite.
+ */
+
+const mkfs = findExecutable("mkfs.ext4");
+const debugfs = findExecutable("debugfs");
+const skip = !mkfs || !debugfs ? "needs mkfs.ext4 and debugfs" : false;
+
+const BLOCK = 4096;
+const EXTENT_MAGIC = 0xf30a;
+const JBD2_MAGIC = 0xc03b3998;
+/** Blocks well past what mkfs uses on a 1 GiB image (its journal sits at 131072-139263): the attacker's scratch space. */
+const FREE_AREA = 150_000;
+
+/** A 1 GiB sparse image of `tree` made with pyro's own mkfs options (4 KiB blocks, 64bit, flex_bg, metadata_csum). */
+function makeImage(image: string, tree: string): void {
+  execFileSync("truncate", ["-s", "1G", image]);
+  execFileSync(mkfs!, ["-q", "-F", "-t", "ext4", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0", "-d", tree, image], {
+    stdio: "ignore",
+  });
+}
+
+function writeAt(image: string, position: number, bytes: Buffer): void {
+  const fd = openSync(image, "r+");
+  try {
+    writeSync(fd, bytes, 0, bytes.length, position);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function debugfsOut(image: string, request: string): string {
+  return execFileSync(debugfs!, ["-R", request, image], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+}
+
+/** Byte offset of inode `ino` in the image (debugfs imap). */
+function inodeOffset(image: string, ino: number | string): number {
+  const out = debugfsOut(image, `imap ${typeof ino === "number" ? `<${ino}>` : ino}`);
+  const m = /located at block (\d+), offset 0x([0-9a-f]+)/.exec(out);
+  assert.ok(m, out);
+  return Number(m[1]) * BLOCK + Number.parseInt(m[2]!, 16);
+}
+
+/** The disk block of logical block `n` of `path`. */
+function bmap(image: string, path: string, n = 0): number {
+  return Number(debugfsOut(image, `bmap ${path} ${n}`).trim());
+}
+
+function extentHeader(entries: number, max: number, depth: number): Buffer {
+  const b = Buffer.alloc(12);
+  b.writeUInt16LE(EXTENT_MAGIC, 0);
+  b.writeUInt16LE(entries, 2);
+  b.writeUInt16LE(max, 4);
+  b.writeUInt16LE(depth, 6);
+  return b;
+}
+
+function leaf(logical: number, length: number, physical: number): Buffer {
+  const b = Buffer.alloc(12);
+  b.writeUInt32LE(logical, 0);
+  b.writeUInt16LE(length, 4);
+  b.writeUInt16LE(Math.floor(physical / 2 ** 32), 6);
+  b.writeUInt32LE(physical % 2 ** 32, 8);
+  return b;
+}
+
+function index(logical: number, child: number): Buffer {
+  const b = Buffer.alloc(12);
+  b.writeUInt32LE(logical, 0);
+  b.writeUInt32LE(child % 2 ** 32, 4);
+  b.writeUInt16LE(Math.floor(child / 2 ** 32), 8);
+  return b;
+}
+
+/**
+ * Gives inode `ino` a two-level extent tree mapping `extents` ([logical, length, physical]) and the
+ * size `size`; its leaf and index blocks are written from block `at` on. Returns the next free block.
+ */
+function setExtents(image: string, ino: number, extents: [number, number, number][], size: number, at: number): number {
+  const perBlock = Math.floor((BLOCK - 12) / 12);
+  const leaves: { first: number; block: number }[] = [];
+  for (let i = 0; i < extents.length; i += perBlock) {
+    const chunk = extents.slice(i, i + perBlock);
+    const body = Buffer.concat([extentHeader(chunk.length, perBlock, 0), ...chunk.map(([l, n, p]) => leaf(l, n, p))]);
+    writeAt(image, at * BLOCK, Buffer.concat([body, Buffer.alloc(BLOCK - body.length)]));
+    leaves.push({ first: chunk[0]![0], block: at++ });
+  }
+  const indexes: { first: number; block: number }[] = [];
+  for (let i = 0; i < leaves.length; i += perBlock) {
+    const chunk = leaves.slice(i, i + perBlock);
+    const body = Buffer.concat([extentHeader(chunk.length, perBlock, 1), ...chunk.map((l) => index(l.first, l.block))]);
+    writeAt(image, at * BLOCK, Buffer.concat([body, Buffer.alloc(BLOCK - body.length)]));
+    indexes.push({ first: chunk[0]!.first, block: at++ });
+  }
+  assert.ok(indexes.length <= 4);
+  const root = Buffer.concat([extentHeader(indexes.length, 4, 2), ...indexes.map((i) => index(i.first, i.block))]);
+  const inode = inodeOffset(image, ino);
+  writeAt(image, inode + 0x28, Buffer.concat([root, Buffer.alloc(60 - root.length)]));
+  const sizes = Buffer.alloc(4);
+  sizes.writeUInt32LE(size % 2 ** 32);
+  writeAt(image, inode + 0x4, sizes);
+  sizes.writeUInt32LE(Math.floor(size / 2 ** 32));
+  writeAt(image, inode + 0x6c, sizes);
+  return at;
+}
+
+/** The journal's superblock made to say a transaction log starts at block 1 of a journal `length` blocks long. */
+function openJournal(image: string, length: number, sbBlock: number): void {
+  const sbAt = sbBlock * BLOCK;
+  const fields = Buffer.alloc(16);
+  fields.writeUInt32BE(length, 0); // s_maxlen
+  fields.writeUInt32BE(1, 4); // s_first
+  fields.writeUInt32BE(1, 8); // s_sequence
+  fields.writeUInt32BE(1, 12); // s_start
+  writeAt(image, sbAt + 16, fields);
+}
+
+function journalBlock(type: number, sequence: number): Buffer {
+  const b = Buffer.alloc(BLOCK);
+  b.writeUInt32BE(JBD2_MAGIC, 0);
+  b.writeUInt32BE(type, 4);
+  b.writeUInt32BE(sequence, 8);
+  return b;
+}
+
+interface ReadOutcome {
+  entries?: number;
+  code?: string;
+  message?: string;
+  crashed?: string;
+  timedOut?: boolean;
+  ms: number;
+}
+
+const READER_URL = new URL("../src/storage/ext4-reader.js", import.meta.url).href;
+const DISK_URL = new URL("../src/storage/qcow2-reader.js", import.meta.url).href;
+
+/** Opens `image`, walks it whole and reads every file, in a child with a 256 MiB heap and a deadline. */
+function readInChild(image: string, deadlineMs = 20_000): ReadOutcome {
+  const script = `
+    const { Ext4Reader } = await import(${JSON.stringify(READER_URL)});
+    const { openDisk } = await import(${JSON.stringify(DISK_URL)});
+    try {
+      const disk = openDisk(process.argv[1]);
+      const fs = Ext4Reader.open(disk);
+      let entries = 0;
+      for (const e of fs.walk(fs.lookup(""))) { entries++; if (e.type === "f") for (const _ of fs.contents(e.inode)); }
+      console.log(JSON.stringify({ entries }));
+    } catch (e) {
+      console.log(JSON.stringify({ code: e.code ?? "untyped " + e.name, message: e.message }));
+    }`;
+  const started = Date.now();
+  const child = spawnSync(process.execPath, ["--max-old-space-size=256", "--input-type=module", "-e", script, image], {
+    encoding: "utf8",
+    timeout: deadlineMs,
+    killSignal: "SIGKILL",
+  });
+  const ms = Date.now() - started;
+  if (child.error || child.signal === "SIGKILL") return { timedOut: true, ms };
+  const line = child.stdout.trim().split("\n").pop() ?? "";
+  if (child.status !== 0 || !line.startsWith("{")) return { crashed: `${child.status} ${child.stderr.slice(-300)}`, ms };
+  return { ...JSON.parse(line), ms };
+}
+
+/** A typed refusal (one line) or a walk, quickly. */
+function assertEndsQuickly(outcome: ReadOutcome, withinMs: number): void {
+  assert.ok(!outcome.timedOut, `the reader was still busy after ${outcome.ms} ms`);
+  assert.equal(outcome.crashed, undefined, `the reader crashed: ${outcome.crashed}`);
+  if (outcome.code !== undefined) {
+    assert.ok(outcome.code === "DISK_IMAGE_INVALID" || outcome.code === "GUEST_OPERATION_FAILED", `${outcome.code}: ${outcome.message}`);
+    assert.ok(!outcome.message!.includes("\n"));
+  }
+  assert.ok(outcome.ms < withinMs, `took ${outcome.ms} ms`);
+}
+
+describe("ext4 reader on hostile journals", { skip }, () => {
+  let dir: string;
+  let tree: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "pyro-ext4h-"));
+    tree = join(dir, "tree");
+    await mkdir(join(tree, "d"), { recursive: true });
+    await writeFile(join(tree, "a"), "a file\n");
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it("a journal whose extents map every block onto one descriptor block is read in time linear in its length", () => {
+    // 250k one-block extents (all but the first onto the same descriptor block): each journal
+    // block looked up by a scan over all extents made the journal scan quadratic (~3e10 steps).
+    const image = join(dir, "journal-many-extents.ext4");
+    makeImage(image, tree);
+    const length = 250_000;
+    const descriptor = journalBlock(1, 1);
+    descriptor.writeUInt32BE(100, 12); // tag: logs filesystem block 100
+    descriptor.writeUInt16BE(0x8 | 0x2, 18); // last tag, same UUID
+    writeAt(image, FREE_AREA * BLOCK, descriptor);
+    const sbBlock = bmap(image, "<8>");
+    const extents: [number, number, number][] = [[0, 1, sbBlock]];
+    for (let n = 1; n < length; n++) extents.push([n, 1, FREE_AREA]);
+    setExtents(image, 8, extents, length * BLOCK, FREE_AREA + 1);
+    openJournal(image, length, sbBlock);
+    assertEndsQuickly(readInChild(image), 8000);
+  });
+
+  it("a journal longer than the filesystem is refused, not scanned", () => {
+    // 2^31 journal blocks claimed, every one mapped (by 32768-block extents over the same range) to
+    // a descriptor: the scan would read 8 TiB.
+    const image = join(dir, "journal-huge.ext4");
+    makeImage(image, tree);
+    const run = 32_768;
+    const descriptors = Buffer.concat(
+      Array.from({ length: 64 }, () => {
+        const d = journalBlock(1, 1);
+        d.writeUInt32BE(100, 12);
+        d.writeUInt16BE(0x8 | 0x2, 18);
+        return d;
+      }),
+    );
+    for (let i = 0; i < run; i += 64) writeAt(image, (FREE_AREA + i) * BLOCK, descriptors);
+    const length = 2 ** 31 - 1;
+    const sbBlock = bmap(image, "<8>");
+    const extents: [number, number, number][] = [[0, 1, sbBlock]];
+    for (let n = 1; n + run <= length && extents.length < 40_000; n += run) extents.push([n, run, FREE_AREA]);
+    const mapped = extents.length === 1 ? 1 : 1 + (extents.length - 1) * run;
+    setExtents(image, 8, extents, mapped * BLOCK, FREE_AREA + run);
+    openJournal(image, mapped, sbBlock);
+    assertEndsQuickly(readInChild(image), 8000);
+  });
+
+  it("revoke blocks naming one block 10^8 times hold one record", () => {
+    const image = join(dir, "journal-revokes.ext4");
+    makeImage(image, tree);
+    const length = 100_000;
+    const revoke = journalBlock(5, 1);
+    revoke.writeUInt32BE(BLOCK, 12); // bytes used: the whole block
+    for (let at = 16; at < BLOCK; at += 4) revoke.writeUInt32BE(100, at);
+    writeAt(image, FREE_AREA * BLOCK, revoke);
+    // 100k journal blocks, all the one revoke block of 1020 records: 10^8 records were kept one by one (a heap exhausted).
+    const sbBlock = bmap(image, "<8>");
+    const extents: [number, number, number][] = [[0, 1, sbBlock]];
+    for (let n = 1; n < length; n++) extents.push([n, 1, FREE_AREA]);
+    setExtents(image, 8, extents, length * BLOCK, FREE_AREA + 1);
+    openJournal(image, length, sbBlock);
+    assertEndsQuickly(readInChild(image), 8000);
+  });
+});
