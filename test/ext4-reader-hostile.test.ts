@@ -52,6 +52,18 @@ function inodeOffset(image: string, ino: number | string): number {
   return Number(m[1]) * BLOCK + Number.parseInt(m[2]!, 16);
 }
 
+/** Byte offsets of many inodes at once (one debugfs run). */
+function inodeOffsets(image: string, paths: string[]): number[] {
+  const out = execFileSync(debugfs!, ["-f", "-", image], {
+    input: paths.map((p) => `imap ${p}\n`).join(""),
+    encoding: "utf8",
+    stdio: ["pipe", "pipe", "ignore"],
+  });
+  const offsets = [...out.matchAll(/located at block (\d+), offset 0x([0-9a-f]+)/g)].map((m) => Number(m[1]) * BLOCK + Number.parseInt(m[2]!, 16));
+  assert.equal(offsets.length, paths.length);
+  return offsets;
+}
+
 /** The disk block of logical block `n` of `path`. */
 function bmap(image: string, path: string, n = 0): number {
   return Number(debugfsOut(image, `bmap ${path} ${n}`).trim());
@@ -252,6 +264,83 @@ describe("ext4 reader on hostile journals", { skip }, () => {
     for (let n = 1; n < length; n++) extents.push([n, 1, FREE_AREA]);
     setExtents(image, 8, extents, length * BLOCK, FREE_AREA + 1);
     openJournal(image, length, sbBlock);
+    assertEndsQuickly(readInChild(image), 8000);
+  });
+});
+
+describe("ext4 reader on hostile directories", { skip }, () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "pyro-ext4d-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it("directories made of holes cost the walk the filesystem's blocks once, not once per directory", async () => {
+    // 400 directories, each claiming the whole disk (1 GiB) as a block map of holes through one
+    // shared zero indirect block: every directory cost a step per block (400 x 262144).
+    const tree = join(dir, "holes");
+    const count = 400;
+    for (let i = 0; i < count; i++) await mkdir(join(tree, `d${i}`), { recursive: true });
+    const image = join(dir, "holes.ext4");
+    makeImage(image, tree);
+    const zeros = FREE_AREA; // all zeros: every pointer a hole
+    const doubly = FREE_AREA + 1; // every pointer the zero block
+    const pointers = Buffer.alloc(BLOCK);
+    for (let at = 0; at < BLOCK; at += 4) pointers.writeUInt32LE(zeros, at);
+    writeAt(image, doubly * BLOCK, pointers);
+    const map = Buffer.alloc(60);
+    map.writeUInt32LE(zeros, 12 * 4);
+    map.writeUInt32LE(doubly, 13 * 4);
+    const size = Buffer.alloc(4);
+    size.writeUInt32LE(2 ** 30 - BLOCK);
+    for (const at of inodeOffsets(
+      image,
+      Array.from({ length: count }, (_, i) => `/d${i}`),
+    )) {
+      writeAt(image, at + 0x4, size);
+      writeAt(image, at + 0x20, Buffer.alloc(4)); // flags: no extents, an old block map
+      writeAt(image, at + 0x28, map);
+    }
+    assertEndsQuickly(readInChild(image), 8000);
+  });
+
+  it("directories sharing one deep extent tree of empty nodes cost the walk its blocks once, not once per directory", async () => {
+    // Each directory's extent root names 2 x 340 x 340 index entries (under its own node budget),
+    // all ending in one empty leaf: 231k node visits per directory, 400 directories.
+    const tree = join(dir, "nodes");
+    const count = 400;
+    for (let i = 0; i < count; i++) await mkdir(join(tree, `d${i}`), { recursive: true });
+    const image = join(dir, "nodes.ext4");
+    makeImage(image, tree);
+    const perBlock = Math.floor((BLOCK - 12) / 12);
+    const node = (depth: number, keys: (i: number) => number, child: number) => {
+      const body = Buffer.concat([extentHeader(perBlock, perBlock, depth), ...Array.from({ length: perBlock }, (_, i) => index(keys(i), child))]);
+      return Buffer.concat([body, Buffer.alloc(BLOCK - body.length)]);
+    };
+    const empty = FREE_AREA;
+    const level1 = FREE_AREA + 1;
+    const level2 = FREE_AREA + 2;
+    writeAt(image, empty * BLOCK, Buffer.concat([extentHeader(0, perBlock, 0), Buffer.alloc(BLOCK - 12)]));
+    writeAt(
+      image,
+      level1 * BLOCK,
+      node(1, (i) => i, empty),
+    );
+    writeAt(
+      image,
+      level2 * BLOCK,
+      node(2, (i) => i * perBlock, level1),
+    );
+    const root = Buffer.concat([extentHeader(2, 4, 3), index(0, level2), index(perBlock * perBlock + 1, level2), Buffer.alloc(60 - 36)]);
+    const size = Buffer.alloc(4);
+    size.writeUInt32LE(2 ** 30 - BLOCK);
+    for (const at of inodeOffsets(
+      image,
+      Array.from({ length: count }, (_, i) => `/d${i}`),
+    )) {
+      writeAt(image, at + 0x4, size);
+      writeAt(image, at + 0x28, root);
+    }
     assertEndsQuickly(readInChild(image), 8000);
   });
 });

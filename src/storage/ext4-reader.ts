@@ -304,14 +304,18 @@ export class Ext4Reader {
     };
   }
 
-  /** The runs of `inode`'s blocks in logical order, up to its size. */
-  private *blockRuns(inode: Ext4Inode): Generator<BlockRun> {
+  /**
+   * The runs of `inode`'s blocks in logical order, up to its size. `walk`, where given, is the
+   * budget of a whole walk: the map's own blocks (extent nodes, indirect tables) are charged to it,
+   * so directories sharing one deep map cannot each cost the walk a filesystem's worth of steps.
+   */
+  private *blockRuns(inode: Ext4Inode, walk?: DirectoryBudget): Generator<BlockRun> {
     const fileBlocks = Math.ceil(inode.size / this.blockSize);
     if (fileBlocks === 0) return;
     if (inode.flags & FLAG_INLINE_DATA) throw invalid(`inode ${inode.ino} keeps its data inline, which pyro does not read`, { inode: inode.ino });
     if (inode.flags & FLAG_ENCRYPT) throw invalid(`inode ${inode.ino} is encrypted`, { inode: inode.ino });
-    if (inode.flags & FLAG_EXTENTS) yield* this.extentRuns(inode, fileBlocks);
-    else yield* this.indirectRuns(inode, fileBlocks);
+    if (inode.flags & FLAG_EXTENTS) yield* this.extentRuns(inode, fileBlocks, walk);
+    else yield* this.indirectRuns(inode, fileBlocks, walk);
   }
 
   /**
@@ -319,7 +323,7 @@ export class Ext4Reader {
    * parent's next key, and depth must fall by one per level: a tree cannot loop, and the nodes
    * read are bounded by the file's own block count.
    */
-  private *extentRuns(inode: Ext4Inode, fileBlocks: number): Generator<BlockRun> {
+  private *extentRuns(inode: Ext4Inode, fileBlocks: number, walk: DirectoryBudget | undefined): Generator<BlockRun> {
     let budget = fileBlocks + 64;
     let nextLogical = 0;
     const self = this;
@@ -347,6 +351,7 @@ export class Ext4Reader {
           yield { logical: first, length: Math.min(length, fileBlocks - first), physical: unwritten ? undefined : physical };
         } else {
           if (--budget < 0) throw invalid(`inode ${inode.ino}'s extent tree has more nodes than blocks`, { inode: inode.ino });
+          spend(walk, 1);
           const child = bytes.readUInt16LE(at + 8) * 2 ** 32 + bytes.readUInt32LE(at + 4);
           yield* node(self.block(child), depth - 1, following);
         }
@@ -356,7 +361,7 @@ export class Ext4Reader {
   }
 
   /** Old-style block maps: 12 direct blocks, then single, double and triple indirect blocks (zero: a hole). */
-  private *indirectRuns(inode: Ext4Inode, fileBlocks: number): Generator<BlockRun> {
+  private *indirectRuns(inode: Ext4Inode, fileBlocks: number, walk: DirectoryBudget | undefined): Generator<BlockRun> {
     const perBlock = this.blockSize / 4;
     let logical = 0;
     const self = this;
@@ -374,6 +379,7 @@ export class Ext4Reader {
         logical++;
         return;
       }
+      spend(walk, 1);
       const table = Buffer.from(self.block(pointer));
       for (let i = 0; i < perBlock && logical < fileBlocks; i++) yield* mapped(table.readUInt32LE(i * 4), level - 1);
     }
@@ -417,11 +423,15 @@ export class Ext4Reader {
     const where = () => `directory inode ${dir.ino}`;
     if (dir.size > this.disk.size || dir.size % this.blockSize !== 0) throw invalid(`${where()} claims ${dir.size} bytes`, { inode: dir.ino });
     const block = Buffer.allocUnsafe(this.blockSize);
-    for (const run of this.blockRuns(dir)) {
-      if (run.physical === undefined) continue; // a hole holds no entries
+    for (const run of this.blockRuns(dir, budget)) {
+      // A hole holds no entries, but is charged like blocks: each of its blocks was a step.
+      if (run.physical === undefined) {
+        spend(budget, run.length);
+        continue;
+      }
       for (let i = 0; i < run.length; i++) {
         // Real directories never share blocks: a walk reads at most the filesystem's blocks, however its directories point.
-        if (--budget.blocks < 0) throw invalid("its directories hold more blocks than the filesystem");
+        spend(budget, 1);
         const blockIndex = run.logical + i;
         this.readBlocks(run.physical + i, block);
         for (let at = 0, index = 0; at < block.length; index++) {
@@ -550,6 +560,11 @@ function tooMany(maxEntries: number): PyroError {
 
 interface DirectoryBudget {
   blocks: number;
+}
+
+/** Charges `blocks` to a walk's budget (none: not walking). */
+function spend(budget: DirectoryBudget | undefined, blocks: number): void {
+  if (budget && (budget.blocks -= blocks) < 0) throw invalid("its directories hold more blocks than the filesystem");
 }
 
 interface Geometry {
