@@ -1,11 +1,14 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import { closeSync, openSync, writeSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { isPyroError } from "../src/errors.js";
 import { findExecutable } from "../src/process/host-command.js";
+import { Ext4Reader } from "../src/storage/ext4-reader.js";
+import { openDisk } from "../src/storage/qcow2-reader.js";
 
 /**
  * Hostile ext4 images, crafted byte by byte: the guest's root wrote every byte of the disk the host
@@ -342,5 +345,64 @@ describe("ext4 reader on hostile directories", { skip }, () => {
       writeAt(image, at + 0x28, root);
     }
     assertEndsQuickly(readInChild(image), 8000);
+  });
+});
+
+describe("ext4 reader on names that are not UTF-8", { skip }, () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "pyro-ext4n-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  const walk = (image: string) => {
+    const disk = openDisk(image);
+    try {
+      const fs = Ext4Reader.open(disk);
+      return [...fs.walk(fs.lookup("")!, { order: "subtree" })].map((e) => [e.path, e.type, e.target]);
+    } finally {
+      disk.close();
+    }
+  };
+
+  it("a name whose bytes are not UTF-8 cannot pass for another name: no two entries share a path", async () => {
+    // The byte name 0xff is shown as the text '\xff', which is also a valid name of its own: as a
+    // symlink to a host directory next to a directory 0xff holding 'f', the walk (and an export's
+    // tar) listed './\xff' -> /tmp/…, './\xff/' and './\xff/f'; Python's tarfile extracting it
+    // writes 'f' into the symlink's target on the host.
+    const tree = join(dir, "spoof");
+    await mkdir(tree);
+    await symlink("/tmp/pyro-host-dir", join(tree, "\\xff"));
+    const raw = Buffer.concat([Buffer.from(`${tree}/`), Buffer.from([0xff])]);
+    await mkdir(raw);
+    await writeFile(Buffer.concat([raw, Buffer.from("/f")]), "planted\n");
+    const image = join(dir, "spoof.ext4");
+    makeImage(image, tree);
+    let listed: unknown[][] | undefined;
+    try {
+      listed = walk(image);
+    } catch (error) {
+      assert.ok(isPyroError(error, "DISK_IMAGE_INVALID") && /shown as/.test(error.message), String(error));
+    }
+    if (listed) assert.equal(new Set(listed.map(([path]) => path)).size, listed.length, JSON.stringify(listed));
+  });
+
+  it("a name that is not UTF-8 on its own is still walked, shown with \\xNN escapes and its bytes kept", async () => {
+    const tree = join(dir, "latin1");
+    await mkdir(tree);
+    await writeFile(Buffer.concat([Buffer.from(`${tree}/caf`), Buffer.from([0xe9])]), "x\n");
+    const image = join(dir, "latin1.ext4");
+    makeImage(image, tree);
+    const disk = openDisk(image);
+    try {
+      const fs = Ext4Reader.open(disk);
+      const entries = [...fs.walk(fs.lookup("")!)].filter((e) => e.path !== "lost+found");
+      assert.deepEqual(
+        entries.map((e) => [e.path, [...e.name]]),
+        [["caf\\xe9", [0x63, 0x61, 0x66, 0xe9]]],
+      );
+    } finally {
+      disk.close();
+    }
   });
 });

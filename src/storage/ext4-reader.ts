@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import { PyroError } from "../errors.js";
 import { type ManifestEntry, nameText } from "../workspaces/tree-manifest.js";
 import { TREE_MANIFEST_LIMITS } from "../workspaces/workspace-limits.js";
@@ -130,8 +131,8 @@ export interface Ext4WalkOptions {
   order?: "manifest" | "subtree";
 }
 
-/** A walked entry: its manifest record and its inode (to read its contents). */
-export type Ext4WalkEntry = ManifestEntry & { inode: Ext4Inode };
+/** A walked entry: its manifest record, its inode (to read its contents) and its name's bytes (the path shows them as text). */
+export type Ext4WalkEntry = ManifestEntry & { inode: Ext4Inode; name: Buffer };
 
 /** A read-only ext4 filesystem on a disk. Synchronous: the disk is read from the host's page cache. */
 export class Ext4Reader {
@@ -505,6 +506,17 @@ export class Ext4Reader {
       if (!dir.entries) {
         dir.entries = this.directoryEntries(dir.inode, maxEntries - count, budget);
         dir.entries.sort((a, b) => Buffer.compare(a.name, b.name));
+        // A name that is not UTF-8 is shown with `\xNN` escapes, which another name can spell: two
+        // entries would have one path (a symlink and a directory under it, in an export's tar).
+        if (dir.entries.some((e) => !isUtf8(e.name))) {
+          const shown = new Set<string>();
+          for (const { name } of dir.entries) {
+            const text = nameText(name);
+            if (shown.has(text))
+              throw invalid(`directory inode ${dir.inode.ino} holds two names shown as '${text}' (one of them not UTF-8)`, { inode: dir.inode.ino });
+            shown.add(text);
+          }
+        }
       }
       const entries = dir.entries;
       const subdirs: Frame[] = [];
@@ -531,6 +543,7 @@ export class Ext4Reader {
           nlink: inode.nlink,
           target,
           inode,
+          name,
         };
         if (inode.type !== "d") continue;
         if (visited.has(ino)) throw invalid(`directory inode ${ino} is linked from two places (a cycle)`, { inode: ino });
