@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import { lstatSync, readdirSync, readlinkSync } from "node:fs";
 import { createReadStream, createWriteStream } from "node:fs";
 import { lstat, mkdir, open, rename, rm, symlink, unlink } from "node:fs/promises";
@@ -9,7 +10,7 @@ import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { diskChain } from "../storage/qcow2-backing-chain.js";
-import { type Ext4Inode, Ext4Reader } from "../storage/ext4-reader.js";
+import { type Ext4Inode, Ext4Reader, type Ext4WalkEntry } from "../storage/ext4-reader.js";
 import { openDisk } from "../storage/qcow2-reader.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { RootedTree } from "../storage/rooted-path.js";
@@ -208,6 +209,22 @@ function planExport(entries: Iterable<ManifestEntry>, maxBytes: number, label: s
   return plan;
 }
 
+/**
+ * The disk's walk, refusing a name that is not UTF-8: a tar's names are UTF-8 text, so such a name
+ * would reach the host renamed (its bytes spelled `\xNN`) without a word.
+ */
+function* utf8Names(entries: Iterable<Ext4WalkEntry>, guestPath: string): Generator<Ext4WalkEntry> {
+  for (const e of entries) {
+    if (!isUtf8(e.name))
+      throw new PyroError(
+        "GUEST_OPERATION_FAILED",
+        `${guestPath}/${e.path} has a name that is not UTF-8, which the exported tar cannot carry as it is; rename it in the workspace, or export a directory without it`,
+        { path: e.path },
+      );
+    yield e;
+  }
+}
+
 /** The tar header of one walked entry (undefined for sockets, FIFOs and devices, which are not exported); `linkedTo` names a hardlink's first path. */
 function entryHeader(e: ManifestEntry, linkedTo: string | undefined): Buffer | undefined {
   const mtime = new Date(Number(e.mtimeNs / 1_000_000n));
@@ -314,7 +331,8 @@ export async function exportDirectoryFromDisk(
             "GUEST_OPERATION_FAILED",
             `${guestPath} is no longer a directory on the workspace disk; export again (or stop the processes changing it)`,
           );
-        planExport(fs.walk(root), disk.size, guestPath);
+        // The whole walk is checked before the tar is written: nothing is written for a tree that fails.
+        planExport(utf8Names(fs.walk(root), guestPath), disk.size, guestPath);
         await writePieces(tarFromFilesystem(fs, root), scratchFile);
       } finally {
         disk.close();
