@@ -406,3 +406,31 @@ describe("ext4 reader on names that are not UTF-8", { skip }, () => {
     }
   });
 });
+
+describe("ext4 reader on hostile symlinks", { skip }, () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "pyro-ext4l-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it("a symlink target holding a NUL byte is refused, not shown whole by diff and cut short in a tar", async () => {
+    const tree = join(dir, "nul");
+    await mkdir(tree);
+    await symlink("/etc/junk", join(tree, "link"));
+    const image = join(dir, "nul.ext4");
+    makeImage(image, tree);
+    // A fast symlink: its target is the inode's block area.
+    writeAt(image, inodeOffset(image, "/link") + 0x28 + 4, Buffer.from([0]));
+    const disk = openDisk(image);
+    try {
+      const fs = Ext4Reader.open(disk);
+      assert.throws(
+        () => [...fs.walk(fs.lookup("")!)],
+        (e) => isPyroError(e, "DISK_IMAGE_INVALID") && /NUL/.test(e.message),
+      );
+    } finally {
+      disk.close();
+    }
+  });
+});

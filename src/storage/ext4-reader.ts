@@ -413,8 +413,11 @@ export class Ext4Reader {
   /** A symlink's target bytes (fast symlinks keep it in the inode). */
   linkTarget(inode: Ext4Inode): Buffer {
     if (inode.size === 0 || inode.size > SYMLINK_MAX) throw invalid(`symlink inode ${inode.ino} has a ${inode.size}-byte target`, { inode: inode.ino });
-    if (!(inode.flags & (FLAG_EXTENTS | FLAG_INLINE_DATA)) && inode.size < 60) return inode.blockArea.subarray(0, inode.size);
-    return Buffer.concat([...this.contents(inode)]);
+    const fast = !(inode.flags & (FLAG_EXTENTS | FLAG_INLINE_DATA)) && inode.size < 60;
+    const target = fast ? inode.blockArea.subarray(0, inode.size) : Buffer.concat([...this.contents(inode)]);
+    // No link Linux makes holds a NUL: a tar would keep the target only up to it (diff and export would disagree).
+    if (target.includes(0)) throw invalid(`symlink inode ${inode.ino}'s target holds a NUL byte`, { inode: inode.ino });
+    return target;
   }
 
   /** A directory's entries as (name, inode) pairs in on-disk order, checked; '.' and '..' left out. */
