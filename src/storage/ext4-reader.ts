@@ -583,7 +583,9 @@ interface DirectoryBudget {
 
 /** Charges `blocks` to a walk's budget (none: not walking). */
 function spend(budget: DirectoryBudget | undefined, blocks: number): void {
-  if (budget && (budget.blocks -= blocks) < 0) throw invalid("its directories hold more blocks than the filesystem");
+  if (!budget) return;
+  budget.blocks -= blocks;
+  if (budget.blocks < 0) throw invalid("its directories hold more blocks than the filesystem");
 }
 
 interface Geometry {
