@@ -131,8 +131,11 @@ export interface Ext4WalkOptions {
   order?: "manifest" | "subtree";
 }
 
-/** A walked entry: its manifest record, its inode (to read its contents) and its name's bytes (the path shows them as text). */
-export type Ext4WalkEntry = ManifestEntry & { inode: Ext4Inode; name: Buffer };
+/**
+ * A walked entry: its manifest record, its inode (to read its contents), and whether its name is
+ * UTF-8 (where it is not, the path shows its bytes with `\xNN` escapes).
+ */
+export type Ext4WalkEntry = ManifestEntry & { inode: Ext4Inode; utf8Name: boolean };
 
 /** A read-only ext4 filesystem on a disk. Synchronous: the disk is read from the host's page cache. */
 export class Ext4Reader {
@@ -549,7 +552,7 @@ export class Ext4Reader {
           nlink: inode.nlink,
           target,
           inode,
-          name,
+          utf8Name: isUtf8(name),
         };
         if (inode.type !== "d") continue;
         if (visited.has(ino)) throw invalid(`directory inode ${ino} is linked from two places (a cycle)`, { inode: ino });

@@ -1,4 +1,3 @@
-import { isUtf8 } from "node:buffer";
 import { lstatSync, readdirSync, readlinkSync } from "node:fs";
 import { createReadStream, createWriteStream } from "node:fs";
 import { lstat, mkdir, open, rename, rm, symlink, unlink } from "node:fs/promises";
@@ -215,7 +214,7 @@ function planExport(entries: Iterable<ManifestEntry>, maxBytes: number, label: s
  */
 function* utf8Names(entries: Iterable<Ext4WalkEntry>, guestPath: string): Generator<Ext4WalkEntry> {
   for (const e of entries) {
-    if (!isUtf8(e.name))
+    if (!e.utf8Name)
       throw new PyroError(
         "GUEST_OPERATION_FAILED",
         `${guestPath}/${e.path} has a name that is not UTF-8, which the exported tar cannot carry as it is; rename it in the workspace, or export a directory without it`,
