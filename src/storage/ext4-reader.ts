@@ -475,8 +475,8 @@ export class Ext4Reader {
   }
 
   /**
-   * The inode at `path` (relative to the root, '/'-separated, no symlink followed, names as the
-   * walk shows them); undefined if a component is missing or a non-directory is on the way.
+   * The inode at `path` (relative to the root, '/'-separated, no symlink followed); undefined if a
+   * component is missing or a non-directory is on the way.
    */
   lookup(path: string): Ext4Inode | undefined {
     let current = this.inode(ROOT_INODE);
@@ -484,10 +484,7 @@ export class Ext4Reader {
     for (const part of path.split("/").filter((p) => p !== "" && p !== ".")) {
       if (current.type !== "d") return undefined;
       const wanted = Buffer.from(part, "utf8");
-      const entries = this.directoryEntries(current, TREE_MANIFEST_LIMITS.entries, budget);
-      // A path the walk gave shows a name that is not UTF-8 with `\xNN` escapes: matched as shown where no name has the text's own bytes.
-      const found =
-        entries.find((e) => e.name.equals(wanted)) ?? (part.includes("\\x") ? entries.find((e) => !isUtf8(e.name) && nameText(e.name) === part) : undefined);
+      const found = this.directoryEntries(current, TREE_MANIFEST_LIMITS.entries, budget).find((e) => e.name.equals(wanted));
       if (!found) return undefined;
       current = this.inode(found.ino);
     }
