@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import { PyroError } from "../errors.js";
 import { type ManifestEntry, nameText } from "../workspaces/tree-manifest.js";
 import { TREE_MANIFEST_LIMITS } from "../workspaces/workspace-limits.js";
@@ -63,6 +64,11 @@ const MAX_PATH_BYTES = 4096;
 const SYMLINK_MAX = 4096;
 /** Group descriptor table bytes read at most (a 1 TiB disk of 128 MiB groups has 512 KiB). */
 const MAX_DESCRIPTOR_BYTES = 16 * 1024 * 1024;
+/**
+ * The longest journal read, in blocks: mkfs.ext4's largest (what it makes for pyro's largest disk,
+ * 1 TiB). The journal scan reads and checks each of its blocks, so a longer one is refused.
+ */
+const MAX_JOURNAL_BLOCKS = 262_144;
 /** Metadata blocks (inode tables, extent nodes) kept once read. */
 const METADATA_CACHE_BLOCKS = 256;
 /** File contents are read and handed out in pieces of at most this size. */
@@ -125,8 +131,11 @@ export interface Ext4WalkOptions {
   order?: "manifest" | "subtree";
 }
 
-/** A walked entry: its manifest record and its inode (to read its contents). */
-export type Ext4WalkEntry = ManifestEntry & { inode: Ext4Inode };
+/**
+ * A walked entry: its manifest record, its inode (to read its contents), and whether its name is
+ * UTF-8 (where it is not, the path shows its bytes with `\xNN` escapes).
+ */
+export type Ext4WalkEntry = ManifestEntry & { inode: Ext4Inode; utf8Name: boolean };
 
 /** A read-only ext4 filesystem on a disk. Synchronous: the disk is read from the host's page cache. */
 export class Ext4Reader {
@@ -202,10 +211,21 @@ export class Ext4Reader {
   private journalCopies(ino: number): Map<number, { copy: JournalCopy; physical: number }> {
     const inode = this.inode(ino);
     const blocks = Math.floor(inode.size / this.blockSize);
-    // Journal logical blocks to disk blocks, built once from its extents.
+    // The journal is a file of the filesystem, and no larger than mkfs makes one: its scan is bounded by both.
+    if (blocks > Math.min(this.blocksCount, MAX_JOURNAL_BLOCKS))
+      throw invalid(`its journal claims ${blocks} blocks, more than the filesystem's ${this.blocksCount} or the ${MAX_JOURNAL_BLOCKS} mkfs makes at most`);
+    // Journal logical blocks to disk blocks, built once from its extents (in logical order: found by bisection).
     const runs = [...this.blockRuns(inode)];
     const physicalOf = (n: number): number => {
-      for (const r of runs) if (n >= r.logical && n < r.logical + r.length && r.physical !== undefined) return r.physical + (n - r.logical);
+      let low = 0;
+      let high = runs.length;
+      while (low < high) {
+        const mid = (low + high) >>> 1;
+        if (runs[mid]!.logical + runs[mid]!.length <= n) low = mid + 1;
+        else high = mid;
+      }
+      const r = runs[low];
+      if (r && n >= r.logical && r.physical !== undefined) return r.physical + (n - r.logical);
       throw invalid(`journal block ${n} is not mapped`);
     };
     const copies = new Map<number, { copy: JournalCopy; physical: number }>();
@@ -290,13 +310,17 @@ export class Ext4Reader {
     };
   }
 
-  /** The runs of `inode`'s blocks in logical order, up to its size. */
-  private blockRuns(inode: Ext4Inode): Iterable<BlockRun> {
+  /**
+   * The runs of `inode`'s blocks in logical order, up to its size. `walk`, where given, is the
+   * budget of a whole walk: the map's own blocks (extent nodes, indirect tables) are charged to it,
+   * so directories sharing one deep map cannot each cost the walk a filesystem's worth of steps.
+   */
+  private blockRuns(inode: Ext4Inode, walk?: DirectoryBudget): Iterable<BlockRun> {
     const fileBlocks = Math.ceil(inode.size / this.blockSize);
     if (fileBlocks === 0) return [];
     if (inode.flags & FLAG_INLINE_DATA) throw invalid(`inode ${inode.ino} keeps its data inline, which pyro does not read`, { inode: inode.ino });
     if (inode.flags & FLAG_ENCRYPT) throw invalid(`inode ${inode.ino} is encrypted`, { inode: inode.ino });
-    return inode.flags & FLAG_EXTENTS ? this.extentRuns(inode, fileBlocks) : this.indirectRuns(inode, fileBlocks);
+    return inode.flags & FLAG_EXTENTS ? this.extentRuns(inode, fileBlocks, walk) : this.indirectRuns(inode, fileBlocks, walk);
   }
 
   /**
@@ -305,7 +329,7 @@ export class Ext4Reader {
    * read are bounded by the file's own block count. A tree held in the inode alone (most files)
    * is read as a list, without generators.
    */
-  private extentRuns(inode: Ext4Inode, fileBlocks: number): Iterable<BlockRun> {
+  private extentRuns(inode: Ext4Inode, fileBlocks: number, walk: DirectoryBudget | undefined): Iterable<BlockRun> {
     // An honest tree has fewer nodes than the file has blocks, and than the filesystem has.
     const state = { nextLogical: 0, budget: Math.min(fileBlocks, this.blocksCount) + 64 };
     const root = this.extentNode(inode, inode.blockArea, undefined);
@@ -319,6 +343,7 @@ export class Ext4Reader {
         if (first < state.nextLogical || first >= following) throw invalid(`inode ${inode.ino}'s extents are out of order`, { inode: inode.ino });
         if (first >= fileBlocks) return;
         if (--state.budget < 0) throw invalid(`inode ${inode.ino}'s extent tree has more nodes than blocks`, { inode: inode.ino });
+        spend(walk, 1);
         const childBytes = self.block(bytes.readUInt16LE(at + 8) * 2 ** 32 + bytes.readUInt32LE(at + 4));
         const child = self.extentNode(inode, childBytes, depth - 1);
         if (child.depth === 0) yield* self.leafRuns(inode, childBytes, child.entries, following, fileBlocks, state);
@@ -366,7 +391,7 @@ export class Ext4Reader {
   }
 
   /** Old-style block maps: 12 direct blocks, then single, double and triple indirect blocks (zero: a hole). */
-  private *indirectRuns(inode: Ext4Inode, fileBlocks: number): Generator<BlockRun> {
+  private *indirectRuns(inode: Ext4Inode, fileBlocks: number, walk: DirectoryBudget | undefined): Generator<BlockRun> {
     const perBlock = this.blockSize / 4;
     let logical = 0;
     const self = this;
@@ -384,6 +409,7 @@ export class Ext4Reader {
         logical++;
         return;
       }
+      spend(walk, 1);
       const table = Buffer.from(self.block(pointer));
       for (let i = 0; i < perBlock && logical < fileBlocks; i++) yield* mapped(table.readUInt32LE(i * 4), level - 1);
     }
@@ -419,10 +445,11 @@ export class Ext4Reader {
   /** A symlink's target bytes (fast symlinks keep it in the inode). */
   linkTarget(inode: Ext4Inode): Buffer {
     if (inode.size === 0 || inode.size > SYMLINK_MAX) throw invalid(`symlink inode ${inode.ino} has a ${inode.size}-byte target`, { inode: inode.ino });
-    if (!(inode.flags & (FLAG_EXTENTS | FLAG_INLINE_DATA)) && inode.size < 60) return inode.blockArea.subarray(0, inode.size);
-    const pieces: Buffer[] = [];
-    for (const piece of this.contents(inode)) pieces.push(Buffer.from(piece));
-    return Buffer.concat(pieces);
+    const fast = !(inode.flags & (FLAG_EXTENTS | FLAG_INLINE_DATA)) && inode.size < 60;
+    const target = fast ? inode.blockArea.subarray(0, inode.size) : Buffer.concat([...this.contents(inode)]);
+    // No link Linux makes holds a NUL: a tar would keep the target only up to it (diff and export would disagree).
+    if (target.includes(0)) throw invalid(`symlink inode ${inode.ino}'s target holds a NUL byte`, { inode: inode.ino });
+    return target;
   }
 
   /** A directory's entries as (name, inode) pairs in on-disk order, checked; '.' and '..' left out. */
@@ -432,11 +459,15 @@ export class Ext4Reader {
     const where = () => `directory inode ${dir.ino}`;
     if (dir.size > this.disk.size || dir.size % this.blockSize !== 0) throw invalid(`${where()} claims ${dir.size} bytes`, { inode: dir.ino });
     const block = Buffer.allocUnsafe(this.blockSize);
-    for (const run of this.blockRuns(dir)) {
-      if (run.physical === undefined) continue; // a hole holds no entries
+    for (const run of this.blockRuns(dir, budget)) {
+      // A hole holds no entries, but is charged like blocks: each of its blocks was a step.
+      if (run.physical === undefined) {
+        spend(budget, run.length);
+        continue;
+      }
       for (let i = 0; i < run.length; i++) {
         // Real directories never share blocks: a walk reads at most the filesystem's blocks, however its directories point.
-        if (--budget.blocks < 0) throw invalid("its directories hold more blocks than the filesystem");
+        spend(budget, 1);
         const blockIndex = run.logical + i;
         this.readBlocks(run.physical + i, block);
         for (let at = 0, index = 0; at < block.length; index++) {
@@ -512,6 +543,17 @@ export class Ext4Reader {
       if (!dir.entries) {
         dir.entries = this.directoryEntries(dir.inode, maxEntries - count, budget);
         dir.entries.sort((a, b) => Buffer.compare(a.name, b.name));
+        // A name that is not UTF-8 is shown with `\xNN` escapes, which another name can spell: two
+        // entries would have one path (a symlink and a directory under it, in an export's tar).
+        if (dir.entries.some((e) => !isUtf8(e.name))) {
+          const shown = new Set<string>();
+          for (const { name } of dir.entries) {
+            const text = nameText(name);
+            if (shown.has(text))
+              throw invalid(`directory inode ${dir.inode.ino} holds two names shown as '${text}' (one of them not UTF-8)`, { inode: dir.inode.ino });
+            shown.add(text);
+          }
+        }
       }
       const entries = dir.entries;
       const subdirs: Frame[] = [];
@@ -538,6 +580,7 @@ export class Ext4Reader {
           nlink: inode.nlink,
           target,
           inode,
+          utf8Name: isUtf8(name),
         };
         if (inode.type !== "d") continue;
         if (visited.has(ino)) throw invalid(`directory inode ${ino} is linked from two places (a cycle)`, { inode: ino });
@@ -564,6 +607,13 @@ function tooMany(maxEntries: number): PyroError {
 
 interface DirectoryBudget {
   blocks: number;
+}
+
+/** Charges `blocks` to a walk's budget (none: not walking). */
+function spend(budget: DirectoryBudget | undefined, blocks: number): void {
+  if (!budget) return;
+  budget.blocks -= blocks;
+  if (budget.blocks < 0) throw invalid("its directories hold more blocks than the filesystem");
 }
 
 interface Geometry {

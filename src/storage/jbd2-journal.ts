@@ -73,7 +73,8 @@ export function journalCopies(readBlock: (n: number) => Buffer, blockSize: numbe
   const committed: { block: number; copy: JournalCopy; sequence: number }[] = [];
   const revoked = new Map<number, number>();
   let pending: { block: number; copy: JournalCopy }[] = [];
-  let pendingRevokes: number[] = [];
+  // A set, of blocks inside the filesystem only: a log of revoke blocks naming one block over and over holds it once.
+  let pendingRevokes = new Set<number>();
   let at = start;
   for (let scanned = 0; scanned < ring; ) {
     const block = readBlock(at);
@@ -100,13 +101,14 @@ export function journalCopies(readBlock: (n: number) => Buffer, blockSize: numbe
       const record = is64 ? 8 : 4;
       if (used < 16 || used > blockSize - tailBytes) throw invalid(`a revoke block claims ${used} bytes`);
       for (let r = 16; r + record <= used; r += record) {
-        pendingRevokes.push(is64 ? Number(block.readBigUInt64BE(r)) : block.readUInt32BE(r));
+        const revokedBlock = is64 ? Number(block.readBigUInt64BE(r)) : block.readUInt32BE(r);
+        if (revokedBlock < filesystemBlocks) pendingRevokes.add(revokedBlock);
       }
     } else if (type === COMMIT) {
       for (const p of pending) committed.push({ ...p, sequence });
       for (const b of pendingRevokes) revoked.set(b, sequence);
       pending = [];
-      pendingRevokes = [];
+      pendingRevokes = new Set();
       sequence = (sequence + 1) >>> 0;
     } else break;
     at = next;

@@ -9,7 +9,7 @@ import { requireExecutable, runHostCommand } from "../process/host-command.js";
 import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/host-sandbox.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { diskChain } from "../storage/qcow2-backing-chain.js";
-import { type Ext4Inode, Ext4Reader } from "../storage/ext4-reader.js";
+import { type Ext4Inode, Ext4Reader, type Ext4WalkEntry } from "../storage/ext4-reader.js";
 import { openDisk } from "../storage/qcow2-reader.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { RootedTree } from "../storage/rooted-path.js";
@@ -207,6 +207,22 @@ class ContentBudget {
   }
 }
 
+/**
+ * The disk's walk, refusing a name that is not UTF-8: a tar's names are UTF-8 text, so such a name
+ * would reach the host renamed (its bytes spelled `\xNN`) without a word.
+ */
+function* utf8Names(entries: Iterable<Ext4WalkEntry>, guestPath: string): Generator<Ext4WalkEntry> {
+  for (const e of entries) {
+    if (!e.utf8Name)
+      throw new PyroError(
+        "GUEST_OPERATION_FAILED",
+        `${guestPath}/${e.path} has a name that is not UTF-8, which the exported tar cannot carry as it is; rename it in the workspace, or export a directory without it`,
+        { path: e.path },
+      );
+    yield e;
+  }
+}
+
 /** The tar header of one walked entry (undefined for sockets, FIFOs and devices, which are not exported); `linkedTo` names a hardlink's first path. */
 function entryHeader(e: ManifestEntry, linkedTo: string | undefined): Buffer | undefined {
   const mtime = new Date(Number(e.mtimeNs / 1_000_000n));
@@ -229,10 +245,10 @@ const TAR_ZEROS = Buffer.alloc(2 * TAR_BLOCK);
  * file's bytes come straight from its blocks. No file is created on the host and no guest CPU is
  * used. The reader checks every byte the guest wrote; a damaged filesystem fails the export.
  */
-function* tarFromFilesystem(fs: Ext4Reader, root: Ext4Inode, budget: ContentBudget): Generator<Buffer> {
+function* tarFromFilesystem(fs: Ext4Reader, root: Ext4Inode, guestPath: string, budget: ContentBudget): Generator<Buffer> {
   const seen = new Map<number, string>();
   // Each directory's subtree right after it: GNU tar then sets its time once nothing more goes in it.
-  for (const e of fs.walk(root, { order: "subtree" })) {
+  for (const e of utf8Names(fs.walk(root, { order: "subtree" }), guestPath)) {
     const first = e.type === "f" && e.nlink > 1 ? seen.get(e.ino) : undefined;
     const header = entryHeader(e, first);
     if (!header) continue;
@@ -320,7 +336,7 @@ export async function exportDirectoryFromDisk(
             "GUEST_OPERATION_FAILED",
             `${guestPath} is no longer a directory on the workspace disk; export again (or stop the processes changing it)`,
           );
-        await writePieces(tarFromFilesystem(fs, root, new ContentBudget(disk.size, guestPath)), scratchFile);
+        await writePieces(tarFromFilesystem(fs, root, guestPath, new ContentBudget(disk.size, guestPath)), scratchFile);
       } finally {
         disk.close();
       }
