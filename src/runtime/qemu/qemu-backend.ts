@@ -372,9 +372,10 @@ const MIGRATION_ENDED = new Set(["completed", "failed", "cancelled"]);
 
 /**
  * Loads a device-only state (handed to QEMU as DEVICE_STATE_FD) into a VM started with `-incoming
- * defer` whose RAM is a mapped file (runtime-facts §5): x-ignore-shared on, then `migrate-incoming`. The commands go out together and
- * the end is awaited as QEMU's MIGRATION event, not polled: while a restore starts, QEMU's main loop
- * is busy and each monitor round trip costs milliseconds.
+ * defer` whose RAM is a mapped file (runtime-facts §5): x-ignore-shared on, then `migrate-incoming`.
+ * The commands go out together and the end is awaited as QEMU's MIGRATION event (the `events`
+ * capability; only x-ignore-shared is checked against a saved stream), not polled: while a restore
+ * starts, QEMU's main loop is busy and each monitor round trip costs milliseconds.
  */
 async function loadDeviceState(qmp: QmpClient, deadline: number, vm: QemuVm): Promise<void> {
   const ended = qmp.nextEvent((e) => e.event === "MIGRATION" && MIGRATION_ENDED.has(String(e.data.status)), deadline);
