@@ -7,6 +7,12 @@ import { Pyro } from "../src/sdk/pyro.js";
 
 // The default: template RAM is a shared file every workspace maps copy-on-write.
 const pyro = new Pyro();
+/**
+ * A shape no other test file uses, so its template RAM file is this file's alone: a guest's first
+ * write to a page the template never held allocates that page (as zeros) in the shared file, and
+ * the 500 MiB written here would make another file's "the template stays small" check fail.
+ */
+const SHAPE = { memMib: 1280 };
 const TIMEOUT = { timeout: 300_000 };
 const MIB = 1024 * 1024;
 const ALLOCATED_MIB = 500;
@@ -51,9 +57,9 @@ describe("[vm] memory that goes back to the host, from VMs sharing one template'
     const doctor = await pyro.doctor();
     assert.equal(doctor.boot_templates.memory, "shared_file", doctor.boot_templates.detail);
     assert.match(doctor.boot_templates.detail, /freed guest pages go back to the host/);
-    const ws = await pyro.createWorkspace("debian:12");
+    const ws = await pyro.createWorkspace("debian:12", SHAPE);
     created.push(ws.workspace_id);
-    const sibling = await pyro.createWorkspace("debian:12");
+    const sibling = await pyro.createWorkspace("debian:12", SHAPE);
     created.push(sibling.workspace_id);
     const pid = ws.vm!.pid;
     const cmdline = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0");
@@ -101,7 +107,7 @@ describe("[vm] memory that goes back to the host, from VMs sharing one template'
   });
 
   it("forks of one source share its RAM file: what one frees leaves it, and its siblings still read every byte", TIMEOUT, async () => {
-    const source = await pyro.createWorkspace("debian:12");
+    const source = await pyro.createWorkspace("debian:12", SHAPE);
     created.push(source.workspace_id);
     // 300 MiB of 0x01 in a guest tmpfs: RAM pages the fork's RAM file holds as data.
     const fill =
