@@ -4,6 +4,7 @@ import { createReadStream } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { after, describe, it } from "node:test";
 import { Pyro } from "../src/sdk/pyro.js";
+import { assertFreedMemoryReturns, MIB, pssOf, pssWhen } from "./helpers/guest-memory-return.js";
 
 // The default: template RAM is a shared file every workspace maps copy-on-write.
 const pyro = new Pyro();
@@ -14,23 +15,7 @@ const pyro = new Pyro();
  */
 const SHAPE = { memMib: 1280 };
 const TIMEOUT = { timeout: 300_000 };
-const MIB = 1024 * 1024;
 const ALLOCATED_MIB = 500;
-
-async function pssOf(pid: number): Promise<number> {
-  const text = await readFile(`/proc/${pid}/smaps_rollup`, "utf8");
-  return Number(/^Pss:\s+(\d+) kB/m.exec(text)?.[1] ?? NaN) * 1024;
-}
-
-async function pssWhen(pid: number, ok: (pss: number) => boolean, timeoutMs: number): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
-  let pss = await pssOf(pid);
-  while (!ok(pss) && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 250));
-    pss = await pssOf(pid);
-  }
-  return pss;
-}
 
 /** The file QEMU maps as guest RAM (the template's), from its command line. */
 async function ramFileOf(pid: number): Promise<string> {
@@ -73,27 +58,7 @@ describe("[vm] memory that goes back to the host, from VMs sharing one template'
     assert.equal(await ramFileOf(sibling.vm!.pid), template, "both workspaces map the same template RAM file");
     const before = await contentHash(template);
 
-    // The guest reports what it never used (or freed after the restore) too: wait until that settles.
-    let settled = await pssOf(pid);
-    for (let i = 0; i < 40; i++) {
-      await new Promise((r) => setTimeout(r, 250));
-      const now = await pssOf(pid);
-      if (Math.abs(now - settled) < 8 * MIB) break;
-      settled = now;
-    }
-    const hold = `import os, time; b = bytearray(b'\\x01') * (${ALLOCATED_MIB} << 20); open('/tmp/held', 'w').write(str(os.getpid())); time.sleep(600)`;
-    await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", `nohup python3 -c "${hold}" >/dev/null 2>&1 &`]);
-    await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "for i in $(seq 600); do [ -s /tmp/held ] && exit 0; sleep 0.1; done; exit 1"]);
-    const held = await pssWhen(pid, (pss) => pss > settled + (ALLOCATED_MIB - 50) * MIB, 5_000);
-    assert.ok(held > settled + (ALLOCATED_MIB - 50) * MIB, `PSS ${held / MIB} MiB while holding ${ALLOCATED_MIB} MiB, ${settled / MIB} MiB before`);
-    const freedAt = Date.now();
-    await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "kill $(cat /tmp/held)"]);
-    const back = await pssWhen(pid, (pss) => pss < held - (ALLOCATED_MIB - 100) * MIB, 10_000);
-    const seconds = (Date.now() - freedAt) / 1000;
-    console.log(
-      `PSS: settled ${Math.round(settled / MIB)} MiB, holding ${Math.round(held / MIB)} MiB, ${seconds.toFixed(1)} s after the free ${Math.round(back / MIB)} MiB`,
-    );
-    assert.ok(back < held - (ALLOCATED_MIB - 100) * MIB, `PSS still ${back / MIB} MiB ${seconds} s after freeing (was ${held / MIB} MiB)`);
+    await assertFreedMemoryReturns(pyro, ws.workspace_id, pid, ALLOCATED_MIB);
 
     // QEMU alone would have punched every reported range out of the shared file, under the sibling.
     assert.equal(await contentHash(template), before, "the shared template RAM file is unchanged");

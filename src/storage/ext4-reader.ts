@@ -337,10 +337,7 @@ export class Ext4Reader {
     const self = this;
     function* node(bytes: Buffer, entries: number, depth: number, limit: number): Generator<BlockRun> {
       for (let i = 0; i < entries; i++) {
-        const at = 12 + i * 12;
-        const first = bytes.readUInt32LE(at);
-        const following = i + 1 < entries ? bytes.readUInt32LE(at + 12) : limit;
-        if (first < state.nextLogical || first >= following) throw invalid(`inode ${inode.ino}'s extents are out of order`, { inode: inode.ino });
+        const { at, first, following } = extentEntry(inode, bytes, i, entries, limit, state.nextLogical);
         if (first >= fileBlocks) return;
         if (--state.budget < 0) throw invalid(`inode ${inode.ino}'s extent tree has more nodes than blocks`, { inode: inode.ino });
         spend(walk, 1);
@@ -373,10 +370,7 @@ export class Ext4Reader {
   private leafRuns(inode: Ext4Inode, bytes: Buffer, entries: number, limit: number, fileBlocks: number, state: { nextLogical: number }): BlockRun[] {
     const runs: BlockRun[] = [];
     for (let i = 0; i < entries; i++) {
-      const at = 12 + i * 12;
-      const first = bytes.readUInt32LE(at);
-      const following = i + 1 < entries ? bytes.readUInt32LE(at + 12) : limit;
-      if (first < state.nextLogical || first >= following) throw invalid(`inode ${inode.ino}'s extents are out of order`, { inode: inode.ino });
+      const { at, first, following } = extentEntry(inode, bytes, i, entries, limit, state.nextLogical);
       if (first >= fileBlocks) break;
       let length = bytes.readUInt16LE(at + 4);
       const unwritten = length > 32768;
@@ -607,6 +601,25 @@ function tooMany(maxEntries: number): PyroError {
 
 interface DirectoryBudget {
   blocks: number;
+}
+
+/**
+ * Entry `i` of an extent node (index or leaf): where it lies, its first logical block and the next
+ * entry's (or the parent's `limit`), checked to come after everything before it (`nextLogical`).
+ */
+function extentEntry(
+  inode: Ext4Inode,
+  bytes: Buffer,
+  i: number,
+  entries: number,
+  limit: number,
+  nextLogical: number,
+): { at: number; first: number; following: number } {
+  const at = 12 + i * 12;
+  const first = bytes.readUInt32LE(at);
+  const following = i + 1 < entries ? bytes.readUInt32LE(at + 12) : limit;
+  if (first < nextLogical || first >= following) throw invalid(`inode ${inode.ino}'s extents are out of order`, { inode: inode.ino });
+  return { at, first, following };
 }
 
 /** Charges `blocks` to a walk's budget (none: not walking). */
