@@ -6,8 +6,7 @@ import { currentGuestKernel } from "../guest-kernel/guest-kernel.js";
 import type { PyroPaths } from "../paths.js";
 import { findExecutable, runHostCommandRaw } from "../process/host-command.js";
 import { prepareGuestRuntime } from "../runtime/guest-runtime.js";
-import { builtPrivateRamDiscardPath } from "../runtime/qemu/private-ram-discard.js";
-import { isFile } from "../storage/path-exists.js";
+import { locatePrivateRamDiscard } from "../runtime/qemu/private-ram-discard.js";
 
 /** Host tools pyro shells out to, and the Debian package that provides each. */
 const HOST_TOOLS: ReadonlyArray<[tool: string, pkg: string, purpose: string]> = [
@@ -67,7 +66,7 @@ export async function runDoctor(paths: PyroPaths): Promise<DoctorReport> {
   const kernel = await currentGuestKernel(paths);
   if (!kernel) problems.push({ what: "the guest kernel is not prepared", fix: "pyro env pull debian:12 (or scripts/setup.sh)" });
   const agentPath = await locateAgent();
-  const privateRamDiscard = (await isFile(builtPrivateRamDiscardPath())) ? builtPrivateRamDiscardPath() : undefined;
+  const privateRamDiscard = await locatePrivateRamDiscard();
   if (!agentPath) problems.push({ what: `the guest agent is not built (${builtAgentPath()})`, fix: "scripts/setup.sh (builds guest/agent with cargo)" });
 
   let kvm: DoctorReport["kvm"] = { exists: false, readable: false, writable: false, usable: null, reason: "not checked" };

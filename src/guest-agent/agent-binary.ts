@@ -2,7 +2,7 @@ import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { isFile } from "../storage/path-exists.js";
 import { packageRoot } from "../paths.js";
-import { findExecutable, runHostCommand } from "../process/host-command.js";
+import { findCargo, runHostCommand } from "../process/host-command.js";
 
 export const AGENT_TARGET = "x86_64-unknown-linux-gnu";
 
@@ -25,7 +25,7 @@ export async function locateAgent(env: NodeJS.ProcessEnv = process.env): Promise
 export async function ensureAgent(onProgress?: (message: string) => void): Promise<string> {
   const found = await locateAgent();
   if (found) return found;
-  const cargo = findExecutable("cargo") ?? (process.env.HOME ? join(process.env.HOME, ".cargo", "bin", "cargo") : undefined);
+  const cargo = findCargo();
   if (!cargo || !(await isFile(cargo))) {
     throw new PyroError(
       "AGENT_UNAVAILABLE",

@@ -22,6 +22,11 @@ export function findExecutable(name: string, env: NodeJS.ProcessEnv = process.en
   return undefined;
 }
 
+/** cargo: on PATH, else where rustup puts it (~/.cargo/bin), as scripts/setup.sh looks for it. */
+export function findCargo(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  return findExecutable("cargo", env) ?? (env.HOME ? join(env.HOME, ".cargo", "bin", "cargo") : undefined);
+}
+
 /** Like findExecutable, but a missing tool is a clear error naming the Debian package and the fix. */
 export function requireExecutable(name: string, debianPackage: string): string {
   const found = findExecutable(name);

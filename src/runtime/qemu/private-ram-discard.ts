@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { PyroError } from "../../errors.js";
 import { isFile } from "../../storage/path-exists.js";
 import { packageRoot } from "../../paths.js";
-import { findExecutable, runHostCommand } from "../../process/host-command.js";
+import { findCargo, runHostCommand } from "../../process/host-command.js";
 
 /**
  * The library QEMU is started with (LD_PRELOAD) when its guest RAM is a file mapped copy-on-write
@@ -21,14 +21,20 @@ export function builtPrivateRamDiscardPath(): string {
   return join(privateRamDiscardSourceDir(), "target", "release", "libpyro_private_ram_discard.so");
 }
 
+/** The built library, if it is there. */
+export async function locatePrivateRamDiscard(): Promise<string | undefined> {
+  const built = builtPrivateRamDiscardPath();
+  return (await isFile(built)) ? built : undefined;
+}
+
 /**
  * The library, building it with cargo when it is missing and cargo is here; undefined when it can't
  * be had (copy-on-write VMs then go without free page reporting, and doctor says so).
  */
 export async function ensurePrivateRamDiscard(onProgress?: (message: string) => void): Promise<string | undefined> {
-  const built = builtPrivateRamDiscardPath();
-  if (await isFile(built)) return built;
-  const cargo = findExecutable("cargo") ?? (process.env.HOME ? join(process.env.HOME, ".cargo", "bin", "cargo") : undefined);
+  const found = await locatePrivateRamDiscard();
+  if (found) return found;
+  const cargo = findCargo();
   if (!cargo || !(await isFile(cargo))) return undefined;
   onProgress?.("[private-ram-discard] phase=build");
   try {
@@ -36,7 +42,7 @@ export async function ensurePrivateRamDiscard(onProgress?: (message: string) => 
   } catch {
     return undefined;
   }
-  return (await isFile(built)) ? built : undefined;
+  return locatePrivateRamDiscard();
 }
 
 /**
