@@ -12,7 +12,7 @@ import { basename, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { QmpClient } from "../src/runtime/qemu/qmp-client.js";
 import { Pyro } from "../src/sdk/pyro.js";
-import { forkMemoryDir } from "../src/workspaces/fork-memory.js";
+import { forkMemoryFiles } from "./helpers/fork-memory-files.js";
 import { CLI, testPaths } from "./helpers/vm-fixtures.js";
 
 const SEED = Number(process.env.PYRO_CRASH_SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -178,7 +178,7 @@ async function checkInvariants(label: string, next: string[]): Promise<Listed[]>
     )}`,
   );
   // A fork's RAM file lives exactly as long as a VM maps it: none left behind on the memory filesystem.
-  for (const file of await forkMemoryFiles()) {
+  for (const file of await forkMemoryFilesHere()) {
     assert.ok(
       [...vms.values()].some((cmd) => cmd.includes(`mem-path=${file},`)),
       `${label}: the fork RAM file ${file} is left on tmpfs with no VM mapping it`,
@@ -190,11 +190,7 @@ async function checkInvariants(label: string, next: string[]): Promise<Listed[]>
   return listed;
 }
 
-async function forkMemoryFiles(): Promise<string[]> {
-  const dir = await forkMemoryDir(testPaths);
-  if (!dir) return [];
-  return (await readdir(dir)).filter((n) => n.startsWith("fork-")).map((n) => join(dir, n));
-}
+const forkMemoryFilesHere = () => forkMemoryFiles(testPaths);
 
 /** A listed workspace's files written before the kill are all there, and the guest has no staging left. */
 async function checkFiles(label: string, id: string): Promise<void> {
@@ -393,7 +389,7 @@ describe("[vm] crash points: kill -9 of pyro at random points leaves state the n
   });
 
   for (const [point, seen] of [
-    ["while the source is paused and its RAM file is being written", async () => (await forkMemoryFiles()).length > 0],
+    ["while the source is paused and its RAM file is being written", async () => (await forkMemoryFilesHere()).length > 0],
     [
       "the moment a copy's VM runs, before its record is written",
       async () => [...(await qemuProcesses()).values()].some((cmd) => cmd.includes("mem-path=") && cmd.includes("/fork-")),
@@ -422,7 +418,7 @@ describe("[vm] crash points: kill -9 of pyro at random points leaves state the n
       await checkInvariants(`fork (${point})`, ["workspace", "status", source.workspace_id, "--json"]);
       await checkFiles(`fork (${point})`, source.workspace_id);
       await dropOthers();
-      assert.deepEqual(await forkMemoryFiles(), [], "a fork RAM file outlived every VM");
+      assert.deepEqual(await forkMemoryFilesHere(), [], "a fork RAM file outlived every VM");
     });
   }
 

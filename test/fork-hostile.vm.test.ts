@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { readdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { readFile } from "node:fs/promises";
+import { basename, join } from "node:path";
 import { after, describe, it } from "node:test";
 import { processAlive } from "../src/process/process-alive.js";
 import { Pyro } from "../src/sdk/pyro.js";
 import { forkMemoryDir } from "../src/workspaces/fork-memory.js";
+import { forkMemoryFiles } from "./helpers/fork-memory-files.js";
 import { GUEST_SECRET_DIR } from "../src/workspaces/workspace-secrets.js";
 import { processesMentioning, testPaths, waitFor } from "./helpers/vm-fixtures.js";
 
@@ -22,7 +23,7 @@ async function memoryDir(): Promise<string> {
 
 /** The fork RAM files this test process wrote (other processes may share the directory). */
 async function ourForkFiles(): Promise<string[]> {
-  return (await readdir(await memoryDir())).filter((n) => n.startsWith(`fork-${process.pid}-`));
+  return (await forkMemoryFiles(testPaths, `fork-${process.pid}-`)).map((path) => basename(path));
 }
 
 /** The RAM file a VM maps, from its command line. */

@@ -3,18 +3,14 @@ import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Pyro } from "../src/sdk/pyro.js";
-import { forkMemoryDir } from "../src/workspaces/fork-memory.js";
+import { forkMemoryFiles } from "./helpers/fork-memory-files.js";
 import { processesMentioning, testPaths } from "./helpers/vm-fixtures.js";
 
 const pyro = new Pyro();
 const TIMEOUT = { timeout: 300_000 };
 
 /** The fork RAM files on the memory filesystem, for this test's templates. */
-async function forkMemoryFiles(): Promise<string[]> {
-  const dir = await forkMemoryDir(testPaths);
-  assert.ok(dir, "this host keeps fork RAM in files");
-  return (await readdir(dir)).filter((n) => n.startsWith("fork-")).map((n) => join(dir, n));
-}
+const forkMemoryFilesHere = () => forkMemoryFiles(testPaths);
 
 async function out(id: string, command: string): Promise<string> {
   const r = await pyro.execWorkspace(id, command);
@@ -107,7 +103,7 @@ describe("[vm] workspace fork", () => {
     assert.deepEqual(changed, ["a.txt", "f0.txt"]);
 
     // One RAM file serves both copies; the source never mapped it.
-    const files = await forkMemoryFiles();
+    const files = await forkMemoryFilesHere();
     assert.equal(files.length, 1, files.join(" "));
     assert.equal((await processesMentioning(files[0]!)).length, 2);
 
@@ -118,9 +114,9 @@ describe("[vm] workspace fork", () => {
     assert.equal(reset.start_mode, "template_restore");
     assert.equal(await out(ids[0]!, "ls /workspace; cat /root/r.txt 2>/dev/null; true"), "");
     // Reset replaced one mapper; the file goes with the last.
-    assert.equal((await forkMemoryFiles()).length, 1);
+    assert.equal((await forkMemoryFilesHere()).length, 1);
     await pyro.deleteWorkspace(ids[1]!);
-    assert.deepEqual(await forkMemoryFiles(), []);
+    assert.deepEqual(await forkMemoryFilesHere(), []);
   });
 
   it("a copy forks again: its copy maps a RAM file of its own and outlives both ancestors", TIMEOUT, async () => {

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { chmod, lstat, readdir, readFile, realpath, rename, rm, stat, statfs, truncate, writeFile } from "node:fs/promises";
+import { chmod, lstat, readdir, readFile, realpath, rename, rm, rmdir, stat, statfs, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { environmentSlug } from "../environments/catalog.js";
@@ -90,6 +90,21 @@ async function sweepOrphanedMemoryDirs(): Promise<void> {
     if (!st?.isDirectory() || st.uid !== (process.getuid?.() ?? 0)) continue;
     const owner = await readFile(join(dir, OWNER_FILE), "utf8").catch(() => undefined);
     if (owner !== undefined && !(await pathExists(owner))) await rm(dir, { recursive: true, force: true });
+    else await removeEmptyForkDirs(dir);
+  }
+}
+
+/** Each pyro home's fork RAM directory inside a memory directory is named this, then a hash of its state dir. */
+export const FORK_DIR_PREFIX = "forks-";
+
+/**
+ * Removes the empty fork directories of homes that are gone (earlier versions made one per
+ * home and never removed it; today a fork directory goes with its last file). rmdir refuses one
+ * that holds anything, and a fork that loses its new directory to this makes it again.
+ */
+async function removeEmptyForkDirs(memoryDir: string): Promise<void> {
+  for (const name of await readdir(memoryDir).catch(() => [] as string[])) {
+    if (name.startsWith(FORK_DIR_PREFIX)) await rmdir(join(memoryDir, name)).catch(() => undefined);
   }
 }
 

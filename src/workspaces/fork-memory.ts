@@ -1,11 +1,11 @@
 import { createHash, randomBytes } from "node:crypto";
-import { open, readdir, rm } from "node:fs/promises";
+import { open, readdir, rm, rmdir } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import type { PyroPaths } from "../paths.js";
 import { processAlive } from "../process/process-alive.js";
 import type { RunningVmControl, VmmBackend } from "../runtime/vmm-backend.js";
 import { ensurePrivateDir, PRIVATE_FILE_MODE } from "../storage/private-storage.js";
-import { templateMemoryMode } from "./boot-templates.js";
+import { FORK_DIR_PREFIX, templateMemoryMode } from "./boot-templates.js";
 
 /**
  * The RAM files forks map. A fork's RAM is one file on the memory filesystem, written once while
@@ -32,13 +32,15 @@ function startingMarker(ramName: string): string {
  * This pyro home's fork RAM files: a private directory of its own inside the memory directory, which
  * every home using the same templates shares. Forks belong to one home's workspaces: another home's
  * cleanup must not see them (it knows only its own VMs), nor one home's listing another's.
- * Undefined where RAM files are not in use (streamed mode).
+ * Undefined where RAM files are not in use (streamed mode). Not created here: it exists only while
+ * it holds a fork's file (newForkMemoryPath makes it, the release that empties it removes it), so
+ * homes that are gone (every test's) leave nothing on the memory filesystem.
  */
 export async function forkMemoryDir(paths: PyroPaths): Promise<string | undefined> {
   const memory = await templateMemoryMode(paths);
   if (memory.mode !== "shared_file") return undefined;
   const home = createHash("sha256").update(resolve(paths.stateDir)).digest("hex").slice(0, 12);
-  return ensurePrivateDir(join(memory.dir, `forks-${home}`));
+  return join(memory.dir, `${FORK_DIR_PREFIX}${home}`);
 }
 
 /** Where the next fork's RAM goes, or undefined where RAM files are not in use (streamed mode). */
@@ -46,15 +48,32 @@ export async function newForkMemoryPath(paths: PyroPaths): Promise<string | unde
   const dir = await forkMemoryDir(paths);
   if (!dir) return undefined;
   const path = join(dir, `fork-${process.pid}-${randomBytes(6).toString("hex")}.ram`);
-  await (await open(join(dir, startingMarker(basename(path))), "wx", PRIVATE_FILE_MODE)).close();
-  return path;
+  // Another pyro's release may remove the directory, empty, between its creation and the marker's:
+  // then it is made again (the marker, once there, keeps it).
+  for (let attempt = 1; ; attempt++) {
+    await ensurePrivateDir(dir);
+    try {
+      await (await open(join(dir, startingMarker(basename(path))), "wx", PRIVATE_FILE_MODE)).close();
+      return path;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT" || attempt === 3) throw error;
+    }
+  }
+}
+
+/** Removes a fork directory if it is empty (and only then: rmdir refuses a directory that is not). */
+export async function removeEmptyForkDir(dir: string): Promise<void> {
+  await rmdir(dir).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== "ENOTEMPTY" && error.code !== "EEXIST" && error.code !== "ENOENT") throw error;
+  });
 }
 
 /** Removes the fork RAM files no running VM maps and no live pyro process is still writing. Returns how many went. */
 export async function releaseUnmappedForkMemory(paths: PyroPaths, backend: () => Promise<RunningVmControl>): Promise<number> {
   const dir = await forkMemoryDir(paths);
   if (!dir) return 0;
-  const names = await readdir(dir).catch(() => [] as string[]);
+  const names = await readdir(dir).catch(() => undefined);
+  if (!names) return 0;
   const present = new Set(names);
   const candidates = names.filter((name) => {
     const ram = FORK_MEMORY.exec(name);
@@ -64,20 +83,28 @@ export async function releaseUnmappedForkMemory(paths: PyroPaths, backend: () =>
     const marker = STARTING.exec(name);
     return marker !== null && !processAlive(Number(marker[1]));
   });
-  if (!candidates.length) return 0;
+  if (!candidates.length) {
+    if (!names.length) await removeEmptyForkDir(dir);
+    return 0;
+  }
   const inUse = await (await backend()).memoryFilesInUse();
   let removed = 0;
+  let kept = names.length;
   for (const name of candidates) {
     const path = join(dir, name);
     if (inUse.has(path)) continue;
     await rm(path, { force: true });
+    kept--;
     if (FORK_MEMORY.test(name)) removed++;
   }
+  if (kept === 0) await removeEmptyForkDir(dir);
   return removed;
 }
 
 /** The fork that wrote `path` has started its VMs (or failed): the file goes as soon as none maps it. */
 export async function finishForkMemory(path: string, backend: VmmBackend): Promise<void> {
   await rm(join(dirname(path), startingMarker(basename(path))), { force: true });
-  if (!(await backend.memoryFilesInUse()).has(path)) await rm(path, { force: true });
+  if ((await backend.memoryFilesInUse()).has(path)) return;
+  await rm(path, { force: true });
+  await removeEmptyForkDir(dirname(path));
 }
