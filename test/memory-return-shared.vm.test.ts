@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { after, describe, it } from "node:test";
+import { ZERO_PAGE_RELEASE_INTERVAL_MS } from "../src/runtime/qemu/qemu-backend.js";
 import { Pyro } from "../src/sdk/pyro.js";
 import { assertFreedMemoryReturns, MIB, pssOf, pssWhen } from "./helpers/guest-memory-return.js";
+import { waitFor } from "./helpers/vm-fixtures.js";
 
 // The default: template RAM is a shared file every workspace maps copy-on-write.
 const pyro = new Pyro();
@@ -25,11 +27,24 @@ async function ramFileOf(pid: number): Promise<string> {
   return /mem-path=([^,]+)/.exec(backend!)![1]!;
 }
 
-/** SHA-256 of a file's content (holes read as zeros without being allocated). */
-async function contentHash(path: string): Promise<string> {
+/** What a file holds in memory (its allocated blocks), not its size. */
+async function allocatedBytes(path: string): Promise<number> {
+  return (await stat(path)).blocks * 512;
+}
+
+/** SHA-256 of a file's content (holes read as zeros without being allocated), and how much of it is not zeros. */
+async function contentOf(path: string): Promise<{ hash: string; nonZeroBytes: number }> {
   const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 * MIB })) hash.update(chunk as Buffer);
-  return hash.digest("hex");
+  const page = 4096;
+  const zeros = Buffer.alloc(page);
+  let nonZeroBytes = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 * MIB })) {
+    const bytes = chunk as Buffer;
+    hash.update(bytes);
+    for (let at = 0; at < bytes.length; at += page)
+      if (!bytes.subarray(at, at + page).equals(zeros.subarray(0, Math.min(page, bytes.length - at)))) nonZeroBytes += page;
+  }
+  return { hash: hash.digest("hex"), nonZeroBytes };
 }
 
 describe("[vm] memory that goes back to the host, from VMs sharing one template's RAM", () => {
@@ -56,12 +71,12 @@ describe("[vm] memory that goes back to the host, from VMs sharing one template'
     );
     const template = await ramFileOf(pid);
     assert.equal(await ramFileOf(sibling.vm!.pid), template, "both workspaces map the same template RAM file");
-    const before = await contentHash(template);
+    const before = await contentOf(template);
 
     await assertFreedMemoryReturns(pyro, ws.workspace_id, pid, ALLOCATED_MIB);
 
     // QEMU alone would have punched every reported range out of the shared file, under the sibling.
-    assert.equal(await contentHash(template), before, "the shared template RAM file is unchanged");
+    assert.equal((await contentOf(template)).hash, before.hash, "the shared template RAM file is unchanged");
     const sum = await pyro.execWorkspace(sibling.workspace_id, [
       "sh",
       "-c",
@@ -69,6 +84,28 @@ describe("[vm] memory that goes back to the host, from VMs sharing one template'
     ]);
     assert.equal(sum.stdout, "499999500000\nok\n");
     assert.equal((await pyro.execWorkspace(ws.workspace_id, ["sh", "-c", "echo alive"])).stdout, "alive\n");
+
+    // Every page that guest touched was first allocated, as zeros, in the shared file (a kernel
+    // effect); once its VM is gone, the zeros go back.
+    const content = before.nonZeroBytes;
+    const grown = await allocatedBytes(template);
+    assert.ok(grown > content + 200 * MIB, `the template file holds ${grown / MIB} MiB for ${content / MIB} MiB of content`);
+    const changed = (await stat(template)).ctimeMs;
+    await new Promise((r) => setTimeout(r, Math.max(0, changed + ZERO_PAGE_RELEASE_INTERVAL_MS - Date.now())));
+    await pyro.deleteWorkspace(ws.workspace_id);
+    const shrunk = await waitFor(
+      "the template file to give back the zero pages its deleted VM's guest touched",
+      async () => {
+        const now = await allocatedBytes(template);
+        return now < content + 64 * MIB ? now : undefined;
+      },
+      15_000,
+    );
+    console.log(
+      `template file: ${Math.round(content / MIB)} MiB of content, ${Math.round(grown / MIB)} MiB held, ${Math.round(shrunk / MIB)} MiB after its VM went`,
+    );
+    assert.equal((await contentOf(template)).hash, before.hash, "the template's content is unchanged by the release");
+    assert.equal((await pyro.execWorkspace(sibling.workspace_id, ["sh", "-c", "sha256sum /usr/bin/ls >/dev/null && echo ok"])).stdout, "ok\n");
   });
 
   it("forks of one source share its RAM file: what one frees leaves it, and its siblings still read every byte", TIMEOUT, async () => {
