@@ -69,4 +69,18 @@ describe("the empty /workspace image, built once per disk size", () => {
     assert.equal(e.st.size, diskBytes(1));
     assert.equal((await lstat(join(cacheDir, cached))).ino, e.st.ino, "the cache holds the rebuilt image");
   });
+
+  it("a build cut short (its pyro killed mid-mkfs) leaves nothing behind once the next build runs; a live builder's scratch stays", async () => {
+    const dead = spawnSync("true").pid ?? 0;
+    const deadScratch = join(cacheDir, `.build-${dead}-AbC123`);
+    await mkdir(deadScratch, { mode: 0o700 });
+    await writeFile(join(deadScratch, "image.ext4"), "half an image");
+    const liveScratch = join(cacheDir, `.build-${process.ppid}-XyZ789`);
+    await mkdir(liveScratch, { mode: 0o700 });
+    // A size not built yet, so this give builds.
+    await give("f", 3);
+    const left = (await readdir(cacheDir)).filter((n) => n.startsWith(".build-"));
+    assert.deepEqual(left, [`.build-${process.ppid}-XyZ789`]);
+    await rm(liveScratch, { recursive: true });
+  });
 });

@@ -1,6 +1,7 @@
-import { link, lstat, rename, rm, stat, writeFile } from "node:fs/promises";
+import { link, lstat, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { PyroPaths } from "../paths.js";
+import { processAlive } from "../process/process-alive.js";
 import { ensurePrivateDir, makePrivateTempDir } from "../storage/private-storage.js";
 import { buildSeedImage, diskBytes, type SeedImage } from "./seed-image.js";
 import { encodeManifest } from "./tree-manifest.js";
@@ -59,11 +60,23 @@ async function linkCached(cached: string, image: string, gib: number): Promise<b
 /** Builds the empty image for this size under a private temp name, then moves it into place (atomic: concurrent builders each leave a whole image). */
 async function buildCached(paths: PyroPaths, cached: string, gib: number): Promise<void> {
   const dir = await ensurePrivateDir(join(paths.cacheDir, "empty-seeds"));
-  const scratch = await makePrivateTempDir(dir, ".build-");
+  await removeDeadBuilds(dir);
+  const scratch = await makePrivateTempDir(dir, `.build-${process.pid}-`);
   try {
     const built = await buildSeedImage(undefined, undefined, gib, join(scratch, "image.ext4"), join(scratch, "manifest"), scratch);
     await rename(built.path, cached);
   } finally {
     await rm(scratch, { recursive: true, force: true });
+  }
+}
+
+/** A build's scratch directory, named after the pyro process that builds in it. */
+const BUILD_SCRATCH = /^\.build-(\d+)-/;
+
+/** Removes what builds cut short (kill -9 mid-mkfs) left: scratch directories whose builder is gone. */
+async function removeDeadBuilds(dir: string): Promise<void> {
+  for (const name of await readdir(dir)) {
+    const builder = BUILD_SCRATCH.exec(name)?.[1];
+    if (builder && !processAlive(Number(builder))) await rm(join(dir, name), { recursive: true, force: true });
   }
 }
