@@ -191,6 +191,7 @@ async function makeFork(ctx: WorkspaceContext, source: ForkSource, stage: ForkSt
   };
   // Locked before its directory exists, as create: cut short, recovery removes the half-made copy.
   return ctx.store.withLock(id, "fork", async () => {
+    const claim = await ctx.store.claimName(record.name, id);
     let vm: RunningVm | undefined;
     try {
       const dir = await ctx.store.createDir(id);
@@ -217,11 +218,13 @@ async function makeFork(ctx: WorkspaceContext, source: ForkSource, stage: ForkSt
         if (source.workspaceDisk) await layerWorkspaceDisk(ctx, record, join(base, "workspace.qcow2"), "qcow2");
       }
       await ctx.store.write(record);
+      await claim.release();
       vm?.detach();
       return { ...viewOf(record), fork_ms: Date.now() - started };
     } catch (error) {
       if (vm) await vm.dispose();
       await ctx.store.remove(id);
+      await claim.release();
       throw error;
     }
   });

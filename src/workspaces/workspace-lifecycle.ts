@@ -229,6 +229,7 @@ async function createWithSeed(
   // Locked before its directory exists: a directory without a record and without a live lock
   // holder is then always an interrupted create, which recovery removes (secrets included).
   return ctx.store.withLock(id, "create", async () => {
+    const claim = await ctx.store.claimName(record.name, id);
     let vm: RunningVm | undefined;
     try {
       await ctx.store.createDir(id);
@@ -255,12 +256,14 @@ async function createWithSeed(
       }
       await captureBaseline(ctx, record, vm, template);
       await ctx.store.write(record);
+      await claim.release();
       vm.detach();
       return { ...viewOf(record), create_ms: Date.now() - started };
     } catch (error) {
       if (vm) await vm.dispose();
       forgetMemoryOnlyValues(id);
       await ctx.store.remove(id);
+      await claim.release();
       throw error;
     }
   });
@@ -307,13 +310,17 @@ export async function updateWorkspace(ctx: WorkspaceContext, ref: string, change
     ctx,
     ref,
     async (record) => {
-      if (changes.name !== undefined && changes.name !== null) await ctx.store.assertNameFree(validateName(changes.name), record.id);
-      if (changes.name !== undefined) record.name = changes.name;
       checkLabels(changes.labels ?? {});
-      record.labels = { ...record.labels, ...changes.labels };
-      for (const key of changes.clearLabels ?? []) delete record.labels[key];
-      record.updated_at = nowIso();
-      await ctx.store.write(record);
+      const claim = await ctx.store.claimName(changes.name ? validateName(changes.name) : null, record.id);
+      try {
+        if (changes.name !== undefined) record.name = changes.name;
+        record.labels = { ...record.labels, ...changes.labels };
+        for (const key of changes.clearLabels ?? []) delete record.labels[key];
+        record.updated_at = nowIso();
+        await ctx.store.write(record);
+      } finally {
+        await claim.release();
+      }
       return viewOf(record);
     },
     "update",

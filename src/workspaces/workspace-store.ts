@@ -1,10 +1,10 @@
 import { randomBytes } from "node:crypto";
-import { readdir, rename, rm } from "node:fs/promises";
+import { readdir, readFile, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
-import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
-import { acquireLock, tryAcquireLock, type LockOwner } from "../storage/process-lock.js";
+import { readJsonIfValid, writeFileAtomic, writeJsonAtomic } from "../storage/atomic-file.js";
+import { acquireLock, lockHolder, tryAcquireLock, type LockOwner } from "../storage/process-lock.js";
 import { ensurePrivateDir, makePrivateSubdir } from "../storage/private-storage.js";
 import { WorkspaceRecord } from "./workspace-record.js";
 
@@ -24,6 +24,13 @@ export function validateName(name: string): string {
     throw new PyroError("INVALID_ARGUMENT", `invalid workspace name '${name}': use 1-63 letters, digits, '.', '_' or '-', not starting with 'ws-'`);
   }
   return name;
+}
+
+/** Names being given to workspaces whose records do not carry them yet (see claimName). */
+const NAME_CLAIMS_DIR = ".names";
+
+export interface NameClaim {
+  release(): Promise<void>;
 }
 
 /** Workspace records and files under <state>/workspaces/<id>/. */
@@ -73,9 +80,42 @@ export class WorkspaceStore {
     throw new PyroError("WORKSPACE_NOT_FOUND", `no workspace '${ref}'; list them with 'pyro workspace list'`, { workspace: ref });
   }
 
+  /** A fast first check, before any work; only claimName, under the workspace's lock, makes a name its own. */
   async assertNameFree(name: string, exceptId?: string): Promise<void> {
     const taken = (await this.list()).find((r) => r.name === name && r.id !== exceptId);
     if (taken) throw new PyroError("INVALID_ARGUMENT", `the name '${name}' is already used by workspace ${taken.id}`);
+  }
+
+  /**
+   * Claims `name` for workspace `id` until its record carries it: two pyro processes creating,
+   * forking or renaming to one name at once both pass assertNameFree, as neither record is written
+   * yet, and only one of them may go on. Call it holding `id`'s lock and release the claim once the
+   * record is written (or the operation failed). A claim counts only while its workspace's lock is
+   * held by a live process, so one left by a crash frees itself.
+   */
+  async claimName(name: string | null, id: string): Promise<NameClaim> {
+    if (name === null) return { release: async () => undefined };
+    await this.ensureRoot();
+    await makePrivateSubdir(join(this.rootDir, NAME_CLAIMS_DIR));
+    const path = join(this.rootDir, NAME_CLAIMS_DIR, `n-${name}`);
+    // Short: two claims of one name must not both see it free, and the check reads every record.
+    const held = await acquireLock(join(this.rootDir, `${NAME_CLAIMS_DIR}.lock`), "claim a workspace name", LOCK_WAIT_MS);
+    if (!held) throw new PyroError("WORKSPACE_BUSY", "another pyro process is claiming a workspace name; try again when it finishes");
+    try {
+      await this.assertNameFree(name, id);
+      const claimant = (await readFile(path, "utf8").catch(() => undefined))?.trim();
+      if (claimant && claimant !== id && /^ws-[a-z2-7]+$/.test(claimant) && (await lockHolder(this.lockPath(claimant)))) {
+        throw new PyroError("INVALID_ARGUMENT", `the name '${name}' is being given to workspace ${claimant} by another pyro process; choose another`);
+      }
+      await writeFileAtomic(path, id);
+    } finally {
+      await held.release().catch(() => undefined);
+    }
+    return {
+      release: async () => {
+        if ((await readFile(path, "utf8").catch(() => undefined)) === id) await rm(path, { force: true });
+      },
+    };
   }
 
   async createDir(id: string): Promise<string> {
