@@ -148,8 +148,9 @@ export class Ext4Reader {
   private readonly inodeSize: number;
   private readonly inodeTables: number[];
   private readonly incompat: number;
-  /** Cached metadata blocks: block number to slot in `slots`. */
+  /** Cached metadata blocks: block number to slot (block `slot` of `slab`, also viewed as `slots[slot]`). */
   private readonly cache = new Map<number, number>();
+  private slab: Buffer | undefined;
   private slots: Buffer[] | undefined;
   private pieceBuffer: Buffer | undefined;
   /** One block buffer for every directory block read (a directory's entries are copied out of it). */
@@ -256,18 +257,24 @@ export class Ext4Reader {
    * read (a generator, between its yields) copies them.
    */
   private block(n: number): Buffer {
+    return this.slots![this.cachedSlot(n)]!;
+  }
+
+  /** The cache slot holding block `n`, read into it if it is not there. */
+  private cachedSlot(n: number): number {
     let slot = this.cache.get(n);
     if (slot === undefined) {
-      if (!this.slots) {
+      if (!this.slab) {
         const slab = Buffer.allocUnsafe(METADATA_CACHE_BLOCKS * this.blockSize);
+        this.slab = slab;
         this.slots = Array.from({ length: METADATA_CACHE_BLOCKS }, (_, i) => slab.subarray(i * this.blockSize, (i + 1) * this.blockSize));
       }
       if (this.cache.size >= METADATA_CACHE_BLOCKS) this.cache.clear();
       slot = this.cache.size;
-      this.readBlocks(n, this.slots[slot]!);
+      this.readBlocks(n, this.slots![slot]!);
       this.cache.set(n, slot);
     }
-    return this.slots![slot]!;
+    return slot;
   }
 
   /** Fills `target` from consecutive blocks starting at `first` (whole blocks; the journal's copies where it has them). */
@@ -285,13 +292,13 @@ export class Ext4Reader {
     }
   }
 
-  /** Where inode `ino`'s bytes are: a cached block and the offset in it (a view: valid until the next metadata read). */
-  private inodeBytes(ino: number): { block: Buffer; at: number } {
+  /** Where inode `ino`'s bytes start in the cache's slab (valid until the next metadata read). */
+  private inodePosition(ino: number): number {
     if (!Number.isSafeInteger(ino) || ino < 1 || ino > this.inodesCount) throw invalid(`inode ${ino} does not exist`);
     const index = ino - 1;
     const group = Math.floor(index / this.inodesPerGroup);
     const offset = (index % this.inodesPerGroup) * this.inodeSize;
-    return { block: this.block(this.inodeTables[group]! + Math.floor(offset / this.blockSize)), at: offset % this.blockSize };
+    return this.cachedSlot(this.inodeTables[group]! + Math.floor(offset / this.blockSize)) * this.blockSize + (offset % this.blockSize);
   }
 
   /**
@@ -299,7 +306,8 @@ export class Ext4Reader {
    * outlive the cache, and the block map is read again where a file's contents are wanted.
    */
   inode(ino: number): Ext4Inode {
-    const { block, at } = this.inodeBytes(ino);
+    const at = this.inodePosition(ino);
+    const block = this.slab!;
     const rawMode = block.readUInt16LE(at);
     const type = typeOfMode(rawMode);
     const nlink = block.readUInt16LE(at + 0x1a);
@@ -308,20 +316,13 @@ export class Ext4Reader {
     if (!Number.isSafeInteger(size)) throw invalid(`inode ${ino} claims ${size} bytes`, { inode: ino });
     const extra = this.inodeSize > 128 ? block.readUInt16LE(at + 0x80) : 0;
     if (extra > this.inodeSize - 128 || extra % 4 !== 0) throw invalid(`inode ${ino}'s extra size ${extra} is out of range`, { inode: ino });
-    const time = (field: number, extraField: number): bigint => {
-      const seconds = block.readInt32LE(at + field);
-      if (128 + extra < extraField + 4) return BigInt(seconds) * 1_000_000_000n;
-      const x = block.readUInt32LE(at + extraField);
-      const nanos = x >>> 2;
-      return nanoseconds(seconds + (x & 3) * 2 ** 32, nanos > 999_999_999 ? 0 : nanos);
-    };
     return {
       ino,
       type,
       mode: rawMode & 0o7777,
       size,
-      mtimeNs: time(0x10, 0x88),
-      ctimeNs: time(0xc, 0x84),
+      mtimeNs: inodeTime(block, at, extra, 0x10, 0x88),
+      ctimeNs: inodeTime(block, at, extra, 0xc, 0x84),
       nlink,
       flags: block.readUInt32LE(at + 0x20),
     };
@@ -329,8 +330,8 @@ export class Ext4Reader {
 
   /** The inode's 60-byte block map / extent root / fast symlink target: a view, valid until the next metadata read. */
   private blockArea(inode: Ext4Inode): Buffer {
-    const { block, at } = this.inodeBytes(inode.ino);
-    return block.subarray(at + 0x28, at + 0x28 + 60);
+    const at = this.inodePosition(inode.ino);
+    return this.slab!.subarray(at + 0x28, at + 0x28 + 60);
   }
 
   /**
@@ -680,9 +681,16 @@ interface DirectoryListing {
   plain: boolean;
 }
 
-/** seconds * 10^9 + nanos, exactly. */
-function nanoseconds(seconds: number, nanos: number): bigint {
-  return BigInt(seconds) * 1_000_000_000n + BigInt(nanos);
+/**
+ * An inode time in nanoseconds: the 32-bit seconds at `field`, and where the inode's extra space
+ * (`extra` bytes) holds it, the epoch bits and nanoseconds at `extraField`.
+ */
+function inodeTime(bytes: Buffer, inode: number, extra: number, field: number, extraField: number): bigint {
+  const seconds = bytes.readInt32LE(inode + field);
+  if (128 + extra < extraField + 4) return BigInt(seconds) * 1_000_000_000n;
+  const x = bytes.readUInt32LE(inode + extraField);
+  const nanos = x >>> 2;
+  return BigInt(seconds + (x & 3) * 2 ** 32) * 1_000_000_000n + BigInt(nanos > 999_999_999 ? 0 : nanos);
 }
 
 /**
@@ -708,7 +716,7 @@ function extentEntry(
 function spend(budget: DirectoryBudget | undefined, blocks: number): void {
   if (!budget) return;
   budget.blocks -= blocks;
-  if (budget.blocks < 0) throw invalid("its directories hold more blocks than the filesystem");
+  if (budget.blocks < 0) throw invalid("its directories and symlinks hold more blocks than the filesystem");
 }
 
 interface Geometry {

@@ -55,16 +55,19 @@ export function isWellFormedHeader(bytes: Buffer, start: number, end: number): b
   return at === end;
 }
 
-export function malformedManifest(why: string): PyroError {
+/** A manifest out of shape (GUEST_PROTOCOL_ERROR; callers reading a guest's rewrap it). */
+function bad(why: string): PyroError {
   return new PyroError("GUEST_PROTOCOL_ERROR", `tree manifest is malformed: ${why}`);
 }
 
 /** A manifest path: relative, no empty, '.' or '..' components, no NUL (split already removed those). */
 function checkPath(path: string): string {
   if (!path || path.startsWith("/") || path.split("/").some((p) => p === "" || p === "." || p === ".."))
-    throw malformedManifest(`path '${path.slice(0, 200)}' is not a plain relative path`);
+    throw bad(`path '${path.slice(0, 200)}' is not a plain relative path`);
   return path;
 }
+
+export { bad as malformedManifest };
 
 /** checkPath over a path's bytes, without making a string: non-empty, relative, no empty, '.' or '..' component. */
 export function isPlainRelativePath(bytes: Buffer, start: number, end: number): boolean {
@@ -204,17 +207,16 @@ export function* manifestRecords(bytes: Buffer, options: ManifestReadOptions = {
       const name = { start: slash >= pathStart ? slash + 1 : pathStart, end: pathEnd };
       if (parent === group) {
         if (bytes.compare(bytes, lastName.start, lastName.end, name.start, name.end) <= 0)
-          throw malformedManifest(`'${path.slice(0, 200)}' is out of order (listed twice, or its directory's entries are not sorted)`);
+          throw bad(`'${path.slice(0, 200)}' is out of order (listed twice, or its directory's entries are not sorted)`);
       } else {
-        if (!pending.delete(parent))
-          throw malformedManifest(`'${path.slice(0, 200)}' is not below a directory listed before it (or its directory's entries are split)`);
+        if (!pending.delete(parent)) throw bad(`'${path.slice(0, 200)}' is not below a directory listed before it (or its directory's entries are split)`);
         group = parent;
       }
       lastName = name;
       if (entry.type === "d") pending.add(path);
     } else {
-      if (seen.has(path)) throw malformedManifest(`path '${path.slice(0, 200)}' is listed twice`);
-      if (parent && !directories.has(parent)) throw malformedManifest(`'${path.slice(0, 200)}' is not below a directory listed before it`);
+      if (seen.has(path)) throw bad(`path '${path.slice(0, 200)}' is listed twice`);
+      if (parent && !directories.has(parent)) throw bad(`'${path.slice(0, 200)}' is not below a directory listed before it`);
       seen.add(path);
       if (entry.type === "d") directories.add(path);
     }
@@ -233,13 +235,13 @@ export function manifestEntryAt(bytes: Buffer, offset: number): ManifestEntry {
 function readRecord(bytes: Buffer, at: number): { entry: ManifestEntry; next: number; pathStart: number; pathEnd: number } {
   const fieldEnd = (from: number): number => {
     const end = bytes.indexOf(0, from);
-    if (end < 0) throw malformedManifest("a record is cut off");
+    if (end < 0) throw bad("a record is cut off");
     return end;
   };
   const headEnd = fieldEnd(at);
   // The header is ASCII when well formed; latin1 keeps any other byte one character, which fails the pattern.
   const head = HEAD.exec(bytes.toString("latin1", at, headEnd));
-  if (!head) throw malformedManifest("a record header is out of shape");
+  if (!head) throw bad("a record header is out of shape");
   const pathStart = headEnd + 1;
   const pathEnd = fieldEnd(pathStart);
   const path = checkPath(fieldText(bytes, pathStart, pathEnd));
@@ -248,8 +250,7 @@ function readRecord(bytes: Buffer, at: number): { entry: ManifestEntry; next: nu
   const size = Number(head[3]);
   const ino = Number(head[6]);
   const nlink = Number(head[7]);
-  if (!Number.isSafeInteger(size) || !Number.isSafeInteger(ino) || !Number.isSafeInteger(nlink))
-    throw malformedManifest("a size or inode number is out of range");
+  if (!Number.isSafeInteger(size) || !Number.isSafeInteger(ino) || !Number.isSafeInteger(nlink)) throw bad("a size or inode number is out of range");
   const entry: ManifestEntry = {
     path,
     type: head[1] as ManifestEntry["type"],

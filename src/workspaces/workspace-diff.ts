@@ -60,14 +60,15 @@ export interface Change {
   after?: ManifestEntry;
 }
 
-/** FNV-1a over a path's UTF-16 units (an ASCII path's bytes are the same units). */
+/** A path's 30-bit hash: FNV-1a over its UTF-16 units (an ASCII path's bytes are the same units). */
 const HASH_START = 0x811c9dc5;
 const hashStep = (hash: number, unit: number) => Math.imul(hash ^ unit, 0x01000193);
+const hashEnd = (hash: number) => hash & 0x3fffffff;
 
 function pathHash(path: string): number {
   let hash = HASH_START;
   for (let i = 0; i < path.length; i++) hash = hashStep(hash, path.charCodeAt(i));
-  return hash >>> 0;
+  return hashEnd(hash);
 }
 
 const SLASH = 0x2f;
@@ -143,10 +144,8 @@ export class ManifestIndex {
         hash = hashStep(hash, bytes[i]!);
       }
       const text = this.unusual[ordinal] ? this.pathText(ordinal) : undefined;
-      if (text !== undefined) hash = pathHash(text);
-      hash >>>= 0;
-      if (this.probe(hash, (other) => (text !== undefined ? this.pathIs(other, text) : this.sameBytes(other, pathStart, pathEnd))) !== undefined)
-        throw malformedManifest(`path '${this.pathText(ordinal).slice(0, 200)}' is listed twice`);
+      hash = text !== undefined ? pathHash(text) : hashEnd(hash);
+      if (this.probe(hash, text, pathStart, pathEnd) !== undefined) throw malformedManifest(`path '${this.pathText(ordinal).slice(0, 200)}' is listed twice`);
       // The parent: checked once for each run of records in one directory.
       let slash = pathEnd - 1;
       while (slash >= pathStart && bytes[slash] !== SLASH) slash--;
@@ -165,30 +164,35 @@ export class ManifestIndex {
     }
   }
 
-  /** The first ordinal along `hash`'s probe sequence that `matches`. */
-  private probe(hash: number, matches: (ordinal: number) => boolean): number | undefined {
+  /**
+   * The ordinal whose path hashes to `hash` and is `path` (where given) or else the ASCII bytes
+   * [start, end) of the manifest.
+   */
+  private probe(hash: number, path: string | undefined, start: number, end: number): number | undefined {
     for (let slot = hash & this.mask; this.slots[slot] !== 0; slot = (slot + 1) & this.mask) {
-      if (this.slotHashes[slot] === hash && matches(this.slots[slot]! - 1)) return this.slots[slot]! - 1;
+      if (this.slotHashes[slot] !== hash) continue;
+      const ordinal = this.slots[slot]! - 1;
+      if (path !== undefined ? this.pathIs(ordinal, path) : this.sameBytes(ordinal, start, end)) return ordinal;
     }
     return undefined;
   }
 
-  private pathBounds(ordinal: number): { start: number; end: number } {
-    const start = this.bytes.indexOf(0, this.offsets[ordinal]!) + 1;
-    return { start, end: this.bytes.indexOf(0, start) };
+  /** Where record `ordinal`'s path starts (it ends at the next NUL). */
+  private pathStart(ordinal: number): number {
+    return this.bytes.indexOf(0, this.offsets[ordinal]!) + 1;
   }
 
   /** The path of a record, as text. */
   private pathText(ordinal: number): string {
-    const { start, end } = this.pathBounds(ordinal);
-    return nameText(this.bytes.subarray(start, end));
+    const start = this.pathStart(ordinal);
+    return nameText(this.bytes.subarray(start, this.bytes.indexOf(0, start)));
   }
 
   /** Whether record `ordinal`'s path is `path` (no string made for an ASCII one). */
   private pathIs(ordinal: number, path: string): boolean {
     if (this.unusual[ordinal]) return this.pathText(ordinal) === path;
-    const { start, end } = this.pathBounds(ordinal);
-    if (end - start !== path.length) return false;
+    const start = this.pathStart(ordinal);
+    if (this.bytes[start + path.length] !== 0) return false;
     for (let i = 0; i < path.length; i++) if (path.charCodeAt(i) !== this.bytes[start + i]) return false;
     return true;
   }
@@ -197,20 +201,20 @@ export class ManifestIndex {
   private sameBytes(ordinal: number, start: number, end: number): boolean {
     // Another record's escaped text can spell an ASCII path.
     if (this.unusual[ordinal]) return this.pathText(ordinal) === this.bytes.toString("latin1", start, end);
-    const bounds = this.pathBounds(ordinal);
-    return this.bytes.compare(this.bytes, start, end, bounds.start, bounds.end) === 0;
+    const from = this.pathStart(ordinal);
+    return this.bytes[from + (end - start)] === 0 && this.bytes.compare(this.bytes, start, end, from, from + (end - start)) === 0;
   }
 
   /** The ordinal of the ASCII path at bytes [start, end) of the manifest. */
   private findBytes(start: number, end: number): number | undefined {
     let hash = HASH_START;
     for (let i = start; i < end; i++) hash = hashStep(hash, this.bytes[i]!);
-    return this.probe(hash >>> 0, (ordinal) => this.sameBytes(ordinal, start, end));
+    return this.probe(hashEnd(hash), undefined, start, end);
   }
 
   /** The ordinal of `path`'s record, if the manifest has it. */
   find(path: string): number | undefined {
-    return this.probe(pathHash(path), (ordinal) => this.pathIs(ordinal, path));
+    return this.probe(pathHash(path), path, 0, 0);
   }
 
   /** `path`'s record and its ordinal, if the manifest has it (the record read once). */
@@ -243,7 +247,7 @@ export class ManifestIndex {
       for (at++; bytes[at] !== 0x20; at++) size = size * 10 + bytes[at]! - 0x30;
       if (size !== after.size) return false;
     }
-    const { end } = this.pathBounds(ordinal);
+    const end = this.bytes.indexOf(0, this.pathStart(ordinal));
     const targetEnd = bytes.indexOf(0, end + 1);
     if (targetEnd === end + 1) return after.target === "";
     return nameText(bytes.subarray(end + 1, targetEnd)) === after.target;
@@ -362,7 +366,7 @@ export async function rebuildCurrentManifest(
   const index = baseline instanceof ManifestIndex ? baseline : new ManifestIndex(baseline);
   const baselineType = (path: string): ManifestEntry["type"] | undefined => {
     const ordinal = index.find(path);
-    return ordinal === undefined ? undefined : index.entry(ordinal).type;
+    return ordinal === undefined ? undefined : index.type(ordinal);
   };
   const now = new Map(changed.map((e) => [e.path, e]));
   // Directories whose children were all sent: the root, and every directory that changed itself.
