@@ -48,7 +48,7 @@ export function isWellFormedHeader(bytes: Buffer, start: number, end: number): b
     if (signed && at < end && bytes[at] === 0x2d) at++;
     let count = 0;
     let value = 0;
-    for (; at < end && bytes[at]! >= 0x30 && bytes[at]! <= top; at++, count++) value = value * 10 + bytes[at]! - 0x30;
+    for (; at < end && bytes[at]! >= 0x30 && bytes[at]! <= top; at++, count++) value = value * 10 + (bytes[at]! - 0x30);
     if (count === 0 || count > digits) return false;
     if ((f === 1 || f === 4 || f === 5) && !Number.isSafeInteger(value)) return false;
   }

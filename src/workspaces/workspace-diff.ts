@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { isPyroError, PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
-import { Ext4Reader, type Ext4WalkEntry } from "../storage/ext4-reader.js";
+import { type Ext4Inode, Ext4Reader } from "../storage/ext4-reader.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { type DiskReader, openDisk } from "../storage/qcow2-reader.js";
 import { copyTopLayerAtOneMoment } from "./frozen-disk-view.js";
@@ -240,11 +240,11 @@ export class ManifestIndex {
     const bytes = this.bytes;
     let at = this.offsets[ordinal]! + 2;
     let mode = 0;
-    for (; bytes[at] !== 0x20; at++) mode = mode * 8 + bytes[at]! - 0x30;
+    for (; bytes[at] !== 0x20; at++) mode = mode * 8 + (bytes[at]! - 0x30);
     if ((mode & 0o7777) !== after.mode) return false;
     if (after.type === "f") {
       let size = 0;
-      for (at++; bytes[at] !== 0x20; at++) size = size * 10 + bytes[at]! - 0x30;
+      for (at++; bytes[at] !== 0x20; at++) size = size * 10 + (bytes[at]! - 0x30);
       if (size !== after.size) return false;
     }
     const end = this.bytes.indexOf(0, this.pathStart(ordinal));
@@ -263,20 +263,36 @@ function tooManyRecords(maxEntries: number): PyroError {
 }
 
 /**
- * What changed between pyro's baseline manifest (bytes) and the current entries, sorted by path.
- * Directories count only through their contents (as in git): an empty directory added or removed
- * is not a change. Neither manifest is held as objects (200k entries cost ~100 MB that way): the
- * baseline is indexed by path hash and read in place, the current one compared as it is parsed;
- * only changed entries become objects.
+ * A change as a diff holds it until its page is shown: the baseline's record by ordinal and the
+ * current entry as its tree keeps it (`Kept`), not as objects: a diff where all 200k files changed
+ * held ~100 MB of entries for a page of 100.
  */
-export function changedEntries(baseline: Buffer | ManifestIndex, current: Iterable<ManifestEntry>, builtAtNs: bigint): Change[] {
-  const index = baseline instanceof ManifestIndex ? baseline : new ManifestIndex(baseline);
+export interface HeldChange<Kept> {
+  path: string;
+  status: Change["status"];
+  baseline?: number;
+  current?: Kept;
+}
+
+/**
+ * What changed between pyro's baseline manifest (indexed) and the current entries, in walk order
+ * then baseline order. Directories count only through their contents (as in git): an empty
+ * directory added or removed is not a change. Neither manifest is held as objects: the baseline is
+ * read in place, the current one compared as it is parsed, and `keep` decides what of a changed
+ * current entry is held.
+ */
+export function heldChanges<Kept>(
+  index: ManifestIndex,
+  current: Iterable<ManifestEntry>,
+  builtAtNs: bigint,
+  keep: (after: ManifestEntry) => Kept,
+): HeldChange<Kept>[] {
   const present = new Uint8Array(index.count);
-  const changes: Change[] = [];
+  const changes: HeldChange<Kept>[] = [];
   for (const after of current) {
     const ordinal = index.find(after.path);
     if (ordinal === undefined) {
-      if (after.type !== "d") changes.push({ path: after.path, status: "added", after });
+      if (after.type !== "d") changes.push({ path: after.path, status: "added", current: keep(after) });
       continue;
     }
     present[ordinal] = 1;
@@ -284,20 +300,36 @@ export function changedEntries(baseline: Buffer | ManifestIndex, current: Iterab
     if (baseType === "d" && after.type === "d") continue;
     if (baseType !== after.type) {
       // A directory that became a file (or back): its former contents are listed as deleted/added.
-      if (baseType === "d") changes.push({ path: after.path, status: "added", after });
-      else if (after.type === "d") changes.push({ path: after.path, status: "deleted", before: index.entry(ordinal) });
-      else changes.push({ path: after.path, status: "modified", before: index.entry(ordinal), after });
+      if (baseType === "d") changes.push({ path: after.path, status: "added", current: keep(after) });
+      else if (after.type === "d") changes.push({ path: after.path, status: "deleted", baseline: ordinal });
+      else changes.push({ path: after.path, status: "modified", baseline: ordinal, current: keep(after) });
       continue;
     }
     if (!index.sameShape(ordinal, after) || after.ctimeNs > builtAtNs)
-      changes.push({ path: after.path, status: "modified", before: index.entry(ordinal), after });
+      changes.push({ path: after.path, status: "modified", baseline: ordinal, current: keep(after) });
   }
   for (let ordinal = 0; ordinal < index.count; ordinal++) {
     if (present[ordinal] || index.type(ordinal) === "d") continue;
-    const base = index.entry(ordinal);
-    changes.push({ path: base.path, status: "deleted", before: base });
+    changes.push({ path: index.entry(ordinal).path, status: "deleted", baseline: ordinal });
   }
   return changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/** A held change with its entries. */
+function changeOf<Kept>(change: HeldChange<Kept>, index: ManifestIndex, entry: (kept: Kept, path: string) => ManifestEntry): Change {
+  return {
+    path: change.path,
+    status: change.status,
+    ...(change.baseline !== undefined ? { before: index.entry(change.baseline) } : {}),
+    ...(change.current !== undefined ? { after: entry(change.current, change.path) } : {}),
+  };
+}
+
+/** What changed between pyro's baseline manifest (bytes) and the current entries, sorted by path, with both sides' entries. */
+export function changedEntries(baseline: Buffer | ManifestIndex, current: Iterable<ManifestEntry>, builtAtNs: bigint): Change[] {
+  const index = baseline instanceof ManifestIndex ? baseline : new ManifestIndex(baseline);
+  const same = (after: ManifestEntry) => after;
+  return heldChanges(index, current, builtAtNs, same).map((c) => changeOf(c, index, same));
 }
 
 /**
@@ -426,7 +458,7 @@ export async function rebuildCurrentManifest(
  * from the changes since the baseline was built where its agent has tree.changes, else (an older
  * agent, or many moved directories) the full walk; contents read through the agent.
  */
-async function guestTree(agent: AgentClient, seed: SeedImage, baseline: ManifestIndex, sinceNs: bigint): Promise<CurrentTree> {
+async function guestTree(agent: AgentClient, seed: SeedImage, baseline: ManifestIndex, sinceNs: bigint): Promise<CurrentTree<ManifestEntry>> {
   const bytes = async (entry: ManifestEntry) => {
     const pieces: Buffer[] = [];
     try {
@@ -443,7 +475,8 @@ async function guestTree(agent: AgentClient, seed: SeedImage, baseline: Manifest
     const { header, payload } = await agent.treeChanges(WORKSPACE_ROOT, sinceNs, MAX_MANIFEST_BYTES);
     changed = checkedChanges(agent, header.truncated === true, payload);
   } catch (error) {
-    if (isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "unknown_op") return { entries: await guestManifest(agent), bytes };
+    if (isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "unknown_op")
+      return { entries: await guestManifest(agent), ...heldWhole, bytes };
     throw error;
   }
   const rebuilt = await rebuildCurrentManifest(baseline, changed, sinceNs, {
@@ -457,23 +490,41 @@ async function guestTree(agent: AgentClient, seed: SeedImage, baseline: Manifest
     },
     fetchSubtree: async (dir) => [...(await guestManifest(agent, `${WORKSPACE_ROOT}/${dir}`))],
   });
-  return { entries: rebuilt ?? (await guestManifest(agent)), bytes };
+  return { entries: rebuilt ?? (await guestManifest(agent)), ...heldWhole, bytes };
 }
 
 /** The current tree of /workspace and a way to read a changed file's bytes (at most DIFF_PAGE_LIMITS.fileBytes). */
-interface CurrentTree {
+interface CurrentTree<Kept = unknown> {
   entries: Iterable<ManifestEntry>;
+  /** What a changed entry is held as until its page is shown, and its entry again from that. */
+  keep(entry: ManifestEntry): Kept;
+  entry(kept: Kept, path: string): ManifestEntry;
   /** The file's current bytes; undefined where it cannot be read any more. */
   bytes(entry: ManifestEntry): Promise<Buffer | undefined>;
 }
 
-/** The walk of the disk copy, each entry with its inode, so a changed file's bytes are read without a second lookup. */
-function diskTree(reader: Ext4Reader): CurrentTree {
+/** A tree whose changed entries are held whole (the guest's: read once, never again). */
+const heldWhole = { keep: (entry: ManifestEntry) => entry, entry: (kept: ManifestEntry) => kept };
+
+type DiskEntry = ManifestEntry & { inode: Ext4Inode };
+
+/**
+ * The walk of the disk copy. A changed entry is held as its inode number and read again for its
+ * page (the copy does not change while the diff reads it), with its inode, so a changed file's
+ * bytes are read without a lookup.
+ */
+function diskTree(reader: Ext4Reader): CurrentTree<number> {
   const root = reader.lookup("");
   if (!root) throw new PyroError("DISK_IMAGE_INVALID", "the workspace filesystem has no root directory");
   return {
     entries: reader.walk(root),
-    bytes: async (entry) => Buffer.concat([...reader.contents((entry as Ext4WalkEntry).inode)]),
+    keep: (entry) => entry.ino,
+    entry: (ino, path): DiskEntry => {
+      const inode = reader.inode(ino);
+      const { type, mode, size, mtimeNs, ctimeNs, nlink } = inode;
+      return { path, type, mode, size, mtimeNs, ctimeNs, ino, nlink, target: type === "l" ? nameText(reader.linkTarget(inode)) : "", inode };
+    },
+    bytes: async (entry) => Buffer.concat([...reader.contents((entry as DiskEntry).inode)]),
   };
 }
 
@@ -551,18 +602,20 @@ export async function diffWorkspaceDisk(
     if (indexed.status === "rejected") throw indexed.reason;
     const index = indexed.value;
     let current: CurrentTree;
-    let changes: Change[];
+    let changes: HeldChange<unknown>[];
     try {
       // The copy's backing files are the original's neighbours (the workspace's lower layers, read in place).
       disk = openDisk(top, { topDirectory: ctx.store.dir(record.id) });
-      current = diskTree(Ext4Reader.open(disk));
-      changes = changedEntries(index, current.entries, since);
+      const tree = diskTree(Ext4Reader.open(disk));
+      changes = heldChanges(index, tree.entries, since, tree.keep);
+      current = tree as CurrentTree;
     } catch (error) {
       if (!isPyroError(error, "DISK_IMAGE_INVALID")) throw error;
-      current = await guestTree(vm.agent, seed, index, since);
-      changes = changedEntries(index, current.entries, since);
+      const tree = await guestTree(vm.agent, seed, index, since);
+      changes = heldChanges(index, tree.entries, since, tree.keep);
+      current = tree as CurrentTree;
     }
-    return await diffPage(changes, current, seed, redactor, options, offset, limit);
+    return await diffPage(changes, index, current, seed, redactor, options, offset, limit);
   } finally {
     disk?.close();
     seed.close();
@@ -572,7 +625,8 @@ export async function diffWorkspaceDisk(
 
 /** The page of `changes` the options ask for: paths and counts, or with their patches. */
 async function diffPage(
-  changes: Change[],
+  changes: HeldChange<unknown>[],
+  index: ManifestIndex,
   current: CurrentTree,
   seed: SeedImage,
   redactor: Redactor,
@@ -600,8 +654,9 @@ async function diffPage(
   let bytes = 0;
   let taken = 0;
   let binary = 0;
-  for (const change of page) {
+  for (const held of page) {
     taken++;
+    const change = changeOf(held, index, (kept, path) => current.entry(kept, path));
     const { a, b } = await bothSides(change, current, seed);
     // Rewritten with the same bytes (metadata changed only): nothing to show.
     if (
