@@ -435,6 +435,51 @@ describe("ext4 reader on hostile symlinks", { skip }, () => {
   });
 });
 
+describe("ext4 reader on symlinks sharing one extent tree", { skip }, () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "pyro-ext4s-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it("their extent nodes are charged to the walk's budget, as directories' are: the walk is refused, not paid per link", async () => {
+    // 6000 slow symlinks on a 16384-block filesystem, each given one three-level chain of index
+    // nodes (shared by all) down to a leaf mapping a real target: 18000 node reads, more blocks
+    // than the filesystem has. An honest link's map is a leaf in its inode and costs nothing.
+    const tree = join(dir, "links");
+    const count = 6000;
+    await mkdir(tree);
+    for (let i = 0; i < count; i++) await symlink("t".repeat(100), join(tree, `l${i}`));
+    const image = join(dir, "links.ext4");
+    execFileSync("truncate", ["-s", "64M", image]);
+    execFileSync(mkfs!, ["-q", "-F", "-t", "ext4", "-b", "4096", "-N", "7000", "-m", "0", "-E", "lazy_itable_init=1,root_owner=0:0", "-d", tree, image], {
+      stdio: "ignore",
+    });
+    const free = debugfsOut(image, "ffb 4 15000").match(/\d+/g)!.map(Number).slice(-4);
+    assert.equal(free.length, 4);
+    const [level2, level1, leafBlock, data] = free as [number, number, number, number];
+    const block = (body: Buffer) => Buffer.concat([body, Buffer.alloc(BLOCK - body.length)]);
+    writeAt(image, level2 * BLOCK, block(Buffer.concat([extentHeader(1, 340, 2), index(0, level1)])));
+    writeAt(image, level1 * BLOCK, block(Buffer.concat([extentHeader(1, 340, 1), index(0, leafBlock)])));
+    writeAt(image, leafBlock * BLOCK, block(Buffer.concat([extentHeader(1, 340, 0), leaf(0, 1, data)])));
+    writeAt(image, data * BLOCK, block(Buffer.from("t".repeat(100))));
+    const root = Buffer.concat([extentHeader(1, 4, 3), index(0, level2)]);
+    const flags = Buffer.alloc(4);
+    flags.writeUInt32LE(0x80000); // extents
+    for (const at of inodeOffsets(
+      image,
+      Array.from({ length: count }, (_, i) => `/l${i}`),
+    )) {
+      writeAt(image, at + 0x20, flags);
+      writeAt(image, at + 0x28, Buffer.concat([root, Buffer.alloc(60 - root.length)]));
+    }
+    const outcome = readInChild(image);
+    assertEndsQuickly(outcome, 8000);
+    assert.equal(outcome.code, "DISK_IMAGE_INVALID", JSON.stringify(outcome));
+    assert.match(outcome.message!, /more blocks than the filesystem/);
+  });
+});
+
 describe("ext4 reader on corrupted journals (fast-check)", { skip }, () => {
   let dir: string;
   let image: Buffer;

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { isPyroError } from "../src/errors.js";
-import { encodeManifest, type ManifestEntry, manifestEntries, parseManifest } from "../src/workspaces/tree-manifest.js";
-import { changedEntries } from "../src/workspaces/workspace-diff.js";
+import { encodeManifest, isWellFormedHeader, type ManifestEntry, manifestEntries, manifestEntryAt, parseManifest } from "../src/workspaces/tree-manifest.js";
+import { ManifestIndex, changedEntries } from "../src/workspaces/workspace-diff.js";
 import { TREE_MANIFEST_LIMITS } from "../src/workspaces/workspace-limits.js";
 import { manifestEntry } from "./helpers/manifest-fixtures.js";
 
@@ -200,6 +200,138 @@ describe("diff's comparison without a list of objects per manifest", () => {
         assert.deepEqual(streamed, referenceChanges(baseline, current, built));
       }),
       { numRuns: 300 },
+    );
+  });
+});
+
+/** The outcome of a parse: its entries, or the code and message it failed with. */
+function outcome(parse: () => ManifestEntry[]): { entries: ManifestEntry[] } | { code: string; message: string } {
+  try {
+    return { entries: parse() };
+  } catch (error) {
+    assert.ok(isPyroError(error), String(error));
+    return { code: error.code, message: error.message };
+  }
+}
+
+describe("the baseline's index, checked in place", () => {
+  it("accepts exactly the manifests the any-order parse accepts, and finds each path's record (property)", () => {
+    // Names include a byte that is not UTF-8 and the ASCII text that shows it ("a\\xff"), so two
+    // different byte strings can be one path.
+    const component = fc.constantFrom(
+      Buffer.from("a"),
+      Buffer.from("b"),
+      Buffer.from([0x61, 0xff]),
+      Buffer.from("a\\xff"),
+      Buffer.from("é"),
+      Buffer.from("."),
+      Buffer.from(".."),
+    );
+    const path = fc.array(component, { minLength: 1, maxLength: 3 }).map((parts) => Buffer.concat(parts.flatMap((p, i) => (i ? [Buffer.from("/"), p] : [p]))));
+    const header = fc.oneof(
+      { weight: 8, arbitrary: fc.tuple(fc.constantFrom("f", "d", "l"), fc.constantFrom("644", "755"), fc.nat(3)).map(([t, m, n]) => `${t} ${m} ${n} 5 6 7 1`) },
+      {
+        weight: 1,
+        arbitrary: fc.constantFrom("x 644 1 5 6 7 1", "f 648 1 5 6 7 1", "f 644 99999999999999999999 5 6 7 1", "f 644 1 5 6 7", "f  644 1 5 6 7 1"),
+      },
+    );
+    const record = fc.tuple(header, path, fc.constantFrom("", "t")).map(([h, p, t]) => Buffer.concat([Buffer.from(`${h}\0`), p, Buffer.from(`\0${t}\0`)]));
+    fc.assert(
+      fc.property(fc.array(record, { maxLength: 8 }), fc.boolean(), (records, cut) => {
+        let bytes = Buffer.concat(records);
+        if (cut && bytes.length > 0) bytes = bytes.subarray(0, bytes.length - 1);
+        const expected = outcome(() => parseManifest(bytes));
+        let index: ManifestIndex | undefined;
+        const actual = outcome(() => {
+          index = new ManifestIndex(bytes);
+          return Array.from({ length: index.count }, (_, i) => index!.entry(i));
+        });
+        assert.equal(
+          "code" in actual ? actual.code : "ok",
+          "code" in expected ? expected.code : "ok",
+          "code" in expected ? expected.message : "the parse accepts it",
+        );
+        if (!("entries" in expected) || !("entries" in actual)) return;
+        assert.deepEqual(actual.entries, expected.entries);
+        expected.entries.forEach((e, i) => {
+          assert.equal(index!.find(e.path), i);
+          assert.equal(index!.type(i), e.type);
+          assert.ok(index!.sameShape(i, e));
+          assert.ok(!index!.sameShape(i, { ...e, mode: e.mode ^ 1 }));
+          assert.ok(!index!.sameShape(i, { ...e, target: `${e.target}x` }));
+        });
+        assert.equal(index!.find("zz"), undefined);
+      }),
+      { numRuns: 400 },
+    );
+  });
+
+  it("refuses two records whose paths show as one (a byte that is not UTF-8, and its escaped text), in either order", () => {
+    const record = (path: Buffer, type = "f") => Buffer.concat([Buffer.from(`${type} 644 1 5 6 7 1\0`), path, Buffer.from("\0\0")]);
+    const raw = Buffer.from([0x61, 0xff]);
+    const escaped = Buffer.from("a\\xff");
+    for (const [first, second] of [
+      [raw, escaped],
+      [escaped, raw],
+    ] as const) {
+      assert.throws(
+        () => new ManifestIndex(Buffer.concat([record(first), record(second)])),
+        (e) => isPyroError(e, "GUEST_PROTOCOL_ERROR") && /listed twice/.test(e.message),
+      );
+      // As a directory and an entry under the other: found as its parent.
+      const index = new ManifestIndex(Buffer.concat([record(first, "d"), record(Buffer.concat([second, Buffer.from("/x")]))]));
+      assert.equal(index.find("a\\xff/x"), 1);
+    }
+  });
+
+  it("checks a record header in place exactly as reading the record does (property)", () => {
+    const token = fc.constantFrom(
+      "f",
+      "d",
+      "l",
+      "o",
+      "x",
+      " ",
+      "  ",
+      "-",
+      "0",
+      "7",
+      "8",
+      "9",
+      "644",
+      "12345",
+      "123456",
+      "9".repeat(16),
+      "9".repeat(21),
+      "1".repeat(31),
+      "\u00e9",
+    );
+    const header = fc.oneof(
+      fc.array(token, { maxLength: 16 }).map((t) => t.join("")),
+      fc
+        .tuple(
+          fc.constantFrom("f", "d", "x"),
+          fc.array(fc.oneof(fc.constantFrom("-1", "0", "755", "8", "9007199254740991", "9007199254740992", "1".repeat(30), "1".repeat(31)), token), {
+            minLength: 5,
+            maxLength: 7,
+          }),
+        )
+        .map(([t, fields]) => `${t} ${fields.join(" ")}`),
+    );
+    fc.assert(
+      fc.property(header, (h) => {
+        const head = Buffer.from(h, "latin1");
+        const bytes = Buffer.concat([head, Buffer.from("\0p\0\0")]);
+        let reads = true;
+        try {
+          manifestEntryAt(bytes, 0);
+        } catch (error) {
+          assert.ok(isPyroError(error, "GUEST_PROTOCOL_ERROR"), String(error));
+          reads = false;
+        }
+        assert.equal(isWellFormedHeader(bytes, 0, head.length), reads, h);
+      }),
+      { numRuns: 1000 },
     );
   });
 });

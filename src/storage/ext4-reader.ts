@@ -69,7 +69,11 @@ const MAX_DESCRIPTOR_BYTES = 16 * 1024 * 1024;
  * 1 TiB). The journal scan reads and checks each of its blocks, so a longer one is refused.
  */
 const MAX_JOURNAL_BLOCKS = 262_144;
-/** Metadata blocks (inode tables, extent nodes) kept once read. */
+/**
+ * Metadata blocks (inode tables, extent nodes) kept once read, in one slab allocated once: a walk of
+ * 200k entries reads ~13k inode-table blocks, and a fresh Buffer for each (freed only by the
+ * garbage collector) cost tens of MB of peak RSS.
+ */
 const METADATA_CACHE_BLOCKS = 256;
 /** File contents are read and handed out in pieces of at most this size. */
 const PIECE_BYTES = 1 << 20;
@@ -113,8 +117,6 @@ export interface Ext4Inode {
   ctimeNs: bigint;
   nlink: number;
   flags: number;
-  /** The 60-byte block map / extent root / fast symlink target. */
-  blockArea: Buffer;
 }
 
 /** A run of a file's logical blocks: on disk at `physical`, or a hole (unwritten extents read as zeros too). */
@@ -146,8 +148,15 @@ export class Ext4Reader {
   private readonly inodeSize: number;
   private readonly inodeTables: number[];
   private readonly incompat: number;
-  private readonly cache = new Map<number, Buffer>();
+  /** Cached metadata blocks: block number to slot (block `slot` of `slab`, also viewed as `slots[slot]`). */
+  private readonly cache = new Map<number, number>();
+  private slab: Buffer | undefined;
+  private slots: Buffer[] | undefined;
   private pieceBuffer: Buffer | undefined;
+  /** One block buffer for every directory block read (a directory's entries are copied out of it). */
+  private directoryBlock: Buffer | undefined;
+  /** Where a directory's names are gathered while its blocks are read. */
+  private nameScratch = Buffer.allocUnsafe(1 << 16);
 
   private constructor(
     private readonly disk: DiskReader,
@@ -242,16 +251,30 @@ export class Ext4Reader {
     return out;
   }
 
-  /** A metadata block (cached), as the journal's replay would leave it. */
+  /**
+   * A metadata block (cached), as the journal's replay would leave it. The bytes are a view into the
+   * cache's slab, valid only until the next metadata read: a caller that keeps them across another
+   * read (a generator, between its yields) copies them.
+   */
   private block(n: number): Buffer {
-    let cached = this.cache.get(n);
-    if (!cached) {
-      const logged = this.journal.get(n);
-      cached = logged ? restoreEscaped(logged.copy, this.rawBlock(logged.physical)) : this.rawBlock(n);
+    return this.slots![this.cachedSlot(n)]!;
+  }
+
+  /** The cache slot holding block `n`, read into it if it is not there. */
+  private cachedSlot(n: number): number {
+    let slot = this.cache.get(n);
+    if (slot === undefined) {
+      if (!this.slab) {
+        const slab = Buffer.allocUnsafe(METADATA_CACHE_BLOCKS * this.blockSize);
+        this.slab = slab;
+        this.slots = Array.from({ length: METADATA_CACHE_BLOCKS }, (_, i) => slab.subarray(i * this.blockSize, (i + 1) * this.blockSize));
+      }
       if (this.cache.size >= METADATA_CACHE_BLOCKS) this.cache.clear();
-      this.cache.set(n, cached);
+      slot = this.cache.size;
+      this.readBlocks(n, this.slots![slot]!);
+      this.cache.set(n, slot);
     }
-    return cached;
+    return slot;
   }
 
   /** Fills `target` from consecutive blocks starting at `first` (whole blocks; the journal's copies where it has them). */
@@ -269,45 +292,46 @@ export class Ext4Reader {
     }
   }
 
-  /** Reads and checks inode `ino`. */
-  inode(ino: number): Ext4Inode {
+  /** Where inode `ino`'s bytes start in the cache's slab (valid until the next metadata read). */
+  private inodePosition(ino: number): number {
     if (!Number.isSafeInteger(ino) || ino < 1 || ino > this.inodesCount) throw invalid(`inode ${ino} does not exist`);
     const index = ino - 1;
     const group = Math.floor(index / this.inodesPerGroup);
     const offset = (index % this.inodesPerGroup) * this.inodeSize;
-    const block = this.block(this.inodeTables[group]! + Math.floor(offset / this.blockSize));
-    const raw = block.subarray(offset % this.blockSize, (offset % this.blockSize) + this.inodeSize);
-    const rawMode = raw.readUInt16LE(0);
+    return this.cachedSlot(this.inodeTables[group]! + Math.floor(offset / this.blockSize)) * this.blockSize + (offset % this.blockSize);
+  }
+
+  /**
+   * Reads and checks inode `ino`. Only numbers are kept, no view of its block: a walk's entries
+   * outlive the cache, and the block map is read again where a file's contents are wanted.
+   */
+  inode(ino: number): Ext4Inode {
+    const at = this.inodePosition(ino);
+    const block = this.slab!;
+    const rawMode = block.readUInt16LE(at);
     const type = typeOfMode(rawMode);
-    const nlink = raw.readUInt16LE(0x1a);
+    const nlink = block.readUInt16LE(at + 0x1a);
     if (!type || nlink === 0) throw invalid(`inode ${ino} is named by a directory but is not in use`, { inode: ino });
-    const size = raw.readUInt32LE(0x6c) * 2 ** 32 + raw.readUInt32LE(0x4);
+    const size = block.readUInt32LE(at + 0x6c) * 2 ** 32 + block.readUInt32LE(at + 0x4);
     if (!Number.isSafeInteger(size)) throw invalid(`inode ${ino} claims ${size} bytes`, { inode: ino });
-    const extra = this.inodeSize > 128 ? raw.readUInt16LE(0x80) : 0;
+    const extra = this.inodeSize > 128 ? block.readUInt16LE(at + 0x80) : 0;
     if (extra > this.inodeSize - 128 || extra % 4 !== 0) throw invalid(`inode ${ino}'s extra size ${extra} is out of range`, { inode: ino });
-    const time = (at: number, extraAt: number): bigint => {
-      let seconds = BigInt(raw.readInt32LE(at));
-      let nanos = 0n;
-      if (128 + extra >= extraAt + 4) {
-        const x = raw.readUInt32LE(extraAt);
-        seconds += BigInt(x & 3) << 32n;
-        nanos = BigInt(x >>> 2);
-        if (nanos > 999_999_999n) nanos = 0n;
-      }
-      return seconds * 1_000_000_000n + nanos;
-    };
     return {
       ino,
       type,
       mode: rawMode & 0o7777,
       size,
-      mtimeNs: time(0x10, 0x88),
-      ctimeNs: time(0xc, 0x84),
+      mtimeNs: inodeTime(block, at, extra, 0x10, 0x88),
+      ctimeNs: inodeTime(block, at, extra, 0xc, 0x84),
       nlink,
-      flags: raw.readUInt32LE(0x20),
-      // A view: cached blocks are never written to.
-      blockArea: raw.subarray(0x28, 0x28 + 60),
+      flags: block.readUInt32LE(at + 0x20),
     };
+  }
+
+  /** The inode's 60-byte block map / extent root / fast symlink target: a view, valid until the next metadata read. */
+  private blockArea(inode: Ext4Inode): Buffer {
+    const at = this.inodePosition(inode.ino);
+    return this.slab!.subarray(at + 0x28, at + 0x28 + 60);
   }
 
   /**
@@ -332,8 +356,9 @@ export class Ext4Reader {
   private extentRuns(inode: Ext4Inode, fileBlocks: number, walk: DirectoryBudget | undefined): Iterable<BlockRun> {
     // An honest tree has fewer nodes than the file has blocks, and than the filesystem has.
     const state = { nextLogical: 0, budget: Math.min(fileBlocks, this.blocksCount) + 64 };
-    const root = this.extentNode(inode, inode.blockArea, undefined);
-    if (root.depth === 0) return this.leafRuns(inode, inode.blockArea, root.entries, 2 ** 32, fileBlocks, state);
+    const area = this.blockArea(inode);
+    const root = this.extentNode(inode, area, undefined);
+    if (root.depth === 0) return this.leafRuns(inode, area, root.entries, 2 ** 32, fileBlocks, state);
     const self = this;
     function* node(bytes: Buffer, entries: number, depth: number, limit: number): Generator<BlockRun> {
       for (let i = 0; i < entries; i++) {
@@ -343,11 +368,12 @@ export class Ext4Reader {
         spend(walk, 1);
         const childBytes = self.block(bytes.readUInt16LE(at + 8) * 2 ** 32 + bytes.readUInt32LE(at + 4));
         const child = self.extentNode(inode, childBytes, depth - 1);
+        // A leaf is read into a list at once; an index node is kept across yields, so copied out of the cache.
         if (child.depth === 0) yield* self.leafRuns(inode, childBytes, child.entries, following, fileBlocks, state);
-        else yield* node(childBytes, child.entries, child.depth, following);
+        else yield* node(Buffer.from(childBytes), child.entries, child.depth, following);
       }
     }
-    return node(inode.blockArea, root.entries, root.depth, 2 ** 32);
+    return node(Buffer.from(area), root.entries, root.depth, 2 ** 32);
   }
 
   /** An extent node's header, checked (`expectedDepth`: one less than its parent's). */
@@ -407,11 +433,17 @@ export class Ext4Reader {
       const table = Buffer.from(self.block(pointer));
       for (let i = 0; i < perBlock && logical < fileBlocks; i++) yield* mapped(table.readUInt32LE(i * 4), level - 1);
     }
-    for (let i = 0; i < 15 && logical < fileBlocks; i++) yield* mapped(inode.blockArea.readUInt32LE(i * 4), i < 12 ? 0 : i - 11);
+    const area = Buffer.from(this.blockArea(inode));
+    for (let i = 0; i < 15 && logical < fileBlocks; i++) yield* mapped(area.readUInt32LE(i * 4), i < 12 ? 0 : i - 11);
   }
 
   /** A file's (or directory's) bytes from 0 to its size, in pieces of at most 1 MiB (holes read as zeros). Each piece is valid only until the next piece of any file is asked for. */
-  *contents(inode: Ext4Inode): Generator<Buffer> {
+  contents(inode: Ext4Inode): Generator<Buffer> {
+    return this.pieces(inode, undefined);
+  }
+
+  /** `contents`, with the file's map charged to a walk's budget where given. */
+  private *pieces(inode: Ext4Inode, walk: DirectoryBudget | undefined): Generator<Buffer> {
     // One buffer for every piece of every file: its callers copy each piece before asking for the next.
     this.pieceBuffer ??= Buffer.allocUnsafe(PIECE_BYTES);
     const buffer = this.pieceBuffer;
@@ -419,7 +451,7 @@ export class Ext4Reader {
     const emitZeros = function* (bytes: number): Generator<Buffer> {
       for (let left = bytes; left > 0; left -= PIECE_BYTES) yield ZEROS.subarray(0, Math.min(left, PIECE_BYTES));
     };
-    for (const run of this.blockRuns(inode)) {
+    for (const run of this.blockRuns(inode, walk)) {
       const start = run.logical * this.blockSize;
       if (start > position) yield* emitZeros(start - position);
       const end = Math.min(inode.size, (run.logical + run.length) * this.blockSize);
@@ -438,21 +470,34 @@ export class Ext4Reader {
 
   /** A symlink's target bytes (fast symlinks keep it in the inode). */
   linkTarget(inode: Ext4Inode): Buffer {
+    return this.symlinkTarget(inode, undefined);
+  }
+
+  /**
+   * `linkTarget`; in a walk, a slow symlink's map (extent nodes, block map tables) is charged to the
+   * walk's budget, as directories' are: many symlinks sharing one deep map cost its blocks once.
+   */
+  private symlinkTarget(inode: Ext4Inode, walk: DirectoryBudget | undefined): Buffer {
     if (inode.size === 0 || inode.size > SYMLINK_MAX) throw invalid(`symlink inode ${inode.ino} has a ${inode.size}-byte target`, { inode: inode.ino });
     const fast = !(inode.flags & (FLAG_EXTENTS | FLAG_INLINE_DATA)) && inode.size < 60;
-    const target = fast ? inode.blockArea.subarray(0, inode.size) : Buffer.concat([...this.contents(inode)]);
+    const target = fast ? Buffer.from(this.blockArea(inode).subarray(0, inode.size)) : Buffer.concat([...this.pieces(inode, walk)]);
     // No link Linux makes holds a NUL: a tar would keep the target only up to it (diff and export would disagree).
     if (target.includes(0)) throw invalid(`symlink inode ${inode.ino}'s target holds a NUL byte`, { inode: inode.ino });
     return target;
   }
 
-  /** A directory's entries as (name, inode) pairs in on-disk order, checked; '.' and '..' left out. */
-  private directoryEntries(dir: Ext4Inode, maxEntries: number, budget: DirectoryBudget): { name: Buffer; ino: number }[] {
-    const out: { name: Buffer; ino: number }[] = [];
+  /** A directory's entries in on-disk order, checked; '.' and '..' left out. */
+  private directoryEntries(dir: Ext4Inode, maxEntries: number, budget: DirectoryBudget): DirectoryListing {
+    const starts: number[] = [];
+    const ends: number[] = [];
+    const inos: number[] = [];
+    let used = 0;
+    let plain = true;
     const hasFileType = (this.incompat & INCOMPAT.filetype) !== 0;
     const where = () => `directory inode ${dir.ino}`;
     if (dir.size > this.disk.size || dir.size % this.blockSize !== 0) throw invalid(`${where()} claims ${dir.size} bytes`, { inode: dir.ino });
-    const block = Buffer.allocUnsafe(this.blockSize);
+    this.directoryBlock ??= Buffer.allocUnsafe(this.blockSize);
+    const block = this.directoryBlock;
     for (const run of this.blockRuns(dir, budget)) {
       // A hole holds no entries, but is charged like blocks: each of its blocks was a step.
       if (run.physical === undefined) {
@@ -479,19 +524,31 @@ export class Ext4Reader {
               // '.' and '..' are the first two entries of the first block, and nowhere else.
               if (blockIndex !== 0 || index !== nameLen - 1) throw invalid(`${where()} lists '${".".repeat(nameLen)}' out of place`, { inode: dir.ino });
             } else {
-              let plain = nameLen > 0;
-              for (let i = start; plain && i < start + nameLen; i++) plain = block[i] !== 0 && block[i] !== 0x2f;
-              if (!plain) throw invalid(`${where()} holds a name with '/' or NUL`, { inode: dir.ino });
+              let clean = nameLen > 0;
+              for (let i = start; clean && i < start + nameLen; i++) {
+                clean = block[i] !== 0 && block[i] !== 0x2f;
+                if (block[i]! >= 0x80) plain = false;
+              }
+              if (!clean) throw invalid(`${where()} holds a name with '/' or NUL`, { inode: dir.ino });
               if (ino > this.inodesCount) throw invalid(`${where()} names inode ${ino}, which does not exist`, { inode: dir.ino });
-              if (out.length >= maxEntries) throw tooMany(maxEntries);
-              out.push({ name: Buffer.from(block.subarray(start, start + nameLen)), ino });
+              if (inos.length >= maxEntries) throw tooMany(maxEntries);
+              if (used + nameLen > this.nameScratch.length) {
+                const grown = Buffer.allocUnsafe(this.nameScratch.length * 2);
+                this.nameScratch.copy(grown, 0, 0, used);
+                this.nameScratch = grown;
+              }
+              block.copy(this.nameScratch, used, start, start + nameLen);
+              starts.push(used);
+              used += nameLen;
+              ends.push(used);
+              inos.push(ino);
             }
           }
           at += recLen;
         }
       }
     }
-    return out;
+    return { names: Buffer.from(this.nameScratch.subarray(0, used)), starts, ends, inos, plain };
   }
 
   /** Directory blocks a walk or lookup may read: the filesystem's own block count. */
@@ -509,9 +566,10 @@ export class Ext4Reader {
     for (const part of path.split("/").filter((p) => p !== "" && p !== ".")) {
       if (current.type !== "d") return undefined;
       const wanted = Buffer.from(part, "utf8");
-      const found = this.directoryEntries(current, TREE_MANIFEST_LIMITS.entries, budget).find((e) => e.name.equals(wanted));
-      if (!found) return undefined;
-      current = this.inode(found.ino);
+      const { names, starts, ends, inos } = this.directoryEntries(current, TREE_MANIFEST_LIMITS.entries, budget);
+      const found = inos.findIndex((_, i) => names.compare(wanted, 0, wanted.length, starts[i], ends[i]) === 0);
+      if (found < 0) return undefined;
+      current = this.inode(inos[found]!);
     }
     return current;
   }
@@ -530,39 +588,47 @@ export class Ext4Reader {
     const visited = new Set<number>([root.ino]);
     const budget = this.directoryBudget();
     let count = 0;
-    type Frame = { inode: Ext4Inode; path: string; bytes: number; entries?: { name: Buffer; ino: number }[]; next: number };
+    type Frame = { inode: Ext4Inode; path: string; bytes: number; listing?: DirectoryListing; order?: number[]; next: number };
     const stack: Frame[] = [{ inode: root, path: "", bytes: 0, next: 0 }];
     while (stack.length) {
       const dir = stack.pop()!;
-      if (!dir.entries) {
-        dir.entries = this.directoryEntries(dir.inode, maxEntries - count, budget);
-        dir.entries.sort((a, b) => Buffer.compare(a.name, b.name));
+      if (!dir.listing) {
+        const listing = this.directoryEntries(dir.inode, maxEntries - count, budget);
+        const { names, starts, ends } = listing;
+        dir.listing = listing;
+        dir.order = starts.map((_, i) => i).sort((a, b) => names.compare(names, starts[b], ends[b], starts[a], ends[a]));
         // A name that is not UTF-8 is shown with `\xNN` escapes, which another name can spell: two
         // entries would have one path (a symlink and a directory under it, in an export's tar).
-        if (dir.entries.some((e) => !isUtf8(e.name))) {
+        if (!listing.plain && starts.some((_, i) => !isUtf8(names.subarray(starts[i], ends[i])))) {
           const shown = new Set<string>();
-          for (const { name } of dir.entries) {
-            const text = nameText(name);
+          for (let i = 0; i < starts.length; i++) {
+            const text = nameText(names.subarray(starts[i], ends[i]));
             if (shown.has(text))
               throw invalid(`directory inode ${dir.inode.ino} holds two names shown as '${text}' (one of them not UTF-8)`, { inode: dir.inode.ino });
             shown.add(text);
           }
         }
       }
-      const entries = dir.entries;
+      const { names, starts, ends, inos, plain } = dir.listing;
+      const order = dir.order!;
       const subdirs: Frame[] = [];
-      while (dir.next < entries.length) {
-        const i = dir.next++;
-        const { name, ino } = entries[i]!;
-        if (i > 0 && entries[i - 1]!.name.equals(name))
-          throw invalid(`directory inode ${dir.inode.ino} lists '${nameText(name)}' twice`, { inode: dir.inode.ino });
+      while (dir.next < order.length) {
+        const at = dir.next++;
+        const i = order[at]!;
+        const start = starts[i]!;
+        const end = ends[i]!;
+        const ino = inos[i]!;
+        if (at > 0 && names.compare(names, starts[order[at - 1]!], ends[order[at - 1]!], start, end) === 0)
+          throw invalid(`directory inode ${dir.inode.ino} lists '${nameText(names.subarray(start, end))}' twice`, { inode: dir.inode.ino });
         if (++count > maxEntries) throw tooMany(maxEntries);
-        const bytes = dir.bytes + (dir.bytes ? 1 : 0) + name.length;
+        const bytes = dir.bytes + (dir.bytes ? 1 : 0) + (end - start);
         if (bytes > MAX_PATH_BYTES) throw invalid(`a path under ${dir.path || "the root"} is longer than ${MAX_PATH_BYTES} bytes`);
-        const text = nameText(name);
+        // ASCII names (most) become text without a view of their bytes.
+        const utf8Name = plain || isUtf8(names.subarray(start, end));
+        const text = plain ? names.toString("latin1", start, end) : nameText(names.subarray(start, end));
         const path = dir.path ? `${dir.path}/${text}` : text;
         const inode = this.inode(ino);
-        const target = inode.type === "l" ? nameText(this.linkTarget(inode)) : "";
+        const target = inode.type === "l" ? nameText(this.symlinkTarget(inode, budget)) : "";
         yield {
           path,
           type: inode.type,
@@ -574,7 +640,7 @@ export class Ext4Reader {
           nlink: inode.nlink,
           target,
           inode,
-          utf8Name: isUtf8(name),
+          utf8Name,
         };
         if (inode.type !== "d") continue;
         if (visited.has(ino)) throw invalid(`directory inode ${ino} is linked from two places (a cycle)`, { inode: ino });
@@ -604,6 +670,30 @@ interface DirectoryBudget {
 }
 
 /**
+ * A directory's entries without an object per entry: their names packed in one buffer, entry i's
+ * name at names[starts[i], ends[i]), its inode inos[i]. `plain`: every name is ASCII.
+ */
+interface DirectoryListing {
+  names: Buffer;
+  starts: number[];
+  ends: number[];
+  inos: number[];
+  plain: boolean;
+}
+
+/**
+ * An inode time in nanoseconds: the 32-bit seconds at `field`, and where the inode's extra space
+ * (`extra` bytes) holds it, the epoch bits and nanoseconds at `extraField`.
+ */
+function inodeTime(bytes: Buffer, inode: number, extra: number, field: number, extraField: number): bigint {
+  const seconds = bytes.readInt32LE(inode + field);
+  if (128 + extra < extraField + 4) return BigInt(seconds) * 1_000_000_000n;
+  const x = bytes.readUInt32LE(inode + extraField);
+  const nanos = x >>> 2;
+  return BigInt(seconds + (x & 3) * 2 ** 32) * 1_000_000_000n + BigInt(nanos > 999_999_999 ? 0 : nanos);
+}
+
+/**
  * Entry `i` of an extent node (index or leaf): where it lies, its first logical block and the next
  * entry's (or the parent's `limit`), checked to come after everything before it (`nextLogical`).
  */
@@ -626,7 +716,7 @@ function extentEntry(
 function spend(budget: DirectoryBudget | undefined, blocks: number): void {
   if (!budget) return;
   budget.blocks -= blocks;
-  if (budget.blocks < 0) throw invalid("its directories hold more blocks than the filesystem");
+  if (budget.blocks < 0) throw invalid("its directories and symlinks hold more blocks than the filesystem");
 }
 
 interface Geometry {

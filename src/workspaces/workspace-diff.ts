@@ -3,14 +3,23 @@ import { join } from "node:path";
 import { isPyroError, PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
-import { Ext4Reader, type Ext4WalkEntry } from "../storage/ext4-reader.js";
+import { type Ext4Inode, Ext4Reader } from "../storage/ext4-reader.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { type DiskReader, openDisk } from "../storage/qcow2-reader.js";
 import { copyTopLayerAtOneMoment } from "./frozen-disk-view.js";
 import { WORKSPACE_ROOT } from "./guest-paths.js";
 import { readFileChunks } from "./guest-transfer.js";
 import type { Redactor } from "./secret-redaction.js";
-import { type ManifestEntry, manifestEntries, manifestEntryAt, manifestRecords, parseManifest } from "./tree-manifest.js";
+import {
+  isPlainRelativePath,
+  isWellFormedHeader,
+  type ManifestEntry,
+  malformedManifest,
+  manifestEntries,
+  manifestEntryAt,
+  nameText,
+  parseManifest,
+} from "./tree-manifest.js";
 import { baselineManifestPath, seedImagePath, workspaceDiskPath } from "./workspace-boot.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
@@ -51,97 +60,276 @@ export interface Change {
   after?: ManifestEntry;
 }
 
-/** A path's 30-bit hash (FNV-1a over its UTF-16 units): small enough to be an unboxed number as a Map key. */
+/** A path's 30-bit hash: FNV-1a over its UTF-16 units (an ASCII path's bytes are the same units). */
+const HASH_START = 0x811c9dc5;
+const hashStep = (hash: number, unit: number) => Math.imul(hash ^ unit, 0x01000193);
+const hashEnd = (hash: number) => hash & 0x3fffffff;
+
 function pathHash(path: string): number {
-  let hash = 0x811c9dc5;
-  for (let i = 0; i < path.length; i++) hash = Math.imul(hash ^ path.charCodeAt(i), 0x01000193);
-  return hash & 0x3fffffff;
+  let hash = HASH_START;
+  for (let i = 0; i < path.length; i++) hash = hashStep(hash, path.charCodeAt(i));
+  return hashEnd(hash);
 }
 
+const SLASH = 0x2f;
+const TYPE_DIRECTORY = 0x64; // 'd'
+
 /**
- * Where each path of a manifest (pyro's own baseline, already parsed once) lies: by hash, with the
- * record's ordinal, so 200k paths cost a few MB of numbers rather than a map of 200k strings
- * (~50 MB of peak RSS). Every hit is confirmed by reading the record again; paths whose hash an
- * earlier path took are kept by name.
+ * Where each path of pyro's baseline manifest lies, without an object or string per record: an
+ * open-addressing table of record ordinals by path hash, in typed arrays. Building it makes no
+ * garbage per record, and a lookup none for an ASCII path: with 200k records, a Map and a Set of
+ * paths plus a parse of every record cost ~65 MB of peak RSS. Records are checked as they are
+ * indexed (header, path shape, no path twice, each path's parent a directory listed before it,
+ * the entry limit): what the any-order parse guarantees. Paths are compared as text (as the walk
+ * shows them: a name that is not UTF-8 with `\xNN` escapes).
  */
 export class ManifestIndex {
-  private readonly byHash = new Map<number, number>();
-  private readonly collided = new Map<string, number>();
-  private offsets = new Uint32Array(1024);
+  /** Record start offsets, by ordinal. */
+  private readonly offsets: Uint32Array;
+  /** Slot to ordinal + 1 (0: empty). */
+  private readonly slots: Uint32Array;
+  /** Each slot's path hash (a probe compares paths only where hashes match). */
+  private readonly slotHashes: Uint32Array;
+  /** Ordinals whose path holds a byte above 0x7f (compared as decoded text). */
+  private readonly unusual: Uint8Array;
+  private readonly mask: number;
   /** Records in the manifest. */
-  count = 0;
+  readonly count: number;
 
-  constructor(private readonly bytes: Buffer) {
-    for (const { entry, offset } of manifestRecords(bytes)) {
-      if (this.count === this.offsets.length) {
-        const grown = new Uint32Array(this.offsets.length * 2);
-        grown.set(this.offsets);
-        this.offsets = grown;
+  constructor(
+    private readonly bytes: Buffer,
+    maxEntries: number = TREE_MANIFEST_LIMITS.entries,
+  ) {
+    // Pass 1: where the records start (three NUL-ended fields each).
+    let offsets = new Uint32Array(1024);
+    let count = 0;
+    for (let at = 0; at < bytes.length; ) {
+      if (count >= maxEntries) throw tooManyRecords(maxEntries);
+      if (count === offsets.length) {
+        const grown = new Uint32Array(offsets.length * 2);
+        grown.set(offsets);
+        offsets = grown;
       }
-      this.offsets[this.count] = offset;
-      const hash = pathHash(entry.path);
-      if (this.byHash.has(hash)) this.collided.set(entry.path, this.count);
-      else this.byHash.set(hash, this.count);
-      this.count++;
+      offsets[count++] = at;
+      const headEnd = bytes.indexOf(0, at);
+      const pathEnd = headEnd < 0 ? -1 : bytes.indexOf(0, headEnd + 1);
+      const targetEnd = pathEnd < 0 ? -1 : bytes.indexOf(0, pathEnd + 1);
+      if (targetEnd < 0) throw malformedManifest("a record is cut off");
+      at = targetEnd + 1;
     }
+    this.offsets = offsets;
+    this.count = count;
+    let size = 16;
+    while (size < count * 2) size *= 2;
+    this.mask = size - 1;
+    this.slots = new Uint32Array(size);
+    this.slotHashes = new Uint32Array(size);
+    this.unusual = new Uint8Array(count);
+    // Pass 2: check and insert each record, in order (a parent is found only if listed before).
+    // The last parent found, as a range of the manifest's bytes (none yet).
+    let parentStart = 0;
+    let parentEnd = 0;
+    let parentKnown = false;
+    for (let ordinal = 0; ordinal < count; ordinal++) {
+      const at = offsets[ordinal]!;
+      const headEnd = bytes.indexOf(0, at);
+      const pathStart = headEnd + 1;
+      const pathEnd = bytes.indexOf(0, pathStart);
+      if (!isWellFormedHeader(bytes, at, headEnd)) throw malformedManifest("a record header is out of shape");
+      if (!isPlainRelativePath(bytes, pathStart, pathEnd))
+        throw malformedManifest(`path '${this.pathText(ordinal).slice(0, 200)}' is not a plain relative path`);
+      let hash = HASH_START;
+      for (let i = pathStart; i < pathEnd && !this.unusual[ordinal]; i++) {
+        if (bytes[i]! >= 0x80) this.unusual[ordinal] = 1;
+        hash = hashStep(hash, bytes[i]!);
+      }
+      const text = this.unusual[ordinal] ? this.pathText(ordinal) : undefined;
+      hash = text !== undefined ? pathHash(text) : hashEnd(hash);
+      if (this.probe(hash, text, pathStart, pathEnd) !== undefined) throw malformedManifest(`path '${this.pathText(ordinal).slice(0, 200)}' is listed twice`);
+      // The parent: checked once for each run of records in one directory.
+      let slash = pathEnd - 1;
+      while (slash >= pathStart && bytes[slash] !== SLASH) slash--;
+      if (slash >= pathStart && !(parentKnown && bytes.compare(bytes, parentStart, parentEnd, pathStart, slash) === 0)) {
+        const parent = text !== undefined ? this.find(text.slice(0, text.lastIndexOf("/"))) : this.findBytes(pathStart, slash);
+        if (parent === undefined || bytes[offsets[parent]!] !== TYPE_DIRECTORY)
+          throw malformedManifest(`'${this.pathText(ordinal).slice(0, 200)}' is not below a directory listed before it`);
+        parentStart = pathStart;
+        parentEnd = slash;
+        parentKnown = true;
+      }
+      let slot = hash & this.mask;
+      while (this.slots[slot] !== 0) slot = (slot + 1) & this.mask;
+      this.slots[slot] = ordinal + 1;
+      this.slotHashes[slot] = hash;
+    }
+  }
+
+  /**
+   * The ordinal whose path hashes to `hash` and is `path` (where given) or else the ASCII bytes
+   * [start, end) of the manifest.
+   */
+  private probe(hash: number, path: string | undefined, start: number, end: number): number | undefined {
+    for (let slot = hash & this.mask; this.slots[slot] !== 0; slot = (slot + 1) & this.mask) {
+      if (this.slotHashes[slot] !== hash) continue;
+      const ordinal = this.slots[slot]! - 1;
+      if (path !== undefined ? this.pathIs(ordinal, path) : this.sameBytes(ordinal, start, end)) return ordinal;
+    }
+    return undefined;
+  }
+
+  /** Where record `ordinal`'s path starts (it ends at the next NUL). */
+  private pathStart(ordinal: number): number {
+    return this.bytes.indexOf(0, this.offsets[ordinal]!) + 1;
+  }
+
+  /** The path of a record, as text. */
+  private pathText(ordinal: number): string {
+    const start = this.pathStart(ordinal);
+    return nameText(this.bytes.subarray(start, this.bytes.indexOf(0, start)));
+  }
+
+  /** Whether record `ordinal`'s path is `path` (no string made for an ASCII one). */
+  private pathIs(ordinal: number, path: string): boolean {
+    if (this.unusual[ordinal]) return this.pathText(ordinal) === path;
+    const start = this.pathStart(ordinal);
+    if (this.bytes[start + path.length] !== 0) return false;
+    for (let i = 0; i < path.length; i++) if (path.charCodeAt(i) !== this.bytes[start + i]) return false;
+    return true;
+  }
+
+  /** Whether record `ordinal`'s path is the ASCII bytes [start, end) of the manifest. */
+  private sameBytes(ordinal: number, start: number, end: number): boolean {
+    // Another record's escaped text can spell an ASCII path.
+    if (this.unusual[ordinal]) return this.pathText(ordinal) === this.bytes.toString("latin1", start, end);
+    const from = this.pathStart(ordinal);
+    return this.bytes[from + (end - start)] === 0 && this.bytes.compare(this.bytes, start, end, from, from + (end - start)) === 0;
+  }
+
+  /** The ordinal of the ASCII path at bytes [start, end) of the manifest. */
+  private findBytes(start: number, end: number): number | undefined {
+    let hash = HASH_START;
+    for (let i = start; i < end; i++) hash = hashStep(hash, this.bytes[i]!);
+    return this.probe(hashEnd(hash), undefined, start, end);
   }
 
   /** The ordinal of `path`'s record, if the manifest has it. */
   find(path: string): number | undefined {
-    return this.lookup(path)?.ordinal;
+    return this.probe(pathHash(path), path, 0, 0);
   }
 
   /** `path`'s record and its ordinal, if the manifest has it (the record read once). */
   lookup(path: string): { ordinal: number; entry: ManifestEntry } | undefined {
-    let ordinal = this.byHash.get(pathHash(path));
-    if (ordinal !== undefined) {
-      const entry = this.entry(ordinal);
-      if (entry.path === path) return { ordinal, entry };
-    }
-    ordinal = this.collided.get(path);
+    const ordinal = this.find(path);
     return ordinal === undefined ? undefined : { ordinal, entry: this.entry(ordinal) };
   }
 
   entry(ordinal: number): ManifestEntry {
     return manifestEntryAt(this.bytes, this.offsets[ordinal]!);
   }
+
+  /** A record's type, read in place. */
+  type(ordinal: number): ManifestEntry["type"] {
+    return String.fromCharCode(this.bytes[this.offsets[ordinal]!]!) as ManifestEntry["type"];
+  }
+
+  /**
+   * Whether record `ordinal` has the mode, size (for files) and target of `after`: read in place
+   * (the header was checked when indexed), making a string only for a symlink's target.
+   */
+  sameShape(ordinal: number, after: ManifestEntry): boolean {
+    const bytes = this.bytes;
+    let at = this.offsets[ordinal]! + 2;
+    let mode = 0;
+    for (; bytes[at] !== 0x20; at++) mode = mode * 8 + (bytes[at]! - 0x30);
+    if ((mode & 0o7777) !== after.mode) return false;
+    if (after.type === "f") {
+      let size = 0;
+      for (at++; bytes[at] !== 0x20; at++) size = size * 10 + (bytes[at]! - 0x30);
+      if (size !== after.size) return false;
+    }
+    const end = this.bytes.indexOf(0, this.pathStart(ordinal));
+    const targetEnd = bytes.indexOf(0, end + 1);
+    if (targetEnd === end + 1) return after.target === "";
+    return nameText(bytes.subarray(end + 1, targetEnd)) === after.target;
+  }
+}
+
+function tooManyRecords(maxEntries: number): PyroError {
+  return new PyroError(
+    "GUEST_OPERATION_FAILED",
+    `the tree holds more than ${maxEntries} files and directories, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
+    { max_entries: maxEntries },
+  );
 }
 
 /**
- * What changed between pyro's baseline manifest (bytes) and the current entries, sorted by path.
- * Directories count only through their contents (as in git): an empty directory added or removed
- * is not a change. Neither manifest is held as objects (200k entries cost ~100 MB that way): the
- * baseline is indexed by path hash, the current one compared as it is parsed.
+ * A change as a diff holds it until its page is shown: the baseline's record by ordinal and the
+ * current entry as its tree keeps it (`Kept`), not as objects: a diff where all 200k files changed
+ * held ~100 MB of entries for a page of 100.
  */
-export function changedEntries(baseline: Buffer | ManifestIndex, current: Iterable<ManifestEntry>, builtAtNs: bigint): Change[] {
-  const index = baseline instanceof ManifestIndex ? baseline : new ManifestIndex(baseline);
+export interface HeldChange<Kept> {
+  path: string;
+  status: Change["status"];
+  baseline?: number;
+  current?: Kept;
+}
+
+/**
+ * What changed between pyro's baseline manifest (indexed) and the current entries, in walk order
+ * then baseline order. Directories count only through their contents (as in git): an empty
+ * directory added or removed is not a change. Neither manifest is held as objects: the baseline is
+ * read in place, the current one compared as it is parsed, and `keep` decides what of a changed
+ * current entry is held.
+ */
+export function heldChanges<Kept>(
+  index: ManifestIndex,
+  current: Iterable<ManifestEntry>,
+  builtAtNs: bigint,
+  keep: (after: ManifestEntry) => Kept,
+): HeldChange<Kept>[] {
   const present = new Uint8Array(index.count);
-  const changes: Change[] = [];
+  const changes: HeldChange<Kept>[] = [];
   for (const after of current) {
-    const found = index.lookup(after.path);
-    if (found === undefined) {
-      if (after.type !== "d") changes.push({ path: after.path, status: "added", after });
+    const ordinal = index.find(after.path);
+    if (ordinal === undefined) {
+      if (after.type !== "d") changes.push({ path: after.path, status: "added", current: keep(after) });
       continue;
     }
-    present[found.ordinal] = 1;
-    const base = found.entry;
-    if (base.type === "d" && after.type === "d") continue;
-    if (base.type !== after.type) {
+    present[ordinal] = 1;
+    const baseType = index.type(ordinal);
+    if (baseType === "d" && after.type === "d") continue;
+    if (baseType !== after.type) {
       // A directory that became a file (or back): its former contents are listed as deleted/added.
-      if (base.type === "d") changes.push({ path: after.path, status: "added", after });
-      else if (after.type === "d") changes.push({ path: after.path, status: "deleted", before: base });
-      else changes.push({ path: after.path, status: "modified", before: base, after });
+      if (baseType === "d") changes.push({ path: after.path, status: "added", current: keep(after) });
+      else if (after.type === "d") changes.push({ path: after.path, status: "deleted", baseline: ordinal });
+      else changes.push({ path: after.path, status: "modified", baseline: ordinal, current: keep(after) });
       continue;
     }
-    const differs = base.mode !== after.mode || (after.type === "f" && base.size !== after.size) || base.target !== after.target || after.ctimeNs > builtAtNs;
-    if (differs) changes.push({ path: after.path, status: "modified", before: base, after });
+    if (!index.sameShape(ordinal, after) || after.ctimeNs > builtAtNs)
+      changes.push({ path: after.path, status: "modified", baseline: ordinal, current: keep(after) });
   }
   for (let ordinal = 0; ordinal < index.count; ordinal++) {
-    if (present[ordinal]) continue;
-    const base = index.entry(ordinal);
-    if (base.type !== "d") changes.push({ path: base.path, status: "deleted", before: base });
+    if (present[ordinal] || index.type(ordinal) === "d") continue;
+    changes.push({ path: index.entry(ordinal).path, status: "deleted", baseline: ordinal });
   }
   return changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/** A held change with its entries. */
+function changeOf<Kept>(change: HeldChange<Kept>, index: ManifestIndex, entry: (kept: Kept, path: string) => ManifestEntry): Change {
+  return {
+    path: change.path,
+    status: change.status,
+    ...(change.baseline !== undefined ? { before: index.entry(change.baseline) } : {}),
+    ...(change.current !== undefined ? { after: entry(change.current, change.path) } : {}),
+  };
+}
+
+/** What changed between pyro's baseline manifest (bytes) and the current entries, sorted by path, with both sides' entries. */
+export function changedEntries(baseline: Buffer | ManifestIndex, current: Iterable<ManifestEntry>, builtAtNs: bigint): Change[] {
+  const index = baseline instanceof ManifestIndex ? baseline : new ManifestIndex(baseline);
+  const same = (after: ManifestEntry) => after;
+  return heldChanges(index, current, builtAtNs, same).map((c) => changeOf(c, index, same));
 }
 
 /**
@@ -210,7 +398,7 @@ export async function rebuildCurrentManifest(
   const index = baseline instanceof ManifestIndex ? baseline : new ManifestIndex(baseline);
   const baselineType = (path: string): ManifestEntry["type"] | undefined => {
     const ordinal = index.find(path);
-    return ordinal === undefined ? undefined : index.entry(ordinal).type;
+    return ordinal === undefined ? undefined : index.type(ordinal);
   };
   const now = new Map(changed.map((e) => [e.path, e]));
   // Directories whose children were all sent: the root, and every directory that changed itself.
@@ -270,7 +458,7 @@ export async function rebuildCurrentManifest(
  * from the changes since the baseline was built where its agent has tree.changes, else (an older
  * agent, or many moved directories) the full walk; contents read through the agent.
  */
-async function guestTree(agent: AgentClient, seed: SeedImage, baseline: ManifestIndex, sinceNs: bigint): Promise<CurrentTree> {
+async function guestTree(agent: AgentClient, seed: SeedImage, baseline: ManifestIndex, sinceNs: bigint): Promise<CurrentTree<ManifestEntry>> {
   const bytes = async (entry: ManifestEntry) => {
     const pieces: Buffer[] = [];
     try {
@@ -287,7 +475,8 @@ async function guestTree(agent: AgentClient, seed: SeedImage, baseline: Manifest
     const { header, payload } = await agent.treeChanges(WORKSPACE_ROOT, sinceNs, MAX_MANIFEST_BYTES);
     changed = checkedChanges(agent, header.truncated === true, payload);
   } catch (error) {
-    if (isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "unknown_op") return { entries: await guestManifest(agent), bytes };
+    if (isPyroError(error, "GUEST_OPERATION_FAILED") && error.details.guestCode === "unknown_op")
+      return { entries: await guestManifest(agent), ...heldWhole, bytes };
     throw error;
   }
   const rebuilt = await rebuildCurrentManifest(baseline, changed, sinceNs, {
@@ -301,23 +490,41 @@ async function guestTree(agent: AgentClient, seed: SeedImage, baseline: Manifest
     },
     fetchSubtree: async (dir) => [...(await guestManifest(agent, `${WORKSPACE_ROOT}/${dir}`))],
   });
-  return { entries: rebuilt ?? (await guestManifest(agent)), bytes };
+  return { entries: rebuilt ?? (await guestManifest(agent)), ...heldWhole, bytes };
 }
 
 /** The current tree of /workspace and a way to read a changed file's bytes (at most DIFF_PAGE_LIMITS.fileBytes). */
-interface CurrentTree {
+interface CurrentTree<Kept = unknown> {
   entries: Iterable<ManifestEntry>;
+  /** What a changed entry is held as until its page is shown, and its entry again from that. */
+  keep(entry: ManifestEntry): Kept;
+  entry(kept: Kept, path: string): ManifestEntry;
   /** The file's current bytes; undefined where it cannot be read any more. */
   bytes(entry: ManifestEntry): Promise<Buffer | undefined>;
 }
 
-/** The walk of the disk copy, each entry with its inode, so a changed file's bytes are read without a second lookup. */
-function diskTree(reader: Ext4Reader): CurrentTree {
+/** A tree whose changed entries are held whole (the guest's: read once, never again). */
+const heldWhole = { keep: (entry: ManifestEntry) => entry, entry: (kept: ManifestEntry) => kept };
+
+type DiskEntry = ManifestEntry & { inode: Ext4Inode };
+
+/**
+ * The walk of the disk copy. A changed entry is held as its inode number and read again for its
+ * page (the copy does not change while the diff reads it), with its inode, so a changed file's
+ * bytes are read without a lookup.
+ */
+function diskTree(reader: Ext4Reader): CurrentTree<number> {
   const root = reader.lookup("");
   if (!root) throw new PyroError("DISK_IMAGE_INVALID", "the workspace filesystem has no root directory");
   return {
     entries: reader.walk(root),
-    bytes: async (entry) => Buffer.concat([...reader.contents((entry as Ext4WalkEntry).inode)]),
+    keep: (entry) => entry.ino,
+    entry: (ino, path): DiskEntry => {
+      const inode = reader.inode(ino);
+      const { type, mode, size, mtimeNs, ctimeNs, nlink } = inode;
+      return { path, type, mode, size, mtimeNs, ctimeNs, ino, nlink, target: type === "l" ? nameText(reader.linkTarget(inode)) : "", inode };
+    },
+    bytes: async (entry) => Buffer.concat([...reader.contents((entry as DiskEntry).inode)]),
   };
 }
 
@@ -395,18 +602,20 @@ export async function diffWorkspaceDisk(
     if (indexed.status === "rejected") throw indexed.reason;
     const index = indexed.value;
     let current: CurrentTree;
-    let changes: Change[];
+    let changes: HeldChange<unknown>[];
     try {
       // The copy's backing files are the original's neighbours (the workspace's lower layers, read in place).
       disk = openDisk(top, { topDirectory: ctx.store.dir(record.id) });
-      current = diskTree(Ext4Reader.open(disk));
-      changes = changedEntries(index, current.entries, since);
+      const tree = diskTree(Ext4Reader.open(disk));
+      changes = heldChanges(index, tree.entries, since, tree.keep);
+      current = tree as CurrentTree;
     } catch (error) {
       if (!isPyroError(error, "DISK_IMAGE_INVALID")) throw error;
-      current = await guestTree(vm.agent, seed, index, since);
-      changes = changedEntries(index, current.entries, since);
+      const tree = await guestTree(vm.agent, seed, index, since);
+      changes = heldChanges(index, tree.entries, since, tree.keep);
+      current = tree as CurrentTree;
     }
-    return await diffPage(changes, current, seed, redactor, options, offset, limit);
+    return await diffPage(changes, index, current, seed, redactor, options, offset, limit);
   } finally {
     disk?.close();
     seed.close();
@@ -416,7 +625,8 @@ export async function diffWorkspaceDisk(
 
 /** The page of `changes` the options ask for: paths and counts, or with their patches. */
 async function diffPage(
-  changes: Change[],
+  changes: HeldChange<unknown>[],
+  index: ManifestIndex,
   current: CurrentTree,
   seed: SeedImage,
   redactor: Redactor,
@@ -444,8 +654,9 @@ async function diffPage(
   let bytes = 0;
   let taken = 0;
   let binary = 0;
-  for (const change of page) {
+  for (const held of page) {
     taken++;
+    const change = changeOf(held, index, (kept, path) => current.entry(kept, path));
     const { a, b } = await bothSides(change, current, seed);
     // Rewritten with the same bytes (metadata changed only): nothing to show.
     if (
