@@ -1,11 +1,24 @@
-import { TAR_BLOCK, type TarFields } from "./tar-header.js";
-
 /**
  * tarHeader's common case written directly: an ASCII name and link target of at most 100 bytes,
  * a size and time that fit 11 octal digits. Byte for byte what the tar library encodes for them
  * (a test holds it to that), at a fraction of the cost: an export writes one per entry, and
  * through the library 10k headers took ~150 ms of CPU and as much again in garbage collection.
  */
+
+/** tar's block: headers are one, file bodies are padded to a multiple of it. */
+export const TAR_BLOCK = 512;
+
+/** A tar entry's header fields, as pyro writes them (owner 0:0; the guest's agent ignores owners). */
+export interface TarFields {
+  path: string;
+  type: "File" | "Directory" | "SymbolicLink" | "Link";
+  mode: number;
+  uid: number;
+  gid: number;
+  mtime: Date;
+  size: number;
+  linkpath?: string;
+}
 
 const TYPE_FLAGS: Record<TarFields["type"], number> = { File: 0x30, Link: 0x31, SymbolicLink: 0x32, Directory: 0x35 };
 const MAX_OCTAL_11 = 8 ** 11;
