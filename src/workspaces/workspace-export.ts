@@ -11,7 +11,7 @@ import { copyTopLayerAtOneMoment } from "./frozen-disk-view.js";
 import { relativeToWorkspace, WORKSPACE_ROOT, workspacePath } from "./guest-paths.js";
 import type { Redactor } from "./secret-redaction.js";
 import type { ManifestEntry } from "./tree-manifest.js";
-import { TAR_BLOCK, type TarFields, ustarHeader } from "./ustar-header.js";
+import { TAR_BLOCK, type TarFields, writeUstarHeader } from "./ustar-header.js";
 import { withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { workspaceDiskPath } from "./workspace-disk-files.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
@@ -59,17 +59,16 @@ function* utf8Names(entries: Iterable<Ext4WalkEntry>, guestPath: string): Genera
   }
 }
 
-/** The tar header of one walked entry (undefined for sockets, FIFOs and devices, which are not exported); `linkedTo` names a hardlink's first path. */
-function entryHeader(e: ManifestEntry, linkedTo: string | undefined, paxHeader: (fields: TarFields) => Buffer): Buffer | undefined {
+/** The tar header fields of one walked entry (undefined for sockets, FIFOs and devices, which are not exported); `linkedTo` names a hardlink's first path. */
+function entryFields(e: ManifestEntry, linkedTo: string | undefined): TarFields | undefined {
   const mtime = new Date(Number(e.mtimeNs / 1_000_000n));
-  const common = { path: e.type === "d" ? `./${e.path}/` : `./${e.path}`, mode: exportedMode(e.mode), uid: 0, gid: 0, mtime };
-  let fields: TarFields;
-  if (e.type === "d") fields = { ...common, type: "Directory", size: 0 };
-  else if (e.type === "l") fields = { ...common, type: "SymbolicLink", linkpath: e.target, size: 0 };
-  else if (e.type === "f" && linkedTo !== undefined) fields = { ...common, type: "Link", linkpath: `./${linkedTo}`, size: 0 };
-  else if (e.type === "f") fields = { ...common, type: "File", size: e.size };
-  else return undefined;
-  return ustarHeader(fields) ?? paxHeader(fields);
+  const path = e.type === "d" ? `./${e.path}/` : `./${e.path}`;
+  const mode = exportedMode(e.mode);
+  if (e.type === "d") return { path, mode, uid: 0, gid: 0, mtime, type: "Directory", size: 0 };
+  if (e.type === "l") return { path, mode, uid: 0, gid: 0, mtime, type: "SymbolicLink", linkpath: e.target, size: 0 };
+  if (e.type === "f" && linkedTo !== undefined) return { path, mode, uid: 0, gid: 0, mtime, type: "Link", linkpath: `./${linkedTo}`, size: 0 };
+  if (e.type === "f") return { path, mode, uid: 0, gid: 0, mtime, type: "File", size: e.size };
+  return undefined;
 }
 
 /** Zeros that pad file bodies to whole tar blocks, and end the archive. */
@@ -88,7 +87,7 @@ class FilesystemTar {
   private readonly entries: Iterator<Ext4WalkEntry>;
   private readonly seen = new Map<number, string>();
   /** What is left to write before the next entry: a header, then a file's bytes, then padding. */
-  private header: Buffer | undefined;
+  private header: TarFields | undefined;
   private readFile: ((target: Buffer) => number) | undefined;
   private fileLeft = 0;
   private padding = 0;
@@ -111,8 +110,13 @@ class FilesystemTar {
     let used = 0;
     for (;;) {
       if (this.header) {
-        if (target.length - used < this.header.length) break;
-        used += this.header.copy(target, used);
+        if (target.length - used < TAR_BLOCK) break;
+        if (writeUstarHeader(target, used, this.header)) used += TAR_BLOCK;
+        else {
+          const pax = this.paxHeader(this.header);
+          if (target.length - used < pax.length) break;
+          used += pax.copy(target, used);
+        }
         this.header = undefined;
       }
       if (this.readFile) {
@@ -148,7 +152,7 @@ class FilesystemTar {
       if (walked.done) return false;
       const e = walked.value;
       const first = e.type === "f" && e.nlink > 1 ? this.seen.get(e.ino) : undefined;
-      const header = entryHeader(e, first, this.paxHeader);
+      const header = entryFields(e, first);
       if (!header) continue;
       this.budget.add(e);
       this.header = header;
