@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
+import { isPyroError } from "../src/errors.js";
 import { findExecutable } from "../src/process/host-command.js";
 import { Ext4Reader } from "../src/storage/ext4-reader.js";
 import { type DiskReader, openDisk } from "../src/storage/qcow2-reader.js";
@@ -133,5 +134,36 @@ describe("export stream from a disk image", { skip }, () => {
     await writeFile(archive, "mine");
     await assert.rejects(writeFilesystemTar(fs, fs.lookup("")!, "/workspace", disk.size, archive), /EEXIST/);
     assert.equal(readFileSync(archive, "utf8"), "mine");
+  });
+
+  it("bounds the tar's headers: a few thousand hardlinks deep under a long path would repeat it in every header", async () => {
+    const deepTree = join(dir, "deep-tree");
+    // ~3000-byte directory path (15 names of 200 bytes), one file, 2000 more names for it.
+    const deep = join(deepTree, ...Array.from({ length: 15 }, (_, i) => `${i}`.padEnd(200, "d")));
+    await mkdir(deep, { recursive: true });
+    await writeFile(join(deep, "f"), "x");
+    for (let i = 0; i < 2000; i++) await link(join(deep, "f"), join(deep, `l${i}`));
+    const image = join(dir, "deep.ext4");
+    await buildSeedImage({ root: deepTree }, scanSeed({ root: deepTree }), 1, image, join(dir, "deep.manifest"), dir);
+    const deepDisk = openDisk(image);
+    try {
+      const deepFs = Ext4Reader.open(deepDisk);
+      // Each link's header holds its path and its target's (~6 KB with pax): ~14 MB from ~40 KB of directory entries.
+      const bounded = join(dir, "deep-bounded.tar");
+      await assert.rejects(writeFilesystemTar(deepFs, deepFs.lookup("")!, "/workspace", deepDisk.size, bounded, 4 << 20), (e) => {
+        assert.ok(isPyroError(e, "GUEST_OPERATION_FAILED"), String(e));
+        assert.match((e as Error).message, /more than 4194304 bytes of tar headers/);
+        return true;
+      });
+      const whole = join(dir, "deep-whole.tar");
+      await writeFilesystemTar(deepFs, deepFs.lookup("")!, "/workspace", deepDisk.size, whole);
+      assert.ok(lstatSync(whole).size > 10 << 20, "the headers are what the bound is for");
+      const extracted = join(dir, "deep-extracted");
+      await mkdir(extracted);
+      execFileSync(gnuTar!, ["-x", "-f", whole, "-C", extracted]);
+      assert.deepEqual(describeTree(extracted), describeTree(deepTree));
+    } finally {
+      deepDisk.close();
+    }
   });
 });

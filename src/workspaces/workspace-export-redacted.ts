@@ -10,7 +10,7 @@ import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/hos
 import { diskChain } from "../storage/qcow2-backing-chain.js";
 import { RootedTree } from "../storage/rooted-path.js";
 import { Ext4Image } from "./disk-image.js";
-import { ContentBudget } from "./export-content-budget.js";
+import { ContentBudget } from "./export-bounds.js";
 import type { Redactor } from "./secret-redaction.js";
 import { manifestEntries, type ManifestEntry } from "./tree-manifest.js";
 import { TREE_MANIFEST_LIMITS } from "./workspace-limits.js";

@@ -6,13 +6,14 @@ import { type Ext4Inode, Ext4Reader, type Ext4WalkEntry } from "../storage/ext4-
 import { assertOutputFree, publishNewFile } from "../storage/new-host-file.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { openDisk } from "../storage/qcow2-reader.js";
-import { ContentBudget } from "./export-content-budget.js";
+import { ContentBudget, HeaderBudget } from "./export-bounds.js";
 import { copyTopLayerAtOneMoment } from "./frozen-disk-view.js";
 import { relativeToWorkspace, WORKSPACE_ROOT, workspacePath } from "./guest-paths.js";
 import type { Redactor } from "./secret-redaction.js";
 import type { ManifestEntry } from "./tree-manifest.js";
 import { TAR_BLOCK, type TarFields, writeUstarHeader } from "./ustar-header.js";
 import { withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
+import { EXPORT_HEADER_BYTES } from "./workspace-limits.js";
 import { workspaceDiskPath } from "./workspace-disk-files.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
 
@@ -98,6 +99,7 @@ class FilesystemTar {
     root: Ext4Inode,
     guestPath: string,
     private readonly budget: ContentBudget,
+    private readonly headers: HeaderBudget,
     /** The header of an entry that ustar cannot hold (a long name or link target). */
     private readonly paxHeader: (fields: TarFields) => Buffer,
   ) {
@@ -111,10 +113,13 @@ class FilesystemTar {
     for (;;) {
       if (this.header) {
         if (target.length - used < TAR_BLOCK) break;
-        if (writeUstarHeader(target, used, this.header)) used += TAR_BLOCK;
-        else {
+        if (writeUstarHeader(target, used, this.header)) {
+          this.headers.add(TAR_BLOCK, this.header.path);
+          used += TAR_BLOCK;
+        } else {
           const pax = this.paxHeader(this.header);
           if (target.length - used < pax.length) break;
+          this.headers.add(pax.length, this.header.path);
           used += pax.copy(target, used);
         }
         this.header = undefined;
@@ -200,9 +205,20 @@ async function writeTar(tar: FilesystemTar, file: string): Promise<void> {
 /** The tar library's header encoder, for the entries ustar cannot hold: loaded on first use (it is large). */
 const paxHeaders = () => import("./tar-header.js").then((m) => m.tarHeader);
 
-/** Writes the tar of directory `root` of `fs` (the guest's `guestPath`, on a disk of `diskBytes`) to the new file `file`. */
-export async function writeFilesystemTar(fs: Ext4Reader, root: Ext4Inode, guestPath: string, diskBytes: number, file: string): Promise<void> {
-  await writeTar(new FilesystemTar(fs, root, guestPath, new ContentBudget(diskBytes, guestPath), await paxHeaders()), file);
+/**
+ * Writes the tar of directory `root` of `fs` (the guest's `guestPath`, on a disk of `diskBytes`) to
+ * the new file `file`, its headers bounded by `headerBytes`.
+ */
+export async function writeFilesystemTar(
+  fs: Ext4Reader,
+  root: Ext4Inode,
+  guestPath: string,
+  diskBytes: number,
+  file: string,
+  headerBytes = EXPORT_HEADER_BYTES,
+): Promise<void> {
+  const bounds = [new ContentBudget(diskBytes, guestPath), new HeaderBudget(guestPath, headerBytes)] as const;
+  await writeTar(new FilesystemTar(fs, root, guestPath, ...bounds, await paxHeaders()), file);
 }
 
 /** Writes `guestPath` (a directory) of a disk-backed workspace to `scratchFile` as a tar; returns its size. */
