@@ -12,7 +12,9 @@ import { findExecutable } from "../src/process/host-command.js";
 import { Ext4Reader } from "../src/storage/ext4-reader.js";
 import { type DiskReader, openDisk } from "../src/storage/qcow2-reader.js";
 import { buildSeedImage, scanSeed } from "../src/workspaces/seed-image.js";
+import type { ManifestEntry } from "../src/workspaces/tree-manifest.js";
 import { writeFilesystemTar } from "../src/workspaces/workspace-export.js";
+import { gnuHeaderBytes } from "../src/workspaces/workspace-export-redacted.js";
 
 // The export's stream without a VM: a seed image built as pyro builds one, read by the ext4 reader
 // into caller buffers (contentReader) and written as a tar, checked against the tree it was made from.
@@ -164,6 +166,66 @@ describe("export stream from a disk image", { skip }, () => {
       assert.deepEqual(describeTree(extracted), describeTree(deepTree));
     } finally {
       deepDisk.close();
+    }
+  });
+});
+
+describe("the redacted export's header estimate", { skip: gnuTar ? false : "needs tar" }, () => {
+  it("is what GNU tar (--format=gnu) writes for names and link targets short and long", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "pyro-gnu-headers-"));
+    try {
+      const tree = join(dir, "tree");
+      const long = "l".repeat(150);
+      await mkdir(join(tree, long, "sub"), { recursive: true });
+      await writeFile(join(tree, long, "sub", "f".repeat(120)), randomBytes(700));
+      await writeFile(join(tree, "short"), "x");
+      await symlink("t".repeat(200), join(tree, "long-target"));
+      await symlink("short", join(tree, "short-target"));
+      await writeFile(join(tree, `a${"h".repeat(130)}`), "linked");
+      await link(join(tree, `a${"h".repeat(130)}`), join(tree, `b${"h".repeat(130)}`));
+      const entries: ManifestEntry[] = [];
+      const visit = (rel: string) => {
+        for (const name of readdirSync(join(tree, rel)).sort()) {
+          const path = rel ? `${rel}/${name}` : name;
+          const st = lstatSync(join(tree, path));
+          const type = st.isDirectory() ? "d" : st.isSymbolicLink() ? "l" : "f";
+          const target = type === "l" ? readlinkSync(join(tree, path)) : "";
+          entries.push({
+            path,
+            type,
+            mode: st.mode & 0o7777,
+            size: type === "f" ? st.size : 0,
+            mtimeNs: 0n,
+            ctimeNs: 0n,
+            ino: st.ino,
+            nlink: st.nlink,
+            target,
+          });
+          if (type === "d") visit(path);
+        }
+      };
+      visit("");
+      const archive = join(dir, "out.tar");
+      execFileSync(gnuTar!, ["-c", "-f", archive, "-C", tree, "--format=gnu", "."]);
+      // The estimate, the root's own header, file bodies in whole blocks (a hardlink's second name has none), the end.
+      const seenInodes = new Set<number>();
+      let bodies = 0;
+      for (const e of entries) {
+        if (e.type !== "f" || seenInodes.has(e.ino)) continue;
+        seenInodes.add(e.ino);
+        bodies += Math.ceil(e.size / 512) * 512;
+      }
+      // Where GNU tar's end (its first block of NULs) is: every header and body before it.
+      const listing = execFileSync(gnuTar!, ["-t", "-v", "-R", "-f", archive], { encoding: "utf8" }).trim().split("\n");
+      const end = /^block (\d+): \*\* Block of NULs \*\*$/.exec(listing.at(-1)!);
+      assert.ok(end, listing.at(-1));
+      const headerBytes = Number(end[1]) * 512 - bodies - 512; // less the root's own header
+      const estimate = entries.reduce((sum, e) => sum + gnuHeaderBytes(e), 0);
+      // Over by one record only: each name of the hardlinked pair is counted as a link, and tar
+      // writes the first as the file (no target record: 2 blocks for its 134-byte one).
+      assert.equal(estimate - headerBytes, 1024);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

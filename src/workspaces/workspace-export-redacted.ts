@@ -10,10 +10,11 @@ import { runSandboxed, sandboxFailure, SANDBOX_OUTPUT_DIR } from "../process/hos
 import { diskChain } from "../storage/qcow2-backing-chain.js";
 import { RootedTree } from "../storage/rooted-path.js";
 import { Ext4Image } from "./disk-image.js";
-import { ContentBudget } from "./export-bounds.js";
+import { ContentBudget, HeaderBudget } from "./export-bounds.js";
 import type { Redactor } from "./secret-redaction.js";
 import { manifestEntries, type ManifestEntry } from "./tree-manifest.js";
-import { TREE_MANIFEST_LIMITS } from "./workspace-limits.js";
+import { TAR_BLOCK } from "./ustar-header.js";
+import { EXPORT_HEADER_BYTES, TREE_MANIFEST_LIMITS } from "./workspace-limits.js";
 
 /**
  * The export of a directory with secret redaction (workspace-export.ts streams every other one):
@@ -170,6 +171,21 @@ async function withGuestManifest<T>(agent: AgentClient, use: () => Promise<T>): 
 }
 
 /**
+ * About what GNU tar (--format=gnu) writes for an entry before its bytes: its header, and a
+ * long-name record for a name or link target past 100 bytes. A hardlink's target is another of
+ * its names, taken to be about as long as this one.
+ */
+export function gnuHeaderBytes(e: ManifestEntry): number {
+  const longName = (text: string) => {
+    const bytes = Buffer.byteLength(text) + 1;
+    return bytes > 100 ? TAR_BLOCK + Math.ceil(bytes / TAR_BLOCK) * TAR_BLOCK : 0;
+  };
+  const name = e.type === "d" ? `./${e.path}/` : `./${e.path}`;
+  const target = e.type === "l" ? e.target : e.type === "f" && e.nlink > 1 ? name : "";
+  return TAR_BLOCK + longName(name) + longName(target);
+}
+
+/**
  * Writes `guestPath` (a directory; `prefix` below /workspace) to `scratchFile` as a redacted tar,
  * from `top`, the copied top layer of its disk in the private directory `scratch`; returns its size.
  */
@@ -193,8 +209,13 @@ export async function exportRedactedDirectory(
   const { raw, out, bytes } = copied.value;
   return await withGuestManifest(agent, async () => {
     // The dump is bounded like the stream (no sparse file expands on the host), checked before it is made.
+    // So are its headers, as GNU tar will write them (estimated from the guest's names before redaction).
     const budget = new ContentBudget(bytes, guestPath);
-    for (const e of manifestEntries(manifest, WALK)) budget.add(e);
+    const headers = new HeaderBudget(guestPath, EXPORT_HEADER_BYTES);
+    for (const e of manifestEntries(manifest, WALK)) {
+      budget.add(e);
+      headers.add(gnuHeaderBytes(e), e.path);
+    }
     const entry = await new Ext4Image(raw).lookup(prefix ? `/${prefix}` : "/");
     const tree = await dumpDirectory(out, entry.inode, bytes);
     await rm(raw, { force: true });
