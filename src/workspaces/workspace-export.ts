@@ -196,7 +196,7 @@ async function writeTar(tar: FilesystemTar, file: string): Promise<void> {
       })();
     }
   } finally {
-    // A write still in flight finishes before the file closes (its error, if any, is the fill's to report).
+    // A write still in flight finishes before the file closes; where filling threw, that error is the one reported.
     await writing.catch(() => undefined);
     await handle.close();
   }
