@@ -27,6 +27,21 @@ describe("CLI start-up loads what the command uses, not the whole SDK", () => {
     assert.deepEqual(loadedAmong(r.modules, [/\/node_modules\/diff\//, /\/zod\/v4\/locales\/(?!en\.js$|index\.js$)/]), []);
   });
 
+  it("workspace export: no archive library, sandbox, boot or diff code (the plain stream needs none)", () => {
+    const r = cliWithModules(["workspace", "export", MISSING, ".", "--output", "/nonexistent/out.tar"]);
+    assert.equal(r.code, PYRO_FAILURE_EXIT, r.stderr);
+    assert.match(r.stderr, /WORKSPACE_NOT_FOUND/);
+    assert.ok(r.modules.some((url) => url.endsWith("/src/workspaces/workspace-export.js")));
+    const forbidden = [
+      ...NOT_FOR_A_RUNNING_WORKSPACE,
+      /\/src\/process\/host-sandbox\.js$/,
+      /\/src\/workspaces\/workspace-boot\.js$/,
+      /\/src\/workspaces\/workspace-diff\.js$/,
+      /\/src\/workspaces\/guest-transfer\.js$/,
+    ];
+    assert.deepEqual(loadedAmong(r.modules, forbidden), []);
+  });
+
   it("--version and --help load neither the SDK nor zod", () => {
     for (const args of [["--version"], ["--help"], ["workspace", "exec", "--help"]]) {
       const r = cliWithModules(args);

@@ -11,7 +11,7 @@ import { buildSeedImage, checkSeedFits, scanSeed, seedEntries } from "../src/wor
 import { encodeManifest, parseManifest, type ManifestEntry } from "../src/workspaces/tree-manifest.js";
 import { changedEntries } from "../src/workspaces/workspace-diff.js";
 import { Redactor } from "../src/workspaces/secret-redaction.js";
-import { redactTree, restoreHardlinks } from "../src/workspaces/workspace-export.js";
+import { redactTree, restoreHardlinks } from "../src/workspaces/workspace-export-redacted.js";
 import { manifestEntry } from "./helpers/manifest-fixtures.js";
 
 const entry = manifestEntry;

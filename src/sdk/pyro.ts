@@ -30,6 +30,7 @@ const lifecycle = () => import("../workspaces/workspace-lifecycle.js");
 const exec = () => import("../workspaces/workspace-exec.js");
 const files = () => import("../workspaces/workspace-files.js");
 const tree = () => import("../workspaces/workspace-tree.js");
+const exporting = () => import("../workspaces/workspace-export.js");
 const snapshots = () => import("../workspaces/workspace-snapshots.js");
 const summary = () => import("../workspaces/workspace-summary.js");
 const shells = () => import("../workspaces/workspace-shells.js");
@@ -269,7 +270,7 @@ export class Pyro {
     return (await tree()).diffWorkspace(await this.workspaces, workspace, options);
   }
   async exportWorkspace(workspace: string, path: string, outputPath: string) {
-    return (await tree()).exportFromWorkspace(await this.workspaces, workspace, path, outputPath);
+    return (await exporting()).exportFromWorkspace(await this.workspaces, workspace, path, outputPath);
   }
   async createSnapshot(workspace: string, name: string) {
     return (await snapshots()).createSnapshot(await this.workspaces, workspace, name);

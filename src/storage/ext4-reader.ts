@@ -656,6 +656,45 @@ export class Ext4Reader {
       for (let i = subdirs.length - 1; i >= 0; i--) stack.push(subdirs[i]!);
     }
   }
+
+  /**
+   * A reader of a file's bytes from 0 to its size (holes as zeros) into buffers the caller owns:
+   * each call fills a prefix of `target` with the next bytes and returns its length. The prefix
+   * is whole blocks unless the file ends in it, so 0 (with bytes left) means `target` is smaller
+   * than a block. An export reads straight into its output buffer: no piece buffer, no copy.
+   */
+  contentReader(inode: Ext4Inode): (target: Buffer) => number {
+    const runs = this.blockRuns(inode)[Symbol.iterator]();
+    const { blockSize } = this;
+    const size = inode.size;
+    let run: BlockRun | undefined;
+    let runEnd = 0;
+    let position = 0;
+    return (target) => {
+      let filled = 0;
+      while (position < size) {
+        while (position >= runEnd) {
+          const next = runs.next();
+          run = next.done ? undefined : next.value;
+          // Past the last run, the rest of the file is a hole.
+          runEnd = run ? Math.min(size, (run.logical + run.length) * blockSize) : size;
+        }
+        const runStart = run ? run.logical * blockSize : size;
+        const beforeRun = position < runStart;
+        const end = beforeRun ? runStart : runEnd;
+        const room = target.length - filled;
+        // Whole blocks, unless the file's last bytes fit.
+        const length = end === size && end - position <= room ? end - position : Math.min(end - position, room - (room % blockSize));
+        if (length <= 0) break;
+        const piece = target.subarray(filled, filled + length);
+        if (beforeRun || run?.physical === undefined) piece.fill(0);
+        else this.readBlocks(run.physical + (position - runStart) / blockSize, piece);
+        filled += length;
+        position += length;
+      }
+      return filled;
+    };
+  }
 }
 
 function tooMany(maxEntries: number): PyroError {

@@ -1,19 +1,7 @@
 import { Header, Pax } from "tar";
+import { TAR_BLOCK, type TarFields } from "./ustar-header.js";
 
-/** tar's block: headers are one, file bodies are padded to a multiple of it. */
-export const TAR_BLOCK = 512;
-
-/** A tar entry's header fields, as pyro writes them (owner 0:0; the guest's agent ignores owners). */
-export interface TarFields {
-  path: string;
-  type: "File" | "Directory" | "SymbolicLink" | "Link";
-  mode: number;
-  uid: number;
-  gid: number;
-  mtime: Date;
-  size: number;
-  linkpath?: string;
-}
+export { TAR_BLOCK, type TarFields } from "./ustar-header.js";
 
 /** A tar header (with a pax header first where ustar cannot hold the name, size or times). */
 export function tarHeader(fields: TarFields): Buffer {

@@ -1,5 +1,4 @@
 import { rm } from "node:fs/promises";
-import { join } from "node:path";
 import type { RunningVm, VmLaunchSpec } from "../runtime/vmm-backend.js";
 import { giveVmItsOwnIdentity } from "../runtime/vm-identity.js";
 import { templateMemoryMode, type TemplateMemoryMode, workspaceLaunchSpec } from "./boot-templates.js";
@@ -7,6 +6,7 @@ import { replaceWithOverlay } from "./disk-chain.js";
 import { removeStaleStaging } from "./guest-transfer.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import { nowIso, type WorkspaceRecord } from "./workspace-record.js";
+import { diskPath, workspaceDiskPath } from "./workspace-disk-files.js";
 import { launchNetwork } from "./workspace-network.js";
 import { loadSecrets, materializeSecrets } from "./workspace-secrets.js";
 import { installGuestCa, interceptsTls } from "./scoped-secrets.js";
@@ -23,24 +23,7 @@ export type BootSource =
       workspaceDiskPath?: string;
     };
 
-export function diskPath(ctx: WorkspaceContext, id: string): string {
-  return join(ctx.store.dir(id), "disk.qcow2");
-}
-
-/** The live /workspace disk: a qcow2 chain ending in the seed image. */
-export function workspaceDiskPath(ctx: WorkspaceContext, id: string): string {
-  return join(ctx.store.dir(id), "workspace.qcow2");
-}
-
-/** The immutable ext4 image built from the seed at create: the /workspace disk's base and diff's baseline. */
-export function seedImagePath(ctx: WorkspaceContext, id: string): string {
-  return join(ctx.store.dir(id), "seed.ext4");
-}
-
-/** What the seed image holds (tree-manifest.ts records), for diff. */
-export function baselineManifestPath(ctx: WorkspaceContext, id: string): string {
-  return join(ctx.store.dir(id), "baseline.manifest");
-}
+export { baselineManifestPath, diskPath, seedImagePath, workspaceDiskPath } from "./workspace-disk-files.js";
 
 /** Replaces the live /workspace disk with an empty overlay on `backing` (atomically). */
 export async function layerWorkspaceDisk(ctx: WorkspaceContext, record: WorkspaceRecord, backing: string, format: "raw" | "qcow2"): Promise<void> {

@@ -34,6 +34,14 @@ export const WORKSPACE_DISK_GIB = { default: 4, min: 1, max: 1024 } as const;
  */
 export const TREE_MANIFEST_LIMITS = { bytes: 64 * 1024 * 1024, entries: 500_000 } as const;
 
+/**
+ * Tar header bytes one export writes at most. A tree at the entry limit above with ordinary names
+ * needs 256 MiB (512 bytes an entry); long names and link targets add pax records. Without a
+ * bound, a guest's ~10 MB of directory entries (hardlinks or names deep under a 4 KiB path) would
+ * become ~5 GB of headers, each entry repeating its whole path.
+ */
+export const EXPORT_HEADER_BYTES = 512 * 1024 * 1024;
+
 /** How many changed files one diff result lists (and, with the patch, formats), and how big a page's patch may grow. */
 export const DIFF_PAGE_LIMITS = {
   summaryFiles: 1000,

@@ -1,13 +1,11 @@
-import { open, readFile, stat, writeFile } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { readFile, stat } from "node:fs/promises";
+import { join } from "node:path";
 import { Header, Pack, Parser, ReadEntry } from "tar";
 import { PyroError } from "../errors.js";
-import { assertOutputFree, publishNewFile } from "../storage/new-host-file.js";
 import { prepareTree } from "./archive-safety.js";
-import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
-import { extractTarInGuest, packInGuest, pushDirectoryInBatches, readFileChunks } from "./guest-transfer.js";
+import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
+import { extractTarInGuest, packInGuest, pushDirectoryInBatches } from "./guest-transfer.js";
 import { formatFileDiff, type TreeEntry } from "./file-diff.js";
-import { exportDirectoryFromDisk } from "./workspace-export.js";
 import { diffWorkspaceDisk, type DiffOptions, type DiskDiffPage } from "./workspace-diff.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { Redactor } from "./secret-redaction.js";
@@ -160,48 +158,4 @@ export async function redactTar(tarBytes: Buffer, redactor: Redactor): Promise<B
   return Buffer.concat(chunks);
 }
 
-/**
- * Copies a file or directory out of the workspace to the host. A file arrives as itself, a
- * directory as a .tar archive. Never overwrites an existing host file.
- */
-export async function exportFromWorkspace(ctx: WorkspaceContext, ref: string, path: string, outputPath: string) {
-  const guestPath = workspacePath(path);
-  const output = resolve(outputPath);
-  return withRunningWorkspace(ctx, ref, async (record, vm, session) => {
-    await assertOutputFree(output);
-    const st = await vm.agent.stat(guestPath);
-    let written = 0;
-    let kind: "file" | "archive";
-    if (st.type === "file") {
-      // Streamed to disk piece by piece: a file of any size costs the host one piece of memory.
-      kind = "file";
-      await publishNewFile(output, async (scratchFile) => {
-        const out = await open(scratchFile, "wx", st.mode & 0o777);
-        try {
-          const redact = session.redactor.stream();
-          const write = async (bytes: Buffer) => {
-            if (bytes.length) await out.writeFile(bytes);
-            written += bytes.length;
-          };
-          for await (const piece of readFileChunks(vm.agent, guestPath, st.size)) await write(redact.push(piece));
-          await write(redact.end());
-        } finally {
-          await out.close();
-        }
-      });
-    } else if (st.type === "directory" && record.disk_gib !== null) {
-      kind = "archive";
-      await publishNewFile(output, async (scratchFile) => {
-        written = await exportDirectoryFromDisk(ctx, record, vm, guestPath, session.redactor, scratchFile);
-      });
-    } else if (st.type === "directory") {
-      const bytes = await redactTar(await packInGuest(vm.agent, guestPath), session.redactor);
-      kind = "archive";
-      written = bytes.length;
-      await publishNewFile(output, (scratchFile) => writeFile(scratchFile, bytes, { mode: 0o644, flag: "wx" }));
-    } else {
-      throw new PyroError("INVALID_ARGUMENT", `${relativeToWorkspace(guestPath)} is a ${st.type}; export files or directories`);
-    }
-    return { workspace_id: record.id, path: relativeToWorkspace(guestPath) || ".", output, kind, bytes: written };
-  });
-}
+export { exportFromWorkspace } from "./workspace-export.js";
