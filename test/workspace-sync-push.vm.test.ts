@@ -136,6 +136,26 @@ describe("[vm] sync push streams a directory in batches the agent unpacks", () =
     ]);
   });
 
+  it("what a push wrote is on the workspace's disk when it returns: a VMM killed at once loses none of it", TIMEOUT, async () => {
+    await pyro.execWorkspace(id, "mkdir -p /workspace/durable && head -c 12001 /dev/urandom > /workspace/durable/old.txt && sync");
+    const src = join(scratch, "durable");
+    await mkdir(join(src, "new-dir"), { recursive: true });
+    const rewritten = Buffer.alloc(12_008, "r");
+    const created = Buffer.alloc(70_000, "n");
+    await writeFile(join(src, "old.txt"), rewritten);
+    await writeFile(join(src, "new-dir", "new.bin"), created);
+    await pyro.pushWorkspaceSync(id, src, { dest: "durable" });
+    // No shutdown, no later sync: whatever the guest still held only in its memory is gone.
+    process.kill((await pyro.statusWorkspace(id)).vm!.pid, "SIGKILL");
+    await pyro.startWorkspace(id);
+    const check = await pyro.execWorkspace(id, "cd /workspace/durable && sha256sum old.txt new-dir/new.bin | cut -d' ' -f1");
+    assert.equal(check.exit_code, 0, check.stderr);
+    assert.deepEqual(
+      check.stdout.trim().split("\n"),
+      [rewritten, created].map((b) => createHash("sha256").update(b).digest("hex")),
+    );
+  });
+
   it("refuses to put a file where the guest has a directory, naming it", TIMEOUT, async () => {
     await pyro.execWorkspace(id, "mkdir -p /workspace/clash/was-a-dir");
     const src = join(scratch, "clash");

@@ -388,9 +388,12 @@ export class AgentClient {
     return { entries, truncated: header.truncated === true };
   }
 
-  /** Flushes the guest's page cache to its virtual disk: what was written survives a killed VMM. */
-  async sync(): Promise<void> {
-    await this.call("sync", {}, undefined, { timeoutMs: 60_000 });
+  /**
+   * Flushes the guest's page cache to its virtual disk: what was written survives a killed VMM.
+   * With `directory`, only the filesystem holding it (an agent that predates this flushes all).
+   */
+  async sync(directory?: string): Promise<void> {
+    await this.call("sync", directory === undefined ? {} : { path: directory }, undefined, { timeoutMs: 60_000 });
   }
 
   async remove(path: string, options: { recursive?: boolean } = {}): Promise<void> {

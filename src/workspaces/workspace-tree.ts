@@ -31,9 +31,9 @@ export async function syncPush(ctx: WorkspaceContext, ref: string, source: strin
         tree ??= await prepareTree(source);
         await extractTarInGuest(vm.agent, tree.tar, guestDest);
       }
-      await vm.agent.sync();
       record.last_activity_at = record.updated_at = nowIso();
-      await ctx.store.write(record);
+      // Only the filesystem written to is flushed; pyro's record is written meanwhile.
+      await Promise.all([vm.agent.sync(guestDest), ctx.store.write(record)]);
       const summary = streamed ?? tree!.summary;
       return { workspace_id: record.id, source, destination: guestDest, mode: isDirectory ? ("directory" as const) : tree!.mode, ...summary };
     },

@@ -50,6 +50,16 @@ fn header_target(header: &Json) -> Result<Target, OpError> {
     target(path_arg(header)?)
 }
 
+/// Flushes the filesystem holding the directory `path` (syncfs), not every one: after a push into
+/// /workspace, flushing the root disk too cost a second flush of the host's file under it. Where
+/// `path` does not open as a directory, every filesystem is flushed, as a plain `sync` does.
+pub fn sync_filesystem_of(path: &str) {
+    let synced = target(path).ok().and_then(|t| t.root.open_at(&t.rel, O_RDONLY | O_DIRECTORY, 0).ok()).map(|dir| crate::sys::sync_filesystem(&dir));
+    if !matches!(synced, Some(Ok(()))) {
+        crate::sys::sync_all();
+    }
+}
+
 pub fn io_error(path: &str, e: std::io::Error) -> OpError {
     if beneath::is_escape(&e) && e.raw_os_error() == Some(18) {
         return OpError::new(

@@ -216,9 +216,13 @@ fn dispatch(ctx: &Context, op: &str, header: &Json, payload: Vec<u8>) -> Result<
         "probe.http" => crate::probes::http(header),
         "identity.set" => crate::identity::set(header, payload),
         "shutdown" => Ok(Reply::header(obj(vec![]))),
-        // Flush the guest page cache to the virtual disk, so the host may kill the VMM without loss.
+        // Flush the guest page cache to the virtual disk, so the host may kill the VMM without loss:
+        // every filesystem, or with `path` only the one holding it (files::sync_filesystem_of).
         "sync" => {
-            crate::sys::sync_all();
+            match header.get("path").and_then(Json::as_str) {
+                Some(path) => crate::files::sync_filesystem_of(path),
+                None => crate::sys::sync_all(),
+            }
             Ok(Reply::header(obj(vec![])))
         }
         "" => Err(OpError::bad_request("header needs an op")),

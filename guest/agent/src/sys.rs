@@ -157,26 +157,23 @@ pub fn set_file_times(f: &std::fs::File, secs: i64) -> io::Result<()> {
 }
 
 extern "C" {
-    fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, offset: i64) -> *mut c_void;
-    fn munmap(addr: *mut c_void, len: usize) -> c_int;
-    fn mincore(addr: *mut c_void, len: usize, vec: *mut u8) -> c_int;
+    fn posix_fadvise(fd: c_int, offset: i64, len: i64, advice: c_int) -> c_int;
+    fn syncfs(fd: c_int) -> c_int;
 }
 
-/// Whether the page of a file at `offset` (a multiple of the page size) is in the page cache now,
-/// found without reading it: the page is mapped, never touched, and asked about (mincore). A read
-/// that may not wait (RWF_NOWAIT) would start reading it from the disk. Any failure reads as "no".
-pub fn page_is_cached(f: &std::fs::File, offset: u64, page: usize) -> bool {
+/// Starts reading `len` bytes of a file at `offset` into the page cache and returns at once
+/// (POSIX_FADV_WILLNEED): many such reads are in flight together, where a read() would wait for
+/// each. Advice only: a failure changes nothing but speed.
+pub fn read_ahead(f: &std::fs::File, offset: u64, len: u64) {
     use std::os::unix::io::AsRawFd;
-    const PROT_READ: c_int = 1;
-    const MAP_SHARED: c_int = 1;
-    let at = unsafe { mmap(std::ptr::null_mut(), page, PROT_READ, MAP_SHARED, f.as_raw_fd(), offset as i64) };
-    if at as isize == -1 {
-        return false;
-    }
-    let mut resident = 0u8;
-    let asked = unsafe { mincore(at, page, &mut resident) };
-    unsafe { munmap(at, page) };
-    asked == 0 && resident & 1 == 1
+    const POSIX_FADV_WILLNEED: c_int = 3;
+    unsafe { posix_fadvise(f.as_raw_fd(), offset as i64, len as i64, POSIX_FADV_WILLNEED) };
+}
+
+/// Writes the dirty data of the one filesystem holding `f` to its disk and flushes that disk (syncfs).
+pub fn sync_filesystem(f: &std::fs::File) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    check(unsafe { syncfs(f.as_raw_fd()) })
 }
 
 pub fn sync_all() {

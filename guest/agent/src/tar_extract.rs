@@ -265,8 +265,8 @@ fn ensure_dirs(root: &Beneath, made: &mut MadeDirs, rel: &str) -> io::Result<()>
 
 /// Puts a file at `dir/name`: over the file already there when that is safe and cheaper
 /// (overwrite_in_place), else as a new file (write_new_file). Returns the bytes written.
-fn put_file(dir: &File, name: &str, data: &mut dyn Read, size: u64, mode: u32, mtime_secs: i64, buf: &mut [u8]) -> io::Result<u64> {
-    match overwrite_in_place(dir, name, data, size, mode, mtime_secs, buf)? {
+fn put_file(dir: &File, name: &str, data: &mut dyn Read, mode: u32, mtime_secs: i64, buf: &mut [u8]) -> io::Result<u64> {
+    match overwrite_in_place(dir, name, data, mode, mtime_secs, buf)? {
         Some(written) => Ok(written),
         None => write_new_file(dir, name, data, mode, mtime_secs, buf),
     }
@@ -283,12 +283,13 @@ fn put_file(dir: &File, name: &str, data: &mut dyn Read, size: u64, mode: u32, m
  * decides those as before. The name is opened beneath `dir` and checked again once open, so a
  * swap between the look and the open is caught, not written through.
  *
- * The last page of the new bytes is written in part; when the old file has bytes in that page
- * that are not in the page cache, the kernel would read them from the disk first, only for them to
- * be overwritten or cut off (~3 ms a file under TCG, more than the whole rewrite). The file is then
- * cut at that page first, so nothing needs reading.
+ * The file keeps its blocks: only what the new bytes no longer reach is cut off, after the write.
+ * The new last page is written in part, so the kernel first reads what the old file holds there.
+ * Cutting the old file at that page instead (so nothing needs reading) cost more than the read
+ * under TCG: the freed block is allocated again at writeback, and the flush that ends a push took
+ * ~3x as long. The read is started early instead, for a whole batch at once (read_ahead_partial_pages).
  */
-fn overwrite_in_place(dir: &File, name: &str, data: &mut dyn Read, size: u64, mode: u32, mtime_secs: i64, buf: &mut [u8]) -> io::Result<Option<u64>> {
+fn overwrite_in_place(dir: &File, name: &str, data: &mut dyn Read, mode: u32, mtime_secs: i64, buf: &mut [u8]) -> io::Result<Option<u64>> {
     let seen = match beneath::stat_child(dir, name) {
         Ok(st) if st.is_file() && st.nlink == 1 => st,
         _ => return Ok(None),
@@ -300,10 +301,6 @@ fn overwrite_in_place(dir: &File, name: &str, data: &mut dyn Read, size: u64, mo
     let opened = f.metadata()?;
     if !opened.is_file() || opened.nlink() != 1 || (opened.dev(), opened.ino()) != (seen.dev, seen.ino) {
         return Ok(None);
-    }
-    let last_page = size & !(PAGE - 1);
-    if size % PAGE != 0 && opened.len() > last_page && !crate::sys::page_is_cached(&f, last_page, PAGE as usize) {
-        f.set_len(last_page)?;
     }
     let written = copy_through(data, &mut f, buf)?;
     if opened.len() > written {
@@ -355,7 +352,7 @@ fn extract_entry(root: &Beneath, x: &mut Extraction, entry: &Entry, data: &mut d
         Kind::File => {
             let name = rel.rsplit('/').next().unwrap_or("");
             let mut buf = std::mem::take(&mut x.buf);
-            let written = put_file(x.dir(root, parent)?, name, &mut data.take(entry.size), entry.size, entry.mode, entry.mtime, &mut buf);
+            let written = put_file(x.dir(root, parent)?, name, &mut data.take(entry.size), entry.mode, entry.mtime, &mut buf);
             x.buf = buf;
             let written = written?;
             if written < entry.size {
@@ -396,28 +393,77 @@ pub fn extract_into(root: &Beneath, r: &mut dyn Read) -> Result<i64, (String, io
     Ok(count)
 }
 
+/// What extract_into does for a tar held whole in memory (a tree.unpack batch): its headers are
+/// read first, so the old pages its in-place rewrites will read are all asked for at once
+/// (read_ahead_partial_pages) before the first is written. A malformed header fails the batch
+/// before anything of it is written.
+pub fn extract_batch(root: &Beneath, tar: &[u8]) -> Result<i64, (String, io::Error)> {
+    let mut rest = tar;
+    let mut entries = Vec::new();
+    while let Some(entry) = next_entry(&mut rest).map_err(|e| (String::new(), e))? {
+        // A body the archive cuts short stays short: extract_entry reports it, as extract_into does.
+        let body = &rest[..rest.len().min(entry.size as usize)];
+        rest = &rest[body.len()..];
+        skip_padding(&mut rest, entry.size).map_err(|e| (entry.path.clone(), e))?;
+        entries.push((entry, body));
+    }
+    let mut x = Extraction::new();
+    read_ahead_partial_pages(root, &mut x, &entries);
+    for (entry, body) in &entries {
+        extract_entry(root, &mut x, entry, &mut &body[..]).map_err(|e| (entry.path.clone(), e))?;
+    }
+    Ok(entries.len() as i64)
+}
+
+/**
+ * Starts reading, for every file entry that overwrite_in_place will write over an old file, the old
+ * file's bytes in the new last page (written in part, so the kernel must read them first). Read
+ * one at a time as each file is written, each read would stall the unpack for a disk round trip;
+ * asked for together, they are in flight while the files before them are written. Only a look:
+ * names that are not (yet) plain files with one name, or parents that do not resolve beneath the
+ * root, are passed over, and the writes check everything again.
+ */
+fn read_ahead_partial_pages(root: &Beneath, x: &mut Extraction, entries: &[(Entry, &[u8])]) {
+    for (entry, _) in entries {
+        let last_page = entry.size & !(PAGE - 1);
+        if entry.kind != Kind::File || entry.size == last_page {
+            continue;
+        }
+        let Ok(rel) = relative(&entry.path) else { continue };
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
+        let Ok(dir) = x.dir(root, parent) else { continue };
+        match beneath::stat_child(dir, name) {
+            Ok(st) if st.is_file() && st.nlink == 1 && st.size > last_page => {}
+            _ => continue,
+        }
+        if let Ok(f) = beneath::open_child(dir, name, O_RDONLY | O_NONBLOCK, 0) {
+            crate::sys::read_ahead(&f, last_page, PAGE);
+        }
+    }
+}
+
 /// `file.extract` { archive: staged tar path, path: destination directory (created) }.
 pub fn extract(header: &Json) -> Result<Reply, OpError> {
     let archive = header.get("archive").and_then(Json::as_str).ok_or_else(|| OpError::bad_request("archive (string) is required"))?;
     let src = target(archive)?;
     let file = src.root.open_at(&src.rel, O_RDONLY, 0).map_err(|e| io_error(archive, e))?;
-    extract_to(header, &mut BufReader::with_capacity(256 * 1024, file))
+    extract_to(header, |root| extract_into(root, &mut BufReader::with_capacity(256 * 1024, file)))
 }
 
 /// `tree.unpack` { path: destination directory (created) }, the tar itself as the payload: what
 /// `file.extract` does without staging the archive on the guest's disk first. The host sends a big
 /// tree as several such requests, each a whole tar of whole entries.
 pub fn unpack(header: &Json, payload: Vec<u8>) -> Result<Reply, OpError> {
-    extract_to(header, &mut payload.as_slice())
+    extract_to(header, |root| extract_batch(root, &payload))
 }
 
-fn extract_to(header: &Json, r: &mut dyn Read) -> Result<Reply, OpError> {
+fn extract_to(header: &Json, extract: impl FnOnce(&Beneath) -> Result<i64, (String, io::Error)>) -> Result<Reply, OpError> {
     let dest = header.get("path").and_then(Json::as_str).ok_or_else(|| OpError::bad_request("path (string) is required"))?;
     let t = target(dest)?;
     t.root.create_dirs(&t.rel).map_err(|e| io_error(dest, e))?;
     let dir = t.root.open_at(&t.rel, O_PATH | O_DIRECTORY, 0).map_err(|e| io_error(dest, e))?;
     let root = Beneath::narrowed(dir);
-    let count = extract_into(&root, r).map_err(|(entry, e)| {
+    let count = extract(&root).map_err(|(entry, e)| {
         let entry = relative(&entry).unwrap_or(entry);
         let at = if entry.is_empty() { dest.to_string() } else { format!("{}/{}", dest.trim_end_matches('/'), entry) };
         if beneath::is_escape(&e) && e.raw_os_error() == Some(18) {
@@ -455,14 +501,15 @@ mod tests {
         std::fs::set_permissions(src.join("sub/a.txt"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::os::unix::fs::symlink("a.txt", src.join("sub/link")).unwrap();
         std::fs::hard_link(src.join("sub/a.txt"), src.join("hard")).unwrap();
-        for format in ["gnu", "pax", "ustar"] {
-            if format == "ustar" {
+        for (format, batch) in [("gnu", false), ("pax", false), ("gnu", true), ("pax", true), ("ustar", true), ("ustar", false)] {
+            if format == "ustar" && src.join("sub").join(&long).exists() {
                 std::fs::remove_dir_all(src.join("sub").join(&long)).unwrap();
             }
-            let dest = base.join(format!("dest-{}", format));
+            let dest = base.join(format!("dest-{}-{}", format, batch));
             std::fs::create_dir_all(&dest).unwrap();
             let root = Beneath::open(dest.to_str().unwrap()).unwrap();
-            let n = extract_into(&root, &mut tar_of(&src, format).as_slice()).unwrap();
+            let tar = tar_of(&src, format);
+            let n = if batch { extract_batch(&root, &tar) } else { extract_into(&root, &mut tar.as_slice()) }.unwrap();
             assert!(n >= 5, "{}: {} entries", format, n);
             assert_eq!(std::fs::read_to_string(dest.join("sub/a.txt")).unwrap(), "alpha");
             assert_eq!(std::fs::metadata(dest.join("sub/a.txt")).unwrap().permissions().mode() & 0o777, 0o755);
@@ -482,13 +529,15 @@ mod tests {
         let root = Beneath::open(trap.to_str().unwrap()).unwrap();
         let (entry, e) = extract_into(&root, &mut tar_of(&src, "gnu").as_slice()).unwrap_err();
         assert!(beneath::is_escape(&e), "{}: {}", entry, e);
+        let (entry, e) = extract_batch(&root, &tar_of(&src, "gnu")).unwrap_err();
+        assert!(beneath::is_escape(&e), "{}: {}", entry, e);
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
         // A planted link at a file's own name is replaced, not written through.
         let trap2 = base.join("trap2");
         std::fs::create_dir_all(trap2.join("sub")).unwrap();
         std::os::unix::fs::symlink(outside.join("victim"), trap2.join("sub/a.txt")).unwrap();
         let root = Beneath::open(trap2.to_str().unwrap()).unwrap();
-        extract_into(&root, &mut tar_of(&src, "gnu").as_slice()).unwrap();
+        extract_batch(&root, &tar_of(&src, "gnu")).unwrap();
         assert!(!outside.join("victim").exists());
         assert_eq!(std::fs::read_to_string(trap2.join("sub/a.txt")).unwrap(), "alpha");
         std::fs::remove_dir_all(&base).unwrap();
@@ -515,10 +564,10 @@ mod tests {
         std::fs::hard_link(dest.join("shared"), dest.join("other-name")).unwrap();
         std::fs::create_dir_all(dest.join("dir-in-guest")).unwrap();
         let root = Beneath::open(dest.to_str().unwrap()).unwrap();
-        let (entry, e) = extract_into(&root, &mut tar_of(&src, "gnu").as_slice()).unwrap_err();
+        let (entry, e) = extract_batch(&root, &tar_of(&src, "gnu")).unwrap_err();
         assert_eq!((entry.as_str(), e.raw_os_error()), ("./dir-in-guest", Some(21)), "a directory is never replaced by a file");
         std::fs::remove_dir(dest.join("dir-in-guest")).unwrap();
-        extract_into(&root, &mut tar_of(&src, "gnu").as_slice()).unwrap();
+        extract_batch(&root, &tar_of(&src, "gnu")).unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "outside", "the planted link was replaced, not written through");
         let a = std::fs::symlink_metadata(dest.join("sub/a.txt")).unwrap();
         assert!(a.is_file());
@@ -527,7 +576,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dest.join("shared")).unwrap(), "new shared");
         assert_eq!(std::fs::read_to_string(dest.join("other-name")).unwrap(), "old shared", "a hardlink's other name keeps its bytes");
         // Extracting again over its own result works (the names exist now).
-        extract_into(&root, &mut tar_of(&src, "gnu").as_slice()).unwrap();
+        extract_batch(&root, &tar_of(&src, "gnu")).unwrap();
         assert_eq!(std::fs::read_to_string(dest.join("sub/a.txt")).unwrap(), "new bytes");
         std::fs::remove_dir_all(&base).unwrap();
     }
@@ -552,7 +601,7 @@ mod tests {
         let root = Beneath::open(dest.to_str().unwrap()).unwrap();
         let dir = root.open_at("", O_PATH | O_DIRECTORY, 0).unwrap();
         let mut buf = vec![0u8; 4096 + 3]; // smaller than some files: they take several writes
-        let mut put = |name: &str, bytes: &[u8], mode: u32| put_file(&dir, name, &mut &bytes[..], bytes.len() as u64, mode, 1_200_000_000, &mut buf).unwrap();
+        let mut put = |name: &str, bytes: &[u8], mode: u32| put_file(&dir, name, &mut &bytes[..], mode, 1_200_000_000, &mut buf).unwrap();
         let ino = |name: &str| std::fs::symlink_metadata(dest.join(name)).unwrap().ino();
         let long: Vec<u8> = (0..3 * PAGE as usize + 100).map(|i| (i % 251) as u8).collect();
         let shorter: Vec<u8> = (0..PAGE as usize + 7).map(|i| (i % 13) as u8).collect();
@@ -596,16 +645,106 @@ mod tests {
         std::fs::remove_dir_all(&base).unwrap();
     }
 
+    /// Whether a file's page at `offset` is in the page cache, asked without reading it (mincore).
+    fn cached(path: &Path, offset: u64) -> bool {
+        use std::os::unix::io::AsRawFd;
+        extern "C" {
+            fn mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, fd: i32, offset: i64) -> *mut u8;
+            fn munmap(addr: *mut u8, len: usize) -> i32;
+            fn mincore(addr: *mut u8, len: usize, vec: *mut u8) -> i32;
+        }
+        let f = File::open(path).unwrap();
+        let at = unsafe { mmap(std::ptr::null_mut(), PAGE as usize, 1, 1, f.as_raw_fd(), offset as i64) }; // PROT_READ, MAP_SHARED
+        assert_ne!(at as isize, -1);
+        let mut resident = 0u8;
+        assert_eq!(unsafe { mincore(at, PAGE as usize, &mut resident) }, 0);
+        unsafe { munmap(at, PAGE as usize) };
+        resident & 1 == 1
+    }
+
+    /// Where on its disk a file keeps the block at `offset` (FIEMAP, after a sync), or None where the
+    /// filesystem cannot say (tmpfs).
+    fn disk_block(path: &Path, offset: u64) -> Option<u64> {
+        use std::os::unix::io::AsRawFd;
+        extern "C" {
+            fn ioctl(fd: i32, req: u64, arg: *mut u8) -> i32;
+        }
+        const FS_IOC_FIEMAP: u64 = 0xC020_660B;
+        const FIEMAP_FLAG_SYNC: u32 = 1;
+        // struct fiemap (32 bytes) and one struct fiemap_extent (56 bytes).
+        let mut m = [0u8; 32 + 56];
+        m[0..8].copy_from_slice(&offset.to_ne_bytes());
+        m[8..16].copy_from_slice(&PAGE.to_ne_bytes());
+        m[16..20].copy_from_slice(&FIEMAP_FLAG_SYNC.to_ne_bytes());
+        m[24..28].copy_from_slice(&1u32.to_ne_bytes());
+        let f = File::open(path).unwrap();
+        if unsafe { ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, m.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 1, "one extent holds the block");
+        let u64_at = |at: usize| u64::from_ne_bytes(m[at..at + 8].try_into().unwrap());
+        Some(u64_at(40) + (offset - u64_at(32)))
+    }
+
     #[test]
-    fn knows_whether_a_page_is_cached() {
-        let path = std::env::temp_dir().join(format!("pyro-cached-{}", std::process::id()));
-        std::fs::write(&path, vec![7u8; 3 * PAGE as usize]).unwrap();
-        let cached = |path: &Path| crate::sys::page_is_cached(&File::open(path).unwrap(), PAGE, PAGE as usize);
-        assert!(cached(&path));
-        evict(&path);
-        assert!(!cached(&path), "evicted pages are not in the cache");
-        assert!(!cached(&path), "asking does not read the page in");
-        std::fs::remove_file(&path).unwrap();
+    fn a_rewrite_in_place_keeps_the_files_blocks_and_reads_its_old_last_page_ahead() {
+        let base = std::env::temp_dir().join(format!("pyro-readahead-{}", std::process::id()));
+        std::fs::create_dir_all(base.join("sub")).unwrap();
+        let old: Vec<u8> = (0..3 * PAGE as usize - 95).map(|i| (i % 241) as u8).collect();
+        let new: Vec<u8> = (0..3 * PAGE as usize - 88).map(|i| (i % 239) as u8).collect();
+        for name in ["grows", "aligned", "shrinks", "twin", "target"] {
+            std::fs::write(base.join("sub").join(name), &old).unwrap();
+            evict(&base.join("sub").join(name));
+        }
+        std::fs::hard_link(base.join("sub/twin"), base.join("twin-other")).unwrap();
+        std::os::unix::fs::symlink("target", base.join("sub/link")).unwrap();
+        let root = Beneath::open(base.to_str().unwrap()).unwrap();
+        let file = |path: &str, size: usize| Entry { path: path.into(), link: String::new(), kind: Kind::File, size: size as u64, mode: 0o644, mtime: 0 };
+        let entries = [
+            (file("./sub/grows", new.len()), &new[..]),
+            (file("./sub/aligned", 2 * PAGE as usize), &new[..2 * PAGE as usize]),
+            (file("./sub/shrinks", PAGE as usize + 9), &new[..PAGE as usize + 9]),
+            (file("./sub/twin", new.len()), &new[..]),
+            (file("./sub/link", new.len()), &new[..]),
+            (file("./sub/absent", new.len()), &new[..]),
+        ];
+        read_ahead_partial_pages(&root, &mut Extraction::new(), &entries);
+        let last_page = |size: usize| size as u64 & !(PAGE - 1);
+        let sub = |name: &str| base.join("sub").join(name);
+        // The reads complete in the background: a page shows as cached once it has been read.
+        let read_soon = |path: &Path, offset: u64| {
+            for _ in 0..200 {
+                if cached(path, offset) {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            false
+        };
+        assert!(read_soon(&sub("grows"), last_page(new.len())), "the old bytes under the new last page are read");
+        assert!(read_soon(&sub("shrinks"), PAGE), "a file cut inside a page too");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!cached(&sub("grows"), 0), "whole pages are written over, never read");
+        assert!(!cached(&sub("aligned"), PAGE), "a new size on a page boundary writes no page in part");
+        assert!(!cached(&sub("twin"), last_page(new.len())), "a file with other names is replaced, not read");
+        assert!(!cached(&sub("target"), last_page(new.len())), "a symlink is not followed");
+        // The rewrite leaves the file's blocks where they were (nothing freed to be allocated again at
+        // writeback), its old last page out of the cache or not.
+        let dir = root.open_at("sub", O_PATH | O_DIRECTORY, 0).unwrap();
+        let mut buf = vec![0u8; PAGE as usize];
+        for evicted in [false, true] {
+            let before = disk_block(&sub("grows"), last_page(new.len()));
+            if evicted {
+                evict(&sub("grows"));
+            }
+            assert_eq!(put_file(&dir, "grows", &mut &new[..], 0o644, 0, &mut buf).unwrap(), new.len() as u64);
+            assert_eq!(std::fs::read(sub("grows")).unwrap(), new);
+            match before {
+                Some(block) => assert_eq!(disk_block(&sub("grows"), last_page(new.len())), Some(block), "the last page stays in its block"),
+                None => eprintln!("{}: no FIEMAP here; block placement not checked", base.display()),
+            }
+        }
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
