@@ -173,8 +173,26 @@ pub fn handle_frame(ctx: &Arc<Context>, header_bytes: Vec<u8>, payload: Vec<u8>)
     });
 }
 
+/// `sync_after: true` on a request: flush the guest's page cache to its disks after the op and
+/// before the reply, which then says `synced: true`. One round trip instead of the op and a `sync`
+/// (a host that sees no `synced` from an older agent sends the `sync` itself). Meant for ops that
+/// get their own thread (exec): on one answered inline the flush would hold the host reader.
+fn wants_sync_after(header: &Json) -> bool {
+    matches!(header.get("sync_after"), Some(Json::Bool(true)))
+}
+
 fn answer(ctx: &Context, session: u64, id: i64, op: &str, header: &Json, payload: Vec<u8>) {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(ctx, op, header, payload)));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(ctx, op, header, payload))).map(|result| {
+        result.map(|mut reply| {
+            if wants_sync_after(header) {
+                crate::sys::sync_all();
+                if let Json::Object(ref mut map) = reply.header {
+                    map.insert("synced".into(), Json::Bool(true));
+                }
+            }
+            reply
+        })
+    });
     let send = |h: &Json, p: &[u8]| ctx.writer.send_in_session(&ctx.session, session, h, p);
     match outcome {
         Ok(Ok(reply)) => send(&with_id(id, true, reply.header), &reply.payload),
