@@ -68,6 +68,10 @@ impl Writer {
  * error and handing each frame to `on_frame`. EOF means no host is connected (runtime-facts G6):
  * the partial frame is dropped and the port polled again.
  */
+/// How long an idle agent sleeps between checks of a host connection if the kernel's SIGIO for it
+/// were ever missed (it is sent on every virtio_console PORT_OPEN): a delay bound, not a poll.
+const MISSED_HOST_SIGNAL_BOUND_MS: u64 = 1_000;
+
 pub fn serve_host(mut reader: std::fs::File, writer: &Writer, mut on_frame: impl FnMut(Vec<u8>, Vec<u8>)) {
     use std::io::Read;
     let mut decoder = crate::frame::Decoder::default();
@@ -75,7 +79,8 @@ pub fn serve_host(mut reader: std::fs::File, writer: &Writer, mut on_frame: impl
     let mut connected = true;
     // An idle VM has no host connected, and a read then returns EOF at once (G6): polling it every
     // 5 ms cost each idle VM ~10% of a host core under TCG. Woken by the host's connect instead; the
-    // timeout only bounds a missed signal.
+    // timeout only bounds a missed signal. Each timeout is a guest wake-up (QEMU's vCPU and main
+    // loop with it): at 100 ms it was the largest source of an idle guest's wake-ups, so it is long.
     use std::os::unix::io::AsRawFd;
     let woken_on_connect = crate::sys::notify_on_host_open(reader.as_raw_fd()).is_ok();
     loop {
@@ -88,7 +93,7 @@ pub fn serve_host(mut reader: std::fs::File, writer: &Writer, mut on_frame: impl
                     crate::freeze::release_for_departed_host();
                 }
                 if woken_on_connect {
-                    crate::sys::wait_for_host(100);
+                    crate::sys::wait_for_host(MISSED_HOST_SIGNAL_BOUND_MS);
                 } else {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
