@@ -157,12 +157,14 @@ export async function recoverInterrupted(ctx: WorkspaceContext): Promise<void> {
   const runDirs = listOrEmpty(ctx.paths.runtimeDir).filter((n) => WORKSPACE_ID.test(n));
   if (runDirs.length) {
     const backend = await ctx.vms();
-    for (const vm of await backend.findVms(ctx.paths.runtimeDir)) {
-      const id = basename(vm.runDir);
-      if (!WORKSPACE_ID.test(id)) continue; // one-shot and template VMs die with the process that started them
-      const record = ids.has(id) ? await ctx.store.read(id) : undefined;
-      if (record?.vm?.pid !== vm.pid) suspects.add(id);
-    }
+    // One-shot and template VMs die with the process that started them: only workspaces' count.
+    const workspaceVms = (await backend.findVms(ctx.paths.runtimeDir)).filter((vm) => WORKSPACE_ID.test(basename(vm.runDir)));
+    // Their records are read side by side: one after another, 30 held workspaces cost every
+    // command ~15 ms here.
+    const records = await Promise.all(workspaceVms.map((vm) => (ids.has(basename(vm.runDir)) ? ctx.store.read(basename(vm.runDir)) : undefined)));
+    workspaceVms.forEach((vm, i) => {
+      if (records[i]?.vm?.pid !== vm.pid) suspects.add(basename(vm.runDir));
+    });
   }
   for (const id of suspects) {
     await ctx.store
