@@ -40,6 +40,8 @@ export interface RequestOptions {
 export const DEFAULT_REPLY_TIMEOUT_MS = 300_000;
 /** A frame that started arriving must keep arriving: the agent writes each frame in one go. */
 export const FRAME_STALL_MS = 10_000;
+/** How long an op's sync_after may add: as long as a `sync` request gets. */
+const SYNC_TIMEOUT_MS = 60_000;
 /**
  * Frames nobody asked for on one connection (events, answers to requests that already timed out).
  * The agent sends one ready event per boot and an error per malformed request; more is a flood.
@@ -351,8 +353,11 @@ export class AgentClient {
   /** Runs a command in the guest. The guest enforces `timeoutMs`; the host waits a little longer. */
   async exec(req: ExecRequest): Promise<GuestExecResult> {
     const stdin = req.stdin === undefined ? undefined : Buffer.from(req.stdin);
-    const hostTimeout = req.timeoutMs !== undefined ? req.timeoutMs + 15_000 : undefined;
+    // A sync after the command gets as long as a `sync` request would.
+    const hostTimeout = req.timeoutMs !== undefined ? req.timeoutMs + 15_000 + (req.syncAfter ? SYNC_TIMEOUT_MS : 0) : undefined;
     const { header: h, payload } = await this.call("exec", execFields(req), stdin, { timeoutMs: hostTimeout });
+    // An agent older than sync_after ran the command without flushing: flush now.
+    if (req.syncAfter && h.synced !== true) await this.sync();
     const outLen = Number(h.stdout_len);
     return {
       exitCode: Number(h.exit_code),
@@ -578,6 +583,7 @@ function execFields(req: ExecRequest): Record<string, unknown> {
   if (typeof req.command === "string") fields.shell = req.command;
   else fields.argv = req.command;
   if (req.timeoutMs !== undefined) fields.timeout_ms = req.timeoutMs;
+  if (req.syncAfter) fields.sync_after = true;
   return fields;
 }
 

@@ -17,6 +17,11 @@ export interface ExecRequest {
   stdin?: Buffer | string;
   /** Cap per stream; the guest keeps the first and last halves. */
   maxOutputBytes?: number;
+  /**
+   * What the command wrote is on the VM's disks when exec returns (it survives a killed VMM): the
+   * agent flushes its page cache before answering, or, an agent older than that, a `sync` follows.
+   */
+  syncAfter?: boolean;
 }
 
 export interface CapturedStream {

@@ -66,6 +66,8 @@ const execReply = z.looseObject({
   stderr_len: count,
   stderr_total: count,
   stderr_head_len: count,
+  /** Present when the request asked for sync_after and the agent flushed its page cache before answering. */
+  synced: z.boolean().optional(),
 });
 
 const shellRead = shellState.extend({ cursor: count, next_cursor: count, end_cursor: count, dropped_bytes: count });

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { link, mkdir, readdir, readFile, rename, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import { rm } from "node:fs/promises";
+import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { currentProcessIdentity, identityAlive } from "../process/process-identity.js";
@@ -24,6 +25,10 @@ import { processAlive } from "../process/process-alive.js";
  *   owner.json away and comparing it byte for byte with what was read; on a mismatch it goes back
  *   with link(2), which never overwrites. Such a lock is the only state this path can touch.
  * - Release removes the lock only while its own holder file is in it.
+ *
+ * The steps are synchronous calls on small local files (release's removal aside): every workspace
+ * operation takes a lock, and through the thread pool each of its ~10 steps cost a round of thread
+ * wake-ups, which a loaded host makes slow. None of them blocks for long.
  */
 /** What a holder that did not say what it is doing is recorded as doing. */
 export const UNNAMED_PURPOSE = "an operation";
@@ -64,7 +69,7 @@ export interface SeenLock {
 export async function inspectLock(lockPath: string): Promise<SeenLock | undefined> {
   let raw: string;
   try {
-    raw = await readFile(join(lockPath, OWNER_FILE), "utf8");
+    raw = readFileSync(join(lockPath, OWNER_FILE), "utf8");
   } catch {
     return undefined;
   }
@@ -102,13 +107,13 @@ export async function tryAcquireLock(lockPath: string, purpose: string): Promise
   const nonce = randomBytes(8).toString("hex");
   let interrupted: LockOwner | undefined;
   const scratch = `${lockPath}.acquiring-${me.pid}-${randomBytes(4).toString("hex")}`;
-  await mkdir(scratch, { recursive: true, mode: 0o700 });
+  mkdirSync(scratch, { recursive: true, mode: 0o700 });
   try {
-    await writeFile(join(scratch, holderFile(nonce)), "", { mode: 0o600 });
-    await writeFile(join(scratch, OWNER_FILE), JSON.stringify({ ...me, acquired_at: new Date().toISOString(), purpose, holder: nonce }), { mode: 0o600 });
+    writeFileSync(join(scratch, holderFile(nonce)), "", { mode: 0o600 });
+    writeFileSync(join(scratch, OWNER_FILE), JSON.stringify({ ...me, acquired_at: new Date().toISOString(), purpose, holder: nonce }), { mode: 0o600 });
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        await rename(scratch, lockPath);
+        renameSync(scratch, lockPath);
         return { release: () => releaseLock(lockPath, nonce), ...(interrupted ? { interrupted } : {}) };
       } catch (error) {
         const code = (error as NodeJS.ErrnoException).code;
@@ -120,7 +125,8 @@ export async function tryAcquireLock(lockPath: string, purpose: string): Promise
     }
     return undefined;
   } finally {
-    await rm(scratch, { recursive: true, force: true });
+    // Gone once the rename moved it into place: only a lost race leaves it to remove.
+    if (existsSync(scratch)) rmSync(scratch, { recursive: true, force: true });
   }
 }
 
@@ -132,40 +138,51 @@ export async function breakDeadLock(lockPath: string, seen: SeenLock): Promise<b
   const aside = `${lockPath}.stale-${process.pid}-${randomBytes(4).toString("hex")}`;
   if (seen.owner?.holder) {
     try {
-      await rename(join(lockPath, holderFile(seen.owner.holder)), aside);
+      renameSync(join(lockPath, holderFile(seen.owner.holder)), aside);
     } catch {
       return false; // that acquisition's lock is gone
     }
   } else {
     try {
-      await rename(join(lockPath, OWNER_FILE), aside);
+      renameSync(join(lockPath, OWNER_FILE), aside);
     } catch {
       return false;
     }
-    if ((await readFile(aside, "utf8").catch(() => undefined)) !== seen.raw) {
+    if (readIfPresent(aside) !== seen.raw) {
       // Not the lock we read: put its record back without overwriting anything.
-      await link(aside, join(lockPath, OWNER_FILE)).catch(() => undefined);
-      await rm(aside, { force: true });
+      try {
+        linkSync(aside, join(lockPath, OWNER_FILE));
+      } catch {
+        // a record is there again: leave it
+      }
+      rmSync(aside, { force: true });
       return false;
     }
   }
-  await rm(aside, { force: true });
+  rmSync(aside, { force: true });
   // The lock is ours to remove: no other breaker can claim it, and no acquirer replaces it while it
   // still has contents. (A legacy lock is already empty: its owner.json was the claim.)
-  if (seen.owner?.holder) await rm(join(lockPath, OWNER_FILE), { force: true });
-  await rmdir(lockPath).catch(() => undefined); // ENOTEMPTY: someone acquired the emptied lock already
+  if (seen.owner?.holder) rmSync(join(lockPath, OWNER_FILE), { force: true });
+  try {
+    rmdirSync(lockPath);
+  } catch {
+    // ENOTEMPTY: someone acquired the emptied lock already
+  }
   return true;
+}
+
+function readIfPresent(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return undefined;
+  }
 }
 
 async function releaseLock(lockPath: string, nonce: string): Promise<void> {
   // Only our own lock: never one another process took over (it could only do so if we had died).
-  if (
-    await stat(join(lockPath, holderFile(nonce))).then(
-      () => true,
-      () => false,
-    )
-  )
-    await rm(lockPath, { recursive: true, force: true });
+  // Removed through the thread pool: its unlinks run side by side, which is faster than in line.
+  if (existsSync(join(lockPath, holderFile(nonce)))) await rm(lockPath, { recursive: true, force: true });
 }
 
 /** Waits (polling) for the lock; undefined when `waitMs` passed with a live process still holding it. */
@@ -181,10 +198,16 @@ export async function acquireLock(lockPath: string, purpose: string, waitMs: num
 /** Removes acquisition/breaking scratch directories left in `dir` by processes that died mid-step. */
 export async function sweepLockScratch(dir: string): Promise<string[]> {
   const removed: string[] = [];
-  for (const name of await readdir(dir).catch(() => [] as string[])) {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  for (const name of names) {
     const match = SCRATCH.exec(name);
     if (!match || processAlive(Number(match[2]))) continue;
-    await rm(join(dir, name), { recursive: true, force: true });
+    rmSync(join(dir, name), { recursive: true, force: true });
     removed.push(name);
   }
   return removed;

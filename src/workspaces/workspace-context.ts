@@ -15,6 +15,7 @@ import { WorkspaceStore } from "./workspace-store.js";
 export class WorkspaceContext {
   readonly store: WorkspaceStore;
   readonly environments: EnvironmentStore;
+  private vmControl: Promise<RunningVmControl> | undefined;
 
   constructor(
     readonly paths: PyroPaths,
@@ -37,7 +38,14 @@ export class WorkspaceContext {
    * without the runtime's checks of what a boot needs (see runningVmControl).
    */
   vms(): Promise<RunningVmControl> {
-    return this.runtimeOverride ? this.runtimeOverride().then((runtime) => runtime.backend) : runningVmControl(this.paths);
+    if (this.runtimeOverride) return this.runtimeOverride().then((runtime) => runtime.backend);
+    // Built once per context (an operation asks up to three times): the hold keeps no state about
+    // any VM, every call on it reads /proc and the run directory afresh. A failure is not kept.
+    this.vmControl ??= runningVmControl(this.paths).catch((error: unknown) => {
+      this.vmControl = undefined;
+      throw error;
+    });
+    return this.vmControl;
   }
 
   /** Tells the user something pyro did on its own (a crash recovery): progress channel, else stderr. */
@@ -102,8 +110,9 @@ export async function withRunningWorkspace<T>(
         await ctx.store.write(record);
       }
       // --secret-env NAME of a scoped secret maps its placeholder, never its value.
-      const secrets = { ...(await loadSecrets(ctx, record.id)), ...Object.fromEntries(record.scoped_secrets.map((s) => [s.name, s.placeholder])) };
-      const redactor = new Redactor(await loadRedactedValues(ctx, record.id));
+      const [injected, redacted] = await Promise.all([loadSecrets(ctx, record.id), loadRedactedValues(ctx, record.id)]);
+      const secrets = { ...injected, ...Object.fromEntries(record.scoped_secrets.map((s) => [s.name, s.placeholder])) };
+      const redactor = new Redactor(redacted);
       try {
         // One choke point: nothing a running workspace returns leaves pyro with a secret in it.
         return redactor.deep(await fn(record, vm, { secrets, redactor }));

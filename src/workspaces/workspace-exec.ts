@@ -91,6 +91,9 @@ export async function execInWorkspace(
         timeoutMs: Math.round(timeoutSeconds * 1000),
         maxOutputBytes: options.maxOutputBytes ?? WORKSPACE_EXEC_DEFAULTS.maxOutputBytes,
         ...(options.stdin !== undefined ? { stdin: options.stdin } : {}),
+        // What the command wrote survives a killed VMM: the agent flushes before it answers, one
+        // round trip instead of the exec's and a sync's.
+        syncAfter: true,
       });
       const sequence = record.command_count + 1;
       const result: WorkspaceExecResult = {
@@ -110,10 +113,7 @@ export async function execInWorkspace(
       };
       record.command_count = sequence;
       record.last_activity_at = record.updated_at = nowIso();
-      // The guest's sync and pyro's own bookkeeping overlap (the result waits for both): a guest
-      // round trip and two host file writes cost one wait instead of two.
       await Promise.all([
-        vm.agent.sync(),
         appendFile(commandsFile(ctx, record.id), JSON.stringify(session.redactor.deep(commandLogEntry(result, startedAt))) + "\n", { mode: 0o600 }),
         ctx.store.write(record),
       ]);

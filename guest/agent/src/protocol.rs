@@ -68,6 +68,10 @@ impl Writer {
  * error and handing each frame to `on_frame`. EOF means no host is connected (runtime-facts G6):
  * the partial frame is dropped and the port polled again.
  */
+/// How long an idle agent sleeps between checks of a host connection if the kernel's SIGIO for it
+/// were ever missed (it is sent on every virtio_console PORT_OPEN): a delay bound, not a poll.
+const MISSED_HOST_SIGNAL_BOUND_MS: u64 = 1_000;
+
 pub fn serve_host(mut reader: std::fs::File, writer: &Writer, mut on_frame: impl FnMut(Vec<u8>, Vec<u8>)) {
     use std::io::Read;
     let mut decoder = crate::frame::Decoder::default();
@@ -75,7 +79,8 @@ pub fn serve_host(mut reader: std::fs::File, writer: &Writer, mut on_frame: impl
     let mut connected = true;
     // An idle VM has no host connected, and a read then returns EOF at once (G6): polling it every
     // 5 ms cost each idle VM ~10% of a host core under TCG. Woken by the host's connect instead; the
-    // timeout only bounds a missed signal.
+    // timeout only bounds a missed signal. Each timeout is a guest wake-up (QEMU's vCPU and main
+    // loop with it): at 100 ms it was the largest source of an idle guest's wake-ups, so it is long.
     use std::os::unix::io::AsRawFd;
     let woken_on_connect = crate::sys::notify_on_host_open(reader.as_raw_fd()).is_ok();
     loop {
@@ -88,7 +93,7 @@ pub fn serve_host(mut reader: std::fs::File, writer: &Writer, mut on_frame: impl
                     crate::freeze::release_for_departed_host();
                 }
                 if woken_on_connect {
-                    crate::sys::wait_for_host(100);
+                    crate::sys::wait_for_host(MISSED_HOST_SIGNAL_BOUND_MS);
                 } else {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
@@ -173,8 +178,26 @@ pub fn handle_frame(ctx: &Arc<Context>, header_bytes: Vec<u8>, payload: Vec<u8>)
     });
 }
 
+/// `sync_after: true` on a request: flush the guest's page cache to its disks after the op and
+/// before the reply, which then says `synced: true`. One round trip instead of the op and a `sync`
+/// (a host that sees no `synced` from an older agent sends the `sync` itself). Meant for ops that
+/// get their own thread (exec): on one answered inline the flush would hold the host reader.
+fn wants_sync_after(header: &Json) -> bool {
+    matches!(header.get("sync_after"), Some(Json::Bool(true)))
+}
+
 fn answer(ctx: &Context, session: u64, id: i64, op: &str, header: &Json, payload: Vec<u8>) {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(ctx, op, header, payload)));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(ctx, op, header, payload))).map(|result| {
+        result.map(|mut reply| {
+            if wants_sync_after(header) {
+                crate::sys::sync_all();
+                if let Json::Object(ref mut map) = reply.header {
+                    map.insert("synced".into(), Json::Bool(true));
+                }
+            }
+            reply
+        })
+    });
     let send = |h: &Json, p: &[u8]| ctx.writer.send_in_session(&ctx.session, session, h, p);
     match outcome {
         Ok(Ok(reply)) => send(&with_id(id, true, reply.header), &reply.payload),
