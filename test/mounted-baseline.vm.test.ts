@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { spawnSync } from "node:child_process";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { after, describe, it } from "node:test";
 import { pathExists } from "../src/storage/path-exists.js";
 import { Pyro } from "../src/sdk/pyro.js";
+import { templateMemoryMode } from "../src/workspaces/boot-templates.js";
+import { testPaths } from "./helpers/vm-fixtures.js";
 
 const pyro = new Pyro();
 const TIMEOUT = { timeout: 300_000 };
@@ -66,8 +69,21 @@ describe("[vm] reset to the baseline with /workspace already mounted", () => {
     await pyro.resetWorkspace(id);
     assert.equal(await ramFileOf(await vmPid(id)), ram);
     assert.equal((await pyro.execWorkspace(id, ["ls", "-A", "/workspace"])).stdout, fresh);
+    // A build killed midway left its directory and RAM file: the next reset removes both.
+    const template = (
+      JSON.parse(await readFile(join(testPaths.stateDir, "workspaces", id, "workspace.json"), "utf8")) as { snapshots: { template?: string }[] }
+    ).snapshots[0]!.template!;
+    const memory = await templateMemoryMode(testPaths);
+    assert.equal(memory.mode, "shared_file");
+    const dead = spawnSync("true").pid!;
+    const killedBuild = join(testPaths.cacheDir, "templates", template, `ws-abcdef.partial-${dead}`);
+    const killedRam = join(memory.dir, `${template}.ws-abcdef.ram`);
+    await mkdir(killedBuild);
+    await writeFile(killedRam, "");
     await rm(ram);
     await pyro.resetWorkspace(id);
+    assert.equal(await pathExists(killedBuild), false, "a killed build's directory is left");
+    assert.equal(await pathExists(killedRam), false, "a killed build's RAM file is left on the memory filesystem");
     const rebuilt = await ramFileOf(await vmPid(id));
     assert.match(basename(rebuilt), MOUNTED_RAM);
     assert.notEqual(rebuilt, ram);

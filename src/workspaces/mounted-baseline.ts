@@ -41,7 +41,7 @@ const FILES = { state: "state.bin", workspace: "workspace.qcow2", seed: "seed.ex
 /** Directories inside a template's directory: `ws-<build>`. */
 const DIR = /^ws-([0-9a-f]+)$/;
 /** A build's directory until it is complete, named after the pyro process building it. */
-const PARTIAL = /^ws-[0-9a-f]+\.partial-(\d+)$/;
+const PARTIAL = /^ws-([0-9a-f]+)\.partial-(\d+)$/;
 const Manifest = z.object({ memoryFile: z.string(), createdAt: z.string() });
 
 function at(dir: string, memoryPath: string): MountedBaseline {
@@ -58,8 +58,11 @@ async function findMountedBaseline(template: BootTemplate, memoryDir: string): P
   const found: { baseline: MountedBaseline; createdAt: string }[] = [];
   for (const name of await readdir(dir).catch(() => [] as string[])) {
     const partial = PARTIAL.exec(name);
-    // A build killed midway: its RAM file goes with the template's stale ones (removeStaleMemoryFiles).
-    if (partial && !processAlive(Number(partial[1]))) await rm(join(dir, name), { recursive: true, force: true });
+    // A build killed midway (its VM died with it): its files go, the RAM file on the memory filesystem too.
+    if (partial && !processAlive(Number(partial[2]))) {
+      await rm(join(memoryDir, mountedBaselineMemoryName(template.name, partial[1]!)), { force: true });
+      await rm(join(dir, name), { recursive: true, force: true });
+    }
     if (!DIR.test(name)) continue;
     const manifest = await readJsonIfValid(join(dir, name, FILES.manifest), Manifest);
     // Only a name in our own private memory directory is trusted.
