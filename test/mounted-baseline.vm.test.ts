@@ -90,6 +90,13 @@ describe("[vm] reset to the baseline with /workspace already mounted", () => {
     assert.equal((await pyro.execWorkspace(id, ["ls", "-A", "/workspace"])).stdout, fresh);
     await pyro.execWorkspace(id, ["sh", "-c", "echo again > /workspace/again.txt && sync"]);
     assert.equal((await pyro.execWorkspace(id, ["cat", "/workspace/again.txt"])).stdout, "again\n");
+
+    // Its overlay gone (another pyro removing a stale one mid-reset): the reset takes the template's path.
+    const build = /\.(ws-[0-9a-f]+)\.ram$/.exec(rebuilt)![1]!;
+    await rm(join(testPaths.cacheDir, "templates", template, build, "workspace.qcow2"));
+    await pyro.resetWorkspace(id);
+    assert.doesNotMatch(basename(await ramFileOf(await vmPid(id))), MOUNTED_RAM);
+    assert.equal((await pyro.execWorkspace(id, ["ls", "-A", "/workspace"])).stdout, fresh);
   });
 
   it("is not used for a seeded workspace: its own image is mounted", TIMEOUT, async () => {

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { chmod, link, readdir, rename, rm, stat } from "node:fs/promises";
+import { chmod, link, lstat, readdir, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { z } from "zod";
 import type { PyroPaths } from "../paths.js";
@@ -63,10 +63,11 @@ async function findMountedBaseline(template: BootTemplate, memoryDir: string): P
       await rm(join(memoryDir, mountedBaselineMemoryName(template.name, partial[1]!)), { force: true });
       await rm(join(dir, name), { recursive: true, force: true });
     }
-    if (!DIR.test(name)) continue;
+    const build = DIR.exec(name)?.[1];
+    if (!build) continue;
     const manifest = await readJsonIfValid(join(dir, name, FILES.manifest), Manifest);
-    // Only a name in our own private memory directory is trusted.
-    if (!manifest || manifest.memoryFile.includes("/")) continue;
+    // Only the name this build gives its RAM file, in our own private memory directory, is trusted.
+    if (manifest?.memoryFile !== mountedBaselineMemoryName(template.name, build)) continue;
     const baseline = at(join(dir, name), join(memoryDir, manifest.memoryFile));
     if (!(await pathExists(baseline.memoryPath))) {
       await rm(join(dir, name), { recursive: true, force: true });
@@ -77,9 +78,9 @@ async function findMountedBaseline(template: BootTemplate, memoryDir: string): P
   return found.sort((a, b) => b.createdAt.localeCompare(a.createdAt))[0]?.baseline;
 }
 
-/** Whether two paths are the same file (one inode). */
+/** Whether two paths name the same file (one inode; a link at either name is not followed). */
 async function sameFile(a: string, b: string): Promise<boolean> {
-  const [x, y] = await Promise.all([stat(a, { bigint: true }).catch(() => undefined), stat(b, { bigint: true }).catch(() => undefined)]);
+  const [x, y] = await Promise.all([lstat(a, { bigint: true }).catch(() => undefined), lstat(b, { bigint: true }).catch(() => undefined)]);
   return x !== undefined && y !== undefined && x.dev === y.dev && x.ino === y.ino;
 }
 
@@ -163,10 +164,18 @@ async function buildMountedBaseline(
 /**
  * Makes `workspaceDisk` (atomically) a copy of the mounted baseline's /workspace overlay, on the
  * workspace's own `seedImage` (the same file as the one the baseline mounted, see mountedBaselineFor).
+ * False, with the disk left as it was, when the overlay cannot be copied (another pyro removed a
+ * stale baseline meanwhile): the caller takes the template's path, which costs time, never data.
  */
-export async function copyMountedWorkspaceDisk(baseline: MountedBaseline, workspaceDisk: string, seedImage: string): Promise<void> {
+export async function copyMountedWorkspaceDisk(baseline: MountedBaseline, workspaceDisk: string, seedImage: string): Promise<boolean> {
   const partial = partialOverlayPath(workspaceDisk);
   await rm(partial, { force: true });
-  await copyOverlayOnto(baseline.workspaceOverlay, partial, seedImage);
+  try {
+    await copyOverlayOnto(baseline.workspaceOverlay, partial, seedImage);
+  } catch {
+    await rm(partial, { force: true });
+    return false;
+  }
   await rename(partial, workspaceDisk);
+  return true;
 }

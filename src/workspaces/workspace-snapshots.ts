@@ -37,9 +37,8 @@ async function restoreTemplateBaseline(ctx: WorkspaceContext, record: WorkspaceR
   const { template, restorable } = found;
   const seed = seedImagePath(ctx, record.id);
   const mounted = restorable ? await mountedBaseline(ctx, record, template) : undefined;
-  if (mounted) {
-    // Its /workspace is mounted in the memory restored: the disk is the overlay that mount wrote.
-    await copyMountedWorkspaceDisk(mounted, workspaceDiskPath(ctx, record.id), seed);
+  // Its /workspace is mounted in the memory restored: the disk is the overlay that mount wrote.
+  if (mounted && (await copyMountedWorkspaceDisk(mounted, workspaceDiskPath(ctx, record.id), seed))) {
     return bootWorkspace(ctx, record, {
       kind: "restore",
       statePath: mounted.statePath,
