@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
 import { isPyroError } from "../src/errors.js";
-import { createEmptyOverlay } from "../src/storage/qcow2-overlay.js";
+import { copyOverlayOnto, createEmptyOverlay } from "../src/storage/qcow2-overlay.js";
 
 function qemu(tool: string, args: string[]): string {
   const r = spawnSync(tool, args, { encoding: "utf8" });
@@ -93,5 +93,28 @@ describe("empty qcow2 overlays written in-process", () => {
       }),
       { numRuns: 12 },
     );
+  });
+
+  it("copies an overlay QEMU wrote onto another backing file: its writes kept, the rest read from the new backing", async () => {
+    const first = join(dir, "first.raw");
+    const second = join(dir, `second-${"x".repeat(200)}.raw`); // a longer name than the one it replaces
+    for (const base of [first, second]) await writeFile(base, Buffer.alloc(4 * 1024 * 1024, 0x5a));
+    const written = join(dir, "written.qcow2");
+    await createEmptyOverlay(written, first, "raw");
+    qemu("qemu-io", ["-c", "write -P 0xab 1M 128k", "-c", "write -P 0xcd 3M 4k", written]);
+    const copy = join(dir, "copy.qcow2");
+    await copyOverlayOnto(written, copy, second);
+    assert.deepEqual(essentials(info(copy)), { ...essentials(info(written)), backing: second });
+    assert.equal((await stat(copy)).mode & 0o777, 0o600);
+    qemu("qemu-img", ["check", copy]);
+    await writeFile(first, Buffer.alloc(4 * 1024 * 1024, 0x11)); // the copy no longer reads the first backing
+    qemu("qemu-io", ["-c", "read -P 0xab 1M 128k", "-c", "read -P 0xcd 3M 4k", "-c", "read -P 0x5a 0 1M", "-c", "read -P 0x5a 2M 1M", copy]);
+    // Back onto a shorter name: nothing of the longer one is left in the header.
+    const again = join(dir, "again.qcow2");
+    await copyOverlayOnto(copy, again, first);
+    assert.equal(info(again)["backing-filename"], first);
+    qemu("qemu-img", ["check", again]);
+    await assert.rejects(copyOverlayOnto(written, copy, second), { code: "EEXIST" });
+    await assert.rejects(copyOverlayOnto(first, join(dir, "raw-copy.qcow2"), second), (e) => isPyroError(e, "HOST_COMMAND_FAILED"));
   });
 });

@@ -102,3 +102,53 @@ export async function createEmptyOverlay(path: string, backing: string, format: 
     await handle.close();
   }
 }
+
+/** The largest overlay copyOverlayOnto reads whole: a just-mounted, empty ext4's writes take a few clusters. */
+const MAX_COPIED_OVERLAY_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Writes a copy of qcow2 overlay `source` to `dest` (which must not exist; mode 0600) that names
+ * `backing` as its backing file instead of the one `source` names: the same guest-visible disk
+ * wherever `backing` holds the same bytes as `source`'s backing file. The name must sit in the
+ * first cluster after the header (where createEmptyOverlay puts it, and QEMU leaves it); the new
+ * name goes in its place.
+ */
+export async function copyOverlayOnto(source: string, dest: string, backing: string): Promise<void> {
+  const handle = await open(source, constants.O_RDONLY | constants.O_NOFOLLOW);
+  let image: Buffer;
+  try {
+    const { size } = await handle.stat();
+    if (size > MAX_COPIED_OVERLAY_BYTES || size < L1_OFFSET)
+      throw new PyroError("HOST_COMMAND_FAILED", `${source} is not an overlay pyro can copy (${size} bytes)`);
+    image = Buffer.alloc(size);
+    const { bytesRead } = await handle.read(image, 0, size, 0);
+    if (bytesRead !== size) throw new PyroError("HOST_COMMAND_FAILED", `${source} changed while it was copied`);
+  } finally {
+    await handle.close();
+  }
+  const name = Buffer.from(backing, "utf8");
+  const offset = Number(image.readBigUInt64BE(8));
+  const oldLength = image.readUInt32BE(16);
+  const headerLength = image.readUInt32BE(100);
+  if (
+    image.readUInt32BE(0) !== QCOW2_MAGIC ||
+    image.readUInt32BE(4) !== 3 ||
+    image.readUInt32BE(20) !== CLUSTER_BITS ||
+    oldLength === 0 ||
+    offset < headerLength ||
+    offset + Math.max(oldLength, name.length) > CLUSTER
+  ) {
+    throw new PyroError("HOST_COMMAND_FAILED", `${source} is not an overlay pyro can copy onto another backing file`);
+  }
+  if (name.length === 0 || name.length > MAX_BACKING_NAME || name.includes(0))
+    throw new PyroError("INVALID_ARGUMENT", `cannot layer a disk on '${backing}': the backing file name must be 1-${MAX_BACKING_NAME} bytes without NUL`);
+  image.fill(0, offset, offset + oldLength);
+  name.copy(image, offset);
+  image.writeUInt32BE(name.length, 16);
+  const out = await open(dest, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  try {
+    await out.write(image, 0, image.length, 0);
+  } finally {
+    await out.close();
+  }
+}

@@ -384,6 +384,17 @@ async function warmUp(vm: RunningVm): Promise<void> {
 /** What warmUp runs: the loader and libc (any dynamic binary), the shell, and what a command's environment reads. */
 const WARM_UP_COMMANDS = [["true"], ["sh", "-c", ":"]];
 
+/** The RAM file of a template's mounted baseline (mounted-baseline.ts), named after the template it belongs to. */
+export function mountedBaselineMemoryName(templateName: string, build: string): string {
+  return `${templateName}.ws-${build}.ram`;
+}
+
+/** The directory a RAM file belongs to: its template's, or a mounted baseline's inside it. */
+function memoryFileOwner(templatesDir: string, name: string): string {
+  const mounted = /^(.+)\.(ws-[0-9a-f]+)\.ram$/.exec(name);
+  return mounted ? join(templatesDir, mounted[1]!, mounted[2]!) : join(templatesDir, name.slice(0, -".ram".length));
+}
+
 /** A build boots and saves in well under this; a RAM file without a template dir this old was left by a killed build. */
 const ABANDONED_BUILD_MS = 10 * 60_000;
 
@@ -399,7 +410,7 @@ async function removeStaleMemoryFiles(dir: string, templatesDir: string, prefix:
     const path = join(dir, name);
     const otherKey = !name.startsWith(`${prefix}${key}-`);
     const abandoned =
-      !(await pathExists(join(templatesDir, name.slice(0, -".ram".length)))) &&
+      !(await pathExists(memoryFileOwner(templatesDir, name))) &&
       Date.now() - ((await stat(path).catch(() => undefined))?.mtimeMs ?? Date.now()) > ABANDONED_BUILD_MS;
     if (otherKey || abandoned) await rm(path, { force: true });
   }

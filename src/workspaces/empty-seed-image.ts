@@ -18,7 +18,8 @@ import { encodeManifest } from "./tree-manifest.js";
 /** Bump when what buildSeedImage makes for an empty seed changes, so older cached images are not used. */
 const EMPTY_IMAGE_LAYOUT = 1;
 
-function cachedImagePath(paths: PyroPaths, gib: number): string {
+/** Where the shared empty image of this size lives (built or not); a workspace's seed.ext4 is this inode when it was linked. */
+export function cachedImagePath(paths: PyroPaths, gib: number): string {
   return join(paths.cacheDir, "empty-seeds", `empty-v${EMPTY_IMAGE_LAYOUT}-${gib}g.ext4`);
 }
 

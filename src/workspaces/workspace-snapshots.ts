@@ -7,6 +7,7 @@ import type { RunningVm, SavedMemory } from "../runtime/vmm-backend.js";
 import { templateByName, type BootTemplate } from "./boot-templates.js";
 import { backingChain } from "./disk-chain.js";
 import { releaseUnmappedForkMemory } from "./fork-memory.js";
+import { copyMountedWorkspaceDisk, type MountedBaseline, mountedBaselineFor } from "./mounted-baseline.js";
 import { bootWorkspace, diskPath, layerDisk, layerWorkspaceDisk, seedImagePath, workspaceDiskPath } from "./workspace-boot.js";
 import { nowIso, reconcileVm, vmHandle, withLockedWorkspace, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { SnapshotRecord, WorkspaceRecord } from "./workspace-record.js";
@@ -34,7 +35,19 @@ async function restoreTemplateBaseline(ctx: WorkspaceContext, record: WorkspaceR
     );
   }
   const { template, restorable } = found;
-  await layerWorkspaceDisk(ctx, record, seedImagePath(ctx, record.id), "raw");
+  const seed = seedImagePath(ctx, record.id);
+  const mounted = restorable ? await mountedBaseline(ctx, record, template) : undefined;
+  // Its /workspace is mounted in the memory restored: the disk is the overlay that mount wrote.
+  if (mounted && (await copyMountedWorkspaceDisk(mounted, workspaceDiskPath(ctx, record.id), seed))) {
+    return bootWorkspace(ctx, record, {
+      kind: "restore",
+      statePath: mounted.statePath,
+      diskPath: template.diskPath,
+      mode: "template_restore",
+      memoryPath: mounted.memoryPath,
+    });
+  }
+  await layerWorkspaceDisk(ctx, record, seed, "raw");
   if (restorable) {
     return bootWorkspace(ctx, record, {
       kind: "restore",
@@ -47,6 +60,13 @@ async function restoreTemplateBaseline(ctx: WorkspaceContext, record: WorkspaceR
   // Its RAM file is gone (reboot, QEMU upgrade): the same disks, booted instead of resumed.
   await layerDisk(ctx, record, template.diskPath, "qcow2");
   return bootWorkspace(ctx, record, { kind: "cold" });
+}
+
+/** The template's mounted baseline, for a workspace without a NIC whose /workspace disk is the shared empty image. */
+async function mountedBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, template: BootTemplate): Promise<MountedBaseline | undefined> {
+  if (record.disk_gib === null || record.network_policy !== "off") return undefined;
+  const shape = { vcpuCount: record.vcpu_count, memMib: record.mem_mib, diskGib: record.disk_gib };
+  return mountedBaselineFor(ctx.paths, await ctx.runtime(), template, shape, seedImagePath(ctx, record.id));
 }
 
 function snapshotDir(ctx: WorkspaceContext, id: string, name: string): string {

@@ -166,8 +166,10 @@ pub fn handle_frame(ctx: &Arc<Context>, header_bytes: Vec<u8>, payload: Vec<u8>)
     }
     let session = ctx.session.load(Ordering::SeqCst);
     // Metadata-only requests are answered inline: a thread costs more than the work under TCG.
-    // Anything that may block (exec, file contents, shutdown) gets its own thread.
-    if matches!(op.as_str(), "hello" | "file.stat" | "") {
+    // Anything that may block (exec, file contents, shutdown) gets its own thread. A restored VM
+    // runs identity.set and the mount of an already mounted /workspace first thing, and under TCG
+    // its first thread costs ~20 ms of code translation on top of the work.
+    if matches!(op.as_str(), "hello" | "file.stat" | "identity.set" | "") || (op == "workspace.mount" && crate::workspace_disk::mounted_at(crate::workspace_disk::MOUNT_POINT)) {
         return answer(ctx, session, id, &op, &header, payload);
     }
     let ctx = ctx.clone();
