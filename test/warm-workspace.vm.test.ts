@@ -110,7 +110,7 @@ describe("[vm] the warm workspace kept for the next unseeded create", () => {
 });
 
 /** Starts a process holding a warm workspace (test/helpers/warm-create-child.ts); resolves once it is ready. */
-async function warmHolder(mode: "idle" | "at-write") {
+async function warmHolder(mode: "idle" | "at-write" | "exit") {
   const child = spawn(process.execPath, [join(import.meta.dirname, "helpers", "warm-create-child.js"), mode], { stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   let err = "";
@@ -128,6 +128,20 @@ async function warmHolder(mode: "idle" | "at-write") {
 }
 
 describe("[vm] crash points of the warm workspace", () => {
+  it("a pyro that exits normally while it keeps one leaves nothing, with no next command needed", TIMEOUT, async () => {
+    const holder = await warmHolder("exit");
+    assert.equal(await holder.exited, null);
+    const deadline = Date.now() + 5_000;
+    while ((await processesMentioning(holder.id)).length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(await processesMentioning(holder.id), [], "its VM died with it");
+    assert.deepEqual(
+      (await stateEntries()).filter((n) => n.includes(holder.id)),
+      [],
+      "its directory and lock are gone",
+    );
+    assert.equal(await exists(join(testPaths.runtimeDir, holder.id)), false, "and its run directory");
+  });
+
   for (const mode of ["idle", "at-write"] as const) {
     const when = mode === "idle" ? "while it waits" : "after taking it for a create, before the record is written";
     it(`a pyro killed ${when} leaves no orphan VM or files: the next command repairs`, TIMEOUT, async () => {

@@ -1,6 +1,5 @@
 import { rmSync } from "node:fs";
 import { registerExitCleanup } from "../process/exit-cleanup.js";
-import { processAlive } from "../process/process-alive.js";
 import type { HeldLock } from "../storage/process-lock.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { giveVmItsOwnIdentity } from "../runtime/vm-identity.js";
@@ -82,10 +81,10 @@ export class WarmWorkspaceSlot {
     // Held before its directory exists, as every create holds it (see workspace-lifecycle).
     const lock = await ctx.store.holdNewLock(id, "create");
     let vm: RunningVm | undefined;
-    // A normal exit (an MCP client gone, process.exit) leaves nothing; a kill -9 leaves it to recovery.
+    // A normal exit (an MCP client gone, process.exit) leaves nothing: the VM dies with this process
+    // until it is detached (the backend's own exit cleanup), and its files go here. A kill -9 leaves both to recovery.
     const unregister = registerExitCleanup(
       () => {
-        if (vm && processAlive(vm.pid)) process.kill(vm.pid, "SIGKILL");
         for (const path of [ctx.store.dir(id), ctx.store.runDir(id), ctx.store.lockPath(id)]) rmSync(path, { recursive: true, force: true });
       },
       () => this.discard({ record, vm, lock, unregister: () => undefined }),

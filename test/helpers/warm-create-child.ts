@@ -1,8 +1,9 @@
 /**
  * A long-lived pyro process holding a warm workspace, for the warm-create crash points: it makes
- * one, says `ready <id>`, then either waits to be killed ("idle") or creates a workspace and
- * SIGKILLs itself at the moment the taken workspace's record would be written ("at-write": after
- * the warm VM was taken, resumed and given its identity, before anything records it).
+ * one, says `ready <id> <dir>`, then waits to be killed ("idle"), exits normally ("exit", as
+ * `pyro mcp serve` does when its client goes), or creates a workspace and SIGKILLs itself at the
+ * moment the taken workspace's record would be written ("at-write": after the warm VM was taken,
+ * resumed and given its identity, before anything records it).
  */
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
@@ -18,6 +19,7 @@ if (!(await pyro.warmUp())) {
 const ctx = await (pyro as unknown as { workspaces: Promise<WorkspaceContext> }).workspaces;
 const [id] = (await readdir(ctx.store.rootDir)).filter((name) => /^ws-[a-z2-7]+$/.test(name));
 process.stdout.write(`ready ${id} ${join(ctx.store.rootDir, id!)}\n`);
+if (mode === "exit") process.exit(0);
 if (mode === "at-write") {
   ctx.store.write = async () => {
     process.kill(process.pid, "SIGKILL");
