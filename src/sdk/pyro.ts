@@ -110,11 +110,14 @@ export class Pyro {
 
   /**
    * Prepares the warm VM now (with `warmVm`), instead of after the first run or create: one for
-   * the kind last used (a workspace before any); resolves whether one is ready.
+   * `kind`, by default the kind last used (a workspace before any), the other kind's thrown away;
+   * resolves whether one is ready.
    */
-  async warmUp(): Promise<boolean> {
-    const slot = this.warmFor === "run" ? await this.warmSlot() : await this.warmWorkspaceSlot();
-    return (await slot?.fill()) ?? false;
+  async warmUp(kind: "run" | "workspace" = this.warmFor): Promise<boolean> {
+    this.warmFor = kind;
+    const [keep, drop] = kind === "run" ? [await this.warmSlot(), await this.warmCreate] : [await this.warmWorkspaceSlot(), await this.warm];
+    await drop?.empty();
+    return (await keep?.fill()) ?? false;
   }
 
   /** Stops what this instance keeps running for itself (the warm VM). Workspaces are not touched. */
