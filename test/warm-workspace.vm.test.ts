@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { readdir, stat } from "node:fs/promises";
+import { mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Pyro } from "../src/sdk/pyro.js";
@@ -75,16 +76,25 @@ describe("[vm] the warm workspace kept for the next unseeded create", () => {
       assert.notEqual(otherUuid, uuid);
       assert.notEqual(otherMachineId, machineId);
 
-      // A create of another shape (or seeded, or networked) starts its own VM and leaves the kept one alone.
+      // A create of another shape, seeded, or with secrets starts its own VM and leaves the kept one alone.
       assert.equal(await pyro.warmUp(), true);
       const owned = new Set((await other.listWorkspaces()).workspaces.map((w) => w.vm?.pid));
       const keptNow = (await processesMentioning(testPaths.runtimeDir)).filter((pid) => !owned.has(pid));
       assert.equal(keptNow.length, 1);
-      const small = await pyro.createWorkspace("debian:12", { memMib: 512 });
-      assert.notEqual(small.vm?.pid, keptNow[0]);
-      assert.ok((await processesMentioning(testPaths.runtimeDir)).includes(keptNow[0]!));
+      const seedDir = await mkdtemp(join(tmpdir(), "warm-seed-"));
+      await writeFile(join(seedDir, "f.txt"), "seeded\n");
+      const others = [
+        await pyro.createWorkspace("debian:12", { memMib: 512 }),
+        await pyro.createWorkspace("debian:12", { seedPath: seedDir }),
+        await pyro.createWorkspace("debian:12", { secrets: { TOKEN: "s3cret" } }),
+      ];
+      await rm(seedDir, { recursive: true, force: true });
+      for (const made of others) assert.notEqual(made.vm?.pid, keptNow[0]);
+      assert.ok((await processesMentioning(testPaths.runtimeDir)).includes(keptNow[0]!), "the kept VM is still kept");
+      assert.deepEqual(others[2]!.secret_names, ["TOKEN"]);
+      assert.equal(others[1]!.workspace_seed.files, 1);
 
-      for (const id of [created.workspace_id, second.workspace_id, small.workspace_id]) await pyro.deleteWorkspace(id);
+      for (const id of [created.workspace_id, second.workspace_id, ...others.map((o) => o.workspace_id)]) await pyro.deleteWorkspace(id);
       await pyro.close();
       assert.deepEqual(await processesMentioning(testPaths.runtimeDir), [], "closing stops the kept VM");
       assert.deepEqual(

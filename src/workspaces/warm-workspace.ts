@@ -23,13 +23,15 @@ import { seedRecord } from "./workspace-seed.js";
  * names a workspace without a record). Taking it is the end of that create: resume, a fresh
  * identity (entropy, clock, machine-id; hostname = id) because it sat paused, the caller's name,
  * labels and TTL in the record, the baseline, then the record is written and the lock released.
+ * Nothing is moved or adopted at take: the disks were made in the workspace's own directory, where
+ * QEMU opened them (moving an image QEMU holds open would leave it naming a path that is gone).
  */
 interface ReadyWorkspace {
   record: WorkspaceRecord;
   vm: RunningVm;
   template: BootTemplate | undefined;
   lock: HeldLock;
-  /** Drops the exit cleanup that stops the VM and removes the files if this process exits first. */
+  /** Drops the exit cleanup that removes its files if this process exits before it is taken. */
   unregister: () => void;
 }
 
@@ -79,7 +81,7 @@ export class WarmWorkspaceSlot {
     );
     const { id } = record;
     // Held before its directory exists, as every create holds it (see workspace-lifecycle).
-    const lock = await ctx.store.holdNewLock(id, "create");
+    const lock = await ctx.store.holdNewLock(id, "create (made ahead, kept warm)");
     let vm: RunningVm | undefined;
     // A normal exit (an MCP client gone, process.exit) leaves nothing: the VM dies with this process
     // until it is detached (the backend's own exit cleanup), and its files go here. A kill -9 leaves both to recovery.
@@ -111,24 +113,31 @@ export class WarmWorkspaceSlot {
     ready.unregister();
   }
 
+  /** Whether a create of `wanted` can be finished with the warm workspace: it is one the same but for name, labels and TTL. */
+  private serves(wanted: WorkspaceRecord): boolean {
+    return (
+      wanted.environment === this.options.environment &&
+      wanted.vcpu_count === WARM_SHAPE.vcpuCount &&
+      wanted.mem_mib === WARM_SHAPE.memMib &&
+      wanted.disk_gib === WARM_SHAPE.diskGib &&
+      wanted.seed.mode === "empty" &&
+      wanted.network_policy === "off" &&
+      // Secrets are written into the workspace before its VM starts: a create with any starts its own.
+      !wanted.secret_names.length &&
+      !wanted.scoped_secrets.length &&
+      !wanted.tls_interception &&
+      !wanted.secrets_over_http
+    );
+  }
+
   /**
    * Finishes the create `wanted` describes (an unseeded, offline, secret-free workspace) with the
    * ready workspace, if one is ready for this environment and machine: its record is `wanted`
    * under the ready one's id, written before return. Undefined when there is none ready (one being
    * made is not waited for) or it could not be finished (the caller then creates one as usual).
    */
-  async take(
-    environment: string,
-    shape: { vcpuCount: number; memMib: number; diskGib: number },
-    wanted: WorkspaceRecord,
-  ): Promise<WorkspaceRecord | undefined> {
-    if (
-      environment !== this.options.environment ||
-      shape.vcpuCount !== WARM_SHAPE.vcpuCount ||
-      shape.memMib !== WARM_SHAPE.memMib ||
-      shape.diskGib !== WARM_SHAPE.diskGib
-    )
-      return undefined;
+  async take(wanted: WorkspaceRecord): Promise<WorkspaceRecord | undefined> {
+    if (!this.serves(wanted)) return undefined;
     const ready = await this.slot.claim();
     if (!ready) return undefined;
     const { vm, template } = ready;

@@ -206,12 +206,9 @@ async function createWithSeed(
     tls_interception: options.tlsInterception ?? false,
     secrets_over_http: options.secretsOverHttp ?? false,
   });
-  // A warm workspace is an unseeded, offline, secret-free create of the default machine, made ahead.
-  const plain = !seed && network.policy === "off" && !record.secret_names.length && !record.scoped_secrets.length && !interceptsTls(record);
-  if (plain && warm) {
-    const adopted = await warm.take(environment, { ...shape, diskGib }, record);
-    if (adopted) return { ...viewOf(adopted), create_ms: Date.now() - started };
-  }
+  // A create the warm workspace can be (unseeded, offline, no secrets, its machine) is finished with it.
+  const adopted = await warm?.take(record);
+  if (adopted) return { ...viewOf(adopted), create_ms: Date.now() - started };
   await ctx.environments.require(environment);
   await ctx.runtime();
   const id = record.id;
