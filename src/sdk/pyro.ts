@@ -78,7 +78,8 @@ export class Pyro {
     // One warm VM at a time, of the kind last used: the run's slot is refilling now.
     if (this.options.warmVm) {
       this.warmFor = "run";
-      void this.warmCreate?.then((slot) => slot.empty()); // (never loads the workspace code for a run)
+      // (Never loads the workspace code for a run.) A kept VM that would not go is the exit cleanup's.
+      void this.warmCreate?.then((slot) => slot.empty()).catch(() => undefined);
     }
     return result;
   }
@@ -247,8 +248,9 @@ export class Pyro {
     // One warm VM at a time, of the kind last used; made after this create, not during it (they would share the CPUs).
     if (warm && created.workspace_seed.mode === "empty") {
       this.warmFor = "workspace";
-      void this.warmSlot()
-        ?.then((slot) => slot.empty())
+      void Promise.resolve(this.warmSlot())
+        .then((slot) => slot?.empty())
+        .catch(() => undefined)
         .then(() => warm.fill());
     }
     return created;

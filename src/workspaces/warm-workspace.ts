@@ -147,11 +147,13 @@ export class WarmWorkspaceSlot {
       // It sat paused: its clock is behind, and its entropy must not be what it had when it was made.
       await giveVmItsOwnIdentity(vm, record.id);
       await captureBaseline(this.ctx, record, vm, template);
-      // From here a crash leaves a VM no record owns only until the write lands: recovery handles both.
+      // Its files must outlive an exit from the write on. An exit before it lands leaves files and a
+      // VM without a record under a dead holder's lock: an unfinished create, which recovery removes.
       ready.unregister();
       await this.ctx.store.write(record);
     } catch {
-      await this.discard(ready);
+      // Not finished: it goes, and the caller creates one as usual (what discard cannot remove, recovery does).
+      await this.discard(ready).catch(() => undefined);
       return undefined;
     }
     vm.detach();
