@@ -4,7 +4,9 @@ import { mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
+import { QmpClient } from "../src/runtime/qemu/qmp-client.js";
 import { Pyro } from "../src/sdk/pyro.js";
+import { connectStdio, toolJson } from "./helpers/mcp-client.js";
 import { processesMentioning, testPaths } from "./helpers/vm-fixtures.js";
 
 const TIMEOUT = { timeout: 300_000 };
@@ -118,6 +120,55 @@ describe("[vm] the warm workspace kept for the next unseeded create", () => {
     }
   });
 });
+
+describe("[vm] pyro mcp serve keeps a warm workspace by default", () => {
+  it("after an unseeded workspace_create, the next one is the workspace it made ahead; --no-warm-vm keeps none", TIMEOUT, async () => {
+    for (const warm of [true, false]) {
+      const { client } = await connectStdio(warm ? [] : ["--no-warm-vm"]);
+      const made: string[] = [];
+      try {
+        const first = toolJson<{ workspace_id: string }>(await client.callTool({ name: "workspace_create", arguments: {} }));
+        made.push(first.workspace_id);
+        // The made-ahead workspace shows as a directory without a record (its create is not finished).
+        // With --no-warm-vm, 5 s of nothing made is enough.
+        const deadline = Date.now() + (warm ? 60_000 : 5_000);
+        let pending: string | undefined;
+        while (!pending && Date.now() < deadline) {
+          const entries = (await stateEntries()).filter((n) => /^ws-[a-z2-7]+$/.test(n) && !made.includes(n));
+          for (const n of entries) if (!(await exists(join(WORKSPACES, n, "workspace.json")))) pending = n;
+          if (!pending) await new Promise((r) => setTimeout(r, 100));
+        }
+        if (warm) await waitForPaused(pending);
+        assert.equal(pending !== undefined, warm, warm ? "a workspace made ahead" : "none made ahead");
+        const second = toolJson<{ workspace_id: string; create_ms: number }>(await client.callTool({ name: "workspace_create", arguments: {} }));
+        made.push(second.workspace_id);
+        if (warm) assert.equal(second.workspace_id, pending, `the second create is the one made ahead (${second.create_ms} ms)`);
+      } finally {
+        for (const id of made) await client.callTool({ name: "workspace_delete", arguments: { workspace_id: id } }).catch(() => undefined);
+        await client.close();
+      }
+    }
+  });
+});
+
+/** Waits until the made-ahead workspace's VM is ready (it writes no record; its VM paused means it is done). */
+async function waitForPaused(id: string | undefined): Promise<void> {
+  if (!id) return;
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    const status = await QmpClient.connect(join(testPaths.runtimeDir, id, "qmp.sock"), Date.now() + 1_000)
+      .then(async (qmp) => {
+        try {
+          return ((await qmp.execute("query-status")) as { status: string }).status;
+        } finally {
+          qmp.close();
+        }
+      })
+      .catch(() => undefined);
+    if (status === "paused") return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 /** Starts a process holding a warm workspace (test/helpers/warm-create-child.ts); resolves once it is ready. */
 async function warmHolder(mode: "idle" | "at-write" | "exit") {
