@@ -4,7 +4,8 @@
  * finds no root: what no cold boot can beat), medians of --runs:
  *   workspace create (no seed), reset to the baseline (the template), reset to a user snapshot,
  *   `pyro run debian:12 -- true` in a fresh CLI process, the same run through an SDK instance that
- *   keeps a warm VM (what `pyro mcp serve` does), exec `true` (SDK) against the agent's raw exec;
+ *   keeps a warm VM (what `pyro mcp serve` does), workspace create (no seed) through that instance
+ *   when its warm workspace is ready, exec `true` (SDK) against the agent's raw exec;
  *   host memory of idle workspaces: each VMM's PSS (/proc/<pid>/smaps_rollup) with --idle held at once;
  *   fork: `workspace fork --count --fork-copies` of a workspace that wrote a file, wall time per copy,
  *   how long the source was paused, PSS per copy while held;
@@ -192,11 +193,18 @@ async function main(): Promise<void> {
   }
   const execRaw = await rawExecTrue();
   const warmRun: number[] = [];
+  const warmCreate: number[] = [];
   const warm = new Pyro({ warmVm: { environment: "debian:12" } });
   try {
     for (let i = 0; i < RUNS; i++) {
-      await warm.warmUp();
+      await warm.warmUp("run");
       warmRun.push((await timed(() => warm.run("debian:12", ["true"])))[0]);
+    }
+    for (let i = 0; i < RUNS; i++) {
+      await warm.warmUp("workspace");
+      const [ms, w] = await timed(() => warm.createWorkspace("debian:12"));
+      warmCreate.push(ms);
+      await warm.deleteWorkspace(w.workspace_id);
     }
   } finally {
     await warm.close();
@@ -213,6 +221,7 @@ async function main(): Promise<void> {
   console.log(`${"  source paused / PSS per held copy".padEnd(36)} ${median(forkPaused).toFixed(0).padStart(6)} ms  ${median(forkPss).toFixed(0)} MiB`);
   row("pyro run debian:12 -- true (CLI)", run, "≤ 0.40x");
   row("run true, SDK with a warm VM", warmRun, "tens of ms");
+  row("create, warm VM (SDK, no seed)", warmCreate, "tens of ms");
   console.log(
     `${"exec true: SDK / raw agent".padEnd(36)} ${median(execSdk).toFixed(1).padStart(6)} ms / ${median(execRaw).toFixed(1)} ms = ${(median(execSdk) / median(execRaw)).toFixed(2)}x   (target ≤ 1.3x)`,
   );

@@ -40,7 +40,7 @@ export function checkCommandTimeout(seconds: number | undefined): void {
 }
 
 /**
- * Host memory (MemAvailable, MiB) below which no warm VM is kept for one-shot runs: a paused guest
- * holds what it touched, and a busy host needs it more than the next run needs to be fast.
+ * Host memory (MemAvailable, MiB) below which no warm VM is kept (for the next run or create): a
+ * paused guest holds what it touched, and a busy host needs it more than the next one needs to be fast.
  */
 export const WARM_VM_MIN_HOST_AVAILABLE_MIB = 2048;

@@ -3,6 +3,7 @@ import type { EnvironmentStatus } from "../environments/environment-store.js";
 import type { LoopStep } from "./daily-loop.js";
 import type { RunOptions } from "../vm-run/run-result.js";
 import type { WarmVmSlot } from "../vm-run/warm-vm.js";
+import type { WarmWorkspaceSlot } from "../workspaces/warm-workspace.js";
 import type { WorkspaceContext } from "../workspaces/workspace-context.js";
 import type { WorkspaceExecOptions } from "../workspaces/workspace-exec.js";
 import type { CreateWorkspaceOptions, UpdateWorkspaceOptions } from "../workspaces/workspace-lifecycle.js";
@@ -47,8 +48,9 @@ export interface PyroOptions {
   project?: ProjectSource;
   /**
    * After each `run`, keep one VM of the default run shape restored and paused for the next run of
-   * this environment (for a long-lived process: `pyro mcp serve` does); none while host memory is
-   * low. `warmUp()` prepares one before the first run.
+   * this environment; after each unseeded create, one workspace of the default shape for the next
+   * unseeded, offline, secret-free create (for a long-lived process: `pyro mcp serve` does). One at
+   * a time, of the kind last used; none while host memory is low. `warmUp()` prepares one first.
    */
   warmVm?: { environment: string; minAvailableMib?: number };
 }
@@ -58,6 +60,9 @@ export class Pyro {
   readonly paths: PyroPaths;
   private context: Promise<WorkspaceContext> | undefined;
   private warm: Promise<WarmVmSlot> | undefined;
+  private warmCreate: Promise<WarmWorkspaceSlot> | undefined;
+  /** Which kind of warm VM `warmUp` prepares: the one last used. */
+  private warmFor: "run" | "workspace" = "workspace";
 
   constructor(private readonly options: PyroOptions = {}) {
     this.paths = resolvePaths(options.home ? { ...process.env, PYRO_HOME: options.home } : process.env);
@@ -70,7 +75,14 @@ export class Pyro {
 
   /** Runs one command in a disposable microVM and destroys it. `command` is argv (no shell). */
   async run(environment: string, command: string[], options: RunOptions = {}) {
-    return (await oneShot()).runOneShot(this.paths, environment, command, options, await this.warmSlot());
+    const result = await (await oneShot()).runOneShot(this.paths, environment, command, options, await this.warmSlot());
+    // One warm VM at a time, of the kind last used: the run's slot is refilling now.
+    if (this.options.warmVm) {
+      this.warmFor = "run";
+      // (Never loads the workspace code for a run.) A kept VM that would not go is the exit cleanup's.
+      void this.warmCreate?.then((slot) => slot.empty()).catch(() => undefined);
+    }
+    return result;
   }
 
   private warmSlot(): Promise<WarmVmSlot> | undefined {
@@ -88,14 +100,32 @@ export class Pyro {
     return this.warm;
   }
 
-  /** Prepares the warm VM now (with `warmVm`), instead of after the first run; resolves whether one is ready. */
-  async warmUp(): Promise<boolean> {
-    return (await (await this.warmSlot())?.fill()) ?? false;
+  private warmWorkspaceSlot(): Promise<WarmWorkspaceSlot | undefined> {
+    const wanted = this.options.warmVm;
+    if (!wanted) return Promise.resolve(undefined);
+    this.warmCreate ??= Promise.all([import("../workspaces/warm-workspace.js"), this.workspaces]).then(
+      ([{ WarmWorkspaceSlot: Slot }, ctx]) =>
+        new Slot(ctx, { environment: wanted.environment, ...(wanted.minAvailableMib !== undefined ? { minAvailableMib: wanted.minAvailableMib } : {}) }),
+    );
+    return this.warmCreate;
+  }
+
+  /**
+   * Prepares the warm VM now (with `warmVm`), instead of after the first run or create: one for
+   * `kind`, by default the kind last used (a workspace before any), the other kind's thrown away;
+   * resolves whether one is ready.
+   */
+  async warmUp(kind: "run" | "workspace" = this.warmFor): Promise<boolean> {
+    this.warmFor = kind;
+    const [keep, drop] = kind === "run" ? [await this.warmSlot(), await this.warmCreate] : [await this.warmWorkspaceSlot(), await this.warm];
+    await drop?.empty();
+    return (await keep?.fill()) ?? false;
   }
 
   /** Stops what this instance keeps running for itself (the warm VM). Workspaces are not touched. */
   async close(): Promise<void> {
     await (await this.warmSlot())?.close();
+    await (await this.warmWorkspaceSlot())?.close();
   }
 
   async listEnvironments(): Promise<EnvironmentStatus[]> {
@@ -214,7 +244,17 @@ export class Pyro {
    */
   async createWorkspace(environment: string, options: CreateWorkspaceOptions = {}) {
     if (options.seedPath === undefined && options.project === undefined && this.options.project) options = { ...options, project: this.options.project };
-    return (await lifecycle()).createWorkspace(await this.workspaces, environment, options);
+    const warm = await this.warmWorkspaceSlot();
+    const created = await (await lifecycle()).createWorkspace(await this.workspaces, environment, options, warm);
+    // One warm VM at a time, of the kind last used; made after this create, not during it (they would share the CPUs).
+    if (warm && created.workspace_seed.mode === "empty") {
+      this.warmFor = "workspace";
+      void Promise.resolve(this.warmSlot())
+        .then((slot) => slot?.empty())
+        .catch(() => undefined)
+        .then(() => warm.fill());
+    }
+    return created;
   }
   async listWorkspaces() {
     return (await lifecycle()).listWorkspaces(await this.workspaces);

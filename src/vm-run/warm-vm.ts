@@ -1,8 +1,7 @@
-import { readFile } from "node:fs/promises";
-import { WARM_VM_MIN_HOST_AVAILABLE_MIB } from "../runtime/guest-limits.js";
 import type { PyroPaths } from "../paths.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { giveVmItsOwnIdentity, throwawayHostname } from "../runtime/vm-identity.js";
+import { hostCanKeepWarmVm, WarmSlot } from "../runtime/warm-slot.js";
 import { launchDisposableVm } from "./disposable-vm.js";
 
 /**
@@ -24,40 +23,25 @@ export interface WarmVmOptions {
 }
 
 export class WarmVmSlot {
-  private ready: Promise<RunningVm | undefined> | undefined;
-  /** The kept VM's process exited (killed behind pyro's back): it cannot be taken. */
-  private died = false;
-  private closed = false;
+  private readonly slot: WarmSlot<RunningVm>;
 
   constructor(
     private readonly paths: PyroPaths,
     readonly options: WarmVmOptions,
-  ) {}
+  ) {
+    this.slot = new WarmSlot({ prepare: () => this.prepare(), lost: (vm) => vm.exited, discard: (vm) => vm.dispose() });
+  }
 
   /**
    * Starts preparing a VM unless one is ready or being prepared, the slot is closed, or memory is
    * low. Resolves whether one is ready (callers need not wait).
    */
   fill(): Promise<boolean> {
-    if (this.closed) return Promise.resolve(false);
-    if (this.ready) return this.ready.then((vm) => vm !== undefined && !this.died);
-    const preparing = this.prepare().catch(() => undefined); // a failed warm-up only means the next run starts its own
-    this.ready = preparing;
-    this.died = false;
-    void preparing.then((vm) => {
-      // None (memory was low, the start failed) or gone before it was taken: the next fill tries again.
-      if (!vm && this.ready === preparing) this.ready = undefined;
-      void vm?.exited.then(() => {
-        if (this.ready !== preparing) return;
-        this.ready = undefined;
-        this.died = true;
-      });
-    });
-    return preparing.then((vm) => vm !== undefined);
+    return this.slot.fill();
   }
 
   private async prepare(): Promise<RunningVm | undefined> {
-    if ((await memAvailableMib()) < (this.options.minAvailableMib ?? WARM_VM_MIN_HOST_AVAILABLE_MIB)) return undefined;
+    if (!(await hostCanKeepWarmVm(this.options.minAvailableMib))) return undefined;
     const vm = await launchDisposableVm(this.paths, this.options.environment, {
       vcpuCount: this.options.vcpuCount,
       memMib: this.options.memMib,
@@ -70,10 +54,6 @@ export class WarmVmSlot {
       await vm.dispose();
       throw error;
     }
-    if (this.closed) {
-      await vm.dispose();
-      return undefined;
-    }
     return vm;
   }
 
@@ -83,12 +63,9 @@ export class WarmVmSlot {
    */
   async take(environment: string, shape: { vcpuCount: number; memMib: number; network: boolean }): Promise<RunningVm | undefined> {
     const { options } = this;
-    if (!this.ready || shape.network || environment !== options.environment || shape.vcpuCount !== options.vcpuCount || shape.memMib !== options.memMib)
-      return undefined;
-    const pending = this.ready;
-    const vm = await Promise.race([pending, new Promise<undefined>((r) => setImmediate(() => r(undefined)))]);
-    if (!vm || this.ready !== pending || this.died) return undefined;
-    this.ready = undefined;
+    if (shape.network || environment !== options.environment || shape.vcpuCount !== options.vcpuCount || shape.memMib !== options.memMib) return undefined;
+    const vm = await this.slot.claim();
+    if (!vm) return undefined;
     try {
       await vm.resume();
       await giveVmItsOwnIdentity(vm, throwawayHostname());
@@ -99,17 +76,13 @@ export class WarmVmSlot {
     }
   }
 
-  /** Stops the kept VM (if any) and keeps no other. */
-  async close(): Promise<void> {
-    this.closed = true;
-    const vm = await this.ready;
-    this.ready = undefined;
-    await vm?.dispose();
+  /** Stops the kept VM (if any); the next fill prepares another. */
+  empty(): Promise<void> {
+    return this.slot.empty();
   }
-}
 
-async function memAvailableMib(): Promise<number> {
-  const text = await readFile("/proc/meminfo", "utf8").catch(() => "");
-  const kib = Number(/^MemAvailable:\s+(\d+) kB/m.exec(text)?.[1]);
-  return Number.isFinite(kib) ? kib / 1024 : 0;
+  /** Stops the kept VM (if any) and keeps no other. */
+  close(): Promise<void> {
+    return this.slot.close();
+  }
 }

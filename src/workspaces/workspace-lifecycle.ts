@@ -18,6 +18,7 @@ import { checkNetworkOptions } from "./workspace-network.js";
 import { collectSecrets, saveSecrets } from "./workspace-secrets.js";
 import { forgetMemoryOnlyValues, interceptsTls, parseSecretHosts, planSecrets, saveEgressSecrets } from "./scoped-secrets.js";
 import { newWorkspaceId, validateName } from "./workspace-store.js";
+import type { WarmWorkspaceSlot } from "./warm-workspace.js";
 
 /** A workspace's machine shape when the caller does not choose one. */
 export const WORKSPACE_DEFAULTS = DEFAULT_MACHINE_SHAPE;
@@ -136,7 +137,7 @@ function checkLabels(labels: Record<string, string>): void {
  * The baseline that reset returns to: the boot template the VM was restored from with the seed
  * image (nothing to save), or else a snapshot of the VM. Diff's baseline is the seed image itself.
  */
-async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, template: BootTemplate | undefined): Promise<void> {
+export async function captureBaseline(ctx: WorkspaceContext, record: WorkspaceRecord, vm: RunningVm, template: BootTemplate | undefined): Promise<void> {
   const fromTemplate = template && record.vm?.start_mode === "template_restore";
   record.snapshots = [fromTemplate ? templateBaseline(template) : await saveSnapshot(ctx, record, vm, BASELINE_SNAPSHOT)];
 }
@@ -149,6 +150,7 @@ export async function createWorkspace(
   ctx: WorkspaceContext,
   environment: string,
   options: CreateWorkspaceOptions = {},
+  warm?: WarmWorkspaceSlot,
 ): Promise<WorkspaceView & { create_ms: number }> {
   const started = Date.now();
   await ctx.environments.spec(environment);
@@ -169,7 +171,7 @@ export async function createWorkspace(
       : undefined;
     const scan = seed ? scanSeed(seed.source) : undefined;
     if (scan) checkSeedFits(scan, diskGib);
-    return await createWithSeed(ctx, environment, options, started, shape, diskGib, seed, scan);
+    return await createWithSeed(ctx, environment, options, started, shape, diskGib, seed, scan, warm);
   } finally {
     if (unpacked) await rm(unpacked, { recursive: true, force: true });
   }
@@ -184,6 +186,7 @@ async function createWithSeed(
   diskGib: number,
   seed: PreparedSeed | undefined,
   scan: SeedScan | undefined,
+  warm: WarmWorkspaceSlot | undefined,
 ): Promise<WorkspaceView & { create_ms: number }> {
   const secrets = await collectSecrets(options.secrets, options.secretFiles);
   const network = checkNetworkOptions(options.networkPolicy ?? "off", options.allowHosts ?? []);
@@ -194,38 +197,21 @@ async function createWithSeed(
     throw new PyroError("INVALID_ARGUMENT", "--secret-over-http applies to scoped secrets: give --secret-host for them");
   if (options.tlsInterception && network.policy === "off")
     throw new PyroError("INVALID_ARGUMENT", "TLS interception is done by the egress proxy: create the workspace with --network-policy egress");
-  const env = await ctx.environments.require(environment);
-  const runtime = await ctx.runtime();
-  const id = newWorkspaceId();
-  const now = nowIso();
-  const record: WorkspaceRecord = {
-    layout: WORKSPACE_LAYOUT,
-    id,
+  const record = newWorkspaceRecord(environment, shape, diskGib, network, seedRecord(seed, scan), {
     name: options.name ?? null,
     labels: options.labels ?? {},
-    environment,
-    created_at: now,
-    updated_at: now,
-    last_activity_at: now,
-    vcpu_count: shape.vcpuCount,
-    mem_mib: shape.memMib,
-    disk_gib: diskGib,
-    network_policy: network.policy,
-    allow_hosts: network.allow,
-    services: {},
     ttl_seconds: options.ttlSeconds ?? null,
-    vm: null,
-    seed: seedRecord(seed, scan),
-    command_count: 0,
-    snapshots: [],
     secret_names: Object.keys(secrets).sort(),
     scoped_secrets: secretPlan.scoped.map(({ name, hosts, placeholder }) => ({ name, hosts, placeholder, memory_only: options.secretMemoryOnly ?? false })),
     tls_interception: options.tlsInterception ?? false,
     secrets_over_http: options.secretsOverHttp ?? false,
-    unexpected_stop: null,
-    recovery: null,
-    guest_cleanup_pending: false,
-  };
+  });
+  // A create the warm workspace can be (unseeded, offline, no secrets, its machine) is finished with it.
+  const adopted = await warm?.take(record);
+  if (adopted) return { ...viewOf(adopted), create_ms: Date.now() - started };
+  await ctx.environments.require(environment);
+  await ctx.runtime();
+  const id = record.id;
   // Locked before its directory exists: a directory without a record and without a live lock
   // holder is then always an interrupted create, which recovery removes (secrets included).
   return ctx.store.withLock(id, "create", async () => {
@@ -235,26 +221,9 @@ async function createWithSeed(
       await ctx.store.createDir(id);
       await saveSecrets(ctx, id, secretPlan.injected);
       if (interceptsTls(record)) await saveEgressSecrets(ctx.store.dir(id), id, secretPlan.scoped, options.secretMemoryOnly);
-      const image = seed
-        ? await buildSeedImage(seed.source, scan, diskGib, seedImagePath(ctx, id), baselineManifestPath(ctx, id), ctx.store.dir(id))
-        : await emptySeedImage(ctx.paths, diskGib, seedImagePath(ctx, id), baselineManifestPath(ctx, id), ctx.store.dir(id));
-      record.seed.built_at_ns = String(image.builtAtNs);
-      await layerWorkspaceDisk(ctx, record, image.path, "raw");
-      // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
-      const template = network.policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, { ...shape, diskGib }).catch(() => undefined) : undefined;
-      if (template) {
-        vm = await bootWorkspace(ctx, record, {
-          kind: "restore",
-          statePath: template.statePath,
-          diskPath: template.diskPath,
-          mode: "template_restore",
-          ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}),
-        });
-      } else {
-        await layerDisk(ctx, record, env.imagePath, "raw");
-        vm = await bootWorkspace(ctx, record, { kind: "cold" });
-      }
-      await captureBaseline(ctx, record, vm, template);
+      const booted = await bootNewWorkspace(ctx, record, seed, scan);
+      vm = booted.vm;
+      await captureBaseline(ctx, record, vm, booted.template);
       await ctx.store.write(record);
       await claim.release();
       vm.detach();
@@ -267,6 +236,77 @@ async function createWithSeed(
       throw error;
     }
   });
+}
+
+/** A new workspace's record, not yet written: `fields` are what the caller chose, the rest starts empty. */
+export function newWorkspaceRecord(
+  environment: string,
+  shape: { vcpuCount: number; memMib: number },
+  diskGib: number,
+  network: { policy: WorkspaceRecord["network_policy"]; allow: string[] },
+  seed: WorkspaceRecord["seed"],
+  fields: Pick<WorkspaceRecord, "name" | "labels" | "ttl_seconds" | "secret_names" | "scoped_secrets" | "tls_interception" | "secrets_over_http">,
+): WorkspaceRecord {
+  const now = nowIso();
+  return {
+    layout: WORKSPACE_LAYOUT,
+    id: newWorkspaceId(),
+    environment,
+    created_at: now,
+    updated_at: now,
+    last_activity_at: now,
+    vcpu_count: shape.vcpuCount,
+    mem_mib: shape.memMib,
+    disk_gib: diskGib,
+    network_policy: network.policy,
+    allow_hosts: network.allow,
+    services: {},
+    vm: null,
+    seed,
+    command_count: 0,
+    snapshots: [],
+    unexpected_stop: null,
+    recovery: null,
+    guest_cleanup_pending: false,
+    ...fields,
+  };
+}
+
+/**
+ * Builds a new workspace's disks in its (created, locked) directory and starts its VM: a restore
+ * of the boot template of its shape where it has one, else a cold boot. The record is not written.
+ */
+export async function bootNewWorkspace(
+  ctx: WorkspaceContext,
+  record: WorkspaceRecord,
+  seed: PreparedSeed | undefined,
+  scan: SeedScan | undefined,
+): Promise<{ vm: RunningVm; template: BootTemplate | undefined }> {
+  const env = await ctx.environments.require(record.environment);
+  const runtime = await ctx.runtime();
+  const { id } = record;
+  const diskGib = record.disk_gib ?? DEFAULT_DISK_GIB;
+  const shape = { vcpuCount: record.vcpu_count, memMib: record.mem_mib };
+  const image = seed
+    ? await buildSeedImage(seed.source, scan, diskGib, seedImagePath(ctx, id), baselineManifestPath(ctx, id), ctx.store.dir(id))
+    : await emptySeedImage(ctx.paths, diskGib, seedImagePath(ctx, id), baselineManifestPath(ctx, id), ctx.store.dir(id));
+  record.seed.built_at_ns = String(image.builtAtNs);
+  await layerWorkspaceDisk(ctx, record, image.path, "raw");
+  // Templates are saved without a NIC; a networked machine differs (G10) and boots cold.
+  const template =
+    record.network_policy === "off" ? await ensureBootTemplate(ctx.paths, runtime, env, { ...shape, diskGib }).catch(() => undefined) : undefined;
+  if (template) {
+    const vm = await bootWorkspace(ctx, record, {
+      kind: "restore",
+      statePath: template.statePath,
+      diskPath: template.diskPath,
+      mode: "template_restore",
+      ...(template.memoryPath ? { memoryPath: template.memoryPath } : {}),
+    });
+    return { vm, template };
+  }
+  await layerDisk(ctx, record, env.imagePath, "raw");
+  return { vm: await bootWorkspace(ctx, record, { kind: "cold" }), template: undefined };
 }
 
 /** Deletes workspaces whose TTL ran out since their last mutating activity. */

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
 import { readJsonIfValid, writeFileAtomic, writeJsonAtomic } from "../storage/atomic-file.js";
-import { acquireLock, lockHolder, tryAcquireLock, type LockOwner } from "../storage/process-lock.js";
+import { acquireLock, type HeldLock, lockHolder, tryAcquireLock, type LockOwner } from "../storage/process-lock.js";
 import { ensurePrivateDir, makePrivateSubdir } from "../storage/private-storage.js";
 import { WorkspaceRecord } from "./workspace-record.js";
 
@@ -162,6 +162,17 @@ export class WorkspaceStore {
     } finally {
       await held.release().catch(() => undefined);
     }
+  }
+
+  /**
+   * Takes the lock of a workspace nobody else knows yet (a warm workspace's, made ahead of its
+   * create) and keeps it until `release`: until then its directory is an unfinished create.
+   */
+  async holdNewLock(id: string, purpose: string): Promise<HeldLock> {
+    await this.ensureRoot();
+    const held = await tryAcquireLock(this.lockPath(id), purpose);
+    if (!held) throw new PyroError("WORKSPACE_BUSY", `workspace ${id} is busy in another pyro process`, { workspace: id });
+    return held;
   }
 
   /** Like withLock, but returns BUSY at once instead of waiting for a live holder. */

@@ -23,7 +23,10 @@ export function registerMcpCommands(program: Command): void {
       "seed workspace_create without seed_path from a clean clone of this Git repository (https://, ssh://, git://, file:// or a path)",
     )
     .option("--repo-ref <ref>", "branch, tag or commit of --repo-url to clone (default: its default branch)")
-    .option("--no-warm-vm", `after a vm_run of ${DEFAULT_ENVIRONMENT}, keep no paused VM ready for the next one (kept by default while host memory allows)`)
+    .option(
+      "--no-warm-vm",
+      `after a vm_run or an unseeded workspace_create of ${DEFAULT_ENVIRONMENT}, keep no paused VM ready for the next one (kept by default while host memory allows)`,
+    )
     .option("--token-file <path>", "file (mode 0600) holding the bearer token for --http (default: $PYRO_MCP_TOKEN, else a random one printed to stderr)")
     // Kept only to say what to use instead: a token in argv is readable by every local user.
     .addOption(new Option("--token <token>").hideHelp())
