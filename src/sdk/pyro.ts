@@ -125,7 +125,7 @@ export class Pyro {
   /** Stops what this instance keeps running for itself (the warm VM). Workspaces are not touched. */
   async close(): Promise<void> {
     await (await this.warmSlot())?.close();
-    await (await this.warmWorkspaceSlot())?.close();
+    await (await this.warmCreate)?.close();
   }
 
   async listEnvironments(): Promise<EnvironmentStatus[]> {
