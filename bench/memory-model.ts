@@ -123,13 +123,26 @@ async function memAvailableMib(): Promise<number> {
   return Number(/^MemAvailable:\s+(\d+) kB/m.exec(await readFile("/proc/meminfo", "utf8"))?.[1] ?? NaN) / 1024;
 }
 
-async function rawExecTrue(): Promise<number[]> {
+/**
+ * `exec true` through the SDK on workspace `id`, against the agent's own exec on a VM of the same
+ * machine (one connection, no pyro around it), taken in turns so that both see the same moments of
+ * a shared, noisy host: timed one after the other, a burst of load on either side skews the ratio.
+ */
+async function execSdkAgainstRaw(id: string): Promise<{ sdk: number[]; raw: number[] }> {
   const vm = await launchDisposableVm(paths, "debian:12", { vcpuCount: 1, memMib: 1024, network: false });
   try {
-    for (let i = 0; i < 5; i++) await vm.agent.exec({ command: ["true"] }); // warm the translation cache
-    const out: number[] = [];
-    for (let i = 0; i < 20; i++) out.push((await timed(() => vm.agent.exec({ command: ["true"] })))[0]);
-    return out;
+    for (let i = 0; i < 5; i++) {
+      // Warm both translation caches and the host's code paths.
+      await vm.agent.exec({ command: ["true"] });
+      await pyro.execWorkspace(id, ["true"]);
+    }
+    const sdk: number[] = [];
+    const raw: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      sdk.push((await timed(() => pyro.execWorkspace(id, ["true"])))[0]);
+      raw.push((await timed(() => vm.agent.exec({ command: ["true"] })))[0]);
+    }
+    return { sdk, raw };
   } finally {
     await vm.dispose();
   }
@@ -163,6 +176,7 @@ async function main(): Promise<void> {
   const resetBaseline: number[] = [];
   const resetSnapshot: number[] = [];
   const execSdk: number[] = [];
+  const execRaw: number[] = [];
   const forkPerCopy: number[] = [];
   const forkPaused: number[] = [];
   const forkPss: number[] = [];
@@ -186,12 +200,12 @@ async function main(): Promise<void> {
       }
       for (const f of forked.forks) await pyro.deleteWorkspace(f.workspace_id);
     }
-    for (let i = 0; i < 5; i++) await pyro.execWorkspace(ws.workspace_id, ["true"]);
-    for (let i = 0; i < 20; i++) execSdk.push((await timed(() => pyro.execWorkspace(ws.workspace_id, ["true"])))[0]);
+    const exec = await execSdkAgainstRaw(ws.workspace_id);
+    execSdk.push(...exec.sdk);
+    execRaw.push(...exec.raw);
   } finally {
     await pyro.deleteWorkspace(ws.workspace_id).catch(() => undefined);
   }
-  const execRaw = await rawExecTrue();
   const warmRun: number[] = [];
   const warmCreate: number[] = [];
   const warm = new Pyro({ warmVm: { environment: "debian:12" } });

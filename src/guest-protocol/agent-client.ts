@@ -398,7 +398,7 @@ export class AgentClient {
    * With `directory`, only the filesystem holding it (an agent that predates this flushes all).
    */
   async sync(directory?: string): Promise<void> {
-    await this.call("sync", directory === undefined ? {} : { path: directory }, undefined, { timeoutMs: 60_000 });
+    await this.call("sync", directory === undefined ? {} : { path: directory }, undefined, { timeoutMs: SYNC_TIMEOUT_MS });
   }
 
   async remove(path: string, options: { recursive?: boolean } = {}): Promise<void> {
