@@ -264,9 +264,10 @@ fn ensure_dirs(root: &Beneath, made: &mut MadeDirs, rel: &str) -> io::Result<()>
 }
 
 /// Puts a file at `dir/name`: over the file already there when that is safe and cheaper
-/// (overwrite_in_place), else as a new file (write_new_file). Returns the bytes written.
-fn put_file(dir: &File, name: &str, data: &mut dyn Read, mode: u32, mtime_secs: i64, buf: &mut [u8]) -> io::Result<u64> {
-    match overwrite_in_place(dir, name, data, mode, mtime_secs, buf)? {
+/// (overwrite_in_place, with the file open_ahead opened, if it did), else as a new file
+/// (write_new_file). Returns the bytes written.
+fn put_file(dir: &File, name: &str, opened_ahead: Option<File>, data: &mut dyn Read, mode: u32, mtime_secs: i64, buf: &mut [u8]) -> io::Result<u64> {
+    match overwrite_in_place(dir, name, opened_ahead, data, mode, mtime_secs, buf)? {
         Some(written) => Ok(written),
         None => write_new_file(dir, name, data, mode, mtime_secs, buf),
     }
@@ -280,21 +281,22 @@ fn put_file(dir: &File, name: &str, data: &mut dyn Read, mode: u32, mtime_secs: 
  * symlink (never opened: O_NOFOLLOW, and the lstat before it), a directory, a device or FIFO (never
  * opened: the lstat before it), a file with other names (which must keep the old bytes, as GNU
  * tar leaves them), or a file that cannot be opened for writing (busy, immutable): write_new_file
- * decides those as before. The name is opened beneath `dir` and checked again once open, so a
- * swap between the look and the open is caught, not written through.
+ * decides those as before. The name is opened beneath `dir` (here, or earlier by open_ahead) and
+ * checked again once open, here, so a swap between the look and the open is caught, not written
+ * through.
  *
  * The file keeps its blocks: only what the new bytes no longer reach is cut off, after the write.
  * The new last page is written in part, so the kernel first reads what the old file holds there.
  * Cutting the old file at that page instead (so nothing needs reading) cost more than the read
  * under TCG: the freed block is allocated again at writeback, and the flush that ends a push took
- * ~3x as long. The read is started early instead, for a whole batch at once (read_ahead_partial_pages).
+ * ~3x as long. The read is started early instead, for many files at once (open_ahead).
  */
-fn overwrite_in_place(dir: &File, name: &str, data: &mut dyn Read, mode: u32, mtime_secs: i64, buf: &mut [u8]) -> io::Result<Option<u64>> {
+fn overwrite_in_place(dir: &File, name: &str, opened_ahead: Option<File>, data: &mut dyn Read, mode: u32, mtime_secs: i64, buf: &mut [u8]) -> io::Result<Option<u64>> {
     let seen = match beneath::stat_child(dir, name) {
         Ok(st) if st.is_file() && st.nlink == 1 => st,
         _ => return Ok(None),
     };
-    let mut f = match beneath::open_child(dir, name, O_RDWR | O_NONBLOCK, 0) {
+    let mut f = match opened_ahead.map_or_else(|| beneath::open_child(dir, name, O_RDWR | O_NONBLOCK, 0), Ok) {
         Ok(f) => f,
         Err(_) => return Ok(None),
     };
@@ -336,7 +338,7 @@ fn write_new_file(dir: &File, name: &str, data: &mut dyn Read, mode: u32, mtime_
     Ok(n)
 }
 
-fn extract_entry(root: &Beneath, x: &mut Extraction, entry: &Entry, data: &mut dyn Read) -> io::Result<()> {
+fn extract_entry(root: &Beneath, x: &mut Extraction, entry: &Entry, data: &mut dyn Read, opened_ahead: Option<File>) -> io::Result<()> {
     let rel = relative(&entry.path)?;
     if rel.is_empty() {
         return Ok(()); // "./" itself
@@ -352,7 +354,7 @@ fn extract_entry(root: &Beneath, x: &mut Extraction, entry: &Entry, data: &mut d
         Kind::File => {
             let name = rel.rsplit('/').next().unwrap_or("");
             let mut buf = std::mem::take(&mut x.buf);
-            let written = put_file(x.dir(root, parent)?, name, &mut data.take(entry.size), entry.mode, entry.mtime, &mut buf);
+            let written = put_file(x.dir(root, parent)?, name, opened_ahead, &mut data.take(entry.size), entry.mode, entry.mtime, &mut buf);
             x.buf = buf;
             let written = written?;
             if written < entry.size {
@@ -384,7 +386,7 @@ pub fn extract_into(root: &Beneath, r: &mut dyn Read) -> Result<i64, (String, io
     let mut x = Extraction::new();
     while let Some(entry) = next_entry(r).map_err(|e| (String::new(), e))? {
         let mut body = r.take(entry.size);
-        extract_entry(root, &mut x, &entry, &mut body).map_err(|e| (entry.path.clone(), e))?;
+        extract_entry(root, &mut x, &entry, &mut body, None).map_err(|e| (entry.path.clone(), e))?;
         // Whatever the entry did not consume (a refused or short write) is skipped.
         io::copy(&mut body, &mut io::sink()).map_err(|e| (entry.path.clone(), e))?;
         skip_padding(r, entry.size).map_err(|e| (entry.path.clone(), e))?;
@@ -393,10 +395,12 @@ pub fn extract_into(root: &Beneath, r: &mut dyn Read) -> Result<i64, (String, io
     Ok(count)
 }
 
+/// Files opened ahead of their writes at a time (open_ahead): the descriptors a batch holds at once.
+const OPEN_AHEAD: usize = 128;
+
 /// What extract_into does for a tar held whole in memory (a tree.unpack batch): its headers are
-/// read first, so the old pages its in-place rewrites will read are all asked for at once
-/// (read_ahead_partial_pages) before the first is written. A malformed header fails the batch
-/// before anything of it is written.
+/// read first, so that the files it writes over can be opened, and their old pages read, ahead of
+/// the writes (open_ahead). A malformed header fails the batch before anything of it is written.
 pub fn extract_batch(root: &Beneath, tar: &[u8]) -> Result<i64, (String, io::Error)> {
     let mut rest = tar;
     let mut entries = Vec::new();
@@ -408,38 +412,43 @@ pub fn extract_batch(root: &Beneath, tar: &[u8]) -> Result<i64, (String, io::Err
         entries.push((entry, body));
     }
     let mut x = Extraction::new();
-    read_ahead_partial_pages(root, &mut x, &entries);
-    for (entry, body) in &entries {
-        extract_entry(root, &mut x, entry, &mut &body[..]).map_err(|e| (entry.path.clone(), e))?;
+    for window in entries.chunks(OPEN_AHEAD) {
+        let opened = open_ahead(root, &mut x, window);
+        for ((entry, body), file) in window.iter().zip(opened) {
+            extract_entry(root, &mut x, entry, &mut &body[..], file).map_err(|e| (entry.path.clone(), e))?;
+        }
     }
     Ok(entries.len() as i64)
 }
 
 /**
- * Starts reading, for every file entry that overwrite_in_place will write over an old file, the old
- * file's bytes in the new last page (written in part, so the kernel must read them first). Read
- * one at a time as each file is written, each read would stall the unpack for a disk round trip;
- * asked for together, they are in flight while the files before them are written. Only a look:
- * names that are not (yet) plain files with one name, or parents that do not resolve beneath the
- * root, are passed over, and the writes check everything again.
+ * Opens, for each file entry of `window`, the old file that overwrite_in_place will write over (a
+ * plain file with one name: looked at first, so that links, FIFOs and devices are never opened),
+ * and starts reading what it holds under the new last page, which is written in part, so the
+ * kernel must read those bytes first. Asked for together, the reads are in flight while the files
+ * before them are written; one at a time, each would stall the unpack for a disk round trip. None
+ * where there is no such file (yet), or its parent does not resolve beneath the root: the write
+ * decides. overwrite_in_place checks the name against the descriptor again when it writes.
  */
-fn read_ahead_partial_pages(root: &Beneath, x: &mut Extraction, entries: &[(Entry, &[u8])]) {
-    for (entry, _) in entries {
-        let last_page = entry.size & !(PAGE - 1);
-        if entry.kind != Kind::File || entry.size == last_page {
-            continue;
-        }
-        let Ok(rel) = relative(&entry.path) else { continue };
-        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
-        let Ok(dir) = x.dir(root, parent) else { continue };
-        match beneath::stat_child(dir, name) {
-            Ok(st) if st.is_file() && st.nlink == 1 && st.size > last_page => {}
-            _ => continue,
-        }
-        if let Ok(f) = beneath::open_child(dir, name, O_RDONLY | O_NONBLOCK, 0) {
-            crate::sys::read_ahead(&f, last_page, PAGE);
-        }
+fn open_ahead(root: &Beneath, x: &mut Extraction, window: &[(Entry, &[u8])]) -> Vec<Option<File>> {
+    let mut opened = Vec::with_capacity(window.len());
+    for (entry, _) in window {
+        opened.push(if entry.kind == Kind::File { open_lone_file_ahead(root, x, entry) } else { None });
     }
+    opened
+}
+
+fn open_lone_file_ahead(root: &Beneath, x: &mut Extraction, entry: &Entry) -> Option<File> {
+    let rel = relative(&entry.path).ok()?;
+    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
+    let dir = x.dir(root, parent).ok()?;
+    let old = beneath::stat_child(dir, name).ok().filter(|st| st.is_file() && st.nlink == 1)?;
+    let f = beneath::open_child(dir, name, O_RDWR | O_NONBLOCK, 0).ok()?;
+    let last_page = entry.size & !(PAGE - 1);
+    if entry.size != last_page && old.size > last_page {
+        crate::sys::read_ahead(&f, last_page, PAGE);
+    }
+    Some(f)
 }
 
 /// `file.extract` { archive: staged tar path, path: destination directory (created) }.
@@ -601,7 +610,7 @@ mod tests {
         let root = Beneath::open(dest.to_str().unwrap()).unwrap();
         let dir = root.open_at("", O_PATH | O_DIRECTORY, 0).unwrap();
         let mut buf = vec![0u8; 4096 + 3]; // smaller than some files: they take several writes
-        let mut put = |name: &str, bytes: &[u8], mode: u32| put_file(&dir, name, &mut &bytes[..], mode, 1_200_000_000, &mut buf).unwrap();
+        let mut put = |name: &str, bytes: &[u8], mode: u32| put_file(&dir, name, None, &mut &bytes[..], mode, 1_200_000_000, &mut buf).unwrap();
         let ino = |name: &str| std::fs::symlink_metadata(dest.join(name)).unwrap().ino();
         let long: Vec<u8> = (0..3 * PAGE as usize + 100).map(|i| (i % 251) as u8).collect();
         let shorter: Vec<u8> = (0..PAGE as usize + 7).map(|i| (i % 13) as u8).collect();
@@ -687,7 +696,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rewrite_in_place_keeps_the_files_blocks_and_reads_its_old_last_page_ahead() {
+    fn files_written_over_are_opened_and_read_ahead_and_keep_their_blocks() {
         let base = std::env::temp_dir().join(format!("pyro-readahead-{}", std::process::id()));
         std::fs::create_dir_all(base.join("sub")).unwrap();
         let old: Vec<u8> = (0..3 * PAGE as usize - 95).map(|i| (i % 241) as u8).collect();
@@ -708,7 +717,9 @@ mod tests {
             (file("./sub/link", new.len()), &new[..]),
             (file("./sub/absent", new.len()), &new[..]),
         ];
-        read_ahead_partial_pages(&root, &mut Extraction::new(), &entries);
+        let opened = open_ahead(&root, &mut Extraction::new(), &entries);
+        let held: Vec<bool> = opened.iter().map(Option::is_some).collect();
+        assert_eq!(held, [true, true, true, false, false, false], "only lone plain files are opened: no second name, no link followed");
         let last_page = |size: usize| size as u64 & !(PAGE - 1);
         let sub = |name: &str| base.join("sub").join(name);
         // The reads complete in the background: a page shows as cached once it has been read.
@@ -728,16 +739,29 @@ mod tests {
         assert!(!cached(&sub("aligned"), PAGE), "a new size on a page boundary writes no page in part");
         assert!(!cached(&sub("twin"), last_page(new.len())), "a file with other names is replaced, not read");
         assert!(!cached(&sub("target"), last_page(new.len())), "a symlink is not followed");
-        // The rewrite leaves the file's blocks where they were (nothing freed to be allocated again at
-        // writeback), its old last page out of the cache or not.
+        // A held file is written through its descriptor only while its name still leads to it: a
+        // name swapped for a link since is replaced, the link's target untouched.
         let dir = root.open_at("sub", O_PATH | O_DIRECTORY, 0).unwrap();
         let mut buf = vec![0u8; PAGE as usize];
+        let mut opened = opened.into_iter();
+        let (_, aligned, shrinks) = (opened.next().unwrap(), opened.next().unwrap(), opened.next().unwrap());
+        let ino = |name: &str| std::fs::symlink_metadata(sub(name)).unwrap().ino();
+        let before = ino("shrinks");
+        assert_eq!(put_file(&dir, "shrinks", shrinks, &mut &new[..PAGE as usize + 9], 0o644, 0, &mut buf).unwrap(), PAGE + 9);
+        assert_eq!((std::fs::read(sub("shrinks")).unwrap(), ino("shrinks")), (new[..PAGE as usize + 9].to_vec(), before));
+        std::fs::remove_file(sub("aligned")).unwrap();
+        std::os::unix::fs::symlink("target", sub("aligned")).unwrap();
+        put_file(&dir, "aligned", aligned, &mut &new[..], 0o644, 0, &mut buf).unwrap();
+        assert!(std::fs::symlink_metadata(sub("aligned")).unwrap().is_file());
+        assert_eq!((std::fs::read(sub("aligned")).unwrap(), std::fs::read(sub("target")).unwrap()), (new.clone(), old.clone()));
+        // The rewrite leaves the file's blocks where they were (nothing freed to be allocated again at
+        // writeback), its old last page out of the cache or not.
         for evicted in [false, true] {
             let before = disk_block(&sub("grows"), last_page(new.len()));
             if evicted {
                 evict(&sub("grows"));
             }
-            assert_eq!(put_file(&dir, "grows", &mut &new[..], 0o644, 0, &mut buf).unwrap(), new.len() as u64);
+            assert_eq!(put_file(&dir, "grows", None, &mut &new[..], 0o644, 0, &mut buf).unwrap(), new.len() as u64);
             assert_eq!(std::fs::read(sub("grows")).unwrap(), new);
             match before {
                 Some(block) => assert_eq!(disk_block(&sub("grows"), last_page(new.len())), Some(block), "the last page stays in its block"),
