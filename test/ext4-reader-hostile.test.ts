@@ -161,8 +161,8 @@ interface ReadOutcome {
 const READER_URL = new URL("../src/storage/ext4-reader.js", import.meta.url).href;
 const DISK_URL = new URL("../src/storage/qcow2-reader.js", import.meta.url).href;
 
-/** Opens `image`, walks it whole and reads every file, in a child with a 256 MiB heap and a deadline. */
-function readInChild(image: string, deadlineMs = 20_000): ReadOutcome {
+/** Opens `image`, walks it whole (in `order`) and reads every file, in a child with a 256 MiB heap and a deadline. */
+function readInChild(image: string, deadlineMs = 20_000, order: "manifest" | "subtree" = "manifest"): ReadOutcome {
   const script = `
     const { Ext4Reader } = await import(${JSON.stringify(READER_URL)});
     const { openDisk } = await import(${JSON.stringify(DISK_URL)});
@@ -170,13 +170,13 @@ function readInChild(image: string, deadlineMs = 20_000): ReadOutcome {
       const disk = openDisk(process.argv[1]);
       const fs = Ext4Reader.open(disk);
       let entries = 0;
-      for (const e of fs.walk(fs.lookup(""))) { entries++; if (e.type === "f") for (const _ of fs.contents(e.inode)); }
+      for (const e of fs.walk(fs.lookup(""), { order: process.argv[2] })) { entries++; if (e.type === "f") for (const _ of fs.contents(e.inode)); }
       console.log(JSON.stringify({ entries }));
     } catch (e) {
       console.log(JSON.stringify({ code: e.code ?? "untyped " + e.name, message: e.message }));
     }`;
   const started = Date.now();
-  const child = spawnSync(process.execPath, ["--max-old-space-size=256", "--input-type=module", "-e", script, image], {
+  const child = spawnSync(process.execPath, ["--max-old-space-size=256", "--input-type=module", "-e", script, image, order], {
     encoding: "utf8",
     timeout: deadlineMs,
     killSignal: "SIGKILL",
@@ -345,6 +345,58 @@ describe("ext4 reader on hostile directories", { skip }, () => {
       writeAt(image, at + 0x28, root);
     }
     assertEndsQuickly(readInChild(image), 8000);
+  });
+});
+
+describe("ext4 reader on a chain of directories each listing the entry limit", { skip }, () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "pyro-ext4c-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it("an export's walk (subtree order) holds at most the entry limit in listings at once: refused, not ~40 x 500k entries held", async () => {
+    // A chain c/!/!/... of 40 directories, each with its own first block (naming the next as '!')
+    // and then the same 1466 shared blocks of 499,906 names (all one file). In subtree order each
+    // directory keeps its listing while the one below is walked; each had the whole entry limit
+    // to itself (only yielded entries were counted), so 40 listings of ~500k entries were held.
+    const depth = 40;
+    const shared = 1466;
+    const perBlock = Math.floor(BLOCK / 12); // 4-byte names: 12-byte records
+    const tree = join(dir, "chain");
+    const chain = Array.from({ length: depth }, (_, i) => ["c", ...Array<string>(i).fill("!")].join("/"));
+    await mkdir(join(tree, chain.at(-1)!), { recursive: true });
+    await writeFile(join(tree, "f"), "x");
+    const image = join(dir, "chain.ext4");
+    makeImage(image, tree);
+    const fileIno = Number(/Inode: (\d+)/.exec(debugfsOut(image, "stat /f"))![1]);
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    const blocks = Buffer.alloc(shared * BLOCK);
+    let name = 0;
+    for (let b = 0; b < shared; b++) {
+      for (let i = 0; i < perBlock; i++, name++) {
+        const at = b * BLOCK + i * 12;
+        blocks.writeUInt32LE(fileIno, at);
+        blocks.writeUInt16LE(i === perBlock - 1 ? BLOCK - i * 12 : 12, at + 4);
+        blocks[at + 6] = 4;
+        blocks[at + 7] = 1; // a regular file
+        for (let k = 0, n = name; k < 4; k++, n = Math.floor(n / 62)) blocks[at + 8 + k] = alphabet.charCodeAt(n % 62);
+      }
+    }
+    writeAt(image, FREE_AREA * BLOCK, blocks);
+    const own = chain.map((p) => bmap(image, `/${p}`));
+    const sizes = Buffer.alloc(4);
+    sizes.writeUInt32LE((1 + shared) * BLOCK);
+    inodeOffsets(image, chain.map((p) => `/${p}`)).forEach((at, i) => {
+      const root = Buffer.concat([extentHeader(2, 4, 0), leaf(0, 1, own[i]!), leaf(1, shared, FREE_AREA)]);
+      writeAt(image, at + 0x4, sizes);
+      writeAt(image, at + 0x20, Buffer.from([0, 0, 8, 0])); // flags: extents only (no htree index)
+      writeAt(image, at + 0x28, Buffer.concat([root, Buffer.alloc(60 - root.length)]));
+    });
+    const outcome = readInChild(image, 60_000, "subtree");
+    assertEndsQuickly(outcome, 60_000);
+    assert.equal(outcome.code, "GUEST_OPERATION_FAILED", JSON.stringify(outcome));
+    assert.match(outcome.message!, /more than 500000 files/);
   });
 });
 

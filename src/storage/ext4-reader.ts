@@ -486,8 +486,11 @@ export class Ext4Reader {
     return target;
   }
 
-  /** A directory's entries in on-disk order, checked; '.' and '..' left out. */
-  private directoryEntries(dir: Ext4Inode, maxEntries: number, budget: DirectoryBudget): DirectoryListing {
+  /**
+   * A directory's entries in on-disk order, checked; '.' and '..' left out. More than `room`
+   * entries fail as a tree over `limit` (the walk's whole bound, of which `room` is what is left).
+   */
+  private directoryEntries(dir: Ext4Inode, room: number, budget: DirectoryBudget, limit = room): DirectoryListing {
     const starts: number[] = [];
     const ends: number[] = [];
     const inos: number[] = [];
@@ -531,7 +534,7 @@ export class Ext4Reader {
               }
               if (!clean) throw invalid(`${where()} holds a name with '/' or NUL`, { inode: dir.ino });
               if (ino > this.inodesCount) throw invalid(`${where()} names inode ${ino}, which does not exist`, { inode: dir.ino });
-              if (inos.length >= maxEntries) throw tooMany(maxEntries);
+              if (inos.length >= room) throw tooMany(limit);
               if (used + nameLen > this.nameScratch.length) {
                 const grown = Buffer.allocUnsafe(this.nameScratch.length * 2);
                 this.nameScratch.copy(grown, 0, 0, used);
@@ -588,12 +591,17 @@ export class Ext4Reader {
     const visited = new Set<number>([root.ino]);
     const budget = this.directoryBudget();
     let count = 0;
+    // Entries listed so far, yielded or not. In "subtree" order each directory on the stack keeps
+    // its listing while its subtree is walked: bounding yielded entries alone let a chain of
+    // directories each listing ~maxEntries hold that many times maxEntries at once.
+    let listed = 0;
     type Frame = { inode: Ext4Inode; path: string; bytes: number; listing?: DirectoryListing; order?: number[]; next: number };
     const stack: Frame[] = [{ inode: root, path: "", bytes: 0, next: 0 }];
     while (stack.length) {
       const dir = stack.pop()!;
       if (!dir.listing) {
-        const listing = this.directoryEntries(dir.inode, maxEntries - count, budget);
+        const listing = this.directoryEntries(dir.inode, maxEntries - listed, budget, maxEntries);
+        listed += listing.inos.length;
         const { names, starts, ends } = listing;
         dir.listing = listing;
         dir.order = starts.map((_, i) => i).sort((a, b) => names.compare(names, starts[b], ends[b], starts[a], ends[a]));
