@@ -8,6 +8,8 @@ import { TREE_MANIFEST_LIMITS } from "../src/workspaces/workspace-limits.js";
 import { manifestEntry } from "./helpers/manifest-fixtures.js";
 
 const entry = manifestEntry;
+/** FNV-1a's standard 32-bit offset basis (what the index's hash started from before it was seeded). */
+const FNV_OFFSET_BASIS = 0x811c9dc5;
 
 const tooMany = (e: unknown) => isPyroError(e, "GUEST_OPERATION_FAILED") && /more than \d+ files and directories/.test(e.message);
 
@@ -165,17 +167,18 @@ function referenceChanges(baseline: ManifestEntry[], current: ManifestEntry[], b
 }
 
 describe("diff's comparison without a list of objects per manifest", () => {
-  it("tells apart paths whose index hashes collide ('f55zx' and 'fgpcd' share one)", () => {
+  it("tells apart paths whose index hashes collide ('f55zx' and 'fgpcd' share one from FNV's standard start)", () => {
     const baseline = [entry("f55zx", { size: 1 }), entry("fgpcd", { size: 2 })];
-    assert.deepEqual(changedEntries(encodeManifest(baseline), [entry("fgpcd", { size: 2 }), entry("f55zx", { size: 3 })], 10n), [
+    const colliding = (entries: ManifestEntry[]) => new ManifestIndex(encodeManifest(entries), undefined, FNV_OFFSET_BASIS);
+    assert.deepEqual(changedEntries(colliding(baseline), [entry("fgpcd", { size: 2 }), entry("f55zx", { size: 3 })], 10n), [
       { path: "f55zx", status: "modified", before: baseline[0], after: entry("f55zx", { size: 3 }) },
     ]);
     assert.deepEqual(
-      changedEntries(encodeManifest(baseline), [entry("fgpcd", { size: 2 })], 10n).map((c) => `${c.status} ${c.path}`),
+      changedEntries(colliding(baseline), [entry("fgpcd", { size: 2 })], 10n).map((c) => `${c.status} ${c.path}`),
       ["deleted f55zx"],
     );
     assert.deepEqual(
-      changedEntries(encodeManifest([baseline[0]!]), [entry("f55zx", { size: 1 }), entry("fgpcd", { size: 2 })], 10n).map((c) => `${c.status} ${c.path}`),
+      changedEntries(colliding([baseline[0]!]), [entry("f55zx", { size: 1 }), entry("fgpcd", { size: 2 })], 10n).map((c) => `${c.status} ${c.path}`),
       ["added fgpcd"],
     );
   });
@@ -215,6 +218,27 @@ function outcome(parse: () => ManifestEntry[]): { entries: ManifestEntry[] } | {
 }
 
 describe("the baseline's index, checked in place", () => {
+  it("indexes paths chosen to share home slots under a fixed hash in linear time (its hash is seeded per index)", () => {
+    // 60k paths whose FNV-1a hash from the standard start lands in the first 4000 of the table's
+    // 131072 slots: with that fixed hash they formed one probe run, and indexing took ~13 s.
+    const count = 60_000;
+    const mask = 131_071;
+    const paths: string[] = [];
+    for (let i = 0; paths.length < count; i++) {
+      const path = `f${i.toString(36)}`;
+      let hash = FNV_OFFSET_BASIS;
+      for (let k = 0; k < path.length; k++) hash = Math.imul(hash ^ path.charCodeAt(k), 0x01000193);
+      if ((hash & mask) < 4000) paths.push(path);
+    }
+    const bytes = encodeManifest(paths.map((path, i) => entry(path, { ino: i + 10 })));
+    const started = performance.now();
+    const index = new ManifestIndex(bytes);
+    const ms = performance.now() - started;
+    assert.equal(index.count, count);
+    assert.equal(index.find(paths[count - 1]!), count - 1);
+    assert.ok(ms < 3000, `indexing took ${Math.round(ms)} ms`);
+  });
+
   it("accepts exactly the manifests the any-order parse accepts, and finds each path's record (property)", () => {
     // Names include a byte that is not UTF-8 and the ASCII text that shows it ("a\\xff"), so two
     // different byte strings can be one path.

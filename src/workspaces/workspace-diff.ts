@@ -1,4 +1,5 @@
 import { readFile, rm } from "node:fs/promises";
+import { randomInt } from "node:crypto";
 import { join } from "node:path";
 import { isPyroError, PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
@@ -60,15 +61,28 @@ export interface Change {
   after?: ManifestEntry;
 }
 
-/** A path's 30-bit hash: FNV-1a over its UTF-16 units (an ASCII path's bytes are the same units). */
-const HASH_START = 0x811c9dc5;
+/**
+ * A path's 30-bit hash: FNV-1a over its UTF-16 units (an ASCII path's bytes are the same units),
+ * started from a seed drawn per index. With a fixed start, a seed archive's paths could be chosen
+ * to share home slots (FNV's low bits are cheap to aim): 60k such paths took 13 s to index, and
+ * the 500k limit ~15 min on every diff.
+ */
 const hashStep = (hash: number, unit: number) => Math.imul(hash ^ unit, 0x01000193);
 const hashEnd = (hash: number) => hash & 0x3fffffff;
 
-function pathHash(path: string): number {
-  let hash = HASH_START;
+function pathHash(seed: number, path: string): number {
+  let hash = seed;
   for (let i = 0; i < path.length; i++) hash = hashStep(hash, path.charCodeAt(i));
   return hashEnd(hash);
+}
+
+/** A hash's home slot: its bits mixed (murmur3's finalizer), so the slot depends on every bit of the seed, not FNV's low ones alone. */
+function homeSlot(hash: number, mask: number): number {
+  let h = hash ^ (hash >>> 16);
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return (h ^ (h >>> 16)) & mask;
 }
 
 const SLASH = 0x2f;
@@ -99,6 +113,8 @@ export class ManifestIndex {
   constructor(
     private readonly bytes: Buffer,
     maxEntries: number = TREE_MANIFEST_LIMITS.entries,
+    /** Where each path's hash starts (random: a test may fix it to make two paths collide). */
+    private readonly hashSeed: number = randomInt(2 ** 32),
   ) {
     // Pass 1: where the records start (three NUL-ended fields each).
     let offsets = new Uint32Array(1024);
@@ -138,13 +154,13 @@ export class ManifestIndex {
       if (!isWellFormedHeader(bytes, at, headEnd)) throw malformedManifest("a record header is out of shape");
       if (!isPlainRelativePath(bytes, pathStart, pathEnd))
         throw malformedManifest(`path '${this.pathText(ordinal).slice(0, 200)}' is not a plain relative path`);
-      let hash = HASH_START;
+      let hash = hashSeed;
       for (let i = pathStart; i < pathEnd && !this.unusual[ordinal]; i++) {
         if (bytes[i]! >= 0x80) this.unusual[ordinal] = 1;
         hash = hashStep(hash, bytes[i]!);
       }
       const text = this.unusual[ordinal] ? this.pathText(ordinal) : undefined;
-      hash = text !== undefined ? pathHash(text) : hashEnd(hash);
+      hash = text !== undefined ? pathHash(hashSeed, text) : hashEnd(hash);
       if (this.probe(hash, text, pathStart, pathEnd) !== undefined) throw malformedManifest(`path '${this.pathText(ordinal).slice(0, 200)}' is listed twice`);
       // The parent: checked once for each run of records in one directory.
       let slash = pathEnd - 1;
@@ -157,7 +173,7 @@ export class ManifestIndex {
         parentEnd = slash;
         parentKnown = true;
       }
-      let slot = hash & this.mask;
+      let slot = homeSlot(hash, this.mask);
       while (this.slots[slot] !== 0) slot = (slot + 1) & this.mask;
       this.slots[slot] = ordinal + 1;
       this.slotHashes[slot] = hash;
@@ -169,7 +185,7 @@ export class ManifestIndex {
    * [start, end) of the manifest.
    */
   private probe(hash: number, path: string | undefined, start: number, end: number): number | undefined {
-    for (let slot = hash & this.mask; this.slots[slot] !== 0; slot = (slot + 1) & this.mask) {
+    for (let slot = homeSlot(hash, this.mask); this.slots[slot] !== 0; slot = (slot + 1) & this.mask) {
       if (this.slotHashes[slot] !== hash) continue;
       const ordinal = this.slots[slot]! - 1;
       if (path !== undefined ? this.pathIs(ordinal, path) : this.sameBytes(ordinal, start, end)) return ordinal;
@@ -207,14 +223,14 @@ export class ManifestIndex {
 
   /** The ordinal of the ASCII path at bytes [start, end) of the manifest. */
   private findBytes(start: number, end: number): number | undefined {
-    let hash = HASH_START;
+    let hash = this.hashSeed;
     for (let i = start; i < end; i++) hash = hashStep(hash, this.bytes[i]!);
     return this.probe(hashEnd(hash), undefined, start, end);
   }
 
   /** The ordinal of `path`'s record, if the manifest has it. */
   find(path: string): number | undefined {
-    return this.probe(pathHash(path), path, 0, 0);
+    return this.probe(pathHash(this.hashSeed, path), path, 0, 0);
   }
 
   /** `path`'s record and its ordinal, if the manifest has it (the record read once). */
