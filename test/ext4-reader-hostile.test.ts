@@ -156,6 +156,8 @@ interface ReadOutcome {
   crashed?: string;
   timedOut?: boolean;
   ms: number;
+  /** The child's peak resident memory, MiB. */
+  rssMb?: number;
 }
 
 const READER_URL = new URL("../src/storage/ext4-reader.js", import.meta.url).href;
@@ -171,9 +173,9 @@ function readInChild(image: string, deadlineMs = 20_000, order: "manifest" | "su
       const fs = Ext4Reader.open(disk);
       let entries = 0;
       for (const e of fs.walk(fs.lookup(""), { order: process.argv[2] })) { entries++; if (e.type === "f") for (const _ of fs.contents(e.inode)); }
-      console.log(JSON.stringify({ entries }));
+      console.log(JSON.stringify({ entries, rssMb: process.resourceUsage().maxRSS >> 10 }));
     } catch (e) {
-      console.log(JSON.stringify({ code: e.code ?? "untyped " + e.name, message: e.message }));
+      console.log(JSON.stringify({ code: e.code ?? "untyped " + e.name, message: e.message, rssMb: process.resourceUsage().maxRSS >> 10 }));
     }`;
   const started = Date.now();
   const child = spawnSync(process.execPath, ["--max-old-space-size=256", "--input-type=module", "-e", script, image, order], {
@@ -397,6 +399,51 @@ describe("ext4 reader on a chain of directories each listing the entry limit", {
     assertEndsQuickly(outcome, 60_000);
     assert.equal(outcome.code, "GUEST_OPERATION_FAILED", JSON.stringify(outcome));
     assert.match(outcome.message!, /more than 500000 files/);
+  });
+});
+
+describe("ext4 reader on a directory of long names", { skip }, () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "pyro-ext4n-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it("a listing's names are held to the manifest's byte bound: refused within 200 MB, not ~75 MB of names held twice", async () => {
+    // One directory of 20000 blocks, all mapped to one block of 15 names of 255 bytes: 300k
+    // entries (under the entry limit) whose names are 76.5 MB. The listing grew its scratch to
+    // 128 MiB and copied the names out of it before anything checked them.
+    const tree = join(dir, "long");
+    await mkdir(join(tree, "big"), { recursive: true });
+    await writeFile(join(tree, "f"), "x");
+    const image = join(dir, "long.ext4");
+    makeImage(image, tree);
+    const fileIno = Number(/Inode: (\d+)/.exec(debugfsOut(image, "stat /f"))![1]);
+    const bigIno = Number(/Inode: (\d+)/.exec(debugfsOut(image, "stat /big"))![1]);
+    const names = Buffer.alloc(BLOCK);
+    for (let i = 0; i < 15; i++) {
+      const at = i * 264;
+      names.writeUInt32LE(fileIno, at);
+      names.writeUInt16LE(i === 14 ? BLOCK - at : 264, at + 4);
+      names[at + 6] = 255;
+      names[at + 7] = 1; // a regular file
+      names.fill(0x61 + i, at + 8, at + 8 + 255);
+    }
+    writeAt(image, FREE_AREA * BLOCK, names);
+    const blocks = 20_000;
+    setExtents(
+      image,
+      bigIno,
+      Array.from({ length: blocks }, (_, i): [number, number, number] => [i, 1, FREE_AREA]),
+      blocks * BLOCK,
+      FREE_AREA + 1,
+    );
+    const outcome = readInChild(image, 60_000);
+    assertEndsQuickly(outcome, 60_000);
+    assert.equal(outcome.code, "GUEST_OPERATION_FAILED", JSON.stringify(outcome));
+    assert.match(outcome.message!, /names hold more than \d+ bytes/);
+    assert.ok(outcome.rssMb! < 200, `peak RSS ${outcome.rssMb} MiB`);
+    console.log(`long names: refused at peak RSS ${outcome.rssMb} MiB in ${outcome.ms} ms`);
   });
 });
 

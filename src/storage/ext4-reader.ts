@@ -488,9 +488,16 @@ export class Ext4Reader {
 
   /**
    * A directory's entries in on-disk order, checked; '.' and '..' left out. More than `room`
-   * entries fail as a tree over `limit` (the walk's whole bound, of which `room` is what is left).
+   * entries fail as a tree over `limit` (the walk's whole bound, of which `room` is what is left);
+   * more than `nameRoom` bytes of names fail as names over TREE_MANIFEST_LIMITS.bytes.
    */
-  private directoryEntries(dir: Ext4Inode, room: number, budget: DirectoryBudget, limit = room): DirectoryListing {
+  private directoryEntries(
+    dir: Ext4Inode,
+    room: number,
+    budget: DirectoryBudget,
+    limit = room,
+    nameRoom: number = TREE_MANIFEST_LIMITS.bytes,
+  ): DirectoryListing {
     const starts: number[] = [];
     const ends: number[] = [];
     const inos: number[] = [];
@@ -535,6 +542,7 @@ export class Ext4Reader {
               if (!clean) throw invalid(`${where()} holds a name with '/' or NUL`, { inode: dir.ino });
               if (ino > this.inodesCount) throw invalid(`${where()} names inode ${ino}, which does not exist`, { inode: dir.ino });
               if (inos.length >= room) throw tooMany(limit);
+              if (used + nameLen > nameRoom) throw tooManyNameBytes();
               if (used + nameLen > this.nameScratch.length) {
                 const grown = Buffer.allocUnsafe(this.nameScratch.length * 2);
                 this.nameScratch.copy(grown, 0, 0, used);
@@ -595,13 +603,17 @@ export class Ext4Reader {
     // its listing while its subtree is walked: bounding yielded entries alone let a chain of
     // directories each listing ~maxEntries hold that many times maxEntries at once.
     let listed = 0;
+    // Their names' bytes, held to the agent's manifest bound (its records hold whole paths, so
+    // more): 500k names of 255 bytes were ~130 MB, held twice while a listing was copied out.
+    let listedNameBytes = 0;
     type Frame = { inode: Ext4Inode; path: string; bytes: number; listing?: DirectoryListing; order?: number[]; next: number };
     const stack: Frame[] = [{ inode: root, path: "", bytes: 0, next: 0 }];
     while (stack.length) {
       const dir = stack.pop()!;
       if (!dir.listing) {
-        const listing = this.directoryEntries(dir.inode, maxEntries - listed, budget, maxEntries);
+        const listing = this.directoryEntries(dir.inode, maxEntries - listed, budget, maxEntries, TREE_MANIFEST_LIMITS.bytes - listedNameBytes);
         listed += listing.inos.length;
+        listedNameBytes += listing.names.length;
         const { names, starts, ends } = listing;
         dir.listing = listing;
         dir.order = starts.map((_, i) => i).sort((a, b) => names.compare(names, starts[b], ends[b], starts[a], ends[a]));
@@ -709,6 +721,13 @@ function tooMany(maxEntries: number): PyroError {
   return new PyroError(
     "GUEST_OPERATION_FAILED",
     `the tree holds more than ${maxEntries} files and directories, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
+  );
+}
+
+function tooManyNameBytes(): PyroError {
+  return new PyroError(
+    "GUEST_OPERATION_FAILED",
+    `the tree's names hold more than ${TREE_MANIFEST_LIMITS.bytes} bytes, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
   );
 }
 
