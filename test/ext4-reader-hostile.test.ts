@@ -652,3 +652,75 @@ describe("ext4 reader on corrupted journals (fast-check)", { skip }, () => {
     );
   });
 });
+
+describe("ext4 reader's content reader on crafted extents (fast-check)", { skip }, () => {
+  let dir: string;
+  let image: string;
+  let inodeAt: number;
+  let fileIno: number;
+  const data = Buffer.alloc(32 * BLOCK);
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "pyro-ext4r-"));
+    const tree = join(dir, "tree");
+    await mkdir(tree);
+    await writeFile(join(tree, "f"), "x");
+    image = join(dir, "r.ext4");
+    makeImage(image, tree);
+    fileIno = Number(/Inode: (\d+)/.exec(debugfsOut(image, "stat /f"))![1]);
+    inodeAt = inodeOffset(image, fileIno);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 131 + (i >> 12) * 7 + 1) & 0xff || 1;
+    writeAt(image, FREE_AREA * BLOCK, data);
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it("export's reader gives the bytes the piece reader gives, and what the extents say: holes, unwritten extents, a last partial block, a size past the extents", async () => {
+    const fc = (await import("fast-check")).default;
+    const extent = fc.record({ gap: fc.integer({ min: 0, max: 3 }), length: fc.integer({ min: 1, max: 4 }), unwritten: fc.boolean() });
+    fc.assert(
+      fc.property(
+        fc.array(extent, { minLength: 0, maxLength: 4 }),
+        fc.integer({ min: 1, max: 32 * BLOCK - 1 }),
+        fc.array(fc.constantFrom(BLOCK, 2 * BLOCK, BLOCK + 1, 3 * BLOCK - 1, 1 << 20), { minLength: 1, maxLength: 4 }),
+        (extents, size, targets) => {
+          // Extents in logical order with gaps; each block's data is at FREE_AREA + its logical number.
+          const leaves: Buffer[] = [];
+          const expected = Buffer.alloc(size);
+          let logical = 0;
+          for (const e of extents) {
+            logical += e.gap;
+            if (logical + e.length > 32) break;
+            leaves.push(leaf(logical, e.length + (e.unwritten ? 32768 : 0), FREE_AREA + logical));
+            if (!e.unwritten) data.copy(expected, logical * BLOCK, logical * BLOCK, Math.min(size, (logical + e.length) * BLOCK));
+            logical += e.length;
+          }
+          const root = Buffer.concat([extentHeader(leaves.length, 4, 0), ...leaves]);
+          writeAt(image, inodeAt + 0x28, Buffer.concat([root, Buffer.alloc(60 - root.length)]));
+          const sizeField = Buffer.alloc(4);
+          sizeField.writeUInt32LE(size);
+          writeAt(image, inodeAt + 0x4, sizeField);
+          const fs = Ext4Reader.open(openDisk(image));
+          const inode = fs.inode(fileIno);
+          const copies: Buffer[] = [];
+          for (const piece of fs.contents(inode)) copies.push(Buffer.from(piece)); // each piece is valid until the next
+          const pieces = Buffer.concat(copies);
+          const read = fs.contentReader(inode);
+          const out: Buffer[] = [];
+          let total = 0;
+          for (let turn = 0; total < size; turn++) {
+            const target = Buffer.alloc(targets[turn % targets.length]!, 0xee);
+            const n = read(target);
+            assert.ok(n > 0, `no progress at ${total} of ${size}`);
+            out.push(target.subarray(0, n));
+            total += n;
+          }
+          assert.equal(read(Buffer.alloc(BLOCK)), 0);
+          const streamed = Buffer.concat(out);
+          assert.equal(streamed.length, size);
+          assert.ok(streamed.equals(expected), "export's reader differs from the extents");
+          assert.ok(pieces.equals(expected), "the piece reader differs from the extents");
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+});
