@@ -437,6 +437,16 @@ export class Ext4Reader {
     for (let i = 0; i < 15 && logical < fileBlocks; i++) yield* mapped(area.readUInt32LE(i * 4), i < 12 ? 0 : i - 11);
   }
 
+  /**
+   * A file's whole bytes (holes as zeros) in a buffer of its size, for callers that bound the size
+   * first: collecting `contents`' pieces would keep views of one reused buffer.
+   */
+  bytes(inode: Ext4Inode): Buffer {
+    const out = Buffer.alloc(inode.size);
+    this.contentReader(inode)(out);
+    return out;
+  }
+
   /** A file's (or directory's) bytes from 0 to its size, in pieces of at most 1 MiB (holes read as zeros). Each piece is valid only until the next piece of any file is asked for. */
   contents(inode: Ext4Inode): Generator<Buffer> {
     return this.pieces(inode, undefined);
@@ -480,7 +490,14 @@ export class Ext4Reader {
   private symlinkTarget(inode: Ext4Inode, walk: DirectoryBudget | undefined): Buffer {
     if (inode.size === 0 || inode.size > SYMLINK_MAX) throw invalid(`symlink inode ${inode.ino} has a ${inode.size}-byte target`, { inode: inode.ino });
     const fast = !(inode.flags & (FLAG_EXTENTS | FLAG_INLINE_DATA)) && inode.size < 60;
-    const target = fast ? Buffer.from(this.blockArea(inode).subarray(0, inode.size)) : Buffer.concat([...this.pieces(inode, walk)]);
+    let target: Buffer;
+    if (fast) target = Buffer.from(this.blockArea(inode).subarray(0, inode.size));
+    else {
+      // Each piece is a view of one reused buffer: copied as it comes (a map of several runs gives several).
+      const pieces: Buffer[] = [];
+      for (const piece of this.pieces(inode, walk)) pieces.push(Buffer.from(piece));
+      target = Buffer.concat(pieces);
+    }
     // No link Linux makes holds a NUL: a tar would keep the target only up to it (diff and export would disagree).
     if (target.includes(0)) throw invalid(`symlink inode ${inode.ino}'s target holds a NUL byte`, { inode: inode.ino });
     return target;

@@ -540,7 +540,7 @@ function diskTree(reader: Ext4Reader): CurrentTree<number> {
       const { type, mode, size, mtimeNs, ctimeNs, nlink } = inode;
       return { path, type, mode, size, mtimeNs, ctimeNs, ino, nlink, target: type === "l" ? nameText(reader.linkTarget(inode)) : "", inode };
     },
-    bytes: async (entry) => Buffer.concat([...reader.contents((entry as DiskEntry).inode)]),
+    bytes: async (entry) => reader.bytes((entry as DiskEntry).inode),
   };
 }
 
@@ -561,7 +561,7 @@ class SeedImage {
   /** The baseline bytes of the file at `path` (relative to /workspace); empty where the image no longer has it as a file. */
   bytes(path: string): Buffer {
     const inode = this.reader().lookup(path);
-    return inode?.type === "f" ? Buffer.concat([...this.reader().contents(inode)]) : Buffer.alloc(0);
+    return inode?.type === "f" ? this.reader().bytes(inode) : Buffer.alloc(0);
   }
 
   close(): void {
