@@ -718,6 +718,7 @@ describe("ext4 reader's content reader on crafted extents (fast-check)", { skip 
           assert.equal(streamed.length, size);
           assert.ok(streamed.equals(expected), "export's reader differs from the extents");
           assert.ok(pieces.equals(expected), "the piece reader differs from the extents");
+          assert.ok(fs.bytes(inode).equals(expected), "the whole-file read differs from the extents");
         },
       ),
       { numRuns: 60 },
