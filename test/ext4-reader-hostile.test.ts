@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { closeSync, openSync, readSync, writeSync } from "node:fs";
+import { closeSync, openSync, writeSync } from "node:fs";
 import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -389,7 +389,10 @@ describe("ext4 reader on a chain of directories each listing the entry limit", {
     const own = chain.map((p) => bmap(image, `/${p}`));
     const sizes = Buffer.alloc(4);
     sizes.writeUInt32LE((1 + shared) * BLOCK);
-    inodeOffsets(image, chain.map((p) => `/${p}`)).forEach((at, i) => {
+    inodeOffsets(
+      image,
+      chain.map((p) => `/${p}`),
+    ).forEach((at, i) => {
       const root = Buffer.concat([extentHeader(2, 4, 0), leaf(0, 1, own[i]!), leaf(1, shared, FREE_AREA)]);
       writeAt(image, at + 0x4, sizes);
       writeAt(image, at + 0x20, Buffer.from([0, 0, 8, 0])); // flags: extents only (no htree index)
