@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer, type Server, type Socket } from "node:net";
+import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -14,10 +14,9 @@ import { isPyroError, PyroError } from "../src/errors.js";
 import { AgentClient, FRAME_STALL_MS, MAX_LEFTOVER_BYTES, MAX_UNSOLICITED_FRAMES } from "../src/guest-protocol/agent-client.js";
 import { encodeFrame, FrameDecoder, FRAME_MAGIC, FRAME_PREFIX_LEN, MAX_HEADER_DEPTH, type DecodedItem } from "../src/guest-protocol/frame-codec.js";
 import { entryPathProblem } from "../src/guest-protocol/reply-contracts.js";
+import { type AgentResponder, fakeAgent, honestExec, honestHello } from "./helpers/fake-agent.js";
 
-type Responder = (request: Record<string, unknown>, socket: Socket) => void;
-
-const honestHello = (id: unknown) => encodeFrame({ id, ok: true, protocol: 1, agent_version: "0.1.0", boot_ms: 1, uptime_ms: 2 });
+type Responder = AgentResponder;
 
 let dir: string;
 before(async () => {
@@ -28,27 +27,11 @@ after(async () => {
 });
 
 let serial = 0;
-/** A forged agent: `respond` answers each request frame however it likes. */
+/** A forged agent: `respond` answers each request frame (after an honest hello) however it likes. */
 async function forgedAgent(respond: Responder): Promise<{ client: AgentClient; server: Server }> {
-  const socketPath = join(dir, `a${serial++}.sock`);
-  const server = createServer((socket) => {
-    const decoder = new FrameDecoder();
-    socket.on("error", () => undefined);
-    socket.on("data", (chunk: Buffer) => {
-      decoder.push(chunk);
-      for (let item = decoder.next(); item; item = decoder.next()) {
-        if (item.kind !== "frame") continue;
-        // Like pyro's attach: a hello answered honestly first, then whatever the forger sends.
-        if (item.header.op === "hello") socket.write(honestHello(item.header.id));
-        else respond(item.header, socket);
-      }
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
-  const client = await AgentClient.connect(socketPath, Date.now() + 2_000);
-  client.label = "workspace hostile-test";
-  await client.hello();
-  return { client, server };
+  const forged = await fakeAgent(join(dir, `a${serial++}.sock`), respond);
+  forged.client.label = "workspace hostile-test";
+  return forged;
 }
 
 function prefix(headerLen: number, payloadLen: number): Buffer {
@@ -63,25 +46,6 @@ function rawFrame(header: string | Buffer, payload = Buffer.alloc(0)): Buffer {
   const h = Buffer.isBuffer(header) ? header : Buffer.from(header);
   return Buffer.concat([prefix(h.length, payload.length), h, payload]);
 }
-
-const honestExec = (id: unknown, out = Buffer.alloc(0)) =>
-  encodeFrame(
-    {
-      id,
-      ok: true,
-      exit_code: 0,
-      signal: null,
-      timed_out: false,
-      duration_ms: 1,
-      stdout_len: out.length,
-      stdout_total: out.length,
-      stdout_head_len: out.length,
-      stderr_len: 0,
-      stderr_total: 0,
-      stderr_head_len: 0,
-    },
-    out,
-  );
 
 /** Runs one exec against a forged agent and returns how it ended, and how long that took. */
 async function execAgainst(respond: Responder, maxOutputBytes = 1024): Promise<{ error?: PyroError; ms: number }> {

@@ -6,29 +6,13 @@
  */
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer, type Server } from "node:net";
+import type { Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { AgentClient } from "../src/guest-protocol/agent-client.js";
-import { encodeFrame, FrameDecoder } from "../src/guest-protocol/frame-codec.js";
-
-const execReply = (id: unknown, extra: Record<string, unknown>) =>
-  encodeFrame({
-    id,
-    ok: true,
-    exit_code: 0,
-    signal: null,
-    timed_out: false,
-    duration_ms: 1,
-    stdout_len: 0,
-    stdout_total: 0,
-    stdout_head_len: 0,
-    stderr_len: 0,
-    stderr_total: 0,
-    stderr_head_len: 0,
-    ...extra,
-  });
+import type { AgentClient } from "../src/guest-protocol/agent-client.js";
+import { encodeFrame } from "../src/guest-protocol/frame-codec.js";
+import { fakeAgent, honestExec } from "./helpers/fake-agent.js";
 
 let dir: string;
 before(async () => {
@@ -38,39 +22,25 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** An agent that records each request's op and fields; `flushes` says whether it knows sync_after. */
-async function fakeAgent(name: string, flushes: boolean): Promise<{ client: AgentClient; server: Server; requests: Record<string, unknown>[] }> {
+/** An agent that records each request after its hello; `flushes` says whether it knows sync_after. */
+async function recordingAgent(name: string, flushes: boolean): Promise<{ client: AgentClient; server: Server; requests: Record<string, unknown>[] }> {
   const requests: Record<string, unknown>[] = [];
-  const server = createServer((socket) => {
-    const decoder = new FrameDecoder();
-    socket.on("error", () => undefined);
-    socket.on("data", (chunk: Buffer) => {
-      decoder.push(chunk);
-      for (let item = decoder.next(); item; item = decoder.next()) {
-        if (item.kind !== "frame") continue;
-        const req = item.header;
-        requests.push(req);
-        if (req.op === "hello") socket.write(encodeFrame({ id: req.id, ok: true, protocol: 1, agent_version: "0.1.0", boot_ms: 1, uptime_ms: 2 }));
-        else if (req.op === "exec") socket.write(execReply(req.id, flushes && req.sync_after === true ? { synced: true } : {}));
-        else socket.write(encodeFrame({ id: req.id, ok: true }));
-      }
-    });
+  const { client, server } = await fakeAgent(join(dir, `${name}.sock`), (req, socket) => {
+    requests.push(req);
+    if (req.op === "exec") socket.write(honestExec(req.id, Buffer.alloc(0), flushes && req.sync_after === true ? { synced: true } : {}));
+    else socket.write(encodeFrame({ id: req.id, ok: true }));
   });
-  const socketPath = join(dir, `${name}.sock`);
-  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
-  const client = await AgentClient.connect(socketPath, Date.now() + 2_000);
-  await client.hello();
   return { client, server, requests };
 }
 
 describe("exec with syncAfter", () => {
   it("asks the agent to flush before answering, in the exec itself: no separate sync", async () => {
-    const { client, server, requests } = await fakeAgent("current", true);
+    const { client, server, requests } = await recordingAgent("current", true);
     try {
       await client.exec({ command: ["true"], syncAfter: true });
       const ops = requests.map((r) => r.op);
-      assert.deepEqual(ops, ["hello", "exec"]);
-      assert.equal(requests[1]!.sync_after, true);
+      assert.deepEqual(ops, ["exec"]);
+      assert.equal(requests[0]!.sync_after, true);
     } finally {
       client.close();
       server.close();
@@ -78,12 +48,12 @@ describe("exec with syncAfter", () => {
   });
 
   it("still flushes through an agent that predates sync_after: a sync follows the exec", async () => {
-    const { client, server, requests } = await fakeAgent("older", false);
+    const { client, server, requests } = await recordingAgent("older", false);
     try {
       await client.exec({ command: ["true"], syncAfter: true });
       assert.deepEqual(
         requests.map((r) => r.op),
-        ["hello", "exec", "sync"],
+        ["exec", "sync"],
       );
     } finally {
       client.close();
@@ -92,14 +62,14 @@ describe("exec with syncAfter", () => {
   });
 
   it("without syncAfter, neither asks for a flush nor sends a sync", async () => {
-    const { client, server, requests } = await fakeAgent("plain", true);
+    const { client, server, requests } = await recordingAgent("plain", true);
     try {
       await client.exec({ command: ["true"] });
       assert.deepEqual(
         requests.map((r) => r.op),
-        ["hello", "exec"],
+        ["exec"],
       );
-      assert.equal(requests[1]!.sync_after, undefined);
+      assert.equal(requests[0]!.sync_after, undefined);
     } finally {
       client.close();
       server.close();
