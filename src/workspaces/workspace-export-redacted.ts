@@ -86,7 +86,11 @@ export async function restoreHardlinks(tree: string, entries: Iterable<ManifestE
     if (e.type !== "f" || e.nlink < 2) continue;
     if (prefix && !e.path.startsWith(`${prefix}/`)) continue;
     const rel = prefix ? e.path.slice(prefix.length + 1) : e.path;
-    byInode.set(e.ino, [...(byInode.get(e.ino) ?? []), rel]);
+    // Appended in place: the guest's agent says which names share an inode, and copying the list
+    // for each of 500k names claiming one inode would be quadratic.
+    const names = byInode.get(e.ino);
+    if (names) names.push(rel);
+    else byInode.set(e.ino, [rel]);
   }
   const dump = new RootedTree(tree);
   const plainFile = async (name: string) => {
