@@ -21,7 +21,7 @@ import {
   nameText,
   parseManifest,
 } from "./tree-manifest.js";
-import { baselineManifestPath, seedImagePath, workspaceDiskPath } from "./workspace-boot.js";
+import { baselineManifestPath, seedImagePath, workspaceDiskPath } from "./workspace-disk-files.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
 import { formatFileDiff, type TreeEntry } from "./file-diff.js";
