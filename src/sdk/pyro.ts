@@ -124,7 +124,7 @@ export class Pyro {
 
   /** Stops what this instance keeps running for itself (the warm VM). Workspaces are not touched. */
   async close(): Promise<void> {
-    await (await this.warmSlot())?.close();
+    await (await this.warm)?.close();
     await (await this.warmCreate)?.close();
   }
 
@@ -249,7 +249,8 @@ export class Pyro {
     // One warm VM at a time, of the kind last used; made after this create, not during it (they would share the CPUs).
     if (warm && created.workspace_seed.mode === "empty") {
       this.warmFor = "workspace";
-      void Promise.resolve(this.warmSlot())
+      // Only a run VM already kept is emptied: a create need not load the run code to find none.
+      void Promise.resolve(this.warm)
         .then((slot) => slot?.empty())
         .catch(() => undefined)
         .then(() => warm.fill());
