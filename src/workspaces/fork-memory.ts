@@ -83,21 +83,17 @@ export async function releaseUnmappedForkMemory(paths: PyroPaths, backend: () =>
     const marker = STARTING.exec(name);
     return marker !== null && !processAlive(Number(marker[1]));
   });
-  if (!candidates.length) {
-    if (!names.length) await removeEmptyForkDir(dir);
-    return 0;
-  }
-  const inUse = await (await backend()).memoryFilesInUse();
   let removed = 0;
-  let kept = names.length;
-  for (const name of candidates) {
-    const path = join(dir, name);
-    if (inUse.has(path)) continue;
-    await rm(path, { force: true });
-    kept--;
-    if (FORK_MEMORY.test(name)) removed++;
+  if (candidates.length) {
+    const inUse = await (await backend()).memoryFilesInUse();
+    for (const name of candidates) {
+      const path = join(dir, name);
+      if (inUse.has(path)) continue;
+      await rm(path, { force: true });
+      if (FORK_MEMORY.test(name)) removed++;
+    }
   }
-  if (kept === 0) await removeEmptyForkDir(dir);
+  await removeEmptyForkDir(dir);
   return removed;
 }
 
