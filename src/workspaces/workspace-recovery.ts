@@ -166,6 +166,9 @@ export async function recoverInterrupted(ctx: WorkspaceContext): Promise<void> {
       if (records[i]?.vm?.pid !== vm.pid) suspects.add(basename(vm.runDir));
     });
   }
+  // A workspace held by a live process (a create under way, one made ahead and kept warm) is that
+  // process's to finish: its lock would only answer busy, and the fork-memory sweep below need not run.
+  for (const id of suspects) if (await lockHolder(ctx.store.lockPath(id))) suspects.delete(id);
   for (const id of suspects) {
     await ctx.store
       .tryWithLock(id, "recovery", (interrupted) => recoverWorkspace(ctx, id, interrupted))
