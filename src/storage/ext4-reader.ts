@@ -1,6 +1,6 @@
 import { isUtf8 } from "node:buffer";
 import { PyroError } from "../errors.js";
-import { type ManifestEntry, nameText } from "../workspaces/tree-manifest.js";
+import { type ManifestEntry, nameText, tooManyTreeEntries } from "../workspaces/tree-manifest.js";
 import { TREE_MANIFEST_LIMITS } from "../workspaces/workspace-limits.js";
 import { type JournalCopy, journalCopies, restoreEscaped } from "./jbd2-journal.js";
 import type { DiskReader } from "./qcow2-reader.js";
@@ -558,7 +558,7 @@ export class Ext4Reader {
               }
               if (!clean) throw invalid(`${where()} holds a name with '/' or NUL`, { inode: dir.ino });
               if (ino > this.inodesCount) throw invalid(`${where()} names inode ${ino}, which does not exist`, { inode: dir.ino });
-              if (inos.length >= room) throw tooMany(limit);
+              if (inos.length >= room) throw tooManyTreeEntries(limit);
               if (used + nameLen > nameRoom) throw tooManyNameBytes();
               if (used + nameLen > this.nameScratch.length) {
                 const grown = Buffer.allocUnsafe(this.nameScratch.length * 2);
@@ -657,7 +657,7 @@ export class Ext4Reader {
         const ino = inos[i]!;
         if (at > 0 && names.compare(names, starts[order[at - 1]!], ends[order[at - 1]!], start, end) === 0)
           throw invalid(`directory inode ${dir.inode.ino} lists '${nameText(names.subarray(start, end))}' twice`, { inode: dir.inode.ino });
-        if (++count > maxEntries) throw tooMany(maxEntries);
+        if (++count > maxEntries) throw tooManyTreeEntries(maxEntries);
         const bytes = dir.bytes + (dir.bytes ? 1 : 0) + (end - start);
         if (bytes > MAX_PATH_BYTES) throw invalid(`a path under ${dir.path || "the root"} is longer than ${MAX_PATH_BYTES} bytes`);
         // ASCII names (most) become text without a view of their bytes.
@@ -732,13 +732,6 @@ export class Ext4Reader {
       return filled;
     };
   }
-}
-
-function tooMany(maxEntries: number): PyroError {
-  return new PyroError(
-    "GUEST_OPERATION_FAILED",
-    `the tree holds more than ${maxEntries} files and directories, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
-  );
 }
 
 function tooManyNameBytes(): PyroError {

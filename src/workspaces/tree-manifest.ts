@@ -192,12 +192,7 @@ export function* manifestRecords(bytes: Buffer, options: ManifestReadOptions = {
   let lastName = { start: 0, end: 0 };
   let count = 0;
   for (let at = 0; at < bytes.length; ) {
-    if (count >= maxEntries)
-      throw new PyroError(
-        "GUEST_OPERATION_FAILED",
-        `the tree holds more than ${maxEntries} files and directories, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
-        { max_entries: maxEntries },
-      );
+    if (count >= maxEntries) throw tooManyTreeEntries(maxEntries);
     const record = readRecord(bytes, at);
     const { entry, pathStart, pathEnd } = record;
     const path = entry.path;
@@ -268,4 +263,13 @@ function readRecord(bytes: Buffer, at: number): { entry: ManifestEntry; next: nu
 /** Parses a whole manifest into a list (for callers that need every entry at once). */
 export function parseManifest(bytes: Buffer, options?: ManifestReadOptions): ManifestEntry[] {
   return [...manifestEntries(bytes, options)];
+}
+
+/** A tree (a manifest, a disk walk, a baseline index) with more entries than pyro diffs or exports at once. */
+export function tooManyTreeEntries(maxEntries: number): PyroError {
+  return new PyroError(
+    "GUEST_OPERATION_FAILED",
+    `the tree holds more than ${maxEntries} files and directories, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
+    { max_entries: maxEntries },
+  );
 }

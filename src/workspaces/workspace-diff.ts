@@ -20,6 +20,7 @@ import {
   manifestEntryAt,
   nameText,
   parseManifest,
+  tooManyTreeEntries,
 } from "./tree-manifest.js";
 import { baselineManifestPath, seedImagePath, workspaceDiskPath } from "./workspace-disk-files.js";
 import type { WorkspaceContext } from "./workspace-context.js";
@@ -120,7 +121,7 @@ export class ManifestIndex {
     let offsets = new Uint32Array(1024);
     let count = 0;
     for (let at = 0; at < bytes.length; ) {
-      if (count >= maxEntries) throw tooManyRecords(maxEntries);
+      if (count >= maxEntries) throw tooManyTreeEntries(maxEntries);
       if (count === offsets.length) {
         const grown = new Uint32Array(offsets.length * 2);
         grown.set(offsets);
@@ -268,14 +269,6 @@ export class ManifestIndex {
     if (targetEnd === end + 1) return after.target === "";
     return nameText(bytes.subarray(end + 1, targetEnd)) === after.target;
   }
-}
-
-function tooManyRecords(maxEntries: number): PyroError {
-  return new PyroError(
-    "GUEST_OPERATION_FAILED",
-    `the tree holds more than ${maxEntries} files and directories, more than pyro diffs or exports at once; export a subdirectory, or remove files`,
-    { max_entries: maxEntries },
-  );
 }
 
 /**
