@@ -9,6 +9,7 @@ import { DEFAULT_DISK_GIB } from "./seed-image.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import { bootNewWorkspace, captureBaseline, newWorkspaceRecord, WORKSPACE_DEFAULTS } from "./workspace-lifecycle.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
+import type { NameClaim } from "./workspace-store.js";
 import { seedRecord } from "./workspace-seed.js";
 
 /**
@@ -142,7 +143,11 @@ export class WarmWorkspaceSlot {
     if (!ready) return undefined;
     const { vm, template } = ready;
     const record: WorkspaceRecord = { ...wanted, id: ready.record.id, seed: ready.record.seed, vm: ready.record.vm, snapshots: [] };
+    let claim: NameClaim | undefined;
     try {
+      // Claimed first, under its lock, as every create claims it: a name taken meanwhile costs no
+      // resume (the usual create then says so).
+      claim = await this.ctx.store.claimName(record.name, record.id);
       await vm.resume();
       // It sat paused: its clock is behind, and its entropy must not be what it had when it was made.
       await giveVmItsOwnIdentity(vm, record.id);
@@ -150,15 +155,14 @@ export class WarmWorkspaceSlot {
       // Its files must outlive an exit from the write on. An exit before it lands leaves files and a
       // VM without a record under a dead holder's lock: an unfinished create, which recovery removes.
       ready.unregister();
-      // The name is claimed under its lock, as every create claims it (a name taken meanwhile: the usual create says so).
-      const claim = await this.ctx.store.claimName(record.name, record.id);
       await this.ctx.store.write(record);
-      await claim.release();
     } catch {
       // Not finished: it goes, and the caller creates one as usual (what discard cannot remove, recovery does).
+      await claim?.release().catch(() => undefined);
       await this.discard(ready).catch(() => undefined);
       return undefined;
     }
+    await claim.release();
     vm.detach();
     await ready.lock.release();
     return record;
