@@ -1,6 +1,8 @@
 import { rm } from "node:fs/promises";
 import { DEFAULT_MACHINE_SHAPE, checkMachineShape } from "../runtime/guest-limits.js";
 import { PyroError } from "../errors.js";
+import type { InstalledEnvironment } from "../environments/environment-store.js";
+import type { GuestRuntime } from "../runtime/guest-runtime.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { ensureBootTemplate, type BootTemplate } from "./boot-templates.js";
@@ -209,8 +211,8 @@ async function createWithSeed(
   // A create the warm workspace can be (unseeded, offline, no secrets, its machine) is finished with it.
   const adopted = await warm?.take(record);
   if (adopted) return { ...viewOf(adopted), create_ms: Date.now() - started };
-  await ctx.environments.require(environment);
-  await ctx.runtime();
+  // Before the lock and the directory: an environment not installed fails with nothing made.
+  const prepared = { env: await ctx.environments.require(environment), runtime: await ctx.runtime() };
   const id = record.id;
   // Locked before its directory exists: a directory without a record and without a live lock
   // holder is then always an interrupted create, which recovery removes (secrets included).
@@ -221,7 +223,7 @@ async function createWithSeed(
       await ctx.store.createDir(id);
       await saveSecrets(ctx, id, secretPlan.injected);
       if (interceptsTls(record)) await saveEgressSecrets(ctx.store.dir(id), id, secretPlan.scoped, options.secretMemoryOnly);
-      const booted = await bootNewWorkspace(ctx, record, seed, scan);
+      const booted = await bootNewWorkspace(ctx, record, seed, scan, prepared);
       vm = booted.vm;
       await captureBaseline(ctx, record, vm, booted.template);
       await ctx.store.write(record);
@@ -281,9 +283,10 @@ export async function bootNewWorkspace(
   record: WorkspaceRecord,
   seed: PreparedSeed | undefined,
   scan: SeedScan | undefined,
+  prepared?: { env: InstalledEnvironment; runtime: GuestRuntime },
 ): Promise<{ vm: RunningVm; template: BootTemplate | undefined }> {
-  const env = await ctx.environments.require(record.environment);
-  const runtime = await ctx.runtime();
+  const env = prepared?.env ?? (await ctx.environments.require(record.environment));
+  const runtime = prepared?.runtime ?? (await ctx.runtime());
   const { id } = record;
   const diskGib = record.disk_gib ?? DEFAULT_DISK_GIB;
   const shape = { vcpuCount: record.vcpu_count, memMib: record.mem_mib };
