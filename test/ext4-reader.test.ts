@@ -12,6 +12,7 @@ import { findExecutable } from "../src/process/host-command.js";
 import { type Ext4Inode, Ext4Reader } from "../src/storage/ext4-reader.js";
 import { type DiskReader, openDisk } from "../src/storage/qcow2-reader.js";
 import { buildSeedImage, scanSeed } from "../src/workspaces/seed-image.js";
+import { fileContents } from "./helpers/ext4-contents.js";
 
 const mkfs = findExecutable("mkfs.ext4");
 const debugfs = findExecutable("debugfs");
@@ -67,7 +68,7 @@ function readerWalk(fs: Ext4Reader, root = "") {
 
 /** A file's whole contents (each piece copied: the reader reuses its buffer). */
 function bytesOf(fs: Ext4Reader, inode: Ext4Inode): Buffer {
-  return Buffer.concat(Array.from(fs.contents(inode), (piece) => Buffer.from(piece)));
+  return Buffer.concat(Array.from(fileContents(fs, inode), (piece) => Buffer.from(piece)));
 }
 
 function sha(pieces: Iterable<Buffer>): string {
@@ -132,7 +133,7 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
       const byPath = new Map(walked.map((e) => [e.path, e]));
       assert.equal(byPath.get("linked")!.ino, byPath.get("src/also-linked")!.ino);
       assert.equal(byPath.get("linked")!.nlink, 2);
-      for (const e of walked) if (e.type === "f") assert.equal(sha(fs.contents(e.inode)), sha([readFileSync(join(tree, e.path))]), e.path);
+      for (const e of walked) if (e.type === "f") assert.equal(sha(fileContents(fs, e.inode)), sha([readFileSync(join(tree, e.path))]), e.path);
       // "subtree" order: the same entries, each directory's subtree right after it (a sorted pre-order walk).
       const preorder = (at: string): string[] =>
         readdirSync(join(tree, at), { encoding: "buffer" })
@@ -208,7 +209,7 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
         walked.map((e) => [e.path, e.type, e.mode, e.target]),
         hostWalk(changed).map((e) => [e.path, e.type, e.mode, e.target]),
       );
-      for (const e of walked) if (e.type === "f") assert.equal(sha(fs.contents(e.inode)), sha([readFileSync(join(changed, e.path))]), e.path);
+      for (const e of walked) if (e.type === "f") assert.equal(sha(fileContents(fs, e.inode)), sha([readFileSync(join(changed, e.path))]), e.path);
     } finally {
       disk.close();
     }
@@ -241,7 +242,7 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
     execFileSync("cp", ["--sparse=always", image, replayed]);
     execFileSync(debugfs!, ["-w", "-R", "journal_run", replayed], { stdio: "ignore" });
     const inPlace = Ext4Reader.open(openDisk(replayed));
-    const list = (fs: Ext4Reader) => readerWalk(fs).map((e) => [e.path, e.type, e.ino, e.type === "f" ? sha(fs.contents(e.inode)) : ""]);
+    const list = (fs: Ext4Reader) => readerWalk(fs).map((e) => [e.path, e.type, e.ino, e.type === "f" ? sha(fileContents(fs, e.inode)) : ""]);
     const walked = list(fromJournal);
     assert.deepEqual(walked, list(inPlace));
     assert.ok(walked.some(([path]) => path === "sxc/main.ts"));
@@ -265,7 +266,7 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
     );
     const outside = variant("outside", "sif src/deep/er/blob.bin block[5] 0xfffffff0\n");
     assert.throws(() => {
-      for (const e of readerWalk(outside)) if (e.type === "f") sha(outside.contents(e.inode));
+      for (const e of readerWalk(outside)) if (e.type === "f") sha(fileContents(outside, e.inode));
     }, damaged);
     // A name with '/' cannot be made by any tool: patch the bytes of one.
     const slashed = join(dir, "slashed.ext4");
@@ -331,7 +332,7 @@ describe("ext4 and qcow2 readers on corrupted images (fast-check)", { skip }, ()
         );
         paths.push(e.path);
         // Contents are bounded by the export's own rule (sizes summed against the disk); the property only needs them to end.
-        if (e.type === "f" && bytes + e.size <= disk.size) for (const piece of fs.contents(e.inode)) bytes += piece.length;
+        if (e.type === "f" && bytes + e.size <= disk.size) for (const piece of fileContents(fs, e.inode)) bytes += piece.length;
       }
       return paths;
     } catch (error) {

@@ -75,9 +75,6 @@ const MAX_JOURNAL_BLOCKS = 262_144;
  * garbage collector) cost tens of MB of peak RSS.
  */
 const METADATA_CACHE_BLOCKS = 256;
-/** File contents are read and handed out in pieces of at most this size. */
-const PIECE_BYTES = 1 << 20;
-const ZEROS = Buffer.alloc(PIECE_BYTES);
 
 /** The manifest type of an inode's mode (i_mode & S_IFMT); undefined for a mode no file has. */
 function typeOfMode(mode: number): ManifestEntry["type"] | undefined {
@@ -152,7 +149,6 @@ export class Ext4Reader {
   private readonly cache = new Map<number, number>();
   private slab: Buffer | undefined;
   private slots: Buffer[] | undefined;
-  private pieceBuffer: Buffer | undefined;
   /** One block buffer for every directory block read (a directory's entries are copied out of it). */
   private directoryBlock: Buffer | undefined;
   /** Where a directory's names are gathered while its blocks are read. */
@@ -439,43 +435,17 @@ export class Ext4Reader {
 
   /**
    * A file's whole bytes (holes as zeros) in a buffer of its size, for callers that bound the size
-   * first: collecting `contents`' pieces would keep views of one reused buffer.
+   * first (diff's pages).
    */
   bytes(inode: Ext4Inode): Buffer {
+    return this.wholeFile(inode, undefined);
+  }
+
+  /** `bytes`, with the file's map charged to a walk's budget where given. */
+  private wholeFile(inode: Ext4Inode, walk: DirectoryBudget | undefined): Buffer {
     const out = Buffer.alloc(inode.size);
-    this.contentReader(inode)(out);
+    this.readerOf(inode, walk)(out);
     return out;
-  }
-
-  /** A file's (or directory's) bytes from 0 to its size, in pieces of at most 1 MiB (holes read as zeros). Each piece is valid only until the next piece of any file is asked for. */
-  contents(inode: Ext4Inode): Generator<Buffer> {
-    return this.pieces(inode, undefined);
-  }
-
-  /** `contents`, with the file's map charged to a walk's budget where given. */
-  private *pieces(inode: Ext4Inode, walk: DirectoryBudget | undefined): Generator<Buffer> {
-    // One buffer for every piece of every file: its callers copy each piece before asking for the next.
-    this.pieceBuffer ??= Buffer.allocUnsafe(PIECE_BYTES);
-    const buffer = this.pieceBuffer;
-    let position = 0;
-    const emitZeros = function* (bytes: number): Generator<Buffer> {
-      for (let left = bytes; left > 0; left -= PIECE_BYTES) yield ZEROS.subarray(0, Math.min(left, PIECE_BYTES));
-    };
-    for (const run of this.blockRuns(inode, walk)) {
-      const start = run.logical * this.blockSize;
-      if (start > position) yield* emitZeros(start - position);
-      const end = Math.min(inode.size, (run.logical + run.length) * this.blockSize);
-      if (run.physical === undefined) yield* emitZeros(end - start);
-      else {
-        for (let at = start; at < end; at += PIECE_BYTES) {
-          const piece = buffer.subarray(0, Math.min(PIECE_BYTES, end - at));
-          this.readBlocks(run.physical + (at - start) / this.blockSize, piece);
-          yield piece;
-        }
-      }
-      position = end;
-    }
-    if (inode.size > position) yield* emitZeros(inode.size - position);
   }
 
   /** A symlink's target bytes (fast symlinks keep it in the inode). */
@@ -490,14 +460,7 @@ export class Ext4Reader {
   private symlinkTarget(inode: Ext4Inode, walk: DirectoryBudget | undefined): Buffer {
     if (inode.size === 0 || inode.size > SYMLINK_MAX) throw invalid(`symlink inode ${inode.ino} has a ${inode.size}-byte target`, { inode: inode.ino });
     const fast = !(inode.flags & (FLAG_EXTENTS | FLAG_INLINE_DATA)) && inode.size < 60;
-    let target: Buffer;
-    if (fast) target = Buffer.from(this.blockArea(inode).subarray(0, inode.size));
-    else {
-      // Each piece is a view of one reused buffer: copied as it comes (a map of several runs gives several).
-      const pieces: Buffer[] = [];
-      for (const piece of this.pieces(inode, walk)) pieces.push(Buffer.from(piece));
-      target = Buffer.concat(pieces);
-    }
+    const target = fast ? Buffer.from(this.blockArea(inode).subarray(0, inode.size)) : this.wholeFile(inode, walk);
     // No link Linux makes holds a NUL: a tar would keep the target only up to it (diff and export would disagree).
     if (target.includes(0)) throw invalid(`symlink inode ${inode.ino}'s target holds a NUL byte`, { inode: inode.ino });
     return target;
@@ -701,7 +664,15 @@ export class Ext4Reader {
    * than a block. An export reads straight into its output buffer: no piece buffer, no copy.
    */
   contentReader(inode: Ext4Inode): (target: Buffer) => number {
-    const runs = this.blockRuns(inode)[Symbol.iterator]();
+    return this.readerOf(inode, undefined);
+  }
+
+  /**
+   * `contentReader`, with the file's map charged to a walk's budget where given: every read of a
+   * file's bytes (export's stream, diff's whole files, slow symlinks' targets) goes through it.
+   */
+  private readerOf(inode: Ext4Inode, walk: DirectoryBudget | undefined): (target: Buffer) => number {
+    const runs = this.blockRuns(inode, walk)[Symbol.iterator]();
     const { blockSize } = this;
     const size = inode.size;
     let run: BlockRun | undefined;
