@@ -101,6 +101,8 @@ const TYPE_DIRECTORY = 0x64; // 'd'
 export class ManifestIndex {
   /** Record start offsets, by ordinal. */
   private readonly offsets: Uint32Array;
+  /** Header lengths, by ordinal (a checked header is at most ~130 bytes): where each path starts, without finding its NUL again. */
+  private readonly headLengths: Uint8Array;
   /** Slot to ordinal + 1 (0: empty). */
   private readonly slots: Uint32Array;
   /** Each slot's path hash (a probe compares paths only where hashes match). */
@@ -117,8 +119,9 @@ export class ManifestIndex {
     /** Where each path's hash starts (random: a test may fix it to make two paths collide). */
     private readonly hashSeed: number = randomInt(2 ** 32),
   ) {
-    // Pass 1: where the records start (three NUL-ended fields each).
+    // Pass 1: where the records start (three NUL-ended fields each), each header and path checked.
     let offsets = new Uint32Array(1024);
+    let headLengths = new Uint8Array(1024);
     let count = 0;
     for (let at = 0; at < bytes.length; ) {
       if (count >= maxEntries) throw tooManyTreeEntries(maxEntries);
@@ -126,15 +129,23 @@ export class ManifestIndex {
         const grown = new Uint32Array(offsets.length * 2);
         grown.set(offsets);
         offsets = grown;
+        const grownLengths = new Uint8Array(offsets.length);
+        grownLengths.set(headLengths);
+        headLengths = grownLengths;
       }
-      offsets[count++] = at;
       const headEnd = bytes.indexOf(0, at);
       const pathEnd = headEnd < 0 ? -1 : bytes.indexOf(0, headEnd + 1);
       const targetEnd = pathEnd < 0 ? -1 : bytes.indexOf(0, pathEnd + 1);
       if (targetEnd < 0) throw malformedManifest("a record is cut off");
+      if (!isWellFormedHeader(bytes, at, headEnd)) throw malformedManifest("a record header is out of shape");
+      if (!isPlainRelativePath(bytes, headEnd + 1, pathEnd))
+        throw malformedManifest(`path '${nameText(bytes.subarray(headEnd + 1, pathEnd)).slice(0, 200)}' is not a plain relative path`);
+      offsets[count] = at;
+      headLengths[count++] = headEnd - at;
       at = targetEnd + 1;
     }
     this.offsets = offsets;
+    this.headLengths = headLengths;
     this.count = count;
     let size = 16;
     while (size < count * 2) size *= 2;
@@ -142,19 +153,14 @@ export class ManifestIndex {
     this.slots = new Uint32Array(size);
     this.slotHashes = new Uint32Array(size);
     this.unusual = new Uint8Array(count);
-    // Pass 2: check and insert each record, in order (a parent is found only if listed before).
+    // Pass 2: insert each record, in order, checking it is new and its parent a directory listed before it.
     // The last parent found, as a range of the manifest's bytes (none yet).
     let parentStart = 0;
     let parentEnd = 0;
     let parentKnown = false;
     for (let ordinal = 0; ordinal < count; ordinal++) {
-      const at = offsets[ordinal]!;
-      const headEnd = bytes.indexOf(0, at);
-      const pathStart = headEnd + 1;
+      const pathStart = this.pathStart(ordinal);
       const pathEnd = bytes.indexOf(0, pathStart);
-      if (!isWellFormedHeader(bytes, at, headEnd)) throw malformedManifest("a record header is out of shape");
-      if (!isPlainRelativePath(bytes, pathStart, pathEnd))
-        throw malformedManifest(`path '${this.pathText(ordinal).slice(0, 200)}' is not a plain relative path`);
       let hash = hashSeed;
       for (let i = pathStart; i < pathEnd && !this.unusual[ordinal]; i++) {
         if (bytes[i]! >= 0x80) this.unusual[ordinal] = 1;
@@ -196,7 +202,7 @@ export class ManifestIndex {
 
   /** Where record `ordinal`'s path starts (it ends at the next NUL). */
   private pathStart(ordinal: number): number {
-    return this.bytes.indexOf(0, this.offsets[ordinal]!) + 1;
+    return this.offsets[ordinal]! + this.headLengths[ordinal]! + 1;
   }
 
   /** The path of a record, as text. */
