@@ -22,7 +22,8 @@ import { listWorkspaceFiles, readWorkspaceFile } from "../src/workspaces/workspa
 import { createWorkspace, deleteWorkspace, listWorkspaces } from "../src/workspaces/workspace-lifecycle.js";
 import { listServices, serviceLogs, serviceStatus, startService } from "../src/workspaces/workspace-services.js";
 import { openShell, readShell } from "../src/workspaces/workspace-shells.js";
-import { diffWorkspace, exportFromWorkspace } from "../src/workspaces/workspace-tree.js";
+import { exportFromWorkspace } from "../src/workspaces/workspace-export.js";
+import { diffWorkspace } from "../src/workspaces/workspace-tree.js";
 import { sharedCacheDir } from "./helpers/vm-fixtures.js";
 
 const RSS_LIMIT = 256 * 1024 * 1024;

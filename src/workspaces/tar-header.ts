@@ -1,8 +1,6 @@
 import { Header, Pax } from "tar";
 import { TAR_BLOCK, type TarFields } from "./ustar-header.js";
 
-export { TAR_BLOCK, type TarFields } from "./ustar-header.js";
-
 /** A tar header (with a pax header first where ustar cannot hold the name, size or times). */
 export function tarHeader(fields: TarFields): Buffer {
   const header = new Header(fields);

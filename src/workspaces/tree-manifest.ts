@@ -165,17 +165,6 @@ export interface ManifestReadOptions {
  * must treat a throw as "discard what was written".
  */
 export function* manifestEntries(bytes: Buffer, options: ManifestReadOptions = {}): Generator<ManifestEntry> {
-  for (const record of manifestRecords(bytes, options)) yield record.entry;
-}
-
-/** A parsed record and where it starts in the manifest (to read it again with manifestEntryAt). */
-export interface ManifestRecord {
-  entry: ManifestEntry;
-  offset: number;
-}
-
-/** manifestEntries, with each record's offset. */
-export function* manifestRecords(bytes: Buffer, options: ManifestReadOptions = {}): Generator<ManifestRecord> {
   const maxEntries = options.maxEntries ?? TREE_MANIFEST_LIMITS.entries;
   const walkOrder = options.order === "walk";
   // "any": every name, and the directories among them.
@@ -211,7 +200,7 @@ export function* manifestRecords(bytes: Buffer, options: ManifestReadOptions = {
       if (entry.type === "d") directories.add(path);
     }
     count++;
-    yield { entry, offset: at };
+    yield entry;
     at = record.next;
   }
 }

@@ -87,9 +87,3 @@ export function writeUstarHeader(target: Buffer, at: number, fields: TarFields):
   octal(target, at + 148, sum, 8);
   return true;
 }
-
-/** The 512-byte ustar header of `fields`, or undefined where tarHeader's pax path is needed. */
-export function ustarHeader(fields: TarFields): Buffer | undefined {
-  const header = Buffer.allocUnsafe(TAR_BLOCK);
-  return writeUstarHeader(header, 0, fields) ? header : undefined;
-}

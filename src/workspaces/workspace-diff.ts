@@ -352,7 +352,7 @@ export function changedEntries(baseline: Buffer | ManifestIndex, current: Iterab
  * record as the caller iterates (once), a malformed record closing the connection as a protocol
  * violation.
  */
-export async function guestManifest(agent: AgentClient, dir = WORKSPACE_ROOT): Promise<Iterable<ManifestEntry>> {
+async function guestManifest(agent: AgentClient, dir = WORKSPACE_ROOT): Promise<Iterable<ManifestEntry>> {
   const { header, payload } = await agent.treeManifest(dir, MAX_MANIFEST_BYTES, 600_000);
   if (header.truncated === true) throw tooManyEntries(dir);
   return (function* () {

@@ -40,7 +40,7 @@ async function topLayerCopy(ctx: WorkspaceContext, record: WorkspaceRecord, vm: 
  * setuid root; carried into the tar, extracting it as root on the host (`tar -xp`) would install a
  * setuid-root program the guest wrote. The sticky bit and permissions are kept.
  */
-export function exportedMode(mode: number): number {
+function exportedMode(mode: number): number {
   return mode & 0o1777;
 }
 

@@ -157,5 +157,3 @@ export async function redactTar(tarBytes: Buffer, redactor: Redactor): Promise<B
   await done;
   return Buffer.concat(chunks);
 }
-
-export { exportFromWorkspace } from "./workspace-export.js";
