@@ -189,6 +189,24 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
     }
   });
 
+  it("holds a walk to its entry bound exactly, in either order (listed entries are what is counted)", () => {
+    const disk = openDisk(seed);
+    try {
+      const fs = Ext4Reader.open(disk);
+      const total = readerWalk(fs).length;
+      for (const order of ["manifest", "subtree"] as const) {
+        assert.equal([...fs.walk(fs.lookup("")!, { order, maxEntries: total })].length, total, order);
+        assert.throws(
+          () => [...fs.walk(fs.lookup("")!, { order, maxEntries: total - 1 })],
+          (e) => isPyroError(e, "GUEST_OPERATION_FAILED") && e.message.includes(`more than ${total - 1} files`),
+          order,
+        );
+      }
+    } finally {
+      disk.close();
+    }
+  });
+
   it("walks a QEMU-written overlay of the seed image as the changed tree", async () => {
     const changed = join(dir, "changed");
     execFileSync("cp", ["-a", tree, changed]);

@@ -478,8 +478,7 @@ export class Ext4Reader {
     limit = room,
     nameRoom: number = TREE_MANIFEST_LIMITS.bytes,
   ): DirectoryListing {
-    const starts: number[] = [];
-    const ends: number[] = [];
+    const bounds: number[] = [0];
     const inos: number[] = [];
     let used = 0;
     let plain = true;
@@ -529,9 +528,8 @@ export class Ext4Reader {
                 this.nameScratch = grown;
               }
               block.copy(this.nameScratch, used, start, start + nameLen);
-              starts.push(used);
               used += nameLen;
-              ends.push(used);
+              bounds.push(used);
               inos.push(ino);
             }
           }
@@ -539,7 +537,7 @@ export class Ext4Reader {
         }
       }
     }
-    return { names: Buffer.from(this.nameScratch.subarray(0, used)), starts, ends, inos, plain };
+    return { names: Buffer.from(this.nameScratch.subarray(0, used)), bounds, inos, plain };
   }
 
   /** Directory blocks a walk or lookup may read: the filesystem's own block count. */
@@ -557,8 +555,8 @@ export class Ext4Reader {
     for (const part of path.split("/").filter((p) => p !== "" && p !== ".")) {
       if (current.type !== "d") return undefined;
       const wanted = Buffer.from(part, "utf8");
-      const { names, starts, ends, inos } = this.directoryEntries(current, TREE_MANIFEST_LIMITS.entries, budget);
-      const found = inos.findIndex((_, i) => names.compare(wanted, 0, wanted.length, starts[i], ends[i]) === 0);
+      const { names, bounds, inos } = this.directoryEntries(current, TREE_MANIFEST_LIMITS.entries, budget);
+      const found = inos.findIndex((_, i) => names.compare(wanted, 0, wanted.length, bounds[i], bounds[i + 1]) === 0);
       if (found < 0) return undefined;
       current = this.inode(inos[found]!);
     }
@@ -578,8 +576,8 @@ export class Ext4Reader {
     if (root.type !== "d") throw invalid(`inode ${root.ino} is not a directory`);
     const visited = new Set<number>([root.ino]);
     const budget = this.directoryBudget();
-    let count = 0;
-    // Entries listed so far, yielded or not. In "subtree" order each directory on the stack keeps
+    // Entries listed so far, yielded or not: every entry is listed before it is yielded, so this
+    // bound is the walk's entry bound too. In "subtree" order each directory on the stack keeps
     // its listing while its subtree is walked: bounding yielded entries alone let a chain of
     // directories each listing ~maxEntries hold that many times maxEntries at once.
     let listed = 0;
@@ -594,33 +592,32 @@ export class Ext4Reader {
         const listing = this.directoryEntries(dir.inode, maxEntries - listed, budget, maxEntries, TREE_MANIFEST_LIMITS.bytes - listedNameBytes);
         listed += listing.inos.length;
         listedNameBytes += listing.names.length;
-        const { names, starts, ends } = listing;
+        const { names, bounds, inos } = listing;
         dir.listing = listing;
-        dir.order = starts.map((_, i) => i).sort((a, b) => names.compare(names, starts[b], ends[b], starts[a], ends[a]));
+        dir.order = inos.map((_, i) => i).sort((a, b) => names.compare(names, bounds[b], bounds[b + 1], bounds[a], bounds[a + 1]));
         // A name that is not UTF-8 is shown with `\xNN` escapes, which another name can spell: two
         // entries would have one path (a symlink and a directory under it, in an export's tar).
-        if (!listing.plain && starts.some((_, i) => !isUtf8(names.subarray(starts[i], ends[i])))) {
+        if (!listing.plain && inos.some((_, i) => !isUtf8(names.subarray(bounds[i], bounds[i + 1])))) {
           const shown = new Set<string>();
-          for (let i = 0; i < starts.length; i++) {
-            const text = nameText(names.subarray(starts[i], ends[i]));
+          for (let i = 0; i < inos.length; i++) {
+            const text = nameText(names.subarray(bounds[i], bounds[i + 1]));
             if (shown.has(text))
               throw invalid(`directory inode ${dir.inode.ino} holds two names shown as '${text}' (one of them not UTF-8)`, { inode: dir.inode.ino });
             shown.add(text);
           }
         }
       }
-      const { names, starts, ends, inos, plain } = dir.listing;
+      const { names, bounds, inos, plain } = dir.listing;
       const order = dir.order!;
       const subdirs: Frame[] = [];
       while (dir.next < order.length) {
         const at = dir.next++;
         const i = order[at]!;
-        const start = starts[i]!;
-        const end = ends[i]!;
+        const start = bounds[i]!;
+        const end = bounds[i + 1]!;
         const ino = inos[i]!;
-        if (at > 0 && names.compare(names, starts[order[at - 1]!], ends[order[at - 1]!], start, end) === 0)
+        if (at > 0 && names.compare(names, bounds[order[at - 1]!], bounds[order[at - 1]! + 1], start, end) === 0)
           throw invalid(`directory inode ${dir.inode.ino} lists '${nameText(names.subarray(start, end))}' twice`, { inode: dir.inode.ino });
-        if (++count > maxEntries) throw tooManyTreeEntries(maxEntries);
         const bytes = dir.bytes + (dir.bytes ? 1 : 0) + (end - start);
         if (bytes > MAX_PATH_BYTES) throw invalid(`a path under ${dir.path || "the root"} is longer than ${MAX_PATH_BYTES} bytes`);
         // ASCII names (most) become text without a view of their bytes.
@@ -718,12 +715,12 @@ interface DirectoryBudget {
 
 /**
  * A directory's entries without an object per entry: their names packed in one buffer, entry i's
- * name at names[starts[i], ends[i]), its inode inos[i]. `plain`: every name is ASCII.
+ * name at names[bounds[i], bounds[i + 1]) (names are packed end to end), its inode inos[i].
+ * `plain`: every name is ASCII.
  */
 interface DirectoryListing {
   names: Buffer;
-  starts: number[];
-  ends: number[];
+  bounds: number[];
   inos: number[];
   plain: boolean;
 }
