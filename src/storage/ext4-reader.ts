@@ -130,11 +130,11 @@ export interface Ext4WalkOptions {
   order?: "manifest" | "subtree";
 }
 
-/**
- * A walked entry: its manifest record, its inode (to read its contents), and whether its name is
- * UTF-8 (where it is not, the path shows its bytes with `\xNN` escapes).
- */
-export type Ext4WalkEntry = ManifestEntry & { inode: Ext4Inode; utf8Name: boolean };
+/** An entry's manifest record and its inode (to read its contents). */
+export type Ext4Entry = ManifestEntry & { inode: Ext4Inode };
+
+/** A walked entry, and whether its name is UTF-8 (where it is not, the path shows its bytes with `\xNN` escapes). */
+export type Ext4WalkEntry = Ext4Entry & { utf8Name: boolean };
 
 /** A read-only ext4 filesystem on a disk. Synchronous: the disk is read from the host's page cache. */
 export class Ext4Reader {
@@ -448,13 +448,20 @@ export class Ext4Reader {
     return out;
   }
 
-  /** A symlink's target bytes (fast symlinks keep it in the inode). */
-  linkTarget(inode: Ext4Inode): Buffer {
-    return this.symlinkTarget(inode, undefined);
+  /** The record a walk gives `inode` named `path` (a symlink's target read): an entry read again after its walk. */
+  entry(path: string, inode: Ext4Inode): Ext4Entry {
+    return this.entryOf(path, inode, undefined);
+  }
+
+  /** `entry`, with a slow symlink's map charged to a walk's budget where given. */
+  private entryOf(path: string, inode: Ext4Inode, walk: DirectoryBudget | undefined): Ext4Entry {
+    const { ino, type, mode, size, mtimeNs, ctimeNs, nlink } = inode;
+    const target = type === "l" ? nameText(this.symlinkTarget(inode, walk)) : "";
+    return { path, type, mode, size, mtimeNs, ctimeNs, ino, nlink, target, inode };
   }
 
   /**
-   * `linkTarget`; in a walk, a slow symlink's map (extent nodes, block map tables) is charged to the
+   * A symlink's target bytes (fast symlinks keep it in the inode). In a walk, a slow symlink's map (extent nodes, block map tables) is charged to the
    * walk's budget, as directories' are: many symlinks sharing one deep map cost its blocks once.
    */
   private symlinkTarget(inode: Ext4Inode, walk: DirectoryBudget | undefined): Buffer {
@@ -625,20 +632,10 @@ export class Ext4Reader {
         const text = plain ? names.toString("latin1", start, end) : nameText(names.subarray(start, end));
         const path = dir.path ? `${dir.path}/${text}` : text;
         const inode = this.inode(ino);
-        const target = inode.type === "l" ? nameText(this.symlinkTarget(inode, budget)) : "";
-        yield {
-          path,
-          type: inode.type,
-          mode: inode.mode,
-          size: inode.size,
-          mtimeNs: inode.mtimeNs,
-          ctimeNs: inode.ctimeNs,
-          ino,
-          nlink: inode.nlink,
-          target,
-          inode,
-          utf8Name,
-        };
+        // Marked on the record itself: a walk of 200k entries makes no second object for each.
+        const entry = this.entryOf(path, inode, budget) as Ext4WalkEntry;
+        entry.utf8Name = utf8Name;
+        yield entry;
         if (inode.type !== "d") continue;
         if (visited.has(ino)) throw invalid(`directory inode ${ino} is linked from two places (a cycle)`, { inode: ino });
         visited.add(ino);

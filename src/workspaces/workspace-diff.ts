@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { isPyroError, PyroError } from "../errors.js";
 import type { AgentClient } from "../guest-protocol/agent-client.js";
 import type { RunningVm } from "../runtime/vmm-backend.js";
-import { type Ext4Inode, Ext4Reader } from "../storage/ext4-reader.js";
+import { type Ext4Entry, Ext4Reader } from "../storage/ext4-reader.js";
 import { makePrivateTempDir } from "../storage/private-storage.js";
 import { type DiskReader, openDisk } from "../storage/qcow2-reader.js";
 import { copyTopLayerAtOneMoment } from "./frozen-disk-view.js";
@@ -521,8 +521,6 @@ interface CurrentTree<Kept = unknown> {
 /** A tree whose changed entries are held whole (the guest's: read once, never again). */
 const heldWhole = { keep: (entry: ManifestEntry) => entry, entry: (kept: ManifestEntry) => kept };
 
-type DiskEntry = ManifestEntry & { inode: Ext4Inode };
-
 /**
  * The walk of the disk copy. A changed entry is held as its inode number and read again for its
  * page (the copy does not change while the diff reads it), with its inode, so a changed file's
@@ -534,12 +532,8 @@ function diskTree(reader: Ext4Reader): CurrentTree<number> {
   return {
     entries: reader.walk(root),
     keep: (entry) => entry.ino,
-    entry: (ino, path): DiskEntry => {
-      const inode = reader.inode(ino);
-      const { type, mode, size, mtimeNs, ctimeNs, nlink } = inode;
-      return { path, type, mode, size, mtimeNs, ctimeNs, ino, nlink, target: type === "l" ? nameText(reader.linkTarget(inode)) : "", inode };
-    },
-    bytes: async (entry) => reader.bytes((entry as DiskEntry).inode),
+    entry: (ino, path) => reader.entry(path, reader.inode(ino)),
+    bytes: async (entry) => reader.bytes((entry as Ext4Entry).inode),
   };
 }
 
