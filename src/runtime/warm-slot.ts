@@ -17,9 +17,8 @@ export interface WarmSlotHooks<T> {
  * caller that wants it now, and prepared again on the next fill.
  */
 export class WarmSlot<T> {
+  /** The kept one, or the one being prepared; a kept one lost behind pyro's back is cleared from here. */
   private ready: Promise<T | undefined> | undefined;
-  /** The kept one was lost (its VMM killed behind pyro's back): it cannot be taken. */
-  private lostIt = false;
   private closed = false;
 
   constructor(private readonly hooks: WarmSlotHooks<T>) {}
@@ -30,10 +29,11 @@ export class WarmSlot<T> {
    */
   fill(): Promise<boolean> {
     if (this.closed) return Promise.resolve(false);
-    if (this.ready) return this.ready.then((item) => item !== undefined && !this.lostIt);
+    const pending = this.ready;
+    // Still kept when it settles: not lost (nor taken) meanwhile.
+    if (pending) return pending.then((item) => item !== undefined && this.ready === pending);
     const preparing = this.prepareUnlessClosed().catch(() => undefined); // a failed warm-up only means the next caller starts its own
     this.ready = preparing;
-    this.lostIt = false;
     void preparing.then((item) => {
       // None (memory was low, the start failed) or lost before it was taken: the next fill tries again.
       if (item === undefined && this.ready === preparing) this.ready = undefined;
@@ -41,7 +41,6 @@ export class WarmSlot<T> {
         void this.hooks.lost(item).then(() => {
           if (this.ready !== preparing) return; // taken: the taker's now
           this.ready = undefined;
-          this.lostIt = true;
           void this.hooks.discard(item).catch(() => undefined); // what it left (files, a lock) goes with it
         });
     });
@@ -62,7 +61,7 @@ export class WarmSlot<T> {
     const pending = this.ready;
     if (!pending) return undefined;
     const item = await Promise.race([pending, new Promise<undefined>((r) => setImmediate(() => r(undefined)))]);
-    if (item === undefined || this.ready !== pending || this.lostIt) return undefined;
+    if (item === undefined || this.ready !== pending) return undefined; // none, or taken or lost meanwhile
     this.ready = undefined;
     return item;
   }
