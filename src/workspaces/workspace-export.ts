@@ -89,6 +89,8 @@ class FilesystemTar {
   private readonly seen = new Map<number, string>();
   /** What is left to write before the next entry: a header, then a file's bytes, then padding. */
   private header: TarFields | undefined;
+  /** The header's pax encoding, once ustar could not hold it (kept while the target has no room for it). */
+  private pax: Buffer | undefined;
   private readFile: ((target: Buffer) => number) | undefined;
   private fileLeft = 0;
   private padding = 0;
@@ -113,14 +115,15 @@ class FilesystemTar {
     for (;;) {
       if (this.header) {
         if (target.length - used < TAR_BLOCK) break;
-        if (writeUstarHeader(target, used, this.header)) {
+        if (!this.pax && writeUstarHeader(target, used, this.header)) {
           this.headers.add(TAR_BLOCK, this.header.path);
           used += TAR_BLOCK;
         } else {
-          const pax = this.paxHeader(this.header);
-          if (target.length - used < pax.length) break;
-          this.headers.add(pax.length, this.header.path);
-          used += pax.copy(target, used);
+          this.pax ??= this.paxHeader(this.header);
+          if (target.length - used < this.pax.length) break;
+          this.headers.add(this.pax.length, this.header.path);
+          used += this.pax.copy(target, used);
+          this.pax = undefined;
         }
         this.header = undefined;
       }
