@@ -32,12 +32,22 @@ export function partialOverlayPath(disk: string): string {
 }
 
 /**
- * Replaces `disk` with an empty overlay on `backing`, atomically: a crash leaves the old disk or
- * the new one, never none.
+ * Replaces `disk` with what `build` writes at its partial path, atomically: a crash leaves the old
+ * disk or the new one, never none; a failed build leaves the old one (and no partial file).
  */
-export async function replaceWithOverlay(disk: string, backing: string, format: "raw" | "qcow2"): Promise<void> {
+export async function replaceDisk(disk: string, build: (partial: string) => Promise<void>): Promise<void> {
   const partial = partialOverlayPath(disk);
   await rm(partial, { force: true });
-  await createEmptyOverlay(partial, backing, format);
+  try {
+    await build(partial);
+  } catch (error) {
+    await rm(partial, { force: true });
+    throw error;
+  }
   await rename(partial, disk);
+}
+
+/** Replaces `disk` with an empty overlay on `backing` (atomically: replaceDisk). */
+export function replaceWithOverlay(disk: string, backing: string, format: "raw" | "qcow2"): Promise<void> {
+  return replaceDisk(disk, (partial) => createEmptyOverlay(partial, backing, format));
 }

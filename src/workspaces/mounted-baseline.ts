@@ -10,7 +10,7 @@ import { makePrivateSubdir, PRIVATE_FILE_MODE } from "../storage/private-storage
 import { readJsonIfValid, writeJsonAtomic } from "../storage/atomic-file.js";
 import { copyOverlayOnto, createEmptyOverlay } from "../storage/qcow2-overlay.js";
 import { type BootTemplate, type MachineShape, mountedBaselineMemoryName, templateMemoryMode, workspaceLaunchSpec } from "./boot-templates.js";
-import { partialOverlayPath } from "./disk-chain.js";
+import { replaceDisk } from "./disk-chain.js";
 import { cachedImagePath } from "./empty-seed-image.js";
 
 /**
@@ -168,14 +168,10 @@ async function buildMountedBaseline(
  * stale baseline meanwhile): the caller takes the template's path, which costs time, never data.
  */
 export async function copyMountedWorkspaceDisk(baseline: MountedBaseline, workspaceDisk: string, seedImage: string): Promise<boolean> {
-  const partial = partialOverlayPath(workspaceDisk);
-  await rm(partial, { force: true });
   try {
-    await copyOverlayOnto(baseline.workspaceOverlay, partial, seedImage);
+    await replaceDisk(workspaceDisk, (partial) => copyOverlayOnto(baseline.workspaceOverlay, partial, seedImage));
+    return true;
   } catch {
-    await rm(partial, { force: true });
     return false;
   }
-  await rename(partial, workspaceDisk);
-  return true;
 }
