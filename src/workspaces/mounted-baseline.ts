@@ -78,10 +78,16 @@ async function findMountedBaseline(template: BootTemplate, memoryDir: string): P
   return found.sort((a, b) => b.createdAt.localeCompare(a.createdAt))[0]?.baseline;
 }
 
-/** Whether two paths name the same file (one inode; a link at either name is not followed). */
-async function sameFile(a: string, b: string): Promise<boolean> {
-  const [x, y] = await Promise.all([lstat(a, { bigint: true }).catch(() => undefined), lstat(b, { bigint: true }).catch(() => undefined)]);
-  return x !== undefined && y !== undefined && x.dev === y.dev && x.ino === y.ino;
+type FileIdentity = { dev: bigint; ino: bigint };
+
+/** The file at `path` (a link there is not followed), or undefined if there is none. */
+function fileIdentity(path: string): Promise<FileIdentity | undefined> {
+  return lstat(path, { bigint: true }).catch(() => undefined);
+}
+
+/** Whether both are one file (one inode). */
+function sameFile(a: FileIdentity | undefined, b: FileIdentity | undefined): boolean {
+  return a !== undefined && b !== undefined && a.dev === b.dev && a.ino === b.ino;
 }
 
 /**
@@ -96,12 +102,15 @@ export async function mountedBaselineFor(
   shape: Required<MachineShape>,
   seedImage: string,
 ): Promise<MountedBaseline | undefined> {
-  const memory = await templateMemoryMode(paths);
-  if (memory.mode !== "shared_file" || !template.memoryPath) return undefined;
+  if (!template.memoryPath) return undefined;
+  // The seed is looked at once, and first: most seeds are not the empty image, and need no memory mode.
   const empty = cachedImagePath(paths, shape.diskGib);
-  if (!(await sameFile(seedImage, empty))) return undefined;
+  const [seed, emptyImage] = await Promise.all([fileIdentity(seedImage), fileIdentity(empty)]);
+  if (!sameFile(seed, emptyImage)) return undefined;
+  const memory = await templateMemoryMode(paths);
+  if (memory.mode !== "shared_file") return undefined;
   const found = await findMountedBaseline(template, memory.dir);
-  if (found && (await sameFile(found.seedImage, seedImage))) return found;
+  if (found && sameFile(await fileIdentity(found.seedImage), seed)) return found;
   try {
     return await buildMountedBaseline(runtime, template, shape, empty, memory.dir, paths.runtimeDir);
   } catch {
