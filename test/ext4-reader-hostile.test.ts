@@ -1,15 +1,15 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import { closeSync, openSync, writeSync } from "node:fs";
-import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { isPyroError } from "../src/errors.js";
 import { findExecutable } from "../src/process/host-command.js";
 import { Ext4Reader } from "../src/storage/ext4-reader.js";
 import { openDisk } from "../src/storage/qcow2-reader.js";
-import { fileContents } from "./helpers/ext4-contents.js";
+import { fileContents, withExt4 } from "./helpers/ext4-image.js";
+import { suiteTempDir } from "./helpers/suite-temp-dir.js";
 
 /**
  * Hostile ext4 images, crafted byte by byte: the guest's root wrote every byte of the disk the host
@@ -204,20 +204,18 @@ function assertEndsQuickly(outcome: ReadOutcome, withinMs: number): void {
 }
 
 describe("ext4 reader on hostile journals", { skip }, () => {
-  let dir: string;
+  const dir = suiteTempDir("pyro-ext4h-");
   let tree: string;
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4h-"));
-    tree = join(dir, "tree");
+    tree = join(dir(), "tree");
     await mkdir(join(tree, "d"), { recursive: true });
     await writeFile(join(tree, "a"), "a file\n");
   });
-  after(() => rm(dir, { recursive: true, force: true }));
 
   it("a journal whose extents map every block onto one descriptor block is read in time linear in its length", () => {
     // 250k one-block extents (all but the first onto the same descriptor block): each journal
     // block looked up by a scan over all extents made the journal scan quadratic (~3e10 steps).
-    const image = join(dir, "journal-many-extents.ext4");
+    const image = join(dir(), "journal-many-extents.ext4");
     makeImage(image, tree);
     const length = 250_000;
     const descriptor = journalBlock(1, 1);
@@ -235,7 +233,7 @@ describe("ext4 reader on hostile journals", { skip }, () => {
   it("a journal longer than the filesystem is refused, not scanned", () => {
     // 2^31 journal blocks claimed, every one mapped (by 32768-block extents over the same range) to
     // a descriptor: the scan would read 8 TiB.
-    const image = join(dir, "journal-huge.ext4");
+    const image = join(dir(), "journal-huge.ext4");
     makeImage(image, tree);
     const run = 32_768;
     const descriptors = Buffer.concat(
@@ -258,7 +256,7 @@ describe("ext4 reader on hostile journals", { skip }, () => {
   });
 
   it("revoke blocks naming one block 10^8 times hold one record", () => {
-    const image = join(dir, "journal-revokes.ext4");
+    const image = join(dir(), "journal-revokes.ext4");
     makeImage(image, tree);
     const length = 100_000;
     const revoke = journalBlock(5, 1);
@@ -276,19 +274,15 @@ describe("ext4 reader on hostile journals", { skip }, () => {
 });
 
 describe("ext4 reader on hostile directories", { skip }, () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4d-"));
-  });
-  after(() => rm(dir, { recursive: true, force: true }));
+  const dir = suiteTempDir("pyro-ext4d-");
 
   it("directories made of holes cost the walk the filesystem's blocks once, not once per directory", async () => {
     // 400 directories, each claiming the whole disk (1 GiB) as a block map of holes through one
     // shared zero indirect block: every directory cost a step per block (400 x 262144).
-    const tree = join(dir, "holes");
+    const tree = join(dir(), "holes");
     const count = 400;
     for (let i = 0; i < count; i++) await mkdir(join(tree, `d${i}`), { recursive: true });
-    const image = join(dir, "holes.ext4");
+    const image = join(dir(), "holes.ext4");
     makeImage(image, tree);
     const zeros = FREE_AREA; // all zeros: every pointer a hole
     const doubly = FREE_AREA + 1; // every pointer the zero block
@@ -314,10 +308,10 @@ describe("ext4 reader on hostile directories", { skip }, () => {
   it("directories sharing one deep extent tree of empty nodes cost the walk its blocks once, not once per directory", async () => {
     // Each directory's extent root names 2 x 340 x 340 index entries (under its own node budget),
     // all ending in one empty leaf: 231k node visits per directory, 400 directories.
-    const tree = join(dir, "nodes");
+    const tree = join(dir(), "nodes");
     const count = 400;
     for (let i = 0; i < count; i++) await mkdir(join(tree, `d${i}`), { recursive: true });
-    const image = join(dir, "nodes.ext4");
+    const image = join(dir(), "nodes.ext4");
     makeImage(image, tree);
     const perBlock = Math.floor((BLOCK - 12) / 12);
     const node = (depth: number, keys: (i: number) => number, child: number) => {
@@ -353,11 +347,7 @@ describe("ext4 reader on hostile directories", { skip }, () => {
 });
 
 describe("ext4 reader on a chain of directories each listing the entry limit", { skip }, () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4c-"));
-  });
-  after(() => rm(dir, { recursive: true, force: true }));
+  const dir = suiteTempDir("pyro-ext4c-");
 
   it("an export's walk (subtree order) holds at most the entry limit in listings at once: refused, not ~40 x 500k entries held", async () => {
     // A chain c/!/!/... of 40 directories, each with its own first block (naming the next as '!')
@@ -367,11 +357,11 @@ describe("ext4 reader on a chain of directories each listing the entry limit", {
     const depth = 40;
     const shared = 1466;
     const perBlock = Math.floor(BLOCK / 12); // 4-byte names: 12-byte records
-    const tree = join(dir, "chain");
+    const tree = join(dir(), "chain");
     const chain = Array.from({ length: depth }, (_, i) => ["c", ...Array<string>(i).fill("!")].join("/"));
     await mkdir(join(tree, chain.at(-1)!), { recursive: true });
     await writeFile(join(tree, "f"), "x");
-    const image = join(dir, "chain.ext4");
+    const image = join(dir(), "chain.ext4");
     makeImage(image, tree);
     const fileIno = Number(/Inode: (\d+)/.exec(debugfsOut(image, "stat /f"))![1]);
     const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -408,20 +398,16 @@ describe("ext4 reader on a chain of directories each listing the entry limit", {
 });
 
 describe("ext4 reader on a directory of long names", { skip }, () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4n-"));
-  });
-  after(() => rm(dir, { recursive: true, force: true }));
+  const dir = suiteTempDir("pyro-ext4n-");
 
   it("a listing's names are held to the manifest's byte bound: refused within 200 MB, not ~75 MB of names held twice", async () => {
     // One directory of 20000 blocks, all mapped to one block of 15 names of 255 bytes: 300k
     // entries (under the entry limit) whose names are 76.5 MB. The listing grew its scratch to
     // 128 MiB and copied the names out of it before anything checked them.
-    const tree = join(dir, "long");
+    const tree = join(dir(), "long");
     await mkdir(join(tree, "big"), { recursive: true });
     await writeFile(join(tree, "f"), "x");
-    const image = join(dir, "long.ext4");
+    const image = join(dir(), "long.ext4");
     makeImage(image, tree);
     const fileIno = Number(/Inode: (\d+)/.exec(debugfsOut(image, "stat /f"))![1]);
     const bigIno = Number(/Inode: (\d+)/.exec(debugfsOut(image, "stat /big"))![1]);
@@ -453,20 +439,10 @@ describe("ext4 reader on a directory of long names", { skip }, () => {
 });
 
 describe("ext4 reader on names that are not UTF-8", { skip }, () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4n-"));
-  });
-  after(() => rm(dir, { recursive: true, force: true }));
+  const dir = suiteTempDir("pyro-ext4n-");
 
   const walk = (image: string) => {
-    const disk = openDisk(image);
-    try {
-      const fs = Ext4Reader.open(disk);
-      return [...fs.walk(fs.lookup("")!, { order: "subtree" })].map((e) => [e.path, e.type, e.target]);
-    } finally {
-      disk.close();
-    }
+    return withExt4(image, (fs) => [...fs.walk(fs.lookup("")!, { order: "subtree" })].map((e) => [e.path, e.type, e.target]));
   };
 
   it("a name whose bytes are not UTF-8 cannot pass for another name: no two entries share a path", async () => {
@@ -474,13 +450,13 @@ describe("ext4 reader on names that are not UTF-8", { skip }, () => {
     // symlink to a host directory next to a directory 0xff holding 'f', the walk (and an export's
     // tar) listed './\xff' -> /tmp/…, './\xff/' and './\xff/f'; Python's tarfile extracting it
     // writes 'f' into the symlink's target on the host.
-    const tree = join(dir, "spoof");
+    const tree = join(dir(), "spoof");
     await mkdir(tree);
     await symlink("/tmp/pyro-host-dir", join(tree, "\\xff"));
     const raw = Buffer.concat([Buffer.from(`${tree}/`), Buffer.from([0xff])]);
     await mkdir(raw);
     await writeFile(Buffer.concat([raw, Buffer.from("/f")]), "planted\n");
-    const image = join(dir, "spoof.ext4");
+    const image = join(dir(), "spoof.ext4");
     makeImage(image, tree);
     let listed: unknown[][] | undefined;
     try {
@@ -492,69 +468,53 @@ describe("ext4 reader on names that are not UTF-8", { skip }, () => {
   });
 
   it("a name that is not UTF-8 on its own is still walked, shown with \\xNN escapes and marked so", async () => {
-    const tree = join(dir, "latin1");
+    const tree = join(dir(), "latin1");
     await mkdir(tree);
     await writeFile(Buffer.concat([Buffer.from(`${tree}/caf`), Buffer.from([0xe9])]), "x\n");
-    const image = join(dir, "latin1.ext4");
+    const image = join(dir(), "latin1.ext4");
     makeImage(image, tree);
-    const disk = openDisk(image);
-    try {
-      const fs = Ext4Reader.open(disk);
+    withExt4(image, (fs) => {
       const entries = [...fs.walk(fs.lookup("")!)].filter((e) => e.path !== "lost+found");
       assert.deepEqual(
         entries.map((e) => [e.path, e.utf8Name]),
         [["caf\\xe9", false]],
       );
-    } finally {
-      disk.close();
-    }
+    });
   });
 });
 
 describe("ext4 reader on hostile symlinks", { skip }, () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4l-"));
-  });
-  after(() => rm(dir, { recursive: true, force: true }));
+  const dir = suiteTempDir("pyro-ext4l-");
 
   it("a symlink target holding a NUL byte is refused, not shown whole by diff and cut short in a tar", async () => {
-    const tree = join(dir, "nul");
+    const tree = join(dir(), "nul");
     await mkdir(tree);
     await symlink("/etc/junk", join(tree, "link"));
-    const image = join(dir, "nul.ext4");
+    const image = join(dir(), "nul.ext4");
     makeImage(image, tree);
     // A fast symlink: its target is the inode's block area.
     writeAt(image, inodeOffset(image, "/link") + 0x28 + 4, Buffer.from([0]));
-    const disk = openDisk(image);
-    try {
-      const fs = Ext4Reader.open(disk);
+    withExt4(image, (fs) => {
       assert.throws(
         () => [...fs.walk(fs.lookup("")!)],
         (e) => isPyroError(e, "DISK_IMAGE_INVALID") && /NUL/.test(e.message),
       );
-    } finally {
-      disk.close();
-    }
+    });
   });
 });
 
 describe("ext4 reader on symlinks sharing one extent tree", { skip }, () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4s-"));
-  });
-  after(() => rm(dir, { recursive: true, force: true }));
+  const dir = suiteTempDir("pyro-ext4s-");
 
   it("their extent nodes are charged to the walk's budget, as directories' are: the walk is refused, not paid per link", async () => {
     // 6000 slow symlinks on a 16384-block filesystem, each given one three-level chain of index
     // nodes (shared by all) down to a leaf mapping a real target: 18000 node reads, more blocks
     // than the filesystem has. An honest link's map is a leaf in its inode and costs nothing.
-    const tree = join(dir, "links");
+    const tree = join(dir(), "links");
     const count = 6000;
     await mkdir(tree);
     for (let i = 0; i < count; i++) await symlink("t".repeat(100), join(tree, `l${i}`));
-    const image = join(dir, "links.ext4");
+    const image = join(dir(), "links.ext4");
     execFileSync("truncate", ["-s", "64M", image]);
     execFileSync(mkfs!, ["-q", "-F", "-t", "ext4", "-b", "4096", "-N", "7000", "-m", "0", "-E", "lazy_itable_init=1,root_owner=0:0", "-d", tree, image], {
       stdio: "ignore",
@@ -585,22 +545,21 @@ describe("ext4 reader on symlinks sharing one extent tree", { skip }, () => {
 });
 
 describe("ext4 reader on corrupted journals (fast-check)", { skip }, () => {
-  let dir: string;
+  const dir = suiteTempDir("pyro-ext4j-");
   let image: Buffer;
   let journalAt: number;
   let journalInodeAt: number;
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4j-"));
-    const tree = join(dir, "tree");
+    const tree = join(dir(), "tree");
     await mkdir(join(tree, "d"), { recursive: true });
     for (let i = 0; i < 20; i++) await writeFile(join(tree, "d", `f${i}`), `${i}\n`.repeat(i * 100));
     // 64 MiB with pyro's options and 4 KiB blocks, three committed transactions (one revoking) in its journal.
-    const path = join(dir, "j.ext4");
+    const path = join(dir(), "j.ext4");
     execFileSync("truncate", ["-s", "64M", path]);
     execFileSync(mkfs!, ["-q", "-F", "-b", "4096", "-t", "ext4", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0", "-d", tree, path], {
       stdio: "ignore",
     });
-    const data = join(dir, "blk");
+    const data = join(dir(), "blk");
     await writeFile(data, Buffer.alloc(BLOCK, 0x5a));
     execFileSync(debugfs!, ["-w", "-f", "-", path], {
       input: `jo\njw -b 9000,9001 ${data}\njc\njo\njw -r 9001\njc\njo\njw -b 9002 ${data}\njc\n`,
@@ -611,7 +570,6 @@ describe("ext4 reader on corrupted journals (fast-check)", { skip }, () => {
     const { readFileSync } = await import("node:fs");
     image = readFileSync(path);
   });
-  after(() => rm(dir, { recursive: true, force: true }));
 
   it("any corruption of the journal's superblock, log blocks or inode ends in entries or a typed error, quickly", async () => {
     const fc = (await import("fast-check")).default;
@@ -659,24 +617,22 @@ describe("ext4 reader on corrupted journals (fast-check)", { skip }, () => {
 });
 
 describe("ext4 reader's content reader on crafted extents (fast-check)", { skip }, () => {
-  let dir: string;
+  const dir = suiteTempDir("pyro-ext4r-");
   let image: string;
   let inodeAt: number;
   let fileIno: number;
   const data = Buffer.alloc(32 * BLOCK);
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4r-"));
-    const tree = join(dir, "tree");
+    const tree = join(dir(), "tree");
     await mkdir(tree);
     await writeFile(join(tree, "f"), "x");
-    image = join(dir, "r.ext4");
+    image = join(dir(), "r.ext4");
     makeImage(image, tree);
     fileIno = Number(/Inode: (\d+)/.exec(debugfsOut(image, "stat /f"))![1]);
     inodeAt = inodeOffset(image, fileIno);
     for (let i = 0; i < data.length; i++) data[i] = (i * 131 + (i >> 12) * 7 + 1) & 0xff || 1;
     writeAt(image, FREE_AREA * BLOCK, data);
   });
-  after(() => rm(dir, { recursive: true, force: true }));
 
   it("export's reader and the whole-file read give what the extents say: holes, unwritten extents, a last partial block, a size past the extents", async () => {
     const fc = (await import("fast-check")).default;
@@ -728,21 +684,17 @@ describe("ext4 reader's content reader on crafted extents (fast-check)", { skip 
 });
 
 describe("ext4 reader's whole-file and link reads over several runs", { skip }, () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4w-"));
-  });
-  after(() => rm(dir, { recursive: true, force: true }));
+  const dir = suiteTempDir("pyro-ext4w-");
 
   it("a file mapped by two extents, and a 2 MiB file, read whole as written (diff's bytes were views of one reused piece buffer)", async () => {
-    const tree = join(dir, "files");
+    const tree = join(dir(), "files");
     await mkdir(tree);
     const big = Buffer.alloc(2 * 1024 * 1024 + 100);
     for (let i = 0; i < big.length; i++) big[i] = (i * 7 + (i >> 20)) & 0xff;
     await writeFile(join(tree, "big"), big);
     const two = Buffer.concat([Buffer.alloc(BLOCK, 0x31), Buffer.alloc(100, 0x32)]);
     await writeFile(join(tree, "two"), two);
-    const image = join(dir, "files.ext4");
+    const image = join(dir(), "files.ext4");
     makeImage(image, tree);
     // "two": its second block moved away from its first, so its map holds two extents.
     const ino = Number(/Inode: (\d+)/.exec(debugfsOut(image, "stat /two"))![1]);
@@ -757,10 +709,10 @@ describe("ext4 reader's whole-file and link reads over several runs", { skip }, 
   it("a slow symlink whose target spans two extents reads as written (it read as its last extent's bytes)", async () => {
     // ext4 keeps a link target in one block, but the reader takes up to 4096 bytes, as a crafted
     // 1 KiB-block image can map them: two extents, the target read through two pieces.
-    const tree = join(dir, "link");
+    const tree = join(dir(), "link");
     await mkdir(tree);
     await symlink("x".repeat(900), join(tree, "l"));
-    const image = join(dir, "link.ext4");
+    const image = join(dir(), "link.ext4");
     execFileSync("truncate", ["-s", "64M", image]);
     execFileSync(mkfs!, ["-q", "-F", "-t", "ext4", "-b", "1024", "-m", "0", "-E", "lazy_itable_init=1,root_owner=0:0", "-d", tree, image], { stdio: "ignore" });
     const target = `${"a".repeat(1024)}${"b".repeat(1024)}${"c".repeat(500)}`;

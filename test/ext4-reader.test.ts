@@ -2,17 +2,17 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, writeFileSync, writeSync } from "node:fs";
-import { chmod, link, mkdir, mkdtemp, rm, symlink, truncate, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, link, mkdir, rm, symlink, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import fc from "fast-check";
 import { isPyroError } from "../src/errors.js";
 import { findExecutable } from "../src/process/host-command.js";
 import { type Ext4Inode, Ext4Reader } from "../src/storage/ext4-reader.js";
 import { type DiskReader, openDisk } from "../src/storage/qcow2-reader.js";
 import { buildSeedImage, scanSeed } from "../src/workspaces/seed-image.js";
-import { fileContents } from "./helpers/ext4-contents.js";
+import { fileContents, withExt4 } from "./helpers/ext4-image.js";
+import { suiteTempDir } from "./helpers/suite-temp-dir.js";
 
 const mkfs = findExecutable("mkfs.ext4");
 const debugfs = findExecutable("debugfs");
@@ -99,24 +99,20 @@ async function makeTree(tree: string): Promise<void> {
 }
 
 describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
-  let dir: string;
+  const dir = suiteTempDir("pyro-ext4r-");
   let tree: string;
   let seed: string;
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4r-"));
-    tree = join(dir, "tree");
+    tree = join(dir(), "tree");
     await mkdir(tree);
     await makeTree(tree);
-    seed = join(dir, "seed.ext4");
+    seed = join(dir(), "seed.ext4");
     // Exactly the image pyro builds for a workspace (1 GiB: 4 KiB blocks, 64bit, flex_bg, metadata_csum, lazy inode tables).
-    await buildSeedImage({ root: tree }, scanSeed({ root: tree }), 1, seed, join(dir, "baseline.manifest"), dir);
+    await buildSeedImage({ root: tree }, scanSeed({ root: tree }), 1, seed, join(dir(), "baseline.manifest"), dir());
   });
-  after(() => rm(dir, { recursive: true, force: true }));
 
   it("walks a seed image as the agent walks its tree (order, types, modes, sizes, targets, times, hardlinks) and reads every file's bytes", () => {
-    const disk = openDisk(seed);
-    try {
-      const fs = Ext4Reader.open(disk);
+    withExt4(seed, (fs) => {
       const walked = readerWalk(fs);
       const expected = hostWalk(tree);
       assert.deepEqual(
@@ -153,16 +149,14 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
       );
       assert.equal(fs.lookup("nope/x"), undefined);
       assert.equal(fs.lookup("src/main.ts/x"), undefined);
-    } finally {
-      disk.close();
-    }
+    });
   });
 
   it("reads an overlay chain (qcow2 v3 on qcow2 v2 on raw, 4 KiB and 64 KiB clusters, zero clusters, a larger top) byte for byte as qemu-img does", () => {
-    const base = join(dir, "base.raw");
+    const base = join(dir(), "base.raw");
     writeFileSync(base, Buffer.concat([randomBytes(3 << 20), Buffer.alloc(1 << 20), randomBytes((4 << 20) - 512)]));
-    const mid = join(dir, "mid.qcow2");
-    const top = join(dir, "top.qcow2");
+    const mid = join(dir(), "mid.qcow2");
+    const top = join(dir(), "top.qcow2");
     execFileSync(qemuImg!, ["create", "-q", "-f", "qcow2", "-o", "compat=0.10,cluster_size=4096", "-b", base, "-F", "raw", mid]);
     const io = (file: string, command: string) => execFileSync(findExecutable("qemu-io")!, ["-f", "qcow2", "-c", command, file], { stdio: "ignore" });
     io(mid, "write -P 0x11 100k 300k");
@@ -172,7 +166,7 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
     io(top, "write -z 2M 128k");
     io(top, "write -P 0x44 9M 64k");
     io(top, "write -P 0x55 7M 1");
-    const converted = join(dir, "converted.raw");
+    const converted = join(dir(), "converted.raw");
     execFileSync(qemuImg!, ["convert", "-O", "raw", top, converted]);
     const disk = openDisk(top);
     try {
@@ -190,9 +184,7 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
   });
 
   it("holds a walk to its entry bound exactly, in either order (listed entries are what is counted)", () => {
-    const disk = openDisk(seed);
-    try {
-      const fs = Ext4Reader.open(disk);
+    withExt4(seed, (fs) => {
       const total = readerWalk(fs).length;
       for (const order of ["manifest", "subtree"] as const) {
         assert.equal([...fs.walk(fs.lookup("")!, { order, maxEntries: total })].length, total, order);
@@ -202,39 +194,33 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
           order,
         );
       }
-    } finally {
-      disk.close();
-    }
+    });
   });
 
   it("walks a QEMU-written overlay of the seed image as the changed tree", async () => {
-    const changed = join(dir, "changed");
+    const changed = join(dir(), "changed");
     execFileSync("cp", ["-a", tree, changed]);
     await writeFile(join(changed, "src", "main.ts"), "export const x = 2; // changed\n");
     await rm(join(changed, "many"), { recursive: true });
     await mkdir(join(changed, "new", "dir"), { recursive: true });
     await writeFile(join(changed, "new", "dir", "file"), randomBytes(200_000));
-    const changedImage = join(dir, "changed.ext4");
-    await buildSeedImage({ root: changed }, scanSeed({ root: changed }), 1, changedImage, join(dir, "changed.manifest"), dir);
+    const changedImage = join(dir(), "changed.ext4");
+    await buildSeedImage({ root: changed }, scanSeed({ root: changed }), 1, changedImage, join(dir(), "changed.manifest"), dir());
     // Only the clusters that differ from the seed go into the overlay: QEMU's own qcow2 writer.
-    const overlay = join(dir, "overlay.qcow2");
+    const overlay = join(dir(), "overlay.qcow2");
     execFileSync(qemuImg!, ["convert", "-O", "qcow2", "-B", seed, "-F", "raw", changedImage, overlay]);
-    const disk = openDisk(overlay);
-    try {
-      const fs = Ext4Reader.open(disk);
+    withExt4(overlay, (fs) => {
       const walked = readerWalk(fs);
       assert.deepEqual(
         walked.map((e) => [e.path, e.type, e.mode, e.target]),
         hostWalk(changed).map((e) => [e.path, e.type, e.mode, e.target]),
       );
       for (const e of walked) if (e.type === "f") assert.equal(sha(fileContents(fs, e.inode)), sha([readFileSync(join(changed, e.path))]), e.path);
-    } finally {
-      disk.close();
-    }
+    });
   });
 
   it("reads committed journal blocks in place of the filesystem's (data and metadata), as a replay leaves them", () => {
-    const image = join(dir, "journaled.ext4");
+    const image = join(dir(), "journaled.ext4");
     execFileSync("cp", ["--sparse=always", seed, image]);
     const before = Ext4Reader.open(openDisk(image));
     const root = before.lookup("")!;
@@ -244,9 +230,9 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
     const rootBlock = bmap(image, "<2>");
     const rootBlockBytes = bytesOf(before, root).subarray(0, blockSize);
     // A new data block, and the root directory with 'src' renamed to 'sxc' (same length: the entries stay valid).
-    const newData = join(dir, "new-data");
+    const newData = join(dir(), "new-data");
     writeFileSync(newData, randomBytes(blockSize));
-    const newRoot = join(dir, "new-root");
+    const newRoot = join(dir(), "new-root");
     const renamed = Buffer.from(rootBlockBytes);
     const at = renamed.indexOf(Buffer.from("src"));
     renamed.write("sxc", at);
@@ -256,7 +242,7 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
       stdio: ["pipe", "ignore", "ignore"],
     });
     const fromJournal = Ext4Reader.open(openDisk(image));
-    const replayed = join(dir, "replayed.ext4");
+    const replayed = join(dir(), "replayed.ext4");
     execFileSync("cp", ["--sparse=always", image, replayed]);
     execFileSync(debugfs!, ["-w", "-R", "journal_run", replayed], { stdio: "ignore" });
     const inPlace = Ext4Reader.open(openDisk(replayed));
@@ -271,7 +257,7 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
 
   it("refuses a directory linked into itself, a name with '/', and an extent outside the disk, with a typed error", () => {
     const variant = (name: string, script: string) => {
-      const image = join(dir, `${name}.ext4`);
+      const image = join(dir(), `${name}.ext4`);
       execFileSync("cp", ["--sparse=always", seed, image]);
       execFileSync(debugfs!, ["-w", "-f", "-", image], { input: script, stdio: ["pipe", "ignore", "ignore"] });
       return Ext4Reader.open(openDisk(image));
@@ -287,7 +273,7 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
       for (const e of readerWalk(outside)) if (e.type === "f") sha(fileContents(outside, e.inode));
     }, damaged);
     // A name with '/' cannot be made by any tool: patch the bytes of one.
-    const slashed = join(dir, "slashed.ext4");
+    const slashed = join(dir(), "slashed.ext4");
     execFileSync("cp", ["--sparse=always", seed, slashed]);
     const block = bmap(slashed, "src");
     const bytes = Buffer.alloc(4096);
@@ -306,12 +292,11 @@ describe("ext4 reader and qcow2 chain reader on real images", { skip }, () => {
 });
 
 describe("ext4 and qcow2 readers on corrupted images (fast-check)", { skip }, () => {
-  let dir: string;
+  const dir = suiteTempDir("pyro-ext4f-");
   let small: Buffer;
   let qcow: Buffer;
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-ext4f-"));
-    const tree = join(dir, "tree");
+    const tree = join(dir(), "tree");
     await mkdir(join(tree, "a", "b"), { recursive: true });
     for (let i = 0; i < 40; i++) await writeFile(join(tree, "a", `f${i}`), randomBytes(i * 300));
     await writeFile(join(tree, "a", "b", "big"), randomBytes(70_000));
@@ -319,23 +304,22 @@ describe("ext4 and qcow2 readers on corrupted images (fast-check)", { skip }, ()
     await symlink("z".repeat(120), join(tree, "long"));
     await link(join(tree, "a", "f2"), join(tree, "hard"));
     // 4 MiB with pyro's feature set: small enough to copy per run, 1 KiB blocks so metadata sits in the first half MiB.
-    const image = join(dir, "small.ext4");
+    const image = join(dir(), "small.ext4");
     execFileSync(mkfs!, ["-q", "-F", "-t", "ext4", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0", "-d", tree, image, "4M"], {
       stdio: "ignore",
     });
     // Two committed transactions in the journal, so the journal scan is exercised too.
-    writeFileSync(join(dir, "blk"), randomBytes(1024));
+    writeFileSync(join(dir(), "blk"), randomBytes(1024));
     execFileSync(debugfs!, ["-w", "-f", "-", image], {
-      input: `jo\njw -b 3000,3001 ${join(dir, "blk")}\njc\njo\njw -r 3001\njc\n`,
+      input: `jo\njw -b 3000,3001 ${join(dir(), "blk")}\njc\njo\njw -r 3001\njc\n`,
       stdio: ["pipe", "ignore", "ignore"],
     });
     small = readFileSync(image);
-    const overlay = join(dir, "small.qcow2");
+    const overlay = join(dir(), "small.qcow2");
     execFileSync(qemuImg!, ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", image, "-F", "raw", overlay]);
     execFileSync(findExecutable("qemu-io")!, ["-f", "qcow2", "-c", "write -P 0x7 1M 100k", overlay], { stdio: "ignore" });
     qcow = readFileSync(overlay);
   });
-  after(() => rm(dir, { recursive: true, force: true }));
 
   /** Walks everything and reads every file: a list of sane paths, or a typed error. */
   function readAll(disk: DiskReader): string[] | "refused" {
@@ -387,7 +371,7 @@ describe("ext4 and qcow2 readers on corrupted images (fast-check)", { skip }, ()
   });
 
   it("any corruption of a qcow2 overlay's header and tables ends in the disk's bytes or a typed error", () => {
-    const file = join(dir, "mutated.qcow2");
+    const file = join(dir(), "mutated.qcow2");
     fc.assert(
       fc.property(
         fc.array(fc.record({ at: fc.nat({ max: Math.min(qcow.length, 0x40000) - 1 }), value: fc.integer({ min: 0, max: 255 }) }), {

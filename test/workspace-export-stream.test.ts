@@ -11,6 +11,7 @@ import { isPyroError } from "../src/errors.js";
 import { findExecutable } from "../src/process/host-command.js";
 import { Ext4Reader } from "../src/storage/ext4-reader.js";
 import { type DiskReader, openDisk } from "../src/storage/qcow2-reader.js";
+import { suiteTempDir } from "./helpers/suite-temp-dir.js";
 import { buildSeedImage, scanSeed } from "../src/workspaces/seed-image.js";
 import type { ManifestEntry } from "../src/workspaces/tree-manifest.js";
 import { writeFilesystemTar } from "../src/workspaces/workspace-export.js";
@@ -72,24 +73,20 @@ function describeTree(root: string): Map<string, string> {
 }
 
 describe("export stream from a disk image", { skip }, () => {
-  let dir: string;
+  const dir = suiteTempDir("pyro-export-stream-");
   let tree: string;
   let disk: DiskReader;
   let fs: Ext4Reader;
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-export-stream-"));
-    tree = join(dir, "tree");
+    tree = join(dir(), "tree");
     await mkdir(tree);
     await makeTree(tree);
-    const seed = join(dir, "seed.ext4");
-    await buildSeedImage({ root: tree }, scanSeed({ root: tree }), 1, seed, join(dir, "baseline.manifest"), dir);
+    const seed = join(dir(), "seed.ext4");
+    await buildSeedImage({ root: tree }, scanSeed({ root: tree }), 1, seed, join(dir(), "baseline.manifest"), dir());
     disk = openDisk(seed);
     fs = Ext4Reader.open(disk);
   });
-  after(async () => {
-    disk?.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  after(() => disk?.close());
 
   it("contentReader fills buffers of any size with a file's bytes, holes as zeros, whole blocks until the end", () => {
     const files = [...fs.walk(fs.lookup("")!)].filter((e) => e.type === "f");
@@ -117,9 +114,9 @@ describe("export stream from a disk image", { skip }, () => {
   });
 
   it("writes a tar GNU tar extracts to the tree: contents, modes (setuid dropped), symlinks, hardlinks, long names", async () => {
-    const archive = join(dir, "out.tar");
+    const archive = join(dir(), "out.tar");
     await writeFilesystemTar(fs, fs.lookup("")!, "/workspace", disk.size, archive);
-    const extracted = join(dir, "extracted");
+    const extracted = join(dir(), "extracted");
     await mkdir(extracted);
     execFileSync(gnuTar!, ["-x", "-p", "-f", archive, "-C", extracted]);
     const expected = describeTree(tree);
@@ -132,35 +129,35 @@ describe("export stream from a disk image", { skip }, () => {
   });
 
   it("refuses to overwrite an existing file", async () => {
-    const archive = join(dir, "taken.tar");
+    const archive = join(dir(), "taken.tar");
     await writeFile(archive, "mine");
     await assert.rejects(writeFilesystemTar(fs, fs.lookup("")!, "/workspace", disk.size, archive), /EEXIST/);
     assert.equal(readFileSync(archive, "utf8"), "mine");
   });
 
   it("bounds the tar's headers: a few thousand hardlinks deep under a long path would repeat it in every header", async () => {
-    const deepTree = join(dir, "deep-tree");
+    const deepTree = join(dir(), "deep-tree");
     // ~3000-byte directory path (15 names of 200 bytes), one file, 2000 more names for it.
     const deep = join(deepTree, ...Array.from({ length: 15 }, (_, i) => `${i}`.padEnd(200, "d")));
     await mkdir(deep, { recursive: true });
     await writeFile(join(deep, "f"), "x");
     for (let i = 0; i < 2000; i++) await link(join(deep, "f"), join(deep, `l${i}`));
-    const image = join(dir, "deep.ext4");
-    await buildSeedImage({ root: deepTree }, scanSeed({ root: deepTree }), 1, image, join(dir, "deep.manifest"), dir);
+    const image = join(dir(), "deep.ext4");
+    await buildSeedImage({ root: deepTree }, scanSeed({ root: deepTree }), 1, image, join(dir(), "deep.manifest"), dir());
     const deepDisk = openDisk(image);
     try {
       const deepFs = Ext4Reader.open(deepDisk);
       // Each link's header holds its path and its target's (~6 KB with pax): ~14 MB from ~40 KB of directory entries.
-      const bounded = join(dir, "deep-bounded.tar");
+      const bounded = join(dir(), "deep-bounded.tar");
       await assert.rejects(writeFilesystemTar(deepFs, deepFs.lookup("")!, "/workspace", deepDisk.size, bounded, 4 << 20), (e) => {
         assert.ok(isPyroError(e, "GUEST_OPERATION_FAILED"), String(e));
         assert.match((e as Error).message, /more than 4194304 bytes of tar headers/);
         return true;
       });
-      const whole = join(dir, "deep-whole.tar");
+      const whole = join(dir(), "deep-whole.tar");
       await writeFilesystemTar(deepFs, deepFs.lookup("")!, "/workspace", deepDisk.size, whole);
       assert.ok(lstatSync(whole).size > 10 << 20, "the headers are what the bound is for");
-      const extracted = join(dir, "deep-extracted");
+      const extracted = join(dir(), "deep-extracted");
       await mkdir(extracted);
       execFileSync(gnuTar!, ["-x", "-f", whole, "-C", extracted]);
       assert.deepEqual(describeTree(extracted), describeTree(deepTree));
