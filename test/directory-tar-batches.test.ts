@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { link, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { link, mkdir, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { Parser, type ReadEntry } from "tar";
 import type { ArchiveSummary } from "../src/workspaces/archive-safety.js";
 import { directoryTarBatches, FileTooLargeForBatch, PUSH_BATCH_BYTES } from "../src/workspaces/directory-tar-batches.js";
+import { suiteTempDir } from "./helpers/suite-temp-dir.js";
 
 interface Seen {
   path: string;
@@ -53,14 +53,10 @@ async function collect(root: string, maxFileBytes = 1 << 30): Promise<{ batches:
 }
 
 describe("a host directory as tar batches for the guest (sync push)", () => {
-  let root: string;
-  before(async () => {
-    root = await mkdtemp(join(tmpdir(), "pyro-batches-"));
-  });
-  after(() => rm(root, { recursive: true, force: true }));
+  const root = suiteTempDir("pyro-batches-");
 
   it("packs files, modes, times, directories, symlinks, hardlinks and long names; skips FIFOs", async () => {
-    const tree = join(root, "tree");
+    const tree = join(root(), "tree");
     const long = `${"n".repeat(120)}/${"m".repeat(200)}.txt`;
     await mkdir(join(tree, "src", "empty"), { recursive: true });
     await mkdir(join(tree, "n".repeat(120)));
@@ -87,7 +83,7 @@ describe("a host directory as tar batches for the guest (sync push)", () => {
   });
 
   it("closes a batch at the batch size, sends a big file alone, and stops at a file too big for one request", async () => {
-    const tree = join(root, "big");
+    const tree = join(root(), "big");
     await mkdir(tree);
     const small = Buffer.alloc(1000, 7);
     for (let i = 0; i < 3; i++) await writeFile(join(tree, `a${i}`), small);

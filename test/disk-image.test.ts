@@ -1,15 +1,15 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { execFileSync } from "node:child_process";
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import fc from "fast-check";
 import { isPyroError, PyroError } from "../src/errors.js";
 import { findExecutable } from "../src/process/host-command.js";
 import { entryType, Ext4Image, parseLongListing, splitSections, unescapeDebugfsName } from "../src/workspaces/disk-image.js";
 import { listImage, readImage } from "../src/workspaces/workspace-disk.js";
+import { suiteTempDir } from "./helpers/suite-temp-dir.js";
 
 const mkfs = findExecutable("mkfs.ext4");
 
@@ -36,13 +36,11 @@ const outside = (e: unknown) => isPyroError(e, "PATH_OUTSIDE_WORKSPACE") && /sym
 describe("offline disk image reading (debugfs in a sandbox, inode walk)", {
   skip: !mkfs || !findExecutable("bwrap") || !findExecutable("debugfs") ? "needs mkfs.ext4, debugfs and bwrap" : false,
 }, () => {
-  let dir: string;
+  const dir = suiteTempDir("pyro-diskimg-");
   let image: Ext4Image;
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-diskimg-"));
-    image = new Ext4Image(await makeImage(dir));
+    image = new Ext4Image(await makeImage(dir()));
   });
-  after(() => rm(dir, { recursive: true, force: true }));
 
   it("lists and reads files under /workspace, names with quotes, newlines and UTF-8 included", async () => {
     const { entries } = await listImage(image, "/workspace", true);
@@ -84,12 +82,12 @@ describe("offline disk image reading (debugfs in a sandbox, inode walk)", {
   });
 
   it("treats damaged images as hostile: each run answers or fails clearly, in time, and writes nothing on the host", { timeout: 600_000 }, async () => {
-    const pristine = await readFile(join(dir, "disk.raw"));
-    const canary = join(dir, "canary");
+    const pristine = await readFile(join(dir(), "disk.raw"));
+    const canary = join(dir(), "canary");
     await mkdir(canary);
     await writeFile(join(canary, "keep.txt"), "unchanged");
     const snapshotHost = async () => {
-      const names = (await readdir(dir)).sort();
+      const names = (await readdir(dir())).sort();
       const canaryText = await readFile(join(canary, "keep.txt"), "utf8");
       return JSON.stringify({ names, canaryText });
     };
@@ -102,7 +100,7 @@ describe("offline disk image reading (debugfs in a sandbox, inode walk)", {
     for (let run = 0; run < 20; run++) {
       const bytes = Buffer.from(pristine);
       for (let k = 0; k < 40; k++) bytes[1024 + (next() % (256 * 1024 - 1024))] = next() & 0xff;
-      const mutated = join(dir, `mutated-${run}.raw`);
+      const mutated = join(dir(), `mutated-${run}.raw`);
       await writeFile(mutated, bytes);
       const img = new Ext4Image(mutated);
       const started = Date.now();

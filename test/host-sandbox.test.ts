@@ -1,43 +1,41 @@
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { isPyroError } from "../src/errors.js";
 import { findExecutable } from "../src/process/host-command.js";
 import { runSandboxed, sandboxFailure, type SandboxLimits } from "../src/process/host-sandbox.js";
+import { suiteTempDir } from "./helpers/suite-temp-dir.js";
 
 const LIMITS: SandboxLimits = { cpuSeconds: 5, addressSpaceBytes: 512 << 20, fileSizeBytes: 1 << 20 };
 const sh = "/usr/bin/sh";
 
 describe("host sandbox for tools that read guest-written data", { skip: findExecutable("bwrap") ? false : "needs bwrap (apt-get install bubblewrap)" }, () => {
-  let dir: string;
+  const dir = suiteTempDir("pyro-sandbox-");
   let out: string;
   let input: string;
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-sandbox-"));
-    out = join(dir, "out");
+    out = join(dir(), "out");
     await mkdir(out);
-    input = join(dir, "input.bin");
+    input = join(dir(), "input.bin");
     await writeFile(input, "input bytes");
-    await writeFile(join(dir, "canary"), "unchanged");
+    await writeFile(join(dir(), "canary"), "unchanged");
   });
-  after(() => rm(dir, { recursive: true, force: true }));
   const run = (script: string, extra: Partial<Parameters<typeof runSandboxed>[0]> = {}) =>
     runSandboxed({ tool: sh, args: ["-c", script], readOnlyFiles: [input], outputDir: out, timeoutMs: 10_000, limits: LIMITS, ...extra });
 
   it("sees only /usr, its input (read-only) and its output directory", async () => {
     const r = await run(
-      `cat ${input}; echo; echo hi > ${input} 2>/dev/null && echo WROTE-INPUT; echo x > ${join(dir, "canary")} 2>/dev/null; ls /; test -e /etc/passwd && echo HAS-ETC; echo made > /out/result; ls /home /root 2>/dev/null; true`,
+      `cat ${input}; echo; echo hi > ${input} 2>/dev/null && echo WROTE-INPUT; echo x > ${join(dir(), "canary")} 2>/dev/null; ls /; test -e /etc/passwd && echo HAS-ETC; echo made > /out/result; ls /home /root 2>/dev/null; true`,
     );
     assert.equal(r.exitCode, 0, r.stderr);
     const text = r.stdout.toString();
     assert.match(text, /^input bytes\n/);
     assert.doesNotMatch(text, /WROTE-INPUT|HAS-ETC/);
     assert.equal(await readFile(input, "utf8"), "input bytes");
-    assert.equal(await readFile(join(dir, "canary"), "utf8"), "unchanged");
+    assert.equal(await readFile(join(dir(), "canary"), "utf8"), "unchanged");
     assert.equal(await readFile(join(out, "result"), "utf8"), "made\n");
-    assert.deepEqual((await readdir(dir)).sort(), ["canary", "input.bin", "out"]);
+    assert.deepEqual((await readdir(dir())).sort(), ["canary", "input.bin", "out"]);
   });
 
   it("has no network and no capabilities", async () => {
@@ -77,11 +75,11 @@ describe("host sandbox for tools that read guest-written data", { skip: findExec
 
   it("refuses an input that is not a plain file (a link pyro did not resolve)", async () => {
     const { symlink } = await import("node:fs/promises");
-    await symlink("/etc/passwd", join(dir, "link"));
+    await symlink("/etc/passwd", join(dir(), "link"));
     await assert.rejects(
-      run("true", { readOnlyFiles: [join(dir, "link")] }),
+      run("true", { readOnlyFiles: [join(dir(), "link")] }),
       (e) => isPyroError(e, "HOST_COMMAND_FAILED") && /not a regular file/.test(e.message),
     );
-    await rm(join(dir, "link"));
+    await rm(join(dir(), "link"));
   });
 });

@@ -5,31 +5,25 @@
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { isPyroError } from "../src/errors.js";
 import type { PyroPaths } from "../src/paths.js";
 import { resolveProjectSeed } from "../src/workspaces/project-seed.js";
 import { MAX_SEED_ENTRIES } from "../src/workspaces/seed-files.js";
 import { scanSeed, stageSeed } from "../src/workspaces/seed-image.js";
 import { git } from "./helpers/git-fixture.js";
+import { suiteTempDir } from "./helpers/suite-temp-dir.js";
 
 describe("hostile project seeds", () => {
-  let base: string;
-  before(async () => {
-    base = await mkdtemp(join(tmpdir(), "pyro-seed-hostile-"));
-  });
-  after(async () => {
-    await rm(base, { recursive: true, force: true });
-  });
+  const base = suiteTempDir("pyro-seed-hostile-");
 
   it("a checkout's core.worktree cannot make pyro list (or name) files outside the checkout", async () => {
-    const outside = join(base, "home-ssh");
+    const outside = join(base(), "home-ssh");
     await mkdir(outside);
     await writeFile(join(outside, "id_ed25519-private-name"), "KEY\n");
-    const checkout = join(base, "worktree-redirect");
+    const checkout = join(base(), "worktree-redirect");
     await mkdir(checkout);
     await writeFile(join(checkout, "README"), "hi\n");
     git(checkout, "init", "-q");
@@ -37,7 +31,7 @@ describe("hostile project seeds", () => {
     git(checkout, "commit", "-q", "-m", "one");
     git(checkout, "config", "core.worktree", outside);
     const set = await resolveProjectSeed(
-      { cacheDir: join(base, "cache"), stateDir: join(base, "state"), runtimeDir: join(base, "run") },
+      { cacheDir: join(base(), "cache"), stateDir: join(base(), "state"), runtimeDir: join(base(), "run") },
       { kind: "project_path", path: checkout },
     );
     assert.deepEqual(set.paths, ["README"], "only the checkout's own files are listed");
@@ -46,8 +40,8 @@ describe("hostile project seeds", () => {
   });
 
   it("never copies a file through a parent directory swapped for a symlink while staging the seed (TOCTOU)", async () => {
-    const root = join(base, "race-root");
-    const secretDir = join(base, "race-outside");
+    const root = join(base(), "race-root");
+    const secretDir = join(base(), "race-outside");
     await mkdir(join(root, "dir"), { recursive: true });
     await mkdir(secretDir);
     await writeFile(join(root, "dir", "file"), "inside\n");
@@ -64,7 +58,7 @@ describe("hostile project seeds", () => {
     let refused = 0;
     try {
       for (let i = 0; i < 300; i++) {
-        const staging = join(base, `stage-${i}`);
+        const staging = join(base(), `stage-${i}`);
         await mkdir(staging);
         try {
           await stageSeed(source, scan, staging);
@@ -85,7 +79,7 @@ describe("hostile project seeds", () => {
   });
 
   it("refuses a file set with more entries than a seed may hold before touching the disk", async () => {
-    const root = join(base, "many");
+    const root = join(base(), "many");
     await mkdir(root);
     await writeFile(join(root, "real"), "x\n");
     const paths = Array.from({ length: MAX_SEED_ENTRIES + 1 }, (_, i) => `f${i}`);
@@ -99,28 +93,28 @@ describe("hostile project seeds", () => {
   });
 
   it("never clones through a repos cache directory that is a symlink", async () => {
-    const source = join(base, "clone-source");
+    const source = join(base(), "clone-source");
     await mkdir(source);
     await writeFile(join(source, "a"), "a\n");
     git(source, "init", "-q");
     git(source, "add", "a");
     git(source, "commit", "-q", "-m", "one");
-    const cacheDir = join(base, "cache-planted");
-    const elsewhere = join(base, "planted-target");
+    const cacheDir = join(base(), "cache-planted");
+    const elsewhere = join(base(), "planted-target");
     await mkdir(cacheDir, { mode: 0o700 });
     await mkdir(elsewhere);
     await symlink(elsewhere, join(cacheDir, "repos"));
-    const paths: PyroPaths = { cacheDir, stateDir: join(base, "state2"), runtimeDir: join(base, "run2") };
+    const paths: PyroPaths = { cacheDir, stateDir: join(base(), "state2"), runtimeDir: join(base(), "run2") };
     await assert.rejects(resolveProjectSeed(paths, { kind: "repo_url", url: source }), (e) => isPyroError(e, "UNSAFE_DIRECTORY"));
     assert.deepEqual(spawnSync("ls", ["-A", elsewhere], { encoding: "utf8" }).stdout, "", "nothing was written through the link");
   });
 
   it("a checkout with nothing to pack (fresh git init, or every file skipped) is an empty seed, not a failed create", async () => {
-    const fresh = join(base, "fresh-init");
+    const fresh = join(base(), "fresh-init");
     await mkdir(fresh);
     git(fresh, "init", "-q");
     const set = await resolveProjectSeed(
-      { cacheDir: join(base, "cache"), stateDir: join(base, "state"), runtimeDir: join(base, "run") },
+      { cacheDir: join(base(), "cache"), stateDir: join(base(), "state"), runtimeDir: join(base(), "run") },
       { kind: "project_path", path: fresh },
     );
     assert.deepEqual(set.paths, []);

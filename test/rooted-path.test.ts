@@ -2,13 +2,14 @@ import assert from "node:assert/strict";
 import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, afterEach, before, beforeEach, describe, it } from "node:test";
+import { after, afterEach, beforeEach, describe, it } from "node:test";
 import fc from "fast-check";
 import { isPyroError } from "../src/errors.js";
 import { applyLayer } from "../src/environments/image-layer.js";
 import { MAX_SYMLINK_FOLLOWS, RootedTree } from "../src/storage/rooted-path.js";
 import { makeTar, type RawTarEntry } from "./helpers/tar-builder.js";
 import { snapshotTree } from "./helpers/tree-snapshot.js";
+import { suiteTempDir } from "./helpers/suite-temp-dir.js";
 
 /** A host tree an import must never touch: files, a mode, nested dirs, a link and a dangling link. */
 async function plantCanary(canary: string): Promise<void> {
@@ -182,13 +183,7 @@ function toEntries(ops: Op[], canary: string): RawTarEntry[] {
 }
 
 describe("RootedTree: random layers (property)", () => {
-  let base: string;
-  before(async () => {
-    base = await mkdtemp(join(tmpdir(), "pyro-rooted-prop-"));
-  });
-  after(async () => {
-    await rm(base, { recursive: true, force: true });
-  });
+  const base = suiteTempDir("pyro-rooted-prop-");
 
   it("applies random layers of files, dirs, chained/absolute/'..' symlinks, hardlinks, whiteouts and opaque markers without touching a canary next to the root", {
     timeout: 120_000,
@@ -199,7 +194,7 @@ describe("RootedTree: random layers (property)", () => {
     let run = 0;
     await fc.assert(
       fc.asyncProperty(fc.array(fc.array(op, { minLength: 1, maxLength: 12 }), { minLength: 1, maxLength: 3 }), async (layers) => {
-        const dir = join(base, String(run++));
+        const dir = join(base(), String(run++));
         await mkdir(dir);
         try {
           const root = join(dir, "root");

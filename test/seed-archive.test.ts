@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { lstat, mkdir, mkdtemp, readdir, rm, truncate, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { lstat, mkdir, readdir, rm, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import fc from "fast-check";
 import { Header } from "tar";
 import { isPyroError } from "../src/errors.js";
 import { prepareWorkspaceSeed } from "../src/workspaces/workspace-seed.js";
+import { suiteTempDir } from "./helpers/suite-temp-dir.js";
 
 /** A tar of the given headers (no bodies: files of size 0), as a hostile archive would carry them. */
 function rawTar(entries: { path: string; type: "File" | "Directory" | "SymbolicLink" | "Link"; linkpath?: string }[]): Buffer {
@@ -20,28 +20,22 @@ function rawTar(entries: { path: string; type: "File" | "Directory" | "SymbolicL
 }
 
 describe("archive seeds are streamed: checked, then unpacked, never held whole", () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-seed-archive-"));
-  });
-  after(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const dir = suiteTempDir("pyro-seed-archive-");
 
   const origin = { kind: "seed_path" as const, ref: "x", commit: null };
 
   it("unpacks a 256 MiB .tgz with pyro's memory growing by a fraction of it", async () => {
-    const src = join(dir, "src");
+    const src = join(dir(), "src");
     await mkdir(src);
     await writeFile(join(src, "small.txt"), "hello\n");
     await writeFile(join(src, "big.bin"), "");
     await truncate(join(src, "big.bin"), 256 * 2 ** 20);
-    const archive = join(dir, "big.tgz");
+    const archive = join(dir(), "big.tgz");
     execFileSync("tar", ["-czf", archive, "-C", src, "."]);
     const before = process.memoryUsage().rss;
     let root = "";
     const seed = await prepareWorkspaceSeed({ kind: "archive", path: archive, origin }, async () => {
-      root = join(dir, "unpacked");
+      root = join(dir(), "unpacked");
       await mkdir(root);
       return root;
     });
@@ -62,12 +56,12 @@ describe("archive seeds are streamed: checked, then unpacked, never held whole",
     let run = 0;
     await fc.assert(
       fc.asyncProperty(fc.array(entryArb, { minLength: 1, maxLength: 5 }), async (entries) => {
-        const archive = join(dir, `h${run++}.tar`);
+        const archive = join(dir(), `h${run++}.tar`);
         await writeFile(archive, rawTar(entries));
         let unpacked: string | undefined;
         try {
           await prepareWorkspaceSeed({ kind: "archive", path: archive, origin }, async () => {
-            unpacked = join(dir, `u${run}`);
+            unpacked = join(dir(), `u${run}`);
             await mkdir(unpacked);
             return unpacked;
           });

@@ -3,7 +3,7 @@ import { execFileSync } from "node:child_process";
 import { chmod, link, lstat, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import fc from "fast-check";
 import { isPyroError } from "../src/errors.js";
 import { Ext4Image } from "../src/workspaces/disk-image.js";
@@ -13,6 +13,7 @@ import { changedEntries } from "../src/workspaces/workspace-diff.js";
 import { Redactor } from "../src/workspaces/secret-redaction.js";
 import { redactTree, restoreHardlinks } from "../src/workspaces/workspace-export-redacted.js";
 import { manifestEntry } from "./helpers/manifest-fixtures.js";
+import { suiteTempDir } from "./helpers/suite-temp-dir.js";
 
 const entry = manifestEntry;
 
@@ -117,16 +118,10 @@ describe("what changed since the seed image was built", () => {
 });
 
 describe("seed images built on the host (mkfs.ext4 -d in the sandbox)", () => {
-  let dir: string;
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pyro-seed-unit-"));
-  });
-  after(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const dir = suiteTempDir("pyro-seed-unit-");
 
   it("builds from a path list without the rest of the tree, skipping (and reporting) what the sandbox cannot read", async () => {
-    const root = join(dir, "tree");
+    const root = join(dir(), "tree");
     await mkdir(join(root, "keep", "sub"), { recursive: true });
     await mkdir(join(root, "ignored"), { recursive: true });
     await writeFile(join(root, "keep", "sub", "a.txt"), "A\n");
@@ -147,7 +142,7 @@ describe("seed images built on the host (mkfs.ext4 -d in the sandbox)", () => {
       [...seedEntries(scan)].map((e) => e.path),
       ["keep", "keep/sub", "keep/sub/a.txt", "keep/b.sh", "keep/hard.txt", "keep/link"],
     );
-    const out = join(dir, "out");
+    const out = join(dir(), "out");
     await mkdir(out, { mode: 0o700 });
     const image = await buildSeedImage(source, scan, 1, join(out, "seed.ext4"), join(out, "baseline.manifest"), out);
     const ext4 = new Ext4Image(image.path);
@@ -166,7 +161,7 @@ describe("seed images built on the host (mkfs.ext4 -d in the sandbox)", () => {
   });
 
   it("refuses, before building, a seed that cannot fit the disk, naming a size that would", async () => {
-    const root = join(dir, "big");
+    const root = join(dir(), "big");
     await mkdir(root);
     await writeFile(join(root, "f"), "");
     execFileSync("truncate", ["-s", "3G", join(root, "f")]);
@@ -180,17 +175,11 @@ describe("seed images built on the host (mkfs.ext4 -d in the sandbox)", () => {
 });
 
 describe("hardlinks restored in a dumped tree (the dump is the guest's disk, the manifest its agent's reply)", () => {
-  let root: string;
-  before(async () => {
-    root = await mkdtemp(join(tmpdir(), "pyro-relink-"));
-  });
-  after(async () => {
-    await rm(root, { recursive: true, force: true });
-  });
+  const root = suiteTempDir("pyro-relink-");
 
   it("never unlinks or links through a symlink the dump holds where the manifest said directory", async () => {
-    const tree = join(root, "tree");
-    const outside = join(root, "outside");
+    const tree = join(root(), "tree");
+    const outside = join(root(), "outside");
     await mkdir(tree);
     await mkdir(outside);
     await writeFile(join(outside, "victim"), "host data");
@@ -202,7 +191,7 @@ describe("hardlinks restored in a dumped tree (the dump is the guest's disk, the
     assert.equal(await readFile(join(outside, "victim"), "utf8"), "host data");
     assert.equal((await lstat(join(outside, "victim"))).nlink, 1);
     // The first name too: a link through a symlink would hand out a host file's inode.
-    const tree2 = join(root, "tree2");
+    const tree2 = join(root(), "tree2");
     await mkdir(tree2);
     await symlink(outside, join(tree2, "d"));
     await writeFile(join(tree2, "other"), "guest data");
@@ -212,7 +201,7 @@ describe("hardlinks restored in a dumped tree (the dump is the guest's disk, the
   });
 
   it("groups a manifest's 100k names claiming one inode in linear time (the guest's agent writes the manifest)", async () => {
-    const tree = join(root, "tree4");
+    const tree = join(root(), "tree4");
     await mkdir(tree);
     // None of the names is in the dump: all the work is grouping them.
     const claims = Array.from({ length: 100_000 }, (_, i) => entry(`n${i}`, { ino: 5, nlink: 2 }));
@@ -222,7 +211,7 @@ describe("hardlinks restored in a dumped tree (the dump is the guest's disk, the
   });
 
   it("still relinks real names below real directories", async () => {
-    const tree = join(root, "tree3");
+    const tree = join(root(), "tree3");
     await mkdir(join(tree, "sub"), { recursive: true });
     await writeFile(join(tree, "a"), "same");
     await writeFile(join(tree, "sub", "b"), "same");
