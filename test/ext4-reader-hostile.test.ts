@@ -212,21 +212,34 @@ describe("ext4 reader on hostile journals", { skip }, () => {
     await writeFile(join(tree, "a"), "a file\n");
   });
 
+  /** A descriptor block with one tag, the last (same UUID), logging filesystem block 100. */
+  const descriptorBlock = (): Buffer => {
+    const descriptor = journalBlock(1, 1);
+    descriptor.writeUInt32BE(100, 12);
+    descriptor.writeUInt16BE(0x8 | 0x2, 18);
+    return descriptor;
+  };
+
+  /**
+   * Makes the journal (inode 8) at most `length` blocks: its own superblock first, then extents of
+   * `run` blocks each mapped onto the same blocks from FREE_AREA (at most `maxExtents` extents).
+   */
+  const journalOntoFreeArea = (image: string, length: number, run = 1, maxExtents = Number.POSITIVE_INFINITY): void => {
+    const sbBlock = bmap(image, "<8>");
+    const extents: [number, number, number][] = [[0, 1, sbBlock]];
+    for (let n = 1; n + run <= length && extents.length < maxExtents; n += run) extents.push([n, run, FREE_AREA]);
+    const mapped = 1 + (extents.length - 1) * run;
+    setExtents(image, 8, extents, mapped * BLOCK, FREE_AREA + run);
+    openJournal(image, mapped, sbBlock);
+  };
+
   it("a journal whose extents map every block onto one descriptor block is read in time linear in its length", () => {
     // 250k one-block extents (all but the first onto the same descriptor block): each journal
     // block looked up by a scan over all extents made the journal scan quadratic (~3e10 steps).
     const image = join(dir(), "journal-many-extents.ext4");
     makeImage(image, tree);
-    const length = 250_000;
-    const descriptor = journalBlock(1, 1);
-    descriptor.writeUInt32BE(100, 12); // tag: logs filesystem block 100
-    descriptor.writeUInt16BE(0x8 | 0x2, 18); // last tag, same UUID
-    writeAt(image, FREE_AREA * BLOCK, descriptor);
-    const sbBlock = bmap(image, "<8>");
-    const extents: [number, number, number][] = [[0, 1, sbBlock]];
-    for (let n = 1; n < length; n++) extents.push([n, 1, FREE_AREA]);
-    setExtents(image, 8, extents, length * BLOCK, FREE_AREA + 1);
-    openJournal(image, length, sbBlock);
+    writeAt(image, FREE_AREA * BLOCK, descriptorBlock());
+    journalOntoFreeArea(image, 250_000);
     assertEndsQuickly(readInChild(image), 8000);
   });
 
@@ -236,39 +249,21 @@ describe("ext4 reader on hostile journals", { skip }, () => {
     const image = join(dir(), "journal-huge.ext4");
     makeImage(image, tree);
     const run = 32_768;
-    const descriptors = Buffer.concat(
-      Array.from({ length: 64 }, () => {
-        const d = journalBlock(1, 1);
-        d.writeUInt32BE(100, 12);
-        d.writeUInt16BE(0x8 | 0x2, 18);
-        return d;
-      }),
-    );
+    const descriptors = Buffer.concat(Array.from({ length: 64 }, descriptorBlock));
     for (let i = 0; i < run; i += 64) writeAt(image, (FREE_AREA + i) * BLOCK, descriptors);
-    const length = 2 ** 31 - 1;
-    const sbBlock = bmap(image, "<8>");
-    const extents: [number, number, number][] = [[0, 1, sbBlock]];
-    for (let n = 1; n + run <= length && extents.length < 40_000; n += run) extents.push([n, run, FREE_AREA]);
-    const mapped = extents.length === 1 ? 1 : 1 + (extents.length - 1) * run;
-    setExtents(image, 8, extents, mapped * BLOCK, FREE_AREA + run);
-    openJournal(image, mapped, sbBlock);
+    journalOntoFreeArea(image, 2 ** 31 - 1, run, 40_000);
     assertEndsQuickly(readInChild(image), 8000);
   });
 
   it("revoke blocks naming one block 10^8 times hold one record", () => {
     const image = join(dir(), "journal-revokes.ext4");
     makeImage(image, tree);
-    const length = 100_000;
     const revoke = journalBlock(5, 1);
     revoke.writeUInt32BE(BLOCK, 12); // bytes used: the whole block
     for (let at = 16; at < BLOCK; at += 4) revoke.writeUInt32BE(100, at);
     writeAt(image, FREE_AREA * BLOCK, revoke);
     // 100k journal blocks, all the one revoke block of 1020 records: 10^8 records were kept one by one (a heap exhausted).
-    const sbBlock = bmap(image, "<8>");
-    const extents: [number, number, number][] = [[0, 1, sbBlock]];
-    for (let n = 1; n < length; n++) extents.push([n, 1, FREE_AREA]);
-    setExtents(image, 8, extents, length * BLOCK, FREE_AREA + 1);
-    openJournal(image, length, sbBlock);
+    journalOntoFreeArea(image, 100_000);
     assertEndsQuickly(readInChild(image), 8000);
   });
 });
