@@ -461,8 +461,9 @@ export class Ext4Reader {
   }
 
   /**
-   * A symlink's target bytes (fast symlinks keep it in the inode). In a walk, a slow symlink's map (extent nodes, block map tables) is charged to the
-   * walk's budget, as directories' are: many symlinks sharing one deep map cost its blocks once.
+   * A symlink's target bytes (fast symlinks keep it in the inode). In a walk, a slow symlink's map
+   * (extent nodes, block map tables) is charged to the walk's budget, as directories' are: many
+   * symlinks sharing one deep map cost its blocks once.
    */
   private symlinkTarget(inode: Ext4Inode, walk: DirectoryBudget | undefined): Buffer {
     if (inode.size === 0 || inode.size > SYMLINK_MAX) throw invalid(`symlink inode ${inode.ino} has a ${inode.size}-byte target`, { inode: inode.ino });

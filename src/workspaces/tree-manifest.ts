@@ -226,22 +226,14 @@ function readRecord(bytes: Buffer, at: number): { entry: ManifestEntry; next: nu
   const targetEnd = fieldEnd(pathEnd + 1);
   const target = fieldText(bytes, pathEnd + 1, targetEnd);
   // Checked above: ASCII fields separated by single spaces.
-  const [type, mode, size, mtimeNs, ctimeNs, ino, nlink] = bytes.toString("latin1", at, headEnd).split(" ") as [
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-  ];
+  const [type, mode, size, mtimeNs, ctimeNs, ino, nlink] = bytes.toString("latin1", at, headEnd).split(" ");
   const entry: ManifestEntry = {
     path,
     type: type as ManifestEntry["type"],
-    mode: parseInt(mode, 8) & 0o7777,
+    mode: parseInt(mode!, 8) & 0o7777,
     size: Number(size),
-    mtimeNs: BigInt(mtimeNs),
-    ctimeNs: BigInt(ctimeNs),
+    mtimeNs: BigInt(mtimeNs!),
+    ctimeNs: BigInt(ctimeNs!),
     ino: Number(ino),
     nlink: Number(nlink),
     target,
