@@ -6,7 +6,7 @@ import { describe, it } from "node:test";
 import { processStartTime } from "../src/process/process-identity.js";
 import { Pyro } from "../src/sdk/pyro.js";
 import { SWEEP_REUSE_MS } from "../src/workspaces/workspace-recovery.js";
-import { newWorkspaceRecord } from "../src/workspaces/workspace-lifecycle.js";
+import { plainWorkspaceRecord } from "../src/workspaces/workspace-lifecycle.js";
 import { WorkspaceStore } from "../src/workspaces/workspace-store.js";
 import { testPaths } from "./helpers/vm-fixtures.js";
 
@@ -68,22 +68,7 @@ describe("recovery of what interrupted operations leave on the host (no VM invol
 
   it("an operation on one workspace reuses its process's sweep for a second, yet always repairs the workspace it acts on", async () => {
     // A stopped workspace: updates take its lock and need no VM.
-    const record = newWorkspaceRecord(
-      "debian:12",
-      { vcpuCount: 1, memMib: 1024 },
-      4,
-      { policy: "off", allow: [] },
-      { mode: "empty", origin: null, commit: null, files: 0, bytes: 0, skipped: [], skipped_count: 0, built_at_ns: null },
-      {
-        name: null,
-        labels: {},
-        ttl_seconds: null,
-        secret_names: [],
-        scoped_secrets: [],
-        tls_interception: false,
-        secrets_over_http: false,
-      },
-    );
+    const record = plainWorkspaceRecord("debian:12", { vcpuCount: 1, memMib: 1024 }, 4);
     const store = new WorkspaceStore(testPaths);
     await mkdir(store.dir(record.id), { recursive: true });
     await store.write(record);
