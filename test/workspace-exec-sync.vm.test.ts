@@ -46,6 +46,24 @@ describe("[vm] workspace exec: flushed on return, quiet when idle", () => {
     assert.equal(read.stdout, `${wrote.stdout}root-disk\n`);
   });
 
+  it("the record counts each command that ran once, not one that failed to start, and a long one's end as last activity", TIMEOUT, async () => {
+    const before = (await pyro.statusWorkspace(id)).command_count;
+    const ran = await pyro.execWorkspace(id, ["true"]);
+    assert.equal(ran.sequence, before + 1);
+    assert.equal((await pyro.statusWorkspace(id)).command_count, before + 1);
+    // The guest refuses to start it (no such directory): nothing ran, nothing is counted or logged.
+    await assert.rejects(() => pyro.execWorkspace(id, ["true"], { cwd: "/workspace/no-such-dir" }));
+    assert.equal((await pyro.statusWorkspace(id)).command_count, before + 1);
+    assert.equal((await pyro.logsWorkspace(id)).commands.at(-1)?.sequence, before + 1);
+    // Counted as it starts, yet the TTL's clock restarts at its end.
+    const long = await pyro.execWorkspace(id, ["sleep", "1.5"]);
+    const returned = Date.now();
+    const status = await pyro.statusWorkspace(id);
+    assert.equal(long.sequence, before + 2);
+    assert.equal(status.command_count, before + 2);
+    assert.ok(returned - Date.parse(status.last_activity_at) < 1_000, `last activity ${status.last_activity_at} is the command's start, not its end`);
+  });
+
   it("an agent with no host connected wakes about once a second at most, not ten times", TIMEOUT, async () => {
     const before = await agentWakeups(id);
     const idleMs = 6_000;

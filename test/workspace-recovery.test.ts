@@ -5,6 +5,9 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { processStartTime } from "../src/process/process-identity.js";
 import { Pyro } from "../src/sdk/pyro.js";
+import { SWEEP_REUSE_MS } from "../src/workspaces/workspace-recovery.js";
+import { plainWorkspaceRecord } from "../src/workspaces/workspace-lifecycle.js";
+import { WorkspaceStore } from "../src/workspaces/workspace-store.js";
 import { testPaths } from "./helpers/vm-fixtures.js";
 
 const ROOT = join(testPaths.stateDir, "workspaces");
@@ -61,5 +64,44 @@ describe("recovery of what interrupted operations leave on the host (no VM invol
       notices.some((n) => n.includes(noLock)),
       notices.join("\n"),
     );
+  });
+
+  it("an operation on one workspace reuses its process's sweep for a second, yet always repairs the workspace it acts on", async () => {
+    // A stopped workspace: updates take its lock and need no VM.
+    const record = plainWorkspaceRecord("debian:12", { vcpuCount: 1, memMib: 1024 }, 4);
+    const store = new WorkspaceStore(testPaths);
+    await mkdir(store.dir(record.id), { recursive: true });
+    await store.write(record);
+    const pyro = new Pyro({ onProgress: () => undefined });
+    await pyro.updateWorkspace(record.id, { labels: { step: "1" } }); // sweeps
+
+    const dead = deadPid();
+    const elsewhere = "ws-gggggggggggggggggggg";
+    await mkdir(join(ROOT, elsewhere), { recursive: true });
+    await lockOwnedBy(elsewhere, dead, "create");
+    await lockOwnedBy(record.id, dead, "exec");
+    const started = performance.now();
+    const updated = await pyro.updateWorkspace(record.id, { labels: { step: "2" } });
+    assert.ok(performance.now() - started < SWEEP_REUSE_MS, "the second update came within the reuse window");
+    // Its own lock's dead holder is repaired under the lock, sweep or not…
+    assert.match((await store.read(record.id))?.recovery ?? "", /interrupted 'exec'/);
+    assert.equal(updated.labels.step, "2");
+    // …while another workspace's leftovers wait for the next sweep…
+    assert.ok((await readdir(ROOT)).includes(elsewhere));
+    await new Promise((r) => setTimeout(r, SWEEP_REUSE_MS + 100));
+    await pyro.updateWorkspace(record.id, { labels: { step: "3" } });
+    // …which comes once the window has passed.
+    assert.ok(!(await readdir(ROOT)).includes(elsewhere));
+  });
+
+  it("an id is never part of a path unless it is one: refs shaped like ids but not are names, and unknown", async () => {
+    const pyro = new Pyro({ onProgress: () => undefined });
+    for (const ref of ["ws-../../etc", "ws-AAAA", "ws-", "ws-aaaa/.."]) {
+      await assert.rejects(
+        () => pyro.updateWorkspace(ref, { labels: { a: "1" } }),
+        (error: Error & { code?: string }) => error.code === "WORKSPACE_NOT_FOUND",
+      );
+    }
+    assert.ok(!(await readdir(ROOT)).some((n) => n.includes("..")));
   });
 });

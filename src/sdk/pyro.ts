@@ -14,30 +14,45 @@ import type { ShellReadOptions } from "../workspaces/workspace-shells.js";
 import type { ShellSignal } from "../workspaces/workspace-limits.js";
 import type { ForkWorkspaceOptions } from "../workspaces/workspace-fork.js";
 
+/**
+ * The module `load` imports, imported once: import() of a module already loaded still resolves
+ * its specifier again (~0.2 ms), on the path of every SDK call.
+ */
+function loadOnce<T>(load: () => Promise<T>): () => Promise<T> {
+  let loaded: Promise<T> | undefined;
+  return () => {
+    loaded ??= load().catch((error: unknown) => {
+      loaded = undefined;
+      throw error;
+    });
+    return loaded;
+  };
+}
+
 // Capabilities load on first use: a one-shot run must not pay to import workspaces, registries,
 // terminal emulation or archive code (start-up time is part of `pyro run`'s budget).
-const oneShot = () => import("../vm-run/one-shot-run.js");
-const environments = () => import("../environments/environment-store.js");
-const catalog = () => import("../environments/catalog.js");
-const artifacts = () => import("../environments/environment-artifact.js");
-const containerImport = () => import("../environments/container-import.js");
-const references = () => import("../registry/image-reference.js");
-const runtime = () => import("../runtime/guest-runtime.js");
-const templates = () => import("../workspaces/boot-templates.js");
-const doctor = () => import("../doctor/doctor.js");
-const dailyLoop = () => import("./daily-loop.js");
-const readiness = () => import("../workspaces/daily-loop-readiness.js");
-const lifecycle = () => import("../workspaces/workspace-lifecycle.js");
-const exec = () => import("../workspaces/workspace-exec.js");
-const files = () => import("../workspaces/workspace-files.js");
-const tree = () => import("../workspaces/workspace-tree.js");
-const exporting = () => import("../workspaces/workspace-export.js");
-const snapshots = () => import("../workspaces/workspace-snapshots.js");
-const summary = () => import("../workspaces/workspace-summary.js");
-const shells = () => import("../workspaces/workspace-shells.js");
-const services = () => import("../workspaces/workspace-services.js");
-const disk = () => import("../workspaces/workspace-disk.js");
-const fork = () => import("../workspaces/workspace-fork.js");
+const oneShot = loadOnce(() => import("../vm-run/one-shot-run.js"));
+const environments = loadOnce(() => import("../environments/environment-store.js"));
+const catalog = loadOnce(() => import("../environments/catalog.js"));
+const artifacts = loadOnce(() => import("../environments/environment-artifact.js"));
+const containerImport = loadOnce(() => import("../environments/container-import.js"));
+const references = loadOnce(() => import("../registry/image-reference.js"));
+const runtime = loadOnce(() => import("../runtime/guest-runtime.js"));
+const templates = loadOnce(() => import("../workspaces/boot-templates.js"));
+const doctor = loadOnce(() => import("../doctor/doctor.js"));
+const dailyLoop = loadOnce(() => import("./daily-loop.js"));
+const readiness = loadOnce(() => import("../workspaces/daily-loop-readiness.js"));
+const lifecycle = loadOnce(() => import("../workspaces/workspace-lifecycle.js"));
+const exec = loadOnce(() => import("../workspaces/workspace-exec.js"));
+const files = loadOnce(() => import("../workspaces/workspace-files.js"));
+const tree = loadOnce(() => import("../workspaces/workspace-tree.js"));
+const exporting = loadOnce(() => import("../workspaces/workspace-export.js"));
+const snapshots = loadOnce(() => import("../workspaces/workspace-snapshots.js"));
+const summary = loadOnce(() => import("../workspaces/workspace-summary.js"));
+const shells = loadOnce(() => import("../workspaces/workspace-shells.js"));
+const services = loadOnce(() => import("../workspaces/workspace-services.js"));
+const disk = loadOnce(() => import("../workspaces/workspace-disk.js"));
+const fork = loadOnce(() => import("../workspaces/workspace-fork.js"));
 
 export interface PyroOptions {
   /** Put all caches and state under this directory (same as PYRO_HOME). */

@@ -1,5 +1,4 @@
 import { randomBytes } from "node:crypto";
-import { rm } from "node:fs/promises";
 import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
@@ -181,8 +180,15 @@ function readIfPresent(path: string): string | undefined {
 
 async function releaseLock(lockPath: string, nonce: string): Promise<void> {
   // Only our own lock: never one another process took over (it could only do so if we had died).
-  // Removed through the thread pool: its unlinks run side by side, which is faster than in line.
-  if (existsSync(join(lockPath, holderFile(nonce)))) await rm(lockPath, { recursive: true, force: true });
+  if (!existsSync(join(lockPath, holderFile(nonce)))) return;
+  // One rename frees the lock: removed in place, a kill -9 between its unlinks would leave a lock
+  // with an owner record and no holder file (or the reverse), which no breaker may claim, so the
+  // workspace would stay busy for good. Nothing else can move or replace a live holder's lock.
+  // The aside name is breaking scratch: a release cut short leaves what sweepLockScratch removes.
+  const aside = `${lockPath}.stale-${process.pid}-${randomBytes(4).toString("hex")}`;
+  renameSync(lockPath, aside);
+  // In line: three small unlinks, where the thread pool's round trips cost more.
+  rmSync(aside, { recursive: true, force: true });
 }
 
 /** Waits (polling) for the lock; undefined when `waitMs` passed with a live process still holding it. */

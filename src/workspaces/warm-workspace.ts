@@ -7,10 +7,9 @@ import { hostCanKeepWarmVm, WarmSlot } from "../runtime/warm-slot.js";
 import type { BootTemplate } from "./boot-templates.js";
 import { DEFAULT_DISK_GIB } from "./seed-image.js";
 import type { WorkspaceContext } from "./workspace-context.js";
-import { bootNewWorkspace, captureBaseline, newWorkspaceRecord, WORKSPACE_DEFAULTS } from "./workspace-lifecycle.js";
+import { bootNewWorkspace, captureBaseline, plainWorkspaceRecord, WORKSPACE_DEFAULTS } from "./workspace-lifecycle.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
 import type { NameClaim } from "./workspace-store.js";
-import { seedRecord } from "./workspace-seed.js";
 
 /**
  * A workspace made ahead of its create (#10 item 7), so that the next unseeded create of the
@@ -64,22 +63,7 @@ export class WarmWorkspaceSlot {
   private async prepare(): Promise<ReadyWorkspace | undefined> {
     if (!(await hostCanKeepWarmVm(this.options.minAvailableMib))) return undefined;
     const { ctx } = this;
-    const record = newWorkspaceRecord(
-      this.options.environment,
-      WARM_SHAPE,
-      WARM_SHAPE.diskGib,
-      { policy: "off", allow: [] },
-      seedRecord(undefined, undefined),
-      {
-        name: null,
-        labels: {},
-        ttl_seconds: null,
-        secret_names: [],
-        scoped_secrets: [],
-        tls_interception: false,
-        secrets_over_http: false,
-      },
-    );
+    const record = plainWorkspaceRecord(this.options.environment, WARM_SHAPE, WARM_SHAPE.diskGib);
     const { id } = record;
     // Held before its directory exists, as every create holds it (see workspace-lifecycle).
     const lock = await ctx.store.holdNewLock(id, "create (made ahead, kept warm)");

@@ -6,7 +6,7 @@ import { runningVmControl } from "../runtime/running-vm-control.js";
 import type { RunningVm, RunningVmControl } from "../runtime/vmm-backend.js";
 import { UNNAMED_PURPOSE } from "../storage/process-lock.js";
 import { nowIso, vmHandle, type WorkspaceRecord } from "./workspace-record.js";
-import { recoverInterrupted, recoverWorkspace } from "./workspace-recovery.js";
+import { recoverInterrupted, recoverWorkspace, SWEEP_REUSE_MS } from "./workspace-recovery.js";
 import { Redactor } from "./secret-redaction.js";
 import { loadRedactedValues, loadSecrets } from "./workspace-secrets.js";
 import { WorkspaceStore } from "./workspace-store.js";
@@ -56,8 +56,25 @@ export class WorkspaceContext {
 
   /** Repairs what operations interrupted by a crash left behind; every workspace command starts with it. */
   recoverInterrupted(): Promise<void> {
+    this.sweptAt = performance.now();
     return recoverInterrupted(this);
   }
+
+  /**
+   * The sweep before an operation on one workspace, unless this context made one within
+   * SWEEP_REUSE_MS. The sweep scans every workspace and every process (~2–3 ms, more with many
+   * held); an agent driving one workspace through a long-lived SDK or MCP server would pay it on
+   * every command. Skipping it leaves nothing unrepaired that the operation touches: the workspace
+   * it acts on is checked under its lock (a dead holder's leftovers are repaired there, its VM is
+   * reconciled), and other workspaces' leftovers wait for the next sweep, at most SWEEP_REUSE_MS
+   * away. A CLI process is new every time: it always sweeps.
+   */
+  recoverInterruptedIfDue(): Promise<void> {
+    if (performance.now() - this.sweptAt < SWEEP_REUSE_MS) return Promise.resolve();
+    return this.recoverInterrupted();
+  }
+
+  private sweptAt = Number.NEGATIVE_INFINITY;
 }
 
 export { nowIso, vmHandle };
@@ -96,24 +113,36 @@ export async function withRunningWorkspace<T>(
     ctx,
     ref,
     async (record) => {
-      if (!(await reconcileVm(ctx, record))) {
-        throw new PyroError("WORKSPACE_STOPPED", `workspace ${record.id} is stopped; start it with 'pyro workspace start ${record.id}'`, {
-          workspace: record.id,
-        });
+      const stopped = () =>
+        new PyroError("WORKSPACE_STOPPED", `workspace ${record.id} is stopped; start it with 'pyro workspace start ${record.id}'`, { workspace: record.id });
+      const handle = vmHandle(record);
+      if (!handle) throw stopped();
+      // attach checks that the VM runs; one that died behind pyro's back is recorded as stopped.
+      const attaching = (await ctx.vms()).attach(handle).catch(async (error: unknown) => {
+        if (error instanceof PyroError && error.code === "VM_DIED" && !(await reconcileVm(ctx, record))) throw stopped();
+        throw error;
+      });
+      // Read while the agent answers: on the path of every command.
+      const reading = Promise.all([loadSecrets(ctx, record.id), loadRedactedValues(ctx, record.id)]);
+      const [attached, read] = await Promise.allSettled([attaching, reading]);
+      if (attached.status === "rejected") throw attached.reason;
+      const vm = attached.value;
+      if (read.status === "rejected") {
+        vm.detach();
+        throw read.reason;
       }
-      const vm = await (await ctx.vms()).attach(vmHandle(record)!);
+      const [injected, redacted] = read.value;
       vm.agent.label = `workspace ${record.id}`;
-      if (record.guest_cleanup_pending) {
-        const { removeStaleStaging } = await import("./guest-transfer.js");
-        await removeStaleStaging(vm.agent);
-        record.guest_cleanup_pending = false;
-        await ctx.store.write(record);
-      }
       // --secret-env NAME of a scoped secret maps its placeholder, never its value.
-      const [injected, redacted] = await Promise.all([loadSecrets(ctx, record.id), loadRedactedValues(ctx, record.id)]);
       const secrets = { ...injected, ...Object.fromEntries(record.scoped_secrets.map((s) => [s.name, s.placeholder])) };
       const redactor = new Redactor(redacted);
       try {
+        if (record.guest_cleanup_pending) {
+          const { removeStaleStaging } = await import("./guest-transfer.js");
+          await removeStaleStaging(vm.agent);
+          record.guest_cleanup_pending = false;
+          await ctx.store.write(record);
+        }
         // One choke point: nothing a running workspace returns leaves pyro with a secret in it.
         return redactor.deep(await fn(record, vm, { secrets, redactor }));
       } catch (error) {
@@ -143,8 +172,8 @@ export async function withLockedWorkspace<T>(
   fn: (record: WorkspaceRecord) => Promise<T>,
   purpose = UNNAMED_PURPOSE,
 ): Promise<T> {
-  await ctx.recoverInterrupted();
-  const { id } = await ctx.store.resolve(ref);
+  await ctx.recoverInterruptedIfDue();
+  const id = await ctx.store.idOf(ref);
   return ctx.store.withLock(id, purpose, async (interrupted) => {
     // Its holder died between the sweep above and now: repair before use.
     if (interrupted) await recoverWorkspace(ctx, id, interrupted);

@@ -1,9 +1,11 @@
 import { WORKSPACE_EXEC_DEFAULTS } from "./workspace-limits.js";
 import { checkCommandTimeout } from "../runtime/guest-limits.js";
-import { appendFile, readFile } from "node:fs/promises";
+import { appendFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import { checkExecRequest } from "../guest-protocol/agent-client.js";
+import type { GuestExecResult } from "../guest-protocol/messages.js";
 import { workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
 import { nowIso, withRunningWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import { CommandLogEntry } from "./workspace-record.js";
@@ -14,6 +16,8 @@ import { scopedSecretAudit } from "./scoped-secrets.js";
 export { WORKSPACE_EXEC_DEFAULTS };
 /** How much of each stream the command log keeps (the full output is in the exec result). */
 const LOG_OUTPUT_CHARS = 4096;
+/** How far a workspace's last activity may lag behind the end of a command (see execInWorkspace). */
+const ACTIVITY_RESOLUTION_MS = 1_000;
 
 export interface WorkspaceExecOptions {
   cwd?: string;
@@ -84,18 +88,34 @@ export async function execInWorkspace(
     ref,
     async (record, vm, session) => {
       const startedAt = nowIso();
-      const r = await vm.agent.exec({
-        command,
-        cwd,
-        env: { ...networkEnvironment(record), ...options.env, ...secretEnvironment(session.secrets, options.secretEnv) },
-        timeoutMs: Math.round(timeoutSeconds * 1000),
-        maxOutputBytes: options.maxOutputBytes ?? WORKSPACE_EXEC_DEFAULTS.maxOutputBytes,
-        ...(options.stdin !== undefined ? { stdin: options.stdin } : {}),
-        // What the command wrote survives a killed VMM: the agent flushes before it answers, one
-        // round trip instead of the exec's and a sync's.
-        syncAfter: true,
-      });
+      const started = performance.now();
+      const before = { command_count: record.command_count, last_activity_at: record.last_activity_at, updated_at: record.updated_at };
       const sequence = record.command_count + 1;
+      // The record counts the command as it starts, written while the guest runs it: the write's
+      // fsync (~1.5 ms) is then off every command's round trip. One that fails to run is taken back.
+      record.command_count = sequence;
+      record.last_activity_at = record.updated_at = startedAt;
+      const counted = ctx.store.write(record);
+      let r: GuestExecResult;
+      try {
+        r = await vm.agent.exec({
+          command,
+          cwd,
+          env: { ...networkEnvironment(record), ...options.env, ...secretEnvironment(session.secrets, options.secretEnv) },
+          timeoutMs: Math.round(timeoutSeconds * 1000),
+          maxOutputBytes: options.maxOutputBytes ?? WORKSPACE_EXEC_DEFAULTS.maxOutputBytes,
+          ...(options.stdin !== undefined ? { stdin: options.stdin } : {}),
+          // What the command wrote survives a killed VMM: the agent flushes before it answers, one
+          // round trip instead of the exec's and a sync's.
+          syncAfter: true,
+        });
+      } catch (error) {
+        await counted.catch(() => undefined);
+        Object.assign(record, before);
+        await ctx.store.write(record).catch(() => undefined);
+        throw error;
+      }
+      await counted;
       const result: WorkspaceExecResult = {
         workspace_id: record.id,
         sequence,
@@ -111,12 +131,13 @@ export async function execInWorkspace(
         stderr_truncated: r.stderr.totalBytes > r.stderr.bytes.length,
         execution_mode: "guest",
       };
-      record.command_count = sequence;
-      record.last_activity_at = record.updated_at = nowIso();
-      await Promise.all([
-        appendFile(commandsFile(ctx, record.id), JSON.stringify(session.redactor.deep(commandLogEntry(result, startedAt))) + "\n", { mode: 0o600 }),
-        ctx.store.write(record),
-      ]);
+      // In line: one small append, where the thread pool's round trips cost more.
+      appendFileSync(commandsFile(ctx, record.id), JSON.stringify(session.redactor.deep(commandLogEntry(result, startedAt))) + "\n", { mode: 0o600 });
+      // The TTL counts from the last activity: a command that ran long moves it to its end.
+      if (performance.now() - started > ACTIVITY_RESOLUTION_MS) {
+        record.last_activity_at = record.updated_at = nowIso();
+        await ctx.store.write(record);
+      }
       return result;
     },
     "exec",

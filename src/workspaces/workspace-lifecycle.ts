@@ -240,6 +240,22 @@ async function createWithSeed(
   });
 }
 
+/**
+ * The record of a new workspace with nothing chosen but its shape: unnamed, unseeded, offline, no
+ * secrets (what a warm workspace is made as, until a create gives it the caller's choices).
+ */
+export function plainWorkspaceRecord(environment: string, shape: { vcpuCount: number; memMib: number }, diskGib: number): WorkspaceRecord {
+  return newWorkspaceRecord(environment, shape, diskGib, { policy: "off", allow: [] }, seedRecord(undefined, undefined), {
+    name: null,
+    labels: {},
+    ttl_seconds: null,
+    secret_names: [],
+    scoped_secrets: [],
+    tls_interception: false,
+    secrets_over_http: false,
+  });
+}
+
 /** A new workspace's record, not yet written: `fields` are what the caller chose, the rest starts empty. */
 export function newWorkspaceRecord(
   environment: string,

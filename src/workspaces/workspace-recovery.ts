@@ -5,6 +5,7 @@ import { processAlive } from "../process/process-alive.js";
 import { deadHolder, lockHolder, sweepLockScratch, UNNAMED_PURPOSE, type LockOwner } from "../storage/process-lock.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import { nowIso, vmHandle } from "./workspace-record.js";
+import { WORKSPACE_ID } from "./workspace-store.js";
 
 /**
  * Crash recovery. Every workspace operation holds the workspace's lock, and the lock names its
@@ -15,7 +16,6 @@ import { nowIso, vmHandle } from "./workspace-record.js";
  * record (and its secrets), temp files on the host and staging files in the guest.
  */
 
-const WORKSPACE_ID = /^ws-[a-z2-7]+$/;
 const DELETED_DIR = /^\.deleted-ws-[a-z2-7]+-(\d+)$/;
 const LOCK_DIR = /^(ws-[a-z2-7]+)\.lock$/;
 
@@ -129,6 +129,9 @@ export async function recoverWorkspace(ctx: WorkspaceContext, id: string, interr
   ctx.notice(`workspace ${id}: recovered from ${describe(interrupted)}: ${summary}`);
   return notes;
 }
+
+/** How long a process's sweep serves its next operations on one workspace (WorkspaceContext.recoverInterruptedIfDue). */
+export const SWEEP_REUSE_MS = 1_000;
 
 /**
  * Finds and repairs what interrupted operations left anywhere in this state directory. Cheap when

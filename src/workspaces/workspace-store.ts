@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { readdir, readFile, rename, rm } from "node:fs/promises";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
 import type { PyroPaths } from "../paths.js";
@@ -9,6 +10,8 @@ import { ensurePrivateDir, makePrivateSubdir } from "../storage/private-storage.
 import { WorkspaceRecord } from "./workspace-record.js";
 
 const ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567";
+/** What newWorkspaceId makes: anything else given as an id is a name, never part of a path. */
+export const WORKSPACE_ID = /^ws-[a-z2-7]+$/;
 /** How long an operation waits for another pyro process to finish with the same workspace. */
 const LOCK_WAIT_MS = 300_000;
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -70,7 +73,7 @@ export class WorkspaceStore {
 
   /** Finds a workspace by id or name, or fails with how to list them. */
   async resolve(ref: string): Promise<WorkspaceRecord> {
-    if (ref.startsWith("ws-")) {
+    if (WORKSPACE_ID.test(ref)) {
       const record = await this.read(ref);
       if (record) return record;
     } else {
@@ -78,6 +81,16 @@ export class WorkspaceStore {
       if (match) return match;
     }
     throw new PyroError("WORKSPACE_NOT_FOUND", `no workspace '${ref}'; list them with 'pyro workspace list'`, { workspace: ref });
+  }
+
+  /**
+   * The id `ref` names. An id is not checked against its record, which the operation reads under
+   * the lock anyway: the lock's holder is what makes the record current, and a read before it costs
+   * every command a parse of it.
+   */
+  async idOf(ref: string): Promise<string> {
+    if (WORKSPACE_ID.test(ref) && existsSync(this.recordPath(ref))) return ref;
+    return (await this.resolve(ref)).id;
   }
 
   /** A fast first check, before any work; only claimName, under the workspace's lock, makes a name its own. */
@@ -104,7 +117,7 @@ export class WorkspaceStore {
     try {
       await this.assertNameFree(name, id);
       const claimant = (await readFile(path, "utf8").catch(() => undefined))?.trim();
-      if (claimant && claimant !== id && /^ws-[a-z2-7]+$/.test(claimant) && (await lockHolder(this.lockPath(claimant)))) {
+      if (claimant && claimant !== id && WORKSPACE_ID.test(claimant) && (await lockHolder(this.lockPath(claimant)))) {
         throw new PyroError("INVALID_ARGUMENT", `the name '${name}' is being given to workspace ${claimant} by another pyro process; choose another`);
       }
       await writeFileAtomic(path, id);
@@ -127,10 +140,23 @@ export class WorkspaceStore {
   }
 
   /** The state dir checked private, and the workspaces dir inside it. */
-  private async ensureRoot(): Promise<void> {
-    await ensurePrivateDir(this.paths.stateDir);
-    await makePrivateSubdir(this.rootDir);
+  /**
+   * Checked once per store: every lock passes here, and the check (two mkdirs and an lstat
+   * through the thread pool) cost every command ~0.3 ms. What it checks, a private state
+   * directory of ours, does not change under a running process: only we can write its parent.
+   */
+  private ensureRoot(): Promise<void> {
+    this.rootReady ??= (async () => {
+      await ensurePrivateDir(this.paths.stateDir);
+      await makePrivateSubdir(this.rootDir);
+    })().catch((error: unknown) => {
+      this.rootReady = undefined;
+      throw error;
+    });
+    return this.rootReady;
   }
+
+  private rootReady: Promise<void> | undefined;
 
   /**
    * Removes a workspace's files; the record goes first (by rename) so a crash never leaves half a

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { open, readFile, rm } from "node:fs/promises";
+import { open, rm } from "node:fs/promises";
 import { basename, dirname, normalize } from "node:path";
 import { isPyroError, PyroError } from "../../errors.js";
 import { AgentClient } from "../../guest-protocol/agent-client.js";
@@ -319,13 +319,13 @@ function readCmdlineSync(pid: number): string {
   }
 }
 
-async function readCmdline(pid: number): Promise<string> {
-  return readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
-}
-
-/** Whether the process under `pid` is a VMM serving `runDir` (its agent socket is on its command line). */
+/**
+ * Whether the process under `pid` is a VMM serving `runDir` (its agent socket is on its command
+ * line). Read in line, as /proc is: every command on a workspace asks, and the thread pool's four
+ * round trips per read cost more than the read.
+ */
 async function namesRunDir(pid: number, runDir: string): Promise<boolean> {
-  return (await readCmdline(pid)).includes(runFiles(runDir).agentSocket);
+  return readCmdlineSync(pid).includes(runFiles(runDir).agentSocket);
 }
 
 /**
@@ -348,7 +348,7 @@ function memoryBackendFile(arg: string): { path: string; bytes: number; share: b
 
 /** The RAM file a VM maps copy-on-write (a template, fork or snapshot restore), read from its command line. */
 async function copyOnWriteMemory(pid: number): Promise<{ path: string; bytes: number } | undefined> {
-  for (const arg of (await readCmdline(pid)).split("\0")) {
+  for (const arg of readCmdlineSync(pid).split("\0")) {
     const file = memoryBackendFile(arg);
     if (file && !file.share) return file;
   }
