@@ -4,10 +4,12 @@
  * no host connected sleeps instead of waking several times a second (an idle VM's host CPU).
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { processAlive } from "../src/process/process-alive.js";
 import { Pyro } from "../src/sdk/pyro.js";
-import { waitFor } from "./helpers/vm-fixtures.js";
+import { testPaths, waitFor } from "./helpers/vm-fixtures.js";
 
 const pyro = new Pyro();
 const TIMEOUT = { timeout: 240_000 };
@@ -62,6 +64,19 @@ describe("[vm] workspace exec: flushed on return, quiet when idle", () => {
     assert.equal(long.sequence, before + 2);
     assert.equal(status.command_count, before + 2);
     assert.ok(returned - Date.parse(status.last_activity_at) < 1_000, `last activity ${status.last_activity_at} is the command's start, not its end`);
+  });
+
+  it("a record that cannot be written fails the exec with an error, not the process", TIMEOUT, async (t) => {
+    // Written while the guest runs the command: its failure waits for the guest's answer, and must
+    // not meanwhile count as an unhandled rejection (which ends a Node process, an MCP server too).
+    const dir = join(testPaths.stateDir, "workspaces", id);
+    if (spawnSync("chattr", ["+i", dir]).status !== 0) return t.skip("chattr +i is not supported here");
+    try {
+      await assert.rejects(() => pyro.execWorkspace(id, ["sleep", "0.3"]), /EPERM|not permitted/);
+    } finally {
+      spawnSync("chattr", ["-i", dir]);
+    }
+    assert.equal((await pyro.execWorkspace(id, ["true"])).exit_code, 0);
   });
 
   it("an agent with no host connected wakes about once a second at most, not ten times", TIMEOUT, async () => {

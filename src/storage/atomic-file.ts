@@ -1,9 +1,12 @@
 import { randomBytes } from "node:crypto";
-import { closeSync, fsync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, fsync, openSync, readFileSync, renameSync, rmSync, writeFile, writeFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { dirname, basename, join } from "node:path";
 import type { z } from "zod";
 import { PRIVATE_FILE_MODE } from "./private-storage.js";
+
+/** The largest write writeFileAtomic makes in line (see there). */
+const IN_LINE_WRITE_MAX_BYTES = 64 * 1024;
 
 /**
  * Writes a file so readers see the old or the new content, never a torn mix, even across a crash.
@@ -11,12 +14,14 @@ import { PRIVATE_FILE_MODE } from "./private-storage.js";
  */
 export async function writeFileAtomic(path: string, data: string | Buffer, mode = PRIVATE_FILE_MODE): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
-  // In line but for the fsync: state files are written by every operation (an exec rewrites its
-  // workspace's record), and each of the five other steps through the thread pool cost a round of
-  // thread wake-ups (~0.7 ms of an exec). The fsync may wait on the disk: it never blocks the loop.
+  // State files (records, manifests) go in line but for the fsync: every operation writes one (an
+  // exec its workspace's record), and each of the five other steps through the thread pool cost a
+  // round of thread wake-ups (~0.7 ms of an exec). The fsync may wait on the disk, and so may a
+  // large write (a kernel, an initramfs): those never block the event loop.
   const fd = await openNew(tmp, mode);
   try {
-    writeFileSync(fd, data);
+    if (data.length <= IN_LINE_WRITE_MAX_BYTES) writeFileSync(fd, data);
+    else await new Promise<void>((resolve, reject) => writeFile(fd, data, (error) => (error ? reject(error) : resolve())));
     await new Promise<void>((resolve, reject) => fsync(fd, (error) => (error ? reject(error) : resolve())));
   } catch (error) {
     closeSync(fd);

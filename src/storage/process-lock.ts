@@ -25,7 +25,7 @@ import { processAlive } from "../process/process-alive.js";
  *   with link(2), which never overwrites. Such a lock is the only state this path can touch.
  * - Release removes the lock only while its own holder file is in it.
  *
- * The steps are synchronous calls on small local files (release's removal aside): every workspace
+ * The steps are synchronous calls on small local files: every workspace
  * operation takes a lock, and through the thread pool each of its ~10 steps cost a round of thread
  * wake-ups, which a loaded host makes slow. None of them blocks for long.
  */
@@ -49,7 +49,10 @@ const OWNER_FILE = "owner.json";
 const holderFile = (nonce: string) => `holder-${nonce}`;
 const POLL_MS = 25;
 
-/** Names of the scratch entries acquisition and breaking use next to a lock: `<lock>.acquiring-<pid>-<rand>`. */
+/**
+ * Names of the scratch entries acquisition, breaking and release use next to a lock:
+ * `<lock>.acquiring-<pid>-<rand>`, `<lock>.stale-<pid>-<rand>`.
+ */
 const SCRATCH = /\.(acquiring|stale)-(\d+)-[0-9a-f]+$/;
 
 export interface HeldLock {

@@ -54,27 +54,41 @@ export class WorkspaceContext {
     else process.stderr.write(`pyro: ${message}\n`);
   }
 
-  /** Repairs what operations interrupted by a crash left behind; every workspace command starts with it. */
+  /**
+   * Repairs what operations interrupted by a crash left behind, in every workspace. Listing,
+   * status and create always sweep; an operation on one workspace may reuse a recent sweep
+   * (recoverInterruptedIfDue).
+   */
   recoverInterrupted(): Promise<void> {
-    this.sweptAt = performance.now();
-    return recoverInterrupted(this);
+    // One at a time per context: an operation that arrives while a sweep runs waits for it.
+    this.sweeping ??= recoverInterrupted(this)
+      .then(() => {
+        this.sweptAt = performance.now();
+      })
+      .finally(() => {
+        this.sweeping = undefined;
+      });
+    return this.sweeping;
   }
 
   /**
-   * The sweep before an operation on one workspace, unless this context made one within
+   * The sweep before an operation on one workspace, unless this context finished one within
    * SWEEP_REUSE_MS. The sweep scans every workspace and every process (~2–3 ms, more with many
    * held); an agent driving one workspace through a long-lived SDK or MCP server would pay it on
-   * every command. Skipping it leaves nothing unrepaired that the operation touches: the workspace
-   * it acts on is checked under its lock (a dead holder's leftovers are repaired there, its VM is
-   * reconciled), and other workspaces' leftovers wait for the next sweep, at most SWEEP_REUSE_MS
-   * away. A CLI process is new every time: it always sweeps.
+   * every command. What skipping it leaves: the workspace the operation acts on is still repaired
+   * under its lock (a dead holder's leftovers there, its VM reconciled); other workspaces'
+   * leftovers are repaired by the next command on them or by any command after SWEEP_REUSE_MS.
+   * A CLI process is new every time: it always sweeps.
    */
   recoverInterruptedIfDue(): Promise<void> {
+    if (this.sweeping) return this.sweeping;
     if (performance.now() - this.sweptAt < SWEEP_REUSE_MS) return Promise.resolve();
     return this.recoverInterrupted();
   }
 
+  /** When this context's last sweep finished (performance.now()). */
   private sweptAt = Number.NEGATIVE_INFINITY;
+  private sweeping: Promise<void> | undefined;
 }
 
 export { nowIso, vmHandle };
@@ -127,33 +141,37 @@ export async function withRunningWorkspace<T>(
       const [attached, read] = await Promise.allSettled([attaching, reading]);
       if (attached.status === "rejected") throw attached.reason;
       const vm = attached.value;
-      if (read.status === "rejected") {
-        vm.detach();
-        throw read.reason;
-      }
-      const [injected, redacted] = read.value;
-      vm.agent.label = `workspace ${record.id}`;
-      // --secret-env NAME of a scoped secret maps its placeholder, never its value.
-      const secrets = { ...injected, ...Object.fromEntries(record.scoped_secrets.map((s) => [s.name, s.placeholder])) };
-      const redactor = new Redactor(redacted);
       try {
-        if (record.guest_cleanup_pending) {
-          const { removeStaleStaging } = await import("./guest-transfer.js");
-          await removeStaleStaging(vm.agent);
-          record.guest_cleanup_pending = false;
-          await ctx.store.write(record);
-        }
-        // One choke point: nothing a running workspace returns leaves pyro with a secret in it.
-        return redactor.deep(await fn(record, vm, { secrets, redactor }));
-      } catch (error) {
-        if (error instanceof PyroError && redactor.active) throw new PyroError(error.code, redactor.text(error.message), redactor.deep(error.details));
-        throw error;
+        if (read.status === "rejected") throw read.reason;
+        const [injected, redacted] = read.value;
+        vm.agent.label = `workspace ${record.id}`;
+        // --secret-env NAME of a scoped secret maps its placeholder, never its value.
+        const secrets = { ...injected, ...Object.fromEntries(record.scoped_secrets.map((s) => [s.name, s.placeholder])) };
+        return await withRedaction(new Redactor(redacted), async (redactor) => {
+          if (record.guest_cleanup_pending) {
+            const { removeStaleStaging } = await import("./guest-transfer.js");
+            await removeStaleStaging(vm.agent);
+            record.guest_cleanup_pending = false;
+            await ctx.store.write(record);
+          }
+          return fn(record, vm, { secrets, redactor });
+        });
       } finally {
         vm.detach();
       }
     },
     purpose,
   );
+}
+
+/** One choke point: nothing a running workspace returns, or says in an error, leaves pyro with a secret in it. */
+async function withRedaction<T>(redactor: Redactor, fn: (redactor: Redactor) => Promise<T>): Promise<T> {
+  try {
+    return redactor.deep(await fn(redactor));
+  } catch (error) {
+    if (error instanceof PyroError && redactor.active) throw new PyroError(error.code, redactor.text(error.message), redactor.deep(error.details));
+    throw error;
+  }
 }
 
 /** Per-operation facts about a running workspace beyond its record. */
@@ -175,7 +193,7 @@ export async function withLockedWorkspace<T>(
   await ctx.recoverInterruptedIfDue();
   const id = await ctx.store.idOf(ref);
   return ctx.store.withLock(id, purpose, async (interrupted) => {
-    // Its holder died between the sweep above and now: repair before use.
+    // Its holder died (after the last sweep, or one this operation did not wait for): repair before use.
     if (interrupted) await recoverWorkspace(ctx, id, interrupted);
     return fn(await ctx.store.resolve(id));
   });

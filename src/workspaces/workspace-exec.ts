@@ -92,10 +92,14 @@ export async function execInWorkspace(
       const before = { command_count: record.command_count, last_activity_at: record.last_activity_at, updated_at: record.updated_at };
       const sequence = record.command_count + 1;
       // The record counts the command as it starts, written while the guest runs it: the write's
-      // fsync (~1.5 ms) is then off every command's round trip. One that fails to run is taken back.
+      // fsync (~1.5 ms) is then off every command's round trip. When no result comes back (the
+      // guest refused it, the VM died, the host timed out), the count is taken back, as it was
+      // never made before; a kill -9 of pyro meanwhile leaves it counted without a log line.
       record.command_count = sequence;
       record.last_activity_at = record.updated_at = startedAt;
       const counted = ctx.store.write(record);
+      // Awaited below, once the guest answers: a failed write must not go unhandled until then.
+      counted.catch(() => undefined);
       let r: GuestExecResult;
       try {
         r = await vm.agent.exec({

@@ -54,7 +54,7 @@ function describe(interrupted: LockOwner | undefined): string {
  * Idempotent: running it on a healthy workspace changes nothing but the recovery note.
  */
 export async function recoverWorkspace(ctx: WorkspaceContext, id: string, interrupted: LockOwner | undefined): Promise<string[]> {
-  // Loaded here, not up front: the sweep below runs before every workspace command, repairs are rare.
+  // Loaded here, not up front: the sweep below runs before most workspace commands, repairs are rare.
   const [{ partialOverlayPath }, { diskPath, workspaceDiskPath }, { removeStaleStaging }] = await Promise.all([
     import("./disk-chain.js"),
     import("./workspace-boot.js"),
@@ -140,7 +140,7 @@ export const SWEEP_REUSE_MS = 1_000;
  */
 export async function recoverInterrupted(ctx: WorkspaceContext): Promise<void> {
   const root = ctx.store.rootDir;
-  // Every workspace command starts here, so the common case (nothing to repair) reads the
+  // Most workspace commands start here, so the common case (nothing to repair) reads the
   // directories and lock records synchronously: through the thread pool each read was a round of
   // thread wake-ups, which a loaded host makes slow.
   const names = listOrEmpty(root);

@@ -66,7 +66,7 @@ export class WorkspaceStore {
   }
 
   async list(): Promise<WorkspaceRecord[]> {
-    const ids = (await readdir(this.rootDir).catch(() => [] as string[])).filter((d) => d.startsWith("ws-"));
+    const ids = (await readdir(this.rootDir).catch(() => [] as string[])).filter((d) => WORKSPACE_ID.test(d));
     const records = await Promise.all(ids.map((id) => this.read(id)));
     return records.filter((r): r is WorkspaceRecord => r !== undefined);
   }
@@ -139,11 +139,12 @@ export class WorkspaceStore {
     return dir;
   }
 
-  /** The state dir checked private, and the workspaces dir inside it. */
   /**
-   * Checked once per store: every lock passes here, and the check (two mkdirs and an lstat
-   * through the thread pool) cost every command ~0.3 ms. What it checks, a private state
-   * directory of ours, does not change under a running process: only we can write its parent.
+   * The state dir checked private, and the workspaces dir inside it. Checked once per store: every
+   * lock passes here, and the check (two mkdirs and an lstat through the thread pool) cost every
+   * command ~0.3 ms. What it checks, a private state directory of ours, does not change under a
+   * running process: only we can write its parent. (Removed under a running server, it comes back
+   * through a lock's mkdir, 0700, without this check.)
    */
   private ensureRoot(): Promise<void> {
     this.rootReady ??= (async () => {
