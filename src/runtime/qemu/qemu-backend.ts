@@ -168,11 +168,7 @@ export class QemuBackend implements VmmBackend {
   }
 
   async isRunning(handle: VmProcessRef): Promise<boolean> {
-    // Pids are reused: the process must be ours, the one that started when the handle says, and a
-    // VMM serving this run directory.
-    if (!processAlive(handle.pid) || !ownedByUs(handle.pid)) return false;
-    if (handle.startTime !== undefined && processStartTime(handle.pid) !== handle.startTime) return false;
-    return namesRunDir(handle.pid, handle.runDir);
+    return runningCommandLine(handle) !== undefined;
   }
 
   async kill(handle: VmProcessRef): Promise<void> {
@@ -181,9 +177,10 @@ export class QemuBackend implements VmmBackend {
   }
 
   async killInBackground(handle: VmProcessRef): Promise<{ gone: Promise<void> }> {
-    const ours = await this.isRunning(handle);
+    const commandLine = runningCommandLine(handle);
+    const ours = commandLine !== undefined;
     // Read before the kill: the RAM file this VM mapped copy-on-write grew with every page it touched.
-    const mapped = ours ? await copyOnWriteMemoryFile(handle.pid).catch(() => undefined) : undefined;
+    const mapped = commandLine && copyOnWriteMemoryIn(commandLine)?.path;
     if (ours) {
       try {
         process.kill(handle.pid, "SIGKILL");
@@ -325,7 +322,12 @@ function readCmdlineSync(pid: number): string {
  * round trips per read cost more than the read.
  */
 async function namesRunDir(pid: number, runDir: string): Promise<boolean> {
-  return readCmdlineSync(pid).includes(runFiles(runDir).agentSocket);
+  return servesRunDir(readCmdlineSync(pid).split("\0"), runDir);
+}
+
+function servesRunDir(args: string[], runDir: string): boolean {
+  const socket = runFiles(runDir).agentSocket;
+  return args.some((arg) => arg.includes(socket));
 }
 
 /**
@@ -335,6 +337,17 @@ async function namesRunDir(pid: number, runDir: string): Promise<boolean> {
  */
 async function setIgnoreShared(qmp: QmpClient, on: boolean): Promise<void> {
   await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: on }] });
+}
+
+/**
+ * The command line of the VM `handle` names, if it still runs. Pids are reused: the process must be
+ * ours, the one that started when the handle says, and a VMM serving this run directory.
+ */
+function runningCommandLine(handle: VmProcessRef): string[] | undefined {
+  if (!processAlive(handle.pid) || !ownedByUs(handle.pid)) return undefined;
+  if (handle.startTime !== undefined && processStartTime(handle.pid) !== handle.startTime) return undefined;
+  const args = readCmdlineSync(handle.pid).split("\0");
+  return servesRunDir(args, handle.runDir) ? args : undefined;
 }
 
 /** A `-object memory-backend-file,…` argument's file, size and sharing (qemu-args.ts writes it). */
@@ -348,7 +361,12 @@ function memoryBackendFile(arg: string): { path: string; bytes: number; share: b
 
 /** The RAM file a VM maps copy-on-write (a template, fork or snapshot restore), read from its command line. */
 async function copyOnWriteMemory(pid: number): Promise<{ path: string; bytes: number } | undefined> {
-  for (const arg of readCmdlineSync(pid).split("\0")) {
+  return copyOnWriteMemoryIn(readCmdlineSync(pid).split("\0"));
+}
+
+/** The RAM file a VMM's arguments map copy-on-write, if any. */
+function copyOnWriteMemoryIn(args: string[]): { path: string; bytes: number } | undefined {
+  for (const arg of args) {
     const file = memoryBackendFile(arg);
     if (file && !file.share) return file;
   }
