@@ -36,6 +36,29 @@ describe("[vm] reset to the baseline with /workspace already mounted", () => {
     if (seedDir) await rm(seedDir, { recursive: true, force: true });
   });
 
+  it("one whose empty image nothing else links (its cache or home was removed) goes with its RAM file", TIMEOUT, async () => {
+    const ws = await pyro.createWorkspace("debian:12");
+    created.push(ws.workspace_id);
+    await pyro.resetWorkspace(ws.workspace_id);
+    const ram = await ramFileOf(await vmPid(ws.workspace_id));
+    assert.match(basename(ram), MOUNTED_RAM);
+    // Another home's baseline, once that home is gone: its seed.ext4 is the image's last link.
+    const template = /^(.+)\.ws-[0-9a-f]+\.ram$/.exec(basename(ram))![1]!;
+    const orphan = join(testPaths.cacheDir, "templates", template, "ws-fedcba");
+    const memory = await templateMemoryMode(testPaths);
+    assert.equal(memory.mode, "shared_file");
+    const orphanRam = join(memory.dir, `${template}.ws-fedcba.ram`);
+    await mkdir(orphan);
+    for (const file of ["seed.ext4", "workspace.qcow2", "state.bin"]) await writeFile(join(orphan, file), "");
+    await writeFile(join(orphan, "manifest.json"), JSON.stringify({ memoryFile: basename(orphanRam), createdAt: "2000-01-01T00:00:00.000Z" }));
+    await writeFile(orphanRam, "");
+    await pyro.resetWorkspace(ws.workspace_id);
+    assert.equal(await pathExists(orphanRam), false, "the orphan's RAM file is left on the memory filesystem");
+    assert.equal(await pathExists(orphan), false);
+    // This home's own is kept and used.
+    assert.equal(await ramFileOf(await vmPid(ws.workspace_id)), ram);
+  });
+
   it("restores a saved VM that mounted the empty image, whose disk agrees with its memory", TIMEOUT, async () => {
     const ws = await pyro.createWorkspace("debian:12");
     created.push(ws.workspace_id);

@@ -73,12 +73,21 @@ async function findMountedBaseline(template: BootTemplate, memoryDir: string): P
       await rm(join(dir, name), { recursive: true, force: true });
       continue;
     }
+    // Its empty image is linked from nowhere else: the cache (or the whole PYRO_HOME) it was made
+    // for is gone, with every workspace that used it, so nothing can reset to it again. Homes that
+    // share templates (test files, CI) each build their own, and tmpfs would keep each RAM file
+    // until reboot. (A workspace resetting to it holds a link of that image: it is never this one.)
+    if (((await fileIdentity(baseline.seedImage))?.nlink ?? 0n) <= 1n) {
+      await rm(baseline.memoryPath, { force: true });
+      await rm(join(dir, name), { recursive: true, force: true });
+      continue;
+    }
     found.push({ baseline, createdAt: manifest.createdAt });
   }
   return found.sort((a, b) => b.createdAt.localeCompare(a.createdAt))[0]?.baseline;
 }
 
-type FileIdentity = { dev: bigint; ino: bigint };
+type FileIdentity = { dev: bigint; ino: bigint; nlink: bigint };
 
 /** The file at `path` (a link there is not followed), or undefined if there is none. */
 function fileIdentity(path: string): Promise<FileIdentity | undefined> {
