@@ -122,27 +122,21 @@ describe("[vm] the warm workspace kept for the next unseeded create", () => {
 });
 
 describe("[vm] pyro mcp serve keeps a warm workspace by default", () => {
-  it("after an unseeded workspace_create, the next one is the workspace it made ahead; --no-warm-vm keeps none", TIMEOUT, async () => {
+  it("one is made at start and serves the first unseeded workspace_create, then the next; --no-warm-vm keeps none", TIMEOUT, async () => {
     for (const warm of [true, false]) {
       const { client } = await connectStdio(warm ? [] : ["--no-warm-vm"]);
       const made: string[] = [];
       try {
-        const first = toolJson<{ workspace_id: string }>(await client.callTool({ name: "workspace_create", arguments: {} }));
-        made.push(first.workspace_id);
-        // The made-ahead workspace shows as a directory without a record (its create is not finished).
-        // With --no-warm-vm, 5 s of nothing made is enough.
-        const deadline = Date.now() + (warm ? 60_000 : 5_000);
-        let pending: string | undefined;
-        while (!pending && Date.now() < deadline) {
-          const entries = (await stateEntries()).filter((n) => /^ws-[a-z2-7]+$/.test(n) && !made.includes(n));
-          for (const n of entries) if (!(await exists(join(WORKSPACES, n, "workspace.json")))) pending = n;
-          if (!pending) await new Promise((r) => setTimeout(r, 100));
+        for (const which of ["first", "second"]) {
+          // The made-ahead workspace shows as a directory without a record (its create is not finished).
+          // With --no-warm-vm, 5 s of nothing made is enough.
+          const pending = await madeAhead(made, warm ? 60_000 : 5_000);
+          if (warm) await waitForPaused(pending);
+          assert.equal(pending !== undefined, warm, warm ? `a workspace made ahead of the ${which} create` : "none made ahead");
+          const created = toolJson<{ workspace_id: string; create_ms: number }>(await client.callTool({ name: "workspace_create", arguments: {} }));
+          made.push(created.workspace_id);
+          if (warm) assert.equal(created.workspace_id, pending, `the ${which} create is the one made ahead (${created.create_ms} ms)`);
         }
-        if (warm) await waitForPaused(pending);
-        assert.equal(pending !== undefined, warm, warm ? "a workspace made ahead" : "none made ahead");
-        const second = toolJson<{ workspace_id: string; create_ms: number }>(await client.callTool({ name: "workspace_create", arguments: {} }));
-        made.push(second.workspace_id);
-        if (warm) assert.equal(second.workspace_id, pending, `the second create is the one made ahead (${second.create_ms} ms)`);
       } finally {
         for (const id of made) await client.callTool({ name: "workspace_delete", arguments: { workspace_id: id } }).catch(() => undefined);
         await client.close();
@@ -150,6 +144,17 @@ describe("[vm] pyro mcp serve keeps a warm workspace by default", () => {
     }
   });
 });
+
+/** A workspace being made ahead (a directory without a record), other than those `made`, within `waitMs`. */
+async function madeAhead(made: string[], waitMs: number): Promise<string | undefined> {
+  const deadline = Date.now() + waitMs;
+  while (Date.now() < deadline) {
+    const entries = (await stateEntries()).filter((n) => /^ws-[a-z2-7]+$/.test(n) && !made.includes(n));
+    for (const n of entries) if (!(await exists(join(WORKSPACES, n, "workspace.json")))) return n;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return undefined;
+}
 
 /** Waits until the made-ahead workspace's VM is ready (it writes no record; its VM paused means it is done). */
 async function waitForPaused(id: string | undefined): Promise<void> {

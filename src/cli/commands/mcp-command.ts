@@ -25,7 +25,7 @@ export function registerMcpCommands(program: Command): void {
     .option("--repo-ref <ref>", "branch, tag or commit of --repo-url to clone (default: its default branch)")
     .option(
       "--no-warm-vm",
-      `after a vm_run or an unseeded workspace_create of ${DEFAULT_ENVIRONMENT}, keep no paused VM ready for the next one (kept by default while host memory allows)`,
+      `keep no paused VM of ${DEFAULT_ENVIRONMENT} ready for the next vm_run or unseeded workspace_create (by default one is made at start when there is no project to seed from, and again after each, while host memory allows)`,
     )
     .option("--token-file <path>", "file (mode 0600) holding the bearer token for --http (default: $PYRO_MCP_TOKEN, else a random one printed to stderr)")
     // Kept only to say what to use instead: a token in argv is readable by every local user.
@@ -72,6 +72,9 @@ export function registerMcpCommands(program: Command): void {
           ...(project ? { project } : {}),
           ...(o.warmVm ? { warmVm: { environment: DEFAULT_ENVIRONMENT } } : {}),
         });
+        // Made now, not after the first create: an agent's first workspace_create should not be the
+        // one that waits for a VM. Only where that create is unseeded (no project to seed it from).
+        if (o.warmVm && !project) void pyro.warmUp("workspace").catch(() => undefined);
         const make = () => createPyroMcpServer({ pyro, profile: o.profile, ...(o.mode ? { mode: o.mode } : {}) });
         if (!o.http) {
           process.stderr.write(`[mcp] ${describeProjectSource(project)}\n`);
