@@ -1,8 +1,8 @@
 import { rmSync } from "node:fs";
-import { isPyroError } from "../errors.js";
+import { isPyroError, PyroError } from "../errors.js";
 import { readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { egressNetwork } from "../network/egress-launch.js";
-import { registerExitCleanup } from "../process/exit-cleanup.js";
+import { registerExitCleanup, shuttingDown } from "../process/exit-cleanup.js";
 import { dirname, join } from "node:path";
 import { EnvironmentStore } from "../environments/environment-store.js";
 import type { PyroPaths } from "../paths.js";
@@ -98,6 +98,9 @@ export async function launchDisposableVm(paths: PyroPaths, environment: string, 
       const restored = await restoreFromTemplate(runtime.backend, spec, template, options.signal);
       if (restored) return restored;
     }
+    // A restore cut short by a termination signal (whose cleanup killed its VM) is not retried:
+    // making the run directory again would race that cleanup's removal and could outlive it.
+    if (shuttingDown()) throw new PyroError("CANCELLED", "pyro is shutting down");
     // A restore that failed took the run directory with it (the VM owns it): make it again.
     await makePrivateSubdir(runDir);
     await writeFile(join(runDir, OWNER_FILE), `${process.pid}\n`, { mode: PRIVATE_FILE_MODE });
