@@ -23,8 +23,6 @@ export type BootSource =
       workspaceDiskPath?: string;
     };
 
-export { baselineManifestPath, diskPath, seedImagePath, workspaceDiskPath } from "./workspace-disk-files.js";
-
 /** Replaces the live /workspace disk with an empty overlay on `backing` (atomically). */
 export async function layerWorkspaceDisk(ctx: WorkspaceContext, record: WorkspaceRecord, backing: string, format: "raw" | "qcow2"): Promise<void> {
   await replaceWithOverlay(workspaceDiskPath(ctx, record.id), backing, format);

@@ -7,7 +7,7 @@ import { assertOutputFree, publishNewFile } from "../storage/new-host-file.js";
 import { diskChain } from "../storage/qcow2-backing-chain.js";
 import { entryType, Ext4Image, type DiskEntryType } from "./disk-image.js";
 import { relativeToWorkspace, workspacePath, WORKSPACE_ROOT } from "./guest-paths.js";
-import { diskPath, workspaceDiskPath } from "./workspace-boot.js";
+import { diskPath, workspaceDiskPath } from "./workspace-disk-files.js";
 import { reconcileVm, withLockedWorkspace, type WorkspaceContext } from "./workspace-context.js";
 import type { WorkspaceRecord } from "./workspace-record.js";
 import { FILE_READ_DEFAULT_MAX_BYTES, fileReadView } from "./file-read-view.js";

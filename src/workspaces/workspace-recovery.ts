@@ -1,7 +1,8 @@
 import { existsSync, readdirSync } from "node:fs";
-import { readdir, rm, stat } from "node:fs/promises";
+import { readdir, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { processAlive } from "../process/process-alive.js";
+import { pathExists } from "../storage/path-exists.js";
 import { deadHolder, lockHolder, sweepLockScratch, UNNAMED_PURPOSE, type LockOwner } from "../storage/process-lock.js";
 import type { WorkspaceContext } from "./workspace-context.js";
 import { nowIso, vmHandle } from "./workspace-record.js";
@@ -35,13 +36,6 @@ function listOrEmpty(dir: string): string[] {
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
-}
-
 function describe(interrupted: LockOwner | undefined): string {
   if (!interrupted) return "an interrupted pyro operation";
   return interrupted.purpose === UNNAMED_PURPOSE
@@ -57,7 +51,7 @@ export async function recoverWorkspace(ctx: WorkspaceContext, id: string, interr
   // Loaded here, not up front: the sweep below runs before most workspace commands, repairs are rare.
   const [{ partialOverlayPath }, { diskPath, workspaceDiskPath }, { removeStaleStaging }] = await Promise.all([
     import("./disk-chain.js"),
-    import("./workspace-boot.js"),
+    import("./workspace-disk-files.js"),
     import("./guest-transfer.js"),
   ]);
   // The VMM backend only when there may be a VM: a VM always has its run directory.
@@ -66,12 +60,12 @@ export async function recoverWorkspace(ctx: WorkspaceContext, id: string, interr
   const record = await ctx.store.read(id);
   const notes: string[] = [];
   const runDir = ctx.store.runDir(id);
-  const strays = (await exists(runDir))
+  const strays = (await pathExists(runDir))
     ? (await (await backend()).findVms(ctx.paths.runtimeDir)).filter((vm) => vm.runDir === runDir && vm.pid !== record?.vm?.pid)
     : [];
   if (!record) {
     // A record that exists but does not validate may be a newer pyro's: never delete what we cannot read.
-    if (await exists(ctx.store.recordPath(id))) return notes;
+    if (await pathExists(ctx.store.recordPath(id))) return notes;
     for (const vm of strays) await (await backend()).kill(vm);
     await ctx.store.remove(id);
     const vms = strays.length ? ` and stopped its VM (pid ${strays.map((v) => v.pid).join(", ")})` : "";
