@@ -1,3 +1,4 @@
+import { memoizeUntilFailure } from "../memoize.js";
 import { resolvePaths, type PyroPaths } from "../paths.js";
 import type { EnvironmentStatus } from "../environments/environment-store.js";
 import type { LoopStep } from "./daily-loop.js";
@@ -14,45 +15,32 @@ import type { ShellReadOptions } from "../workspaces/workspace-shells.js";
 import type { ShellSignal } from "../workspaces/workspace-limits.js";
 import type { ForkWorkspaceOptions } from "../workspaces/workspace-fork.js";
 
-/**
- * The module `load` imports, imported once: import() of a module already loaded still resolves
- * its specifier again (~0.2 ms), on the path of every SDK call.
- */
-function loadOnce<T>(load: () => Promise<T>): () => Promise<T> {
-  let loaded: Promise<T> | undefined;
-  return () => {
-    loaded ??= load().catch((error: unknown) => {
-      loaded = undefined;
-      throw error;
-    });
-    return loaded;
-  };
-}
-
 // Capabilities load on first use: a one-shot run must not pay to import workspaces, registries,
-// terminal emulation or archive code (start-up time is part of `pyro run`'s budget).
-const oneShot = loadOnce(() => import("../vm-run/one-shot-run.js"));
-const environments = loadOnce(() => import("../environments/environment-store.js"));
-const catalog = loadOnce(() => import("../environments/catalog.js"));
-const artifacts = loadOnce(() => import("../environments/environment-artifact.js"));
-const containerImport = loadOnce(() => import("../environments/container-import.js"));
-const references = loadOnce(() => import("../registry/image-reference.js"));
-const runtime = loadOnce(() => import("../runtime/guest-runtime.js"));
-const templates = loadOnce(() => import("../workspaces/boot-templates.js"));
-const doctor = loadOnce(() => import("../doctor/doctor.js"));
-const dailyLoop = loadOnce(() => import("./daily-loop.js"));
-const readiness = loadOnce(() => import("../workspaces/daily-loop-readiness.js"));
-const lifecycle = loadOnce(() => import("../workspaces/workspace-lifecycle.js"));
-const exec = loadOnce(() => import("../workspaces/workspace-exec.js"));
-const files = loadOnce(() => import("../workspaces/workspace-files.js"));
-const tree = loadOnce(() => import("../workspaces/workspace-tree.js"));
-const exporting = loadOnce(() => import("../workspaces/workspace-export.js"));
-const snapshots = loadOnce(() => import("../workspaces/workspace-snapshots.js"));
-const summary = loadOnce(() => import("../workspaces/workspace-summary.js"));
-const shells = loadOnce(() => import("../workspaces/workspace-shells.js"));
-const services = loadOnce(() => import("../workspaces/workspace-services.js"));
-const disk = loadOnce(() => import("../workspaces/workspace-disk.js"));
-const fork = loadOnce(() => import("../workspaces/workspace-fork.js"));
+// terminal emulation or archive code (start-up time is part of `pyro run`'s budget). Each is
+// imported once: import() of a module already loaded still resolves its specifier again (~0.2 ms),
+// on the path of every SDK call.
+const oneShot = memoizeUntilFailure(() => import("../vm-run/one-shot-run.js"));
+const environments = memoizeUntilFailure(() => import("../environments/environment-store.js"));
+const catalog = memoizeUntilFailure(() => import("../environments/catalog.js"));
+const artifacts = memoizeUntilFailure(() => import("../environments/environment-artifact.js"));
+const containerImport = memoizeUntilFailure(() => import("../environments/container-import.js"));
+const references = memoizeUntilFailure(() => import("../registry/image-reference.js"));
+const runtime = memoizeUntilFailure(() => import("../runtime/guest-runtime.js"));
+const templates = memoizeUntilFailure(() => import("../workspaces/boot-templates.js"));
+const doctor = memoizeUntilFailure(() => import("../doctor/doctor.js"));
+const dailyLoop = memoizeUntilFailure(() => import("./daily-loop.js"));
+const readiness = memoizeUntilFailure(() => import("../workspaces/daily-loop-readiness.js"));
+const lifecycle = memoizeUntilFailure(() => import("../workspaces/workspace-lifecycle.js"));
+const exec = memoizeUntilFailure(() => import("../workspaces/workspace-exec.js"));
+const files = memoizeUntilFailure(() => import("../workspaces/workspace-files.js"));
+const tree = memoizeUntilFailure(() => import("../workspaces/workspace-tree.js"));
+const exporting = memoizeUntilFailure(() => import("../workspaces/workspace-export.js"));
+const snapshots = memoizeUntilFailure(() => import("../workspaces/workspace-snapshots.js"));
+const summary = memoizeUntilFailure(() => import("../workspaces/workspace-summary.js"));
+const shells = memoizeUntilFailure(() => import("../workspaces/workspace-shells.js"));
+const services = memoizeUntilFailure(() => import("../workspaces/workspace-services.js"));
+const disk = memoizeUntilFailure(() => import("../workspaces/workspace-disk.js"));
+const fork = memoizeUntilFailure(() => import("../workspaces/workspace-fork.js"));
 
 export interface PyroOptions {
   /** Put all caches and state under this directory (same as PYRO_HOME). */

@@ -1,5 +1,6 @@
 import { EnvironmentStore } from "../environments/environment-store.js";
 import { PyroError } from "../errors.js";
+import { memoizeUntilFailure } from "../memoize.js";
 import type { PyroPaths } from "../paths.js";
 import type { GuestRuntime } from "../runtime/guest-runtime.js";
 import { runningVmControl } from "../runtime/running-vm-control.js";
@@ -15,7 +16,11 @@ import { WorkspaceStore } from "./workspace-store.js";
 export class WorkspaceContext {
   readonly store: WorkspaceStore;
   readonly environments: EnvironmentStore;
-  private vmControl: Promise<RunningVmControl> | undefined;
+  /**
+   * Built once per context (an operation asks up to three times): the hold keeps no state about
+   * any VM, every call on it reads /proc and the run directory afresh.
+   */
+  private readonly vmControl = memoizeUntilFailure(() => runningVmControl(this.paths));
 
   constructor(
     readonly paths: PyroPaths,
@@ -39,13 +44,7 @@ export class WorkspaceContext {
    */
   vms(): Promise<RunningVmControl> {
     if (this.runtimeOverride) return this.runtimeOverride().then((runtime) => runtime.backend);
-    // Built once per context (an operation asks up to three times): the hold keeps no state about
-    // any VM, every call on it reads /proc and the run directory afresh. A failure is not kept.
-    this.vmControl ??= runningVmControl(this.paths).catch((error: unknown) => {
-      this.vmControl = undefined;
-      throw error;
-    });
-    return this.vmControl;
+    return this.vmControl();
   }
 
   /** Tells the user something pyro did on its own (a crash recovery): progress channel, else stderr. */

@@ -3,6 +3,7 @@ import { readdir, readFile, rename, rm } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { PyroError } from "../errors.js";
+import { memoizeUntilFailure } from "../memoize.js";
 import type { PyroPaths } from "../paths.js";
 import { readJsonIfValid, writeFileAtomic, writeJsonAtomic } from "../storage/atomic-file.js";
 import { acquireLock, type HeldLock, lockHolder, tryAcquireLock, type LockOwner } from "../storage/process-lock.js";
@@ -146,18 +147,10 @@ export class WorkspaceStore {
    * running process: only we can write its parent. (Removed under a running server, it comes back
    * through a lock's mkdir, 0700, without this check.)
    */
-  private ensureRoot(): Promise<void> {
-    this.rootReady ??= (async () => {
-      await ensurePrivateDir(this.paths.stateDir);
-      await makePrivateSubdir(this.rootDir);
-    })().catch((error: unknown) => {
-      this.rootReady = undefined;
-      throw error;
-    });
-    return this.rootReady;
-  }
-
-  private rootReady: Promise<void> | undefined;
+  private readonly ensureRoot = memoizeUntilFailure(async () => {
+    await ensurePrivateDir(this.paths.stateDir);
+    await makePrivateSubdir(this.rootDir);
+  });
 
   /**
    * Removes a workspace's files; the record goes first (by rename) so a crash never leaves half a
