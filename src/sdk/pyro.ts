@@ -79,12 +79,8 @@ export class Pyro {
   /** Runs one command in a disposable microVM and destroys it. `command` is argv (no shell). */
   async run(environment: string, command: string[], options: RunOptions = {}) {
     const result = await (await oneShot()).runOneShot(this.paths, environment, command, options, await this.warmSlot());
-    // One warm VM at a time, of the kind last used: the run's slot is refilling now.
-    if (this.options.warmVm) {
-      this.warmFor = "run";
-      // (Never loads the workspace code for a run.) A kept VM that would not go is the exit cleanup's.
-      void this.warmCreate?.then((slot) => slot.empty()).catch(() => undefined);
-    }
+    // One warm VM at a time, of the kind last used (the run's slot is refilling already).
+    if (this.options.warmVm) void this.warmUp("run").catch(() => undefined);
     return result;
   }
 
@@ -120,8 +116,10 @@ export class Pyro {
    */
   async warmUp(kind: "run" | "workspace" = this.warmFor): Promise<boolean> {
     this.warmFor = kind;
+    // Only a slot of the other kind already made is emptied: nothing is loaded to find none. One
+    // that would not go is the exit cleanup's, and does not stop this one.
     const [keep, drop] = kind === "run" ? [await this.warmSlot(), await this.warmCreate] : [await this.warmWorkspaceSlot(), await this.warm];
-    await drop?.empty();
+    await drop?.empty().catch(() => undefined);
     return (await keep?.fill()) ?? false;
   }
 
@@ -250,14 +248,7 @@ export class Pyro {
     const warm = await this.warmWorkspaceSlot();
     const created = await (await lifecycle()).createWorkspace(await this.workspaces, environment, options, warm);
     // One warm VM at a time, of the kind last used; made after this create, not during it (they would share the CPUs).
-    if (warm && created.workspace_seed.mode === "empty") {
-      this.warmFor = "workspace";
-      // Only a run VM already kept is emptied: a create need not load the run code to find none.
-      void Promise.resolve(this.warm)
-        .then((slot) => slot?.empty())
-        .catch(() => undefined)
-        .then(() => warm.fill());
-    }
+    if (warm && created.workspace_seed.mode === "empty") void this.warmUp("workspace").catch(() => undefined);
     return created;
   }
   async listWorkspaces() {
