@@ -277,7 +277,7 @@ async function waitUntilGone(handle: VmProcessRef, ours: boolean): Promise<void>
   const deadline = Date.now() + 10_000;
   // Polled finely: QEMU exits in a few ms, and callers wait on this.
   while (ours && processAlive(handle.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
-  if (processAlive(handle.pid) && (await namesRunDir(handle.pid, handle.runDir))) {
+  if (processAlive(handle.pid) && namesRunDir(handle.pid, handle.runDir)) {
     throw new PyroError(
       "VM_DIED",
       `process ${handle.pid} still names the run directory ${handle.runDir}${ours ? " after SIGKILL" : " and is not ours"}; left the directory in place`,
@@ -316,12 +316,8 @@ function readCmdlineSync(pid: number): string {
   }
 }
 
-/**
- * Whether the process under `pid` is a VMM serving `runDir` (its agent socket is on its command
- * line). Read in line, as /proc is: every command on a workspace asks, and the thread pool's four
- * round trips per read cost more than the read.
- */
-async function namesRunDir(pid: number, runDir: string): Promise<boolean> {
+/** Whether the process under `pid` is a VMM serving `runDir` (its agent socket is on its command line). */
+function namesRunDir(pid: number, runDir: string): boolean {
   return servesRunDir(readCmdlineSync(pid).split("\0"), runDir);
 }
 
@@ -341,7 +337,9 @@ async function setIgnoreShared(qmp: QmpClient, on: boolean): Promise<void> {
 
 /**
  * The command line of the VM `handle` names, if it still runs. Pids are reused: the process must be
- * ours, the one that started when the handle says, and a VMM serving this run directory.
+ * ours, the one that started when the handle says, and a VMM serving this run directory. /proc is
+ * read in line: every command on a workspace asks, and the thread pool's four round trips per read
+ * cost more than the read.
  */
 function runningCommandLine(handle: VmProcessRef): string[] | undefined {
   if (!processAlive(handle.pid) || !ownedByUs(handle.pid)) return undefined;
